@@ -1,0 +1,316 @@
+"""The one JetStream consumer loop every service uses.
+
+Fetches in batches, decodes each message into a typed msgspec value, runs the handler, and settles the
+message from the outcome in one place:
+
+- handler returned            -> ack (the handler has committed its Postgres transaction by then)
+- ``Retry(delay)``            -> nak(delay): try again later, not counted as a failure of the message
+- ``Poison(reason)``, or the payload does not decode -> dead-letter row + term (never retried)
+- any other exception         -> nak with backoff; after ``max_deliveries`` deliveries: dead-letter + term
+- cancellation (shutdown)     -> no settlement: JetStream redelivers after ack_wait
+
+Long handlers are kept alive with ``in_progress()``; in-flight work is bounded by ``max_in_flight``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from opentelemetry.trace import SpanKind
+
+from legato.bus.publisher import MSG_ID_HEADER
+from legato.bus.streams import ConsumerSpec, provision_consumer
+from legato.runtime.component import Component
+from legato.telemetry import bind_context, consume_span, get_logger
+
+log = get_logger("legato.bus")
+
+T = TypeVar("T")
+
+
+class Retry(Exception):
+    """Raise from a handler to have the message redelivered after ``delay`` seconds."""
+
+    def __init__(self, delay: float = 1.0, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay}s")
+        self.delay = delay
+        self.reason = reason
+
+
+class Poison(Exception):
+    """Raise from a handler when the message can never be applied; it is dead-lettered at once."""
+
+
+class DeadLetterSink(Protocol):
+    async def dead_letter(self, record: DeadLetter) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    stream: str
+    consumer: str
+    subject: str
+    stream_seq: int
+    msg_id: str | None
+    headers: Mapping[str, str]
+    payload: bytes
+    error: str
+    deliveries: int
+
+
+@dataclass
+class Delivery(Generic[T]):
+    """One decoded message and what the handler may need of its envelope."""
+
+    message: T
+    raw: Msg
+    subject: str
+    headers: Mapping[str, str]
+    num_delivered: int
+    stream_seq: int
+    msg_id: str
+    started: float = field(default_factory=time.monotonic)
+
+    async def in_progress(self) -> None:
+        """Tell JetStream the handler is still working (resets ack_wait)."""
+        await self.raw.in_progress()
+
+
+Handler = Callable[[Delivery[T]], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    fetched: int = 0
+    acked: int = 0
+    naked: int = 0
+    dead_lettered: int = 0
+    termed: int = 0
+    redelivered: int = 0
+    errors: int = 0
+
+
+class ConsumerLoop(Component, Generic[T]):
+    """A bounded, batched pull-consumer loop with one settlement policy."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        spec: ConsumerSpec,
+        decoder: msgspec.json.Decoder[T],
+        handler: Handler[T],
+        *,
+        dead_letters: DeadLetterSink,
+        batch: int = 128,
+        max_in_flight: int = 512,
+        max_deliveries: int = 5,
+        retry_delays: tuple[float, ...] = (0.2, 1.0, 5.0, 15.0, 30.0),
+        fetch_timeout: float = 1.0,
+        heartbeat_interval: float | None = None,
+        span_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.js = js
+        self.spec = spec
+        self.name = f"consumer:{spec.durable}"
+        self.decoder = decoder
+        self.handler = handler
+        self.dead_letters = dead_letters
+        self.batch = max(1, batch)
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_deliveries = max(1, max_deliveries)
+        self.retry_delays = retry_delays
+        self.fetch_timeout = fetch_timeout
+        self.heartbeat_interval = heartbeat_interval or max(1.0, spec.ack_wait / 3)
+        self.span_name = span_name or f"process {spec.stream}"
+        self.stats = ConsumerStats()
+        self._in_flight: dict[int, Delivery[T]] = {}
+        self._slot_free = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def _run(self) -> None:
+        await provision_consumer(self.js, self.spec)
+        sub = await self.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
+        heartbeat = asyncio.create_task(self._heartbeats(), name=f"{self.name}:heartbeat")
+        try:
+            await self._fetch_loop(sub)
+            # Stop fetching; let in-flight handlers finish (the supervisor bounds this by its grace).
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            heartbeat.cancel()
+            pending = [*self._tasks, heartbeat]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+        failures = 0
+        while not self.stopping:
+            room = self.max_in_flight - len(self._tasks)
+            if room <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                msgs = await sub.fetch(min(self.batch, room), timeout=self.fetch_timeout)
+                failures = 0
+            except (nats.errors.TimeoutError, TimeoutError):
+                # nats-py raises both kinds on an empty fetch; either means "nothing yet".
+                continue
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+                nats.errors.NoRespondersError,
+                ServiceUnavailableError,
+                NotFoundError,
+            ) as exc:
+                failures += 1
+                log.warning("fetch_failed", consumer=self.spec.durable, error=repr(exc))
+                if isinstance(exc, NotFoundError):
+                    # The consumer was removed (e.g. stream recreated): put it back.
+                    try:
+                        await provision_consumer(self.js, self.spec)
+                    except Exception as again:
+                        log.warning("consumer_reprovision_failed", error=repr(again))
+                await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
+                continue
+            self.stats.fetched += len(msgs)
+            for msg in msgs:
+                task = asyncio.create_task(self._handle(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            # _handle settles every outcome itself; anything escaping is a bug worth a loud log.
+            log.error("consumer_task_crashed", consumer=self.spec.durable, error=repr(task.exception()))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval / 2)
+            now = time.monotonic()
+            for key, item in list(self._in_flight.items()):
+                if now - item.started >= self.heartbeat_interval and self._in_flight.get(key) is item:
+                    try:
+                        await item.in_progress()
+                    except Exception as exc:
+                        log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
+
+    async def _handle(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        headers = dict(msg.headers or {})
+        msg_id = headers.get(MSG_ID_HEADER) or f"{self.spec.stream}:{seq}"
+        deliveries = meta.num_delivered
+        if deliveries > 1:
+            self.stats.redelivered += 1
+        if deliveries > self.max_deliveries:
+            # Delivered more often than allowed without ever being settled (e.g. the handler crashes
+            # the process): stop the loop of crashes here.
+            await self._dead_letter(msg, headers, msg_id, f"not settled after {deliveries - 1} deliveries")
+            return
+        try:
+            message = self.decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_letter(msg, headers, msg_id, f"undecodable message: {exc}")
+            return
+        delivery = Delivery(
+            message=message,
+            raw=msg,
+            subject=msg.subject,
+            headers=headers,
+            num_delivered=deliveries,
+            stream_seq=seq,
+            msg_id=msg_id,
+        )
+        self._in_flight[seq] = delivery
+        try:
+            with (
+                bind_context(msg_id=msg_id),
+                consume_span(
+                    self.span_name,
+                    headers,
+                    kind=SpanKind.CONSUMER,
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.destination.name": msg.subject,
+                        "messaging.message.id": msg_id,
+                        "messaging.operation.type": "process",
+                        "messaging.consumer.group.name": self.spec.durable,
+                    },
+                ),
+            ):
+                await self.handler(delivery)
+        except asyncio.CancelledError:
+            raise  # not settled: redelivered after ack_wait
+        except Retry as exc:
+            await self._settle(msg.nak(delay=exc.delay), "naked")
+        except Poison as exc:
+            await self._dead_letter(msg, headers, msg_id, f"poison: {exc}")
+        except Exception as exc:
+            self.stats.errors += 1
+            if deliveries >= self.max_deliveries:
+                await self._dead_letter(msg, headers, msg_id, f"{type(exc).__name__}: {exc}")
+            else:
+                delay = self.retry_delays[min(deliveries - 1, len(self.retry_delays) - 1)]
+                log.warning(
+                    "handler_failed",
+                    consumer=self.spec.durable,
+                    msg_id=msg_id,
+                    deliveries=deliveries,
+                    retry_in=delay,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                await self._settle(msg.nak(delay=delay), "naked")
+        else:
+            await self._settle(msg.ack(), "acked")
+        finally:
+            self._in_flight.pop(seq, None)
+
+    async def _settle(self, verb: Awaitable[None], counter: str) -> None:
+        try:
+            await verb
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        except Exception as exc:
+            # The message will be redelivered; the handler's effects are deduplicated.
+            log.warning("settle_failed", consumer=self.spec.durable, error=repr(exc))
+
+    async def _dead_letter(self, msg: Msg, headers: Mapping[str, str], msg_id: str, error: str) -> None:
+        meta = msg.metadata
+        record = DeadLetter(
+            stream=meta.stream,
+            consumer=self.spec.durable,
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+            msg_id=msg_id,
+            headers=headers,
+            payload=bytes(msg.data),
+            error=error[:4000],
+            deliveries=meta.num_delivered,
+        )
+        try:
+            await self.dead_letters.dead_letter(record)
+        except Exception as exc:
+            # Never lose a message: if the dead letter cannot be stored, leave it for a later try.
+            log.error("dead_letter_failed", consumer=self.spec.durable, msg_id=msg_id, error=repr(exc))
+            await self._settle(msg.nak(delay=5.0), "naked")
+            return
+        log.warning("message_dead_lettered", consumer=self.spec.durable, msg_id=msg_id, error=error[:500])
+        self.stats.dead_lettered += 1
+        await self._settle(msg.term(), "termed")

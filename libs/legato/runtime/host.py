@@ -1,0 +1,143 @@
+"""What every service process shares: settings, NATS, JetStream, the Postgres pool, the outbox relay,
+dead letters, and a supervisor with ordered shutdown on SIGTERM/SIGINT.
+
+Shutdown order: stop fetching -> in-flight work finishes within the grace period -> the rest is
+cancelled -> the relay flushes -> NATS is drained -> the pool is closed -> spans are flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from legato.bus.connection import connect
+from legato.bus.publisher import Publisher
+from legato.bus.streams import provision_streams
+from legato.bus.topology import Topology
+from legato.runtime.component import Component
+from legato.runtime.settings import Settings
+from legato.runtime.supervisor import Supervisor
+from legato.store.dead_letters import PostgresDeadLetters
+from legato.store.migrations import migrate
+from legato.store.outbox import OutboxRelay
+from legato.store.pool import create_pool
+from legato.telemetry import configure_logging, configure_tracing, get_logger, shutdown_tracing
+
+log = get_logger("legato.runtime")
+
+
+class ServiceHost:
+    """Async context manager owning one service process's connections and components."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: Settings,
+        *,
+        with_relay: bool = True,
+        pool_max: int | None = None,
+        configure_process: bool = True,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.topology = Topology(settings.namespace, settings.partitions)
+        self.with_relay = with_relay
+        self.pool_max = pool_max
+        self.configure_process = configure_process
+        self.components: list[Component] = []
+        self._nc: Client | None = None
+        self._pool: asyncpg.Pool | None = None
+        self.publisher: Publisher | None = None
+        self.relay: OutboxRelay | None = None
+        self.dead_letters: PostgresDeadLetters | None = None
+        self.supervisor: Supervisor | None = None
+
+    @property
+    def nc(self) -> Client:
+        assert self._nc is not None, "ServiceHost not entered"
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "ServiceHost not entered"
+        return self._pool
+
+    async def __aenter__(self) -> Self:
+        if self.configure_process:
+            configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
+            configure_tracing(self.service)
+        try:
+            self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
+        except Exception as exc:
+            raise ConnectionError(f"cannot connect to NATS at {self.settings.nats_url}: {exc!r}") from exc
+        self._pool = await create_pool(
+            self.settings.database_url,
+            min_size=self.settings.db_pool_min,
+            max_size=self.pool_max or self.settings.db_pool_max,
+        )
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+        await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
+        self.publisher = Publisher(self.nc)
+        self.dead_letters = PostgresDeadLetters(self._pool)
+        if self.with_relay:
+            self.relay = OutboxRelay(self._pool, self.publisher)
+        log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
+        return self
+
+    def add(self, component: Component) -> Component:
+        self.components.append(component)
+        return component
+
+    def wake_relay(self) -> None:
+        if self.relay is not None:
+            self.relay.wake()
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        comps: list[Component] = list(self.components)
+        if self.relay is not None:
+            comps.append(self.relay)
+        self.supervisor = Supervisor(
+            comps,
+            grace_period=self.settings.grace_period,
+            closers=[self._drain_nats, self._close_pool],
+            handle_signals=handle_signals,
+        )
+        log.info("service_started", components=[c.name for c in comps])
+        await self.supervisor.run()
+
+    def request_shutdown(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.request_shutdown()
+
+    async def _drain_nats(self) -> None:
+        if self._nc is not None and not self._nc.is_closed and not self._nc.is_draining:
+            try:
+                await asyncio.wait_for(self._nc.drain(), timeout=5.0)
+            except Exception:
+                await self._nc.close()
+
+    async def _close_pool(self) -> None:
+        if self._pool is not None and not self._pool.is_closing():
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5.0)
+            except Exception:
+                self._pool.terminate()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.supervisor is None or not self.supervisor.is_running:
+            await self._drain_nats()
+            await self._close_pool()
+        if self.configure_process:
+            shutdown_tracing()

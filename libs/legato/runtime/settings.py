@@ -1,0 +1,150 @@
+"""Settings from flags, the environment and the dev state file, decoded and checked with msgspec.
+
+Where to connect, in order: explicit overrides (CLI flags) > environment (``LEGATO_*``) > the file
+``legato dev`` writes in its state folder (``.legato/dev.json``) > defaults. A bad value fails at start
+with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the variable and the rule."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/legato"
+    # Scheduler partitions: a workflow belongs to partition hash(workflow_id) % partitions.
+    partitions: int = 8
+    # Prefix for stream names and subjects, so several Legato installs (or tests) can share one NATS.
+    namespace: str = ""
+    state_dir: str = ".legato"
+    replica_id: str = ""
+    grace_period: float = 10.0
+    db_pool_min: int = 1
+    db_pool_max: int = 8
+    # JetStream stream replicas (3 in a cluster deployment).
+    stream_replicas: int = 1
+    max_deliveries: int = 5
+    log_level: str = "info"
+    log_format: str = "auto"
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.partitions >= 1 and self.partitions <= 4096,
+            "LEGATO_PARTITIONS",
+            "must be 1..4096",
+            self.partitions,
+        )
+        _check(self.grace_period >= 0, "LEGATO_GRACE_PERIOD", "must be >= 0", self.grace_period)
+        _check(self.db_pool_min >= 1, "LEGATO_DB_POOL_MIN", "must be >= 1", self.db_pool_min)
+        _check(
+            self.db_pool_max >= self.db_pool_min,
+            "LEGATO_DB_POOL_MAX",
+            "must be >= LEGATO_DB_POOL_MIN",
+            self.db_pool_max,
+        )
+        _check(
+            self.stream_replicas in (1, 3, 5),
+            "LEGATO_STREAM_REPLICAS",
+            "must be 1, 3 or 5",
+            self.stream_replicas,
+        )
+        _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
+        _check(0 <= self.metrics_port <= 65535, "LEGATO_METRICS_PORT", "must be 0..65535", self.metrics_port)
+        _check(
+            self.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")),
+            "LEGATO_NATS_URL",
+            "must start with nats://, tls://, ws:// or wss://",
+            self.nats_url,
+        )
+        _check(
+            self.database_url.startswith(("postgresql://", "postgres://")),
+            "LEGATO_DATABASE_URL",
+            "must start with postgresql://",
+            self.database_url,
+        )
+        ns = self.namespace
+        _check(
+            ns == "" or (ns.replace("_", "").replace("-", "").isalnum() and ns.isascii()),
+            "LEGATO_NAMESPACE",
+            "must be letters, digits, '-' or '_'",
+            ns,
+        )
+
+    @property
+    def replica(self) -> str:
+        """A stable name for this process's replica (leases are keyed by it)."""
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _check(ok: bool, var: str, rule: str, value: object) -> None:
+    if not ok:
+        raise SettingsError(f"{var}: {rule}, got {value!r}")
+
+
+_FIELDS: dict[str, str] = {name: f"LEGATO_{name.upper()}" for name in Settings.__struct_fields__}
+
+
+def dev_state_file(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / "dev.json"
+
+
+def read_dev_state(state_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The URLs a running (or last) ``legato dev`` wrote; {} when there is none."""
+    path = dev_state_file(state_dir)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    use_dev_state: bool = True,
+) -> Settings:
+    """Build Settings: overrides > environment > ``<state_dir>/dev.json`` > defaults."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    state_dir = (overrides or {}).get("state_dir") or env.get("LEGATO_STATE_DIR") or ".legato"
+    if use_dev_state:
+        dev = read_dev_state(state_dir)
+        for key in ("nats_url", "database_url", "namespace", "partitions"):
+            if key in dev:
+                raw[key] = dev[key]
+    for name, var in _FIELDS.items():
+        if var in env and env[var] != "":
+            raw[name] = env[var]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise SettingsError(f"unknown setting {name!r}")
+            raw[name] = value
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.partitions`"; name the variable instead.
+    text = str(exc)
+    if " - at `$." in text:
+        rule, _, where = text.partition(" - at `$.")
+        field = where.rstrip("`").split(".")[0].split("[")[0]
+        return f"{_FIELDS.get(field, field)}: {rule[0].lower()}{rule[1:]}"
+    return text

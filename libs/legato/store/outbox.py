@@ -1,0 +1,139 @@
+"""The transactional outbox and its relay.
+
+A transaction that must emit messages writes them with ``add_to_outbox`` on its own connection, so the
+messages exist if and only if the transaction committed. The relay publishes them to NATS with
+``Nats-Msg-Id`` = the row's message id and deletes them after the PubAck; a relay that crashes between
+the two republishes with the same id and JetStream (then the consumer's durable dedup) drops the copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+
+from legato.bus.publisher import OutgoingMessage, Publisher
+from legato.runtime.component import Component
+from legato.telemetry import get_logger
+
+log = get_logger("legato.store")
+
+
+async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> None:
+    """Write messages in the caller's transaction (one statement for the whole batch)."""
+    if not messages:
+        return
+    await conn.execute(
+        """
+        INSERT INTO outbox (subject, payload, msg_id, headers, core)
+        SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::jsonb[], $5::boolean[])
+        """,
+        [m.subject for m in messages],
+        [m.payload for m in messages],
+        [m.msg_id for m in messages],
+        [dict(m.headers) if m.headers else None for m in messages],
+        [m.core for m in messages],
+    )
+
+
+class OutboxRelay(Component):
+    """Publishes committed outbox rows, oldest first, in pipelined batches.
+
+    Woken at once by ``wake()`` after a local commit; polls every ``poll_interval`` for rows other
+    processes left behind (a crashed process's rows are picked up by any relay). Several relays may run:
+    ``FOR UPDATE SKIP LOCKED`` gives each its own rows.
+    """
+
+    name = "outbox-relay"
+    shutdown_stage = 1
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        *,
+        batch: int = 500,
+        poll_interval: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.publisher = publisher
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+        self._db_token = ""
+        self.published = 0
+        self.rounds = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_shutdown(self) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        self._db_token = await self._database_token()
+        failures = 0
+        while True:
+            try:
+                while await self.relay_once():
+                    failures = 0
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.warning("outbox_relay_failed", error=repr(exc), failures=failures)
+                if await self.sleep_or_stop(min(0.1 * 2**failures, 5.0)):
+                    break
+                continue
+            if self.stopping:
+                break
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+        # Last pass so rows committed just before shutdown are not left to the next start.
+        try:
+            while await self.relay_once():
+                pass
+        except Exception as exc:
+            log.warning("outbox_final_relay_failed", error=repr(exc))
+
+    async def _database_token(self) -> str:
+        # Message ids must not repeat if the database is recreated while NATS keeps its dedup window.
+        async with self.pool.acquire() as conn:
+            ident = await conn.fetchval(
+                "SELECT system_identifier::text || '.' || (SELECT oid FROM pg_database WHERE datname = current_database())::text FROM pg_control_system()"
+            )
+        return str(ident)
+
+    async def relay_once(self) -> int:
+        """Publish and delete one batch; returns how many rows it relayed (0 = outbox empty)."""
+        if not self._db_token:
+            self._db_token = await self._database_token()
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, subject, payload, msg_id, headers, core FROM outbox "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch,
+            )
+            if not rows:
+                return 0
+            msgs = [
+                OutgoingMessage(
+                    subject=r["subject"],
+                    payload=r["payload"],
+                    msg_id=r["msg_id"] or f"ob.{self._db_token}.{r['id']}",
+                    headers=r["headers"] or {},
+                    core=r["core"],
+                )
+                for r in rows
+            ]
+            await self.publisher.publish_many(msgs)
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        self.published += len(rows)
+        self.rounds += 1
+        return len(rows)

@@ -1,0 +1,66 @@
+"""asyncpg pool with JSON codecs, and creating the database when it is missing."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+def _encode(value: Any) -> str:
+    return _json_encode(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("jsonb", "json"):
+        await conn.set_type_codec(typ, encoder=_encode, decoder=_json_decode, schema="pg_catalog")
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, command_timeout: float = 60.0
+) -> asyncpg.Pool:
+    """A pool whose connections map jsonb <-> Python values through msgspec."""
+    try:
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            init=_init_connection,
+            server_settings={"application_name": "legato"},
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ConnectionError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+async def ensure_database(url: str) -> None:
+    """Create the database named in ``url`` when it does not exist (dev and tests)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "postgres"
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass
+    finally:
+        await conn.close()

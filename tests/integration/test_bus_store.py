@@ -1,0 +1,323 @@
+"""The foundation against a real nats-server and a real PostgreSQL: ack-after-commit, outbox relay,
+dead letters, migrations under concurrency, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client
+
+from legato.bus import (
+    ConsumerLoop,
+    ConsumerSpec,
+    Delivery,
+    OutgoingMessage,
+    Poison,
+    Publisher,
+    Topology,
+    provision_streams,
+)
+from legato.runtime.settings import Settings
+from legato.store import (
+    OutboxRelay,
+    PostgresDeadLetters,
+    add_to_outbox,
+    create_pool,
+    mark_applied,
+    migrate_url,
+)
+
+
+class Ping(msgspec.Struct, frozen=True):
+    n: int
+    v: int = 1
+
+
+DECODER = msgspec.json.Decoder(Ping)
+
+
+@pytest.fixture
+async def nc(settings: Settings) -> AsyncIterator[Client]:
+    client = await nats.connect(settings.nats_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings.database_url, max_size=8)
+    async with p.acquire() as conn:
+        await conn.execute("CREATE TABLE effect (n integer NOT NULL, msg_id text NOT NULL)")
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def topo(settings: Settings) -> Topology:
+    return Topology(settings.namespace, settings.partitions)
+
+
+def spec_for(topo: Topology, name: str = "testc", ack_wait: float = 2.0) -> ConsumerSpec:
+    return ConsumerSpec(
+        stream=topo.events_stream,
+        durable=topo.consumer_name(name),
+        filter_subject=f"{topo.subject_prefix('event')}>",
+        ack_wait=ack_wait,
+    )
+
+
+async def publish(nc: Client, topo: Topology, payloads: list[bytes]) -> None:
+    pub = Publisher(nc)
+    await pub.publish_many(
+        [OutgoingMessage(topo.event_subject("wf"), p, msg_id=uuid.uuid4().hex) for p in payloads]
+    )
+
+
+async def run_until(loop: ConsumerLoop[Ping], cond: object, timeout: float = 20.0) -> None:
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while not await cond():  # type: ignore[operator]
+                await asyncio.sleep(0.05)
+    finally:
+        await loop.shutdown()
+        await task
+
+
+async def count(pool: asyncpg.Pool, sql: str) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(sql))
+
+
+async def test_handler_dying_mid_way_is_redelivered_and_applied_once(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    await publish(nc, topo, [msgspec.json.encode(Ping(n=i)) for i in range(20)])
+    crashes: dict[str, int] = {}
+
+    async def handler(d: Delivery[Ping]) -> None:
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                if not await mark_applied(conn, "test", d.msg_id):
+                    return
+                await conn.execute("INSERT INTO effect VALUES ($1, $2)", d.message.n, d.msg_id)
+                if d.message.n % 3 == 0 and crashes.get(d.msg_id, 0) == 0:
+                    crashes[d.msg_id] = 1
+                    raise RuntimeError("died before commit")  # rolled back, then nak
+            if d.message.n % 4 == 1 and crashes.get(d.msg_id, 0) == 0:
+                crashes[d.msg_id] = 2
+                # Committed, but "dies" before the ack: never settled, JetStream redelivers after ack_wait.
+                raise asyncio.CancelledError()
+
+    loop = ConsumerLoop(
+        nc.jetstream(),
+        spec_for(topo),
+        DECODER,
+        handler,
+        dead_letters=PostgresDeadLetters(pool),
+        retry_delays=(0.1,),
+    )
+
+    async def done() -> bool:
+        return (
+            await count(pool, "SELECT count(*) FROM effect") >= 20
+            and all(v for v in crashes.values())
+            and loop.stats.acked >= 20
+        )
+
+    await run_until(loop, done)
+    rows = await count(pool, "SELECT count(*) FROM effect")
+    distinct = await count(pool, "SELECT count(DISTINCT n) FROM effect")
+    assert rows == 20 and distinct == 20
+    assert sum(1 for v in crashes.values() if v == 1) == 7  # n = 0,3,...,18 died before commit
+    assert sum(1 for v in crashes.values() if v == 2) == 4  # n = 1,5,13,17 lost their ack (9 died earlier)
+    assert loop.stats.redelivered == 11
+
+
+async def test_poison_and_failing_messages_reach_dead_letter_without_blocking(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    payloads = [msgspec.json.encode(Ping(n=i)) for i in range(10)]
+    payloads.insert(3, b"not json at all")
+    payloads.insert(6, b'{"kind": "unknown", "x": 1}')
+    payloads.insert(8, msgspec.json.encode(Ping(n=666)))
+    await publish(nc, topo, payloads)
+    seen: list[int] = []
+
+    async def handler(d: Delivery[Ping]) -> None:
+        if d.message.n == 666:
+            raise ValueError("this one always fails")
+        if d.message.n == 7:
+            raise Poison("declared poison by the handler")
+        seen.append(d.message.n)
+
+    loop = ConsumerLoop(
+        nc.jetstream(),
+        spec_for(topo),
+        DECODER,
+        handler,
+        dead_letters=PostgresDeadLetters(pool),
+        max_deliveries=3,
+        retry_delays=(0.05,),
+    )
+
+    async def done() -> bool:
+        return await count(pool, "SELECT count(*) FROM dead_letter") >= 4
+
+    await run_until(loop, done)
+    assert sorted(seen) == [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT payload, error, deliveries, headers FROM dead_letter ORDER BY stream_seq"
+        )
+    by_payload = {bytes(r["payload"]): r for r in rows}
+    assert b"not json at all" in by_payload
+    assert "undecodable" in by_payload[b"not json at all"]["error"]
+    assert "undecodable" in by_payload[b'{"kind": "unknown", "x": 1}']["error"]
+    failing = by_payload[msgspec.json.encode(Ping(n=666))]
+    assert failing["deliveries"] == 3 and "this one always fails" in failing["error"]
+    assert "Nats-Msg-Id" in failing["headers"]
+    assert "declared poison" in by_payload[msgspec.json.encode(Ping(n=7))]["error"]
+    info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+class CrashAfterPublish(Publisher):
+    """Publishes for real, then fails before the relay can delete the rows (a crash in between)."""
+
+    crashes_left = 2
+
+    async def publish_many(self, msgs):  # type: ignore[no-untyped-def]
+        acks = await super().publish_many(msgs)
+        if self.crashes_left > 0:
+            self.crashes_left -= 1
+            raise ConnectionResetError("relay died after publish, before delete")
+        return acks
+
+
+async def test_outbox_relay_is_exactly_once_across_a_crash(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    n = 1200
+    async with pool.acquire() as conn, conn.transaction():
+        await add_to_outbox(
+            conn,
+            [OutgoingMessage(topo.event_subject("wf"), msgspec.json.encode(Ping(n=i))) for i in range(n)],
+        )
+    # A transaction that rolls back leaves nothing to relay.
+    with pytest.raises(RuntimeError):
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, [OutgoingMessage(topo.event_subject("wf"), b"{}")])
+            raise RuntimeError("rolled back")
+
+    crashing = OutboxRelay(pool, CrashAfterPublish(nc), batch=500)
+    with pytest.raises(ConnectionResetError):
+        await crashing.relay_once()
+    assert await count(pool, "SELECT count(*) FROM outbox") == n  # nothing deleted: the "crash"
+    relay = OutboxRelay(pool, Publisher(nc), batch=500)
+    while await relay.relay_once():
+        pass
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+    info = await nc.jetstream().stream_info(topo.events_stream)
+    assert info.state.messages == n  # the 500 republished ones were dropped as duplicates
+    assert relay.publisher.duplicates == 500
+
+
+async def test_outbox_relay_component_wakes_and_flushes(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    relay = OutboxRelay(pool, Publisher(nc), poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="m1")])
+        relay.wake()
+        async with asyncio.timeout(5):
+            while relay.published < 1:
+                await asyncio.sleep(0.02)
+    finally:
+        await relay.shutdown()
+        await task
+    assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 1
+
+
+async def test_migrations_are_safe_when_services_start_at_once(pg_admin_url: str) -> None:
+    name = f"m_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(pg_admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        results = await asyncio.gather(*(migrate_url(url) for _ in range(6)))
+        applied = [v for r in results for v in r]
+        assert len(applied) == len(set(applied)) and applied  # each migration applied by exactly one
+        again = await migrate_url(url)
+        assert again == []
+    finally:
+        conn = await asyncpg.connect(pg_admin_url)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def test_graceful_shutdown_finishes_in_flight_work(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    await publish(nc, topo, [msgspec.json.encode(Ping(n=i)) for i in range(5)])
+    started = asyncio.Event()
+    finished: list[int] = []
+
+    async def handler(d: Delivery[Ping]) -> None:
+        started.set()
+        await asyncio.sleep(0.8)
+        finished.append(d.message.n)
+
+    loop = ConsumerLoop(
+        nc.jetstream(), spec_for(topo), DECODER, handler, dead_letters=PostgresDeadLetters(pool)
+    )
+    task = asyncio.create_task(loop.run())
+    await asyncio.wait_for(started.wait(), 10)
+    await loop.shutdown()  # asks to stop while 5 handlers are mid-way
+    await task
+    assert sorted(finished) == [0, 1, 2, 3, 4]
+    assert loop.stats.acked == 5
+    info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_long_handler_is_kept_alive_with_in_progress(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    await publish(nc, topo, [msgspec.json.encode(Ping(n=1))])
+    calls = 0
+
+    async def handler(d: Delivery[Ping]) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3.5)  # longer than ack_wait (1.5 s): only heartbeats prevent a redelivery
+
+    loop = ConsumerLoop(
+        nc.jetstream(),
+        spec_for(topo, ack_wait=1.5),
+        DECODER,
+        handler,
+        dead_letters=PostgresDeadLetters(pool),
+        heartbeat_interval=0.5,
+    )
+
+    async def done() -> bool:
+        return loop.stats.acked >= 1
+
+    await run_until(loop, done)
+    assert calls == 1 and loop.stats.redelivered == 0
