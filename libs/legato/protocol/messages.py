@@ -1,0 +1,169 @@
+"""Message types. Unknown fields are ignored (newer senders stay readable); unknown kinds do not decode
+and are dead-lettered by the consumer loop."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+JSONValue = Any  # a JSON value (param and output values cross the wire as JSON)
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    v: int = PROTOCOL_VERSION
+
+
+# --- LEGATO_TRIGGERS -------------------------------------------------------------------------------
+
+
+class TriggerInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What started a run: ``api``, ``cron``, ``signal``, ``subworkflow``, ``foreach``, ``backfill``."""
+
+    kind: str
+    id: str | None = None
+    by: str | None = None
+    details: dict[str, JSONValue] = {}
+
+
+class ParentRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The step (and iteration) of a parent run that started this run as a child."""
+
+    instance_id: str
+    workflow_id: str
+    step_id: str
+    iteration: int | None = None
+
+
+class StartRun(_Msg, tag="start", kw_only=True):
+    """Create (once per trigger key) and admit a run of a workflow."""
+
+    workflow_id: str
+    trigger_key: str
+    instance_id: str
+    trigger: TriggerInfo
+    params: dict[str, JSONValue] = {}
+    version: int | None = None  # pinned definition version; None = the active one
+    requested_at: float = 0.0
+    parent: ParentRef | None = None
+    apply_run_strategy: bool = True
+
+
+class ActionRequest(_Msg, tag="action", kw_only=True):
+    """An operator action, applied by the workflow's actor (idempotent by ``action_id``)."""
+
+    action_id: str
+    workflow_id: str
+    action: Literal["stop", "kill", "restart", "unblock", "skip_step", "stop_all", "kill_all", "unblock_all"]
+    instance_id: str | None = None
+    step_id: str | None = None
+    reason: str = ""
+    actor: str = ""
+    requested_at: float = 0.0
+
+
+class WorkflowChanged(_Msg, tag="workflow_changed", kw_only=True):
+    """The definition, activation or run strategy changed: re-evaluate the queue."""
+
+    workflow_id: str
+    change: str = ""
+
+
+TriggerMessage = StartRun | ActionRequest | WorkflowChanged
+
+
+# --- LEGATO_EVENTS ---------------------------------------------------------------------------------
+
+
+class AttemptStarted(_Msg, tag="attempt_started", kw_only=True):
+    attempt_id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    executor: str
+    started_at: float
+
+
+Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "platform_error"]
+
+
+class AttemptFinished(_Msg, tag="attempt_finished", kw_only=True):
+    attempt_id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    outcome: Outcome
+    executor: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    outputs: dict[str, JSONValue] = {}
+    error: str | None = None
+    exit_code: int | None = None
+    log_tail: str | None = None
+
+
+EventMessage = AttemptStarted | AttemptFinished
+
+
+# --- LEGATO_WORK -----------------------------------------------------------------------------------
+
+
+class WorkItem(_Msg, tag="work", kw_only=True):
+    """One step attempt to execute; the result goes to ``reply_subject``."""
+
+    attempt_id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    attempt: int
+    step_type: str
+    config: dict[str, JSONValue] = {}
+    params: dict[str, JSONValue] = {}
+    timeout: float | None = None
+    reply_subject: str
+    dispatched_at: float = 0.0
+
+
+# --- core NATS -------------------------------------------------------------------------------------
+
+
+class CancelAttempt(_Msg, tag="cancel", kw_only=True):
+    attempt_id: str
+    reason: str = ""
+
+
+class InstanceProgress(_Msg, tag="progress", kw_only=True):
+    workflow_id: str
+    instance_id: str
+    status: str
+    reason: str | None = None
+    at: float = 0.0
+
+
+_trigger_decoder = msgspec.json.Decoder(TriggerMessage)
+_event_decoder = msgspec.json.Decoder(EventMessage)
+_work_decoder = msgspec.json.Decoder(WorkItem)
+_encoder = msgspec.json.Encoder()
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode_trigger(data: bytes) -> TriggerMessage:
+    return _trigger_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> EventMessage:
+    return _event_decoder.decode(data)
+
+
+def decode_work(data: bytes) -> WorkItem:
+    return _work_decoder.decode(data)
+
+
+TRIGGER_DECODER = _trigger_decoder
+EVENT_DECODER = _event_decoder
+WORK_DECODER = _work_decoder
