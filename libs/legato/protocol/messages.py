@@ -37,7 +37,7 @@ class ParentRef(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     iteration: int | None = None
 
 
-class StartRun(_Msg, tag="start", kw_only=True):
+class StartRun(_Msg, tag="start", frozen=True, kw_only=True):
     """Create (once per trigger key) and admit a run of a workflow."""
 
     workflow_id: str
@@ -51,7 +51,7 @@ class StartRun(_Msg, tag="start", kw_only=True):
     apply_run_strategy: bool = True
 
 
-class ActionRequest(_Msg, tag="action", kw_only=True):
+class ActionRequest(_Msg, tag="action", frozen=True, kw_only=True):
     """An operator action, applied by the workflow's actor (idempotent by ``action_id``)."""
 
     action_id: str
@@ -64,7 +64,7 @@ class ActionRequest(_Msg, tag="action", kw_only=True):
     requested_at: float = 0.0
 
 
-class WorkflowChanged(_Msg, tag="workflow_changed", kw_only=True):
+class WorkflowChanged(_Msg, tag="workflow_changed", frozen=True, kw_only=True):
     """The definition, activation or run strategy changed: re-evaluate the queue."""
 
     workflow_id: str
@@ -77,7 +77,7 @@ TriggerMessage = StartRun | ActionRequest | WorkflowChanged
 # --- LEGATO_EVENTS ---------------------------------------------------------------------------------
 
 
-class AttemptStarted(_Msg, tag="attempt_started", kw_only=True):
+class AttemptStarted(_Msg, tag="attempt_started", frozen=True, kw_only=True):
     attempt_id: str
     workflow_id: str
     instance_id: str
@@ -89,7 +89,7 @@ class AttemptStarted(_Msg, tag="attempt_started", kw_only=True):
 Outcome = Literal["succeeded", "failed", "timed_out", "cancelled", "platform_error"]
 
 
-class AttemptFinished(_Msg, tag="attempt_finished", kw_only=True):
+class AttemptFinished(_Msg, tag="attempt_finished", frozen=True, kw_only=True):
     attempt_id: str
     workflow_id: str
     instance_id: str
@@ -110,7 +110,7 @@ EventMessage = AttemptStarted | AttemptFinished
 # --- LEGATO_WORK -----------------------------------------------------------------------------------
 
 
-class WorkItem(_Msg, tag="work", kw_only=True):
+class WorkItem(_Msg, tag="work", frozen=True, kw_only=True):
     """One step attempt to execute; the result goes to ``reply_subject``."""
 
     attempt_id: str
@@ -129,12 +129,12 @@ class WorkItem(_Msg, tag="work", kw_only=True):
 # --- core NATS -------------------------------------------------------------------------------------
 
 
-class CancelAttempt(_Msg, tag="cancel", kw_only=True):
+class CancelAttempt(_Msg, tag="cancel", frozen=True, kw_only=True):
     attempt_id: str
     reason: str = ""
 
 
-class InstanceProgress(_Msg, tag="progress", kw_only=True):
+class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):
     workflow_id: str
     instance_id: str
     status: str
@@ -142,9 +142,9 @@ class InstanceProgress(_Msg, tag="progress", kw_only=True):
     at: float = 0.0
 
 
-_trigger_decoder = msgspec.json.Decoder(TriggerMessage)
-_event_decoder = msgspec.json.Decoder(EventMessage)
-_work_decoder = msgspec.json.Decoder(WorkItem)
+_trigger_decoder: msgspec.json.Decoder[TriggerMessage] = msgspec.json.Decoder(TriggerMessage)
+_event_decoder: msgspec.json.Decoder[EventMessage] = msgspec.json.Decoder(EventMessage)
+_work_decoder: msgspec.json.Decoder[WorkItem] = msgspec.json.Decoder(WorkItem)
 _encoder = msgspec.json.Encoder()
 
 
