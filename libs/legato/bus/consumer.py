@@ -15,6 +15,8 @@ Long handlers are kept alive with ``in_progress()``; in-flight work is bounded b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -133,6 +135,9 @@ class ConsumerLoop(Component, Generic[T]):
         self.heartbeat_interval = heartbeat_interval or max(1.0, spec.ack_wait / 3)
         self.span_name = span_name or f"process {spec.stream}"
         self.stats = ConsumerStats()
+        # Test hook: apply every message twice (as if its ack was lost and JetStream redelivered it)
+        # to prove handlers are idempotent end to end. Never set in production.
+        self.deliver_twice = os.environ.get("LEGATO_TEST_DELIVER_TWICE") == "1"
         self._in_flight: dict[int, Delivery[T]] = {}
         self._slot_free = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -257,6 +262,9 @@ class ConsumerLoop(Component, Generic[T]):
                 ),
             ):
                 await self.handler(delivery)
+                if self.deliver_twice:
+                    again = dataclasses.replace(delivery, num_delivered=deliveries + 1)
+                    await self.handler(again)
         except asyncio.CancelledError:
             raise  # not settled: redelivered after ack_wait
         except Retry as exc:

@@ -132,6 +132,7 @@ class WorkItem(_Msg, tag="work", frozen=True, kw_only=True):
 class CancelAttempt(_Msg, tag="cancel", frozen=True, kw_only=True):
     attempt_id: str
     reason: str = ""
+    force: bool = False  # kill at once instead of a graceful stop
 
 
 class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):

@@ -46,7 +46,7 @@ class OutboxRelay(Component):
     """
 
     name = "outbox-relay"
-    shutdown_stage = 1
+    shutdown_stage = 10  # last: flush what every other component committed
 
     def __init__(
         self,

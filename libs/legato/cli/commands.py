@@ -1,0 +1,263 @@
+"""Commands that talk to a running Legato through its NATS API (never to Postgres directly)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from legato.cli import render
+from legato.client import ApiError, LegatoClient
+from legato.runtime.settings import load_settings
+
+
+def parse_params(pairs: list[str] | None) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON (numbers, true, lists, objects) is taken as JSON."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"legato: --param expects key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+async def client_for(args: argparse.Namespace) -> LegatoClient:
+    settings = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace})
+    return await LegatoClient.connect(settings.nats_url, namespace=settings.namespace,
+                                      actor=os.environ.get("USER") or "cli")
+
+
+async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
+    status = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        try:
+            res = await c.push(text, source=str(path), activate=not args.no_activate)
+        except ApiError as exc:
+            status = 1
+            _print_api_error(exc)
+            continue
+        if args.json:
+            render.dump_json(res)
+        else:
+            what = "new version" if res["created"] else "unchanged"
+            print(f"{res['workflow_id']}: version {res['version']} ({what}); active version {res['active_version']}")
+    return status
+
+
+async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.list", {"limit": args.limit})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    render.table(
+        ["workflow", "active", "version", "strategy", "running", "queued", "blocked by", "description"],
+        [
+            [w["workflow_id"], "yes" if w["active"] else "no", w["active_version"],
+             w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
+             w["running"], w["queued"], w["blocked_by"] or "", (w.get("description") or "").split("\n")[0]]
+            for w in res["workflows"]
+        ],
+    )
+    return 0
+
+
+async def cmd_workflow_show(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.get", {"workflow_id": args.workflow, "version": args.version})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    print(f"workflow {res['workflow_id']}  version {res['version']} (active {res['active_version']}, "
+          f"latest {res['latest_version']})  {'active' if res['active'] else 'INACTIVE'}")
+    print(f"run strategy: {res['run_strategy']}"
+          + (f" max_concurrency={res['max_concurrency']}" if res["run_strategy"] == "parallel" else "")
+          + f" (from {res['strategy_source']})")
+    print(f"running {res['running']}, queued {res['queued']}" + (f", BLOCKED by {res['blocked_by']}"
+                                                                   if res["blocked_by"] else ""))
+    print("versions: " + ", ".join(f"{v['version']}" for v in res["versions"]))
+    if res.get("source"):
+        print("\n" + res["source"].rstrip())
+    return 0
+
+
+async def cmd_workflow_status(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.status", {"workflow_id": args.workflow})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    print(f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
+          + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else ""))
+    if res["blocked_by"]:
+        print(f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "
+              f"legato unblock {res['blocked_by']} --reason ... or legato restart {res['blocked_by']} --reason ...")
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))
+    _print_runs("running", res["running_runs"])
+    _print_runs("queued", res["queued_runs"])
+    return 0
+
+
+def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        return
+    print(f"\n{title}:")
+    render.table(
+        ["run", "pos" if title == "queued" else "started", "trigger"],
+        [[r["instance_id"], r.get("position") or render.short_time(r["started_at"]), r["trigger"].get("kind")]
+         for r in runs],
+    )
+
+
+async def cmd_workflow_activate(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.activate", {"workflow_id": args.workflow, "version": args.version})
+    print(f"{res['workflow_id']}: active version {res['active_version']}")
+    return 0
+
+
+async def cmd_workflow_deactivate(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.deactivate", {"workflow_id": args.workflow})
+    print(f"{res['workflow_id']}: inactive")
+    return 0
+
+
+async def cmd_workflow_set_strategy(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("workflow.set_run_strategy", {"workflow_id": args.workflow, "run_strategy": args.strategy,
+                                                     "max_concurrency": args.max_concurrency})
+    print(f"{res['workflow_id']}: run strategy {res['run_strategy']} (max_concurrency {res['max_concurrency']})")
+    return 0
+
+
+async def cmd_workflow_action(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call(f"workflow.{args.action}", {"workflow_id": args.workflow, "reason": args.reason})
+    print(f"{args.action} of all runs of {args.workflow} accepted (action {res['action_id']})")
+    return 0
+
+
+async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.start(args.workflow, parse_params(args.param), request_id=args.request_id, version=args.version)
+    if not args.wait:
+        if args.json:
+            render.dump_json(res)
+        else:
+            dup = " (duplicate request: existing run)" if res["duplicate"] else ""
+            print(f"{res['instance_id']}{dup}")
+        return 0
+    if not args.json:
+        print(f"started {res['instance_id']}; waiting…", file=sys.stderr)
+    info = await c.wait(res["instance_id"], timeout=args.timeout)
+    if args.json:
+        render.dump_json(info)
+    else:
+        print_instance(info)
+    return 0 if info["status"] == "succeeded" else 1
+
+
+async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("instance.list", {"workflow_id": args.workflow, "status": args.status, "limit": args.limit})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    status: dict[str, Any] | None = None
+    if args.workflow:
+        status = await c.call("workflow.status", {"workflow_id": args.workflow})
+        state = status["state"].upper()
+        extra = f" — blocked by {status['blocked_by']}" if status["blocked_by"] else ""
+        print(f"workflow {args.workflow}: {state}{extra}; running {status['running']}, queued {status['queued']}")
+    positions = {r["instance_id"]: r["position"] for r in (status or {}).get("queued_runs", [])}
+    render.table(
+        ["run", "workflow", "status", "trigger", "created", "took", "why / error"],
+        [
+            [
+                r["instance_id"], r["workflow_id"],
+                r["status"] + (f" #{positions[r['instance_id']]}" if r["instance_id"] in positions else ""),
+                r["trigger"].get("kind"), render.short_time(r["created_at"]),
+                render.duration(r["started_at"], r["ended_at"]),
+                r["error"] or render.reason_text(r["reason"]),
+            ]
+            for r in res["instances"]
+        ],
+    )
+    return 0
+
+
+def print_instance(info: dict[str, Any]) -> None:
+    print(f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
+          f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}")
+    if info.get("trace_id"):
+        print(f"trace {info['trace_id']}")
+    if info.get("trigger"):
+        print(f"trigger {info['trigger'].get('kind')}  created {render.short_time(info.get('created_at'))}  "
+              f"took {render.duration(info.get('started_at'), info.get('ended_at'))}")
+    if info.get("reason"):
+        print(f"why: {render.reason_text(info['reason'])}")
+    if info.get("error"):
+        print(f"error: {info['error']}")
+    if info.get("params"):
+        print("params: " + json.dumps(info["params"], sort_keys=True, default=str))
+    steps = info.get("steps") or []
+    if steps:
+        print()
+        render.table(
+            ["step", "status", "attempts", "took", "outputs / error"],
+            [
+                [
+                    s["step_id"], s["status"] + (" (ignored)" if s.get("failure_ignored") else ""),
+                    len(s["attempts"]), render.duration(s["started_at"], s["ended_at"]),
+                    s["error"] or render.reason_text(s["reason"]) if s["status"] != "succeeded"
+                    else json.dumps(s["outputs"] or {}, sort_keys=True, default=str),
+                ]
+                for s in steps
+            ],
+        )
+        for s in steps:
+            for a in s["attempts"]:
+                if a["status"] not in ("succeeded",) and (a["error"] or a["log_tail"]):
+                    print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}: {a['error'] or ''}")
+    timeline = info.get("timeline") or []
+    if timeline:
+        print("\ntimeline:")
+        for t in timeline:
+            who = f" [{t['actor']}]" if t.get("actor") else ""
+            print(f"  {render.short_time(t['at'])}  {t['message'] or t['event']}{who}")
+
+
+async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
+    info = await c.get(args.instance)
+    if args.json:
+        render.dump_json(info)
+    else:
+        print_instance(info)
+    return 0
+
+
+async def cmd_instance_action(args: argparse.Namespace, c: LegatoClient) -> int:
+    body: dict[str, Any] = {"instance_id": args.instance, "reason": args.reason}
+    if getattr(args, "from_step", None):
+        body["step_id"] = args.from_step
+    if getattr(args, "step", None):
+        body["step_id"] = args.step
+    endpoint = "instance.skip_step" if args.action == "skip" else f"instance.{args.action}"
+    res = await c.call(endpoint, body)
+    if args.json:
+        render.dump_json(res)
+    else:
+        print(f"{args.action} {args.instance}: accepted (action {res['action_id']})")
+    return 0
+
+
+def _print_api_error(exc: ApiError) -> None:
+    print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
+    for item in exc.details.get("errors", []) if isinstance(exc.details, dict) else []:
+        print(f"  {item['path']}: {item['message']}", file=sys.stderr)

@@ -1,0 +1,69 @@
+"""Plain-text rendering for the CLI: aligned tables and short durations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = min(max(widths[i], len(v)), 80)
+    line = "  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers))
+    print(line.rstrip(), file=out)
+    for row in cells:
+        print("  ".join(_clip(v, widths[i]).ljust(widths[i]) for i, v in enumerate(row)).rstrip(), file=out)
+
+
+def _clip(v: str, width: int) -> str:
+    return v if len(v) <= width else v[: width - 1] + "…"
+
+
+def dump_json(value: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value)
+
+
+def duration(start: str | None, end: str | None) -> str:
+    a, b = parse_time(start), parse_time(end)
+    if a is None:
+        return ""
+    if b is None:
+        return "…"
+    secs = (b - a).total_seconds()
+    if secs < 1:
+        return f"{secs * 1000:.0f}ms"
+    if secs < 120:
+        return f"{secs:.1f}s"
+    if secs < 7200:
+        return f"{secs / 60:.1f}m"
+    return f"{secs / 3600:.1f}h"
+
+
+def short_time(value: str | None) -> str:
+    t = parse_time(value)
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
+
+
+def reason_text(reason: Any) -> str:
+    if not reason:
+        return ""
+    if isinstance(reason, dict):
+        if reason.get("message"):
+            return str(reason["message"])
+        code = reason.get("code", "")
+        rest = ", ".join(f"{k}={v}" for k, v in reason.items() if k not in ("code", "message") and v not in (None, ""))
+        return f"{code} ({rest})" if rest else str(code)
+    return str(reason)

@@ -1,0 +1,88 @@
+"""Request/reply API on core NATS: ``legato.api.<resource>.<verb>``, JSON in, JSON out.
+
+Every reply is either ``{"result": {...}}`` or ``{"error": {"code", "message", "details"}}`` — never a
+timeout for a bad request. Requests reject unknown fields so a typo is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class ApiRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    actor: str | None = None  # who asks (recorded on operator actions)
+
+
+class PushWorkflow(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    definition: str  # YAML or JSON text
+    source: str | None = None  # file name, for error messages
+    activate: bool = True
+
+
+class WorkflowRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str
+    version: int | None = None
+
+
+class ListWorkflows(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: int = 100
+    after: str | None = None  # keyset pagination on workflow id
+
+
+class SetRunStrategy(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str
+    run_strategy: str
+    max_concurrency: int | None = None
+
+
+class StartInstance(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str
+    params: dict[str, Any] = {}
+    request_id: str | None = None
+    version: int | None = None
+
+
+class InstanceRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    instance_id: str
+    timeline_limit: int = 200
+    steps_limit: int = 1000
+
+
+class ListInstances(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str | None = None
+    status: str | None = None
+    since: float | None = None  # epoch seconds (created at or after)
+    until: float | None = None
+    limit: int = 50
+    cursor: int | None = None  # seq of the last row of the previous page
+
+
+class InstanceAction(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    instance_id: str
+    reason: str = ""
+    step_id: str | None = None  # restart --from STEP, skip STEP
+    request_id: str | None = None
+
+
+class WorkflowAction(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str
+    reason: str = ""
+    request_id: str | None = None
+
+
+class ApiError(Exception):
+    """A structured API error (also raised by the client when a reply carries one)."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"

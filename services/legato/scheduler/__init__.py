@@ -1,0 +1,1 @@
+"""The scheduler: one actor per workflow applies its run strategy and drives each run's step graph."""

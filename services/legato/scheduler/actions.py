@@ -1,0 +1,152 @@
+"""Operator actions, applied by the workflow's actor like any other message.
+
+Each action is idempotent by its ``action_id`` (recorded in ``operator_action`` in the same
+transaction), records who, why and when in the run's timeline, and records why it did not apply when
+it did not (the API already refused the obvious cases with a clear error).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from legato.protocol.messages import ActionRequest
+from legato.scheduler.engine import RunEngine
+from legato.scheduler.state import (
+    _ATTEMPT_COLUMNS,
+    _INSTANCE_COLUMNS,
+    _STEP_COLUMNS,
+    AttemptState,
+    InstanceState,
+    StepState,
+    TimelineEntry,
+)
+
+
+async def apply_action(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> None:
+    done = await conn.fetchval("SELECT result FROM operator_action WHERE id = $1", msg.action_id)
+    if done is not None or any(a[0] == msg.action_id for a in engine.uow.actions):
+        return
+    result = await _apply(conn, engine, msg)
+    engine.uow.actions.append(
+        (msg.action_id, msg.workflow_id, msg.instance_id, msg.action, msg.actor, msg.reason, result)
+    )
+
+
+async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> str:
+    state = engine.state
+    who = msg.actor or "operator"
+    why = msg.reason
+    if msg.action in ("stop_all", "kill_all"):
+        n = 0
+        for inst in list(state.instances.values()):
+            _end_by_operator(engine, inst, msg.action.removesuffix("_all"), who, why)
+            n += 1
+        return f"applied to {n} runs"
+    if msg.action == "unblock_all":
+        return _unblock(engine, None, who, why)
+    if msg.instance_id is None:
+        return "ignored: no run given"
+    if msg.action == "unblock":
+        return _unblock(engine, msg.instance_id, who, why)
+    inst = state.instances.get(msg.instance_id)
+    if msg.action in ("stop", "kill"):
+        if inst is None:
+            return "ignored: run is not queued or running"
+        _end_by_operator(engine, inst, msg.action, who, why)
+        return "applied"
+    if msg.action == "skip_step":
+        if inst is None or inst.status != "running" or not msg.step_id:
+            return "ignored: run is not running"
+        st = inst.steps.get(msg.step_id)
+        if st is None or st.terminal:
+            return "ignored: step is not waiting, queued, running or retrying"
+        engine.cancel_running_steps_of(inst, [msg.step_id], "skipped", f"skipped by {who}: {why}")
+        engine.advance(inst)
+        return "applied"
+    if msg.action == "restart":
+        if inst is not None:
+            return "ignored: run is still active"
+        loaded = await _load_terminal_instance(conn, msg.instance_id)
+        if loaded is None:
+            return "ignored: run not found"
+        return _restart(engine, loaded, msg.step_id, who, why)
+    return f"ignored: unknown action {msg.action}"
+
+
+def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: str, why: str) -> None:
+    reason: dict[str, Any] = {"code": "operator", "action": action, "by": who, "why": why}
+    engine.finish(inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who,
+                  force=action == "kill")
+
+
+def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> str:
+    row = engine.state.row
+    if not row.blocked_by:
+        return "ignored: workflow is not blocked"
+    if instance_id is not None and instance_id != row.blocked_by:
+        return f"ignored: the queue is blocked by {row.blocked_by}, not {instance_id}"
+    blocker = row.blocked_by
+    row.blocked_by = None
+    row.blocked_since = None
+    engine.uow.workflow_dirty = True
+    engine.uow.unblocked_instances.append(blocker)
+    engine.uow.note(TimelineEntry(blocker, "unblocked", f"queue unblocked by {who}: {why}", actor=who))
+    return "applied"
+
+
+async def _load_terminal_instance(conn: asyncpg.Connection, instance_id: str) -> InstanceState | None:
+    r = await conn.fetchrow(
+        f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM workflow_instance WHERE id = $1", instance_id
+    )
+    if r is None:
+        return None
+    inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+    for s in await conn.fetch(f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id):
+        st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
+        inst.steps[st.step_id] = st
+    for a in await conn.fetch(
+        f"SELECT {', '.join('a.' + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a "
+        "JOIN step_run s ON s.current_attempt_id = a.id WHERE s.instance_id = $1",
+        instance_id,
+    ):
+        at = AttemptState(**{c: a[c] for c in _ATTEMPT_COLUMNS})
+        inst.attempts[at.id] = at
+    return inst
+
+
+def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who: str, why: str) -> str:
+    if inst.status not in ("failed", "timed_out", "stopped", "succeeded"):
+        return f"ignored: a {inst.status} run cannot be restarted"
+    if inst.status == "succeeded" and from_step is None:
+        return "ignored: the run succeeded; give a step to restart from"
+    compiled = engine.compiled(inst.workflow_id, inst.version)
+    if from_step is not None:
+        try:
+            compiled.step(from_step)
+        except KeyError:
+            return f"ignored: no step {from_step!r} in version {inst.version}"
+        redo = {from_step, *engine.descendants(inst, from_step)}
+    else:
+        redo = {sid for sid, st in inst.steps.items() if st.status != "succeeded"}
+        # Steps downstream of a redone step must be decided again too.
+        for sid in list(redo):
+            redo.update(engine.descendants(inst, sid))
+    for sid in redo:
+        st = inst.steps.get(sid)
+        if st is not None:
+            st.status = "pending"
+            st.retries_error = st.retries_platform = st.retries_timeout = 0
+            st.failure_ignored = False
+            st.reason = {"code": "restart", "run": inst.run_number + 1}
+            engine.uow.touch_step(st)
+    inst.run_number += 1
+    inst.error = None
+    inst.outputs = None
+    inst.ended_at = None
+    inst.unblocked = False
+    engine.note(inst, "restart_requested", f"restart as run {inst.run_number} by {who}: {why}"
+                + (f" (from step {from_step})" if from_step else ""), actor=who)
+    engine.restart(inst)
+    return "applied"

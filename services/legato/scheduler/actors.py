@@ -1,0 +1,307 @@
+"""One actor per workflow: a task with a bounded mailbox that applies messages in batches.
+
+A consumer loop hands each decoded message to the workflow's actor and waits; the actor drains what is
+in its mailbox (up to ``batch``), applies it all in one Postgres transaction that holds the workflow
+row lock and re-checks the partition lease, commits, and only then resolves the waiting handlers, which
+ack. Idle actors are passivated and rebuilt from Postgres on their next message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from legato.bus.consumer import Poison, Retry
+from legato.bus.topology import Topology, partition_of
+from legato.protocol.messages import (
+    ActionRequest,
+    AttemptFinished,
+    AttemptStarted,
+    StartRun,
+    WorkflowChanged,
+)
+from legato.runtime.component import Component
+from legato.scheduler import actions
+from legato.scheduler.definitions import DefinitionCache
+from legato.scheduler.engine import RunEngine
+from legato.scheduler.leases import LeaseLost, PartitionLeaser
+from legato.scheduler.state import UnitOfWork, WorkflowState, load_workflow_state
+from legato.scheduler.strategies import admit, admit_new
+from legato.telemetry import bind_context, get_logger
+
+log = get_logger("legato.scheduler")
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    id: int
+    workflow_id: str
+    instance_id: str
+    kind: str
+    step_id: str | None
+    attempt_id: str | None
+
+
+Message = StartRun | ActionRequest | WorkflowChanged | AttemptStarted | AttemptFinished | TimerFired
+
+
+@dataclass
+class Envelope:
+    message: Message
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class WorkflowActor:
+    def __init__(self, registry: ActorRegistry, workflow_id: str) -> None:
+        self.registry = registry
+        self.workflow_id = workflow_id
+        self.partition = partition_of(workflow_id, registry.topology.partitions)
+        self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=registry.mailbox_size)
+        self.state: WorkflowState | None = None
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def run(self) -> None:
+        reg = self.registry
+        try:
+            while True:
+                try:
+                    first = await asyncio.wait_for(self.mailbox.get(), timeout=reg.idle_timeout)
+                except TimeoutError:
+                    if self.mailbox.empty():
+                        self.closed = True
+                        reg.forget(self)
+                        return
+                    continue
+                batch = [first]
+                while len(batch) < reg.batch and not self.mailbox.empty():
+                    batch.append(self.mailbox.get_nowait())
+                await self.process(batch)
+        except asyncio.CancelledError:
+            self.closed = True
+            self._fail_pending(Retry(1.0, "scheduler shutting down"))
+            raise
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        while not self.mailbox.empty():
+            env = self.mailbox.get_nowait()
+            if not env.future.done():
+                env.future.set_exception(exc)
+
+    async def process(self, batch: list[Envelope]) -> None:
+        try:
+            await self._apply(batch)
+        except LeaseLost as exc:
+            self.state = None
+            for env in batch:
+                if not env.future.done():
+                    env.future.set_exception(Retry(2.0, str(exc)))
+            return
+        except Exception as exc:
+            self.state = None  # memory may be ahead of what committed: rebuild from Postgres
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                log.warning("actor_message_failed", workflow_id=self.workflow_id, error=repr(exc))
+                return
+            log.warning("actor_batch_failed", workflow_id=self.workflow_id, size=len(batch), error=repr(exc))
+            for env in batch:  # isolate the message that fails
+                await self.process([env])
+            return
+        for env in batch:
+            if not env.future.done():
+                env.future.set_result(None)
+
+    async def _apply(self, batch: list[Envelope]) -> None:
+        reg = self.registry
+        uow = UnitOfWork()
+        async with reg.pool.acquire() as conn, conn.transaction():
+            await reg.leaser.check(conn, self.partition)
+            row = await conn.fetchrow(
+                "SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow "
+                "WHERE id = $1 FOR UPDATE",
+                self.workflow_id,
+            )
+            if row is None:
+                for env in batch:
+                    if isinstance(env.message, StartRun | ActionRequest):
+                        env.future.set_exception(Poison(f"unknown workflow {self.workflow_id!r}"))
+                    else:
+                        env.future.set_result(None)
+                return
+            if self.state is None:
+                state = await load_workflow_state(conn, self.workflow_id)
+                assert state is not None
+                self.state = state
+            state = self.state
+            # Configuration may change through the API; the actor owns counters and the blocked flag.
+            state.row.active = row["active"]
+            state.row.active_version = row["active_version"]
+            state.row.run_strategy = row["run_strategy"]
+            state.row.max_concurrency = row["max_concurrency"]
+            state.row.paused = row["paused"]
+            versions = {state.row.active_version, *(i.version for i in state.instances.values())}
+            starts = [e.message for e in batch if isinstance(e.message, StartRun)]
+            versions.update(m.version for m in starts if m.version is not None)
+            await reg.definitions.ensure(conn, self.workflow_id, versions)
+            existing: set[str] = set()
+            if starts:
+                existing = {
+                    r["id"]
+                    for r in await conn.fetch(
+                        "SELECT id FROM workflow_instance WHERE id = ANY($1::text[])",
+                        [m.instance_id for m in starts],
+                    )
+                }
+            engine = RunEngine(state, uow, topology=reg.topology, compiled=reg.definitions.get)
+            for env in batch:
+                if env.future.done():
+                    continue
+                await self._apply_one(conn, engine, env.message, existing)
+                admit(engine)
+            await uow.flush(conn, state.row)
+        uow.mark_clean()
+        self.batches += 1
+        if uow.outbox:
+            reg.wake_relay()
+        if uow.timers:
+            reg.wake_timers()
+
+    async def _apply_one(
+        self, conn: asyncpg.Connection, engine: RunEngine, msg: Message, existing: set[str]
+    ) -> None:
+        state = engine.state
+        if isinstance(msg, StartRun):
+            with bind_context(workflow_id=msg.workflow_id, instance_id=msg.instance_id):
+                if msg.instance_id in existing or msg.instance_id in state.instances:
+                    return  # the same trigger again: one run per trigger key
+                existing.add(msg.instance_id)
+                version = msg.version or state.row.active_version
+                inst = engine.new_instance(msg, version, "created")
+                if not state.row.active and msg.parent is None:
+                    engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
+                    return
+                if not engine.resolve_params(inst):
+                    return
+                if msg.parent is not None and not msg.apply_run_strategy:
+                    engine.start(inst)
+                else:
+                    admit_new(engine, inst)
+        elif isinstance(msg, AttemptFinished):
+            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt=msg.attempt_id):
+                engine.on_attempt_finished(msg)
+        elif isinstance(msg, AttemptStarted):
+            engine.on_attempt_started(msg)
+        elif isinstance(msg, TimerFired):
+            fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
+            if fired is None:
+                return  # fired before, or cancelled: exactly once
+            inst = state.instances.get(msg.instance_id)
+            if inst is None:
+                return
+            if msg.kind == "retry" and msg.step_id:
+                engine.on_retry_timer(inst, msg.step_id)
+            elif msg.kind == "step_timeout" and msg.step_id:
+                engine.on_step_timeout_timer(inst, msg.step_id, msg.attempt_id)
+            elif msg.kind == "run_timeout":
+                engine.on_run_timeout_timer(inst)
+        elif isinstance(msg, ActionRequest):
+            await actions.apply_action(conn, engine, msg)
+        elif isinstance(msg, WorkflowChanged):
+            pass  # the row was refreshed above; admit() runs after every message
+
+
+class ActorRegistry(Component):
+    """Routes messages to workflow actors, creating them on demand; supervises their tasks."""
+
+    name = "actor-registry"
+    shutdown_stage = 1  # after the consumers stopped feeding it
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        topology: Topology,
+        leaser: PartitionLeaser,
+        definitions: DefinitionCache | None = None,
+        wake_relay: Callable[[], None] = lambda: None,
+        wake_timers: Callable[[], None] = lambda: None,
+        batch: int = 256,
+        mailbox_size: int = 1024,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.topology = topology
+        self.leaser = leaser
+        self.definitions = definitions or DefinitionCache()
+        self.wake_relay = wake_relay
+        self.wake_timers = wake_timers
+        self.batch = batch
+        self.mailbox_size = mailbox_size
+        self.idle_timeout = idle_timeout
+        self.actors: dict[str, WorkflowActor] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._ready = asyncio.Event()
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            self._ready.set()
+            await self.wait_stopping()
+            for actor in list(self.actors.values()):
+                if actor.task is not None:
+                    actor.task.cancel()
+        self._tg = None
+
+    def forget(self, actor: WorkflowActor) -> None:
+        if self.actors.get(actor.workflow_id) is actor:
+            del self.actors[actor.workflow_id]
+
+    async def deliver(self, workflow_id: str, message: Message) -> None:
+        """Hand a message to its workflow's actor and wait until its effects are committed."""
+        await self._ready.wait()
+        if self.stopping or self._tg is None:
+            raise Retry(1.0, "scheduler shutting down")
+        actor = self.actors.get(workflow_id)
+        if actor is None or actor.closed:
+            actor = WorkflowActor(self, workflow_id)
+            self.actors[workflow_id] = actor
+            actor.task = self._tg.create_task(self._supervise(actor), name=f"actor:{workflow_id}")
+        env = Envelope(message)
+        await actor.mailbox.put(env)
+        await env.future
+
+    async def _supervise(self, actor: WorkflowActor) -> None:
+        try:
+            await actor.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # An actor's own failure must not take the task group (and every other actor) down.
+            log.error("actor_crashed", workflow_id=actor.workflow_id, error=repr(exc), exc_info=True)
+            actor.closed = True
+            self.forget(actor)
+            actor._fail_pending(Retry(1.0, "actor crashed"))
+
+    async def drop_partition(self, partition: int) -> None:
+        """The partition moved to another replica: stop its actors and forget their state."""
+        doomed = [a for a in self.actors.values() if a.partition == partition]
+        for actor in doomed:
+            actor.closed = True
+            self.forget(actor)
+            if actor.task is not None:
+                actor.task.cancel()
+        await asyncio.gather(*(a.task for a in doomed if a.task is not None), return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        return {"actors": len(self.actors), "at": time.time()}
+
+
+DeliverFn = Callable[[str, Message], Awaitable[None]]

@@ -1,0 +1,54 @@
+"""Compiled workflow definitions, loaded from Postgres once per (workflow, version) and kept in an LRU.
+
+Versions are immutable, so a compiled version never goes stale.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import asyncpg
+
+from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
+
+
+class UnknownVersion(LookupError):
+    pass
+
+
+class DefinitionCache:
+    def __init__(self, capacity: int = 512) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, int], CompiledWorkflow] = OrderedDict()
+
+    def get(self, workflow_id: str, version: int) -> CompiledWorkflow:
+        """The compiled version; it must have been loaded with ``ensure`` in this batch."""
+        key = (workflow_id, version)
+        item = self._items.get(key)
+        if item is None:
+            raise UnknownVersion(f"workflow {workflow_id} version {version} is not loaded")
+        self._items.move_to_end(key)
+        return item
+
+    def has(self, workflow_id: str, version: int) -> bool:
+        return (workflow_id, version) in self._items
+
+    async def ensure(self, conn: asyncpg.Connection, workflow_id: str, versions: set[int]) -> None:
+        missing = [v for v in versions if (workflow_id, v) not in self._items]
+        if not missing:
+            return
+        rows = await conn.fetch(
+            "SELECT version, definition::text AS definition FROM workflow_version "
+            "WHERE workflow_id = $1 AND version = ANY($2::int[])",
+            workflow_id,
+            missing,
+        )
+        for r in rows:
+            compiled = compile_workflow(definition_from_json(r["definition"].encode()))
+            self._items[(workflow_id, r["version"])] = compiled
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        found = {r["version"] for r in rows}
+        lost = set(missing) - found
+        if lost:
+            raise UnknownVersion(f"workflow {workflow_id} has no version(s) {sorted(lost)}")

@@ -1,0 +1,599 @@
+"""What happens to runs and steps when messages arrive: the per-workflow rules, applied in memory.
+
+The engine mutates the actor's ``WorkflowState`` and records every change in the batch's
+``UnitOfWork``; nothing here does I/O. Run strategies decide which queued runs start
+(``strategies.py``); this file walks each running run's step graph: which steps are ready, which
+branches are taken, dispatching attempts, applying results, retries with backoff, timeouts, failure
+modes, and the end of a run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from legato.bus.publisher import OutgoingMessage
+from legato.bus.topology import Topology, partition_of
+from legato.core import (
+    CompiledWorkflow,
+    EvalEnv,
+    InstanceInfo,
+    ParamError,
+    from_json_value,
+    to_json_value,
+)
+from legato.protocol import encode
+from legato.protocol.ids import attempt_id_for
+from legato.protocol.messages import (
+    AttemptFinished,
+    AttemptStarted,
+    CancelAttempt,
+    InstanceProgress,
+    StartRun,
+    WorkItem,
+)
+from legato.scheduler.state import (
+    AttemptState,
+    InstanceState,
+    NewTimer,
+    StepState,
+    TimelineEntry,
+    UnitOfWork,
+    WorkflowState,
+    from_epoch,
+    now_utc,
+)
+from legato.sel import SelError
+from legato.telemetry import get_logger
+from legato.telemetry.tracing import inject_headers
+
+log = get_logger("legato.scheduler")
+
+LEAF_TYPES = frozenset({"noop", "sleep", "shell", "python", "http"})
+# Slack past a step's timeout before the scheduler itself declares an attempt timed out (the executor
+# enforces the timeout; this only covers an executor that went silent).
+STEP_TIMEOUT_GRACE = 30.0
+
+CompiledLookup = Callable[[str, int], CompiledWorkflow]
+
+
+def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: to_json_value(v) for k, v in values.items()}
+
+
+class RunEngine:
+    """Applies messages to one workflow's state within one batch."""
+
+    def __init__(
+        self,
+        state: WorkflowState,
+        uow: UnitOfWork,
+        *,
+        topology: Topology,
+        compiled: CompiledLookup,
+    ) -> None:
+        self.state = state
+        self.uow = uow
+        self.topology = topology
+        self.compiled = compiled
+        self.partition = partition_of(state.row.id, topology.partitions)
+
+    # ------------------------------------------------------------------ runs
+
+    def new_instance(self, msg: StartRun, version: int, status: str) -> InstanceState:
+        at = now_utc()
+        inst = InstanceState(
+            id=msg.instance_id,
+            workflow_id=msg.workflow_id,
+            version=version,
+            trigger_key=msg.trigger_key,
+            trigger={"kind": msg.trigger.kind, "id": msg.trigger.id, "by": msg.trigger.by, **msg.trigger.details},
+            status=status,
+            params={},
+            run_params=dict(msg.params),
+            created_at=at,
+            requested_at=from_epoch(msg.requested_at),
+            parent_instance_id=msg.parent.instance_id if msg.parent else None,
+            parent_step_id=msg.parent.step_id if msg.parent else None,
+            parent_iteration=msg.parent.iteration if msg.parent else None,
+            new=True,
+        )
+        inst.root_instance_id = inst.id
+        self.uow.touch_instance(inst)
+        self.note(inst, "created", f"run created by {msg.trigger.kind} trigger", details={"trigger_key": msg.trigger_key})
+        return inst
+
+    def resolve_params(self, inst: InstanceState) -> bool:
+        """Resolve the run's params (defaults < run params, expressions); False = the run failed."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        info = self.instance_info(inst)
+        try:
+            typed = compiled.resolve_run_params(inst.run_params, instance=info)
+        except (ParamError, SelError) as exc:
+            self.finish(inst, "failed", reason={"code": "bad_params"}, error=f"params: {exc}")
+            return False
+        inst.typed_params = typed
+        inst.params = jsonable(typed)
+        return True
+
+    def instance_info(self, inst: InstanceState) -> InstanceInfo:
+        return InstanceInfo(
+            id=inst.id,
+            workflow_id=inst.workflow_id,
+            version=inst.version,
+            start_time=inst.started_at or inst.created_at,
+            trigger=dict(inst.trigger),
+        )
+
+    def typed_params(self, inst: InstanceState) -> dict[str, Any]:
+        if inst.typed_params is None:
+            compiled = self.compiled(inst.workflow_id, inst.version)
+            specs = compiled.definition.params
+            inst.typed_params = {
+                k: (from_json_value(v, specs[k].type) if k in specs else v) for k, v in inst.params.items()
+            }
+        return inst.typed_params
+
+    def enqueue(self, inst: InstanceState, reason: dict[str, Any], *, front: bool = False) -> None:
+        inst.status = "queued"
+        inst.reason = reason
+        self.state.instances[inst.id] = inst
+        if front:
+            self.state.queue.appendleft(inst.id)
+        else:
+            self.state.queue.append(inst.id)
+        self.state.row.queued_count += 1
+        self.uow.workflow_dirty = True
+        self.uow.touch_instance(inst)
+        self.progress(inst)
+
+    def restart(self, inst: InstanceState) -> None:
+        """A terminal run becomes active again (its undecided steps run as the next run number)."""
+        inst.status = "created"
+        inst.reason = None
+        self.uow.touch_instance(inst)
+        row = self.state.row
+        if row.run_strategy == "strict_sequential" and row.blocked_by == inst.id:
+            # The run that blocks the queue re-runs at once; the queue stays blocked until it succeeds.
+            self.start(inst)
+        else:
+            self.enqueue(inst, {"code": "queued", "why": "restarted"}, front=True)
+
+    def descendants(self, inst: InstanceState, step_id: str) -> set[str]:
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        seen: set[str] = set()
+        todo = [step_id]
+        while todo:
+            for edge in compiled.successors(todo.pop()):
+                if edge.target not in seen:
+                    seen.add(edge.target)
+                    todo.append(edge.target)
+        return seen
+
+    def start(self, inst: InstanceState) -> None:
+        """queued -> running: resolve params, arm the run timeout, dispatch the root steps."""
+        if inst.status == "queued":
+            try:
+                self.state.queue.remove(inst.id)
+            except ValueError:
+                pass
+            self.state.row.queued_count = max(0, self.state.row.queued_count - 1)
+        inst.status = "running"
+        inst.reason = None
+        inst.started_at = now_utc()
+        self.state.instances[inst.id] = inst
+        self.state.row.running_count += 1
+        self.uow.workflow_dirty = True
+        self.uow.touch_instance(inst)
+        self.note(inst, "started", f"run {inst.run_number} started")
+        self.progress(inst)
+        if not inst.params and inst.run_number == 1 and not self.resolve_params(inst):
+            return
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        timeout = compiled.definition.timeout
+        if timeout:
+            self.add_timer(inst, "run_timeout", inst.started_at + timedelta(seconds=timeout))
+        self.advance(inst)
+
+    def finish(
+        self,
+        inst: InstanceState,
+        status: str,
+        *,
+        reason: dict[str, Any] | None = None,
+        error: str | None = None,
+        actor: str | None = None,
+        force: bool = False,
+    ) -> None:
+        """End a run: stop what still runs, free its slot, and let the strategy start the next."""
+        was = inst.status
+        if inst.terminal:
+            return
+        self.cancel_running_steps(inst, "stopped", f"run ended {status}", force=force)
+        inst.status = status
+        inst.reason = reason
+        inst.error = error
+        inst.ended_at = now_utc()
+        self.uow.touch_instance(inst)
+        self.uow.cancel_timer(inst.id)
+        self.state.instances.pop(inst.id, None)
+        if was == "running":
+            self.state.row.running_count = max(0, self.state.row.running_count - 1)
+        elif was == "queued":
+            try:
+                self.state.queue.remove(inst.id)
+            except ValueError:
+                pass
+            self.state.row.queued_count = max(0, self.state.row.queued_count - 1)
+        self.uow.workflow_dirty = True
+        msg = f"run ended {status}" + (f": {error}" if error else "")
+        self.note(inst, status, msg, actor=actor, details=reason)
+        self.progress(inst)
+        row = self.state.row
+        if status == "succeeded" and row.blocked_by == inst.id:
+            row.blocked_by = None
+            row.blocked_since = None
+            self.note(inst, "queue_unblocked", "strict_sequential: the restarted run succeeded; queue released")
+        if (
+            status in ("failed", "timed_out")
+            and was == "running"
+            and self.state.row.run_strategy == "strict_sequential"
+            and inst.parent_instance_id is None
+        ):
+            self.state.row.blocked_by = inst.id
+            self.state.row.blocked_since = inst.ended_at
+            self.note(inst, "queue_blocked", "strict_sequential: the queue is blocked until an operator "
+                      "unblocks or restarts this run")
+
+    # ------------------------------------------------------------------ the step graph
+
+    def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
+        steps = {
+            sid: {"outputs": st.outputs or {}, "status": st.status}
+            for sid, st in inst.steps.items()
+        }
+        info = self.instance_info(inst)
+        return EvalEnv(
+            params=self.typed_params(inst),
+            steps=steps,
+            signals=dict(signals or {}),
+            instance={
+                "id": info.id,
+                "workflow_id": info.workflow_id,
+                "version": info.version,
+                "start_time": info.start_time,
+                "trigger": info.trigger,
+                "run_number": inst.run_number,
+            },
+            iteration=None,
+        )
+
+    def advance(self, inst: InstanceState) -> None:
+        """Decide every step whose predecessors are all done; end the run when nothing is left."""
+        if inst.status != "running":
+            return
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        progressed = True
+        while progressed and inst.status == "running":
+            progressed = False
+            for step_id in compiled.topo_order:
+                known = inst.steps.get(step_id)
+                if known is not None and known.status != "pending":
+                    continue
+                edges = compiled.predecessors(step_id)
+                preds = [inst.steps.get(e.source) for e in edges]
+                if any(p is None or not p.terminal for p in preds):
+                    continue
+                progressed = True
+                failed_up = [e.source for e, p in zip(edges, preds, strict=True) if p is not None and p.failed]
+                if failed_up:
+                    self.skip(inst, step_id, {"code": "upstream_failed", "steps": failed_up})
+                    continue
+                if edges:
+                    env = self.env(inst)
+                    try:
+                        active = [
+                            e.source
+                            for e, p in zip(edges, preds, strict=True)
+                            if p is not None and p.done_ok and compiled.edge_active(e, env)
+                        ]
+                    except SelError as exc:
+                        self.fail_step_without_attempt(inst, step_id, f"condition: {exc}")
+                        continue
+                    if not active:
+                        self.skip(inst, step_id, {"code": "condition_false", "from": [e.source for e in edges]})
+                        continue
+                self.dispatch(inst, step_id)
+                if inst.status != "running":
+                    return
+        if inst.status == "running" and all(sid in inst.steps and inst.steps[sid].terminal
+                                            for sid in compiled.topo_order):
+            failed = [sid for sid in compiled.topo_order if inst.steps[sid].failed]
+            if failed:
+                first = inst.steps[failed[0]]
+                self.finish(inst, "failed", reason={"code": "step_failed", "steps": failed},
+                            error=f"step {failed[0]} {first.status}: {first.error or ''}".rstrip(": "))
+            else:
+                self.finish(inst, "succeeded")
+
+    def skip(self, inst: InstanceState, step_id: str, reason: dict[str, Any]) -> None:
+        st = StepState(instance_id=inst.id, step_id=step_id, status="skipped", reason=reason, new=True)
+        st.ended_at = st.created_at
+        inst.steps[step_id] = st
+        self.uow.touch_step(st)
+        self.note(inst, "step_skipped", f"step {step_id} skipped ({reason['code']})", step_id=step_id,
+                  details=reason)
+
+    def fail_step_without_attempt(self, inst: InstanceState, step_id: str, error: str) -> None:
+        st = inst.steps.get(step_id)
+        if st is None:
+            st = StepState(instance_id=inst.id, step_id=step_id, status="failed", new=True)
+            inst.steps[step_id] = st
+        st.status = "failed"
+        st.error = error
+        st.ended_at = now_utc()
+        self.uow.touch_step(st)
+        self.note(inst, "step_failed", f"step {step_id} failed: {error}", step_id=step_id)
+        self.after_step_failure(inst, st)
+
+    def dispatch(self, inst: InstanceState, step_id: str, *, retry_of: StepState | None = None) -> None:
+        """Create the step's next attempt and send it to its executor queue (through the outbox)."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        step = compiled.step(step_id)
+        st = retry_of or inst.steps.get(step_id)
+        if st is None:
+            st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
+            inst.steps[step_id] = st
+        if step.type not in LEAF_TYPES:
+            self.fail_step_without_attempt(inst, step_id, f"step type {step.type!r} is not supported by this scheduler")
+            return
+        try:
+            resolved = compiled.resolve_step(step_id, self.env(inst))
+        except (ParamError, SelError) as exc:
+            self.fail_step_without_attempt(inst, step_id, f"params: {exc}")
+            return
+        st.attempts += 1
+        attempt_id = attempt_id_for(inst.id, step_id, st.attempts)
+        now = now_utc()
+        st.status = "queued"
+        st.current_attempt_id = attempt_id
+        st.params = jsonable(resolved.params)
+        st.reason = None
+        st.error = None
+        self.uow.touch_step(st)
+        queue = resolved.queue or "default"
+        at = AttemptState(
+            id=attempt_id, instance_id=inst.id, step_id=step_id, attempt=st.attempts, status="dispatched",
+            queue=queue, dispatched_at=now, new=True,
+        )
+        inst.attempts = {k: v for k, v in inst.attempts.items() if v.step_id != step_id}
+        inst.attempts[attempt_id] = at
+        self.uow.touch_attempt(at)
+        work = WorkItem(
+            attempt_id=attempt_id,
+            workflow_id=inst.workflow_id,
+            instance_id=inst.id,
+            step_id=step_id,
+            attempt=st.attempts,
+            step_type=step.type,
+            config=jsonable(resolved.config),
+            params=st.params,
+            timeout=resolved.timeout,
+            reply_subject=self.topology.event_subject(inst.workflow_id),
+            dispatched_at=time.time(),
+        )
+        self.uow.outbox.append(
+            OutgoingMessage(
+                self.topology.work_subject(queue), encode(work), msg_id=attempt_id, headers=inject_headers({})
+            )
+        )
+        self.note(inst, "step_dispatched", f"step {step_id} attempt {st.attempts} dispatched to queue {queue}",
+                  step_id=step_id, details={"attempt_id": attempt_id})
+
+    def on_attempt_started(self, msg: AttemptStarted) -> None:
+        inst = self.state.instances.get(msg.instance_id)
+        if inst is None or inst.status != "running":
+            return
+        st = inst.steps.get(msg.step_id)
+        at = inst.attempts.get(msg.attempt_id)
+        if st is None or at is None or st.current_attempt_id != msg.attempt_id or st.status != "queued":
+            return
+        started = from_epoch(msg.started_at) or now_utc()
+        st.status = "running"
+        st.started_at = st.started_at or started
+        at.status = "running"
+        at.started_at = started
+        at.executor = msg.executor
+        self.uow.touch_step(st)
+        self.uow.touch_attempt(at)
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        timeout = compiled.step(msg.step_id).timeout
+        if timeout:
+            self.add_timer(inst, "step_timeout", started + timedelta(seconds=timeout + STEP_TIMEOUT_GRACE),
+                           step_id=msg.step_id, attempt_id=msg.attempt_id)
+
+    def on_attempt_finished(self, msg: AttemptFinished) -> None:
+        inst = self.state.instances.get(msg.instance_id)
+        if inst is None or inst.status != "running":
+            return  # the run already ended: a late result changes nothing
+        st = inst.steps.get(msg.step_id)
+        at = inst.attempts.get(msg.attempt_id)
+        if st is None or at is None or st.current_attempt_id != msg.attempt_id or st.terminal or at.status not in (
+            "dispatched", "running"
+        ):
+            return  # stale or repeated result for an old attempt
+        at.status = {"platform_error": "lost"}.get(msg.outcome, msg.outcome)
+        at.started_at = at.started_at or from_epoch(msg.started_at)
+        at.ended_at = from_epoch(msg.finished_at) or now_utc()
+        at.executor = msg.executor or at.executor
+        at.outputs = msg.outputs
+        at.error = msg.error
+        at.exit_code = msg.exit_code
+        at.log_tail = msg.log_tail
+        self.uow.touch_attempt(at)
+        st.started_at = st.started_at or at.started_at
+        self.uow.cancel_timer(inst.id, "step_timeout", msg.step_id)
+        if msg.outcome == "succeeded":
+            st.status = "succeeded"
+            st.outputs = msg.outputs
+            st.ended_at = at.ended_at
+            st.error = None
+            self.uow.touch_step(st)
+            self.note(inst, "step_succeeded", f"step {st.step_id} succeeded", step_id=st.step_id,
+                      details={"attempt": at.attempt})
+            self.advance(inst)
+            return
+        kind = {"failed": "error", "timed_out": "timeout", "platform_error": "platform", "cancelled": "platform"}[
+            msg.outcome
+        ]
+        at.failure_kind = kind
+        self.attempt_failed(inst, st, kind, msg.error or msg.outcome,
+                            "timed_out" if msg.outcome == "timed_out" else "failed")
+
+    def attempt_failed(self, inst: InstanceState, st: StepState, kind: str, error: str, final_status: str) -> None:
+        """Retry within the step's limit for this kind of failure, else apply its on_failure."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        policy = compiled.step(st.step_id).retry
+        limit = {"error": policy.error, "platform": policy.platform, "timeout": policy.timeout}[kind]
+        used = {"error": st.retries_error, "platform": st.retries_platform, "timeout": st.retries_timeout}[kind]
+        st.error = error
+        self.uow.touch_step(st)
+        if used < limit:
+            used += 1
+            setattr(st, f"retries_{kind}", used)
+            delay = policy.backoff.delay(used)
+            fire_at = now_utc() + timedelta(seconds=delay)
+            st.status = "retrying"
+            st.reason = {"code": "retry_backoff", "kind": kind, "retry": used, "of": limit,
+                         "at": fire_at.isoformat()}
+            self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
+            self.note(inst, "step_retry_scheduled",
+                      f"step {st.step_id} {kind} failure; retry {used}/{limit} in {delay:.3g}s: {error}",
+                      step_id=st.step_id, details={"kind": kind, "delay": delay})
+            return
+        st.status = final_status
+        st.ended_at = now_utc()
+        self.note(inst, f"step_{final_status}", f"step {st.step_id} {final_status} ({kind}): {error}",
+                  step_id=st.step_id, details={"kind": kind})
+        self.after_step_failure(inst, st)
+
+    def after_step_failure(self, inst: InstanceState, st: StepState) -> None:
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        mode = compiled.step(st.step_id).on_failure
+        if mode == "ignore":
+            st.failure_ignored = True
+            self.uow.touch_step(st)
+            self.note(inst, "step_failure_ignored", f"step {st.step_id} failure ignored (on_failure: ignore)",
+                      step_id=st.step_id)
+            self.advance(inst)
+        elif mode == "fail":
+            self.finish(inst, "failed", reason={"code": "step_failed", "steps": [st.step_id]},
+                        error=f"step {st.step_id} {st.status}: {st.error or ''}".rstrip(": "))
+        else:  # finish_others_then_fail: dependents are skipped, independent branches run to the end
+            self.advance(inst)
+
+    def on_retry_timer(self, inst: InstanceState, step_id: str) -> None:
+        st = inst.steps.get(step_id)
+        if inst.status != "running" or st is None or st.status != "retrying":
+            return
+        self.dispatch(inst, step_id, retry_of=st)
+
+    def on_step_timeout_timer(self, inst: InstanceState, step_id: str, attempt_id: str | None) -> None:
+        st = inst.steps.get(step_id)
+        at = inst.attempts.get(attempt_id or "")
+        if inst.status != "running" or st is None or at is None or st.current_attempt_id != attempt_id:
+            return
+        if at.status not in ("dispatched", "running"):
+            return
+        at.status = "timed_out"
+        at.failure_kind = "timeout"
+        at.ended_at = now_utc()
+        at.error = "no result from the executor within the step timeout"
+        self.uow.touch_attempt(at)
+        self.send_cancel(at.id, "step timed out")
+        self.attempt_failed(inst, st, "timeout", at.error, "timed_out")
+
+    def on_run_timeout_timer(self, inst: InstanceState) -> None:
+        if inst.status == "running":
+            self.finish(inst, "timed_out", reason={"code": "run_timeout"}, error="run timed out")
+
+    def cancel_running_steps(self, inst: InstanceState, status: str, why: str, *, force: bool = False) -> None:
+        """Cancel every attempt still queued or running (executors are told on the control subject)."""
+        self.cancel_running_steps_of(inst, list(inst.steps), status, why, force=force)
+
+    def cancel_running_steps_of(
+        self, inst: InstanceState, step_ids: list[str], status: str, why: str, *, force: bool = False
+    ) -> None:
+        for sid in step_ids:
+            st = inst.steps.get(sid)
+            if st is not None and st.status in ("queued", "running", "retrying", "waiting"):
+                at = inst.attempts.get(st.current_attempt_id or "")
+                if at is not None and at.status in ("dispatched", "running"):
+                    at.status = "cancelled"
+                    at.ended_at = now_utc()
+                    at.error = why
+                    self.uow.touch_attempt(at)
+                    self.send_cancel(at.id, why, force=force)
+                self.uow.cancel_timer(inst.id, None, st.step_id)
+                st.status = status
+                st.ended_at = now_utc()
+                st.reason = {"code": "cancelled", "why": why}
+                self.uow.touch_step(st)
+                self.note(inst, f"step_{status}", f"step {st.step_id} {status}: {why}", step_id=st.step_id)
+
+    def send_cancel(self, attempt_id: str, reason: str, *, force: bool = False) -> None:
+        self.uow.outbox.append(
+            OutgoingMessage(
+                self.topology.cancel_subject(attempt_id),
+                encode(CancelAttempt(attempt_id=attempt_id, reason=reason, force=force)),
+                core=True,
+            )
+        )
+
+    # ------------------------------------------------------------------ small effects
+
+    def add_timer(
+        self,
+        inst: InstanceState,
+        kind: str,
+        fire_at: datetime,
+        *,
+        step_id: str | None = None,
+        attempt_id: str | None = None,
+    ) -> None:
+        self.uow.timers.append(
+            NewTimer(
+                partition=self.partition,
+                workflow_id=inst.workflow_id,
+                instance_id=inst.id,
+                kind=kind,
+                fire_at=fire_at,
+                step_id=step_id,
+                attempt_id=attempt_id,
+            )
+        )
+
+    def note(
+        self,
+        inst: InstanceState,
+        event: str,
+        message: str,
+        *,
+        step_id: str | None = None,
+        actor: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self.uow.note(TimelineEntry(inst.id, event, message, step_id=step_id, actor=actor, details=details))
+
+    def progress(self, inst: InstanceState) -> None:
+        reason = inst.reason.get("code") if inst.reason else None
+        self.uow.outbox.append(
+            OutgoingMessage(
+                self.topology.progress_subject(inst.workflow_id),
+                encode(InstanceProgress(workflow_id=inst.workflow_id, instance_id=inst.id, status=inst.status,
+                                        reason=reason, at=time.time())),
+                core=True,
+            )
+        )

@@ -1,0 +1,129 @@
+"""The scheduler process: partition leases, per-partition consumers, workflow actors, timers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from legato.bus.consumer import ConsumerLoop, Delivery
+from legato.bus.streams import ConsumerSpec
+from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
+from legato.runtime.component import Component
+from legato.runtime.host import ServiceHost
+from legato.runtime.settings import Settings
+from legato.scheduler.actors import ActorRegistry
+from legato.scheduler.leases import PartitionLeaser
+from legato.scheduler.timers import TimerLoop
+from legato.telemetry import get_logger
+
+log = get_logger("legato.scheduler")
+
+
+class PartitionConsumers(Component):
+    """Runs the trigger and event consumers of the partitions this replica currently owns."""
+
+    name = "partition-consumers"
+
+    def __init__(self, host: ServiceHost, registry: ActorRegistry, *, batch: int = 256) -> None:
+        super().__init__()
+        self.host = host
+        self.registry = registry
+        self.batch = batch
+        self.loops: dict[int, list[ConsumerLoop[TriggerMessage] | ConsumerLoop[EventMessage]]] = {}
+        self.tasks: dict[int, list[asyncio.Task[None]]] = {}
+
+    async def _run(self) -> None:
+        await self.wait_stopping()
+        await asyncio.gather(*(self.stop_partition(p) for p in list(self.loops)))
+
+    async def _on_trigger(self, d: Delivery[TriggerMessage]) -> None:
+        await self.registry.deliver(d.message.workflow_id, d.message)
+
+    async def _on_event(self, d: Delivery[EventMessage]) -> None:
+        await self.registry.deliver(d.message.workflow_id, d.message)
+
+    async def start_partition(self, partition: int) -> None:
+        if partition in self.loops or self.stopping:
+            return
+        topo = self.host.topology
+        assert self.host.dead_letters is not None
+        trig: ConsumerLoop[TriggerMessage] = ConsumerLoop(
+            self.host.js,
+            ConsumerSpec(topo.triggers_stream, topo.consumer_name("scheduler_triggers", partition),
+                         topo.trigger_partition_filter(partition)),
+            TRIGGER_DECODER,
+            self._on_trigger,
+            dead_letters=self.host.dead_letters,
+            batch=self.batch,
+            max_in_flight=1024,
+            max_deliveries=self.host.settings.max_deliveries,
+            span_name="scheduler apply trigger",
+        )
+        ev: ConsumerLoop[EventMessage] = ConsumerLoop(
+            self.host.js,
+            ConsumerSpec(topo.events_stream, topo.consumer_name("scheduler_events", partition),
+                         topo.event_partition_filter(partition)),
+            EVENT_DECODER,
+            self._on_event,
+            dead_letters=self.host.dead_letters,
+            batch=self.batch,
+            max_in_flight=1024,
+            max_deliveries=self.host.settings.max_deliveries,
+            span_name="scheduler apply event",
+        )
+        self.loops[partition] = [trig, ev]
+        self.tasks[partition] = [asyncio.create_task(loop.run(), name=loop.name) for loop in (trig, ev)]
+        for task in self.tasks[partition]:
+            task.add_done_callback(self._loop_done)
+
+    def _loop_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("partition_consumer_failed", task=task.get_name(), error=repr(task.exception()))
+            # A consumer that dies must not leave its partition silently unserved: stop the process.
+            self.host.request_shutdown()
+
+    async def stop_partition(self, partition: int) -> None:
+        loops = self.loops.pop(partition, [])
+        tasks = self.tasks.pop(partition, [])
+        await asyncio.gather(*(loop.shutdown() for loop in loops), return_exceptions=True)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
+    async with ServiceHost("scheduler", settings) as host:
+        timers_ref: list[TimerLoop] = []
+        registry_ref: list[ActorRegistry] = []
+        consumers_ref: list[PartitionConsumers] = []
+
+        async def acquired(p: int) -> None:
+            await consumers_ref[0].start_partition(p)
+            if timers_ref:
+                timers_ref[0].wake()
+
+        async def lost(p: int) -> None:
+            await consumers_ref[0].stop_partition(p)
+            await registry_ref[0].drop_partition(p)
+
+        leaser = PartitionLeaser(
+            host.pool,
+            partitions=settings.partitions,
+            replica=settings.replica,
+            ttl=lease_ttl,
+            renew_every=max(0.5, lease_ttl / 5),
+            on_acquired=acquired,
+            on_lost=lost,
+        )
+        timers = TimerLoop(host.pool, owned=lambda: sorted(leaser.tokens), deliver=lambda w, m: registry.deliver(w, m))
+        registry = ActorRegistry(
+            host.pool, topology=host.topology, leaser=leaser, wake_relay=host.wake_relay, wake_timers=timers.wake
+        )
+        consumers = PartitionConsumers(host, registry)
+        timers_ref.append(timers)
+        registry_ref.append(registry)
+        consumers_ref.append(consumers)
+        # Stop order (reverse of this list): stop fetching first, then actors, then give up leases.
+        for comp in (leaser, registry, timers, consumers):
+            host.add(comp)
+        await host.run()

@@ -1,0 +1,447 @@
+"""The in-memory state of one workflow's active runs, as its actor holds it, and how it is written back.
+
+An actor loads the workflow row, its queued and running runs, and the steps and current attempts of
+the running ones when it activates. Messages mutate these objects; each batch of messages ends with one
+``UnitOfWork.flush`` that writes every change in a handful of bulk statements inside the batch's
+transaction. If the transaction fails, the actor throws the state away and reloads it from Postgres:
+Postgres is the truth, memory is a cache that is only trusted while it matches a committed state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from legato.bus.publisher import OutgoingMessage
+from legato.store.outbox import add_to_outbox
+
+ACTIVE = ("queued", "running")
+TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
+TERMINAL_STEP = ("succeeded", "failed", "timed_out", "stopped", "skipped")
+FAILED_STEP = ("failed", "timed_out", "stopped")
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def from_epoch(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts else None
+
+
+@dataclass
+class WorkflowRow:
+    id: str
+    active: bool
+    active_version: int
+    run_strategy: str
+    max_concurrency: int
+    paused: bool
+    blocked_by: str | None
+    blocked_since: datetime | None
+    running_count: int
+    queued_count: int
+    dirty: bool = False
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> WorkflowRow:
+        return cls(
+            id=r["id"],
+            active=r["active"],
+            active_version=r["active_version"],
+            run_strategy=r["run_strategy"],
+            max_concurrency=r["max_concurrency"],
+            paused=r["paused"],
+            blocked_by=r["blocked_by"],
+            blocked_since=r["blocked_since"],
+            running_count=r["running_count"],
+            queued_count=r["queued_count"],
+        )
+
+
+@dataclass
+class AttemptState:
+    id: str
+    instance_id: str
+    step_id: str
+    attempt: int
+    status: str  # dispatched | running | succeeded | failed | timed_out | cancelled | lost
+    queue: str
+    dispatched_at: datetime
+    failure_kind: str | None = None
+    executor: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    log_tail: str | None = None
+    new: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class StepState:
+    instance_id: str
+    step_id: str
+    status: str  # waiting | queued | running | retrying | succeeded | failed | timed_out | stopped | skipped
+    attempts: int = 0
+    current_attempt_id: str | None = None
+    retries_error: int = 0
+    retries_platform: int = 0
+    retries_timeout: int = 0
+    failure_ignored: bool = False
+    params: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    reason: dict[str, Any] | None = None
+    created_at: datetime = field(default_factory=now_utc)
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    new: bool = False
+    dirty: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STEP
+
+    @property
+    def failed(self) -> bool:
+        """Failed in a way that fails the run (an ignored failure does not)."""
+        return self.status in FAILED_STEP and not self.failure_ignored
+
+    @property
+    def done_ok(self) -> bool:
+        """Counts as done for its successors: succeeded, or failed with on_failure: ignore."""
+        return self.status == "succeeded" or (self.status in FAILED_STEP and self.failure_ignored)
+
+
+@dataclass
+class InstanceState:
+    id: str
+    workflow_id: str
+    version: int
+    trigger_key: str
+    trigger: dict[str, Any]
+    status: str
+    params: dict[str, Any]
+    run_params: dict[str, Any]
+    created_at: datetime
+    reason: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    run_number: int = 1
+    unblocked: bool = False
+    parent_instance_id: str | None = None
+    parent_step_id: str | None = None
+    parent_iteration: int | None = None
+    root_instance_id: str | None = None
+    traceparent: str | None = None
+    requested_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    steps: dict[str, StepState] = field(default_factory=dict)
+    attempts: dict[str, AttemptState] = field(default_factory=dict)  # current attempts only
+    typed_params: dict[str, Any] | None = None  # decoded once per activation for expressions
+    new: bool = False
+    dirty: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_INSTANCE
+
+
+@dataclass
+class TimelineEntry:
+    instance_id: str
+    event: str
+    message: str | None = None
+    step_id: str | None = None
+    actor: str | None = None
+    details: dict[str, Any] | None = None
+    at: datetime = field(default_factory=now_utc)
+
+
+@dataclass
+class NewTimer:
+    partition: int
+    workflow_id: str
+    instance_id: str
+    kind: str
+    fire_at: datetime
+    step_id: str | None = None
+    attempt_id: str | None = None
+    payload: dict[str, Any] | None = None
+
+
+@dataclass
+class WorkflowState:
+    """Everything the actor holds for one workflow between batches."""
+
+    row: WorkflowRow
+    instances: dict[str, InstanceState] = field(default_factory=dict)  # queued and running
+    queue: deque[str] = field(default_factory=deque)  # queued ids in arrival (seq) order
+    loaded_at: float = field(default_factory=time.monotonic)
+
+    def running(self) -> list[InstanceState]:
+        return [i for i in self.instances.values() if i.status == "running"]
+
+
+@dataclass
+class UnitOfWork:
+    """Changes made while applying one batch, flushed in bulk inside the batch's transaction."""
+
+    instances: dict[str, InstanceState] = field(default_factory=dict)
+    steps: dict[tuple[str, str], StepState] = field(default_factory=dict)
+    attempts: dict[str, AttemptState] = field(default_factory=dict)
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    outbox: list[OutgoingMessage] = field(default_factory=list)
+    timers: list[NewTimer] = field(default_factory=list)
+    # (instance_id, kind, step_id): None matches any kind / any step
+    cancel_timers: set[tuple[str, str | None, str | None]] = field(default_factory=set)
+    fired_timers: list[int] = field(default_factory=list)
+    actions: list[tuple[str, str, str | None, str, str, str, str]] = field(default_factory=list)
+    unblocked_instances: list[str] = field(default_factory=list)
+    workflow_dirty: bool = False
+    # Callbacks to run after commit (e.g. wake the timer loop), never inside the transaction.
+    after_commit: list[Any] = field(default_factory=list)
+
+    def cancel_timer(self, instance_id: str, kind: str | None = None, step_id: str | None = None) -> None:
+        """Drop matching timers: persisted ones at flush, ones added earlier in this batch at once."""
+        self.cancel_timers.add((instance_id, kind, step_id))
+        self.timers = [
+            t
+            for t in self.timers
+            if not (
+                t.instance_id == instance_id
+                and (kind is None or t.kind == kind)
+                and (step_id is None or t.step_id == step_id)
+            )
+        ]
+
+    def touch_instance(self, inst: InstanceState) -> None:
+        inst.dirty = True
+        self.instances[inst.id] = inst
+
+    def touch_step(self, st: StepState) -> None:
+        st.dirty = True
+        self.steps[(st.instance_id, st.step_id)] = st
+
+    def touch_attempt(self, at: AttemptState) -> None:
+        at.dirty = True
+        self.attempts[at.id] = at
+
+    def note(self, entry: TimelineEntry) -> None:
+        self.timeline.append(entry)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.instances
+            or self.steps
+            or self.attempts
+            or self.timeline
+            or self.outbox
+            or self.timers
+            or self.cancel_timers
+            or self.fired_timers
+            or self.actions
+            or self.unblocked_instances
+            or self.workflow_dirty
+        )
+
+    async def flush(self, conn: asyncpg.Connection, wf: WorkflowRow) -> None:
+        if self.instances:
+            await _upsert_instances(conn, list(self.instances.values()))
+        if self.steps:
+            await _upsert_steps(conn, list(self.steps.values()))
+        if self.attempts:
+            await _upsert_attempts(conn, list(self.attempts.values()))
+        if self.timeline:
+            await conn.execute(
+                """
+                INSERT INTO timeline (instance_id, step_id, at, event, message, actor, details)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                                     $6::text[], $7::jsonb[])
+                """,
+                [t.instance_id for t in self.timeline],
+                [t.step_id for t in self.timeline],
+                [t.at for t in self.timeline],
+                [t.event for t in self.timeline],
+                [t.message for t in self.timeline],
+                [t.actor for t in self.timeline],
+                [t.details for t in self.timeline],
+            )
+        if self.cancel_timers:
+            await conn.executemany(
+                "DELETE FROM timer WHERE instance_id = $1 AND ($2::text IS NULL OR kind = $2) "
+                "AND ($3::text IS NULL OR step_id = $3)",
+                list(self.cancel_timers),
+            )
+        if self.timers:
+            await conn.execute(
+                """
+                INSERT INTO timer (partition, workflow_id, instance_id, step_id, attempt_id, kind, fire_at, payload)
+                SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                     $7::timestamptz[], $8::jsonb[])
+                """,
+                [t.partition for t in self.timers],
+                [t.workflow_id for t in self.timers],
+                [t.instance_id for t in self.timers],
+                [t.step_id for t in self.timers],
+                [t.attempt_id for t in self.timers],
+                [t.kind for t in self.timers],
+                [t.fire_at for t in self.timers],
+                [t.payload for t in self.timers],
+            )
+        if self.actions:
+            await conn.executemany(
+                "INSERT INTO operator_action (id, workflow_id, instance_id, action, actor, reason, result) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                self.actions,
+            )
+        if self.unblocked_instances:
+            await conn.execute(
+                "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])", self.unblocked_instances
+            )
+        if self.outbox:
+            await add_to_outbox(conn, self.outbox)
+        if self.workflow_dirty:
+            await conn.execute(
+                """
+                UPDATE workflow SET running_count = $2, queued_count = $3, blocked_by = $4, blocked_since = $5,
+                       updated_at = now()
+                WHERE id = $1
+                """,
+                wf.id,
+                wf.running_count,
+                wf.queued_count,
+                wf.blocked_by,
+                wf.blocked_since,
+            )
+
+    def mark_clean(self) -> None:
+        for inst in self.instances.values():
+            inst.new = inst.dirty = False
+        for st in self.steps.values():
+            st.new = st.dirty = False
+        for at in self.attempts.values():
+            at.new = at.dirty = False
+
+
+_INSTANCE_COLUMNS = (
+    "id", "workflow_id", "version", "trigger_key", "trigger", "status", "reason", "params", "run_params",
+    "outputs", "error", "run_number", "unblocked", "parent_instance_id", "parent_step_id",
+    "parent_iteration", "root_instance_id", "traceparent", "requested_at", "created_at", "started_at",
+    "ended_at",
+)
+_INSTANCE_TYPES = (
+    "text", "text", "int", "text", "jsonb", "text", "jsonb", "jsonb", "jsonb", "jsonb", "text", "int", "bool",
+    "text", "text", "int", "text", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz",
+)
+_INSTANCE_UPDATABLE = (
+    "status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at",
+)
+
+
+def _bulk_upsert_sql(table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str,
+                     updatable: tuple[str, ...]) -> str:
+    args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest({args}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
+    )
+
+
+_UPSERT_INSTANCES = _bulk_upsert_sql(
+    "workflow_instance", _INSTANCE_COLUMNS, _INSTANCE_TYPES, "id", _INSTANCE_UPDATABLE
+)
+
+
+async def _upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
+    # New rows go in arrival order so the seq column keeps the queue's FIFO order.
+    items.sort(key=lambda i: (not i.new, i.created_at))
+    columns = [[getattr(i, c) for i in items] for c in _INSTANCE_COLUMNS]
+    await conn.execute(_UPSERT_INSTANCES, *columns)
+
+
+_STEP_COLUMNS = (
+    "instance_id", "step_id", "status", "attempts", "current_attempt_id", "retries_error", "retries_platform",
+    "retries_timeout", "failure_ignored", "params", "outputs", "error", "reason", "created_at", "started_at",
+    "ended_at",
+)
+_STEP_TYPES = (
+    "text", "text", "text", "int", "text", "int", "int", "int", "bool", "jsonb", "jsonb", "text", "jsonb",
+    "timestamptz", "timestamptz", "timestamptz",
+)
+_UPSERT_STEPS = _bulk_upsert_sql(
+    "step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]
+)
+
+
+async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> None:
+    columns = [[getattr(s, c) for s in items] for c in _STEP_COLUMNS]
+    await conn.execute(_UPSERT_STEPS, *columns)
+
+
+_ATTEMPT_COLUMNS = (
+    "id", "instance_id", "step_id", "attempt", "status", "failure_kind", "executor", "queue", "dispatched_at",
+    "started_at", "ended_at", "outputs", "error", "exit_code", "log_tail",
+)
+_ATTEMPT_TYPES = (
+    "text", "text", "text", "int", "text", "text", "text", "text", "timestamptz", "timestamptz",
+    "timestamptz", "jsonb", "text", "int", "text",
+)
+_UPSERT_ATTEMPTS = _bulk_upsert_sql("step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:])
+
+
+async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) -> None:
+    columns = [[getattr(a, c) for a in items] for c in _ATTEMPT_COLUMNS]
+    await conn.execute(_UPSERT_ATTEMPTS, *columns)
+
+
+async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> WorkflowState | None:
+    """Rebuild an actor's state from Postgres (on activation, or after a failed transaction)."""
+    row = await conn.fetchrow("SELECT * FROM workflow WHERE id = $1", workflow_id)
+    if row is None:
+        return None
+    state = WorkflowState(row=WorkflowRow.from_record(row))
+    recs = await conn.fetch(
+        f"SELECT {', '.join(_INSTANCE_COLUMNS)}, seq FROM workflow_instance "
+        "WHERE workflow_id = $1 AND status IN ('queued', 'running') ORDER BY seq",
+        workflow_id,
+    )
+    running: list[str] = []
+    for r in recs:
+        inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+        state.instances[inst.id] = inst
+        if inst.status == "queued":
+            state.queue.append(inst.id)
+        else:
+            running.append(inst.id)
+    if running:
+        for r in await conn.fetch(
+            f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running
+        ):
+            st = StepState(**{c: r[c] for c in _STEP_COLUMNS})
+            state.instances[st.instance_id].steps[st.step_id] = st
+        for r in await conn.fetch(
+            f"""
+            SELECT {", ".join("a." + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a
+            JOIN step_run s ON s.current_attempt_id = a.id
+            WHERE s.instance_id = ANY($1::text[])
+            """,
+            running,
+        ):
+            at = AttemptState(**{c: r[c] for c in _ATTEMPT_COLUMNS})
+            state.instances[at.instance_id].attempts[at.id] = at
+    # Counters are derived from the rows, so a crash can never leave them drifted.
+    state.row.running_count = len(running)
+    state.row.queued_count = len(state.queue)
+    return state

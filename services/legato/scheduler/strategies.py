@@ -1,0 +1,81 @@
+"""Run strategies: what a new trigger does, and which queued runs start when a slot frees up.
+
+| strategy             | at most running | a new trigger while one runs           | after a failure                  |
+|----------------------|-----------------|----------------------------------------|----------------------------------|
+| sequential           | 1               | queued, FIFO                           | next queued starts               |
+| strict_sequential    | 1               | queued, FIFO                           | queue blocked until unblock/restart |
+| first_only           | 1               | recorded as skipped                    | -                                |
+| last_only            | 1               | running and queued ones stopped        | -                                |
+| serial_latest_only   | 1               | replaces the one queued run            | next queued starts               |
+| parallel (N)         | N (0 = paused)  | queued, FIFO beyond N                  | others go on                     |
+
+Every decision here is made while the actor holds the workflow row lock in the same transaction that
+records it, so no interleaving of messages, activations or scheduler restarts can exceed a limit or
+start a run twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from legato.scheduler.engine import RunEngine
+from legato.scheduler.state import InstanceState
+
+STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
+
+
+def limit_of(engine: RunEngine) -> int:
+    row = engine.state.row
+    if row.paused:
+        return 0
+    return row.max_concurrency if row.run_strategy == "parallel" else min(1, row.max_concurrency)
+
+
+def queue_reason(engine: RunEngine) -> dict[str, Any]:
+    row = engine.state.row
+    if row.paused:
+        return {"code": "paused"}
+    if row.run_strategy == "strict_sequential" and row.blocked_by:
+        return {"code": "blocked", "by": row.blocked_by}
+    if limit_of(engine) == 0:
+        return {"code": "paused", "why": "max_concurrency is 0"}
+    return {"code": "queued", "strategy": row.run_strategy, "limit": limit_of(engine)}
+
+
+def admit_new(engine: RunEngine, inst: InstanceState) -> None:
+    """Apply the workflow's run strategy to a newly created run."""
+    row = engine.state.row
+    strategy = row.run_strategy
+    running = engine.state.running()
+    if strategy == "first_only" and (running or engine.state.queue):
+        holder = running[0].id if running else engine.state.queue[0]
+        engine.finish(
+            inst,
+            "skipped",
+            reason={"code": "first_only", "running": holder},
+            error=f"first_only: run {holder} is still active",
+        )
+        return
+    if strategy == "last_only":
+        for other in [*running, *(engine.state.instances[i] for i in list(engine.state.queue))]:
+            engine.finish(other, "stopped", reason={"code": "superseded", "by": inst.id},
+                          error=f"superseded by {inst.id}")
+    elif strategy == "serial_latest_only":
+        for qid in list(engine.state.queue):
+            engine.finish(engine.state.instances[qid], "stopped", reason={"code": "superseded", "by": inst.id},
+                          error=f"superseded by {inst.id}")
+    engine.enqueue(inst, queue_reason(engine))
+    admit(engine)
+
+
+def admit(engine: RunEngine) -> None:
+    """Start queued runs, oldest first, while the strategy has room."""
+    row = engine.state.row
+    if row.run_strategy == "strict_sequential" and row.blocked_by:
+        return
+    limit = limit_of(engine)
+    while engine.state.queue and row.running_count < limit:
+        inst = engine.state.instances[engine.state.queue[0]]
+        engine.start(inst)
+        if engine.state.queue and engine.state.queue[0] == inst.id:  # defensive: never spin
+            engine.state.queue.popleft()

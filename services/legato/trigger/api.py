@@ -1,0 +1,547 @@
+"""The request/reply API: a ``nats.micro`` service named ``legato`` on ``legato.api.<resource>.<verb>``.
+
+Requests are decoded into typed Structs; every outcome is a JSON reply — ``{"result": …}`` or
+``{"error": {"code", "message", "details"}}`` — so a client never waits out a timeout for a bad request.
+Requests are served concurrently (bounded); ``instance.start`` goes through a group-commit batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service
+
+from legato.bus.publisher import OutgoingMessage
+from legato.bus.topology import Topology
+from legato.core import CompiledWorkflow, InstanceInfo, ParamError, compile_workflow, definition_from_json
+from legato.protocol import api as A
+from legato.protocol import encode
+from legato.protocol.api import ApiError
+from legato.protocol.ids import instance_id_for, new_request_id
+from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
+from legato.runtime.component import Component
+from legato.sel import SelError
+from legato.store.outbox import add_to_outbox
+from legato.telemetry import get_logger
+from legato.telemetry.tracing import consume_span, inject_headers
+from legato.trigger import instances as Q
+from legato.trigger import registry as R
+
+log = get_logger("legato.trigger")
+
+_encoder = msgspec.json.Encoder()
+STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
+
+
+@dataclass
+class _PendingStart:
+    req: A.StartInstance
+    compiled: CompiledWorkflow
+    instance_id: str
+    trigger_key: str
+    params: dict[str, Any]
+    future: asyncio.Future[dict[str, Any]]
+    headers: dict[str, str]
+
+
+class ApiService(Component):
+    name = "api"
+
+    def __init__(
+        self,
+        nc: Any,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        *,
+        wake_relay: Callable[[], None],
+        max_concurrent: int = 256,
+        start_batch: int = 256,
+    ) -> None:
+        super().__init__()
+        self.nc = nc
+        self.pool = pool
+        self.topology = topology
+        self.wake_relay = wake_relay
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._starts: asyncio.Queue[_PendingStart] = asyncio.Queue(maxsize=4096)
+        self.start_batch = start_batch
+        self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        self.service: Service | None = None
+        self.requests = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _run(self) -> None:
+        self.service = await add_service(
+            self.nc, name="legato", version="0.1.0", description="Legato workflow orchestrator API"
+        )
+        endpoints: dict[str, tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]] = {
+            "workflow.push": (A.PushWorkflow, self.workflow_push),
+            "workflow.validate": (A.PushWorkflow, self.workflow_validate),
+            "workflow.get": (A.WorkflowRef, self.workflow_get),
+            "workflow.list": (A.ListWorkflows, self.workflow_list),
+            "workflow.activate": (A.WorkflowRef, self.workflow_activate),
+            "workflow.deactivate": (A.WorkflowRef, self.workflow_deactivate),
+            "workflow.status": (A.WorkflowRef, self.workflow_status),
+            "workflow.set_run_strategy": (A.SetRunStrategy, self.workflow_set_run_strategy),
+            "workflow.stop": (A.WorkflowAction, self.workflow_stop),
+            "workflow.kill": (A.WorkflowAction, self.workflow_kill),
+            "workflow.unblock": (A.WorkflowAction, self.workflow_unblock),
+            "instance.start": (A.StartInstance, self.instance_start),
+            "instance.get": (A.InstanceRef, self.instance_get),
+            "instance.list": (A.ListInstances, self.instance_list),
+            "instance.stop": (A.InstanceAction, self.instance_stop),
+            "instance.kill": (A.InstanceAction, self.instance_kill),
+            "instance.restart": (A.InstanceAction, self.instance_restart),
+            "instance.unblock": (A.InstanceAction, self.instance_unblock),
+            "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
+        }
+        for name, (kind, fn) in endpoints.items():
+            resource, verb = name.split(".")
+            await self.service.add_endpoint(
+                EndpointConfig(
+                    name=name.replace(".", "_"),
+                    subject=self.topology.api_subject(resource, verb),
+                    handler=self._handler(name, kind, fn),
+                )
+            )
+        batcher = asyncio.create_task(self._start_batcher(), name="api-start-batcher")
+        try:
+            await self.wait_stopping()
+            await self.service.stop()
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            batcher.cancel()
+            await asyncio.gather(batcher, return_exceptions=True)
+
+    def _handler(
+        self, name: str, kind: type[A.ApiRequest], fn: Callable[[Any], Awaitable[Any]]
+    ) -> Callable[[Request], Awaitable[None]]:
+        decoder = msgspec.json.Decoder(kind)
+
+        async def handle(req: Request) -> None:
+            # Served concurrently: the subscription callback only waits for a free slot (backpressure).
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve(name, decoder, fn, req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return handle
+
+    async def _serve(
+        self, name: str, decoder: msgspec.json.Decoder[Any], fn: Callable[[Any], Awaitable[Any]], req: Request
+    ) -> None:
+        self.requests += 1
+        try:
+            with consume_span(f"api {name}", req.headers, attributes={"messaging.system": "nats",
+                                                                       "rpc.method": name}):
+                try:
+                    try:
+                        body = decoder.decode(req.data or b"{}")
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise ApiError("bad_request", f"{name}: {exc}") from None
+                    result = await fn(body)
+                    payload = _encoder.encode({"result": result})
+                except ApiError as exc:
+                    payload = _encoder.encode(exc.to_json())
+                except Exception as exc:
+                    log.error("api_request_failed", endpoint=name, error=repr(exc), exc_info=True)
+                    payload = _encoder.encode(ApiError("internal", f"{name} failed: {exc}").to_json())
+                try:
+                    await req.respond(payload)
+                except Exception as exc:
+                    log.warning("api_reply_failed", endpoint=name, error=repr(exc))
+        finally:
+            self._slots.release()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def compiled(self, conn: asyncpg.Connection, workflow_id: str, version: int) -> CompiledWorkflow:
+        key = (workflow_id, version)
+        found = self._compiled.get(key)
+        if found is None:
+            text = await R.load_definition(conn, workflow_id, version)
+            found = compile_workflow(definition_from_json(text.encode()))
+            if len(self._compiled) > 1024:
+                self._compiled.clear()
+            self._compiled[key] = found
+        return found
+
+    # ------------------------------------------------------------------ workflows
+
+    async def workflow_validate(self, req: A.PushWorkflow) -> dict[str, Any]:
+        defn = R.parse_or_raise(req.definition, req.source or "<definition>")
+        return {"workflow_id": defn.id, "valid": True}
+
+    async def workflow_push(self, req: A.PushWorkflow) -> dict[str, Any]:
+        defn = R.parse_or_raise(req.definition, req.source or "<definition>")
+        async with self.pool.acquire() as conn, conn.transaction():
+            result = await R.push_workflow(
+                conn, self.topology, defn, source_text=req.definition, actor=req.actor, activate=req.activate
+            )
+        self.wake_relay()
+        log.info("workflow_pushed", workflow_id=defn.id, version=result["version"], created=result["created"])
+        return result
+
+    async def workflow_get(self, req: A.WorkflowRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            row = await R.get_workflow_row(conn, req.workflow_id)
+            version = req.version or row["active_version"]
+            text = await R.load_definition(conn, req.workflow_id, version)
+            source = await conn.fetchval(
+                "SELECT source FROM workflow_version WHERE workflow_id = $1 AND version = $2", req.workflow_id, version
+            )
+            versions = await conn.fetch(
+                "SELECT version, digest, created_at, created_by FROM workflow_version WHERE workflow_id = $1 "
+                "ORDER BY version DESC LIMIT 50",
+                req.workflow_id,
+            )
+        return {
+            **R.workflow_summary(row),
+            "version": version,
+            "definition": msgspec.json.decode(text),
+            "source": source,
+            "versions": [
+                {"version": v["version"], "digest": v["digest"], "created_at": v["created_at"].isoformat(),
+                 "created_by": v["created_by"]}
+                for v in versions
+            ],
+        }
+
+    async def workflow_list(self, req: A.ListWorkflows) -> dict[str, Any]:
+        limit = max(1, min(req.limit, 1000))
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                req.after,
+                limit + 1,
+            )
+            descs = {
+                r["workflow_id"]: r["d"]
+                for r in await conn.fetch(
+                    "SELECT v.workflow_id, v.definition->>'description' AS d FROM workflow w "
+                    "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
+                    "WHERE w.id = ANY($1::text[])",
+                    [r["id"] for r in rows[:limit]],
+                )
+            }
+        page = rows[:limit]
+        return {
+            "workflows": [{**R.workflow_summary(r), "description": descs.get(r["id"])} for r in page],
+            "next": page[-1]["id"] if len(rows) > limit else None,
+        }
+
+    async def workflow_activate(self, req: A.WorkflowRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            version = req.version or row["active_version"]
+            compiled = await self.compiled(conn, req.workflow_id, version)
+            await R.activate_version(conn, self.topology, req.workflow_id, version, compiled.definition)
+            row = await R.get_workflow_row(conn, req.workflow_id)
+        self.wake_relay()
+        return R.workflow_summary(row)
+
+    async def workflow_deactivate(self, req: A.WorkflowRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            await conn.execute("UPDATE workflow SET active = false, updated_at = now() WHERE id = $1", req.workflow_id)
+            await R.notify_scheduler(conn, self.topology, req.workflow_id, "deactivated")
+            row = await R.get_workflow_row(conn, req.workflow_id)
+        self.wake_relay()
+        return R.workflow_summary(row)
+
+    async def workflow_status(self, req: A.WorkflowRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            row = await R.get_workflow_row(conn, req.workflow_id)
+            counts = {
+                r["status"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT status, count(*) AS n FROM workflow_instance WHERE workflow_id = $1 GROUP BY status",
+                    req.workflow_id,
+                )
+            }
+            running = await conn.fetch(
+                f"SELECT {Q.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' "
+                "ORDER BY seq LIMIT 100",
+                req.workflow_id,
+            )
+            queued = await conn.fetch(
+                f"SELECT {Q.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' "
+                "ORDER BY seq LIMIT 100",
+                req.workflow_id,
+            )
+        summary = R.workflow_summary(row)
+        state = "active" if row["active"] else "inactive"
+        if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
+            state = "paused"
+        if row["run_strategy"] == "strict_sequential" and row["blocked_by"]:
+            state = "blocked"
+        return {
+            **summary,
+            "state": state,
+            "counts": counts,
+            "running_runs": [Q.instance_summary(r) for r in running],
+            "queued_runs": [{**Q.instance_summary(r), "position": i + 1} for i, r in enumerate(queued)],
+        }
+
+    async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:
+        if req.run_strategy not in STRATEGIES:
+            raise ApiError("bad_request", f"run_strategy: must be one of {', '.join(STRATEGIES)}, got "
+                           f"{req.run_strategy!r}")
+        limit = req.max_concurrency
+        if req.run_strategy == "parallel":
+            limit = 20 if limit is None else limit
+            if not 0 <= limit <= 1000:
+                raise ApiError("bad_request", f"max_concurrency: must be 0..1000, got {limit}")
+        else:
+            if limit not in (None, 1):
+                raise ApiError("bad_request", f"max_concurrency: only parallel takes a limit other than 1, got {limit}")
+            limit = 1
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await conn.fetchval(
+                "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running')",
+                req.workflow_id,
+            )
+            if req.run_strategy in ("first_only", "last_only") and active > 1:
+                raise ApiError(
+                    "conflict",
+                    f"cannot switch {req.workflow_id} to {req.run_strategy} while {active} runs are queued or "
+                    f"running: stop the extra runs first (legato stop RUN, or legato workflow stop "
+                    f"{req.workflow_id}), then retry",
+                    {"active_runs": int(active)},
+                )
+            await conn.execute(
+                "UPDATE workflow SET run_strategy = $2, max_concurrency = $3, strategy_source = 'api', "
+                "updated_at = now() WHERE id = $1",
+                req.workflow_id,
+                req.run_strategy,
+                limit,
+            )
+            await R.notify_scheduler(conn, self.topology, req.workflow_id, f"run_strategy {req.run_strategy}")
+            row = await R.get_workflow_row(conn, req.workflow_id)
+        self.wake_relay()
+        return R.workflow_summary(row)
+
+    # ------------------------------------------------------------------ operator actions
+
+    async def _action(
+        self, workflow_id: str, action: str, *, instance_id: str | None, step_id: str | None, reason: str,
+        actor: str | None, request_id: str | None,
+    ) -> dict[str, Any]:
+        if not reason.strip():
+            raise ApiError("bad_request", f"{action}: a reason is required (--reason)")
+        action_id = request_id or new_request_id()
+        msg = ActionRequest(
+            action_id=action_id, workflow_id=workflow_id, action=action,  # type: ignore[arg-type]
+            instance_id=instance_id, step_id=step_id, reason=reason, actor=actor or "api",
+            requested_at=time.time(),
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(
+                conn,
+                [OutgoingMessage(self.topology.trigger_subject(workflow_id), encode(msg), msg_id=f"action:{action_id}",
+                                 headers=inject_headers({}))],
+            )
+        self.wake_relay()
+        return {"accepted": True, "action_id": action_id, "action": action, "workflow_id": workflow_id,
+                "instance_id": instance_id}
+
+    async def _instance_for_action(self, instance_id: str, allowed: tuple[str, ...], action: str) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            r = await conn.fetchrow(
+                "SELECT id, workflow_id, status FROM workflow_instance WHERE id = $1", instance_id
+            )
+            if r is None:
+                raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
+            if r["status"] not in allowed:
+                raise ApiError(
+                    "not_applicable",
+                    f"cannot {action} run {instance_id}: it is {r['status']} (allowed when {', '.join(allowed)})",
+                    {"status": r["status"]},
+                )
+        return r
+
+    async def instance_stop(self, req: A.InstanceAction) -> dict[str, Any]:
+        r = await self._instance_for_action(req.instance_id, ("queued", "running"), "stop")
+        return await self._action(r["workflow_id"], "stop", instance_id=r["id"], step_id=None, reason=req.reason,
+                                  actor=req.actor, request_id=req.request_id)
+
+    async def instance_kill(self, req: A.InstanceAction) -> dict[str, Any]:
+        r = await self._instance_for_action(req.instance_id, ("queued", "running"), "kill")
+        return await self._action(r["workflow_id"], "kill", instance_id=r["id"], step_id=None, reason=req.reason,
+                                  actor=req.actor, request_id=req.request_id)
+
+    async def instance_restart(self, req: A.InstanceAction) -> dict[str, Any]:
+        allowed = ("failed", "timed_out", "stopped") + (("succeeded",) if req.step_id else ())
+        r = await self._instance_for_action(req.instance_id, allowed, "restart")
+        return await self._action(r["workflow_id"], "restart", instance_id=r["id"], step_id=req.step_id,
+                                  reason=req.reason, actor=req.actor, request_id=req.request_id)
+
+    async def instance_skip_step(self, req: A.InstanceAction) -> dict[str, Any]:
+        if not req.step_id:
+            raise ApiError("bad_request", "skip_step: step_id is required")
+        r = await self._instance_for_action(req.instance_id, ("running",), "skip a step of")
+        return await self._action(r["workflow_id"], "skip_step", instance_id=r["id"], step_id=req.step_id,
+                                  reason=req.reason, actor=req.actor, request_id=req.request_id)
+
+    async def instance_unblock(self, req: A.InstanceAction) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            r = await conn.fetchrow("SELECT id, workflow_id FROM workflow_instance WHERE id = $1", req.instance_id)
+            if r is None:
+                raise ApiError("not_found", f"unknown run {req.instance_id!r}")
+            wf = await R.get_workflow_row(conn, r["workflow_id"])
+        if wf["blocked_by"] != r["id"]:
+            raise ApiError(
+                "not_applicable",
+                f"run {r['id']} does not block workflow {r['workflow_id']}"
+                + (f" (blocked by {wf['blocked_by']})" if wf["blocked_by"] else " (the workflow is not blocked)"),
+            )
+        return await self._action(r["workflow_id"], "unblock", instance_id=r["id"], step_id=None, reason=req.reason,
+                                  actor=req.actor, request_id=req.request_id)
+
+    async def _workflow_action(self, req: A.WorkflowAction, action: str) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            wf = await R.get_workflow_row(conn, req.workflow_id)
+        if action == "unblock_all" and not wf["blocked_by"]:
+            raise ApiError("not_applicable", f"workflow {req.workflow_id} is not blocked")
+        return await self._action(req.workflow_id, action, instance_id=None, step_id=None, reason=req.reason,
+                                  actor=req.actor, request_id=req.request_id)
+
+    async def workflow_stop(self, req: A.WorkflowAction) -> dict[str, Any]:
+        return await self._workflow_action(req, "stop_all")
+
+    async def workflow_kill(self, req: A.WorkflowAction) -> dict[str, Any]:
+        return await self._workflow_action(req, "kill_all")
+
+    async def workflow_unblock(self, req: A.WorkflowAction) -> dict[str, Any]:
+        return await self._workflow_action(req, "unblock_all")
+
+    # ------------------------------------------------------------------ runs
+
+    async def instance_start(self, req: A.StartInstance) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            row = await R.get_workflow_row(conn, req.workflow_id)
+            if not row["active"]:
+                raise ApiError("inactive", f"workflow {req.workflow_id!r} is inactive: activate it first",
+                               {"workflow_id": req.workflow_id})
+            version = req.version or row["active_version"]
+            compiled = await self.compiled(conn, req.workflow_id, version)
+        request_id = req.request_id or new_request_id()
+        trigger_key = f"api:{request_id}"
+        instance_id = instance_id_for(req.workflow_id, trigger_key)
+        try:
+            # Checked here so a bad start gets a precise error now instead of a failed run later.
+            compiled.resolve_run_params(
+                req.params,
+                instance=InstanceInfo(id=instance_id, workflow_id=req.workflow_id, version=version,
+                                      start_time=_now(), trigger={"kind": "api"}),
+            )
+        except ParamError as exc:
+            raise ApiError(
+                "invalid_params",
+                f"params for {req.workflow_id}: {exc}",
+                {"errors": [{"path": i.path, "message": i.message} for i in exc.issues]},
+            ) from None
+        except SelError as exc:
+            raise ApiError("invalid_params", f"params for {req.workflow_id}: {exc}") from None
+        pending = _PendingStart(
+            req=req, compiled=compiled, instance_id=instance_id, trigger_key=trigger_key, params=dict(req.params),
+            future=asyncio.get_running_loop().create_future(), headers=inject_headers({}),
+        )
+        await self._starts.put(pending)
+        return await pending.future
+
+    async def _start_batcher(self) -> None:
+        """Group commit: starts that arrive together share one transaction."""
+        while True:
+            first = await self._starts.get()
+            batch = [first]
+            while len(batch) < self.start_batch and not self._starts.empty():
+                batch.append(self._starts.get_nowait())
+            try:
+                results = await self._commit_starts(batch)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            for p, res in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(res)
+            self.wake_relay()
+
+    async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any]]:
+        ids = [p.instance_id for p in batch]
+        now = time.time()
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = {
+                r["id"]: r["status"]
+                for r in await conn.fetch("SELECT id, status FROM workflow_instance WHERE id = ANY($1::text[])", ids)
+            }
+            out: list[dict[str, Any]] = []
+            msgs: list[OutgoingMessage] = []
+            seen: set[str] = set()
+            for p in batch:
+                dup = p.instance_id in existing or p.instance_id in seen
+                seen.add(p.instance_id)
+                out.append({
+                    "instance_id": p.instance_id,
+                    "workflow_id": p.req.workflow_id,
+                    "status": existing.get(p.instance_id, "pending"),
+                    "duplicate": dup,
+                })
+                if p.instance_id in existing:
+                    continue
+                start = StartRun(
+                    workflow_id=p.req.workflow_id,
+                    trigger_key=p.trigger_key,
+                    instance_id=p.instance_id,
+                    trigger=TriggerInfo(kind="api", by=p.req.actor),
+                    params=p.params,
+                    version=p.req.version,
+                    requested_at=now,
+                )
+                msgs.append(OutgoingMessage(self.topology.trigger_subject(p.req.workflow_id), encode(start),
+                                            msg_id=f"start:{p.instance_id}", headers=p.headers))
+            await add_to_outbox(conn, msgs)
+        return out
+
+    async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            try:
+                return await Q.get_instance(conn, req.instance_id, timeline_limit=req.timeline_limit,
+                                            steps_limit=req.steps_limit)
+            except ApiError as exc:
+                if exc.code != "not_found":
+                    raise
+                # Accepted but not yet applied by the scheduler: say so instead of "unknown".
+                pending = await conn.fetchval(
+                    "SELECT 1 FROM outbox WHERE msg_id = $1", f"start:{req.instance_id}"
+                )
+                if pending:
+                    return {"instance_id": req.instance_id, "status": "pending", "steps": [], "timeline": []}
+                raise
+
+    async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            return await Q.list_instances(
+                conn, workflow_id=req.workflow_id, status=req.status, since=req.since, until=req.until,
+                limit=max(1, min(req.limit, 1000)), cursor=req.cursor,
+            )
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,216 @@
+"""Reading runs for the API: one run with its steps, attempts, timeline and "why not running", and lists."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from legato.protocol.api import ApiError
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def instance_summary(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "instance_id": r["id"],
+        "workflow_id": r["workflow_id"],
+        "version": r["version"],
+        "status": r["status"],
+        "reason": r["reason"],
+        "error": r["error"],
+        "trigger": r["trigger"],
+        "run_number": r["run_number"],
+        "seq": r["seq"],
+        "created_at": iso(r["created_at"]),
+        "started_at": iso(r["started_at"]),
+        "ended_at": iso(r["ended_at"]),
+        "parent_instance_id": r["parent_instance_id"],
+    }
+
+
+SUMMARY_COLUMNS = (
+    "id, workflow_id, version, status, reason, error, trigger, run_number, seq, created_at, started_at, "
+    "ended_at, parent_instance_id"
+)
+
+
+async def explain_waiting(conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None) -> dict[str, Any] | None:
+    """Why a queued run is not running: its place in the queue and what holds the slots, live."""
+    if inst["status"] != "queued" or wf is None:
+        return inst["reason"]
+    position = await conn.fetchval(
+        "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2",
+        inst["workflow_id"],
+        inst["seq"],
+    )
+    holders = [
+        r["id"]
+        for r in await conn.fetch(
+            "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' ORDER BY seq LIMIT 20",
+            inst["workflow_id"],
+        )
+    ]
+    ahead = await conn.fetchval(
+        "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2 "
+        "ORDER BY seq DESC LIMIT 1",
+        inst["workflow_id"],
+        inst["seq"],
+    )
+    strategy = wf["run_strategy"]
+    limit = wf["max_concurrency"] if strategy == "parallel" else 1
+    out: dict[str, Any] = {
+        "code": "queued",
+        "strategy": strategy,
+        "position": int(position) + 1,
+        "behind": ahead,
+        "limit": limit,
+        "held_by": holders,
+    }
+    if wf["paused"] or limit == 0:
+        out["code"] = "paused"
+        out["message"] = "workflow paused" if wf["paused"] else "max_concurrency is 0: the workflow is paused"
+    elif strategy == "strict_sequential" and wf["blocked_by"]:
+        out["code"] = "blocked"
+        out["blocked_by"] = wf["blocked_by"]
+        out["blocked_since"] = iso(wf["blocked_since"])
+        out["message"] = (
+            f"blocked by failed run {wf['blocked_by']} (strict_sequential) since {iso(wf['blocked_since'])}"
+        )
+    else:
+        where = f"queued at position {int(position) + 1}" + (f" behind run {ahead}" if ahead else "")
+        held = ", ".join(holders[:5]) + ("…" if len(holders) > 5 else "")
+        out["message"] = f"{where}; {strategy} limit {limit} held by {held or 'nothing yet'}"
+    return out
+
+
+async def get_instance(conn: asyncpg.Connection, instance_id: str, *, timeline_limit: int = 200,
+                       steps_limit: int = 1000) -> dict[str, Any]:
+    r = await conn.fetchrow(
+        f"SELECT {SUMMARY_COLUMNS}, params, run_params, outputs, trigger_key, unblocked, traceparent, "
+        "parent_step_id, parent_iteration, requested_at FROM workflow_instance WHERE id = $1",
+        instance_id,
+    )
+    if r is None:
+        raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
+    wf = await conn.fetchrow(
+        "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
+        r["workflow_id"],
+    )
+    out = instance_summary(r)
+    out.update(
+        params=r["params"],
+        run_params=r["run_params"],
+        outputs=r["outputs"],
+        trigger_key=r["trigger_key"],
+        unblocked=r["unblocked"],
+        traceparent=r["traceparent"],
+        trace_id=r["traceparent"].split("-")[1] if r["traceparent"] else None,
+        parent_step_id=r["parent_step_id"],
+        parent_iteration=r["parent_iteration"],
+        requested_at=iso(r["requested_at"]),
+        reason=await explain_waiting(conn, r, wf),
+    )
+    steps = await conn.fetch(
+        "SELECT step_id, status, attempts, current_attempt_id, retries_error, retries_platform, retries_timeout, "
+        "failure_ignored, params, outputs, error, reason, created_at, started_at, ended_at "
+        "FROM step_run WHERE instance_id = $1 ORDER BY created_at, step_id LIMIT $2",
+        instance_id,
+        steps_limit,
+    )
+    attempts = await conn.fetch(
+        "SELECT id, step_id, attempt, status, failure_kind, executor, queue, dispatched_at, started_at, ended_at, "
+        "outputs, error, exit_code, log_tail FROM step_attempt WHERE instance_id = $1 ORDER BY step_id, attempt",
+        instance_id,
+    )
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for a in attempts:
+        by_step.setdefault(a["step_id"], []).append(
+            {
+                "attempt_id": a["id"],
+                "attempt": a["attempt"],
+                "status": a["status"],
+                "failure_kind": a["failure_kind"],
+                "executor": a["executor"],
+                "queue": a["queue"],
+                "dispatched_at": iso(a["dispatched_at"]),
+                "started_at": iso(a["started_at"]),
+                "ended_at": iso(a["ended_at"]),
+                "outputs": a["outputs"],
+                "error": a["error"],
+                "exit_code": a["exit_code"],
+                "log_tail": a["log_tail"],
+            }
+        )
+    out["steps"] = [
+        {
+            "step_id": s["step_id"],
+            "status": s["status"],
+            "attempts": by_step.get(s["step_id"], []),
+            "retries": {"error": s["retries_error"], "platform": s["retries_platform"],
+                        "timeout": s["retries_timeout"]},
+            "failure_ignored": s["failure_ignored"],
+            "params": s["params"],
+            "outputs": s["outputs"],
+            "error": s["error"],
+            "reason": s["reason"],
+            "created_at": iso(s["created_at"]),
+            "started_at": iso(s["started_at"]),
+            "ended_at": iso(s["ended_at"]),
+        }
+        for s in steps
+    ]
+    timeline = await conn.fetch(
+        "SELECT at, step_id, event, message, actor, details FROM timeline WHERE instance_id = $1 "
+        "ORDER BY id DESC LIMIT $2",
+        instance_id,
+        timeline_limit,
+    )
+    out["timeline"] = [
+        {"at": iso(t["at"]), "step_id": t["step_id"], "event": t["event"], "message": t["message"],
+         "actor": t["actor"], "details": t["details"]}
+        for t in reversed(timeline)
+    ]
+    return out
+
+
+async def list_instances(
+    conn: asyncpg.Connection,
+    *,
+    workflow_id: str | None,
+    status: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    cursor: int | None,
+) -> dict[str, Any]:
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        clauses.append(sql.replace("?", f"${len(args)}"))
+
+    if workflow_id:
+        add("workflow_id = ?", workflow_id)
+    if status:
+        add("status = ?", status)
+    if since is not None:
+        add("created_at >= ?", datetime.fromtimestamp(since, UTC))
+    if until is not None:
+        add("created_at < ?", datetime.fromtimestamp(until, UTC))
+    if cursor is not None:
+        add("seq < ?", cursor)
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    args.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
+    )
+    page = rows[:limit]
+    return {
+        "instances": [instance_summary(r) for r in page],
+        "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
+    }
