@@ -279,11 +279,20 @@ class _Compiler:
         try:
             tree = ast.parse(text, mode="eval")
         except SyntaxError as exc:
-            position = None
-            if exc.lineno and exc.offset:
-                position = (exc.lineno, exc.offset + (self.lead if exc.lineno == 1 else 0))
+            line = exc.lineno or 1
+            offset = exc.offset or 0
+            reason = exc.msg
+            if offset <= 0:  # Python reports a premature end at offset 0
+                last = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+                offset = len(last) + 1
+                if reason == "invalid syntax":
+                    reason = "unexpected end of expression"
+            position = (line, offset + (self.lead if line == 1 else 0))
             raise SelSyntaxError(
-                f"invalid syntax: {exc.msg}", expression=self.source, position=position, path=self.path
+                reason if reason != "invalid syntax" else "invalid syntax",
+                expression=self.source,
+                position=position,
+                path=self.path,
             ) from None
         except (MemoryError, RecursionError):
             self.fail(f"expression nested deeper than {self.limits.max_depth} levels")
