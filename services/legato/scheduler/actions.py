@@ -50,23 +50,23 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
         return "ignored: no run given"
     if msg.action == "unblock":
         return _unblock(engine, msg.instance_id, who, why)
-    inst = state.instances.get(msg.instance_id)
+    active = state.instances.get(msg.instance_id)
     if msg.action in ("stop", "kill"):
-        if inst is None:
+        if active is None:
             return "ignored: run is not queued or running"
-        _end_by_operator(engine, inst, msg.action, who, why)
+        _end_by_operator(engine, active, msg.action, who, why)
         return "applied"
     if msg.action == "skip_step":
-        if inst is None or inst.status != "running" or not msg.step_id:
+        if active is None or active.status != "running" or not msg.step_id:
             return "ignored: run is not running"
-        st = inst.steps.get(msg.step_id)
+        st = active.steps.get(msg.step_id)
         if st is None or st.terminal:
             return "ignored: step is not waiting, queued, running or retrying"
-        engine.cancel_running_steps_of(inst, [msg.step_id], "skipped", f"skipped by {who}: {why}")
-        engine.advance(inst)
+        engine.cancel_running_steps_of(active, [msg.step_id], "skipped", f"skipped by {who}: {why}")
+        engine.advance(active)
         return "applied"
     if msg.action == "restart":
-        if inst is not None:
+        if active is not None:
             return "ignored: run is still active"
         loaded = await _load_terminal_instance(conn, msg.instance_id)
         if loaded is None:

@@ -202,15 +202,15 @@ class WorkflowActor:
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:
                 return  # fired before, or cancelled: exactly once
-            inst = state.instances.get(msg.instance_id)
-            if inst is None:
+            target = state.instances.get(msg.instance_id)
+            if target is None:
                 return
             if msg.kind == "retry" and msg.step_id:
-                engine.on_retry_timer(inst, msg.step_id)
+                engine.on_retry_timer(target, msg.step_id)
             elif msg.kind == "step_timeout" and msg.step_id:
-                engine.on_step_timeout_timer(inst, msg.step_id, msg.attempt_id)
+                engine.on_step_timeout_timer(target, msg.step_id, msg.attempt_id)
             elif msg.kind == "run_timeout":
-                engine.on_run_timeout_timer(inst)
+                engine.on_run_timeout_timer(target)
         elif isinstance(msg, ActionRequest):
             await actions.apply_action(conn, engine, msg)
         elif isinstance(msg, WorkflowChanged):

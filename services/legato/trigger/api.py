@@ -451,7 +451,7 @@ class ApiService(Component):
             raise ApiError(
                 "invalid_params",
                 f"params for {req.workflow_id}: {exc}",
-                {"errors": [{"path": i.path, "message": i.message} for i in exc.issues]},
+                {"errors": [{"path": i.path, "message": i.message} for i in exc.errors]},
             ) from None
         except SelError as exc:
             raise ApiError("invalid_params", f"params for {req.workflow_id}: {exc}") from None

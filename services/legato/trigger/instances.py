@@ -41,7 +41,8 @@ SUMMARY_COLUMNS = (
 async def explain_waiting(conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None) -> dict[str, Any] | None:
     """Why a queued run is not running: its place in the queue and what holds the slots, live."""
     if inst["status"] != "queued" or wf is None:
-        return inst["reason"]
+        reason: dict[str, Any] | None = inst["reason"]
+        return reason
     position = await conn.fetchval(
         "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2",
         inst["workflow_id"],

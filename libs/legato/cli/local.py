@@ -1,0 +1,65 @@
+"""Commands that need no server: ``workflow validate`` and ``workflow plan``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from legato.cli import render
+from legato.core import DefinitionError, parse_definition
+from legato.core.plan import plan_workflow, validate_text
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    report: dict[str, list[dict[str, str]]] = {}
+    for name in args.files:
+        path = Path(name)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            report[name] = [{"path": "", "message": f"cannot read: {exc}"}]
+            failed += 1
+            continue
+        issues = validate_text(text, source=str(path))
+        report[name] = [{"path": i.path, "message": i.message} for i in issues]
+        failed += bool(issues)
+    if args.json:
+        render.dump_json({"ok": failed == 0, "files": report})
+    else:
+        for name, issues in report.items():
+            if not issues:
+                print(f"{name}: OK")
+                continue
+            print(f"{name}: {len(issues)} problem(s)")
+            for issue in issues:
+                print(f"  {issue['path']}: {issue['message']}" if issue["path"] else f"  {issue['message']}")
+    return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        defn = parse_definition(path.read_text(), source=str(path))
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc}", file=sys.stderr)
+        return 1
+    except DefinitionError as exc:
+        print(f"{path}: {len(exc.errors)} problem(s)", file=sys.stderr)
+        for issue in exc.errors:
+            print(f"  {issue.path}: {issue.message}", file=sys.stderr)
+        return 1
+    try:
+        raw = dict(pair.partition("=")[::2] for pair in args.param or [])
+        plan = plan_workflow(defn, raw)
+    except DefinitionError as exc:
+        print(f"{path}: cannot plan with these params", file=sys.stderr)
+        for issue in exc.errors:
+            print(f"  {issue.path}: {issue.message}", file=sys.stderr)
+        return 1
+    if args.json:
+        render.dump_json(plan.to_json())
+    else:
+        print(plan.to_text())
+    return 0
