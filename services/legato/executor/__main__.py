@@ -1,0 +1,67 @@
+"""``python -m legato.executor --queue default --concurrency 4``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from legato.runtime.settings import SettingsError, load_settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="legato executor", description="Run step attempts from a Legato work queue."
+    )
+    parser.add_argument("--queue", default="default", help="work queue to serve (default: %(default)s)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="attempts run at once (default: %(default)s)"
+    )
+    parser.add_argument("--nats-url", help="NATS server (default: LEGATO_NATS_URL, the dev state file, ...)")
+    parser.add_argument("--database-url", help="PostgreSQL (default: LEGATO_DATABASE_URL, ...)")
+    parser.add_argument("--executor-id", help="name reported with results (default: host-pid)")
+    parser.add_argument(
+        "--ack-wait",
+        type=float,
+        default=None,
+        help="seconds before an attempt without heartbeat is redelivered (default: 30)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings(overrides={"nats_url": args.nats_url, "database_url": args.database_url})
+    except SettingsError as exc:
+        print(f"legato executor: {exc}", file=sys.stderr)
+        return 2
+    # Imported here so `--help` and bad settings answer fast.
+    from legato.executor.service import DEFAULT_ACK_WAIT, ExecutorOptions, run_executor
+
+    ack_wait = DEFAULT_ACK_WAIT if args.ack_wait is None else args.ack_wait
+    try:
+        ExecutorOptions(queue=args.queue, concurrency=args.concurrency, ack_wait=ack_wait)
+    except ValueError as exc:
+        print(f"legato executor: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(
+            run_executor(
+                settings,
+                queue=args.queue,
+                concurrency=args.concurrency,
+                executor_id=args.executor_id,
+                ack_wait=ack_wait,
+            )
+        )
+    except ConnectionError as exc:
+        print(f"legato executor: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Handling one delivered work item: decide whether to run it, run it, report it, and only then ack.
+
+The decision, in order:
+1. this process already has a result for the attempt (its publish or ack failed) -> publish it again;
+2. the attempt is running here right now (redelivered while running) -> wait for it, same result;
+3. a cancel for it arrived earlier -> ``cancelled`` without running;
+4. it was delivered before and this process has no result -> the executor that had it was lost (crash,
+   kill -9, cut connection): report ``platform_error`` and do NOT run it again; the scheduler retries
+   it as a new attempt;
+5. otherwise run it: ``AttemptStarted`` if it is still running after ``started_delay``, then
+   ``AttemptFinished`` (``succeeded``, ``failed``, ``timed_out`` or ``cancelled``).
+
+Results go to ``WorkItem.reply_subject`` with ``Nats-Msg-Id`` = attempt id, so a republish is a
+duplicate. If the handler is cancelled (shutdown past its grace period) nothing is published and the
+message is not acked: it is redelivered and reported as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import TypeVar
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from legato.bus.consumer import Delivery, Retry
+from legato.bus.publisher import OutgoingMessage, Publisher
+from legato.executor.capture import CapturedOutput
+from legato.executor.recent import RecentCancels, RecentResults
+from legato.executor.step import StepContext, StepFailed, StepResult, StepRunner
+from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
+from legato.telemetry import bind_context, get_logger, get_tracer, inject_headers
+
+log = get_logger("legato.executor")
+
+RESULT_PUBLISH_TRIES = 3
+# Room left in a NATS message for headers (traceparent, Nats-Msg-Id) next to the result payload.
+HEADER_ALLOWANCE = 4096
+
+
+T = TypeVar("T")
+
+
+class RunningAttempt:
+    """An attempt executing in this process: how to cancel it, and its result once encoded."""
+
+    def __init__(self) -> None:
+        self.cancel_requested = asyncio.Event()
+        self.cancel_reason = ""
+        self.result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+
+class AttemptProcessor:
+    """The consumer loop's handler for ``WorkItem`` deliveries, and the target of cancel requests."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        runners: Mapping[str, StepRunner],
+        *,
+        executor_id: str,
+        kill_grace: float = 2.0,
+        started_delay: float = 0.25,
+        max_result_bytes: int = 1024 * 1024,
+        results: RecentResults | None = None,
+        cancels: RecentCancels | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.runners = runners
+        self.executor_id = executor_id
+        self.kill_grace = kill_grace
+        self.started_delay = started_delay
+        self.max_result_bytes = max_result_bytes
+        self.results = results or RecentResults()
+        self.cancels = cancels or RecentCancels()
+        # executed, each outcome, lost, republished, cancelled_before_start
+        self.stats: Counter[str] = Counter()
+        self._running: dict[str, RunningAttempt] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def cancel(self, attempt_id: str, reason: str) -> None:
+        """A cancel request: stop the attempt if it runs here, and remember it in case it comes later."""
+        self.cancels.add(attempt_id, reason)
+        running = self._running.get(attempt_id)
+        if running is not None and not running.cancel_requested.is_set():
+            running.cancel_reason = reason
+            running.cancel_requested.set()
+            log.info("attempt_cancel_requested", attempt_id=attempt_id, reason=reason)
+
+    async def handle(self, delivery: Delivery[WorkItem]) -> None:
+        item = delivery.message
+        with bind_context(
+            workflow_id=item.workflow_id,
+            instance_id=item.instance_id,
+            step_id=item.step_id,
+            attempt=item.attempt,
+            attempt_id=item.attempt_id,
+        ):
+            stored = self.results.get(item.attempt_id)
+            if stored is not None:
+                log.info("attempt_result_republished", deliveries=delivery.num_delivered)
+                self.stats["republished"] += 1
+                await self._publish_result(item, stored)
+                return
+            running = self._running.get(item.attempt_id)
+            if running is not None:
+                log.info("attempt_redelivered_while_running", deliveries=delivery.num_delivered)
+                await self._publish_result(item, await _result_of(running))
+                return
+            reason = self.cancels.reason_for(item.attempt_id)
+            if reason is not None:
+                log.info("attempt_cancelled_before_start", reason=reason)
+                self.stats["cancelled_before_start"] += 1
+                error = f"cancelled before it started: {reason}" if reason else "cancelled before it started"
+                await self._finish(item, self._finished(item, "cancelled", error=error))
+                return
+            if delivery.num_delivered > 1:
+                error = (
+                    f"attempt lost: delivered {delivery.num_delivered} times "
+                    "(executor crashed or lost its connection)"
+                )
+                log.warning("attempt_lost", deliveries=delivery.num_delivered)
+                self.stats["lost"] += 1
+                await self._finish(item, self._finished(item, "platform_error", error=error))
+                return
+            await self._execute(item)
+
+    async def _execute(self, item: WorkItem) -> None:
+        running = RunningAttempt()
+        self._running[item.attempt_id] = running
+        self.stats["executed"] += 1
+        try:
+            with get_tracer().start_as_current_span(
+                f"execute {item.step_type}",
+                kind=SpanKind.INTERNAL,
+                attributes={
+                    "legato.workflow_id": item.workflow_id,
+                    "legato.instance_id": item.instance_id,
+                    "legato.step_id": item.step_id,
+                    "legato.attempt": item.attempt,
+                    "legato.attempt_id": item.attempt_id,
+                    "legato.step_type": item.step_type,
+                },
+            ) as span:
+                log.info("attempt_started", step_type=item.step_type, timeout=item.timeout)
+                finished = await self._run_step(item, running)
+                span.set_attribute("legato.outcome", finished.outcome)
+                if finished.outcome != "succeeded":
+                    span.set_status(Status(StatusCode.ERROR, finished.outcome))
+                log.info(
+                    "attempt_finished",
+                    outcome=finished.outcome,
+                    error=(finished.error or "")[:500] or None,
+                    seconds=round(finished.finished_at - finished.started_at, 3),
+                )
+                self.stats[finished.outcome] += 1
+                await self._finish(item, finished, running)
+        finally:
+            self._running.pop(item.attempt_id, None)
+            if not running.result.done():
+                running.result.cancel()
+
+    async def _run_step(self, item: WorkItem, running: RunningAttempt) -> AttemptFinished:
+        started_at = time.time()
+        runner = self.runners.get(item.step_type)
+        if runner is None:
+            known = ", ".join(sorted(self.runners))
+            return self._finished(
+                item,
+                "failed",
+                started_at=started_at,
+                error=f"unknown step type {item.step_type!r}; this executor runs: {known}",
+            )
+        ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace)
+        step = asyncio.create_task(runner.run(ctx), name=f"step:{item.attempt_id}")
+        cancel_requested = asyncio.create_task(running.cancel_requested.wait())
+        announcing = asyncio.Event()
+        announce = asyncio.create_task(self._announce_started(item, started_at, announcing))
+        timeout = item.timeout if item.timeout is not None and item.timeout > 0 else None
+        try:
+            done, _ = await asyncio.wait(
+                {step, cancel_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            # Also on shutdown: the step's processes are stopped before the cancellation goes on.
+            await _stop(cancel_requested)
+            await _stop(step)
+            await self._settle_announcement(announce, announcing)
+        log_tail = ctx.output.log_tail()
+        if step in done and step.cancelled():
+            # The runner cancelled itself (nothing here asked it to): a failure, not a shutdown.
+            return self._finished(
+                item,
+                "failed",
+                started_at=started_at,
+                error="the step was cancelled from inside",
+                log_tail=log_tail,
+            )
+        if step in done:
+            try:
+                result: StepResult = step.result()
+            except StepFailed as exc:
+                return self._finished(
+                    item,
+                    "failed",
+                    started_at=started_at,
+                    error=exc.error,
+                    exit_code=exc.exit_code,
+                    outputs=exc.outputs,
+                    log_tail=log_tail,
+                )
+            except Exception as exc:
+                log.error("step_runner_crashed", step_type=item.step_type, error=repr(exc), exc_info=True)
+                return self._finished(
+                    item,
+                    "failed",
+                    started_at=started_at,
+                    error=f"executor error in the {item.step_type} runner: {type(exc).__name__}: {exc}",
+                    log_tail=log_tail,
+                )
+            return self._finished(
+                item,
+                "succeeded",
+                started_at=started_at,
+                outputs=result.outputs,
+                exit_code=result.exit_code,
+                log_tail=log_tail,
+            )
+        if cancel_requested in done:
+            reason = running.cancel_reason
+            error = f"cancelled: {reason}" if reason else "cancelled"
+            return self._finished(item, "cancelled", started_at=started_at, error=error, log_tail=log_tail)
+        return self._finished(
+            item, "timed_out", started_at=started_at, error=f"timed out after {timeout:g}s", log_tail=log_tail
+        )
+
+    async def _announce_started(self, item: WorkItem, started_at: float, announcing: asyncio.Event) -> None:
+        # Only attempts still running after started_delay are announced: a fast step costs one message.
+        await asyncio.sleep(self.started_delay)
+        announcing.set()
+        started = AttemptStarted(
+            attempt_id=item.attempt_id,
+            workflow_id=item.workflow_id,
+            instance_id=item.instance_id,
+            step_id=item.step_id,
+            executor=self.executor_id,
+            started_at=started_at,
+        )
+        try:
+            await self.publisher.publish(
+                OutgoingMessage(
+                    item.reply_subject,
+                    encode(started),
+                    msg_id=f"{item.attempt_id}:started",
+                    headers=inject_headers(),
+                )
+            )
+        except Exception as exc:
+            # Only informational: the result that follows is what counts.
+            log.warning("attempt_started_publish_failed", error=repr(exc))
+
+    async def _settle_announcement(self, announce: asyncio.Task[None], announcing: asyncio.Event) -> None:
+        current = asyncio.current_task()
+        shutting_down = current is not None and current.cancelling() > 0
+        if announcing.is_set() and not shutting_down:
+            # Already publishing: let it land so AttemptStarted precedes AttemptFinished on the stream.
+            await asyncio.wait({announce})
+        await _stop(announce)
+
+    def _finished(
+        self,
+        item: WorkItem,
+        outcome: Outcome,
+        *,
+        started_at: float = 0.0,
+        error: str | None = None,
+        exit_code: int | None = None,
+        outputs: Mapping[str, object] | None = None,
+        log_tail: str | None = None,
+    ) -> AttemptFinished:
+        now = time.time()
+        return AttemptFinished(
+            attempt_id=item.attempt_id,
+            workflow_id=item.workflow_id,
+            instance_id=item.instance_id,
+            step_id=item.step_id,
+            outcome=outcome,
+            executor=self.executor_id,
+            started_at=started_at or now,
+            finished_at=now,
+            outputs=dict(outputs or {}),
+            error=error,
+            exit_code=exit_code,
+            log_tail=log_tail,
+        )
+
+    def _encode(self, finished: AttemptFinished) -> bytes:
+        payload = encode(finished)
+        if len(payload) <= self.max_result_bytes:
+            return payload
+        # Too big for one NATS message: report that instead of failing to report anything.
+        log.warning("attempt_result_too_large", size=len(payload), limit=self.max_result_bytes)
+        return encode(
+            AttemptFinished(
+                attempt_id=finished.attempt_id,
+                workflow_id=finished.workflow_id,
+                instance_id=finished.instance_id,
+                step_id=finished.step_id,
+                outcome="failed",
+                executor=finished.executor,
+                started_at=finished.started_at,
+                finished_at=finished.finished_at,
+                error=(
+                    f"result too large to report ({len(payload)} bytes, limit {self.max_result_bytes}); "
+                    f"outputs dropped (was {finished.outcome}: {(finished.error or '')[:1000]})"
+                ),
+                exit_code=finished.exit_code,
+                log_tail=(finished.log_tail or "")[-2048:] or None,
+            )
+        )
+
+    async def _finish(
+        self, item: WorkItem, finished: AttemptFinished, running: RunningAttempt | None = None
+    ) -> None:
+        payload = self._encode(finished)
+        # Remembered before publishing: a redelivery after a failed publish or ack gets the same result.
+        self.results.put(item.attempt_id, payload)
+        if running is not None:
+            running.result.set_result(payload)
+        await self._publish_result(item, payload)
+
+    async def _publish_result(self, item: WorkItem, payload: bytes) -> None:
+        msg = OutgoingMessage(item.reply_subject, payload, msg_id=item.attempt_id, headers=inject_headers())
+        last: Exception | None = None
+        for attempt in range(RESULT_PUBLISH_TRIES):
+            try:
+                await self.publisher.publish(msg)
+                return
+            except Exception as exc:
+                last = exc
+                log.warning("attempt_result_publish_failed", tries=attempt + 1, error=repr(exc))
+                if attempt + 1 < RESULT_PUBLISH_TRIES:
+                    await asyncio.sleep(0.5 * 2**attempt)
+        # Not acked: redelivered later, and the remembered result is published again.
+        raise Retry(delay=2.0, reason=f"result of {item.attempt_id} not published: {last!r}")
+
+
+async def _result_of(running: RunningAttempt) -> bytes:
+    await asyncio.wait({running.result})
+    if running.result.cancelled():
+        raise Retry(delay=1.0, reason="the running copy of this attempt ended without a result")
+    return running.result.result()
+
+
+async def _stop(task: asyncio.Task[T]) -> None:
+    """Cancel a child task and wait until it has really finished (its cleanup included)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,27 @@
+"""One runner per step type; ``default_runners`` is what an executor runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from legato.executor.runners.http import HttpRunner
+from legato.executor.runners.noop import NoopRunner
+from legato.executor.runners.python import PythonRunner
+from legato.executor.runners.shell import ShellRunner
+from legato.executor.runners.sleep import SleepRunner
+from legato.executor.step import StepRunner
+
+
+def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
+    runners: list[StepRunner] = [
+        NoopRunner(),
+        SleepRunner(),
+        ShellRunner(),
+        PythonRunner(),
+        HttpRunner(http_pool),
+    ]
+    return {r.step_type: r for r in runners}
+
+
+__all__ = ["HttpRunner", "NoopRunner", "PythonRunner", "ShellRunner", "SleepRunner", "default_runners"]

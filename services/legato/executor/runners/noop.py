@@ -1,0 +1,12 @@
+"""``noop``: succeeds at once with no outputs (for wiring, joins and tests)."""
+
+from __future__ import annotations
+
+from legato.executor.step import StepContext, StepResult
+
+
+class NoopRunner:
+    step_type = "noop"
+
+    async def run(self, ctx: StepContext) -> StepResult:
+        return StepResult()

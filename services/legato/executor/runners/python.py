@@ -1,0 +1,95 @@
+"""``python``: calls ``config.function`` ("package.module:function") in a separate worker process.
+
+The function gets ONE argument, the step's resolved params as a dict: ``def fn(params: dict) -> dict |
+None`` (``async def`` works too). What it returns (a JSON object, or None for no outputs) becomes the
+step's outputs. It runs in ``python -m legato.executor.pyrunner``, one process per attempt in its own
+process group, so a crash (segfault, ``os._exit``), ``sys.exit`` or a hang cannot hurt the executor;
+timeout and cancel kill the group. The worker imports from the executor's cwd and ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import msgspec
+
+from legato.executor.outputs_file import OUTPUTS_LIMIT
+from legato.executor.process import describe_exit, run_in_process_group
+from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
+from legato.executor.workspace import attempt_workspace, step_environment
+from legato.protocol.messages import JSONValue
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+FUNCTION_SPEC = re.compile(rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$")
+WORKER_MODULE = "legato.executor.pyrunner"
+
+
+class PythonConfig(msgspec.Struct, frozen=True):
+    function: str
+
+
+class WorkerReport(msgspec.Struct, frozen=True):
+    ok: bool
+    outputs: dict[str, JSONValue] = {}
+    error: str = ""
+
+
+_REPORT = msgspec.json.Decoder(WorkerReport)
+
+
+class PythonRunner:
+    step_type = "python"
+
+    async def run(self, ctx: StepContext) -> StepResult:
+        config = parse_config(ctx.item.config, PythonConfig)
+        if not FUNCTION_SPEC.match(config.function):
+            raise StepFailed(f"config.function: expected 'package.module:function', got {config.function!r}")
+        call = json.dumps({"function": config.function, "params": ctx.item.params}).encode()
+        async with attempt_workspace(ctx.item) as ws:
+            env = step_environment(ctx.item)
+            env["PYTHONPATH"] = worker_pythonpath(env.get("PYTHONPATH"))
+            code = await run_in_process_group(
+                [sys.executable, "-m", WORKER_MODULE, str(ws.result_path)],
+                cwd=ws.cwd,
+                env=env,
+                output=ctx.output,
+                kill_grace=ctx.kill_grace,
+                stdin=call,
+            )
+            report = read_report(ws.result_path)
+        if report is None:
+            raise StepFailed(
+                f"python worker ended before reporting a result ({describe_exit(code, ctx.output.stderr_tail())})",
+                exit_code=code,
+            )
+        if not report.ok:
+            raise StepFailed(report.error)
+        if code != 0:
+            raise StepFailed(
+                f"python worker failed after the function returned ({describe_exit(code)})", exit_code=code
+            )
+        return StepResult(outputs=report.outputs)
+
+
+def worker_pythonpath(existing: str | None) -> str:
+    """The executor's cwd first, then what ``PYTHONPATH`` already says (the worker runs elsewhere)."""
+    parts = [os.getcwd(), *(p for p in (existing or "").split(os.pathsep) if p)]
+    return os.pathsep.join(dict.fromkeys(parts))
+
+
+def read_report(path: Path) -> WorkerReport | None:
+    try:
+        with path.open("rb") as f:
+            data = f.read(OUTPUTS_LIMIT + 4096)
+    except FileNotFoundError:
+        return None
+    if len(data) > OUTPUTS_LIMIT + 4095:
+        raise StepFailed(f"function returned outputs larger than {OUTPUTS_LIMIT // 1024} KiB")
+    try:
+        return _REPORT.decode(data)
+    except msgspec.DecodeError as exc:
+        raise StepFailed(f"python worker wrote an unreadable report: {exc}") from None

@@ -1,0 +1,188 @@
+"""The executor service: pulls step attempts from ``legato.work.<queue>``, runs them, reports results.
+
+All replicas of one queue share the durable consumer ``executor_<queue>`` and so split the work.
+Cancel requests arrive on core NATS (``legato.control.cancel.<attempt_id>``) at every replica.
+
+Shutdown: stop fetching -> running attempts get the grace period to finish and report -> the rest are
+cancelled (their processes killed) WITHOUT a result or an ack, so JetStream redelivers them and the next
+executor reports them lost -> NATS is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from legato.bus.consumer import ConsumerLoop, DeadLetterSink
+from legato.bus.publisher import Publisher
+from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
+from legato.bus.topology import Topology
+from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
+from legato.executor.recent import RecentCancels, RecentResults
+from legato.executor.runners import default_runners
+from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
+from legato.runtime.component import Component
+from legato.runtime.host import ServiceHost
+from legato.runtime.settings import Settings
+from legato.telemetry import get_logger
+
+log = get_logger("legato.executor")
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_ACK_WAIT = 30.0
+CANCEL_DECODER = msgspec.json.Decoder(CancelAttempt)
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """How one executor process runs; ``ack_wait`` is shared by all replicas of the queue's consumer."""
+
+    queue: str = "default"
+    concurrency: int = 4
+    executor_id: str | None = None
+    # JetStream redelivers an unacked attempt after this long without a heartbeat (sent every ack_wait/3).
+    ack_wait: float = DEFAULT_ACK_WAIT
+    # SIGTERM -> SIGKILL for a step's process group on timeout, cancel or shutdown.
+    kill_grace: float = 2.0
+    started_delay: float = 0.25
+    remembered_results: int = 4096
+    remembered_cancels: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not QUEUE_NAME.match(self.queue):
+            raise ValueError(f"queue: must be 1-64 letters, digits, '_' or '-', got {self.queue!r}")
+        if not 1 <= self.concurrency <= 10_000:
+            raise ValueError(f"concurrency: must be 1..10000, got {self.concurrency}")
+        if self.ack_wait < 2.0:
+            # Heartbeats go out every max(1, ack_wait/3) s, checked twice as often: below 2 s they lag.
+            raise ValueError(f"ack_wait: must be >= 2 seconds, got {self.ack_wait:g}")
+        if self.kill_grace < 0:
+            raise ValueError(f"kill_grace: must be >= 0, got {self.kill_grace:g}")
+
+
+class ExecutorService(Component):
+    """The consumer loop over one work queue plus the cancel subscription, as one component."""
+
+    name = "executor"
+
+    def __init__(
+        self,
+        nc: Client,
+        topology: Topology,
+        dead_letters: DeadLetterSink,
+        options: ExecutorOptions,
+        *,
+        executor_id: str,
+        max_deliveries: int = 5,
+    ) -> None:
+        super().__init__()
+        self.nc = nc
+        self.topology = topology
+        self.options = options
+        self.executor_id = executor_id
+        self.http_pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="legato-http")
+        # The result must fit one NATS message and one stream message, with room for headers.
+        max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
+        self.attempts = AttemptProcessor(
+            Publisher(nc, timeout=2.0, attempts=3),
+            default_runners(self.http_pool),
+            executor_id=executor_id,
+            kill_grace=options.kill_grace,
+            started_delay=options.started_delay,
+            max_result_bytes=max_result,
+            results=RecentResults(max_entries=options.remembered_results),
+            cancels=RecentCancels(max_entries=options.remembered_cancels),
+        )
+        self.spec = ConsumerSpec(
+            stream=topology.work_stream,
+            durable=topology.consumer_name(f"executor_{options.queue}"),
+            filter_subject=topology.work_subject(options.queue),
+            ack_wait=options.ack_wait,
+        )
+        self.loop: ConsumerLoop[WorkItem] = ConsumerLoop(
+            nc.jetstream(),
+            self.spec,
+            WORK_DECODER,
+            self.attempts.handle,
+            dead_letters=dead_letters,
+            # Never fetch more than can run: the rest stays in the stream for other replicas.
+            batch=options.concurrency,
+            max_in_flight=options.concurrency,
+            max_deliveries=max_deliveries,
+            span_name=f"process {topology.work_stream}",
+        )
+        self.ready = asyncio.Event()
+
+    @classmethod
+    def on_host(cls, host: ServiceHost, options: ExecutorOptions) -> ExecutorService:
+        assert host.dead_letters is not None, "ServiceHost not entered"
+        return cls(
+            host.nc,
+            host.topology,
+            host.dead_letters,
+            options,
+            executor_id=options.executor_id or host.settings.replica,
+            max_deliveries=host.settings.max_deliveries,
+        )
+
+    async def _run(self) -> None:
+        sub: Subscription | None = None
+        try:
+            sub = await self.nc.subscribe(
+                self.topology.cancel_wildcard, cb=self._on_cancel, pending_msgs_limit=10_000
+            )
+            await self.nc.flush()  # subscribed at the server before the first item is fetched
+            log.info(
+                "executor_started",
+                queue=self.options.queue,
+                concurrency=self.options.concurrency,
+                executor=self.executor_id,
+                consumer=self.spec.durable,
+            )
+            self.ready.set()
+            await self.loop.run()
+        finally:
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    log.debug("cancel_unsubscribe_failed", error=repr(exc))
+            self.http_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("executor_stopped", stats=dict(self.attempts.stats))
+
+    def _on_shutdown(self) -> None:
+        self.loop.request_shutdown()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            request = CANCEL_DECODER.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("cancel_request_undecodable", subject=msg.subject, error=str(exc))
+            return
+        self.attempts.cancel(request.attempt_id, request.reason)
+
+
+async def run_executor(
+    settings: Settings,
+    *,
+    queue: str,
+    concurrency: int,
+    executor_id: str | None = None,
+    ack_wait: float = DEFAULT_ACK_WAIT,
+) -> None:
+    """Run an executor for ``queue`` until SIGTERM/SIGINT, then shut down in order."""
+    options = ExecutorOptions(
+        queue=queue, concurrency=concurrency, executor_id=executor_id, ack_wait=ack_wait
+    )
+    async with ServiceHost(
+        "executor", settings, with_relay=False, pool_max=max(2, settings.db_pool_min)
+    ) as host:
+        host.add(ExecutorService.on_host(host, options))
+        await host.run(handle_signals=True)

@@ -1,0 +1,93 @@
+"""Step processes against real /bin/sh and Python: bounded capture, process-group kill, the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legato.executor.capture import CapturedOutput
+from legato.executor.process import run_in_process_group
+
+
+async def test_chatty_command_keeps_only_the_tails(tmp_path: Path) -> None:
+    out = CapturedOutput()
+    code = await run_in_process_group(
+        ["/bin/sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo END; echo ERR >&2"],
+        cwd=tmp_path,
+        env=os.environ,
+        output=out,
+        kill_grace=1.0,
+    )
+    assert code == 0
+    assert out.stdout.total == 5_000_005
+    assert len(out.stdout.text()) == 64 * 1024 and out.stdout.text().endswith("a\nEND\n")
+    assert out.stderr.text() == "ERR\n"
+    assert len(out.log_tail() or "") == 8 * 1024
+
+
+async def test_background_children_do_not_outlive_a_finished_step(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    code = await run_in_process_group(
+        ["/bin/sh", "-c", f"sleep 1000 & echo $! > {pidfile}"],
+        cwd=tmp_path,
+        env=os.environ,
+        output=CapturedOutput(),
+        kill_grace=1.0,
+    )
+    assert code == 0
+    pid = int(pidfile.read_text())
+    await asyncio.sleep(0.2)
+    assert _gone(pid)
+
+
+async def test_sigterm_is_escalated_to_sigkill_after_the_grace(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    task = asyncio.create_task(
+        run_in_process_group(
+            ["/bin/sh", "-c", f"trap '' TERM; touch {ready}; while true; do sleep 0.05; done"],
+            cwd=tmp_path,
+            env=os.environ,
+            output=CapturedOutput(),
+            kill_grace=0.3,
+        )
+    )
+    while not ready.exists():
+        await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert 0.3 <= loop.time() - started < 3.0
+
+
+def test_pyrunner_reports_through_its_result_file_not_stdout(tmp_path: Path) -> None:
+    (tmp_path / "mod_for_pyrunner.py").write_text(
+        "def f(params):\n    print('printed')\n    return {'sum': params['a'] + params['b']}\n"
+    )
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "legato.executor.pyrunner", str(result)],
+        input=json.dumps({"function": "mod_for_pyrunner:f", "params": {"a": 1, "b": 2}}).encode(),
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"printed\n"
+    assert json.loads(result.read_text()) == {"ok": True, "outputs": {"sum": 3}}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+    except FileNotFoundError:
+        return True
