@@ -21,13 +21,27 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncpg
 import msgspec
 import nats
 
-from legato.bus import ConsumerLoop, ConsumerSpec, Delivery, OutgoingMessage, Publisher, Topology, provision_streams
+from legato.bus import (
+    ConsumerLoop,
+    ConsumerSpec,
+    Delivery,
+    OutgoingMessage,
+    Publisher,
+    Topology,
+    provision_streams,
+)
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
-from legato.store import OutboxRelay, PostgresDeadLetters, add_to_outbox, create_pool, mark_applied, migrate_url
+from legato.store import (
+    OutboxRelay,
+    PostgresDeadLetters,
+    add_to_outbox,
+    create_pool,
+    mark_applied,
+    migrate_url,
+)
 from legato.store.pool import ensure_database
 
 
@@ -69,8 +83,10 @@ async def bench(nats_url: str, db_url: str, n: int) -> None:
     # 2. Consumer loop with a committing handler.
     for start in range(0, n, 1000):
         await pub.publish_many(
-            [OutgoingMessage(subject, msgspec.json.encode(Ping(n=i, payload="x" * 200)), msg_id=f"c-{i}")
-             for i in range(start, min(n, start + 1000))]
+            [
+                OutgoingMessage(subject, msgspec.json.encode(Ping(n=i, payload="x" * 200)), msg_id=f"c-{i}")
+                for i in range(start, min(n, start + 1000))
+            ]
         )
     done = asyncio.Event()
     count = 0
@@ -115,10 +131,14 @@ async def bench(nats_url: str, db_url: str, n: int) -> None:
     print(f"messages: {n}, payload {len(body)} B, namespace {ns}")
     print(f"raw JetStream publish, one at a time (acked):  {one_by_one:10,.0f} msg/s")
     print(f"raw JetStream publish, pipelined (acked):      {pipelined:10,.0f} msg/s")
-    print(f"consume -> handler commit -> ack:              {consumed:10,.0f} msg/s "
-          f"({consumed / pipelined:.2f}x pipelined publish, {consumed / one_by_one:.2f}x one-at-a-time)")
-    print(f"outbox relay (publish + PubAck + delete):      {relayed:10,.0f} rows/s "
-          f"({relayed / pipelined:.2f}x pipelined publish)")
+    print(
+        f"consume -> handler commit -> ack:              {consumed:10,.0f} msg/s "
+        f"({consumed / pipelined:.2f}x pipelined publish, {consumed / one_by_one:.2f}x one-at-a-time)"
+    )
+    print(
+        f"outbox relay (publish + PubAck + delete):      {relayed:10,.0f} rows/s "
+        f"({relayed / pipelined:.2f}x pipelined publish)"
+    )
     await pool.close()
     await nc.close()
 

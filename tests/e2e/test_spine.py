@@ -24,7 +24,7 @@ params:
 steps:
   - id: extract
     type: shell
-    command: 'echo "rows=$LEGATO_PARAM_ROWS" >> "$LEGATO_OUTPUTS"; echo "tag=${LEGATO_PARAM_LABEL}-e" >> "$LEGATO_OUTPUTS"'
+    command: 'echo "rows=$LEGATO_PARAM_ROWS" >> "$LEGATO_OUTPUTS"; echo "tag=$${LEGATO_PARAM_LABEL}-e" >> "$LEGATO_OUTPUTS"'
     outputs: [rows, tag]
   - id: transform
     type: shell
@@ -108,7 +108,9 @@ async def test_conditional_branch_is_taken_from_a_step_output(settings: Settings
             assert steps["report"]["status"] == "succeeded"  # joins after either branch
 
 
-async def test_failing_step_retries_with_backoff_then_fails_the_run(settings: Settings, tmp_path: Path) -> None:
+async def test_failing_step_retries_with_backoff_then_fails_the_run(
+    settings: Settings, tmp_path: Path
+) -> None:
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(FLAKY)
         res = await client.start("flaky")
@@ -127,14 +129,16 @@ async def test_failing_step_retries_with_backoff_then_fails_the_run(settings: Se
         ends = [datetime.fromisoformat(a["ended_at"]) for a in boom["attempts"]]
         assert (starts[1] - ends[0]).total_seconds() >= 0.25
         assert (starts[2] - ends[1]).total_seconds() >= 0.55
-        assert steps["never"]["status"] == "skipped"
+        assert steps["never"]["status"] == "pending"  # on_failure: fail ends the run at once
         assert "boom" in info["error"]
 
 
 async def test_duplicate_start_requests_give_one_run(settings: Settings, tmp_path: Path) -> None:
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(PIPELINE)
-        results = await asyncio.gather(*(client.start("pipeline", request_id="same-request") for _ in range(20)))
+        results = await asyncio.gather(
+            *(client.start("pipeline", request_id="same-request") for _ in range(20))
+        )
         ids = {r["instance_id"] for r in results}
         assert len(ids) == 1
         info = await wait_for(client, ids.pop())
@@ -145,7 +149,9 @@ async def test_duplicate_start_requests_give_one_run(settings: Settings, tmp_pat
         assert len(listed["instances"]) == 1
 
 
-async def test_bad_requests_get_structured_errors_and_write_nothing(settings: Settings, tmp_path: Path) -> None:
+async def test_bad_requests_get_structured_errors_and_write_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(PIPELINE)
         with pytest.raises(ApiError) as err:
@@ -168,7 +174,9 @@ async def test_bad_requests_get_structured_errors_and_write_nothing(settings: Se
         # Not JSON at all: still a structured reply, not a timeout.
         nc = await nats.connect(settings.nats_url)
         try:
-            reply = await nc.request(client.topology.api_subject("instance", "start"), b"{not json", timeout=5)
+            reply = await nc.request(
+                client.topology.api_subject("instance", "start"), b"{not json", timeout=5
+            )
         finally:
             await nc.close()
         body = json.loads(reply.data)
@@ -179,14 +187,21 @@ async def test_bad_requests_get_structured_errors_and_write_nothing(settings: Se
     conn = await asyncpg.connect(settings.database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
-        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE subject LIKE '%trigger%' AND "
-                                   "payload::text LIKE '%start%'") == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE subject LIKE '%trigger%' AND payload::text LIKE '%start%'"
+            )
+            == 0
+        )
     finally:
         await conn.close()
 
 
 async def test_every_message_delivered_twice_changes_nothing(settings: Settings, tmp_path: Path) -> None:
-    async with running_stack(settings, tmp_path, extra_env={"LEGATO_TEST_DELIVER_TWICE": "1"}) as (_s, client):
+    async with running_stack(settings, tmp_path, extra_env={"LEGATO_TEST_DELIVER_TWICE": "1"}) as (
+        _s,
+        client,
+    ):
         await client.push(PIPELINE)
         await client.push(FLAKY)
         await client.push(BRANCHY)

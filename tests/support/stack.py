@@ -33,7 +33,11 @@ class ServiceProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
         self.starts += 1
@@ -68,8 +72,16 @@ class ServiceProcess:
 class Stack:
     """trigger + scheduler + executor(s) (+ signal-router when it exists) against the test's servers."""
 
-    def __init__(self, settings: Settings, log_dir: Path, *, executors: int = 1, concurrency: int = 16,
-                 extra_env: dict[str, str] | None = None, lease_ttl: float = 3.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        executors: int = 1,
+        concurrency: int = 16,
+        extra_env: dict[str, str] | None = None,
+        lease_ttl: float = 3.0,
+    ) -> None:
         self.settings = settings
         env = {
             **os.environ,
@@ -89,14 +101,20 @@ class Stack:
         self.services: dict[str, ServiceProcess] = {
             "trigger": ServiceProcess("trigger", "legato.trigger", [], env, log_dir),
             "scheduler": ServiceProcess(
-                "scheduler", "legato.scheduler", ["--replica-id", "test-scheduler", "--lease-ttl", str(lease_ttl)],
-                env, log_dir,
+                "scheduler",
+                "legato.scheduler",
+                ["--replica-id", "test-scheduler", "--lease-ttl", str(lease_ttl)],
+                env,
+                log_dir,
             ),
         }
         for i in range(executors):
             self.services[f"executor{i}"] = ServiceProcess(
-                f"executor{i}", "legato.executor", ["--queue", "default", "--concurrency", str(concurrency)],
-                env, log_dir,
+                f"executor{i}",
+                "legato.executor",
+                ["--queue", "default", "--concurrency", str(concurrency)],
+                env,
+                log_dir,
             )
 
     def __getitem__(self, name: str) -> ServiceProcess:
@@ -127,8 +145,9 @@ async def wait_api(client: LegatoClient, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.2)
 
 
-async def wait_for(client: LegatoClient, instance_id: str, *, statuses: tuple[str, ...] = TERMINAL,
-                   timeout: float = 60.0) -> dict[str, Any]:
+async def wait_for(
+    client: LegatoClient, instance_id: str, *, statuses: tuple[str, ...] = TERMINAL, timeout: float = 60.0
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -145,7 +164,9 @@ async def wait_for(client: LegatoClient, instance_id: str, *, statuses: tuple[st
 
 
 @asynccontextmanager
-async def running_stack(settings: Settings, tmp_path: Path, **kwargs: Any) -> AsyncIterator[tuple[Stack, LegatoClient]]:
+async def running_stack(
+    settings: Settings, tmp_path: Path, **kwargs: Any
+) -> AsyncIterator[tuple[Stack, LegatoClient]]:
     stack = Stack(settings, tmp_path, **kwargs)
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, actor="test")

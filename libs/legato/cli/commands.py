@@ -30,8 +30,9 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
     settings = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace})
-    return await LegatoClient.connect(settings.nats_url, namespace=settings.namespace,
-                                      actor=os.environ.get("USER") or "cli")
+    return await LegatoClient.connect(
+        settings.nats_url, namespace=settings.namespace, actor=os.environ.get("USER") or "cli"
+    )
 
 
 async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -54,7 +55,9 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
             render.dump_json(res)
         else:
             what = "new version" if res["created"] else "unchanged"
-            print(f"{res['workflow_id']}: version {res['version']} ({what}); active version {res['active_version']}")
+            print(
+                f"{res['workflow_id']}: version {res['version']} ({what}); active version {res['active_version']}"
+            )
     return status
 
 
@@ -66,9 +69,16 @@ async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
     render.table(
         ["workflow", "active", "version", "strategy", "running", "queued", "blocked by", "description"],
         [
-            [w["workflow_id"], "yes" if w["active"] else "no", w["active_version"],
-             w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
-             w["running"], w["queued"], w["blocked_by"] or "", (w.get("description") or "").split("\n")[0]]
+            [
+                w["workflow_id"],
+                "yes" if w["active"] else "no",
+                w["active_version"],
+                w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
+                w["running"],
+                w["queued"],
+                w["blocked_by"] or "",
+                (w.get("description") or "").split("\n")[0],
+            ]
             for w in res["workflows"]
         ],
     )
@@ -80,13 +90,19 @@ async def cmd_workflow_show(args: argparse.Namespace, c: LegatoClient) -> int:
     if args.json:
         render.dump_json(res)
         return 0
-    print(f"workflow {res['workflow_id']}  version {res['version']} (active {res['active_version']}, "
-          f"latest {res['latest_version']})  {'active' if res['active'] else 'INACTIVE'}")
-    print(f"run strategy: {res['run_strategy']}"
-          + (f" max_concurrency={res['max_concurrency']}" if res["run_strategy"] == "parallel" else "")
-          + f" (from {res['strategy_source']})")
-    print(f"running {res['running']}, queued {res['queued']}" + (f", BLOCKED by {res['blocked_by']}"
-                                                                   if res["blocked_by"] else ""))
+    print(
+        f"workflow {res['workflow_id']}  version {res['version']} (active {res['active_version']}, "
+        f"latest {res['latest_version']})  {'active' if res['active'] else 'INACTIVE'}"
+    )
+    print(
+        f"run strategy: {res['run_strategy']}"
+        + (f" max_concurrency={res['max_concurrency']}" if res["run_strategy"] == "parallel" else "")
+        + f" (from {res['strategy_source']})"
+    )
+    print(
+        f"running {res['running']}, queued {res['queued']}"
+        + (f", BLOCKED by {res['blocked_by']}" if res["blocked_by"] else "")
+    )
     print("versions: " + ", ".join(f"{v['version']}" for v in res["versions"]))
     if res.get("source"):
         print("\n" + res["source"].rstrip())
@@ -98,11 +114,15 @@ async def cmd_workflow_status(args: argparse.Namespace, c: LegatoClient) -> int:
     if args.json:
         render.dump_json(res)
         return 0
-    print(f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
-          + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else ""))
+    print(
+        f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
+        + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else "")
+    )
     if res["blocked_by"]:
-        print(f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "
-              f"legato unblock {res['blocked_by']} --reason ... or legato restart {res['blocked_by']} --reason ...")
+        print(
+            f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "
+            f"legato unblock {res['blocked_by']} --reason ... or legato restart {res['blocked_by']} --reason ..."
+        )
     print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))
     _print_runs("running", res["running_runs"])
     _print_runs("queued", res["queued_runs"])
@@ -115,8 +135,14 @@ def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
     print(f"\n{title}:")
     render.table(
         ["run", "pos" if title == "queued" else "started", "trigger"],
-        [[r["instance_id"], r.get("position") or render.short_time(r["started_at"]), r["trigger"].get("kind")]
-         for r in runs],
+        [
+            [
+                r["instance_id"],
+                r.get("position") or render.short_time(r["started_at"]),
+                r["trigger"].get("kind"),
+            ]
+            for r in runs
+        ],
     )
 
 
@@ -133,9 +159,17 @@ async def cmd_workflow_deactivate(args: argparse.Namespace, c: LegatoClient) -> 
 
 
 async def cmd_workflow_set_strategy(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.set_run_strategy", {"workflow_id": args.workflow, "run_strategy": args.strategy,
-                                                     "max_concurrency": args.max_concurrency})
-    print(f"{res['workflow_id']}: run strategy {res['run_strategy']} (max_concurrency {res['max_concurrency']})")
+    res = await c.call(
+        "workflow.set_run_strategy",
+        {
+            "workflow_id": args.workflow,
+            "run_strategy": args.strategy,
+            "max_concurrency": args.max_concurrency,
+        },
+    )
+    print(
+        f"{res['workflow_id']}: run strategy {res['run_strategy']} (max_concurrency {res['max_concurrency']})"
+    )
     return 0
 
 
@@ -146,7 +180,9 @@ async def cmd_workflow_action(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.start(args.workflow, parse_params(args.param), request_id=args.request_id, version=args.version)
+    res = await c.start(
+        args.workflow, parse_params(args.param), request_id=args.request_id, version=args.version
+    )
     if not args.wait:
         if args.json:
             render.dump_json(res)
@@ -165,7 +201,9 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("instance.list", {"workflow_id": args.workflow, "status": args.status, "limit": args.limit})
+    res = await c.call(
+        "instance.list", {"workflow_id": args.workflow, "status": args.status, "limit": args.limit}
+    )
     if args.json:
         render.dump_json(res)
         return 0
@@ -174,15 +212,19 @@ async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
         status = await c.call("workflow.status", {"workflow_id": args.workflow})
         state = status["state"].upper()
         extra = f" — blocked by {status['blocked_by']}" if status["blocked_by"] else ""
-        print(f"workflow {args.workflow}: {state}{extra}; running {status['running']}, queued {status['queued']}")
+        print(
+            f"workflow {args.workflow}: {state}{extra}; running {status['running']}, queued {status['queued']}"
+        )
     positions = {r["instance_id"]: r["position"] for r in (status or {}).get("queued_runs", [])}
     render.table(
         ["run", "workflow", "status", "trigger", "created", "took", "why / error"],
         [
             [
-                r["instance_id"], r["workflow_id"],
+                r["instance_id"],
+                r["workflow_id"],
                 r["status"] + (f" #{positions[r['instance_id']]}" if r["instance_id"] in positions else ""),
-                r["trigger"].get("kind"), render.short_time(r["created_at"]),
+                r["trigger"].get("kind"),
+                render.short_time(r["created_at"]),
                 render.duration(r["started_at"], r["ended_at"]),
                 r["error"] or render.reason_text(r["reason"]),
             ]
@@ -193,13 +235,17 @@ async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 def print_instance(info: dict[str, Any]) -> None:
-    print(f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
-          f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}")
+    print(
+        f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
+        f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}"
+    )
     if info.get("trace_id"):
         print(f"trace {info['trace_id']}")
     if info.get("trigger"):
-        print(f"trigger {info['trigger'].get('kind')}  created {render.short_time(info.get('created_at'))}  "
-              f"took {render.duration(info.get('started_at'), info.get('ended_at'))}")
+        print(
+            f"trigger {info['trigger'].get('kind')}  created {render.short_time(info.get('created_at'))}  "
+            f"took {render.duration(info.get('started_at'), info.get('ended_at'))}"
+        )
     if info.get("reason"):
         print(f"why: {render.reason_text(info['reason'])}")
     if info.get("error"):
@@ -213,9 +259,12 @@ def print_instance(info: dict[str, Any]) -> None:
             ["step", "status", "attempts", "took", "outputs / error"],
             [
                 [
-                    s["step_id"], s["status"] + (" (ignored)" if s.get("failure_ignored") else ""),
-                    len(s["attempts"]), render.duration(s["started_at"], s["ended_at"]),
-                    s["error"] or render.reason_text(s["reason"]) if s["status"] != "succeeded"
+                    s["step_id"],
+                    s["status"] + (" (ignored)" if s.get("failure_ignored") else ""),
+                    len(s["attempts"]),
+                    render.duration(s["started_at"], s["ended_at"]),
+                    s["error"] or render.reason_text(s["reason"])
+                    if s["status"] != "succeeded"
                     else json.dumps(s["outputs"] or {}, sort_keys=True, default=str),
                 ]
                 for s in steps

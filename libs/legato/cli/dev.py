@@ -92,8 +92,10 @@ class DevStack:
             await self.load_examples()
             watcher = asyncio.create_task(self.watch())
             supervisor = asyncio.create_task(self.supervise())
-            say("ready — try:  legato workflow list | legato start hello --wait | legato instances "
-                "(Ctrl-C stops everything)")
+            say(
+                "ready — try:  legato workflow list | legato start hello --wait | legato instances "
+                "(Ctrl-C stops everything)"
+            )
             await self.stop.wait()
             watcher.cancel()
             supervisor.cancel()
@@ -188,8 +190,10 @@ class DevStack:
             if not _service_exists(service):
                 continue
             count = self.args.executors if service == "executor" else 1
-            self.children[service] = [self.spawn(service, self.service_args(service, i), i) for i in range(count)]
-        names = ", ".join(f"{s}×{len(p)}" if len(p) > 1 else s for s, p in self.children.items())
+            self.children[service] = [
+                self.spawn(service, self.service_args(service, i), i) for i in range(count)
+            ]
+        names = ", ".join(f"{s} x{len(p)}" if len(p) > 1 else s for s, p in self.children.items())
         say(f"services started: {names} (logs in {self.logs})")
 
     async def supervise(self) -> None:
@@ -229,8 +233,11 @@ class DevStack:
         client = await LegatoClient.connect(self.nats_url, namespace=self.namespace, actor="legato-dev")
         try:
             await self._wait_for_api(client)
-            files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")]) \
-                if folder.is_dir() else []
+            files = (
+                sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")])
+                if folder.is_dir()
+                else []
+            )
             for path in files:
                 try:
                     res = await client.push(path.read_text(), source=str(path))

@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(api_handler=handler)
         return sp
 
-    dev = sub.add_parser("dev", help="run everything locally: embedded NATS + Postgres, all services, examples")
+    dev = sub.add_parser(
+        "dev", help="run everything locally: embedded NATS + Postgres, all services, examples"
+    )
     dev.add_argument("--state-dir", default=None, help="where data and logs live (default .legato)")
     dev.add_argument("--database-url", help="use this PostgreSQL instead of an embedded one")
     dev.add_argument("--examples", default="examples", help="folder of workflow definitions to load")
@@ -43,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     wf = sub.add_parser("workflow", help="push, inspect and manage workflow definitions")
     wsub = wf.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
-    sp = api("push", C.cmd_workflow_push, "store definitions (a new version when changed) and activate them", wsub)
+    sp = api(
+        "push", C.cmd_workflow_push, "store definitions (a new version when changed) and activate them", wsub
+    )
     sp.add_argument("files", nargs="+")
     sp.add_argument("--no-activate", action="store_true")
     sp = api("list", C.cmd_workflow_list, "list workflows", wsub)
@@ -58,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--version", type=int)
     sp = api("deactivate", C.cmd_workflow_deactivate, "deactivate a workflow (no new runs)", wsub)
     sp.add_argument("workflow")
-    sp = api("set-strategy", C.cmd_workflow_set_strategy, "change the run strategy without a new version", wsub)
+    sp = api(
+        "set-strategy", C.cmd_workflow_set_strategy, "change the run strategy without a new version", wsub
+    )
     sp.add_argument("workflow")
     sp.add_argument("strategy")
     sp.add_argument("--max-concurrency", type=int)
@@ -90,10 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp = api("show", C.cmd_show, "show a run: steps, attempts, outputs, errors, timeline")
     sp.add_argument("instance")
-    for action, text in (("stop", "cancel running steps and end the run stopped"),
-                         ("kill", "end the run at once"),
-                         ("restart", "run the failed steps again (or from --from STEP)"),
-                         ("unblock", "release a strict_sequential queue blocked by this failed run")):
+    for action, text in (
+        ("stop", "cancel running steps and end the run stopped"),
+        ("kill", "end the run at once"),
+        ("restart", "run the failed steps again (or from --from STEP)"),
+        ("unblock", "release a strict_sequential queue blocked by this failed run"),
+    ):
         sp = api(action, C.cmd_instance_action, text)
         sp.add_argument("instance")
         sp.add_argument("--reason", required=True, help="why (recorded in the timeline)")

@@ -64,6 +64,8 @@ def reason_text(reason: Any) -> str:
         if reason.get("message"):
             return str(reason["message"])
         code = reason.get("code", "")
-        rest = ", ".join(f"{k}={v}" for k, v in reason.items() if k not in ("code", "message") and v not in (None, ""))
+        rest = ", ".join(
+            f"{k}={v}" for k, v in reason.items() if k not in ("code", "message") and v not in (None, "")
+        )
         return f"{code} ({rest})" if rest else str(code)
     return str(reason)

@@ -23,7 +23,9 @@ _decode_progress = msgspec.json.Decoder(InstanceProgress).decode
 
 
 class LegatoClient:
-    def __init__(self, nc: Client, topology: Topology, *, timeout: float = 10.0, actor: str | None = None) -> None:
+    def __init__(
+        self, nc: Client, topology: Topology, *, timeout: float = 10.0, actor: str | None = None
+    ) -> None:
         self.nc = nc
         self.topology = topology
         self.timeout = timeout
@@ -31,8 +33,9 @@ class LegatoClient:
         self._owns = False
 
     @classmethod
-    async def connect(cls, url: str, *, namespace: str = "", timeout: float = 10.0,
-                      actor: str | None = None) -> LegatoClient:
+    async def connect(
+        cls, url: str, *, namespace: str = "", timeout: float = 10.0, actor: str | None = None
+    ) -> LegatoClient:
         try:
             nc = await nats.connect(url, name="legato-client", connect_timeout=5, max_reconnect_attempts=3)
         except Exception as exc:
@@ -48,10 +51,14 @@ class LegatoClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
-    async def call(self, endpoint: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+    async def call(
+        self, endpoint: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         """Call ``resource.verb``; returns the result or raises ``ApiError``."""
         resource, verb = endpoint.split(".")
         body = dict(payload or {})
@@ -75,14 +82,22 @@ class LegatoClient:
         return data.get("result")
 
     # Convenience wrappers for the common calls.
-    async def push(self, definition: str, *, source: str | None = None, activate: bool = True) -> dict[str, Any]:
+    async def push(
+        self, definition: str, *, source: str | None = None, activate: bool = True
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self.call(
             "workflow.push", {"definition": definition, "source": source, "activate": activate}
         )
         return result
 
-    async def start(self, workflow_id: str, params: dict[str, Any] | None = None, *, request_id: str | None = None,
-                    version: int | None = None) -> dict[str, Any]:
+    async def start(
+        self,
+        workflow_id: str,
+        params: dict[str, Any] | None = None,
+        *,
+        request_id: str | None = None,
+        version: int | None = None,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"workflow_id": workflow_id, "params": params or {}}
         if request_id:
             body["request_id"] = request_id

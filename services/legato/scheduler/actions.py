@@ -77,8 +77,9 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
 
 def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: str, why: str) -> None:
     reason: dict[str, Any] = {"code": "operator", "action": action, "by": who, "why": why}
-    engine.finish(inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who,
-                  force=action == "kill")
+    engine.finish(
+        inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who, force=action == "kill"
+    )
 
 
 def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> str:
@@ -103,7 +104,9 @@ async def _load_terminal_instance(conn: asyncpg.Connection, instance_id: str) ->
     if r is None:
         return None
     inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
-    for s in await conn.fetch(f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id):
+    for s in await conn.fetch(
+        f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id
+    ):
         st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
         inst.steps[st.step_id] = st
     for a in await conn.fetch(
@@ -146,7 +149,12 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
     inst.outputs = None
     inst.ended_at = None
     inst.unblocked = False
-    engine.note(inst, "restart_requested", f"restart as run {inst.run_number} by {who}: {why}"
-                + (f" (from step {from_step})" if from_step else ""), actor=who)
+    engine.note(
+        inst,
+        "restart_requested",
+        f"restart as run {inst.run_number} by {who}: {why}"
+        + (f" (from step {from_step})" if from_step else ""),
+        actor=who,
+    )
     engine.restart(inst)
     return "applied"

@@ -89,7 +89,12 @@ class RunEngine:
             workflow_id=msg.workflow_id,
             version=version,
             trigger_key=msg.trigger_key,
-            trigger={"kind": msg.trigger.kind, "id": msg.trigger.id, "by": msg.trigger.by, **msg.trigger.details},
+            trigger={
+                "kind": msg.trigger.kind,
+                "id": msg.trigger.id,
+                "by": msg.trigger.by,
+                **msg.trigger.details,
+            },
             status=status,
             params={},
             run_params=dict(msg.params),
@@ -102,7 +107,12 @@ class RunEngine:
         )
         inst.root_instance_id = inst.id
         self.uow.touch_instance(inst)
-        self.note(inst, "created", f"run created by {msg.trigger.kind} trigger", details={"trigger_key": msg.trigger_key})
+        self.note(
+            inst,
+            "created",
+            f"run created by {msg.trigger.kind} trigger",
+            details={"trigger_key": msg.trigger_key},
+        )
         return inst
 
     def resolve_params(self, inst: InstanceState) -> bool:
@@ -235,7 +245,9 @@ class RunEngine:
         if status == "succeeded" and row.blocked_by == inst.id:
             row.blocked_by = None
             row.blocked_since = None
-            self.note(inst, "queue_unblocked", "strict_sequential: the restarted run succeeded; queue released")
+            self.note(
+                inst, "queue_unblocked", "strict_sequential: the restarted run succeeded; queue released"
+            )
         if (
             status in ("failed", "timed_out")
             and was == "running"
@@ -244,16 +256,16 @@ class RunEngine:
         ):
             self.state.row.blocked_by = inst.id
             self.state.row.blocked_since = inst.ended_at
-            self.note(inst, "queue_blocked", "strict_sequential: the queue is blocked until an operator "
-                      "unblocks or restarts this run")
+            self.note(
+                inst,
+                "queue_blocked",
+                "strict_sequential: the queue is blocked until an operator unblocks or restarts this run",
+            )
 
     # ------------------------------------------------------------------ the step graph
 
     def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
-        steps = {
-            sid: {"outputs": st.outputs or {}, "status": st.status}
-            for sid, st in inst.steps.items()
-        }
+        steps = {sid: {"outputs": st.outputs or {}, "status": st.status} for sid, st in inst.steps.items()}
         info = self.instance_info(inst)
         return EvalEnv(
             params=self.typed_params(inst),
@@ -287,7 +299,9 @@ class RunEngine:
                 if any(p is None or not p.terminal for p in preds):
                     continue
                 progressed = True
-                failed_up = [e.source for e, p in zip(edges, preds, strict=True) if p is not None and p.failed]
+                failed_up = [
+                    e.source for e, p in zip(edges, preds, strict=True) if p is not None and p.failed
+                ]
                 if failed_up:
                     self.skip(inst, step_id, {"code": "upstream_failed", "steps": failed_up})
                     continue
@@ -303,18 +317,25 @@ class RunEngine:
                         self.fail_step_without_attempt(inst, step_id, f"condition: {exc}")
                         continue
                     if not active:
-                        self.skip(inst, step_id, {"code": "condition_false", "from": [e.source for e in edges]})
+                        self.skip(
+                            inst, step_id, {"code": "condition_false", "from": [e.source for e in edges]}
+                        )
                         continue
                 self.dispatch(inst, step_id)
                 if inst.status != "running":
                     return
-        if inst.status == "running" and all(sid in inst.steps and inst.steps[sid].terminal
-                                            for sid in compiled.topo_order):
+        if inst.status == "running" and all(
+            sid in inst.steps and inst.steps[sid].terminal for sid in compiled.topo_order
+        ):
             failed = [sid for sid in compiled.topo_order if inst.steps[sid].failed]
             if failed:
                 first = inst.steps[failed[0]]
-                self.finish(inst, "failed", reason={"code": "step_failed", "steps": failed},
-                            error=f"step {failed[0]} {first.status}: {first.error or ''}".rstrip(": "))
+                self.finish(
+                    inst,
+                    "failed",
+                    reason={"code": "step_failed", "steps": failed},
+                    error=f"step {failed[0]} {first.status}: {first.error or ''}".rstrip(": "),
+                )
             else:
                 self.finish(inst, "succeeded")
 
@@ -323,8 +344,13 @@ class RunEngine:
         st.ended_at = st.created_at
         inst.steps[step_id] = st
         self.uow.touch_step(st)
-        self.note(inst, "step_skipped", f"step {step_id} skipped ({reason['code']})", step_id=step_id,
-                  details=reason)
+        self.note(
+            inst,
+            "step_skipped",
+            f"step {step_id} skipped ({reason['code']})",
+            step_id=step_id,
+            details=reason,
+        )
 
     def fail_step_without_attempt(self, inst: InstanceState, step_id: str, error: str) -> None:
         st = inst.steps.get(step_id)
@@ -347,7 +373,9 @@ class RunEngine:
             st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
             inst.steps[step_id] = st
         if step.type not in LEAF_TYPES:
-            self.fail_step_without_attempt(inst, step_id, f"step type {step.type!r} is not supported by this scheduler")
+            self.fail_step_without_attempt(
+                inst, step_id, f"step type {step.type!r} is not supported by this scheduler"
+            )
             return
         try:
             resolved = compiled.resolve_step(step_id, self.env(inst))
@@ -365,8 +393,14 @@ class RunEngine:
         self.uow.touch_step(st)
         queue = resolved.queue or "default"
         at = AttemptState(
-            id=attempt_id, instance_id=inst.id, step_id=step_id, attempt=st.attempts, status="dispatched",
-            queue=queue, dispatched_at=now, new=True,
+            id=attempt_id,
+            instance_id=inst.id,
+            step_id=step_id,
+            attempt=st.attempts,
+            status="dispatched",
+            queue=queue,
+            dispatched_at=now,
+            new=True,
         )
         inst.attempts = {k: v for k, v in inst.attempts.items() if v.step_id != step_id}
         inst.attempts[attempt_id] = at
@@ -389,8 +423,13 @@ class RunEngine:
                 self.topology.work_subject(queue), encode(work), msg_id=attempt_id, headers=inject_headers({})
             )
         )
-        self.note(inst, "step_dispatched", f"step {step_id} attempt {st.attempts} dispatched to queue {queue}",
-                  step_id=step_id, details={"attempt_id": attempt_id})
+        self.note(
+            inst,
+            "step_dispatched",
+            f"step {step_id} attempt {st.attempts} dispatched to queue {queue}",
+            step_id=step_id,
+            details={"attempt_id": attempt_id},
+        )
 
     def on_attempt_started(self, msg: AttemptStarted) -> None:
         inst = self.state.instances.get(msg.instance_id)
@@ -411,8 +450,13 @@ class RunEngine:
         compiled = self.compiled(inst.workflow_id, inst.version)
         timeout = compiled.step(msg.step_id).timeout
         if timeout:
-            self.add_timer(inst, "step_timeout", started + timedelta(seconds=timeout + STEP_TIMEOUT_GRACE),
-                           step_id=msg.step_id, attempt_id=msg.attempt_id)
+            self.add_timer(
+                inst,
+                "step_timeout",
+                started + timedelta(seconds=timeout + STEP_TIMEOUT_GRACE),
+                step_id=msg.step_id,
+                attempt_id=msg.attempt_id,
+            )
 
     def on_attempt_finished(self, msg: AttemptFinished) -> None:
         inst = self.state.instances.get(msg.instance_id)
@@ -420,8 +464,12 @@ class RunEngine:
             return  # the run already ended: a late result changes nothing
         st = inst.steps.get(msg.step_id)
         at = inst.attempts.get(msg.attempt_id)
-        if st is None or at is None or st.current_attempt_id != msg.attempt_id or st.terminal or at.status not in (
-            "dispatched", "running"
+        if (
+            st is None
+            or at is None
+            or st.current_attempt_id != msg.attempt_id
+            or st.terminal
+            or at.status not in ("dispatched", "running")
         ):
             return  # stale or repeated result for an old attempt
         at.status = {"platform_error": "lost"}.get(msg.outcome, msg.outcome)
@@ -441,23 +489,36 @@ class RunEngine:
             st.ended_at = at.ended_at
             st.error = None
             self.uow.touch_step(st)
-            self.note(inst, "step_succeeded", f"step {st.step_id} succeeded", step_id=st.step_id,
-                      details={"attempt": at.attempt})
+            self.note(
+                inst,
+                "step_succeeded",
+                f"step {st.step_id} succeeded",
+                step_id=st.step_id,
+                details={"attempt": at.attempt},
+            )
             self.advance(inst)
             return
-        kind = {"failed": "error", "timed_out": "timeout", "platform_error": "platform", "cancelled": "platform"}[
-            msg.outcome
-        ]
+        kind = {
+            "failed": "error",
+            "timed_out": "timeout",
+            "platform_error": "platform",
+            "cancelled": "platform",
+        }[msg.outcome]
         at.failure_kind = kind
-        self.attempt_failed(inst, st, kind, msg.error or msg.outcome,
-                            "timed_out" if msg.outcome == "timed_out" else "failed")
+        self.attempt_failed(
+            inst, st, kind, msg.error or msg.outcome, "timed_out" if msg.outcome == "timed_out" else "failed"
+        )
 
-    def attempt_failed(self, inst: InstanceState, st: StepState, kind: str, error: str, final_status: str) -> None:
+    def attempt_failed(
+        self, inst: InstanceState, st: StepState, kind: str, error: str, final_status: str
+    ) -> None:
         """Retry within the step's limit for this kind of failure, else apply its on_failure."""
         compiled = self.compiled(inst.workflow_id, inst.version)
         policy = compiled.step(st.step_id).retry
         limit = {"error": policy.error, "platform": policy.platform, "timeout": policy.timeout}[kind]
-        used = {"error": st.retries_error, "platform": st.retries_platform, "timeout": st.retries_timeout}[kind]
+        used = {"error": st.retries_error, "platform": st.retries_platform, "timeout": st.retries_timeout}[
+            kind
+        ]
         st.error = error
         self.uow.touch_step(st)
         if used < limit:
@@ -466,17 +527,31 @@ class RunEngine:
             delay = policy.backoff.delay(used)
             fire_at = now_utc() + timedelta(seconds=delay)
             st.status = "retrying"
-            st.reason = {"code": "retry_backoff", "kind": kind, "retry": used, "of": limit,
-                         "at": fire_at.isoformat()}
+            st.reason = {
+                "code": "retry_backoff",
+                "kind": kind,
+                "retry": used,
+                "of": limit,
+                "at": fire_at.isoformat(),
+            }
             self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
-            self.note(inst, "step_retry_scheduled",
-                      f"step {st.step_id} {kind} failure; retry {used}/{limit} in {delay:.3g}s: {error}",
-                      step_id=st.step_id, details={"kind": kind, "delay": delay})
+            self.note(
+                inst,
+                "step_retry_scheduled",
+                f"step {st.step_id} {kind} failure; retry {used}/{limit} in {delay:.3g}s: {error}",
+                step_id=st.step_id,
+                details={"kind": kind, "delay": delay},
+            )
             return
         st.status = final_status
         st.ended_at = now_utc()
-        self.note(inst, f"step_{final_status}", f"step {st.step_id} {final_status} ({kind}): {error}",
-                  step_id=st.step_id, details={"kind": kind})
+        self.note(
+            inst,
+            f"step_{final_status}",
+            f"step {st.step_id} {final_status} ({kind}): {error}",
+            step_id=st.step_id,
+            details={"kind": kind},
+        )
         self.after_step_failure(inst, st)
 
     def after_step_failure(self, inst: InstanceState, st: StepState) -> None:
@@ -485,12 +560,20 @@ class RunEngine:
         if mode == "ignore":
             st.failure_ignored = True
             self.uow.touch_step(st)
-            self.note(inst, "step_failure_ignored", f"step {st.step_id} failure ignored (on_failure: ignore)",
-                      step_id=st.step_id)
+            self.note(
+                inst,
+                "step_failure_ignored",
+                f"step {st.step_id} failure ignored (on_failure: ignore)",
+                step_id=st.step_id,
+            )
             self.advance(inst)
         elif mode == "fail":
-            self.finish(inst, "failed", reason={"code": "step_failed", "steps": [st.step_id]},
-                        error=f"step {st.step_id} {st.status}: {st.error or ''}".rstrip(": "))
+            self.finish(
+                inst,
+                "failed",
+                reason={"code": "step_failed", "steps": [st.step_id]},
+                error=f"step {st.step_id} {st.status}: {st.error or ''}".rstrip(": "),
+            )
         else:  # finish_others_then_fail: dependents are skipped, independent branches run to the end
             self.advance(inst)
 
@@ -519,7 +602,9 @@ class RunEngine:
         if inst.status == "running":
             self.finish(inst, "timed_out", reason={"code": "run_timeout"}, error="run timed out")
 
-    def cancel_running_steps(self, inst: InstanceState, status: str, why: str, *, force: bool = False) -> None:
+    def cancel_running_steps(
+        self, inst: InstanceState, status: str, why: str, *, force: bool = False
+    ) -> None:
         """Cancel every attempt still queued or running (executors are told on the control subject)."""
         self.cancel_running_steps_of(inst, list(inst.steps), status, why, force=force)
 
@@ -592,8 +677,15 @@ class RunEngine:
         self.uow.outbox.append(
             OutgoingMessage(
                 self.topology.progress_subject(inst.workflow_id),
-                encode(InstanceProgress(workflow_id=inst.workflow_id, instance_id=inst.id, status=inst.status,
-                                        reason=reason, at=time.time())),
+                encode(
+                    InstanceProgress(
+                        workflow_id=inst.workflow_id,
+                        instance_id=inst.id,
+                        status=inst.status,
+                        reason=reason,
+                        at=time.time(),
+                    )
+                ),
                 core=True,
             )
         )

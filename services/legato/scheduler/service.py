@@ -48,8 +48,11 @@ class PartitionConsumers(Component):
         assert self.host.dead_letters is not None
         trig: ConsumerLoop[TriggerMessage] = ConsumerLoop(
             self.host.js,
-            ConsumerSpec(topo.triggers_stream, topo.consumer_name("scheduler_triggers", partition),
-                         topo.trigger_partition_filter(partition)),
+            ConsumerSpec(
+                topo.triggers_stream,
+                topo.consumer_name("scheduler_triggers", partition),
+                topo.trigger_partition_filter(partition),
+            ),
             TRIGGER_DECODER,
             self._on_trigger,
             dead_letters=self.host.dead_letters,
@@ -60,8 +63,11 @@ class PartitionConsumers(Component):
         )
         ev: ConsumerLoop[EventMessage] = ConsumerLoop(
             self.host.js,
-            ConsumerSpec(topo.events_stream, topo.consumer_name("scheduler_events", partition),
-                         topo.event_partition_filter(partition)),
+            ConsumerSpec(
+                topo.events_stream,
+                topo.consumer_name("scheduler_events", partition),
+                topo.event_partition_filter(partition),
+            ),
             EVENT_DECODER,
             self._on_event,
             dead_letters=self.host.dead_letters,
@@ -115,9 +121,15 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             on_acquired=acquired,
             on_lost=lost,
         )
-        timers = TimerLoop(host.pool, owned=lambda: sorted(leaser.tokens), deliver=lambda w, m: registry.deliver(w, m))
+        timers = TimerLoop(
+            host.pool, owned=lambda: sorted(leaser.tokens), deliver=lambda w, m: registry.deliver(w, m)
+        )
         registry = ActorRegistry(
-            host.pool, topology=host.topology, leaser=leaser, wake_relay=host.wake_relay, wake_timers=timers.wake
+            host.pool,
+            topology=host.topology,
+            leaser=leaser,
+            wake_relay=host.wake_relay,
+            wake_timers=timers.wake,
         )
         consumers = PartitionConsumers(host, registry)
         timers_ref.append(timers)

@@ -307,7 +307,8 @@ class UnitOfWork:
             )
         if self.unblocked_instances:
             await conn.execute(
-                "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])", self.unblocked_instances
+                "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
+                self.unblocked_instances,
             )
         if self.outbox:
             await add_to_outbox(conn, self.outbox)
@@ -335,22 +336,69 @@ class UnitOfWork:
 
 
 _INSTANCE_COLUMNS = (
-    "id", "workflow_id", "version", "trigger_key", "trigger", "status", "reason", "params", "run_params",
-    "outputs", "error", "run_number", "unblocked", "parent_instance_id", "parent_step_id",
-    "parent_iteration", "root_instance_id", "traceparent", "requested_at", "created_at", "started_at",
+    "id",
+    "workflow_id",
+    "version",
+    "trigger_key",
+    "trigger",
+    "status",
+    "reason",
+    "params",
+    "run_params",
+    "outputs",
+    "error",
+    "run_number",
+    "unblocked",
+    "parent_instance_id",
+    "parent_step_id",
+    "parent_iteration",
+    "root_instance_id",
+    "traceparent",
+    "requested_at",
+    "created_at",
+    "started_at",
     "ended_at",
 )
 _INSTANCE_TYPES = (
-    "text", "text", "int", "text", "jsonb", "text", "jsonb", "jsonb", "jsonb", "jsonb", "text", "int", "bool",
-    "text", "text", "int", "text", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz",
+    "text",
+    "text",
+    "int",
+    "text",
+    "jsonb",
+    "text",
+    "jsonb",
+    "jsonb",
+    "jsonb",
+    "jsonb",
+    "text",
+    "int",
+    "bool",
+    "text",
+    "text",
+    "int",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
 )
 _INSTANCE_UPDATABLE = (
-    "status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at",
+    "status",
+    "reason",
+    "params",
+    "outputs",
+    "error",
+    "run_number",
+    "unblocked",
+    "started_at",
+    "ended_at",
 )
 
 
-def _bulk_upsert_sql(table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str,
-                     updatable: tuple[str, ...]) -> str:
+def _bulk_upsert_sql(
+    table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str, updatable: tuple[str, ...]
+) -> str:
     args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
     return (
@@ -372,13 +420,40 @@ async def _upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]
 
 
 _STEP_COLUMNS = (
-    "instance_id", "step_id", "status", "attempts", "current_attempt_id", "retries_error", "retries_platform",
-    "retries_timeout", "failure_ignored", "params", "outputs", "error", "reason", "created_at", "started_at",
+    "instance_id",
+    "step_id",
+    "status",
+    "attempts",
+    "current_attempt_id",
+    "retries_error",
+    "retries_platform",
+    "retries_timeout",
+    "failure_ignored",
+    "params",
+    "outputs",
+    "error",
+    "reason",
+    "created_at",
+    "started_at",
     "ended_at",
 )
 _STEP_TYPES = (
-    "text", "text", "text", "int", "text", "int", "int", "int", "bool", "jsonb", "jsonb", "text", "jsonb",
-    "timestamptz", "timestamptz", "timestamptz",
+    "text",
+    "text",
+    "text",
+    "int",
+    "text",
+    "int",
+    "int",
+    "int",
+    "bool",
+    "jsonb",
+    "jsonb",
+    "text",
+    "jsonb",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
 )
 _UPSERT_STEPS = _bulk_upsert_sql(
     "step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]
@@ -391,14 +466,42 @@ async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> Non
 
 
 _ATTEMPT_COLUMNS = (
-    "id", "instance_id", "step_id", "attempt", "status", "failure_kind", "executor", "queue", "dispatched_at",
-    "started_at", "ended_at", "outputs", "error", "exit_code", "log_tail",
+    "id",
+    "instance_id",
+    "step_id",
+    "attempt",
+    "status",
+    "failure_kind",
+    "executor",
+    "queue",
+    "dispatched_at",
+    "started_at",
+    "ended_at",
+    "outputs",
+    "error",
+    "exit_code",
+    "log_tail",
 )
 _ATTEMPT_TYPES = (
-    "text", "text", "text", "int", "text", "text", "text", "text", "timestamptz", "timestamptz",
-    "timestamptz", "jsonb", "text", "int", "text",
+    "text",
+    "text",
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+    "jsonb",
+    "text",
+    "int",
+    "text",
 )
-_UPSERT_ATTEMPTS = _bulk_upsert_sql("step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:])
+_UPSERT_ATTEMPTS = _bulk_upsert_sql(
+    "step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:]
+)
 
 
 async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) -> None:

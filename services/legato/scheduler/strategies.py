@@ -58,12 +58,20 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
         return
     if strategy == "last_only":
         for other in [*running, *(engine.state.instances[i] for i in list(engine.state.queue))]:
-            engine.finish(other, "stopped", reason={"code": "superseded", "by": inst.id},
-                          error=f"superseded by {inst.id}")
+            engine.finish(
+                other,
+                "stopped",
+                reason={"code": "superseded", "by": inst.id},
+                error=f"superseded by {inst.id}",
+            )
     elif strategy == "serial_latest_only":
         for qid in list(engine.state.queue):
-            engine.finish(engine.state.instances[qid], "stopped", reason={"code": "superseded", "by": inst.id},
-                          error=f"superseded by {inst.id}")
+            engine.finish(
+                engine.state.instances[qid],
+                "stopped",
+                reason={"code": "superseded", "by": inst.id},
+                error=f"superseded by {inst.id}",
+            )
     engine.enqueue(inst, queue_reason(engine))
     admit(engine)
 

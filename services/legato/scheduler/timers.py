@@ -85,7 +85,9 @@ class TimerLoop(Component):
             *(
                 self.deliver(
                     r["workflow_id"],
-                    TimerFired(r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"]),
+                    TimerFired(
+                        r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"]
+                    ),
                 )
                 for r in rows
             ),

@@ -143,8 +143,9 @@ class ApiService(Component):
     ) -> None:
         self.requests += 1
         try:
-            with consume_span(f"api {name}", req.headers, attributes={"messaging.system": "nats",
-                                                                       "rpc.method": name}):
+            with consume_span(
+                f"api {name}", req.headers, attributes={"messaging.system": "nats", "rpc.method": name}
+            ):
                 try:
                     try:
                         body = decoder.decode(req.data or b"{}")
@@ -199,7 +200,9 @@ class ApiService(Component):
             version = req.version or row["active_version"]
             text = await R.load_definition(conn, req.workflow_id, version)
             source = await conn.fetchval(
-                "SELECT source FROM workflow_version WHERE workflow_id = $1 AND version = $2", req.workflow_id, version
+                "SELECT source FROM workflow_version WHERE workflow_id = $1 AND version = $2",
+                req.workflow_id,
+                version,
             )
             versions = await conn.fetch(
                 "SELECT version, digest, created_at, created_by FROM workflow_version WHERE workflow_id = $1 "
@@ -212,8 +215,12 @@ class ApiService(Component):
             "definition": msgspec.json.decode(text),
             "source": source,
             "versions": [
-                {"version": v["version"], "digest": v["digest"], "created_at": v["created_at"].isoformat(),
-                 "created_by": v["created_by"]}
+                {
+                    "version": v["version"],
+                    "digest": v["digest"],
+                    "created_at": v["created_at"].isoformat(),
+                    "created_by": v["created_by"],
+                }
                 for v in versions
             ],
         }
@@ -254,7 +261,9 @@ class ApiService(Component):
     async def workflow_deactivate(self, req: A.WorkflowRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            await conn.execute("UPDATE workflow SET active = false, updated_at = now() WHERE id = $1", req.workflow_id)
+            await conn.execute(
+                "UPDATE workflow SET active = false, updated_at = now() WHERE id = $1", req.workflow_id
+            )
             await R.notify_scheduler(conn, self.topology, req.workflow_id, "deactivated")
             row = await R.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
@@ -296,8 +305,10 @@ class ApiService(Component):
 
     async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:
         if req.run_strategy not in STRATEGIES:
-            raise ApiError("bad_request", f"run_strategy: must be one of {', '.join(STRATEGIES)}, got "
-                           f"{req.run_strategy!r}")
+            raise ApiError(
+                "bad_request",
+                f"run_strategy: must be one of {', '.join(STRATEGIES)}, got {req.run_strategy!r}",
+            )
         limit = req.max_concurrency
         if req.run_strategy == "parallel":
             limit = 20 if limit is None else limit
@@ -305,7 +316,9 @@ class ApiService(Component):
                 raise ApiError("bad_request", f"max_concurrency: must be 0..1000, got {limit}")
         else:
             if limit not in (None, 1):
-                raise ApiError("bad_request", f"max_concurrency: only parallel takes a limit other than 1, got {limit}")
+                raise ApiError(
+                    "bad_request", f"max_concurrency: only parallel takes a limit other than 1, got {limit}"
+                )
             limit = 1
         async with self.pool.acquire() as conn, conn.transaction():
             row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
@@ -336,28 +349,53 @@ class ApiService(Component):
     # ------------------------------------------------------------------ operator actions
 
     async def _action(
-        self, workflow_id: str, action: str, *, instance_id: str | None, step_id: str | None, reason: str,
-        actor: str | None, request_id: str | None,
+        self,
+        workflow_id: str,
+        action: str,
+        *,
+        instance_id: str | None,
+        step_id: str | None,
+        reason: str,
+        actor: str | None,
+        request_id: str | None,
     ) -> dict[str, Any]:
         if not reason.strip():
             raise ApiError("bad_request", f"{action}: a reason is required (--reason)")
         action_id = request_id or new_request_id()
         msg = ActionRequest(
-            action_id=action_id, workflow_id=workflow_id, action=action,  # type: ignore[arg-type]
-            instance_id=instance_id, step_id=step_id, reason=reason, actor=actor or "api",
+            action_id=action_id,
+            workflow_id=workflow_id,
+            action=action,  # type: ignore[arg-type]
+            instance_id=instance_id,
+            step_id=step_id,
+            reason=reason,
+            actor=actor or "api",
             requested_at=time.time(),
         )
         async with self.pool.acquire() as conn, conn.transaction():
             await add_to_outbox(
                 conn,
-                [OutgoingMessage(self.topology.trigger_subject(workflow_id), encode(msg), msg_id=f"action:{action_id}",
-                                 headers=inject_headers({}))],
+                [
+                    OutgoingMessage(
+                        self.topology.trigger_subject(workflow_id),
+                        encode(msg),
+                        msg_id=f"action:{action_id}",
+                        headers=inject_headers({}),
+                    )
+                ],
             )
         self.wake_relay()
-        return {"accepted": True, "action_id": action_id, "action": action, "workflow_id": workflow_id,
-                "instance_id": instance_id}
+        return {
+            "accepted": True,
+            "action_id": action_id,
+            "action": action,
+            "workflow_id": workflow_id,
+            "instance_id": instance_id,
+        }
 
-    async def _instance_for_action(self, instance_id: str, allowed: tuple[str, ...], action: str) -> asyncpg.Record:
+    async def _instance_for_action(
+        self, instance_id: str, allowed: tuple[str, ...], action: str
+    ) -> asyncpg.Record:
         async with self.pool.acquire() as conn:
             r = await conn.fetchrow(
                 "SELECT id, workflow_id, status FROM workflow_instance WHERE id = $1", instance_id
@@ -374,30 +412,60 @@ class ApiService(Component):
 
     async def instance_stop(self, req: A.InstanceAction) -> dict[str, Any]:
         r = await self._instance_for_action(req.instance_id, ("queued", "running"), "stop")
-        return await self._action(r["workflow_id"], "stop", instance_id=r["id"], step_id=None, reason=req.reason,
-                                  actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            r["workflow_id"],
+            "stop",
+            instance_id=r["id"],
+            step_id=None,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def instance_kill(self, req: A.InstanceAction) -> dict[str, Any]:
         r = await self._instance_for_action(req.instance_id, ("queued", "running"), "kill")
-        return await self._action(r["workflow_id"], "kill", instance_id=r["id"], step_id=None, reason=req.reason,
-                                  actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            r["workflow_id"],
+            "kill",
+            instance_id=r["id"],
+            step_id=None,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def instance_restart(self, req: A.InstanceAction) -> dict[str, Any]:
         allowed = ("failed", "timed_out", "stopped") + (("succeeded",) if req.step_id else ())
         r = await self._instance_for_action(req.instance_id, allowed, "restart")
-        return await self._action(r["workflow_id"], "restart", instance_id=r["id"], step_id=req.step_id,
-                                  reason=req.reason, actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            r["workflow_id"],
+            "restart",
+            instance_id=r["id"],
+            step_id=req.step_id,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def instance_skip_step(self, req: A.InstanceAction) -> dict[str, Any]:
         if not req.step_id:
             raise ApiError("bad_request", "skip_step: step_id is required")
         r = await self._instance_for_action(req.instance_id, ("running",), "skip a step of")
-        return await self._action(r["workflow_id"], "skip_step", instance_id=r["id"], step_id=req.step_id,
-                                  reason=req.reason, actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            r["workflow_id"],
+            "skip_step",
+            instance_id=r["id"],
+            step_id=req.step_id,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def instance_unblock(self, req: A.InstanceAction) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            r = await conn.fetchrow("SELECT id, workflow_id FROM workflow_instance WHERE id = $1", req.instance_id)
+            r = await conn.fetchrow(
+                "SELECT id, workflow_id FROM workflow_instance WHERE id = $1", req.instance_id
+            )
             if r is None:
                 raise ApiError("not_found", f"unknown run {req.instance_id!r}")
             wf = await R.get_workflow_row(conn, r["workflow_id"])
@@ -405,18 +473,36 @@ class ApiService(Component):
             raise ApiError(
                 "not_applicable",
                 f"run {r['id']} does not block workflow {r['workflow_id']}"
-                + (f" (blocked by {wf['blocked_by']})" if wf["blocked_by"] else " (the workflow is not blocked)"),
+                + (
+                    f" (blocked by {wf['blocked_by']})"
+                    if wf["blocked_by"]
+                    else " (the workflow is not blocked)"
+                ),
             )
-        return await self._action(r["workflow_id"], "unblock", instance_id=r["id"], step_id=None, reason=req.reason,
-                                  actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            r["workflow_id"],
+            "unblock",
+            instance_id=r["id"],
+            step_id=None,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def _workflow_action(self, req: A.WorkflowAction, action: str) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             wf = await R.get_workflow_row(conn, req.workflow_id)
         if action == "unblock_all" and not wf["blocked_by"]:
             raise ApiError("not_applicable", f"workflow {req.workflow_id} is not blocked")
-        return await self._action(req.workflow_id, action, instance_id=None, step_id=None, reason=req.reason,
-                                  actor=req.actor, request_id=req.request_id)
+        return await self._action(
+            req.workflow_id,
+            action,
+            instance_id=None,
+            step_id=None,
+            reason=req.reason,
+            actor=req.actor,
+            request_id=req.request_id,
+        )
 
     async def workflow_stop(self, req: A.WorkflowAction) -> dict[str, Any]:
         return await self._workflow_action(req, "stop_all")
@@ -433,8 +519,11 @@ class ApiService(Component):
         async with self.pool.acquire() as conn:
             row = await R.get_workflow_row(conn, req.workflow_id)
             if not row["active"]:
-                raise ApiError("inactive", f"workflow {req.workflow_id!r} is inactive: activate it first",
-                               {"workflow_id": req.workflow_id})
+                raise ApiError(
+                    "inactive",
+                    f"workflow {req.workflow_id!r} is inactive: activate it first",
+                    {"workflow_id": req.workflow_id},
+                )
             version = req.version or row["active_version"]
             compiled = await self.compiled(conn, req.workflow_id, version)
         request_id = req.request_id or new_request_id()
@@ -444,8 +533,13 @@ class ApiService(Component):
             # Checked here so a bad start gets a precise error now instead of a failed run later.
             compiled.resolve_run_params(
                 req.params,
-                instance=InstanceInfo(id=instance_id, workflow_id=req.workflow_id, version=version,
-                                      start_time=_now(), trigger={"kind": "api"}),
+                instance=InstanceInfo(
+                    id=instance_id,
+                    workflow_id=req.workflow_id,
+                    version=version,
+                    start_time=_now(),
+                    trigger={"kind": "api"},
+                ),
             )
         except ParamError as exc:
             raise ApiError(
@@ -456,8 +550,13 @@ class ApiService(Component):
         except SelError as exc:
             raise ApiError("invalid_params", f"params for {req.workflow_id}: {exc}") from None
         pending = _PendingStart(
-            req=req, compiled=compiled, instance_id=instance_id, trigger_key=trigger_key, params=dict(req.params),
-            future=asyncio.get_running_loop().create_future(), headers=inject_headers({}),
+            req=req,
+            compiled=compiled,
+            instance_id=instance_id,
+            trigger_key=trigger_key,
+            params=dict(req.params),
+            future=asyncio.get_running_loop().create_future(),
+            headers=inject_headers({}),
         )
         await self._starts.put(pending)
         return await pending.future
@@ -487,7 +586,9 @@ class ApiService(Component):
         async with self.pool.acquire() as conn, conn.transaction():
             existing = {
                 r["id"]: r["status"]
-                for r in await conn.fetch("SELECT id, status FROM workflow_instance WHERE id = ANY($1::text[])", ids)
+                for r in await conn.fetch(
+                    "SELECT id, status FROM workflow_instance WHERE id = ANY($1::text[])", ids
+                )
             }
             out: list[dict[str, Any]] = []
             msgs: list[OutgoingMessage] = []
@@ -495,12 +596,14 @@ class ApiService(Component):
             for p in batch:
                 dup = p.instance_id in existing or p.instance_id in seen
                 seen.add(p.instance_id)
-                out.append({
-                    "instance_id": p.instance_id,
-                    "workflow_id": p.req.workflow_id,
-                    "status": existing.get(p.instance_id, "pending"),
-                    "duplicate": dup,
-                })
+                out.append(
+                    {
+                        "instance_id": p.instance_id,
+                        "workflow_id": p.req.workflow_id,
+                        "status": existing.get(p.instance_id, "pending"),
+                        "duplicate": dup,
+                    }
+                )
                 if p.instance_id in existing:
                     continue
                 start = StartRun(
@@ -512,16 +615,25 @@ class ApiService(Component):
                     version=p.req.version,
                     requested_at=now,
                 )
-                msgs.append(OutgoingMessage(self.topology.trigger_subject(p.req.workflow_id), encode(start),
-                                            msg_id=f"start:{p.instance_id}", headers=p.headers))
+                msgs.append(
+                    OutgoingMessage(
+                        self.topology.trigger_subject(p.req.workflow_id),
+                        encode(start),
+                        msg_id=f"start:{p.instance_id}",
+                        headers=p.headers,
+                    )
+                )
             await add_to_outbox(conn, msgs)
         return out
 
     async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             try:
-                return await Q.get_instance(conn, req.instance_id, timeline_limit=req.timeline_limit,
-                                            steps_limit=req.steps_limit)
+                info = await Q.get_instance(
+                    conn, req.instance_id, timeline_limit=req.timeline_limit, steps_limit=req.steps_limit
+                )
+                compiled = await self.compiled(conn, info["workflow_id"], info["version"])
+                return Q.with_all_steps(info, compiled.topo_order)
             except ApiError as exc:
                 if exc.code != "not_found":
                     raise
@@ -536,8 +648,13 @@ class ApiService(Component):
     async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             return await Q.list_instances(
-                conn, workflow_id=req.workflow_id, status=req.status, since=req.since, until=req.until,
-                limit=max(1, min(req.limit, 1000)), cursor=req.cursor,
+                conn,
+                workflow_id=req.workflow_id,
+                status=req.status,
+                since=req.since,
+                until=req.until,
+                limit=max(1, min(req.limit, 1000)),
+                cursor=req.cursor,
             )
 
 

@@ -80,7 +80,8 @@ class CronLoop(Component):
             compiled = self._compiled.get(key)
             if compiled is None:
                 text = await conn.fetchval(
-                    "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2", *key
+                    "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2",
+                    *key,
                 )
                 compiled = compile_workflow(definition_from_json(str(text).encode()))
                 self._compiled[key] = compiled
@@ -164,17 +165,25 @@ class CronLoop(Component):
                 )
                 if inserted is None:
                     continue
-                params = {k: to_json_value(v) for k, v in compiled.trigger_params(trigger.id, fire_time=fire_time).items()}
+                params = {
+                    k: to_json_value(v)
+                    for k, v in compiled.trigger_params(trigger.id, fire_time=fire_time).items()
+                }
                 start = StartRun(
                     workflow_id=wf,
                     trigger_key=key,
                     instance_id=instance_id,
-                    trigger=TriggerInfo(kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}),
+                    trigger=TriggerInfo(
+                        kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}
+                    ),
                     params=params,
                     requested_at=time.time(),
                 )
-                msgs.append(OutgoingMessage(self.topology.trigger_subject(wf), encode(start),
-                                            msg_id=f"start:{instance_id}"))
+                msgs.append(
+                    OutgoingMessage(
+                        self.topology.trigger_subject(wf), encode(start), msg_id=f"start:{instance_id}"
+                    )
+                )
             await add_to_outbox(conn, msgs)
             await conn.execute(
                 "UPDATE cron_cursor SET last_fire = $3, updated_at = now() WHERE workflow_id = $1 AND trigger_id = $2",

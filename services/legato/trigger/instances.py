@@ -38,7 +38,9 @@ SUMMARY_COLUMNS = (
 )
 
 
-async def explain_waiting(conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None) -> dict[str, Any] | None:
+async def explain_waiting(
+    conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None
+) -> dict[str, Any] | None:
     """Why a queued run is not running: its place in the queue and what holds the slots, live."""
     if inst["status"] != "queued" or wf is None:
         reason: dict[str, Any] | None = inst["reason"]
@@ -88,8 +90,9 @@ async def explain_waiting(conn: asyncpg.Connection, inst: asyncpg.Record, wf: as
     return out
 
 
-async def get_instance(conn: asyncpg.Connection, instance_id: str, *, timeline_limit: int = 200,
-                       steps_limit: int = 1000) -> dict[str, Any]:
+async def get_instance(
+    conn: asyncpg.Connection, instance_id: str, *, timeline_limit: int = 200, steps_limit: int = 1000
+) -> dict[str, Any]:
     r = await conn.fetchrow(
         f"SELECT {SUMMARY_COLUMNS}, params, run_params, outputs, trigger_key, unblocked, traceparent, "
         "parent_step_id, parent_iteration, requested_at FROM workflow_instance WHERE id = $1",
@@ -151,8 +154,11 @@ async def get_instance(conn: asyncpg.Connection, instance_id: str, *, timeline_l
             "step_id": s["step_id"],
             "status": s["status"],
             "attempts": by_step.get(s["step_id"], []),
-            "retries": {"error": s["retries_error"], "platform": s["retries_platform"],
-                        "timeout": s["retries_timeout"]},
+            "retries": {
+                "error": s["retries_error"],
+                "platform": s["retries_platform"],
+                "timeout": s["retries_timeout"],
+            },
             "failure_ignored": s["failure_ignored"],
             "params": s["params"],
             "outputs": s["outputs"],
@@ -171,8 +177,14 @@ async def get_instance(conn: asyncpg.Connection, instance_id: str, *, timeline_l
         timeline_limit,
     )
     out["timeline"] = [
-        {"at": iso(t["at"]), "step_id": t["step_id"], "event": t["event"], "message": t["message"],
-         "actor": t["actor"], "details": t["details"]}
+        {
+            "at": iso(t["at"]),
+            "step_id": t["step_id"],
+            "event": t["event"],
+            "message": t["message"],
+            "actor": t["actor"],
+            "details": t["details"],
+        }
         for t in reversed(timeline)
     ]
     return out
@@ -215,3 +227,30 @@ async def list_instances(
         "instances": [instance_summary(r) for r in page],
         "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
     }
+
+
+def with_all_steps(info: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """Every step of the definition in graph order; steps not decided yet are ``pending``."""
+    have = {s["step_id"]: s for s in info["steps"]}
+    steps = []
+    for sid in order:
+        steps.append(
+            have.pop(sid, None)
+            or {
+                "step_id": sid,
+                "status": "pending",
+                "attempts": [],
+                "retries": {"error": 0, "platform": 0, "timeout": 0},
+                "failure_ignored": False,
+                "params": None,
+                "outputs": None,
+                "error": None,
+                "reason": None,
+                "created_at": None,
+                "started_at": None,
+                "ended_at": None,
+            }
+        )
+    steps.extend(have.values())
+    info["steps"] = steps
+    return info

@@ -116,7 +116,9 @@ async def activate_version(
     await notify_scheduler(conn, topology, workflow_id, f"activated version {version}")
 
 
-async def notify_scheduler(conn: asyncpg.Connection, topology: Topology, workflow_id: str, change: str) -> None:
+async def notify_scheduler(
+    conn: asyncpg.Connection, topology: Topology, workflow_id: str, change: str
+) -> None:
     await add_to_outbox(
         conn,
         [
@@ -130,17 +132,25 @@ async def notify_scheduler(conn: asyncpg.Connection, topology: Topology, workflo
 
 async def load_definition(conn: asyncpg.Connection, workflow_id: str, version: int) -> str:
     text = await conn.fetchval(
-        "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2", workflow_id, version
+        "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2",
+        workflow_id,
+        version,
     )
     if text is None:
-        raise ApiError("not_found", f"workflow {workflow_id!r} has no version {version}",
-                       {"workflow_id": workflow_id, "version": version})
+        raise ApiError(
+            "not_found",
+            f"workflow {workflow_id!r} has no version {version}",
+            {"workflow_id": workflow_id, "version": version},
+        )
     return str(text)
 
 
-async def get_workflow_row(conn: asyncpg.Connection, workflow_id: str, *, lock: bool = False) -> asyncpg.Record:
+async def get_workflow_row(
+    conn: asyncpg.Connection, workflow_id: str, *, lock: bool = False
+) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"SELECT {WORKFLOW_COLUMNS} FROM workflow WHERE id = $1" + (" FOR UPDATE" if lock else ""), workflow_id
+        f"SELECT {WORKFLOW_COLUMNS} FROM workflow WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+        workflow_id,
     )
     if row is None:
         raise ApiError("not_found", f"unknown workflow {workflow_id!r}", {"workflow_id": workflow_id})
