@@ -1,0 +1,54 @@
+"""Servers for the benchmarks: embedded nats-server and PostgreSQL in a temp folder, or external ones
+from LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from legato.devstack import EmbeddedNats, EmbeddedPostgres
+
+
+@dataclass
+class BenchServers:
+    nats_url: str
+    database_url: str
+    tmp: Path
+    namespace: str
+
+
+@contextmanager
+def bench_servers(db_name: str = "legato_bench") -> Iterator[BenchServers]:
+    tmp = Path(tempfile.mkdtemp(prefix="legato-bench-"))
+    tmp.chmod(0o711)
+    started: list[EmbeddedNats | EmbeddedPostgres] = []
+    try:
+        nats_url = os.environ.get("LEGATO_BENCH_NATS_URL")
+        if not nats_url:
+            nats = EmbeddedNats(tmp / "nats", preferred_port=0).start()
+            started.append(nats)
+            nats_url = nats.url
+        db_url = os.environ.get("LEGATO_BENCH_DATABASE_URL")
+        if not db_url:
+            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True).start()
+            started.append(pg)
+            db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
+        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}")
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]

@@ -1,0 +1,126 @@
+"""End-to-end throughput: N one-noop-step runs started through the API, all services as processes.
+
+Starts nats-server, PostgreSQL, and one trigger, one scheduler and one executor process; pushes a
+one-noop-step workflow with the parallel strategy (max_concurrency 1000); starts N runs through the
+NATS API as fast as it accepts them (bounded in-flight requests); waits until every run ended; prints
+runs/s from the first start to the last completion and the trigger->step-start latency (API request
+accepted -> the executor began the step) p50/p99, read from the recorded timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import bench_servers, percentile  # noqa: E402
+
+from legato.client import LegatoClient  # noqa: E402
+from legato.devstack.processes import Stack  # noqa: E402
+from legato.runtime.settings import Settings  # noqa: E402
+from legato.store import ensure_database, migrate_url  # noqa: E402
+
+WORKFLOW = """
+id: bench-noop
+description: one noop step, for the end-to-end benchmark
+run_strategy: {type: parallel, max_concurrency: 1000}
+steps:
+  - id: only
+    type: noop
+"""
+
+
+async def wait_api(client: LegatoClient) -> None:
+    for _ in range(300):
+        try:
+            await client.call("workflow.list", {"limit": 1}, timeout=2.0)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+    raise RuntimeError("API did not come up")
+
+
+async def run(n: int, in_flight: int, settings: Settings, log_dir: Path, executors: int, tracing: bool) -> dict[str, float]:
+    await ensure_database(settings.database_url)
+    await migrate_url(settings.database_url)
+    extra = {} if tracing else {"OTEL_SDK_DISABLED": "true"}
+    stack = Stack(settings, log_dir, executors=executors, concurrency=64, extra_env=extra)
+    stack.start()
+    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
+    try:
+        await wait_api(client)
+        await client.push(WORKFLOW)
+        await asyncio.sleep(1.0)  # let the scheduler take its partitions
+        sem = asyncio.Semaphore(in_flight)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await client.start("bench-noop", request_id=f"b{i}")
+
+        t0 = time.time()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        accepted = time.time()
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            while True:
+                done = await conn.fetchval(
+                    "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' "
+                    "AND status IN ('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
+                )
+                if done >= n:
+                    break
+                await asyncio.sleep(0.2)
+            last = await conn.fetchval("SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance")
+            failed = await conn.fetchval(
+                "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
+            )
+            lat = await conn.fetch(
+                "SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms "
+                "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id "
+                "WHERE i.workflow_id = 'bench-noop' AND a.started_at IS NOT NULL"
+            )
+        finally:
+            await conn.close()
+        ms = [float(r["ms"]) for r in lat]
+        return {
+            "runs": n,
+            "failed": int(failed),
+            "api_accept_per_s": n / (accepted - t0),
+            "runs_per_s": n / (float(last) - t0),
+            "p50_ms": percentile(ms, 50),
+            "p99_ms": percentile(ms, 99),
+        }
+    finally:
+        await client.close()
+        await asyncio.to_thread(stack.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=10_000)
+    parser.add_argument("--in-flight", type=int, default=256)
+    parser.add_argument("--executors", type=int, default=1)
+    parser.add_argument("--compare-tracing", action="store_true",
+                        help="run twice, with and without the tracer, and print both")
+    args = parser.parse_args()
+    modes = [False, True] if args.compare_tracing else [True]
+    for tracing in modes:
+        with bench_servers("legato_e2e") as servers:
+            settings = Settings(nats_url=servers.nats_url, database_url=servers.database_url,
+                                namespace=servers.namespace, partitions=8, log_level="warning")
+            r = asyncio.run(run(args.n, args.in_flight, settings, servers.tmp / "logs", args.executors, tracing))
+        label = "tracing on" if tracing else "tracing off"
+        print(f"e2e ({label}): {r['runs']} one-noop-step runs, {r['failed']} not succeeded")
+        print(f"  API accepted starts:        {r['api_accept_per_s']:8.0f} /s")
+        print(f"  runs/s (first start -> last completion): {r['runs_per_s']:8.0f}")
+        print(f"  trigger -> step start latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Legato's services as real child processes: start, SIGTERM, kill -9, restart.
+
+Used by the test suite (crash tests), the benchmarks and anything else that needs the real stack.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from legato.runtime.settings import Settings
+
+
+class ServiceProcess:
+    """One ``python -m legato.<service>`` child in its own process group, logging to a file."""
+
+    def __init__(self, name: str, module: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.module = module
+        self.args = args
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module, *self.args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group (the service and anything it spawned)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (graceful shutdown), SIGKILL if it does not end within ``timeout``."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        return self.proc.returncode
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+def service_env(settings: Settings, state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "LEGATO_NATS_URL": settings.nats_url,
+        "LEGATO_DATABASE_URL": settings.database_url,
+        "LEGATO_NAMESPACE": settings.namespace,
+        "LEGATO_PARTITIONS": str(settings.partitions),
+        "LEGATO_LOG_FORMAT": "json",
+        "LEGATO_LOG_LEVEL": settings.log_level,
+        "LEGATO_GRACE_PERIOD": str(settings.grace_period),
+        "LEGATO_STATE_DIR": str(state_dir),
+        **(extra or {}),
+    }
+    return env
+
+
+class Stack:
+    """trigger + scheduler + executor(s) (+ the signal router) against given servers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        executors: int = 1,
+        concurrency: int = 16,
+        extra_env: dict[str, str] | None = None,
+        lease_ttl: float = 3.0,
+        schedulers: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.env = service_env(settings, log_dir / "state", extra_env)
+        self.log_dir = log_dir
+        self.services: dict[str, ServiceProcess] = {
+            "trigger": ServiceProcess("trigger", "legato.trigger", [], self.env, log_dir),
+        }
+        for i in range(schedulers):
+            name = "scheduler" if i == 0 else f"scheduler{i}"
+            self.services[name] = ServiceProcess(
+                name,
+                "legato.scheduler",
+                ["--replica-id", f"replica-{i}", "--lease-ttl", str(lease_ttl)],
+                self.env,
+                log_dir,
+            )
+        for i in range(executors):
+            self.services[f"executor{i}"] = ServiceProcess(
+                f"executor{i}",
+                "legato.executor",
+                ["--queue", "default", "--concurrency", str(concurrency)],
+                self.env,
+                log_dir,
+            )
+        if _module_exists("legato.signal_router"):
+            self.services["signal_router"] = ServiceProcess(
+                "signal_router", "legato.signal_router", [], self.env, log_dir
+            )
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.services[name]
+
+    def start(self) -> None:
+        for svc in self.services.values():
+            svc.start()
+
+    def stop(self) -> None:
+        order = [
+            "trigger",
+            "signal_router",
+            *[n for n in self.services if n.startswith("scheduler")],
+            *[n for n in self.services if n.startswith("executor")],
+        ]
+        for name in order:
+            if name in self.services:
+                self.services[name].terminate()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n} ---\n{s.log_tail()}" for n, s in self.services.items())
+
+
+def _module_exists(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
