@@ -4,6 +4,11 @@ Every step process is a session leader (``start_new_session``), so the step and 
 one process group. Stopping a step (timeout, cancel, shutdown) sends SIGTERM to the whole group, waits
 ``kill_grace`` seconds for the leader, then SIGKILLs whatever is left. When the leader exits on its own,
 stragglers it left in the group (background jobs) are killed too: a step's processes never outlive it.
+
+The exit is taken from the protocol's ``process_exited``, not ``Process.wait()``: on Python 3.11 the
+latter also waits for every pipe to close, which a backgrounded grandchild can hold open forever.
+Output arrives through ``pipe_data_received`` straight into tail buffers, so memory stays bounded
+however much a step prints.
 """
 
 from __future__ import annotations
@@ -11,14 +16,36 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from legato.executor.capture import CapturedOutput, TailBuffer
+from legato.executor.capture import CapturedOutput
 from legato.executor.step import StepFailed
 
-READ_CHUNK = 64 * 1024
-DRAIN_TIMEOUT = 1.0  # after the group is gone, pipes still held open elsewhere are not waited for
+PIPES_CLOSE_TIMEOUT = 1.0  # after the group is gone, pipes still held open elsewhere are not waited for
+REAP_TIMEOUT = 5.0  # after SIGKILL, the exit is normally seen within milliseconds
+
+
+class _CapturingProtocol(asyncio.SubprocessProtocol):
+    def __init__(self, output: CapturedOutput) -> None:
+        loop = asyncio.get_running_loop()
+        self.output = output
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        chunk = data.encode() if isinstance(data, str) else data
+        (self.output.stdout if fd == 1 else self.output.stderr).write(chunk)
+        self.output.combined.write(chunk)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 async def run_in_process_group(
@@ -34,76 +61,54 @@ async def run_in_process_group(
 
     Cancelling the caller stops the whole process group before the cancellation propagates.
     """
+    loop = asyncio.get_running_loop()
     try:
-        proc = await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _CapturingProtocol(output),
             *argv,
             cwd=cwd,
             env=dict(env),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
     except (OSError, ValueError) as exc:
         raise StepFailed(f"cannot start {argv[0]}: {exc}") from None
-    assert proc.stdout is not None and proc.stderr is not None
-    readers = [
-        asyncio.create_task(_pump(proc.stdout, output.stdout, output.combined)),
-        asyncio.create_task(_pump(proc.stderr, output.stderr, output.combined)),
-    ]
+    pid = transport.get_pid()
     try:
         try:
             if stdin is not None:
-                await _feed(proc, stdin)
-            return await proc.wait()
+                pipe = transport.get_pipe_transport(0)
+                assert isinstance(pipe, asyncio.WriteTransport)
+                # Buffered by the transport; a process that exits without reading just loses it.
+                pipe.write(stdin)
+                pipe.close()
+            # asyncio.wait, not await: cancelling this task must not cancel the exit future.
+            await asyncio.wait({protocol.exited})
         except BaseException:
-            await _stop_group(proc, kill_grace)
+            await _stop_group(pid, protocol, kill_grace)
             raise
         finally:
-            _killpg(proc.pid, signal.SIGKILL)
+            _killpg(pid, signal.SIGKILL)
+        code = transport.get_returncode()
+        assert code is not None
+        # The group is gone, so the pipes close; a process that escaped it is not waited for.
+        await asyncio.wait({protocol.closed}, timeout=PIPES_CLOSE_TIMEOUT)
+        return code
     finally:
-        await _drain(readers)
+        transport.close()
 
 
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    assert proc.stdin is not None
-    try:
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # the process exited without reading its input; its exit code tells the story
-    finally:
-        proc.stdin.close()
-
-
-async def _pump(stream: asyncio.StreamReader, tail: TailBuffer, combined: TailBuffer) -> None:
-    # Read as it comes so a chatty process never blocks on a full pipe and memory stays bounded.
-    while chunk := await stream.read(READ_CHUNK):
-        tail.write(chunk)
-        combined.write(chunk)
-
-
-async def _drain(readers: list[asyncio.Task[None]]) -> None:
-    try:
-        await asyncio.wait(readers, timeout=DRAIN_TIMEOUT)
-    finally:
-        for r in readers:
-            r.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-
-
-async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop_group(pid: int, protocol: _CapturingProtocol, grace: float) -> None:
     """SIGTERM the group, give the leader ``grace`` seconds, then SIGKILL the group."""
     try:
-        _killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout=grace)
-        except TimeoutError:
-            pass
+        _killpg(pid, signal.SIGTERM)
+        await asyncio.wait({protocol.exited}, timeout=grace)
     finally:
         # Also on a second cancellation while waiting: the group must not survive the step.
-        _killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+        _killpg(pid, signal.SIGKILL)
+    await asyncio.wait({protocol.exited}, timeout=REAP_TIMEOUT)
 
 
 def _killpg(pgid: int, sig: signal.Signals) -> None:

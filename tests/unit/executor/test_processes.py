@@ -91,3 +91,18 @@ def _gone(pid: int) -> bool:
             return f.read().split(") ", 1)[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+async def test_input_a_process_never_reads_does_not_block_it(tmp_path: Path) -> None:
+    code = await asyncio.wait_for(
+        run_in_process_group(
+            ["/bin/sh", "-c", "exit 5"],
+            cwd=tmp_path,
+            env=os.environ,
+            output=CapturedOutput(),
+            kill_grace=1.0,
+            stdin=b"x" * 5_000_000,
+        ),
+        timeout=10,
+    )
+    assert code == 5
