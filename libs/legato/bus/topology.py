@@ -75,6 +75,11 @@ class Topology:
         return f"{self._s}legato.signal.{name}"
 
     @property
+    def signal_wait_subject(self) -> str:
+        """Internal: wait registrations from the scheduler (``_legato`` is never a user signal name)."""
+        return f"{self._s}legato.signal._legato.wait"
+
+    @property
     def signal_prefix(self) -> str:
         return f"{self._s}legato.signal."
 

@@ -104,7 +104,36 @@ class AttemptFinished(_Msg, tag="attempt_finished", frozen=True, kw_only=True):
     log_tail: str | None = None
 
 
-EventMessage = AttemptStarted | AttemptFinished
+class SignalWaitSatisfied(_Msg, tag="signal_wait_satisfied", frozen=True, kw_only=True):
+    """The signal router found a signal for a step's ``wait_for_signals`` entry (router -> scheduler)."""
+
+    wait_id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    name: str
+    signal_id: str
+    fields: dict[str, JSONValue] = {}
+
+
+EventMessage = AttemptStarted | AttemptFinished | SignalWaitSatisfied
+
+
+# --- LEGATO_SIGNALS (internal subjects, never a user signal name) ----------------------------------
+
+
+class SignalWaitRegistered(_Msg, tag="signal_wait_registered", frozen=True, kw_only=True):
+    """A step started waiting for a signal (scheduler -> router, on ``legato.signal._legato.wait``).
+
+    The wait row is already in ``signal_wait``; the router checks the signals it has stored and keeps
+    matching new ones until one satisfies the wait.
+    """
+
+    wait_id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    name: str
 
 
 # --- LEGATO_WORK -----------------------------------------------------------------------------------
