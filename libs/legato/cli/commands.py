@@ -310,3 +310,38 @@ def _print_api_error(exc: ApiError) -> None:
     print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
     for item in exc.details.get("errors", []) if isinstance(exc.details, dict) else []:
         print(f"  {item['path']}: {item['message']}", file=sys.stderr)
+
+
+async def cmd_tag_set(args: argparse.Namespace, c: LegatoClient) -> int:
+    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    res = await c.call("tag.set", {"tag": args.tag, "limit": limit})
+    if args.json:
+        render.dump_json(res)
+    elif limit is None:
+        print(f"tag {args.tag}: no limit")
+    else:
+        print(
+            f"tag {args.tag}: at most {res['limit']} steps at once ({res['in_use']} running, {res['waiting']} waiting)"
+        )
+    return 0
+
+
+async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("tag.list", {})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    render.table(
+        ["tag", "limit", "in use", "waiting", "held by"],
+        [
+            [
+                t["tag"],
+                t["limit"],
+                t["in_use"],
+                t["waiting"],
+                ", ".join(f"{h['instance_id']}/{h['step_id']}" for h in t["held_by"][:3]),
+            ]
+            for t in res["tags"]
+        ],
+    )
+    return 0

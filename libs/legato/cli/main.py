@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(local="plan")
 
+    tag = sub.add_parser("tag", help="named concurrency limits shared by all workflows")
+    tsub = tag.add_subparsers(dest="tag_command", required=True, metavar="ACTION")
+    sp = api(
+        "set", C.cmd_tag_set, "set how many steps carrying TAG may run at once ('none' removes it)", tsub
+    )
+    sp.add_argument("tag")
+    sp.add_argument("limit")
+    api("list", C.cmd_tag_list, "list tags with their limits and holders", tsub)
+
     sp = api("start", C.cmd_start, "start a run")
     sp.add_argument("workflow")
     sp.add_argument("--param", "-p", action="append", metavar="K=V")

@@ -72,6 +72,15 @@ class WorkflowAction(ApiRequest, frozen=True, kw_only=True, forbid_unknown_field
     request_id: str | None = None
 
 
+class SetTag(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    tag: str
+    limit: int | None = None  # None removes the limit
+
+
+class TagRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    tag: str | None = None
+
+
 class ApiError(Exception):
     """A structured API error (also raised by the client when a reply carries one)."""
 

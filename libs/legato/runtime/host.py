@@ -75,10 +75,7 @@ class ServiceHost:
         if self.configure_process:
             configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
             configure_tracing(self.service)
-        try:
-            self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
-        except Exception as exc:
-            raise ConnectionError(f"cannot connect to NATS at {self.settings.nats_url}: {exc!r}") from exc
+        self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
         self._pool = await create_pool(
             self.settings.database_url,
             min_size=self.settings.db_pool_min,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from legato.runtime.entry import run_service
 from legato.runtime.settings import SettingsError, load_settings
 
 
@@ -45,22 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"legato executor: {exc}", file=sys.stderr)
         return 2
-    try:
-        asyncio.run(
-            run_executor(
-                settings,
-                queue=args.queue,
-                concurrency=args.concurrency,
-                executor_id=args.executor_id,
-                ack_wait=ack_wait,
-            )
-        )
-    except ConnectionError as exc:
-        print(f"legato executor: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_service(
+        "executor",
+        run_executor(
+            settings,
+            queue=args.queue,
+            concurrency=args.concurrency,
+            executor_id=args.executor_id,
+            ack_wait=ack_wait,
+        ),
+    )
 
 
 if __name__ == "__main__":

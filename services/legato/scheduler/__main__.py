@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from legato.runtime.entry import run_service
 from legato.runtime.settings import SettingsError, load_settings
 from legato.scheduler.service import run_scheduler
 
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"legato scheduler: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_scheduler(settings, lease_ttl=args.lease_ttl))
-    return 0
+    return run_service("scheduler", run_scheduler(settings, lease_ttl=args.lease_ttl))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,14 @@ from typing import Any
 import asyncpg
 
 from legato.bus.consumer import Poison, Retry
+from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
+from legato.protocol import encode
 from legato.protocol.messages import (
     ActionRequest,
     AttemptFinished,
     AttemptStarted,
+    SignalWaitSatisfied,
     StartRun,
     WorkflowChanged,
 )
@@ -30,8 +33,8 @@ from legato.scheduler import actions
 from legato.scheduler.definitions import DefinitionCache
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
-from legato.scheduler.state import UnitOfWork, WorkflowState, load_workflow_state
-from legato.scheduler.strategies import admit, admit_new
+from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state
+from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.scheduler")
@@ -47,7 +50,15 @@ class TimerFired:
     attempt_id: str | None
 
 
-Message = StartRun | ActionRequest | WorkflowChanged | AttemptStarted | AttemptFinished | TimerFired
+Message = (
+    StartRun
+    | ActionRequest
+    | WorkflowChanged
+    | AttemptStarted
+    | AttemptFinished
+    | SignalWaitSatisfied
+    | TimerFired
+)
 
 
 @dataclass
@@ -159,12 +170,23 @@ class WorkflowActor:
                         [m.instance_id for m in starts],
                     )
                 }
+            await self._load_tags(conn, state, versions)
             engine = RunEngine(state, uow, topology=reg.topology, compiled=reg.definitions.get)
             for env in batch:
                 if env.future.done():
                     continue
                 await self._apply_one(conn, engine, env.message, existing)
                 admit(engine)
+                if engine.permits_freed or isinstance(env.message, WorkflowChanged):
+                    engine.permits_freed = False
+                    engine.retry_waiting()
+            for other in sorted(uow.nudges - {self.workflow_id}):
+                uow.outbox.append(
+                    OutgoingMessage(
+                        reg.topology.trigger_subject(other),
+                        encode(WorkflowChanged(workflow_id=other, change="permit freed")),
+                    )
+                )
             await uow.flush(conn, state.row)
         uow.mark_clean()
         self.batches += 1
@@ -172,6 +194,41 @@ class WorkflowActor:
             reg.wake_relay()
         if uow.timers:
             reg.wake_timers()
+
+    async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
+        """Lock and load the named concurrency tags this workflow's steps use (in tag order: no deadlocks)."""
+        tags: set[str] = set()
+        for version in versions:
+            compiled = self.registry.definitions.get(self.workflow_id, version)
+            for sid in compiled.topo_order:
+                tags.update(compiled.step(sid).concurrency_tags)
+        state.tags = {}
+        if not tags:
+            return
+        names = sorted(tags)
+        limits = {
+            r["tag"]: r["max_running"]
+            for r in await conn.fetch(
+                "SELECT tag, max_running FROM concurrency_tag WHERE tag = ANY($1::text[]) ORDER BY tag FOR UPDATE",
+                names,
+            )
+        }
+        in_use = {
+            r["tag"]: r["n"]
+            for r in await conn.fetch(
+                "SELECT tag, count(*) AS n FROM tag_permit WHERE tag = ANY($1::text[]) GROUP BY tag", names
+            )
+        }
+        for tag in names:
+            state.tags[tag] = TagState(tag=tag, limit=limits.get(tag), in_use=int(in_use.get(tag, 0)))
+        for r in await conn.fetch(
+            "SELECT tag, since, workflow_id, instance_id, step_id FROM tag_waiter WHERE tag = ANY($1::text[]) "
+            "ORDER BY since",
+            names,
+        ):
+            state.tags[r["tag"]].waiters.append(
+                (r["since"], r["workflow_id"], r["instance_id"], r["step_id"])
+            )
 
     async def _apply_one(
         self, conn: asyncpg.Connection, engine: RunEngine, msg: Message, existing: set[str]
@@ -198,6 +255,8 @@ class WorkflowActor:
                 engine.on_attempt_finished(msg)
         elif isinstance(msg, AttemptStarted):
             engine.on_attempt_started(msg)
+        elif isinstance(msg, SignalWaitSatisfied):
+            engine.on_signal_wait_satisfied(msg)
         elif isinstance(msg, TimerFired):
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:
@@ -214,7 +273,7 @@ class WorkflowActor:
         elif isinstance(msg, ActionRequest):
             await actions.apply_action(conn, engine, msg)
         elif isinstance(msg, WorkflowChanged):
-            pass  # the row was refreshed above; admit() runs after every message
+            apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
 
 
 class ActorRegistry(Component):

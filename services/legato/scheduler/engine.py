@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
 from legato.core import (
@@ -31,6 +33,8 @@ from legato.protocol.messages import (
     AttemptStarted,
     CancelAttempt,
     InstanceProgress,
+    SignalWaitRegistered,
+    SignalWaitSatisfied,
     StartRun,
     WorkItem,
 )
@@ -63,6 +67,13 @@ def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: to_json_value(v) for k, v in values.items()}
 
 
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _json(value: Any) -> bytes:
+    return _encode_json(value)
+
+
 class RunEngine:
     """Applies messages to one workflow's state within one batch."""
 
@@ -79,6 +90,8 @@ class RunEngine:
         self.topology = topology
         self.compiled = compiled
         self.partition = partition_of(state.row.id, topology.partitions)
+        # Set when a slot was freed: waiting steps are retried after the current message.
+        self.permits_freed = False
 
     # ------------------------------------------------------------------ runs
 
@@ -228,6 +241,7 @@ class RunEngine:
         inst.ended_at = now_utc()
         self.uow.touch_instance(inst)
         self.uow.cancel_timer(inst.id)
+        self.uow.cancel_waits.append(inst.id)
         self.state.instances.pop(inst.id, None)
         if was == "running":
             self.state.row.running_count = max(0, self.state.row.running_count - 1)
@@ -365,7 +379,8 @@ class RunEngine:
         self.after_step_failure(inst, st)
 
     def dispatch(self, inst: InstanceState, step_id: str, *, retry_of: StepState | None = None) -> None:
-        """Create the step's next attempt and send it to its executor queue (through the outbox)."""
+        """Start the step's next attempt: once its signals are in and it holds its concurrency permits,
+        resolve its params and send it to its executor queue (through the outbox)."""
         compiled = self.compiled(inst.workflow_id, inst.version)
         step = compiled.step(step_id)
         st = retry_of or inst.steps.get(step_id)
@@ -377,9 +392,15 @@ class RunEngine:
                 inst, step_id, f"step type {step.type!r} is not supported by this scheduler"
             )
             return
+        if step.wait_for_signals and not self.signals_ready(inst, st):
+            return
+        if not self.acquire_permits(inst, st):
+            return
+        env = self.env(inst, st.signals)
         try:
-            resolved = compiled.resolve_step(step_id, self.env(inst))
+            resolved = compiled.resolve_step(step_id, env)
         except (ParamError, SelError) as exc:
+            self.release_permits(inst, st, attempt_id=None)
             self.fail_step_without_attempt(inst, step_id, f"params: {exc}")
             return
         st.attempts += 1
@@ -405,6 +426,7 @@ class RunEngine:
         inst.attempts = {k: v for k, v in inst.attempts.items() if v.step_id != step_id}
         inst.attempts[attempt_id] = at
         self.uow.touch_attempt(at)
+        self.record_permits(inst, st, step.concurrency_tags, attempt_id)
         work = WorkItem(
             attempt_id=attempt_id,
             workflow_id=inst.workflow_id,
@@ -481,6 +503,7 @@ class RunEngine:
         at.exit_code = msg.exit_code
         at.log_tail = msg.log_tail
         self.uow.touch_attempt(at)
+        self.release_permits(inst, st, attempt_id=at.id)
         st.started_at = st.started_at or at.started_at
         self.uow.cancel_timer(inst.id, "step_timeout", msg.step_id)
         if msg.outcome == "succeeded":
@@ -489,6 +512,8 @@ class RunEngine:
             st.ended_at = at.ended_at
             st.error = None
             self.uow.touch_step(st)
+            if not self.publish_signals(inst, st, at.id):
+                return
             self.note(
                 inst,
                 "step_succeeded",
@@ -595,6 +620,7 @@ class RunEngine:
         at.ended_at = now_utc()
         at.error = "no result from the executor within the step timeout"
         self.uow.touch_attempt(at)
+        self.release_permits(inst, st, attempt_id=at.id)
         self.send_cancel(at.id, "step timed out")
         self.attempt_failed(inst, st, "timeout", at.error, "timed_out")
 
@@ -621,6 +647,9 @@ class RunEngine:
                     at.error = why
                     self.uow.touch_attempt(at)
                     self.send_cancel(at.id, why, force=force)
+                    self.release_permits(inst, st, attempt_id=at.id)
+                elif st.status == "waiting":
+                    self.release_permits(inst, st, attempt_id=None)
                 self.uow.cancel_timer(inst.id, None, st.step_id)
                 st.status = status
                 st.ended_at = now_utc()
@@ -636,6 +665,250 @@ class RunEngine:
                 core=True,
             )
         )
+
+    # ------------------------------------------------------------------ signals
+
+    def signals_ready(self, inst: InstanceState, st: StepState) -> bool:
+        """True once every ``wait_for_signals`` entry has its signal; else registers the waits."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        step = compiled.step(st.step_id)
+        names = [w.name for w in step.wait_for_signals]
+        got = st.signals or {}
+        if all(n in got for n in names):
+            return True
+        if st.status == "waiting" and st.reason and st.reason.get("code") == "waiting_for_signals":
+            return False  # registered before; the router answers with SignalWaitSatisfied
+        try:
+            waits = compiled.resolve_signal_waits(st.step_id, self.env(inst))
+        except (ParamError, SelError) as exc:
+            self.fail_step_without_attempt(inst, st.step_id, f"wait_for_signals: {exc}")
+            return False
+        for index, wait in enumerate(waits):
+            if wait.name in got:
+                continue
+            wait_id = f"{inst.id}:{st.step_id}:{index}"
+            match = {k: {"op": p.op, "value": to_json_value(p.value)} for k, p in wait.match.items()}
+            self.uow.signal_waits.append((wait_id, inst.workflow_id, inst.id, st.step_id, wait.name, match))
+            self.uow.outbox.append(
+                OutgoingMessage(
+                    self.topology.signal_wait_subject,
+                    encode(
+                        SignalWaitRegistered(
+                            wait_id=wait_id,
+                            workflow_id=inst.workflow_id,
+                            instance_id=inst.id,
+                            step_id=st.step_id,
+                            name=wait.name,
+                        )
+                    ),
+                    msg_id=f"waitreg:{wait_id}",
+                    headers=inject_headers({}),
+                )
+            )
+        st.status = "waiting"
+        st.waiting_since = now_utc()
+        st.reason = {
+            "code": "waiting_for_signals",
+            "signals": names,
+            "missing": [n for n in names if n not in got],
+            "message": "waiting for signals " + ", ".join(n for n in names if n not in got),
+        }
+        self.uow.touch_step(st)
+        self.note(
+            inst,
+            "step_waiting",
+            f"step {st.step_id} waits for signals {', '.join(names)}",
+            step_id=st.step_id,
+        )
+        return False
+
+    def on_signal_wait_satisfied(self, msg: SignalWaitSatisfied) -> None:
+        inst = self.state.instances.get(msg.instance_id)
+        if inst is None or inst.status != "running":
+            return
+        st = inst.steps.get(msg.step_id)
+        if st is None or st.status != "waiting":
+            return
+        got = dict(st.signals or {})
+        if msg.name in got:
+            return  # the same wait answered twice
+        got[msg.name] = {**msg.fields, "_id": msg.signal_id}
+        st.signals = got
+        self.uow.touch_step(st)
+        self.note(
+            inst,
+            "step_signal_received",
+            f"step {st.step_id} received signal {msg.name} ({msg.signal_id})",
+            step_id=st.step_id,
+            details={"signal": msg.name, "signal_id": msg.signal_id},
+        )
+        st.status = "queued"  # leave "waiting for signals"; dispatch decides what comes next
+        st.reason = None
+        self.dispatch(inst, st.step_id, retry_of=st)
+
+    def publish_signals(self, inst: InstanceState, st: StepState, attempt_id: str) -> bool:
+        """Emit the step's ``publish_signals`` once per successful attempt; False if they cannot be built."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        if not compiled.step(st.step_id).publish_signals:
+            return True
+        try:
+            published = compiled.resolve_published_signals(st.step_id, self.env(inst, st.signals))
+        except (ParamError, SelError) as exc:
+            st.status = "failed"
+            st.error = f"publish_signals: {exc}"
+            st.ended_at = now_utc()
+            self.uow.touch_step(st)
+            self.note(inst, "step_failed", f"step {st.step_id} failed: {st.error}", step_id=st.step_id)
+            self.after_step_failure(inst, st)
+            return False
+        for index, sig in enumerate(published):
+            headers = inject_headers(
+                {
+                    "Legato-Publisher-Workflow": inst.workflow_id,
+                    "Legato-Publisher-Instance": inst.id,
+                    "Legato-Publisher-Step": st.step_id,
+                }
+            )
+            self.uow.outbox.append(
+                OutgoingMessage(
+                    self.topology.signal_subject(sig.name),
+                    _json(sig.params),
+                    msg_id=f"pub:{attempt_id}:{index}",
+                    headers=headers,
+                )
+            )
+            self.note(
+                inst,
+                "signal_published",
+                f"step {st.step_id} published signal {sig.name}",
+                step_id=st.step_id,
+                details={"signal": sig.name, "id": f"pub:{attempt_id}:{index}"},
+            )
+        return True
+
+    # ------------------------------------------------------------------ concurrency permits
+
+    def acquire_permits(self, inst: InstanceState, st: StepState) -> bool:
+        """Take the step's slot under ``step_concurrency`` and each named tag, oldest waiter first."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        step = compiled.step(st.step_id)
+        limit = compiled.definition.step_concurrency
+        since = st.waiting_since or now_utc()
+        if limit:
+            older = sum(
+                1
+                for w_since, _i, w in self.state.waiting_steps()
+                if w is not st
+                and w_since < since
+                and w.reason
+                and w.reason.get("code") == "waiting_for_step_concurrency"
+            )
+            if self.state.leaf_active + older >= limit:
+                return self._wait_for_permit(
+                    inst,
+                    st,
+                    {
+                        "code": "waiting_for_step_concurrency",
+                        "limit": limit,
+                        "in_use": self.state.leaf_active,
+                        "message": f"waiting for a step slot: step_concurrency {self.state.leaf_active}/{limit} in use",
+                    },
+                )
+        for tag in step.concurrency_tags:
+            ts = self.state.tags.get(tag)
+            if ts is None or ts.limit is None:
+                continue
+            older = sum(
+                1
+                for w_since, _wf, w_inst, w_step in ts.waiters
+                if w_since < since and not (w_inst == inst.id and w_step == st.step_id)
+            )
+            if ts.in_use + older >= ts.limit:
+                return self._wait_for_permit(
+                    inst,
+                    st,
+                    {
+                        "code": "waiting_for_permit",
+                        "tag": tag,
+                        "limit": ts.limit,
+                        "in_use": ts.in_use,
+                        "message": f"waiting for tag permit {tag} ({ts.in_use}/{ts.limit} held)",
+                    },
+                )
+        # Acquired: leave every waiter list.
+        for tag in step.concurrency_tags:
+            ts = self.state.tags.get(tag)
+            if ts is not None:
+                before = len(ts.waiters)
+                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
+                if len(ts.waiters) != before:
+                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
+        if st.status == "waiting":
+            st.waiting_since = None
+        return True
+
+    def _wait_for_permit(self, inst: InstanceState, st: StepState, reason: dict[str, Any]) -> bool:
+        first = st.status != "waiting" or not st.reason or st.reason.get("code") != reason["code"]
+        if st.waiting_since is None:
+            st.waiting_since = now_utc()
+        st.status = "waiting"
+        st.reason = reason
+        self.uow.touch_step(st)
+        tag = reason.get("tag")
+        if tag is not None:
+            ts = self.state.tags[tag]
+            if not any(w[2] == inst.id and w[3] == st.step_id for w in ts.waiters):
+                ts.waiters.append((st.waiting_since, inst.workflow_id, inst.id, st.step_id))
+                ts.waiters.sort(key=lambda w: w[0])
+                self.uow.waiters_add.append((tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since))
+        if first:
+            self.note(
+                inst,
+                "step_waiting",
+                f"step {st.step_id} {reason['message']}",
+                step_id=st.step_id,
+                details=reason,
+            )
+        return False
+
+    def record_permits(self, inst: InstanceState, st: StepState, tags: list[str], attempt_id: str) -> None:
+        self.state.leaf_active += 1
+        for tag in tags:
+            ts = self.state.tags.get(tag)
+            if ts is not None and ts.limit is not None:
+                ts.in_use += 1
+                self.uow.permits_add.append((tag, attempt_id, inst.workflow_id, inst.id, st.step_id))
+
+    def release_permits(self, inst: InstanceState, st: StepState, *, attempt_id: str | None) -> None:
+        """The attempt ended (or the waiting step went away): free its slots and wake who waits."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        step = compiled.step(st.step_id)
+        for tag in step.concurrency_tags:
+            ts = self.state.tags.get(tag)
+            if ts is None:
+                continue
+            if attempt_id is not None and ts.limit is not None:
+                ts.in_use = max(0, ts.in_use - 1)
+                self.uow.permits_del.append((tag, attempt_id))
+            if attempt_id is None:
+                before = len(ts.waiters)
+                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
+                if len(ts.waiters) != before:
+                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
+            # Wake the oldest waiters of other workflows; this workflow's are retried after each message.
+            for _since, wf, _i, _s in ts.waiters[: max(1, (ts.limit or 0) - ts.in_use)]:
+                if wf != inst.workflow_id:
+                    self.uow.nudges.add(wf)
+        if attempt_id is not None:
+            self.state.leaf_active = max(0, self.state.leaf_active - 1)
+            self.permits_freed = True
+
+    def retry_waiting(self) -> None:
+        """Give freed slots to this workflow's waiting steps, oldest first."""
+        for _since, inst, st in self.state.waiting_steps():
+            if inst.status == "running" and st.status == "waiting":
+                st.status = "queued"
+                self.dispatch(inst, st.step_id, retry_of=st)
 
     # ------------------------------------------------------------------ small effects
 

@@ -103,6 +103,8 @@ class StepState:
     created_at: datetime = field(default_factory=now_utc)
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    signals: dict[str, Any] | None = None  # wait_for_signals: name -> fields of the signal that came
+    waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
     new: bool = False
     dirty: bool = False
 
@@ -180,6 +182,17 @@ class NewTimer:
 
 
 @dataclass
+class TagState:
+    """A named concurrency tag as one batch sees it (its row is locked for the batch)."""
+
+    tag: str
+    limit: int | None  # None: no limit set for this tag
+    in_use: int
+    # Steps waiting for this tag, oldest first: (since, workflow_id, instance_id, step_id).
+    waiters: list[tuple[datetime, str, str, str]] = field(default_factory=list)
+
+
+@dataclass
 class WorkflowState:
     """Everything the actor holds for one workflow between batches."""
 
@@ -187,9 +200,28 @@ class WorkflowState:
     instances: dict[str, InstanceState] = field(default_factory=dict)  # queued and running
     queue: deque[str] = field(default_factory=deque)  # queued ids in arrival (seq) order
     loaded_at: float = field(default_factory=time.monotonic)
+    # Leaf attempts of this workflow dispatched or running (for step_concurrency).
+    leaf_active: int = 0
+    # Named tags, loaded (and locked) at the start of each batch.
+    tags: dict[str, TagState] = field(default_factory=dict)
 
     def running(self) -> list[InstanceState]:
         return [i for i in self.instances.values() if i.status == "running"]
+
+    def waiting_steps(self) -> list[tuple[datetime, InstanceState, StepState]]:
+        """Steps waiting for a concurrency permit, oldest first."""
+        out = [
+            (st.waiting_since or st.created_at, inst, st)
+            for inst in self.instances.values()
+            if inst.status == "running"
+            for st in inst.steps.values()
+            if st.status == "waiting"
+            and st.reason is not None
+            and st.reason.get("code", "").startswith("waiting_for_")
+            and st.reason.get("code") != "waiting_for_signals"
+        ]
+        out.sort(key=lambda x: x[0])
+        return out
 
 
 @dataclass
@@ -207,6 +239,14 @@ class UnitOfWork:
     fired_timers: list[int] = field(default_factory=list)
     actions: list[tuple[str, str, str | None, str, str, str, str]] = field(default_factory=list)
     unblocked_instances: list[str] = field(default_factory=list)
+    signal_waits: list[tuple[str, str, str, str, str, dict[str, Any]]] = field(default_factory=list)
+    cancel_waits: list[str] = field(default_factory=list)
+    permits_add: list[tuple[str, str, str, str, str]] = field(default_factory=list)
+    permits_del: list[tuple[str, str]] = field(default_factory=list)
+    waiters_add: list[tuple[str, str, str, str, datetime]] = field(default_factory=list)
+    waiters_del: list[tuple[str, str, str]] = field(default_factory=list)
+    # Other workflows to wake because a permit of a tag they wait for was freed.
+    nudges: set[str] = field(default_factory=set)
     workflow_dirty: bool = False
     # Callbacks to run after commit (e.g. wake the timer loop), never inside the transaction.
     after_commit: list[Any] = field(default_factory=list)
@@ -252,6 +292,12 @@ class UnitOfWork:
             or self.fired_timers
             or self.actions
             or self.unblocked_instances
+            or self.signal_waits
+            or self.cancel_waits
+            or self.permits_add
+            or self.permits_del
+            or self.waiters_add
+            or self.waiters_del
             or self.workflow_dirty
         )
 
@@ -305,6 +351,39 @@ class UnitOfWork:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 self.actions,
             )
+        if self.signal_waits:
+            await conn.executemany(
+                "INSERT INTO signal_wait (id, workflow_id, instance_id, step_id, name, match) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                self.signal_waits,
+            )
+        if self.cancel_waits:
+            await conn.execute(
+                "UPDATE signal_wait SET cancelled = true WHERE instance_id = ANY($1::text[]) "
+                "AND satisfied_at IS NULL",
+                self.cancel_waits,
+            )
+        if self.permits_del:
+            await conn.executemany(
+                "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2", self.permits_del
+            )
+        if self.permits_add:
+            await conn.executemany(
+                "INSERT INTO tag_permit (tag, attempt_id, workflow_id, instance_id, step_id) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                self.permits_add,
+            )
+        if self.waiters_del:
+            await conn.executemany(
+                "DELETE FROM tag_waiter WHERE tag = $1 AND instance_id = $2 AND step_id = $3",
+                self.waiters_del,
+            )
+        if self.waiters_add:
+            await conn.executemany(
+                "INSERT INTO tag_waiter (tag, workflow_id, instance_id, step_id, since) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT DO NOTHING",
+                self.waiters_add,
+            )
         if self.unblocked_instances:
             await conn.execute(
                 "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
@@ -335,64 +414,22 @@ class UnitOfWork:
             at.new = at.dirty = False
 
 
-_INSTANCE_COLUMNS = (
-    "id",
-    "workflow_id",
-    "version",
-    "trigger_key",
-    "trigger",
-    "status",
-    "reason",
-    "params",
-    "run_params",
-    "outputs",
-    "error",
-    "run_number",
-    "unblocked",
-    "parent_instance_id",
-    "parent_step_id",
-    "parent_iteration",
-    "root_instance_id",
-    "traceparent",
-    "requested_at",
-    "created_at",
-    "started_at",
-    "ended_at",
+def _columns(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``"name:type name:type …"`` -> (names, Postgres array element types) for bulk statements."""
+    pairs = [item.split(":") for item in spec.split()]
+    return tuple(n for n, _ in pairs), tuple(t for _, t in pairs)
+
+
+_INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
+    """
+    id:text workflow_id:text version:int trigger_key:text trigger:jsonb status:text reason:jsonb params:jsonb
+    run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
+    parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
+    created_at:timestamptz started_at:timestamptz ended_at:timestamptz
+"""
 )
-_INSTANCE_TYPES = (
-    "text",
-    "text",
-    "int",
-    "text",
-    "jsonb",
-    "text",
-    "jsonb",
-    "jsonb",
-    "jsonb",
-    "jsonb",
-    "text",
-    "int",
-    "bool",
-    "text",
-    "text",
-    "int",
-    "text",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
-)
-_INSTANCE_UPDATABLE = (
-    "status",
-    "reason",
-    "params",
-    "outputs",
-    "error",
-    "run_number",
-    "unblocked",
-    "started_at",
-    "ended_at",
+_INSTANCE_UPDATABLE = tuple(
+    ["status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at"]
 )
 
 
@@ -419,41 +456,13 @@ async def _upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]
     await conn.execute(_UPSERT_INSTANCES, *columns)
 
 
-_STEP_COLUMNS = (
-    "instance_id",
-    "step_id",
-    "status",
-    "attempts",
-    "current_attempt_id",
-    "retries_error",
-    "retries_platform",
-    "retries_timeout",
-    "failure_ignored",
-    "params",
-    "outputs",
-    "error",
-    "reason",
-    "created_at",
-    "started_at",
-    "ended_at",
-)
-_STEP_TYPES = (
-    "text",
-    "text",
-    "text",
-    "int",
-    "text",
-    "int",
-    "int",
-    "int",
-    "bool",
-    "jsonb",
-    "jsonb",
-    "text",
-    "jsonb",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
+_STEP_COLUMNS, _STEP_TYPES = _columns(
+    """
+    instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
+    retries_platform:int retries_timeout:int failure_ignored:bool params:jsonb outputs:jsonb error:text
+    reason:jsonb created_at:timestamptz started_at:timestamptz ended_at:timestamptz signals:jsonb
+    waiting_since:timestamptz
+"""
 )
 _UPSERT_STEPS = _bulk_upsert_sql(
     "step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]
@@ -465,39 +474,12 @@ async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> Non
     await conn.execute(_UPSERT_STEPS, *columns)
 
 
-_ATTEMPT_COLUMNS = (
-    "id",
-    "instance_id",
-    "step_id",
-    "attempt",
-    "status",
-    "failure_kind",
-    "executor",
-    "queue",
-    "dispatched_at",
-    "started_at",
-    "ended_at",
-    "outputs",
-    "error",
-    "exit_code",
-    "log_tail",
-)
-_ATTEMPT_TYPES = (
-    "text",
-    "text",
-    "text",
-    "int",
-    "text",
-    "text",
-    "text",
-    "text",
-    "timestamptz",
-    "timestamptz",
-    "timestamptz",
-    "jsonb",
-    "text",
-    "int",
-    "text",
+_ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
+    """
+    id:text instance_id:text step_id:text attempt:int status:text failure_kind:text executor:text queue:text
+    dispatched_at:timestamptz started_at:timestamptz ended_at:timestamptz outputs:jsonb error:text
+    exit_code:int log_tail:text
+"""
 )
 _UPSERT_ATTEMPTS = _bulk_upsert_sql(
     "step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:]
@@ -544,6 +526,12 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         ):
             at = AttemptState(**{c: r[c] for c in _ATTEMPT_COLUMNS})
             state.instances[at.instance_id].attempts[at.id] = at
+    state.leaf_active = sum(
+        1
+        for inst in state.instances.values()
+        for at in inst.attempts.values()
+        if at.status in ("dispatched", "running")
+    )
     # Counters are derived from the rows, so a crash can never leave them drifted.
     state.row.running_count = len(running)
     state.row.queued_count = len(state.queue)

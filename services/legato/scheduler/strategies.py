@@ -87,3 +87,18 @@ def admit(engine: RunEngine) -> None:
         engine.start(inst)
         if engine.state.queue and engine.state.queue[0] == inst.id:  # defensive: never spin
             engine.state.queue.popleft()
+
+
+def apply_strategy_change(engine: RunEngine) -> None:
+    """A new strategy applies to queued runs at once (running ones are never disturbed)."""
+    row = engine.state.row
+    queue = engine.state.queue
+    if row.run_strategy == "serial_latest_only" and len(queue) > 1:
+        newest = queue[-1]
+        for qid in list(queue)[:-1]:
+            engine.finish(engine.state.instances[qid], "stopped", reason={"code": "superseded", "by": newest},
+                          error=f"superseded by {newest} (run strategy changed to serial_latest_only)")
+    if row.run_strategy != "strict_sequential" and row.blocked_by:
+        row.blocked_by = None
+        row.blocked_since = None
+        engine.uow.workflow_dirty = True

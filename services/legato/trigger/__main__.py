@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
+from legato.runtime.entry import run_service
 from legato.runtime.settings import SettingsError, load_settings
 from legato.trigger.service import run_trigger
 
@@ -20,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"legato trigger: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_trigger(settings))
-    return 0
+    return run_service("trigger", run_trigger(settings))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Requests are served concurrently (bounded); ``instance.start`` goes through a gr
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from legato.trigger import registry as R
 log = get_logger("legato.trigger")
 
 _encoder = msgspec.json.Encoder()
+TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -96,6 +98,8 @@ class ApiService(Component):
             "workflow.stop": (A.WorkflowAction, self.workflow_stop),
             "workflow.kill": (A.WorkflowAction, self.workflow_kill),
             "workflow.unblock": (A.WorkflowAction, self.workflow_unblock),
+            "tag.set": (A.SetTag, self.tag_set),
+            "tag.list": (A.TagRef, self.tag_list),
             "instance.start": (A.StartInstance, self.instance_start),
             "instance.get": (A.InstanceRef, self.instance_get),
             "instance.list": (A.ListInstances, self.instance_list),
@@ -345,6 +349,76 @@ class ApiService(Component):
             row = await R.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
         return R.workflow_summary(row)
+
+    # ------------------------------------------------------------------ concurrency tags
+
+    async def tag_set(self, req: A.SetTag) -> dict[str, Any]:
+        if not TAG_NAME.match(req.tag):
+            raise ApiError("bad_request", f"tag: must match {TAG_NAME.pattern}, got {req.tag!r}")
+        if req.limit is not None and not 0 <= req.limit <= 100_000:
+            raise ApiError("bad_request", f"limit: must be 0..100000, got {req.limit}")
+        async with self.pool.acquire() as conn, conn.transaction():
+            if req.limit is None:
+                await conn.execute("DELETE FROM concurrency_tag WHERE tag = $1", req.tag)
+            else:
+                await conn.execute(
+                    "INSERT INTO concurrency_tag (tag, max_running, updated_by) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (tag) DO UPDATE SET max_running = $2, updated_by = $3, updated_at = now()",
+                    req.tag,
+                    req.limit,
+                    req.actor,
+                )
+            # Steps waiting for this tag may be able to run now: wake their workflows.
+            waiting = [
+                r["workflow_id"]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT workflow_id FROM tag_waiter WHERE tag = $1", req.tag
+                )
+            ]
+            for wf in waiting:
+                await R.notify_scheduler(conn, self.topology, wf, f"tag {req.tag} limit changed")
+        self.wake_relay()
+        return (
+            (await self.tag_list(A.TagRef(tag=req.tag)))["tags"][0]
+            if req.limit is not None
+            else {"tag": req.tag, "limit": None}
+        )
+
+    async def tag_list(self, req: A.TagRef) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT t.tag, t.max_running, t.updated_by, t.updated_at, "
+                "(SELECT count(*) FROM tag_permit p WHERE p.tag = t.tag) AS in_use, "
+                "(SELECT count(*) FROM tag_waiter w WHERE w.tag = t.tag) AS waiting "
+                "FROM concurrency_tag t WHERE ($1::text IS NULL OR t.tag = $1) ORDER BY t.tag",
+                req.tag,
+            )
+            holders = await conn.fetch(
+                "SELECT tag, instance_id, step_id, workflow_id, acquired_at FROM tag_permit "
+                "WHERE ($1::text IS NULL OR tag = $1) ORDER BY acquired_at LIMIT 500",
+                req.tag,
+            )
+        held: dict[str, list[dict[str, Any]]] = {}
+        for h in holders:
+            held.setdefault(h["tag"], []).append(
+                {"instance_id": h["instance_id"], "step_id": h["step_id"], "workflow_id": h["workflow_id"]}
+            )
+        if req.tag is not None and not rows:
+            raise ApiError("not_found", f"no limit is set for tag {req.tag!r}")
+        return {
+            "tags": [
+                {
+                    "tag": r["tag"],
+                    "limit": r["max_running"],
+                    "in_use": r["in_use"],
+                    "waiting": r["waiting"],
+                    "held_by": held.get(r["tag"], [])[:20],
+                    "updated_by": r["updated_by"],
+                    "updated_at": r["updated_at"].isoformat(),
+                }
+                for r in rows
+            ]
+        }
 
     # ------------------------------------------------------------------ operator actions
 
