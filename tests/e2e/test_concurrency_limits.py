@@ -32,7 +32,9 @@ steps:
 
 
 def max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    events = sorted(
+        [(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1])
+    )
     cur = best = 0
     for _, d in events:
         cur += d
@@ -63,7 +65,9 @@ async def test_step_concurrency_caps_steps_across_runs(settings: Settings, tmp_p
         assert step["reason"]["code"] == "waiting_for_step_concurrency"
 
 
-async def test_named_tag_caps_steps_across_workflows_and_reports_why(settings: Settings, tmp_path: Path) -> None:
+async def test_named_tag_caps_steps_across_workflows_and_reports_why(
+    settings: Settings, tmp_path: Path
+) -> None:
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
         res = await client.call("tag.set", {"tag": "warehouse", "limit": 2})
         assert res["limit"] == 2
@@ -81,6 +85,8 @@ async def test_named_tag_caps_steps_across_workflows_and_reports_why(settings: S
     assert max_overlap(intervals(infos, "load")) <= 2
     waits = [s for info in snapshot for s in info["steps"] if s["status"] == "waiting"]
     assert waits, "some steps must have waited for the tag"
-    assert all(w["reason"]["code"] == "waiting_for_permit" and w["reason"]["tag"] == "warehouse" for w in waits)
+    assert all(
+        w["reason"]["code"] == "waiting_for_permit" and w["reason"]["tag"] == "warehouse" for w in waits
+    )
     assert "warehouse" in waits[0]["reason"]["message"]
     assert tags["tags"][0]["tag"] == "warehouse" and tags["tags"][0]["in_use"] <= 2

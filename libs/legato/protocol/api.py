@@ -57,6 +57,17 @@ class ListInstances(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields
     until: float | None = None
     limit: int = 50
     cursor: int | None = None  # seq of the last row of the previous page
+    include_children: bool = False  # foreach/loop iterations and subworkflow runs too
+
+
+class ListIterations(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The child runs of a foreach, loop or subworkflow step, in iteration order, paginated."""
+
+    instance_id: str
+    step_id: str
+    status: str | None = None
+    after: int | None = None  # iteration index of the last row of the previous page
+    limit: int = 100
 
 
 class InstanceAction(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -71,7 +71,21 @@ class WorkflowChanged(_Msg, tag="workflow_changed", frozen=True, kw_only=True):
     change: str = ""
 
 
-TriggerMessage = StartRun | ActionRequest | WorkflowChanged
+class ChildFinished(_Msg, tag="child_finished", frozen=True, kw_only=True):
+    """A child run (subworkflow, or foreach iteration over a subworkflow) ended (child -> parent's actor)."""
+
+    workflow_id: str  # the parent's workflow (routing)
+    parent_instance_id: str
+    parent_step_id: str
+    iteration: int | None = None
+    child_instance_id: str
+    child_workflow_id: str
+    status: str
+    outputs: dict[str, JSONValue] = {}
+    error: str | None = None
+
+
+TriggerMessage = StartRun | ActionRequest | WorkflowChanged | ChildFinished
 
 
 # --- LEGATO_EVENTS ---------------------------------------------------------------------------------

@@ -139,6 +139,9 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
     for sid in redo:
         st = inst.steps.get(sid)
         if st is not None:
+            keep = from_step is None and st.progress is not None and st.progress.get("kind") == "foreach"
+            if not keep:
+                st.progress = None  # a foreach restarted on its own re-runs only its failed iterations
             st.status = "pending"
             st.retries_error = st.retries_platform = st.retries_timeout = 0
             st.failure_ignored = False

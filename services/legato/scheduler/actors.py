@@ -24,12 +24,13 @@ from legato.protocol.messages import (
     ActionRequest,
     AttemptFinished,
     AttemptStarted,
+    ChildFinished,
     SignalWaitSatisfied,
     StartRun,
     WorkflowChanged,
 )
 from legato.runtime.component import Component
-from legato.scheduler import actions
+from legato.scheduler import actions, dynamic
 from legato.scheduler.definitions import DefinitionCache
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
@@ -54,6 +55,7 @@ Message = (
     StartRun
     | ActionRequest
     | WorkflowChanged
+    | ChildFinished
     | AttemptStarted
     | AttemptFinished
     | SignalWaitSatisfied
@@ -75,6 +77,7 @@ class WorkflowActor:
         self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=registry.mailbox_size)
         self.state: WorkflowState | None = None
         self.closed = False
+        self.items_cache: dict[tuple[str, str], Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.batches = 0
 
@@ -116,6 +119,7 @@ class WorkflowActor:
             return
         except Exception as exc:
             self.state = None  # memory may be ahead of what committed: rebuild from Postgres
+            self.items_cache.clear()
             if len(batch) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
@@ -171,11 +175,14 @@ class WorkflowActor:
                     )
                 }
             await self._load_tags(conn, state, versions)
-            engine = RunEngine(state, uow, topology=reg.topology, compiled=reg.definitions.get)
+            engine = RunEngine(
+                state, uow, topology=reg.topology, compiled=reg.definitions.get, items_cache=self.items_cache
+            )
             for env in batch:
                 if env.future.done():
                     continue
                 await self._apply_one(conn, engine, env.message, existing)
+                await self._collect(conn, engine)
                 admit(engine)
                 if engine.permits_freed or isinstance(env.message, WorkflowChanged):
                     engine.permits_freed = False
@@ -188,12 +195,34 @@ class WorkflowActor:
                     )
                 )
             await uow.flush(conn, state.row)
-        uow.mark_clean()
         self.batches += 1
-        if uow.outbox:
+        if uow.flushed_outbox:
             reg.wake_relay()
-        if uow.timers:
+        if uow.flushed_timers:
             reg.wake_timers()
+
+    async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
+        """Finish foreach steps whose iterations all ended, with their outputs in item order."""
+        uow = engine.uow
+        while uow.collect:
+            await uow.flush(conn, engine.state.row)  # the iterations' rows first
+            instance_id, step_id = uow.collect.pop(0)
+            rows = await conn.fetch(
+                "SELECT DISTINCT ON (parent_iteration) parent_iteration, status, outputs FROM workflow_instance "
+                "WHERE parent_instance_id = $1 AND parent_step_id = $2 ORDER BY parent_iteration, seq DESC",
+                instance_id,
+                step_id,
+            )
+            parent = engine.state.instances.get(instance_id)
+            if parent is None:
+                continue
+            st = parent.steps.get(step_id)
+            total = (st.progress or {}).get("total", len(rows)) if st else len(rows)
+            results: list[Any] = [None] * total
+            for r in rows:
+                if 0 <= r["parent_iteration"] < total and r["status"] == "succeeded":
+                    results[r["parent_iteration"]] = r["outputs"] or {}
+            dynamic.complete_foreach(engine, parent, step_id, results)
 
     async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
         """Lock and load the named concurrency tags this workflow's steps use (in tag order: no deadlocks)."""
@@ -257,6 +286,8 @@ class WorkflowActor:
             engine.on_attempt_started(msg)
         elif isinstance(msg, SignalWaitSatisfied):
             engine.on_signal_wait_satisfied(msg)
+        elif isinstance(msg, ChildFinished):
+            dynamic.on_child_finished(engine, msg)
         elif isinstance(msg, TimerFired):
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:

@@ -38,6 +38,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkItem,
 )
+from legato.scheduler import dynamic
 from legato.scheduler.state import (
     AttemptState,
     InstanceState,
@@ -56,6 +57,9 @@ from legato.telemetry.tracing import inject_headers
 log = get_logger("legato.scheduler")
 
 LEAF_TYPES = frozenset({"noop", "sleep", "shell", "python", "http"})
+QUIET_FOR_ITERATIONS = frozenset(
+    {"created", "started", "succeeded", "step_dispatched", "step_succeeded", "step_skipped"}
+)
 # Slack past a step's timeout before the scheduler itself declares an attempt timed out (the executor
 # enforces the timeout; this only covers an executor that went silent).
 STEP_TIMEOUT_GRACE = 30.0
@@ -84,6 +88,7 @@ class RunEngine:
         *,
         topology: Topology,
         compiled: CompiledLookup,
+        items_cache: dict[tuple[str, str], Any] | None = None,
     ) -> None:
         self.state = state
         self.uow = uow
@@ -92,8 +97,18 @@ class RunEngine:
         self.partition = partition_of(state.row.id, topology.partitions)
         # Set when a slot was freed: waiting steps are retried after the current message.
         self.permits_freed = False
+        # foreach items per (run, step), evaluated once per activation (ranges stay lazy).
+        self.items_cache: dict[tuple[str, str], Any] = items_cache if items_cache is not None else {}
 
     # ------------------------------------------------------------------ runs
+
+    def graph(self, inst: InstanceState) -> CompiledWorkflow:
+        """The step graph a run executes: the workflow's, or the body of one of its steps."""
+        compiled = self.compiled(inst.workflow_id, inst.version)
+        if inst.body_path:
+            for part in inst.body_path.split("/"):
+                compiled = compiled.body(part)
+        return compiled
 
     def new_instance(self, msg: StartRun, version: int, status: str) -> InstanceState:
         at = now_utc()
@@ -151,6 +166,8 @@ class RunEngine:
         )
 
     def typed_params(self, inst: InstanceState) -> dict[str, Any]:
+        if inst.typed_params is None and inst.body_path:
+            inst.typed_params = dynamic.child_typed_params(self, inst)
         if inst.typed_params is None:
             compiled = self.compiled(inst.workflow_id, inst.version)
             specs = compiled.definition.params
@@ -185,7 +202,7 @@ class RunEngine:
             self.enqueue(inst, {"code": "queued", "why": "restarted"}, front=True)
 
     def descendants(self, inst: InstanceState, step_id: str) -> set[str]:
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         seen: set[str] = set()
         todo = [step_id]
         while todo:
@@ -207,16 +224,17 @@ class RunEngine:
         inst.reason = None
         inst.started_at = now_utc()
         self.state.instances[inst.id] = inst
-        self.state.row.running_count += 1
-        self.uow.workflow_dirty = True
+        if inst.under_strategy:
+            self.state.row.running_count += 1
+            self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
         self.note(inst, "started", f"run {inst.run_number} started")
         self.progress(inst)
-        if not inst.params and inst.run_number == 1 and not self.resolve_params(inst):
+        if not inst.params and inst.run_number == 1 and not inst.body_path and not self.resolve_params(inst):
             return
         compiled = self.compiled(inst.workflow_id, inst.version)
         timeout = compiled.definition.timeout
-        if timeout:
+        if timeout and not inst.body_path:
             self.add_timer(inst, "run_timeout", inst.started_at + timedelta(seconds=timeout))
         self.advance(inst)
 
@@ -243,7 +261,7 @@ class RunEngine:
         self.uow.cancel_timer(inst.id)
         self.uow.cancel_waits.append(inst.id)
         self.state.instances.pop(inst.id, None)
-        if was == "running":
+        if was == "running" and inst.under_strategy:
             self.state.row.running_count = max(0, self.state.row.running_count - 1)
         elif was == "queued":
             try:
@@ -252,6 +270,14 @@ class RunEngine:
                 pass
             self.state.row.queued_count = max(0, self.state.row.queued_count - 1)
         self.uow.workflow_dirty = True
+        if inst.parent_instance_id is not None:
+            dynamic.child_ended(self, inst)
+        if status == "succeeded" and inst.outputs is None:
+            inst.outputs = {
+                sid: st.outputs or {} for sid, st in inst.steps.items() if st.status == "succeeded"
+            }
+        if inst.body_path and status == "succeeded":
+            return  # a succeeded iteration needs no timeline entry of its own: the foreach counts it
         msg = f"run ended {status}" + (f": {error}" if error else "")
         self.note(inst, status, msg, actor=actor, details=reason)
         self.progress(inst)
@@ -266,7 +292,7 @@ class RunEngine:
             status in ("failed", "timed_out")
             and was == "running"
             and self.state.row.run_strategy == "strict_sequential"
-            and inst.parent_instance_id is None
+            and inst.under_strategy
         ):
             self.state.row.blocked_by = inst.id
             self.state.row.blocked_since = inst.ended_at
@@ -281,6 +307,10 @@ class RunEngine:
     def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
         steps = {sid: {"outputs": st.outputs or {}, "status": st.status} for sid, st in inst.steps.items()}
         info = self.instance_info(inst)
+        iteration = None
+        if inst.body_path:
+            outer, iteration = dynamic.iteration_env(self, inst)
+            steps = {**outer, **steps}
         return EvalEnv(
             params=self.typed_params(inst),
             steps=steps,
@@ -293,14 +323,14 @@ class RunEngine:
                 "trigger": info.trigger,
                 "run_number": inst.run_number,
             },
-            iteration=None,
+            iteration=iteration,
         )
 
     def advance(self, inst: InstanceState) -> None:
         """Decide every step whose predecessors are all done; end the run when nothing is left."""
         if inst.status != "running":
             return
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         progressed = True
         while progressed and inst.status == "running":
             progressed = False
@@ -381,16 +411,14 @@ class RunEngine:
     def dispatch(self, inst: InstanceState, step_id: str, *, retry_of: StepState | None = None) -> None:
         """Start the step's next attempt: once its signals are in and it holds its concurrency permits,
         resolve its params and send it to its executor queue (through the outbox)."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         step = compiled.step(step_id)
         st = retry_of or inst.steps.get(step_id)
         if st is None:
             st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
             inst.steps[step_id] = st
         if step.type not in LEAF_TYPES:
-            self.fail_step_without_attempt(
-                inst, step_id, f"step type {step.type!r} is not supported by this scheduler"
-            )
+            dynamic.start_step(self, inst, st)
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):
             return
@@ -469,7 +497,7 @@ class RunEngine:
         at.executor = msg.executor
         self.uow.touch_step(st)
         self.uow.touch_attempt(at)
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         timeout = compiled.step(msg.step_id).timeout
         if timeout:
             self.add_timer(
@@ -538,7 +566,7 @@ class RunEngine:
         self, inst: InstanceState, st: StepState, kind: str, error: str, final_status: str
     ) -> None:
         """Retry within the step's limit for this kind of failure, else apply its on_failure."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         policy = compiled.step(st.step_id).retry
         limit = {"error": policy.error, "platform": policy.platform, "timeout": policy.timeout}[kind]
         used = {"error": st.retries_error, "platform": st.retries_platform, "timeout": st.retries_timeout}[
@@ -580,7 +608,7 @@ class RunEngine:
         self.after_step_failure(inst, st)
 
     def after_step_failure(self, inst: InstanceState, st: StepState) -> None:
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         mode = compiled.step(st.step_id).on_failure
         if mode == "ignore":
             st.failure_ignored = True
@@ -650,6 +678,9 @@ class RunEngine:
                     self.release_permits(inst, st, attempt_id=at.id)
                 elif st.status == "waiting":
                     self.release_permits(inst, st, attempt_id=None)
+                elif st.progress is not None and st.status == "running":
+                    st.status = status  # first, so the children's ends are not joined back
+                    dynamic.stop_children(self, inst, st, why)
                 self.uow.cancel_timer(inst.id, None, st.step_id)
                 st.status = status
                 st.ended_at = now_utc()
@@ -670,7 +701,7 @@ class RunEngine:
 
     def signals_ready(self, inst: InstanceState, st: StepState) -> bool:
         """True once every ``wait_for_signals`` entry has its signal; else registers the waits."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         step = compiled.step(st.step_id)
         names = [w.name for w in step.wait_for_signals]
         got = st.signals or {}
@@ -748,7 +779,7 @@ class RunEngine:
 
     def publish_signals(self, inst: InstanceState, st: StepState, attempt_id: str) -> bool:
         """Emit the step's ``publish_signals`` once per successful attempt; False if they cannot be built."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         if not compiled.step(st.step_id).publish_signals:
             return True
         try:
@@ -790,7 +821,7 @@ class RunEngine:
 
     def acquire_permits(self, inst: InstanceState, st: StepState) -> bool:
         """Take the step's slot under ``step_concurrency`` and each named tag, oldest waiter first."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         step = compiled.step(st.step_id)
         limit = compiled.definition.step_concurrency
         since = st.waiting_since or now_utc()
@@ -881,7 +912,7 @@ class RunEngine:
 
     def release_permits(self, inst: InstanceState, st: StepState, *, attempt_id: str | None) -> None:
         """The attempt ended (or the waiting step went away): free its slots and wake who waits."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
+        compiled = self.graph(inst)
         step = compiled.step(st.step_id)
         for tag in step.concurrency_tags:
             ts = self.state.tags.get(tag)
@@ -943,9 +974,13 @@ class RunEngine:
         actor: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> None:
+        if inst.body_path and event in QUIET_FOR_ITERATIONS:
+            return  # 100,000 iterations need no 400,000 routine entries; failures are still noted
         self.uow.note(TimelineEntry(inst.id, event, message, step_id=step_id, actor=actor, details=details))
 
     def progress(self, inst: InstanceState) -> None:
+        if inst.body_path:
+            return
         reason = inst.reason.get("code") if inst.reason else None
         self.uow.outbox.append(
             OutgoingMessage(

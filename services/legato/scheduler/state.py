@@ -105,6 +105,8 @@ class StepState:
     ended_at: datetime | None = None
     signals: dict[str, Any] | None = None  # wait_for_signals: name -> fields of the signal that came
     waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
+    # foreach / loop / subworkflow: totals, next iteration to create, per-status counts, live children.
+    progress: dict[str, Any] | None = None
     new: bool = False
     dirty: bool = False
 
@@ -147,6 +149,8 @@ class InstanceState:
     requested_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    body_path: str | None = None  # which body of the definition a child run executes
+    under_strategy: bool = True  # counts under the workflow's run strategy (child runs do not)
     steps: dict[str, StepState] = field(default_factory=dict)
     attempts: dict[str, AttemptState] = field(default_factory=dict)  # current attempts only
     typed_params: dict[str, Any] | None = None  # decoded once per activation for expressions
@@ -206,7 +210,8 @@ class WorkflowState:
     tags: dict[str, TagState] = field(default_factory=dict)
 
     def running(self) -> list[InstanceState]:
-        return [i for i in self.instances.values() if i.status == "running"]
+        """Runs that hold a slot of the run strategy."""
+        return [i for i in self.instances.values() if i.status == "running" and i.under_strategy]
 
     def waiting_steps(self) -> list[tuple[datetime, InstanceState, StepState]]:
         """Steps waiting for a concurrency permit, oldest first."""
@@ -247,6 +252,10 @@ class UnitOfWork:
     waiters_del: list[tuple[str, str, str]] = field(default_factory=list)
     # Other workflows to wake because a permit of a tag they wait for was freed.
     nudges: set[str] = field(default_factory=set)
+    # foreach steps whose iterations all ended: their outputs are collected from Postgres.
+    collect: list[tuple[str, str]] = field(default_factory=list)
+    flushed_outbox: int = 0
+    flushed_timers: int = 0
     workflow_dirty: bool = False
     # Callbacks to run after commit (e.g. wake the timer loop), never inside the transaction.
     after_commit: list[Any] = field(default_factory=list)
@@ -302,6 +311,34 @@ class UnitOfWork:
         )
 
     async def flush(self, conn: asyncpg.Connection, wf: WorkflowRow) -> None:
+        """Write everything recorded so far and start afresh (a batch may flush more than once)."""
+        await self._write(conn, wf)
+        self.mark_clean()
+        fresh = UnitOfWork()
+        for name in (
+            "instances",
+            "steps",
+            "attempts",
+            "timeline",
+            "outbox",
+            "timers",
+            "cancel_timers",
+            "fired_timers",
+            "actions",
+            "unblocked_instances",
+            "signal_waits",
+            "cancel_waits",
+            "permits_add",
+            "permits_del",
+            "waiters_add",
+            "waiters_del",
+        ):
+            self.flushed_outbox += len(self.outbox) if name == "outbox" else 0
+            self.flushed_timers += len(self.timers) if name == "timers" else 0
+            setattr(self, name, getattr(fresh, name))
+        self.workflow_dirty = False
+
+    async def _write(self, conn: asyncpg.Connection, wf: WorkflowRow) -> None:
         if self.instances:
             await _upsert_instances(conn, list(self.instances.values()))
         if self.steps:
@@ -425,7 +462,7 @@ _INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
     id:text workflow_id:text version:int trigger_key:text trigger:jsonb status:text reason:jsonb params:jsonb
     run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
     parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
-    created_at:timestamptz started_at:timestamptz ended_at:timestamptz
+    created_at:timestamptz started_at:timestamptz ended_at:timestamptz body_path:text under_strategy:bool
 """
 )
 _INSTANCE_UPDATABLE = tuple(
@@ -461,7 +498,7 @@ _STEP_COLUMNS, _STEP_TYPES = _columns(
     instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
     retries_platform:int retries_timeout:int failure_ignored:bool params:jsonb outputs:jsonb error:text
     reason:jsonb created_at:timestamptz started_at:timestamptz ended_at:timestamptz signals:jsonb
-    waiting_since:timestamptz
+    waiting_since:timestamptz progress:jsonb
 """
 )
 _UPSERT_STEPS = _bulk_upsert_sql(
@@ -503,6 +540,7 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         workflow_id,
     )
     running: list[str] = []
+    counted = 0
     for r in recs:
         inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
         state.instances[inst.id] = inst
@@ -510,6 +548,8 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
             state.queue.append(inst.id)
         else:
             running.append(inst.id)
+            if inst.under_strategy:
+                counted += 1
     if running:
         for r in await conn.fetch(
             f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running
@@ -533,6 +573,6 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         if at.status in ("dispatched", "running")
     )
     # Counters are derived from the rows, so a crash can never leave them drifted.
-    state.row.running_count = len(running)
+    state.row.running_count = counted
     state.row.queued_count = len(state.queue)
     return state

@@ -96,8 +96,12 @@ def apply_strategy_change(engine: RunEngine) -> None:
     if row.run_strategy == "serial_latest_only" and len(queue) > 1:
         newest = queue[-1]
         for qid in list(queue)[:-1]:
-            engine.finish(engine.state.instances[qid], "stopped", reason={"code": "superseded", "by": newest},
-                          error=f"superseded by {newest} (run strategy changed to serial_latest_only)")
+            engine.finish(
+                engine.state.instances[qid],
+                "stopped",
+                reason={"code": "superseded", "by": newest},
+                error=f"superseded by {newest} (run strategy changed to serial_latest_only)",
+            )
     if row.run_strategy != "strict_sequential" and row.blocked_by:
         row.blocked_by = None
         row.blocked_since = None

@@ -103,6 +103,7 @@ class ApiService(Component):
             "instance.start": (A.StartInstance, self.instance_start),
             "instance.get": (A.InstanceRef, self.instance_get),
             "instance.list": (A.ListInstances, self.instance_list),
+            "instance.iterations": (A.ListIterations, self.instance_iterations),
             "instance.stop": (A.InstanceAction, self.instance_stop),
             "instance.kill": (A.InstanceAction, self.instance_kill),
             "instance.restart": (A.InstanceAction, self.instance_restart),
@@ -729,6 +730,18 @@ class ApiService(Component):
                 until=req.until,
                 limit=max(1, min(req.limit, 1000)),
                 cursor=req.cursor,
+                include_children=req.include_children,
+            )
+
+    async def instance_iterations(self, req: A.ListIterations) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            return await Q.list_iterations(
+                conn,
+                req.instance_id,
+                req.step_id,
+                status=req.status,
+                after=req.after,
+                limit=max(1, min(req.limit, 1000)),
             )
 
 

@@ -120,7 +120,7 @@ async def get_instance(
     )
     steps = await conn.fetch(
         "SELECT step_id, status, attempts, current_attempt_id, retries_error, retries_platform, retries_timeout, "
-        "failure_ignored, params, outputs, error, reason, created_at, started_at, ended_at "
+        "failure_ignored, params, outputs, error, reason, created_at, started_at, ended_at, progress, signals "
         "FROM step_run WHERE instance_id = $1 ORDER BY created_at, step_id LIMIT $2",
         instance_id,
         steps_limit,
@@ -167,6 +167,8 @@ async def get_instance(
             "created_at": iso(s["created_at"]),
             "started_at": iso(s["started_at"]),
             "ended_at": iso(s["ended_at"]),
+            "signals": s["signals"],
+            "progress": _progress_view(s["progress"]),
         }
         for s in steps
     ]
@@ -190,6 +192,49 @@ async def get_instance(
     return out
 
 
+def _progress_view(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Counts per status and the first failed items of a foreach/loop/subworkflow step (never 100k ids)."""
+    if not progress:
+        return None
+    view = {k: v for k, v in progress.items() if k not in ("failed_items", "retry", "children", "last")}
+    failed = progress.get("failed_items") or []
+    view["failed_items"] = sorted(failed)[:100]
+    view["failed_items_total"] = len(failed)
+    if progress.get("kind") == "foreach":
+        view["pending"] = max(0, progress.get("total", 0) - progress.get("next", 0)) + len(
+            progress.get("retry") or []
+        )
+    return view
+
+
+async def list_iterations(
+    conn: asyncpg.Connection,
+    instance_id: str,
+    step_id: str,
+    *,
+    status: str | None,
+    after: int | None,
+    limit: int,
+) -> dict[str, Any]:
+    rows = await conn.fetch(
+        f"SELECT DISTINCT ON (parent_iteration) {SUMMARY_COLUMNS}, parent_iteration, outputs "
+        "FROM workflow_instance WHERE parent_instance_id = $1 AND parent_step_id = $2 "
+        "AND ($3::int IS NULL OR parent_iteration > $3) ORDER BY parent_iteration, seq DESC",
+        instance_id,
+        step_id,
+        after,
+    )
+    out = []
+    for r in rows:
+        if status and r["status"] != status:
+            continue
+        out.append({**instance_summary(r), "iteration": r["parent_iteration"], "outputs": r["outputs"]})
+        if len(out) > limit:
+            break
+    page = out[:limit]
+    return {"iterations": page, "next": page[-1]["iteration"] if len(out) > limit else None}
+
+
 async def list_instances(
     conn: asyncpg.Connection,
     *,
@@ -199,8 +244,9 @@ async def list_instances(
     until: float | None,
     limit: int,
     cursor: int | None,
+    include_children: bool = False,
 ) -> dict[str, Any]:
-    clauses: list[str] = []
+    clauses: list[str] = [] if include_children else ["parent_instance_id IS NULL"]
     args: list[Any] = []
 
     def add(sql: str, value: Any) -> None:
