@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,8 @@ class ApiService(Component):
         self._starts: asyncio.Queue[_PendingStart] = asyncio.Queue(maxsize=4096)
         self.start_batch = start_batch
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        # Starts this process accepted recently: "pending" until the scheduler has created the run.
+        self._accepted: OrderedDict[str, str] = OrderedDict()
         self.service: Service | None = None
         self.requests = 0
 
@@ -653,6 +656,9 @@ class ApiService(Component):
             for p, res in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(res)
+                self._accepted[p.instance_id] = p.req.workflow_id
+            while len(self._accepted) > 100_000:
+                self._accepted.popitem(last=False)
             self.wake_relay()
 
     async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any]]:
@@ -713,11 +719,17 @@ class ApiService(Component):
                 if exc.code != "not_found":
                     raise
                 # Accepted but not yet applied by the scheduler: say so instead of "unknown".
-                pending = await conn.fetchval(
+                pending = req.instance_id in self._accepted or await conn.fetchval(
                     "SELECT 1 FROM outbox WHERE msg_id = $1", f"start:{req.instance_id}"
                 )
                 if pending:
-                    return {"instance_id": req.instance_id, "status": "pending", "steps": [], "timeline": []}
+                    return {
+                        "instance_id": req.instance_id,
+                        "workflow_id": self._accepted.get(req.instance_id),
+                        "status": "pending",
+                        "steps": [],
+                        "timeline": [],
+                    }
                 raise
 
     async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:

@@ -1,0 +1,124 @@
+"""One run with a 100,000-iteration noop foreach at concurrency 1,000.
+
+Prints iterations/s (foreach start -> foreach end), the scheduler's peak RSS and its growth over the
+idle baseline (sampled every 100 ms from /proc), and the Postgres rows written (inserts counted by
+pg_stat_user_tables over the run). All services are separate processes; nats-server and PostgreSQL
+are embedded (or LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import bench_servers  # noqa: E402
+
+from legato.client import LegatoClient  # noqa: E402
+from legato.devstack.processes import Stack  # noqa: E402
+from legato.runtime.settings import Settings  # noqa: E402
+from legato.store import ensure_database, migrate_url  # noqa: E402
+
+WORKFLOW = """
+id: bench-foreach
+run_strategy: sequential
+params:
+  n: {type: int, default: 100000}
+  width: {type: int, default: 1000}
+steps:
+  - id: fan
+    type: foreach
+    foreach:
+      over: "range(params.n)"
+      concurrency: {width}
+      steps:
+        - id: nothing
+          type: noop
+"""
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+async def rows_inserted(conn: asyncpg.Connection) -> int:
+    value = await conn.fetchval("SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables")
+    return int(value)
+
+
+async def run(n: int, width: int, executors: int, settings: Settings, log_dir: Path) -> None:
+    await ensure_database(settings.database_url)
+    await migrate_url(settings.database_url)
+    stack = Stack(settings, log_dir, executors=executors, concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"})
+    stack.start()
+    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for _ in range(300):
+            try:
+                await client.call("workflow.list", {"limit": 1}, timeout=2.0)
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        await client.push(WORKFLOW.replace("{width}", str(width)))
+        await asyncio.sleep(1.5)
+        pid = stack["scheduler"].pid
+        assert pid is not None
+        baseline = rss_kb(pid)
+        peak = baseline
+        rows_before = await rows_inserted(conn)
+        res = await client.start("bench-foreach", {"n": n})
+        t0 = time.time()
+        while True:
+            peak = max(peak, rss_kb(pid))
+            info = await client.get(res["instance_id"], timeline_limit=0, steps_limit=10)
+            if info.get("status") in ("succeeded", "failed", "stopped", "timed_out"):
+                break
+            await asyncio.sleep(0.1)
+        elapsed = time.time() - t0
+        fan = {s["step_id"]: s for s in info["steps"]}["fan"]
+        started = fan.get("started_at")
+        ended = fan.get("ended_at")
+        from datetime import datetime
+
+        step_secs = (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
+        await asyncio.sleep(1.0)  # let pg_stat catch up
+        rows = await rows_inserted(conn) - rows_before
+        print(f"foreach: {n} noop iterations, concurrency {width}, {executors} executor(s): status {info['status']}")
+        print(f"  iterations/s (foreach step start -> end): {n / step_secs:8.0f}   ({step_secs:.1f} s)")
+        print(f"  iterations/s (start request -> run end):  {n / elapsed:8.0f}")
+        print(f"  scheduler RSS: baseline {baseline / 1024:.0f} MB, peak {peak / 1024:.0f} MB, "
+              f"growth {(peak - baseline) / 1024:.0f} MB")
+        print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
+    finally:
+        await conn.close()
+        await client.close()
+        await asyncio.to_thread(stack.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("-n", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument("--executors", type=int, default=1)
+    args = parser.parse_args()
+    with bench_servers("legato_foreach") as servers:
+        settings = Settings(nats_url=servers.nats_url, database_url=servers.database_url,
+                            namespace=servers.namespace, partitions=8, log_level="warning")
+        asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs"))
+
+
+if __name__ == "__main__":
+    main()
