@@ -89,7 +89,7 @@ _FAST_COMPARE: dict[Any, Callable[[Any, Any], Any]] = {
     ops.gt: operator.gt,
     ops.ge: operator.ge,
 }
-_FAST_SAME: frozenset[type] = frozenset({int, float, date, datetime, timedelta})
+_FAST_SAME: frozenset[type] = frozenset({int, float, date, timedelta})  # not datetime: see values.instant
 _NUMBERS: frozenset[type] = frozenset({int, float})
 _UNARY: dict[type[ast.unaryop], Callable[[Any, Ctx], Any]] = {
     ast.USub: ops.neg,
@@ -666,7 +666,10 @@ class _Compiler:
         for cmp, comparator in zip(node.ops, node.comparators, strict=True):
             if isinstance(cmp, (ast.Is, ast.IsNot)):
                 if not (
-                    (isinstance(comparator, ast.Constant) and comparator.value in (None, True, False))
+                    (
+                        isinstance(comparator, ast.Constant)
+                        and any(comparator.value is c for c in (None, True, False))
+                    )
                     or (isinstance(comparator, ast.Name) and comparator.id in _CONSTANT_NAMES)
                 ):
                     self.fail("'is' only compares with None, True or False; use == instead", comparator)
@@ -946,6 +949,7 @@ class _Compiler:
             return self.function_call(node, func)
         if isinstance(func, ast.Attribute):
             return self.method_call(node, func)
+        self.compile(func)  # report what is wrong inside first (a lambda, a dunder...)
         self.fail("only library functions and methods can be called", func)
 
     def function_call(self, node: ast.Call, func: ast.Name) -> Node:
@@ -973,6 +977,7 @@ class _Compiler:
         method = func.attr
         if _is_dunder(method):
             self.fail(f"method {method!r}: dunder names are not allowed", func)
+        receiver = self.compile(func.value)  # problems inside the receiver (a dunder...) come first
         table = METHODS.get(method)
         if table is None:
             hint = difflib.get_close_matches(method, sorted(METHODS), n=1)
@@ -983,7 +988,6 @@ class _Compiler:
         problems = [check_arity(fn, len(node.args) + 1, keywords) for fn in table.values()]
         if all(p is not None for p in problems):
             self.fail(f".{method}(): {problems[0]}", node)
-        receiver = self.compile(func.value)
         args = [self.compile(a) for a in node.args]
         kwargs = {kw.arg: self.compile(kw.value) for kw in node.keywords if kw.arg is not None}
         pos = self.pos(node)
