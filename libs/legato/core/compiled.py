@@ -16,6 +16,7 @@ Evaluation rules, in one place:
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,8 @@ class CompiledWorkflow:
         self.topo_order = list(graph.order)
         self._pred: dict[str, list[Edge]] = {sid: [] for sid in graph.ids}
         self._succ: dict[str, list[Edge]] = {sid: [] for sid in graph.ids}
-        for edge in edges:
+        position = graph.positions
+        for edge in sorted(edges, key=lambda e: (position[e.source], position[e.target])):  # definition order
             self._pred[edge.target].append(edge)
             self._succ[edge.source].append(edge)
         self.roots = [sid for sid in self.topo_order if not self._pred[sid]]
@@ -348,7 +350,7 @@ class CompiledWorkflow:
                     except ValueError as exc:
                         raise ValueError(f"its expr gave {type_name(result)}: {exc}") from None
                 elif cp.default is not None:
-                    value = coerce(cp.default, cp.spec.type)  # a fresh copy for lists and maps
+                    value = copy.deepcopy(cp.default)  # callers may mutate lists and maps
                 elif cp.spec.required:
                     raise ValueError("required: the run must supply a value")
                 else:

@@ -343,7 +343,7 @@ class Reader:
     # ------------------------------------------------------------------ the workflow
 
     def workflow(self, raw: Any) -> WorkflowDefinition | None:
-        m = self.mapping(raw, "definition") if isinstance(raw, dict) else None
+        m = self.mapping(raw, "") if isinstance(raw, dict) else None
         if m is None:
             self.issue("", f"a definition must be a map with id and steps, got {kind_of(raw)}")
             return None

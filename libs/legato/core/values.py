@@ -199,7 +199,8 @@ def _duration(value: Any) -> timedelta:
         if isinstance(value, str):
             return timedelta(seconds=parse_duration_text(value))
     except (ValueError, OverflowError) as exc:
-        raise _bad("a duration (90s, 10m, 1h30m or seconds)", value, str(exc)) from None
+        detail = "out of range" if "range" in str(exc) or isinstance(exc, OverflowError) else ""
+        raise _bad("a duration (90s, 10m, 1h30m or seconds)", value, detail) from None
     raise _bad("a duration (90s, 10m, 1h30m or seconds)", value)
 
 
