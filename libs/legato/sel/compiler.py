@@ -46,7 +46,6 @@ ROOT_NAMES: frozenset[str] = frozenset(
 _CONSTANT_NAMES: dict[str, Any] = {"true": True, "false": False, "null": None}
 _FOLDABLE = (type(None), bool, int, float, date, datetime, timedelta)
 _FOLD_MAX_STRING = 1_000
-_ATOMS = (ast.expr_context, ast.operator, ast.boolop, ast.cmpop, ast.unaryop)
 
 _BINARY: dict[type[ast.operator], ops.BinaryOp] = {
     ast.Add: ops.add,
@@ -219,32 +218,13 @@ class _Compiler:
         self.roots = roots
         self.lines: list[str] = []
         self.lead = 0
+        self.depth = 0
         self.scopes: list[dict[str, int]] = []
         self.nslots = 0
         self.costs: list[int] = [0]
         self.refs: set[tuple[str, ...]] = set()
         self.consts: dict[Node, Any] = {}
         self.uses_clock = False
-        self.handlers: dict[type[ast.AST], Callable[[Any], Node]] = {
-            ast.Constant: self.constant,
-            ast.Name: self.name,
-            ast.Attribute: self.attribute,
-            ast.Subscript: self.subscript,
-            ast.BinOp: self.binop,
-            ast.UnaryOp: self.unaryop,
-            ast.BoolOp: self.boolop,
-            ast.Compare: self.compare,
-            ast.IfExp: self.ifexp,
-            ast.List: self.list_literal,
-            ast.Tuple: self.list_literal,
-            ast.Set: self.set_literal,
-            ast.Dict: self.dict_literal,
-            ast.ListComp: lambda n: self.comprehension(n, "list"),
-            ast.GeneratorExp: lambda n: self.comprehension(n, "list"),
-            ast.SetComp: lambda n: self.comprehension(n, "set"),
-            ast.DictComp: lambda n: self.comprehension(n, "dict"),
-            ast.Call: self.call,
-        }
 
     # ------------------------------------------------------------------ driver
 
@@ -298,20 +278,7 @@ class _Compiler:
             self.fail(f"expression nested deeper than {self.limits.max_depth} levels")
         except ValueError as exc:  # NUL bytes, lone surrogates
             self.fail(f"invalid characters in expression: {str(exc)[:80]}")
-        body = tree.body
-        self.check_depth(body)
-        return body
-
-    def check_depth(self, root: ast.AST) -> None:
-        """Iterative (never recursive) depth check, so a deep tree cannot overflow the compiler."""
-        stack: list[tuple[ast.AST, int]] = [(root, 1)]
-        while stack:
-            node, depth = stack.pop()
-            if depth > self.limits.max_depth:
-                self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
-            stack.extend(
-                (child, depth + 1) for child in ast.iter_child_nodes(node) if not isinstance(child, _ATOMS)
-            )
+        return tree.body
 
     def run(self) -> Expression:
         body = self.parse()
@@ -329,14 +296,22 @@ class _Compiler:
         )
 
     def compile(self, node: ast.AST) -> Node:
-        self.costs[-1] += 1
-        refused = _REFUSED.get(type(node))
-        if refused is not None:
-            self.fail(refused, node)
-        handler = self.handlers.get(type(node))
-        if handler is None:
-            self.fail(f"{type(node).__name__} is not allowed in SEL", node)
-        return handler(node)
+        # Depth is checked on the way down, before anything walks a subtree recursively (ast.unparse
+        # in messages), so the compiler's own recursion stays within max_depth levels.
+        self.depth += 1
+        if self.depth > self.limits.max_depth:
+            self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
+        try:
+            self.costs[-1] += 1
+            refused = _REFUSED.get(type(node))
+            if refused is not None:
+                self.fail(refused, node)
+            handler = _HANDLERS.get(type(node))
+            if handler is None:
+                self.fail(f"{type(node).__name__} is not allowed in SEL", node)
+            return handler(self, node)
+        finally:
+            self.depth -= 1
 
     def const(self, value: Any) -> Node:
         def constant(ctx: Ctx) -> Any:
@@ -419,6 +394,8 @@ class _Compiler:
         """``params.x["y"].z`` -> ("params", ["x", "y", "z"]) when the chain is fixed and starts at a root."""
         keys: list[str] = []
         while True:
+            if len(keys) >= self.limits.max_depth:
+                self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
             if isinstance(node, ast.Attribute):
                 if _is_dunder(node.attr):
                     self.fail(f"field {node.attr!r}: dunder names are not allowed", node)
@@ -1008,6 +985,41 @@ class _Compiler:
                 raise _located(exc, pos) from None
 
         return method_node
+
+
+def _list_comprehension(compiler: _Compiler, node: ast.ListComp | ast.GeneratorExp) -> Node:
+    return compiler.comprehension(node, "list")
+
+
+def _set_comprehension(compiler: _Compiler, node: ast.SetComp) -> Node:
+    return compiler.comprehension(node, "set")
+
+
+def _dict_comprehension(compiler: _Compiler, node: ast.DictComp) -> Node:
+    return compiler.comprehension(node, "dict")
+
+
+# One table for all compilers: building it per compile cost more than parsing a short expression.
+_HANDLERS: dict[type[ast.AST], Callable[[_Compiler, Any], Node]] = {
+    ast.Constant: _Compiler.constant,
+    ast.Name: _Compiler.name,
+    ast.Attribute: _Compiler.attribute,
+    ast.Subscript: _Compiler.subscript,
+    ast.BinOp: _Compiler.binop,
+    ast.UnaryOp: _Compiler.unaryop,
+    ast.BoolOp: _Compiler.boolop,
+    ast.Compare: _Compiler.compare,
+    ast.IfExp: _Compiler.ifexp,
+    ast.List: _Compiler.list_literal,
+    ast.Tuple: _Compiler.list_literal,
+    ast.Set: _Compiler.set_literal,
+    ast.Dict: _Compiler.dict_literal,
+    ast.ListComp: _list_comprehension,
+    ast.GeneratorExp: _list_comprehension,
+    ast.SetComp: _set_comprehension,
+    ast.DictComp: _dict_comprehension,
+    ast.Call: _Compiler.call,
+}
 
 
 def _call_node(fn: Function, args: list[Node], kwargs: dict[str, Node], pos: tuple[int, int]) -> Node:
