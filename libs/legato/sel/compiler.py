@@ -962,9 +962,10 @@ class _Compiler:
                 f"unknown method .{method}()" + (f" (did you mean .{hint[0]}()?)" if hint else ""), func
             )
         keywords = [kw.arg for kw in node.keywords if kw.arg is not None]
-        problems = [check_arity(fn, len(node.args) + 1, keywords) for fn in table.values()]
-        if all(p is not None for p in problems):
-            self.fail(f".{method}(): {problems[0]}", node)
+        # the same method name can take different arguments per receiver type (", ".join(xs) vs xs.join(", "))
+        problems = {kind: check_arity(fn, len(node.args) + 1, keywords) for kind, fn in table.items()}
+        if all(p is not None for p in problems.values()):
+            self.fail(f".{method}(): {next(iter(problems.values()))}", node)
         args = [self.compile(a) for a in node.args]
         kwargs = {kw.arg: self.compile(kw.value) for kw in node.keywords if kw.arg is not None}
         pos = self.pos(node)
@@ -972,11 +973,14 @@ class _Compiler:
 
         def method_node(ctx: Ctx) -> Any:
             recv = receiver(ctx)
-            fn = table.get(type_name(recv))
+            kind = type_name(recv)
+            fn = table.get(kind)
             if fn is None:
                 raise SelEvalError(
-                    f".{method}() is not a method of {type_name(recv)} (it applies to: {kinds})", position=pos
+                    f".{method}() is not a method of {kind} (it applies to: {kinds})", position=pos
                 )
+            if problems[kind] is not None:
+                raise SelEvalError(f".{method}() on a {kind}: {problems[kind]}", position=pos)
             values = [a(ctx) for a in args]
             named = {k: v(ctx) for k, v in kwargs.items()}
             try:

@@ -275,6 +275,13 @@ def test_foreach_over_a_subworkflow(wf: CompiledWorkflow, env: EvalEnv) -> None:
         wf.body("each")
 
 
+def foreach_over(over: str) -> CompiledWorkflow:
+    body = [{"id": "x", "type": "noop"}]
+    return compile_workflow(
+        parse(definition(steps=[{"id": "f", "type": "foreach", "foreach": {"over": over, "steps": body}}]))
+    )
+
+
 @pytest.mark.parametrize(
     ("over", "check"),
     [
@@ -285,19 +292,7 @@ def test_foreach_over_a_subworkflow(wf: CompiledWorkflow, env: EvalEnv) -> None:
     ],
 )
 def test_foreach_sequences_stay_lazy_and_bounded(over: str, check: Any) -> None:
-    wf = compile_workflow(
-        parse(
-            definition(
-                steps=[
-                    {
-                        "id": "f",
-                        "type": "foreach",
-                        "foreach": {"over": over, "steps": [{"id": "x", "type": "noop"}]},
-                    }
-                ]
-            )
-        )
-    )
+    wf = foreach_over(over)
     assert check(wf.foreach_items("f", EvalEnv()))
 
 
@@ -312,19 +307,7 @@ def test_foreach_sequences_stay_lazy_and_bounded(over: str, check: Any) -> None:
     ],
 )
 def test_foreach_rejects_what_cannot_be_iterated(over: str, error: type[Exception], message: str) -> None:
-    wf = compile_workflow(
-        parse(
-            definition(
-                steps=[
-                    {
-                        "id": "f",
-                        "type": "foreach",
-                        "foreach": {"over": over, "steps": [{"id": "x", "type": "noop"}]},
-                    }
-                ]
-            )
-        )
-    )
+    wf = foreach_over(over)
     with pytest.raises(error, match=message) as info:
         wf.foreach_items("f", EvalEnv())
     assert str(info.value).startswith("steps[0].foreach.over: ")

@@ -185,6 +185,12 @@ def test_method_on_wrong_receiver_names_the_types_it_applies_to() -> None:
         ev("params.xs.upper()")
 
 
+def test_method_arguments_are_checked_for_the_actual_receiver() -> None:
+    assert ev("params.xs.join()") == "312"  # list.join(sep="")
+    with pytest.raises(SelEvalError, match=r"\.join\(\) on a string: missing the argument 'items'"):
+        ev("params.name.join()")  # ", ".join(items) needs the items
+
+
 def test_template_single_expression_keeps_its_type() -> None:
     assert compile_template("${params.d}").evaluate(ENV) == date(2026, 11, 1)
     assert compile_template("${params.xs}").evaluate(ENV) == [3, 1, 2]
