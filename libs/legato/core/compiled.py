@@ -16,8 +16,9 @@ Evaluation rules, in one place:
 
 from __future__ import annotations
 
+import copy
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -195,6 +196,49 @@ class _CompiledStep:
     foreach_ref: dict[str, ValueNode] | None = None
 
 
+class _Visible(Mapping[str, "frozenset[str] | None"]):
+    """Steps an expression may read -> their declared outputs: its upstream steps in its own graph
+    (an ancestor bitmask, so nothing is copied per step) over those visible in enclosing graphs.
+    A body step shadows an outer step of the same id."""
+
+    __slots__ = ("_graph", "_mask", "_outer", "_outputs")
+
+    def __init__(
+        self,
+        graph: StepGraph,
+        mask: int,
+        outputs: Mapping[str, frozenset[str] | None],
+        outer: Mapping[str, frozenset[str] | None],
+    ) -> None:
+        self._graph = graph
+        self._mask = mask
+        self._outputs = outputs
+        self._outer = outer
+
+    def including(self, step_id: str) -> _Visible:
+        """The same view plus ``step_id`` itself (a step's own outputs, once it has run)."""
+        return _Visible(self._graph, self._mask | 1 << self._graph.bits[step_id], self._outputs, self._outer)
+
+    def __getitem__(self, key: str) -> frozenset[str] | None:
+        bit = self._graph.bits.get(key)
+        if bit is None:
+            return self._outer[key]
+        if self._mask >> bit & 1:
+            return self._outputs[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        mask = self._mask
+        while mask:
+            low = mask & -mask
+            yield self._graph.ids[low.bit_length() - 1]
+            mask ^= low
+        yield from (k for k in self._outer if k not in self._graph.bits)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass(frozen=True, slots=True)
 class _BodyContext:
     params: frozenset[str]
@@ -238,7 +282,8 @@ class CompiledWorkflow:
         self.topo_order = list(graph.order)
         self._pred: dict[str, list[Edge]] = {sid: [] for sid in graph.ids}
         self._succ: dict[str, list[Edge]] = {sid: [] for sid in graph.ids}
-        for edge in edges:
+        position = graph.positions
+        for edge in sorted(edges, key=lambda e: (position[e.source], position[e.target])):  # definition order
             self._pred[edge.target].append(edge)
             self._succ[edge.source].append(edge)
         self.roots = [sid for sid in self.topo_order if not self._pred[sid]]
@@ -348,7 +393,7 @@ class CompiledWorkflow:
                     except ValueError as exc:
                         raise ValueError(f"its expr gave {type_name(result)}: {exc}") from None
                 elif cp.default is not None:
-                    value = coerce(cp.default, cp.spec.type)  # a fresh copy for lists and maps
+                    value = copy.deepcopy(cp.default)  # callers may mutate lists and maps
                 elif cp.spec.required:
                     raise ValueError("required: the run must supply a value")
                 else:
@@ -774,12 +819,10 @@ class _Builder:
         graph = build_graph(steps, path, self.issues)
         first = {sid: steps[pos] for sid, pos in graph.positions.items()}
         outputs = {sid: (frozenset(s.outputs) or None) for sid, s in first.items()}
-        # outer steps are visible in a body unless a body step has the same id
-        outer = {k: v for k, v in context.outer.items() if k not in graph.positions}
         compiled_steps: dict[str, _CompiledStep] = {}
         for sid in graph.ids:
             step = first[sid]
-            upstream = {**outer, **{u: outputs[u] for u in graph.upstream(sid)}}
+            upstream = _Visible(graph, graph.ancestors.get(sid, 0), outputs, context.outer)
             compiled_steps[sid] = self.compile_step(
                 step, at(path, graph.positions[sid]), context, upstream, outputs
             )
@@ -787,11 +830,8 @@ class _Builder:
         for raw in graph.edges:
             when = None
             if raw.when is not None and raw.path is not None:
-                visible = {
-                    **outer,
-                    **{u: outputs[u] for u in graph.upstream(raw.source)},
-                    raw.source: outputs[raw.source],
-                }
+                mask = graph.ancestors.get(raw.source, 0) | 1 << graph.bits[raw.source]
+                visible = _Visible(graph, mask, outputs, context.outer)
                 scope = self.scope(
                     f"the edge {raw.source} -> {raw.target}", context, visible, signals=frozenset()
                 )
@@ -829,7 +869,7 @@ class _Builder:
         step: Step,
         path: str,
         context: _BodyContext,
-        upstream: dict[str, frozenset[str] | None],
+        upstream: _Visible,
         outputs: Mapping[str, frozenset[str] | None],
     ) -> _CompiledStep:
         owner = f"step {step.id!r}"
@@ -848,7 +888,7 @@ class _Builder:
                 for f, pred in wait.match.items()
             }
             waits_compiled.append((wait.name, predicates))
-        publish_steps = {**upstream, step.id: outputs.get(step.id)}
+        publish_steps = upstream.including(step.id)
         publish_scope = self.scope(owner, context, publish_steps, signals=waits, params=own_params)
         publishes = []
         for j, publish in enumerate(step.publish_signals):
@@ -915,7 +955,7 @@ class _Builder:
         step: ForeachStep,
         path: str,
         context: _BodyContext,
-        upstream: dict[str, frozenset[str] | None],
+        upstream: _Visible,
         waits: frozenset[str],
     ) -> None:
         spec = step.foreach
@@ -957,7 +997,7 @@ class _Builder:
         step: LoopStep,
         path: str,
         context: _BodyContext,
-        upstream: dict[str, frozenset[str] | None],
+        upstream: _Visible,
         waits: frozenset[str],
     ) -> None:
         lpath = at(path, "loop")

@@ -41,14 +41,22 @@ class StepGraph:
     """Step id -> bitmask of its ancestors (bit = index in ``ids``)."""
     acyclic: bool = True
 
+    bits: dict[str, int] = field(default_factory=dict)
+    """Step id -> its bit in the ancestor masks (its index in ``ids``)."""
+
     def upstream(self, step_id: str) -> list[str]:
         """Ids of the ancestors of ``step_id``, in definition order."""
         mask = self.ancestors.get(step_id, 0)
-        return [sid for i, sid in enumerate(self.ids) if mask >> i & 1]
+        out = []
+        while mask:
+            low = mask & -mask
+            out.append(self.ids[low.bit_length() - 1])
+            mask ^= low
+        return out
 
     def is_upstream(self, ancestor: str, step_id: str) -> bool:
-        index = self.positions.get(ancestor)
-        return index is not None and bool(self.ancestors.get(step_id, 0) >> index & 1)
+        bit = self.bits.get(ancestor)
+        return bit is not None and bool(self.ancestors.get(step_id, 0) >> bit & 1)
 
 
 def build_graph(steps: Sequence[Step], path: str, issues: list[DefinitionIssue]) -> StepGraph:
@@ -91,6 +99,7 @@ def build_graph(steps: Sequence[Step], path: str, issues: list[DefinitionIssue])
             when_path = at(t_path, "when") if transition.when is not None else None
             edges[key] = RawEdge(step.id, transition.step, transition.when, when_path)
     graph = StepGraph(ids=ids, positions=positions, edges=list(edges.values()))
+    graph.bits = {sid: i for i, sid in enumerate(ids)}
     for sid in ids:
         graph.predecessors[sid] = []
         graph.successors[sid] = []
@@ -115,7 +124,7 @@ def _order(graph: StepGraph, path: str, issues: list[DefinitionIssue]) -> None:
             if pending[edge.target] == 0:
                 heapq.heappush(ready, (graph.positions[edge.target], edge.target))
     graph.order = order
-    bit = {sid: 1 << i for i, sid in enumerate(graph.ids)}
+    bit = {sid: 1 << i for sid, i in graph.bits.items()}
     for sid in order:
         mask = 0
         for edge in graph.predecessors[sid]:

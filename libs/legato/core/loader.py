@@ -117,7 +117,7 @@ def _load_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = ", ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
         raise DefinitionError([DefinitionIssue(source, f"{where}invalid YAML: {problem}")]) from None
     except yaml.YAMLError as exc:
         raise DefinitionError([DefinitionIssue(source, f"invalid YAML: {exc}")]) from None

@@ -48,6 +48,7 @@ from legato.core.model import (
     WorkflowDefinition,
 )
 from legato.core.values import coerce, infer_param_type, to_json_value
+from legato.sel.values import a_type, type_name
 
 WORKFLOW_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 STEP_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -72,24 +73,12 @@ _MISSING: Any = object()
 
 
 def kind_of(value: Any) -> str:
-    """A value's type in YAML/JSON words, for messages."""
+    """A value's type in YAML/JSON words, for messages: "an int", "a map", "null"."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a bool"
-    if isinstance(value, int):
-        return "an int"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a map"
-    if isinstance(value, (date, datetime)):
-        return "a date"
-    return f"a {type(value).__name__}"
+    if type_name(value) == "host object":  # YAML tags such as !!binary or !!set
+        return f"a {type(value).__name__}"
+    return a_type(value)
 
 
 def shown(value: Any) -> str:
@@ -343,7 +332,7 @@ class Reader:
     # ------------------------------------------------------------------ the workflow
 
     def workflow(self, raw: Any) -> WorkflowDefinition | None:
-        m = self.mapping(raw, "definition") if isinstance(raw, dict) else None
+        m = self.mapping(raw, "") if isinstance(raw, dict) else None
         if m is None:
             self.issue("", f"a definition must be a map with id and steps, got {kind_of(raw)}")
             return None

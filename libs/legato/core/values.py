@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from legato.core.model import ParamType
-from legato.sel import DateRange
+from legato.sel import DateRange, type_name
 from legato.sel.durations import parse_duration_text
 from legato.sel.lib_time import resolve_local
 
@@ -68,26 +68,10 @@ _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, datetime):
-        return "datetime"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, timedelta):
-        return "duration"
-    if isinstance(value, Mapping):
-        return "map"
-    if isinstance(value, (list, tuple, range, DateRange)):
-        return "list"
-    return {int: "int", float: "float", str: "string"}.get(type(value), type(value).__name__)
-
-
 def _bad(type: str, value: Any, detail: str = "") -> ValueError:
-    shown = repr(value) if isinstance(value, (str, int, float)) and len(repr(value)) <= 60 else _kind(value)
+    shown = (
+        repr(value) if isinstance(value, (str, int, float)) and len(repr(value)) <= 60 else type_name(value)
+    )
     return ValueError(f"expected {type}, got {shown}" + (f" ({detail})" if detail else ""))
 
 
@@ -199,7 +183,8 @@ def _duration(value: Any) -> timedelta:
         if isinstance(value, str):
             return timedelta(seconds=parse_duration_text(value))
     except (ValueError, OverflowError) as exc:
-        raise _bad("a duration (90s, 10m, 1h30m or seconds)", value, str(exc)) from None
+        detail = "out of range" if "range" in str(exc) or isinstance(exc, OverflowError) else ""
+        raise _bad("a duration (90s, 10m, 1h30m or seconds)", value, detail) from None
     raise _bad("a duration (90s, 10m, 1h30m or seconds)", value)
 
 
@@ -255,20 +240,5 @@ _COERCE = {
 
 def infer_param_type(value: Any) -> ParamType | None:
     """The param type of a bare literal default (``retries: 3`` is an int), or None."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, datetime):
-        return "datetime"
-    if isinstance(value, date):
-        return "date"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "list"
-    if isinstance(value, Mapping):
-        return "map"
-    return None
+    name = type_name(value)
+    return name if name in _COERCE else None  # type: ignore[return-value]  # the keys are the ParamType values

@@ -46,7 +46,6 @@ ROOT_NAMES: frozenset[str] = frozenset(
 _CONSTANT_NAMES: dict[str, Any] = {"true": True, "false": False, "null": None}
 _FOLDABLE = (type(None), bool, int, float, date, datetime, timedelta)
 _FOLD_MAX_STRING = 1_000
-_ATOMS = (ast.expr_context, ast.operator, ast.boolop, ast.cmpop, ast.unaryop)
 
 _BINARY: dict[type[ast.operator], ops.BinaryOp] = {
     ast.Add: ops.add,
@@ -89,7 +88,7 @@ _FAST_COMPARE: dict[Any, Callable[[Any, Any], Any]] = {
     ops.gt: operator.gt,
     ops.ge: operator.ge,
 }
-_FAST_SAME: frozenset[type] = frozenset({int, float, date, datetime, timedelta})
+_FAST_SAME: frozenset[type] = frozenset({int, float, date, timedelta})  # not datetime: see values.instant
 _NUMBERS: frozenset[type] = frozenset({int, float})
 _UNARY: dict[type[ast.unaryop], Callable[[Any, Ctx], Any]] = {
     ast.USub: ops.neg,
@@ -219,32 +218,13 @@ class _Compiler:
         self.roots = roots
         self.lines: list[str] = []
         self.lead = 0
+        self.depth = 0
         self.scopes: list[dict[str, int]] = []
         self.nslots = 0
         self.costs: list[int] = [0]
         self.refs: set[tuple[str, ...]] = set()
         self.consts: dict[Node, Any] = {}
         self.uses_clock = False
-        self.handlers: dict[type[ast.AST], Callable[[Any], Node]] = {
-            ast.Constant: self.constant,
-            ast.Name: self.name,
-            ast.Attribute: self.attribute,
-            ast.Subscript: self.subscript,
-            ast.BinOp: self.binop,
-            ast.UnaryOp: self.unaryop,
-            ast.BoolOp: self.boolop,
-            ast.Compare: self.compare,
-            ast.IfExp: self.ifexp,
-            ast.List: self.list_literal,
-            ast.Tuple: self.list_literal,
-            ast.Set: self.set_literal,
-            ast.Dict: self.dict_literal,
-            ast.ListComp: lambda n: self.comprehension(n, "list"),
-            ast.GeneratorExp: lambda n: self.comprehension(n, "list"),
-            ast.SetComp: lambda n: self.comprehension(n, "set"),
-            ast.DictComp: lambda n: self.comprehension(n, "dict"),
-            ast.Call: self.call,
-        }
 
     # ------------------------------------------------------------------ driver
 
@@ -298,20 +278,7 @@ class _Compiler:
             self.fail(f"expression nested deeper than {self.limits.max_depth} levels")
         except ValueError as exc:  # NUL bytes, lone surrogates
             self.fail(f"invalid characters in expression: {str(exc)[:80]}")
-        body = tree.body
-        self.check_depth(body)
-        return body
-
-    def check_depth(self, root: ast.AST) -> None:
-        """Iterative (never recursive) depth check, so a deep tree cannot overflow the compiler."""
-        stack: list[tuple[ast.AST, int]] = [(root, 1)]
-        while stack:
-            node, depth = stack.pop()
-            if depth > self.limits.max_depth:
-                self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
-            stack.extend(
-                (child, depth + 1) for child in ast.iter_child_nodes(node) if not isinstance(child, _ATOMS)
-            )
+        return tree.body
 
     def run(self) -> Expression:
         body = self.parse()
@@ -329,14 +296,22 @@ class _Compiler:
         )
 
     def compile(self, node: ast.AST) -> Node:
-        self.costs[-1] += 1
-        refused = _REFUSED.get(type(node))
-        if refused is not None:
-            self.fail(refused, node)
-        handler = self.handlers.get(type(node))
-        if handler is None:
-            self.fail(f"{type(node).__name__} is not allowed in SEL", node)
-        return handler(node)
+        # Depth is checked on the way down, before anything walks a subtree recursively (ast.unparse
+        # in messages), so the compiler's own recursion stays within max_depth levels.
+        self.depth += 1
+        if self.depth > self.limits.max_depth:
+            self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
+        try:
+            self.costs[-1] += 1
+            refused = _REFUSED.get(type(node))
+            if refused is not None:
+                self.fail(refused, node)
+            handler = _HANDLERS.get(type(node))
+            if handler is None:
+                self.fail(f"{type(node).__name__} is not allowed in SEL", node)
+            return handler(self, node)
+        finally:
+            self.depth -= 1
 
     def const(self, value: Any) -> Node:
         def constant(ctx: Ctx) -> Any:
@@ -419,6 +394,8 @@ class _Compiler:
         """``params.x["y"].z`` -> ("params", ["x", "y", "z"]) when the chain is fixed and starts at a root."""
         keys: list[str] = []
         while True:
+            if len(keys) >= self.limits.max_depth:
+                self.fail(f"expression nested deeper than {self.limits.max_depth} levels", node)
             if isinstance(node, ast.Attribute):
                 if _is_dunder(node.attr):
                     self.fail(f"field {node.attr!r}: dunder names are not allowed", node)
@@ -666,7 +643,10 @@ class _Compiler:
         for cmp, comparator in zip(node.ops, node.comparators, strict=True):
             if isinstance(cmp, (ast.Is, ast.IsNot)):
                 if not (
-                    (isinstance(comparator, ast.Constant) and comparator.value in (None, True, False))
+                    (
+                        isinstance(comparator, ast.Constant)
+                        and any(comparator.value is c for c in (None, True, False))
+                    )
                     or (isinstance(comparator, ast.Name) and comparator.id in _CONSTANT_NAMES)
                 ):
                     self.fail("'is' only compares with None, True or False; use == instead", comparator)
@@ -946,6 +926,7 @@ class _Compiler:
             return self.function_call(node, func)
         if isinstance(func, ast.Attribute):
             return self.method_call(node, func)
+        self.compile(func)  # report what is wrong inside first (a lambda, a dunder...)
         self.fail("only library functions and methods can be called", func)
 
     def function_call(self, node: ast.Call, func: ast.Name) -> Node:
@@ -973,6 +954,7 @@ class _Compiler:
         method = func.attr
         if _is_dunder(method):
             self.fail(f"method {method!r}: dunder names are not allowed", func)
+        receiver = self.compile(func.value)  # problems inside the receiver (a dunder...) come first
         table = METHODS.get(method)
         if table is None:
             hint = difflib.get_close_matches(method, sorted(METHODS), n=1)
@@ -980,10 +962,10 @@ class _Compiler:
                 f"unknown method .{method}()" + (f" (did you mean .{hint[0]}()?)" if hint else ""), func
             )
         keywords = [kw.arg for kw in node.keywords if kw.arg is not None]
-        problems = [check_arity(fn, len(node.args) + 1, keywords) for fn in table.values()]
-        if all(p is not None for p in problems):
-            self.fail(f".{method}(): {problems[0]}", node)
-        receiver = self.compile(func.value)
+        # the same method name can take different arguments per receiver type (", ".join(xs) vs xs.join(", "))
+        problems = {kind: check_arity(fn, len(node.args) + 1, keywords) for kind, fn in table.items()}
+        if all(p is not None for p in problems.values()):
+            self.fail(f".{method}(): {next(iter(problems.values()))}", node)
         args = [self.compile(a) for a in node.args]
         kwargs = {kw.arg: self.compile(kw.value) for kw in node.keywords if kw.arg is not None}
         pos = self.pos(node)
@@ -991,11 +973,14 @@ class _Compiler:
 
         def method_node(ctx: Ctx) -> Any:
             recv = receiver(ctx)
-            fn = table.get(type_name(recv))
+            kind = type_name(recv)
+            fn = table.get(kind)
             if fn is None:
                 raise SelEvalError(
-                    f".{method}() is not a method of {type_name(recv)} (it applies to: {kinds})", position=pos
+                    f".{method}() is not a method of {kind} (it applies to: {kinds})", position=pos
                 )
+            if problems[kind] is not None:
+                raise SelEvalError(f".{method}() on a {kind}: {problems[kind]}", position=pos)
             values = [a(ctx) for a in args]
             named = {k: v(ctx) for k, v in kwargs.items()}
             try:
@@ -1004,6 +989,41 @@ class _Compiler:
                 raise _located(exc, pos) from None
 
         return method_node
+
+
+def _list_comprehension(compiler: _Compiler, node: ast.ListComp | ast.GeneratorExp) -> Node:
+    return compiler.comprehension(node, "list")
+
+
+def _set_comprehension(compiler: _Compiler, node: ast.SetComp) -> Node:
+    return compiler.comprehension(node, "set")
+
+
+def _dict_comprehension(compiler: _Compiler, node: ast.DictComp) -> Node:
+    return compiler.comprehension(node, "dict")
+
+
+# One table for all compilers: building it per compile cost more than parsing a short expression.
+_HANDLERS: dict[type[ast.AST], Callable[[_Compiler, Any], Node]] = {
+    ast.Constant: _Compiler.constant,
+    ast.Name: _Compiler.name,
+    ast.Attribute: _Compiler.attribute,
+    ast.Subscript: _Compiler.subscript,
+    ast.BinOp: _Compiler.binop,
+    ast.UnaryOp: _Compiler.unaryop,
+    ast.BoolOp: _Compiler.boolop,
+    ast.Compare: _Compiler.compare,
+    ast.IfExp: _Compiler.ifexp,
+    ast.List: _Compiler.list_literal,
+    ast.Tuple: _Compiler.list_literal,
+    ast.Set: _Compiler.set_literal,
+    ast.Dict: _Compiler.dict_literal,
+    ast.ListComp: _list_comprehension,
+    ast.GeneratorExp: _list_comprehension,
+    ast.SetComp: _set_comprehension,
+    ast.DictComp: _dict_comprehension,
+    ast.Call: _Compiler.call,
+}
 
 
 def _call_node(fn: Function, args: list[Node], kwargs: dict[str, Node], pos: tuple[int, int]) -> Node:

@@ -20,6 +20,7 @@ from legato.sel.values import (
     check_hashable,
     equal,
     from_json_data,
+    instant,
     is_map,
     is_sequence,
     iterate,
@@ -304,12 +305,12 @@ def _extreme(ctx: Ctx, fn: str, args: tuple[Any, ...], pick: Any) -> Any:
         if not len(values):
             raise fail(fn, "empty list")
         if type(values) is range:
-            return pick(values[0], values[-1])
+            return pick(values[0], values[-1])  # a range is monotonic: its ends are its extremes
     ctx.charge(len(values))
     kinds = {order_kind(v) for v in values}
     if None in kinds or len(kinds) != 1:
         raise fail(fn, "items must all be numbers, strings, dates, datetimes or durations")
-    return pick(values)
+    return pick(values, key=instant)
 
 
 @library("min")

@@ -67,7 +67,7 @@ def check_arity(fn: Function, nargs: int, keywords: list[str]) -> str | None:
     try:
         fn.signature.bind(*([None] * nargs), **dict.fromkeys(keywords))
     except TypeError as exc:
-        return str(exc).replace("missing a required argument", "missing the argument")
+        return str(exc).replace("missing a required argument: ", "missing the argument ")
     return None
 
 

@@ -180,40 +180,24 @@ def _seconds(fn: str, value: Any, unit: float) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-@library("weeks")
-def weeks(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` weeks."""
-    return _seconds("weeks", n, 604800.0)
+def _unit(name: str, unit: float, summary: str) -> None:
+    def make(ctx: Ctx, n: Any) -> timedelta:
+        return _seconds(name, n, unit)
+
+    make.__doc__ = summary
+    make.__name__ = name
+    library(name)(make)
 
 
-@library("days")
-def days(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` days (exactly 24 hours each; see add_days for calendar days)."""
-    return _seconds("days", n, 86400.0)
-
-
-@library("hours")
-def hours(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` hours."""
-    return _seconds("hours", n, 3600.0)
-
-
-@library("minutes")
-def minutes(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` minutes."""
-    return _seconds("minutes", n, 60.0)
-
-
-@library("seconds")
-def seconds(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` seconds."""
-    return _seconds("seconds", n, 1.0)
-
-
-@library("milliseconds")
-def milliseconds(ctx: Ctx, n: Any) -> timedelta:
-    """A duration of ``n`` milliseconds."""
-    return _seconds("milliseconds", n, 0.001)
+for _name, _unit_seconds, _summary in (
+    ("weeks", 604800.0, "A duration of ``n`` weeks."),
+    ("days", 86400.0, "A duration of ``n`` days (exactly 24 hours each; see add_days for calendar days)."),
+    ("hours", 3600.0, "A duration of ``n`` hours."),
+    ("minutes", 60.0, "A duration of ``n`` minutes."),
+    ("seconds", 1.0, "A duration of ``n`` seconds."),
+    ("milliseconds", 0.001, "A duration of ``n`` milliseconds."),
+):
+    _unit(_name, _unit_seconds, _summary)
 
 
 @library("duration")

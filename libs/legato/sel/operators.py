@@ -295,7 +295,7 @@ def invert(a: Any, ctx: Ctx) -> Any:
 
 # ---------------------------------------------------------------------------- comparisons
 
-_SIMPLE = frozenset({int, float, bool, str, date, datetime, timedelta, type(None)})
+_SIMPLE = frozenset({int, float, bool, str, date, timedelta, type(None)})  # datetimes compare as instants
 
 
 def eq(a: Any, b: Any, ctx: Ctx) -> bool:
@@ -310,7 +310,7 @@ def ne(a: Any, b: Any, ctx: Ctx) -> bool:
 
 def _ordered(a: Any, b: Any) -> bool:
     ta, tb = a.__class__, b.__class__
-    if ta is tb and ta in (int, float, date, datetime, timedelta):
+    if ta is tb and ta in (int, float, date, timedelta):
         return True
     return (ta is _INT or ta is _FLOAT) and (tb is _INT or tb is _FLOAT)
 

@@ -23,6 +23,7 @@ NoneType = type(None)
 SCALAR_TYPES: frozenset[type] = frozenset({NoneType, bool, int, float, str, date, datetime, timedelta})
 HASHABLE_TYPES = SCALAR_TYPES
 NUMBER_TYPES: frozenset[type] = frozenset({int, float, bool})
+_FLAT_TYPES: frozenset[type] = frozenset({NoneType, bool, int, float, date, timedelta})  # constant-time ==
 
 
 class DateRange(Sequence[Any]):
@@ -84,8 +85,18 @@ class DateRange(Sequence[Any]):
         return self._item(index)
 
     def __iter__(self) -> Iterator[Any]:
-        for i in range(self._length):
-            yield self._item(i)
+        if isinstance(self.start, datetime):
+            tz = self.start.tzinfo
+            cursor = self.start.astimezone(UTC)
+            for _ in range(self._length):
+                yield cursor.astimezone(tz)
+                cursor += self.step
+        else:
+            day = self.start
+            for i in range(self._length):
+                yield day
+                if i + 1 < self._length:  # never step past the last item (it may be date.max)
+                    day += self.step
 
     def __contains__(self, value: object) -> bool:
         if not isinstance(value, date) or isinstance(value, datetime) != isinstance(self.start, datetime):
@@ -241,7 +252,21 @@ def sort_values(items: list[Any], ctx: Ctx, *, what: str = "items", reverse: boo
             ctx.charge_chars(sum(len(x) for x in items))
         if "number" in kinds and any(isinstance(x, float) and math.isnan(x) for x in items):
             raise SelEvalError(f"cannot sort {what} containing nan")
+        if "datetime" in kinds:
+            return sorted(items, key=instant, reverse=reverse)
     return sorted(items, reverse=reverse)
+
+
+def instant(value: Any) -> Any:
+    """The sort/equality key of a value: aware datetimes as UTC instants.
+
+    Python compares two datetimes of one zone by wall time, ignoring ``fold`` (the two 02:30s of
+    a fall-back night are "equal"), and calls ambiguous datetimes of different zones unequal.
+    SEL compares instants.
+    """
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return value.astimezone(UTC)
+    return value
 
 
 def less_than(a: Any, b: Any, ctx: Ctx, depth: int = 0) -> bool:
@@ -250,6 +275,8 @@ def less_than(a: Any, b: Any, ctx: Ctx, depth: int = 0) -> bool:
     if ka is not None and ka == kb:
         if ka == "string":
             ctx.charge_chars(min(len(a), len(b)))
+        if ka == "datetime":
+            return bool(instant(a) < instant(b))
         return bool(a < b)
     if is_sequence(a) and is_sequence(b):
         ctx.check_depth(depth + 1)
@@ -272,6 +299,8 @@ def equal(a: Any, b: Any, ctx: Ctx, depth: int = 0) -> bool:
     if ta in SCALAR_TYPES and tb in SCALAR_TYPES:
         if ta is str and tb is str:
             ctx.charge_chars(min(len(a), len(b)))
+        elif ta is datetime and tb is datetime:
+            return bool(instant(a) == instant(b))
         return bool(a == b)
     if a is b:
         return True
@@ -283,6 +312,8 @@ def equal(a: Any, b: Any, ctx: Ctx, depth: int = 0) -> bool:
         ctx.check_depth(depth + 1)
         n = len(a)
         ctx.charge(n)
+        if ta is list and tb is list and set(map(type, a)) | set(map(type, b)) <= _FLAT_TYPES:
+            return bool(a == b)  # flat lists of small scalars: C compares them in time linear in n
         return all(equal(a[i], b[i], ctx, depth + 1) for i in range(n))
     if is_map(a) and is_map(b):
         if len(a) != len(b):
