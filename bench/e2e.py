@@ -19,12 +19,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, percentile  # noqa: E402
-
-from legato.client import LegatoClient  # noqa: E402
-from legato.devstack.processes import Stack  # noqa: E402
-from legato.runtime.settings import Settings  # noqa: E402
-from legato.store import ensure_database, migrate_url  # noqa: E402
+from _servers import bench_servers, percentile
+from legato.client import LegatoClient
+from legato.devstack.processes import Stack
+from legato.runtime.settings import Settings
+from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-noop
@@ -46,7 +45,9 @@ async def wait_api(client: LegatoClient) -> None:
     raise RuntimeError("API did not come up")
 
 
-async def run(n: int, in_flight: int, settings: Settings, log_dir: Path, executors: int, tracing: bool) -> dict[str, float]:
+async def run(
+    n: int, in_flight: int, settings: Settings, log_dir: Path, executors: int, tracing: bool
+) -> dict[str, float]:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     extra = {} if tracing else {"OTEL_SDK_DISABLED": "true"}
@@ -106,15 +107,25 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--in-flight", type=int, default=256)
     parser.add_argument("--executors", type=int, default=1)
-    parser.add_argument("--compare-tracing", action="store_true",
-                        help="run twice, with and without the tracer, and print both")
+    parser.add_argument(
+        "--compare-tracing",
+        action="store_true",
+        help="run twice, with and without the tracer, and print both",
+    )
     args = parser.parse_args()
     modes = [False, True] if args.compare_tracing else [True]
     for tracing in modes:
         with bench_servers("legato_e2e") as servers:
-            settings = Settings(nats_url=servers.nats_url, database_url=servers.database_url,
-                                namespace=servers.namespace, partitions=8, log_level="warning")
-            r = asyncio.run(run(args.n, args.in_flight, settings, servers.tmp / "logs", args.executors, tracing))
+            settings = Settings(
+                nats_url=servers.nats_url,
+                database_url=servers.database_url,
+                namespace=servers.namespace,
+                partitions=8,
+                log_level="warning",
+            )
+            r = asyncio.run(
+                run(args.n, args.in_flight, settings, servers.tmp / "logs", args.executors, tracing)
+            )
         label = "tracing on" if tracing else "tracing off"
         print(f"e2e ({label}): {r['runs']} one-noop-step runs, {r['failed']} not succeeded")
         print(f"  API accepted starts:        {r['api_accept_per_s']:8.0f} /s")

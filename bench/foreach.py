@@ -18,12 +18,11 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers  # noqa: E402
-
-from legato.client import LegatoClient  # noqa: E402
-from legato.devstack.processes import Stack  # noqa: E402
-from legato.runtime.settings import Settings  # noqa: E402
-from legato.store import ensure_database, migrate_url  # noqa: E402
+from _servers import bench_servers
+from legato.client import LegatoClient
+from legato.devstack.processes import Stack
+from legato.runtime.settings import Settings
+from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-foreach
@@ -61,7 +60,9 @@ async def rows_inserted(conn: asyncpg.Connection) -> int:
 async def run(n: int, width: int, executors: int, settings: Settings, log_dir: Path) -> None:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, executors=executors, concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"})
+    stack = Stack(
+        settings, log_dir, executors=executors, concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"}
+    )
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
     conn = await asyncpg.connect(settings.database_url)
@@ -96,11 +97,15 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         step_secs = (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
         await asyncio.sleep(1.0)  # let pg_stat catch up
         rows = await rows_inserted(conn) - rows_before
-        print(f"foreach: {n} noop iterations, concurrency {width}, {executors} executor(s): status {info['status']}")
+        print(
+            f"foreach: {n} noop iterations, concurrency {width}, {executors} executor(s): status {info['status']}"
+        )
         print(f"  iterations/s (foreach step start -> end): {n / step_secs:8.0f}   ({step_secs:.1f} s)")
         print(f"  iterations/s (start request -> run end):  {n / elapsed:8.0f}")
-        print(f"  scheduler RSS: baseline {baseline / 1024:.0f} MB, peak {peak / 1024:.0f} MB, "
-              f"growth {(peak - baseline) / 1024:.0f} MB")
+        print(
+            f"  scheduler RSS: baseline {baseline / 1024:.0f} MB, peak {peak / 1024:.0f} MB, "
+            f"growth {(peak - baseline) / 1024:.0f} MB"
+        )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
     finally:
         await conn.close()
@@ -115,8 +120,13 @@ def main() -> None:
     parser.add_argument("--executors", type=int, default=1)
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
-        settings = Settings(nats_url=servers.nats_url, database_url=servers.database_url,
-                            namespace=servers.namespace, partitions=8, log_level="warning")
+        settings = Settings(
+            nats_url=servers.nats_url,
+            database_url=servers.database_url,
+            namespace=servers.namespace,
+            partitions=8,
+            log_level="warning",
+        )
         asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs"))
 
 

@@ -28,12 +28,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         render.dump_json({"ok": failed == 0, "files": report})
     else:
-        for name, issues in report.items():
-            if not issues:
+        for name, found in report.items():
+            if not found:
                 print(f"{name}: OK")
                 continue
-            print(f"{name}: {len(issues)} problem(s)")
-            for issue in issues:
+            print(f"{name}: {len(found)} problem(s)")
+            for issue in found:
                 print(f"  {issue['path']}: {issue['message']}" if issue["path"] else f"  {issue['message']}")
     return 1 if failed else 0
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from tests.unit.core.builders import definition, parse
-
 from legato.core import (
     SCHEMA_VERSION,
     ForeachStep,
@@ -14,6 +12,7 @@ from legato.core import (
     definition_to_json,
     parse_definition,
 )
+from tests.unit.core.builders import definition, parse
 
 YAML = """
 id: wf

@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from tests.unit.core.builders import definition, parse
 
 from legato.core import (
     CompiledWorkflow,
@@ -21,6 +20,7 @@ from legato.core import (
     signal_matches,
 )
 from legato.sel import DateRange, SelEvalError, SelLimitError
+from tests.unit.core.builders import definition, parse
 
 START = datetime(2026, 11, 8, 6, 0, tzinfo=UTC)
 INSTANCE = InstanceInfo(id="run-1", workflow_id="wf", version=1, start_time=START, trigger={"kind": "api"})

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.unit.core.builders import definition, issues, only_issue, parse
 
 from legato.core import compile_workflow
+from tests.unit.core.builders import definition, issues, only_issue, parse
 
 
 def shell(step_id: str, command: str = "echo ok", **extra: Any) -> dict[str, Any]:

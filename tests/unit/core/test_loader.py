@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.unit.core.builders import issues
 
 from legato.core import DefinitionError, parse_definition
 from legato.core.loader import MAX_DEFINITION_BYTES, load_document
+from tests.unit.core.builders import issues
 
 
 def error_lines(data: str | bytes, source: str = "wf.yaml") -> list[str]:

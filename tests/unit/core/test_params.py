@@ -6,7 +6,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.unit.core.builders import definition, parse
 
 from legato.core import (
     CompiledWorkflow,
@@ -18,6 +17,7 @@ from legato.core import (
     to_json_value,
 )
 from legato.sel import DateRange
+from tests.unit.core.builders import definition, parse
 
 START = datetime(2026, 11, 8, 6, 0, tzinfo=UTC)
 INSTANCE = InstanceInfo(id="run-1", workflow_id="wf", version=3, start_time=START, trigger={"kind": "api"})

@@ -6,9 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from tests.unit.core.builders import definition, parse, text
-
 from legato.core.plan import RUNS, RUNTIME, SKIPPED, plan_workflow, validate_text
+from tests.unit.core.builders import definition, parse, text
 
 NOW = datetime(2026, 11, 8, 12, 0, tzinfo=UTC)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from tests.unit.core.builders import definition, issues, only_issue, parse
 
 NOOP = {"id": "a", "type": "noop"}
