@@ -234,6 +234,29 @@ async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
     return 0
 
 
+def _step_detail(s: dict[str, Any]) -> str:
+    prog = s.get("progress") or {}
+    kind = prog.get("kind")
+    if kind == "foreach":
+        parts = [f"{prog.get('succeeded', 0)}/{prog.get('total', 0)} succeeded"]
+        for key in ("running", "failed", "ignored", "pending"):
+            if prog.get(key):
+                parts.append(f"{prog[key]} {key}")
+        head = "foreach: " + ", ".join(parts)
+        return head if s["status"] in ("running", "succeeded") else f"{head}; {s['error'] or ''}".rstrip("; ")
+    if kind == "loop":
+        return f"loop: iteration {prog.get('index', 0)} of at most {prog.get('max')}" + (
+            f"; {s['error']}" if s.get("error") else ""
+        )
+    if kind == "subworkflow":
+        return f"child run {prog.get('child')} of {prog.get('workflow')}" + (
+            f"; {s['error']}" if s.get("error") else ""
+        )
+    if s["status"] == "succeeded":
+        return json.dumps(s["outputs"] or {}, sort_keys=True, default=str)
+    return str(s["error"] or render.reason_text(s["reason"]))
+
+
 def print_instance(info: dict[str, Any]) -> None:
     print(
         f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
@@ -271,6 +294,13 @@ def print_instance(info: dict[str, Any]) -> None:
             ],
         )
         for s in steps:
+            prog = s.get("progress") or {}
+            if prog.get("failed_items"):
+                more = prog.get("failed_items_total", 0) - len(prog["failed_items"])
+                print(
+                    f"  {s['step_id']}: failed iterations {prog['failed_items']}"
+                    + (f" and {more} more" if more > 0 else "")
+                )
             for a in s["attempts"]:
                 if a["status"] not in ("succeeded",) and (a["error"] or a["log_tail"]):
                     print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}: {a['error'] or ''}")

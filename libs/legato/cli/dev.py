@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgspec
+import nats
 
-from legato.bus.connection import connect
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
@@ -133,7 +133,7 @@ class DevStack:
         applied = await migrate_url(self.database_url)
         if applied:
             say(f"migrations applied: {', '.join(str(v) for v in applied)}")
-        nc = await connect(self.nats_url, name="legato-dev")
+        nc = await nats.connect(self.nats_url, name="legato-dev")
         try:
             await provision_streams(nc.jetstream(), Topology(self.namespace))
         finally:
@@ -197,14 +197,34 @@ class DevStack:
         say(f"services started: {names} (logs in {self.logs})")
 
     async def supervise(self) -> None:
-        """Restart a service that dies (with a short pause), and say so."""
+        """Restart a service that dies, with a growing pause; give up on one that keeps dying."""
+        restarts: dict[tuple[str, int], int] = {}
+        due: dict[tuple[str, int], float] = {}
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
             for service, procs in self.children.items():
                 for i, proc in enumerate(procs):
-                    code = proc.poll()
-                    if code is not None:
-                        say(f"{service} exited with {code}; restarting (see {self.logs / service}.log)")
+                    key = (service, i)
+                    if proc.poll() is None or restarts.get(key, 0) < 0:
+                        continue
+                    if key not in due:
+                        n = restarts.get(key, 0)
+                        if n >= 5:
+                            say(
+                                f"{service} keeps exiting ({proc.returncode}); not restarting it again — "
+                                f"see {self.logs / service}.log"
+                            )
+                            restarts[key] = -1
+                            continue
+                        delay = min(30.0, 2.0**n)
+                        say(
+                            f"{service} exited with {proc.returncode}; restarting in {delay:.0f}s "
+                            f"(see {self.logs / service}.log)"
+                        )
+                        due[key] = now + delay
+                    elif now >= due.pop(key):
+                        restarts[key] = restarts.get(key, 0) + 1
                         procs[i] = self.spawn(service, self.service_args(service, i), i)
 
     def stop_all(self) -> None:
@@ -262,7 +282,7 @@ class DevStack:
                 await asyncio.sleep(0.3)
 
     async def watch(self) -> None:
-        nc = await connect(self.nats_url, name="legato-dev-watch")
+        nc = await nats.connect(self.nats_url, name="legato-dev-watch")
         decoder = msgspec.json.Decoder(InstanceProgress)
 
         async def on_msg(msg: Any) -> None:
@@ -271,7 +291,7 @@ class DevStack:
             except msgspec.DecodeError:
                 return
             stamp = time.strftime("%H:%M:%S", time.localtime(p.at or time.time()))
-            why = f" ({p.reason})" if p.reason else ""
+            why = f" ({p.reason})" if p.reason and p.reason != p.status else ""
             print(f"  {stamp}  {p.workflow_id:<24} {p.instance_id}  {p.status}{why}", flush=True)
 
         await nc.subscribe(Topology(self.namespace).progress_wildcard, cb=on_msg)
@@ -284,4 +304,7 @@ class DevStack:
 def _service_exists(service: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(f"legato.{service}") is not None
+    try:
+        return importlib.util.find_spec(f"legato.{service}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
