@@ -137,14 +137,21 @@ def load_settings(
     try:
         return msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise SettingsError(_explain(exc)) from None
+        raise SettingsError(_explain(exc, raw)) from None
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.partitions`"; name the variable instead.
+_KIND = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.partitions`"; name the variable and the value instead.
     text = str(exc)
-    if " - at `$." in text:
-        rule, _, where = text.partition(" - at `$.")
-        field = where.rstrip("`").split(".")[0].split("[")[0]
-        return f"{_FIELDS.get(field, field)}: {rule[0].lower()}{rule[1:]}"
-    return text
+    if " - at `$." not in text:
+        return text
+    rule, _, where = text.partition(" - at `$.")
+    field = where.rstrip("`").split(".")[0].split("[")[0]
+    var = _FIELDS.get(field, field)
+    if rule.startswith("Expected `"):
+        wanted = rule.split("`")[1]
+        return f"{var}: expected {_KIND.get(wanted, wanted)}, got {raw.get(field)!r}"
+    return f"{var}: {rule[0].lower()}{rule[1:]}"

@@ -196,6 +196,8 @@ class WorkflowActor:
                 )
             await uow.flush(conn, state.row)
         self.batches += 1
+        if uow.progress:
+            await reg.publish_progress(list(uow.progress.values()))
         if uow.flushed_outbox:
             reg.wake_relay()
         if uow.flushed_timers:
@@ -322,6 +324,7 @@ class ActorRegistry(Component):
         definitions: DefinitionCache | None = None,
         wake_relay: Callable[[], None] = lambda: None,
         wake_timers: Callable[[], None] = lambda: None,
+        publish_core: Callable[[list[tuple[str, bytes]]], Awaitable[None]] | None = None,
         batch: int = 256,
         mailbox_size: int = 1024,
         idle_timeout: float = 60.0,
@@ -333,6 +336,7 @@ class ActorRegistry(Component):
         self.definitions = definitions or DefinitionCache()
         self.wake_relay = wake_relay
         self.wake_timers = wake_timers
+        self.publish_core = publish_core
         self.batch = batch
         self.mailbox_size = mailbox_size
         self.idle_timeout = idle_timeout
@@ -349,6 +353,12 @@ class ActorRegistry(Component):
                 if actor.task is not None:
                     actor.task.cancel()
         self._tg = None
+
+    async def publish_progress(self, items: list[Any]) -> None:
+        if self.publish_core is not None:
+            await self.publish_core(
+                [(self.topology.progress_subject(p.workflow_id), encode(p)) for p in items]
+            )
 
     def forget(self, actor: WorkflowActor) -> None:
         if self.actors.get(actor.workflow_id) is actor:

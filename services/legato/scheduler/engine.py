@@ -979,21 +979,14 @@ class RunEngine:
         self.uow.note(TimelineEntry(inst.id, event, message, step_id=step_id, actor=actor, details=details))
 
     def progress(self, inst: InstanceState) -> None:
+        """Tell watchers (``legato dev``, ``start --wait``) after commit; best effort, the last status wins."""
         if inst.body_path:
             return
         reason = inst.reason.get("code") if inst.reason else None
-        self.uow.outbox.append(
-            OutgoingMessage(
-                self.topology.progress_subject(inst.workflow_id),
-                encode(
-                    InstanceProgress(
-                        workflow_id=inst.workflow_id,
-                        instance_id=inst.id,
-                        status=inst.status,
-                        reason=reason,
-                        at=time.time(),
-                    )
-                ),
-                core=True,
-            )
+        self.uow.progress[inst.id] = InstanceProgress(
+            workflow_id=inst.workflow_id,
+            instance_id=inst.id,
+            status=inst.status,
+            reason=reason,
+            at=time.time(),
         )

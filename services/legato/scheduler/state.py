@@ -252,6 +252,8 @@ class UnitOfWork:
     waiters_del: list[tuple[str, str, str]] = field(default_factory=list)
     # Other workflows to wake because a permit of a tag they wait for was freed.
     nudges: set[str] = field(default_factory=set)
+    # Status changes for watchers, published after commit on core NATS (not through the outbox).
+    progress: dict[str, Any] = field(default_factory=dict)
     # foreach steps whose iterations all ended: their outputs are collected from Postgres.
     collect: list[tuple[str, str]] = field(default_factory=list)
     flushed_outbox: int = 0

@@ -1,0 +1,41 @@
+"""Settings: precedence, and one clear line naming the variable for a bad value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from legato.runtime.settings import SettingsError, load_settings
+
+
+def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_path: Path) -> None:
+    (tmp_path / "dev.json").write_text(
+        json.dumps({"nats_url": "nats://dev:1", "database_url": "postgresql://dev/x"})
+    )
+    env = {"LEGATO_STATE_DIR": str(tmp_path), "LEGATO_DATABASE_URL": "postgresql://env/y"}
+    s = load_settings(env)
+    assert s.nats_url == "nats://dev:1" and s.database_url == "postgresql://env/y"
+    s = load_settings(env, overrides={"nats_url": "nats://flag:2"})
+    assert s.nats_url == "nats://flag:2"
+    assert load_settings({}, use_dev_state=False).nats_url == "nats://127.0.0.1:4222"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LEGATO_PARTITIONS": "abc"}, "LEGATO_PARTITIONS: expected an integer, got 'abc'"),
+        ({"LEGATO_PARTITIONS": "0"}, "LEGATO_PARTITIONS: must be 1..4096, got 0"),
+        ({"LEGATO_GRACE_PERIOD": "soon"}, "LEGATO_GRACE_PERIOD: expected a number, got 'soon'"),
+        ({"LEGATO_NATS_URL": "http://x"}, "LEGATO_NATS_URL: must start with nats://"),
+        ({"LEGATO_DATABASE_URL": "mysql://x"}, "LEGATO_DATABASE_URL: must start with postgresql://"),
+        ({"LEGATO_NAMESPACE": "a.b"}, "LEGATO_NAMESPACE: must be letters, digits"),
+        ({"LEGATO_STREAM_REPLICAS": "2"}, "LEGATO_STREAM_REPLICAS: must be 1, 3 or 5, got 2"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(env, use_dev_state=False)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
