@@ -275,10 +275,13 @@ async def test_graceful_shutdown_finishes_in_flight_work(
     await provision_streams(nc.jetstream(), topo)
     await publish(nc, topo, [msgspec.json.encode(Ping(n=i)) for i in range(5)])
     started = asyncio.Event()
+    begun: list[int] = []
     finished: list[int] = []
 
     async def handler(d: Delivery[Ping]) -> None:
-        started.set()
+        begun.append(d.message.n)
+        if len(begun) == 5:
+            started.set()
         await asyncio.sleep(0.8)
         finished.append(d.message.n)
 

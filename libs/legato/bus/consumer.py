@@ -38,6 +38,9 @@ log = get_logger("legato.bus")
 
 T = TypeVar("T")
 
+# How long a multi-message fetch may wait to fill up; it is only made when messages are pending.
+BUSY_FETCH_TIMEOUT = 0.05
+
 
 class Retry(Exception):
     """Raise from a handler to have the message redelivered after ``delay`` seconds."""
@@ -164,14 +167,19 @@ class ConsumerLoop(Component, Generic[T]):
 
     async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
         failures = 0
+        pending = 0  # messages the server still holds for us, as the last delivery reported
         while not self.stopping:
             room = self.max_in_flight - len(self._tasks)
             if room <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            # A pull request waits until its batch is full (or it expires), so asking for more than the
+            # server holds adds latency: ask for one and wait when idle, for what is pending when busy.
+            want = max(1, min(self.batch, room, pending))
+            timeout = self.fetch_timeout if want == 1 else BUSY_FETCH_TIMEOUT
             try:
-                msgs = await sub.fetch(min(self.batch, room), timeout=self.fetch_timeout)
+                msgs = await sub.fetch(want, timeout=timeout)
                 failures = 0
             except (nats.errors.TimeoutError, TimeoutError):
                 # nats-py raises both kinds on an empty fetch; either means "nothing yet".
@@ -194,6 +202,11 @@ class ConsumerLoop(Component, Generic[T]):
                 await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
                 continue
             self.stats.fetched += len(msgs)
+            if msgs:
+                try:
+                    pending = msgs[-1].metadata.num_pending
+                except Exception:
+                    pending = 0
             for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)

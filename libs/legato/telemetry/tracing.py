@@ -62,6 +62,7 @@ def configure_tracing(service: str, *, extra_processor: SpanProcessor | None = N
     if extra_processor is not None:
         provider.add_span_processor(extra_processor)
     trace.set_tracer_provider(provider)
+    _tracers.clear()
     _provider = provider
     return provider
 
@@ -74,8 +75,15 @@ def shutdown_tracing() -> None:
         _provider = None
 
 
+_tracers: dict[str, trace.Tracer] = {}
+
+
 def get_tracer(name: str = "legato") -> trace.Tracer:
-    return trace.get_tracer(name)
+    """A cached tracer (``trace.get_tracer`` builds a new one per call: costly on hot paths)."""
+    tracer = _tracers.get(name)
+    if tracer is None:
+        tracer = _tracers[name] = trace.get_tracer(name)
+    return tracer
 
 
 def inject_headers(headers: dict[str, str] | None = None, ctx: Context | None = None) -> dict[str, str]:

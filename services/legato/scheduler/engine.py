@@ -932,7 +932,9 @@ class RunEngine:
                     self.uow.nudges.add(wf)
         if attempt_id is not None:
             self.state.leaf_active = max(0, self.state.leaf_active - 1)
-            self.permits_freed = True
+            # Only a limited slot can have waiters worth retrying.
+            if step.concurrency_tags or compiled.definition.step_concurrency:
+                self.permits_freed = True
 
     def retry_waiting(self) -> None:
         """Give freed slots to this workflow's waiting steps, oldest first."""

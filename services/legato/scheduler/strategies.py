@@ -46,7 +46,8 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
     """Apply the workflow's run strategy to a newly created run."""
     row = engine.state.row
     strategy = row.run_strategy
-    running = engine.state.running()
+    # Only the strategies that look at the running runs pay for listing them.
+    running = engine.state.running() if strategy in ("first_only", "last_only") else []
     if strategy == "first_only" and (running or engine.state.queue):
         holder = running[0].id if running else engine.state.queue[0]
         engine.finish(

@@ -41,6 +41,7 @@ log = get_logger("legato.trigger")
 
 _encoder = msgspec.json.Encoder()
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+ROW_CACHE_SECONDS = 1.0
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -78,6 +79,7 @@ class ApiService(Component):
         self._starts: asyncio.Queue[_PendingStart] = asyncio.Queue(maxsize=4096)
         self.start_batch = start_batch
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        self._rows: dict[str, tuple[float, bool, int]] = {}
         # Starts this process accepted recently: "pending" until the scheduler has created the run.
         self._accepted: OrderedDict[str, str] = OrderedDict()
         self.service: Service | None = None
@@ -194,6 +196,7 @@ class ApiService(Component):
 
     async def workflow_push(self, req: A.PushWorkflow) -> dict[str, Any]:
         defn = R.parse_or_raise(req.definition, req.source or "<definition>")
+        self._rows.pop(defn.id, None)
         async with self.pool.acquire() as conn, conn.transaction():
             result = await R.push_workflow(
                 conn, self.topology, defn, source_text=req.definition, actor=req.actor, activate=req.activate
@@ -257,6 +260,7 @@ class ApiService(Component):
         }
 
     async def workflow_activate(self, req: A.WorkflowRef) -> dict[str, Any]:
+        self._rows.pop(req.workflow_id, None)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
             version = req.version or row["active_version"]
@@ -267,6 +271,7 @@ class ApiService(Component):
         return R.workflow_summary(row)
 
     async def workflow_deactivate(self, req: A.WorkflowRef) -> dict[str, Any]:
+        self._rows.pop(req.workflow_id, None)
         async with self.pool.acquire() as conn, conn.transaction():
             await R.get_workflow_row(conn, req.workflow_id, lock=True)
             await conn.execute(
@@ -593,17 +598,35 @@ class ApiService(Component):
 
     # ------------------------------------------------------------------ runs
 
+    async def _start_target(self, workflow_id: str, version: int | None) -> tuple[int, CompiledWorkflow]:
+        """The version a start uses, from a workflow row cached for a second (starts come in bursts; the
+        scheduler re-checks activation when it applies the start)."""
+        now = time.monotonic()
+        cached = self._rows.get(workflow_id)
+        if cached is None or now - cached[0] > ROW_CACHE_SECONDS:
+            async with self.pool.acquire() as conn:
+                row = await R.get_workflow_row(conn, workflow_id)
+            cached = (now, row["active"], row["active_version"])
+            self._rows[workflow_id] = cached
+            if len(self._rows) > 10_000:
+                self._rows.clear()
+        _, active, active_version = cached
+        if not active:
+            raise ApiError(
+                "inactive",
+                f"workflow {workflow_id!r} is inactive: activate it first",
+                {"workflow_id": workflow_id},
+            )
+        chosen = version or active_version
+        key = (workflow_id, chosen)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            async with self.pool.acquire() as conn:
+                compiled = await self.compiled(conn, workflow_id, chosen)
+        return chosen, compiled
+
     async def instance_start(self, req: A.StartInstance) -> dict[str, Any]:
-        async with self.pool.acquire() as conn:
-            row = await R.get_workflow_row(conn, req.workflow_id)
-            if not row["active"]:
-                raise ApiError(
-                    "inactive",
-                    f"workflow {req.workflow_id!r} is inactive: activate it first",
-                    {"workflow_id": req.workflow_id},
-                )
-            version = req.version or row["active_version"]
-            compiled = await self.compiled(conn, req.workflow_id, version)
+        version, compiled = await self._start_target(req.workflow_id, req.version)
         request_id = req.request_id or new_request_id()
         trigger_key = f"api:{request_id}"
         instance_id = instance_id_for(req.workflow_id, trigger_key)
