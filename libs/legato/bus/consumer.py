@@ -10,6 +10,8 @@ message from the outcome in one place:
 - cancellation (shutdown)     -> no settlement: JetStream redelivers after ack_wait
 
 Long handlers are kept alive with ``in_progress()``; in-flight work is bounded by ``max_in_flight``.
+Every outcome is counted in ``legato.consumer.handled`` (``acked``, ``retried``, ``failed``,
+``dead_lettered``), with ``legato.consumer.redeliveries`` and ``legato.consumer.dead_letters`` beside.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from opentelemetry.trace import SpanKind
 from legato.bus.publisher import MSG_ID_HEADER
 from legato.bus.streams import ConsumerSpec, provision_consumer
 from legato.runtime.component import Component
-from legato.telemetry import bind_context, consume_span, get_logger
+from legato.telemetry import bind_context, consume_span, get_logger, metrics
 
 log = get_logger("legato.bus")
 
@@ -104,6 +106,12 @@ class ConsumerStats:
     errors: int = 0
 
 
+def stream_label(stream: str) -> str:
+    """A stream's name without the install's namespace prefix (``T1A2_LEGATO_WORK`` -> ``LEGATO_WORK``)."""
+    _, sep, tail = stream.rpartition("LEGATO_")
+    return sep + tail if sep else stream
+
+
 class ConsumerLoop(Component, Generic[T]):
     """A bounded, batched pull-consumer loop with one settlement policy."""
 
@@ -138,6 +146,7 @@ class ConsumerLoop(Component, Generic[T]):
         self.heartbeat_interval = heartbeat_interval or max(1.0, spec.ack_wait / 3)
         self.span_name = span_name or f"process {spec.stream}"
         self.stats = ConsumerStats()
+        self.stream_label = stream_label(spec.stream)
         # Test hook: apply every message twice (as if its ack was lost and JetStream redelivered it)
         # to prove handlers are idempotent end to end. Never set in production.
         self.deliver_twice = os.environ.get("LEGATO_TEST_DELIVER_TWICE") == "1"
@@ -238,6 +247,7 @@ class ConsumerLoop(Component, Generic[T]):
         deliveries = meta.num_delivered
         if deliveries > 1:
             self.stats.redelivered += 1
+            metrics().consumer_redeliveries.add(stream=self.stream_label)
         if deliveries > self.max_deliveries:
             # Delivered more often than allowed without ever being settled (e.g. the handler crashes
             # the process): stop the loop of crashes here.
@@ -282,6 +292,7 @@ class ConsumerLoop(Component, Generic[T]):
             raise  # not settled: redelivered after ack_wait
         except Retry as exc:
             await self._settle(msg.nak(delay=exc.delay), "naked")
+            self._handled("retried")
         except Poison as exc:
             await self._dead_letter(msg, headers, msg_id, f"poison: {exc}")
         except Exception as exc:
@@ -299,10 +310,15 @@ class ConsumerLoop(Component, Generic[T]):
                     error=f"{type(exc).__name__}: {exc}",
                 )
                 await self._settle(msg.nak(delay=delay), "naked")
+                self._handled("failed")
         else:
             await self._settle(msg.ack(), "acked")
+            self._handled("acked")
         finally:
             self._in_flight.pop(seq, None)
+
+    def _handled(self, result: str) -> None:
+        metrics().consumer_handled.add(stream=self.stream_label, result=result)
 
     async def _settle(self, verb: Awaitable[None], counter: str) -> None:
         try:
@@ -331,7 +347,10 @@ class ConsumerLoop(Component, Generic[T]):
             # Never lose a message: if the dead letter cannot be stored, leave it for a later try.
             log.error("dead_letter_failed", consumer=self.spec.durable, msg_id=msg_id, error=repr(exc))
             await self._settle(msg.nak(delay=5.0), "naked")
+            self._handled("failed")
             return
         log.warning("message_dead_lettered", consumer=self.spec.durable, msg_id=msg_id, error=error[:500])
         self.stats.dead_lettered += 1
+        metrics().consumer_dead_letters.add(stream=self.stream_label)
+        self._handled("dead_lettered")
         await self._settle(msg.term(), "termed")

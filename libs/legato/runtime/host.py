@@ -2,7 +2,8 @@
 dead letters, and a supervisor with ordered shutdown on SIGTERM/SIGINT.
 
 Shutdown order: stop fetching -> in-flight work finishes within the grace period -> the rest is
-cancelled -> the relay flushes -> NATS is drained -> the pool is closed -> spans are flushed.
+cancelled -> the relay flushes -> the metrics endpoint closes -> NATS is drained -> the pool is closed
+-> metrics and spans are flushed.
 """
 
 from __future__ import annotations
@@ -20,13 +21,21 @@ from legato.bus.publisher import Publisher
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.runtime.component import Component
+from legato.runtime.metrics_server import MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
 from legato.store.dead_letters import PostgresDeadLetters
 from legato.store.migrations import migrate
 from legato.store.outbox import OutboxRelay
 from legato.store.pool import create_pool
-from legato.telemetry import configure_logging, configure_tracing, get_logger, shutdown_tracing
+from legato.telemetry import (
+    configure_logging,
+    configure_metrics,
+    configure_tracing,
+    get_logger,
+    shutdown_metrics,
+    shutdown_tracing,
+)
 
 log = get_logger("legato.runtime")
 
@@ -56,6 +65,7 @@ class ServiceHost:
         self.relay: OutboxRelay | None = None
         self.dead_letters: PostgresDeadLetters | None = None
         self.supervisor: Supervisor | None = None
+        self.metrics_server: MetricsServer | None = None
 
     @property
     def nc(self) -> Client:
@@ -74,7 +84,9 @@ class ServiceHost:
     async def __aenter__(self) -> Self:
         if self.configure_process:
             configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
-            configure_tracing(self.service)
+            instance = self.settings.replica
+            configure_tracing(self.service, instance_id=instance)
+            configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
         self._pool = await create_pool(
             self.settings.database_url,
@@ -103,6 +115,9 @@ class ServiceHost:
         comps: list[Component] = list(self.components)
         if self.relay is not None:
             comps.append(self.relay)
+        if self.settings.metrics_port:
+            self.metrics_server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port)
+            comps.append(self.metrics_server)
         self.supervisor = Supervisor(
             comps,
             grace_period=self.settings.grace_period,
@@ -137,4 +152,5 @@ class ServiceHost:
             await self._drain_nats()
             await self._close_pool()
         if self.configure_process:
+            shutdown_metrics()
             shutdown_tracing()

@@ -38,7 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int = 5
     log_level: str = "info"
     log_format: str = "auto"
+    # Prometheus scrape endpoint (GET /metrics) of this process; 0 = none.
     metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
         _check(

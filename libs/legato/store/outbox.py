@@ -15,7 +15,7 @@ import asyncpg
 
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.runtime.component import Component
-from legato.telemetry import get_logger
+from legato.telemetry import get_logger, metrics
 
 log = get_logger("legato.store")
 
@@ -116,10 +116,13 @@ class OutboxRelay(Component):
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT id, subject, payload, msg_id, headers, core FROM outbox "
+                "SELECT id, subject, payload, msg_id, headers, core, "
+                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
             )
+            # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
+            metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
             if not rows:
                 return 0
             msgs = [
@@ -136,4 +139,5 @@ class OutboxRelay(Component):
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
         self.published += len(rows)
         self.rounds += 1
+        metrics().outbox_published.add(len(rows))
         return len(rows)

@@ -1,66 +1,124 @@
 """OpenTelemetry tracing: provider set-up and W3C trace context on NATS message headers.
 
-Nothing is exported unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces-specific variable) is set,
-in which case spans go through a batch processor to OTLP over gRPC or HTTP
-(``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``: ``grpc`` or ``http/protobuf``).
+Set-up follows the standard ``OTEL_*`` variables: spans go through a batch processor
+(``OTEL_BSP_*``) to OTLP over gRPC or HTTP when ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL``: ``grpc`` (default) or
+``http/protobuf``; headers, timeout, compression and TLS from the same family of variables);
+``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true`` turn export off, ``console`` prints spans;
+``OTEL_TRACES_SAMPLER[_ARG]`` choose the sampler; ``OTEL_RESOURCE_ATTRIBUTES`` adds resource attributes
+(``service.name`` is always ``legato-<service>``). ``LEGATO_TEST_SPAN_FILE`` additionally writes every
+span as a JSON line to that file (see ``span_file``).
+
+The provider's id generator honours ``forced_ids`` (see ``ids``), so a span can be emitted late with
+ids reserved early: ``emit_span``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
+
+from legato.telemetry.ids import ForcedIdGenerator, forced_ids, parse_traceparent, remote_parent
+from legato.telemetry.resource import service_resource
+from legato.telemetry.span_file import SPAN_FILE_ENV, SpanFileExporter
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
 
 
-def _otlp_exporter_processor() -> SpanProcessor | None:
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
-    if not endpoint or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "grpc"
-    ).lower()
-    if protocol.startswith("http"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+def _env(*names: str) -> str:
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return ""
 
-        return BatchSpanProcessor(HttpExporter())
-    if protocol != "grpc":
+
+def sdk_disabled() -> bool:
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+
+
+def otlp_protocol(signal: str) -> str:
+    """``grpc`` or ``http/protobuf`` for ``signal`` (``TRACES``/``METRICS``), from the OTLP variables."""
+    protocol = _env(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    protocol = protocol.lower()
+    if protocol not in ("grpc", "http/protobuf", "http/json", "http"):
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: expected grpc or http/protobuf, got {protocol!r}")
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    if protocol == "http/json":
+        raise ValueError("OTEL_EXPORTER_OTLP_PROTOCOL: http/json is not supported, use http/protobuf or grpc")
+    return protocol
 
-    return BatchSpanProcessor(GrpcExporter())
+
+def otlp_endpoint_set(signal: str) -> bool:
+    return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def configure_tracing(service: str, *, extra_processor: SpanProcessor | None = None) -> TracerProvider:
+def _span_exporters() -> list[SpanExporter]:
+    """The exporters the environment asks for (the exporters read their own endpoint/headers/TLS)."""
+    if sdk_disabled():
+        return []
+    wanted = [x.strip().lower() for x in (_env("OTEL_TRACES_EXPORTER") or "otlp").split(",") if x.strip()]
+    out: list[SpanExporter] = []
+    if "otlp" in wanted and otlp_endpoint_set("TRACES"):
+        if otlp_protocol("TRACES").startswith("http"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+            out.append(HttpExporter())
+        else:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+            out.append(GrpcExporter())
+    if "console" in wanted:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        out.append(ConsoleSpanExporter())
+    return out
+
+
+def build_tracer_provider(
+    service: str,
+    *,
+    instance_id: str | None = None,
+    span_file: str | None = None,
+    extra_processor: SpanProcessor | None = None,
+) -> TracerProvider:
+    """A tracer provider set up from the environment (not installed globally: see ``configure_tracing``)."""
+    provider = TracerProvider(
+        resource=service_resource(service, instance_id=instance_id), id_generator=ForcedIdGenerator()
+    )
+    for exporter in _span_exporters():
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    path = span_file if span_file is not None else os.environ.get(SPAN_FILE_ENV, "")
+    if path:
+        # Written as each span ends, so spans survive a kill -9 of the process right after.
+        provider.add_span_processor(SimpleSpanProcessor(SpanFileExporter(path)))
+    if extra_processor is not None:
+        provider.add_span_processor(extra_processor)
+    return provider
+
+
+def configure_tracing(
+    service: str, *, instance_id: str | None = None, extra_processor: SpanProcessor | None = None
+) -> TracerProvider:
     """Install the process-wide tracer provider with ``service.name=legato-<service>``."""
     global _provider
     if _provider is not None:
         if extra_processor is not None:
             _provider.add_span_processor(extra_processor)
         return _provider
-    attrs: dict[str, AttributeValue] = {"service.name": f"legato-{service}", "service.namespace": "legato"}
-    provider = TracerProvider(resource=Resource.create(attrs))
-    exporter = _otlp_exporter_processor()
-    if exporter is not None:
-        provider.add_span_processor(exporter)
-    if extra_processor is not None:
-        provider.add_span_processor(extra_processor)
+    provider = build_tracer_provider(service, instance_id=instance_id, extra_processor=extra_processor)
+    # The API allows one global provider per process; Legato's own code asks ``get_tracer`` instead,
+    # which always uses the provider configured last.
     trace.set_tracer_provider(provider)
     _tracers.clear()
     _provider = provider
@@ -73,16 +131,18 @@ def shutdown_tracing() -> None:
     if _provider is not None:
         _provider.shutdown()
         _provider = None
+    _tracers.clear()
 
 
 _tracers: dict[str, trace.Tracer] = {}
 
 
 def get_tracer(name: str = "legato") -> trace.Tracer:
-    """A cached tracer (``trace.get_tracer`` builds a new one per call: costly on hot paths)."""
+    """A cached tracer (``get_tracer`` builds a new one per call: costly on hot paths)."""
     tracer = _tracers.get(name)
     if tracer is None:
-        tracer = _tracers[name] = trace.get_tracer(name)
+        source = _provider if _provider is not None else trace.get_tracer_provider()
+        tracer = _tracers[name] = source.get_tracer(name)
     return tracer
 
 
@@ -131,3 +191,72 @@ def consume_span(
                 raise
     finally:
         otel_context.detach(token)
+
+
+def _parent_context(parent: str | Context | None) -> Context:
+    if isinstance(parent, Context):
+        return parent
+    ids = parse_traceparent(parent)
+    return remote_parent(*ids) if ids is not None else Context()
+
+
+def start_span_with_ids(
+    name: str,
+    *,
+    span_id: int,
+    trace_id: int | None = None,
+    parent: str | Context | None = None,
+    start_time_ns: int | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    links: Sequence[Link] | None = None,
+) -> Span:
+    """Start (not end) a span whose span id, and trace id when it is a root, were chosen earlier.
+
+    ``parent`` is a ``traceparent`` string or a context; with a valid parent the span joins the parent's
+    trace and ``trace_id`` is ignored. Not current: end it with ``span.end(end_time=…)``.
+    """
+    ctx = _parent_context(parent)
+    with forced_ids(trace_id=trace_id, span_id=span_id):
+        return get_tracer().start_span(
+            name,
+            context=ctx,
+            kind=kind,
+            attributes=dict(attributes or {}),
+            links=list(links or ()),
+            start_time=start_time_ns,
+        )
+
+
+def emit_span(
+    name: str,
+    *,
+    span_id: int,
+    start_time_ns: int,
+    end_time_ns: int,
+    trace_id: int | None = None,
+    parent: str | Context | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    links: Sequence[Link] | None = None,
+    events: Sequence[tuple[str, int, Mapping[str, AttributeValue]]] = (),
+    error: str | None = None,
+) -> None:
+    """Record a whole span after the fact, with reserved ids and explicit times (e.g. ``workflow.run``
+    at run end, ``step.attempt`` when its result is applied). ``events`` are ``(name, time_ns, attrs)``;
+    ``error`` sets an ERROR status with that description."""
+    span = start_span_with_ids(
+        name,
+        span_id=span_id,
+        trace_id=trace_id,
+        parent=parent,
+        start_time_ns=start_time_ns,
+        kind=kind,
+        attributes=attributes,
+        links=links,
+    )
+    for event_name, at_ns, event_attrs in events:
+        span.add_event(event_name, attributes=dict(event_attrs), timestamp=at_ns)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
+    span.end(end_time=max(end_time_ns, start_time_ns))

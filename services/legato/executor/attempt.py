@@ -31,7 +31,7 @@ from legato.executor.capture import CapturedOutput
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.step import StepContext, StepFailed, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
-from legato.telemetry import bind_context, get_logger, get_tracer, inject_headers
+from legato.telemetry import bind_context, extract_context, get_logger, get_tracer, inject_headers, metrics
 
 log = get_logger("legato.executor")
 
@@ -128,15 +128,18 @@ class AttemptProcessor:
                 self.stats["lost"] += 1
                 await self._finish(item, self._finished(item, "platform_error", error=error))
                 return
-            await self._execute(item)
+            await self._execute(item, delivery.headers)
 
-    async def _execute(self, item: WorkItem) -> None:
+    async def _execute(self, item: WorkItem, headers: Mapping[str, str] | None = None) -> None:
         running = RunningAttempt()
         self._running[item.attempt_id] = running
         self.stats["executed"] += 1
         try:
+            # The WorkItem's traceparent names the scheduler's step.attempt span: the execution is its
+            # direct child (the consumer's "process" span beside it is only about the delivery).
             with get_tracer().start_as_current_span(
                 f"execute {item.step_type}",
+                context=extract_context(headers) if headers else None,
                 kind=SpanKind.INTERNAL,
                 attributes={
                     "legato.workflow_id": item.workflow_id,
@@ -159,6 +162,11 @@ class AttemptProcessor:
                     seconds=round(finished.finished_at - finished.started_at, 3),
                 )
                 self.stats[finished.outcome] += 1
+                metrics().step_duration.record(
+                    max(0.0, finished.finished_at - finished.started_at),
+                    step_type=item.step_type,
+                    outcome=finished.outcome,
+                )
                 await self._finish(item, finished, running)
         finally:
             self._running.pop(item.attempt_id, None)

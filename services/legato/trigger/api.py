@@ -20,6 +20,7 @@ import msgspec
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
+from opentelemetry import trace
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
@@ -32,7 +33,7 @@ from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
 from legato.runtime.component import Component
 from legato.sel import SelError
 from legato.store.outbox import add_to_outbox
-from legato.telemetry import get_logger
+from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
@@ -152,22 +153,31 @@ class ApiService(Component):
         self, name: str, decoder: msgspec.json.Decoder[Any], fn: Callable[[Any], Awaitable[Any]], req: Request
     ) -> None:
         self.requests += 1
+        outcome = "ok"
         try:
-            with consume_span(
-                f"api {name}", req.headers, attributes={"messaging.system": "nats", "rpc.method": name}
+            with (
+                bind_context(endpoint=name),
+                consume_span(
+                    f"api {name}", req.headers, attributes={"messaging.system": "nats", "rpc.method": name}
+                ) as span,
             ):
                 try:
                     try:
                         body = decoder.decode(req.data or b"{}")
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         raise ApiError("bad_request", f"{name}: {exc}") from None
-                    result = await fn(body)
+                    with bind_context(**_ids_of(body)):
+                        result = await fn(body)
                     payload = _encoder.encode({"result": result})
                 except ApiError as exc:
+                    outcome = exc.code
                     payload = _encoder.encode(exc.to_json())
                 except Exception as exc:
+                    outcome = "internal"
                     log.error("api_request_failed", endpoint=name, error=repr(exc), exc_info=True)
                     payload = _encoder.encode(ApiError("internal", f"{name} failed: {exc}").to_json())
+                span.set_attribute("legato.api.result", outcome)
+                metrics().api_requests.add(endpoint=name, result=outcome)
                 try:
                     await req.respond(payload)
                 except Exception as exc:
@@ -630,6 +640,8 @@ class ApiService(Component):
         request_id = req.request_id or new_request_id()
         trigger_key = f"api:{request_id}"
         instance_id = instance_id_for(req.workflow_id, trigger_key)
+        # Searchable in a tracing backend: the request span names the run it started.
+        trace.get_current_span().set_attribute("legato.instance_id", instance_id)
         try:
             # Checked here so a bad start gets a precise error now instead of a failed run later.
             compiled.resolve_run_params(
@@ -778,6 +790,15 @@ class ApiService(Component):
                 after=req.after,
                 limit=max(1, min(req.limit, 1000)),
             )
+
+
+def _ids_of(body: Any) -> dict[str, Any]:
+    """The workflow/run/step a request is about, for its log lines."""
+    return {
+        key: getattr(body, key, None)
+        for key in ("workflow_id", "instance_id", "step_id")
+        if isinstance(getattr(body, key, None), str)
+    }
 
 
 def _now() -> Any:

@@ -28,7 +28,7 @@ from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
-from legato.telemetry import get_logger
+from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.trigger")
 
@@ -106,7 +106,8 @@ class CronLoop(Component):
             for trigger in compiled.definition.triggers:
                 if getattr(trigger, "type", None) != "cron":
                     continue
-                started += await self._fire_trigger(compiled, trigger, now)
+                with bind_context(workflow_id=compiled.definition.id):
+                    started += await self._fire_trigger(compiled, trigger, now)
         if started:
             self.wake_relay()
         self.fired += started
