@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
 from legato.bus.consumer import Poison, Retry
 from legato.bus.publisher import OutgoingMessage
@@ -30,11 +32,11 @@ from legato.protocol.messages import (
     WorkflowChanged,
 )
 from legato.runtime.component import Component
-from legato.scheduler import actions, dynamic
+from legato.scheduler import actions, dynamic, run_spans
 from legato.scheduler.definitions import DefinitionCache
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
-from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state
+from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.telemetry import bind_context, get_logger
 
@@ -67,6 +69,8 @@ Message = (
 class Envelope:
     message: Message
     future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # The span that delivered the message (the consumer's), so the run's trace can continue from it.
+    parent: SpanContext | None = None
 
 
 class WorkflowActor:
@@ -181,7 +185,7 @@ class WorkflowActor:
             for env in batch:
                 if env.future.done():
                     continue
-                await self._apply_one(conn, engine, env.message, existing)
+                await self._apply_one(conn, engine, env.message, existing, env.parent)
                 await self._collect(conn, engine)
                 admit(engine)
                 if engine.permits_freed or isinstance(env.message, WorkflowChanged):
@@ -196,6 +200,8 @@ class WorkflowActor:
                 )
             await uow.flush(conn, state.row)
         self.batches += 1
+        for emit in uow.spans:
+            emit()
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
         if uow.flushed_outbox:
@@ -262,7 +268,12 @@ class WorkflowActor:
             )
 
     async def _apply_one(
-        self, conn: asyncpg.Connection, engine: RunEngine, msg: Message, existing: set[str]
+        self,
+        conn: asyncpg.Connection,
+        engine: RunEngine,
+        msg: Message,
+        existing: set[str],
+        parent: SpanContext | None = None,
     ) -> None:
         state = engine.state
         if isinstance(msg, StartRun):
@@ -271,7 +282,7 @@ class WorkflowActor:
                     return  # the same trigger again: one run per trigger key
                 existing.add(msg.instance_id)
                 version = msg.version or state.row.active_version
-                inst = engine.new_instance(msg, version, "created")
+                inst = engine.new_instance(msg, version, "created", parent)
                 if not state.row.active and msg.parent is None:
                     engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
                     return
@@ -297,6 +308,7 @@ class WorkflowActor:
             target = state.instances.get(msg.instance_id)
             if target is None:
                 return
+            run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
             if msg.kind == "retry" and msg.step_id:
                 engine.on_retry_timer(target, msg.step_id)
             elif msg.kind == "step_timeout" and msg.step_id:
@@ -305,6 +317,17 @@ class WorkflowActor:
                 engine.on_run_timeout_timer(target)
         elif isinstance(msg, ActionRequest):
             await actions.apply_action(conn, engine, msg)
+            target = state.instances.get(msg.instance_id or "")
+            if target is not None:
+                run_spans.point(
+                    engine,
+                    target,
+                    "operator.action",
+                    now_utc(),
+                    action=msg.action,
+                    actor=msg.actor,
+                    reason=msg.reason,
+                )
         elif isinstance(msg, WorkflowChanged):
             apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
 
@@ -374,7 +397,7 @@ class ActorRegistry(Component):
             actor = WorkflowActor(self, workflow_id)
             self.actors[workflow_id] = actor
             actor.task = self._tg.create_task(self._supervise(actor), name=f"actor:{workflow_id}")
-        env = Envelope(message)
+        env = Envelope(message, parent=trace.get_current_span().get_span_context())
         await actor.mailbox.put(env)
         await env.future
 

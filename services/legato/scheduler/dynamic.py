@@ -28,6 +28,7 @@ from legato.core import ParamError, to_json_value
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import ActionRequest, ChildFinished, ParentRef, StartRun, TriggerInfo
+from legato.scheduler import run_spans
 from legato.scheduler.state import InstanceState, StepState, now_utc
 from legato.sel import SelError
 from legato.telemetry.tracing import inject_headers
@@ -228,12 +229,12 @@ def _inline_child(
         parent_step_id=st.step_id,
         parent_iteration=index,
         root_instance_id=inst.root_instance_id or inst.id,
-        traceparent=inst.traceparent,
         body_path=body,
         under_strategy=False,
         new=True,
     )
     child.typed_params = typed
+    run_spans.open_child(child, inst)
     engine.uow.touch_instance(child)
     return child
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import SpanContext
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
@@ -38,7 +39,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkItem,
 )
-from legato.scheduler import dynamic
+from legato.scheduler import dynamic, run_spans
 from legato.scheduler.state import (
     AttemptState,
     InstanceState,
@@ -52,6 +53,7 @@ from legato.scheduler.state import (
 )
 from legato.sel import SelError
 from legato.telemetry import get_logger
+from legato.telemetry.metrics import metrics
 from legato.telemetry.tracing import inject_headers
 
 log = get_logger("legato.scheduler")
@@ -110,7 +112,9 @@ class RunEngine:
                 compiled = compiled.body(part)
         return compiled
 
-    def new_instance(self, msg: StartRun, version: int, status: str) -> InstanceState:
+    def new_instance(
+        self, msg: StartRun, version: int, status: str, parent: SpanContext | None = None
+    ) -> InstanceState:
         at = now_utc()
         inst = InstanceState(
             id=msg.instance_id,
@@ -134,6 +138,7 @@ class RunEngine:
             new=True,
         )
         inst.root_instance_id = inst.id
+        run_spans.open_run(inst, parent, link_only=msg.trigger.kind == "signal")
         self.uow.touch_instance(inst)
         self.note(
             inst,
@@ -188,6 +193,7 @@ class RunEngine:
         self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
         self.progress(inst)
+        run_spans.waiting(self, inst, now_utc(), reason, None)
 
     def restart(self, inst: InstanceState) -> None:
         """A terminal run becomes active again (its undecided steps run as the next run number)."""
@@ -230,6 +236,12 @@ class RunEngine:
         self.uow.touch_instance(inst)
         self.note(inst, "started", f"run {inst.run_number} started")
         self.progress(inst)
+        if inst.under_strategy:
+            metrics().runs_started.add(
+                strategy=self.state.row.run_strategy, trigger=str(inst.trigger.get("kind"))
+            )
+        if not inst.body_path:
+            run_spans.queue_wait(self, inst, self.state.row.run_strategy)
         if not inst.params and inst.run_number == 1 and not inst.body_path and not self.resolve_params(inst):
             return
         compiled = self.compiled(inst.workflow_id, inst.version)
@@ -272,6 +284,9 @@ class RunEngine:
         self.uow.workflow_dirty = True
         if inst.parent_instance_id is not None:
             dynamic.child_ended(self, inst)
+        run_spans.run_ended(self, inst, self.state.row.run_strategy)
+        if inst.under_strategy:
+            metrics().runs_finished.add(status=status, strategy=self.state.row.run_strategy)
         if status == "succeeded" and inst.outputs is None:
             inst.outputs = {
                 sid: st.outputs or {} for sid, st in inst.steps.items() if st.status == "succeeded"
@@ -468,9 +483,13 @@ class RunEngine:
             reply_subject=self.topology.event_subject(inst.workflow_id),
             dispatched_at=time.time(),
         )
+        tp = run_spans.attempt_traceparent(inst, at)
         self.uow.outbox.append(
             OutgoingMessage(
-                self.topology.work_subject(queue), encode(work), msg_id=attempt_id, headers=inject_headers({})
+                self.topology.work_subject(queue),
+                encode(work),
+                msg_id=attempt_id,
+                headers={"traceparent": tp} if tp else inject_headers({}),
             )
         )
         self.note(
@@ -532,6 +551,7 @@ class RunEngine:
         at.log_tail = msg.log_tail
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
+        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
         st.started_at = st.started_at or at.started_at
         self.uow.cancel_timer(inst.id, "step_timeout", msg.step_id)
         if msg.outcome == "succeeded":
@@ -588,6 +608,16 @@ class RunEngine:
                 "at": fire_at.isoformat(),
             }
             self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
+            run_spans.point(
+                self,
+                inst,
+                "step.retry_scheduled",
+                now_utc(),
+                step_id=st.step_id,
+                kind=kind,
+                retry=used,
+                delay_s=delay,
+            )
             self.note(
                 inst,
                 "step_retry_scheduled",
@@ -649,6 +679,7 @@ class RunEngine:
         at.error = "no result from the executor within the step timeout"
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
+        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
         self.send_cancel(at.id, "step timed out")
         self.attempt_failed(inst, st, "timeout", at.error, "timed_out")
 
@@ -676,6 +707,7 @@ class RunEngine:
                     self.uow.touch_attempt(at)
                     self.send_cancel(at.id, why, force=force)
                     self.release_permits(inst, st, attempt_id=at.id)
+                    run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
                 elif st.status == "waiting":
                     self.release_permits(inst, st, attempt_id=None)
                 elif st.progress is not None and st.status == "running":
@@ -745,6 +777,7 @@ class RunEngine:
             "message": "waiting for signals " + ", ".join(n for n in names if n not in got),
         }
         self.uow.touch_step(st)
+        run_spans.waiting(self, inst, now_utc(), st.reason, st.step_id)
         self.note(
             inst,
             "step_waiting",
@@ -893,6 +926,7 @@ class RunEngine:
                 ts.waiters.sort(key=lambda w: w[0])
                 self.uow.waiters_add.append((tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since))
         if first:
+            run_spans.waiting(self, inst, now_utc(), reason, st.step_id)
             self.note(
                 inst,
                 "step_waiting",

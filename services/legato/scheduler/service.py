@@ -14,6 +14,7 @@ from legato.scheduler.actors import ActorRegistry
 from legato.scheduler.leases import PartitionLeaser
 from legato.scheduler.timers import TimerLoop
 from legato.telemetry import get_logger
+from legato.telemetry.metrics import metrics
 
 log = get_logger("legato.scheduler")
 
@@ -97,6 +98,34 @@ class PartitionConsumers(Component):
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def observe_queues(registry: ActorRegistry) -> None:
+    """Queue depth by strategy and reason, and blocked workflows, as this replica sees its workflows."""
+
+    def depth() -> list[tuple[float, dict[str, str]]]:
+        counts: dict[tuple[str, str], int] = {}
+        for actor in list(registry.actors.values()):
+            state = actor.state
+            if state is None or not state.queue:
+                continue
+            row = state.row
+            if row.paused or (row.run_strategy == "parallel" and row.max_concurrency == 0):
+                reason = "paused"
+            elif row.run_strategy == "strict_sequential" and row.blocked_by:
+                reason = "blocked"
+            else:
+                reason = "queued"
+            key = (row.run_strategy, reason)
+            counts[key] = counts.get(key, 0) + len(state.queue)
+        return [(float(n), {"strategy": k[0], "reason": k[1]}) for k, n in counts.items()]
+
+    def blocked() -> list[tuple[float, dict[str, str]]]:
+        n = sum(1 for a in list(registry.actors.values()) if a.state is not None and a.state.row.blocked_by)
+        return [(float(n), {})]
+
+    metrics().queue_depth.observe(depth)
+    metrics().workflows_blocked.observe(blocked)
+
+
 async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
     async with ServiceHost("scheduler", settings) as host:
         timers_ref: list[TimerLoop] = []
@@ -142,6 +171,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             publish_core=publish_core,
         )
         consumers = PartitionConsumers(host, registry)
+        observe_queues(registry)
         timers_ref.append(timers)
         registry_ref.append(registry)
         consumers_ref.append(consumers)

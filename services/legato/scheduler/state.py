@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,7 @@ class AttemptState:
     error: str | None = None
     exit_code: int | None = None
     log_tail: str | None = None
+    span_id: str | None = None  # reserved at dispatch; the step.attempt span gets it when it ends
     new: bool = False
     dirty: bool = False
 
@@ -149,6 +151,8 @@ class InstanceState:
     requested_at: datetime | None = None
     started_at: datetime | None = None
     ended_at: datetime | None = None
+    trace_parent: str | None = None  # traceparent of the run root span's parent (e.g. the API request)
+    trace_links: list[str] | None = None  # traceparents the run root span links to (the signals)
     body_path: str | None = None  # which body of the definition a child run executes
     under_strategy: bool = True  # counts under the workflow's run strategy (child runs do not)
     steps: dict[str, StepState] = field(default_factory=dict)
@@ -252,6 +256,8 @@ class UnitOfWork:
     waiters_del: list[tuple[str, str, str]] = field(default_factory=list)
     # Other workflows to wake because a permit of a tag they wait for was freed.
     nudges: set[str] = field(default_factory=set)
+    # Spans to emit once the batch committed (an aborted batch must not report what did not happen).
+    spans: list[Callable[[], None]] = field(default_factory=list)
     # Status changes for watchers, published after commit on core NATS (not through the outbox).
     progress: dict[str, Any] = field(default_factory=dict)
     # foreach steps whose iterations all ended: their outputs are collected from Postgres.
@@ -465,6 +471,7 @@ _INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
     run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
     parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
     created_at:timestamptz started_at:timestamptz ended_at:timestamptz body_path:text under_strategy:bool
+    trace_parent:text trace_links:jsonb
 """
 )
 _INSTANCE_UPDATABLE = tuple(
@@ -517,7 +524,7 @@ _ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
     """
     id:text instance_id:text step_id:text attempt:int status:text failure_kind:text executor:text queue:text
     dispatched_at:timestamptz started_at:timestamptz ended_at:timestamptz outputs:jsonb error:text
-    exit_code:int log_tail:text
+    exit_code:int log_tail:text span_id:text
 """
 )
 _UPSERT_ATTEMPTS = _bulk_upsert_sql(
