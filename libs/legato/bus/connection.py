@@ -58,7 +58,8 @@ async def _connect(
     on_closed: Any,
 ) -> Client:
     nc: Client = await nats.connect(
-        servers=[url],
+        # A comma-separated list seeds the client with several cluster members; it learns the rest.
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         connect_timeout=connect_timeout,
         allow_reconnect=True,

@@ -314,6 +314,15 @@ def print_instance(info: dict[str, Any]) -> None:
 
 async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
     info = await c.get(args.instance)
+    if getattr(args, "trace", False):
+        from legato.cli.trace_view import build_trace_tree, render_trace_tree
+
+        tree = build_trace_tree(info)
+        if args.json:
+            render.dump_json(tree)
+        else:
+            print(render_trace_tree(tree))
+        return 0
     if args.json:
         render.dump_json(info)
     else:

@@ -165,6 +165,12 @@ class DevStack:
             "LEGATO_LOG_FORMAT": "json",
             "LEGATO_STATE_DIR": str(self.state_dir),
         }
+        base = int(os.environ.get("LEGATO_METRICS_PORT") or 0)
+        if base:
+            # One process tree, one host: each child gets its own port (trigger base, scheduler +1,
+            # signal router +2, executors +3, +4, …).
+            offsets = {"trigger": 0, "scheduler": 1, "signal_router": 2, "executor": 3}
+            env["LEGATO_METRICS_PORT"] = str(base + offsets.get(service, 0) + index)
         name = service if index == 0 else f"{service}-{index}"
         log: IO[bytes] = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(

@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=50)
     sp = api("show", C.cmd_show, "show a run: steps, attempts, outputs, errors, timeline")
     sp.add_argument("instance")
+    sp.add_argument(
+        "--trace", action="store_true", help="the run's span tree (from stored data; --json for the tree)"
+    )
     for action, text in (
         ("stop", "cancel running steps and end the run stopped"),
         ("kill", "end the run at once"),

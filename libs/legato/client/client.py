@@ -37,7 +37,10 @@ class LegatoClient:
         cls, url: str, *, namespace: str = "", timeout: float = 10.0, actor: str | None = None
     ) -> LegatoClient:
         try:
-            nc = await nats.connect(url, name="legato-client", connect_timeout=5, max_reconnect_attempts=3)
+            servers = [u.strip() for u in url.split(",") if u.strip()]  # one URL or a cluster's list
+            nc = await nats.connect(
+                servers, name="legato-client", connect_timeout=5, max_reconnect_attempts=3
+            )
         except Exception as exc:
             raise ConnectionError(f"cannot connect to NATS at {url}: {exc!r}") from exc
         client = cls(nc, Topology(namespace), timeout=timeout, actor=actor)

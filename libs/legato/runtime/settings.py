@@ -66,9 +66,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
         _check(0 <= self.metrics_port <= 65535, "LEGATO_METRICS_PORT", "must be 0..65535", self.metrics_port)
         _check(
-            self.nats_url.startswith(("nats://", "tls://", "ws://", "wss://")),
+            all(
+                u.strip().startswith(("nats://", "tls://", "ws://", "wss://"))
+                for u in self.nats_url.split(",")
+            ),
             "LEGATO_NATS_URL",
-            "must start with nats://, tls://, ws:// or wss://",
+            "must start with nats://, tls://, ws:// or wss:// (a comma-separated list for a cluster)",
             self.nats_url,
         )
         _check(

@@ -1,0 +1,332 @@
+"""deploy/ is checked here, since no container engine runs in CI: the files parse, every variable is a
+real setting with a valid value, image/commands/arguments match the CLI and the package, references
+between objects resolve, the NATS cluster has three routed nodes, the collector pipelines use
+components that exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from legato.cli.main import build_parser
+from legato.executor.__main__ import parse_args as executor_args
+from legato.runtime.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+SERVICE_COMMANDS = {"trigger", "scheduler", "executor", "signal-router"}
+LEGATO_VARS = {f"LEGATO_{name.upper()}" for name in Settings.__struct_fields__}
+OTEL_VARS = {
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+}
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def k8s_objects() -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                out.append((path.name, doc))
+    return out
+
+
+def by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for _, o in k8s_objects() if o["kind"] == kind}
+
+
+def legato_image() -> str:
+    return str(load(DEPLOY / "compose.yaml")["services"]["trigger"]["image"])
+
+
+def check_settings(env: dict[str, str], where: str) -> Settings:
+    """Every LEGATO_ variable is a setting and the whole environment loads; OTEL_ ones are standard."""
+    for var in env:
+        if var.startswith("LEGATO_"):
+            assert var in LEGATO_VARS, f"{where}: {var} is not a Legato setting"
+        elif var.startswith("OTEL_"):
+            assert var in OTEL_VARS, f"{where}: {var} is not an OTEL variable Legato documents"
+    return load_settings({k: str(v) for k, v in env.items()}, use_dev_state=False)
+
+
+def check_service_args(args: list[str], where: str) -> None:
+    assert args, f"{where}: no command"
+    name, rest = args[0], args[1:]
+    if name == "--help":
+        return
+    assert name in SERVICE_COMMANDS, f"{where}: {name!r} is not a legato service command"
+    if name == "executor":
+        parsed = executor_args(rest)
+        assert parsed.concurrency >= 1 and parsed.queue
+    else:
+        assert rest == [], f"{where}: {name} takes its settings from the environment, got {rest}"
+
+
+def check_collector(config: dict[str, Any], where: str, hosts: set[str]) -> None:
+    service = config["service"]
+    for ext in service.get("extensions", []):
+        assert ext in (config.get("extensions") or {}), f"{where}: extension {ext} not defined"
+    pipelines = service["pipelines"]
+    assert {"traces", "metrics"} <= set(pipelines)
+    for name, pipe in pipelines.items():
+        for section in ("receivers", "processors", "exporters"):
+            for comp in pipe.get(section, []):
+                assert comp in (config.get(section) or {}), (
+                    f"{where}: {name} uses undefined {section[:-1]} {comp}"
+                )
+        assert pipe["receivers"] and pipe["exporters"], f"{where}: pipeline {name} is incomplete"
+    assert "otlp" in pipelines["traces"]["receivers"]
+    grpc = config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"]
+    assert grpc.endswith(":4317")
+    jaeger = config["exporters"]["otlp/jaeger"]["endpoint"]
+    assert jaeger.split(":")[0] in hosts, f"{where}: traces go to {jaeger}, which is not defined"
+    assert "otlp/jaeger" in pipelines["traces"]["exporters"]
+
+
+# ------------------------------------------------------------------------------------------- image
+
+
+def test_dockerfile_installs_the_package_and_runs_legato() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["legato"] == "legato.cli.main:main"
+    assert re.search(r'^ENTRYPOINT \["legato"\]$', text, re.M)
+    for copied in ("pyproject.toml", "libs", "services"):
+        assert re.search(rf"^COPY {copied}\b", text, re.M), copied
+        assert (ROOT / copied).exists()
+    assert "pip wheel" in text and "pip install" in text
+    assert re.search(r"^EXPOSE 9464$", text, re.M)
+    assert re.search(r"^USER legato$", text, re.M)
+
+
+# ----------------------------------------------------------------------------------------- compose
+
+
+def test_compose_references_resolve() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    services, networks, volumes = compose["services"], compose["networks"], compose["volumes"]
+    for name, svc in services.items():
+        for net in svc.get("networks", []):
+            assert net in networks, f"{name}: network {net} not defined"
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith((".", "/")):
+                assert (DEPLOY / source).resolve().exists(), f"{name}: {source} does not exist"
+            else:
+                assert source in volumes, f"{name}: volume {source} not defined"
+        for dep in svc.get("depends_on", []):
+            assert dep in services, f"{name}: depends on unknown service {dep}"
+        build = svc.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / "pyproject.toml").exists() and (context / build["dockerfile"]).exists()
+
+
+def test_compose_legato_services_use_one_image_real_commands_and_real_settings() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    legato = {n: s for n, s in compose["services"].items() if str(s.get("image", "")).startswith("legato:")}
+    assert {s["command"][0] for s in legato.values()} >= SERVICE_COMMANDS
+    assert len({s["image"] for s in legato.values()}) == 1
+    replica_ids = []
+    for name, svc in legato.items():
+        check_service_args(list(svc["command"]), f"compose {name}")
+        settings = check_settings(svc["environment"], f"compose {name}")
+        env = svc["environment"]
+        assert settings.stream_replicas == 3 and settings.partitions == 16, name
+        assert settings.metrics_port != 0
+        assert str(settings.metrics_port) in svc["expose"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+        assert [u.split("//")[1].split(":")[0] for u in settings.nats_url.split(",")] == [
+            "nats-1",
+            "nats-2",
+            "nats-3",
+        ]
+        assert settings.database_url.split("@")[1].startswith("postgres:5432/")
+        if svc["command"][0] == "scheduler":
+            replica_ids.append(settings.replica_id)
+    assert len(replica_ids) >= 2 and all(replica_ids) and len(set(replica_ids)) == len(replica_ids)
+    for name in ("trigger", "executor", "signal-router"):
+        assert legato[name]["deploy"]["replicas"] >= 2, name
+
+
+def test_compose_nats_is_a_three_node_jetstream_cluster() -> None:
+    services = load(DEPLOY / "compose.yaml")["services"]
+    nodes = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("nats:")}
+    assert sorted(nodes) == ["nats-1", "nats-2", "nats-3"]
+    names = set()
+    for svc in nodes.values():
+        flags = dict(f.lstrip("-").partition("=")[::2] for f in svc["command"])
+        assert "jetstream" in flags and flags["store_dir"]
+        names.add(flags["name"])
+        routes = flags["routes"].split(",")
+        assert sorted(r.split("//")[1] for r in routes) == ["nats-1:6222", "nats-2:6222", "nats-3:6222"]
+        assert flags["cluster"].endswith(":6222") and flags["cluster_name"] == "legato"
+        assert any(m.endswith(":/data") for m in svc["volumes"]) and flags["store_dir"] == "/data"
+    assert names == set(nodes)
+
+
+def test_compose_collector_and_jaeger() -> None:
+    compose = load(DEPLOY / "compose.yaml")
+    services = compose["services"]
+    check_collector(load(DEPLOY / "otel-collector.yaml"), "otel-collector.yaml", set(services))
+    assert any(p.startswith("16686:") for p in services["jaeger"]["ports"])
+    mount = services["otel-collector"]["volumes"][0].split(":")
+    assert mount[0] == "./otel-collector.yaml"
+    assert any(a.endswith(mount[1]) for a in services["otel-collector"]["command"])
+
+
+# --------------------------------------------------------------------------------------- kubernetes
+
+
+def test_every_k8s_object_is_well_formed_and_listed() -> None:
+    objects = k8s_objects()
+    assert objects
+    for path, obj in objects:
+        assert obj.get("apiVersion") and obj.get("kind"), path
+        assert obj["metadata"].get("name"), path
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "legato", f"{path}: {obj['metadata']['name']}"
+    kustomization = load(K8S / "kustomization.yaml")
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    kinds = {(o["kind"], o["metadata"]["name"]) for _, o in objects}
+    assert len(kinds) == len(objects), "duplicate object"
+
+
+def workloads() -> list[dict[str, Any]]:
+    return [o for _, o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_k8s_selectors_services_and_references_resolve() -> None:
+    configmaps, secrets, services = by_kind("ConfigMap"), by_kind("Secret"), by_kind("Service")
+    for w in workloads():
+        name = f"{w['kind']} {w['metadata']['name']}"
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        selector = w["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items(), f"{name}: selector does not match its pods"
+        if w["kind"] == "StatefulSet":
+            svc = services[w["spec"]["serviceName"]]
+            assert svc["spec"].get("clusterIP") == "None", f"{name}: serviceName must be headless"
+        pod = w["spec"]["template"]["spec"]
+        for vol in pod.get("volumes", []):
+            if "configMap" in vol:
+                assert vol["configMap"]["name"] in configmaps, name
+        claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
+        for c in pod["containers"]:
+            for ref in c.get("envFrom", []):
+                if "configMapRef" in ref:
+                    assert ref["configMapRef"]["name"] in configmaps, name
+                if "secretRef" in ref:
+                    assert ref["secretRef"]["name"] in secrets, name
+            for env in c.get("env", []):
+                key_ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if key_ref:
+                    assert key_ref["key"] in secrets[key_ref["name"]]["stringData"], name
+            for mount in c.get("volumeMounts", []):
+                assert mount["name"] in claims | {v["name"] for v in pod.get("volumes", [])}, name
+            ports = {p["name"] for p in c.get("ports", [])}
+            for probe in ("readinessProbe", "livenessProbe"):
+                target = (c.get(probe) or {}).get("httpGet") or (c.get(probe) or {}).get("tcpSocket")
+                if target and isinstance(target["port"], str):
+                    assert target["port"] in ports, f"{name}: {probe} port {target['port']}"
+    pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads()]
+    for name, svc in services.items():
+        sel = svc["spec"]["selector"]
+        assert any(sel.items() <= labels.items() for labels in pod_labels), f"Service {name} selects nothing"
+
+
+def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
+    config = by_kind("ConfigMap")["legato-config"]["data"]
+    secret = by_kind("Secret")["legato-secrets"]["stringData"]
+    legato = [w for w in workloads() if w["metadata"]["labels"].get("app.kubernetes.io/name") == "legato"]
+    commands = {}
+    for w in legato:
+        [c] = w["spec"]["template"]["spec"]["containers"]
+        name = w["metadata"]["name"]
+        assert c["image"] == legato_image(), name
+        assert "command" not in c, f"{name}: the image's entrypoint is legato; give args"
+        check_service_args(c["args"], f"k8s {name}")
+        commands[c["args"][0]] = w
+        env = {**config, **{k: v for k, v in secret.items() if k.startswith("LEGATO_")}}
+        env.update({e["name"]: "from-field" for e in c.get("env", [])})
+        settings = check_settings(env, f"k8s {name}")
+        assert settings.stream_replicas == 3 and settings.partitions == 16
+        metrics_ports = [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"]
+        assert metrics_ports == [settings.metrics_port], name
+        annotations = w["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+        grace = w["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > settings.grace_period, f"{name}: pods must outlive LEGATO_GRACE_PERIOD"
+    assert set(commands) == SERVICE_COMMANDS
+    scheduler = commands["scheduler"]
+    assert scheduler["kind"] == "StatefulSet" and scheduler["spec"]["replicas"] >= 2
+    [c] = scheduler["spec"]["template"]["spec"]["containers"]
+    [replica] = [e for e in c["env"] if e["name"] == "LEGATO_REPLICA_ID"]
+    assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    for svc in ("trigger", "executor", "signal-router"):
+        assert commands[svc]["kind"] == "Deployment"
+    # The database URL's password is the one Postgres is started with.
+    assert f":{secret['POSTGRES_PASSWORD']}@" in secret["LEGATO_DATABASE_URL"]
+
+
+def test_k8s_nats_cluster_routes_three_nodes_with_jetstream() -> None:
+    conf = by_kind("ConfigMap")["nats-config"]["data"]["nats.conf"]
+    nats = by_kind("StatefulSet")["nats"]
+    replicas, headless = nats["spec"]["replicas"], nats["spec"]["serviceName"]
+    assert replicas == 3
+    routes = re.findall(r"nats://([a-z0-9.-]+):(\d+)", conf.split("routes", 1)[1])
+    assert sorted(routes) == [(f"nats-{i}.{headless}.legato.svc.cluster.local", "6222") for i in range(3)]
+    assert re.search(r"jetstream\s*\{[^}]*store_dir:\s*/data", conf)
+    assert "server_name: $POD_NAME" in conf
+    [c] = nats["spec"]["template"]["spec"]["containers"]
+    assert any(e["name"] == "POD_NAME" for e in c["env"])
+    assert c["args"] == ["--config", "/etc/nats/nats.conf"]
+    assert any(m["mountPath"] == "/etc/nats" for m in c["volumeMounts"])
+    # Services and the CLI reach all three nodes.
+    urls = by_kind("ConfigMap")["legato-config"]["data"]["LEGATO_NATS_URL"].split(",")
+    assert [u.split("//")[1] for u in urls] == [
+        f"nats-{i}.{headless}.legato.svc.cluster.local:4222" for i in range(3)
+    ]
+
+
+def test_k8s_collector_pipeline_and_endpoints() -> None:
+    services = by_kind("Service")
+    collector = yaml.safe_load(by_kind("ConfigMap")["otel-collector-config"]["data"]["config.yaml"])
+    hosts = {f"{n}.legato.svc.cluster.local" for n in services}
+    check_collector(collector, "k8s collector", hosts)
+    endpoint = by_kind("ConfigMap")["legato-config"]["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    host, port = endpoint.split("//")[1].split(":")
+    assert host == "otel-collector.legato.svc.cluster.local"
+    assert int(port) in {p["port"] for p in services["otel-collector"]["spec"]["ports"]}
+    assert 16686 in {p["port"] for p in services["jaeger"]["spec"]["ports"]}
+    [c] = by_kind("Deployment")["otel-collector"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["--config=/etc/otelcol-contrib/config.yaml"]
+
+
+# --------------------------------------------------------------------------------------------- docs
+
+
+@pytest.mark.parametrize("command", ["show RUN --trace", "instances", "workflow list"])
+def test_readme_commands_exist(command: str) -> None:
+    assert command.split()[0] in (DEPLOY / "README.md").read_text()
+    build_parser().parse_args(shlex.split(command))
