@@ -113,6 +113,10 @@ class WorkflowActor:
                 env.future.set_exception(exc)
 
     async def process(self, batch: list[Envelope]) -> None:
+        with bind_context(workflow_id=self.workflow_id):
+            await self._process(batch)
+
+    async def _process(self, batch: list[Envelope]) -> None:
         try:
             await self._apply(batch)
         except LeaseLost as exc:
@@ -131,7 +135,7 @@ class WorkflowActor:
                 return
             log.warning("actor_batch_failed", workflow_id=self.workflow_id, size=len(batch), error=repr(exc))
             for env in batch:  # isolate the message that fails
-                await self.process([env])
+                await self._process([env])
             return
         for env in batch:
             if not env.future.done():
@@ -293,14 +297,17 @@ class WorkflowActor:
                 else:
                     admit_new(engine, inst)
         elif isinstance(msg, AttemptFinished):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt=msg.attempt_id):
+            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
                 engine.on_attempt_finished(msg)
         elif isinstance(msg, AttemptStarted):
-            engine.on_attempt_started(msg)
+            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
+                engine.on_attempt_started(msg)
         elif isinstance(msg, SignalWaitSatisfied):
-            engine.on_signal_wait_satisfied(msg)
+            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id):
+                engine.on_signal_wait_satisfied(msg)
         elif isinstance(msg, ChildFinished):
-            dynamic.on_child_finished(engine, msg)
+            with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
+                dynamic.on_child_finished(engine, msg)
         elif isinstance(msg, TimerFired):
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:
@@ -387,7 +394,7 @@ class ActorRegistry(Component):
         if self.actors.get(actor.workflow_id) is actor:
             del self.actors[actor.workflow_id]
 
-    async def deliver(self, workflow_id: str, message: Message) -> None:
+    async def deliver(self, workflow_id: str, message: Message, parent: SpanContext | None = None) -> None:
         """Hand a message to its workflow's actor and wait until its effects are committed."""
         await self._ready.wait()
         if self.stopping or self._tg is None:
@@ -397,7 +404,7 @@ class ActorRegistry(Component):
             actor = WorkflowActor(self, workflow_id)
             self.actors[workflow_id] = actor
             actor.task = self._tg.create_task(self._supervise(actor), name=f"actor:{workflow_id}")
-        env = Envelope(message, parent=trace.get_current_span().get_span_context())
+        env = Envelope(message, parent=parent or trace.get_current_span().get_span_context())
         await actor.mailbox.put(env)
         await env.future
 

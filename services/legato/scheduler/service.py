@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
@@ -15,6 +17,7 @@ from legato.scheduler.leases import PartitionLeaser
 from legato.scheduler.timers import TimerLoop
 from legato.telemetry import get_logger
 from legato.telemetry.metrics import metrics
+from legato.telemetry.tracing import extract_context
 
 log = get_logger("legato.scheduler")
 
@@ -37,7 +40,9 @@ class PartitionConsumers(Component):
         await asyncio.gather(*(self.stop_partition(p) for p in list(self.loops)))
 
     async def _on_trigger(self, d: Delivery[TriggerMessage]) -> None:
-        await self.registry.deliver(d.message.workflow_id, d.message)
+        # A run continues the trace of whoever asked for it (the API request, the parent run…).
+        sender = trace.get_current_span(extract_context(d.headers)).get_span_context()
+        await self.registry.deliver(d.message.workflow_id, d.message, sender if sender.is_valid else None)
 
     async def _on_event(self, d: Delivery[EventMessage]) -> None:
         await self.registry.deliver(d.message.workflow_id, d.message)
