@@ -134,16 +134,16 @@ def shutdown_tracing() -> None:
     _tracers.clear()
 
 
-_tracers: dict[str, trace.Tracer] = {}
+_tracers: dict[str, tuple[trace.TracerProvider, trace.Tracer]] = {}
 
 
 def get_tracer(name: str = "legato") -> trace.Tracer:
     """A cached tracer (``get_tracer`` builds a new one per call: costly on hot paths)."""
-    tracer = _tracers.get(name)
-    if tracer is None:
-        source = _provider if _provider is not None else trace.get_tracer_provider()
-        tracer = _tracers[name] = source.get_tracer(name)
-    return tracer
+    source = _provider if _provider is not None else trace.get_tracer_provider()
+    cached = _tracers.get(name)
+    if cached is None or cached[0] is not source:
+        cached = _tracers[name] = (source, source.get_tracer(name))
+    return cached[1]
 
 
 def inject_headers(headers: dict[str, str] | None = None, ctx: Context | None = None) -> dict[str, str]:
