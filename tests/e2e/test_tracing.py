@@ -138,7 +138,6 @@ async def test_every_service_writes_its_spans_and_the_api_trace_reaches_the_sche
 
 
 @pytest.mark.slow
-
 async def test_one_trace_covers_a_run_with_a_retry_and_a_foreach_across_a_scheduler_kill(
     settings: Settings, tmp_path: Path
 ) -> None:
