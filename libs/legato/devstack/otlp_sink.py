@@ -52,7 +52,9 @@ def _value(v: object) -> object:
 class OtlpSink:
     """``with OtlpSink() as sink:`` then point ``OTEL_EXPORTER_OTLP_ENDPOINT`` at ``sink.endpoint``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, decode: bool = True) -> None:
+        """``decode=False`` only counts requests and bytes (a bench's sink should not eat its CPU)."""
+        self._decode = decode
         self._lock = threading.Lock()
         self._got = _Received()
         sink = self
@@ -97,6 +99,11 @@ class OtlpSink:
         }
 
     def _traces(self, body: bytes) -> None:
+        if not self._decode:
+            with self._lock:
+                self._got.requests += 1
+                self._got.bytes += len(body)
+            return
         req = ExportTraceServiceRequest.FromString(body)
         spans: list[ReceivedSpan] = []
         for rs in req.resource_spans:
@@ -141,6 +148,11 @@ class OtlpSink:
     def requests(self) -> int:
         with self._lock:
             return self._got.requests
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return self._got.bytes
 
     def __enter__(self) -> OtlpSink:
         self._thread.start()
