@@ -126,10 +126,11 @@ def main() -> None:
     parser.add_argument(
         "--compare-tracing",
         action="store_true",
-        help="run with the tracer off, on without an exporter, and exporting OTLP/HTTP to a collector sink",
+        help="run with the tracer off, on without an exporter, exporting every trace over OTLP/HTTP to a "
+        "collector sink, and exporting 10%% of traces (parentbased_traceidratio)",
     )
     args = parser.parse_args()
-    modes = ["off", "on", "exported"] if args.compare_tracing else ["on"]
+    modes = ["off", "on", "exported", "sampled"] if args.compare_tracing else ["on"]
     for mode in modes:
         label = f"tracing {mode}"
         r = measure(args, mode, 0.0)
@@ -156,7 +157,16 @@ def main() -> None:
 def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float]:
     n = args.n if not rate else min(args.n, int(rate * 20))
     with bench_servers("legato_e2e") as servers, OtlpSink(decode=False) as sink:
-        extra = {"off": {"OTEL_SDK_DISABLED": "true"}, "on": {}, "exported": sink.env()}[mode]
+        extra = {
+            "off": {"OTEL_SDK_DISABLED": "true"},
+            "on": {},
+            "exported": sink.env(),
+            "sampled": {
+                **sink.env(),
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+        }[mode]
         settings = Settings(
             nats_url=servers.nats_url,
             database_url=servers.database_url,
@@ -167,7 +177,7 @@ def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float
         result = asyncio.run(
             run(n, args.in_flight, settings, servers.tmp / "logs", args.executors, extra, rate)
         )
-        if mode == "exported":
+        if mode in ("exported", "sampled"):
             print(f"  the collector sink received {sink.requests} OTLP requests, {sink.bytes / 1e6:.1f} MB")
         return result
 
