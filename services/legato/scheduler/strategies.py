@@ -80,11 +80,12 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
 def admit(engine: RunEngine) -> None:
     """Start queued runs, oldest first, while the strategy has room."""
     row = engine.state.row
-    if row.run_strategy == "strict_sequential" and row.blocked_by:
-        return
+    blocked = row.run_strategy == "strict_sequential" and row.blocked_by
     limit = limit_of(engine)
     while engine.state.queue and row.running_count < limit:
         inst = engine.state.instances[engine.state.queue[0]]
+        if blocked and inst.id != row.blocked_by:
+            return  # only the restarted blocker may run until the queue is released
         engine.start(inst)
         if engine.state.queue and engine.state.queue[0] == inst.id:  # defensive: never spin
             engine.state.queue.popleft()

@@ -43,6 +43,7 @@ log = get_logger("legato.trigger")
 _encoder = msgspec.json.Encoder()
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ROW_CACHE_SECONDS = 1.0
+ACCEPTED_PRUNE_SECONDS = 60.0
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -83,6 +84,7 @@ class ApiService(Component):
         self._rows: dict[str, tuple[float, bool, int]] = {}
         # Starts this process accepted recently: "pending" until the scheduler has created the run.
         self._accepted: OrderedDict[str, str] = OrderedDict()
+        self._pruned_at = 0.0
         self.service: Service | None = None
         self.requests = 0
 
@@ -740,6 +742,18 @@ class ApiService(Component):
                     )
                 )
             await add_to_outbox(conn, msgs)
+            if msgs:
+                fresh = [p for p in batch if p.instance_id not in existing]
+                await conn.execute(
+                    "INSERT INTO accepted_start (instance_id, workflow_id) "
+                    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    [p.instance_id for p in fresh],
+                    [p.req.workflow_id for p in fresh],
+                )
+            if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
+                # Long since applied by the scheduler (or visible as a run): no need to remember them.
+                self._pruned_at = now
+                await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
         return out
 
     async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
@@ -754,13 +768,13 @@ class ApiService(Component):
                 if exc.code != "not_found":
                     raise
                 # Accepted but not yet applied by the scheduler: say so instead of "unknown".
-                pending = req.instance_id in self._accepted or await conn.fetchval(
-                    "SELECT 1 FROM outbox WHERE msg_id = $1", f"start:{req.instance_id}"
+                workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
+                    "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
                 )
-                if pending:
+                if workflow_id:
                     return {
                         "instance_id": req.instance_id,
-                        "workflow_id": self._accepted.get(req.instance_id),
+                        "workflow_id": workflow_id,
                         "status": "pending",
                         "steps": [],
                         "timeline": [],
