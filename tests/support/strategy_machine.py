@@ -1,0 +1,99 @@
+"""A hypothesis state machine over run strategies: random triggers, step outcomes, stops, restarts,
+unblocks and scheduler restarts, applied to the pure model and to a system under test in lock step.
+
+After every step the system's run statuses must equal the model's, and the system's own event history
+must pass the invariant checker (which does not trust the model). Subclasses choose the system: the
+in-memory engine (many examples) or the real services (a few).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from tests.support.strategy_model import RunEvent, StrategyModel, check_history
+
+STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
+MAX_RUNS = 12
+
+
+class StrategySystem(Protocol):
+    def trigger(self, name: str) -> None: ...
+    def finish(self, name: str, ok: bool) -> None: ...
+    def stop(self, name: str) -> None: ...
+    def restart(self, name: str) -> None: ...
+    def unblock(self) -> None: ...
+    def restart_scheduler(self) -> None: ...
+    def statuses(self) -> dict[str, str]: ...
+    def events(self) -> list[RunEvent]: ...
+
+
+class StrategyMachine(RuleBasedStateMachine):
+    model: StrategyModel
+    system: StrategySystem
+
+    def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
+        raise NotImplementedError
+
+    @initialize(strategy=st.sampled_from(STRATEGIES), max_concurrency=st.integers(0, 3))
+    def setup(self, strategy: str, max_concurrency: int) -> None:
+        self.model = StrategyModel(strategy, max_concurrency)
+        self.system = self.make_system(strategy, max_concurrency)
+
+    def _pick(self, names: list[str], i: int) -> str:
+        return names[i % len(names)]
+
+    @precondition(lambda self: len(self.model.runs) < MAX_RUNS)
+    @rule()
+    def trigger(self) -> None:
+        name = self.model.trigger()
+        self.system.trigger(name)
+
+    @precondition(lambda self: bool(self.model.running()))
+    @rule(i=st.integers(0, 10), ok=st.booleans())
+    def step_ends(self, i: int, ok: bool) -> None:
+        name = self._pick(self.model.running(), i)
+        self.model.finish(name, ok)
+        self.system.finish(name, ok)
+
+    @precondition(lambda self: bool(self.model.with_status("queued", "running")))
+    @rule(i=st.integers(0, 10))
+    def stop(self, i: int) -> None:
+        name = self._pick(self.model.with_status("queued", "running"), i)
+        self.model.stop(name)
+        self.system.stop(name)
+
+    @precondition(lambda self: bool(self.model.with_status("failed", "stopped")))
+    @rule(i=st.integers(0, 10))
+    def restart(self, i: int) -> None:
+        name = self._pick(self.model.with_status("failed", "stopped"), i)
+        self.model.restart(name)
+        self.system.restart(name)
+
+    @precondition(lambda self: self.model.blocked_by is not None)
+    @rule()
+    def unblock(self) -> None:
+        self.model.unblock()
+        self.system.unblock()
+
+    @rule()
+    def restart_scheduler(self) -> None:
+        self.system.restart_scheduler()
+
+    @invariant()
+    def matches_model_and_keeps_invariants(self) -> None:
+        if not hasattr(self, "model"):
+            return
+        check_history(self.model.events, strategy=self.model.strategy, limit=self.model.limit)
+        final = check_history(
+            self.system.events(),
+            strategy=self.model.strategy,
+            limit=self.model.limit,
+            triggers=len(self.model.runs),
+        )
+        expected = self.model.statuses()
+        actual = self.system.statuses()
+        assert actual == expected, f"system {actual} != model {expected}"
+        assert final == expected, f"history says {final}, model {expected}"
