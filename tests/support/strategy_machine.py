@@ -17,6 +17,7 @@ from tests.support.strategy_model import RunEvent, StrategyModel, check_history
 
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 MAX_RUNS = 12
+MAX_SCHEDULER_RESTARTS = 2
 
 
 class StrategySystem(Protocol):
@@ -26,6 +27,7 @@ class StrategySystem(Protocol):
     def restart(self, name: str) -> None: ...
     def unblock(self) -> None: ...
     def restart_scheduler(self) -> None: ...
+    def settle(self, expected: dict[str, str]) -> None: ...
     def statuses(self) -> dict[str, str]: ...
     def events(self) -> list[RunEvent]: ...
 
@@ -33,19 +35,31 @@ class StrategySystem(Protocol):
 class StrategyMachine(RuleBasedStateMachine):
     model: StrategyModel
     system: StrategySystem
+    scheduler_restarts = 0
 
     def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
         raise NotImplementedError
 
-    @initialize(strategy=st.sampled_from(STRATEGIES), max_concurrency=st.integers(0, 3))
-    def setup(self, strategy: str, max_concurrency: int) -> None:
+    # Subclasses may pin the strategies they explore.
+    strategy_choices: tuple[str, ...] = STRATEGIES
+
+    @initialize(data=st.data(), max_concurrency=st.integers(0, 3))
+    def setup(self, data: st.DataObject, max_concurrency: int) -> None:
+        strategy = data.draw(st.sampled_from(self.strategy_choices), label="strategy")
         self.model = StrategyModel(strategy, max_concurrency)
         self.system = self.make_system(strategy, max_concurrency)
+        self.scheduler_restarts = 0
 
     def _pick(self, names: list[str], i: int) -> str:
         return names[i % len(names)]
 
-    @precondition(lambda self: len(self.model.runs) < MAX_RUNS)
+    # Bounded, and the queue kept short so that step outcomes and actions get their share of steps.
+    @precondition(
+        lambda self: (
+            len(self.model.runs) < MAX_RUNS
+            and len(self.model.with_status("queued", "running")) < self.model.limit + 3
+        )
+    )
     @rule()
     def trigger(self) -> None:
         name = self.model.trigger()
@@ -79,7 +93,13 @@ class StrategyMachine(RuleBasedStateMachine):
         self.system.unblock()
 
     @rule()
+    def time_passes(self) -> None:
+        """Nothing new happens: the system must stay where it is (and a machine is never stuck)."""
+
+    @precondition(lambda self: bool(self.model.runs) and self.scheduler_restarts < MAX_SCHEDULER_RESTARTS)
+    @rule()
     def restart_scheduler(self) -> None:
+        self.scheduler_restarts += 1
         self.system.restart_scheduler()
 
     @invariant()
@@ -87,13 +107,14 @@ class StrategyMachine(RuleBasedStateMachine):
         if not hasattr(self, "model"):
             return
         check_history(self.model.events, strategy=self.model.strategy, limit=self.model.limit)
+        expected = self.model.statuses()
+        self.system.settle(expected)
         final = check_history(
             self.system.events(),
             strategy=self.model.strategy,
             limit=self.model.limit,
             triggers=len(self.model.runs),
         )
-        expected = self.model.statuses()
         actual = self.system.statuses()
         assert actual == expected, f"system {actual} != model {expected}"
         assert final == expected, f"history says {final}, model {expected}"

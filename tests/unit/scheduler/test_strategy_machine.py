@@ -14,6 +14,9 @@ class EngineSystem(EngineDriver):
     def restart_scheduler(self) -> None:
         """The engine holds no process state beyond the workflow state the actor reloads."""
 
+    def settle(self, expected: dict[str, str]) -> None:
+        """Every message is applied synchronously."""
+
 
 class EngineMachine(StrategyMachine):
     def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
