@@ -24,14 +24,10 @@ from tests.support.strategy_model import RunEvent
 
 T = TypeVar("T")
 
-GATED = """
-id: {id}
-run_strategy: {strategy}
-steps:
-  - id: work
-    type: shell
-    command: 'f="{gates}/$LEGATO_INSTANCE_ID"; while [ ! -f "$f" ]; do sleep 0.02; done; c=$(cat "$f"); rm -f "$f"; exit $c'
-"""
+GATE_COMMAND = (
+    'f="{gates}/$LEGATO_INSTANCE_ID.$LEGATO_STEP_ID"; while [ ! -f "$f" ]; do sleep 0.02; done; '
+    'c=$(cat "$f"); rm -f "$f"; exit $c'
+)
 
 
 def strategy_yaml(strategy: str, max_concurrency: int) -> str:
@@ -40,8 +36,16 @@ def strategy_yaml(strategy: str, max_concurrency: int) -> str:
     return strategy
 
 
-def gated_workflow(workflow_id: str, strategy: str, max_concurrency: int, gates: Path) -> str:
-    return GATED.format(id=workflow_id, strategy=strategy_yaml(strategy, max_concurrency), gates=gates)
+def gated_workflow(
+    workflow_id: str, strategy: str, max_concurrency: int, gates: Path, steps: tuple[str, ...] = ("work",)
+) -> str:
+    """A chain of shell steps; each waits for the file ``<gates>/<run>.<step>`` holding its exit code."""
+    lines = [f"id: {workflow_id}", f"run_strategy: {strategy_yaml(strategy, max_concurrency)}", "steps:"]
+    for i, step in enumerate(steps):
+        lines += [f"  - id: {step}", "    type: shell", f"    command: '{GATE_COMMAND.format(gates=gates)}'"]
+        if i:
+            lines.append(f"    depends_on: [{steps[i - 1]}]")
+    return "\n".join(lines) + "\n"
 
 
 class RealWorld:
@@ -98,14 +102,19 @@ class RealSystem:
 
     settle_timeout = 45.0
 
-    def __init__(self, world: RealWorld, workflow_id: str, strategy: str, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        world: RealWorld,
+        workflow_id: str,
+        strategy: str,
+        max_concurrency: int,
+        steps: tuple[str, ...] = ("work",),
+    ) -> None:
         self.world = world
         self.workflow_id = workflow_id
         self.ids: dict[str, str] = {}
-        world.call(
-            "workflow.push",
-            {"definition": gated_workflow(workflow_id, strategy, max_concurrency, world.gates)},
-        )
+        definition = gated_workflow(workflow_id, strategy, max_concurrency, world.gates, steps)
+        world.call("workflow.push", {"definition": definition})
 
     def trigger(self, name: str) -> None:
         res = self.world.call(
@@ -113,9 +122,9 @@ class RealSystem:
         )
         self.ids[name] = res["instance_id"]
 
-    def finish(self, name: str, ok: bool) -> None:
-        gate = self.world.gates / self.ids[name]
-        tmp = gate.with_suffix(".tmp")
+    def finish(self, name: str, ok: bool, step: str = "work") -> None:
+        gate = self.world.gates / f"{self.ids[name]}.{step}"
+        tmp = gate.with_name(gate.name + ".tmp")
         tmp.write_text("0" if ok else "1")
         tmp.rename(gate)  # the step never reads a half-written file
 

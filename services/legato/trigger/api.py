@@ -314,6 +314,7 @@ class ApiService(Component):
                 "ORDER BY seq LIMIT 100",
                 req.workflow_id,
             )
+            why = await Q.explain_queued(conn, list(queued))
         summary = R.workflow_summary(row)
         state = "active" if row["active"] else "inactive"
         if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
@@ -325,7 +326,10 @@ class ApiService(Component):
             "state": state,
             "counts": counts,
             "running_runs": [Q.instance_summary(r) for r in running],
-            "queued_runs": [{**Q.instance_summary(r), "position": i + 1} for i, r in enumerate(queued)],
+            "queued_runs": [
+                {**Q.instance_summary(r), "position": i + 1, "reason": why.get(r["id"], r["reason"])}
+                for i, r in enumerate(queued)
+            ],
         }
 
     async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:

@@ -38,40 +38,42 @@ SUMMARY_COLUMNS = (
 )
 
 
-async def explain_waiting(
-    conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None
-) -> dict[str, Any] | None:
-    """Why a queued run is not running: its place in the queue and what holds the slots, live."""
-    if inst["status"] != "queued" or wf is None:
-        reason: dict[str, Any] | None = inst["reason"]
-        return reason
-    position = await conn.fetchval(
-        "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2",
-        inst["workflow_id"],
-        inst["seq"],
-    )
-    holders = [
-        r["id"]
-        for r in await conn.fetch(
-            "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' ORDER BY seq LIMIT 20",
-            inst["workflow_id"],
+async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> dict[str, dict[str, Any]]:
+    """Why queued runs are not running, from the current rows: place in the queue, the run ahead, what
+    holds the slots, or the failed run that blocks the queue (computed on read, so never stale)."""
+    out: dict[str, dict[str, Any]] = {}
+    for workflow_id in sorted({r["workflow_id"] for r in rows if r["status"] == "queued"}):
+        wf = await conn.fetchrow(
+            "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
+            workflow_id,
         )
-    ]
-    ahead = await conn.fetchval(
-        "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2 "
-        "ORDER BY seq DESC LIMIT 1",
-        inst["workflow_id"],
-        inst["seq"],
-    )
+        if wf is None:
+            continue
+        active = await conn.fetch(
+            "SELECT id, status FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running') "
+            "ORDER BY seq",
+            workflow_id,
+        )
+        queue = [a["id"] for a in active if a["status"] == "queued"]
+        holders = [a["id"] for a in active if a["status"] == "running"]
+        where = {iid: i for i, iid in enumerate(queue)}
+        for r in rows:
+            if r["workflow_id"] == workflow_id and r["id"] in where:
+                out[r["id"]] = _queued_reason(wf, where[r["id"]], queue, holders)
+    return out
+
+
+def _queued_reason(wf: asyncpg.Record, index: int, queue: list[str], holders: list[str]) -> dict[str, Any]:
     strategy = wf["run_strategy"]
     limit = wf["max_concurrency"] if strategy == "parallel" else 1
+    ahead = queue[index - 1] if index else None
     out: dict[str, Any] = {
         "code": "queued",
         "strategy": strategy,
-        "position": int(position) + 1,
+        "position": index + 1,
         "behind": ahead,
         "limit": limit,
-        "held_by": holders,
+        "held_by": holders[:20],
     }
     if wf["paused"] or limit == 0:
         out["code"] = "paused"
@@ -84,9 +86,11 @@ async def explain_waiting(
             f"blocked by failed run {wf['blocked_by']} (strict_sequential) since {iso(wf['blocked_since'])}"
         )
     else:
-        where = f"queued at position {int(position) + 1}" + (f" behind run {ahead}" if ahead else "")
+        where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")
         held = ", ".join(holders[:5]) + ("…" if len(holders) > 5 else "")
-        out["message"] = f"{where}; {strategy} limit {limit} held by {held or 'nothing yet'}"
+        out["message"] = (
+            f"{where}; concurrency limit {limit} held by {'runs ' + held if held else 'nothing yet'}"
+        )
     return out
 
 
@@ -100,10 +104,6 @@ async def get_instance(
     )
     if r is None:
         raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
-    wf = await conn.fetchrow(
-        "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
-        r["workflow_id"],
-    )
     out = instance_summary(r)
     out.update(
         params=r["params"],
@@ -116,7 +116,7 @@ async def get_instance(
         parent_step_id=r["parent_step_id"],
         parent_iteration=r["parent_iteration"],
         requested_at=iso(r["requested_at"]),
-        reason=await explain_waiting(conn, r, wf),
+        reason=(await explain_queued(conn, [r])).get(r["id"], r["reason"]),
     )
     steps = await conn.fetch(
         "SELECT step_id, status, attempts, current_attempt_id, retries_error, retries_platform, retries_timeout, "
@@ -269,8 +269,9 @@ async def list_instances(
         f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
     )
     page = rows[:limit]
+    why = await explain_queued(conn, page)
     return {
-        "instances": [instance_summary(r) for r in page],
+        "instances": [{**instance_summary(r), "reason": why.get(r["id"], r["reason"])} for r in page],
         "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
     }
 
