@@ -17,10 +17,12 @@ from legato.scheduler.state import (
     _ATTEMPT_COLUMNS,
     _INSTANCE_COLUMNS,
     _STEP_COLUMNS,
+    OPERATOR_SKIP,
     AttemptState,
     InstanceState,
     StepState,
     TimelineEntry,
+    now_utc,
 )
 
 
@@ -57,12 +59,23 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
         _end_by_operator(engine, active, msg.action, who, why)
         return "applied"
     if msg.action == "skip_step":
-        if active is None or active.status != "running" or not msg.step_id:
+        if not msg.step_id:
+            return "ignored: no step given"
+        if active is None:
+            # A failed step of an ended run: skip it and go on, as a new run number.
+            loaded = await _load_terminal_instance(conn, msg.instance_id)
+            st = loaded.steps.get(msg.step_id) if loaded is not None else None
+            if loaded is None or st is None or st.status not in ("failed", "timed_out"):
+                return "ignored: step is not failed and the run is not active"
+            _mark_skipped(engine, st, who, why)
+            return _restart(engine, loaded, None, who, why)
+        if active.status != "running":
             return "ignored: run is not running"
         st = active.steps.get(msg.step_id)
         if st is None or st.terminal:
             return "ignored: step is not waiting, queued, running or retrying"
         engine.cancel_running_steps_of(active, [msg.step_id], "skipped", f"skipped by {who}: {why}")
+        _mark_skipped(engine, st, who, why)
         engine.advance(active)
         return "applied"
     if msg.action == "restart":
@@ -80,6 +93,14 @@ def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: s
     engine.finish(
         inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who, force=action == "kill"
     )
+
+
+def _mark_skipped(engine: RunEngine, st: StepState, who: str, why: str) -> None:
+    """Skipped by an operator: its successors go on as if it had succeeded (with no outputs)."""
+    st.status = "skipped"
+    st.reason = {"code": OPERATOR_SKIP, "by": who, "why": why}
+    st.ended_at = st.ended_at or now_utc()
+    engine.uow.touch_step(st)
 
 
 def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> str:
@@ -132,7 +153,7 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
             return f"ignored: no step {from_step!r} in version {inst.version}"
         redo = {from_step, *engine.descendants(inst, from_step)}
     else:
-        redo = {sid for sid, st in inst.steps.items() if st.status != "succeeded"}
+        redo = {sid for sid, st in inst.steps.items() if not st.done_ok}
         # Steps downstream of a redone step must be decided again too.
         for sid in list(redo):
             redo.update(engine.descendants(inst, sid))

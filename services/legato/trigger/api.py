@@ -549,7 +549,9 @@ class ApiService(Component):
     async def instance_skip_step(self, req: A.InstanceAction) -> dict[str, Any]:
         if not req.step_id:
             raise ApiError("bad_request", "skip_step: step_id is required")
-        r = await self._instance_for_action(req.instance_id, ("running",), "skip a step of")
+        r = await self._instance_for_action(
+            req.instance_id, ("running", "failed", "timed_out"), "skip a step of"
+        )
         return await self._action(
             r["workflow_id"],
             "skip_step",
