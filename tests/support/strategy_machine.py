@@ -13,9 +13,10 @@ from typing import Protocol
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from legato.core.model import RUN_STRATEGIES
 from tests.support.strategy_model import RunEvent, StrategyModel, check_history
 
-STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
+STRATEGIES = RUN_STRATEGIES
 MAX_RUNS = 12
 MAX_SCHEDULER_RESTARTS = 2
 
