@@ -21,7 +21,7 @@ import pytest
 from legato.client import ApiError
 from legato.runtime.settings import Settings
 from tests.support.strategy_model import check_history
-from tests.support.strategy_real import RealSystem, RealWorld
+from tests.support.strategy_real import RealSystem, RealWorld, gated_workflow
 
 
 @pytest.fixture
@@ -256,6 +256,11 @@ def test_strategy_changes_apply_to_queued_runs_and_refuse_what_cannot_apply(worl
     )
     assert err.code == "conflict" and "stop the extra runs first" in err.message
     assert err.details == {"active_runs": 3}
+    # The same for a new version that says first_only: refused, nothing stored.
+    pushed = gated_workflow("change", "first_only", 1, world.gates)
+    err = api_error(world, "workflow.push", {"definition": pushed})
+    assert err.code == "conflict" and "stop the extra runs first" in err.message
+    assert world.call("workflow.get", {"workflow_id": "change"})["latest_version"] == 1
 
     # serial_latest_only at once keeps only the newest queued run; the running one is not disturbed.
     world.call("workflow.set_run_strategy", {"workflow_id": "change", "run_strategy": "serial_latest_only"})

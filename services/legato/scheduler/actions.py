@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 
+from legato.bus.publisher import OutgoingMessage
+from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import (
@@ -24,6 +27,9 @@ from legato.scheduler.state import (
     TimelineEntry,
     now_utc,
 )
+
+# Runs a workflow-wide stop or kill ends per transaction (a workflow may have thousands queued).
+WORKFLOW_ACTION_BATCH = 200
 
 
 async def apply_action(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> None:
@@ -41,11 +47,22 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
     who = msg.actor or "operator"
     why = msg.reason
     if msg.action in ("stop_all", "kill_all"):
-        n = 0
-        for inst in list(state.instances.values()):
+        runs = [i for i in state.instances.values() if not i.terminal]
+        for inst in runs[:WORKFLOW_ACTION_BATCH]:
             _end_by_operator(engine, inst, msg.action.removesuffix("_all"), who, why)
-            n += 1
-        return f"applied to {n} runs"
+        if len(runs) > WORKFLOW_ACTION_BATCH:
+            # The rest in the next transaction: the same action again, with its own (derived) id.
+            more = msgspec.structs.replace(msg, action_id=f"{msg.action_id}+")
+            engine.uow.outbox.append(
+                OutgoingMessage(
+                    engine.topology.trigger_subject(msg.workflow_id),
+                    encode(more),
+                    msg_id=f"action:{more.action_id}",
+                )
+            )
+        return f"applied to {min(len(runs), WORKFLOW_ACTION_BATCH)} runs" + (
+            ", the rest follows" if len(runs) > WORKFLOW_ACTION_BATCH else ""
+        )
     if msg.action == "unblock_all":
         return _unblock(engine, None, who, why)
     if msg.instance_id is None:

@@ -351,18 +351,7 @@ class ApiService(Component):
             limit = 1
         async with self.pool.acquire() as conn, conn.transaction():
             row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            active = await conn.fetchval(
-                "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running')",
-                req.workflow_id,
-            )
-            if req.run_strategy in ("first_only", "last_only") and active > 1:
-                raise ApiError(
-                    "conflict",
-                    f"cannot switch {req.workflow_id} to {req.run_strategy} while {active} runs are queued or "
-                    f"running: stop the extra runs first (legato stop RUN, or legato workflow stop "
-                    f"{req.workflow_id}), then retry",
-                    {"active_runs": int(active)},
-                )
+            await R.check_strategy_change(conn, req.workflow_id, req.run_strategy)
             await conn.execute(
                 "UPDATE workflow SET run_strategy = $2, max_concurrency = $3, strategy_source = 'api', "
                 "updated_at = now() WHERE id = $1",

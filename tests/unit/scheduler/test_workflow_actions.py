@@ -1,0 +1,35 @@
+"""Workflow-wide actions end runs in bounded transactions and hand the rest to a follow-up message."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+
+from legato.protocol.messages import ActionRequest
+from legato.scheduler import actions
+from legato.scheduler.strategies import admit
+from tests.support.strategy_engine import EngineDriver
+
+
+async def test_workflow_stop_applies_in_batches_and_continues_with_a_derived_id() -> None:
+    driver = EngineDriver("parallel", 0)  # paused: every run stays queued
+    n = actions.WORKFLOW_ACTION_BATCH + 50
+    for i in range(n):
+        driver.trigger(f"r{i}")
+    assert len(driver.state.queue) == n
+    engine = driver._engine()
+    msg = ActionRequest(
+        action_id="act1", workflow_id="wf", action="stop_all", reason="maintenance", actor="ops"
+    )
+    result = await actions._apply(cast(Any, None), engine, msg)
+    admit(engine)
+    assert result == f"applied to {actions.WORKFLOW_ACTION_BATCH} runs, the rest follows"
+    assert len(driver.state.queue) == 50
+    [follow] = engine.uow.outbox
+    again = msgspec.json.decode(follow.payload)
+    assert again["action_id"] == "act1+" and again["action"] == "stop_all" and follow.msg_id == "action:act1+"
+
+    engine = driver._engine()
+    result = await actions._apply(cast(Any, None), engine, msgspec.structs.replace(msg, action_id="act1+"))
+    assert result == "applied to 50 runs" and not engine.uow.outbox and not driver.state.queue
