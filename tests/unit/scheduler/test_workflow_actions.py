@@ -33,3 +33,23 @@ async def test_workflow_stop_applies_in_batches_and_continues_with_a_derived_id(
     engine = driver._engine()
     result = await actions._apply(cast(Any, None), engine, msgspec.structs.replace(msg, action_id="act1+"))
     assert result == "applied to 50 runs" and not engine.uow.outbox and not driver.state.queue
+
+
+def test_a_run_timeout_blocks_strict_sequential_and_frees_the_slot_through_admit() -> None:
+    driver = EngineDriver("strict_sequential", 1)
+    for name in ("a", "b"):
+        driver.trigger(name)
+    engine = driver._engine()
+    engine.on_run_timeout_timer(driver.state.instances["a"])
+    driver._commit(engine)
+    assert driver.statuses() == {"a": "timed_out", "b": "queued"} and driver.state.row.blocked_by == "a"
+    driver.unblock()
+    assert driver.statuses() == {"a": "timed_out", "b": "running"}
+
+    seq = EngineDriver("sequential", 1)
+    for name in ("a", "b"):
+        seq.trigger(name)
+    engine = seq._engine()
+    engine.on_run_timeout_timer(seq.state.instances["a"])
+    seq._commit(engine)
+    assert seq.statuses() == {"a": "timed_out", "b": "running"}
