@@ -52,19 +52,26 @@ steps:
 def gaps(rows: list[asyncpg.Record]) -> tuple[list[float], list[float]]:
     """(end -> next run start, end -> next step start as the executor saw it), in ms, for every start
     that an end made possible: the run was already queued when the latest end before its start came."""
-    ends = sorted((r["step_end"], r["id"]) for r in rows if r["step_end"] is not None)
+    # (when, the executor reported it) - a cancelled step's end is the scheduler's (last_only stops the
+    # running run in the transaction that starts the new one).
+    ends = sorted(
+        (r["step_end"], r["attempt_status"] in ("succeeded", "failed"))
+        for r in rows
+        if r["step_end"] is not None
+    )
     decided: list[float] = []
     seen_by_executor: list[float] = []
     j = 0
     latest_end = None
+    by_executor = False
     for r in sorted((r for r in rows if r["started_at"] is not None), key=lambda r: r["started_at"]):
         while j < len(ends) and ends[j][0] <= r["started_at"]:
-            latest_end = ends[j][0]
+            latest_end, by_executor = ends[j]
             j += 1
         if latest_end is None or r["created_at"] >= latest_end:
             continue  # started on arrival, not because a slot was freed
         decided.append((r["started_at"] - latest_end).total_seconds() * 1000)
-        if r["step_start"] is not None:
+        if r["step_start"] is not None and by_executor:
             seen_by_executor.append((r["step_start"] - latest_end).total_seconds() * 1000)
     return decided, seen_by_executor
 
@@ -104,7 +111,8 @@ async def one_strategy(
     ):
         await asyncio.sleep(0.1)
     rows = await conn.fetch(
-        "SELECT i.id, i.created_at, i.started_at, i.status, a.started_at AS step_start, a.ended_at AS step_end "
+        "SELECT i.id, i.created_at, i.started_at, i.status, a.started_at AS step_start, a.ended_at AS step_end, "
+        "a.status AS attempt_status "
         "FROM workflow_instance i LEFT JOIN step_attempt a ON a.instance_id = i.id WHERE i.workflow_id = $1",
         wf,
     )
@@ -145,7 +153,7 @@ async def run(args: argparse.Namespace, settings: Settings, log_dir: Path) -> li
 def print_result(r: dict[str, Any]) -> None:
     def pct(values: list[float]) -> str:
         if not values:
-            return "n/a (no run waited for a slot)"
+            return "n/a (no run waited for a slot a step end freed)"
         return f"p50 {percentile(values, 50):6.1f} ms, p99 {percentile(values, 99):6.1f} ms  ({len(values)} starts)"
 
     counts = ", ".join(f"{k} {v}" for k, v in sorted(r["statuses"].items()))

@@ -149,6 +149,9 @@ async def get_instance(
                 "log_tail": a["log_tail"],
             }
         )
+    live = {
+        s["step_id"]: await live_step_reason(conn, s["reason"]) for s in steps if s["status"] == "waiting"
+    }
     out["steps"] = [
         {
             "step_id": s["step_id"],
@@ -163,7 +166,7 @@ async def get_instance(
             "params": s["params"],
             "outputs": s["outputs"],
             "error": s["error"],
-            "reason": s["reason"],
+            "reason": live.get(s["step_id"], s["reason"]),
             "created_at": iso(s["created_at"]),
             "started_at": iso(s["started_at"]),
             "ended_at": iso(s["ended_at"]),
@@ -190,6 +193,30 @@ async def get_instance(
         for t in reversed(timeline)
     ]
     return out
+
+
+async def live_step_reason(conn: asyncpg.Connection, reason: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step waiting for a tag permit: the tag's current limit, use and holders (not those of when it
+    began to wait)."""
+    if not reason or reason.get("code") != "waiting_for_permit":
+        return reason
+    tag = reason.get("tag")
+    limit = await conn.fetchval("SELECT max_running FROM concurrency_tag WHERE tag = $1", tag)
+    in_use = await conn.fetchval("SELECT count(*) FROM tag_permit WHERE tag = $1", tag)
+    holders = [
+        f"{r['instance_id']}/{r['step_id']}"
+        for r in await conn.fetch(
+            "SELECT instance_id, step_id FROM tag_permit WHERE tag = $1 ORDER BY acquired_at LIMIT 5", tag
+        )
+    ]
+    held = ", ".join(holders) + ("…" if in_use > len(holders) else "")
+    return {
+        **reason,
+        "limit": limit,
+        "in_use": int(in_use),
+        "held_by": holders,
+        "message": f"waiting for tag permit {tag} ({in_use}/{limit} held" + (f" by {held})" if held else ")"),
+    }
 
 
 def _progress_view(progress: dict[str, Any] | None) -> dict[str, Any] | None:
