@@ -111,11 +111,11 @@ class EngineDriver:
         )
         self._commit(engine)
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, kill: bool = False) -> None:
         engine = self._engine()
         inst = self.state.instances.get(name)
         if inst is not None:
-            actions._end_by_operator(engine, inst, "stop", "test", "model check")
+            actions._end_by_operator(engine, inst, "kill" if kill else "stop", "test", "model check")
         self._commit(engine)
 
     def restart(self, name: str) -> None:

@@ -24,7 +24,7 @@ MAX_SCHEDULER_RESTARTS = 2
 class StrategySystem(Protocol):
     def trigger(self, name: str) -> None: ...
     def finish(self, name: str, ok: bool) -> None: ...
-    def stop(self, name: str) -> None: ...
+    def stop(self, name: str, kill: bool = False) -> None: ...
     def restart(self, name: str) -> None: ...
     def unblock(self) -> None: ...
     def restart_scheduler(self) -> None: ...
@@ -74,11 +74,12 @@ class StrategyMachine(RuleBasedStateMachine):
         self.system.finish(name, ok)
 
     @precondition(lambda self: bool(self.model.with_status("queued", "running")))
-    @rule(i=st.integers(0, 10))
-    def stop(self, i: int) -> None:
+    @rule(i=st.integers(0, 10), kill=st.booleans())
+    def stop(self, i: int, kill: bool) -> None:
+        """An operator stops (or kills: ends at once, no grace) a queued or running run."""
         name = self._pick(self.model.with_status("queued", "running"), i)
         self.model.stop(name)
-        self.system.stop(name)
+        self.system.stop(name, kill=kill)
 
     @precondition(lambda self: bool(self.model.with_status("failed", "stopped")))
     @rule(i=st.integers(0, 10))

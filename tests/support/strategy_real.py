@@ -128,8 +128,9 @@ class RealSystem:
         tmp.write_text("0" if ok else "1")
         tmp.rename(gate)  # the step never reads a half-written file
 
-    def stop(self, name: str) -> None:
-        self.world.call("instance.stop", {"instance_id": self.ids[name], "reason": "machine says stop"})
+    def stop(self, name: str, kill: bool = False) -> None:
+        endpoint = "instance.kill" if kill else "instance.stop"
+        self.world.call(endpoint, {"instance_id": self.ids[name], "reason": "machine says stop"})
 
     def restart(self, name: str) -> None:
         self.world.call("instance.restart", {"instance_id": self.ids[name], "reason": "machine says restart"})
