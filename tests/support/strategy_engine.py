@@ -15,7 +15,7 @@ from legato.protocol.messages import AttemptFinished, StartRun, TriggerInfo
 from legato.scheduler import actions
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState, UnitOfWork, WorkflowRow, WorkflowState
-from legato.scheduler.strategies import admit, admit_new
+from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from tests.support.strategy_model import RunEvent
 
 ONE_STEP = """
@@ -133,6 +133,15 @@ class EngineDriver:
     def unblock(self) -> None:
         engine = self._engine()
         actions._unblock(engine, None, "test", "model check")
+        self._commit(engine)
+
+    def change_strategy(self, strategy: str, max_concurrency: int) -> None:
+        if strategy in ("first_only", "last_only") and len(self.state.instances) > 1:
+            return  # the API refuses it (tested against the real API in e2e)
+        self.state.row.run_strategy = strategy
+        self.state.row.max_concurrency = max_concurrency
+        engine = self._engine()
+        apply_strategy_change(engine)
         self._commit(engine)
 
     def statuses(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ from tests.support.strategy_model import RunEvent, StrategyModel, check_history
 STRATEGIES = RUN_STRATEGIES
 MAX_RUNS = 12
 MAX_SCHEDULER_RESTARTS = 2
+MAX_STRATEGY_CHANGES = 3
 
 
 class StrategySystem(Protocol):
@@ -27,6 +28,7 @@ class StrategySystem(Protocol):
     def stop(self, name: str, kill: bool = False) -> None: ...
     def restart(self, name: str) -> None: ...
     def unblock(self) -> None: ...
+    def change_strategy(self, strategy: str, max_concurrency: int) -> None: ...
     def restart_scheduler(self) -> None: ...
     def settle(self, expected: dict[str, str]) -> None: ...
     def statuses(self) -> dict[str, str]: ...
@@ -37,6 +39,7 @@ class StrategyMachine(RuleBasedStateMachine):
     model: StrategyModel
     system: StrategySystem
     scheduler_restarts = 0
+    model_changes: list[tuple[int, str, int]]
 
     def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
         raise NotImplementedError
@@ -50,6 +53,9 @@ class StrategyMachine(RuleBasedStateMachine):
         self.model = StrategyModel(strategy, max_concurrency)
         self.system = self.make_system(strategy, max_concurrency)
         self.scheduler_restarts = 0
+        self.first = (strategy, self.model.limit)
+        self.model_changes: list[tuple[int, str, int]] = []
+        self.system_changes: list[tuple[int, str, int]] = []
 
     def _pick(self, names: list[str], i: int) -> str:
         return names[i % len(names)]
@@ -104,18 +110,32 @@ class StrategyMachine(RuleBasedStateMachine):
         self.scheduler_restarts += 1
         self.system.restart_scheduler()
 
+    @precondition(lambda self: len(self.model_changes) < MAX_STRATEGY_CHANGES)
+    @rule(to=st.sampled_from(STRATEGIES), max_concurrency=st.integers(0, 3))
+    def change_strategy(self, to: str, max_concurrency: int) -> None:
+        """workflow.set_run_strategy (the system refuses what the model refuses)."""
+        limit = max_concurrency if to == "parallel" else 1
+        model_at, system_at = len(self.model.events), len(self.system.events())
+        if self.model.change_strategy(to, limit):
+            self.model_changes.append((model_at, to, self.model.limit))
+            self.system_changes.append((system_at, to, self.model.limit))
+        self.system.change_strategy(to, limit)
+
     @invariant()
     def matches_model_and_keeps_invariants(self) -> None:
         if not hasattr(self, "model"):
             return
-        check_history(self.model.events, strategy=self.model.strategy, limit=self.model.limit)
+        check_history(
+            self.model.events, strategy=self.first[0], limit=self.first[1], changes=self.model_changes
+        )
         expected = self.model.statuses()
         self.system.settle(expected)
         final = check_history(
             self.system.events(),
-            strategy=self.model.strategy,
-            limit=self.model.limit,
+            strategy=self.first[0],
+            limit=self.first[1],
             triggers=len(self.model.runs),
+            changes=self.system_changes,
         )
         actual = self.system.statuses()
         assert actual == expected, f"system {actual} != model {expected}"

@@ -8,7 +8,7 @@ timeline rows of a real scheduler in Postgres - against the invariants, without 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 ACTIVE = ("queued", "running")
@@ -115,6 +115,20 @@ class StrategyModel:
         self._admit()
         return True
 
+    def change_strategy(self, strategy: str, max_concurrency: int) -> bool:
+        """workflow.set_run_strategy: refused to first_only/last_only while several runs are active;
+        applies to queued runs at once, never to running ones."""
+        if strategy in ("first_only", "last_only") and len(self.with_status(*ACTIVE)) > 1:
+            return False
+        self.strategy, self.max_concurrency = strategy, max_concurrency
+        if strategy == "serial_latest_only":
+            for other in self.queue[:-1]:
+                self._end(other, "stopped")
+        if strategy != "strict_sequential":
+            self.blocked_by = None
+        self._admit()
+        return True
+
     # ------------------------------------------------------------------ rules
 
     def _end(self, name: str, status: str) -> None:
@@ -146,7 +160,12 @@ class InvariantViolation(AssertionError):
 
 
 def check_history(
-    events: Iterable[RunEvent], *, strategy: str, limit: int, triggers: int | None = None
+    events: Iterable[RunEvent],
+    *,
+    strategy: str,
+    limit: int,
+    triggers: int | None = None,
+    changes: Sequence[tuple[int, str, int]] = (),
 ) -> dict[str, str]:
     """Replay run events in commit order and check the run-strategy invariants; returns the final
     status of every run.
@@ -157,7 +176,11 @@ def check_history(
     - every trigger accounted for exactly once: created once, then queued/running or ended;
     - strict_sequential never starts a run other than the failed one after a failure until an
       operator unblocks or the restarted failed run succeeds.
+
+    ``changes`` are run-strategy changes as (index of the first event under it, strategy, limit): a
+    lower limit stops starts until enough runs ended, it never ends running ones.
     """
+    pending = sorted(changes, key=lambda c: c[0])  # stable: changes at one index keep their order
     created: list[str] = []
     status: dict[str, str] = {}
     running: set[str] = set()
@@ -165,7 +188,11 @@ def check_history(
     first_started: list[str] = []
     jumped: set[str] = set()
     blocker: str | None = None
-    for ev in events:
+    for index, ev in enumerate(events):
+        while pending and pending[0][0] <= index:
+            _, strategy, limit = pending.pop(0)
+            if strategy != "strict_sequential":
+                blocker = None
         run, what = ev.run, ev.event
         if what == "created":
             if run in status:

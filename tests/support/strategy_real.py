@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from legato.client import LegatoClient
+from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
 from tests.support.stack import Stack, wait_api
 from tests.support.strategy_engine import run_events
@@ -142,6 +142,15 @@ class RealSystem:
 
     def restart_scheduler(self) -> None:
         self.world.restart_scheduler()
+
+    def change_strategy(self, strategy: str, max_concurrency: int) -> None:
+        body: dict[str, Any] = {"workflow_id": self.workflow_id, "run_strategy": strategy}
+        if strategy == "parallel":
+            body["max_concurrency"] = max_concurrency
+        try:
+            self.world.call("workflow.set_run_strategy", body)
+        except ApiError as exc:
+            assert exc.code == "conflict", exc  # refused: the model refused it too (statuses compared next)
 
     def statuses(self) -> dict[str, str]:
         names = {v: k for k, v in self.ids.items()}

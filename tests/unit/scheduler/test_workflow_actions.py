@@ -10,6 +10,7 @@ from legato.protocol.messages import ActionRequest
 from legato.scheduler import actions
 from legato.scheduler.strategies import admit
 from tests.support.strategy_engine import EngineDriver
+from tests.support.strategy_model import StrategyModel, check_history
 
 
 async def test_workflow_stop_applies_in_batches_and_continues_with_a_derived_id() -> None:
@@ -53,3 +54,21 @@ def test_a_run_timeout_blocks_strict_sequential_and_frees_the_slot_through_admit
     engine.on_run_timeout_timer(seq.state.instances["a"])
     seq._commit(engine)
     assert seq.statuses() == {"a": "timed_out", "b": "running"}
+
+
+def test_restarting_the_blocker_after_a_switch_from_parallel_waits_for_a_slot() -> None:
+    """parallel(2) -> strict_sequential while two run: the failed one's restart must not make it two."""
+    model = StrategyModel("parallel", 2)
+    driver = EngineDriver("parallel", 2)
+    for name in ("a", "b", "c"):
+        model.trigger(name)
+        driver.trigger(name)
+    for system in (model, driver):
+        system.change_strategy("strict_sequential", 1)
+        system.finish("a", ok=False)
+        system.restart("a")
+    assert driver.statuses() == model.statuses() == {"a": "queued", "b": "running", "c": "queued"}
+    check_history(driver.events(), strategy="parallel", limit=2, changes=[(5, "strict_sequential", 1)])
+    for system in (model, driver):
+        system.finish("b", ok=True)
+    assert driver.statuses() == model.statuses() == {"a": "running", "b": "succeeded", "c": "queued"}
