@@ -111,6 +111,12 @@ class EngineDriver:
         )
         self._commit(engine)
 
+    def time_out(self, name: str) -> None:
+        """The run's timeout timer fires."""
+        engine = self._engine()
+        engine.on_run_timeout_timer(self.state.instances[name])
+        self._commit(engine)
+
     def stop(self, name: str, kill: bool = False) -> None:
         engine = self._engine()
         inst = self.state.instances.get(name)

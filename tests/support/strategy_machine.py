@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from legato.core.model import RUN_STRATEGIES
-from tests.support.strategy_model import RunEvent, StrategyModel, check_history
+from tests.support.strategy_model import RESTARTABLE, RunEvent, StrategyModel, check_history
 
 STRATEGIES = RUN_STRATEGIES
 MAX_RUNS = 12
@@ -87,10 +87,10 @@ class StrategyMachine(RuleBasedStateMachine):
         self.model.stop(name)
         self.system.stop(name, kill=kill)
 
-    @precondition(lambda self: bool(self.model.with_status("failed", "stopped")))
+    @precondition(lambda self: bool(self.model.with_status(*RESTARTABLE)))
     @rule(i=st.integers(0, 10))
     def restart(self, i: int) -> None:
-        name = self._pick(self.model.with_status("failed", "stopped"), i)
+        name = self._pick(self.model.with_status(*RESTARTABLE), i)
         self.model.restart(name)
         self.system.restart(name)
 

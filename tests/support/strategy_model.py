@@ -89,6 +89,12 @@ class StrategyModel:
         self._end(name, "succeeded" if ok else "failed")
         self._admit()
 
+    def time_out(self, name: str) -> None:
+        """The running run's timeout fired."""
+        assert self.runs[name].status == "running", name
+        self._end(name, "timed_out")
+        self._admit()
+
     def stop(self, name: str) -> bool:
         if self.runs[name].status not in ACTIVE:
             return False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import precondition, rule
 
 from tests.support.strategy_engine import EngineDriver
 from tests.support.strategy_machine import StrategyMachine, StrategySystem
@@ -21,6 +23,16 @@ class EngineSystem(EngineDriver):
 class EngineMachine(StrategyMachine):
     def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
         return EngineSystem(strategy, max_concurrency)
+
+    @precondition(lambda self: bool(self.model.running()))
+    @rule(i=st.integers(0, 10))
+    def run_times_out(self, i: int) -> None:
+        """Run timeouts only here: on the real services they would need waiting on the clock."""
+        name = self._pick(self.model.running(), i)
+        self.model.time_out(name)
+        system = self.system
+        assert isinstance(system, EngineSystem)
+        system.time_out(name)
 
 
 TestEngineAgainstModel = EngineMachine.TestCase

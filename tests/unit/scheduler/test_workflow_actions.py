@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 import msgspec
+import pytest
 
 from legato.protocol.messages import ActionRequest
 from legato.scheduler import actions
@@ -36,24 +37,25 @@ async def test_workflow_stop_applies_in_batches_and_continues_with_a_derived_id(
     assert result == "applied to 50 runs" and not engine.uow.outbox and not driver.state.queue
 
 
-def test_a_run_timeout_blocks_strict_sequential_and_frees_the_slot_through_admit() -> None:
-    driver = EngineDriver("strict_sequential", 1)
+@pytest.mark.parametrize(
+    ("strategy", "after_timeout"),
+    [
+        ("strict_sequential", {"a": "timed_out", "b": "queued"}),
+        ("sequential", {"a": "timed_out", "b": "running"}),
+    ],
+)
+def test_a_run_timeout_ends_the_run_through_admit_like_a_failure(
+    strategy: str, after_timeout: dict[str, str]
+) -> None:
+    driver = EngineDriver(strategy, 1)
     for name in ("a", "b"):
         driver.trigger(name)
-    engine = driver._engine()
-    engine.on_run_timeout_timer(driver.state.instances["a"])
-    driver._commit(engine)
-    assert driver.statuses() == {"a": "timed_out", "b": "queued"} and driver.state.row.blocked_by == "a"
-    driver.unblock()
-    assert driver.statuses() == {"a": "timed_out", "b": "running"}
-
-    seq = EngineDriver("sequential", 1)
-    for name in ("a", "b"):
-        seq.trigger(name)
-    engine = seq._engine()
-    engine.on_run_timeout_timer(seq.state.instances["a"])
-    seq._commit(engine)
-    assert seq.statuses() == {"a": "timed_out", "b": "running"}
+    driver.time_out("a")
+    assert driver.statuses() == after_timeout
+    if strategy == "strict_sequential":
+        assert driver.state.row.blocked_by == "a"
+        driver.unblock()
+        assert driver.statuses() == {"a": "timed_out", "b": "running"}
 
 
 def test_restarting_the_blocker_after_a_switch_from_parallel_waits_for_a_slot() -> None:
