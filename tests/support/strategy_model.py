@@ -150,15 +150,19 @@ class StrategyModel:
             self.blocked_by = name
 
     def _admit(self) -> None:
+        if self.strategy == "strict_sequential" and self.blocked_by is not None:
+            if self.blocked_by in self.queue and len(self.running()) < self.limit:
+                self._start(self.blocked_by)  # only the restarted failed run, wherever it waits
+            return
         while self.queue and len(self.running()) < self.limit:
-            head = self.queue[0]
-            if self.strategy == "strict_sequential" and self.blocked_by not in (None, head):
-                return
-            self.queue.pop(0)
-            run = self.runs[head]
-            run.status = "running"
-            run.starts += 1
-            self.events.append(RunEvent(head, "started"))
+            self._start(self.queue[0])
+
+    def _start(self, name: str) -> None:
+        self.queue.remove(name)
+        run = self.runs[name]
+        run.status = "running"
+        run.starts += 1
+        self.events.append(RunEvent(name, "started"))
 
 
 class InvariantViolation(AssertionError):

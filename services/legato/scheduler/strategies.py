@@ -80,12 +80,16 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
 def admit(engine: RunEngine) -> None:
     """Start queued runs, oldest first, while the strategy has room."""
     row = engine.state.row
-    blocked = row.run_strategy == "strict_sequential" and row.blocked_by
     limit = limit_of(engine)
+    if row.run_strategy == "strict_sequential" and row.blocked_by:
+        # Only the restarted blocker may run until the queue is released (wherever it waits: another
+        # restarted run may have gone to the front after it).
+        blocker = engine.state.instances.get(row.blocked_by)
+        if blocker is not None and blocker.status == "queued" and row.running_count < limit:
+            engine.start(blocker)
+        return
     while engine.state.queue and row.running_count < limit:
         inst = engine.state.instances[engine.state.queue[0]]
-        if blocked and inst.id != row.blocked_by:
-            return  # only the restarted blocker may run until the queue is released
         engine.start(inst)
         if engine.state.queue and engine.state.queue[0] == inst.id:  # defensive: never spin
             engine.state.queue.popleft()

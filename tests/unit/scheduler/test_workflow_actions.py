@@ -74,3 +74,18 @@ def test_restarting_the_blocker_after_a_switch_from_parallel_waits_for_a_slot() 
     for system in (model, driver):
         system.finish("b", ok=True)
     assert driver.statuses() == model.statuses() == {"a": "running", "b": "succeeded", "c": "queued"}
+
+
+def test_the_restarted_blocker_starts_even_when_another_restarted_run_queued_ahead_of_it() -> None:
+    model = StrategyModel("parallel", 2)
+    driver = EngineDriver("parallel", 2)
+    for system in (model, driver):
+        for name in ("a", "b", "c"):
+            system.trigger(name)
+        system.change_strategy("strict_sequential", 1)
+        system.finish("a", ok=False)
+        system.stop("c")
+        system.restart("a")
+        system.restart("c")  # goes to the front, ahead of the blocker
+        system.finish("b", ok=True)
+    assert driver.statuses() == model.statuses() == {"a": "running", "b": "succeeded", "c": "queued"}
