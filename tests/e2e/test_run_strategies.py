@@ -51,6 +51,7 @@ def cli(world: RealWorld, *args: str) -> str:
         **os.environ,
         "LEGATO_NATS_URL": world.settings.nats_url,
         "LEGATO_NAMESPACE": world.settings.namespace,
+        "USER": "operator-ada",  # the CLI's actor: who did it, in the timeline
     }
     done = subprocess.run(
         [sys.executable, "-m", "legato.cli.main", *args], env=env, capture_output=True, text=True, timeout=60
@@ -129,8 +130,8 @@ def test_strict_sequential_blocks_on_failure_until_unblock_or_a_successful_resta
     expect(s, a="running", b="queued", c="queued")
     s.finish("a", ok=False)
     expect(s, a="failed", b="queued", c="queued")
-    # An operator unblock releases the queue; the failed run stays failed.
-    world.call("instance.unblock", {"instance_id": s.ids["a"], "reason": "known bad input"})
+    # An operator unblock (here through the CLI) releases the queue; the failed run stays failed.
+    cli(world, "unblock", s.ids["a"], "--reason", "known bad input")
     expect(s, a="failed", b="running", c="queued")
     assert world.call("workflow.status", {"workflow_id": "strict"})["state"] == "active"
     err = api_error(world, "workflow.unblock", {"workflow_id": "strict", "reason": "again"})
@@ -151,7 +152,7 @@ def test_strict_sequential_blocks_on_failure_until_unblock_or_a_successful_resta
         "b:failed", "b:restart_requested", "b:started", "b:succeeded", "c:started", "c:succeeded",
     ]  # fmt: skip
     unblock = next(t for t in get(s, "a")["timeline"] if t["event"] == "unblocked")
-    assert unblock["actor"] == "machine" and "known bad input" in unblock["message"]
+    assert unblock["actor"] == "operator-ada" and "known bad input" in unblock["message"]
 
 
 def test_first_only_records_a_dropped_trigger_as_skipped_and_deduplicates_it(world: RealWorld) -> None:
@@ -325,7 +326,7 @@ def test_operator_actions_record_who_why_when_are_idempotent_and_refuse_what_doe
     steps = {x["step_id"]: x for x in get(s, "c")["steps"]}
     assert steps["load"]["status"] == "skipped" and steps["report"]["status"] == "succeeded"
 
-    world.call("instance.restart", {"instance_id": s.ids["c"], "step_id": "load", "reason": "reload"})
+    cli(world, "restart", s.ids["c"], "--from", "load", "--reason", "reload")
     expect(s, a="stopped", b="stopped", c="running", d="running")
     s.finish("c", ok=True, step="load")
     s.finish("c", ok=True, step="report")
