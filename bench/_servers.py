@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
+from legato.runtime.settings import Settings
 
 
 @dataclass
@@ -44,6 +45,17 @@ def bench_servers(db_name: str = "legato_bench") -> Iterator[BenchServers]:
         for server in reversed(started):
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_settings(servers: BenchServers) -> Settings:
+    """Service settings for a benchmark's stack on these servers."""
+    return Settings(
+        nats_url=servers.nats_url,
+        database_url=servers.database_url,
+        namespace=servers.namespace,
+        partitions=8,
+        log_level="warning",
+    )
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -19,7 +19,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, percentile
+from _servers import bench_servers, bench_settings, percentile
 from legato.client import LegatoClient
 from legato.devstack.otlp_sink import OtlpSink
 from legato.devstack.processes import Stack
@@ -167,13 +167,7 @@ def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float
                 "OTEL_TRACES_SAMPLER_ARG": "0.1",
             },
         }[mode]
-        settings = Settings(
-            nats_url=servers.nats_url,
-            database_url=servers.database_url,
-            namespace=servers.namespace,
-            partitions=8,
-            log_level="warning",
-        )
+        settings = bench_settings(servers)
         result = asyncio.run(
             run(n, args.in_flight, settings, servers.tmp / "logs", args.executors, extra, rate)
         )
