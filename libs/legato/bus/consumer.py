@@ -47,6 +47,7 @@ class MessageDecoder(Protocol[T_co]):
 
     def decode(self, buf: bytes, /) -> T_co: ...
 
+
 # How long a multi-message fetch may wait to fill up; it is only made when messages are pending.
 BUSY_FETCH_TIMEOUT = 0.05
 

@@ -34,6 +34,7 @@ from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import ParamError, compile_workflow, definition_from_json
 from legato.core.compiled import CompiledWorkflow
+from legato.core.signals import schema_error
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
@@ -48,7 +49,6 @@ from legato.signal_router.matching import (
     fire_params,
     missing_legs,
     route,
-    schema_error,
     wait_matches,
 )
 from legato.store.outbox import add_to_outbox

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from legato.core import CompiledWorkflow, SignalTrigger, to_json_value
+from legato.core import CompiledWorkflow, MatchPredicate, SignalTrigger, to_json_value
 from legato.core.signals import signal_matches
 from legato.sel import SelError
 from legato.telemetry import get_logger
@@ -17,14 +17,6 @@ from legato.telemetry import get_logger
 log = get_logger("legato.signal_router")
 
 _encode = msgspec.json.Encoder(order="deterministic").encode
-SCHEMA_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "number": (int, float),
-    "integer": (int,),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-}
 
 
 @dataclass(frozen=True)
@@ -160,8 +152,6 @@ def fire_params(t: RegisteredTrigger, fields_by_leg: Mapping[str, Mapping[str, A
 
 def wait_matches(match: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
     """A stored ``signal_wait.match`` (``{field: {op, value}}``, already evaluated) holds on ``fields``."""
-    from legato.core.model import MatchPredicate
-
     predicates = {k: msgspec.convert(v, MatchPredicate) for k, v in match.items()}
     return signal_matches(predicates, fields)
 
@@ -179,18 +169,3 @@ def containment_filter(match: Mapping[str, Any]) -> dict[str, Any]:
         ):
             out[name] = value
     return out
-
-
-def schema_error(schema: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
-    """Why ``fields`` break a declared signal schema (``required`` fields, ``fields`` types), or None."""
-    for name in schema.get("required", []):
-        if name not in fields:
-            return f"{name}: required by the signal's schema"
-    for name, kind in (schema.get("fields") or {}).items():
-        if name not in fields or fields[name] is None:
-            continue
-        allowed = SCHEMA_TYPES.get(kind, ())
-        value = fields[name]
-        if not isinstance(value, allowed) or (kind != "boolean" and isinstance(value, bool)):
-            return f"{name}: must be {kind}, got {type(value).__name__} {value!r}"[:500]
-    return None

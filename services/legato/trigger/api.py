@@ -38,6 +38,7 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
 
@@ -116,6 +117,7 @@ class ApiService(Component):
             "instance.restart": (A.InstanceAction, self.instance_restart),
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
+            **SignalApi(self.nc, self.pool, self.topology).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
