@@ -445,7 +445,7 @@ class SignalIngest(Component):
                     c.tuple_key,
                     instance_id,
                     trigger_key,
-                    signals,
+                    _json_text(signals),
                     params,
                     error,
                     headers.get("traceparent"),
@@ -473,8 +473,9 @@ class SignalIngest(Component):
             """
             INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
                                              signals, params, error, traceparent)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-                                 $7::jsonb[], $8::text[], $9::text[])
+            SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                        $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
             ON CONFLICT DO NOTHING
             RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
             """,
@@ -612,6 +613,10 @@ def _member_json(m: Member) -> dict[str, Any]:
         "fields": dict(m.signal.fields),
         "tp": m.signal.traceparent,
     }
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def _publisher(headers: Mapping[str, str]) -> str | None:
