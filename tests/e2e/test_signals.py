@@ -236,14 +236,14 @@ async def test_joined_trigger_fires_once_per_complete_tuple_whatever_the_order(
 
 async def test_partial_tuple_expires(settings: Settings, tmp_path: Path) -> None:
     async with running_stack(settings, tmp_path) as (_stack, client):
-        await client.push(JOINED.replace("{expiry}", "1s"))
+        await client.push(JOINED.replace("{expiry}", "3s"))
         body = {"date": "2026-05-01", "region": "eu", "status": "done", "rows": 1}
         await client.send_signal("orders_ready", body, signal_id="o1")
         await stored_signals(client, "orders_ready", 1)
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(3.5)
         await client.send_signal("payments_ready", body, signal_id="p1")  # too late for o1
         await stored_signals(client, "payments_ready", 1)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.3)
         assert await runs_of(settings.database_url, "billing") == []
         pending = await client.call("signal.pending", {"workflow_id": "billing"})
         (tup,) = pending["triggers"][0]["tuples"]
