@@ -143,7 +143,13 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
 
         consumer: ConsumerLoop[bytes] = ConsumerLoop(
             host.js,
-            ConsumerSpec(topo.signals_stream, topo.consumer_name("signal_router"), f"{topo.signal_prefix}>"),
+            # Short ack wait: a killed router's deliveries come back soon (live ones are kept by heartbeats).
+            ConsumerSpec(
+                topo.signals_stream,
+                topo.consumer_name("signal_router"),
+                f"{topo.signal_prefix}>",
+                ack_wait=10.0,
+            ),
             RawPayload(),
             on_signal,
             dead_letters=host.dead_letters,
