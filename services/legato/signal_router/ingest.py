@@ -196,7 +196,7 @@ class SignalIngest(Component):
                 seen.add((sig.name, sig.id))
                 signals.append(sig)
         if signals:
-            msgs = await run_transaction(self.pool, lambda conn: self._apply_signals(conn, signals))
+            msgs = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
             if msgs:
                 self.wake_relay()
         for reg in registrations:
@@ -286,7 +286,8 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ the batch transaction
 
-    async def _apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> int:
+    async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> int:
+        """Store signals (each once), feed triggers and waits, fire complete tuples; returns messages emitted."""
         await lock_signal_triggers(conn, shared=True)
         names = sorted({s.name for s in signals})
         # Shared per name: a wait registration (exclusive) scans stored signals only when no batch that
@@ -309,6 +310,8 @@ class SignalIngest(Component):
                 error = schema_error(schema, s.body)
                 if error is not None:
                     s.error = f"breaks the schema of {s.name}: {error}"
+        # One insertion order for every router (no deadlock on the unique index between batches).
+        ordered = sorted(signals, key=lambda s: (s.name, s.id))
         stored = await conn.fetch(
             """
             INSERT INTO signal (name, id, params, raw, publisher, publisher_workflow, publisher_instance,
@@ -319,19 +322,19 @@ class SignalIngest(Component):
             ON CONFLICT (name, id) DO NOTHING
             RETURNING name, id
             """,
-            [s.name for s in signals],
-            [s.id for s in signals],
-            [None if s.rejected else s.body for s in signals],
-            [s.raw[:MAX_REJECTED_BODY].decode(errors="replace") if s.rejected else None for s in signals],
-            [_publisher(s.headers) for s in signals],
-            [s.headers.get("Legato-Publisher-Workflow") for s in signals],
-            [s.headers.get("Legato-Publisher-Instance") for s in signals],
-            [s.headers.get("Legato-Publisher-Step") for s in signals],
-            [s.published_at for s in signals],
-            [s.stream_seq for s in signals],
-            [s.rejected for s in signals],
-            [s.error for s in signals],
-            [s.traceparent for s in signals],
+            [s.name for s in ordered],
+            [s.id for s in ordered],
+            [None if s.rejected else s.body for s in ordered],
+            [s.raw[:MAX_REJECTED_BODY].decode(errors="replace") if s.rejected else None for s in ordered],
+            [_publisher(s.headers) for s in ordered],
+            [s.headers.get("Legato-Publisher-Workflow") for s in ordered],
+            [s.headers.get("Legato-Publisher-Instance") for s in ordered],
+            [s.headers.get("Legato-Publisher-Step") for s in ordered],
+            [s.published_at for s in ordered],
+            [s.stream_seq for s in ordered],
+            [s.rejected for s in ordered],
+            [s.error for s in ordered],
+            [s.traceparent for s in ordered],
         )
         new = {(r["name"], r["id"]) for r in stored}
         fresh = [s for s in signals if (s.name, s.id) in new]
