@@ -381,3 +381,35 @@ async def test_signals_before_a_trigger_existed_count_only_with_since(
         )
         await wait_runs(settings.database_url, "on-upload-since", 3, settle=1.0)
         assert len(await runs_of(settings.database_url, "on-upload")) == 1
+
+
+async def test_the_example_chain_publish_join_wait_and_lineage(settings: Settings, tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        for name in ("daily-report", "warehouse-load"):
+            await client.push((examples / f"{name}.yaml").read_text(), source=f"{name}.yaml")
+        await client.send_signal("fx_rates_ready", {"date": "2026-03-01", "source": "ecb"}, signal_id="fx-1")
+        load = await client.start("warehouse-load", {"date": "2026-03-01"})
+        assert (await wait_for(client, load["instance_id"]))["status"] == "succeeded"
+        deadline = time.monotonic() + 30
+        while not (runs := await runs_of(settings.database_url, "daily-report")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        report = runs[0]["id"]
+        assert runs[0]["params"] == {"date": "2026-03-01", "rows": 1200}
+        while True:  # the send step waits for the approval, visibly
+            info = await client.get(report)
+            send = {s["step_id"]: s for s in info["steps"]}["send"]
+            if send["status"] == "waiting":
+                break
+            assert time.monotonic() < deadline, info
+            await asyncio.sleep(0.2)
+        await client.send_signal("approval", {"date": "2026-03-01", "by": "ada"}, signal_id="ok-1")
+        info = await wait_for(client, report)
+        assert info["status"] == "succeeded", info
+        assert {s["step_id"]: s for s in info["steps"]}["send"]["params"]["approver"] == "ada"
+        lineage = (await client.call("signal.lineage", {"instance_id": report}))["run"]
+        started = {s["name"]: s for s in lineage["started_by"]}
+        assert set(started) == {"warehouse_loaded", "fx_rates_ready"}
+        assert started["warehouse_loaded"]["published_by"]["instance_id"] == load["instance_id"]
+        assert [s["id"] for s in lineage["unblocked_by"]] == ["ok-1"]
