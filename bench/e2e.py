@@ -19,7 +19,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, percentile
+from _servers import bench_servers, bench_settings, percentile, wait_api
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
@@ -33,16 +33,6 @@ steps:
   - id: only
     type: noop
 """
-
-
-async def wait_api(client: LegatoClient) -> None:
-    for _ in range(300):
-        try:
-            await client.call("workflow.list", {"limit": 1}, timeout=2.0)
-            return
-        except Exception:
-            await asyncio.sleep(0.2)
-    raise RuntimeError("API did not come up")
 
 
 async def run(
@@ -154,13 +144,7 @@ def main() -> None:
 def measure(args: argparse.Namespace, tracing: bool, rate: float) -> dict[str, float]:
     n = args.n if not rate else min(args.n, int(rate * 20))
     with bench_servers("legato_e2e") as servers:
-        settings = Settings(
-            nats_url=servers.nats_url,
-            database_url=servers.database_url,
-            namespace=servers.namespace,
-            partitions=8,
-            log_level="warning",
-        )
+        settings = bench_settings(servers)
         return asyncio.run(
             run(n, args.in_flight, settings, servers.tmp / "logs", args.executors, tracing, rate)
         )

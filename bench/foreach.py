@@ -18,7 +18,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers
+from _servers import bench_servers, bench_settings
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
@@ -120,13 +120,7 @@ def main() -> None:
     parser.add_argument("--executors", type=int, default=1)
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
-        settings = Settings(
-            nats_url=servers.nats_url,
-            database_url=servers.database_url,
-            namespace=servers.namespace,
-            partitions=8,
-            log_level="warning",
-        )
+        settings = bench_settings(servers)
         asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs"))
 
 

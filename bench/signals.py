@@ -25,7 +25,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, percentile
+from _servers import bench_servers, bench_settings, percentile, wait_api
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
@@ -50,16 +50,6 @@ steps:
   - id: only
     type: noop
 """
-
-
-async def wait_api(client: LegatoClient) -> None:
-    for _ in range(300):
-        try:
-            await client.call("workflow.list", {"limit": 1}, timeout=2.0)
-            return
-        except Exception:
-            await asyncio.sleep(0.2)
-    raise RuntimeError("API did not come up")
 
 
 async def run(
@@ -152,13 +142,7 @@ async def run(
 
 def measure(n: int, publishers: int, rate: float) -> dict[str, float]:
     with bench_servers("legato_signals") as servers:
-        settings = Settings(
-            nats_url=servers.nats_url,
-            database_url=servers.database_url,
-            namespace=servers.namespace,
-            partitions=8,
-            log_level="warning",
-        )
+        settings = bench_settings(servers)
         return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate))
 
 

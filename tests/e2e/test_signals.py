@@ -16,6 +16,7 @@ import pytest
 
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
+from legato.telemetry.span_file import read_span_file
 from tests.support.stack import running_stack, wait_for
 
 SINGLE = """
@@ -413,3 +414,35 @@ async def test_the_example_chain_publish_join_wait_and_lineage(settings: Setting
         assert set(started) == {"warehouse_loaded", "fx_rates_ready"}
         assert started["warehouse_loaded"]["published_by"]["instance_id"] == load["instance_id"]
         assert [s["id"] for s in lineage["unblocked_by"]] == ["ok-1"]
+
+
+async def test_signal_spans_lead_to_the_run_they_started(settings: Settings, tmp_path: Path) -> None:
+    spans_path = tmp_path / "spans.jsonl"
+    env = {"LEGATO_TEST_SPAN_FILE": str(spans_path)}
+    async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
+        await client.push(JOINED.replace("{expiry}", "1d"))
+        body = {"date": "2026-06-01", "region": "eu", "status": "done", "rows": 3}
+        await client.send_signal("orders_ready", body, signal_id="o")
+        await stored_signals(client, "orders_ready", 1)
+        await client.send_signal("payments_ready", body, signal_id="p")
+        (run,) = await wait_runs(settings.database_url, "billing", 1)
+    spans = list(read_span_file(spans_path))
+    by_id = {s["span_id"]: s for s in spans}
+    ingest = {
+        s["attributes"].get("messaging.message.id"): s for s in spans if s["name"] == "signal_router ingest"
+    }
+    assert {"o", "p"} <= set(ingest)
+    (fire,) = [s for s in spans if s["name"] == "signal_router fire"]
+    assert fire["attributes"]["legato.instance_id"] == run["id"]
+    # The tuple completed in the trace of the newest signal, linking the other one.
+    assert fire["parent_span_id"] == ingest["p"]["span_id"]
+    assert [link["span_id"] for link in fire["links"]] == [ingest["o"]["span_id"]]
+    # The ingest span continues the sender's trace (the API call that published it).
+    assert ingest["p"]["parent_span_id"] in by_id
+    # The run's root span links to the firing.
+    (root,) = [
+        s
+        for s in spans
+        if s["name"] == "workflow.run" and s["attributes"].get("legato.instance_id") == run["id"]
+    ]
+    assert fire["span_id"] in [link["span_id"] for link in root["links"]]

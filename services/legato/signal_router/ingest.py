@@ -429,10 +429,13 @@ class SignalIngest(Component):
                 params = fire_params(t, {leg: c.members[leg]["fields"] for leg in t.legs})
             except (ParamError, SelError) as exc:
                 params, error = None, f"params of trigger {t.trigger_id}: {exc}"
-            links = [Link(_span_context(u.get("tp"))) for u in used if parse_traceparent(u.get("tp"))]
+            # The tuple completes in the trace of its newest signal and links to the spans of the others.
+            traced = sorted((u for u in used if parse_traceparent(u.get("tp"))), key=lambda u: str(u["at"]))
+            parent = remote_parent(*ids) if traced and (ids := parse_traceparent(traced[-1]["tp"])) else None
             with tracer.start_as_current_span(
                 "signal_router fire",
-                links=links,
+                context=parent,
+                links=[Link(_span_context(u["tp"])) for u in traced[:-1]],
                 attributes={
                     "legato.workflow_id": t.workflow_id,
                     "legato.trigger_id": t.trigger_id,
