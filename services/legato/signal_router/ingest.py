@@ -506,12 +506,16 @@ class SignalIngest(Component):
                 )
                 continue
             out.append(starts[key])
-            log.info(
+            log.debug(
                 "signal_trigger_fired",
                 workflow_id=key[0],
                 trigger=key[1],
                 tuple_key=key[2],
                 instance_id=r["instance_id"],
+            )
+        if out:  # one line per batch at info: a line per run would cost more than the firing
+            log.info(
+                "signal_triggers_fired", runs=len(out), workflows=sorted({r["workflow_id"] for r in fired})
             )
         self.fired += len(out)
         return out
