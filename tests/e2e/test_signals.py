@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
 from legato.telemetry.span_file import read_span_file
-from tests.support.stack import running_stack, wait_for
+from tests.support.stack import Stack, running_stack, wait_for
 
 SINGLE = """
 id: on-upload
@@ -122,6 +124,20 @@ steps:
 """
 
 
+async def cli(stack: Stack, *args: str) -> str:
+    """Run ``legato …`` as a user would, against the stack; returns stdout (fails on a non-zero exit)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "legato.cli.main", *args],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 async def runs_of(database_url: str, workflow_id: str) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(database_url)
     try:
@@ -196,7 +212,7 @@ async def test_single_signal_trigger_fires_once_per_matching_signal(
 async def test_joined_trigger_fires_once_per_complete_tuple_whatever_the_order(
     settings: Settings, tmp_path: Path
 ) -> None:
-    async with running_stack(settings, tmp_path) as (_stack, client):
+    async with running_stack(settings, tmp_path) as (stack, client):
         await client.push(JOINED.replace("{expiry}", "1d"))
         rng = random.Random(7)
         sends: list[tuple[str, dict[str, Any], str]] = []
@@ -233,6 +249,13 @@ async def test_joined_trigger_fires_once_per_complete_tuple_whatever_the_order(
         assert waiting[("2026-03-08", "us")]["missing"] == ["payments_ready"]
         assert waiting[("2026-04-01", "eu")]["missing"] == ["orders_ready"]
         assert [a["leg"] for a in waiting[("2026-03-08", "us")]["arrived"]] == ["orders_ready"]
+        shown = await cli(stack, "signal", "pending", "billing")
+        assert (
+            "billing / ready: signals orders_ready, payments_ready joined on date, region; 2 tuple(s) waiting"
+            in shown
+        )
+        (line,) = [x for x in shown.splitlines() if '"2026-03-08"' in x]
+        assert "orders_ready=orders_ready-2026-03-08-us-" in line and line.split()[2] == "payments_ready"
 
 
 async def test_partial_tuple_expires(settings: Settings, tmp_path: Path) -> None:
@@ -255,7 +278,7 @@ async def test_partial_tuple_expires(settings: Settings, tmp_path: Path) -> None
 
 
 async def test_rejected_signals_are_stored_and_listed(settings: Settings, tmp_path: Path) -> None:
-    async with running_stack(settings, tmp_path) as (_stack, client):
+    async with running_stack(settings, tmp_path) as (stack, client):
         await client.push(SINGLE)
         await client.call(
             "signal.set_schema",
@@ -290,6 +313,15 @@ async def test_rejected_signals_are_stored_and_listed(settings: Settings, tmp_pa
         runs = await wait_runs(settings.database_url, "on-upload", 1, settle=1.0)
         assert [r["params"]["path"] for r in runs] == ["/ok.csv"]
         assert runs[0]["trigger_key"] == f"signal:big-csv:id:file.uploaded/{ack.seq}"
+        # The same through the CLI.
+        listed = await cli(stack, "signal", "list", "--rejected")
+        assert "bad-json" in listed and "REJECTED" in listed and "not a JSON object" in listed
+        sent = await cli(
+            stack, "signal", "send", "file.uploaded", "kind=csv", "size=700", "path=/cli.csv", "--id", "c1"
+        )
+        assert "signal file.uploaded id c1 stored" in sent
+        runs = await wait_runs(settings.database_url, "on-upload", 2, settle=0.5)
+        assert sorted(r["params"]["path"] for r in runs) == ["/cli.csv", "/ok.csv"]
         with pytest.raises(ApiError) as err:
             await client.call("signal.set_schema", {"name": "x", "schema": {"fields": {"a": "date"}}})
         assert err.value.code == "bad_request" and "schema.fields.a" in err.value.message

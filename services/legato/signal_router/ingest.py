@@ -29,7 +29,7 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
-from legato.bus.consumer import Delivery
+from legato.bus.consumer import Delivery, Poison
 from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import ParamError, compile_workflow, definition_from_json
@@ -189,7 +189,8 @@ class SignalIngest(Component):
                 try:
                     registrations.append(_decode_wait(d.message))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    log.error("wait_registration_undecodable", error=str(exc))
+                    # Fails this batch; applied one by one, only this message is dead-lettered.
+                    raise Poison(f"undecodable wait registration: {exc}") from None
                 continue
             sig = self.parse(d, tp)
             if (sig.name, sig.id) not in seen:
