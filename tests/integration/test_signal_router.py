@@ -1,5 +1,5 @@
-"""Two signal routers against one real PostgreSQL: each brings a different leg of the same tuples at the
-same moment, and every tuple still fires exactly once."""
+"""The signal router's ingest against a real PostgreSQL: two routers each bringing a different leg of the
+same tuples at the same moment still fire every tuple exactly once; outcomes are counted in metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,16 @@ import functools
 import random
 from datetime import UTC, datetime
 
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from legato.bus.topology import Topology
 from legato.core import parse_definition
 from legato.signal_router.ingest import IncomingSignal, SignalIngest
+from legato.signal_router.service import SignalUpkeep
 from legato.store import create_pool, run_transaction
+from legato.telemetry import configure_metrics, shutdown_metrics
 from legato.trigger.registry import push_workflow
+from tests.integration.test_generic_metrics import values
 
 PAIR = """
 id: pair
@@ -94,3 +99,39 @@ async def test_routers_bringing_different_legs_concurrently_fire_each_tuple_once
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def test_ingest_counts_signals_by_outcome_and_gauges_pending_joins(database_url: str) -> None:
+    reader = InMemoryMetricReader()
+    configure_metrics("test", readers=[reader])
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        topology = Topology("t")
+        async with pool.acquire() as conn, conn.transaction():
+            await push_workflow(
+                conn,
+                topology,
+                parse_definition(PAIR, source="pair.yaml"),
+                source_text=PAIR,
+                actor="t",
+                activate=True,
+            )
+        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        bad = incoming("left", 99)
+        bad.error = "not a JSON object: got an array"
+        batches = [
+            [incoming("left", 1), incoming("left", 2), incoming("right", 1), bad],
+            [incoming("left", 1)],  # a redelivery
+        ]
+        for batch in batches:
+            await run_transaction(pool, functools.partial(router.apply_signals, signals=batch))
+        upkeep = SignalUpkeep(pool, router)
+        await upkeep.upkeep()
+        got = values(reader)
+        assert got[("legato.signals.ingested", (("status", "accepted"),))] == 3
+        assert got[("legato.signals.ingested", (("status", "rejected"),))] == 1
+        assert got[("legato.signals.ingested", (("status", "duplicate"),))] == 1
+        assert got[("legato.joins.pending", ())] == 1  # k2 waits for its right leg; k1 fired
+    finally:
+        await pool.close()
+        shutdown_metrics()
