@@ -85,3 +85,11 @@ CREATE TABLE signal_trigger_fire (
 CREATE INDEX signal_trigger_fire_signals ON signal_trigger_fire USING gin (signals jsonb_path_ops);
 CREATE INDEX signal_trigger_fire_instance ON signal_trigger_fire (instance_id);
 CREATE INDEX signal_wait_satisfied_by ON signal_wait (satisfied_by) WHERE satisfied_by IS NOT NULL;
+
+-- Signal triggers of workflows activated before this migration count from now on.
+INSERT INTO signal_trigger (workflow_id, trigger_id, version, since, registered_at, active)
+SELECT w.id, t->>'id', w.active_version, (t->>'since')::timestamptz, now(), true
+FROM workflow w
+JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version
+CROSS JOIN LATERAL jsonb_array_elements(coalesce(v.definition->'triggers', '[]'::jsonb)) AS t
+WHERE w.active AND t->>'type' = 'signal';
