@@ -8,12 +8,19 @@ applied before the registration (and does not count for the new trigger) or afte
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import asyncpg
 
 # Any constant works; it only has to be the same in every Legato process.
 SIGNAL_TRIGGER_LOCK_KEY = 0x1E6A70_0009
+
+
+def signal_name_lock_key(name: str) -> int:
+    """The advisory lock key of one signal name (routers hold it shared, a wait registration exclusive)."""
+    digest = hashlib.blake2b(f"legato.signal:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 async def lock_signal_triggers(conn: asyncpg.Connection, *, shared: bool) -> None:

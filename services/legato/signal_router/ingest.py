@@ -52,7 +52,7 @@ from legato.signal_router.matching import (
     wait_matches,
 )
 from legato.store.outbox import add_to_outbox
-from legato.store.signal_triggers import lock_signal_triggers
+from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
 from legato.telemetry import get_logger, get_tracer, inject_headers, metrics, parse_traceparent
 from legato.telemetry.ids import remote_parent
@@ -232,9 +232,10 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ triggers
 
-    async def triggers(self, conn: asyncpg.Connection) -> TriggerTable:
+    async def triggers(self, conn: asyncpg.Connection, epoch: int | None = None) -> TriggerTable:
         """The active signal triggers (reloaded when a registration moved the epoch); hold the lock first."""
-        epoch = int(await conn.fetchval("SELECT epoch FROM signal_trigger_epoch"))
+        if epoch is None:
+            epoch = int(await conn.fetchval("SELECT epoch FROM signal_trigger_epoch"))
         if epoch == self._table.epoch:
             return self._table
         rows = await conn.fetch(
@@ -289,22 +290,28 @@ class SignalIngest(Component):
 
     async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> int:
         """Store signals (each once), feed triggers and waits, fire complete tuples; returns messages emitted."""
-        await lock_signal_triggers(conn, shared=True)
         names = sorted({s.name for s in signals})
-        # Shared per name: a wait registration (exclusive) scans stored signals only when no batch that
-        # may have missed its wait row is still open.
+        # Shared: a trigger registration, or a wait registration for one of these names (exclusive),
+        # waits for this batch, and this batch for it — so neither misses the other.
         await conn.execute(
-            "SELECT pg_advisory_xact_lock_shared(hashtextextended('legato.signal:' || n, 0)) "
-            "FROM unnest($1::text[]) AS n",
+            "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k",
+            [SIGNAL_TRIGGER_LOCK_KEY, *(signal_name_lock_key(n) for n in names)],
+        )
+        # Read after the locks (a statement sees what committed before it began): one round trip.
+        row = await conn.fetchrow(
+            """
+            SELECT (SELECT epoch FROM signal_trigger_epoch) AS epoch,
+                   (SELECT coalesce(jsonb_object_agg(name, schema), '{}') FROM signal_schema
+                    WHERE name = ANY($1::text[])) AS schemas,
+                   (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'workflow_id', workflow_id,
+                        'instance_id', instance_id, 'step_id', step_id, 'name', name, 'match', match)), '[]')
+                    FROM signal_wait WHERE name = ANY($1::text[]) AND satisfied_at IS NULL
+                    AND NOT cancelled) AS waits
+            """,
             names,
         )
-        table = await self.triggers(conn)
-        schemas = {
-            r["name"]: r["schema"]
-            for r in await conn.fetch(
-                "SELECT name, schema FROM signal_schema WHERE name = ANY($1::text[])", names
-            )
-        }
+        table = await self.triggers(conn, row["epoch"])
+        schemas = row["schemas"]
         for s in signals:
             schema = schemas.get(s.name)
             if schema is not None and not s.rejected:
@@ -352,7 +359,7 @@ class SignalIngest(Component):
             m.signals_ingested.add(len(signals) - len(fresh), status="duplicate")
         members = [member for sig in accepted for member in route(sig, table)]
         msgs = await self.apply_members(conn, members)
-        msgs += await self._satisfy_waits(conn, accepted)
+        msgs += await self._satisfy_waits(conn, row["waits"], accepted)
         await add_to_outbox(conn, msgs)
         self.stored += len(fresh)
         return len(msgs)
@@ -478,25 +485,21 @@ class SignalIngest(Component):
         cols = list(zip(*rows, strict=True))
         fired = await conn.fetch(
             """
-            INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
-                                             signals, params, error, traceparent)
-            SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                        $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
-            ON CONFLICT DO NOTHING
-            RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
+            WITH fired AS (
+                INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
+                                                 signals, params, error, traceparent)
+                SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                            $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
+                ON CONFLICT DO NOTHING
+                RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
+            ), closed AS (
+                UPDATE signal_join j SET fired_at = now(), updated_at = now() FROM fired f
+                WHERE j.workflow_id = f.workflow_id AND j.trigger_id = f.trigger_id AND j.tuple_key = f.tuple_key
+            )
+            SELECT * FROM fired
             """,
             *[list(c) for c in cols],
-        )
-        if not fired:
-            return []
-        await conn.execute(
-            "UPDATE signal_join j SET fired_at = now(), updated_at = now() "
-            "FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k) "
-            "WHERE j.workflow_id = f.w AND j.trigger_id = f.t AND j.tuple_key = f.k",
-            [r["workflow_id"] for r in fired],
-            [r["trigger_id"] for r in fired],
-            [r["tuple_key"] for r in fired],
         )
         out: list[OutgoingMessage] = []
         for r in fired:
@@ -523,16 +526,11 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ step waits
 
-    async def _satisfy_waits(self, conn: asyncpg.Connection, accepted: list[Signal]) -> list[OutgoingMessage]:
-        if not accepted:
-            return []
-        names = sorted({s.name for s in accepted})
-        waits = await conn.fetch(
-            "SELECT id, workflow_id, instance_id, step_id, name, match FROM signal_wait "
-            "WHERE name = ANY($1::text[]) AND satisfied_at IS NULL AND NOT cancelled",
-            names,
-        )
-        chosen: list[tuple[asyncpg.Record, Signal]] = []
+    async def _satisfy_waits(
+        self, conn: asyncpg.Connection, waits: list[dict[str, Any]], accepted: list[Signal]
+    ) -> list[OutgoingMessage]:
+        """Open waits (read under the name locks) that a newly stored signal satisfies, first come first."""
+        chosen: list[tuple[Mapping[str, Any], Signal]] = []
         for w in waits:
             sig = next(
                 (s for s in accepted if s.name == w["name"] and wait_matches(w["match"], s.fields)), None
@@ -542,7 +540,7 @@ class SignalIngest(Component):
         return await self._satisfy(conn, chosen)
 
     async def _satisfy(
-        self, conn: asyncpg.Connection, chosen: list[tuple[asyncpg.Record, Signal]]
+        self, conn: asyncpg.Connection, chosen: list[tuple[Mapping[str, Any], Signal]]
     ) -> list[OutgoingMessage]:
         if not chosen:
             return []
@@ -590,9 +588,7 @@ class SignalIngest(Component):
 
     async def _apply_registration(self, conn: asyncpg.Connection, *, reg: SignalWaitRegistered) -> int:
         """A step started waiting: satisfy it at once from the stored signals, if one matches."""
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('legato.signal:' || $1::text, 0))", reg.name
-        )
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", signal_name_lock_key(reg.name))
         wait = await conn.fetchrow(
             "SELECT id, workflow_id, instance_id, step_id, name, match FROM signal_wait "
             "WHERE id = $1 AND satisfied_at IS NULL AND NOT cancelled FOR UPDATE",
