@@ -85,6 +85,8 @@ async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
             f"{t['workflow_id']} / {t['trigger_id']}{state}: signals {', '.join(t['signals'])} joined on "
             f"{', '.join(t['join']) or '-'}; {t['total']} tuple(s) waiting"
         )
+        if not t["tuples"]:
+            continue
         render.table(
             ["tuple", "arrived", "missing", "expires"],
             [
