@@ -8,6 +8,7 @@ import functools
 import random
 from datetime import UTC, datetime
 
+import asyncpg
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from legato.bus.topology import Topology
@@ -40,6 +41,19 @@ steps:
 TUPLES = 300
 
 
+async def push_pair(pool: asyncpg.Pool, topology: Topology) -> None:
+    """Push and activate PAIR (which registers its signal trigger)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await push_workflow(
+            conn,
+            topology,
+            parse_definition(PAIR, source="pair.yaml"),
+            source_text=PAIR,
+            actor="t",
+            activate=True,
+        )
+
+
 def incoming(name: str, key: int, copy: int = 0) -> IncomingSignal:
     return IncomingSignal(
         name=name,
@@ -57,15 +71,7 @@ async def test_routers_bringing_different_legs_concurrently_fire_each_tuple_once
     topology = Topology("t")
     pools = [await create_pool(database_url, max_size=4) for _ in range(2)]
     try:
-        async with pools[0].acquire() as conn, conn.transaction():
-            await push_workflow(
-                conn,
-                topology,
-                parse_definition(PAIR, source="pair.yaml"),
-                source_text=PAIR,
-                actor="t",
-                activate=True,
-            )
+        await push_pair(pools[0], topology)
         routers = [SignalIngest(pool, topology, wake_relay=lambda: None) for pool in pools]
         rng = random.Random(3)
         # Router 0 gets every left leg, router 1 every right leg (and a distinct-id copy of some), in
@@ -107,15 +113,7 @@ async def test_ingest_counts_signals_by_outcome_and_gauges_pending_joins(databas
     pool = await create_pool(database_url, max_size=4)
     try:
         topology = Topology("t")
-        async with pool.acquire() as conn, conn.transaction():
-            await push_workflow(
-                conn,
-                topology,
-                parse_definition(PAIR, source="pair.yaml"),
-                source_text=PAIR,
-                actor="t",
-                activate=True,
-            )
+        await push_pair(pool, topology)
         router = SignalIngest(pool, topology, wake_relay=lambda: None)
         bad = incoming("left", 99)
         bad.error = "not a JSON object: got an array"
