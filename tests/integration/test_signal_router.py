@@ -13,6 +13,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from legato.bus.topology import Topology
 from legato.core import parse_definition
+from legato.protocol.messages import StartRun, decode_trigger
 from legato.signal_router.ingest import IncomingSignal, SignalIngest
 from legato.signal_router.service import SignalUpkeep
 from legato.store import create_pool, run_transaction
@@ -133,3 +134,57 @@ async def test_ingest_counts_signals_by_outcome_and_gauges_pending_joins(databas
     finally:
         await pool.close()
         shutdown_metrics()
+
+
+PER_DAY = """
+id: per-day
+params:
+  day: {type: string, required: true}
+  n: {type: int}
+triggers:
+  - type: signal
+    id: first-of-day
+    signals:
+      - name: tick
+    join: [day]
+    params:
+      day: "${signals.tick.day}"
+      n: "${signals.tick.n}"
+steps:
+  - id: s
+    type: noop
+"""
+
+
+async def test_one_signal_trigger_with_join_keys_fires_once_per_tuple(database_url: str) -> None:
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        topology = Topology("t")
+        async with pool.acquire() as conn, conn.transaction():
+            await push_workflow(
+                conn, topology, parse_definition(PER_DAY), source_text=PER_DAY, actor="t", activate=True
+            )
+        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        ticks = [incoming("tick", k) for k in range(4)]
+        for n, tick in enumerate(ticks):
+            tick.body = {"day": "mon" if n < 3 else "tue", "n": n}
+        # Two of Monday's in one batch, the third in a later one.
+        for batch in (ticks[:2], ticks[2:]):
+            await run_transaction(pool, functools.partial(router.apply_signals, signals=batch))
+        async with pool.acquire() as conn:
+            fires = await conn.fetch("SELECT tuple_key, params FROM signal_trigger_fire ORDER BY tuple_key")
+            starts = [
+                decode_trigger(r["payload"])
+                for r in await conn.fetch("SELECT payload FROM outbox WHERE msg_id LIKE 'start:%'")
+            ]
+        assert [(f["tuple_key"], f["params"]) for f in fires] == [
+            ('["mon"]', {"day": "mon", "n": 0}),
+            ('["tue"]', {"day": "tue", "n": 3}),
+        ]
+        # The run gets the params recorded with the fire (the first signal of the tuple).
+        assert sorted((m.trigger_key, m.params["n"]) for m in starts if isinstance(m, StartRun)) == [
+            ('signal:first-of-day:["mon"]', 0),
+            ('signal:first-of-day:["tue"]', 3),
+        ]
+    finally:
+        await pool.close()

@@ -423,10 +423,14 @@ class SignalIngest(Component):
             return []
         rows: list[tuple[Any, ...]] = []
         starts: dict[tuple[str, str, str], OutgoingMessage] = {}
+        seen: set[tuple[str, str, str]] = set()
         now = time.time()
         tracer = get_tracer()
         for c in candidates:
             t = c.trigger
+            if (t.workflow_id, t.trigger_id, c.tuple_key) in seen:
+                continue  # a one-signal trigger with join keys: the batch's first signal of a tuple fires it
+            seen.add((t.workflow_id, t.trigger_id, c.tuple_key))
             trigger_key = f"signal:{t.trigger_id}:{c.tuple_key}"
             instance_id = instance_id_for(t.workflow_id, trigger_key)
             used = [c.members[leg] for leg in t.legs]
