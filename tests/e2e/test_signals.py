@@ -325,6 +325,10 @@ async def test_rejected_signals_are_stored_and_listed(settings: Settings, tmp_pa
         with pytest.raises(ApiError) as err:
             await client.call("signal.set_schema", {"name": "x", "schema": {"fields": {"a": "date"}}})
         assert err.value.code == "bad_request" and "schema.fields.a" in err.value.message
+        for bad_name in ("no spaces", "_legato.wait", "a..b"):
+            with pytest.raises(ApiError) as err:
+                await client.send_signal(bad_name, {})
+            assert err.value.code == "bad_request" and "a signal name is letters" in err.value.message
 
 
 async def test_step_waits_for_a_matching_signal_then_gets_its_fields(

@@ -3,7 +3,6 @@ lineage across workflows, declare signal schemas. Registered beside the other en
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -14,6 +13,7 @@ from nats.aio.client import Client
 
 from legato.bus.publisher import OutgoingMessage, Publisher, PublishError
 from legato.bus.topology import Topology
+from legato.core.reader import SIGNAL_NAME
 from legato.core.signals import schema_problem
 from legato.protocol import api as A
 from legato.protocol.api import ApiError
@@ -23,7 +23,6 @@ from legato.telemetry.tracing import inject_headers
 
 log = get_logger("legato.trigger")
 
-SIGNAL_NAME = re.compile(r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*$")
 MAX_LINEAGE_NODES = 500
 SIGNAL_COLUMNS = (
     "seq, name, id, params, raw, publisher, publisher_workflow, publisher_instance, publisher_step, "
@@ -55,7 +54,7 @@ def signal_summary(r: asyncpg.Record) -> dict[str, Any]:
 
 
 def check_signal_name(name: str) -> None:
-    if not SIGNAL_NAME.match(name) or name.startswith("_legato"):
+    if not SIGNAL_NAME.fullmatch(name) or name.startswith("_legato"):
         raise ApiError(
             "bad_request",
             f"name: a signal name is letters, digits, _ - and dots (not starting with _legato), got {name!r}",
