@@ -188,3 +188,26 @@ async def test_one_signal_trigger_with_join_keys_fires_once_per_tuple(database_u
         ]
     finally:
         await pool.close()
+
+
+async def test_a_tuple_completed_again_after_its_row_was_swept_does_not_fire_again(database_url: str) -> None:
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        topology = Topology("t")
+        await push_pair(pool, topology)
+        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        first = [incoming("left", 1), incoming("right", 1)]
+        await run_transaction(pool, functools.partial(router.apply_signals, signals=first))
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE signal_join SET expires_at = now() - interval '2 hours'")
+        await SignalUpkeep(pool, router).upkeep()  # sweeps the fired tuple's row
+        late = [incoming("left", 1, copy=1), incoming("right", 1, copy=1)]
+        for sig in late:  # one at a time: the tuple is partial, then complete again
+            await run_transaction(pool, functools.partial(router.apply_signals, signals=[sig]))
+        async with pool.acquire() as conn:
+            fires = await conn.fetchval("SELECT count(*) FROM signal_trigger_fire")
+            starts = await conn.fetchval("SELECT count(*) FROM outbox WHERE msg_id LIKE 'start:%'")
+            pending = await conn.fetchval("SELECT count(*) FROM signal_join WHERE fired_at IS NULL")
+        assert (fires, starts, pending) == (1, 1, 0)
+    finally:
+        await pool.close()

@@ -497,9 +497,10 @@ class SignalIngest(Component):
                             $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
                 ON CONFLICT DO NOTHING
                 RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
-            ), closed AS (
-                UPDATE signal_join j SET fired_at = now(), updated_at = now() FROM fired f
-                WHERE j.workflow_id = f.workflow_id AND j.trigger_id = f.trigger_id AND j.tuple_key = f.tuple_key
+            ), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
+                UPDATE signal_join j SET fired_at = now(), updated_at = now()
+                FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
+                WHERE j.workflow_id = f.w AND j.trigger_id = f.t AND j.tuple_key = f.k AND j.fired_at IS NULL
             )
             SELECT * FROM fired
             """,

@@ -56,9 +56,11 @@ class SignalUpkeep(Component):
                 "SELECT workflow_id, trigger_id, version FROM signal_trigger "
                 "WHERE active AND since IS NOT NULL AND caught_up_version IS DISTINCT FROM version"
             )
+            # Partial tuples long expired, and fired ones past their expiry (the fire row stays, so a
+            # late copy completing the tuple again never starts a second run).
             await conn.execute(
                 "DELETE FROM signal_join WHERE ctid = ANY(ARRAY(SELECT ctid FROM signal_join "
-                "WHERE fired_at IS NULL AND expires_at < now() - make_interval(secs => $1) LIMIT 1000))",
+                "WHERE expires_at < now() - make_interval(secs => $1) LIMIT 1000))",
                 EXPIRED_GRACE_SECONDS,
             )
             self.pending = int(

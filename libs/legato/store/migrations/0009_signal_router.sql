@@ -67,6 +67,7 @@ CREATE TABLE signal_join (
     PRIMARY KEY (workflow_id, trigger_id, tuple_key)
 );
 CREATE INDEX signal_join_pending ON signal_join (workflow_id, trigger_id, expires_at) WHERE fired_at IS NULL;
+CREATE INDEX signal_join_expiry ON signal_join (expires_at);
 
 -- One row per fired tuple: the run it started and the signals that made it.
 CREATE TABLE signal_trigger_fire (
