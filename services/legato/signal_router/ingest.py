@@ -77,7 +77,7 @@ class RawPayload:
 
 @dataclass
 class IncomingSignal:
-    """A delivery parsed for storage; ``signal`` is None when it is rejected."""
+    """A delivery parsed for storage; ``error`` says why it is rejected (stored, never matched)."""
 
     name: str
     id: str
