@@ -357,6 +357,10 @@ async def test_step_waits_for_a_matching_signal_then_gets_its_fields(
             assert time.monotonic() < deadline, waiting
             await asyncio.sleep(0.2)
         assert "warehouse_loaded" in json.dumps(step["reason"])
+        pending = await client.call("signal.pending", {"workflow_id": "report"})
+        assert [(w["instance_id"], w["step_id"], w["match"]) for w in pending["steps"]] == [
+            (late["instance_id"], "publish", {"date": {"op": "=", "value": "2026-01-02"}})
+        ]
         await client.send_signal("warehouse_loaded", {"date": "2026-01-03", "table": "nope"}, signal_id="w1")
         await client.send_signal(
             "warehouse_loaded", {"date": "2026-01-02", "table": "t_late"}, signal_id="w2"
@@ -365,6 +369,7 @@ async def test_step_waits_for_a_matching_signal_then_gets_its_fields(
         assert info["status"] == "succeeded", info
         steps = {s["step_id"]: s for s in info["steps"]}
         assert steps["publish"]["params"]["table"] == "t_late"
+        assert (await client.call("signal.pending", {"workflow_id": "report"}))["steps"] == []
         lineage = await client.call("signal.lineage", {"name": "warehouse_loaded", "id": "w2"})
         assert [u["instance_id"] for u in lineage["signal"]["unblocked"]] == [late["instance_id"]]
 

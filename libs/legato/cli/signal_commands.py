@@ -25,7 +25,7 @@ def add_signal_commands(sub: Any, api: ApiParser) -> None:
     sp.add_argument("name", nargs="?")
     sp.add_argument("--rejected", action="store_true", help="only signals that were rejected, with why")
     sp.add_argument("--limit", type=int, default=50)
-    sp = api("pending", cmd_signal_pending, "joined triggers' tuples still waiting for signals", ssub)
+    sp = api("pending", cmd_signal_pending, "partial joins, and steps waiting for signals", ssub)
     sp.add_argument("workflow", nargs="?")
     sp.add_argument("--limit", type=int, default=100)
     sp = api("lineage", cmd_signal_lineage, "what a signal started, or what started a run, recursively", ssub)
@@ -77,8 +77,8 @@ async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
     if args.json:
         render.dump_json(res)
         return 0
-    if not res["triggers"]:
-        print("no joined signal triggers")
+    if not res["triggers"] and not res["steps"]:
+        print("nothing waits for signals")
     for t in res["triggers"]:
         state = "" if t["active"] else " (inactive)"
         print(
@@ -99,7 +99,28 @@ async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
                 for x in t["tuples"]
             ],
         )
+    _print_waiting_steps(res["steps"])
     return 0
+
+
+def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
+    if not steps:
+        return
+    print("steps waiting for signals:")
+    render.table(
+        ["run", "workflow", "step", "signal", "match", "since"],
+        [
+            [
+                w["instance_id"],
+                w["workflow_id"],
+                w["step_id"],
+                w["signal"],
+                ", ".join(f"{k} {p['op']} {render.compact_json(p['value'])}" for k, p in w["match"].items()),
+                render.short_time(w["since"]),
+            ]
+            for w in steps
+        ],
+    )
 
 
 async def cmd_signal_lineage(args: argparse.Namespace, c: LegatoClient) -> int:

@@ -164,7 +164,27 @@ class SignalApi:
                         ],
                     }
                 )
-        return {"triggers": out}
+            waits = await conn.fetch(
+                "SELECT instance_id, workflow_id, step_id, name, match, created_at FROM signal_wait "
+                "WHERE satisfied_at IS NULL AND NOT cancelled AND ($1::text IS NULL OR workflow_id = $1) "
+                "ORDER BY created_at LIMIT $2",
+                req.workflow_id,
+                limit,
+            )
+        return {
+            "triggers": out,
+            "steps": [
+                {
+                    "workflow_id": w["workflow_id"],
+                    "instance_id": w["instance_id"],
+                    "step_id": w["step_id"],
+                    "signal": w["name"],
+                    "match": w["match"],
+                    "since": _iso(w["created_at"]),
+                }
+                for w in waits
+            ],
+        }
 
     async def set_schema(self, req: A.SetSignalSchema) -> dict[str, Any]:
         check_signal_name(req.name)
