@@ -3,6 +3,7 @@ from LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from legato.client import LegatoClient
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.runtime.settings import Settings
 
@@ -47,15 +49,26 @@ def bench_servers(db_name: str = "legato_bench") -> Iterator[BenchServers]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_settings(servers: BenchServers) -> Settings:
-    """Service settings for a benchmark's stack on these servers."""
+def bench_settings(servers: BenchServers, partitions: int = 8) -> Settings:
+    """Settings for the services a benchmark starts against ``servers``."""
     return Settings(
         nats_url=servers.nats_url,
         database_url=servers.database_url,
         namespace=servers.namespace,
-        partitions=8,
+        partitions=partitions,
         log_level="warning",
     )
+
+
+async def wait_api(client: LegatoClient) -> None:
+    """Until the trigger service answers (up to a minute)."""
+    for _ in range(300):
+        try:
+            await client.call("workflow.list", {"limit": 1}, timeout=2.0)
+            return
+        except Exception:
+            await asyncio.sleep(0.2)
+    raise RuntimeError("API did not come up")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -19,7 +19,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile
+from _servers import bench_servers, bench_settings, percentile, wait_api
 from legato.client import LegatoClient
 from legato.devstack.otlp_sink import OtlpSink
 from legato.devstack.processes import Stack
@@ -34,16 +34,6 @@ steps:
   - id: only
     type: noop
 """
-
-
-async def wait_api(client: LegatoClient) -> None:
-    for _ in range(300):
-        try:
-            await client.call("workflow.list", {"limit": 1}, timeout=2.0)
-            return
-        except Exception:
-            await asyncio.sleep(0.2)
-    raise RuntimeError("API did not come up")
 
 
 async def run(

@@ -57,6 +57,11 @@ async def test_step_concurrency_caps_steps_across_runs(settings: Settings, tmp_p
         runs = [await client.start("capped") for _ in range(6)]
         await asyncio.sleep(0.3)
         waiting = await client.get(runs[-1]["instance_id"])
+        for _ in range(100):  # under load the run may not be created yet (accepted, "pending")
+            if waiting["status"] != "pending":
+                break
+            await asyncio.sleep(0.1)
+            waiting = await client.get(runs[-1]["instance_id"])
         infos = [await wait_for(client, r["instance_id"]) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "work")) <= 2

@@ -39,6 +39,14 @@ from legato.telemetry import bind_context, consume_span, get_logger, metrics
 log = get_logger("legato.bus")
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class MessageDecoder(Protocol[T_co]):
+    """What the loop decodes payloads with: a typed ``msgspec.json.Decoder``, or anything as strict."""
+
+    def decode(self, buf: bytes, /) -> T_co: ...
+
 
 # How long a multi-message fetch may wait to fill up; it is only made when messages are pending.
 BUSY_FETCH_TIMEOUT = 0.05
@@ -119,7 +127,7 @@ class ConsumerLoop(Component, Generic[T]):
         self,
         js: JetStreamContext,
         spec: ConsumerSpec,
-        decoder: msgspec.json.Decoder[T],
+        decoder: MessageDecoder[T],
         handler: Handler[T],
         *,
         dead_letters: DeadLetterSink,

@@ -69,3 +69,8 @@ def reason_text(reason: Any) -> str:
         )
         return f"{code} ({rest})" if rest else str(code)
     return str(reason)
+
+
+def compact_json(value: Any) -> str:
+    """One-line JSON for a table cell (``""`` for null)."""
+    return "" if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)

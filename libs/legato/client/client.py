@@ -109,6 +109,16 @@ class LegatoClient:
         result: dict[str, Any] = await self.call("instance.start", body)
         return result
 
+    async def send_signal(
+        self, name: str, params: dict[str, Any] | None = None, *, signal_id: str | None = None
+    ) -> dict[str, Any]:
+        """Publish signal ``name`` (stored by JetStream before this returns); the same id twice is one signal."""
+        body: dict[str, Any] = {"name": name, "params": params or {}}
+        if signal_id:
+            body["id"] = signal_id
+        result: dict[str, Any] = await self.call("signal.send", body)
+        return result
+
     async def get(self, instance_id: str, **extra: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("instance.get", {"instance_id": instance_id, **extra})
         return result

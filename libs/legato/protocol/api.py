@@ -106,3 +106,40 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+# --- signals (served beside the others; see legato.trigger.signal_api) -------------------------------
+
+
+class SendSignal(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    params: dict[str, Any] = {}
+    id: str | None = None  # the signal's id (Nats-Msg-Id); a new one when absent
+
+
+class ListSignals(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str | None = None
+    rejected: bool = False  # only the rejected ones
+    limit: int = 50
+    before: int | None = None  # storage seq of the last row of the previous page
+
+
+class PendingSignals(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str | None = None
+    limit: int = 100
+
+
+class SignalLineage(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """For a signal (``name`` + ``id``) or a run (``instance_id``): what it started, recursively."""
+
+    name: str | None = None
+    id: str | None = None
+    instance_id: str | None = None
+    depth: int = 5
+
+
+class SetSignalSchema(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Declare a signal's shape (``required`` field names, ``fields`` types); ``schema: null`` removes it."""
+
+    name: str
+    schema: dict[str, Any] | None = None

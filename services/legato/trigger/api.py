@@ -33,10 +33,12 @@ from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
 from legato.runtime.component import Component
 from legato.sel import SelError
 from legato.store.outbox import add_to_outbox
+from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
 
@@ -117,6 +119,7 @@ class ApiService(Component):
             "instance.restart": (A.InstanceAction, self.instance_restart),
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
+            **SignalApi(self.nc, self.pool, self.topology).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
@@ -289,6 +292,7 @@ class ApiService(Component):
             await conn.execute(
                 "UPDATE workflow SET active = false, updated_at = now() WHERE id = $1", req.workflow_id
             )
+            await deactivate_signal_triggers(conn, req.workflow_id)
             await R.notify_scheduler(conn, self.topology, req.workflow_id, "deactivated")
             row = await R.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()

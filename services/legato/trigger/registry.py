@@ -10,6 +10,7 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import (
     DefinitionError,
+    SignalTrigger,
     WorkflowDefinition,
     definition_digest,
     definition_to_json,
@@ -19,6 +20,7 @@ from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.messages import WorkflowChanged
 from legato.store.outbox import add_to_outbox
+from legato.store.signal_triggers import register_signal_triggers
 
 WORKFLOW_COLUMNS = (
     "id, active, active_version, latest_version, run_strategy, max_concurrency, strategy_source, paused, "
@@ -116,6 +118,8 @@ async def activate_version(
         defn.run_strategy.type,
         defn.run_strategy.max_concurrency,
     )
+    signal_triggers = [(t.id, t.since) for t in defn.triggers if isinstance(t, SignalTrigger)]
+    await register_signal_triggers(conn, workflow_id, version, signal_triggers)
     await notify_scheduler(conn, topology, workflow_id, f"activated version {version}")
 
 

@@ -1,0 +1,192 @@
+"""``legato signal send|list|pending|lineage|schema``: signals through the NATS API."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from legato.cli import render
+from legato.cli.commands import parse_params
+from legato.client import LegatoClient
+
+ApiParser = Callable[..., argparse.ArgumentParser]
+
+
+def add_signal_commands(sub: Any, api: ApiParser) -> None:
+    """Register ``legato signal …`` under the top-level subparsers (``api`` adds ``--json``)."""
+    sig = sub.add_parser("signal", help="send signals, list them, inspect partial joins and lineage")
+    ssub = sig.add_subparsers(dest="signal_command", required=True, metavar="ACTION")
+    sp = api("send", cmd_signal_send, "publish a signal: legato signal send NAME k=v …", ssub)
+    sp.add_argument("name")
+    sp.add_argument("params", nargs="*", metavar="K=V")
+    sp.add_argument("--id", help="the signal's id (the same id twice is stored once)")
+    sp = api("list", cmd_signal_list, "stored signals, newest first", ssub)
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--rejected", action="store_true", help="only signals that were rejected, with why")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = api("pending", cmd_signal_pending, "partial joins, and steps waiting for signals", ssub)
+    sp.add_argument("workflow", nargs="?")
+    sp.add_argument("--limit", type=int, default=100)
+    sp = api("lineage", cmd_signal_lineage, "what a signal started, or what started a run, recursively", ssub)
+    sp.add_argument("name", nargs="?", help="signal name (with ID)")
+    sp.add_argument("id", nargs="?", help="signal id")
+    sp.add_argument("--run", help="a run id instead of a signal")
+    sp.add_argument("--depth", type=int, default=5)
+    sp = api("schema", cmd_signal_schema, "declare a signal's required fields and field types", ssub)
+    sp.add_argument("name")
+    sp.add_argument("--required", default="", help="comma-separated field names")
+    sp.add_argument("--field", action="append", default=[], metavar="NAME=TYPE")
+    sp.add_argument("--remove", action="store_true", help="remove the schema")
+
+
+async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.send_signal(args.name, parse_params(args.params), signal_id=args.id)
+    if args.json:
+        render.dump_json(res)
+    else:
+        dup = " (duplicate: already stored)" if res["duplicate"] else ""
+        print(f"signal {res['name']} id {res['id']} stored at stream seq {res['stream_seq']}{dup}")
+    return 0
+
+
+async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("signal.list", {"name": args.name, "rejected": args.rejected, "limit": args.limit})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    render.table(
+        ["name", "id", "published", "publisher", "status", "params / error"],
+        [
+            [
+                s["name"],
+                s["id"],
+                render.short_time(s["published_at"]),
+                s["publisher"] or "",
+                "REJECTED" if s["rejected"] else "ok",
+                s["error"] if s["rejected"] else render.compact_json(s["params"]),
+            ]
+            for s in res["signals"]
+        ],
+    )
+    return 0
+
+
+async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
+    res = await c.call("signal.pending", {"workflow_id": args.workflow, "limit": args.limit})
+    if args.json:
+        render.dump_json(res)
+        return 0
+    if not res["triggers"] and not res["steps"]:
+        print("nothing waits for signals")
+    for t in res["triggers"]:
+        state = "" if t["active"] else " (inactive)"
+        print(
+            f"{t['workflow_id']} / {t['trigger_id']}{state}: signals {', '.join(t['signals'])} joined on "
+            f"{', '.join(t['join']) or '-'}; {t['total']} tuple(s) waiting"
+        )
+        if not t["tuples"]:
+            continue
+        render.table(
+            ["tuple", "arrived", "missing", "expires"],
+            [
+                [
+                    render.compact_json(x["join_values"]),
+                    ", ".join(f"{a['leg']}={a['id']}" for a in x["arrived"]),
+                    ", ".join(x["missing"]),
+                    ("EXPIRED " if x["expired"] else "") + render.short_time(x["expires_at"]),
+                ]
+                for x in t["tuples"]
+            ],
+        )
+    _print_waiting_steps(res["steps"])
+    return 0
+
+
+def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
+    if not steps:
+        return
+    print("steps waiting for signals:")
+    render.table(
+        ["run", "workflow", "step", "signal", "match", "since"],
+        [
+            [
+                w["instance_id"],
+                w["workflow_id"],
+                w["step_id"],
+                w["signal"],
+                ", ".join(f"{k} {p['op']} {render.compact_json(p['value'])}" for k, p in w["match"].items()),
+                render.short_time(w["since"]),
+            ]
+            for w in steps
+        ],
+    )
+
+
+async def cmd_signal_lineage(args: argparse.Namespace, c: LegatoClient) -> int:
+    if args.run:
+        body: dict[str, Any] = {"instance_id": args.run, "depth": args.depth}
+    elif args.name and args.id:
+        body = {"name": args.name, "id": args.id, "depth": args.depth}
+    else:
+        raise SystemExit("legato signal lineage: give NAME ID, or --run RUN")
+    res = await c.call("signal.lineage", body)
+    if args.json:
+        render.dump_json(res)
+        return 0
+    if "run" in res:
+        print_run(res["run"], 0)
+    else:
+        print_signal(res["signal"], 0)
+    return 0
+
+
+def print_signal(node: dict[str, Any], indent: int) -> None:
+    pad = "  " * indent
+    who = f" from {node['publisher']}" if node.get("publisher") else ""
+    print(f"{pad}signal {node['name']} {node['id']}{who} {render.compact_json(node.get('params'))}")
+    up = node.get("published_by")
+    if up:
+        print(f"{pad}  published by run {up['instance_id']} ({up['workflow_id']}, {up['status']})")
+        for s in up.get("started_by", []):
+            print_signal(s, indent + 2)
+    for run in node.get("triggered", []):
+        print(f"{pad}  -> started run {run['instance_id']} of {run['workflow_id']} ({run.get('status')})")
+        for s in run.get("published", []):
+            print_signal(s, indent + 2)
+    for run in node.get("unblocked", []):
+        print(f"{pad}  -> unblocked step {run['step_id']} of run {run['instance_id']} ({run.get('status')})")
+        for s in run.get("published", []):
+            print_signal(s, indent + 2)
+
+
+def print_run(run: dict[str, Any], indent: int) -> None:
+    pad = "  " * indent
+    print(f"{pad}run {run['instance_id']} of {run['workflow_id']} ({run['status']})")
+    for s in run.get("started_by", []):
+        print(f"{pad}  started by:")
+        print_signal(s, indent + 2)
+    for s in run.get("unblocked_by", []):
+        print(f"{pad}  step {s['step_id']} unblocked by:")
+        print_signal(s, indent + 2)
+    for s in run.get("published", []):
+        print(f"{pad}  published:")
+        print_signal(s, indent + 2)
+
+
+async def cmd_signal_schema(args: argparse.Namespace, c: LegatoClient) -> int:
+    schema: dict[str, Any] | None = None
+    if not args.remove:
+        fields = {}
+        for pair in args.field:
+            key, sep, kind = pair.partition("=")
+            if not sep:
+                raise SystemExit(f"legato: --field expects NAME=TYPE, got {pair!r}")
+            fields[key] = kind
+        schema = {"required": [n for n in args.required.split(",") if n], "fields": fields}
+    res = await c.call("signal.set_schema", {"name": args.name, "schema": schema})
+    if args.json:
+        render.dump_json(res)
+    else:
+        print(f"signal {res['name']}: " + ("schema removed" if res["schema"] is None else "schema set"))
+    return 0

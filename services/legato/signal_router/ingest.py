@@ -1,0 +1,652 @@
+"""Applying signals in batches: store each once, feed triggers and joins, fire complete tuples once,
+satisfy step waits — all in one Postgres transaction per batch, acked after it commits.
+
+The consumer loop hands each delivery to :meth:`SignalIngest.submit` and waits; the ingest task drains
+what is queued (up to ``batch``), applies it in one transaction and resolves the waiting handlers, which
+then ack. A batch that fails is applied again one message at a time, so one bad message only fails
+itself.
+
+Exactly once, with several routers and redeliveries:
+- ``signal`` is keyed ``(name, id)``: a redelivered signal finds its row and has no second effect;
+- a joined tuple is one ``signal_join`` row upserted with ``ON CONFLICT DO UPDATE`` — its row lock
+  serialises two routers that each bring one leg, so the second one sees both legs;
+- ``signal_trigger_fire`` is keyed ``(workflow, trigger, tuple)`` and the StartRun goes to the outbox in
+  the same transaction, with the tuple as the run's trigger key (the scheduler dedups too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+from opentelemetry import trace
+from opentelemetry.trace import Link
+
+from legato.bus.consumer import Delivery, Poison
+from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
+from legato.bus.topology import Topology
+from legato.core import ParamError, compile_workflow, definition_from_json
+from legato.core.compiled import CompiledWorkflow
+from legato.core.signals import schema_error
+from legato.protocol import encode
+from legato.protocol.ids import instance_id_for
+from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
+from legato.runtime.component import Component
+from legato.sel import SelError
+from legato.signal_router.matching import (
+    Member,
+    RegisteredTrigger,
+    Signal,
+    TriggerTable,
+    containment_filter,
+    fire_params,
+    missing_legs,
+    route,
+    wait_matches,
+)
+from legato.store.outbox import add_to_outbox
+from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
+from legato.store.transactions import run_transaction
+from legato.telemetry import get_logger, get_tracer, inject_headers, metrics, parse_traceparent
+from legato.telemetry.ids import remote_parent
+from legato.telemetry.tracing import traceparent_of
+
+log = get_logger("legato.signal_router")
+
+PUBLISHER_HEADER = "Legato-Publisher"
+_decode_json = msgspec.json.Decoder().decode
+_decode_wait = msgspec.json.Decoder(SignalWaitRegistered).decode
+MAX_REJECTED_BODY = 4000
+WAIT_SCAN_LIMIT = 100_000
+
+
+class RawPayload:
+    """The consumer's decoder for LEGATO_SIGNALS: every body is accepted as bytes, so a malformed signal
+    is stored as rejected (visible) instead of being dead-lettered."""
+
+    def decode(self, buf: bytes, /) -> bytes:
+        return bytes(buf)
+
+
+@dataclass
+class IncomingSignal:
+    """A delivery parsed for storage; ``error`` says why it is rejected (stored, never matched)."""
+
+    name: str
+    id: str
+    body: Any
+    raw: bytes
+    headers: Mapping[str, str]
+    stream_seq: int
+    published_at: datetime
+    traceparent: str | None
+    error: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.error is not None
+
+    def signal(self) -> Signal:
+        return Signal(self.name, self.id, self.body, self.published_at, self.traceparent)
+
+
+@dataclass
+class _Queued:
+    delivery: Delivery[bytes]
+    traceparent: str | None
+    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class _Candidate:
+    """A complete tuple to fire (once)."""
+
+    trigger: RegisteredTrigger
+    tuple_key: str
+    join_values: dict[str, Any]
+    members: dict[str, Any]  # leg -> {"id", "name", "at", "fields", "tp"}
+
+
+class SignalIngest(Component):
+    """Applies queued signal deliveries in batched transactions (see the module docstring)."""
+
+    name = "signal-ingest"
+    shutdown_stage = 1  # after the consumer stopped feeding it
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        *,
+        wake_relay: Any,
+        batch: int = 512,
+        queue_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.topology = topology
+        self.wake_relay = wake_relay
+        self.batch = batch
+        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=queue_size)
+        self._table = TriggerTable()
+        self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        self.stored = 0
+        self.fired = 0
+
+    # ------------------------------------------------------------------ batching
+
+    async def submit(self, d: Delivery[bytes]) -> None:
+        """Queue a delivery and wait until the transaction that applied it committed (then it is acked)."""
+        item = _Queued(d, traceparent_of())
+        await self._queue.put(item)
+        await item.future
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
+            except TimeoutError:
+                if self.stopping:
+                    return
+                continue
+            batch = [first]
+            while len(batch) < self.batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: list[_Queued]) -> None:
+        try:
+            await self.apply([q.delivery for q in batch], [q.traceparent for q in batch])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            log.warning("signal_batch_failed", size=len(batch), error=repr(exc))
+            for q in batch:  # one at a time: only the message that cannot be applied fails
+                await self._apply_batch([q])
+            return
+        for q in batch:
+            if not q.future.done():
+                q.future.set_result(None)
+
+    async def apply(self, deliveries: Sequence[Delivery[bytes]], traceparents: Sequence[str | None]) -> None:
+        """Apply a batch: signals in one transaction, then each wait registration in its own."""
+        signals: list[IncomingSignal] = []
+        registrations: list[SignalWaitRegistered] = []
+        seen: set[tuple[str, str]] = set()
+        for d, tp in zip(deliveries, traceparents, strict=True):
+            if d.subject == self.topology.signal_wait_subject:
+                try:
+                    registrations.append(_decode_wait(d.message))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    # Fails this batch; applied one by one, only this message is dead-lettered.
+                    raise Poison(f"undecodable wait registration: {exc}") from None
+                continue
+            sig = self.parse(d, tp)
+            if (sig.name, sig.id) not in seen:
+                seen.add((sig.name, sig.id))
+                signals.append(sig)
+        if signals:
+            msgs = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
+            if msgs:
+                self.wake_relay()
+        for reg in registrations:
+            if await run_transaction(self.pool, functools.partial(self._apply_registration, reg=reg)):
+                self.wake_relay()
+
+    def parse(self, d: Delivery[bytes], traceparent: str | None) -> IncomingSignal:
+        name = d.subject[len(self.topology.signal_prefix) :]
+        sig_id = d.headers.get(MSG_ID_HEADER) or str(d.stream_seq)
+        try:
+            published_at = d.raw.metadata.timestamp
+        except Exception:
+            published_at = datetime.now(UTC)
+        sig = IncomingSignal(
+            name=name,
+            id=sig_id,
+            body=None,
+            raw=bytes(d.message),
+            headers=d.headers,
+            stream_seq=d.stream_seq,
+            published_at=published_at,
+            traceparent=traceparent,
+        )
+        try:
+            sig.body = _decode_json(d.message)
+        except msgspec.DecodeError as exc:
+            sig.error = f"not valid JSON: {exc}"
+            return sig
+        if not isinstance(sig.body, dict):
+            sig.error = f"not a JSON object: got {_json_kind(sig.body)}"
+        return sig
+
+    # ------------------------------------------------------------------ triggers
+
+    async def triggers(self, conn: asyncpg.Connection, epoch: int | None = None) -> TriggerTable:
+        """The active signal triggers (reloaded when a registration moved the epoch); hold the lock first."""
+        if epoch is None:
+            epoch = int(await conn.fetchval("SELECT epoch FROM signal_trigger_epoch"))
+        if epoch == self._table.epoch:
+            return self._table
+        rows = await conn.fetch(
+            "SELECT t.workflow_id, t.trigger_id, t.version, t.since, t.registered_at "
+            "FROM signal_trigger t WHERE t.active"
+        )
+        registered: list[RegisteredTrigger] = []
+        for r in rows:
+            compiled = await self._compile(conn, r["workflow_id"], r["version"])
+            if compiled is None:
+                continue
+            trig = next((t for t in compiled.definition.triggers if t.id == r["trigger_id"]), None)
+            if trig is None or trig.type != "signal":
+                continue
+            registered.append(
+                RegisteredTrigger(
+                    workflow_id=r["workflow_id"],
+                    version=r["version"],
+                    trigger=trig,  # type: ignore[arg-type]
+                    compiled=compiled,
+                    counts_from=r["since"] if r["since"] is not None else r["registered_at"],
+                )
+            )
+        self._table = TriggerTable.build(epoch, registered)
+        log.info("signal_triggers_loaded", epoch=epoch, triggers=len(registered))
+        return self._table
+
+    async def _compile(
+        self, conn: asyncpg.Connection, workflow_id: str, version: int
+    ) -> CompiledWorkflow | None:
+        key = (workflow_id, version)
+        found = self._compiled.get(key)
+        if found is None:
+            text = await conn.fetchval(
+                "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2",
+                workflow_id,
+                version,
+            )
+            if text is None:
+                return None
+            try:
+                found = compile_workflow(definition_from_json(str(text).encode()))
+            except Exception as exc:
+                log.error("signal_trigger_definition_failed", workflow_id=workflow_id, error=repr(exc))
+                return None
+            if len(self._compiled) > 1024:
+                self._compiled.clear()
+            self._compiled[key] = found
+        return found
+
+    # ------------------------------------------------------------------ the batch transaction
+
+    async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> int:
+        """Store signals (each once), feed triggers and waits, fire complete tuples; returns messages emitted."""
+        names = sorted({s.name for s in signals})
+        # Shared: a trigger registration, or a wait registration for one of these names (exclusive),
+        # waits for this batch, and this batch for it — so neither misses the other.
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k",
+            [SIGNAL_TRIGGER_LOCK_KEY, *(signal_name_lock_key(n) for n in names)],
+        )
+        # Read after the locks (a statement sees what committed before it began): one round trip.
+        row = await conn.fetchrow(
+            """
+            SELECT (SELECT epoch FROM signal_trigger_epoch) AS epoch,
+                   (SELECT coalesce(jsonb_object_agg(name, schema), '{}') FROM signal_schema
+                    WHERE name = ANY($1::text[])) AS schemas,
+                   (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'workflow_id', workflow_id,
+                        'instance_id', instance_id, 'step_id', step_id, 'name', name, 'match', match)), '[]')
+                    FROM signal_wait WHERE name = ANY($1::text[]) AND satisfied_at IS NULL
+                    AND NOT cancelled) AS waits
+            """,
+            names,
+        )
+        table = await self.triggers(conn, row["epoch"])
+        schemas = row["schemas"]
+        for s in signals:
+            schema = schemas.get(s.name)
+            if schema is not None and not s.rejected:
+                error = schema_error(schema, s.body)
+                if error is not None:
+                    s.error = f"breaks the schema of {s.name}: {error}"
+        # One insertion order for every router (no deadlock on the unique index between batches).
+        ordered = sorted(signals, key=lambda s: (s.name, s.id))
+        stored = await conn.fetch(
+            """
+            INSERT INTO signal (name, id, params, raw, publisher, publisher_workflow, publisher_instance,
+                                publisher_step, published_at, stream_seq, rejected, error, traceparent)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::timestamptz[], $10::bigint[], $11::boolean[],
+                                 $12::text[], $13::text[])
+            ON CONFLICT (name, id) DO NOTHING
+            RETURNING name, id
+            """,
+            [s.name for s in ordered],
+            [s.id for s in ordered],
+            [None if s.rejected else s.body for s in ordered],
+            [s.raw[:MAX_REJECTED_BODY].decode(errors="replace") if s.rejected else None for s in ordered],
+            [_publisher(s.headers) for s in ordered],
+            [s.headers.get("Legato-Publisher-Workflow") for s in ordered],
+            [s.headers.get("Legato-Publisher-Instance") for s in ordered],
+            [s.headers.get("Legato-Publisher-Step") for s in ordered],
+            [s.published_at for s in ordered],
+            [s.stream_seq for s in ordered],
+            [s.rejected for s in ordered],
+            [s.error for s in ordered],
+            [s.traceparent for s in ordered],
+        )
+        new = {(r["name"], r["id"]) for r in stored}
+        fresh = [s for s in signals if (s.name, s.id) in new]
+        accepted = [s.signal() for s in fresh if not s.rejected]
+        rejected = [s for s in fresh if s.rejected]
+        for s in rejected:
+            log.warning("signal_rejected", signal=s.name, signal_id=s.id, error=s.error)
+        m = metrics()
+        if accepted:
+            m.signals_ingested.add(len(accepted), status="accepted")
+        if rejected:
+            m.signals_ingested.add(len(rejected), status="rejected")
+        if len(signals) > len(fresh):
+            m.signals_ingested.add(len(signals) - len(fresh), status="duplicate")
+        members = [member for sig in accepted for member in route(sig, table)]
+        msgs = await self.apply_members(conn, members)
+        msgs += await self._satisfy_waits(conn, row["waits"], accepted)
+        await add_to_outbox(conn, msgs)
+        self.stored += len(fresh)
+        return len(msgs)
+
+    async def apply_members(self, conn: asyncpg.Connection, members: list[Member]) -> list[OutgoingMessage]:
+        """Record signals under their tuples and fire every tuple that became complete."""
+        candidates: list[_Candidate] = []
+        joined: dict[tuple[str, str, str], tuple[Member, dict[str, Any], datetime]] = {}
+        for m in members:
+            entry = _member_json(m)
+            if not m.trigger.joined:
+                candidates.append(_Candidate(m.trigger, m.tuple_key, m.join_values, {m.leg: entry}))
+                continue
+            key = (m.trigger.workflow_id, m.trigger.trigger_id, m.tuple_key)
+            found = joined.get(key)
+            if found is None:
+                joined[key] = (m, {m.leg: entry}, m.signal.published_at)
+            else:
+                found[1].setdefault(m.leg, entry)
+                if m.signal.published_at < found[2]:
+                    joined[key] = (found[0], found[1], m.signal.published_at)
+        if joined:
+            keys = sorted(joined)  # one lock order for every router: no deadlock between batches
+            firsts = [joined[k][2] for k in keys]
+            rows = await conn.fetch(
+                """
+                INSERT INTO signal_join AS j (workflow_id, trigger_id, tuple_key, join_values, members,
+                                              first_at, expires_at)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
+                                     $6::timestamptz[], $7::timestamptz[])
+                ON CONFLICT (workflow_id, trigger_id, tuple_key) DO UPDATE SET
+                    members = CASE WHEN j.fired_at IS NOT NULL THEN j.members
+                                   WHEN j.expires_at < EXCLUDED.first_at THEN EXCLUDED.members
+                                   ELSE EXCLUDED.members || j.members END,
+                    first_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
+                                    THEN EXCLUDED.first_at ELSE j.first_at END,
+                    expires_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
+                                      THEN EXCLUDED.expires_at ELSE j.expires_at END,
+                    updated_at = now()
+                RETURNING workflow_id, trigger_id, tuple_key, members, fired_at
+                """,
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [k[2] for k in keys],
+                [joined[k][0].join_values for k in keys],
+                [joined[k][1] for k in keys],
+                firsts,
+                [
+                    first + timedelta(seconds=joined[k][0].trigger.trigger.expiry)
+                    for k, first in zip(keys, firsts, strict=True)
+                ],
+            )
+            for r in rows:
+                m = joined[(r["workflow_id"], r["trigger_id"], r["tuple_key"])][0]
+                if r["fired_at"] is None and not missing_legs(m.trigger, r["members"]):
+                    candidates.append(_Candidate(m.trigger, m.tuple_key, m.join_values, dict(r["members"])))
+        return await self._fire(conn, candidates)
+
+    async def _fire(self, conn: asyncpg.Connection, candidates: list[_Candidate]) -> list[OutgoingMessage]:
+        if not candidates:
+            return []
+        rows: list[tuple[Any, ...]] = []
+        starts: dict[tuple[str, str, str], OutgoingMessage] = {}
+        seen: set[tuple[str, str, str]] = set()
+        now = time.time()
+        tracer = get_tracer()
+        for c in candidates:
+            t = c.trigger
+            if (t.workflow_id, t.trigger_id, c.tuple_key) in seen:
+                continue  # a one-signal trigger with join keys: the batch's first signal of a tuple fires it
+            seen.add((t.workflow_id, t.trigger_id, c.tuple_key))
+            trigger_key = f"signal:{t.trigger_id}:{c.tuple_key}"
+            instance_id = instance_id_for(t.workflow_id, trigger_key)
+            used = [c.members[leg] for leg in t.legs]
+            signals = [{"name": u["name"], "id": u["id"]} for u in used]
+            params: dict[str, Any] | None
+            error: str | None = None
+            try:
+                params = fire_params(t, {leg: c.members[leg]["fields"] for leg in t.legs})
+            except (ParamError, SelError) as exc:
+                params, error = None, f"params of trigger {t.trigger_id}: {exc}"
+            # The tuple completes in the trace of its newest signal and links to the spans of the others.
+            traced = sorted((u for u in used if parse_traceparent(u.get("tp"))), key=lambda u: str(u["at"]))
+            parent = remote_parent(*ids) if traced and (ids := parse_traceparent(traced[-1]["tp"])) else None
+            with tracer.start_as_current_span(
+                "signal_router fire",
+                context=parent,
+                links=[Link(_span_context(u["tp"])) for u in traced[:-1]],
+                attributes={
+                    "legato.workflow_id": t.workflow_id,
+                    "legato.trigger_id": t.trigger_id,
+                    "legato.tuple_key": c.tuple_key[:256],
+                    "legato.instance_id": instance_id,
+                },
+            ):
+                headers = inject_headers({})
+            rows.append(
+                (
+                    t.workflow_id,
+                    t.trigger_id,
+                    c.tuple_key,
+                    instance_id,
+                    trigger_key,
+                    _json_text(signals),
+                    params,
+                    error,
+                    headers.get("traceparent"),
+                )
+            )
+            if error is None:
+                start = StartRun(
+                    workflow_id=t.workflow_id,
+                    trigger_key=trigger_key,
+                    instance_id=instance_id,
+                    trigger=TriggerInfo(
+                        kind="signal", id=t.trigger_id, details={"tuple": c.join_values, "signals": signals}
+                    ),
+                    params=params or {},
+                    requested_at=now,
+                )
+                starts[(t.workflow_id, t.trigger_id, c.tuple_key)] = OutgoingMessage(
+                    self.topology.trigger_subject(t.workflow_id),
+                    encode(start),
+                    msg_id=f"start:{instance_id}",
+                    headers=headers,
+                )
+        cols = list(zip(*rows, strict=True))
+        fired = await conn.fetch(
+            """
+            WITH fired AS (
+                INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
+                                                 signals, params, error, traceparent)
+                SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                            $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
+                ON CONFLICT DO NOTHING
+                RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
+            ), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
+                UPDATE signal_join j SET fired_at = now(), updated_at = now()
+                FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
+                WHERE j.workflow_id = f.w AND j.trigger_id = f.t AND j.tuple_key = f.k AND j.fired_at IS NULL
+            )
+            SELECT * FROM fired
+            """,
+            *[list(c) for c in cols],
+        )
+        out: list[OutgoingMessage] = []
+        for r in fired:
+            key = (r["workflow_id"], r["trigger_id"], r["tuple_key"])
+            if r["error"] is not None:
+                log.warning(
+                    "signal_trigger_params_failed", workflow_id=key[0], trigger=key[1], error=r["error"]
+                )
+                continue
+            out.append(starts[key])
+            log.debug(
+                "signal_trigger_fired",
+                workflow_id=key[0],
+                trigger=key[1],
+                tuple_key=key[2],
+                instance_id=r["instance_id"],
+            )
+        if out:  # one line per batch at info: a line per run would cost more than the firing
+            log.info(
+                "signal_triggers_fired", runs=len(out), workflows=sorted({r["workflow_id"] for r in fired})
+            )
+        self.fired += len(out)
+        return out
+
+    # ------------------------------------------------------------------ step waits
+
+    async def _satisfy_waits(
+        self, conn: asyncpg.Connection, waits: list[dict[str, Any]], accepted: list[Signal]
+    ) -> list[OutgoingMessage]:
+        """Open waits (read under the name locks) that a newly stored signal satisfies, first come first."""
+        chosen: list[tuple[Mapping[str, Any], Signal]] = []
+        for w in waits:
+            sig = next(
+                (s for s in accepted if s.name == w["name"] and wait_matches(w["match"], s.fields)), None
+            )
+            if sig is not None:
+                chosen.append((w, sig))
+        return await self._satisfy(conn, chosen)
+
+    async def _satisfy(
+        self, conn: asyncpg.Connection, chosen: list[tuple[Mapping[str, Any], Signal]]
+    ) -> list[OutgoingMessage]:
+        if not chosen:
+            return []
+        done = {
+            r["id"]
+            for r in await conn.fetch(
+                "UPDATE signal_wait w SET satisfied_by = f.sid, satisfied_at = now() "
+                "FROM unnest($1::text[], $2::text[]) AS f (wid, sid) "
+                "WHERE w.id = f.wid AND w.satisfied_at IS NULL AND NOT w.cancelled RETURNING w.id",
+                [w["id"] for w, _ in chosen],
+                [s.id for _, s in chosen],
+            )
+        }
+        out = []
+        for w, sig in chosen:
+            if w["id"] not in done:
+                continue
+            msg = SignalWaitSatisfied(
+                wait_id=w["id"],
+                workflow_id=w["workflow_id"],
+                instance_id=w["instance_id"],
+                step_id=w["step_id"],
+                name=sig.name,
+                signal_id=sig.id,
+                fields=dict(sig.fields),
+            )
+            ctx = remote_parent(*ids) if (ids := parse_traceparent(sig.traceparent)) else None
+            out.append(
+                OutgoingMessage(
+                    self.topology.event_subject(w["workflow_id"]),
+                    encode(msg),
+                    msg_id=f"waitsat:{w['id']}",
+                    headers=inject_headers({}, ctx) if ctx is not None else {},
+                )
+            )
+            log.info(
+                "signal_wait_satisfied",
+                workflow_id=w["workflow_id"],
+                instance_id=w["instance_id"],
+                step_id=w["step_id"],
+                signal=sig.name,
+                signal_id=sig.id,
+            )
+        return out
+
+    async def _apply_registration(self, conn: asyncpg.Connection, *, reg: SignalWaitRegistered) -> int:
+        """A step started waiting: satisfy it at once from the stored signals, if one matches."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", signal_name_lock_key(reg.name))
+        wait = await conn.fetchrow(
+            "SELECT id, workflow_id, instance_id, step_id, name, match FROM signal_wait "
+            "WHERE id = $1 AND satisfied_at IS NULL AND NOT cancelled FOR UPDATE",
+            reg.wait_id,
+        )
+        if wait is None:
+            return 0
+        rows = await conn.fetch(
+            "SELECT name, id, params, published_at, traceparent FROM signal "
+            "WHERE name = $1 AND NOT rejected AND params @> $2::jsonb ORDER BY published_at, seq LIMIT $3",
+            wait["name"],
+            containment_filter(wait["match"]),
+            WAIT_SCAN_LIMIT,
+        )
+        for r in rows:
+            if wait_matches(wait["match"], r["params"]):
+                sig = Signal(r["name"], r["id"], r["params"], r["published_at"], r["traceparent"])
+                msgs = await self._satisfy(conn, [(wait, sig)])
+                await add_to_outbox(conn, msgs)
+                return len(msgs)
+        return 0
+
+
+def _member_json(m: Member) -> dict[str, Any]:
+    return {
+        "name": m.signal.name,
+        "id": m.signal.id,
+        "at": m.signal.published_at.isoformat(),
+        "fields": dict(m.signal.fields),
+        "tp": m.signal.traceparent,
+    }
+
+
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _publisher(headers: Mapping[str, str]) -> str | None:
+    if headers.get(PUBLISHER_HEADER):
+        return headers[PUBLISHER_HEADER]
+    inst = headers.get("Legato-Publisher-Instance")
+    if inst:
+        return f"{headers.get('Legato-Publisher-Workflow', '')}/{inst}/{headers.get('Legato-Publisher-Step', '')}"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _span_context(traceparent: str | None) -> trace.SpanContext:
+    ids = parse_traceparent(traceparent)
+    assert ids is not None
+    return trace.get_current_span(remote_parent(*ids)).get_span_context()
