@@ -60,8 +60,8 @@ async def test_step_concurrency_caps_steps_across_runs(settings: Settings, tmp_p
         infos = [await wait_for(client, r["instance_id"]) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "work")) <= 2
-    step = {s["step_id"]: s for s in waiting["steps"]}["work"]
-    if step["status"] == "waiting":
+    step = {s["step_id"]: s for s in waiting["steps"]}.get("work")  # none yet while the run is pending
+    if step is not None and step["status"] == "waiting":
         assert step["reason"]["code"] == "waiting_for_step_concurrency"
 
 
