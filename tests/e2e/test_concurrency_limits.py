@@ -65,8 +65,8 @@ async def test_step_concurrency_caps_steps_across_runs(settings: Settings, tmp_p
         infos = [await wait_for(client, r["instance_id"]) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "work")) <= 2
-    step = {s["step_id"]: s for s in waiting["steps"]}["work"]
-    if step["status"] == "waiting":
+    step = {s["step_id"]: s for s in waiting["steps"]}.get("work")  # none yet while the run is pending
+    if step is not None and step["status"] == "waiting":
         assert step["reason"]["code"] == "waiting_for_step_concurrency"
 
 
@@ -82,9 +82,15 @@ async def test_named_tag_caps_steps_across_workflows_and_reports_why(
         for i in range(4):
             runs.append(await client.start("wa", request_id=f"a{i}"))
             runs.append(await client.start("wb", request_id=f"b{i}"))
-        await asyncio.sleep(0.3)
-        snapshot = [await client.get(r["instance_id"]) for r in runs]
-        tags = await client.call("tag.list", {})
+        # Look until a step is seen waiting (a fixed pause missed it on a loaded machine).
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            snapshot = [await client.get(r["instance_id"]) for r in runs]
+            tags = await client.call("tag.list", {})
+            seen = any(s["status"] == "waiting" for info in snapshot for s in info["steps"])
+            if seen or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
         infos = [await wait_for(client, r["instance_id"]) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "load")) <= 2

@@ -82,8 +82,8 @@ def _queued_reason(wf: asyncpg.Record, index: int, queue: list[str], holders: li
         out["code"] = "blocked"
         out["blocked_by"] = wf["blocked_by"]
         out["blocked_since"] = iso(wf["blocked_since"])
-        out["message"] = (
-            f"blocked by failed run {wf['blocked_by']} (strict_sequential) since {iso(wf['blocked_since'])}"
+        out["message"] = f"blocked by failed run {wf['blocked_by']} (strict_sequential)" + (
+            f" since {wf['blocked_since']:%Y-%m-%d %H:%M:%S} UTC" if wf["blocked_since"] else ""
         )
     else:
         where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")
