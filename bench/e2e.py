@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _servers import bench_servers, bench_settings, percentile, wait_api
 from legato.client import LegatoClient
+from legato.devstack.otlp_sink import OtlpSink
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
 from legato.store import ensure_database, migrate_url
@@ -41,12 +42,11 @@ async def run(
     settings: Settings,
     log_dir: Path,
     executors: int,
-    tracing: bool,
+    extra: dict[str, str],
     rate: float = 0.0,
 ) -> dict[str, float]:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
-    extra = {} if tracing else {"OTEL_SDK_DISABLED": "true"}
     stack = Stack(settings, log_dir, executors=executors, concurrency=64, extra_env=extra)
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
@@ -114,13 +114,16 @@ def main() -> None:
     )
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency run")
     parser.add_argument(
-        "--compare-tracing", action="store_true", help="run with and without the tracer and print both"
+        "--compare-tracing",
+        action="store_true",
+        help="run with the tracer off, on without an exporter, exporting every trace over OTLP/HTTP to a "
+        "collector sink, and exporting 10%% of traces (parentbased_traceidratio)",
     )
     args = parser.parse_args()
-    modes = [False, True] if args.compare_tracing else [True]
-    for tracing in modes:
-        label = "tracing on" if tracing else "tracing off"
-        r = measure(args, tracing, 0.0)
+    modes = ["off", "on", "exported", "sampled"] if args.compare_tracing else ["on"]
+    for mode in modes:
+        label = f"tracing {mode}"
+        r = measure(args, mode, 0.0)
         print(
             f"e2e ({label}): {r['runs']} one-noop-step runs started as fast as the API accepts them, "
             f"{r['failed']} not succeeded"
@@ -134,20 +137,33 @@ def main() -> None:
         if args.no_paced:
             continue
         rate = args.rate or max(10.0, round(r["runs_per_s"] / 2))
-        p = measure(args, tracing, rate)
+        p = measure(args, mode, rate)
         print(
             f"  paced at {rate:.0f} starts/s ({p['runs']} runs, {p['failed']} not succeeded): trigger -> step "
             f"start latency p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms"
         )
 
 
-def measure(args: argparse.Namespace, tracing: bool, rate: float) -> dict[str, float]:
+def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float]:
     n = args.n if not rate else min(args.n, int(rate * 20))
-    with bench_servers("legato_e2e") as servers:
+    with bench_servers("legato_e2e") as servers, OtlpSink(decode=False) as sink:
+        extra = {
+            "off": {"OTEL_SDK_DISABLED": "true"},
+            "on": {},
+            "exported": sink.env(),
+            "sampled": {
+                **sink.env(),
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
+        }[mode]
         settings = bench_settings(servers)
-        return asyncio.run(
-            run(n, args.in_flight, settings, servers.tmp / "logs", args.executors, tracing, rate)
+        result = asyncio.run(
+            run(n, args.in_flight, settings, servers.tmp / "logs", args.executors, extra, rate)
         )
+        if mode in ("exported", "sampled"):
+            print(f"  the collector sink received {sink.requests} OTLP requests, {sink.bytes / 1e6:.1f} MB")
+        return result
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from legato.devstack.otlp_sink import OtlpSink
 from legato.runtime.settings import Settings
 from legato.telemetry.span_file import read_span_file
 from tests.support.stack import running_stack, wait_for
@@ -215,3 +216,44 @@ async def test_one_trace_covers_a_run_with_a_retry_and_a_foreach_across_a_schedu
     assert root["start_ns"] <= wait["start_ns"] and max(s["end_ns"] for s in step_attempts) <= root["end_ns"]
     # The signal router part of the contract (signal-started runs link to the signal spans) is checked
     # where the router lives; it is not in this branch.
+
+
+async def test_real_processes_export_one_trace_per_run_over_otlp_http(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What operators get: each service exports OTLP/HTTP to a collector (here a decoding sink)."""
+    with OtlpSink() as sink:
+        env = {**sink.env(), "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+        async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
+            await client.push(SIMPLE)
+            res = await client.start("simple", {})
+            info = await wait_for(client, res["instance_id"])
+            assert info["status"] == "succeeded", info
+            trace_id = info["trace_id"]
+
+            def complete() -> bool:
+                names = {(s.service, s.name) for s in sink.spans if s.trace_id == trace_id}
+                return {
+                    ("legato-trigger", "api instance.start"),
+                    ("legato-scheduler", "workflow.run"),
+                    ("legato-executor", "execute noop"),
+                } <= names and "legato.runs.finished" in sink.metric_names
+
+            for _ in range(100):
+                if complete():
+                    break
+                await asyncio.sleep(0.1)
+        spans = [s for s in sink.spans if s.trace_id == trace_id]
+        assert complete(), (sorted({(s.service, s.name) for s in spans}), sorted(sink.metric_names))
+    by_id = {s.span_id: s for s in spans}
+    [root] = [s for s in spans if s.name == "workflow.run"]
+    assert root.attributes["legato.instance_id"] == res["instance_id"]
+    assert root.attributes["legato.workflow_id"] == "simple"
+    [executed] = [s for s in spans if s.name == "execute noop"]
+    # The executor's span hangs under the run's root through the step attempt span.
+    chain = []
+    parent = executed.parent_span_id
+    while parent in by_id:
+        chain.append(by_id[parent].name)
+        parent = by_id[parent].parent_span_id
+    assert "step.attempt" in chain and "workflow.run" in chain, chain

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "restart":
             sp.add_argument("--from", dest="from_step", metavar="STEP")
         sp.set_defaults(action=action)
-    sp = api("skip", C.cmd_instance_action, "skip a waiting or running step of a run and go on")
+    sp = api("skip", C.cmd_instance_action, "skip a waiting, running or failed step of a run and go on")
     sp.add_argument("instance")
     sp.add_argument("step")
     sp.add_argument("--reason", required=True)

@@ -105,6 +105,9 @@ def sub(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def _repeat(seq: Any, n: int, ctx: Ctx) -> Any:
+    if not seq or n <= 0:
+        # Python refuses a count past sys.maxsize even for an empty sequence.
+        return "" if type(seq) is str else []
     if type(seq) is str:
         ctx.check_string(len(seq) * max(n, 0))
         return seq * n

@@ -24,7 +24,15 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    _get_from_env_or_default,
+)
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
@@ -85,6 +93,57 @@ def _span_exporters() -> list[SpanExporter]:
     return out
 
 
+class _RecordWhenSomeoneListens(Sampler):
+    """Records spans only once the provider has a span processor; otherwise they are non-recording.
+
+    With no exporter and no span file nobody reads a span, so building one (attributes, events, end
+    time) is pure cost: non-recording spans keep ids and trace context flowing (the run's reserved ids,
+    ``traceparent`` in NATS headers) at a third of the price. Once a processor is added the
+    ``OTEL_TRACES_SAMPLER`` sampler decides; without that variable a span under a remote parent that was
+    not sampled is still recorded, so one service exporting while another does not still gets spans.
+    """
+
+    def __init__(self) -> None:
+        self.listening = False
+        chosen = os.environ.get("OTEL_TRACES_SAMPLER", "").strip()
+        self._inner: Sampler = (
+            _get_from_env_or_default()
+            if chosen
+            else ParentBased(
+                ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
+            )
+        )
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if not self.listening:
+            return SamplingResult(Decision.DROP)
+        return self._inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"RecordWhenSomeoneListens({self._inner.get_description()})"
+
+
+class LegatoTracerProvider(TracerProvider):
+    """A tracer provider whose spans record only when some processor will see them."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self._gate = _RecordWhenSomeoneListens()
+        super().__init__(sampler=self._gate, **kwargs)  # type: ignore[arg-type]
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self._gate.listening = True
+
+
 def build_tracer_provider(
     service: str,
     *,
@@ -93,7 +152,7 @@ def build_tracer_provider(
     extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
     """A tracer provider set up from the environment (not installed globally: see ``configure_tracing``)."""
-    provider = TracerProvider(
+    provider = LegatoTracerProvider(
         resource=service_resource(service, instance_id=instance_id), id_generator=ForcedIdGenerator()
     )
     for exporter in _span_exporters():

@@ -10,18 +10,26 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 
+from legato.bus.publisher import OutgoingMessage
+from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import (
     _ATTEMPT_COLUMNS,
     _INSTANCE_COLUMNS,
     _STEP_COLUMNS,
+    OPERATOR_SKIP,
     AttemptState,
     InstanceState,
     StepState,
     TimelineEntry,
+    now_utc,
 )
+
+# Runs a workflow-wide stop or kill ends per transaction (a workflow may have thousands queued).
+WORKFLOW_ACTION_BATCH = 200
 
 
 async def apply_action(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> None:
@@ -39,11 +47,22 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
     who = msg.actor or "operator"
     why = msg.reason
     if msg.action in ("stop_all", "kill_all"):
-        n = 0
-        for inst in list(state.instances.values()):
+        runs = [i for i in state.instances.values() if not i.terminal]
+        for inst in runs[:WORKFLOW_ACTION_BATCH]:
             _end_by_operator(engine, inst, msg.action.removesuffix("_all"), who, why)
-            n += 1
-        return f"applied to {n} runs"
+        if len(runs) > WORKFLOW_ACTION_BATCH:
+            # The rest in the next transaction: the same action again, with its own (derived) id.
+            more = msgspec.structs.replace(msg, action_id=f"{msg.action_id}+")
+            engine.uow.outbox.append(
+                OutgoingMessage(
+                    engine.topology.trigger_subject(msg.workflow_id),
+                    encode(more),
+                    msg_id=f"action:{more.action_id}",
+                )
+            )
+        return f"applied to {min(len(runs), WORKFLOW_ACTION_BATCH)} runs" + (
+            ", the rest follows" if len(runs) > WORKFLOW_ACTION_BATCH else ""
+        )
     if msg.action == "unblock_all":
         return _unblock(engine, None, who, why)
     if msg.instance_id is None:
@@ -57,12 +76,23 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
         _end_by_operator(engine, active, msg.action, who, why)
         return "applied"
     if msg.action == "skip_step":
-        if active is None or active.status != "running" or not msg.step_id:
+        if not msg.step_id:
+            return "ignored: no step given"
+        if active is None:
+            # A failed step of an ended run: skip it and go on, as a new run number.
+            loaded = await _load_terminal_instance(conn, msg.instance_id)
+            st = loaded.steps.get(msg.step_id) if loaded is not None else None
+            if loaded is None or st is None or st.status not in ("failed", "timed_out"):
+                return "ignored: step is not failed and the run is not active"
+            _mark_skipped(engine, st, who, why)
+            return _restart(engine, loaded, None, who, why)
+        if active.status != "running":
             return "ignored: run is not running"
         st = active.steps.get(msg.step_id)
         if st is None or st.terminal:
             return "ignored: step is not waiting, queued, running or retrying"
         engine.cancel_running_steps_of(active, [msg.step_id], "skipped", f"skipped by {who}: {why}")
+        _mark_skipped(engine, st, who, why)
         engine.advance(active)
         return "applied"
     if msg.action == "restart":
@@ -80,6 +110,14 @@ def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: s
     engine.finish(
         inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who, force=action == "kill"
     )
+
+
+def _mark_skipped(engine: RunEngine, st: StepState, who: str, why: str) -> None:
+    """Skipped by an operator: its successors go on as if it had succeeded (with no outputs)."""
+    st.status = "skipped"
+    st.reason = {"code": OPERATOR_SKIP, "by": who, "why": why}
+    st.ended_at = st.ended_at or now_utc()
+    engine.uow.touch_step(st)
 
 
 def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> str:
@@ -132,7 +170,7 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
             return f"ignored: no step {from_step!r} in version {inst.version}"
         redo = {from_step, *engine.descendants(inst, from_step)}
     else:
-        redo = {sid for sid, st in inst.steps.items() if st.status != "succeeded"}
+        redo = {sid for sid, st in inst.steps.items() if not st.done_ok}
         # Steps downstream of a redone step must be decided again too.
         for sid in list(redo):
             redo.update(engine.descendants(inst, sid))

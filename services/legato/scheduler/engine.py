@@ -200,12 +200,10 @@ class RunEngine:
         inst.status = "created"
         inst.reason = None
         self.uow.touch_instance(inst)
-        row = self.state.row
-        if row.run_strategy == "strict_sequential" and row.blocked_by == inst.id:
-            # The run that blocks the queue re-runs at once; the queue stays blocked until it succeeds.
-            self.start(inst)
-        else:
-            self.enqueue(inst, {"code": "queued", "why": "restarted"}, front=True)
+        # First in the queue; it starts through admit() like any run, so a restart never exceeds the
+        # limit (e.g. the blocker of a strict_sequential queue while runs started under parallel still
+        # run). The queue stays blocked until the restarted blocker succeeds.
+        self.enqueue(inst, {"code": "queued", "why": "restarted"}, front=True)
 
     def descendants(self, inst: InstanceState, step_id: str) -> set[str]:
         compiled = self.graph(inst)

@@ -21,6 +21,10 @@ from legato.telemetry.tracing import extract_context
 
 log = get_logger("legato.scheduler")
 
+# Messages a crashed scheduler had fetched come back after ack_wait; in-flight ones are kept alive by
+# the consumer's in_progress() heartbeats (every ack_wait / 3), so a short wait costs nothing.
+SCHEDULER_ACK_WAIT = 5.0
+
 
 class PartitionConsumers(Component):
     """Runs the trigger and event consumers of the partitions this replica currently owns."""
@@ -58,6 +62,7 @@ class PartitionConsumers(Component):
                 topo.triggers_stream,
                 topo.consumer_name("scheduler_triggers", partition),
                 topo.trigger_partition_filter(partition),
+                ack_wait=SCHEDULER_ACK_WAIT,
             ),
             TRIGGER_DECODER,
             self._on_trigger,
@@ -73,6 +78,7 @@ class PartitionConsumers(Component):
                 topo.events_stream,
                 topo.consumer_name("scheduler_events", partition),
                 topo.event_partition_filter(partition),
+                ack_wait=SCHEDULER_ACK_WAIT,
             ),
             EVENT_DECODER,
             self._on_event,

@@ -25,6 +25,7 @@ ACTIVE = ("queued", "running")
 TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 TERMINAL_STEP = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 FAILED_STEP = ("failed", "timed_out", "stopped")
+OPERATOR_SKIP = "skipped_by_operator"
 
 
 def now_utc() -> datetime:
@@ -123,8 +124,13 @@ class StepState:
 
     @property
     def done_ok(self) -> bool:
-        """Counts as done for its successors: succeeded, or failed with on_failure: ignore."""
-        return self.status == "succeeded" or (self.status in FAILED_STEP and self.failure_ignored)
+        """Counts as done for its successors: succeeded, failed with on_failure: ignore, or skipped by
+        an operator (who said: go on without it)."""
+        return (
+            self.status == "succeeded"
+            or (self.status in FAILED_STEP and self.failure_ignored)
+            or (self.status == "skipped" and (self.reason or {}).get("code") == OPERATOR_SKIP)
+        )
 
 
 @dataclass

@@ -80,9 +80,14 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
 def admit(engine: RunEngine) -> None:
     """Start queued runs, oldest first, while the strategy has room."""
     row = engine.state.row
-    if row.run_strategy == "strict_sequential" and row.blocked_by:
-        return
     limit = limit_of(engine)
+    if row.run_strategy == "strict_sequential" and row.blocked_by:
+        # Only the restarted blocker may run until the queue is released (wherever it waits: another
+        # restarted run may have gone to the front after it).
+        blocker = engine.state.instances.get(row.blocked_by)
+        if blocker is not None and blocker.status == "queued" and row.running_count < limit:
+            engine.start(blocker)
+        return
     while engine.state.queue and row.running_count < limit:
         inst = engine.state.instances[engine.state.queue[0]]
         engine.start(inst)

@@ -45,6 +45,7 @@ log = get_logger("legato.trigger")
 _encoder = msgspec.json.Encoder()
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ROW_CACHE_SECONDS = 1.0
+ACCEPTED_PRUNE_SECONDS = 60.0
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -85,6 +86,7 @@ class ApiService(Component):
         self._rows: dict[str, tuple[float, bool, int]] = {}
         # Starts this process accepted recently: "pending" until the scheduler has created the run.
         self._accepted: OrderedDict[str, str] = OrderedDict()
+        self._pruned_at = 0.0
         self.service: Service | None = None
         self.requests = 0
 
@@ -316,6 +318,7 @@ class ApiService(Component):
                 "ORDER BY seq LIMIT 100",
                 req.workflow_id,
             )
+            why = await Q.explain_queued(conn, list(queued))
         summary = R.workflow_summary(row)
         state = "active" if row["active"] else "inactive"
         if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
@@ -327,7 +330,10 @@ class ApiService(Component):
             "state": state,
             "counts": counts,
             "running_runs": [Q.instance_summary(r) for r in running],
-            "queued_runs": [{**Q.instance_summary(r), "position": i + 1} for i, r in enumerate(queued)],
+            "queued_runs": [
+                {**Q.instance_summary(r), "position": i + 1, "reason": why.get(r["id"], r["reason"])}
+                for i, r in enumerate(queued)
+            ],
         }
 
     async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:
@@ -349,18 +355,7 @@ class ApiService(Component):
             limit = 1
         async with self.pool.acquire() as conn, conn.transaction():
             row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            active = await conn.fetchval(
-                "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running')",
-                req.workflow_id,
-            )
-            if req.run_strategy in ("first_only", "last_only") and active > 1:
-                raise ApiError(
-                    "conflict",
-                    f"cannot switch {req.workflow_id} to {req.run_strategy} while {active} runs are queued or "
-                    f"running: stop the extra runs first (legato stop RUN, or legato workflow stop "
-                    f"{req.workflow_id}), then retry",
-                    {"active_runs": int(active)},
-                )
+            await R.check_strategy_change(conn, req.workflow_id, req.run_strategy)
             await conn.execute(
                 "UPDATE workflow SET run_strategy = $2, max_concurrency = $3, strategy_source = 'api', "
                 "updated_at = now() WHERE id = $1",
@@ -547,7 +542,9 @@ class ApiService(Component):
     async def instance_skip_step(self, req: A.InstanceAction) -> dict[str, Any]:
         if not req.step_id:
             raise ApiError("bad_request", "skip_step: step_id is required")
-        r = await self._instance_for_action(req.instance_id, ("running",), "skip a step of")
+        r = await self._instance_for_action(
+            req.instance_id, ("running", "failed", "timed_out"), "skip a step of"
+        )
         return await self._action(
             r["workflow_id"],
             "skip_step",
@@ -744,6 +741,18 @@ class ApiService(Component):
                     )
                 )
             await add_to_outbox(conn, msgs)
+            if msgs:
+                fresh = [p for p in batch if p.instance_id not in existing]
+                await conn.execute(
+                    "INSERT INTO accepted_start (instance_id, workflow_id) "
+                    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    [p.instance_id for p in fresh],
+                    [p.req.workflow_id for p in fresh],
+                )
+            if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
+                # Long since applied by the scheduler (or visible as a run): no need to remember them.
+                self._pruned_at = now
+                await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
         return out
 
     async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
@@ -758,13 +767,13 @@ class ApiService(Component):
                 if exc.code != "not_found":
                     raise
                 # Accepted but not yet applied by the scheduler: say so instead of "unknown".
-                pending = req.instance_id in self._accepted or await conn.fetchval(
-                    "SELECT 1 FROM outbox WHERE msg_id = $1", f"start:{req.instance_id}"
+                workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
+                    "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
                 )
-                if pending:
+                if workflow_id:
                     return {
                         "instance_id": req.instance_id,
-                        "workflow_id": self._accepted.get(req.instance_id),
+                        "workflow_id": workflow_id,
                         "status": "pending",
                         "steps": [],
                         "timeline": [],

@@ -38,40 +38,42 @@ SUMMARY_COLUMNS = (
 )
 
 
-async def explain_waiting(
-    conn: asyncpg.Connection, inst: asyncpg.Record, wf: asyncpg.Record | None
-) -> dict[str, Any] | None:
-    """Why a queued run is not running: its place in the queue and what holds the slots, live."""
-    if inst["status"] != "queued" or wf is None:
-        reason: dict[str, Any] | None = inst["reason"]
-        return reason
-    position = await conn.fetchval(
-        "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2",
-        inst["workflow_id"],
-        inst["seq"],
-    )
-    holders = [
-        r["id"]
-        for r in await conn.fetch(
-            "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' ORDER BY seq LIMIT 20",
-            inst["workflow_id"],
+async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> dict[str, dict[str, Any]]:
+    """Why queued runs are not running, from the current rows: place in the queue, the run ahead, what
+    holds the slots, or the failed run that blocks the queue (computed on read, so never stale)."""
+    out: dict[str, dict[str, Any]] = {}
+    for workflow_id in sorted({r["workflow_id"] for r in rows if r["status"] == "queued"}):
+        wf = await conn.fetchrow(
+            "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
+            workflow_id,
         )
-    ]
-    ahead = await conn.fetchval(
-        "SELECT id FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' AND seq < $2 "
-        "ORDER BY seq DESC LIMIT 1",
-        inst["workflow_id"],
-        inst["seq"],
-    )
+        if wf is None:
+            continue
+        active = await conn.fetch(
+            "SELECT id, status FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running') "
+            "ORDER BY seq",
+            workflow_id,
+        )
+        queue = [a["id"] for a in active if a["status"] == "queued"]
+        holders = [a["id"] for a in active if a["status"] == "running"]
+        where = {iid: i for i, iid in enumerate(queue)}
+        for r in rows:
+            if r["workflow_id"] == workflow_id and r["id"] in where:
+                out[r["id"]] = _queued_reason(wf, where[r["id"]], queue, holders)
+    return out
+
+
+def _queued_reason(wf: asyncpg.Record, index: int, queue: list[str], holders: list[str]) -> dict[str, Any]:
     strategy = wf["run_strategy"]
     limit = wf["max_concurrency"] if strategy == "parallel" else 1
+    ahead = queue[index - 1] if index else None
     out: dict[str, Any] = {
         "code": "queued",
         "strategy": strategy,
-        "position": int(position) + 1,
+        "position": index + 1,
         "behind": ahead,
         "limit": limit,
-        "held_by": holders,
+        "held_by": holders[:20],
     }
     if wf["paused"] or limit == 0:
         out["code"] = "paused"
@@ -84,9 +86,11 @@ async def explain_waiting(
             f"blocked by failed run {wf['blocked_by']} (strict_sequential) since {iso(wf['blocked_since'])}"
         )
     else:
-        where = f"queued at position {int(position) + 1}" + (f" behind run {ahead}" if ahead else "")
+        where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")
         held = ", ".join(holders[:5]) + ("…" if len(holders) > 5 else "")
-        out["message"] = f"{where}; {strategy} limit {limit} held by {held or 'nothing yet'}"
+        out["message"] = (
+            f"{where}; concurrency limit {limit} held by {'runs ' + held if held else 'nothing yet'}"
+        )
     return out
 
 
@@ -100,10 +104,6 @@ async def get_instance(
     )
     if r is None:
         raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
-    wf = await conn.fetchrow(
-        "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
-        r["workflow_id"],
-    )
     out = instance_summary(r)
     out.update(
         params=r["params"],
@@ -116,7 +116,7 @@ async def get_instance(
         parent_step_id=r["parent_step_id"],
         parent_iteration=r["parent_iteration"],
         requested_at=iso(r["requested_at"]),
-        reason=await explain_waiting(conn, r, wf),
+        reason=(await explain_queued(conn, [r])).get(r["id"], r["reason"]),
     )
     steps = await conn.fetch(
         "SELECT step_id, status, attempts, current_attempt_id, retries_error, retries_platform, retries_timeout, "
@@ -149,6 +149,9 @@ async def get_instance(
                 "log_tail": a["log_tail"],
             }
         )
+    live = {
+        s["step_id"]: await live_step_reason(conn, s["reason"]) for s in steps if s["status"] == "waiting"
+    }
     out["steps"] = [
         {
             "step_id": s["step_id"],
@@ -163,7 +166,7 @@ async def get_instance(
             "params": s["params"],
             "outputs": s["outputs"],
             "error": s["error"],
-            "reason": s["reason"],
+            "reason": live.get(s["step_id"], s["reason"]),
             "created_at": iso(s["created_at"]),
             "started_at": iso(s["started_at"]),
             "ended_at": iso(s["ended_at"]),
@@ -190,6 +193,30 @@ async def get_instance(
         for t in reversed(timeline)
     ]
     return out
+
+
+async def live_step_reason(conn: asyncpg.Connection, reason: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A step waiting for a tag permit: the tag's current limit, use and holders (not those of when it
+    began to wait)."""
+    if not reason or reason.get("code") != "waiting_for_permit":
+        return reason
+    tag = reason.get("tag")
+    limit = await conn.fetchval("SELECT max_running FROM concurrency_tag WHERE tag = $1", tag)
+    in_use = await conn.fetchval("SELECT count(*) FROM tag_permit WHERE tag = $1", tag)
+    holders = [
+        f"{r['instance_id']}/{r['step_id']}"
+        for r in await conn.fetch(
+            "SELECT instance_id, step_id FROM tag_permit WHERE tag = $1 ORDER BY acquired_at LIMIT 5", tag
+        )
+    ]
+    held = ", ".join(holders) + ("…" if in_use > len(holders) else "")
+    return {
+        **reason,
+        "limit": limit,
+        "in_use": int(in_use),
+        "held_by": holders,
+        "message": f"waiting for tag permit {tag} ({in_use}/{limit} held" + (f" by {held})" if held else ")"),
+    }
 
 
 def _progress_view(progress: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -269,8 +296,9 @@ async def list_instances(
         f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
     )
     page = rows[:limit]
+    why = await explain_queued(conn, page)
     return {
-        "instances": [instance_summary(r) for r in page],
+        "instances": [{**instance_summary(r), "reason": why.get(r["id"], r["reason"])} for r in page],
         "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
     }
 

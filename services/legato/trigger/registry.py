@@ -107,6 +107,9 @@ async def activate_version(
     defn: WorkflowDefinition,
 ) -> None:
     # Activating a version applies its run strategy (an API override lasts until the next activation).
+    current = await conn.fetchval("SELECT run_strategy FROM workflow WHERE id = $1", workflow_id)
+    if current != defn.run_strategy.type:
+        await check_strategy_change(conn, workflow_id, defn.run_strategy.type)
     await conn.execute(
         "UPDATE workflow SET active = true, active_version = $2, run_strategy = $3, max_concurrency = $4, "
         "strategy_source = 'definition', updated_at = now() WHERE id = $1",
@@ -118,6 +121,24 @@ async def activate_version(
     signal_triggers = [(t.id, t.since) for t in defn.triggers if isinstance(t, SignalTrigger)]
     await register_signal_triggers(conn, workflow_id, version, signal_triggers)
     await notify_scheduler(conn, topology, workflow_id, f"activated version {version}")
+
+
+async def check_strategy_change(conn: asyncpg.Connection, workflow_id: str, strategy: str) -> None:
+    """Refuse a run strategy that cannot apply cleanly to the runs there are, saying what to do first."""
+    if strategy not in ("first_only", "last_only"):
+        return
+    active = await conn.fetchval(
+        "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running') "
+        "AND parent_instance_id IS NULL",
+        workflow_id,
+    )
+    if active > 1:
+        raise ApiError(
+            "conflict",
+            f"cannot switch {workflow_id} to {strategy} while {active} runs are queued or running: stop the "
+            f"extra runs first (legato stop RUN, or legato workflow stop {workflow_id}), then retry",
+            {"active_runs": int(active)},
+        )
 
 
 async def notify_scheduler(

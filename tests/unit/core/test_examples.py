@@ -16,12 +16,16 @@ from legato.core import (
     definition_to_json,
     parse_definition,
 )
-from legato.core.model import Step, step_body
+from legato.core.model import RUN_STRATEGIES, Step, step_body
 from legato.core.plan import validate_text
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-FILES = sorted(EXAMPLES.glob("*.yaml")) + sorted(EXAMPLES.glob("*.json"))
-PORTABLE = {"echo", "sleep", "test", "printf", "true", "false"}
+FILES = (
+    sorted(EXAMPLES.glob("*.yaml"))
+    + sorted(EXAMPLES.glob("*.json"))
+    + sorted(EXAMPLES.glob("strategies/*.yaml"))
+)
+PORTABLE = {"echo", "sleep", "test", "printf", "true", "false", "exit"}
 
 
 def all_steps(steps: list[Step]) -> list[Step]:
@@ -88,3 +92,8 @@ def test_examples_show_what_they_are_meant_to_show() -> None:
     greet = hello.steps[0]
     assert greet.outputs and any(t.when and "steps.greet.outputs" in t.when for t in greet.next)
     assert any("steps.greet.outputs" in str(v) for s in hello.steps[1:] for v in s.params.values())
+
+
+def test_there_is_a_strategy_example_for_each_strategy() -> None:
+    shown = {parse_definition(f.read_text()).run_strategy.type for f in EXAMPLES.glob("strategies/*.yaml")}
+    assert shown == set(RUN_STRATEGIES)

@@ -289,3 +289,36 @@ def test_an_api_started_run_continues_the_request_trace(
     assert root.get_span_context().trace_id == api_ctx.trace_id
     assert root.parent is not None and root.parent.span_id == api_ctx.span_id
     assert root.get_span_context().span_id == run_span
+
+
+def test_spans_do_not_record_until_a_processor_listens_but_ids_and_context_still_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "LEGATO_TEST_SPAN_FILE",
+        "OTEL_TRACES_SAMPLER",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    p = build_tracer_provider("quiet")
+    try:
+        tracer = p.get_tracer("t")
+        with tracer.start_as_current_span("unheard") as span:
+            assert not span.is_recording()
+            ctx = span.get_span_context()
+            assert ctx.is_valid and not ctx.trace_flags.sampled
+            carried = tracing.traceparent_of()
+            assert carried is not None and f"{ctx.trace_id:032x}" in carried
+        memory = InMemorySpanExporter()
+        p.add_span_processor(SimpleSpanProcessor(memory))
+        # A remote parent that was not sampled (an upstream service exporting nothing) is still recorded
+        # here, in the trace it carried.
+        parent = remote_parent(ctx.trace_id, ctx.span_id, sampled=False)
+        with tracer.start_as_current_span("heard", context=parent) as span:
+            assert span.is_recording()
+        [finished] = memory.get_finished_spans()
+        assert finished.name == "heard" and finished.context.trace_id == ctx.trace_id
+        assert finished.parent is not None and finished.parent.span_id == ctx.span_id
+    finally:
+        p.shutdown()
