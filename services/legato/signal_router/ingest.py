@@ -475,7 +475,15 @@ class SignalIngest(Component):
                     trigger_key=trigger_key,
                     instance_id=instance_id,
                     trigger=TriggerInfo(
-                        kind="signal", id=t.trigger_id, details={"tuple": c.join_values, "signals": signals}
+                        kind="signal",
+                        id=t.trigger_id,
+                        details={
+                            "tuple": c.join_values,
+                            "signals": [
+                                {**sig, "traceparent": u["tp"]} if u.get("tp") else sig
+                                for sig, u in zip(signals, used, strict=True)
+                            ],
+                        },
                     ),
                     params=params or {},
                     requested_at=now,
