@@ -128,12 +128,14 @@ class SignalIngest(Component):
         wake_relay: Any,
         batch: int = 512,
         queue_size: int = 4096,
+        workers: int = 2,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.topology = topology
         self.wake_relay = wake_relay
         self.batch = batch
+        self.workers = max(1, workers)
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=queue_size)
         self._table = TriggerTable()
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
@@ -149,6 +151,12 @@ class SignalIngest(Component):
         await item.future
 
     async def _run(self) -> None:
+        # Several batches in flight overlap their round trips; they are as safe together as two routers.
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.workers):
+                tg.create_task(self._work(), name=f"{self.name}-{i}")
+
+    async def _work(self) -> None:
         while True:
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
