@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -33,7 +34,7 @@ async def register_signal_triggers(
     conn: asyncpg.Connection,
     workflow_id: str,
     version: int,
-    triggers: Sequence[tuple[str, object]],
+    triggers: Sequence[tuple[str, datetime | None]],
 ) -> None:
     """Make ``triggers`` (``(trigger id, since or None)``) the workflow's active signal triggers.
 

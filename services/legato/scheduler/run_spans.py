@@ -43,8 +43,17 @@ def open_run(inst: InstanceState, parent: SpanContext | None, *, link_only: bool
         inst.trace_parent = traceparent_for(parent.trace_id, parent.span_id)
     else:
         trace_id = new_trace_id()
-        if parent is not None and parent.is_valid:
-            inst.trace_links = [traceparent_for(parent.trace_id, parent.span_id)]
+        links = (
+            [traceparent_for(parent.trace_id, parent.span_id)]
+            if parent is not None and parent.is_valid
+            else []
+        )
+        # A signal-started run also links to the span of each signal that made its tuple.
+        signals = inst.trigger.get("signals")
+        for sig in signals if isinstance(signals, list) else []:
+            if isinstance(sig, dict) and isinstance(sig.get("traceparent"), str):
+                links.append(sig["traceparent"])
+        inst.trace_links = links or None
     inst.traceparent = traceparent_for(trace_id, new_span_id())
 
 

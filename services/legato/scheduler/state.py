@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from legato.bus.publisher import OutgoingMessage
 from legato.store.outbox import add_to_outbox
@@ -488,12 +489,30 @@ _INSTANCE_UPDATABLE = tuple(
 def _bulk_upsert_sql(
     table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str, updatable: tuple[str, ...]
 ) -> str:
-    args = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+    # jsonb travels as text (see _bulk_columns): asyncpg reads a list value as one more array dimension.
+    args = ", ".join(f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types))
+    select = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in zip(cols, types, strict=True))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
     return (
-        f"INSERT INTO {table} ({', '.join(cols)}) SELECT * FROM unnest({args}) "
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM unnest({args}) AS u ({', '.join(cols)}) "
         f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
     )
+
+
+def _bulk_columns(items: Sequence[object], cols: tuple[str, ...], types: tuple[str, ...]) -> list[list[Any]]:
+    """One list per column for ``_bulk_upsert_sql``; jsonb values as JSON text (a list such as
+    ``trace_links`` would otherwise make a ragged array, and mixing it with NULLs fails the batch)."""
+    return [
+        [_jsonb_text(getattr(x, c)) if t == "jsonb" else getattr(x, c) for x in items]
+        for c, t in zip(cols, types, strict=True)
+    ]
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _jsonb_text(value: Any) -> str | None:
+    return None if value is None else _encode_json(value).decode()
 
 
 _UPSERT_INSTANCES = _bulk_upsert_sql(
@@ -504,7 +523,7 @@ _UPSERT_INSTANCES = _bulk_upsert_sql(
 async def _upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
     # New rows go in arrival order so the seq column keeps the queue's FIFO order.
     items.sort(key=lambda i: (not i.new, i.created_at))
-    columns = [[getattr(i, c) for i in items] for c in _INSTANCE_COLUMNS]
+    columns = _bulk_columns(items, _INSTANCE_COLUMNS, _INSTANCE_TYPES)
     await conn.execute(_UPSERT_INSTANCES, *columns)
 
 
@@ -522,7 +541,7 @@ _UPSERT_STEPS = _bulk_upsert_sql(
 
 
 async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> None:
-    columns = [[getattr(s, c) for s in items] for c in _STEP_COLUMNS]
+    columns = _bulk_columns(items, _STEP_COLUMNS, _STEP_TYPES)
     await conn.execute(_UPSERT_STEPS, *columns)
 
 
@@ -539,7 +558,7 @@ _UPSERT_ATTEMPTS = _bulk_upsert_sql(
 
 
 async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) -> None:
-    columns = [[getattr(a, c) for a in items] for c in _ATTEMPT_COLUMNS]
+    columns = _bulk_columns(items, _ATTEMPT_COLUMNS, _ATTEMPT_TYPES)
     await conn.execute(_UPSERT_ATTEMPTS, *columns)
 
 

@@ -128,12 +128,14 @@ class SignalIngest(Component):
         wake_relay: Any,
         batch: int = 512,
         queue_size: int = 4096,
+        workers: int = 2,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.topology = topology
         self.wake_relay = wake_relay
         self.batch = batch
+        self.workers = max(1, workers)
         self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=queue_size)
         self._table = TriggerTable()
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
@@ -149,6 +151,12 @@ class SignalIngest(Component):
         await item.future
 
     async def _run(self) -> None:
+        # Several batches in flight overlap their round trips; they are as safe together as two routers.
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.workers):
+                tg.create_task(self._work(), name=f"{self.name}-{i}")
+
+    async def _work(self) -> None:
         while True:
             try:
                 first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
@@ -475,7 +483,15 @@ class SignalIngest(Component):
                     trigger_key=trigger_key,
                     instance_id=instance_id,
                     trigger=TriggerInfo(
-                        kind="signal", id=t.trigger_id, details={"tuple": c.join_values, "signals": signals}
+                        kind="signal",
+                        id=t.trigger_id,
+                        details={
+                            "tuple": c.join_values,
+                            "signals": [
+                                {**sig, "traceparent": u["tp"]} if u.get("tp") else sig
+                                for sig, u in zip(signals, used, strict=True)
+                            ],
+                        },
                     ),
                     params=params or {},
                     requested_at=now,
