@@ -514,9 +514,18 @@ class SignalIngest(Component):
                 ON CONFLICT DO NOTHING
                 RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
             ), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
+                -- One primary-key probe per tuple (LIMIT keeps the planner from hashing the whole
+                -- table per batch); the rows are ours, locked by this transaction's upsert.
                 UPDATE signal_join j SET fired_at = now(), updated_at = now()
-                FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
-                WHERE j.workflow_id = f.w AND j.trigger_id = f.t AND j.tuple_key = f.k AND j.fired_at IS NULL
+                WHERE j.ctid = ANY(ARRAY(
+                    SELECT x.ctid FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
+                    CROSS JOIN LATERAL (
+                        SELECT s.ctid FROM signal_join s
+                        WHERE s.workflow_id = f.w AND s.trigger_id = f.t AND s.tuple_key = f.k
+                          AND s.fired_at IS NULL
+                        LIMIT 1
+                    ) AS x
+                ))
             )
             SELECT * FROM fired
             """,
