@@ -515,17 +515,17 @@ class SignalIngest(Component):
                 RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
             ), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
                 -- One primary-key probe per tuple (LIMIT keeps the planner from hashing the whole
-                -- table per batch); the rows are ours, locked by this transaction's upsert.
+                -- table per batch; no fired_at test in the probe, or it walks the partial index of
+                -- every pending tuple of the trigger); the rows are ours, locked by our upsert.
                 UPDATE signal_join j SET fired_at = now(), updated_at = now()
                 WHERE j.ctid = ANY(ARRAY(
                     SELECT x.ctid FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
                     CROSS JOIN LATERAL (
                         SELECT s.ctid FROM signal_join s
                         WHERE s.workflow_id = f.w AND s.trigger_id = f.t AND s.tuple_key = f.k
-                          AND s.fired_at IS NULL
                         LIMIT 1
                     ) AS x
-                ))
+                )) AND j.fired_at IS NULL
             )
             SELECT * FROM fired
             """,
