@@ -257,3 +257,26 @@ async def test_real_processes_export_one_trace_per_run_over_otlp_http(
         chain.append(by_id[parent].name)
         parent = by_id[parent].parent_span_id
     assert "step.attempt" in chain and "workflow.run" in chain, chain
+
+
+async def test_a_trace_not_sampled_at_the_api_is_recorded_by_no_service(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The sampling decision rides in the stored traceparents: the run root, attempts and executor
+    spans of an unsampled request are all dropped, while the run itself is unaffected."""
+    with OtlpSink() as sink:
+        env = {
+            **sink.env(),
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0",
+        }
+        async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
+            await client.push(SIMPLE)
+            res = await client.start("simple", {})
+            info = await wait_for(client, res["instance_id"])
+            assert info["status"] == "succeeded", info
+            await asyncio.sleep(1.0)  # three batch-processor delays
+        names = {(s.service, s.name) for s in sink.spans if s.trace_id == info["trace_id"]}
+        assert names == set(), names
+        assert not [s for s in sink.spans if s.name in ("workflow.run", "step.attempt", "execute noop")]

@@ -106,6 +106,18 @@ def parse_traceparent(value: str | None) -> tuple[int, int] | None:
     return trace_id, span_id
 
 
+def traceparent_sampled(value: str | None) -> bool:
+    """The ``sampled`` flag of a W3C ``traceparent`` (True when absent or malformed)."""
+    m = _TRACEPARENT.match(value.strip().lower()) if value else None
+    return m is None or bool(int(m.group(4), 16) & 1)
+
+
+def remote_parent_of(value: str | None) -> Context | None:
+    """The context of a stored/carried ``traceparent``, keeping its sampling decision; None if invalid."""
+    ids = parse_traceparent(value)
+    return remote_parent(*ids, sampled=traceparent_sampled(value)) if ids is not None else None
+
+
 def remote_parent(trace_id: int, span_id: int, *, sampled: bool = True) -> Context:
     """A context whose current span is the (remote) span ``span_id``: pass as ``context=`` to start a child."""
     flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)

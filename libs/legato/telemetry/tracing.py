@@ -36,7 +36,11 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceS
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
-from legato.telemetry.ids import ForcedIdGenerator, forced_ids, parse_traceparent, remote_parent
+from legato.telemetry.ids import (
+    ForcedIdGenerator,
+    forced_ids,
+    remote_parent_of,
+)
 from legato.telemetry.resource import service_resource
 from legato.telemetry.span_file import SPAN_FILE_ENV, SpanFileExporter
 
@@ -255,8 +259,20 @@ def consume_span(
 def _parent_context(parent: str | Context | None) -> Context:
     if isinstance(parent, Context):
         return parent
-    ids = parse_traceparent(parent)
-    return remote_parent(*ids) if ids is not None else Context()
+    return remote_parent_of(parent) or Context()
+
+
+def sample_new_trace(trace_id: int, name: str) -> bool:
+    """Whether a trace started here (not continued) is sampled, by this process's sampler.
+
+    Used where a trace's ids are reserved long before its spans are recorded (a run's root), so the
+    decision travels in the stored ``traceparent`` flags like any other.
+    """
+    source = _provider if _provider is not None else trace.get_tracer_provider()
+    sampler = getattr(source, "sampler", None)
+    if sampler is None:
+        return True
+    return bool(sampler.should_sample(None, trace_id, name).decision.is_sampled())
 
 
 def start_span_with_ids(

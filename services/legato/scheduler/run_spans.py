@@ -17,9 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.trace import Link, SpanContext, SpanKind
 
-from legato.telemetry.ids import new_span_id, new_trace_id, parse_traceparent, remote_parent, traceparent_for
+from legato.telemetry.ids import (
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    remote_parent,
+    traceparent_for,
+    traceparent_sampled,
+)
 from legato.telemetry.metrics import metrics
-from legato.telemetry.tracing import emit_span
+from legato.telemetry.tracing import emit_span, sample_new_trace
 
 if TYPE_CHECKING:
     from legato.scheduler.engine import RunEngine
@@ -40,9 +47,11 @@ def open_run(inst: InstanceState, parent: SpanContext | None, *, link_only: bool
     """Reserve the run's root span: continue ``parent``'s trace, or start one that links to it."""
     if parent is not None and parent.is_valid and not link_only:
         trace_id = parent.trace_id
-        inst.trace_parent = traceparent_for(parent.trace_id, parent.span_id)
+        sampled = parent.trace_flags.sampled
+        inst.trace_parent = traceparent_for(parent.trace_id, parent.span_id, sampled=sampled)
     else:
         trace_id = new_trace_id()
+        sampled = sample_new_trace(trace_id, "workflow.run")
         links = (
             [traceparent_for(parent.trace_id, parent.span_id)]
             if parent is not None and parent.is_valid
@@ -54,7 +63,7 @@ def open_run(inst: InstanceState, parent: SpanContext | None, *, link_only: bool
             if isinstance(sig, dict) and isinstance(sig.get("traceparent"), str):
                 links.append(sig["traceparent"])
         inst.trace_links = links or None
-    inst.traceparent = traceparent_for(trace_id, new_span_id())
+    inst.traceparent = traceparent_for(trace_id, new_span_id(), sampled=sampled)
 
 
 def open_child(child: InstanceState, parent: InstanceState) -> None:
@@ -63,7 +72,9 @@ def open_child(child: InstanceState, parent: InstanceState) -> None:
         child.traceparent = traceparent_for(new_trace_id(), new_span_id())
         return
     child.trace_parent = parent.traceparent
-    child.traceparent = traceparent_for(ids[0], new_span_id())
+    child.traceparent = traceparent_for(
+        ids[0], new_span_id(), sampled=traceparent_sampled(parent.traceparent)
+    )
 
 
 def attempt_traceparent(inst: InstanceState, at: AttemptState) -> str | None:
@@ -73,7 +84,7 @@ def attempt_traceparent(inst: InstanceState, at: AttemptState) -> str | None:
         return None
     span_id = new_span_id()
     at.span_id = format(span_id, "016x")
-    return traceparent_for(ids[0], span_id)
+    return traceparent_for(ids[0], span_id, sampled=traceparent_sampled(inst.traceparent))
 
 
 def _attrs(inst: InstanceState, **extra: Any) -> dict[str, Any]:

@@ -55,7 +55,7 @@ from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
 from legato.telemetry import get_logger, get_tracer, inject_headers, metrics, parse_traceparent
-from legato.telemetry.ids import remote_parent
+from legato.telemetry.ids import remote_parent, remote_parent_of
 from legato.telemetry.tracing import traceparent_of
 
 log = get_logger("legato.signal_router")
@@ -451,7 +451,7 @@ class SignalIngest(Component):
                 params, error = None, f"params of trigger {t.trigger_id}: {exc}"
             # The tuple completes in the trace of its newest signal and links to the spans of the others.
             traced = sorted((u for u in used if parse_traceparent(u.get("tp"))), key=lambda u: str(u["at"]))
-            parent = remote_parent(*ids) if traced and (ids := parse_traceparent(traced[-1]["tp"])) else None
+            parent = remote_parent_of(traced[-1]["tp"]) if traced else None
             with tracer.start_as_current_span(
                 "signal_router fire",
                 context=parent,
@@ -597,7 +597,7 @@ class SignalIngest(Component):
                 signal_id=sig.id,
                 fields=dict(sig.fields),
             )
-            ctx = remote_parent(*ids) if (ids := parse_traceparent(sig.traceparent)) else None
+            ctx = remote_parent_of(sig.traceparent)
             out.append(
                 OutgoingMessage(
                     self.topology.event_subject(w["workflow_id"]),

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -322,3 +323,18 @@ def test_spans_do_not_record_until_a_processor_listens_but_ids_and_context_still
         assert finished.parent is not None and finished.parent.span_id == ctx.span_id
     finally:
         p.shutdown()
+
+
+def test_the_sampling_decision_travels_in_stored_traceparents() -> None:
+    from legato.telemetry.ids import remote_parent_of, traceparent_sampled
+
+    on = traceparent_for(7, 9)
+    off = traceparent_for(7, 9, sampled=False)
+    assert traceparent_sampled(on) and not traceparent_sampled(off)
+    assert traceparent_sampled(None) and traceparent_sampled("garbage")
+    for tp, sampled in ((on, True), (off, False)):
+        ctx = remote_parent_of(tp)
+        assert ctx is not None
+        span_ctx = trace.get_current_span(ctx).get_span_context()
+        assert (span_ctx.trace_id, span_ctx.span_id, span_ctx.trace_flags.sampled) == (7, 9, sampled)
+    assert remote_parent_of("00-" + "0" * 32 + "-" + "1" * 16 + "-01") is None
