@@ -4,7 +4,6 @@ lineage across workflows, declare signal schemas. Registered beside the other en
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -20,6 +19,7 @@ from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.telemetry import get_logger
 from legato.telemetry.tracing import inject_headers
+from legato.trigger.instances import iso
 
 log = get_logger("legato.trigger")
 
@@ -32,10 +32,6 @@ SIGNAL_COLUMNS = (
 Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def signal_summary(r: asyncpg.Record) -> dict[str, Any]:
     return {
         "name": r["name"],
@@ -45,8 +41,8 @@ def signal_summary(r: asyncpg.Record) -> dict[str, Any]:
         "publisher": r["publisher"],
         "publisher_instance": r["publisher_instance"],
         "publisher_step": r["publisher_step"],
-        "published_at": _iso(r["published_at"]),
-        "received_at": _iso(r["received_at"]),
+        "published_at": iso(r["published_at"]),
+        "received_at": iso(r["received_at"]),
         "rejected": r["rejected"],
         "error": r["error"],
         **({"raw": r["raw"]} if r["rejected"] else {}),
@@ -156,8 +152,8 @@ class SignalApi:
                                     if leg in legs
                                 ],
                                 "missing": [leg for leg in legs if leg not in r["members"]],
-                                "first_at": _iso(r["first_at"]),
-                                "expires_at": _iso(r["expires_at"]),
+                                "first_at": iso(r["first_at"]),
+                                "expires_at": iso(r["expires_at"]),
                                 "expired": r["expired"],
                             }
                             for r in rows
@@ -180,7 +176,7 @@ class SignalApi:
                     "step_id": w["step_id"],
                     "signal": w["name"],
                     "match": w["match"],
-                    "since": _iso(w["created_at"]),
+                    "since": iso(w["created_at"]),
                 }
                 for w in waits
             ],
