@@ -20,9 +20,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry import context as otel_context
 
 from legato.devstack.otlp_sink import OtlpSink
 from legato.runtime.settings import Settings
+from legato.telemetry.ids import remote_parent
 from legato.telemetry.span_file import read_span_file
 from tests.support.stack import running_stack, wait_for
 
@@ -263,7 +265,8 @@ async def test_a_trace_not_sampled_at_the_api_is_recorded_by_no_service(
     settings: Settings, tmp_path: Path
 ) -> None:
     """The sampling decision rides in the stored traceparents: the run root, attempts and executor
-    spans of an unsampled request are all dropped, while the run itself is unaffected."""
+    spans of an unsampled request are all dropped, while a request that arrives sampled is recorded
+    by every service — and both runs themselves are unaffected."""
     with OtlpSink() as sink:
         env = {
             **sink.env(),
@@ -273,10 +276,23 @@ async def test_a_trace_not_sampled_at_the_api_is_recorded_by_no_service(
         }
         async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
             await client.push(SIMPLE)
-            res = await client.start("simple", {})
-            info = await wait_for(client, res["instance_id"])
-            assert info["status"] == "succeeded", info
-            await asyncio.sleep(1.0)  # three batch-processor delays
-        names = {(s.service, s.name) for s in sink.spans if s.trace_id == info["trace_id"]}
-        assert names == set(), names
-        assert not [s for s in sink.spans if s.name in ("workflow.run", "step.attempt", "execute noop")]
+            dropped = await client.start("simple", {})
+            # The caller's own trace, sampled: the client carries it in the request's traceparent.
+            token = otel_context.attach(remote_parent(0xABC, 0xDEF, sampled=True))
+            try:
+                kept = await client.start("simple", {})
+            finally:
+                otel_context.detach(token)
+            infos = [await wait_for(client, r["instance_id"]) for r in (dropped, kept)]
+            assert [i["status"] for i in infos] == ["succeeded", "succeeded"], infos
+            assert infos[1]["trace_id"] == f"{0xABC:032x}"
+            wanted = {"workflow.run", "step.attempt", "execute noop"}
+            for _ in range(100):
+                if wanted <= {s.name for s in sink.spans if s.trace_id == infos[1]["trace_id"]}:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)  # a few more batch-processor delays for anything unsampled
+        kept_names = {s.name for s in sink.spans if s.trace_id == infos[1]["trace_id"]}
+        assert wanted <= kept_names, kept_names
+        dropped_names = {(s.service, s.name) for s in sink.spans if s.trace_id == infos[0]["trace_id"]}
+        assert dropped_names == set(), dropped_names
