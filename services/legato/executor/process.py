@@ -1,7 +1,9 @@
 """Running a step's command in its own process group, with bounded output capture and a clean kill.
 
-Every step process is a session leader (``start_new_session``), so the step and anything it forks share
-one process group. Stopping a step (timeout, cancel, shutdown) sends SIGTERM to the whole group, waits
+Every step starts under its guard (``stepguard.py``), a session leader (``start_new_session``), so the
+step and anything it forks share one process group, and the guard kills that whole tree the moment the
+executor dies, ``kill -9`` included (a parent-death signal plus a child subreaper): a step never runs on
+without its executor, so a retry of an attempt lost with its executor never overlaps it. Stopping a step (timeout, cancel, shutdown) sends SIGTERM to the whole group, waits
 ``kill_grace`` seconds for the leader, then SIGKILLs whatever is left. When the leader exits on its own,
 stragglers it left in the group (background jobs) are killed too: a step's processes never outlive it.
 
@@ -17,6 +19,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +28,13 @@ from legato.executor.step import StepFailed
 
 PIPES_CLOSE_TIMEOUT = 1.0  # after the group is gone, pipes still held open elsewhere are not waited for
 REAP_TIMEOUT = 5.0  # after SIGKILL, the exit is normally seen within milliseconds
+STEP_GUARD = Path(__file__).with_name("stepguard.py")
+
+
+def guarded(argv: Sequence[str]) -> list[str]:
+    """``argv`` run under the step guard, bound to this (the executor) process's life."""
+    # -I -S: no user site, no PYTHON* variables from the step's environment, fast start.
+    return [sys.executable, "-I", "-S", str(STEP_GUARD), str(os.getpid()), "--", *argv]
 
 
 class _CapturingProtocol(asyncio.SubprocessProtocol):
@@ -65,7 +75,7 @@ async def run_in_process_group(
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _CapturingProtocol(output),
-            *argv,
+            *guarded(argv),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
