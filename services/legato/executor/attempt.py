@@ -11,7 +11,10 @@ The decision, in order:
    ``AttemptFinished`` (``succeeded``, ``failed``, ``timed_out`` or ``cancelled``).
 
 Results go to ``WorkItem.reply_subject`` with ``Nats-Msg-Id`` = attempt id, so a republish is a
-duplicate. If the handler is cancelled (shutdown past its grace period) nothing is published and the
+duplicate. A result that cannot be published (NATS unreachable, the events stream without a leader) is
+retried with a bounded backoff until it lands or the executor shuts down, while the consumer loop keeps
+heartbeating the work item (``in_progress``): the item is never given back, so no other executor can
+take it for lost while this one is alive and holds its result. If the handler is cancelled (shutdown past its grace period) nothing is published and the
 message is not acked: it is redelivered and reported as lost.
 """
 
@@ -35,7 +38,9 @@ from legato.telemetry import bind_context, extract_context, get_logger, get_trac
 
 log = get_logger("legato.executor")
 
-RESULT_PUBLISH_TRIES = 3
+# Result publish retries: 0.2 s doubling to 5 s between tries, until published or shut down.
+RESULT_RETRY_FIRST = 0.2
+RESULT_RETRY_MAX = 5.0
 # Room left in a NATS message for headers (traceparent, Nats-Msg-Id) next to the result payload.
 HEADER_ALLOWANCE = 4096
 
@@ -343,19 +348,22 @@ class AttemptProcessor:
         await self._publish_result(item, payload)
 
     async def _publish_result(self, item: WorkItem, payload: bytes) -> None:
+        """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked."""
         msg = OutgoingMessage(item.reply_subject, payload, msg_id=item.attempt_id, headers=inject_headers())
-        last: Exception | None = None
-        for attempt in range(RESULT_PUBLISH_TRIES):
+        failures = 0
+        while True:
             try:
                 await self.publisher.publish(msg)
-                return
             except Exception as exc:
-                last = exc
-                log.warning("attempt_result_publish_failed", tries=attempt + 1, error=repr(exc))
-                if attempt + 1 < RESULT_PUBLISH_TRIES:
-                    await asyncio.sleep(0.5 * 2**attempt)
-        # Not acked: redelivered later, and the remembered result is published again.
-        raise Retry(delay=2.0, reason=f"result of {item.attempt_id} not published: {last!r}")
+                failures += 1
+                self.stats["result_publish_failures"] += 1
+                if failures <= 3 or failures % 20 == 0:
+                    log.warning("attempt_result_publish_failed", tries=failures, error=repr(exc))
+                await asyncio.sleep(min(RESULT_RETRY_FIRST * 2 ** min(failures - 1, 8), RESULT_RETRY_MAX))
+                continue
+            if failures:
+                log.info("attempt_result_published", tries=failures + 1)
+            return
 
 
 async def _result_of(running: RunningAttempt) -> bytes:

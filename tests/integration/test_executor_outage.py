@@ -1,0 +1,126 @@
+"""An executor that cannot publish a result keeps it and keeps the work item, against a NATS of its own
+that goes away: the events stream vanishes, then the whole server is stopped and restarted. The step
+runs once, its result lands once, and no other executor ever gets the item to report it lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import pytest
+
+from legato.bus import OutgoingMessage, Publisher, Topology, provision_streams
+from legato.bus.connection import connect
+from legato.devstack import EmbeddedNats
+from legato.executor import ExecutorOptions, ExecutorService
+from legato.protocol import AttemptFinished, WorkItem, decode_event, encode
+from legato.runtime.host import ServiceHost
+from legato.runtime.settings import Settings
+
+ACK_WAIT = 10.0
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats", preferred_port=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def executor(settings: Settings, executor_id: str) -> AsyncIterator[ExecutorService]:
+    options = ExecutorOptions(
+        queue="default", concurrency=2, executor_id=executor_id, ack_wait=ACK_WAIT, kill_grace=1.0
+    )
+    async with ServiceHost("executor", settings, with_relay=False, configure_process=False) as host:
+        service = ExecutorService.on_host(host, options)
+        host.add(service)
+        task = asyncio.create_task(host.run(handle_signals=False))
+        async with asyncio.timeout(15):
+            await service.ready.wait()
+        try:
+            yield service
+        finally:
+            host.request_shutdown()
+            await asyncio.wait_for(task, timeout=30)
+
+
+async def wait_file(path: Path, text: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not (path.exists() and text in path.read_text()):
+            await asyncio.sleep(0.05)
+
+
+async def test_unpublishable_result_is_retried_while_the_item_is_kept_not_given_to_another_executor(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    topo = Topology(settings.namespace, settings.partitions)
+    log = tmp_path / "step.log"
+    item = WorkItem(
+        attempt_id=f"att-{uuid.uuid4().hex[:12]}",
+        workflow_id="wf-outage",
+        instance_id=f"inst-{uuid.uuid4().hex[:8]}",
+        step_id="body",
+        attempt=1,
+        step_type="shell",
+        config={"command": f"echo run >> {log}; sleep 1.5; echo end >> {log}"},
+        params={},
+        timeout=None,
+        reply_subject=topo.event_subject("wf-outage"),
+        dispatched_at=time.time(),
+    )
+    nc = await connect(own_nats.url, name="test-outage")
+    js = nc.jetstream()
+    try:
+        async with executor(settings, "exec-a") as a, executor(settings, "exec-b") as b:
+            await Publisher(nc).publish(OutgoingMessage(topo.work_subject("default"), encode(item)))
+            await wait_file(log, "run")
+            # The events stream vanishes while the step runs: its result has nowhere to go.
+            await js.delete_stream(topo.events_stream)
+            await wait_file(log, "end")
+            await asyncio.sleep(3.0)
+            # Then NATS itself goes away for a while, and comes back (same port, same store).
+            own_nats.stop()
+            await asyncio.sleep(3.0)
+            own_nats.start()
+            await asyncio.sleep(4.0)
+            ran = a if a.attempts.stats["executed"] else b
+            failures_in_outage = ran.attempts.stats["result_publish_failures"]
+            # The stream is back: the kept result lands.
+            await provision_streams(js, topo)
+            async with asyncio.timeout(30):
+                while ran.attempts.running:
+                    await asyncio.sleep(0.05)
+            info = await js.consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
+            stats = a.attempts.stats + b.attempts.stats
+    finally:
+        await nc.close()
+    nc = await connect(own_nats.url, name="test-outage-read")
+    try:
+        sub = await nc.jetstream().pull_subscribe(
+            f"{topo.subject_prefix('event')}>", stream=topo.events_stream
+        )
+        events = []
+        try:
+            events = [decode_event(m.data) for m in await sub.fetch(10, timeout=2.0)]
+        except (nats.errors.TimeoutError, TimeoutError):
+            pass
+    finally:
+        await nc.close()
+    finished = [e for e in events if isinstance(e, AttemptFinished)]
+    assert len(finished) == 1, events
+    assert finished[0].outcome == "succeeded" and finished[0].executor == ran.executor_id
+    # Ran once, never given back (no nak, no redelivery), never reported lost by the other executor.
+    assert log.read_text().splitlines() == ["run", "end"]
+    assert stats["executed"] == 1 and stats["lost"] == 0 and stats["republished"] == 0, stats
+    assert info.num_redelivered == 0 and info.num_ack_pending == 0 and info.num_pending == 0
+    assert failures_in_outage >= 3  # the outage was real: it was retried, not just slow
