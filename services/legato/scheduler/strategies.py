@@ -43,10 +43,6 @@ def queue_reason(engine: RunEngine) -> dict[str, Any]:
         return {"code": "blocked", "by": row.blocked_by}
     if limit_of(engine) == 0:
         return {"code": "paused", "why": "max_concurrency is 0"}
-    if row.running_count < limit_of(engine) <= row.running_count + len(engine.state.stopping_runs()):
-        waiting = engine.stop_wait_reason()
-        if waiting is not None:
-            return waiting
     return {"code": "queued", "strategy": row.run_strategy, "limit": limit_of(engine)}
 
 
