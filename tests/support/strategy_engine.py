@@ -111,6 +111,22 @@ class EngineDriver:
         )
         self._commit(engine)
 
+    def confirm_stop(self, name: str) -> None:
+        """The executor reports the cancelled attempts of the ended run as over."""
+        engine = self._engine()
+        for stopping in [s for s in self.state.stopping.values() if s.instance_id == name]:
+            engine.on_attempt_finished(
+                AttemptFinished(
+                    attempt_id=stopping.attempt_id,
+                    workflow_id="wf",
+                    instance_id=name,
+                    step_id=stopping.step_id,
+                    outcome="cancelled",
+                    error="cancelled: run ended stopped",
+                )
+            )
+        self._commit(engine)
+
     def time_out(self, name: str) -> None:
         """The run's timeout timer fires."""
         engine = self._engine()

@@ -25,6 +25,7 @@ MAX_STRATEGY_CHANGES = 3
 class StrategySystem(Protocol):
     def trigger(self, name: str) -> None: ...
     def finish(self, name: str, ok: bool) -> None: ...
+    def confirm_stop(self, name: str) -> None: ...
     def stop(self, name: str, kill: bool = False) -> None: ...
     def restart(self, name: str) -> None: ...
     def unblock(self) -> None: ...
@@ -46,11 +47,15 @@ class StrategyMachine(RuleBasedStateMachine):
 
     # Subclasses may pin the strategies they explore.
     strategy_choices: tuple[str, ...] = STRATEGIES
+    # Real executors confirm a cancelled step's end by themselves; an in-memory system is told when.
+    stops_confirm_at_once = True
 
     @initialize(data=st.data(), max_concurrency=st.integers(0, 3))
     def setup(self, data: st.DataObject, max_concurrency: int) -> None:
         strategy = data.draw(st.sampled_from(self.strategy_choices), label="strategy")
-        self.model = StrategyModel(strategy, max_concurrency)
+        self.model = StrategyModel(
+            strategy, max_concurrency, stops_confirm_at_once=self.stops_confirm_at_once
+        )
         self.system = self.make_system(strategy, max_concurrency)
         self.scheduler_restarts = 0
         self.first = (strategy, self.model.limit)
@@ -78,6 +83,14 @@ class StrategyMachine(RuleBasedStateMachine):
         name = self._pick(self.model.running(), i)
         self.model.finish(name, ok)
         self.system.finish(name, ok)
+
+    @precondition(lambda self: bool(self.model.stopping))
+    @rule(i=st.integers(0, 10))
+    def stop_confirmed(self, i: int) -> None:
+        """The executor reports that the step of a run ended while it ran has stopped."""
+        name = self._pick(self.model.stopping, i)
+        self.model.confirm_stop(name)
+        self.system.confirm_stop(name)
 
     @precondition(lambda self: bool(self.model.with_status("queued", "running")))
     @rule(i=st.integers(0, 10), kill=st.booleans())

@@ -47,6 +47,11 @@ class StrategyModel:
     queue: list[str] = field(default_factory=list)
     blocked_by: str | None = None
     events: list[RunEvent] = field(default_factory=list)
+    # A run ended while its step ran keeps its slot until the executor confirms the step stopped
+    # (``confirm_stop``). A system whose executors confirm on their own is modelled with True: the
+    # model then frees the slot at once, and the system under test is awaited until it agrees.
+    stops_confirm_at_once: bool = True
+    stopping: list[str] = field(default_factory=list)
 
     @property
     def limit(self) -> int:
@@ -102,6 +107,11 @@ class StrategyModel:
         self._admit()
         return True
 
+    def confirm_stop(self, name: str) -> None:
+        """The executor confirmed that the ended run's step stopped: its slot is free."""
+        self.stopping.remove(name)
+        self._admit()
+
     def restart(self, name: str) -> bool:
         run = self.runs[name]
         if run.status not in RESTARTABLE:
@@ -144,6 +154,9 @@ class StrategyModel:
             self.queue.remove(name)
         run.status = status
         self.events.append(RunEvent(name, status))
+        stopped_while_running = was == "running" and status in ("stopped", "timed_out")
+        if stopped_while_running and not self.stops_confirm_at_once and name not in self.stopping:
+            self.stopping.append(name)  # its step was still running (a run holds one slot at most)
         if status == "succeeded" and self.blocked_by == name:
             self.blocked_by = None
         if status in ("failed", "timed_out") and was == "running" and self.strategy == "strict_sequential":
@@ -151,10 +164,10 @@ class StrategyModel:
 
     def _admit(self) -> None:
         if self.strategy == "strict_sequential" and self.blocked_by is not None:
-            if self.blocked_by in self.queue and len(self.running()) < self.limit:
+            if self.blocked_by in self.queue and len(self.running()) + len(self.stopping) < self.limit:
                 self._start(self.blocked_by)  # only the restarted failed run, wherever it waits
             return
-        while self.queue and len(self.running()) < self.limit:
+        while self.queue and len(self.running()) + len(self.stopping) < self.limit:
             self._start(self.queue[0])
 
     def _start(self, name: str) -> None:

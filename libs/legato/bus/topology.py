@@ -93,6 +93,11 @@ class Topology:
     def cancel_wildcard(self) -> str:
         return f"{self._s}legato.control.cancel.*"
 
+    @property
+    def executor_heartbeat_subject(self) -> str:
+        """Core NATS: each executor says every second that it lives and which attempts it runs."""
+        return f"{self._s}legato.control.heartbeat"
+
     def progress_subject(self, workflow_id: str) -> str:
         """Core-NATS fan-out of instance status changes (for `legato dev`, `start --wait`)."""
         return f"{self._s}legato.progress.{subject_token(workflow_id)}"

@@ -178,6 +178,20 @@ class CancelAttempt(_Msg, tag="cancel", frozen=True, kw_only=True):
     force: bool = False  # kill at once instead of a graceful stop
 
 
+class ExecutorHeartbeat(_Msg, tag="executor_heartbeat", frozen=True, kw_only=True):
+    """An executor is alive and runs these attempts (executor -> schedulers, every ``interval`` s).
+
+    ``boot`` names one process lifetime: an executor restarted under the same id is a new boot, and the
+    attempts its previous boot ran are not running any more.
+    """
+
+    executor: str
+    boot: str
+    attempts: list[str] = []
+    interval: float = 1.0
+    at: float = 0.0
+
+
 class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):
     workflow_id: str
     instance_id: str
@@ -189,6 +203,7 @@ class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):
 _trigger_decoder: msgspec.json.Decoder[TriggerMessage] = msgspec.json.Decoder(TriggerMessage)
 _event_decoder: msgspec.json.Decoder[EventMessage] = msgspec.json.Decoder(EventMessage)
 _work_decoder: msgspec.json.Decoder[WorkItem] = msgspec.json.Decoder(WorkItem)
+_heartbeat_decoder: msgspec.json.Decoder[ExecutorHeartbeat] = msgspec.json.Decoder(ExecutorHeartbeat)
 _encoder = msgspec.json.Encoder()
 
 
@@ -206,6 +221,10 @@ def decode_event(data: bytes) -> EventMessage:
 
 def decode_work(data: bytes) -> WorkItem:
     return _work_decoder.decode(data)
+
+
+def decode_heartbeat(data: bytes) -> ExecutorHeartbeat:
+    return _heartbeat_decoder.decode(data)
 
 
 TRIGGER_DECODER = _trigger_decoder

@@ -88,6 +88,10 @@ class AttemptProcessor:
     def running(self) -> int:
         return len(self._running)
 
+    def running_ids(self) -> list[str]:
+        """The attempts executing here right now (for the liveness heartbeat)."""
+        return list(self._running)
+
     def cancel(self, attempt_id: str, reason: str) -> None:
         """A cancel request: stop the attempt if it runs here, and remember it in case it comes later."""
         self.cancels.add(attempt_id, reason)

@@ -25,6 +25,7 @@ from legato.bus.publisher import Publisher
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
+from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -184,5 +185,15 @@ async def run_executor(
     async with ServiceHost(
         "executor", settings, with_relay=False, pool_max=max(2, settings.db_pool_min)
     ) as host:
-        host.add(ExecutorService.on_host(host, options))
+        service = ExecutorService.on_host(host, options)
+        host.add(service)
+        # Liveness for the schedulers (legato.scheduler.liveness); stopped before the executor.
+        host.add(
+            ExecutorHeartbeats(
+                host.nc,
+                host.topology,
+                executor_id=service.executor_id,
+                running=service.attempts.running_ids,
+            )
+        )
         await host.run(handle_signals=True)

@@ -312,6 +312,9 @@ class WorkflowActor:
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:
                 return  # fired before, or cancelled: exactly once
+            if msg.kind == "stop_grace":
+                engine.on_stop_grace_timer(msg.attempt_id)  # the run has ended: not in state.instances
+                return
             target = state.instances.get(msg.instance_id)
             if target is None:
                 return

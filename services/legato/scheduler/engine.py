@@ -45,6 +45,7 @@ from legato.scheduler.state import (
     InstanceState,
     NewTimer,
     StepState,
+    StoppingAttempt,
     TimelineEntry,
     UnitOfWork,
     WorkflowState,
@@ -65,6 +66,10 @@ QUIET_FOR_ITERATIONS = frozenset(
 # Slack past a step's timeout before the scheduler itself declares an attempt timed out (the executor
 # enforces the timeout; this only covers an executor that went silent).
 STEP_TIMEOUT_GRACE = 30.0
+# How long a stopped run's attempt may take to confirm that it stopped before its strategy slot is given
+# to the next run anyway (the executor's kill grace, SIGTERM -> SIGKILL, is 2 s by default). A dead
+# executor is detected within seconds (``liveness.py``) and releases the slot at once.
+STOP_CONFIRM_GRACE = 30.0
 
 CompiledLookup = Callable[[str, int], CompiledWorkflow]
 
@@ -262,13 +267,17 @@ class RunEngine:
         was = inst.status
         if inst.terminal:
             return
-        self.cancel_running_steps(inst, "stopped", f"run ended {status}", force=force)
+        hold = was == "running" and inst.under_strategy and not inst.body_path
+        stopping = self.cancel_running_steps(inst, "stopped", f"run ended {status}", force=force, hold=hold)
         inst.status = status
         inst.reason = reason
         inst.error = error
         inst.ended_at = now_utc()
         self.uow.touch_instance(inst)
         self.uow.cancel_timer(inst.id)
+        for at in stopping:  # after the cancel above, which drops this run's timers
+            assert at.stopping_until is not None
+            self.add_timer(inst, "stop_grace", at.stopping_until, step_id=at.step_id, attempt_id=at.id)
         self.uow.cancel_waits.append(inst.id)
         self.state.instances.pop(inst.id, None)
         if was == "running" and inst.under_strategy:
@@ -475,7 +484,7 @@ class RunEngine:
             step_id=step_id,
             attempt=st.attempts,
             step_type=step.type,
-            config=jsonable(resolved.config),
+            config=self.attempt_config(st, step.type, jsonable(resolved.config)),
             params=st.params,
             timeout=resolved.timeout,
             reply_subject=self.topology.event_subject(inst.workflow_id),
@@ -497,6 +506,15 @@ class RunEngine:
             step_id=step_id,
             details={"attempt_id": attempt_id},
         )
+
+    @staticmethod
+    def attempt_config(st: StepState, step_type: str, config: dict[str, Any]) -> dict[str, Any]:
+        """A retried ``sleep`` resumes: it wakes when the step's first attempt would have (``until``),
+        not a whole duration after the retry (its first start survives in the step's ``started_at``)."""
+        duration = config.get("duration")
+        if step_type == "sleep" and st.started_at is not None and isinstance(duration, int | float):
+            return {**config, "until": st.started_at.timestamp() + float(duration)}
+        return config
 
     def on_attempt_started(self, msg: AttemptStarted) -> None:
         inst = self.state.instances.get(msg.instance_id)
@@ -526,9 +544,28 @@ class RunEngine:
             )
 
     def on_attempt_finished(self, msg: AttemptFinished) -> None:
+        stopping = self.state.stopping.get(msg.attempt_id)
+        if stopping is not None:
+            said = f"{msg.outcome}: {msg.error}" if msg.error else msg.outcome
+            self.settle_stop(
+                stopping,
+                from_epoch(msg.finished_at),
+                msg.log_tail,
+                f"cancelled with its run; attempt over ({said})",
+            )
+            return
         inst = self.state.instances.get(msg.instance_id)
         if inst is None or inst.status != "running":
-            return  # the run already ended: a late result changes nothing
+            if inst is None:
+                # The run already ended: a late result changes nothing, but an attempt row still marked
+                # dispatched/running (never cancelled) is settled now instead of staying so forever.
+                self.uow.orphans_settled.append(
+                    (
+                        msg.attempt_id,
+                        f"result after its run ended: {msg.outcome}: {msg.error or ''}".rstrip(": "),
+                    )
+                )
+            return
         st = inst.steps.get(msg.step_id)
         at = inst.attempts.get(msg.attempt_id)
         if (
@@ -686,14 +723,25 @@ class RunEngine:
             self.finish(inst, "timed_out", reason={"code": "run_timeout"}, error="run timed out")
 
     def cancel_running_steps(
-        self, inst: InstanceState, status: str, why: str, *, force: bool = False
-    ) -> None:
-        """Cancel every attempt still queued or running (executors are told on the control subject)."""
-        self.cancel_running_steps_of(inst, list(inst.steps), status, why, force=force)
+        self, inst: InstanceState, status: str, why: str, *, force: bool = False, hold: bool = False
+    ) -> list[AttemptState]:
+        """Cancel every attempt still queued or running (executors are told on the control subject).
+
+        With ``hold``, the cancelled attempts keep the run's strategy slot until their executors
+        confirm they stopped (returned, to arm their grace timers)."""
+        return self.cancel_running_steps_of(inst, list(inst.steps), status, why, force=force, hold=hold)
 
     def cancel_running_steps_of(
-        self, inst: InstanceState, step_ids: list[str], status: str, why: str, *, force: bool = False
-    ) -> None:
+        self,
+        inst: InstanceState,
+        step_ids: list[str],
+        status: str,
+        why: str,
+        *,
+        force: bool = False,
+        hold: bool = False,
+    ) -> list[AttemptState]:
+        stopping: list[AttemptState] = []
         for sid in step_ids:
             st = inst.steps.get(sid)
             if st is not None and st.status in ("queued", "running", "retrying", "waiting"):
@@ -702,6 +750,12 @@ class RunEngine:
                     at.status = "cancelled"
                     at.ended_at = now_utc()
                     at.error = why
+                    if hold:
+                        at.stopping_until = at.ended_at + timedelta(seconds=STOP_CONFIRM_GRACE)
+                        self.state.stopping[at.id] = StoppingAttempt(
+                            at.id, inst.id, at.step_id, at.stopping_until
+                        )
+                        stopping.append(at)
                     self.uow.touch_attempt(at)
                     self.send_cancel(at.id, why, force=force)
                     self.release_permits(inst, st, attempt_id=at.id)
@@ -717,6 +771,55 @@ class RunEngine:
                 st.reason = {"code": "cancelled", "why": why}
                 self.uow.touch_step(st)
                 self.note(inst, f"step_{status}", f"step {st.step_id} {status}: {why}", step_id=st.step_id)
+        return stopping
+
+    # ------------------------------------------------------------------ stops awaiting confirmation
+
+    def stop_wait_reason(self) -> dict[str, Any] | None:
+        """Why the next run waits although a slot looks free: stopped runs not confirmed stopped yet."""
+        if not self.state.stopping:
+            return None
+        first = min(self.state.stopping.values(), key=lambda s: s.until)
+        runs = self.state.stopping_runs()
+        return {
+            "code": "waiting_for_stop",
+            "runs": runs,
+            "attempts": sorted(self.state.stopping),
+            "until": first.until.isoformat(),
+            "message": (
+                f"waiting for run {first.instance_id} (step {first.step_id}, attempt {first.attempt_id}) "
+                f"to confirm it stopped, at most until {first.until.isoformat(timespec='seconds')}"
+            ),
+        }
+
+    def settle_stop(
+        self, stopping: StoppingAttempt, ended_at: datetime | None, log_tail: str | None, why: str
+    ) -> None:
+        """The stopping attempt is known to be over (or given up on): its run's slot is free again."""
+        self.state.stopping.pop(stopping.attempt_id, None)
+        self.uow.stops_settled.append((stopping.attempt_id, ended_at, log_tail, why[:4000]))
+        self.uow.cancel_timer(stopping.instance_id, "stop_grace", stopping.step_id)
+        self.uow.note(
+            TimelineEntry(
+                stopping.instance_id,
+                "step_stop_confirmed",
+                f"step {stopping.step_id}: {why}",
+                step_id=stopping.step_id,
+                details={"attempt_id": stopping.attempt_id},
+            )
+        )
+
+    def on_stop_grace_timer(self, attempt_id: str | None) -> None:
+        stopping = self.state.stopping.get(attempt_id or "")
+        if stopping is None:
+            return
+        self.settle_stop(
+            stopping,
+            None,
+            None,
+            f"cancelled with its run; no confirmation that it stopped within {STOP_CONFIRM_GRACE:g}s: "
+            "its slot is given to the next run",
+        )
 
     def send_cancel(self, attempt_id: str, reason: str, *, force: bool = False) -> None:
         self.uow.outbox.append(

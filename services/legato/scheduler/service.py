@@ -14,6 +14,7 @@ from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.scheduler.actors import ActorRegistry
 from legato.scheduler.leases import PartitionLeaser
+from legato.scheduler.liveness import ExecutorWatch
 from legato.scheduler.timers import TimerLoop
 from legato.telemetry import get_logger
 from legato.telemetry.metrics import metrics
@@ -182,11 +183,15 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             publish_core=publish_core,
         )
         consumers = PartitionConsumers(host, registry)
+        assert host.publisher is not None
+        watch = ExecutorWatch(
+            host.nc, host.pool, host.publisher, host.topology, owned=lambda: sorted(leaser.tokens)
+        )
         observe_queues(registry)
         timers_ref.append(timers)
         registry_ref.append(registry)
         consumers_ref.append(consumers)
         # Stop order (reverse of this list): stop fetching first, then actors, then give up leases.
-        for comp in (leaser, registry, timers, consumers):
+        for comp in (leaser, registry, timers, watch, consumers):
             host.add(comp)
         await host.run()

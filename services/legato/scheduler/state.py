@@ -85,6 +85,9 @@ class AttemptState:
     exit_code: int | None = None
     log_tail: str | None = None
     span_id: str | None = None  # reserved at dispatch; the step.attempt span gets it when it ends
+    # Cancelled with its run, not yet confirmed stopped by its executor: holds the run's strategy slot
+    # until then, at most until this time.
+    stopping_until: datetime | None = None
     new: bool = False
     dirty: bool = False
 
@@ -207,6 +210,16 @@ class TagState:
     waiters: list[tuple[datetime, str, str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StoppingAttempt:
+    """An attempt of an ended run that its executor has not confirmed stopped yet."""
+
+    attempt_id: str
+    instance_id: str
+    step_id: str
+    until: datetime
+
+
 @dataclass
 class WorkflowState:
     """Everything the actor holds for one workflow between batches."""
@@ -219,6 +232,15 @@ class WorkflowState:
     leaf_active: int = 0
     # Named tags, loaded (and locked) at the start of each batch.
     tags: dict[str, TagState] = field(default_factory=dict)
+    # Attempts of ended runs still stopping, by attempt id (their runs hold strategy slots meanwhile).
+    stopping: dict[str, StoppingAttempt] = field(default_factory=dict)
+
+    def stopping_runs(self) -> list[str]:
+        """Ended runs whose stop is not confirmed yet, oldest deadline first."""
+        seen: dict[str, datetime] = {}
+        for s in self.stopping.values():
+            seen[s.instance_id] = min(s.until, seen.get(s.instance_id, s.until))
+        return sorted(seen, key=lambda i: seen[i])
 
     def running(self) -> list[InstanceState]:
         """Runs that hold a slot of the run strategy."""
@@ -272,6 +294,10 @@ class UnitOfWork:
     flushed_outbox: int = 0
     flushed_timers: int = 0
     workflow_dirty: bool = False
+    # Stopping attempts settled: (attempt_id, ended_at, log_tail, error); their slot is free again.
+    stops_settled: list[tuple[str, datetime | None, str | None, str]] = field(default_factory=list)
+    # Attempts of runs no longer active that were still dispatched/running: (attempt_id, error).
+    orphans_settled: list[tuple[str, str]] = field(default_factory=list)
     # Callbacks to run after commit (e.g. wake the timer loop), never inside the transaction.
     after_commit: list[Any] = field(default_factory=list)
 
@@ -322,6 +348,8 @@ class UnitOfWork:
             or self.permits_del
             or self.waiters_add
             or self.waiters_del
+            or self.stops_settled
+            or self.orphans_settled
             or self.workflow_dirty
         )
 
@@ -347,6 +375,8 @@ class UnitOfWork:
             "permits_del",
             "waiters_add",
             "waiters_del",
+            "stops_settled",
+            "orphans_settled",
         ):
             self.flushed_outbox += len(self.outbox) if name == "outbox" else 0
             self.flushed_timers += len(self.timers) if name == "timers" else 0
@@ -360,6 +390,18 @@ class UnitOfWork:
             await _upsert_steps(conn, list(self.steps.values()))
         if self.attempts:
             await _upsert_attempts(conn, list(self.attempts.values()))
+        if self.stops_settled:
+            await conn.executemany(
+                "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
+                "log_tail = coalesce($3, log_tail), error = $4 WHERE id = $1",
+                self.stops_settled,
+            )
+        if self.orphans_settled:
+            await conn.executemany(
+                "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
+                "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
+                self.orphans_settled,
+            )
         if self.timeline:
             await conn.execute(
                 """
@@ -549,7 +591,7 @@ _ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
     """
     id:text instance_id:text step_id:text attempt:int status:text failure_kind:text executor:text queue:text
     dispatched_at:timestamptz started_at:timestamptz ended_at:timestamptz outputs:jsonb error:text
-    exit_code:int log_tail:text span_id:text
+    exit_code:int log_tail:text span_id:text stopping_until:timestamptz
 """
 )
 _UPSERT_ATTEMPTS = _bulk_upsert_sql(
@@ -606,6 +648,17 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         for at in inst.attempts.values()
         if at.status in ("dispatched", "running")
     )
+    for r in await conn.fetch(
+        """
+        SELECT a.id, a.instance_id, a.step_id, a.stopping_until FROM step_attempt a
+        JOIN workflow_instance i ON i.id = a.instance_id
+        WHERE a.stopping_until IS NOT NULL AND i.workflow_id = $1
+        """,
+        workflow_id,
+    ):
+        state.stopping[r["id"]] = StoppingAttempt(
+            r["id"], r["instance_id"], r["step_id"], r["stopping_until"]
+        )
     # Counters are derived from the rows, so a crash can never leave them drifted.
     state.row.running_count = counted
     state.row.queued_count = len(state.queue)

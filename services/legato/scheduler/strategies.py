@@ -9,6 +9,10 @@
 | serial_latest_only   | 1               | replaces the one queued run            | next queued starts               |
 | parallel (N)         | N (0 = paused)  | queued, FIFO beyond N                  | others go on                     |
 
+A stopped run (stop, kill, or replaced under last_only / serial_latest_only) keeps its slot until its
+executor confirms that its attempts stopped, or the executor is known dead, at most for a grace period:
+the next run waits meanwhile with the reason ``waiting_for_stop``, so two runs never overlap.
+
 Every decision here is made while the actor holds the workflow row lock in the same transaction that
 records it, so no interleaving of messages, activations or scheduler restarts can exceed a limit or
 start a run twice.
@@ -78,21 +82,38 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
 
 
 def admit(engine: RunEngine) -> None:
-    """Start queued runs, oldest first, while the strategy has room."""
+    """Start queued runs, oldest first, while the strategy has room (stopping runs still hold theirs)."""
     row = engine.state.row
     limit = limit_of(engine)
+    stopping = len(engine.state.stopping_runs()) if engine.state.stopping else 0
     if row.run_strategy == "strict_sequential" and row.blocked_by:
         # Only the restarted blocker may run until the queue is released (wherever it waits: another
         # restarted run may have gone to the front after it).
         blocker = engine.state.instances.get(row.blocked_by)
-        if blocker is not None and blocker.status == "queued" and row.running_count < limit:
-            engine.start(blocker)
+        if blocker is not None and blocker.status == "queued":
+            if row.running_count + stopping < limit:
+                engine.start(blocker)
+            elif row.running_count < limit:
+                _wait_for_stop(engine, blocker)
         return
-    while engine.state.queue and row.running_count < limit:
+    while engine.state.queue and row.running_count + stopping < limit:
         inst = engine.state.instances[engine.state.queue[0]]
         engine.start(inst)
         if engine.state.queue and engine.state.queue[0] == inst.id:  # defensive: never spin
             engine.state.queue.popleft()
+    if engine.state.queue and row.running_count < limit:
+        _wait_for_stop(engine, engine.state.instances[engine.state.queue[0]])
+
+
+def _wait_for_stop(engine: RunEngine, inst: InstanceState) -> None:
+    """The next run would start but for a stopped run's unconfirmed stop: say so on the run."""
+    reason = engine.stop_wait_reason()
+    if reason is None or (inst.reason or {}).get("code") == "waiting_for_stop":
+        return
+    inst.reason = reason
+    engine.uow.touch_instance(inst)
+    engine.progress(inst)
+    engine.note(inst, "waiting_for_stop", reason["message"], details={"runs": reason["runs"]})
 
 
 def apply_strategy_change(engine: RunEngine) -> None:

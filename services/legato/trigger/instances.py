@@ -57,13 +57,32 @@ async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -
         queue = [a["id"] for a in active if a["status"] == "queued"]
         holders = [a["id"] for a in active if a["status"] == "running"]
         where = {iid: i for i, iid in enumerate(queue)}
+        stopping = await _stopping_attempts(conn, workflow_id)
         for r in rows:
             if r["workflow_id"] == workflow_id and r["id"] in where:
-                out[r["id"]] = _queued_reason(wf, where[r["id"]], queue, holders)
+                out[r["id"]] = _queued_reason(wf, where[r["id"]], queue, holders, stopping)
     return out
 
 
-def _queued_reason(wf: asyncpg.Record, index: int, queue: list[str], holders: list[str]) -> dict[str, Any]:
+async def _stopping_attempts(conn: asyncpg.Connection, workflow_id: str) -> list[asyncpg.Record]:
+    """Attempts of ended runs not yet confirmed stopped: their runs still hold strategy slots."""
+    return list(
+        await conn.fetch(
+            "SELECT a.id, a.instance_id, a.step_id, a.stopping_until FROM step_attempt a "
+            "JOIN workflow_instance i ON i.id = a.instance_id "
+            "WHERE a.stopping_until IS NOT NULL AND i.workflow_id = $1 ORDER BY a.stopping_until LIMIT 20",
+            workflow_id,
+        )
+    )
+
+
+def _queued_reason(
+    wf: asyncpg.Record,
+    index: int,
+    queue: list[str],
+    holders: list[str],
+    stopping: list[asyncpg.Record] | None = None,
+) -> dict[str, Any]:
     strategy = wf["run_strategy"]
     limit = wf["max_concurrency"] if strategy == "parallel" else 1
     ahead = queue[index - 1] if index else None
@@ -84,6 +103,16 @@ def _queued_reason(wf: asyncpg.Record, index: int, queue: list[str], holders: li
         out["blocked_since"] = iso(wf["blocked_since"])
         out["message"] = f"blocked by failed run {wf['blocked_by']} (strict_sequential)" + (
             f" since {wf['blocked_since']:%Y-%m-%d %H:%M:%S} UTC" if wf["blocked_since"] else ""
+        )
+    elif stopping and len(holders) < limit:
+        first = stopping[0]
+        out["code"] = "waiting_for_stop"
+        out["runs"] = sorted({s["instance_id"] for s in stopping})
+        out["attempts"] = [s["id"] for s in stopping]
+        out["until"] = iso(first["stopping_until"])
+        out["message"] = (
+            f"waiting for run {first['instance_id']} (step {first['step_id']}, attempt {first['id']}) "
+            f"to confirm it stopped, at most until {first['stopping_until']:%Y-%m-%d %H:%M:%S} UTC"
         )
     else:
         where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")

@@ -21,6 +21,8 @@ class EngineSystem(EngineDriver):
 
 
 class EngineMachine(StrategyMachine):
+    stops_confirm_at_once = False  # the rule stop_confirmed says when (any interleaving)
+
     def make_system(self, strategy: str, max_concurrency: int) -> StrategySystem:
         return EngineSystem(strategy, max_concurrency)
 

@@ -1,8 +1,13 @@
-"""``sleep``: waits ``config.duration`` seconds; cancellable like any other step."""
+"""``sleep``: waits ``config.duration`` seconds; cancellable like any other step.
+
+A retry of a sleep that was interrupted (its executor lost) carries ``until``, the epoch time at which
+the first attempt would have woken: it sleeps only the time left.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 import msgspec
@@ -12,6 +17,7 @@ from legato.executor.step import StepContext, StepResult, parse_config
 
 class SleepConfig(msgspec.Struct, frozen=True):
     duration: Annotated[float, msgspec.Meta(ge=0)]
+    until: float | None = None
 
 
 class SleepRunner:
@@ -19,5 +25,8 @@ class SleepRunner:
 
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, SleepConfig)
-        await asyncio.sleep(config.duration)
+        seconds = config.duration
+        if config.until is not None:
+            seconds = max(0.0, min(seconds, config.until - time.time()))
+        await asyncio.sleep(seconds)
         return StepResult()
