@@ -216,12 +216,8 @@ class ConsumerLoop(Component, Generic[T]):
             ) as exc:
                 failures += 1
                 log.warning("fetch_failed", consumer=self.spec.durable, error=repr(exc))
-                if isinstance(exc, NotFoundError):
-                    # The consumer was removed (e.g. stream recreated): put it back.
-                    try:
-                        await provision_consumer(self.js, self.spec)
-                    except Exception as again:
-                        log.warning("consumer_reprovision_failed", error=repr(again))
+                if isinstance(exc, NotFoundError | ServiceUnavailableError):
+                    await self._reprovision_if_missing()
                 await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
                 continue
             self.stats.fetched += len(msgs)
@@ -234,6 +230,22 @@ class ConsumerLoop(Component, Generic[T]):
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
+
+    async def _reprovision_if_missing(self) -> None:
+        """The consumer was removed (e.g. its stream was deleted and recreated): put it back."""
+        try:
+            await self.js.consumer_info(self.spec.stream, self.spec.durable)
+            return
+        except NotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("consumer_info_failed", consumer=self.spec.durable, error=repr(exc))
+            return
+        try:
+            await provision_consumer(self.js, self.spec)
+            log.warning("consumer_reprovisioned", consumer=self.spec.durable)
+        except Exception as again:
+            log.warning("consumer_reprovision_failed", error=repr(again))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
