@@ -20,6 +20,7 @@ from legato.bus import (
     OutgoingMessage,
     Poison,
     Publisher,
+    Retry,
     Topology,
     provision_streams,
 )
@@ -188,6 +189,48 @@ async def test_poison_and_failing_messages_reach_dead_letter_without_blocking(
     assert "declared poison" in by_payload[msgspec.json.encode(Ping(n=7))]["error"]
     info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_retries_for_ownership_never_count_toward_the_dead_letter_limit(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """A handler that answers Retry (lease moved, owner busy) many more times than ``max_deliveries``
+    gets its message applied in the end, not dead-lettered; real failures still count."""
+    await provision_streams(nc.jetstream(), topo)
+    await publish(nc, topo, [msgspec.json.encode(Ping(n=1)), msgspec.json.encode(Ping(n=2))])
+    calls: dict[int, int] = {1: 0, 2: 0}
+    applied: list[int] = []
+
+    async def handler(d: Delivery[Ping]) -> None:
+        n = d.message.n
+        calls[n] += 1
+        if calls[n] <= 8:
+            raise Retry(0.01, "partition not owned here (yet)")
+        if n == 2:
+            raise ValueError("a real failure")
+        applied.append(n)
+
+    loop = ConsumerLoop(
+        nc.jetstream(),
+        spec_for(topo, "retryc"),
+        DECODER,
+        handler,
+        dead_letters=PostgresDeadLetters(pool),
+        max_deliveries=3,
+        retry_delays=(0.05,),
+    )
+
+    async def done() -> bool:
+        return bool(applied) and await count(pool, "SELECT count(*) FROM dead_letter") >= 1
+
+    await run_until(loop, done)
+    assert applied == [1]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT payload, error FROM dead_letter")
+    assert [bytes(r["payload"]) for r in rows] == [msgspec.json.encode(Ping(n=2))]
+    assert "a real failure" in rows[0]["error"]
+    assert calls[2] == 8 + 3  # eight ownership retries, then three counted failures
+    assert loop.stats.dead_lettered == 1
 
 
 class CrashAfterPublish(Publisher):

@@ -5,6 +5,8 @@ message from the outcome in one place:
 
 - handler returned            -> ack (the handler has committed its Postgres transaction by then)
 - ``Retry(delay)``            -> nak(delay): try again later, not counted as a failure of the message
+  (deliveries this loop settled with a Retry do not count toward ``max_deliveries``: a lease that
+  moved or a busy owner is an ownership problem, never a reason to dead-letter)
 - ``Poison(reason)``, or the payload does not decode -> dead-letter row + term (never retried)
 - any other exception         -> nak with backoff; after ``max_deliveries`` deliveries: dead-letter + term
 - cancellation (shutdown)     -> no settlement: JetStream redelivers after ack_wait
@@ -50,6 +52,8 @@ class MessageDecoder(Protocol[T_co]):
 
 # How long a multi-message fetch may wait to fill up; it is only made when messages are pending.
 BUSY_FETCH_TIMEOUT = 0.05
+# How many retried messages a loop remembers (so Retry naks never count toward the dead-letter limit).
+MAX_RETRIES_REMEMBERED = 100_000
 
 
 class Retry(Exception):
@@ -159,6 +163,8 @@ class ConsumerLoop(Component, Generic[T]):
         # to prove handlers are idempotent end to end. Never set in production.
         self.deliver_twice = os.environ.get("LEGATO_TEST_DELIVER_TWICE") == "1"
         self._in_flight: dict[int, Delivery[T]] = {}
+        # Stream sequence -> deliveries this loop settled with Retry (bounded: oldest forgotten first).
+        self._retried: dict[int, int] = {}
         self._slot_free = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -210,12 +216,8 @@ class ConsumerLoop(Component, Generic[T]):
             ) as exc:
                 failures += 1
                 log.warning("fetch_failed", consumer=self.spec.durable, error=repr(exc))
-                if isinstance(exc, NotFoundError):
-                    # The consumer was removed (e.g. stream recreated): put it back.
-                    try:
-                        await provision_consumer(self.js, self.spec)
-                    except Exception as again:
-                        log.warning("consumer_reprovision_failed", error=repr(again))
+                if isinstance(exc, NotFoundError | ServiceUnavailableError):
+                    await self._reprovision_if_missing()
                 await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
                 continue
             self.stats.fetched += len(msgs)
@@ -228,6 +230,22 @@ class ConsumerLoop(Component, Generic[T]):
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
+
+    async def _reprovision_if_missing(self) -> None:
+        """The consumer was removed (e.g. its stream was deleted and recreated): put it back."""
+        try:
+            await self.js.consumer_info(self.spec.stream, self.spec.durable)
+            return
+        except NotFoundError:
+            pass
+        except Exception as exc:
+            log.warning("consumer_info_failed", consumer=self.spec.durable, error=repr(exc))
+            return
+        try:
+            await provision_consumer(self.js, self.spec)
+            log.warning("consumer_reprovisioned", consumer=self.spec.durable)
+        except Exception as again:
+            log.warning("consumer_reprovision_failed", error=repr(again))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -252,8 +270,9 @@ class ConsumerLoop(Component, Generic[T]):
         seq = meta.sequence.stream
         headers = dict(msg.headers or {})
         msg_id = headers.get(MSG_ID_HEADER) or f"{self.spec.stream}:{seq}"
-        deliveries = meta.num_delivered
-        if deliveries > 1:
+        # Deliveries that count toward the limit: those not answered with a Retry by this loop.
+        deliveries = max(1, meta.num_delivered - self._retried.get(seq, 0))
+        if meta.num_delivered > 1:
             self.stats.redelivered += 1
             metrics().consumer_redeliveries.add(stream=self.stream_label)
         if deliveries > self.max_deliveries:
@@ -271,7 +290,7 @@ class ConsumerLoop(Component, Generic[T]):
             raw=msg,
             subject=msg.subject,
             headers=headers,
-            num_delivered=deliveries,
+            num_delivered=meta.num_delivered,
             stream_seq=seq,
             msg_id=msg_id,
         )
@@ -294,11 +313,12 @@ class ConsumerLoop(Component, Generic[T]):
             ):
                 await self.handler(delivery)
                 if self.deliver_twice:
-                    again = dataclasses.replace(delivery, num_delivered=deliveries + 1)
+                    again = dataclasses.replace(delivery, num_delivered=meta.num_delivered + 1)
                     await self.handler(again)
         except asyncio.CancelledError:
             raise  # not settled: redelivered after ack_wait
         except Retry as exc:
+            self._note_retry(seq)
             await self._settle(msg.nak(delay=exc.delay), "naked")
             self._handled("retried")
         except Poison as exc:
@@ -322,8 +342,14 @@ class ConsumerLoop(Component, Generic[T]):
         else:
             await self._settle(msg.ack(), "acked")
             self._handled("acked")
+            self._retried.pop(seq, None)
         finally:
             self._in_flight.pop(seq, None)
+
+    def _note_retry(self, seq: int) -> None:
+        self._retried[seq] = self._retried.get(seq, 0) + 1
+        while len(self._retried) > MAX_RETRIES_REMEMBERED:
+            del self._retried[next(iter(self._retried))]
 
     def _handled(self, result: str) -> None:
         metrics().consumer_handled.add(stream=self.stream_label, result=result)

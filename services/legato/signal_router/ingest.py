@@ -114,6 +114,14 @@ class _Candidate:
     members: dict[str, Any]  # leg -> {"id", "name", "at", "fields", "tp"}
 
 
+def anonymous_signal_id(stream_seq: int, published_at: datetime) -> str:
+    """The id of a signal published without a message id: its stream sequence and the time JetStream
+    stored it (microseconds). A redelivery keeps both; a recreated stream restarts its sequence at 1, but
+    at a later time, so its new signals never collide with the old ones as duplicates."""
+    micros = (published_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+    return f"{stream_seq}@{micros}"
+
+
 class SignalIngest(Component):
     """Applies queued signal deliveries in batched transactions (see the module docstring)."""
 
@@ -214,11 +222,11 @@ class SignalIngest(Component):
 
     def parse(self, d: Delivery[bytes], traceparent: str | None) -> IncomingSignal:
         name = d.subject[len(self.topology.signal_prefix) :]
-        sig_id = d.headers.get(MSG_ID_HEADER) or str(d.stream_seq)
         try:
             published_at = d.raw.metadata.timestamp
         except Exception:
             published_at = datetime.now(UTC)
+        sig_id = d.headers.get(MSG_ID_HEADER) or anonymous_signal_id(d.stream_seq, published_at)
         sig = IncomingSignal(
             name=name,
             id=sig_id,
