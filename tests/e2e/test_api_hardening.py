@@ -3,6 +3,9 @@ conflict on a different request, actions naming an unknown step are errors."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,14 @@ from legato.protocol import encode
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEGATO_NATS_URL": settings.nats_url, "LEGATO_NAMESPACE": settings.namespace}
+    return subprocess.run(
+        [sys.executable, "-m", "legato.cli.main", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
 
 ONE = """
 id: one
@@ -80,6 +91,8 @@ async def test_a_start_the_scheduler_cannot_apply_fails_its_run_never_pending(
             assert info["status"] == "failed", info
             assert f"no version {version}" in info["error"]
         assert (await wait_for(client, good["instance_id"]))["status"] == "succeeded"
+        shown = cli(settings, "show", "bad-99")
+        assert shown.returncode == 0 and "FAILED" in shown.stdout.upper() and "no version 99" in shown.stdout
         dead = await client.call("dead_letter.list", {})
         assert dead["dead_letters"] == [], dead
 

@@ -143,3 +143,17 @@ class SetSignalSchema(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fiel
 
     name: str
     schema: dict[str, Any] | None = None
+
+
+# --- dead letters (see legato.trigger.dead_letter_api) -------------------------------------------------
+
+
+class ListDeadLetters(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: int = 50
+    before: int | None = None  # id of the last row of the previous page (newest first)
+    include_done: bool = False  # replayed and discarded ones too
+
+
+class DeadLetterRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: int
+    reason: str = ""

@@ -39,6 +39,7 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.dead_letter_api import DeadLetterApi
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -123,6 +124,7 @@ class ApiService(Component):
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
             **SignalApi(self.nc, self.pool, self.topology).endpoints(),
+            **DeadLetterApi(self.nc, self.pool, wake_relay=self.wake_relay).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
@@ -827,8 +829,6 @@ class ApiService(Component):
                 info = await Q.get_instance(
                     conn, req.instance_id, timeline_limit=req.timeline_limit, steps_limit=req.steps_limit
                 )
-                compiled = await self.compiled(conn, info["workflow_id"], info["version"])
-                return Q.with_all_steps(info, compiled.topo_order)
             except ApiError as exc:
                 if exc.code != "not_found":
                     raise
@@ -845,6 +845,11 @@ class ApiService(Component):
                         "timeline": [],
                     }
                 raise
+            try:
+                compiled = await self.compiled(conn, info["workflow_id"], info["version"])
+            except ApiError:
+                return info  # a run failed because its version does not exist: no graph to show
+            return Q.with_all_steps(info, compiled.topo_order)
 
     async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
