@@ -47,7 +47,8 @@ class StartInstance(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields
 class InstanceRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     instance_id: str
     timeline_limit: int = 200
-    steps_limit: int = 1000
+    steps_limit: int = 1000  # at most 1000 steps' details per reply (fewer when they are large)
+    steps_offset: int = 0  # where the page starts: ``steps_next`` of the previous reply
 
 
 class ListInstances(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -40,6 +40,7 @@ from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
 from legato.trigger.dead_letter_api import DeadLetterApi
+from legato.trigger.replies import reply_budget
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -825,13 +826,10 @@ class ApiService(Component):
 
     async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            try:
-                info = await Q.get_instance(
-                    conn, req.instance_id, timeline_limit=req.timeline_limit, steps_limit=req.steps_limit
-                )
-            except ApiError as exc:
-                if exc.code != "not_found":
-                    raise
+            run = await conn.fetchrow(
+                "SELECT workflow_id, version FROM workflow_instance WHERE id = $1", req.instance_id
+            )
+            if run is None:
                 # Accepted but not yet applied by the scheduler: say so instead of "unknown".
                 workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
                     "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
@@ -844,12 +842,22 @@ class ApiService(Component):
                         "steps": [],
                         "timeline": [],
                     }
-                raise
+                raise ApiError(
+                    "not_found", f"unknown run {req.instance_id!r}", {"instance_id": req.instance_id}
+                )
             try:
-                compiled = await self.compiled(conn, info["workflow_id"], info["version"])
+                order = (await self.compiled(conn, run["workflow_id"], run["version"])).topo_order
             except ApiError:
-                return info  # a run failed because its version does not exist: no graph to show
-            return Q.with_all_steps(info, compiled.topo_order)
+                order = []  # a run failed because its version does not exist: no graph to show
+            return await Q.get_instance(
+                conn,
+                req.instance_id,
+                timeline_limit=req.timeline_limit,
+                steps_limit=req.steps_limit,
+                steps_offset=req.steps_offset,
+                order=order,
+                budget=reply_budget(self.nc),
+            )
 
     async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
