@@ -276,6 +276,9 @@ def print_instance(info: dict[str, Any]) -> None:
     if info.get("params"):
         print("params: " + json.dumps(info["params"], sort_keys=True, default=str))
     steps = info.get("steps") or []
+    if info.get("step_counts"):
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(info["step_counts"].items()))
+        print(f"steps: {info.get('steps_total', len(steps))} ({counts})")
     if steps:
         print()
         render.table(
@@ -312,8 +315,23 @@ def print_instance(info: dict[str, Any]) -> None:
             print(f"  {render.short_time(t['at'])}  {t['message'] or t['event']}{who}")
 
 
+async def get_all_steps(c: LegatoClient, instance_id: str) -> dict[str, Any]:
+    """A run with every step: the API pages step details (``steps_next``); follow the pages."""
+    info = await c.get(instance_id)
+    for _ in range(100_000):  # bounded: each page holds at least one step
+        offset = info.get("steps_next")
+        if offset is None:
+            break
+        more = await c.get(instance_id, timeline_limit=0, steps_offset=offset)
+        if not more.get("steps"):
+            break
+        info["steps"].extend(more["steps"])
+        info["steps_next"] = more.get("steps_next")
+    return info
+
+
 async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
-    info = await c.get(args.instance)
+    info = await get_all_steps(c, args.instance)
     if getattr(args, "trace", False):
         from legato.cli.trace_view import build_trace_tree, render_trace_tree
 

@@ -47,7 +47,8 @@ class StartInstance(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields
 class InstanceRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     instance_id: str
     timeline_limit: int = 200
-    steps_limit: int = 1000
+    steps_limit: int = 1000  # at most 1000 steps' details per reply (fewer when they are large)
+    steps_offset: int = 0  # where the page starts: ``steps_next`` of the previous reply
 
 
 class ListInstances(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,3 +144,17 @@ class SetSignalSchema(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fiel
 
     name: str
     schema: dict[str, Any] | None = None
+
+
+# --- dead letters (see legato.trigger.dead_letter_api) -------------------------------------------------
+
+
+class ListDeadLetters(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: int = 50
+    before: int | None = None  # id of the last row of the previous page (newest first)
+    include_done: bool = False  # replayed and discarded ones too
+
+
+class DeadLetterRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: int
+    reason: str = ""

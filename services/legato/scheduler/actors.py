@@ -171,8 +171,10 @@ class WorkflowActor:
             state.row.paused = row["paused"]
             versions = {state.row.active_version, *(i.version for i in state.instances.values())}
             starts = [e.message for e in batch if isinstance(e.message, StartRun)]
-            versions.update(m.version for m in starts if m.version is not None)
-            await reg.definitions.ensure(conn, self.workflow_id, versions)
+            asked = {m.version for m in starts if m.version is not None}
+            versions.update(asked)
+            await reg.definitions.ensure(conn, self.workflow_id, versions, optional=asked)
+            versions = {v for v in versions if reg.definitions.has(self.workflow_id, v)}
             existing: set[str] = set()
             if starts:
                 existing = {
@@ -285,8 +287,13 @@ class WorkflowActor:
                 if msg.instance_id in existing or msg.instance_id in state.instances:
                     return  # the same trigger again: one run per trigger key
                 existing.add(msg.instance_id)
-                version = msg.version or state.row.active_version
+                version = state.row.active_version if msg.version is None else msg.version
                 inst = engine.new_instance(msg, version, "created", parent)
+                if not self.registry.definitions.has(msg.workflow_id, version):
+                    # Never dead-letter a start (its run would stay pending forever): the run fails.
+                    error = f"workflow {msg.workflow_id!r} has no version {version}"
+                    engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
+                    return
                 if not state.row.active and msg.parent is None:
                     engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
                     return

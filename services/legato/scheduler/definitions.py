@@ -33,7 +33,16 @@ class DefinitionCache:
     def has(self, workflow_id: str, version: int) -> bool:
         return (workflow_id, version) in self._items
 
-    async def ensure(self, conn: asyncpg.Connection, workflow_id: str, versions: set[int]) -> None:
+    async def ensure(
+        self,
+        conn: asyncpg.Connection,
+        workflow_id: str,
+        versions: set[int],
+        *,
+        optional: set[int] | None = None,
+    ) -> None:
+        """Load ``versions``; a version in ``optional`` (asked for by a start message) may not exist: the
+        caller fails that run instead of failing the whole batch."""
         missing = [v for v in versions if (workflow_id, v) not in self._items]
         if not missing:
             return
@@ -49,6 +58,6 @@ class DefinitionCache:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
         found = {r["version"] for r in rows}
-        lost = set(missing) - found
+        lost = set(missing) - found - (optional or set())
         if lost:
             raise UnknownVersion(f"workflow {workflow_id} has no version(s) {sorted(lost)}")

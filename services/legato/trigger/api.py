@@ -8,6 +8,7 @@ Requests are served concurrently (bounded); ``instance.start`` goes through a gr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -38,6 +39,8 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.dead_letter_api import DeadLetterApi
+from legato.trigger.replies import reply_budget
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -58,6 +61,8 @@ class _PendingStart:
     params: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]
     headers: dict[str, str]
+    request_id: str
+    digest: str
 
 
 class ApiService(Component):
@@ -120,6 +125,7 @@ class ApiService(Component):
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
             **SignalApi(self.nc, self.pool, self.topology).endpoints(),
+            **DeadLetterApi(self.nc, self.pool, wake_relay=self.wake_relay).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
@@ -502,6 +508,26 @@ class ApiService(Component):
                 )
         return r
 
+    async def _check_step(self, instance_id: str, step_id: str) -> None:
+        """An action naming a step the run does not have is an error, not an accepted no-op."""
+        async with self.pool.acquire() as conn:
+            r = await conn.fetchrow(
+                "SELECT workflow_id, version FROM workflow_instance WHERE id = $1", instance_id
+            )
+            if r is None:
+                raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
+            order = (await self.compiled(conn, r["workflow_id"], r["version"])).topo_order
+            if step_id in order or await conn.fetchval(
+                "SELECT 1 FROM step_run WHERE instance_id = $1 AND step_id = $2", instance_id, step_id
+            ):
+                return
+        shown = ", ".join(order[:20]) + ("…" if len(order) > 20 else "")
+        raise ApiError(
+            "not_found",
+            f"run {instance_id} has no step {step_id!r} (its steps: {shown})",
+            {"instance_id": instance_id, "step_id": step_id},
+        )
+
     async def instance_stop(self, req: A.InstanceAction) -> dict[str, Any]:
         r = await self._instance_for_action(req.instance_id, ("queued", "running"), "stop")
         return await self._action(
@@ -529,6 +555,8 @@ class ApiService(Component):
     async def instance_restart(self, req: A.InstanceAction) -> dict[str, Any]:
         allowed = ("failed", "timed_out", "stopped") + (("succeeded",) if req.step_id else ())
         r = await self._instance_for_action(req.instance_id, allowed, "restart")
+        if req.step_id:
+            await self._check_step(req.instance_id, req.step_id)
         return await self._action(
             r["workflow_id"],
             "restart",
@@ -545,6 +573,7 @@ class ApiService(Component):
         r = await self._instance_for_action(
             req.instance_id, ("running", "failed", "timed_out"), "skip a step of"
         )
+        await self._check_step(req.instance_id, req.step_id)
         return await self._action(
             r["workflow_id"],
             "skip_step",
@@ -637,6 +666,12 @@ class ApiService(Component):
         return chosen, compiled
 
     async def instance_start(self, req: A.StartInstance) -> dict[str, Any]:
+        if req.version is not None and req.version < 1:
+            raise ApiError(
+                "bad_request", f"version: must be >= 1, got {req.version}", {"version": req.version}
+            )
+        if req.request_id is not None and not 1 <= len(req.request_id) <= 200:
+            raise ApiError("bad_request", f"request_id: must be 1..200 characters, got {len(req.request_id)}")
         version, compiled = await self._start_target(req.workflow_id, req.version)
         request_id = req.request_id or new_request_id()
         trigger_key = f"api:{request_id}"
@@ -671,6 +706,8 @@ class ApiService(Component):
             params=dict(req.params),
             future=asyncio.get_running_loop().create_future(),
             headers=inject_headers({}),
+            request_id=request_id,
+            digest=request_digest(req.params, req.version),
         )
         await self._starts.put(pending)
         return await pending.future
@@ -690,6 +727,10 @@ class ApiService(Component):
                         p.future.set_exception(exc)
                 continue
             for p, res in zip(batch, results, strict=True):
+                if isinstance(res, ApiError):
+                    if not p.future.done():
+                        p.future.set_exception(res)
+                    continue
                 if not p.future.done():
                     p.future.set_result(res)
                 self._accepted[p.instance_id] = p.req.workflow_id
@@ -697,32 +738,60 @@ class ApiService(Component):
                 self._accepted.popitem(last=False)
             self.wake_relay()
 
-    async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any]]:
+    async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any] | ApiError]:
         ids = [p.instance_id for p in batch]
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
-            existing = {
-                r["id"]: r["status"]
-                for r in await conn.fetch(
-                    "SELECT id, status FROM workflow_instance WHERE id = ANY($1::text[])", ids
-                )
-            }
-            out: list[dict[str, Any]] = []
+            # A run the scheduler created, or a start accepted and not applied yet: the same request_id
+            # again is a duplicate when the request is the same, a conflict when it is not.
+            existing: dict[str, str] = {}
+            digests: dict[str, str | None] = {}
+            run_versions: dict[str, int] = {}
+            for r in await conn.fetch(
+                "SELECT i.id, i.status, i.run_params, i.version, a.request_digest FROM workflow_instance i "
+                "LEFT JOIN accepted_start a ON a.instance_id = i.id WHERE i.id = ANY($1::text[])",
+                ids,
+            ):
+                existing[r["id"]] = r["status"]
+                digests[r["id"]] = r["request_digest"]
+                if r["request_digest"] is None:  # accepted long ago (pruned): compare with the run
+                    run_versions[r["id"]] = r["version"]
+                    digests[r["id"]] = request_digest(r["run_params"] or {}, None)
+            for r in await conn.fetch(
+                "SELECT instance_id, request_digest FROM accepted_start WHERE instance_id = ANY($1::text[])",
+                ids,
+            ):
+                if r["instance_id"] not in existing:
+                    existing[r["instance_id"]] = "pending"
+                    digests[r["instance_id"]] = r["request_digest"]
+            out: list[dict[str, Any] | ApiError] = []
             msgs: list[OutgoingMessage] = []
-            seen: set[str] = set()
+            fresh: list[_PendingStart] = []
             for p in batch:
-                dup = p.instance_id in existing or p.instance_id in seen
-                seen.add(p.instance_id)
+                if p.instance_id in existing:
+                    if not _same_request(p, digests.get(p.instance_id), run_versions.get(p.instance_id)):
+                        out.append(_conflict(p))
+                        continue
+                    out.append(
+                        {
+                            "instance_id": p.instance_id,
+                            "workflow_id": p.req.workflow_id,
+                            "status": existing[p.instance_id],
+                            "duplicate": True,
+                        }
+                    )
+                    continue
+                existing[p.instance_id] = "pending"
+                digests[p.instance_id] = p.digest
+                fresh.append(p)
                 out.append(
                     {
                         "instance_id": p.instance_id,
                         "workflow_id": p.req.workflow_id,
-                        "status": existing.get(p.instance_id, "pending"),
-                        "duplicate": dup,
+                        "status": "pending",
+                        "duplicate": False,
                     }
                 )
-                if p.instance_id in existing:
-                    continue
                 start = StartRun(
                     workflow_id=p.req.workflow_id,
                     trigger_key=p.trigger_key,
@@ -741,13 +810,13 @@ class ApiService(Component):
                     )
                 )
             await add_to_outbox(conn, msgs)
-            if msgs:
-                fresh = [p for p in batch if p.instance_id not in existing]
+            if fresh:
                 await conn.execute(
-                    "INSERT INTO accepted_start (instance_id, workflow_id) "
-                    "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING",
+                    "INSERT INTO accepted_start (instance_id, workflow_id, request_digest) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
                     [p.instance_id for p in fresh],
                     [p.req.workflow_id for p in fresh],
+                    [p.digest for p in fresh],
                 )
             if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
                 # Long since applied by the scheduler (or visible as a run): no need to remember them.
@@ -757,15 +826,10 @@ class ApiService(Component):
 
     async def instance_get(self, req: A.InstanceRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            try:
-                info = await Q.get_instance(
-                    conn, req.instance_id, timeline_limit=req.timeline_limit, steps_limit=req.steps_limit
-                )
-                compiled = await self.compiled(conn, info["workflow_id"], info["version"])
-                return Q.with_all_steps(info, compiled.topo_order)
-            except ApiError as exc:
-                if exc.code != "not_found":
-                    raise
+            run = await conn.fetchrow(
+                "SELECT workflow_id, version FROM workflow_instance WHERE id = $1", req.instance_id
+            )
+            if run is None:
                 # Accepted but not yet applied by the scheduler: say so instead of "unknown".
                 workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
                     "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
@@ -778,7 +842,22 @@ class ApiService(Component):
                         "steps": [],
                         "timeline": [],
                     }
-                raise
+                raise ApiError(
+                    "not_found", f"unknown run {req.instance_id!r}", {"instance_id": req.instance_id}
+                )
+            try:
+                order = (await self.compiled(conn, run["workflow_id"], run["version"])).topo_order
+            except ApiError:
+                order = []  # a run failed because its version does not exist: no graph to show
+            return await Q.get_instance(
+                conn,
+                req.instance_id,
+                timeline_limit=req.timeline_limit,
+                steps_limit=req.steps_limit,
+                steps_offset=req.steps_offset,
+                order=order,
+                budget=reply_budget(self.nc),
+            )
 
     async def instance_list(self, req: A.ListInstances) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
@@ -803,6 +882,31 @@ class ApiService(Component):
                 after=req.after,
                 limit=max(1, min(req.limit, 1000)),
             )
+
+
+def request_digest(params: dict[str, Any], version: int | None) -> str:
+    """What makes two start requests "the same request" for one request_id: params and pinned version."""
+    canonical = msgspec.json.encode({"params": params, "version": version}, order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _same_request(p: _PendingStart, digest: str | None, run_version: int | None) -> bool:
+    if digest is None or digest == p.digest:
+        return True
+    if run_version is not None:
+        # A run applied after its accepted_start row was pruned: compare params, and a pinned version.
+        same_params = digest == request_digest(p.params, None)
+        return same_params and (p.req.version is None or p.req.version == run_version)
+    return False
+
+
+def _conflict(p: _PendingStart) -> ApiError:
+    return ApiError(
+        "conflict",
+        f"request_id {p.request_id!r} was already used for a different start of {p.req.workflow_id} "
+        f"(run {p.instance_id}): the same key must carry the same params and version; use a new request_id",
+        {"request_id": p.request_id, "instance_id": p.instance_id, "workflow_id": p.req.workflow_id},
+    )
 
 
 def _ids_of(body: Any) -> dict[str, Any]:

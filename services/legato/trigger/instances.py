@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 
 from legato.protocol.api import ApiError
+from legato.trigger.replies import FIELD_LIMIT, fit, size_of, truncated
 
 
 def iso(value: datetime | None) -> str | None:
@@ -124,8 +125,17 @@ def _queued_reason(
 
 
 async def get_instance(
-    conn: asyncpg.Connection, instance_id: str, *, timeline_limit: int = 200, steps_limit: int = 1000
+    conn: asyncpg.Connection,
+    instance_id: str,
+    *,
+    timeline_limit: int = 200,
+    steps_limit: int = 1000,
+    steps_offset: int = 0,
+    order: list[str] | None = None,
+    budget: int = 1_000_000,
 ) -> dict[str, Any]:
+    """One run with a page of its steps (graph order, then steps added at run time) and counts for all
+    of them, cut so the whole reply fits in ``budget`` bytes; ``steps_next`` is the next page's offset."""
     r = await conn.fetchrow(
         f"SELECT {SUMMARY_COLUMNS}, params, run_params, outputs, trigger_key, unblocked, traceparent, "
         "parent_step_id, parent_iteration, requested_at FROM workflow_instance WHERE id = $1",
@@ -133,11 +143,13 @@ async def get_instance(
     )
     if r is None:
         raise ApiError("not_found", f"unknown run {instance_id!r}", {"instance_id": instance_id})
+    big = max(FIELD_LIMIT, budget // 8)  # a run's own params and outputs get more room than a step's
     out = instance_summary(r)
     out.update(
-        params=r["params"],
-        run_params=r["run_params"],
-        outputs=r["outputs"],
+        params=truncated(r["params"], big),
+        run_params=truncated(r["run_params"], big),
+        outputs=truncated(r["outputs"], big),
+        error=truncated(r["error"], FIELD_LIMIT),
         trigger_key=r["trigger_key"],
         unblocked=r["unblocked"],
         traceparent=r["traceparent"],
@@ -147,17 +159,71 @@ async def get_instance(
         requested_at=iso(r["requested_at"]),
         reason=(await explain_queued(conn, [r])).get(r["id"], r["reason"]),
     )
+    timeline = await conn.fetch(
+        "SELECT at, step_id, event, message, actor, details FROM timeline WHERE instance_id = $1 "
+        "ORDER BY id DESC LIMIT $2",
+        instance_id,
+        max(0, min(timeline_limit, 1000)),
+    )
+    out["timeline"] = [
+        {
+            "at": iso(t["at"]),
+            "step_id": t["step_id"],
+            "event": t["event"],
+            "message": truncated(t["message"], 4096),
+            "actor": t["actor"],
+            "details": truncated(t["details"], 4096),
+        }
+        for t in reversed(timeline)
+    ]
+    # Newest timeline entries win when the timeline alone would not fit in half the budget.
+    while out["timeline"] and size_of(out["timeline"]) > budget // 2:
+        out["timeline"] = out["timeline"][len(out["timeline"]) // 4 + 1 :]
+    await _add_steps(
+        conn,
+        out,
+        order or [],
+        offset=max(0, steps_offset),
+        limit=max(0, min(steps_limit, 1000)),
+        budget=budget,
+    )
+    return out
+
+
+async def _add_steps(
+    conn: asyncpg.Connection, out: dict[str, Any], order: list[str], *, offset: int, limit: int, budget: int
+) -> None:
+    instance_id = out["instance_id"]
+    have = {
+        s["step_id"]: s["status"]
+        for s in await conn.fetch(
+            "SELECT step_id, status FROM step_run WHERE instance_id = $1 ORDER BY created_at, step_id",
+            instance_id,
+        )
+    }
+    known = set(order)
+    ids = list(order) + [sid for sid in have if sid not in known]
+    counts: dict[str, int] = {}
+    for sid in ids:
+        status = have.get(sid, "pending")
+        counts[status] = counts.get(status, 0) + 1
+    out["steps_total"] = len(ids)
+    out["step_counts"] = counts
+    out["steps_offset"] = offset
+    page_ids = ids[offset : offset + limit]
     steps = await conn.fetch(
         "SELECT step_id, status, attempts, current_attempt_id, retries_error, retries_platform, retries_timeout, "
         "failure_ignored, params, outputs, error, reason, created_at, started_at, ended_at, progress, signals "
-        "FROM step_run WHERE instance_id = $1 ORDER BY created_at, step_id LIMIT $2",
+        "FROM step_run WHERE instance_id = $1 AND step_id = ANY($2::text[])",
         instance_id,
-        steps_limit,
+        page_ids,
     )
     attempts = await conn.fetch(
         "SELECT id, step_id, attempt, status, failure_kind, executor, queue, dispatched_at, started_at, ended_at, "
-        "outputs, error, exit_code, log_tail FROM step_attempt WHERE instance_id = $1 ORDER BY step_id, attempt",
+        "outputs, error, exit_code, log_tail FROM step_attempt WHERE instance_id = $1 AND step_id = ANY($2::text[]) "
+        "ORDER BY step_id, attempt",
         instance_id,
+        page_ids,
     )
     by_step: dict[str, list[dict[str, Any]]] = {}
     for a in attempts:
@@ -172,56 +238,63 @@ async def get_instance(
                 "dispatched_at": iso(a["dispatched_at"]),
                 "started_at": iso(a["started_at"]),
                 "ended_at": iso(a["ended_at"]),
-                "outputs": a["outputs"],
-                "error": a["error"],
+                "outputs": truncated(a["outputs"]),
+                "error": truncated(a["error"]),
                 "exit_code": a["exit_code"],
-                "log_tail": a["log_tail"],
+                "log_tail": truncated(a["log_tail"]),
             }
         )
     live = {
         s["step_id"]: await live_step_reason(conn, s["reason"]) for s in steps if s["status"] == "waiting"
     }
-    out["steps"] = [
-        {
-            "step_id": s["step_id"],
+    rows = {s["step_id"]: s for s in steps}
+
+    def render(sid: str) -> dict[str, Any]:
+        s = rows.get(sid)
+        if s is None:
+            return _pending_step(sid)
+        return {
+            "step_id": sid,
             "status": s["status"],
-            "attempts": by_step.get(s["step_id"], []),
+            "attempts": by_step.get(sid, []),
             "retries": {
                 "error": s["retries_error"],
                 "platform": s["retries_platform"],
                 "timeout": s["retries_timeout"],
             },
             "failure_ignored": s["failure_ignored"],
-            "params": s["params"],
-            "outputs": s["outputs"],
-            "error": s["error"],
-            "reason": live.get(s["step_id"], s["reason"]),
+            "params": truncated(s["params"]),
+            "outputs": truncated(s["outputs"]),
+            "error": truncated(s["error"]),
+            "reason": live.get(sid, s["reason"]),
             "created_at": iso(s["created_at"]),
             "started_at": iso(s["started_at"]),
             "ended_at": iso(s["ended_at"]),
-            "signals": s["signals"],
+            "signals": truncated(s["signals"]),
             "progress": _progress_view(s["progress"]),
         }
-        for s in steps
-    ]
-    timeline = await conn.fetch(
-        "SELECT at, step_id, event, message, actor, details FROM timeline WHERE instance_id = $1 "
-        "ORDER BY id DESC LIMIT $2",
-        instance_id,
-        timeline_limit,
-    )
-    out["timeline"] = [
-        {
-            "at": iso(t["at"]),
-            "step_id": t["step_id"],
-            "event": t["event"],
-            "message": t["message"],
-            "actor": t["actor"],
-            "details": t["details"],
-        }
-        for t in reversed(timeline)
-    ]
-    return out
+
+    room = budget - size_of(out) - 64
+    out["steps"] = fit(page_ids, room, render)
+    end = offset + len(out["steps"])
+    out["steps_next"] = end if end < len(ids) else None
+
+
+def _pending_step(sid: str) -> dict[str, Any]:
+    return {
+        "step_id": sid,
+        "status": "pending",
+        "attempts": [],
+        "retries": {"error": 0, "platform": 0, "timeout": 0},
+        "failure_ignored": False,
+        "params": None,
+        "outputs": None,
+        "error": None,
+        "reason": None,
+        "created_at": None,
+        "started_at": None,
+        "ended_at": None,
+    }
 
 
 async def live_step_reason(conn: asyncpg.Connection, reason: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -330,30 +403,3 @@ async def list_instances(
         "instances": [{**instance_summary(r), "reason": why.get(r["id"], r["reason"])} for r in page],
         "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
     }
-
-
-def with_all_steps(info: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Every step of the definition in graph order; steps not decided yet are ``pending``."""
-    have = {s["step_id"]: s for s in info["steps"]}
-    steps = []
-    for sid in order:
-        steps.append(
-            have.pop(sid, None)
-            or {
-                "step_id": sid,
-                "status": "pending",
-                "attempts": [],
-                "retries": {"error": 0, "platform": 0, "timeout": 0},
-                "failure_ignored": False,
-                "params": None,
-                "outputs": None,
-                "error": None,
-                "reason": None,
-                "created_at": None,
-                "started_at": None,
-                "ended_at": None,
-            }
-        )
-    steps.extend(have.values())
-    info["steps"] = steps
-    return info

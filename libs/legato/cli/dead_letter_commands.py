@@ -1,0 +1,128 @@
+"""``legato dead-letters list|show|replay|discard``: the messages consumers gave up on, through the API."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from legato.cli import render
+from legato.client import LegatoClient
+
+ApiParser = Callable[..., argparse.ArgumentParser]
+MAX_LIST = 100_000  # rows `list --limit` will page through at most
+
+
+def add_dead_letter_commands(sub: Any, api: ApiParser) -> None:
+    """Register ``legato dead-letters …`` under the top-level subparsers (``api`` adds ``--json``)."""
+    dl = sub.add_parser(
+        "dead-letters", help="messages that could not be processed: list, show, replay, discard"
+    )
+    dsub = dl.add_subparsers(dest="dead_letter_command", required=True, metavar="ACTION")
+    sp = api(
+        "list", cmd_dead_letters_list, "dead letters, newest first (not yet replayed or discarded)", dsub
+    )
+    sp.add_argument("--all", action="store_true", help="replayed and discarded ones too")
+    sp.add_argument("--limit", type=int, default=50)
+    sp = api("show", cmd_dead_letter_show, "one dead letter: raw message, headers, error, deliveries", dsub)
+    sp.add_argument("id", type=int)
+    sp = api("replay", cmd_dead_letter_replay, "publish the message again to its subject (once)", dsub)
+    sp.add_argument("id", type=int)
+    sp.add_argument("--reason", default="", help="why (logged with the actor)")
+    sp = api("discard", cmd_dead_letter_discard, "mark a dead letter as handled without replaying it", dsub)
+    sp.add_argument("id", type=int)
+    sp.add_argument("--reason", default="", help="why (logged with the actor)")
+
+
+async def cmd_dead_letters_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    limit = max(1, min(args.limit, MAX_LIST))
+    rows: list[dict[str, Any]] = []
+    before: int | None = None
+    while len(rows) < limit:  # bounded: every page returns at least one row or ends
+        res = await c.call(
+            "dead_letter.list",
+            {"limit": min(1000, limit - len(rows)), "before": before, "include_done": args.all},
+        )
+        rows.extend(res["dead_letters"])
+        before = res.get("next")
+        if before is None or not res["dead_letters"]:
+            break
+    if args.json:
+        render.dump_json({"dead_letters": rows, "next": before})
+        return 0
+    render.table(
+        ["id", "created", "consumer", "subject", "deliveries", "state", "error"],
+        [
+            [
+                d["id"],
+                render.short_time(d["created_at"]),
+                d["consumer"],
+                d["subject"],
+                d["deliveries"],
+                _state(d),
+                d["error"] if isinstance(d["error"], str) else render.compact_json(d["error"]),
+            ]
+            for d in rows
+        ],
+    )
+    return 0
+
+
+def _state(d: dict[str, Any]) -> str:
+    if d.get("discarded_at"):
+        return "discarded"
+    if d.get("replayed_at"):
+        return "replayed"
+    return "open"
+
+
+async def cmd_dead_letter_show(args: argparse.Namespace, c: LegatoClient) -> int:
+    d = await c.call("dead_letter.get", {"id": args.id})
+    if args.json:
+        render.dump_json(d)
+        return 0
+    print(f"dead letter {d['id']}  ({_state(d)})")
+    print(f"  stream      {d['stream']} seq {d['stream_seq']}  consumer {d['consumer']}")
+    print(f"  subject     {d['subject']}")
+    print(f"  msg id      {d['msg_id']}")
+    print(f"  deliveries  {d['deliveries']}  at {render.short_time(d['created_at'])}")
+    if d.get("replayed_at"):
+        print(f"  replayed    {render.short_time(d['replayed_at'])} by {d.get('replayed_by') or '?'}")
+    if d.get("discarded_at"):
+        print(f"  discarded   {render.short_time(d['discarded_at'])} by {d.get('discarded_by') or '?'}")
+    print(f"  error       {d['error']}")
+    print("  headers")
+    headers = d["headers"] if isinstance(d["headers"], dict) else {}
+    for k, v in sorted(headers.items()):
+        print(f"    {k}: {v}")
+    payload = d["payload"]
+    if d["payload_encoding"] == "base64":
+        raw = base64.b64decode(payload)
+        payload = raw.decode(errors="backslashreplace")
+    cut = f" (first part of {d['payload_bytes']} bytes)" if d["payload_truncated"] else ""
+    print(f"  message{cut}")
+    print("    " + payload)
+    return 0
+
+
+async def cmd_dead_letter_replay(args: argparse.Namespace, c: LegatoClient) -> int:
+    d = await c.call("dead_letter.replay", {"id": args.id, "reason": args.reason})
+    if args.json:
+        render.dump_json(d)
+    elif d["replayed"]:
+        print(f"dead letter {d['id']} replayed to {d['subject']}")
+    else:
+        print(
+            f"dead letter {d['id']} was already replayed at {render.short_time(d['replayed_at'])}: not sent again"
+        )
+    return 0
+
+
+async def cmd_dead_letter_discard(args: argparse.Namespace, c: LegatoClient) -> int:
+    d = await c.call("dead_letter.discard", {"id": args.id, "reason": args.reason})
+    if args.json:
+        render.dump_json(d)
+    else:
+        print(f"dead letter {d['id']} discarded")
+    return 0

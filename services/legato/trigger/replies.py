@@ -1,0 +1,62 @@
+"""Replies that always fit in one NATS message: a byte budget read from the server's ``max_payload``,
+pages cut to that budget, and large fields replaced by a marker (fetched separately).
+
+A reply over the server's max payload is never sent (the client would wait out its timeout): lists stop
+adding rows when the budget is spent and say where to go on (``next``/``next_cursor``), single large
+fields are truncated with ``{"truncated": true, "bytes": N, "preview": …}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
+ENVELOPE_RESERVE = 8 * 1024  # {"result": …}, the page's own fields, headers
+FIELD_LIMIT = 64 * 1024  # one field of one row of a list (params, outputs, description, raw)
+PREVIEW_CHARS = 200
+
+
+def max_payload(nc: Any) -> int:
+    """The server's max payload (from the connection's INFO), or NATS's default when unknown."""
+    value = getattr(nc, "max_payload", None)
+    return int(value) if isinstance(value, int) and value > 0 else DEFAULT_MAX_PAYLOAD
+
+
+def reply_budget(nc: Any) -> int:
+    return max(4096, max_payload(nc) - ENVELOPE_RESERVE)
+
+
+def size_of(value: Any) -> int:
+    return len(_encoder.encode(value))
+
+
+def truncated(value: Any, limit: int = FIELD_LIMIT) -> Any:
+    """``value`` when its JSON fits in ``limit`` bytes, else a marker with its size and a short preview."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    encoded = _encoder.encode(value)
+    if len(encoded) <= limit:
+        return value
+    text = value if isinstance(value, str) else encoded.decode(errors="replace")
+    return {"truncated": True, "bytes": len(encoded), "preview": text[:PREVIEW_CHARS]}
+
+
+def fit(items: Sequence[T], budget: int, render: Callable[[T], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Render items in order while their JSON fits in ``budget`` bytes (at least one, already made to
+    fit by the caller's truncation): the caller's cursor goes on after the last one returned."""
+    out: list[dict[str, Any]] = []
+    used = 0
+    for item in items:
+        row = render(item)
+        size = size_of(row) + 1
+        if out and used + size > budget:
+            break
+        out.append(row)
+        used += size
+    return out
