@@ -9,30 +9,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nats.errors
+
 from legato.cli import render
+from legato.cli.errors import CliError, read_definition, unreachable
+from legato.cli.params import parse_params
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import load_settings
 
-
-def parse_params(pairs: list[str] | None) -> dict[str, Any]:
-    """``k=v`` pairs; a value that parses as JSON (numbers, true, lists, objects) is taken as JSON."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"legato: --param expects key=value, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            out[key] = value
-    return out
+__all__ = ["client_for", "parse_params", "print_instance"]
 
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
     settings = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace})
-    return await LegatoClient.connect(
-        settings.nats_url, namespace=settings.namespace, actor=os.environ.get("USER") or "cli"
-    )
+    try:
+        return await LegatoClient.connect(
+            settings.nats_url, namespace=settings.namespace, actor=os.environ.get("USER") or "cli"
+        )
+    except ConnectionError:
+        raise unreachable(settings.nats_url, args) from None
 
 
 async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -40,9 +35,9 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
     for name in args.files:
         path = Path(name)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc}", file=sys.stderr)
+            text = read_definition(path)
+        except CliError as exc:
+            print(f"legato: {exc}", file=sys.stderr)
             status = 1
             continue
         try:
@@ -50,6 +45,14 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
         except ApiError as exc:
             status = 1
             _print_api_error(exc)
+            continue
+        except nats.errors.MaxPayloadError:
+            print(
+                f"legato: {name}: {len(text.encode())} bytes is more than the NATS server accepts in one "
+                f"request ({c.nc.max_payload} bytes): make the definition smaller",
+                file=sys.stderr,
+            )
+            status = 1
             continue
         if args.json:
             render.dump_json(res)
@@ -257,6 +260,9 @@ def _step_detail(s: dict[str, Any]) -> str:
     return str(s["error"] or render.reason_text(s["reason"]))
 
 
+SHOW_LOG_LINES = 10
+
+
 def print_instance(info: dict[str, Any]) -> None:
     print(
         f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
@@ -304,9 +310,20 @@ def print_instance(info: dict[str, Any]) -> None:
                     f"  {s['step_id']}: failed iterations {prog['failed_items']}"
                     + (f" and {more} more" if more > 0 else "")
                 )
+        shown = False
+        for s in steps:
             for a in s["attempts"]:
-                if a["status"] not in ("succeeded",) and (a["error"] or a["log_tail"]):
-                    print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}: {a['error'] or ''}")
+                if not (a.get("error") or a.get("log_tail")):
+                    continue
+                if not shown:
+                    print(
+                        f"\nattempts (last {SHOW_LOG_LINES} lines of output; all of it: legato logs RUN [STEP]):"
+                    )
+                    shown = True
+                error = f": {a['error']}" if a.get("error") else ""
+                print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}{error}")
+                for line in (a.get("log_tail") or "").rstrip("\n").splitlines()[-SHOW_LOG_LINES:]:
+                    print(f"    | {line}")
     timeline = info.get("timeline") or []
     if timeline:
         print("\ntimeline:")
@@ -348,6 +365,42 @@ async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
     return 0
 
 
+async def cmd_logs(args: argparse.Namespace, c: LegatoClient) -> int:
+    """Everything stored of each attempt's output: the executor keeps the last 8 KB of stdout and
+    stderr interleaved (older output is not stored anywhere)."""
+    info = await c.get(args.instance)
+    steps = [s for s in info.get("steps") or [] if args.step in (None, s["step_id"])]
+    if args.step is not None and not steps:
+        known = ", ".join(s["step_id"] for s in info.get("steps") or []) or "none yet"
+        raise CliError(f"run {args.instance} has no step {args.step!r} (steps: {known})")
+    attempts = [(s["step_id"], a) for s in steps for a in s["attempts"]]
+    if args.json:
+        render.dump_json(
+            [
+                {"step_id": step, **{k: a.get(k) for k in ("attempt", "status", "error", "log_tail")}}
+                for step, a in attempts
+            ]
+        )
+        return 0
+    if not attempts:
+        print(f"run {args.instance}: no attempt has run yet")
+    for step, a in attempts:
+        print(f"==> {step} attempt {a['attempt']} ({a['status']}) <==")
+        text = a.get("log_tail")
+        if text is None:
+            print("(no output)")
+        else:
+            if len(text.encode()) >= STORED_LOG_BYTES - 4:
+                print(
+                    f"(only the last {STORED_LOG_BYTES // 1024} KB of output is kept; earlier lines are lost)"
+                )
+            print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+STORED_LOG_BYTES = 8 * 1024  # what the executor keeps of an attempt's output (executor/capture.py LOG_TAIL)
+
+
 async def cmd_instance_action(args: argparse.Namespace, c: LegatoClient) -> int:
     body: dict[str, Any] = {"instance_id": args.instance, "reason": args.reason}
     if getattr(args, "from_step", None):
@@ -370,7 +423,7 @@ def _print_api_error(exc: ApiError) -> None:
 
 
 async def cmd_tag_set(args: argparse.Namespace, c: LegatoClient) -> int:
-    limit = None if args.limit in ("none", "unlimited") else int(args.limit)
+    limit: int | None = args.limit
     res = await c.call("tag.set", {"tag": args.tag, "limit": limit})
     if args.json:
         render.dump_json(res)
@@ -381,6 +434,19 @@ async def cmd_tag_set(args: argparse.Namespace, c: LegatoClient) -> int:
             f"tag {args.tag}: at most {res['limit']} steps at once ({res['in_use']} running, {res['waiting']} waiting)"
         )
     return 0
+
+
+def tag_limit(text: str) -> int | None:
+    """``tag set`` LIMIT: a whole number >= 0, or ``none``/``unlimited`` (checked before connecting)."""
+    if text in ("none", "unlimited"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or 'none'), got {value}")
+    return value
 
 
 async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from legato.cli import render
+from legato.cli.errors import CliError, read_definition
+from legato.cli.params import parse_params
 from legato.core import DefinitionError, parse_definition
 from legato.core.plan import plan_workflow, validate_text
 
@@ -17,9 +19,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for name in args.files:
         path = Path(name)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            report[name] = [{"path": "", "message": f"cannot read: {exc}"}]
+            text = read_definition(path)
+        except CliError as exc:
+            report[name] = [{"path": "", "message": str(exc).removeprefix(f"{path}: ")}]
             failed += 1
             continue
         issues = validate_text(text, source=str(path))
@@ -40,18 +42,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     path = Path(args.file)
+    raw = parse_params(args.param)  # the parser `start` uses: the plan shows what `start` would run
     try:
-        defn = parse_definition(path.read_text(), source=str(path))
-    except OSError as exc:
-        print(f"{path}: cannot read: {exc}", file=sys.stderr)
-        return 1
+        defn = parse_definition(read_definition(path), source=str(path))
     except DefinitionError as exc:
         print(f"{path}: {len(exc.errors)} problem(s)", file=sys.stderr)
         for issue in exc.errors:
             print(f"  {issue.path}: {issue.message}", file=sys.stderr)
         return 1
     try:
-        raw = dict(pair.partition("=")[::2] for pair in args.param or [])
         plan = plan_workflow(defn, raw)
     except DefinitionError as exc:
         print(f"{path}: cannot plan with these params", file=sys.stderr)

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import nats.errors
+
 from legato.cli import commands as C
 from legato.cli.dead_letter_commands import add_dead_letter_commands
+from legato.cli.errors import CliError
+from legato.cli.params import ParamSyntaxError, parse_params
 from legato.cli.signal_commands import add_signal_commands
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import SettingsError
@@ -91,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "set", C.cmd_tag_set, "set how many steps carrying TAG may run at once ('none' removes it)", tsub
     )
     sp.add_argument("tag")
-    sp.add_argument("limit")
+    sp.add_argument("limit", type=C.tag_limit)
     api("list", C.cmd_tag_list, "list tags with their limits and holders", tsub)
 
     add_signal_commands(sub, api)
@@ -113,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--trace", action="store_true", help="the run's span tree (from stored data; --json for the tree)"
     )
+    sp = api("logs", C.cmd_logs, "the captured output of a run's attempts (all steps, or one)")
+    sp.add_argument("instance")
+    sp.add_argument("step", nargs="?")
     for action, text in (
         ("stop", "cancel running steps and end the run stopped"),
         ("kill", "end the run at once"),
@@ -130,7 +138,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("step")
     sp.add_argument("--reason", required=True)
     sp.set_defaults(action="skip")
+    _accept_global_flags_after_the_command(p)
     return p
+
+
+def _accept_global_flags_after_the_command(p: argparse.ArgumentParser) -> None:
+    """``legato dev --nats-url URL`` works like ``legato --nats-url URL dev`` (in every subcommand).
+
+    SUPPRESS as the default: a flag not given after the command leaves the one given before it alone.
+    """
+    todo = [p]
+    while todo:  # bounded: the parser tree is finite
+        parser = todo.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in dict.fromkeys(action.choices.values()):
+                    child.add_argument(
+                        "--nats-url",
+                        default=argparse.SUPPRESS,
+                        help="NATS server (same as before the command)",
+                    )
+                    child.add_argument(
+                        "--namespace",
+                        default=argparse.SUPPRESS,
+                        help="Legato namespace (same as before the command)",
+                    )
+                    todo.append(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     local = getattr(args, "local", None)
     try:
+        return _dispatch(args, local)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `legato … | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:  # the last net: a user sees one line, never a traceback
+        if os.environ.get("LEGATO_DEBUG"):
+            raise
+        print(
+            f"legato: unexpected error: {type(exc).__name__}: {exc} (LEGATO_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, local: str | None) -> int:
+    _quiet_nats_client_logs()
+    try:
+        parse_params(getattr(args, "param", None))  # a bad --param is reported before connecting
         if local == "dev":
             from legato.cli.dev import run_dev
 
@@ -160,11 +213,20 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as exc:
         C._print_api_error(exc)
         return 1
-    except (ConnectionError, TimeoutError) as exc:
+    except BrokenPipeError:
+        raise  # a ConnectionError too, but not about NATS: main() ends quietly
+    except (CliError, ParamSyntaxError, ConnectionError, TimeoutError) as exc:
         print(f"legato: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except nats.errors.MaxPayloadError:
+        print("legato: the request is larger than the NATS server accepts in one message", file=sys.stderr)
+        return 1
+
+
+def _quiet_nats_client_logs() -> None:
+    """nats.py logs a traceback per failed connect attempt; the CLI reports the failure once itself."""
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
 
 
 async def _run_api(args: argparse.Namespace) -> int:

@@ -8,18 +8,28 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+COLUMN_MAX = 80
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Aligned columns; a column wider than 80 is clipped, except the last, which is printed whole
+    (it holds the why / error text, whose run ids and paths must not be cut off)."""
     out = out or sys.stdout
-    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    cells = [[("" if v is None else str(v)).replace("\n", " ") for v in row] for row in rows]
     widths = [len(h) for h in headers]
+    last = len(headers) - 1
     for row in cells:
         for i, v in enumerate(row):
-            widths[i] = min(max(widths[i], len(v)), 80)
+            widths[i] = max(widths[i], len(v)) if i == last else min(max(widths[i], len(v)), COLUMN_MAX)
     line = "  ".join(h.upper().ljust(widths[i]) for i, h in enumerate(headers))
     print(line.rstrip(), file=out)
     for row in cells:
-        print("  ".join(_clip(v, widths[i]).ljust(widths[i]) for i, v in enumerate(row)).rstrip(), file=out)
+        print(
+            "  ".join(
+                (v if i == last else _clip(v, widths[i])).ljust(widths[i]) for i, v in enumerate(row)
+            ).rstrip(),
+            file=out,
+        )
 
 
 def _clip(v: str, width: int) -> str:

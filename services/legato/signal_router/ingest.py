@@ -64,6 +64,8 @@ PUBLISHER_HEADER = "Legato-Publisher"
 _decode_json = msgspec.json.Decoder().decode
 _decode_wait = msgspec.json.Decoder(SignalWaitRegistered).decode
 MAX_REJECTED_BODY = 4000
+MAX_REJECTED_ERROR = 1000
+MAX_SIGNAL_DEPTH = 64  # nesting of a signal body; deeper is rejected (Postgres and our walkers recurse)
 WAIT_SCAN_LIMIT = 100_000
 
 
@@ -184,8 +186,9 @@ class SignalIngest(Component):
             raise
         except Exception as exc:
             if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
+                q = batch[0]
+                if not await self._store_unappliable(q, exc) and not q.future.done():
+                    q.future.set_exception(exc)
                 return
             log.warning("signal_batch_failed", size=len(batch), error=repr(exc))
             for q in batch:  # one at a time: only the message that cannot be applied fails
@@ -194,6 +197,25 @@ class SignalIngest(Component):
         for q in batch:
             if not q.future.done():
                 q.future.set_result(None)
+
+    async def _store_unappliable(self, q: _Queued, exc: Exception) -> bool:
+        """A signal whose content Postgres or our code refuses (not a lost connection) is stored as
+        rejected with that error instead of being retried into the dead letters; True if stored."""
+        d = q.delivery
+        if d.subject == self.topology.signal_wait_subject or not _content_error(exc):
+            return False
+        sig = self.parse(d, q.traceparent)
+        sig.body, sig.error = None, f"cannot be stored: {type(exc).__name__}: {exc}"
+        try:
+            await run_transaction(self.pool, lambda conn: self.apply_signals(conn, [sig]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            log.error("signal_reject_failed", signal=sig.name, signal_id=sig.id, error=repr(again))
+            return False
+        if not q.future.done():
+            q.future.set_result(None)
+        return True
 
     async def apply(self, deliveries: Sequence[Delivery[bytes]], traceparents: Sequence[str | None]) -> None:
         """Apply a batch: signals in one transaction, then each wait registration in its own."""
@@ -242,8 +264,13 @@ class SignalIngest(Component):
         except msgspec.DecodeError as exc:
             sig.error = f"not valid JSON: {exc}"
             return sig
+        except RecursionError:
+            sig.error = f"nested deeper than {MAX_SIGNAL_DEPTH} levels"
+            return sig
         if not isinstance(sig.body, dict):
             sig.error = f"not a JSON object: got {_json_kind(sig.body)}"
+            return sig
+        sig.error = _unstorable(sig.body)
         return sig
 
     # ------------------------------------------------------------------ triggers
@@ -349,7 +376,10 @@ class SignalIngest(Component):
             [s.name for s in ordered],
             [s.id for s in ordered],
             [None if s.rejected else s.body for s in ordered],
-            [s.raw[:MAX_REJECTED_BODY].decode(errors="replace") if s.rejected else None for s in ordered],
+            [
+                _storable_text(s.raw[:MAX_REJECTED_BODY].decode(errors="replace")) if s.rejected else None
+                for s in ordered
+            ],
             [_publisher(s.headers) for s in ordered],
             [s.headers.get("Legato-Publisher-Workflow") for s in ordered],
             [s.headers.get("Legato-Publisher-Instance") for s in ordered],
@@ -357,7 +387,7 @@ class SignalIngest(Component):
             [s.published_at for s in ordered],
             [s.stream_seq for s in ordered],
             [s.rejected for s in ordered],
-            [s.error for s in ordered],
+            [_storable_text(s.error[:MAX_REJECTED_ERROR]) if s.error else None for s in ordered],
             [s.traceparent for s in ordered],
         )
         new = {(r["name"], r["id"]) for r in stored}
@@ -671,6 +701,38 @@ def _publisher(headers: Mapping[str, str]) -> str | None:
     if inst:
         return f"{headers.get('Legato-Publisher-Workflow', '')}/{inst}/{headers.get('Legato-Publisher-Step', '')}"
     return None
+
+
+def _unstorable(body: Any) -> str | None:
+    """Why a decoded body cannot be a stored signal (too deep, or a NUL that jsonb refuses), or None."""
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:  # bounded: every value of a decoded (finite) document is visited once
+        value, depth, path = stack.pop()
+        if depth > MAX_SIGNAL_DEPTH:
+            return f"nested deeper than {MAX_SIGNAL_DEPTH} levels (at {path[:200] or 'the top'})"
+        if isinstance(value, str):
+            if "\x00" in value:
+                return f"{path or 'the body'}: contains a NUL character (\\u0000), which cannot be stored"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if "\x00" in k:
+                    return f"{path or 'the body'}: a key contains a NUL character (\\u0000)"
+                stack.append((v, depth + 1, f"{path}.{k}" if path else k))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, f"{path}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _storable_text(text: str) -> str:
+    """Postgres text holds no NUL: show it escaped."""
+    return text.replace("\x00", "\\x00")
+
+
+def _content_error(exc: BaseException) -> bool:
+    """An error about this message's content (retrying cannot help), not about the connection."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError)
+    return isinstance(exc, ValueError | TypeError | RecursionError | UnicodeError | msgspec.MsgspecError)
 
 
 def _json_kind(value: Any) -> str:

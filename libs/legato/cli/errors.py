@@ -1,0 +1,62 @@
+"""What the CLI tells a user when something outside it fails: one line, what was tried, what to do."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from legato.runtime.settings import dev_state_file, read_dev_state
+
+
+class CliError(Exception):
+    """An error whose message is the whole story for the user (printed as ``legato: <message>``)."""
+
+
+def nats_origin(args: argparse.Namespace) -> str:
+    """Where the NATS URL came from, in the order settings resolve it: flag, env, dev.json, default."""
+    if getattr(args, "nats_url", None):
+        return "--nats-url"
+    if os.environ.get("LEGATO_NATS_URL"):
+        return "LEGATO_NATS_URL"
+    state = dev_state_file(os.environ.get("LEGATO_STATE_DIR") or ".legato")
+    if read_dev_state(state.parent).get("nats_url"):
+        return str(state)
+    return "the default (no --nats-url, LEGATO_NATS_URL or .legato/dev.json here)"
+
+
+def unreachable(url: str, args: argparse.Namespace) -> CliError:
+    """NATS did not answer: name the URL, where it came from and what to do."""
+    origin = nats_origin(args)
+    hint = "start the stack with `make run` (or `legato dev`) in the checkout"
+    if origin.endswith("dev.json"):
+        pid = read_dev_state(Path(origin).parent).get("pid")
+        alive = isinstance(pid, int) and _alive(pid)
+        if not alive:
+            hint = f"the `legato dev` that wrote it (pid {pid}) is gone: start it again with `make run`"
+    elif origin in ("--nats-url", "LEGATO_NATS_URL"):
+        hint = f"check that a NATS server listens there, or fix {origin}"
+    return CliError(f"cannot connect to NATS at {url} (from {origin}); {hint}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_definition(path: Path) -> str:
+    """A definition file's text, or a CliError saying why it cannot be read (missing, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the definition as UTF-8"
+        ) from None
