@@ -1,0 +1,225 @@
+"""Where a run's time and CPU go: the critical path hop by hop, and CPU per run for every process.
+
+Starts nats-server, a durable PostgreSQL and the four services as processes (as ``bench/e2e.py``
+does), pushes a one-noop-step workflow, then:
+
+1. **Unloaded round trips**: ``--sequential`` runs started one at a time; each run's critical path is
+   split into hops from the timestamps the services record (all on one machine, one clock):
+
+   | hop | from → to |
+   |---|---|
+   | client → API | the client sent ``instance.start`` → the trigger accepted it (``requested_at``) |
+   | API → run started | accepted → the scheduler committed the run as started (outbox relay, trigger
+     stream, scheduler batch and transaction) |
+   | run started → work published | the scheduler's start → the attempt row's ``dispatched_at`` |
+   | dispatched → executor started | the attempt committed → the executor began the step (outbox relay,
+     work stream, executor fetch) |
+   | step body | executor started → executor finished the step |
+   | result → run ended | the executor's finish → the scheduler committed the run's end (result
+     publish, events stream, scheduler batch and transaction) |
+
+   and the round trip is the client's send → the run's recorded end.
+2. **CPU per run at saturation**: ``--saturated`` runs started as fast as the API takes them; the CPU
+   time (user + system, from ``/proc`` through psutil) that every process spent from the first start
+   to the last end, divided by the number of runs, per process kind: trigger, scheduler, executor,
+   signal_router, nats-server, postgres (its backends, plus what exited backends left in the
+   postmaster's children times). Run it on an otherwise idle machine for the CPU figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import bench_servers, bench_settings, percentile, wait_api
+from legato.client import LegatoClient
+from legato.devstack.processes import Stack
+from legato.runtime.settings import Settings
+from legato.store import ensure_database, migrate_url
+
+WORKFLOW = """
+id: bench-profile
+description: one noop step, for the critical-path profile
+run_strategy: {type: parallel, max_concurrency: 1000}
+steps:
+  - id: only
+    type: noop
+"""
+
+TERMINAL = "('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
+
+HOPS = (
+    ("client -> API accepted", "requested_at", "sent_at"),
+    ("API -> run started", "run_started_at", "requested_at"),
+    ("run started -> work dispatched", "dispatched_at", "run_started_at"),
+    ("dispatched -> executor started", "attempt_started_at", "dispatched_at"),
+    ("step body (noop)", "attempt_ended_at", "attempt_started_at"),
+    ("result -> run ended", "run_ended_at", "attempt_ended_at"),
+    ("round trip: sent -> run ended", "run_ended_at", "sent_at"),
+)
+
+PATH_QUERY = f"""
+SELECT i.id,
+       extract(epoch FROM i.requested_at) AS requested_at,
+       extract(epoch FROM i.started_at) AS run_started_at,
+       extract(epoch FROM a.dispatched_at) AS dispatched_at,
+       extract(epoch FROM a.started_at) AS attempt_started_at,
+       extract(epoch FROM a.ended_at) AS attempt_ended_at,
+       extract(epoch FROM i.ended_at) AS run_ended_at
+FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id
+WHERE i.workflow_id = 'bench-profile' AND i.status IN {TERMINAL} AND i.id = ANY($1::text[])
+"""
+
+
+@dataclass
+class CpuSample:
+    """Cumulative CPU seconds per (kind, pid), and what exited children left in their parents."""
+
+    per_pid: dict[tuple[str, int], float]
+
+
+def _kind_of(proc: psutil.Process, service_pids: dict[int, str]) -> str | None:
+    if proc.pid in service_pids:
+        return service_pids[proc.pid]
+    try:
+        name = proc.name()
+    except psutil.Error:
+        return None
+    if name.startswith("nats-server"):
+        return "nats-server"
+    if name.startswith(("postgres", "postmaster")):
+        return "postgres"
+    return None
+
+
+def sample_cpu(stack: Stack) -> CpuSample:
+    """CPU time so far of every process this bench started: services, nats-server, Postgres."""
+    service_pids = {
+        proc.pid: name.rstrip("0123456789") for name, proc in stack.services.items() if proc.pid is not None
+    }
+    seen: dict[tuple[str, int], float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        kind = _kind_of(proc, service_pids)
+        if kind is None:
+            continue
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        # Children times hold what exited children (Postgres backends, step processes) used.
+        seen[(kind, proc.pid)] = t.user + t.system + t.children_user + t.children_system
+    return CpuSample(seen)
+
+
+def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    by_kind: dict[str, float] = defaultdict(float)
+    for key, seconds in after.per_pid.items():
+        by_kind[key[0]] += seconds - before.per_pid.get(key, 0.0)
+    return dict(by_kind)
+
+
+async def wait_ended(conn: asyncpg.Connection, n: int, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = await conn.fetchval(
+            f"SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-profile' AND status IN {TERMINAL}"
+        )
+        if done >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"runs did not end within {timeout}s")
+
+
+async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -> None:
+    await ensure_database(settings.database_url)
+    await migrate_url(settings.database_url)
+    stack = Stack(settings, log_dir, executors=1, concurrency=64)
+    stack.start()
+    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await wait_api(client)
+        await client.push(WORKFLOW)
+        await asyncio.sleep(1.0)  # let the scheduler take its partitions
+        # Warm up every path (connections, prepared statements, imports) before measuring.
+        for i in range(20):
+            await client.start("bench-profile", request_id=f"warm{i}")
+        await wait_ended(conn, 20)
+
+        # 1. Unloaded round trips, one at a time.
+        sent: dict[str, float] = {}
+        done = 20
+        for i in range(args.sequential):
+            rid = f"seq{i}"
+            t_sent = time.time()
+            reply = await client.start("bench-profile", request_id=rid)
+            sent[str(reply["instance_id"])] = t_sent
+            done += 1
+            await wait_ended(conn, done)
+        rows = await conn.fetch(PATH_QUERY, list(sent))
+        hops: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            values = {**dict(r), "sent_at": sent[r["id"]]}
+            for label, end, start in HOPS:
+                if values[end] is not None and values[start] is not None:
+                    hops[label].append((float(values[end]) - float(values[start])) * 1000)
+        print(f"critical path of {len(rows)} unloaded one-noop-step runs, one at a time (ms):")
+        print(f"  {'hop':34} {'p50':>8} {'p99':>8}")
+        for label, _, _ in HOPS:
+            print(f"  {label:34} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
+        print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
+
+        # 2. CPU per run at saturation.
+        before = sample_cpu(stack)
+        t0 = time.time()
+        sem = asyncio.Semaphore(256)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await client.start("bench-profile", request_id=f"sat{i}")
+
+        await asyncio.gather(*(one(i) for i in range(args.saturated)))
+        done += args.saturated
+        await wait_ended(conn, done)
+        elapsed = time.time() - t0
+        cpu = cpu_between(before, sample_cpu(stack))
+        n = args.saturated
+        total = sum(cpu.values())
+        print(
+            f"\nCPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
+            f"all processes {total / n * 1000:.2f} ms CPU per run"
+        )
+        for kind in sorted(cpu, key=lambda k: -cpu[k]):
+            print(
+                f"  {kind:14} {cpu[kind] / n * 1000:7.3f} ms/run  ({cpu[kind] / elapsed * 100:5.1f}% of a core)"
+            )
+    finally:
+        await conn.close()
+        await client.close()
+        await asyncio.to_thread(stack.stop)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sequential", type=int, default=200, help="unloaded runs, one at a time")
+    parser.add_argument("--saturated", type=int, default=3000, help="runs for the CPU-per-run measure")
+    args = parser.parse_args()
+    with bench_servers("legato_profile") as servers:
+        settings = bench_settings(servers)
+        asyncio.run(profile(args, settings, servers.tmp / "logs"))
+
+
+if __name__ == "__main__":
+    main()
