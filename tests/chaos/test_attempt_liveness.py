@@ -19,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from legato.bus.connection import connect
@@ -30,6 +29,7 @@ from legato.client import LegatoClient
 from legato.protocol.messages import WORK_DECODER, WorkItem
 from legato.runtime.settings import Settings
 from legato.store.dead_letters import PostgresDeadLetters
+from legato.store.pool import create_pool
 from tests.support.stack import Stack, running_stack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -277,8 +277,7 @@ async def test_attempt_whose_work_item_was_dead_lettered_is_settled(
         await until(dispatched, 30, "the attempt is dispatched")
         topo = Topology(namespace=settings.namespace, partitions=settings.partitions)
         nc = await connect(settings.nats_url, name="test-poison-executor")
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
-        assert pool is not None
+        pool = await create_pool(settings.database_url, min_size=1, max_size=2)
         poisoned: list[str] = []
 
         async def refuse(d: Delivery[WorkItem]) -> None:

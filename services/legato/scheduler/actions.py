@@ -183,6 +183,7 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
             st.status = "pending"
             st.retries_error = st.retries_platform = st.retries_timeout = 0
             st.failure_ignored = False
+            st.started_at = None  # this run's first start (a resumed sleep counts from it)
             st.reason = {"code": "restart", "run": inst.run_number + 1}
             engine.uow.touch_step(st)
     inst.run_number += 1

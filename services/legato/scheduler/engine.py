@@ -509,10 +509,13 @@ class RunEngine:
 
     @staticmethod
     def attempt_config(st: StepState, step_type: str, config: dict[str, Any]) -> dict[str, Any]:
-        """A retried ``sleep`` resumes: it wakes when the step's first attempt would have (``until``),
-        not a whole duration after the retry (its first start survives in the step's ``started_at``)."""
+        """A ``sleep`` retried after its executor was lost resumes: it wakes when the step's first
+        attempt would have (``until``), not a whole duration after the retry (the first start survives
+        in the step's ``started_at``). A restarted run (platform retries reset) sleeps afresh."""
         duration = config.get("duration")
-        if step_type == "sleep" and st.started_at is not None and isinstance(duration, int | float):
+        resumed = st.retries_platform > 0 and st.started_at is not None
+        if step_type == "sleep" and resumed and isinstance(duration, int | float):
+            assert st.started_at is not None
             return {**config, "until": st.started_at.timestamp() + float(duration)}
         return config
 

@@ -7,14 +7,15 @@ It reports one as lost, with an ``AttemptFinished(platform_error)`` on the workf
 when:
 
 - the executor boot that last listed it has been silent for ``dead_after`` seconds, or
-- its executor (from ``AttemptStarted``) has not been heard at all for ``dead_after`` seconds since this
-  watcher started, or
+- its executor (from ``AttemptStarted``) has not been heard at all for ``dead_after`` seconds, or
 - its work item was dead-lettered and no live executor lists it.
 
 The workflow's actor applies the report like any result: the attempt becomes ``lost`` with the reason
 ("executor X lost: no heartbeat for N s") and the step's platform retry policy decides what follows;
 a report for an attempt that was settled meanwhile changes nothing. Conservative on purpose: an
-attempt whose executor still heartbeats is never reported here (a slow result is not a lost one).
+attempt whose executor still heartbeats is never reported here (a slow result is not a lost one), and
+silence only counts while this watcher itself was connected and not stalled (a paused or cut-off
+scheduler blames nobody).
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ class ExecutorWatch(Component):
         self.owned = owned
         self.dead_after = dead_after
         self.sweep_every = sweep_every
-        self.started = time.monotonic()
+        # Since when this watcher has heard heartbeats without a gap of its own (connected, not stalled):
+        # silence is only counted from then, so a paused or disconnected scheduler never blames executors.
+        self.observing_since: float | None = None
+        self.last_sweep = 0.0
         self.boots: dict[tuple[str, str], float] = {}  # (executor, boot) -> last heard
         self.executors: dict[str, float] = {}  # executor -> last heard (any boot)
         self.listed: dict[str, _Listed] = {}
@@ -122,12 +126,24 @@ class ExecutorWatch(Component):
 
     # ------------------------------------------------------------------ the sweep
 
+    def observe(self, now: float, connected: bool) -> bool:
+        """Track this watcher's own gaps; True when it has watched long enough to judge executors."""
+        stalled = self.last_sweep and now - self.last_sweep > self.sweep_every + self.dead_after / 2
+        self.last_sweep = now
+        if not connected:
+            self.observing_since = None
+            return False
+        if self.observing_since is None or stalled:
+            self.observing_since = now
+        return now - self.observing_since > self.dead_after
+
     def verdict(self, attempt_id: str, executor: str | None, dead_error: str | None) -> str | None:
         """Why the attempt is lost, or None while it may still run (or wait in its queue)."""
         now = time.monotonic()
+        since = self.observing_since if self.observing_since is not None else now
         listed = self.listed.get(attempt_id)
         if listed is not None:
-            heard = self.boots.get((listed.executor, listed.boot), listed.at)
+            heard = max(self.boots.get((listed.executor, listed.boot), listed.at), since)
             silent = now - heard
             if silent > self.dead_after:
                 return f"executor {listed.executor} lost: no heartbeat for {silent:.0f} s"
@@ -136,21 +152,18 @@ class ExecutorWatch(Component):
         if dead_error is not None:
             return f"work item dead-lettered: {dead_error}"
         if listed is None and executor:
-            known_for = now - self.started
-            if known_for <= self.dead_after:
-                return None  # too early to tell: heartbeats may not have arrived yet
-            heard_at = self.executors.get(executor)
-            if heard_at is None:
-                return f"executor {executor} lost: no heartbeat for {known_for:.0f} s"
+            heard_at = max(self.executors.get(executor, since), since)
             if now - heard_at > self.dead_after:
                 return f"executor {executor} lost: no heartbeat for {now - heard_at:.0f} s"
         return None
 
     async def sweep(self) -> int:
+        now = time.monotonic()
+        if not self.observe(now, self.nc.is_connected):
+            return 0
         partitions = set(self.owned())
         if not partitions:
             return 0
-        now = time.monotonic()
         self._forget_old(now)
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -201,7 +214,6 @@ class ExecutorWatch(Component):
             sub = await self.nc.subscribe(
                 self.topology.executor_heartbeat_subject, cb=self._on_heartbeat, pending_msgs_limit=10_000
             )
-            self.started = time.monotonic()
             while not self.stopping:
                 try:
                     await self.sweep()
