@@ -4,6 +4,8 @@ replica id, one partition count per install, and rebalancing that converges with
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 
 from legato.devstack.processes import ServiceProcess, service_env
 from legato.runtime.settings import Settings
+from tests.e2e.test_spine import _ledger_lines
+from tests.support.stack import running_stack, wait_for
 
 TTL = 3.0
 
@@ -172,3 +176,104 @@ async def test_32_partitions_rebalance_to_a_joining_replica_without_flip_floppin
     finally:
         b.terminate()
         a.terminate()
+
+
+LEDGER = """
+id: {id}
+run_strategy: {{type: parallel, max_concurrency: 200}}
+steps:
+  - id: a
+    type: shell
+    command: 'echo "$LEGATO_INSTANCE_ID $LEGATO_STEP_ID $LEGATO_ATTEMPT" >> {ledger}'
+    retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
+  - id: b
+    type: shell
+    depends_on: [a]
+    command: 'echo "$LEGATO_INSTANCE_ID $LEGATO_STEP_ID $LEGATO_ATTEMPT" >> {ledger}'
+    retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
+"""
+
+# A scheduler's connection that sits idle inside a transaction holding a lock on partition_lease rows.
+PAUSED_HOLDER = """
+SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+WHERE a.datname = current_database() AND a.state = 'idle in transaction'
+  AND l.relation = 'partition_lease'::regclass AND l.granted
+"""
+
+
+@pytest.mark.slow
+async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """SIGSTOP one of two schedulers while it holds a transaction on its lease rows: the other takes
+    over its partitions and every new run completes while it stays stopped; after SIGCONT nothing is
+    stuck, nothing ran twice, nothing was dead-lettered."""
+    ledger = tmp_path / "ledger.txt"
+    flows = [f"led{i}" for i in range(8)]
+    async with running_stack(settings, tmp_path, schedulers=2, lease_ttl=TTL, concurrency=8) as (
+        stack,
+        client,
+    ):
+        for w in flows:
+            await client.push(LEDGER.format(id=w, ledger=ledger))
+
+        async def both_own() -> bool:
+            o = await owners(db)
+            return len(o) == settings.partitions and len({v[0] for v in o.values()}) == 2
+
+        await until(both_own, 60, "both replicas own partitions", stack["scheduler"], stack["scheduler1"])
+        started: list[str] = []
+        n = 0
+
+        stop_loading = asyncio.Event()
+
+        async def load() -> None:
+            nonlocal n
+            while not stop_loading.is_set():
+                r = await client.start(flows[n % len(flows)], request_id=f"load{n}")
+                started.append(r["instance_id"])
+                n += 1
+                await asyncio.sleep(0.01)
+
+        loader = asyncio.create_task(load())
+        victim = None
+        try:
+            for attempt in range(60):
+                candidate = stack["scheduler" if attempt % 2 == 0 else "scheduler1"]
+                assert candidate.pid is not None
+                os.kill(candidate.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.3)
+                if await db.fetchval(PAUSED_HOLDER):
+                    victim = candidate
+                    break
+                os.kill(candidate.pid, signal.SIGCONT)
+                await asyncio.sleep(0.2)
+        finally:
+            stop_loading.set()  # let the start in flight finish: every accepted run is checked below
+            await loader
+        assert victim is not None and victim.pid is not None, "never caught a scheduler inside a transaction"
+        try:
+            paused_at = time.monotonic()
+            # While it stays stopped, new runs of every workflow (so on every partition) complete.
+            fresh = [(await client.start(w, request_id=f"fresh-{w}"))["instance_id"] for w in flows]
+            for i in fresh:
+                info = await wait_for(client, i, timeout=60)
+                assert info["status"] == "succeeded", info
+            took = time.monotonic() - paused_at
+            print(f"runs progressing on every partition {took:.1f}s after SIGSTOP of a replica")
+            assert victim.alive
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        ids = sorted(set(started) | set(fresh))
+        infos = [await wait_for(client, i, timeout=120) for i in ids]
+    assert all(i["status"] == "succeeded" for i in infos), [(i["instance_id"], i["status"]) for i in infos]
+    lines = _ledger_lines(ledger)
+    for info in infos:
+        for step in info["steps"]:
+            done = [a for a in step["attempts"] if a["status"] == "succeeded"]
+            assert len(done) == 1, step
+            ran = [x for x in lines if x[0] == info["instance_id"] and x[1] == step["step_id"]]
+            lost = {a["attempt"] for a in step["attempts"] if a["status"] == "lost"}
+            assert all(x[2] == done[0]["attempt"] or x[2] in lost for x in ran), (step, ran)
+    assert await db.fetchval("SELECT count(*) FROM workflow_instance") == len(ids)
+    assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0

@@ -122,7 +122,7 @@ class PartitionLeaser(Component):
         if url is None:
             raise RuntimeError("PartitionLeaser needs database_url to claim its replica id")
         self._own_pool = await create_pool(url, min_size=1, max_size=1)
-        conn = await self._own_pool.acquire()
+        conn = self._conn = await self._own_pool.acquire()
         await conn.execute(
             f"SET lock_timeout = '{max(100, int(self.ttl * 250))}ms'; "
             f"SET statement_timeout = '{max(500, int(self.ttl * 500))}ms'"
@@ -142,7 +142,6 @@ class PartitionLeaser(Component):
                     f"scheduler its own --replica-id (or LEGATO_REPLICA_ID)"
                 )
             await asyncio.sleep(0.25)
-        self._conn = conn
         await conn.execute(
             "INSERT INTO partition_lease (partition, owner, incarnation, token, expires_at) "
             "SELECT g, '', '', 0, '-infinity' FROM generate_series(0, $1 - 1) g ON CONFLICT DO NOTHING",
@@ -151,12 +150,16 @@ class PartitionLeaser(Component):
         log.info("replica_id_claimed", replica=self.replica, incarnation=self.incarnation)
 
     async def _close_own(self) -> None:
-        pool, self._own_pool, self._conn = self._own_pool, None, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), timeout=5.0)
-            except Exception:
-                pool.terminate()
+        """Close the name-lock connection (ending the session frees the replica id)."""
+        pool, conn, self._own_pool, self._conn = self._own_pool, self._conn, None, None
+        if pool is None:
+            return
+        try:
+            if conn is not None:
+                await asyncio.wait_for(pool.release(conn), timeout=2.0)
+            await asyncio.wait_for(pool.close(), timeout=2.0)
+        except Exception:
+            pool.terminate()
 
     # -- lifetime --------------------------------------------------------------------------------
 
