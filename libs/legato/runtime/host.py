@@ -25,6 +25,7 @@ from legato.runtime.metrics_server import MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
 from legato.store.dead_letters import PostgresDeadLetters
+from legato.store.install import check_partitions
 from legato.store.migrations import migrate
 from legato.store.outbox import OutboxRelay
 from legato.store.pool import create_pool
@@ -95,6 +96,7 @@ class ServiceHost:
         )
         async with self._pool.acquire() as conn:
             await migrate(conn)
+            await check_partitions(conn, self.settings.partitions)
         await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
         self.publisher = Publisher(self.nc)
         self.dead_letters = PostgresDeadLetters(self._pool)

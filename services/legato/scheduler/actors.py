@@ -42,6 +42,14 @@ from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.scheduler")
 
+# Errors that say "this process's transaction was ended under it" (paused past the idle timeout, the
+# connection cut), never "this message is bad".
+OWNERSHIP_ERRORS: tuple[type[Exception], ...] = (
+    LeaseLost,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    asyncpg.PostgresConnectionError,
+)
+
 
 @dataclass(frozen=True)
 class TimerFired:
@@ -119,11 +127,14 @@ class WorkflowActor:
     async def _process(self, batch: list[Envelope]) -> None:
         try:
             await self._apply(batch)
-        except LeaseLost as exc:
+        except OWNERSHIP_ERRORS as exc:
+            # Not a failure of the messages: this process lost the partition, or was paused long enough
+            # for Postgres to end its transaction. They go back (uncounted) for whoever owns it now.
             self.state = None
+            self.items_cache.clear()
             for env in batch:
                 if not env.future.done():
-                    env.future.set_exception(Retry(2.0, str(exc)))
+                    env.future.set_exception(Retry(2.0, str(exc) or type(exc).__name__))
             return
         except Exception as exc:
             self.state = None  # memory may be ahead of what committed: rebuild from Postgres

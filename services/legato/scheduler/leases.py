@@ -1,10 +1,21 @@
 """Partition ownership between scheduler replicas: Postgres lease rows with a fencing token.
 
-Each replica heartbeats in ``scheduler_replica`` and aims to own ``ceil(P / live replicas)`` partitions.
-A partition can be taken when its lease expired, or when its owner has the same replica name (that
-replica restarted: the old process is gone). Every (re)acquisition by a new process bumps the token; every
-actor transaction re-checks the token under ``FOR SHARE``, so a paused or partitioned old owner can
-never commit a decision after its partition moved on.
+Each replica holds a session advisory lock on its name (one live process per replica id), heartbeats
+in ``scheduler_replica`` and aims to own ``ceil(P / live replicas)`` partitions. A partition can be
+taken when its lease expired, or when its owner has the same replica name (that replica restarted: the
+name lock proves the old process is gone). Every (re)acquisition bumps the token; every actor
+transaction re-checks the token under ``FOR KEY SHARE``, so a paused or partitioned old owner can never
+commit a decision after its partition moved on.
+
+Nothing here ever waits on a row another process holds:
+
+- renewal and heartbeat run in their own task on their own connection, and only update this process's
+  rows with a plain ``UPDATE`` (which ``FOR KEY SHARE`` does not block);
+- acquisition takes candidate rows ``FOR UPDATE SKIP LOCKED``: a row that a paused owner's transaction
+  still holds is skipped until Postgres ends that transaction (actor transactions set
+  ``idle_in_transaction_session_timeout`` below the lease time);
+- releases (rebalancing) run concurrently, outside the balancing round;
+- expiry is computed with ``clock_timestamp()``, never the transaction's start time.
 """
 
 from __future__ import annotations
@@ -17,13 +28,21 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from legato.runtime.component import Component
+from legato.store import create_pool
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")
 
+# Advisory-lock namespace of replica names (pg_try_advisory_lock on hashtextextended(name, this)).
+REPLICA_LOCK_SEED = 0x1E6A70
+
 
 class LeaseLost(Exception):
     """This process no longer owns the partition; the message goes back for its new owner."""
+
+
+class ReplicaIdInUse(ConnectionError):
+    """Another live scheduler process holds this replica id (a start-up error reported in one line)."""
 
 
 class PartitionLeaser(Component):
@@ -40,6 +59,9 @@ class PartitionLeaser(Component):
         renew_every: float = 2.0,
         on_acquired: Callable[[int], Awaitable[None]],
         on_lost: Callable[[int], Awaitable[None]],
+        database_url: str | None = None,
+        name_wait: float | None = None,
+        on_fatal: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -50,127 +72,266 @@ class PartitionLeaser(Component):
         self.renew_every = renew_every
         self.on_acquired = on_acquired
         self.on_lost = on_lost
+        self.database_url = database_url
+        self.name_wait = ttl * 2 if name_wait is None else name_wait
+        self.on_fatal = on_fatal
         self.tokens: dict[int, int] = {}
         self.ready = asyncio.Event()
+        self._releasing: dict[int, asyncio.Task[None]] = {}
+        self._own_pool: asyncpg.Pool | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    # -- what actors ask -------------------------------------------------------------------------
 
     def token(self, partition: int) -> int | None:
         return self.tokens.get(partition)
 
+    @property
+    def idle_timeout_ms(self) -> int:
+        """How long an actor transaction may sit idle before Postgres ends it (a paused process)."""
+        return max(200, int(self.ttl * 1000 / 2))
+
     async def check(self, conn: asyncpg.Connection, partition: int) -> None:
-        """Inside an actor's transaction: fail unless this process still holds the partition."""
+        """Inside an actor's transaction: fail unless this process still holds the partition.
+
+        Also bounds how long this transaction may stay idle: if this process is paused while it holds
+        the row, Postgres ends the transaction before the lease could be taken over."""
         token = self.tokens.get(partition)
         if token is None:
             raise LeaseLost(f"partition {partition} is not owned by this scheduler")
         ok = await conn.fetchval(
-            "SELECT 1 FROM partition_lease WHERE partition = $1 AND incarnation = $2 AND token = $3 "
-            "AND expires_at > now() FOR SHARE",
+            "SELECT set_config('idle_in_transaction_session_timeout', $4, true) IS NOT NULL "
+            "FROM partition_lease WHERE partition = $1 AND incarnation = $2 AND token = $3 "
+            "AND expires_at > clock_timestamp() FOR KEY SHARE",
             partition,
             self.incarnation,
             token,
+            str(self.idle_timeout_ms),
         )
         if ok is None:
             raise LeaseLost(f"partition {partition} lease lost")
 
+    # -- the replica name ------------------------------------------------------------------------
+
+    async def claim_name(self) -> None:
+        """Take this replica id's lock on a dedicated connection; refuse when a live process holds it.
+
+        A process that died (even by kill -9) releases it as soon as Postgres sees its socket close, so
+        waiting a little covers an immediate restart."""
+        url = self.database_url
+        if url is None:
+            raise RuntimeError("PartitionLeaser needs database_url to claim its replica id")
+        self._own_pool = await create_pool(url, min_size=1, max_size=1)
+        conn = self._conn = await self._own_pool.acquire()
+        await conn.execute(
+            f"SET lock_timeout = '{max(100, int(self.ttl * 250))}ms'; "
+            f"SET statement_timeout = '{max(500, int(self.ttl * 500))}ms'"
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.name_wait
+        while True:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, $2))", self.replica, REPLICA_LOCK_SEED
+            )
+            if got:
+                break
+            if loop.time() >= deadline:
+                await self._close_own()
+                raise ReplicaIdInUse(
+                    f"replica id {self.replica!r} is held by another live scheduler process; give each "
+                    f"scheduler its own --replica-id (or LEGATO_REPLICA_ID)"
+                )
+            await asyncio.sleep(0.25)
+        await conn.execute(
+            "INSERT INTO partition_lease (partition, owner, incarnation, token, expires_at) "
+            "SELECT g, '', '', 0, '-infinity' FROM generate_series(0, $1 - 1) g ON CONFLICT DO NOTHING",
+            self.partitions,
+        )
+        log.info("replica_id_claimed", replica=self.replica, incarnation=self.incarnation)
+
+    async def _close_own(self) -> None:
+        """Close the name-lock connection (ending the session frees the replica id)."""
+        pool, conn, self._own_pool, self._conn = self._own_pool, self._conn, None, None
+        if pool is None:
+            return
+        try:
+            if conn is not None:
+                await asyncio.wait_for(pool.release(conn), timeout=2.0)
+            await asyncio.wait_for(pool.close(), timeout=2.0)
+        except Exception:
+            pool.terminate()
+
+    # -- lifetime --------------------------------------------------------------------------------
+
     async def _run(self) -> None:
-        failures = 0
-        while not self.stopping:
+        if self._conn is None:
+            await self.claim_name()
+        renew = asyncio.create_task(self._renew_loop(), name="lease-renewal")
+        try:
+            failures = 0
+            while not self.stopping:
+                try:
+                    await self.round()
+                    failures = 0
+                    self.ready.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    log.warning("lease_round_failed", error=repr(exc), failures=failures)
+                await self.sleep_or_stop(self.renew_every)
+        finally:
+            renew.cancel()
+            await asyncio.gather(renew, return_exceptions=True)
+            await self._release_all()
+            await self._close_own()
+
+    async def _renew_loop(self) -> None:
+        """Heartbeat and renew what this process holds, never waiting on the balancing round."""
+        last_ok = asyncio.get_running_loop().time()
+        while True:
             try:
-                await self.round()
-                failures = 0
-                self.ready.set()
+                await self.renew()
+                last_ok = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
-                log.warning("lease_round_failed", error=repr(exc), failures=failures)
+                log.warning("lease_renewal_failed", error=repr(exc))
+                if isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresConnectionError | OSError):
+                    await self._reconnect()
                 # Past our own TTL we can no longer be sure we own anything: drop it all.
-                if failures * self.renew_every >= self.ttl:
-                    await self._lose(list(self.tokens))
-            await self.sleep_or_stop(self.renew_every)
-        await self._release_all()
+                if asyncio.get_running_loop().time() - last_ok >= self.ttl:
+                    self._lose(list(self.tokens))
+            await asyncio.sleep(self.renew_every)
+
+    async def _reconnect(self) -> None:
+        """The renewal connection broke (and with it the name lock): take both again, or step down."""
+        self._lose(list(self.tokens))
+        await self._close_own()
+        try:
+            await self.claim_name()
+        except ReplicaIdInUse as exc:
+            log.error("replica_id_taken_over", replica=self.replica, error=str(exc))
+            self.on_fatal()
+            self.request_shutdown()
+        except Exception as exc:
+            log.warning("lease_reconnect_failed", error=repr(exc))
+
+    async def renew(self) -> None:
+        conn = self._conn
+        if conn is None:
+            raise asyncpg.InterfaceError("no lease connection")
+        held = [p for p in self.tokens if p not in self._releasing]
+        rows = await conn.fetch(
+            """
+            WITH me AS (
+                INSERT INTO scheduler_replica (name, incarnation, heartbeat_at)
+                VALUES ($1, $2, clock_timestamp())
+                ON CONFLICT (name) DO UPDATE SET incarnation = $2, heartbeat_at = clock_timestamp()
+            )
+            UPDATE partition_lease SET expires_at = clock_timestamp() + make_interval(secs => $4)
+            WHERE incarnation = $2 AND partition = ANY($3::int[]) RETURNING partition, token
+            """,
+            self.replica,
+            self.incarnation,
+            held,
+            self.ttl,
+        )
+        still = {r["partition"]: r["token"] for r in rows}
+        self._lose([p for p in held if self.tokens.get(p) is not None and still.get(p) != self.tokens[p]])
 
     async def round(self) -> None:
+        """Balance: give back what is above the fair share (in the background), take free partitions."""
         async with self.pool.acquire() as conn:
             live = await conn.fetchval(
+                "SELECT count(*) FROM scheduler_replica "
+                "WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $2) OR name = $1",
+                self.replica,
+                self.ttl,
+            )
+            target = math.ceil(self.partitions / max(1, int(live)))
+            kept = sorted(p for p in self.tokens if p not in self._releasing)
+            for p in kept[target:]:
+                self._releasing[p] = asyncio.create_task(self._release(p), name=f"release:{p}")
+            want = target - len(kept)
+            if want <= 0:
+                return
+            rows = await conn.fetch(
                 """
-                WITH me AS (
-                    INSERT INTO scheduler_replica (name, incarnation, heartbeat_at) VALUES ($1, $2, now())
-                    ON CONFLICT (name) DO UPDATE SET incarnation = $2, heartbeat_at = now()
+                WITH cand AS (
+                    SELECT partition FROM partition_lease
+                    WHERE partition < $4 AND NOT partition = ANY($6::int[])
+                      AND (expires_at < clock_timestamp() OR (owner = $1 AND incarnation <> $2))
+                    ORDER BY partition LIMIT $5
+                    FOR UPDATE SKIP LOCKED
                 )
-                SELECT count(*) FROM scheduler_replica
-                WHERE heartbeat_at > now() - make_interval(secs => $3) AND name <> $1
+                UPDATE partition_lease l
+                SET owner = $1, incarnation = $2, token = l.token + 1,
+                    expires_at = clock_timestamp() + make_interval(secs => $3)
+                FROM cand WHERE l.partition = cand.partition
+                RETURNING l.partition, l.token
                 """,
                 self.replica,
                 self.incarnation,
                 self.ttl,
+                self.partitions,
+                want,
+                list(self._releasing),
             )
-            target = math.ceil(self.partitions / (int(live) + 1))
-            # Renew what we hold.
-            held = await conn.fetch(
-                "UPDATE partition_lease SET expires_at = now() + make_interval(secs => $3) "
-                "WHERE incarnation = $1 AND partition = ANY($2::int[]) RETURNING partition, token",
-                self.incarnation,
-                list(self.tokens),
-                self.ttl,
-            )
-            still = {r["partition"]: r["token"] for r in held}
-            lost = [p for p in self.tokens if p not in still]
-            if lost:
-                await self._lose(lost)
-            # Give back what is above our fair share so other replicas can balance.
-            extra = sorted(self.tokens)[target:]
-            if extra:
-                await self._lose(extra)
-                await conn.execute(
-                    "UPDATE partition_lease SET expires_at = now() WHERE incarnation = $1 AND partition = ANY($2::int[])",
-                    self.incarnation,
-                    extra,
-                )
-            # Take free, expired, or our own previous incarnation's partitions up to the target.
-            want = target - len(self.tokens)
-            if want <= 0:
-                return
-            for partition in range(self.partitions):
-                if want <= 0:
-                    break
-                if partition in self.tokens:
-                    continue
-                token = await conn.fetchval(
-                    """
-                    INSERT INTO partition_lease (partition, owner, incarnation, token, expires_at)
-                    VALUES ($1, $2, $3, 1, now() + make_interval(secs => $4))
-                    ON CONFLICT (partition) DO UPDATE
-                        SET owner = $2, incarnation = $3, token = partition_lease.token + 1,
-                            expires_at = now() + make_interval(secs => $4)
-                        WHERE partition_lease.expires_at < now() OR partition_lease.owner = $2
-                    RETURNING token
-                    """,
-                    partition,
-                    self.replica,
-                    self.incarnation,
-                    self.ttl,
-                )
-                if token is not None:
-                    self.tokens[partition] = int(token)
-                    want -= 1
-                    log.info("partition_acquired", partition=partition, token=token)
-                    await self.on_acquired(partition)
+        for r in sorted(rows, key=lambda r: int(r["partition"])):
+            partition, token = int(r["partition"]), int(r["token"])
+            self.tokens[partition] = token
+            log.info("partition_acquired", partition=partition, token=token)
+            await self.on_acquired(partition)
 
-    async def _lose(self, partitions: list[int]) -> None:
+    async def _release(self, partition: int) -> None:
+        """Hand one partition back: stop its consumers and actors, then expire the row for others."""
+        try:
+            await self.on_lost(partition)
+            token = self.tokens.pop(partition, None)
+            if token is not None:
+                log.info("partition_released", partition=partition)
+                async with self.pool.acquire() as conn:
+                    await conn.execute(
+                        "UPDATE partition_lease SET expires_at = clock_timestamp() "
+                        "WHERE partition = $1 AND incarnation = $2 AND token = $3",
+                        partition,
+                        self.incarnation,
+                        token,
+                    )
+        except Exception as exc:
+            log.warning("partition_release_failed", partition=partition, error=repr(exc))
+        finally:
+            self._releasing.pop(partition, None)
+
+    def _lose(self, partitions: list[int]) -> None:
+        """Partitions this process found it no longer owns: forget them now, stop their work behind."""
         for p in partitions:
             if self.tokens.pop(p, None) is not None:
-                log.warning("partition_released", partition=p)
-                await self.on_lost(p)
+                log.warning("partition_lost", partition=p)
+                task = asyncio.create_task(self._stop_lost(p), name=f"lost:{p}")
+                self._releasing.setdefault(p, task)
+
+    async def _stop_lost(self, partition: int) -> None:
+        try:
+            await self.on_lost(partition)
+        except Exception as exc:
+            log.warning("partition_stop_failed", partition=partition, error=repr(exc))
+        finally:
+            if self._releasing.get(partition) is asyncio.current_task():
+                del self._releasing[partition]
 
     async def _release_all(self) -> None:
-        held = list(self.tokens)
-        await self._lose(held)
-        if not held:
-            return
+        for p in list(self.tokens):
+            if p not in self._releasing:
+                self._releasing[p] = asyncio.create_task(self._release(p), name=f"release:{p}")
+        if self._releasing:
+            await asyncio.gather(*self._releasing.values(), return_exceptions=True)
         try:
             async with self.pool.acquire() as conn:
                 await conn.execute(
-                    "UPDATE partition_lease SET expires_at = now() WHERE incarnation = $1", self.incarnation
+                    "UPDATE partition_lease SET expires_at = clock_timestamp() WHERE incarnation = $1",
+                    self.incarnation,
                 )
                 await conn.execute("DELETE FROM scheduler_replica WHERE incarnation = $1", self.incarnation)
         except Exception as exc:

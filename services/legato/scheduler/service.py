@@ -161,7 +161,11 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             renew_every=max(0.5, lease_ttl / 5),
             on_acquired=acquired,
             on_lost=lost,
+            database_url=settings.database_url,
+            on_fatal=host.request_shutdown,
         )
+        # One live process per replica id: refuse to start (one clear line) while another holds it.
+        await leaser.claim_name()
         timers = TimerLoop(
             host.pool, owned=lambda: sorted(leaser.tokens), deliver=lambda w, m: registry.deliver(w, m)
         )

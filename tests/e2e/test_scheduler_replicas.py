@@ -1,0 +1,279 @@
+"""Scheduler replicas as real processes against a real PostgreSQL and NATS: one live process per
+replica id, one partition count per install, and rebalancing that converges without flip-flopping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from legato.devstack.processes import ServiceProcess, service_env
+from legato.runtime.settings import Settings
+from tests.e2e.test_spine import _ledger_lines
+from tests.support.stack import running_stack, wait_for
+
+TTL = 3.0
+
+
+def scheduler(
+    settings: Settings, tmp_path: Path, name: str, replica: str, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    return ServiceProcess(
+        name,
+        "legato.scheduler",
+        ["--replica-id", replica, "--lease-ttl", str(TTL)],
+        service_env(settings, tmp_path / "state", env),
+        tmp_path,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url)
+    yield conn
+    await conn.close()
+
+
+async def owners(db: asyncpg.Connection) -> dict[int, tuple[str, int]]:
+    """Partition -> (owner, token) for every lease that is live right now."""
+    rows = await db.fetch(
+        "SELECT partition, owner, token FROM partition_lease WHERE expires_at > clock_timestamp()"
+    )
+    return {r["partition"]: (r["owner"], r["token"]) for r in rows}
+
+
+async def until(cond: object, timeout: float, what: str, *procs: ServiceProcess) -> float:
+    start = time.monotonic()
+    while not await cond():  # type: ignore[operator]
+        if time.monotonic() - start > timeout:
+            raise AssertionError(
+                f"{what} not reached in {timeout}s\n" + "\n".join(p.log_tail() for p in procs)
+            )
+        await asyncio.sleep(0.1)
+    return time.monotonic() - start
+
+
+async def test_a_second_process_with_the_same_replica_id_refuses_to_start(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    first = scheduler(settings, tmp_path, "first", "twin")
+    second = scheduler(settings, tmp_path, "second", "twin")
+    first.start()
+    try:
+
+        async def all_owned() -> bool:
+            o = await owners(db)
+            return len(o) == settings.partitions and {v[0] for v in o.values()} == {"twin"}
+
+        await until(all_owned, 60, "first owns every partition", first)
+        before = await owners(db)
+        second.start()
+        assert second.proc is not None
+        rc = await asyncio.to_thread(second.proc.wait, 60)
+        assert rc == 1, second.log_tail()
+        assert "replica id 'twin' is held by another live scheduler process" in second.log_tail()
+        assert first.alive
+        # The first process kept every partition under the same fencing token: nothing was stolen.
+        await asyncio.sleep(TTL)
+        assert await owners(db) == before
+    finally:
+        second.terminate()
+        first.terminate()
+
+
+async def test_a_replica_id_is_free_again_once_its_process_is_killed(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    first = scheduler(settings, tmp_path, "first", "phoenix")
+    again = scheduler(settings, tmp_path, "again", "phoenix")
+    first.start()
+    try:
+
+        async def owned_by(incarnations: int) -> bool:
+            o = await owners(db)
+            return len(o) == settings.partitions and all(t >= incarnations for _, t in o.values())
+
+        await until(lambda: owned_by(1), 60, "first owns every partition", first)
+        first.kill9()
+        again.start()
+        # The restarted replica takes its name and its partitions back at once (no lease expiry wait).
+        await until(lambda: owned_by(2), 30, "restart owns every partition", again)
+        assert again.alive
+    finally:
+        again.terminate()
+        first.terminate()
+
+
+async def test_a_process_with_another_partition_count_refuses_to_start(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    first = scheduler(settings, tmp_path, "first", "a")
+    other = scheduler(settings, tmp_path, "other", "b", {"LEGATO_PARTITIONS": str(settings.partitions * 2)})
+    first.start()
+    try:
+
+        async def all_owned() -> bool:
+            return len(await owners(db)) == settings.partitions
+
+        await until(all_owned, 60, "first owns every partition", first)
+        other.start()
+        assert other.proc is not None
+        rc = await asyncio.to_thread(other.proc.wait, 60)
+        assert rc == 1, other.log_tail()
+        assert (
+            f"LEGATO_PARTITIONS is {settings.partitions * 2} but this install uses {settings.partitions} "
+            "partitions" in other.log_tail()
+        )
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM partition_lease WHERE partition >= $1", settings.partitions
+            )
+            == 0
+        )
+        assert await db.fetchval("SELECT count(*) FROM scheduler_replica WHERE name = 'b'") == 0
+    finally:
+        other.terminate()
+        first.terminate()
+
+
+@pytest.mark.slow
+async def test_32_partitions_rebalance_to_a_joining_replica_without_flip_flopping(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    parts = 32
+    env = {"LEGATO_PARTITIONS": str(parts)}
+    a = scheduler(settings, tmp_path, "a", "a", env)
+    b = scheduler(settings, tmp_path, "b", "b", env)
+    a.start()
+    try:
+
+        async def a_owns_all() -> bool:
+            o = await owners(db)
+            return len(o) == parts and {v[0] for v in o.values()} == {"a"}
+
+        await until(a_owns_all, 90, "a owns all 32 partitions", a)
+        b.start()
+
+        async def balanced() -> bool:
+            o = await owners(db)
+            return len(o) == parts and sorted(v[0] for v in o.values()) == ["a"] * 16 + ["b"] * 16
+
+        took = await until(balanced, 60, "16 + 16 partitions", a, b)
+        print(f"rebalance 32 partitions to a joining replica: {took:.1f}s")
+        settled = await owners(db)
+        # Stable: for three lease times every partition stays owned, by the same replica, same token.
+        end = time.monotonic() + 3 * TTL
+        while time.monotonic() < end:
+            assert await owners(db) == settled, "ownership changed after convergence"
+            await asyncio.sleep(0.2)
+        assert a.alive and b.alive
+    finally:
+        b.terminate()
+        a.terminate()
+
+
+LEDGER = """
+id: {id}
+run_strategy: {{type: parallel, max_concurrency: 200}}
+steps:
+  - id: a
+    type: shell
+    command: 'echo "$LEGATO_INSTANCE_ID $LEGATO_STEP_ID $LEGATO_ATTEMPT" >> {ledger}'
+    retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
+  - id: b
+    type: shell
+    depends_on: [a]
+    command: 'echo "$LEGATO_INSTANCE_ID $LEGATO_STEP_ID $LEGATO_ATTEMPT" >> {ledger}'
+    retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
+"""
+
+# A scheduler's connection that sits idle inside a transaction holding a lock on partition_lease rows.
+PAUSED_HOLDER = """
+SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+WHERE a.datname = current_database() AND a.state = 'idle in transaction'
+  AND l.relation = 'partition_lease'::regclass AND l.granted
+"""
+
+
+@pytest.mark.slow
+async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
+    settings: Settings, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """SIGSTOP one of two schedulers while it holds a transaction on its lease rows: the other takes
+    over its partitions and every new run completes while it stays stopped; after SIGCONT nothing is
+    stuck, nothing ran twice, nothing was dead-lettered."""
+    ledger = tmp_path / "ledger.txt"
+    flows = [f"led{i}" for i in range(8)]
+    async with running_stack(settings, tmp_path, schedulers=2, lease_ttl=TTL, concurrency=8) as (
+        stack,
+        client,
+    ):
+        for w in flows:
+            await client.push(LEDGER.format(id=w, ledger=ledger))
+
+        async def both_own() -> bool:
+            o = await owners(db)
+            return len(o) == settings.partitions and len({v[0] for v in o.values()}) == 2
+
+        await until(both_own, 60, "both replicas own partitions", stack["scheduler"], stack["scheduler1"])
+        started: list[str] = []
+        n = 0
+
+        stop_loading = asyncio.Event()
+
+        async def load() -> None:
+            nonlocal n
+            while not stop_loading.is_set():
+                r = await client.start(flows[n % len(flows)], request_id=f"load{n}")
+                started.append(r["instance_id"])
+                n += 1
+                await asyncio.sleep(0.01)
+
+        loader = asyncio.create_task(load())
+        victim = None
+        try:
+            for attempt in range(60):
+                candidate = stack["scheduler" if attempt % 2 == 0 else "scheduler1"]
+                assert candidate.pid is not None
+                os.kill(candidate.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.3)
+                if await db.fetchval(PAUSED_HOLDER):
+                    victim = candidate
+                    break
+                os.kill(candidate.pid, signal.SIGCONT)
+                await asyncio.sleep(0.2)
+        finally:
+            stop_loading.set()  # let the start in flight finish: every accepted run is checked below
+            await loader
+        assert victim is not None and victim.pid is not None, "never caught a scheduler inside a transaction"
+        try:
+            paused_at = time.monotonic()
+            # While it stays stopped, new runs of every workflow (so on every partition) complete.
+            fresh = [(await client.start(w, request_id=f"fresh-{w}"))["instance_id"] for w in flows]
+            for i in fresh:
+                info = await wait_for(client, i, timeout=60)
+                assert info["status"] == "succeeded", info
+            took = time.monotonic() - paused_at
+            print(f"runs progressing on every partition {took:.1f}s after SIGSTOP of a replica")
+            assert victim.alive
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+        ids = sorted(set(started) | set(fresh))
+        infos = [await wait_for(client, i, timeout=120) for i in ids]
+    assert all(i["status"] == "succeeded" for i in infos), [(i["instance_id"], i["status"]) for i in infos]
+    lines = _ledger_lines(ledger)
+    for info in infos:
+        for step in info["steps"]:
+            done = [a for a in step["attempts"] if a["status"] == "succeeded"]
+            assert len(done) == 1, step
+            ran = [x for x in lines if x[0] == info["instance_id"] and x[1] == step["step_id"]]
+            lost = {a["attempt"] for a in step["attempts"] if a["status"] == "lost"}
+            assert all(x[2] == done[0]["attempt"] or x[2] in lost for x in ran), (step, ran)
+    assert await db.fetchval("SELECT count(*) FROM workflow_instance") == len(ids)
+    assert await db.fetchval("SELECT count(*) FROM dead_letter") == 0
