@@ -40,7 +40,7 @@ from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
 from legato.trigger.dead_letter_api import DeadLetterApi
-from legato.trigger.replies import reply_budget
+from legato.trigger.replies import cut_text, fit, max_payload, reply_budget, size_of, truncated
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -49,6 +49,7 @@ _encoder = msgspec.json.Encoder()
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ROW_CACHE_SECONDS = 1.0
 ACCEPTED_PRUNE_SECONDS = 60.0
+DESCRIPTION_CHARS = 1000  # of a description in workflow.list (workflow.get has it whole)
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -180,6 +181,14 @@ class ApiService(Component):
                     with bind_context(**_ids_of(body)):
                         result = await fn(body)
                     payload = _encoder.encode({"result": result})
+                    if len(payload) > max_payload(self.nc):
+                        # Never a reply the server refuses (the client would only see a timeout).
+                        raise ApiError(
+                            "too_large",
+                            f"{name}: the reply is {len(payload)} bytes, over the server's max payload of "
+                            f"{max_payload(self.nc)}: ask for a smaller page (limit)",
+                            {"bytes": len(payload), "max_payload": max_payload(self.nc)},
+                        )
                 except ApiError as exc:
                     outcome = exc.code
                     payload = _encoder.encode(exc.to_json())
@@ -241,7 +250,7 @@ class ApiService(Component):
                 "ORDER BY version DESC LIMIT 50",
                 req.workflow_id,
             )
-        return {
+        out = {
             **R.workflow_summary(row),
             "version": version,
             "definition": msgspec.json.decode(text),
@@ -256,6 +265,12 @@ class ApiService(Component):
                 for v in versions
             ],
         }
+        # A definition near the max size: the source text, then the parsed definition, become markers.
+        budget = reply_budget(self.nc)
+        for key in ("source", "definition"):
+            if size_of(out) > budget:
+                out[key] = truncated(out[key], budget // 4)
+        return out
 
     async def workflow_list(self, req: A.ListWorkflows) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
@@ -266,19 +281,23 @@ class ApiService(Component):
                 limit + 1,
             )
             descs = {
-                r["workflow_id"]: r["d"]
+                r["workflow_id"]: cut_text(r["d"], r["n"], DESCRIPTION_CHARS)
                 for r in await conn.fetch(
-                    "SELECT v.workflow_id, v.definition->>'description' AS d FROM workflow w "
+                    "SELECT v.workflow_id, left(v.definition->>'description', $2) AS d, "
+                    "octet_length(v.definition->>'description') AS n FROM workflow w "
                     "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
                     "WHERE w.id = ANY($1::text[])",
                     [r["id"] for r in rows[:limit]],
+                    DESCRIPTION_CHARS,
                 )
             }
-        page = rows[:limit]
-        return {
-            "workflows": [{**R.workflow_summary(r), "description": descs.get(r["id"])} for r in page],
-            "next": page[-1]["id"] if len(rows) > limit else None,
-        }
+        page = fit(
+            rows[:limit],
+            reply_budget(self.nc),
+            lambda r: {**R.workflow_summary(r), "description": descs.get(r["id"])},
+        )
+        more = len(page) < len(rows)
+        return {"workflows": page, "next": page[-1]["workflow_id"] if more and page else None}
 
     async def workflow_activate(self, req: A.WorkflowRef) -> dict[str, Any]:
         self._rows.pop(req.workflow_id, None)
@@ -335,11 +354,16 @@ class ApiService(Component):
             **summary,
             "state": state,
             "counts": counts,
-            "running_runs": [Q.instance_summary(r) for r in running],
-            "queued_runs": [
-                {**Q.instance_summary(r), "position": i + 1, "reason": why.get(r["id"], r["reason"])}
-                for i, r in enumerate(queued)
-            ],
+            "running_runs": fit(running, reply_budget(self.nc) // 2, Q.instance_summary),
+            "queued_runs": fit(
+                list(enumerate(queued)),
+                reply_budget(self.nc) // 2,
+                lambda ir: {
+                    **Q.instance_summary(ir[1]),
+                    "position": ir[0] + 1,
+                    "reason": why.get(ir[1]["id"], ir[1]["reason"]),
+                },
+            ),
         }
 
     async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:
@@ -870,6 +894,7 @@ class ApiService(Component):
                 limit=max(1, min(req.limit, 1000)),
                 cursor=req.cursor,
                 include_children=req.include_children,
+                budget=reply_budget(self.nc),
             )
 
     async def instance_iterations(self, req: A.ListIterations) -> dict[str, Any]:
@@ -881,6 +906,7 @@ class ApiService(Component):
                 status=req.status,
                 after=req.after,
                 limit=max(1, min(req.limit, 1000)),
+                budget=reply_budget(self.nc),
             )
 
 
