@@ -79,7 +79,13 @@ async def collect_pages(
 
 async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
     res = await collect_pages(
-        c, "workflow.list", {}, rows="workflows", cursor="after", next_key="next", limit=max(1, args.limit)
+        c,
+        "workflow.list",
+        {"include_archived": getattr(args, "archived", False)},
+        rows="workflows",
+        cursor="after",
+        next_key="next",
+        limit=max(1, args.limit),
     )
     if args.json:
         render.dump_json(res)
@@ -89,7 +95,7 @@ async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
         [
             [
                 w["workflow_id"],
-                "yes" if w["active"] else "no",
+                "archived" if w.get("archived_at") else "yes" if w["active"] else "no",
                 w["active_version"],
                 w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
                 w["running"],

@@ -114,6 +114,8 @@ class ApiService(Component):
             "workflow.stop": (A.WorkflowAction, self.workflow_stop),
             "workflow.kill": (A.WorkflowAction, self.workflow_kill),
             "workflow.unblock": (A.WorkflowAction, self.workflow_unblock),
+            "workflow.archive": (A.RemoveWorkflow, self.workflow_archive),
+            "workflow.delete": (A.RemoveWorkflow, self.workflow_delete),
             "tag.set": (A.SetTag, self.tag_set),
             "tag.list": (A.TagRef, self.tag_list),
             "instance.start": (A.StartInstance, self.instance_start),
@@ -276,9 +278,11 @@ class ApiService(Component):
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) "
+                "AND ($3 OR archived_at IS NULL) ORDER BY id LIMIT $2",
                 req.after,
                 limit + 1,
+                req.include_archived,
             )
             descs = {
                 r["workflow_id"]: cut_text(r["d"], r["n"], DESCRIPTION_CHARS)
@@ -298,6 +302,50 @@ class ApiService(Component):
         )
         more = len(page) < len(rows)
         return {"workflows": page, "next": page[-1]["workflow_id"] if more and page else None}
+
+    async def workflow_archive(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+        """Inactive and hidden from ``workflow list``; its runs and versions are kept (activate or push
+        it to bring it back)."""
+        if not req.reason.strip():
+            raise ApiError("bad_request", "archive: a reason is required (--reason)")
+        self._rows.pop(req.workflow_id, None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await R.check_no_active_runs(conn, req.workflow_id, "archive", force=req.force)
+            await conn.execute(
+                "UPDATE workflow SET active = false, archived_at = coalesce(archived_at, now()), updated_at = now() "
+                "WHERE id = $1",
+                req.workflow_id,
+            )
+            await deactivate_signal_triggers(conn, req.workflow_id)
+            await R.notify_scheduler(conn, self.topology, req.workflow_id, "archived")
+            result = "archived" + (f" with {active} active run(s) (forced)" if active else "")
+            await R.record_action(
+                conn, new_request_id(), req.workflow_id, "archive", req.actor, req.reason, result
+            )
+            row = await R.get_workflow_row(conn, req.workflow_id)
+        self.wake_relay()
+        log.info("workflow_archived", workflow_id=req.workflow_id, actor=req.actor, active_runs=active)
+        return {**R.workflow_summary(row), "result": result}
+
+    async def workflow_delete(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+        """The workflow, its versions and its runs are gone; the audit record stays."""
+        if not req.reason.strip():
+            raise ApiError("bad_request", "delete: a reason is required (--reason)")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await R.check_no_active_runs(conn, req.workflow_id, "delete", force=req.force)
+            counts = await R.delete_workflow(conn, self.topology, req.workflow_id)
+            result = f"deleted with {counts['runs']} run(s)" + (
+                f", {active} of them active (forced)" if active else ""
+            )
+            await R.record_action(
+                conn, new_request_id(), req.workflow_id, "delete", req.actor, req.reason, result
+            )
+        self._rows.pop(req.workflow_id, None)
+        self.wake_relay()
+        log.info("workflow_deleted", workflow_id=req.workflow_id, actor=req.actor, **counts)
+        return {"workflow_id": req.workflow_id, "deleted": True, "result": result, **counts}
 
     async def workflow_activate(self, req: A.WorkflowRef) -> dict[str, Any]:
         self._rows.pop(req.workflow_id, None)
@@ -858,6 +906,10 @@ class ApiService(Component):
                 workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
                     "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
                 )
+                if workflow_id and not await conn.fetchval(
+                    "SELECT 1 FROM workflow WHERE id = $1", workflow_id
+                ):
+                    workflow_id = None  # accepted, then its workflow was deleted
                 if workflow_id:
                     return {
                         "instance_id": req.instance_id,
