@@ -64,8 +64,32 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
     return status
 
 
+async def collect_pages(
+    c: LegatoClient, endpoint: str, body: dict[str, Any], *, rows: str, cursor: str, next_key: str, limit: int
+) -> dict[str, Any]:
+    """Up to ``limit`` rows of a paginated list, following the API's cursor page by page (a page holds at
+    most 1,000 rows, fewer when they are large)."""
+    got: list[Any] = []
+    after: Any = None
+    while len(got) < limit:  # bounded: every page returns at least one row, or ends the list
+        res = await c.call(endpoint, {**body, "limit": min(1000, limit - len(got)), cursor: after})
+        got.extend(res[rows])
+        after = res.get(next_key)
+        if after is None or not res[rows]:
+            break
+    return {rows: got[:limit], next_key: after}
+
+
 async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.list", {"limit": args.limit})
+    res = await collect_pages(
+        c,
+        "workflow.list",
+        {"include_archived": getattr(args, "archived", False)},
+        rows="workflows",
+        cursor="after",
+        next_key="next",
+        limit=max(1, args.limit),
+    )
     if args.json:
         render.dump_json(res)
         return 0
@@ -74,7 +98,7 @@ async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
         [
             [
                 w["workflow_id"],
-                "yes" if w["active"] else "no",
+                "archived" if w.get("archived_at") else "yes" if w["active"] else "no",
                 w["active_version"],
                 w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
                 w["running"],
@@ -204,8 +228,14 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call(
-        "instance.list", {"workflow_id": args.workflow, "status": args.status, "limit": args.limit}
+    res = await collect_pages(
+        c,
+        "instance.list",
+        {"workflow_id": args.workflow, "status": args.status},
+        rows="instances",
+        cursor="cursor",
+        next_key="next_cursor",
+        limit=max(1, args.limit),
     )
     if args.json:
         render.dump_json(res)

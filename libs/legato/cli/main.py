@@ -17,6 +17,7 @@ from legato.cli.dead_letter_commands import add_dead_letter_commands
 from legato.cli.errors import CliError
 from legato.cli.params import ParamSyntaxError, parse_params
 from legato.cli.signal_commands import add_signal_commands
+from legato.cli.workflow_removal import add_workflow_removal_commands
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import SettingsError
 
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-activate", action="store_true")
     sp = api("list", C.cmd_workflow_list, "list workflows", wsub)
     sp.add_argument("--limit", type=int, default=200)
+    sp.add_argument("--archived", action="store_true", help="archived workflows too")
     sp = api("show", C.cmd_workflow_show, "show a workflow and its definition", wsub)
     sp.add_argument("workflow")
     sp.add_argument("--version", type=int)
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("workflow")
         sp.add_argument("--reason", required=True)
         sp.set_defaults(action=action)
+    add_workflow_removal_commands(wsub, api)
     sp = wsub.add_parser("validate", help="validate a definition file (no server needed)")
     sp.add_argument("files", nargs="+")
     sp.add_argument("--json", action="store_true")

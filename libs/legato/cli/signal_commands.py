@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from legato.cli import render
-from legato.cli.commands import parse_params
+from legato.cli.commands import collect_pages, parse_params
 from legato.client import LegatoClient
 
 ApiParser = Callable[..., argparse.ArgumentParser]
@@ -51,7 +51,15 @@ async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("signal.list", {"name": args.name, "rejected": args.rejected, "limit": args.limit})
+    res = await collect_pages(
+        c,
+        "signal.list",
+        {"name": args.name, "rejected": args.rejected},
+        rows="signals",
+        cursor="before",
+        next_key="next",
+        limit=max(1, args.limit),
+    )
     if args.json:
         render.dump_json(res)
         return 0

@@ -29,6 +29,15 @@ class WorkflowRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=T
 class ListWorkflows(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     limit: int = 100
     after: str | None = None  # keyset pagination on workflow id
+    include_archived: bool = False
+
+
+class RemoveWorkflow(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Archive (keep, hide, no new runs) or delete (with its versions and runs) a workflow."""
+
+    workflow_id: str
+    reason: str = ""
+    force: bool = False  # even with queued or running runs (archive: they finish; delete: cancelled)
 
 
 class SetRunStrategy(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -163,6 +163,7 @@ class WorkflowActor:
                 self.workflow_id,
             )
             if row is None:
+                self.state = None  # deleted: a workflow pushed again under this id starts afresh
                 for env in batch:
                     if isinstance(env.message, StartRun | ActionRequest):
                         env.future.set_exception(Poison(f"unknown workflow {self.workflow_id!r}"))

@@ -40,7 +40,7 @@ from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
 from legato.trigger.dead_letter_api import DeadLetterApi
-from legato.trigger.replies import reply_budget
+from legato.trigger.replies import cut_text, fit, max_payload, reply_budget, size_of, truncated
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -49,6 +49,7 @@ _encoder = msgspec.json.Encoder()
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 ROW_CACHE_SECONDS = 1.0
 ACCEPTED_PRUNE_SECONDS = 60.0
+DESCRIPTION_CHARS = 1000  # of a description in workflow.list (workflow.get has it whole)
 STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
 
 
@@ -113,6 +114,8 @@ class ApiService(Component):
             "workflow.stop": (A.WorkflowAction, self.workflow_stop),
             "workflow.kill": (A.WorkflowAction, self.workflow_kill),
             "workflow.unblock": (A.WorkflowAction, self.workflow_unblock),
+            "workflow.archive": (A.RemoveWorkflow, self.workflow_archive),
+            "workflow.delete": (A.RemoveWorkflow, self.workflow_delete),
             "tag.set": (A.SetTag, self.tag_set),
             "tag.list": (A.TagRef, self.tag_list),
             "instance.start": (A.StartInstance, self.instance_start),
@@ -180,6 +183,14 @@ class ApiService(Component):
                     with bind_context(**_ids_of(body)):
                         result = await fn(body)
                     payload = _encoder.encode({"result": result})
+                    if len(payload) > max_payload(self.nc):
+                        # Never a reply the server refuses (the client would only see a timeout).
+                        raise ApiError(
+                            "too_large",
+                            f"{name}: the reply is {len(payload)} bytes, over the server's max payload of "
+                            f"{max_payload(self.nc)}: ask for a smaller page (limit)",
+                            {"bytes": len(payload), "max_payload": max_payload(self.nc)},
+                        )
                 except ApiError as exc:
                     outcome = exc.code
                     payload = _encoder.encode(exc.to_json())
@@ -241,7 +252,7 @@ class ApiService(Component):
                 "ORDER BY version DESC LIMIT 50",
                 req.workflow_id,
             )
-        return {
+        out = {
             **R.workflow_summary(row),
             "version": version,
             "definition": msgspec.json.decode(text),
@@ -256,29 +267,85 @@ class ApiService(Component):
                 for v in versions
             ],
         }
+        # A definition near the max size: the source text, then the parsed definition, become markers.
+        budget = reply_budget(self.nc)
+        for key in ("source", "definition"):
+            if size_of(out) > budget:
+                out[key] = truncated(out[key], budget // 4)
+        return out
 
     async def workflow_list(self, req: A.ListWorkflows) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) "
+                "AND ($3 OR archived_at IS NULL) ORDER BY id LIMIT $2",
                 req.after,
                 limit + 1,
+                req.include_archived,
             )
             descs = {
-                r["workflow_id"]: r["d"]
+                r["workflow_id"]: cut_text(r["d"], r["n"], DESCRIPTION_CHARS)
                 for r in await conn.fetch(
-                    "SELECT v.workflow_id, v.definition->>'description' AS d FROM workflow w "
+                    "SELECT v.workflow_id, left(v.definition->>'description', $2) AS d, "
+                    "octet_length(v.definition->>'description') AS n FROM workflow w "
                     "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
                     "WHERE w.id = ANY($1::text[])",
                     [r["id"] for r in rows[:limit]],
+                    DESCRIPTION_CHARS,
                 )
             }
-        page = rows[:limit]
-        return {
-            "workflows": [{**R.workflow_summary(r), "description": descs.get(r["id"])} for r in page],
-            "next": page[-1]["id"] if len(rows) > limit else None,
-        }
+        page = fit(
+            rows[:limit],
+            reply_budget(self.nc),
+            lambda r: {**R.workflow_summary(r), "description": descs.get(r["id"])},
+        )
+        more = len(page) < len(rows)
+        return {"workflows": page, "next": page[-1]["workflow_id"] if more and page else None}
+
+    async def workflow_archive(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+        """Inactive and hidden from ``workflow list``; its runs and versions are kept (activate or push
+        it to bring it back)."""
+        if not req.reason.strip():
+            raise ApiError("bad_request", "archive: a reason is required (--reason)")
+        self._rows.pop(req.workflow_id, None)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await R.check_no_active_runs(conn, req.workflow_id, "archive", force=req.force)
+            await conn.execute(
+                "UPDATE workflow SET active = false, archived_at = coalesce(archived_at, now()), updated_at = now() "
+                "WHERE id = $1",
+                req.workflow_id,
+            )
+            await deactivate_signal_triggers(conn, req.workflow_id)
+            await R.notify_scheduler(conn, self.topology, req.workflow_id, "archived")
+            result = "archived" + (f" with {active} active run(s) (forced)" if active else "")
+            await R.record_action(
+                conn, new_request_id(), req.workflow_id, "archive", req.actor, req.reason, result
+            )
+            row = await R.get_workflow_row(conn, req.workflow_id)
+        self.wake_relay()
+        log.info("workflow_archived", workflow_id=req.workflow_id, actor=req.actor, active_runs=active)
+        return {**R.workflow_summary(row), "result": result}
+
+    async def workflow_delete(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+        """The workflow, its versions and its runs are gone; the audit record stays."""
+        if not req.reason.strip():
+            raise ApiError("bad_request", "delete: a reason is required (--reason)")
+        async with self.pool.acquire() as conn, conn.transaction():
+            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await R.check_no_active_runs(conn, req.workflow_id, "delete", force=req.force)
+            counts = await R.delete_workflow(conn, self.topology, req.workflow_id)
+            result = f"deleted with {counts['runs']} run(s)" + (
+                f", {active} of them active (forced)" if active else ""
+            )
+            await R.record_action(
+                conn, new_request_id(), req.workflow_id, "delete", req.actor, req.reason, result
+            )
+        self._rows.pop(req.workflow_id, None)
+        self.wake_relay()
+        log.info("workflow_deleted", workflow_id=req.workflow_id, actor=req.actor, **counts)
+        return {"workflow_id": req.workflow_id, "deleted": True, "result": result, **counts}
 
     async def workflow_activate(self, req: A.WorkflowRef) -> dict[str, Any]:
         self._rows.pop(req.workflow_id, None)
@@ -335,11 +402,16 @@ class ApiService(Component):
             **summary,
             "state": state,
             "counts": counts,
-            "running_runs": [Q.instance_summary(r) for r in running],
-            "queued_runs": [
-                {**Q.instance_summary(r), "position": i + 1, "reason": why.get(r["id"], r["reason"])}
-                for i, r in enumerate(queued)
-            ],
+            "running_runs": fit(running, reply_budget(self.nc) // 2, Q.instance_summary),
+            "queued_runs": fit(
+                list(enumerate(queued)),
+                reply_budget(self.nc) // 2,
+                lambda ir: {
+                    **Q.instance_summary(ir[1]),
+                    "position": ir[0] + 1,
+                    "reason": why.get(ir[1]["id"], ir[1]["reason"]),
+                },
+            ),
         }
 
     async def workflow_set_run_strategy(self, req: A.SetRunStrategy) -> dict[str, Any]:
@@ -834,6 +906,10 @@ class ApiService(Component):
                 workflow_id = self._accepted.get(req.instance_id) or await conn.fetchval(
                     "SELECT workflow_id FROM accepted_start WHERE instance_id = $1", req.instance_id
                 )
+                if workflow_id and not await conn.fetchval(
+                    "SELECT 1 FROM workflow WHERE id = $1", workflow_id
+                ):
+                    workflow_id = None  # accepted, then its workflow was deleted
                 if workflow_id:
                     return {
                         "instance_id": req.instance_id,
@@ -870,6 +946,7 @@ class ApiService(Component):
                 limit=max(1, min(req.limit, 1000)),
                 cursor=req.cursor,
                 include_children=req.include_children,
+                budget=reply_budget(self.nc),
             )
 
     async def instance_iterations(self, req: A.ListIterations) -> dict[str, Any]:
@@ -881,6 +958,7 @@ class ApiService(Component):
                 status=req.status,
                 after=req.after,
                 limit=max(1, min(req.limit, 1000)),
+                budget=reply_budget(self.nc),
             )
 
 

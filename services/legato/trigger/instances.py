@@ -21,9 +21,9 @@ def instance_summary(r: asyncpg.Record) -> dict[str, Any]:
         "workflow_id": r["workflow_id"],
         "version": r["version"],
         "status": r["status"],
-        "reason": r["reason"],
-        "error": r["error"],
-        "trigger": r["trigger"],
+        "reason": truncated(r["reason"], 4096),
+        "error": truncated(r["error"], 4096),
+        "trigger": truncated(r["trigger"], 4096),
         "run_number": r["run_number"],
         "seq": r["seq"],
         "created_at": iso(r["created_at"]),
@@ -344,6 +344,7 @@ async def list_iterations(
     status: str | None,
     after: int | None,
     limit: int,
+    budget: int = 1_000_000,
 ) -> dict[str, Any]:
     rows = await conn.fetch(
         f"SELECT DISTINCT ON (parent_iteration) {SUMMARY_COLUMNS}, parent_iteration, outputs "
@@ -357,11 +358,13 @@ async def list_iterations(
     for r in rows:
         if status and r["status"] != status:
             continue
-        out.append({**instance_summary(r), "iteration": r["parent_iteration"], "outputs": r["outputs"]})
+        out.append(
+            {**instance_summary(r), "iteration": r["parent_iteration"], "outputs": truncated(r["outputs"])}
+        )
         if len(out) > limit:
             break
-    page = out[:limit]
-    return {"iterations": page, "next": page[-1]["iteration"] if len(out) > limit else None}
+    page = fit(out[:limit], budget, lambda row: row)
+    return {"iterations": page, "next": page[-1]["iteration"] if len(page) < len(out) and page else None}
 
 
 async def list_instances(
@@ -374,6 +377,7 @@ async def list_instances(
     limit: int,
     cursor: int | None,
     include_children: bool = False,
+    budget: int = 1_000_000,
 ) -> dict[str, Any]:
     clauses: list[str] = [] if include_children else ["parent_instance_id IS NULL"]
     args: list[Any] = []
@@ -397,9 +401,9 @@ async def list_instances(
     rows = await conn.fetch(
         f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
     )
-    page = rows[:limit]
-    why = await explain_queued(conn, page)
-    return {
-        "instances": [{**instance_summary(r), "reason": why.get(r["id"], r["reason"])} for r in page],
-        "next_cursor": page[-1]["seq"] if len(rows) > limit else None,
-    }
+    why = await explain_queued(conn, rows[:limit])
+    page = fit(
+        rows[:limit], budget, lambda r: {**instance_summary(r), "reason": why.get(r["id"], r["reason"])}
+    )
+    more = len(page) < len(rows)
+    return {"instances": page, "next_cursor": page[-1]["seq"] if more and page else None}

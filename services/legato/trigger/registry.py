@@ -18,14 +18,15 @@ from legato.core import (
 )
 from legato.protocol import encode
 from legato.protocol.api import ApiError
-from legato.protocol.messages import WorkflowChanged
+from legato.protocol.messages import CancelAttempt, WorkflowChanged
 from legato.store.outbox import add_to_outbox
-from legato.store.signal_triggers import register_signal_triggers
+from legato.store.signal_triggers import deactivate_signal_triggers, register_signal_triggers
 
 WORKFLOW_COLUMNS = (
     "id, active, active_version, latest_version, run_strategy, max_concurrency, strategy_source, paused, "
-    "blocked_by, blocked_since, running_count, queued_count, created_at, updated_at"
+    "blocked_by, blocked_since, running_count, queued_count, created_at, updated_at, archived_at"
 )
+ACTIVE = ("queued", "running")
 
 
 def parse_or_raise(text: str, source: str) -> WorkflowDefinition:
@@ -54,14 +55,17 @@ async def push_workflow(
     row = await conn.fetchrow(f"SELECT {WORKFLOW_COLUMNS} FROM workflow WHERE id = $1 FOR UPDATE", defn.id)
     created = False
     if row is None:
-        version = 1
+        # A deleted workflow's id continues its numbering: a version number never names two definitions.
+        last = await conn.fetchval("SELECT last_version FROM deleted_workflow WHERE id = $1", defn.id)
+        version = int(last or 0) + 1
         created = True
         await conn.execute(
             "INSERT INTO workflow (id, active, active_version, latest_version, run_strategy, max_concurrency) "
-            "VALUES ($1, true, 1, 1, $2, $3)",
+            "VALUES ($1, true, $4, $4, $2, $3)",
             defn.id,
             defn.run_strategy.type,
             defn.run_strategy.max_concurrency,
+            version,
         )
     else:
         latest = await conn.fetchrow(
@@ -112,7 +116,7 @@ async def activate_version(
         await check_strategy_change(conn, workflow_id, defn.run_strategy.type)
     await conn.execute(
         "UPDATE workflow SET active = true, active_version = $2, run_strategy = $3, max_concurrency = $4, "
-        "strategy_source = 'definition', updated_at = now() WHERE id = $1",
+        "strategy_source = 'definition', archived_at = NULL, updated_at = now() WHERE id = $1",
         workflow_id,
         version,
         defn.run_strategy.type,
@@ -197,4 +201,122 @@ def workflow_summary(row: asyncpg.Record) -> dict[str, Any]:
         "running": row["running_count"],
         "queued": row["queued_count"],
         "updated_at": row["updated_at"].isoformat(),
+        "archived_at": row["archived_at"].isoformat() if row["archived_at"] else None,
     }
+
+
+async def check_no_active_runs(
+    conn: asyncpg.Connection, workflow_id: str, action: str, *, force: bool
+) -> int:
+    """Refuse to archive/delete a workflow with queued or running runs unless forced; never delete runs
+    another workflow's run waits for (a subworkflow child: its parent would wait forever)."""
+    active = int(
+        await conn.fetchval(
+            "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = ANY($2::text[])",
+            workflow_id,
+            list(ACTIVE),
+        )
+    )
+    if active and not force:
+        raise ApiError(
+            "conflict",
+            f"cannot {action} {workflow_id}: {active} run(s) are queued or running; stop them first "
+            f"(legato workflow stop {workflow_id}) or pass --force",
+            {"workflow_id": workflow_id, "active_runs": active},
+        )
+    if action == "delete":
+        parent = await conn.fetchrow(
+            "SELECT c.id, p.id AS parent, p.workflow_id FROM workflow_instance c JOIN workflow_instance p "
+            "ON p.id = c.parent_instance_id WHERE c.workflow_id = $1 AND p.workflow_id <> $1 "
+            "AND c.status = ANY($2::text[]) LIMIT 1",
+            workflow_id,
+            list(ACTIVE),
+        )
+        if parent is not None:
+            raise ApiError(
+                "conflict",
+                f"cannot delete {workflow_id}: its run {parent['id']} is a child of run {parent['parent']} of "
+                f"workflow {parent['workflow_id']}, which waits for it; stop that run first",
+                {
+                    "workflow_id": workflow_id,
+                    "instance_id": parent["id"],
+                    "parent_instance_id": parent["parent"],
+                },
+            )
+    return active
+
+
+async def record_action(
+    conn: asyncpg.Connection,
+    action_id: str,
+    workflow_id: str,
+    action: str,
+    actor: str | None,
+    reason: str,
+    result: str,
+) -> None:
+    """The audit trail of operator actions (``operator_action``, beside the scheduler's)."""
+    await conn.execute(
+        "INSERT INTO operator_action (id, workflow_id, action, actor, reason, result) VALUES ($1, $2, $3, $4, $5, $6)",
+        action_id,
+        workflow_id,
+        action,
+        actor,
+        reason,
+        result,
+    )
+
+
+# Rows that belong to a workflow's runs, deleted with it (by run id, then by workflow id).
+_RUN_TABLES = ("timeline", "step_attempt", "step_run", "signal_wait", "timer", "accepted_start")
+_WORKFLOW_TABLES = (
+    "tag_permit",
+    "tag_waiter",
+    "cron_cursor",
+    "cron_fire",
+    "signal_trigger_fire",
+    "signal_join",
+    "signal_trigger",
+)
+
+
+async def delete_workflow(conn: asyncpg.Connection, topology: Topology, workflow_id: str) -> dict[str, int]:
+    """Delete a workflow, its versions and its runs (the caller holds the workflow row lock); attempts
+    still running are cancelled; a tombstone keeps the version numbering."""
+    row = await get_workflow_row(conn, workflow_id)
+    ids = [
+        r["id"]
+        for r in await conn.fetch("SELECT id FROM workflow_instance WHERE workflow_id = $1", workflow_id)
+    ]
+    live = await conn.fetch(
+        "SELECT id FROM step_attempt WHERE instance_id = ANY($1::text[]) AND ended_at IS NULL", ids
+    )
+    await add_to_outbox(
+        conn,
+        [
+            OutgoingMessage(
+                topology.cancel_subject(a["id"]),
+                encode(
+                    CancelAttempt(attempt_id=a["id"], reason=f"workflow {workflow_id} deleted", force=True)
+                ),
+                core=True,
+            )
+            for a in live
+        ],
+    )
+    await deactivate_signal_triggers(conn, workflow_id)
+    for table in _RUN_TABLES:
+        await conn.execute(f"DELETE FROM {table} WHERE instance_id = ANY($1::text[])", ids)
+    await conn.execute("DELETE FROM workflow_instance WHERE workflow_id = $1", workflow_id)
+    for table in _WORKFLOW_TABLES:
+        await conn.execute(f"DELETE FROM {table} WHERE workflow_id = $1", workflow_id)
+    await conn.execute(
+        "INSERT INTO deleted_workflow (id, last_version) VALUES ($1, $2) "
+        "ON CONFLICT (id) DO UPDATE SET last_version = $2, deleted_at = now()",
+        workflow_id,
+        row["latest_version"],
+    )
+    await conn.execute("DELETE FROM workflow WHERE id = $1", workflow_id)  # versions cascade
+    # The scheduler's actor drops what it holds for the workflow when it finds the row gone.
+    await notify_scheduler(conn, topology, workflow_id, "deleted")
+    return {"runs": len(ids), "cancelled_attempts": len(live)}

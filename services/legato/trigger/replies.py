@@ -3,7 +3,8 @@ pages cut to that budget, and large fields replaced by a marker (fetched separat
 
 A reply over the server's max payload is never sent (the client would wait out its timeout): lists stop
 adding rows when the budget is spent and say where to go on (``next``/``next_cursor``), single large
-fields are truncated with ``{"truncated": true, "bytes": N, "preview": …}``.
+fields are truncated with a marker: text keeps its start followed by ``…[truncated: N bytes]``,
+structured values become ``{"truncated": true, "bytes": N, "preview": …}``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 ENVELOPE_RESERVE = 8 * 1024  # {"result": …}, the page's own fields, headers
 FIELD_LIMIT = 64 * 1024  # one field of one row of a list (params, outputs, description, raw)
 PREVIEW_CHARS = 200
+TRUNCATED_MARK = "…[truncated: "
 
 
 def max_payload(nc: Any) -> int:
@@ -37,14 +39,29 @@ def size_of(value: Any) -> int:
 
 
 def truncated(value: Any, limit: int = FIELD_LIMIT) -> Any:
-    """``value`` when its JSON fits in ``limit`` bytes, else a marker with its size and a short preview."""
+    """``value`` when its JSON fits in ``limit`` bytes, else its start with a marker and its full size."""
     if value is None or isinstance(value, bool | int | float):
         return value
     encoded = _encoder.encode(value)
     if len(encoded) <= limit:
         return value
-    text = value if isinstance(value, str) else encoded.decode(errors="replace")
-    return {"truncated": True, "bytes": len(encoded), "preview": text[:PREVIEW_CHARS]}
+    if isinstance(value, str):
+        # Text stays text (callers print it): its start, and a marker saying how much is missing.
+        keep = value[: max(PREVIEW_CHARS, limit // 8)]
+        return f"{keep}{TRUNCATED_MARK}{len(value.encode())} bytes]"
+    return {
+        "truncated": True,
+        "bytes": len(encoded),
+        "preview": encoded.decode(errors="replace")[:PREVIEW_CHARS],
+    }
+
+
+def cut_text(text: str | None, total_bytes: int | None, keep: int) -> str | None:
+    """The first ``keep`` characters of a text whose full size is ``total_bytes``, with the marker when
+    cut (for texts cut in SQL, so the whole never leaves the database)."""
+    if text is None or total_bytes is None or (len(text) <= keep and len(text.encode()) >= total_bytes):
+        return text
+    return f"{text[:keep]}{TRUNCATED_MARK}{total_bytes} bytes]"
 
 
 def fit(items: Sequence[T], budget: int, render: Callable[[T], dict[str, Any]]) -> list[dict[str, Any]]:

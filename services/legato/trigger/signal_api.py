@@ -20,6 +20,7 @@ from legato.protocol.ids import new_request_id
 from legato.telemetry import get_logger
 from legato.telemetry.tracing import inject_headers
 from legato.trigger.instances import iso
+from legato.trigger.replies import fit, reply_budget, truncated
 
 log = get_logger("legato.trigger")
 
@@ -37,15 +38,15 @@ def signal_summary(r: asyncpg.Record) -> dict[str, Any]:
         "name": r["name"],
         "id": r["id"],
         "seq": r["seq"],
-        "params": r["params"],
+        "params": truncated(r["params"]),
         "publisher": r["publisher"],
         "publisher_instance": r["publisher_instance"],
         "publisher_step": r["publisher_step"],
         "published_at": iso(r["published_at"]),
         "received_at": iso(r["received_at"]),
         "rejected": r["rejected"],
-        "error": r["error"],
-        **({"raw": r["raw"]} if r["rejected"] else {}),
+        "error": truncated(r["error"], 4096),
+        **({"raw": truncated(r["raw"])} if r["rejected"] else {}),
     }
 
 
@@ -61,6 +62,7 @@ class SignalApi:
     """Handlers of ``signal.send|list|pending|lineage|set_schema``."""
 
     def __init__(self, nc: Client, pool: asyncpg.Pool, topology: Topology) -> None:
+        self.nc = nc
         self.pool = pool
         self.topology = topology
         self.publisher = Publisher(nc)
@@ -103,11 +105,9 @@ class SignalApi:
                 req.before,
                 limit + 1,
             )
-        page = rows[:limit]
-        return {
-            "signals": [signal_summary(r) for r in page],
-            "next": page[-1]["seq"] if len(rows) > limit else None,
-        }
+        page = fit(rows[:limit], reply_budget(self.nc), signal_summary)
+        more = len(page) < len(rows)
+        return {"signals": page, "next": page[-1]["seq"] if more and page else None}
 
     async def pending(self, req: A.PendingSignals) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
