@@ -94,7 +94,10 @@ def reachable_binaries(bin_dir: Path, owner: tuple[int, int] | None) -> Path:
     if libs.is_dir():
         parts.append((libs, Path(libs.name)))
     st = (bin_dir / "postgres").stat()
-    key = hashlib.sha256(f"{install}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    # By content, not path: every checkout of the same wheel shares one copy.
+    key = hashlib.sha256(f"{package.name}/{install.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
     cache = reachable_cache()
     target = cache / f"pg-{key}"
     found = target / package.name / install.name / "bin"
@@ -215,8 +218,11 @@ class EmbeddedPostgres:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n{tail}")
+                lines = self.log_path.read_text(errors="replace").splitlines()[-50:]
+                fatal = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln] or lines[-1:] or ["no log"]
+                raise RuntimeError(
+                    f"postgres exited with {self.proc.returncode}: {fatal[-1].strip()} (log: {self.log_path})"
+                )
             ready = subprocess.run(
                 [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
                 check=False,

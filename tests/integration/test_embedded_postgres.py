@@ -74,3 +74,18 @@ def test_embedded_postgres_starts_from_a_0700_checkout_and_changes_no_mode() -> 
         if pg_data.is_symlink():
             shutil.rmtree(pg_data.resolve(), ignore_errors=True)
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_a_second_server_on_the_same_data_says_why_in_one_line(tmp_path: Path) -> None:
+    from legato.devstack import EmbeddedPostgres
+
+    first = EmbeddedPostgres(tmp_path / "pg", preferred_port=0, durable=False).start()
+    try:
+        with pytest.raises(RuntimeError) as err:
+            EmbeddedPostgres(tmp_path / "pg", preferred_port=0, durable=False).start()
+        message = str(err.value)
+        assert "\n" not in message and "lock file" in message and str(tmp_path / "pg.log") in message
+    finally:
+        first.stop()
+        if (tmp_path / "pg").is_symlink():  # placed where the server user (root runs) can reach it
+            shutil.rmtree((tmp_path / "pg").resolve(), ignore_errors=True)
