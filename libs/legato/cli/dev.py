@@ -5,6 +5,11 @@ Starts an embedded nats-server (JetStream) and an embedded PostgreSQL — or use
 applies migrations, provisions streams, runs every service as a child process, loads ``examples/``,
 starts a demo run, and prints each run's progress. Ctrl-C stops everything in order. A second
 ``legato dev`` in the same folder says one is running instead of touching its data.
+
+Every child (nats-server, postgres, the services) gets the kernel's parent-death signal, so a
+``kill -9`` of ``legato dev`` takes them down too; should some survive anyway (an older version, a
+child that ignored it), the next ``legato dev`` finds them through ``dev.json`` and the state folder
+and stops them before starting.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +35,7 @@ from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
+from legato.devstack.processes import die_with_parent
 from legato.protocol.messages import InstanceProgress
 from legato.runtime.settings import dev_state_file, read_dev_state
 from legato.store.migrations import migrate_url
@@ -58,6 +65,12 @@ def run_dev(args: argparse.Namespace) -> int:
         )
         return 1
     try:
+        stop_leftovers(state_dir)
+    except RuntimeError as exc:
+        print(f"legato dev: {exc}", file=sys.stderr)
+        lock_file.close()
+        return 1
+    try:
         return asyncio.run(DevStack(args, state_dir).run())
     except KeyboardInterrupt:
         return 130
@@ -65,6 +78,76 @@ def run_dev(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             dev_state_file(state_dir).unlink()
         lock_file.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def leftovers(state_dir: Path) -> dict[int, str]:
+    """Processes a dead ``legato dev`` of this state folder left behind: the children it recorded
+    (same command line as recorded) and any process whose command line names the state folder."""
+    found: dict[int, str] = {}
+    recorded = read_dev_state(state_dir).get("children")
+    for pid_text, cmd in (recorded or {}).items() if isinstance(recorded, dict) else []:
+        if str(pid_text).isdigit() and cmd and _cmdline(int(pid_text)) == cmd:
+            found[int(pid_text)] = cmd
+    marker = f"{state_dir}{os.sep}"
+    env_marker = f"\0LEGATO_STATE_DIR={state_dir}\0".encode()
+    for entry in Path("/proc").iterdir():  # bounded: the processes of this machine
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        cmd = _cmdline(int(entry.name))
+        if marker in cmd:  # nats-server -c <state>/nats/…, postgres -D <state>/pg
+            found[int(entry.name)] = cmd
+        elif " -m legato." in cmd:  # a service: `legato dev` gave it LEGATO_STATE_DIR
+            with contextlib.suppress(OSError):
+                if env_marker in b"\0" + (entry / "environ").read_bytes():
+                    found[int(entry.name)] = cmd
+    return found
+
+
+def stop_leftovers(state_dir: Path, timeout: float = 20.0) -> None:
+    """SIGTERM what a dead ``legato dev`` left running here, SIGKILL what outlives ``timeout``."""
+    found = leftovers(state_dir)
+    if not found:
+        return
+    old = read_dev_state(state_dir).get("pid", "?")
+    say(
+        f"a previous legato dev here (pid {old}) died and left {len(found)} process(es) running; stopping them"
+    )
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_cmdline(p) == c for p, c in found.items()):
+        time.sleep(0.1)
+    for pid, cmd in found.items():
+        if _cmdline(pid) == cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    alive = [p for p, c in found.items() if _cmdline(p) == c]
+    if alive:
+        raise RuntimeError(
+            f"processes of a previous legato dev still run and cannot be stopped: "
+            f"{', '.join(str(p) for p in alive)}; stop them (kill -9 PID) and start legato dev again"
+        )
+
+
+def legato_command() -> str:
+    """How to type ``legato`` in this shell: the bare name when PATH finds this one, else its path."""
+    here = Path(sys.executable).parent / "legato"
+    found = shutil.which("legato")
+    if found and Path(found).resolve() == here.resolve():
+        return "legato"
+    try:
+        return str(here.relative_to(Path.cwd()))
+    except ValueError:
+        return str(here)
 
 
 class DevStack:
@@ -85,17 +168,22 @@ class DevStack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop.set)
         try:
-            await asyncio.to_thread(self.start_servers)
+            # On this thread: the parent-death signal follows the thread that spawned the child.
+            self.start_servers()
+            self.write_state()
             await self.prepare()
             self.start_services()
             self.write_state()
             await self.load_examples()
             watcher = asyncio.create_task(self.watch())
             supervisor = asyncio.create_task(self.supervise())
+            cmd = legato_command()
             say(
-                "ready — try:  legato workflow list | legato start hello --wait | legato instances "
+                f"ready — try:  {cmd} workflow list | {cmd} start hello --wait | {cmd} instances "
                 "(Ctrl-C stops everything)"
             )
+            if cmd != "legato":
+                say(f"`legato` is not on your PATH: use {cmd}, or `source {Path(cmd).parent}/activate` first")
             await self.stop.wait()
             watcher.cancel()
             supervisor.cancel()
@@ -116,7 +204,9 @@ class DevStack:
             self.nats_url = nats_url
             say(f"using NATS at {nats_url}")
         else:
-            self.nats = EmbeddedNats(self.state_dir / "nats", preferred_port=4222).start()
+            self.nats = EmbeddedNats(self.state_dir / "nats", preferred_port=4222)
+            self.nats.stop_with_parent = True
+            self.nats.start()
             self.nats_url = self.nats.url
             say(f"NATS (JetStream) up at {self.nats_url}, data in {self.state_dir / 'nats'}")
         db_url = self.args.database_url or os.environ.get("LEGATO_DATABASE_URL")
@@ -124,7 +214,9 @@ class DevStack:
             self.database_url = db_url
             say(f"using PostgreSQL at {redact(db_url)}")
         else:
-            self.pg = EmbeddedPostgres(self.state_dir / "pg", preferred_port=5432).start()
+            self.pg = EmbeddedPostgres(self.state_dir / "pg", preferred_port=5432)
+            self.pg.stop_with_parent = True
+            self.pg.start()
             self.database_url = self.pg.url("legato")
             say(f"PostgreSQL up at {self.database_url}, data in {self.state_dir / 'pg'}")
 
@@ -149,10 +241,15 @@ class DevStack:
                     "pid": os.getpid(),
                     "started_at": time.time(),
                     "logs": str(self.logs),
+                    "children": {str(p.pid): _cmdline(p.pid) for p in self._child_procs()},
                 },
                 indent=2,
             )
         )
+
+    def _child_procs(self) -> list[subprocess.Popen[bytes]]:
+        servers = [s.proc for s in (self.nats, self.pg) if s is not None and s.proc is not None]
+        return [*servers, *(p for procs in self.children.values() for p in procs)]
 
     # ------------------------------------------------------------------ services
 
@@ -180,6 +277,7 @@ class DevStack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches `legato dev` only; it stops the children in order
+            preexec_fn=die_with_parent(signal.SIGTERM),  # …and kill -9 of `legato dev` stops them too
         )
         log.close()
         return proc
@@ -232,6 +330,7 @@ class DevStack:
                     elif now >= due.pop(key):
                         restarts[key] = restarts.get(key, 0) + 1
                         procs[i] = self.spawn(service, self.service_args(service, i), i)
+                        self.write_state()
 
     def stop_all(self) -> None:
         for service in STOP_ORDER:
@@ -259,17 +358,18 @@ class DevStack:
         client = await LegatoClient.connect(self.nats_url, namespace=self.namespace, actor="legato-dev")
         try:
             await self._wait_for_api(client)
-            files = (
-                sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")])
+            files = (  # recursively: examples/strategies/*.yaml are examples too
+                sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
                 if folder.is_dir()
                 else []
             )
             for path in files:
+                name = path.relative_to(folder)
                 try:
-                    res = await client.push(path.read_text(), source=str(path))
-                    say(f"loaded {path.name}: {res['workflow_id']} v{res['version']}")
-                except ApiError as exc:
-                    say(f"could not load {path.name}: {exc}")
+                    res = await client.push(path.read_text(encoding="utf-8"), source=str(path))
+                    say(f"loaded {name}: {res['workflow_id']} v{res['version']}")
+                except (ApiError, OSError, UnicodeDecodeError) as exc:
+                    say(f"could not load {name}: {exc}")
             if not self.args.no_demo and any(p.stem == "hello" for p in files):
                 res = await client.start("hello", request_id=f"dev-demo-{int(time.time())}")
                 say(f"demo run of hello started: {res['instance_id']} (legato show {res['instance_id']})")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from legato.devstack.ports import free_port
+from legato.devstack.processes import die_with_parent
 
 
 def find_nats_server() -> str:
@@ -38,6 +39,7 @@ class EmbeddedNats:
         self.port = port or free_port(preferred_port)
         self.log_path = self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stop_with_parent = False  # `legato dev`: the server must not outlive it (kill -9 included)
 
     @property
     def url(self) -> str:
@@ -68,6 +70,7 @@ class EmbeddedNats:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.stop_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

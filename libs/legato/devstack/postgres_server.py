@@ -3,18 +3,28 @@
 We drive ``initdb``/``postgres`` ourselves (rather than the wheel's helper) to listen on a loopback TCP
 port of our choosing and to own the process's lifetime. PostgreSQL refuses to run as root, so when we
 are root the server runs as an unprivileged user (``nobody`` unless ``LEGATO_PG_USER`` names another).
+
+That user may not be able to reach the checkout (a clone in root's home, or in a ``mktemp -d`` folder:
+mode 0700). We never change the permissions of the user's directories: what it cannot reach is placed
+where it can — the binaries hard-linked (or copied) once into a cache folder, the data folder created
+there with a symlink to it at the requested path. The cache is ``$LEGATO_PG_CACHE`` or
+``/var/tmp/legato-<uid>``, owned by us and not writable by others.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
+import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from legato.devstack.ports import free_port
+from legato.devstack.processes import die_with_parent
 
 
 def find_postgres_bin() -> Path:
@@ -40,6 +50,88 @@ def _run_as() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+def _traversable(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` (no supplementary groups) can reach ``path`` (every directory down to it)."""
+    for d in [*reversed(path.parents), path]:
+        st = d.stat()
+        need = 0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001
+        if not st.st_mode & need:
+            return False
+    return True
+
+
+def reachable_cache() -> Path:
+    """Our folder for what the server user must reach: created 0755, refused if someone else could
+    have planted it (not ours, a symlink, or writable by others)."""
+    base = Path(os.environ.get("LEGATO_PG_CACHE") or f"/var/tmp/legato-{os.geteuid()}")
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    st = base.lstat()
+    if not base.is_dir() or base.is_symlink() or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise RuntimeError(
+            f"{base} is not a folder owned by uid {os.geteuid()} and closed to others; remove it or set "
+            "LEGATO_PG_CACHE to another folder"
+        )
+    return base
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem: copy (once; the cache is kept)
+        shutil.copy2(src, dst)
+
+
+def reachable_binaries(bin_dir: Path, owner: tuple[int, int] | None) -> Path:
+    """``bin_dir``, or a copy of its installation in the cache when ``owner`` cannot reach it."""
+    if owner is None or _traversable(bin_dir, *owner):
+        return bin_dir
+    install = bin_dir.parent
+    package = install.parent
+    # The wheel's binaries find their vendored libraries at $ORIGIN/../../../<package>.libs: keep the
+    # layout <site>/<package>/<install>/bin beside <site>/<package>.libs.
+    parts = [(install, Path(package.name) / install.name)]
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        parts.append((libs, Path(libs.name)))
+    st = (bin_dir / "postgres").stat()
+    # By content, not path: every checkout of the same wheel shares one copy.
+    key = hashlib.sha256(f"{package.name}/{install.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
+    cache = reachable_cache()
+    target = cache / f"pg-{key}"
+    found = target / package.name / install.name / "bin"
+    if not (found / "postgres").is_file():
+        staging = cache / f".pg-{key}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        for src, rel in parts:
+            shutil.copytree(src, staging / rel, symlinks=True, copy_function=_link_or_copy)
+        for d in [staging, *(p for p in staging.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            d.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another process put it there first
+            shutil.rmtree(staging, ignore_errors=True)
+    return found
+
+
+def _reachable_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> Path:
+    """Where the data really lives: ``data_dir``, or a cache folder that ``data_dir`` links to."""
+    if owner is None:
+        return data_dir
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    if data_dir.is_symlink():
+        return data_dir.resolve()
+    if _traversable(data_dir.parent, *owner):
+        return data_dir
+    key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    real = reachable_cache() / f"data-{key}"
+    if data_dir.exists():  # data of an older run that could reach it: keep it, moved
+        shutil.move(str(data_dir), str(real))
+    data_dir.symlink_to(real, target_is_directory=True)
+    return real
+
+
 class EmbeddedPostgres:
     """PostgreSQL on 127.0.0.1 with its data in ``data_dir`` (initialised on first start, kept after)."""
 
@@ -51,32 +143,29 @@ class EmbeddedPostgres:
         preferred_port: int = 5432,
         durable: bool = True,
     ):
-        self.data_dir = Path(data_dir).resolve()
+        self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port(preferred_port)
         self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.stop_with_parent = False  # `legato dev`: the server must not outlive it (kill -9 included)
 
     def url(self, database: str = "legato") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def _prepare_dir(self, owner: tuple[int, int] | None) -> None:
+        self.data_dir = _reachable_data_dir(self.data_dir, owner)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if owner is not None:
-            # The server user must own its data and be able to reach it: give every ancestor the
-            # traverse bit for others (not read: nothing becomes listable).
-            for ancestor in self.data_dir.parents:
-                mode = ancestor.stat().st_mode
-                if not mode & 0o001:
-                    ancestor.chmod(mode | 0o001)
+            # The server user must own its data (reachable: see _reachable_data_dir).
             for p in [self.data_dir, *self.data_dir.rglob("*")]:
                 if p.stat().st_uid != owner[0]:
                     os.chown(p, *owner, follow_symlinks=False)
         self.data_dir.chmod(0o700)
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
-        bin_dir = find_postgres_bin()
         owner = _run_as()
+        bin_dir = reachable_binaries(find_postgres_bin(), owner)
         self._prepare_dir(owner)
         kwargs: dict[str, object] = {}
         if owner is not None:
@@ -122,14 +211,18 @@ class EmbeddedPostgres:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGINT) if self.stop_with_parent else None,
             **kwargs,  # type: ignore[call-overload]
         )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n{tail}")
+                lines = self.log_path.read_text(errors="replace").splitlines()[-50:]
+                fatal = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln] or lines[-1:] or ["no log"]
+                raise RuntimeError(
+                    f"postgres exited with {self.proc.returncode}: {fatal[-1].strip()} (log: {self.log_path})"
+                )
             ready = subprocess.run(
                 [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
                 check=False,

@@ -5,13 +5,31 @@ Used by the test suite (crash tests), the benchmarks and anything else that need
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from legato.runtime.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec only calls it
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn``: the kernel sends ``sig`` to the child when this process dies, kill -9 included
+    (Linux ``PR_SET_PDEATHSIG``; spawn from a thread that lives as long as the process)."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 class ServiceProcess:
