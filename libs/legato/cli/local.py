@@ -9,11 +9,13 @@ from pathlib import Path
 from legato.cli import render
 from legato.core import DefinitionError, parse_definition
 from legato.core.plan import plan_workflow, validate_text
+from legato.core.shell_command import raw_substitution_warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     report: dict[str, list[dict[str, str]]] = {}
+    warnings: dict[str, list[dict[str, str]]] = {}
     for name in args.files:
         path = Path(name)
         try:
@@ -25,12 +27,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         issues = validate_text(text, source=str(path))
         report[name] = [{"path": i.path, "message": i.message} for i in issues]
         failed += bool(issues)
+        if not issues:
+            raw = raw_substitution_warnings(parse_definition(text, source=str(path)))
+            warnings[name] = [{"path": i.path, "message": i.message} for i in raw]
     if args.json:
-        render.dump_json({"ok": failed == 0, "files": report})
+        render.dump_json({"ok": failed == 0, "files": report, "warnings": warnings})
     else:
         for name, found in report.items():
             if not found:
                 print(f"{name}: OK")
+                for warning in warnings.get(name, []):
+                    print(f"  warning: {warning['path']}: {warning['message']}")
                 continue
             print(f"{name}: {len(found)} problem(s)")
             for issue in found:
