@@ -9,7 +9,7 @@ from pathlib import Path
 from legato.cli import render
 from legato.core import DefinitionError, parse_definition
 from legato.core.plan import plan_workflow, validate_text
-from legato.core.shell_command import raw_substitution_warnings
+from legato.core.shell_command import shell_command_warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         report[name] = [{"path": i.path, "message": i.message} for i in issues]
         failed += bool(issues)
         if not issues:
-            raw = raw_substitution_warnings(parse_definition(text, source=str(path)))
+            raw = shell_command_warnings(parse_definition(text, source=str(path)))
             warnings[name] = [{"path": i.path, "message": i.message} for i in raw]
     if args.json:
         render.dump_json({"ok": failed == 0, "files": report, "warnings": warnings})
@@ -69,4 +69,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         render.dump_json(plan.to_json())
     else:
         print(plan.to_text())
+    for warning in shell_command_warnings(defn):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0

@@ -37,6 +37,7 @@ PARAM_TYPES: tuple[str, ...] = (
     "duration",
     "list",
     "map",
+    "secret",
 )
 RUN_STRATEGIES: tuple[str, ...] = (
     "sequential",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -281,8 +282,23 @@ class _ShellReader:
         return m.end()
 
 
-def raw_substitution_warnings(defn: WorkflowDefinition) -> list[DefinitionIssue]:
-    """One warning per ``${raw(…)}`` in a shell command: the value runs as shell code."""
+def shell_syntax_error(node: ShellCommandNode, shell: str = "/bin/sh") -> str | None:
+    """What ``shell -n`` (parse, run nothing) says about the command, each value stood in by a word."""
+    text = "".join(p if isinstance(p, str) else "x" for p in node.template.parts)
+    try:
+        done = subprocess.run(
+            [shell, "-n", "-c", text], capture_output=True, text=True, timeout=10, env={}, check=False
+        )
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None  # no shell to ask: nothing to say
+    if done.returncode == 0:
+        return None
+    return (done.stderr.strip() or f"exit code {done.returncode}").replace(f"{shell}: ", "", 1)
+
+
+def shell_command_warnings(defn: WorkflowDefinition, *, syntax: bool = True) -> list[DefinitionIssue]:
+    """Warnings about shell commands: each ``${raw(…)}`` (the value runs as shell code) and, with
+    ``syntax``, each command ``/bin/sh`` would refuse to parse (it would fail every attempt)."""
     warnings: list[DefinitionIssue] = []
 
     def walk(steps: list[Step], path: str) -> None:
@@ -291,6 +307,11 @@ def raw_substitution_warnings(defn: WorkflowDefinition) -> list[DefinitionIssue]
             if isinstance(step, ShellStep):
                 node = compile_shell_command(step.command, f"{step_path}.command", [])
                 if isinstance(node, ShellCommandNode):
+                    problem = shell_syntax_error(node) if syntax else None
+                    if problem is not None:
+                        warnings.append(
+                            DefinitionIssue(f"{step_path}.command", f"/bin/sh cannot parse it: {problem}")
+                        )
                     for source in node.raw_paths:
                         warnings.append(
                             DefinitionIssue(
