@@ -12,16 +12,20 @@ A step gets only:
   ``LEGATO_SECRET_<NAME>`` for the secrets its params or ``env`` reference;
 - the ``env:`` its definition declares.
 
-So the executor's database URL, NATS credentials or cloud keys never reach a step. A param larger than
+So the executor's database URL, NATS credentials or cloud keys never reach a step; and the executor
+makes itself non-dumpable (``shield_executor_process``) so a step cannot read them from
+``/proc/<executor pid>/environ`` either. A param larger than
 ``ENV_VALUE_LIMIT`` bytes is not put in a variable (Linux refuses a variable over 128 KiB, and all of
 them together over a few MiB: "Argument list too long"): the step reads ``LEGATO_PARAM_<NAME>_FILE``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +37,23 @@ ENV_VALUE_LIMIT = 32 * 1024  # bytes: bigger values go through files
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 PASSTHROUGH_VAR = "LEGATO_STEP_ENV_PASSTHROUGH"
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+
+
+_PR_SET_DUMPABLE = 4
+
+
+def shield_executor_process() -> None:
+    """Make this process's ``/proc/<pid>/environ`` (and memory) unreadable to its steps.
+
+    Steps run as the executor's user, who may read any of its own processes' ``/proc`` files: a
+    non-dumpable process's are owned by root instead. Idempotent; a no-op where prctl is missing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def param_env_name(name: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,15 @@ def test_a_secret_param_holds_only_a_reference() -> None:
     assert coerce({"$secret": "warehouse_db"}, "secret") == {"$secret": "warehouse_db"}
     with pytest.raises(ValueError, match="secret's name"):
         coerce("not a name!", "secret")
+
+
+def test_the_executor_makes_itself_non_dumpable_so_same_user_steps_cannot_read_its_proc_files() -> None:
+    # Reading /proc/<executor>/environ from a step needs a non-root user to show (root reads anything),
+    # so this checks the mechanism: after shielding, the process is not dumpable.
+    code = (
+        "import ctypes; from legato.executor.step_env import shield_executor_process\n"
+        "libc = ctypes.CDLL(None); before = libc.prctl(3, 0, 0, 0, 0)\n"
+        "shield_executor_process(); print(before, libc.prctl(3, 0, 0, 0, 0))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "0"]

@@ -22,7 +22,7 @@ from legato.executor.outputs_file import OUTPUTS_LIMIT
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import ResolvedSecrets, SecretStore
 from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
-from legato.executor.step_env import step_environment
+from legato.executor.step_env import shield_executor_process, step_environment
 from legato.executor.workspace import attempt_workspace
 from legato.protocol.messages import JSONValue
 
@@ -52,6 +52,7 @@ class PythonRunner:
 
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, PythonConfig)
+        shield_executor_process()  # before any step of ours runs next to us
         if not FUNCTION_SPEC.match(config.function):
             raise StepFailed(f"config.function: expected 'package.module:function', got {config.function!r}")
         store = self.secrets or SecretStore.from_environment()

@@ -16,7 +16,7 @@ from legato.executor.outputs_file import read_outputs_file
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import SecretStore
 from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
-from legato.executor.step_env import step_environment
+from legato.executor.step_env import shield_executor_process, step_environment
 from legato.executor.workspace import attempt_workspace
 from legato.protocol.messages import JSONValue
 
@@ -38,6 +38,7 @@ class ShellRunner:
 
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, ShellConfig)
+        shield_executor_process()  # before any step of ours runs next to us
         if "\0" in config.command:
             raise StepFailed("config.command contains a NUL byte (a value substituted into it held one)")
         store = self.secrets or SecretStore.from_environment()
