@@ -23,6 +23,8 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SERVICE_COMMANDS = {"trigger", "scheduler", "executor", "signal-router"}
 LEGATO_VARS = {f"LEGATO_{name.upper()}" for name in Settings.__struct_fields__}
+# Read by the executor only (legato.executor.secret_store, legato.executor.step_env), not Settings.
+LEGATO_VARS |= {"LEGATO_SECRETS_DIR", "LEGATO_STEP_ENV_PASSTHROUGH"}
 OTEL_VARS = {
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -231,6 +233,8 @@ def test_k8s_selectors_services_and_references_resolve() -> None:
         for vol in pod.get("volumes", []):
             if "configMap" in vol:
                 assert vol["configMap"]["name"] in configmaps, name
+            if "secret" in vol:
+                assert vol["secret"]["secretName"] in secrets, name
         claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
         for c in pod["containers"]:
             for ref in c.get("envFrom", []):
@@ -287,6 +291,23 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
         assert commands[svc]["kind"] == "Deployment"
     # The database URL's password is the one Postgres is started with.
     assert f":{secret['POSTGRES_PASSWORD']}@" in secret["LEGATO_DATABASE_URL"]
+
+
+def test_k8s_step_secrets_reach_the_executor_only_as_files() -> None:
+    deployments = by_kind("Deployment")
+    [c] = deployments["executor"]["spec"]["template"]["spec"]["containers"]
+    [folder] = [e["value"] for e in c["env"] if e["name"] == "LEGATO_SECRETS_DIR"]
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == folder]
+    assert mount["readOnly"] is True
+    [volume] = [
+        v
+        for v in deployments["executor"]["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == mount["name"]
+    ]
+    assert volume["secret"]["secretName"] == "legato-step-secrets"
+    for w in workloads():
+        if w["metadata"]["name"] != "executor":
+            assert "legato-step-secrets" not in str(w), w["metadata"]["name"]
 
 
 def test_k8s_nats_cluster_routes_three_nodes_with_jetstream() -> None:

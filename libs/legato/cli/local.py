@@ -11,11 +11,13 @@ from legato.cli.errors import CliError, read_definition
 from legato.cli.params import parse_params
 from legato.core import DefinitionError, parse_definition
 from legato.core.plan import plan_workflow, validate_text
+from legato.core.shell_command import shell_command_warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     failed = 0
     report: dict[str, list[dict[str, str]]] = {}
+    warnings: dict[str, list[dict[str, str]]] = {}
     for name in args.files:
         path = Path(name)
         try:
@@ -27,12 +29,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         issues = validate_text(text, source=str(path))
         report[name] = [{"path": i.path, "message": i.message} for i in issues]
         failed += bool(issues)
+        if not issues:
+            raw = shell_command_warnings(parse_definition(text, source=str(path)))
+            warnings[name] = [{"path": i.path, "message": i.message} for i in raw]
     if args.json:
-        render.dump_json({"ok": failed == 0, "files": report})
+        render.dump_json({"ok": failed == 0, "files": report, "warnings": warnings})
     else:
         for name, found in report.items():
             if not found:
                 print(f"{name}: OK")
+                for warning in warnings.get(name, []):
+                    print(f"  warning: {warning['path']}: {warning['message']}")
                 continue
             print(f"{name}: {len(found)} problem(s)")
             for issue in found:
@@ -61,4 +68,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         render.dump_json(plan.to_json())
     else:
         print(plan.to_text())
+    for warning in shell_command_warnings(defn):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return 0

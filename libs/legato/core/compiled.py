@@ -56,7 +56,10 @@ from legato.core.model import (
     WorkflowDefinition,
     step_body,
 )
+from legato.core.param_limits import param_limit_issues
 from legato.core.reader import at
+from legato.core.secrets import secret_name_of, secret_ref
+from legato.core.shell_command import compile_shell_command
 from legato.core.signals import signal_matches
 from legato.core.values import coerce, to_json_value
 from legato.sel import DateRange, Expression, SelError, SelEvalError, SelLimitError, type_name
@@ -406,6 +409,7 @@ class CompiledWorkflow:
                 failed.add(cp.name)
                 continue
             values[cp.name] = value
+        issues.extend(param_limit_issues(values))
         if issues:
             raise ParamError(issues)
         return values
@@ -610,7 +614,11 @@ def _finish_config(cs: _CompiledStep, values: dict[str, Any]) -> dict[str, Any]:
         values["duration"] = _seconds(values["duration"], at(cs.path, "duration"))
     elif isinstance(step, ShellStep):
         values["command"] = _text(values["command"])
-        values["env"] = {k: _text(v) for k, v in values["env"].items()}
+        # A secret stays a reference: the executor puts its value in the variable.
+        values["env"] = {
+            k: secret_ref(name) if (name := secret_name_of(v)) is not None else _text(v)
+            for k, v in values["env"].items()
+        }
     elif isinstance(step, HttpStep):
         values["url"] = _text(values["url"])
         values["headers"] = {k: _text(v) for k, v in values["headers"].items()}
@@ -910,8 +918,12 @@ class _Builder:
         if isinstance(step, SleepStep):
             return {"duration": self.value(step.duration, at(path, "duration"), scope)}
         if isinstance(step, ShellStep):
+            command_path = at(path, "command")
+            command = compile_shell_command(step.command, command_path, self.issues)
+            for expr_path, expression in command.expressions():
+                check_references(expression.references, expr_path, scope, self.issues)
             return {
-                "command": self.value(step.command, at(path, "command"), scope),
+                "command": command,
                 "env": self.value_map(step.env, at(path, "env"), scope),
             }
         if isinstance(step, PythonStep):

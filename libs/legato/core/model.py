@@ -21,7 +21,7 @@ RunStrategyType = Literal[
     "sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel"
 ]
 OnFailure = Literal["fail", "ignore", "finish_others_then_fail"]
-ParamType = Literal["string", "int", "float", "bool", "date", "datetime", "duration", "list", "map"]
+ParamType = Literal["string", "int", "float", "bool", "date", "datetime", "duration", "list", "map", "secret"]
 ParamMode = Literal["overridable", "fixed"]
 MatchOp = Literal["=", "!=", ">", ">=", "<", "<=", "in"]
 BackoffType = Literal["exponential", "fixed"]
@@ -37,6 +37,7 @@ PARAM_TYPES: tuple[str, ...] = (
     "duration",
     "list",
     "map",
+    "secret",
 )
 RUN_STRATEGIES: tuple[str, ...] = (
     "sequential",

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from legato.core.model import ParamType
+from legato.core.secrets import check_secret_name, secret_name_of, secret_ref
 from legato.sel import DateRange, type_name
 from legato.sel.durations import parse_duration_text
 from legato.sel.lib_time import resolve_local
@@ -225,8 +226,22 @@ def _map(value: Any) -> dict[str, Any]:
     raise _bad("a map (a JSON object)", value)
 
 
+def _secret(value: Any) -> dict[str, str]:
+    # A secret param holds a reference to a named secret, never the secret: the executor resolves it.
+    name = secret_name_of(value)
+    if name is None:
+        if not isinstance(value, str):
+            raise _bad("a secret's name", value)
+        name = value
+    problem = check_secret_name(name)
+    if problem is not None:
+        raise ValueError(f"expected a secret's name: {problem}")
+    return secret_ref(name)
+
+
 _COERCE = {
     "string": _string,
+    "secret": _secret,
     "int": _int,
     "float": _float,
     "bool": _bool,

@@ -40,6 +40,7 @@ class ReceivedSpan:
 class _Received:
     spans: list[ReceivedSpan] = field(default_factory=list)
     metric_names: set[str] = field(default_factory=set)
+    bodies: list[bytes] = field(default_factory=list)
     requests: int = 0
     bytes: int = 0
 
@@ -104,6 +105,8 @@ class OtlpSink:
                 self._got.requests += 1
                 self._got.bytes += len(body)
             return
+        with self._lock:
+            self._got.bodies.append(body)
         req = ExportTraceServiceRequest.FromString(body)
         spans: list[ReceivedSpan] = []
         for rs in req.resource_spans:
@@ -133,6 +136,12 @@ class OtlpSink:
             self._got.metric_names |= names
             self._got.requests += 1
             self._got.bytes += len(body)
+
+    @property
+    def trace_bodies(self) -> list[bytes]:
+        """Every decoded-mode trace export as received (protobuf bytes): to search for what must not be there."""
+        with self._lock:
+            return list(self._got.bodies)
 
     @property
     def spans(self) -> list[ReceivedSpan]:

@@ -229,6 +229,12 @@ def shell_quote(ctx: Ctx, text: Any) -> str:
     return shlex.quote(s)
 
 
+@library("raw")
+def raw(ctx: Ctx, value: Any) -> Any:
+    """The value itself; in a shell ``command``, ``${raw(x)}`` pastes ``x`` unquoted (as shell code)."""
+    return value
+
+
 @library("url_encode")
 def url_encode(ctx: Ctx, text: Any) -> str:
     """Text percent-encoded for a URL path segment or query value."""

@@ -7,7 +7,7 @@ date). ``$${`` writes a literal ``${``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -54,15 +54,36 @@ class Template:
     def uses_clock(self) -> bool:
         return any(e.uses_clock for e in self.expressions)
 
+    @property
+    def parts(self) -> list[str | Expression]:
+        """Literal text and expressions, in order."""
+        return list(self._parts)
+
     def evaluate(
         self, env: Mapping[str, Any], limits: Limits | None = None, *, now: datetime | None = None
     ) -> Any:
         """The rendered text, or the typed value of a template that is exactly one ``${expr}``."""
         if self._single is not None:
             return self._single.evaluate(env, limits, now=now)
+        return self.render(env, limits, now=now)
+
+    def render(
+        self,
+        env: Mapping[str, Any],
+        limits: Limits | None = None,
+        *,
+        now: datetime | None = None,
+        escape: Callable[[int, Any, str], str] | None = None,
+    ) -> str:
+        """Always text: each expression's value as text, passed through ``escape(index, value, text)``.
+
+        ``index`` counts expressions from 0; ``escape`` (shell quoting, for one) sees the typed value
+        too. Literal text is never escaped.
+        """
         limits = limits or DEFAULT_LIMITS
         out: list[str] = []
         size = 0
+        index = 0
         for part in self._parts:
             if isinstance(part, str):
                 text = part
@@ -76,6 +97,9 @@ class Template:
                         text = to_text(value, ctx)
                     except SelError as exc:
                         raise exc.located(part.source, self.path) from None
+                if escape is not None:
+                    text = escape(index, value, text)
+                index += 1
             size += len(text)
             if size > limits.max_string:
                 raise SelLimitError(

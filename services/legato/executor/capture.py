@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 STREAM_TAIL = 64 * 1024  # bytes kept of each of stdout and stderr
 LOG_TAIL = 8 * 1024  # bytes of interleaved stdout+stderr reported as the attempt's log tail
 
@@ -41,11 +43,16 @@ class CapturedOutput:
         self.stdout = TailBuffer(stream_tail)
         self.stderr = TailBuffer(stream_tail)
         self.combined = TailBuffer(log_tail)
+        # Set by a runner whose step holds secrets: (text, cut off at its start?) -> masked text.
+        self.redact: Callable[[str, bool], str] | None = None
+
+    def _redacted(self, text: str, cut: bool) -> str:
+        return text if self.redact is None else self.redact(text, cut)
 
     def log_tail(self) -> str | None:
         if self.combined.total == 0:
             return None
-        return self.combined.text()
+        return self._redacted(self.combined.text(), self.combined.truncated)
 
     def stderr_tail(self, limit: int = 2048) -> str:
-        return self.stderr.text(limit).strip()
+        return self._redacted(self.stderr.text(limit), self.stderr.total > limit).strip()

@@ -1,20 +1,17 @@
-"""Where a step's processes run: a fresh folder per attempt, and the environment they see."""
+"""Where a step's processes run: a fresh folder per attempt (its environment: ``step_env``)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from legato.executor.step import StepFailed
-from legato.protocol.messages import JSONValue, WorkItem
+from legato.protocol.messages import WorkItem
 
 
 @dataclass(frozen=True)
@@ -49,37 +46,3 @@ async def attempt_workspace(item: WorkItem) -> AsyncIterator[Workspace]:
         # A step may leave a big tree behind: remove it off the event loop (it completes even if
         # this await is cancelled).
         await asyncio.to_thread(shutil.rmtree, root, True)
-
-
-def param_env_name(name: str) -> str:
-    """``LEGATO_PARAM_<NAME>``: upper-cased, characters an env name cannot hold become ``_``."""
-    return "LEGATO_PARAM_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
-
-
-def env_value(value: JSONValue) -> str:
-    """Strings as they are, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-
-def step_environment(
-    item: WorkItem,
-    *,
-    outputs_path: Path | None = None,
-    base: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The executor's environment plus the attempt's params and identity as ``LEGATO_*`` variables."""
-    env = dict(os.environ if base is None else base)
-    for name, value in item.params.items():
-        env[param_env_name(name)] = env_value(value)
-    env["LEGATO_PARAMS"] = json.dumps(item.params, separators=(",", ":"))
-    env["LEGATO_WORKFLOW_ID"] = item.workflow_id
-    env["LEGATO_INSTANCE_ID"] = item.instance_id
-    env["LEGATO_STEP_ID"] = item.step_id
-    env["LEGATO_ATTEMPT"] = str(item.attempt)
-    env["LEGATO_ATTEMPT_ID"] = item.attempt_id
-    if outputs_path is not None:
-        env["LEGATO_OUTPUTS"] = str(outputs_path)
-    for key, value in env.items():
-        if "\0" in value or "\0" in key:
-            raise StepFailed(f"environment variable {key} would contain a NUL byte; params cannot carry one")
-    return env

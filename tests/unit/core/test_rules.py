@@ -94,7 +94,7 @@ PARAM_CASES: list[tuple[dict[str, Any], str]] = [
     ({"1x": 1}, "params.1x: param names are identifiers"),
     (
         {"x": {"type": "decimal"}},
-        "params.x.type: must be one of string, int, float, bool, date, datetime, duration, list, map, got 'decimal'",
+        "params.x.type: must be one of string, int, float, bool, date, datetime, duration, list, map, secret, got 'decimal'",
     ),
     ({"x": {"type": "int", "default": 1, "expr": "2"}}, "params.x: give either default or expr, not both"),
     (

@@ -14,7 +14,7 @@ from legato.executor.runners.http import HttpResponse, encode_body, is_json, res
 from legato.executor.runners.python import FUNCTION_SPEC, worker_pythonpath
 from legato.executor.runners.sleep import SleepConfig
 from legato.executor.step import StepFailed, parse_config
-from legato.executor.workspace import param_env_name, step_environment
+from legato.executor.step_env import param_env_name, step_environment
 from legato.protocol import WorkItem
 
 
@@ -70,24 +70,27 @@ def test_outputs_file_over_the_limit_fails(tmp_path: Path) -> None:
 def test_step_environment_carries_params_and_identity(tmp_path: Path) -> None:
     env = step_environment(
         item(name="ada", n=3, tags=["a"], **{"odd-name.x": None}),
+        tmp_path,
         outputs_path=tmp_path / "out",
-        base={"PATH": "/bin"},
+        executor_env={"PATH": "/bin", "LEGATO_DATABASE_URL": "postgresql://x", "AWS_SECRET_ACCESS_KEY": "k"},
     )
     assert env["PATH"] == "/bin"
+    assert "LEGATO_DATABASE_URL" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["LEGATO_PARAM_NAME"] == "ada"
     assert env["LEGATO_PARAM_N"] == "3"
     assert env["LEGATO_PARAM_TAGS"] == '["a"]'
     assert env["LEGATO_PARAM_ODD_NAME_X"] == "null"
     assert json.loads(env["LEGATO_PARAMS"]) == {"name": "ada", "n": 3, "tags": ["a"], "odd-name.x": None}
+    assert json.loads(Path(env["LEGATO_PARAMS_FILE"]).read_text()) == json.loads(env["LEGATO_PARAMS"])
     assert env["LEGATO_OUTPUTS"] == str(tmp_path / "out")
     assert (env["LEGATO_WORKFLOW_ID"], env["LEGATO_INSTANCE_ID"], env["LEGATO_STEP_ID"]) == ("wf", "i-1", "s")
     assert env["LEGATO_ATTEMPT"] == "2"
     assert param_env_name("dateRange") == "LEGATO_PARAM_DATERANGE"
 
 
-def test_a_nul_byte_in_a_param_fails_the_step_instead_of_the_spawn() -> None:
+def test_a_nul_byte_in_a_param_fails_the_step_instead_of_the_spawn(tmp_path: Path) -> None:
     with pytest.raises(StepFailed, match="NUL byte"):
-        step_environment(item(bad="a\0b"), base={})
+        step_environment(item(bad="a\0b"), tmp_path, executor_env={})
 
 
 def test_config_errors_name_the_field() -> None:

@@ -1,10 +1,11 @@
 """``python``: calls ``config.function`` ("package.module:function") in a separate worker process.
 
-The function gets ONE argument, the step's resolved params as a dict: ``def fn(params: dict) -> dict |
+The function gets ONE argument, the step's resolved params as a dict (``secret`` params resolved): ``def fn(params: dict) -> dict |
 None`` (``async def`` works too). What it returns (a JSON object, or None for no outputs) becomes the
 step's outputs. It runs in ``python -m legato.executor.pyrunner``, one process per attempt in its own
 process group, so a crash (segfault, ``os._exit``), ``sys.exit`` or a hang cannot hurt the executor;
-timeout and cancel kill the group. The worker imports from the executor's cwd and ``PYTHONPATH``.
+timeout and cancel kill the group. The worker imports from the executor's cwd and ``PYTHONPATH``;
+its environment is the minimal one of ``legato.executor.step_env``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import msgspec
 
 from legato.executor.outputs_file import OUTPUTS_LIMIT
 from legato.executor.process import describe_exit, run_in_process_group
+from legato.executor.secret_store import ResolvedSecrets, SecretStore
 from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
-from legato.executor.workspace import attempt_workspace, step_environment
+from legato.executor.step_env import shield_executor_process, step_environment
+from legato.executor.workspace import attempt_workspace
 from legato.protocol.messages import JSONValue
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -44,14 +47,22 @@ _REPORT = msgspec.json.Decoder(WorkerReport)
 class PythonRunner:
     step_type = "python"
 
+    def __init__(self, secrets: SecretStore | None = None) -> None:
+        self.secrets = secrets
+
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, PythonConfig)
+        shield_executor_process()  # before any step of ours runs next to us
         if not FUNCTION_SPEC.match(config.function):
             raise StepFailed(f"config.function: expected 'package.module:function', got {config.function!r}")
-        call = json.dumps({"function": config.function, "params": ctx.item.params}).encode()
+        store = self.secrets or SecretStore.from_environment()
+        secrets = store.resolve(ctx.item.params)
+        if secrets.values:
+            ctx.output.redact = lambda text, cut: secrets.mask_tail(text) if cut else secrets.mask(text)
+        call = json.dumps({"function": config.function, "params": secrets.reveal(ctx.item.params)}).encode()
         async with attempt_workspace(ctx.item) as ws:
-            env = step_environment(ctx.item)
-            env["PYTHONPATH"] = worker_pythonpath(env.get("PYTHONPATH"))
+            env = step_environment(ctx.item, ws.root, secrets=secrets)
+            env["PYTHONPATH"] = worker_pythonpath(os.environ.get("PYTHONPATH"))
             code = await run_in_process_group(
                 [sys.executable, "-m", WORKER_MODULE, str(ws.result_path)],
                 cwd=ws.cwd,
@@ -61,6 +72,8 @@ class PythonRunner:
                 stdin=call,
             )
             report = read_report(ws.result_path)
+        if secrets.values:
+            report = _masked(report, secrets)
         if report is None:
             raise StepFailed(
                 f"python worker ended before reporting a result ({describe_exit(code, ctx.output.stderr_tail())})",
@@ -73,6 +86,13 @@ class PythonRunner:
                 f"python worker failed after the function returned ({describe_exit(code)})", exit_code=code
             )
         return StepResult(outputs=report.outputs)
+
+
+def _masked(report: WorkerReport | None, secrets: ResolvedSecrets) -> WorkerReport | None:
+    if report is None:
+        return None
+    outputs = {k: secrets.mask_json(v) for k, v in report.outputs.items()}
+    return WorkerReport(ok=report.ok, outputs=outputs, error=secrets.mask(report.error))
 
 
 def worker_pythonpath(existing: str | None) -> str:

@@ -1,10 +1,11 @@
 """``shell``: ``config.command`` run by ``/bin/sh -c`` in a fresh folder and process group.
 
-The command sees the executor's environment plus ``LEGATO_PARAM_<NAME>`` per param (strings as they
-are, other values as JSON), ``LEGATO_PARAMS`` (all params as JSON), ``LEGATO_OUTPUTS`` (a file it may
-write outputs to: a JSON object or ``key=value`` lines) and the attempt's identity
-(``LEGATO_WORKFLOW_ID``, ``LEGATO_INSTANCE_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT``). Exit code 0
-succeeds; anything else fails with the exit code and the tail of stderr.
+The command was rendered by the scheduler with every ``${…}`` value shell-quoted (see
+``legato.core.shell_command``); a ``secret`` param appears in it only as ``"${LEGATO_SECRET_<NAME>}"``.
+The process sees the minimal environment of ``legato.executor.step_env`` plus ``config.env`` (the
+step's declared ``env:``; a secret there is resolved here). A command too long for one argument is
+run from a file instead. Exit code 0 succeeds; anything else fails with the exit code and the tail of
+stderr. Secret values are masked in the output, error and outputs the step reports.
 """
 
 from __future__ import annotations
@@ -13,30 +14,68 @@ import msgspec
 
 from legato.executor.outputs_file import read_outputs_file
 from legato.executor.process import describe_exit, run_in_process_group
+from legato.executor.secret_store import SecretStore
 from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
-from legato.executor.workspace import attempt_workspace, step_environment
+from legato.executor.step_env import shield_executor_process, step_environment
+from legato.executor.workspace import attempt_workspace
+from legato.protocol.messages import JSONValue
 
 SHELL = "/bin/sh"
+# Linux refuses one argument over 128 KiB; longer commands are read by the shell from a file.
+COMMAND_ARG_LIMIT = 64 * 1024
 
 
 class ShellConfig(msgspec.Struct, frozen=True):
     command: str
+    env: dict[str, JSONValue] = {}
 
 
 class ShellRunner:
     step_type = "shell"
 
+    def __init__(self, secrets: SecretStore | None = None) -> None:
+        self.secrets = secrets
+
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, ShellConfig)
-        async with attempt_workspace(ctx.item) as ws:
-            env = step_environment(ctx.item, outputs_path=ws.outputs_path)
-            code = await run_in_process_group(
-                [SHELL, "-c", config.command],
-                cwd=ws.cwd,
-                env=env,
-                output=ctx.output,
-                kill_grace=ctx.kill_grace,
-            )
-            if code != 0:
-                raise StepFailed(describe_exit(code, ctx.output.stderr_tail()), exit_code=code)
-            return StepResult(outputs=read_outputs_file(ws.outputs_path), exit_code=0)
+        shield_executor_process()  # before any step of ours runs next to us
+        if "\0" in config.command:
+            raise StepFailed("config.command contains a NUL byte (a value substituted into it held one)")
+        store = self.secrets or SecretStore.from_environment()
+        secrets = store.resolve(ctx.item.params, config.env)
+        if secrets.values:
+            ctx.output.redact = lambda text, cut: secrets.mask_tail(text) if cut else secrets.mask(text)
+        declared = {name: _env_text(secrets.reveal(value)) for name, value in config.env.items()}
+        try:
+            async with attempt_workspace(ctx.item) as ws:
+                env = step_environment(
+                    ctx.item, ws.root, secrets=secrets, outputs_path=ws.outputs_path, declared=declared
+                )
+                argv = [SHELL, "-c", config.command]
+                if len(config.command.encode()) > COMMAND_ARG_LIMIT:
+                    script = ws.root / "command.sh"
+                    script.write_text(config.command)
+                    argv = [SHELL, str(script)]
+                code = await run_in_process_group(
+                    argv,
+                    cwd=ws.cwd,
+                    env=env,
+                    output=ctx.output,
+                    kill_grace=ctx.kill_grace,
+                )
+                if code != 0:
+                    raise StepFailed(describe_exit(code, ctx.output.stderr_tail()), exit_code=code)
+                outputs = read_outputs_file(ws.outputs_path)
+        except StepFailed as exc:
+            if not secrets.values:
+                raise
+            raise StepFailed(
+                secrets.mask(exc.error),
+                exit_code=exc.exit_code,
+                outputs={k: secrets.mask_json(v) for k, v in exc.outputs.items()},
+            ) from None
+        return StepResult(outputs={k: secrets.mask_json(v) for k, v in outputs.items()}, exit_code=0)
+
+
+def _env_text(value: JSONValue) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
