@@ -134,6 +134,10 @@ class SignalLeg(msgspec.Struct, frozen=True, kw_only=True):
     """SEL over ``signal.<field>``."""
 
 
+CatchUp = Literal["none", "latest", "all"]
+CATCH_UP_POLICIES: tuple[str, ...] = ("none", "latest", "all")
+
+
 class CronTrigger(msgspec.Struct, frozen=True, kw_only=True, tag="cron", tag_field="type"):
     """Starts a run at each fire time of a 5-field cron schedule in a time zone."""
 
@@ -143,6 +147,16 @@ class CronTrigger(msgspec.Struct, frozen=True, kw_only=True, tag="cron", tag_fie
     timezone: str = "UTC"
     params: dict[str, Any] = {}
     """Run params; expressions see ``trigger.fire_time``, ``trigger.id``, ``trigger.kind``."""
+    catch_up: CatchUp = "all"
+    """After downtime or a pause: run every missed fire (``all``), only the newest (``latest``), or none."""
+    max_catch_up: int = 100
+    """``catch_up: all``: at most this many missed fires run (the newest); older ones are skipped."""
+    start: datetime | None = None
+    """No fire before this instant."""
+    end: datetime | None = None
+    """No fire after this instant."""
+    jitter: float = 0.0
+    """Seconds: each fire starts up to this much later (a fixed offset per fire time; the key stays)."""
 
 
 class SignalTrigger(msgspec.Struct, frozen=True, kw_only=True, tag="signal", tag_field="type"):

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError, DefinitionIssue
 from legato.core.model import (
+    CATCH_UP_POLICIES,
     PARAM_TYPES,
     RUN_STRATEGIES,
     SCHEMA_VERSION,
@@ -48,6 +49,7 @@ from legato.core.model import (
     WorkflowDefinition,
 )
 from legato.core.values import coerce, infer_param_type, to_json_value
+from legato.sel.lib_time import resolve_local, zone
 from legato.sel.values import a_type, type_name
 
 WORKFLOW_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
@@ -66,6 +68,8 @@ MAX_VALUES = 1_000_000
 """Values walked in one definition (YAML aliases can make a small text expand enormously)."""
 MAX_TIMEOUT = 366 * 86400.0
 MAX_SIGNAL_LEGS = 8
+MAX_CATCH_UP = 10_000  # missed fires one cron trigger may run after downtime
+MAX_JITTER = 3600.0
 MATCH_OPS = ("=", "!=", ">", ">=", "<", "<=", "in")
 
 T = TypeVar("T")
@@ -502,16 +506,71 @@ class Reader:
         return None
 
     def cron_trigger(self, m: dict[str, Any], path: str, index: int) -> CronTrigger | None:
-        self.fields(m, path, ("type", "id", "cron", "timezone", "params"), required=("cron",))
+        self.fields(
+            m,
+            path,
+            (
+                "type",
+                "id",
+                "cron",
+                "timezone",
+                "params",
+                "catch_up",
+                "max_catch_up",
+                "start",
+                "end",
+                "jitter",
+            ),
+            required=("cron",),
+        )
         # the schedule and the time zone are checked when the definition is compiled
         expr = self.string(m, "cron", path, "* * * * *")
         tz = self.string(m, "timezone", path, "UTC")
+        catch_up = self.choice(m, "catch_up", path, CATCH_UP_POLICIES, "all")
+        max_catch_up = self.integer(m, "max_catch_up", path, 100, 1, MAX_CATCH_UP)
+        if "max_catch_up" in m and catch_up != "all":
+            self.issue(at(path, "max_catch_up"), f"only applies to catch_up: all, not {catch_up}")
+        start = self.window_bound(m, "start", path, tz)
+        end = self.window_bound(m, "end", path, tz)
+        if start is not None and end is not None and end <= start:
+            self.issue(at(path, "end"), f"must be after start ({start.isoformat()}), got {end.isoformat()}")
+        jitter = self.duration(m, "jitter", path, 0.0, allow_zero=True, hi=MAX_JITTER) or 0.0
         return CronTrigger(
             id=self.string(m, "id", path, f"cron-{index}", pattern=NAME),
             cron=expr,
             timezone=tz,
             params=self.value_map(m, "params", path),
+            catch_up=catch_up,
+            max_catch_up=max_catch_up,
+            start=start,
+            end=end,
+            jitter=jitter,
         )
+
+    def window_bound(self, m: dict[str, Any], key: str, path: str, tz: Any) -> datetime | None:
+        """A cron ``start``/``end``: a date is midnight, a time without offset is local, in the trigger's zone."""
+        raw = m.get(key)
+        if raw is None:
+            return None
+        p = at(path, key)
+        if isinstance(raw, date) and not isinstance(raw, datetime):
+            raw = datetime.combine(raw, datetime.min.time())
+        elif isinstance(raw, str):
+            try:
+                raw = datetime.fromisoformat(raw.strip())
+            except ValueError:
+                self.issue(p, f"must be a date (YYYY-MM-DD) or an ISO 8601 datetime, got {shown(raw)}")
+                return None
+        if not isinstance(raw, datetime):
+            self.issue(p, f"must be a date (YYYY-MM-DD) or an ISO 8601 datetime, got {kind_of(raw)}")
+            return None
+        if raw.tzinfo is not None:
+            return raw.astimezone(UTC)
+        try:
+            local = zone(tz) if isinstance(tz, str) else UTC
+        except ValueError:
+            local = UTC  # the zone itself is reported when the definition is compiled
+        return resolve_local(raw, local).astimezone(UTC)
 
     def signal_trigger(self, m: dict[str, Any], path: str, index: int) -> SignalTrigger | None:
         self.fields(

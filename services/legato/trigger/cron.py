@@ -1,28 +1,40 @@
-"""Cron time triggers with time zones, exactly once per fire time.
+"""Cron time triggers with time zones, exactly once per fire time, with a catch-up policy.
 
 Every active workflow's cron triggers are evaluated each tick. A fire is the key
 ``(workflow, trigger, fire_time)``: in one transaction the fire row is inserted (``ON CONFLICT DO
 NOTHING``), the trigger's cursor advances, and the StartRun goes to the outbox with trigger key
 ``cron:<trigger>:<fire time>`` — so two trigger replicas, a restart, or a replayed tick never start
-a run twice. After downtime the missed fires are caught up (oldest first, at most ``catch_up`` per
-trigger); older ones are recorded as ``missed``, visible, never skipped silently. A trigger seen for
-the first time starts from now (no backfill of history: use ``legato backfill`` for that).
+a run twice. A trigger seen for the first time starts from now (no history: use a backfill for that).
+
+Fires that fell due while the trigger service was down, or while the workflow was paused, follow the
+trigger's ``catch_up`` policy: ``all`` runs each (oldest first, at most ``max_catch_up``, the newest),
+``latest`` runs only the newest, ``none`` runs only a fire that is on time (at most
+:data:`ON_TIME_GRACE` late). Every fire that does not run is recorded as a ``skipped`` run with the
+reason (the same run id and trigger key it would have had), so it is visible and can never run later.
+While a workflow is paused, ``none`` records its fires as skipped as they fall due; ``latest`` and
+``all`` hold them and apply the policy on resume. ``start``/``end`` bound the fire times; ``jitter``
+delays each fire by a fixed offset derived from its key (replicas agree), the key stays the scheduled
+time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
-from legato.core import CompiledWorkflow, compile_workflow, definition_from_json, to_json_value
-from legato.core.cron import CronSchedule
+from legato.core import CompiledWorkflow, CronSchedule, compile_workflow, definition_from_json, to_json_value
+from legato.core.model import CronTrigger
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
@@ -31,6 +43,106 @@ from legato.store.outbox import add_to_outbox
 from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.trigger")
+
+ON_TIME_GRACE = timedelta(seconds=60)
+"""``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
+CHUNK = 1000
+"""Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
+CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
+"""Testing hook: a file holding the ISO time the cron loop takes as now (re-read each tick)."""
+
+
+def clock_from_env() -> Callable[[], datetime]:
+    """The wall clock, or (``LEGATO_CRON_CLOCK_FILE``) the time written in a file, for tests."""
+    path = os.environ.get(CLOCK_FILE_ENV)
+    if not path:
+        return lambda: datetime.now(UTC)
+    clock_file = Path(path)
+
+    def read() -> datetime:
+        value = datetime.fromisoformat(clock_file.read_text().strip())
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    return read
+
+
+def jitter_offset(workflow_id: str, trigger_id: str, fire_time: datetime, jitter: float) -> timedelta:
+    """A fixed delay in ``[0, jitter)`` for one fire, the same in every replica."""
+    if jitter <= 0:
+        return timedelta(0)
+    key = f"{workflow_id}\x00{trigger_id}\x00{fire_time.astimezone(UTC).isoformat()}".encode()
+    fraction = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2.0**64
+    return timedelta(seconds=round(fraction * jitter, 3))
+
+
+def fire_key(trigger_id: str, fire_time: datetime) -> str:
+    return f"cron:{trigger_id}:{fire_time.astimezone(UTC).isoformat()}"
+
+
+@dataclass(frozen=True)
+class _Workflow:
+    compiled: CompiledWorkflow
+    version: int
+    paused: bool
+    paused_by: str | None
+    paused_reason: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one round does with the due fires of one trigger."""
+
+    run: list[datetime]
+    skip: list[tuple[datetime, dict[str, Any]]]
+    cursor: datetime | None  # new cursor, None to hold
+
+
+def decide(
+    trigger: CronTrigger,
+    due: list[datetime],
+    full: bool,
+    now: datetime,
+    due_at: Callable[[datetime], datetime],
+    paused: dict[str, Any] | None,
+) -> Decision:
+    """Apply the catch-up policy to ``due`` (ascending, all due by now). ``full``: more fires follow
+    ``due`` beyond the ``CHUNK`` examined; ``paused``: the pause reason when the workflow is paused."""
+    if not due:
+        return Decision([], [], None)
+    policy = trigger.catch_up
+    if paused is not None:
+        if policy != "none":
+            return Decision([], [], None)  # held: the policy applies on resume
+        return Decision([], [(t, paused) for t in due], due[-1])
+    keep = trigger.max_catch_up if policy == "all" else 1
+    if full:
+        older = due[: len(due) - keep]
+        return Decision([], [(t, _skip_reason(policy, t, None, now, trigger)) for t in older], older[-1])
+    if policy == "all":
+        run = due[-keep:]
+        skip = [(t, _skip_reason(policy, t, run[0], now, trigger)) for t in due[:-keep]]
+    elif policy == "latest":
+        run = due[-1:]
+        skip = [(t, _skip_reason(policy, t, run[0], now, trigger)) for t in due[:-1]]
+    else:
+        run = [t for t in due if now - due_at(t) <= ON_TIME_GRACE]
+        skip = [(t, _skip_reason(policy, t, None, now, trigger)) for t in due if t not in run]
+    return Decision(run, skip, due[-1])
+
+
+def _skip_reason(
+    policy: str, fire: datetime, newer: datetime | None, now: datetime, trigger: CronTrigger
+) -> dict[str, Any]:
+    late = int((now - fire).total_seconds())
+    if policy == "all":
+        message = f"missed fire beyond max_catch_up {trigger.max_catch_up} (catch_up: all runs the newest)"
+    elif policy == "latest":
+        message = "missed fire superseded by a newer one (catch_up: latest)" + (
+            f": {newer.isoformat()} ran instead" if newer else ""
+        )
+    else:
+        message = f"missed fire, {late}s late (catch_up: none)"
+    return {"code": "missed", "policy": policy, "late_seconds": late, "message": message}
 
 
 class CronLoop(Component):
@@ -43,7 +155,6 @@ class CronLoop(Component):
         *,
         wake_relay: Callable[[], None],
         tick: float = 1.0,
-        catch_up: int = 100,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__()
@@ -51,11 +162,11 @@ class CronLoop(Component):
         self.topology = topology
         self.wake_relay = wake_relay
         self.tick = tick
-        self.catch_up = catch_up
         self.clock = clock
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
         self.fired = 0
+        self.skipped = 0
 
     async def _run(self) -> None:
         while not self.stopping:
@@ -68,13 +179,13 @@ class CronLoop(Component):
                 log.warning("cron_round_failed", error=repr(exc))
             await self.sleep_or_stop(max(0.05, self.tick - (time.monotonic() - started)))
 
-    async def _active_cron_workflows(self, conn: asyncpg.Connection) -> list[CompiledWorkflow]:
+    async def _active_cron_workflows(self, conn: asyncpg.Connection) -> list[_Workflow]:
         rows = await conn.fetch(
-            "SELECT w.id, w.active_version FROM workflow w JOIN workflow_version v "
-            "ON v.workflow_id = w.id AND v.version = w.active_version "
+            "SELECT w.id, w.active_version, w.paused, w.paused_by, w.paused_reason FROM workflow w "
+            "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
             "WHERE w.active AND jsonb_path_exists(v.definition, '$.triggers[*] ? (@.type == \"cron\")')"
         )
-        out: list[CompiledWorkflow] = []
+        out: list[_Workflow] = []
         for r in rows:
             key = (r["id"], r["active_version"])
             compiled = self._compiled.get(key)
@@ -85,10 +196,12 @@ class CronLoop(Component):
                 )
                 compiled = compile_workflow(definition_from_json(str(text).encode()))
                 self._compiled[key] = compiled
-            out.append(compiled)
+            out.append(
+                _Workflow(compiled, r["active_version"], r["paused"], r["paused_by"], r["paused_reason"])
+            )
         return out
 
-    def _schedule(self, workflow_id: str, trigger: Any) -> CronSchedule:
+    def _schedule(self, workflow_id: str, trigger: CronTrigger) -> CronSchedule:
         key = (workflow_id, trigger.cron, trigger.timezone)
         sched = self._schedules.get(key)
         if sched is None:
@@ -102,96 +215,149 @@ class CronLoop(Component):
         started = 0
         async with self.pool.acquire() as conn:
             workflows = await self._active_cron_workflows(conn)
-        for compiled in workflows:
-            for trigger in compiled.definition.triggers:
-                if getattr(trigger, "type", None) != "cron":
+        for wf in workflows:
+            for trigger in wf.compiled.definition.triggers:
+                if not isinstance(trigger, CronTrigger):
                     continue
-                with bind_context(workflow_id=compiled.definition.id):
-                    started += await self._fire_trigger(compiled, trigger, now)
+                with bind_context(workflow_id=wf.compiled.definition.id):
+                    try:
+                        started += await self._fire_trigger(wf, trigger, now)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # one broken trigger never stops the others
+                        log.warning("cron_trigger_failed", trigger=trigger.id, error=repr(exc))
         if started:
             self.wake_relay()
         self.fired += started
         return started
 
-    async def _fire_trigger(self, compiled: CompiledWorkflow, trigger: Any, now: datetime) -> int:
-        wf = compiled.definition.id
-        sched = self._schedule(wf, trigger)
+    async def _fire_trigger(self, wf: _Workflow, trigger: CronTrigger, now: datetime) -> int:
+        wf_id = wf.compiled.definition.id
+        sched = self._schedule(wf_id, trigger)
         async with self.pool.acquire() as conn, conn.transaction():
             cursor = await conn.fetchval(
                 "SELECT last_fire FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2 FOR UPDATE SKIP LOCKED",
-                wf,
+                wf_id,
                 trigger.id,
             )
             if cursor is None:
                 exists = await conn.fetchval(
-                    "SELECT 1 FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2", wf, trigger.id
+                    "SELECT 1 FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2", wf_id, trigger.id
                 )
                 if exists:
                     return 0  # another replica is firing this trigger right now
                 await conn.execute(
                     "INSERT INTO cron_cursor (workflow_id, trigger_id, last_fire) VALUES ($1, $2, $3) "
                     "ON CONFLICT DO NOTHING",
-                    wf,
+                    wf_id,
                     trigger.id,
                     now,
                 )
                 return 0
-            due = sched.fires_between(cursor, now, self.catch_up + 1)
-            if not due:
+            lower = cursor
+            if trigger.start is not None and trigger.start - timedelta(microseconds=1) > lower:
+                lower = trigger.start - timedelta(microseconds=1)
+            upper = now if trigger.end is None else min(now, trigger.end)
+            if upper <= lower:
                 return 0
-            missed: list[datetime] = []
-            if len(due) > self.catch_up:
-                # More fell due than we catch up on: record the oldest beyond the bound as missed.
-                all_due = sched.fires_between(cursor, now, 100_000)
-                missed = all_due[: len(all_due) - self.catch_up]
-                due = all_due[len(all_due) - self.catch_up :]
-            if missed:
-                await conn.executemany(
-                    "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, status) VALUES ($1, $2, $3, 'missed') "
-                    "ON CONFLICT DO NOTHING",
-                    [(wf, trigger.id, t) for t in missed],
-                )
-                log.warning("cron_fires_missed", workflow_id=wf, trigger=trigger.id, count=len(missed))
-            msgs: list[OutgoingMessage] = []
-            for fire_time in due:
-                key = f"cron:{trigger.id}:{fire_time.astimezone(UTC).isoformat()}"
-                instance_id = instance_id_for(wf, key)
-                inserted = await conn.fetchval(
-                    "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
-                    "VALUES ($1, $2, $3, $4, 'fired') ON CONFLICT DO NOTHING RETURNING 1",
-                    wf,
-                    trigger.id,
-                    fire_time,
-                    instance_id,
-                )
-                if inserted is None:
-                    continue
-                params = {
-                    k: to_json_value(v)
-                    for k, v in compiled.trigger_params(trigger.id, fire_time=fire_time).items()
-                }
-                start = StartRun(
-                    workflow_id=wf,
-                    trigger_key=key,
-                    instance_id=instance_id,
-                    trigger=TriggerInfo(
-                        kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}
-                    ),
-                    params=params,
-                    requested_at=time.time(),
-                )
-                msgs.append(
-                    OutgoingMessage(
-                        self.topology.trigger_subject(wf), encode(start), msg_id=f"start:{instance_id}"
-                    )
-                )
+            keep = trigger.max_catch_up if trigger.catch_up == "all" else 1
+            found = sched.fires_between(lower, upper, CHUNK + keep)
+
+            def due_at(t: datetime) -> datetime:
+                return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
+
+            due = found
+            for i, t in enumerate(found):
+                if due_at(t) > now:  # jittered past now: it and the later ones wait
+                    due = found[:i]
+                    break
+            full = len(due) == CHUNK + keep
+            paused = None
+            if wf.paused:
+                by = f" by {wf.paused_by}" if wf.paused_by else ""
+                why = f": {wf.paused_reason}" if wf.paused_reason else ""
+                paused = {"code": "paused", "by": wf.paused_by, "message": f"workflow paused{by}{why}"}
+            decision = decide(trigger, due, full, now, due_at, paused)
+            if decision.cursor is None:
+                return 0
+            await self._record_skipped(conn, wf, trigger, decision.skip)
+            msgs = await self._start_runs(conn, wf, trigger, decision.run)
             await add_to_outbox(conn, msgs)
             await conn.execute(
                 "UPDATE cron_cursor SET last_fire = $3, updated_at = now() WHERE workflow_id = $1 AND trigger_id = $2",
-                wf,
+                wf_id,
                 trigger.id,
-                max(due),
+                decision.cursor,
             )
             if msgs:
-                log.info("cron_fired", workflow_id=wf, trigger=trigger.id, runs=len(msgs))
+                log.info("cron_fired", workflow_id=wf_id, trigger=trigger.id, runs=len(msgs))
             return len(msgs)
+
+    async def _record_skipped(
+        self,
+        conn: asyncpg.Connection,
+        wf: _Workflow,
+        trigger: CronTrigger,
+        skip: list[tuple[datetime, dict[str, Any]]],
+    ) -> None:
+        """Each fire that does not run becomes a terminal ``skipped`` run under the id and trigger key it
+        would have had, so ``legato instances`` shows it with the reason and it can never start later."""
+        if not skip:
+            return
+        wf_id = wf.compiled.definition.id
+        rows = []
+        for fire_time, reason in skip:
+            key = fire_key(trigger.id, fire_time)
+            iid = instance_id_for(wf_id, key)
+            info = {"kind": "cron", "id": trigger.id, "details": {"fire_time": fire_time.isoformat()}}
+            rows.append((iid, wf_id, wf.version, key, info, reason, reason["message"]))
+        await conn.executemany(
+            "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, reason, "
+            "error, root_instance_id, requested_at, ended_at) "
+            "VALUES ($1, $2, $3, $4, $5, 'skipped', $6, $7, $1, now(), now()) ON CONFLICT DO NOTHING",
+            rows,
+        )
+        await conn.executemany(
+            "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
+            "VALUES ($1, $2, $3, $4, 'skipped') ON CONFLICT DO NOTHING",
+            [(wf_id, trigger.id, r[0], row[0]) for r, row in zip(skip, rows, strict=True)],
+        )
+        self.skipped += len(skip)
+        log.warning("cron_fires_skipped", trigger=trigger.id, count=len(skip), reason=skip[-1][1]["code"])
+
+    async def _start_runs(
+        self, conn: asyncpg.Connection, wf: _Workflow, trigger: CronTrigger, fires: list[datetime]
+    ) -> list[OutgoingMessage]:
+        wf_id = wf.compiled.definition.id
+        msgs: list[OutgoingMessage] = []
+        for fire_time in fires:
+            key = fire_key(trigger.id, fire_time)
+            instance_id = instance_id_for(wf_id, key)
+            inserted = await conn.fetchval(
+                "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
+                "VALUES ($1, $2, $3, $4, 'fired') ON CONFLICT DO NOTHING RETURNING 1",
+                wf_id,
+                trigger.id,
+                fire_time,
+                instance_id,
+            )
+            if inserted is None:
+                continue
+            params = {
+                k: to_json_value(v)
+                for k, v in wf.compiled.trigger_params(trigger.id, fire_time=fire_time).items()
+            }
+            start = StartRun(
+                workflow_id=wf_id,
+                trigger_key=key,
+                instance_id=instance_id,
+                trigger=TriggerInfo(kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}),
+                params=params,
+                requested_at=time.time(),
+            )
+            msgs.append(
+                OutgoingMessage(
+                    self.topology.trigger_subject(wf_id), encode(start), msg_id=f"start:{instance_id}"
+                )
+            )
+        return msgs

@@ -5,11 +5,11 @@ from __future__ import annotations
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.trigger.api import ApiService
-from legato.trigger.cron import CronLoop
+from legato.trigger.cron import CronLoop, clock_from_env
 
 
 async def run_trigger(settings: Settings) -> None:
     async with ServiceHost("trigger", settings) as host:
         host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay))
-        host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay))
+        host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
         await host.run()

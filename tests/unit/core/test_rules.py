@@ -212,6 +212,36 @@ TRIGGER_CASES: list[tuple[dict[str, Any], str]] = [
         {"type": "cron", "cron": "@daily", "params": {"n": "x"}},
         "triggers[0].params.n: expected an int, got 'x'",
     ),
+    (
+        {"type": "cron", "cron": "@daily", "catch_up": "some"},
+        "triggers[0].catch_up: must be one of none, latest, all, got 'some'",
+    ),
+    (
+        {"type": "cron", "cron": "@daily", "max_catch_up": 0},
+        "triggers[0].max_catch_up: must be >= 1, got 0",
+    ),
+    (
+        {"type": "cron", "cron": "@daily", "catch_up": "latest", "max_catch_up": 5},
+        "triggers[0].max_catch_up: only applies to catch_up: all, not latest",
+    ),
+    (
+        {"type": "cron", "cron": "@daily", "start": "soon"},
+        "triggers[0].start: must be a date (YYYY-MM-DD) or an ISO 8601 datetime, got 'soon'",
+    ),
+    (
+        {"type": "cron", "cron": "@daily", "end": 5},
+        "triggers[0].end: must be a date (YYYY-MM-DD) or an ISO 8601 datetime, got an int",
+    ),
+    (
+        {"type": "cron", "cron": "@daily", "start": "2026-03-01", "end": "2026-02-01"},
+        "triggers[0].end: must be after start (2026-03-01T00:00:00+00:00), got 2026-02-01T00:00:00+00:00",
+    ),
+    ({"type": "cron", "cron": "@daily", "jitter": "-1s"}, "triggers[0].jitter: must be >= 0"),
+    ({"type": "cron", "cron": "@daily", "jitter": "2h"}, "triggers[0].jitter: must be"),
+    (
+        {"type": "cron", "cron": "@daily", "catchup": "none"},
+        "triggers[0].catchup: unknown field (did you mean 'catch_up'?)",
+    ),
     ({"type": "signal"}, "triggers[0].signals: required"),
     ({"type": "signal", "signals": []}, "triggers[0].signals: must list at least one signal"),
     (
@@ -533,3 +563,26 @@ def test_backoff_delays() -> None:
     default = parse(steps(NOOP)).steps[0].retry
     assert (default.error, default.platform, default.timeout) == (0, 10, 0)
     assert [default.backoff.delay(n) for n in (1, 2, 11)] == [1.0, 2.0, 600.0]
+
+
+def test_cron_window_dates_are_midnight_in_the_trigger_zone() -> None:
+    defn = parse(
+        definition(
+            triggers=[
+                {
+                    "type": "cron",
+                    "cron": "@daily",
+                    "timezone": "Europe/Paris",
+                    "catch_up": "latest",
+                    "start": "2026-03-29",
+                    "end": "2026-11-01T12:00:00+00:00",
+                    "jitter": "30s",
+                }
+            ]
+        )
+    )
+    trig = defn.triggers[0]
+    assert trig.catch_up == "latest"  # type: ignore[union-attr]
+    assert trig.start.isoformat() == "2026-03-28T23:00:00+00:00"  # type: ignore[union-attr]
+    assert trig.end.isoformat() == "2026-11-01T12:00:00+00:00"  # type: ignore[union-attr]
+    assert trig.jitter == 30.0  # type: ignore[union-attr]
