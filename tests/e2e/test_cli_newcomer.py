@@ -162,3 +162,11 @@ def test_dev_takes_server_flags_after_the_command_and_says_in_one_line_what_fail
     assert f"using NATS at {dead_nats}" in done.stdout
     line = one_line_error(done)
     assert "cannot reach PostgreSQL at" in line and "(--database-url)" in line and "secret" not in line
+
+
+def test_nats_up_but_no_legato_there_is_one_line(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    done = legato(
+        "workflow", "list", "--nats-url", nats_url, "--namespace", namespace, env=bare_env(tmp_path)
+    )
+    line = one_line_error(done)
+    assert nats_url in line and "(from --nats-url)" in line and "no Legato trigger service" in line
