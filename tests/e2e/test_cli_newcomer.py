@@ -150,3 +150,23 @@ async def test_cli_against_a_stack_flags_after_command_tables_logs_and_limits(
         start = time.monotonic()
         assert (await cli("logs", second, *url)).returncode == 0
         assert time.monotonic() - start < 60
+
+
+def test_dev_takes_server_flags_after_the_command_and_says_in_one_line_what_failed(tmp_path: Path) -> None:
+    env = bare_env(tmp_path)
+    dead_nats = f"nats://127.0.0.1:{free_port(0)}"
+    dead_pg = f"postgresql://someone:secret@127.0.0.1:{free_port(0)}/legato"
+    done = legato(
+        "dev", "--nats-url", dead_nats, "--database-url", dead_pg, "--no-demo", env=env, cwd=tmp_path
+    )
+    assert f"using NATS at {dead_nats}" in done.stdout
+    line = one_line_error(done)
+    assert "cannot reach PostgreSQL at" in line and "(--database-url)" in line and "secret" not in line
+
+
+def test_nats_up_but_no_legato_there_is_one_line(nats_url: str, namespace: str, tmp_path: Path) -> None:
+    done = legato(
+        "workflow", "list", "--nats-url", nats_url, "--namespace", namespace, env=bare_env(tmp_path)
+    )
+    line = one_line_error(done)
+    assert nats_url in line and "(from --nats-url)" in line and "no Legato trigger service" in line

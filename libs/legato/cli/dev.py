@@ -31,6 +31,7 @@ from typing import IO, Any
 import msgspec
 import nats
 
+from legato.bus.connection import connect as bus_connect
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
@@ -221,15 +222,35 @@ class DevStack:
             say(f"PostgreSQL up at {self.database_url}, data in {self.state_dir / 'pg'}")
 
     async def prepare(self) -> None:
-        await ensure_database(self.database_url)
+        try:
+            await ensure_database(self.database_url)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot reach PostgreSQL at {redact(self.database_url)} ({self._origin('database_url')}): "
+                f"{exc.strerror or exc}"
+            ) from None
         applied = await migrate_url(self.database_url)
         if applied:
             say(f"migrations applied: {', '.join(str(v) for v in applied)}")
-        nc = await nats.connect(self.nats_url, name="legato-dev")
+        try:
+            nc = await bus_connect(self.nats_url, name="legato-dev")
+        except ConnectionError as exc:
+            raise RuntimeError(
+                f"{exc} ({self._origin('nats_url')}); "
+                "start it, or leave --nats-url/LEGATO_NATS_URL unset for an embedded one"
+            ) from None
         try:
             await provision_streams(nc.jetstream(), Topology(self.namespace))
         finally:
             await nc.close()
+
+    def _origin(self, name: str) -> str:
+        """Where a server URL came from: the flag, the environment, or the embedded server."""
+        if getattr(self.args, name, None):
+            return f"--{name.replace('_', '-')}"
+        if os.environ.get(f"LEGATO_{name.upper()}"):
+            return f"LEGATO_{name.upper()}"
+        return "embedded"
 
     def write_state(self) -> None:
         dev_state_file(self.state_dir).write_text(

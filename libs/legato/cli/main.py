@@ -14,12 +14,12 @@ import nats.errors
 
 from legato.cli import commands as C
 from legato.cli.dead_letter_commands import add_dead_letter_commands
-from legato.cli.errors import CliError
+from legato.cli.errors import CliError, nats_origin
 from legato.cli.params import ParamSyntaxError, parse_params
 from legato.cli.signal_commands import add_signal_commands
 from legato.cli.workflow_removal import add_workflow_removal_commands
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import SettingsError
+from legato.runtime.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, LegatoClient], Awaitable[int]]
 
@@ -237,6 +237,14 @@ async def _run_api(args: argparse.Namespace) -> int:
     try:
         result: int = await args.api_handler(args, client)
         return result
+    except ApiError as exc:
+        if exc.code != "unavailable":
+            raise
+        url = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace}).nats_url
+        raise CliError(
+            f"NATS at {url} (from {nats_origin(args)}) answers, but no Legato trigger service does: "
+            "start the stack with `make run`, or check --namespace"
+        ) from None
     finally:
         await client.close()
 
