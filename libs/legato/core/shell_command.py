@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from legato.core.errors import DefinitionIssue
-from legato.core.expressions import ValueNode
+from legato.core.expressions import ConstNode, ValueNode, syntax_issue
 from legato.core.model import ForeachStep, ShellStep, Step, WorkflowDefinition, step_body
 from legato.core.secrets import secret_env_name, secret_name_of
 from legato.sel import Expression, Limits, SelSyntaxError, compile_expression
@@ -109,8 +109,6 @@ class ShellCommandNode(ValueNode):
 
 def compile_shell_command(text: str, path: str, issues: list[DefinitionIssue]) -> ValueNode:
     """Compile a shell command template; misplaced substitutions are appended to ``issues``."""
-    from legato.core.expressions import ConstNode, syntax_issue
-
     try:
         template = compile_template(text, path=path)
     except SelSyntaxError as exc:

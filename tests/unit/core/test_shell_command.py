@@ -42,8 +42,8 @@ def run(command: str, value: object) -> list[str]:
     node = compile_shell_command(command, "command", issues)
     assert issues == []
     rendered = node.evaluate({"params": {"x": value}})
-    out = subprocess.run(["/bin/sh", "-c", rendered], capture_output=True, text=True, check=True).stdout
-    return out.split("\0")[:-1]
+    out = subprocess.run(["/bin/sh", "-c", rendered], capture_output=True, check=True).stdout
+    return out.decode().split("\0")[:-1]  # bytes: text mode would turn "\r" into "\n"
 
 
 @pytest.mark.parametrize("value", NASTY)
