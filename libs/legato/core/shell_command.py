@@ -43,6 +43,7 @@ _WHY_NOT = {
     "ansi": "inside $'…'",
     "unknown": "after a `case` inside $(…), where Legato cannot follow the quoting",
 }
+MAX_SYNTAX_CHECKS = 200  # distinct commands checked with `sh -n` per definition (one process each)
 _CASE = re.compile(r"case(?=[\s;&|()])")
 _WORD_START = frozenset(" \t\n;&|()")
 _WRAPPED = re.compile(r"^\s*(raw|shell_quote)\s*\((.*)\)\s*$", re.DOTALL)
@@ -320,6 +321,16 @@ def shell_command_warnings(defn: WorkflowDefinition, *, syntax: bool = True) -> 
     """Warnings about shell commands: each ``${raw(…)}`` (the value runs as shell code) and, with
     ``syntax``, each command ``/bin/sh`` would refuse to parse (it would fail every attempt)."""
     warnings: list[DefinitionIssue] = []
+    parsed: dict[str, str | None] = {}  # command text -> what sh said (one shell per distinct command)
+
+    def syntax_problem(step: ShellStep, node: ShellCommandNode) -> str | None:
+        if not syntax:
+            return None
+        if step.command not in parsed:
+            if len(parsed) >= MAX_SYNTAX_CHECKS:
+                return None
+            parsed[step.command] = shell_syntax_error(node)
+        return parsed[step.command]
 
     def walk(steps: list[Step], path: str) -> None:
         for i, step in enumerate(steps):
@@ -327,7 +338,7 @@ def shell_command_warnings(defn: WorkflowDefinition, *, syntax: bool = True) -> 
             if isinstance(step, ShellStep):
                 node = compile_shell_command(step.command, f"{step_path}.command", [])
                 if isinstance(node, ShellCommandNode):
-                    problem = shell_syntax_error(node) if syntax else None
+                    problem = syntax_problem(step, node)
                     if problem is not None:
                         warnings.append(
                             DefinitionIssue(f"{step_path}.command", f"/bin/sh cannot parse it: {problem}")
