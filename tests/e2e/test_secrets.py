@@ -43,10 +43,26 @@ steps:
       echo "leak=${params.token}" >> "$LEGATO_OUTPUTS"
       echo "also=prefix-$DB_PASSWORD-suffix" >> "$LEGATO_OUTPUTS"
     outputs: [leak, also]
+  - id: py
+    type: python
+    depends_on: [use]
+    function: "secret_steps:digest"
+    outputs: [digest, leak]
   - id: boom
     type: shell
-    depends_on: [use]
+    depends_on: [py]
     command: 'echo "failing with ${params.token} / $LEGATO_SECRET_DB_PASSWORD" >&2; exit 3'
+"""
+
+
+PY_STEPS = """
+import hashlib, sys
+
+
+def digest(params):
+    print("python got", params["token"])
+    print("python stderr", params["db"], file=sys.stderr)
+    return {"digest": hashlib.sha256(params["token"].encode()).hexdigest(), "leak": "x" + params["db"]}
 """
 
 
@@ -113,9 +129,13 @@ async def test_a_secret_reaches_its_step_and_nothing_else(settings: Settings, tm
             msg.subject.encode() + b" " + (msg.data or b"") + json.dumps(msg.headers or {}).encode()
         )
 
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "secret_steps.py").write_text(PY_STEPS)
     with OtlpSink() as sink:
         env = {
             **sink.env(),
+            "PYTHONPATH": os.pathsep.join([str(modules), os.environ.get("PYTHONPATH", "")]),
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "LEGATO_SECRET_API_TOKEN": token,
             "LEGATO_SECRETS_DIR": str(secrets_dir),
@@ -150,6 +170,10 @@ async def test_a_secret_reaches_its_step_and_nothing_else(settings: Settings, tm
     assert steps["use"]["status"] == "succeeded"
     assert steps["use"]["outputs"] == {"leak": "***", "also": "prefix-***-suffix"}
     assert "token is *** and db is ***" in steps["use"]["attempts"][0]["log_tail"]
+    # A python step gets the values in its params dict; what it returns and prints is masked too.
+    assert steps["py"]["outputs"] == {"digest": sha(token), "leak": "x***"}
+    assert "python got ***" in steps["py"]["attempts"][0]["log_tail"]
+    assert "python stderr ***" in steps["py"]["attempts"][0]["log_tail"]
     boom = steps["boom"]["attempts"][0]
     assert "failing with *** / ***" in boom["error"], boom
     # Only the references were stored and shown.

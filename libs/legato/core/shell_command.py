@@ -27,20 +27,25 @@ from datetime import datetime
 from typing import Any, Literal
 
 from legato.core.errors import DefinitionIssue
-from legato.core.expressions import ValueNode
+from legato.core.expressions import ConstNode, ValueNode, syntax_issue
 from legato.core.model import ForeachStep, ShellStep, Step, WorkflowDefinition, step_body
 from legato.core.secrets import secret_env_name, secret_name_of
 from legato.sel import Expression, Limits, SelSyntaxError, compile_expression
 from legato.sel.template import Template, compile_template
 
-Context = Literal["plain", "double", "single", "backtick", "heredoc", "expansion"]
+Context = Literal["plain", "double", "single", "backtick", "heredoc", "expansion", "ansi", "unknown"]
 
 _QUOTABLE: frozenset[Context] = frozenset({"plain", "double", "single"})
 _WHY_NOT = {
     "backtick": "inside backticks; use $(…) instead",
     "heredoc": "inside a here-document; pass it through `env:` or a file instead",
-    "expansion": "inside a shell ${…} expansion",
+    "expansion": "inside a shell ${…} expansion or right after a backslash",
+    "ansi": "inside $'…'",
+    "unknown": "after a `case` inside $(…), where Legato cannot follow the quoting",
 }
+MAX_SYNTAX_CHECKS = 200  # distinct commands checked with `sh -n` per definition (one process each)
+_CASE = re.compile(r"case(?=[\s;&|()])")
+_WORD_START = frozenset(" \t\n;&|()")
 _WRAPPED = re.compile(r"^\s*(raw|shell_quote)\s*\((.*)\)\s*$", re.DOTALL)
 
 
@@ -105,8 +110,6 @@ class ShellCommandNode(ValueNode):
 
 def compile_shell_command(text: str, path: str, issues: list[DefinitionIssue]) -> ValueNode:
     """Compile a shell command template; misplaced substitutions are appended to ``issues``."""
-    from legato.core.expressions import ConstNode, syntax_issue
-
     try:
         template = compile_template(text, path=path)
     except SelSyntaxError as exc:
@@ -167,13 +170,16 @@ def substitution_contexts(literals: list[str]) -> list[Context]:
     for text in literals:
         reader.feed(text)
         contexts.append(reader.context())
+        reader.prev = "x"  # the value is part of a word: a "#" right after it starts no comment
     return contexts
 
 
 class _ShellReader:
     def __init__(self) -> None:
-        # Frames: "plain" (top level or inside $(…)), "double", "single", "backtick", "expansion".
-        self.stack: list[list[Any]] = [["plain", 0]]
+        # Frames: [kind, open parens, saw `case`]; kind "plain" (top level or inside $(…)), "double",
+        # "single", "ansi" ($'…'), "backtick", "expansion".
+        self.stack: list[list[Any]] = [["plain", 0, False]]
+        self.lost = False  # a `case` inside $(…): its patterns' ")" cannot be told from the closing one
         self.pending_heredocs: list[tuple[str, bool]] = []
         self.heredoc: tuple[str, bool] | None = None
         self.line = ""  # current line of a here-document body
@@ -182,6 +188,8 @@ class _ShellReader:
         self.prev = "\n"
 
     def context(self) -> Context:
+        if self.lost:
+            return "unknown"
         if self.heredoc is not None:
             return "heredoc"
         kind: str = self.stack[-1][0]
@@ -195,9 +203,8 @@ class _ShellReader:
         i = 0
         n = len(text)
         while i < n:
-            c = text[i]
-            i = self._step(text, i, c)
-            self.prev = c
+            i = self._step(text, i, text[i])
+            self.prev = text[i - 1]
 
     def _step(self, text: str, i: int, c: str) -> int:
         if self.heredoc is not None:
@@ -219,6 +226,12 @@ class _ShellReader:
             if c == "'":
                 self.stack.pop()
             return i + 1
+        if kind == "ansi":
+            if c == "\\":
+                self.escaped = True
+            elif c == "'":
+                self.stack.pop()
+            return i + 1
         if self.comment:
             if c == "\n":
                 self.comment = False
@@ -236,31 +249,39 @@ class _ShellReader:
                 self.stack.pop()
             return i + 1
         if text.startswith("$(", i):
-            self.stack.append(["plain", 0])
+            self.stack.append(["plain", 0, False])
             return i + 2
         if text.startswith("${", i):
-            self.stack.append(["expansion", 0])
+            self.stack.append(["expansion", 0, False])
             return i + 2
         if c == "`":
-            self.stack.append(["backtick", 0])
+            self.stack.append(["backtick", 0, False])
             return i + 1
+        if kind == "plain" and text.startswith("$'", i):
+            self.stack.append(["ansi", 0, False])  # bash's $'…' (bash may be /bin/sh)
+            return i + 2
         if kind == "double":
             if c == '"':
                 self.stack.pop()
             return i + 1
         # plain
         if c == "'":
-            self.stack.append(["single", 0])
+            self.stack.append(["single", 0, False])
         elif c == '"':
-            self.stack.append(["double", 0])
+            self.stack.append(["double", 0, False])
+        elif len(self.stack) > 1 and _CASE.match(text, i) and self.prev in _WORD_START:
+            frame[2] = True
+            return i + 4
         elif c == "(":
             frame[1] += 1
         elif c == ")":
             if frame[1] > 0:
                 frame[1] -= 1
             elif len(self.stack) > 1:
+                if frame[2]:
+                    self.lost = True
                 self.stack.pop()
-        elif c == "#" and self.prev in " \t\n;&|()":
+        elif c == "#" and self.prev in _WORD_START:
             self.comment = True
         elif text.startswith("<<", i):
             return self._heredoc_operator(text, i)
@@ -300,6 +321,16 @@ def shell_command_warnings(defn: WorkflowDefinition, *, syntax: bool = True) -> 
     """Warnings about shell commands: each ``${raw(…)}`` (the value runs as shell code) and, with
     ``syntax``, each command ``/bin/sh`` would refuse to parse (it would fail every attempt)."""
     warnings: list[DefinitionIssue] = []
+    parsed: dict[str, str | None] = {}  # command text -> what sh said (one shell per distinct command)
+
+    def syntax_problem(step: ShellStep, node: ShellCommandNode) -> str | None:
+        if not syntax:
+            return None
+        if step.command not in parsed:
+            if len(parsed) >= MAX_SYNTAX_CHECKS:
+                return None
+            parsed[step.command] = shell_syntax_error(node)
+        return parsed[step.command]
 
     def walk(steps: list[Step], path: str) -> None:
         for i, step in enumerate(steps):
@@ -307,7 +338,7 @@ def shell_command_warnings(defn: WorkflowDefinition, *, syntax: bool = True) -> 
             if isinstance(step, ShellStep):
                 node = compile_shell_command(step.command, f"{step_path}.command", [])
                 if isinstance(node, ShellCommandNode):
-                    problem = shell_syntax_error(node) if syntax else None
+                    problem = syntax_problem(step, node)
                     if problem is not None:
                         warnings.append(
                             DefinitionIssue(f"{step_path}.command", f"/bin/sh cannot parse it: {problem}")

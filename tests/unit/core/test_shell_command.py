@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from legato.core import DefinitionError, compile_workflow, parse_definition
 from legato.core.errors import DefinitionIssue
@@ -40,8 +42,8 @@ def run(command: str, value: object) -> list[str]:
     node = compile_shell_command(command, "command", issues)
     assert issues == []
     rendered = node.evaluate({"params": {"x": value}})
-    out = subprocess.run(["/bin/sh", "-c", rendered], capture_output=True, text=True, check=True).stdout
-    return out.split("\0")[:-1]
+    out = subprocess.run(["/bin/sh", "-c", rendered], capture_output=True, check=True).stdout
+    return out.decode().split("\0")[:-1]  # bytes: text mode would turn "\r" into "\n"
 
 
 @pytest.mark.parametrize("value", NASTY)
@@ -52,6 +54,8 @@ def test_a_value_is_one_literal_word_in_every_quoting_context(value: str) -> Non
     assert run("printf '%s\\0' \"$(printf '%s' ${params.x})\"", value) == [value.rstrip("\n")]
     assert run("printf '%s\\0' \"a$(printf '%s' \"${params.x}\")b\"", value) == [f"a{value.rstrip(chr(10))}b"]
     assert run("printf '%s\\0' pre${params.x}post", value) == [f"pre{value}post"]
+    # A "#" right after a value starts no comment: the quote after it is a real one.
+    assert run("printf '%s\\0' ${params.x}#\"${params.x}\"", value) == [f"{value}#{value}"]
     # A comment and a here-document before it do not confuse the reading of the quotes.
     assert run("cat >/dev/null <<'EOF'\n'\nEOF\n# it's\nprintf '%s\\0' ${params.x}", value) == [value]
 
@@ -72,6 +76,9 @@ def test_raw_pastes_shell_code() -> None:
         ("echo `echo ${params.x}`", "inside backticks"),
         ("cat <<EOF\n${params.x}\nEOF", "inside a here-document"),
         ("echo $${HOME:-${params.x}}", "inside a shell ${…} expansion"),
+        ("echo \\${params.x}", "right after a backslash"),
+        ("echo $'a\\' ${params.x}'", "inside $'…'"),
+        ('echo "$(case a in a) echo ${params.x};; esac)"', "after a `case` inside $(…)"),
     ],
 )
 def test_a_value_where_no_quoting_is_right_is_a_definition_error(command: str, where: str) -> None:
@@ -115,3 +122,28 @@ def test_validate_warns_about_raw_and_about_a_command_sh_cannot_parse(tmp_path: 
     assert (
         'warning: steps[1].command: /bin/sh cannot parse it: 1: Syntax error: "(" unexpected' in done.stdout
     )
+
+
+SHAPES = [
+    "printf '%s\\0' ${params.x}",
+    "printf '%s\\0' \"<${params.x}>\"",
+    "printf '%s\\0' '<${params.x}>'",
+    "printf '%s\\0' \"$(printf '%s' \"${params.x}\")\"",
+    "printf '%s\\0' a${params.x}\"b${params.x}\"'c${params.x}'",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    value=st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), max_size=40),
+    shape=st.sampled_from(SHAPES),
+)
+def test_any_text_reaches_the_shell_unchanged(value: str, shape: str) -> None:
+    expected = {
+        SHAPES[0]: [value],
+        SHAPES[1]: [f"<{value}>"],
+        SHAPES[2]: [f"<{value}>"],
+        SHAPES[3]: [value.rstrip("\n")],
+        SHAPES[4]: [f"a{value}b{value}c{value}"],
+    }[shape]
+    assert run(shape, value) == expected

@@ -137,3 +137,20 @@ def test_http_body_encoding_and_outputs() -> None:
         HttpResponse(200, {"content-type": "text/plain; charset=latin-1"}, b"caf\xe9", False)
     )
     assert latin["body"] == "café"
+
+
+def test_the_operator_may_pass_chosen_variables_but_never_legato_ones(tmp_path: Path) -> None:
+    env = step_environment(
+        item(),
+        tmp_path,
+        declared={"MINE": "1"},
+        executor_env={
+            "LEGATO_STEP_ENV_PASSTHROUGH": "HTTPS_PROXY, LEGATO_DATABASE_URL,NOT_SET",
+            "HTTPS_PROXY": "http://proxy:3128",
+            "LEGATO_DATABASE_URL": "postgresql://secret",
+            "OTHER": "x",
+        },
+    )
+    assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["MINE"] == "1"
+    assert "LEGATO_DATABASE_URL" not in env and "OTHER" not in env and "NOT_SET" not in env
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"  # a standard one when the executor has none
