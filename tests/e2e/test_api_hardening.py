@@ -60,6 +60,8 @@ async def test_unknown_version_is_refused_before_a_run_id_is_given(
         with pytest.raises(ApiError) as err:
             await client.call("instance.start", {"workflow_id": "one", "version": 99})
         assert err.value.code == "not_found" and "no version 99" in err.value.message
+        out = cli(settings, "start", "one", "--version", "0", "--wait", "--timeout", "30")
+        assert out.returncode == 1 and "version: must be >= 1, got 0" in out.stderr, out
         listed = await client.call("instance.list", {"workflow_id": "one"})
         assert listed["instances"] == []
 
