@@ -11,11 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from legato.bus.topology import Topology
 from legato.client import ApiError
 from legato.protocol import encode
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
+
+
+def trigger_subject(settings: Settings, workflow_id: str) -> str:
+    """Where the trigger service would publish for this workflow (the stack's partition count)."""
+    return Topology(settings.namespace, settings.partitions).trigger_subject(workflow_id)
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,6 +66,8 @@ async def test_unknown_version_is_refused_before_a_run_id_is_given(
         with pytest.raises(ApiError) as err:
             await client.call("instance.start", {"workflow_id": "one", "version": 99})
         assert err.value.code == "not_found" and "no version 99" in err.value.message
+        out = cli(settings, "start", "one", "--version", "0", "--wait", "--timeout", "30")
+        assert out.returncode == 1 and "version: must be >= 1, got 0" in out.stderr, out
         listed = await client.call("instance.list", {"workflow_id": "one"})
         assert listed["instances"] == []
 
@@ -73,7 +81,7 @@ async def test_a_start_the_scheduler_cannot_apply_fails_its_run_never_pending(
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(ONE)
         js = client.nc.jetstream()
-        subject = client.topology.trigger_subject("one")
+        subject = trigger_subject(settings, "one")
         for iid, version in (("bad-0", 0), ("bad-99", 99)):
             msg = StartRun(
                 workflow_id="one",

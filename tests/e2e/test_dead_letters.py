@@ -4,6 +4,7 @@ replayed once however often replay is asked; discarded."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
 from legato.protocol import encode
 from legato.protocol.messages import StartRun, TriggerInfo
@@ -40,6 +42,11 @@ async def dead_letters(client: LegatoClient, count: int, timeout: float = 60.0) 
         await asyncio.sleep(0.2)
 
 
+def trigger_subject(settings: Settings, workflow_id: str) -> str:
+    """Where the trigger service would publish for this workflow (the stack's partition count)."""
+    return Topology(settings.namespace, settings.partitions).trigger_subject(workflow_id)
+
+
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LEGATO_NATS_URL": settings.nats_url, "LEGATO_NAMESPACE": settings.namespace}
     return subprocess.run(
@@ -60,7 +67,7 @@ async def test_dead_letters_are_shown_and_replayed_exactly_once(settings: Settin
             requested_at=time.time(),
         )
         js = client.nc.jetstream()
-        subject = client.topology.trigger_subject("later")
+        subject = trigger_subject(settings, "later")
         await js.publish(subject, encode(start), headers={"Nats-Msg-Id": "start:later-1"})
         # And a message no consumer can decode.
         await js.publish(subject, b"\xff not json", headers={"Nats-Msg-Id": "garbage-1"})
@@ -114,3 +121,28 @@ async def test_dead_letters_are_shown_and_replayed_exactly_once(settings: Settin
         with pytest.raises(ApiError) as err:
             await client.call("dead_letter.get", {"id": 999_999})
         assert err.value.code == "not_found" and "999999" in err.value.message
+
+
+async def test_a_dead_letters_raw_message_is_fetched_in_parts(settings: Settings, tmp_path: Path) -> None:
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        # Near the server's max payload: base64 in a JSON reply could never hold it whole.
+        raw = b"\xff\x00binary" + os.urandom(client.nc.max_payload - 1024 * 1024)
+        js = client.nc.jetstream()
+        await js.publish(trigger_subject(settings, "any"), raw, headers={"Nats-Msg-Id": "bin-1"})
+        rows = await dead_letters(client, 1)
+        assert len(rows) == 1 and rows[0]["payload_bytes"] == len(raw)
+        dl_id = rows[0]["id"]
+        first = await client.call("dead_letter.get", {"id": dl_id}, timeout=60)
+        assert first["payload_encoding"] == "base64" and first["payload_next_offset"] is not None
+        assert raw.startswith(base64.b64decode(first["payload"]))
+        # A part from an offset (what a message larger than one reply is read with).
+        tail = len(raw) - 1000
+        rest = await client.call("dead_letter.get", {"id": dl_id, "payload_offset": tail}, timeout=60)
+        assert base64.b64decode(rest["payload"]) == raw[tail:] and rest["payload_next_offset"] is None
+        with pytest.raises(ApiError) as err:
+            await client.call("dead_letter.get", {"id": dl_id, "payload_offset": len(raw) + 1})
+        assert err.value.code == "bad_request" and "payload_offset" in err.value.message
+        target = tmp_path / "raw.bin"
+        out = cli(settings, "dead-letters", "show", str(dl_id), "--raw", str(target))
+        assert out.returncode == 0, out.stderr
+        assert target.read_bytes() == raw  # every part, in order

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from legato.cli import render
@@ -27,6 +29,7 @@ def add_dead_letter_commands(sub: Any, api: ApiParser) -> None:
     sp.add_argument("--limit", type=int, default=50)
     sp = api("show", cmd_dead_letter_show, "one dead letter: raw message, headers, error, deliveries", dsub)
     sp.add_argument("id", type=int)
+    sp.add_argument("--raw", metavar="FILE", help="write the whole raw message to FILE (any size)")
     sp = api("replay", cmd_dead_letter_replay, "publish the message again to its subject (once)", dsub)
     sp.add_argument("id", type=int)
     sp.add_argument("--reason", default="", help="why (logged with the actor)")
@@ -79,6 +82,8 @@ def _state(d: dict[str, Any]) -> str:
 
 async def cmd_dead_letter_show(args: argparse.Namespace, c: LegatoClient) -> int:
     d = await c.call("dead_letter.get", {"id": args.id})
+    if args.raw:
+        return await _write_raw(c, d, args.raw)
     if args.json:
         render.dump_json(d)
         return 0
@@ -103,6 +108,24 @@ async def cmd_dead_letter_show(args: argparse.Namespace, c: LegatoClient) -> int
     cut = f" (first part of {d['payload_bytes']} bytes)" if d["payload_truncated"] else ""
     print(f"  message{cut}")
     print("    " + payload)
+    return 0
+
+
+async def _write_raw(c: LegatoClient, first: dict[str, Any], path: str) -> int:
+    """The whole message, part by part (a message near the max payload does not fit in one reply)."""
+    d = first
+    parts: list[bytes] = []
+    for _ in range(100_000):  # bounded: every part holds at least one byte
+        if d["payload_encoding"] == "utf-8":
+            parts.append(d["payload"].encode())
+        else:
+            parts.append(base64.b64decode(d["payload"]))
+        nxt = d.get("payload_next_offset")
+        if nxt is None:
+            break
+        d = await c.call("dead_letter.get", {"id": first["id"], "payload_offset": nxt})
+    await asyncio.to_thread(Path(path).write_bytes, b"".join(parts))
+    print(f"dead letter {first['id']}: {first['payload_bytes']} bytes written to {path}")
     return 0
 
 

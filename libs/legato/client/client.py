@@ -104,7 +104,7 @@ class LegatoClient:
         body: dict[str, Any] = {"workflow_id": workflow_id, "params": params or {}}
         if request_id:
             body["request_id"] = request_id
-        if version:
+        if version is not None:
             body["version"] = version
         result: dict[str, Any] = await self.call("instance.start", body)
         return result

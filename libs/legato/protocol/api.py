@@ -167,3 +167,8 @@ class ListDeadLetters(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fiel
 class DeadLetterRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: int
     reason: str = ""
+
+
+class GetDeadLetter(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: int
+    payload_offset: int = 0  # a message too big for one reply comes in parts: ``payload_next_offset``

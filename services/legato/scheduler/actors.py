@@ -92,6 +92,7 @@ class WorkflowActor:
         self.items_cache: dict[tuple[str, str], Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.batches = 0
+        self.missing_versions: set[int] = set()  # asked for by starts of the current batch, not found
 
     async def run(self) -> None:
         reg = self.registry
@@ -185,8 +186,10 @@ class WorkflowActor:
             starts = [e.message for e in batch if isinstance(e.message, StartRun)]
             asked = {m.version for m in starts if m.version is not None}
             versions.update(asked)
-            await reg.definitions.ensure(conn, self.workflow_id, versions, optional=asked)
-            versions = {v for v in versions if reg.definitions.has(self.workflow_id, v)}
+            self.missing_versions = await reg.definitions.ensure(
+                conn, self.workflow_id, versions, optional=asked
+            )
+            versions -= self.missing_versions
             existing: set[str] = set()
             if starts:
                 existing = {
@@ -301,7 +304,7 @@ class WorkflowActor:
                 existing.add(msg.instance_id)
                 version = state.row.active_version if msg.version is None else msg.version
                 inst = engine.new_instance(msg, version, "created", parent)
-                if not self.registry.definitions.has(msg.workflow_id, version):
+                if version in self.missing_versions:
                     # Never dead-letter a start (its run would stay pending forever): the run fails.
                     error = f"workflow {msg.workflow_id!r} has no version {version}"
                     engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)

@@ -40,12 +40,12 @@ class DefinitionCache:
         versions: set[int],
         *,
         optional: set[int] | None = None,
-    ) -> None:
-        """Load ``versions``; a version in ``optional`` (asked for by a start message) may not exist: the
-        caller fails that run instead of failing the whole batch."""
+    ) -> set[int]:
+        """Load ``versions``; a version in ``optional`` (asked for by a start message) may not exist: it is
+        returned, and the caller fails that run instead of failing the whole batch."""
         missing = [v for v in versions if (workflow_id, v) not in self._items]
         if not missing:
-            return
+            return set()
         rows = await conn.fetch(
             "SELECT version, definition::text AS definition FROM workflow_version "
             "WHERE workflow_id = $1 AND version = ANY($2::int[])",
@@ -61,3 +61,4 @@ class DefinitionCache:
         lost = set(missing) - found - (optional or set())
         if lost:
             raise UnknownVersion(f"workflow {workflow_id} has no version(s) {sorted(lost)}")
+        return set(missing) - found

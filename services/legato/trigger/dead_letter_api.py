@@ -67,7 +67,7 @@ class DeadLetterApi:
     def endpoints(self) -> dict[str, Endpoint]:
         return {
             "dead_letter.list": (A.ListDeadLetters, self.list),
-            "dead_letter.get": (A.DeadLetterRef, self.get),
+            "dead_letter.get": (A.GetDeadLetter, self.get),
             "dead_letter.replay": (A.DeadLetterRef, self.replay),
             "dead_letter.discard": (A.DeadLetterRef, self.discard),
         }
@@ -97,25 +97,40 @@ class DeadLetterApi:
             raise ApiError("not_found", f"unknown dead letter {dead_letter_id}", {"id": dead_letter_id})
         return r
 
-    async def get(self, req: A.DeadLetterRef) -> dict[str, Any]:
+    async def get(self, req: A.GetDeadLetter) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             r = await self._row(conn, req.id)
         out = {**_summary(r), "error": r["error"], "headers": truncated(r["headers"])}
-        # The raw message: as text when it is UTF-8 and fits, else base64 (cut to the reply budget).
+        # The raw message: as text when it is UTF-8 and fits, else base64 parts cut to the reply budget
+        # (``payload_next_offset`` asks for the next part).
         payload: bytes = r["payload"]
+        offset = max(0, req.payload_offset)
+        if offset > len(payload):
+            raise ApiError("bad_request", f"payload_offset: beyond the message's {len(payload)} bytes")
         room = reply_budget(self.nc) - size_of(out) - 256
-        try:
-            text = payload.decode()
-            if size_of(text) <= room:
-                return {**out, "payload": text, "payload_encoding": "utf-8", "payload_truncated": False}
-        except UnicodeDecodeError:
-            pass
-        cut = payload[: max(0, room * 3 // 4)]
+        if offset == 0:
+            try:
+                text = payload.decode()
+                if size_of(text) <= room:
+                    return {
+                        **out,
+                        "payload": text,
+                        "payload_encoding": "utf-8",
+                        "payload_offset": 0,
+                        "payload_next_offset": None,
+                        "payload_truncated": False,
+                    }
+            except UnicodeDecodeError:
+                pass
+        end = offset + max(1, room * 3 // 4)
+        part = payload[offset:end]
         return {
             **out,
-            "payload": base64.b64encode(cut).decode(),
+            "payload": base64.b64encode(part).decode(),
             "payload_encoding": "base64",
-            "payload_truncated": len(cut) < len(payload),
+            "payload_offset": offset,
+            "payload_next_offset": end if end < len(payload) else None,
+            "payload_truncated": offset > 0 or end < len(payload),
         }
 
     async def replay(self, req: A.DeadLetterRef) -> dict[str, Any]:

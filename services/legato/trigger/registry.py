@@ -304,6 +304,14 @@ async def delete_workflow(conn: asyncpg.Connection, topology: Topology, workflow
             for a in live
         ],
     )
+    # Tag permits its runs held are freed: wake the other workflows waiting for those tags.
+    waiting = await conn.fetch(
+        "SELECT DISTINCT w.workflow_id FROM tag_waiter w JOIN tag_permit p ON p.tag = w.tag "
+        "WHERE p.workflow_id = $1 AND w.workflow_id <> $1 ORDER BY 1",
+        workflow_id,
+    )
+    for w in waiting:
+        await notify_scheduler(conn, topology, w["workflow_id"], f"permits freed: {workflow_id} deleted")
     await deactivate_signal_triggers(conn, workflow_id)
     for table in _RUN_TABLES:
         await conn.execute(f"DELETE FROM {table} WHERE instance_id = ANY($1::text[])", ids)
