@@ -752,3 +752,71 @@ async def test_killed_executor_process_leaves_a_lost_attempt_reported_by_the_nex
     assert lost.error == "attempt lost: delivered 2 times (executor crashed or lost its connection)"
     assert ex.attempts.stats["executed"] == 0  # reported, not run again
     assert len(events.finished_for(item.attempt_id)) == 1
+
+
+# --- durable dedup by attempt id -------------------------------------------------------------------
+
+
+async def test_a_work_item_republished_under_new_msg_ids_runs_once_across_executors_and_restarts(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran.log"
+    item = work(topo, "shell", {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}; sleep 1.5'})
+
+    async def republish(msg_id: str) -> None:
+        # A new Nats-Msg-Id each time: JetStream's duplicate window does not catch it (as for an outbox
+        # row republished after the window).
+        await Publisher(nc).publish(
+            OutgoingMessage(topo.work_subject("default"), encode(item), msg_id=msg_id)
+        )
+
+    async def settled() -> None:
+        async with asyncio.timeout(20):
+            while True:
+                info = await nc.jetstream().consumer_info(
+                    topo.work_stream, topo.consumer_name("executor_default")
+                )
+                if info.num_ack_pending == 0 and info.num_pending == 0:
+                    return
+                await asyncio.sleep(0.05)
+
+    async with executor(settings, executor_id="exec-one") as one:
+        await republish("copy-1")
+        await events.started(item.attempt_id)
+        async with executor(settings, executor_id="exec-two") as two:
+            await republish("copy-2")  # while the first copy runs, at either executor
+            first = await events.finished(item.attempt_id)
+            await settled()
+    # Every executor that saw it is gone, with its memory: a new one must still not run it again.
+    async with executor(settings, executor_id="exec-three") as three:
+        await republish("copy-3")
+        await settled()
+    stats = one.attempts.stats + two.attempts.stats + three.attempts.stats
+    assert ran.read_text().splitlines() == [item.attempt_id]
+    assert first.outcome == "succeeded" and first.executor == "exec-one"
+    assert stats["executed"] == 1 and stats["lost"] == 0, stats
+    # The last copy got the kept result, published under the attempt id (a duplicate on the stream).
+    assert three.attempts.stats["republished"] == 1 and three.attempts.stats["executed"] == 0
+    assert len(events.finished_for(item.attempt_id)) == 1
+
+
+async def test_a_redelivered_item_that_never_started_runs_instead_of_being_reported_lost(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran.log"
+    item = work(topo, "shell", {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}'})
+    await submit(nc, topo, item)
+    # Taken by an executor that died before claiming it: fetched, never settled, never started.
+    spec = ConsumerSpec(
+        stream=topo.work_stream,
+        durable=topo.consumer_name("executor_default"),
+        filter_subject=topo.work_subject("default"),
+        ack_wait=ACK_WAIT,
+    )
+    await provision_consumer(nc.jetstream(), spec)
+    sub = await nc.jetstream().pull_subscribe_bind(topo.consumer_name("executor_default"), topo.work_stream)
+    assert len(await sub.fetch(1, timeout=5)) == 1
+    async with executor(settings, executor_id="exec-next") as ex:
+        finished = await events.finished(item.attempt_id, timeout=ACK_WAIT + 15)
+    assert finished.outcome == "succeeded" and ex.attempts.stats["lost"] == 0
+    assert ran.read_text().splitlines() == [item.attempt_id]

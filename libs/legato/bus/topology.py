@@ -50,6 +50,11 @@ class Topology:
         return f"{self._n}LEGATO_SIGNALS"
 
     @property
+    def attempts_bucket(self) -> str:
+        """JetStream KV bucket of the executors' attempt claims and kept results."""
+        return f"{self._n}LEGATO_ATTEMPTS"
+
+    @property
     def streams(self) -> tuple[str, str, str, str]:
         return (self.triggers_stream, self.events_stream, self.work_stream, self.signals_stream)
 

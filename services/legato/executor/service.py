@@ -1,6 +1,8 @@
 """The executor service: pulls step attempts from ``legato.work.<queue>``, runs them, reports results.
 
-All replicas of one queue share the durable consumer ``executor_<queue>`` and so split the work.
+All replicas of one queue share the durable consumer ``executor_<queue>`` and so split the work, and
+the KV bucket ``LEGATO_ATTEMPTS`` of attempt claims (``claims.py``): an attempt runs at most once, however
+many copies of its work item arrive.
 Cancel requests arrive on core NATS (``legato.control.cancel.<attempt_id>``) at every replica.
 
 Shutdown: stop fetching -> running attempts get the grace period to finish and report -> the rest are
@@ -25,6 +27,7 @@ from legato.bus.publisher import Publisher
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
+from legato.executor.claims import AttemptClaims
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -81,6 +84,7 @@ class ExecutorService(Component):
         *,
         executor_id: str,
         max_deliveries: int = 5,
+        replicas: int = 1,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -90,6 +94,7 @@ class ExecutorService(Component):
         self.http_pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="legato-http")
         # The result must fit one NATS message and one stream message, with room for headers.
         max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
+        self.claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket, replicas=replicas)
         self.attempts = AttemptProcessor(
             Publisher(nc, timeout=2.0, attempts=3),
             default_runners(self.http_pool),
@@ -99,6 +104,7 @@ class ExecutorService(Component):
             max_result_bytes=max_result,
             results=RecentResults(max_entries=options.remembered_results),
             cancels=RecentCancels(max_entries=options.remembered_cancels),
+            claims=self.claims,
         )
         self.spec = ConsumerSpec(
             stream=topology.work_stream,
@@ -130,11 +136,13 @@ class ExecutorService(Component):
             options,
             executor_id=options.executor_id or host.settings.replica,
             max_deliveries=host.settings.max_deliveries,
+            replicas=host.settings.stream_replicas,
         )
 
     async def _run(self) -> None:
         sub: Subscription | None = None
         try:
+            await self.claims.open()
             sub = await self.nc.subscribe(
                 self.topology.cancel_wildcard, cb=self._on_cancel, pending_msgs_limit=10_000
             )
