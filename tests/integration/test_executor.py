@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 import nats
 import nats.errors
@@ -38,6 +37,7 @@ from legato.bus import (
 )
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
+from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
@@ -192,7 +192,9 @@ async def executor(
     options = ExecutorOptions(
         queue="default", concurrency=concurrency, executor_id=executor_id, ack_wait=ACK_WAIT, kill_grace=1.0
     )
-    async with ServiceHost("executor", settings, with_relay=False, configure_process=False) as host:
+    async with ServiceHost(
+        "executor", settings, with_relay=False, configure_process=False, with_database=False
+    ) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
         task = asyncio.create_task(host.run(handle_signals=False))
@@ -596,11 +598,28 @@ async def test_unknown_step_type_and_bad_config_fail_without_dead_letters(
     )
     assert bad_result.outcome == "failed"
     assert bad_result.error == "invalid step config: config.duration: expected `float`, got `str`"
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM dead_letter") == 0
-    finally:
-        await conn.close()
+    # The executor has no database: its dead letters would be on the dead-letter stream.
+    dead = await nc.jetstream().stream_info(topo.deadletter_stream)
+    assert dead.state.messages == 0
+    info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_poison_work_item_is_reported_on_the_dead_letter_subject_not_lost(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings
+) -> None:
+    async with executor(settings):
+        await Publisher(nc).publish(
+            OutgoingMessage(topo.work_subject("default"), b'{"kind": "work", "nonsense', msg_id="poison-1")
+        )
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(topo.deadletter_subject("executor"), stream=topo.deadletter_stream)
+        [msg] = await sub.fetch(1, timeout=15)
+        await msg.ack()
+    report = DEAD_LETTER_DECODER.decode(msg.data)
+    assert report.service == "executor" and report.consumer == topo.consumer_name("executor_default")
+    assert report.stream == topo.work_stream and report.msg_id == "poison-1"
+    assert report.payload == b'{"kind": "work", "nonsense' and report.error.startswith("undecodable message")
     info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
@@ -703,8 +722,6 @@ async def executor_process(
             executor_id,
             "--nats-url",
             settings.nats_url,
-            "--database-url",
-            settings.database_url,
             env=env,
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,

@@ -40,7 +40,9 @@ async def executor(settings: Settings, executor_id: str) -> AsyncIterator[Execut
     options = ExecutorOptions(
         queue="default", concurrency=2, executor_id=executor_id, ack_wait=ACK_WAIT, kill_grace=1.0
     )
-    async with ServiceHost("executor", settings, with_relay=False, configure_process=False) as host:
+    async with ServiceHost(
+        "executor", settings, with_relay=False, configure_process=False, with_database=False
+    ) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
         task = asyncio.create_task(host.run(handle_signals=False))

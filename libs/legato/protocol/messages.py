@@ -169,6 +169,27 @@ class WorkItem(_Msg, tag="work", frozen=True, kw_only=True):
     dispatched_at: float = 0.0
 
 
+# --- LEGATO_DEADLETTERS ----------------------------------------------------------------------------
+
+
+class DeadLetterReport(_Msg, tag="dead_letter", frozen=True, kw_only=True):
+    """A message a database-less service (the executor) gave up on, for a stateful service to store.
+
+    Published on ``legato.deadletter.<service>``; whoever has Postgres writes it to ``dead_letter``.
+    """
+
+    service: str
+    stream: str
+    consumer: str
+    subject: str
+    stream_seq: int
+    msg_id: str | None = None
+    headers: dict[str, str] = {}
+    payload: bytes = b""
+    error: str
+    deliveries: int
+
+
 # --- core NATS -------------------------------------------------------------------------------------
 
 
@@ -189,6 +210,7 @@ class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):
 _trigger_decoder: msgspec.json.Decoder[TriggerMessage] = msgspec.json.Decoder(TriggerMessage)
 _event_decoder: msgspec.json.Decoder[EventMessage] = msgspec.json.Decoder(EventMessage)
 _work_decoder: msgspec.json.Decoder[WorkItem] = msgspec.json.Decoder(WorkItem)
+_dead_letter_decoder: msgspec.json.Decoder[DeadLetterReport] = msgspec.json.Decoder(DeadLetterReport)
 _encoder = msgspec.json.Encoder()
 
 
@@ -211,3 +233,4 @@ def decode_work(data: bytes) -> WorkItem:
 TRIGGER_DECODER = _trigger_decoder
 EVENT_DECODER = _event_decoder
 WORK_DECODER = _work_decoder
+DEAD_LETTER_DECODER = _dead_letter_decoder

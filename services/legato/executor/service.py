@@ -189,8 +189,7 @@ async def run_executor(
     options = ExecutorOptions(
         queue=queue, concurrency=concurrency, executor_id=executor_id, ack_wait=ack_wait
     )
-    async with ServiceHost(
-        "executor", settings, with_relay=False, pool_max=max(2, settings.db_pool_min)
-    ) as host:
+    # Stateless: no database; dead letters go to legato.deadletter.executor for a stateful service.
+    async with ServiceHost("executor", settings, with_relay=False, with_database=False) as host:
         host.add(ExecutorService.on_host(host, options))
         await host.run(handle_signals=True)
