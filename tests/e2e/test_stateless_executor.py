@@ -19,7 +19,7 @@ run_strategy: {type: parallel, max_concurrency: 5}
 steps:
   - id: hello
     type: shell
-    command: 'echo "$LEGATO_ATTEMPT_ID" >> {log}'
+    command: 'echo "$LEGATO_RUN_ID $LEGATO_ATTEMPT_ID" >> {log}'
 """
 
 
@@ -45,7 +45,9 @@ async def test_executor_without_a_database_runs_steps_and_its_dead_letters_reach
         run = await client.start("stateless")
         info = await wait_for(client, run["instance_id"], timeout=60)
         assert info["status"] == "succeeded", info
-        assert log.read_text().splitlines() == [info["steps"][0]["attempts"][0]["attempt_id"]]
+        # The ids a step makes its effects idempotent with are in its environment.
+        attempt_id = info["steps"][0]["attempts"][0]["attempt_id"]
+        assert log.read_text().splitlines() == [f"{run['instance_id']} {attempt_id}"]
 
         topo = Topology(settings.namespace, settings.partitions)
         nc = await connect(settings.nats_url, name="test-poison")

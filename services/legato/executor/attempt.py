@@ -39,6 +39,7 @@ from legato.bus.consumer import Delivery, Retry
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.executor.capture import CapturedOutput
 from legato.executor.claims import AttemptClaims, ClaimsUnavailable
+from legato.executor.contact import NatsContact
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.step import StepContext, StepFailed, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
@@ -80,6 +81,8 @@ class AttemptProcessor:
         results: RecentResults | None = None,
         cancels: RecentCancels | None = None,
         claims: AttemptClaims | None = None,
+        contact: NatsContact | None = None,
+        fence_after: float = 0.0,
     ) -> None:
         self.publisher = publisher
         self.runners = runners
@@ -91,6 +94,9 @@ class AttemptProcessor:
         self.cancels = cancels or RecentCancels()
         # Durable claims and results per attempt (JetStream KV); None: this process's memory only.
         self.claims = claims
+        # Steps are stopped after fence_after seconds without contact with NATS (0: never).
+        self.contact = contact
+        self.fence_after = fence_after
         # executed, each outcome, lost, republished, cancelled_before_start
         self.stats: Counter[str] = Counter()
         self._running: dict[str, RunningAttempt] = {}
@@ -245,16 +251,18 @@ class AttemptProcessor:
         ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace)
         step = asyncio.create_task(runner.run(ctx), name=f"step:{item.attempt_id}")
         cancel_requested = asyncio.create_task(running.cancel_requested.wait())
+        fenced = asyncio.create_task(self._fence())
         announcing = asyncio.Event()
         announce = asyncio.create_task(self._announce_started(item, started_at, announcing))
         timeout = item.timeout if item.timeout is not None and item.timeout > 0 else None
         try:
             done, _ = await asyncio.wait(
-                {step, cancel_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {step, cancel_requested, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             # Also on shutdown: the step's processes are stopped before the cancellation goes on.
             await _stop(cancel_requested)
+            await _stop(fenced)
             await _stop(step)
             await self._settle_announcement(announce, announcing)
         log_tail = ctx.output.log_tail()
@@ -297,6 +305,16 @@ class AttemptProcessor:
                 exit_code=result.exit_code,
                 log_tail=log_tail,
             )
+        if fenced in done:
+            error = (
+                f"stopped: no contact with NATS for {self.fence_after:g}s, so its work item could go to "
+                "another executor"
+            )
+            log.warning("attempt_fenced", silent_for=round(self.fence_after, 1))
+            self.stats["fenced"] += 1
+            return self._finished(
+                item, "platform_error", started_at=started_at, error=error, log_tail=log_tail
+            )
         if cancel_requested in done:
             reason = running.cancel_reason
             error = f"cancelled: {reason}" if reason else "cancelled"
@@ -304,6 +322,14 @@ class AttemptProcessor:
         return self._finished(
             item, "timed_out", started_at=started_at, error=f"timed out after {timeout:g}s", log_tail=log_tail
         )
+
+    async def _fence(self) -> None:
+        """Returns once this executor has been out of touch with NATS for ``fence_after`` seconds."""
+        if self.contact is None or self.fence_after <= 0:
+            await asyncio.Event().wait()  # never
+            return
+        while self.contact.silent_for() < self.fence_after:
+            await asyncio.sleep(0.1)
 
     async def _announce_started(self, item: WorkItem, started_at: float, announcing: asyncio.Event) -> None:
         # Only attempts still running after started_delay are announced: a fast step costs one message.

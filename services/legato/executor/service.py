@@ -28,6 +28,7 @@ from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.claims import AttemptClaims
+from legato.executor.contact import NatsContact
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -57,6 +58,17 @@ class ExecutorOptions:
     started_delay: float = 0.25
     remembered_results: int = 4096
     remembered_cancels: int = 10_000
+
+    @property
+    def fence_after(self) -> float:
+        """Seconds without NATS before running steps are stopped: before their items can be redelivered.
+
+        Heartbeats go out every ack_wait/3, checked every ack_wait/6, so the last one that got through
+        is at most ack_wait/2 older than the last contact; its item is redelivered ack_wait after it.
+        The step must be gone by then, its kill grace and a second of margin included; never under
+        3 s (a probe a second, answered within 2 s), so only tiny test ack waits are tighter than that.
+        """
+        return max(3.0, self.ack_wait / 2 - self.kill_grace - 1.0)
 
     def __post_init__(self) -> None:
         if not QUEUE_NAME.match(self.queue):
@@ -95,6 +107,7 @@ class ExecutorService(Component):
         # The result must fit one NATS message and one stream message, with room for headers.
         max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
         self.claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket, replicas=replicas)
+        self.contact = NatsContact(nc)
         self.attempts = AttemptProcessor(
             Publisher(nc, timeout=2.0, attempts=3),
             default_runners(self.http_pool),
@@ -105,6 +118,8 @@ class ExecutorService(Component):
             results=RecentResults(max_entries=options.remembered_results),
             cancels=RecentCancels(max_entries=options.remembered_cancels),
             claims=self.claims,
+            contact=self.contact,
+            fence_after=options.fence_after,
         )
         self.spec = ConsumerSpec(
             stream=topology.work_stream,
@@ -141,6 +156,7 @@ class ExecutorService(Component):
 
     async def _run(self) -> None:
         sub: Subscription | None = None
+        contact = asyncio.create_task(self.contact.run(), name="executor:nats-contact")
         try:
             await self.claims.open()
             sub = await self.nc.subscribe(
@@ -157,6 +173,8 @@ class ExecutorService(Component):
             self.ready.set()
             await self.loop.run()
         finally:
+            contact.cancel()
+            await asyncio.gather(contact, return_exceptions=True)
             if sub is not None:
                 try:
                     await sub.unsubscribe()
