@@ -279,6 +279,9 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
             assert not secrets and "LEGATO_DATABASE_URL" not in env, name
         settings = check_settings(env, f"k8s {name}")
         assert settings.stream_replicas == 3 and settings.partitions == 16
+        # Probes use the service's own health endpoint (served beside /metrics).
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
         metrics_ports = [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"]
         assert metrics_ports == [settings.metrics_port], name
         annotations = w["spec"]["template"]["metadata"]["annotations"]

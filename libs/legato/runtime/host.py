@@ -28,7 +28,7 @@ from legato.bus.streams import ConsumerSpec, provision_streams
 from legato.bus.topology import Topology
 from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
 from legato.runtime.component import Component
-from legato.runtime.metrics_server import MetricsServer
+from legato.runtime.metrics_server import OK, MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
@@ -147,7 +147,9 @@ class ServiceHost:
         if self.dead_letter_store is not None:
             comps.append(self.dead_letter_store)
         if self.settings.metrics_port:
-            self.metrics_server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics_server = MetricsServer(
+                self.settings.metrics_host, self.settings.metrics_port, readiness=self.readiness
+            )
             comps.append(self.metrics_server)
         self.supervisor = Supervisor(
             comps,
@@ -157,6 +159,32 @@ class ServiceHost:
         )
         log.info("service_started", components=[c.name for c in comps])
         await self.supervisor.run()
+
+    async def readiness(self) -> dict[str, str]:
+        """What ``/readyz`` reports: NATS connected, Postgres answering (if used), components running."""
+        checks: dict[str, str] = {}
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            checks["nats"] = "closed"
+        elif not nc.is_connected:
+            checks["nats"] = "reconnecting" if nc.is_reconnecting else "disconnected"
+        else:
+            checks["nats"] = OK
+        if self._pool is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    async with self._pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                checks["postgres"] = OK
+            except Exception as exc:
+                checks["postgres"] = f"unreachable: {type(exc).__name__}"
+        running = self.supervisor is not None and self.supervisor.is_running
+        for component in self.components + [c for c in (self.relay, self.dead_letter_store) if c]:
+            if component.is_running and not component.stopping:
+                checks[component.name] = OK
+            else:
+                checks[component.name] = "stopped" if running else "not started"
+        return checks
 
     def request_shutdown(self) -> None:
         if self.supervisor is not None:
