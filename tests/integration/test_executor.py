@@ -837,3 +837,26 @@ async def test_a_redelivered_item_that_never_started_runs_instead_of_being_repor
         finished = await events.finished(item.attempt_id, timeout=ACK_WAIT + 15)
     assert finished.outcome == "succeeded" and ex.attempts.stats["lost"] == 0
     assert ran.read_text().splitlines() == [item.attempt_id]
+
+
+async def test_killed_executor_process_takes_its_whole_step_tree_along(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    # The shell, a background child, and a grandchild that left the process group with setsid.
+    command = (
+        f"echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; "
+        f'setsid sh -c "echo \\$\\$ >> {pids}; sleep 300" & wait'
+    )
+    item = work(topo, "shell", {"command": command})
+    async with executor_process(settings, tmp_path, "exec-tree") as proc:
+        await submit(nc, topo, item)
+        async with asyncio.timeout(15):
+            while len(pids.read_text().split() if pids.exists() else []) < 3:
+                await asyncio.sleep(0.05)
+        tree = [int(p) for p in pids.read_text().split()]
+        assert not any(process_gone(p) for p in tree)
+        proc.send_signal(signal.SIGKILL)  # the executor alone: its steps run in sessions of their own
+        await proc.wait()
+        gone = await asyncio.gather(*(wait_gone(p) for p in tree))
+    assert all(gone), [p for p, g in zip(tree, gone, strict=True) if not g]
