@@ -31,9 +31,10 @@ log = get_logger("legato.executor")
 
 CLAIM_TTL = 7 * 24 * 3600.0
 KV_TIMEOUT = 5.0
-# Results larger than this are not kept in the bucket (the claim still is): a later copy then finds
+# Results larger than this (256 KiB) are not kept in the bucket, which would grow too big for a week of
+# attempts; the claim still is: a later copy then finds
 # the attempt started but without a result, as if its executor had been lost.
-MAX_KEPT_RESULT = 1024 * 1024
+MAX_KEPT_RESULT = 256 * 1024
 
 
 class ClaimsUnavailable(RuntimeError):
