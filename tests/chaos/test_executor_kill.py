@@ -115,7 +115,7 @@ async def test_executor_kill9_takes_the_step_tree_along_and_the_retry_never_over
     lost = [x for x in lines if x[0] == first_id and x[1] == 1]
     # The first attempt was cut off: it never finished, and nothing of it ran after the kill.
     assert lost and not any(who == "done" for _, _, who, _ in lost)
-    assert max(at for *_, at in lost) < killed_at + 0.5
+    assert max(at for *_, at in lost) < killed_at + 1.0
     # Each run's body completed exactly once, and no two bodies ever ran at the same time.
     done = [(run, attempt) for run, attempt, who, _ in lines if who == "done"]
     assert sorted(done) == sorted([(first_id, 2), (second["instance_id"], 1)]), done

@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 import nats
 import nats.errors
@@ -38,6 +37,7 @@ from legato.bus import (
 )
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
+from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
@@ -192,7 +192,9 @@ async def executor(
     options = ExecutorOptions(
         queue="default", concurrency=concurrency, executor_id=executor_id, ack_wait=ACK_WAIT, kill_grace=1.0
     )
-    async with ServiceHost("executor", settings, with_relay=False, configure_process=False) as host:
+    async with ServiceHost(
+        "executor", settings, with_relay=False, configure_process=False, with_database=False
+    ) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
         task = asyncio.create_task(host.run(handle_signals=False))
@@ -596,11 +598,28 @@ async def test_unknown_step_type_and_bad_config_fail_without_dead_letters(
     )
     assert bad_result.outcome == "failed"
     assert bad_result.error == "invalid step config: config.duration: expected `float`, got `str`"
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM dead_letter") == 0
-    finally:
-        await conn.close()
+    # The executor has no database: its dead letters would be on the dead-letter stream.
+    dead = await nc.jetstream().stream_info(topo.deadletter_stream)
+    assert dead.state.messages == 0
+    info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
+    assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_poison_work_item_is_reported_on_the_dead_letter_subject_not_lost(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings
+) -> None:
+    async with executor(settings):
+        await Publisher(nc).publish(
+            OutgoingMessage(topo.work_subject("default"), b'{"kind": "work", "nonsense', msg_id="poison-1")
+        )
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(topo.deadletter_subject("executor"), stream=topo.deadletter_stream)
+        [msg] = await sub.fetch(1, timeout=15)
+        await msg.ack()
+    report = DEAD_LETTER_DECODER.decode(msg.data)
+    assert report.service == "executor" and report.consumer == topo.consumer_name("executor_default")
+    assert report.stream == topo.work_stream and report.msg_id == "poison-1"
+    assert report.payload == b'{"kind": "work", "nonsense' and report.error.startswith("undecodable message")
     info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
     assert info.num_ack_pending == 0 and info.num_pending == 0
 
@@ -703,8 +722,6 @@ async def executor_process(
             executor_id,
             "--nats-url",
             settings.nats_url,
-            "--database-url",
-            settings.database_url,
             env=env,
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
@@ -752,3 +769,94 @@ async def test_killed_executor_process_leaves_a_lost_attempt_reported_by_the_nex
     assert lost.error == "attempt lost: delivered 2 times (executor crashed or lost its connection)"
     assert ex.attempts.stats["executed"] == 0  # reported, not run again
     assert len(events.finished_for(item.attempt_id)) == 1
+
+
+# --- durable dedup by attempt id -------------------------------------------------------------------
+
+
+async def test_a_work_item_republished_under_new_msg_ids_runs_once_across_executors_and_restarts(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran.log"
+    item = work(topo, "shell", {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}; sleep 1.5'})
+
+    async def republish(msg_id: str) -> None:
+        # A new Nats-Msg-Id each time: JetStream's duplicate window does not catch it (as for an outbox
+        # row republished after the window).
+        await Publisher(nc).publish(
+            OutgoingMessage(topo.work_subject("default"), encode(item), msg_id=msg_id)
+        )
+
+    async def settled() -> None:
+        async with asyncio.timeout(20):
+            while True:
+                info = await nc.jetstream().consumer_info(
+                    topo.work_stream, topo.consumer_name("executor_default")
+                )
+                if info.num_ack_pending == 0 and info.num_pending == 0:
+                    return
+                await asyncio.sleep(0.05)
+
+    async with executor(settings, executor_id="exec-one") as one:
+        await republish("copy-1")
+        await events.started(item.attempt_id)
+        async with executor(settings, executor_id="exec-two") as two:
+            await republish("copy-2")  # while the first copy runs, at either executor
+            first = await events.finished(item.attempt_id)
+            await settled()
+    # Every executor that saw it is gone, with its memory: a new one must still not run it again.
+    async with executor(settings, executor_id="exec-three") as three:
+        await republish("copy-3")
+        await settled()
+    stats = one.attempts.stats + two.attempts.stats + three.attempts.stats
+    assert ran.read_text().splitlines() == [item.attempt_id]
+    assert first.outcome == "succeeded" and first.executor == "exec-one"
+    assert stats["executed"] == 1 and stats["lost"] == 0, stats
+    # The last copy got the kept result, published under the attempt id (a duplicate on the stream).
+    assert three.attempts.stats["republished"] == 1 and three.attempts.stats["executed"] == 0
+    assert len(events.finished_for(item.attempt_id)) == 1
+
+
+async def test_a_redelivered_item_that_never_started_runs_instead_of_being_reported_lost(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran.log"
+    item = work(topo, "shell", {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}'})
+    await submit(nc, topo, item)
+    # Taken by an executor that died before claiming it: fetched, never settled, never started.
+    spec = ConsumerSpec(
+        stream=topo.work_stream,
+        durable=topo.consumer_name("executor_default"),
+        filter_subject=topo.work_subject("default"),
+        ack_wait=ACK_WAIT,
+    )
+    await provision_consumer(nc.jetstream(), spec)
+    sub = await nc.jetstream().pull_subscribe_bind(topo.consumer_name("executor_default"), topo.work_stream)
+    assert len(await sub.fetch(1, timeout=5)) == 1
+    async with executor(settings, executor_id="exec-next") as ex:
+        finished = await events.finished(item.attempt_id, timeout=ACK_WAIT + 15)
+    assert finished.outcome == "succeeded" and ex.attempts.stats["lost"] == 0
+    assert ran.read_text().splitlines() == [item.attempt_id]
+
+
+async def test_killed_executor_process_takes_its_whole_step_tree_along(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    # The shell, a background child, and a grandchild that left the process group with setsid.
+    command = (
+        f"echo $$ >> {pids}; sleep 300 & echo $! >> {pids}; "
+        f'setsid sh -c "echo \\$\\$ >> {pids}; sleep 300" & wait'
+    )
+    item = work(topo, "shell", {"command": command})
+    async with executor_process(settings, tmp_path, "exec-tree") as proc:
+        await submit(nc, topo, item)
+        async with asyncio.timeout(15):
+            while len(pids.read_text().split() if pids.exists() else []) < 3:
+                await asyncio.sleep(0.05)
+        tree = [int(p) for p in pids.read_text().split()]
+        assert not any(process_gone(p) for p in tree)
+        proc.send_signal(signal.SIGKILL)  # the executor alone: its steps run in sessions of their own
+        await proc.wait()
+        gone = await asyncio.gather(*(wait_gone(p) for p in tree))
+    assert all(gone), [p for p, g in zip(tree, gone, strict=True) if not g]

@@ -5,6 +5,7 @@ runs once, its result lands once, and no other executor ever gets the item to re
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,11 +37,15 @@ def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 
 
 @asynccontextmanager
-async def executor(settings: Settings, executor_id: str) -> AsyncIterator[ExecutorService]:
+async def executor(
+    settings: Settings, executor_id: str, ack_wait: float = ACK_WAIT
+) -> AsyncIterator[ExecutorService]:
     options = ExecutorOptions(
-        queue="default", concurrency=2, executor_id=executor_id, ack_wait=ACK_WAIT, kill_grace=1.0
+        queue="default", concurrency=2, executor_id=executor_id, ack_wait=ack_wait, kill_grace=1.0
     )
-    async with ServiceHost("executor", settings, with_relay=False, configure_process=False) as host:
+    async with ServiceHost(
+        "executor", settings, with_relay=False, configure_process=False, with_database=False
+    ) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
         task = asyncio.create_task(host.run(handle_signals=False))
@@ -124,3 +129,57 @@ async def test_unpublishable_result_is_retried_while_the_item_is_kept_not_given_
     assert stats["executed"] == 1 and stats["lost"] == 0 and stats["republished"] == 0, stats
     assert info.num_redelivered == 0 and info.num_ack_pending == 0 and info.num_pending == 0
     assert failures_in_outage >= 3  # the outage was real: it was retried, not just slow
+
+
+def ticks(path: Path) -> list[float]:
+    return [float(x) for x in path.read_text().split()] if path.exists() else []
+
+
+async def test_a_step_is_stopped_before_its_item_can_be_redelivered_when_its_executor_is_cut_off(
+    settings: Settings, own_nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    settings = msgspec.structs.replace(settings, nats_url=own_nats.url)
+    topo = Topology(settings.namespace, settings.partitions)
+    log = tmp_path / "ticks.log"
+    ack_wait = 10.0
+    item = WorkItem(
+        attempt_id=f"att-{uuid.uuid4().hex[:12]}",
+        workflow_id="wf-cut",
+        instance_id=f"inst-{uuid.uuid4().hex[:8]}",
+        step_id="body",
+        attempt=1,
+        step_type="shell",
+        config={"command": f"while true; do date +%s.%N >> {log}; sleep 0.1; done"},
+        params={},
+        timeout=None,
+        reply_subject=topo.event_subject("wf-cut"),
+        dispatched_at=time.time(),
+    )
+    nc = await connect(own_nats.url, name="test-cut")
+    try:
+        async with executor(settings, "exec-cut", ack_wait=ack_wait) as ex:
+            await Publisher(nc).publish(OutgoingMessage(topo.work_subject("default"), encode(item)))
+            async with asyncio.timeout(20):
+                while len(ticks(log)) < 5:
+                    await asyncio.sleep(0.05)
+            assert own_nats.proc is not None
+            # The server freezes: the executor is alive but cut off, its heartbeats go nowhere. When the
+            # server wakes up, the ack wait has passed and the item would be redelivered at once.
+            own_nats.proc.send_signal(signal.SIGSTOP)
+            frozen_at = time.time()
+            try:
+                await asyncio.sleep(ack_wait + 1.0)
+                woke_at = time.time()
+            finally:
+                own_nats.proc.send_signal(signal.SIGCONT)
+            async with asyncio.timeout(30):
+                while ex.attempts.running:
+                    await asyncio.sleep(0.05)
+            stats = dict(ex.attempts.stats)
+    finally:
+        await nc.close()
+    last_tick = max(ticks(log))
+    # Stopped while cut off, before the item could go anywhere else: no retry can overlap it.
+    assert frozen_at < last_tick < frozen_at + ack_wait / 2, last_tick - frozen_at
+    assert last_tick < woke_at
+    assert stats["fenced"] == 1 and stats["executed"] == 1, stats

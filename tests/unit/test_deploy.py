@@ -163,7 +163,11 @@ def test_compose_legato_services_use_one_image_real_commands_and_real_settings()
             "nats-2",
             "nats-3",
         ]
-        assert settings.database_url.split("@")[1].startswith("postgres:5432/")
+        if svc["command"][0] == "executor":
+            # Stateless: never handed the database (nor made to wait for it).
+            assert "LEGATO_DATABASE_URL" not in env and "postgres" not in svc["depends_on"], name
+        else:
+            assert settings.database_url.split("@")[1].startswith("postgres:5432/")
         if svc["command"][0] == "scheduler":
             replica_ids.append(settings.replica_id)
     assert len(replica_ids) >= 2 and all(replica_ids) and len(set(replica_ids)) == len(replica_ids)
@@ -271,10 +275,17 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
         assert "command" not in c, f"{name}: the image's entrypoint is legato; give args"
         check_service_args(c["args"], f"k8s {name}")
         commands[c["args"][0]] = w
-        env = {**config, **{k: v for k, v in secret.items() if k.startswith("LEGATO_")}}
+        secrets = [r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r]
+        env = {**config, **{k: v for k, v in secret.items() if k.startswith("LEGATO_") and secrets}}
         env.update({e["name"]: "from-field" for e in c.get("env", [])})
+        if c["args"][0] == "executor":
+            # Stateless: no database secret, no database variable.
+            assert not secrets and "LEGATO_DATABASE_URL" not in env, name
         settings = check_settings(env, f"k8s {name}")
         assert settings.stream_replicas == 3 and settings.partitions == 16
+        # Probes use the service's own health endpoint (served beside /metrics).
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, name
         metrics_ports = [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"]
         assert metrics_ports == [settings.metrics_port], name
         annotations = w["spec"]["template"]["metadata"]["annotations"]

@@ -1,4 +1,4 @@
-"""Idempotent provisioning of Legato's four streams and its durable pull consumers."""
+"""Idempotent provisioning of Legato's five streams and its durable pull consumers."""
 
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
         cfg(topology.events_stream, "event", RetentionPolicy.WORK_QUEUE),
         cfg(topology.work_stream, "work", RetentionPolicy.WORK_QUEUE),
         cfg(topology.signals_stream, "signal", RetentionPolicy.LIMITS, SIGNAL_MAX_AGE),
+        cfg(topology.deadletter_stream, "deadletter", RetentionPolicy.WORK_QUEUE),
     ]
 
 

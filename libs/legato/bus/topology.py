@@ -50,6 +50,15 @@ class Topology:
         return f"{self._n}LEGATO_SIGNALS"
 
     @property
+    def deadletter_stream(self) -> str:
+        return f"{self._n}LEGATO_DEADLETTERS"
+
+    @property
+    def attempts_bucket(self) -> str:
+        """JetStream KV bucket of the executors' attempt claims and kept results."""
+        return f"{self._n}LEGATO_ATTEMPTS"
+
+    @property
     def streams(self) -> tuple[str, str, str, str]:
         return (self.triggers_stream, self.events_stream, self.work_stream, self.signals_stream)
 
@@ -70,6 +79,10 @@ class Topology:
 
     def work_subject(self, queue: str) -> str:
         return f"{self._s}legato.work.{queue}"
+
+    def deadletter_subject(self, service: str) -> str:
+        """Dead letters of a database-less service, for a stateful one to store."""
+        return f"{self._s}legato.deadletter.{service}"
 
     def signal_subject(self, name: str) -> str:
         return f"{self._s}legato.signal.{name}"

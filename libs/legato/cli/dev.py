@@ -283,6 +283,8 @@ class DevStack:
             "LEGATO_LOG_FORMAT": "json",
             "LEGATO_STATE_DIR": str(self.state_dir),
         }
+        if service == "executor":
+            del env["LEGATO_DATABASE_URL"]  # stateless: it is not told where the database is
         base = int(os.environ.get("LEGATO_METRICS_PORT") or 0)
         if base:
             # One process tree, one host: each child gets its own port (trigger base, scheduler +1,

@@ -136,12 +136,14 @@ class Stack:
                 self.env,
                 log_dir,
             )
+        # The executor is stateless: it is not told where the database is.
+        executor_env = {k: v for k, v in self.env.items() if k != "LEGATO_DATABASE_URL"}
         for i in range(executors):
             self.services[f"executor{i}"] = ServiceProcess(
                 f"executor{i}",
                 "legato.executor",
                 ["--queue", "default", "--concurrency", str(concurrency)],
-                self.env,
+                executor_env,
                 log_dir,
             )
         if _module_exists("legato.signal_router"):

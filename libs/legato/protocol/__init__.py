@@ -4,6 +4,8 @@ Subjects and streams:
 - ``legato.trigger.<p>.<workflow>`` (LEGATO_TRIGGERS) carries ``TriggerMessage`` to the scheduler;
 - ``legato.event.<p>.<workflow>`` (LEGATO_EVENTS) carries ``EventMessage`` (executor -> scheduler);
 - ``legato.work.<queue>`` (LEGATO_WORK) carries ``WorkItem`` (scheduler -> executor);
+- ``legato.deadletter.<service>`` (LEGATO_DEADLETTERS) carries ``DeadLetterReport`` from database-less
+  services (the executor) to whichever stateful service stores it in ``dead_letter``;
 - ``legato.control.cancel.<attempt>`` (core NATS) carries ``CancelAttempt``;
 - ``legato.progress.<workflow>`` (core NATS) carries ``InstanceProgress`` for watchers.
 """
@@ -15,6 +17,7 @@ from legato.protocol.messages import (
     AttemptStarted,
     CancelAttempt,
     ChildFinished,
+    DeadLetterReport,
     EventMessage,
     InstanceProgress,
     SignalWaitRegistered,
@@ -37,6 +40,7 @@ __all__ = [
     "AttemptStarted",
     "CancelAttempt",
     "ChildFinished",
+    "DeadLetterReport",
     "EventMessage",
     "InstanceProgress",
     "SignalWaitRegistered",

@@ -169,6 +169,27 @@ class WorkItem(_Msg, tag="work", frozen=True, kw_only=True):
     dispatched_at: float = 0.0
 
 
+# --- LEGATO_DEADLETTERS ----------------------------------------------------------------------------
+
+
+class DeadLetterReport(_Msg, tag="dead_letter", frozen=True, kw_only=True):
+    """A message a database-less service (the executor) gave up on, for a stateful service to store.
+
+    Published on ``legato.deadletter.<service>``; whoever has Postgres writes it to ``dead_letter``.
+    """
+
+    service: str
+    stream: str
+    consumer: str
+    subject: str
+    stream_seq: int
+    msg_id: str | None = None
+    headers: dict[str, str] = {}
+    payload: bytes = b""
+    error: str
+    deliveries: int
+
+
 # --- core NATS -------------------------------------------------------------------------------------
 
 
@@ -204,6 +225,7 @@ _trigger_decoder: msgspec.json.Decoder[TriggerMessage] = msgspec.json.Decoder(Tr
 _event_decoder: msgspec.json.Decoder[EventMessage] = msgspec.json.Decoder(EventMessage)
 _work_decoder: msgspec.json.Decoder[WorkItem] = msgspec.json.Decoder(WorkItem)
 _heartbeat_decoder: msgspec.json.Decoder[ExecutorHeartbeat] = msgspec.json.Decoder(ExecutorHeartbeat)
+_dead_letter_decoder: msgspec.json.Decoder[DeadLetterReport] = msgspec.json.Decoder(DeadLetterReport)
 _encoder = msgspec.json.Encoder()
 
 
@@ -230,3 +252,4 @@ def decode_heartbeat(data: bytes) -> ExecutorHeartbeat:
 TRIGGER_DECODER = _trigger_decoder
 EVENT_DECODER = _event_decoder
 WORK_DECODER = _work_decoder
+DEAD_LETTER_DECODER = _dead_letter_decoder

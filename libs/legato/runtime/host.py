@@ -1,6 +1,10 @@
 """What every service process shares: settings, NATS, JetStream, the Postgres pool, the outbox relay,
 dead letters, and a supervisor with ordered shutdown on SIGTERM/SIGINT.
 
+A host ``with_database=False`` (the executor) never connects to Postgres: its dead letters are published
+on ``legato.deadletter.<service>``, and every host with a database runs the consumer that stores them
+(the durable ``deadletters`` on LEGATO_DEADLETTERS, shared, so any stateful replica will do).
+
 Shutdown order: stop fetching -> in-flight work finishes within the grace period -> the rest is
 cancelled -> the relay flushes -> the metrics endpoint closes -> NATS is drained -> the pool is closed
 -> metrics and spans are flushed.
@@ -17,14 +21,17 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from legato.bus.connection import connect
+from legato.bus.consumer import ConsumerLoop, DeadLetterSink
+from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
-from legato.bus.streams import provision_streams
+from legato.bus.streams import ConsumerSpec, provision_streams
 from legato.bus.topology import Topology
+from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
 from legato.runtime.component import Component
-from legato.runtime.metrics_server import MetricsServer
+from legato.runtime.metrics_server import OK, MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
-from legato.store.dead_letters import PostgresDeadLetters
+from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
 from legato.store.outbox import OutboxRelay
@@ -52,6 +59,7 @@ class ServiceHost:
         with_relay: bool = True,
         pool_max: int | None = None,
         configure_process: bool = True,
+        with_database: bool = True,
     ) -> None:
         self.service = service
         self.settings = settings
@@ -59,12 +67,14 @@ class ServiceHost:
         self.with_relay = with_relay
         self.pool_max = pool_max
         self.configure_process = configure_process
+        self.with_database = with_database
         self.components: list[Component] = []
         self._nc: Client | None = None
         self._pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None
         self.relay: OutboxRelay | None = None
-        self.dead_letters: PostgresDeadLetters | None = None
+        self.dead_letters: DeadLetterSink | None = None
+        self.dead_letter_store: ConsumerLoop[DeadLetterReport] | None = None
         self.supervisor: Supervisor | None = None
         self.metrics_server: MetricsServer | None = None
 
@@ -89,6 +99,12 @@ class ServiceHost:
             configure_tracing(self.service, instance_id=instance)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
+        await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
+        self.publisher = Publisher(self.nc)
+        if not self.with_database:
+            self.dead_letters = NatsDeadLetters(self.publisher, self.topology, self.service)
+            log.info("service_connected", nats=self.settings.nats_url, database=False)
+            return self
         self._pool = await create_pool(
             self.settings.database_url,
             min_size=self.settings.db_pool_min,
@@ -97,9 +113,22 @@ class ServiceHost:
         async with self._pool.acquire() as conn:
             await migrate(conn)
             await check_partitions(conn, self.settings.partitions)
-        await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
-        self.publisher = Publisher(self.nc)
-        self.dead_letters = PostgresDeadLetters(self._pool)
+        stored = PostgresDeadLetters(self._pool)
+        self.dead_letters = stored
+        self.dead_letter_store = ConsumerLoop(
+            self.js,
+            ConsumerSpec(
+                stream=self.topology.deadletter_stream,
+                durable=self.topology.consumer_name("deadletters"),
+                filter_subject=f"{self.topology.subject_prefix('deadletter')}>",
+            ),
+            DEAD_LETTER_DECODER,
+            DeadLetterReports(stored).handle,
+            dead_letters=stored,
+            batch=16,
+            max_in_flight=16,
+            max_deliveries=self.settings.max_deliveries,
+        )
         if self.with_relay:
             self.relay = OutboxRelay(self._pool, self.publisher)
         log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
@@ -117,8 +146,12 @@ class ServiceHost:
         comps: list[Component] = list(self.components)
         if self.relay is not None:
             comps.append(self.relay)
+        if self.dead_letter_store is not None:
+            comps.append(self.dead_letter_store)
         if self.settings.metrics_port:
-            self.metrics_server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port)
+            self.metrics_server = MetricsServer(
+                self.settings.metrics_host, self.settings.metrics_port, readiness=self.readiness
+            )
             comps.append(self.metrics_server)
         self.supervisor = Supervisor(
             comps,
@@ -128,6 +161,32 @@ class ServiceHost:
         )
         log.info("service_started", components=[c.name for c in comps])
         await self.supervisor.run()
+
+    async def readiness(self) -> dict[str, str]:
+        """What ``/readyz`` reports: NATS connected, Postgres answering (if used), components running."""
+        checks: dict[str, str] = {}
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            checks["nats"] = "closed"
+        elif not nc.is_connected:
+            checks["nats"] = "reconnecting" if nc.is_reconnecting else "disconnected"
+        else:
+            checks["nats"] = OK
+        if self._pool is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    async with self._pool.acquire() as conn:
+                        await conn.fetchval("SELECT 1")
+                checks["postgres"] = OK
+            except Exception as exc:
+                checks["postgres"] = f"unreachable: {type(exc).__name__}"
+        running = self.supervisor is not None and self.supervisor.is_running
+        for component in self.components + [c for c in (self.relay, self.dead_letter_store) if c]:
+            if component.is_running and not component.stopping:
+                checks[component.name] = OK
+            else:
+                checks[component.name] = "stopped" if running else "not started"
+        return checks
 
     def request_shutdown(self) -> None:
         if self.supervisor is not None:

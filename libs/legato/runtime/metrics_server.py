@@ -1,14 +1,19 @@
-"""``GET /metrics``: a service's Prometheus scrape endpoint, a small asyncio HTTP server.
+"""``GET /metrics``, ``/healthz`` and ``/readyz``: a service's scrape and probe endpoint, a small asyncio
+HTTP server.
 
 Runs as one of the ServiceHost's components when ``LEGATO_METRICS_PORT`` is non-zero. Each scrape
 collects from the SDK's pull reader and renders the text format; nothing is computed between scrapes.
+``/healthz`` (liveness) answers 200 while the process's event loop does. ``/readyz`` (readiness) runs
+the host's checks (NATS connected, Postgres answering where the service has one, every component
+running) within ``HEALTH_TIMEOUT`` and answers 200 or 503 with a JSON object naming each check.
 A port that cannot be bound is logged and the service goes on without the endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable, Mapping
 
 from legato.runtime.component import Component
 from legato.telemetry import get_logger, metrics
@@ -18,6 +23,11 @@ log = get_logger("legato.runtime")
 
 MAX_REQUEST_HEAD = 16 * 1024
 READ_TIMEOUT = 5.0
+HEALTH_TIMEOUT = 3.0
+OK = "ok"
+
+# Named checks: "ok", or what is wrong.
+ReadinessChecks = Callable[[], Awaitable[Mapping[str, str]]]
 
 
 def render_current() -> str:
@@ -34,11 +44,19 @@ class MetricsServer(Component):
     # Stopped last, so a scrape during shutdown still answers.
     shutdown_stage = 20
 
-    def __init__(self, host: str, port: int, *, render: Callable[[], str] = render_current) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        render: Callable[[], str] = render_current,
+        readiness: ReadinessChecks | None = None,
+    ) -> None:
         super().__init__()
         self.host = host
         self.requested_port = port
         self.render = render
+        self.readiness = readiness
         self.port: int | None = None
         self.ready = asyncio.Event()
         self.scrapes = 0
@@ -71,8 +89,19 @@ class MetricsServer(Component):
             path = rest.split(" ", 1)[0].split("?", 1)[0]
             if method not in ("GET", "HEAD"):
                 await self._respond(writer, 405, "text/plain", b"method not allowed\n", method == "HEAD")
+            elif path == "/healthz":
+                await self._respond(writer, 200, "text/plain", b"ok\n", method == "HEAD")
+            elif path == "/readyz":
+                status, body = await self._ready()
+                await self._respond(writer, status, "application/json", body, method == "HEAD")
             elif path != "/metrics":
-                await self._respond(writer, 404, "text/plain", b"not found: try /metrics\n", method == "HEAD")
+                await self._respond(
+                    writer,
+                    404,
+                    "text/plain",
+                    b"not found: try /metrics, /healthz or /readyz\n",
+                    method == "HEAD",
+                )
             else:
                 self.scrapes += 1
                 body = self.render().encode()
@@ -92,13 +121,30 @@ class MetricsServer(Component):
             except Exception:
                 pass
 
+    async def _ready(self) -> tuple[int, bytes]:
+        checks: dict[str, str] = {}
+        if self.readiness is not None:
+            try:
+                checks = dict(await asyncio.wait_for(self.readiness(), HEALTH_TIMEOUT))
+            except TimeoutError:
+                checks = {"checks": f"no answer within {HEALTH_TIMEOUT:g}s"}
+        if self.stopping:
+            checks["service"] = "shutting down"
+        ready = all(v == OK for v in checks.values())
+        body = json.dumps({"status": "ready" if ready else "not_ready", "checks": checks}) + "\n"
+        return (200 if ready else 503), body.encode()
+
     @staticmethod
     async def _respond(
         writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, head_only: bool
     ) -> None:
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}[
-            status
-        ]
+        reason = {
+            200: "OK",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }[status]
         writer.write(
             (
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"

@@ -1,10 +1,15 @@
-"""Dead letters kept in Postgres with the raw payload, headers and error."""
+"""Dead letters kept in Postgres with the raw payload, headers and error: the consumer loops' own, and
+those database-less services (the executor) report on LEGATO_DEADLETTERS."""
 
 from __future__ import annotations
 
 import asyncpg
 
-from legato.bus.consumer import DeadLetter
+from legato.bus.consumer import DeadLetter, Delivery
+from legato.protocol.messages import DeadLetterReport
+from legato.telemetry import get_logger
+
+log = get_logger("legato.store")
 
 
 class PostgresDeadLetters:
@@ -33,3 +38,33 @@ class PostgresDeadLetters:
                 record.error,
                 record.deliveries,
             )
+
+
+class DeadLetterReports:
+    """The handler storing ``DeadLetterReport``s from database-less services (run by stateful ones)."""
+
+    def __init__(self, sink: PostgresDeadLetters) -> None:
+        self.sink = sink
+
+    async def handle(self, delivery: Delivery[DeadLetterReport]) -> None:
+        report = delivery.message
+        await self.sink.dead_letter(
+            DeadLetter(
+                stream=report.stream,
+                consumer=report.consumer,
+                subject=report.subject,
+                stream_seq=report.stream_seq,
+                msg_id=report.msg_id,
+                headers=report.headers,
+                payload=report.payload,
+                error=report.error,
+                deliveries=report.deliveries,
+            )
+        )
+        log.warning(
+            "dead_letter_stored",
+            service=report.service,
+            consumer=report.consumer,
+            stream_seq=report.stream_seq,
+            error=report.error[:500],
+        )

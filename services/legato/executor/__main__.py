@@ -18,7 +18,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency", type=int, default=4, help="attempts run at once (default: %(default)s)"
     )
     parser.add_argument("--nats-url", help="NATS server (default: LEGATO_NATS_URL, the dev state file, ...)")
-    parser.add_argument("--database-url", help="PostgreSQL (default: LEGATO_DATABASE_URL, ...)")
     parser.add_argument("--executor-id", help="name reported with results (default: host-pid)")
     parser.add_argument(
         "--ack-wait",
@@ -32,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings(overrides={"nats_url": args.nats_url, "database_url": args.database_url})
+        # No database: the executor is stateless (dead letters go over NATS to a stateful service).
+        settings = load_settings(overrides={"nats_url": args.nats_url})
     except SettingsError as exc:
         print(f"legato executor: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,19 @@
 The decision, in order:
 1. this process already has a result for the attempt (its publish or ack failed) -> publish it again;
 2. the attempt is running here right now (redelivered while running) -> wait for it, same result;
-3. a cancel for it arrived earlier -> ``cancelled`` without running;
-4. it was delivered before and this process has no result -> the executor that had it was lost (crash,
-   kill -9, cut connection): report ``platform_error`` and do NOT run it again; the scheduler retries
-   it as a new attempt;
+3. the attempt is claimed durably (``claims.py``: a create-only JetStream KV entry per attempt id,
+   written before any step starts, shared by every executor and surviving restarts):
+   - claimed before, with its result kept -> publish that result again (never run twice);
+   - claimed before, no result, and this is a redelivery -> the executor that had it was lost (crash,
+     kill -9, cut connection): report ``platform_error`` and do NOT run it again; the scheduler
+     retries it as a new attempt;
+   - claimed before, no result, first delivery of this copy -> another copy of the item (an outbox
+     republish after JetStream's duplicate window) whose own delivery reports it: acked, not run;
+   - claimed now -> go on (a redelivery nobody had claimed never started anywhere, so it may run);
+4. a cancel for it arrived earlier -> ``cancelled`` without running;
 5. otherwise run it: ``AttemptStarted`` if it is still running after ``started_delay``, then
-   ``AttemptFinished`` (``succeeded``, ``failed``, ``timed_out`` or ``cancelled``).
+   ``AttemptFinished`` (``succeeded``, ``failed``, ``timed_out`` or ``cancelled``); the result is kept
+   in the claim, then published.
 
 Results go to ``WorkItem.reply_subject`` with ``Nats-Msg-Id`` = attempt id, so a republish is a
 duplicate. A result that cannot be published (NATS unreachable, the events stream without a leader) is
@@ -31,6 +38,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from legato.bus.consumer import Delivery, Retry
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.executor.capture import CapturedOutput
+from legato.executor.claims import AttemptClaims, ClaimsUnavailable
+from legato.executor.contact import NatsContact
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.step import StepContext, StepFailed, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
@@ -71,6 +80,9 @@ class AttemptProcessor:
         max_result_bytes: int = 1024 * 1024,
         results: RecentResults | None = None,
         cancels: RecentCancels | None = None,
+        claims: AttemptClaims | None = None,
+        contact: NatsContact | None = None,
+        fence_after: float = 0.0,
     ) -> None:
         self.publisher = publisher
         self.runners = runners
@@ -80,6 +92,11 @@ class AttemptProcessor:
         self.max_result_bytes = max_result_bytes
         self.results = results or RecentResults()
         self.cancels = cancels or RecentCancels()
+        # Durable claims and results per attempt (JetStream KV); None: this process's memory only.
+        self.claims = claims
+        # Steps are stopped after fence_after seconds without contact with NATS (0: never).
+        self.contact = contact
+        self.fence_after = fence_after
         # executed, each outcome, lost, republished, cancelled_before_start
         self.stats: Counter[str] = Counter()
         self._running: dict[str, RunningAttempt] = {}
@@ -121,66 +138,108 @@ class AttemptProcessor:
                 log.info("attempt_redelivered_while_running", deliveries=delivery.num_delivered)
                 await self._publish_result(item, await _result_of(running))
                 return
-            reason = self.cancels.reason_for(item.attempt_id)
-            if reason is not None:
-                log.info("attempt_cancelled_before_start", reason=reason)
-                self.stats["cancelled_before_start"] += 1
-                error = f"cancelled before it started: {reason}" if reason else "cancelled before it started"
-                await self._finish(item, self._finished(item, "cancelled", error=error))
-                return
-            if delivery.num_delivered > 1:
-                error = (
-                    f"attempt lost: delivered {delivery.num_delivered} times "
-                    "(executor crashed or lost its connection)"
-                )
-                log.warning("attempt_lost", deliveries=delivery.num_delivered)
-                self.stats["lost"] += 1
-                await self._finish(item, self._finished(item, "platform_error", error=error))
-                return
-            await self._execute(item, delivery.headers)
+            # Registered before anything is awaited: a copy delivered meanwhile waits for this one.
+            running = RunningAttempt()
+            self._running[item.attempt_id] = running
+            try:
+                if self.claims is None or await self._claimed(item, delivery, running):
+                    await self._decide(item, delivery, running)
+            finally:
+                if self._running.get(item.attempt_id) is running:
+                    del self._running[item.attempt_id]
+                if not running.result.done():
+                    running.result.cancel()
 
-    async def _execute(self, item: WorkItem, headers: Mapping[str, str] | None = None) -> None:
-        running = RunningAttempt()
-        self._running[item.attempt_id] = running
-        self.stats["executed"] += 1
+    async def _claimed(self, item: WorkItem, delivery: Delivery[WorkItem], running: RunningAttempt) -> bool:
+        """Claim the attempt durably; False when another copy holds it (then settled here)."""
+        assert self.claims is not None
         try:
-            # The WorkItem's traceparent names the scheduler's step.attempt span: the execution is its
-            # direct child (the consumer's "process" span beside it is only about the delivery).
-            with get_tracer().start_as_current_span(
-                f"execute {item.step_type}",
-                context=extract_context(headers) if headers else None,
-                kind=SpanKind.INTERNAL,
-                attributes={
-                    "legato.workflow_id": item.workflow_id,
-                    "legato.instance_id": item.instance_id,
-                    "legato.step_id": item.step_id,
-                    "legato.attempt": item.attempt,
-                    "legato.attempt_id": item.attempt_id,
-                    "legato.step_type": item.step_type,
-                },
-            ) as span:
-                log.info("attempt_started", step_type=item.step_type, timeout=item.timeout)
-                finished = await self._run_step(item, running)
-                span.set_attribute("legato.outcome", finished.outcome)
-                if finished.outcome != "succeeded":
-                    span.set_status(Status(StatusCode.ERROR, finished.outcome))
-                log.info(
-                    "attempt_finished",
-                    outcome=finished.outcome,
-                    error=(finished.error or "")[:500] or None,
-                    seconds=round(finished.finished_at - finished.started_at, 3),
-                )
-                self.stats[finished.outcome] += 1
-                metrics().step_duration.record(
-                    max(0.0, finished.finished_at - finished.started_at),
-                    step_type=item.step_type,
-                    outcome=finished.outcome,
-                )
-                await self._finish(item, finished, running)
-        finally:
-            self._running.pop(item.attempt_id, None)
-            if not running.result.done():
-                running.result.cancel()
+            held = await self.claims.claim(item.attempt_id, self.executor_id)
+        except ClaimsUnavailable as exc:
+            raise Retry(delay=2.0, reason=str(exc)) from None
+        if held is None:
+            return True
+        if held.result is not None:
+            log.info("attempt_kept_result_republished", deliveries=delivery.num_delivered, by=held.executor)
+            self.stats["republished"] += 1
+            running.result.set_result(held.result)
+            await self._publish_result(item, held.result)
+            return False
+        if delivery.num_delivered > 1:
+            self._report_lost(item, delivery)
+            await self._finish(item, self._lost(item, delivery), running)
+            return False
+        # A second copy of a work item whose attempt started elsewhere (an outbox republish after the
+        # duplicate window): its own delivery reports it. Never run twice; acked with a record of it.
+        log.warning("attempt_duplicate_not_run", claimed_by=held.executor, claimed_at=held.claimed_at)
+        self.stats["duplicate_not_run"] += 1
+        return False
+
+    async def _decide(self, item: WorkItem, delivery: Delivery[WorkItem], running: RunningAttempt) -> None:
+        reason = self.cancels.reason_for(item.attempt_id)
+        if reason is not None:
+            log.info("attempt_cancelled_before_start", reason=reason)
+            self.stats["cancelled_before_start"] += 1
+            error = f"cancelled before it started: {reason}" if reason else "cancelled before it started"
+            await self._finish(item, self._finished(item, "cancelled", error=error), running)
+            return
+        if delivery.num_delivered > 1 and self.claims is None:
+            # Without durable claims a redelivery cannot tell whether the step started elsewhere.
+            self._report_lost(item, delivery)
+            await self._finish(item, self._lost(item, delivery), running)
+            return
+        if delivery.num_delivered > 1:
+            log.info("attempt_redelivered_never_started", deliveries=delivery.num_delivered)
+        await self._execute(item, running, delivery.headers)
+
+    def _report_lost(self, item: WorkItem, delivery: Delivery[WorkItem]) -> None:
+        log.warning("attempt_lost", deliveries=delivery.num_delivered)
+        self.stats["lost"] += 1
+
+    def _lost(self, item: WorkItem, delivery: Delivery[WorkItem]) -> AttemptFinished:
+        error = (
+            f"attempt lost: delivered {delivery.num_delivered} times "
+            "(executor crashed or lost its connection)"
+        )
+        return self._finished(item, "platform_error", error=error)
+
+    async def _execute(
+        self, item: WorkItem, running: RunningAttempt, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.stats["executed"] += 1
+        # The WorkItem's traceparent names the scheduler's step.attempt span: the execution is its
+        # direct child (the consumer's "process" span beside it is only about the delivery).
+        with get_tracer().start_as_current_span(
+            f"execute {item.step_type}",
+            context=extract_context(headers) if headers else None,
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "legato.workflow_id": item.workflow_id,
+                "legato.instance_id": item.instance_id,
+                "legato.step_id": item.step_id,
+                "legato.attempt": item.attempt,
+                "legato.attempt_id": item.attempt_id,
+                "legato.step_type": item.step_type,
+            },
+        ) as span:
+            log.info("attempt_started", step_type=item.step_type, timeout=item.timeout)
+            finished = await self._run_step(item, running)
+            span.set_attribute("legato.outcome", finished.outcome)
+            if finished.outcome != "succeeded":
+                span.set_status(Status(StatusCode.ERROR, finished.outcome))
+            log.info(
+                "attempt_finished",
+                outcome=finished.outcome,
+                error=(finished.error or "")[:500] or None,
+                seconds=round(finished.finished_at - finished.started_at, 3),
+            )
+            self.stats[finished.outcome] += 1
+            metrics().step_duration.record(
+                max(0.0, finished.finished_at - finished.started_at),
+                step_type=item.step_type,
+                outcome=finished.outcome,
+            )
+            await self._finish(item, finished, running)
 
     async def _run_step(self, item: WorkItem, running: RunningAttempt) -> AttemptFinished:
         started_at = time.time()
@@ -196,16 +255,18 @@ class AttemptProcessor:
         ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace)
         step = asyncio.create_task(runner.run(ctx), name=f"step:{item.attempt_id}")
         cancel_requested = asyncio.create_task(running.cancel_requested.wait())
+        fenced = asyncio.create_task(self._fence())
         announcing = asyncio.Event()
         announce = asyncio.create_task(self._announce_started(item, started_at, announcing))
         timeout = item.timeout if item.timeout is not None and item.timeout > 0 else None
         try:
             done, _ = await asyncio.wait(
-                {step, cancel_requested}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {step, cancel_requested, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             # Also on shutdown: the step's processes are stopped before the cancellation goes on.
             await _stop(cancel_requested)
+            await _stop(fenced)
             await _stop(step)
             await self._settle_announcement(announce, announcing)
         log_tail = ctx.output.log_tail()
@@ -248,6 +309,16 @@ class AttemptProcessor:
                 exit_code=result.exit_code,
                 log_tail=log_tail,
             )
+        if fenced in done:
+            error = (
+                f"stopped: no contact with NATS for {self.fence_after:g}s, so its work item could go to "
+                "another executor"
+            )
+            log.warning("attempt_fenced", silent_for=round(self.fence_after, 1))
+            self.stats["fenced"] += 1
+            return self._finished(
+                item, "platform_error", started_at=started_at, error=error, log_tail=log_tail
+            )
         if cancel_requested in done:
             reason = running.cancel_reason
             error = f"cancelled: {reason}" if reason else "cancelled"
@@ -255,6 +326,14 @@ class AttemptProcessor:
         return self._finished(
             item, "timed_out", started_at=started_at, error=f"timed out after {timeout:g}s", log_tail=log_tail
         )
+
+    async def _fence(self) -> None:
+        """Returns once this executor has been out of touch with NATS for ``fence_after`` seconds."""
+        if self.contact is None or self.fence_after <= 0:
+            await asyncio.Event().wait()  # never
+            return
+        while self.contact.silent_for() < self.fence_after:
+            await asyncio.sleep(0.1)
 
     async def _announce_started(self, item: WorkItem, started_at: float, announcing: asyncio.Event) -> None:
         # Only attempts still running after started_delay are announced: a fast step costs one message.
@@ -349,6 +428,9 @@ class AttemptProcessor:
         self.results.put(item.attempt_id, payload)
         if running is not None:
             running.result.set_result(payload)
+        if self.claims is not None:
+            # Kept durably before it is published: a copy of the item arriving later republishes it.
+            await self.claims.keep_result(item.attempt_id, self.executor_id, payload)
         await self._publish_result(item, payload)
 
     async def _publish_result(self, item: WorkItem, payload: bytes) -> None:

@@ -1,6 +1,8 @@
 """The executor service: pulls step attempts from ``legato.work.<queue>``, runs them, reports results.
 
-All replicas of one queue share the durable consumer ``executor_<queue>`` and so split the work.
+All replicas of one queue share the durable consumer ``executor_<queue>`` and so split the work, and
+the KV bucket ``LEGATO_ATTEMPTS`` of attempt claims (``claims.py``): an attempt runs at most once, however
+many copies of its work item arrive.
 Cancel requests arrive on core NATS (``legato.control.cancel.<attempt_id>``) at every replica.
 
 Shutdown: stop fetching -> running attempts get the grace period to finish and report -> the rest are
@@ -26,6 +28,8 @@ from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.heartbeat import ExecutorHeartbeats
+from legato.executor.claims import AttemptClaims
+from legato.executor.contact import NatsContact
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -56,6 +60,17 @@ class ExecutorOptions:
     remembered_results: int = 4096
     remembered_cancels: int = 10_000
 
+    @property
+    def fence_after(self) -> float:
+        """Seconds without NATS before running steps are stopped: before their items can be redelivered.
+
+        Heartbeats go out every ack_wait/3, checked every ack_wait/6, so the last one that got through
+        is at most ack_wait/2 older than the last contact; its item is redelivered ack_wait after it.
+        The step must be gone by then, its kill grace and a second of margin included; never under
+        3 s (a probe a second, answered within 2 s), so only tiny test ack waits are tighter than that.
+        """
+        return max(3.0, self.ack_wait / 2 - self.kill_grace - 1.0)
+
     def __post_init__(self) -> None:
         if not QUEUE_NAME.match(self.queue):
             raise ValueError(f"queue: must be 1-64 letters, digits, '_' or '-', got {self.queue!r}")
@@ -82,6 +97,7 @@ class ExecutorService(Component):
         *,
         executor_id: str,
         max_deliveries: int = 5,
+        replicas: int = 1,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -91,6 +107,8 @@ class ExecutorService(Component):
         self.http_pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="legato-http")
         # The result must fit one NATS message and one stream message, with room for headers.
         max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
+        self.claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket, replicas=replicas)
+        self.contact = NatsContact(nc)
         self.attempts = AttemptProcessor(
             Publisher(nc, timeout=2.0, attempts=3),
             default_runners(self.http_pool),
@@ -100,6 +118,9 @@ class ExecutorService(Component):
             max_result_bytes=max_result,
             results=RecentResults(max_entries=options.remembered_results),
             cancels=RecentCancels(max_entries=options.remembered_cancels),
+            claims=self.claims,
+            contact=self.contact,
+            fence_after=options.fence_after,
         )
         self.spec = ConsumerSpec(
             stream=topology.work_stream,
@@ -131,11 +152,14 @@ class ExecutorService(Component):
             options,
             executor_id=options.executor_id or host.settings.replica,
             max_deliveries=host.settings.max_deliveries,
+            replicas=host.settings.stream_replicas,
         )
 
     async def _run(self) -> None:
         sub: Subscription | None = None
+        contact = asyncio.create_task(self.contact.run(), name="executor:nats-contact")
         try:
+            await self.claims.open()
             sub = await self.nc.subscribe(
                 self.topology.cancel_wildcard, cb=self._on_cancel, pending_msgs_limit=10_000
             )
@@ -150,6 +174,8 @@ class ExecutorService(Component):
             self.ready.set()
             await self.loop.run()
         finally:
+            contact.cancel()
+            await asyncio.gather(contact, return_exceptions=True)
             if sub is not None:
                 try:
                     await sub.unsubscribe()
@@ -182,9 +208,8 @@ async def run_executor(
     options = ExecutorOptions(
         queue=queue, concurrency=concurrency, executor_id=executor_id, ack_wait=ack_wait
     )
-    async with ServiceHost(
-        "executor", settings, with_relay=False, pool_max=max(2, settings.db_pool_min)
-    ) as host:
+    # Stateless: no database; dead letters go to legato.deadletter.executor for a stateful service.
+    async with ServiceHost("executor", settings, with_relay=False, with_database=False) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
         # Liveness for the schedulers (legato.scheduler.liveness); stopped before the executor.

@@ -118,6 +118,7 @@ def step_environment(
     env.update(secrets.environment())
     env["LEGATO_WORKFLOW_ID"] = item.workflow_id
     env["LEGATO_INSTANCE_ID"] = item.instance_id
+    env["LEGATO_RUN_ID"] = item.instance_id  # the same id by its user-facing name
     env["LEGATO_STEP_ID"] = item.step_id
     env["LEGATO_ATTEMPT"] = str(item.attempt)
     env["LEGATO_ATTEMPT_ID"] = item.attempt_id

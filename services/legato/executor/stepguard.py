@@ -72,7 +72,8 @@ def kill_descendants() -> None:
 def die_with_parent() -> None:
     kill_descendants()
     try:
-        os.killpg(os.getpgrp(), signal.SIGKILL)  # the group, this guard included
+        if os.getpgrp() == os.getpid():  # never the group of whoever started a guard by hand
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the group, this guard included
     finally:
         os._exit(137)
 

@@ -85,6 +85,7 @@ def test_step_environment_carries_params_and_identity(tmp_path: Path) -> None:
     assert env["LEGATO_OUTPUTS"] == str(tmp_path / "out")
     assert (env["LEGATO_WORKFLOW_ID"], env["LEGATO_INSTANCE_ID"], env["LEGATO_STEP_ID"]) == ("wf", "i-1", "s")
     assert env["LEGATO_ATTEMPT"] == "2"
+    assert env["LEGATO_RUN_ID"] == "i-1" and env["LEGATO_ATTEMPT_ID"]
     assert param_env_name("dateRange") == "LEGATO_PARAM_DATERANGE"
 
 

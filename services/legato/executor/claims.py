@@ -1,0 +1,133 @@
+"""Durable memory of attempts across executors and restarts, in a JetStream key-value bucket (no Postgres).
+
+Before a step starts, its executor *claims* the attempt: ``kv.create(key)`` succeeds for exactly one
+caller per attempt id, whatever the number of copies of the work item (a redelivery, an outbox
+republish after JetStream's 2-minute duplicate window, a second executor). Only the claimant runs the
+step. When the step ends, the encoded result is written over the claim, so a later copy of the item —
+at any executor, after any restart — publishes that same result instead of running the step again or
+reporting it lost.
+
+Entries expire after ``CLAIM_TTL`` (a week): far longer than any work item can wait in the stream or
+the outbox. Keys are a hash of the attempt id, so any id is a valid key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from legato.bus.streams import MAX_MSG_SIZE
+from legato.telemetry import get_logger
+
+log = get_logger("legato.executor")
+
+CLAIM_TTL = 7 * 24 * 3600.0
+KV_TIMEOUT = 5.0
+# Results larger than this (256 KiB) are not kept in the bucket, which would grow too big for a week of
+# attempts; the claim still is: a later copy then finds
+# the attempt started but without a result, as if its executor had been lost.
+MAX_KEPT_RESULT = 256 * 1024
+
+
+class ClaimsUnavailable(RuntimeError):
+    """The bucket could not be read or written; nothing may run until it can."""
+
+
+class AttemptRecord(msgspec.Struct, frozen=True):
+    """What the bucket holds for one attempt: who claimed it, and its encoded result once finished."""
+
+    executor: str
+    token: str
+    claimed_at: float
+    result: bytes | None = None
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(AttemptRecord)
+
+
+def claim_key(attempt_id: str) -> str:
+    return hashlib.sha256(attempt_id.encode()).hexdigest()
+
+
+class AttemptClaims:
+    """Create-only claims and kept results per attempt id, in the bucket ``bucket``."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> None:
+        self.js = js
+        self.bucket = bucket
+        self.replicas = replicas
+        self._kv: KeyValue | None = None
+
+    async def open(self) -> None:
+        """Bind to the bucket, creating it if it does not exist (safe from every executor at once)."""
+        try:
+            self._kv = await self.js.key_value(self.bucket)
+            return
+        except BucketNotFoundError:
+            pass
+        config = KeyValueConfig(
+            bucket=self.bucket,
+            description="Legato executor: attempts started, and their results",
+            history=1,
+            ttl=CLAIM_TTL,
+            storage=StorageType.FILE,
+            replicas=self.replicas,
+            max_value_size=MAX_MSG_SIZE,
+        )
+        self._kv = await self.js.create_key_value(config)
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "AttemptClaims not opened"
+        return self._kv
+
+    async def claim(self, attempt_id: str, executor: str) -> AttemptRecord | None:
+        """None if this caller now holds the attempt (run it); else the record of whoever does."""
+        token = uuid.uuid4().hex
+        mine = AttemptRecord(executor=executor, token=token, claimed_at=time.time())
+        key = claim_key(attempt_id)
+        try:
+            await asyncio.wait_for(self.kv.create(key, _ENCODER.encode(mine)), KV_TIMEOUT)
+            return None
+        except KeyWrongLastSequenceError:
+            pass
+        except Exception as exc:
+            # The create may have landed with its answer lost: the token tells, below.
+            log.warning("attempt_claim_uncertain", error=repr(exc))
+        held = await self.get(attempt_id)
+        if held is None:
+            raise ClaimsUnavailable(f"claim of {attempt_id} neither written nor refused")
+        return None if held.token == token else held
+
+    async def get(self, attempt_id: str) -> AttemptRecord | None:
+        try:
+            entry = await asyncio.wait_for(self.kv.get(claim_key(attempt_id)), KV_TIMEOUT)
+        except KeyNotFoundError:
+            return None
+        except Exception as exc:
+            raise ClaimsUnavailable(f"attempt record of {attempt_id} unreadable: {exc!r}") from exc
+        if entry.value is None:
+            return None
+        try:
+            return _DECODER.decode(entry.value)
+        except msgspec.DecodeError as exc:
+            raise ClaimsUnavailable(f"attempt record of {attempt_id} is corrupt: {exc}") from exc
+
+    async def keep_result(self, attempt_id: str, executor: str, payload: bytes) -> None:
+        """Best effort: write the result over the claim (a failure only costs a later copy a rerun report)."""
+        if len(payload) > MAX_KEPT_RESULT:
+            return
+        record = AttemptRecord(executor=executor, token="", claimed_at=time.time(), result=payload)
+        try:
+            await asyncio.wait_for(self.kv.put(claim_key(attempt_id), _ENCODER.encode(record)), KV_TIMEOUT)
+        except Exception as exc:
+            log.warning("attempt_result_not_kept", error=repr(exc))
