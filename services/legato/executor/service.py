@@ -27,9 +27,9 @@ from legato.bus.publisher import Publisher
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
-from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
+from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
