@@ -158,6 +158,54 @@ async def test_last_only_replacement_starts_the_new_step_after_the_old_one_ended
     assert any(e["event"] == "step_stop_confirmed" for e in old_info["timeline"])
 
 
+SEQUENTIAL = """
+id: stopped
+run_strategy: sequential
+params:
+  hold: {{type: int, default: 60}}
+steps:
+  - id: work
+    type: shell
+    command: 'exec sh {script}'
+"""
+
+
+async def test_a_stop_whose_executor_dies_before_confirming_frees_the_slot_once_it_is_known_dead(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The executor is kill -9ed right after the stop, before the step (ignoring SIGTERM for 1 s) ended:
+    nothing will ever confirm it, and the next run waits only until the executor is known dead."""
+    log = tmp_path / "steps.log"
+    script = tmp_path / "step.sh"
+    script.write_text(STUBBORN.format(log=log))
+    try:
+        async with running_stack(settings, tmp_path, executors=2) as (stack, client):
+            await client.push(SEQUENTIAL.format(script=script))
+            first = (await client.start("stopped"))["instance_id"]
+
+            async def running() -> dict[str, Any] | None:
+                atts = await attempts_of(client, first)
+                return atts[0] if atts and atts[0]["status"] == "running" and atts[0]["executor"] else None
+
+            attempt = await until(running, 60, "the first run's step is running")
+            second = (await client.start("stopped", {"hold": 0}))["instance_id"]
+            await client.call("instance.stop", {"instance_id": first, "reason": "test"})
+            stack[executor_running(stack, attempt["executor"])].kill9()
+            killed_at = time.time()
+            info = await wait_for(client, second, timeout=60)
+            first_info = await client.get(first)
+    finally:
+        kill_step_processes(log)
+    assert info["status"] == "succeeded", info
+    started = epoch(info["started_at"])
+    print(f"next run started {started - killed_at:.1f}s after the unconfirmed stop's executor died")
+    # Not before the executor could be judged dead, and long before the 30 s confirmation grace.
+    assert 3.0 < started - killed_at < 15.0, started - killed_at
+    old = first_info["steps"][0]["attempts"][0]
+    assert old["status"] == "cancelled" and "lost: no heartbeat" in old["error"], old
+    assert any(e["event"] == "waiting_for_stop" for e in info["timeline"])
+
+
 # ---------------------------------------------------------------------------------------------- 15.10
 
 LONG = """
@@ -216,6 +264,7 @@ async def test_executor_kill_9_marks_its_attempt_lost_within_seconds_and_only_th
     assert first["failure_kind"] == "platform"
     # Detected within seconds (dead after 5 s without a heartbeat), far below the ack-wait path.
     detected = epoch(first["ended_at"]) - killed_at
+    print(f"attempt marked lost {detected:.1f}s after kill -9 of its executor")
     assert seen_lost_at - killed_at < 15.0, seen_lost_at - killed_at
     assert detected < OLD_ACK_WAIT / 2
     # The retry ran only after the loss was recorded (its start from the step's own log).
@@ -346,6 +395,7 @@ async def test_sleep_resumes_with_the_time_left_after_its_executor_is_lost(
     began = epoch(attempts[0]["started_at"])
     ended = epoch(attempts[1]["ended_at"])
     # About `seconds` after it first started; restarting from zero would take 4 + ~5 + 20 s.
+    print(f"sleep of {seconds:g}s ended {ended - began:.1f}s after it first started")
     assert seconds - 1.0 < ended - began < seconds + 5.0, (ended - began, attempts)
     retry = attempts[1]
     assert epoch(retry["ended_at"]) - epoch(retry["started_at"]) < seconds - 5.0

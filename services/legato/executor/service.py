@@ -212,7 +212,7 @@ async def run_executor(
     async with ServiceHost("executor", settings, with_relay=False, with_database=False) as host:
         service = ExecutorService.on_host(host, options)
         host.add(service)
-        # Liveness for the schedulers (legato.scheduler.liveness); stopped before the executor.
+        # Liveness for the schedulers (legato.scheduler.liveness); stopped after the executor.
         host.add(
             ExecutorHeartbeats(
                 host.nc,

@@ -604,6 +604,25 @@ async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) 
     await conn.execute(_UPSERT_ATTEMPTS, *columns)
 
 
+async def _restarted_first(conn: asyncpg.Connection, state: WorkflowState) -> None:
+    """A restarted run went to the front of the queue (the latest restart first): keep it there when
+    the queue is rebuilt from rows in arrival (seq) order."""
+    restarted = [i for i in state.queue if state.instances[i].run_number > 1]
+    if not restarted:
+        return
+    latest = {
+        r["instance_id"]: r["last"]
+        for r in await conn.fetch(
+            "SELECT instance_id, max(id) AS last FROM timeline WHERE instance_id = ANY($1::text[]) "
+            "AND event = 'restart_requested' GROUP BY instance_id",
+            restarted,
+        )
+    }
+    front = sorted(restarted, key=lambda i: -latest.get(i, 0))
+    rest = [i for i in state.queue if i not in set(front)]
+    state.queue = deque([*front, *rest])
+
+
 async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> WorkflowState | None:
     """Rebuild an actor's state from Postgres (on activation, or after a failed transaction)."""
     row = await conn.fetchrow("SELECT * FROM workflow WHERE id = $1", workflow_id)
@@ -626,6 +645,7 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
             running.append(inst.id)
             if inst.under_strategy:
                 counted += 1
+    await _restarted_first(conn, state)
     if running:
         for r in await conn.fetch(
             f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running

@@ -51,6 +51,11 @@ def test_a_run_timeout_ends_the_run_through_admit_like_a_failure(
     for name in ("a", "b"):
         driver.trigger(name)
     driver.time_out("a")
+    # a's step was still running: its slot stays taken until the executor confirms the step stopped.
+    assert driver.statuses() == {"a": "timed_out", "b": "queued"}
+    if strategy == "sequential":
+        assert (driver.state.instances["b"].reason or {}).get("code") == "waiting_for_stop"
+    driver.confirm_stop("a")
     assert driver.statuses() == after_timeout
     if strategy == "strict_sequential":
         assert driver.state.row.blocked_by == "a"
