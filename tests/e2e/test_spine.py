@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import asyncpg
-import nats
 import pytest
 
+from legato.bus.connection import connect_with
 from legato.client import ApiError
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
@@ -172,7 +172,7 @@ async def test_bad_requests_get_structured_errors_and_write_nothing(
             await client.start("pipeline")
         assert err.value.code == "inactive"
         # Not JSON at all: still a structured reply, not a timeout.
-        nc = await nats.connect(settings.nats_url)
+        nc = await connect_with(settings, name="legato-test")
         try:
             reply = await nc.request(
                 client.topology.api_subject("instance", "start"), b"{not json", timeout=5

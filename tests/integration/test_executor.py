@@ -36,6 +36,7 @@ from legato.bus import (
     provision_consumer,
     provision_streams,
 )
+from legato.bus.connection import connect_with
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
 from legato.runtime.host import ServiceHost
@@ -59,7 +60,7 @@ def topo(settings: Settings) -> Topology:
 
 @pytest.fixture
 async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await nats.connect(settings.nats_url)
+    client = await connect_with(settings, name="legato-test")
     yield client
     await client.close()
 

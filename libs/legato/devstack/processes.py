@@ -73,7 +73,11 @@ class ServiceProcess:
             return ""
 
 
-def service_env(settings: Settings, state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def service_env(
+    settings: Settings, state_dir: Path, extra: dict[str, str] | None = None, *, service: str = ""
+) -> dict[str, str]:
+    """A service's environment; with credentials (``settings.auth_users``), the service's own seed from
+    the same keyring folder (``<folder>/<service>.nk``)."""
     env = {
         **os.environ,
         "LEGATO_NATS_URL": settings.nats_url,
@@ -84,8 +88,17 @@ def service_env(settings: Settings, state_dir: Path, extra: dict[str, str] | Non
         "LEGATO_LOG_LEVEL": settings.log_level,
         "LEGATO_GRACE_PERIOD": str(settings.grace_period),
         "LEGATO_STATE_DIR": str(state_dir),
-        **(extra or {}),
+        "LEGATO_AUTH_USERS": settings.auth_users,
+        "LEGATO_NATS_CREDS": settings.nats_creds,
+        "LEGATO_NATS_TLS_CA": settings.nats_tls_ca,
+        "LEGATO_NATS_TLS_CERT": settings.nats_tls_cert,
+        "LEGATO_NATS_TLS_KEY": settings.nats_tls_key,
     }
+    if service and settings.auth_users:
+        own = Path(settings.auth_users).parent / f"{service}.nk"
+        if own.exists():
+            env["LEGATO_NATS_CREDS"] = str(own)
+    env.update(extra or {})
     return env
 
 
@@ -106,8 +119,12 @@ class Stack:
         self.settings = settings
         self.env = service_env(settings, log_dir / "state", extra_env)
         self.log_dir = log_dir
+
+        def env(service: str) -> dict[str, str]:
+            return service_env(settings, log_dir / "state", extra_env, service=service)
+
         self.services: dict[str, ServiceProcess] = {
-            "trigger": ServiceProcess("trigger", "legato.trigger", [], self.env, log_dir),
+            "trigger": ServiceProcess("trigger", "legato.trigger", [], env("trigger"), log_dir),
         }
         for i in range(schedulers):
             name = "scheduler" if i == 0 else f"scheduler{i}"
@@ -115,7 +132,7 @@ class Stack:
                 name,
                 "legato.scheduler",
                 ["--replica-id", f"replica-{i}", "--lease-ttl", str(lease_ttl)],
-                self.env,
+                env("scheduler"),
                 log_dir,
             )
         for i in range(executors):
@@ -123,12 +140,12 @@ class Stack:
                 f"executor{i}",
                 "legato.executor",
                 ["--queue", "default", "--concurrency", str(concurrency)],
-                self.env,
+                env("executor"),
                 log_dir,
             )
         if _module_exists("legato.signal_router"):
             self.services["signal_router"] = ServiceProcess(
-                "signal_router", "legato.signal_router", [], self.env, log_dir
+                "signal_router", "legato.signal_router", [], env("signal_router"), log_dir
             )
 
     def __getitem__(self, name: str) -> ServiceProcess:

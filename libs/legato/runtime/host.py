@@ -16,7 +16,7 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from legato.bus.connection import connect
+from legato.bus.connection import connect_with
 from legato.bus.publisher import Publisher
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
@@ -24,6 +24,7 @@ from legato.runtime.component import Component
 from legato.runtime.metrics_server import MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
+from legato.security.wiring import work_signer
 from legato.store.dead_letters import PostgresDeadLetters
 from legato.store.migrations import migrate
 from legato.store.outbox import OutboxRelay
@@ -87,7 +88,7 @@ class ServiceHost:
             instance = self.settings.replica
             configure_tracing(self.service, instance_id=instance)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
-        self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
+        self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         self._pool = await create_pool(
             self.settings.database_url,
             min_size=self.settings.db_pool_min,
@@ -96,7 +97,8 @@ class ServiceHost:
         async with self._pool.acquire() as conn:
             await migrate(conn)
         await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
-        self.publisher = Publisher(self.nc)
+        sign = work_signer(self.settings, self.topology) if self.service == "scheduler" else None
+        self.publisher = Publisher(self.nc, sign=sign)
         self.dead_letters = PostgresDeadLetters(self._pool)
         if self.with_relay:
             self.relay = OutboxRelay(self._pool, self.publisher)
