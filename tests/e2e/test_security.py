@@ -71,7 +71,7 @@ async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring,
             # A viewer's stop: refused by nats-server, reported at once and by name — not a timeout.
             began = time.monotonic()
             with pytest.raises(ApiError) as refused:
-                await viewer.call("instance.stop", {"instance_id": run["instance_id"]})
+                await viewer.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
             assert refused.value.code == "permission_denied"
             assert "instance.stop" in refused.value.message
             assert time.monotonic() - began < 10
@@ -82,12 +82,12 @@ async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring,
             # The trigger checks the role too: a viewer-signed stop smuggled over a root connection.
             smuggled = LegatoClient(admin.nc, admin.topology, signer=Signer.from_file(keyring.seed_file("viewer")))
             with pytest.raises(ApiError) as refused:
-                await smuggled.call("instance.stop", {"instance_id": run["instance_id"]})
+                await smuggled.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
             assert refused.value.code == "permission_denied"
             assert "needs role operator" in refused.value.message
             assert (await viewer.get(run["instance_id"]))["status"] == "running"
             # The operator's stop is recorded under the operator's proven name.
-            await operator.call("instance.stop", {"instance_id": run["instance_id"]})
+            await operator.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
             info = await wait_for(admin, run["instance_id"])
             assert info["status"] == "stopped"
             actors = {t.get("actor") for t in info.get("timeline", []) if t.get("actor")}
@@ -106,7 +106,7 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
         operator = await as_role(settings, keyring, "operator")
         try:
             with pytest.raises(ApiError) as refused:
-                await operator.call("instance.stop", {"instance_id": run["instance_id"], "actor": "alice"})
+                await operator.call("instance.stop", {"instance_id": run["instance_id"], "reason": "x", "actor": "alice"})
             assert refused.value.code == "forbidden"
             assert "'alice'" in refused.value.message and "'operator'" in refused.value.message
             # Unsigned (root connection, no signer): the trigger does not know who asks.

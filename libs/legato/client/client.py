@@ -22,7 +22,7 @@ from legato.security.signing import sign_request
 from legato.telemetry.tracing import inject_headers
 
 TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
-_VIOLATION = "Permissions Violation for Publish to"
+_VIOLATION = "permissions violation for publish to"  # nats-py lowercases server errors
 _decode_reply = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_progress = msgspec.json.Decoder(InstanceProgress).decode
 
@@ -87,9 +87,9 @@ class LegatoClient:
     def _on_error(self, exc: Exception) -> None:
         """nats-server reports a refused publish asynchronously; fail the request waiting on it now."""
         text = str(exc)
-        if _VIOLATION not in text:
+        if _VIOLATION not in text.lower():
             return
-        subject = text.split('"')[1] if text.count('"') >= 2 else ""
+        subject = text.split('"')[1].lower() if text.count('"') >= 2 else ""
         for fut in self._denials.get(subject, ()):
             if not fut.done():
                 fut.set_result(text)
@@ -120,7 +120,7 @@ class LegatoClient:
         if self.signer is not None:
             headers.update(sign_request(self.signer, subject, data))
         denied: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._denials.setdefault(subject, set()).add(denied)
+        self._denials.setdefault(subject.lower(), set()).add(denied)
         request = asyncio.ensure_future(
             self.nc.request(subject, data, timeout=timeout or self.timeout, headers=headers)
         )
@@ -141,11 +141,11 @@ class LegatoClient:
         except (nats.errors.TimeoutError, TimeoutError):
             raise ApiError("timeout", f"{endpoint}: no reply within {timeout or self.timeout}s") from None
         finally:
-            waiting = self._denials.get(subject)
+            waiting = self._denials.get(subject.lower())
             if waiting is not None:
                 waiting.discard(denied)
                 if not waiting:
-                    del self._denials[subject]
+                    del self._denials[subject.lower()]
             if not request.done():
                 request.cancel()
         answer = _decode_reply(reply.data)
