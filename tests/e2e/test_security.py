@@ -26,7 +26,7 @@ from legato.protocol.messages import WorkItem, encode
 from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 from legato.security.keys import Signer
-from legato.security.signing import sign_work
+from legato.security.signing import sign_request, sign_work
 from tests.support.stack import running_stack, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,14 +49,20 @@ def as_role(settings: Settings, ring: Keyring, name: str) -> asyncio.Future[Lega
 
 
 async def test_connecting_without_credentials_is_refused(settings: Settings, keyring: Keyring) -> None:
-    with pytest.raises(ConnectionError, match="Authorization Violation|authorization"):
+    with pytest.raises(ConnectionError, match=r"(?i)authorization"):
         await connect(settings.nats_url, name="stranger", options={})
     with pytest.raises(ConnectionError):
         await LegatoClient.connect(settings.nats_url, creds="")
     # A key nats-server does not know is refused too.
-    stray = Keyring(Path(keyring.folder.parent) / f"stray-{uuid.uuid4().hex[:6]}").ensure((("mallory", "admin"),))
+    stray = Keyring(Path(keyring.folder.parent) / f"stray-{uuid.uuid4().hex[:6]}").ensure(
+        (("mallory", "admin"),)
+    )
     with pytest.raises(ConnectionError):
-        await connect(settings.nats_url, name="mallory", options=nats_auth_options(creds=str(stray.seed_file("mallory"))))
+        await connect(
+            settings.nats_url,
+            name="mallory",
+            options=nats_auth_options(creds=str(stray.seed_file("mallory"))),
+        )
 
 
 async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring, tmp_path: Path) -> None:
@@ -80,7 +86,9 @@ async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring,
                 await operator.push(SLEEPY.replace("sleepy", "sleepy2"))
             assert refused.value.code == "permission_denied"
             # The trigger checks the role too: a viewer-signed stop smuggled over a root connection.
-            smuggled = LegatoClient(admin.nc, admin.topology, signer=Signer.from_file(keyring.seed_file("viewer")))
+            smuggled = LegatoClient(
+                admin.nc, admin.topology, signer=Signer.from_file(keyring.seed_file("viewer"))
+            )
             with pytest.raises(ApiError) as refused:
                 await smuggled.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
             assert refused.value.code == "permission_denied"
@@ -106,7 +114,9 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
         operator = await as_role(settings, keyring, "operator")
         try:
             with pytest.raises(ApiError) as refused:
-                await operator.call("instance.stop", {"instance_id": run["instance_id"], "reason": "x", "actor": "alice"})
+                await operator.call(
+                    "instance.stop", {"instance_id": run["instance_id"], "reason": "x", "actor": "alice"}
+                )
             assert refused.value.code == "forbidden"
             assert "'alice'" in refused.value.message and "'operator'" in refused.value.message
             # Unsigned (root connection, no signer): the trigger does not know who asks.
@@ -117,8 +127,6 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
             # A captured, validly signed request sent again is refused.
             subject = admin.topology.api_subject("workflow", "list")
             body = msgspec.json.encode({})
-            from legato.security.signing import sign_request
-
             headers = sign_request(Signer.from_file(keyring.seed_file("viewer")), subject, body)
             first = await admin.nc.request(subject, body, headers=headers, timeout=20)
             assert b'"result"' in first.data
@@ -136,7 +144,9 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
             await operator.close()
 
 
-async def test_executor_and_signal_publisher_cannot_call_the_api(settings: Settings, keyring: Keyring) -> None:
+async def test_executor_and_signal_publisher_cannot_call_the_api(
+    settings: Settings, keyring: Keyring
+) -> None:
     for name in ("executor", "publisher", "scheduler"):
         client = await as_role(settings, keyring, name)
         try:
@@ -171,11 +181,15 @@ async def test_raw_work_is_refused_by_the_server_and_never_run(
     await provision_streams(root.jetstream(), topo)
     # 1. Nobody but the scheduler may publish work: nats-server refuses the publish (no PubAck).
     for name in ("executor", "operator", "publisher", "trigger", "signal_router"):
-        nc = await connect(settings.nats_url, name=name, options=nats_auth_options(creds=str(keyring.seed_file(name))))
+        nc = await connect(
+            settings.nats_url, name=name, options=nats_auth_options(creds=str(keyring.seed_file(name)))
+        )
         try:
             marker = tmp_path / f"pwned-{name}"
             with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError)):
-                await nc.jetstream().publish(topo.work_subject("default"), encode(hostile_item(topo, marker)), timeout=2)
+                await nc.jetstream().publish(
+                    topo.work_subject("default"), encode(hostile_item(topo, marker)), timeout=2
+                )
         finally:
             await nc.close()
     assert (await root.jetstream().stream_info(topo.work_stream)).state.messages == 0
@@ -193,7 +207,9 @@ async def test_raw_work_is_refused_by_the_server_and_never_run(
             subject,
             forged_body,
             msg_id=forged.attempt_id,
-            headers=sign_work(Signer.from_file(keyring.seed_file("operator")), subject, forged.attempt_id, forged_body),
+            headers=sign_work(
+                Signer.from_file(keyring.seed_file("operator")), subject, forged.attempt_id, forged_body
+            ),
         )
     )
     await root.close()
@@ -225,7 +241,9 @@ async def test_signal_publisher_may_publish_signals_only(settings: Settings, key
     await provision_streams(root.jetstream(), topo)
     await root.close()
     nc = await connect(
-        settings.nats_url, name="publisher", options=nats_auth_options(creds=str(keyring.seed_file("publisher")))
+        settings.nats_url,
+        name="publisher",
+        options=nats_auth_options(creds=str(keyring.seed_file("publisher"))),
     )
     try:
         ack = await nc.jetstream().publish(topo.signal_subject("orders.paid"), b'{"params": {}}', timeout=10)
