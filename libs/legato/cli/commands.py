@@ -29,9 +29,18 @@ def parse_params(pairs: list[str] | None) -> dict[str, Any]:
 
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
-    settings = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace})
+    settings = load_settings(
+        overrides={
+            "nats_url": args.nats_url,
+            "namespace": args.namespace,
+            "nats_creds": getattr(args, "creds", None),
+        }
+    )
     return await LegatoClient.connect(
-        settings.nats_url, namespace=settings.namespace, actor=os.environ.get("USER") or "cli"
+        settings.nats_url,
+        namespace=settings.namespace,
+        actor=os.environ.get("USER") or "cli",
+        settings=settings,
     )
 
 

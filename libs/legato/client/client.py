@@ -63,10 +63,13 @@ class LegatoClient:
         options = nats_auth_options(settings, creds=creds)
         signer = Signer.from_file(options["nkeys_seed"]) if "nkeys_seed" in options else None
         client: LegatoClient | None = None
+        first_error: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
             if client is not None:
                 client._on_error(exc)
+            else:
+                first_error[:] = [exc]  # e.g. 'Authorization Violation': clearer than NoServersError
 
         try:
             servers = [u.strip() for u in url.split(",") if u.strip()]  # one URL or a cluster's list
@@ -79,7 +82,8 @@ class LegatoClient:
                 **options,
             )
         except Exception as exc:
-            raise ConnectionError(f"cannot connect to NATS at {url}: {exc!r}") from exc
+            why = str(first_error[0]) if first_error else repr(exc)
+            raise ConnectionError(f"cannot connect to NATS at {url}: {why}") from exc
         client = cls(nc, Topology(namespace), timeout=timeout, actor=actor, signer=signer)
         client._owns = True
         return client
