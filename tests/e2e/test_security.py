@@ -15,11 +15,13 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import nats.errors
+import nats.js.errors
 import pytest
+from nats.js.api import DiscardPolicy
 
 from legato.bus.connection import connect, connect_with, nats_auth_options
 from legato.bus.publisher import OutgoingMessage, Publisher
-from legato.bus.streams import provision_streams
+from legato.bus.streams import SIGNAL_MAX_BYTES, provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
 from legato.protocol.messages import WorkItem, encode
@@ -239,6 +241,8 @@ async def test_signal_publisher_may_publish_signals_only(settings: Settings, key
     topo = Topology(settings.namespace, settings.partitions)
     root = await connect_with(settings, name="legato-test")
     await provision_streams(root.jetstream(), topo)
+    config = (await root.jetstream().stream_info(topo.signals_stream)).config
+    assert config.max_bytes == SIGNAL_MAX_BYTES and config.discard == DiscardPolicy.NEW
     await root.close()
     nc = await connect(
         settings.nats_url,
@@ -248,6 +252,9 @@ async def test_signal_publisher_may_publish_signals_only(settings: Settings, key
     try:
         ack = await nc.jetstream().publish(topo.signal_subject("orders.paid"), b'{"params": {}}', timeout=10)
         assert ack.seq >= 1
+        # Untrusted input is bounded: an oversized signal is refused by the stream.
+        with pytest.raises(nats.js.errors.APIError, match="maximum"):
+            await nc.jetstream().publish(topo.signal_subject("orders.paid"), b"x" * (512 * 1024), timeout=10)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError)):
             await nc.jetstream().publish(topo.trigger_subject("anything"), b"{}", timeout=2)
         with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError)):

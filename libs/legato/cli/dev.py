@@ -142,7 +142,7 @@ class DevStack:
         else:
             self.pg = EmbeddedPostgres(self.state_dir / "pg", preferred_port=5432).start()
             self.database_url = self.pg.url("legato")
-            say(f"PostgreSQL up at {self.database_url}, data in {self.state_dir / 'pg'}")
+            say(f"PostgreSQL up at {redact(self.database_url)}, data in {self.state_dir / 'pg'}")
 
     async def prepare(self) -> None:
         await ensure_database(self.database_url)
