@@ -82,6 +82,7 @@ async def run(
             failed = await conn.fetchval(
                 "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
             )
+            dead = await conn.fetchval("SELECT count(*) FROM dead_letter")
             lat = await conn.fetch(
                 "SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms "
                 "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id "
@@ -93,6 +94,7 @@ async def run(
         return {
             "runs": n,
             "failed": int(failed),
+            "dead_letters": int(dead),
             "api_accept_per_s": n / (accepted - t0),
             "runs_per_s": n / (float(last) - t0),
             "p50_ms": percentile(ms, 50),
@@ -137,7 +139,7 @@ def main() -> None:
         r = measure(args, mode, 0.0)
         print(
             f"e2e ({label}): {r['runs']} one-noop-step runs started as fast as the API accepts them, "
-            f"{r['failed']} not succeeded"
+            f"{r['failed']} not succeeded, {r['dead_letters']} dead letters"
         )
         print(f"  API accepted starts:        {r['api_accept_per_s']:8.0f} /s")
         print(f"  runs/s (first start -> last completion): {r['runs_per_s']:8.0f}")

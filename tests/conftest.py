@@ -56,18 +56,23 @@ def keyring() -> Iterator[Keyring | None]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(keyring: Keyring | None) -> Iterator[str]:
-    external = os.environ.get("LEGATO_TEST_NATS_URL")
-    if external:
-        yield external
+def nats_server(keyring: Keyring | None) -> Iterator[EmbeddedNats | None]:
+    """The session's nats-server (None when LEGATO_TEST_NATS_URL names an external one)."""
+    if os.environ.get("LEGATO_TEST_NATS_URL"):
+        yield None
         return
     store = Path(tempfile.mkdtemp(prefix="legato-test-nats-"))
     server = EmbeddedNats(store, preferred_port=0, users=keyring.users() if keyring else None).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
         shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats | None) -> str:
+    return nats_server.url if nats_server is not None else os.environ["LEGATO_TEST_NATS_URL"]
 
 
 @pytest.fixture(scope="session")

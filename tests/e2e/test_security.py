@@ -24,6 +24,7 @@ from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.streams import SIGNAL_MAX_BYTES, provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
+from legato.devstack import EmbeddedNats
 from legato.protocol.messages import WorkItem, encode
 from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
@@ -261,3 +262,23 @@ async def test_signal_publisher_may_publish_signals_only(settings: Settings, key
             await nc.jetstream().publish(topo.signal_wait_subject, b"{}", timeout=2)
     finally:
         await nc.close()
+
+
+async def test_services_work_within_their_permissions(
+    settings: Settings, nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    """A normal run (API, scheduler, executor, signal router) is never refused by nats-server: the
+    permissions are not merely restrictive but sufficient (e.g. no relay publishes another's rows)."""
+    async with running_stack(settings, tmp_path) as (_stack, admin):
+        await admin.push(SLEEPY.replace("120s", "0s"))
+        runs = [await admin.start("sleepy", {}) for _ in range(5)]
+        for run in runs:
+            assert (await wait_for(admin, run["instance_id"]))["status"] == "succeeded"
+        await admin.send_signal("nobody.listens", {"x": 1})
+        await asyncio.sleep(1.0)
+    refused = [
+        line
+        for line in nats_server.log_path.read_text(errors="replace").splitlines()
+        if "Violation" in line and f'"{settings.namespace}.' in line
+    ]
+    assert refused == []

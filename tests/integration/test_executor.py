@@ -31,7 +31,6 @@ from nats.aio.client import Client
 from legato.bus import (
     ConsumerSpec,
     OutgoingMessage,
-    Publisher,
     Topology,
     provision_consumer,
     provision_streams,
@@ -42,6 +41,7 @@ from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, Work
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
+from tests.support.auth import scheduler_publisher
 
 ACK_WAIT = 2.0
 WORKFLOW = "wf-exec"
@@ -164,7 +164,7 @@ def work(
 
 
 async def submit(nc: Client, topo: Topology, *items: WorkItem, headers: dict[str, str] | None = None) -> None:
-    await Publisher(nc).publish_many(
+    await scheduler_publisher(nc, topo).publish_many(
         [
             OutgoingMessage(topo.work_subject("default"), encode(i), msg_id=None, headers=headers or {})
             for i in items

@@ -24,6 +24,7 @@ from legato.runtime.component import Component
 from legato.runtime.metrics_server import MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
+from legato.security.permissions import relay_kinds
 from legato.security.wiring import work_signer
 from legato.store.dead_letters import PostgresDeadLetters
 from legato.store.migrations import migrate
@@ -101,7 +102,7 @@ class ServiceHost:
         self.publisher = Publisher(self.nc, sign=sign)
         self.dead_letters = PostgresDeadLetters(self._pool)
         if self.with_relay:
-            self.relay = OutboxRelay(self._pool, self.publisher)
+            self.relay = OutboxRelay(self._pool, self.publisher, kinds=relay_kinds(self.service))
         log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
         return self
 

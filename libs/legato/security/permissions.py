@@ -82,6 +82,20 @@ def api_subjects(role: str) -> list[str]:
     return [f"legato.api.{n}" for n in names]
 
 
+# What each service's outbox relay may publish (the outbox table is shared: a relay must not pick rows
+# its NATS permissions refuse, e.g. the trigger relaying the scheduler's work items). None = all.
+RELAY_KINDS: dict[str, tuple[str, ...] | None] = {
+    "trigger": ("trigger", "signal"),
+    "scheduler": None,
+    "signal_router": ("trigger", "event"),
+    "executor": ("event",),
+}
+
+
+def relay_kinds(service: str) -> tuple[str, ...] | None:
+    return RELAY_KINDS.get(service.replace("-", "_"))
+
+
 def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
     """nats-server ``permissions`` for one role."""
     if role == "root":
