@@ -142,6 +142,12 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
             # Oversized request: a clear error, not a crash.
             with pytest.raises(ApiError) as refused:
                 await admin.call("workflow.validate", {"definition": "x" * (2 * 1024 * 1024)})
+            assert (
+                refused.value.code == "request_too_large"
+                and "LEGATO_API_MAX_REQUEST_BYTES" in refused.value.message
+            )
+            with pytest.raises(ApiError) as refused:  # beyond what NATS carries at all
+                await admin.call("workflow.validate", {"definition": "x" * (9 * 1024 * 1024)})
             assert refused.value.code == "request_too_large"
         finally:
             await operator.close()

@@ -140,6 +140,12 @@ class LegatoClient:
                     {"endpoint": endpoint, "subject": subject},
                 )
             reply = request.result()
+        except nats.errors.MaxPayloadError:
+            raise ApiError(
+                "request_too_large",
+                f"{endpoint}: request is {len(data)} bytes, more than the server's max_payload "
+                f"({self.nc.max_payload})",
+            ) from None
         except nats.errors.NoRespondersError:
             raise ApiError("unavailable", "no Legato trigger service is answering (is it running?)") from None
         except (nats.errors.TimeoutError, TimeoutError):

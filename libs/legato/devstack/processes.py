@@ -88,14 +88,20 @@ def service_env(
         "LEGATO_LOG_LEVEL": settings.log_level,
         "LEGATO_GRACE_PERIOD": str(settings.grace_period),
         "LEGATO_STATE_DIR": str(state_dir),
-        "LEGATO_AUTH_USERS": settings.auth_users,
-        "LEGATO_NATS_CREDS": settings.nats_creds,
-        "LEGATO_NATS_TLS_CA": settings.nats_tls_ca,
-        "LEGATO_NATS_TLS_CERT": settings.nats_tls_cert,
-        "LEGATO_NATS_TLS_KEY": settings.nats_tls_key,
     }
-    if service and settings.auth_users:
-        own = Path(settings.auth_users).parent / f"{service}.nk"
+    # Credentials and TLS from the settings, else as inherited (a test session exports its own).
+    for var, value in (
+        ("LEGATO_AUTH_USERS", settings.auth_users),
+        ("LEGATO_NATS_CREDS", settings.nats_creds),
+        ("LEGATO_NATS_TLS_CA", settings.nats_tls_ca),
+        ("LEGATO_NATS_TLS_CERT", settings.nats_tls_cert),
+        ("LEGATO_NATS_TLS_KEY", settings.nats_tls_key),
+    ):
+        if value:
+            env[var] = value
+    users = env.get("LEGATO_AUTH_USERS", "")
+    if service and users:
+        own = Path(users).parent / f"{service}.nk"
         if own.exists():
             env["LEGATO_NATS_CREDS"] = str(own)
     env.update(extra or {})
