@@ -158,6 +158,7 @@ class LegatoClient:
                     del self._denials[subject.lower()]
             if not request.done():
                 request.cancel()
+                await asyncio.gather(request, return_exceptions=True)
         answer = _decode_reply(reply.data)
         if "error" in answer:
             err = answer["error"]
