@@ -40,7 +40,10 @@ def keyring() -> Iterator[Keyring | None]:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="legato-test-keys-"))
-    ring = Keyring(folder / "keys").ensure((*DEFAULT_IDENTITIES, ("test", "root")))
+    # test: the suite's own identity; operator-ada, machine: named actors some tests check in timelines.
+    ring = Keyring(folder / "keys").ensure(
+        (*DEFAULT_IDENTITIES, ("test", "root"), ("operator-ada", "admin"), ("machine", "admin"))
+    )
     saved = {k: os.environ.get(k) for k in ("LEGATO_NATS_CREDS", "LEGATO_AUTH_USERS")}
     os.environ["LEGATO_NATS_CREDS"] = str(ring.seed_file("test"))
     os.environ["LEGATO_AUTH_USERS"] = str(ring.users_file)

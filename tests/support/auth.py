@@ -25,3 +25,13 @@ def scheduler_publisher(nc: Client, topo: Topology, **kwargs: object) -> Publish
     seed = Path(users).parent / "scheduler.nk"
     settings = Settings(nats_creds=str(seed), auth_users=users, namespace=topo.namespace)
     return Publisher(nc, sign=work_signer(settings, topo), **kwargs)  # type: ignore[arg-type]
+
+
+def creds_for(name: str) -> str | None:
+    """The seed file of identity ``name`` in the session keyring (tests/conftest.py); None without one.
+
+    An actor recorded in the audit trail is the signing identity, so a test that checks "who did it"
+    connects as that identity."""
+    users = os.environ.get("LEGATO_AUTH_USERS", "")
+    seed = Path(users).parent / f"{name}.nk" if users else None
+    return str(seed) if seed is not None and seed.exists() else None
