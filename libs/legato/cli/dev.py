@@ -156,28 +156,33 @@ class DevStack:
             await nc.close()
 
     def write_state(self) -> None:
-        dev_state_file(self.state_dir).write_text(
-            json.dumps(
-                {
-                    "nats_url": self.nats_url,
-                    "database_url": self.database_url,
-                    "namespace": self.namespace,
-                    # The CLI in this folder connects as the dev admin with no extra flag.
-                    **(
-                        {
-                            "nats_creds": str(self.keyring.seed_file("admin")),
-                            "auth_users": str(self.keyring.users_file),
-                        }
-                        if self.keyring is not None
-                        else {}
-                    ),
-                    "pid": os.getpid(),
-                    "started_at": time.time(),
-                    "logs": str(self.logs),
-                },
-                indent=2,
+        # 0600: the database URL in it carries the generated password.
+        path = dev_state_file(self.state_dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "nats_url": self.nats_url,
+                        "database_url": self.database_url,
+                        "namespace": self.namespace,
+                        # The CLI in this folder connects as the dev admin with no extra flag.
+                        **(
+                            {
+                                "nats_creds": str(self.keyring.seed_file("admin")),
+                                "auth_users": str(self.keyring.users_file),
+                            }
+                            if self.keyring is not None
+                            else {}
+                        ),
+                        "pid": os.getpid(),
+                        "started_at": time.time(),
+                        "logs": str(self.logs),
+                    },
+                    indent=2,
+                )
             )
-        )
 
     # ------------------------------------------------------------------ services
 
