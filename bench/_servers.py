@@ -16,6 +16,7 @@ from pathlib import Path
 from legato.client import LegatoClient
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.runtime.settings import Settings
+from legato.security.keyring import Keyring
 
 
 @dataclass
@@ -24,17 +25,22 @@ class BenchServers:
     database_url: str
     tmp: Path
     namespace: str
+    keyring: Keyring | None = None
 
 
 @contextmanager
-def bench_servers(db_name: str = "legato_bench") -> Iterator[BenchServers]:
+def bench_servers(db_name: str = "legato_bench", *, auth: bool = False) -> Iterator[BenchServers]:
+    """``auth``: NATS requires nkeys with per-role permissions, API requests and work items are signed."""
     tmp = Path(tempfile.mkdtemp(prefix="legato-bench-"))
     tmp.chmod(0o711)
     started: list[EmbeddedNats | EmbeddedPostgres] = []
+    keyring = Keyring(tmp / "keys").ensure() if auth else None
     try:
         nats_url = os.environ.get("LEGATO_BENCH_NATS_URL")
         if not nats_url:
-            nats = EmbeddedNats(tmp / "nats", preferred_port=0).start()
+            nats = EmbeddedNats(
+                tmp / "nats", preferred_port=0, users=keyring.users() if keyring else None
+            ).start()
             started.append(nats)
             nats_url = nats.url
         db_url = os.environ.get("LEGATO_BENCH_DATABASE_URL")
@@ -42,7 +48,7 @@ def bench_servers(db_name: str = "legato_bench") -> Iterator[BenchServers]:
             pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True).start()
             started.append(pg)
             db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
-        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}")
+        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}", keyring)
     finally:
         for server in reversed(started):
             server.stop()
@@ -57,6 +63,9 @@ def bench_settings(servers: BenchServers, partitions: int = 8) -> Settings:
         namespace=servers.namespace,
         partitions=partitions,
         log_level="warning",
+        # The benchmark's own client is the admin; each service gets its own seed (Stack).
+        nats_creds=str(servers.keyring.seed_file("admin")) if servers.keyring else "",
+        auth_users=str(servers.keyring.users_file) if servers.keyring else "",
     )
 
 

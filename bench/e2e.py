@@ -49,7 +49,9 @@ async def run(
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, executors=executors, concurrency=64, extra_env=extra)
     stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
+    client = await LegatoClient.connect(
+        settings.nats_url, namespace=settings.namespace, timeout=30, settings=settings
+    )
     try:
         await wait_api(client)
         await client.push(WORKFLOW)
@@ -80,6 +82,7 @@ async def run(
             failed = await conn.fetchval(
                 "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
             )
+            dead = await conn.fetchval("SELECT count(*) FROM dead_letter")
             lat = await conn.fetch(
                 "SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms "
                 "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id "
@@ -91,6 +94,7 @@ async def run(
         return {
             "runs": n,
             "failed": int(failed),
+            "dead_letters": int(dead),
             "api_accept_per_s": n / (accepted - t0),
             "runs_per_s": n / (float(last) - t0),
             "p50_ms": percentile(ms, 50),
@@ -114,6 +118,13 @@ def main() -> None:
     )
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency run")
     parser.add_argument(
+        "--compare-auth",
+        action="store_true",
+        help="run without credentials, then with nkey auth, per-role permissions and signed requests "
+        "and work items (the default is with them)",
+    )
+    parser.add_argument("--no-auth", action="store_true", help="run without credentials")
+    parser.add_argument(
         "--compare-tracing",
         action="store_true",
         help="run with the tracer off, on without an exporter, exporting every trace over OTLP/HTTP to a "
@@ -121,12 +132,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     modes = ["off", "on", "exported", "sampled"] if args.compare_tracing else ["on"]
-    for mode in modes:
-        label = f"tracing {mode}"
+    auths = [False, True] if args.compare_auth else [not args.no_auth]
+    for mode, auth in [(m, a) for m in modes for a in auths]:
+        label = f"tracing {mode}, auth {'on' if auth else 'off'}"
+        args.auth = auth
         r = measure(args, mode, 0.0)
         print(
             f"e2e ({label}): {r['runs']} one-noop-step runs started as fast as the API accepts them, "
-            f"{r['failed']} not succeeded"
+            f"{r['failed']} not succeeded, {r['dead_letters']} dead letters"
         )
         print(f"  API accepted starts:        {r['api_accept_per_s']:8.0f} /s")
         print(f"  runs/s (first start -> last completion): {r['runs_per_s']:8.0f}")
@@ -146,7 +159,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float]:
     n = args.n if not rate else min(args.n, int(rate * 20))
-    with bench_servers("legato_e2e") as servers, OtlpSink(decode=False) as sink:
+    with bench_servers("legato_e2e", auth=args.auth) as servers, OtlpSink(decode=False) as sink:
         extra = {
             "off": {"OTEL_SDK_DISABLED": "true"},
             "on": {},

@@ -4,6 +4,12 @@ A nats-server with JetStream and a PostgreSQL are started once per test session 
 temporary folders), unless LEGATO_TEST_NATS_URL / LEGATO_TEST_DATABASE_URL point at external ones.
 Each test gets its own database (cloned from a migrated template) and its own NATS namespace, so
 tests never see each other's streams, subjects or rows.
+
+NATS runs WITH authentication and per-role permissions (docs/security.md), so the whole suite runs
+under the permissions production uses: a keyring (``keyring`` fixture) holds one nkey per service and
+per API role, plus ``test`` (role ``root``: the whole bus) that the tests themselves connect as. Its seed
+is exported as ``LEGATO_NATS_CREDS`` (and the users file as ``LEGATO_AUTH_USERS``) for the session, so
+``Settings``, ``LegatoClient.connect``, ``legato.bus.connection`` and CLI subprocesses all carry it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import pytest
 
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.runtime.settings import Settings
+from legato.security.keyring import DEFAULT_IDENTITIES, Keyring
 from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database
 
@@ -27,18 +34,48 @@ TEMPLATE_DB = "legato_test_template"
 
 
 @pytest.fixture(scope="session")
-def nats_url() -> Iterator[str]:
-    external = os.environ.get("LEGATO_TEST_NATS_URL")
-    if external:
-        yield external
+def keyring() -> Iterator[Keyring | None]:
+    """The session's identities (None against an external NATS without our users)."""
+    if os.environ.get("LEGATO_TEST_NATS_URL"):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="legato-test-keys-"))
+    # test: the suite's own identity; operator-ada, machine: named actors some tests check in timelines.
+    ring = Keyring(folder / "keys").ensure(
+        (*DEFAULT_IDENTITIES, ("test", "root"), ("operator-ada", "admin"), ("machine", "admin"))
+    )
+    saved = {k: os.environ.get(k) for k in ("LEGATO_NATS_CREDS", "LEGATO_AUTH_USERS")}
+    os.environ["LEGATO_NATS_CREDS"] = str(ring.seed_file("test"))
+    os.environ["LEGATO_AUTH_USERS"] = str(ring.users_file)
+    try:
+        yield ring
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_server(keyring: Keyring | None) -> Iterator[EmbeddedNats | None]:
+    """The session's nats-server (None when LEGATO_TEST_NATS_URL names an external one)."""
+    if os.environ.get("LEGATO_TEST_NATS_URL"):
+        yield None
         return
     store = Path(tempfile.mkdtemp(prefix="legato-test-nats-"))
-    server = EmbeddedNats(store, preferred_port=0).start()
+    server = EmbeddedNats(store, preferred_port=0, users=keyring.users() if keyring else None).start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
         shutil.rmtree(store, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: EmbeddedNats | None) -> str:
+    return nats_server.url if nats_server is not None else os.environ["LEGATO_TEST_NATS_URL"]
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +132,11 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def settings(nats_url: str, database_url: str, namespace: str) -> Settings:
+def settings(nats_url: str, database_url: str, namespace: str, keyring: Keyring | None) -> Settings:
     return Settings(
         nats_url=nats_url,
+        nats_creds=str(keyring.seed_file("test")) if keyring else "",
+        auth_users=str(keyring.users_file) if keyring else "",
         database_url=database_url,
         namespace=namespace,
         partitions=4,

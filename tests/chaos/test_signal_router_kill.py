@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import asyncpg
-import nats
 import pytest
 
+from legato.bus.connection import connect_with
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack
 
@@ -107,7 +107,7 @@ async def test_joins_fire_exactly_once_through_router_kill9(settings: Settings, 
     async with running_stack(settings, tmp_path, extra_env=extra) as (stack, client):
         await client.push(PAIR)
         await client.push(TRIPLE)
-        nc = await nats.connect(settings.nats_url)
+        nc = await connect_with(settings, name="legato-test")
         js = nc.jetstream()
         prefix = f"{settings.namespace}.legato.signal."
         router = stack["signal_router"]

@@ -20,6 +20,7 @@ import pytest
 
 from legato.client import ApiError
 from legato.runtime.settings import Settings
+from tests.support.auth import creds_for
 from tests.support.strategy_model import check_history
 from tests.support.strategy_real import RealSystem, RealWorld, gated_workflow
 
@@ -53,6 +54,9 @@ def cli(world: RealWorld, *args: str) -> str:
         "LEGATO_NAMESPACE": world.settings.namespace,
         "USER": "operator-ada",  # the CLI's actor: who did it, in the timeline
     }
+    seed = creds_for("operator-ada")  # with credentials the actor is proven by the signing key
+    if seed:
+        env["LEGATO_NATS_CREDS"] = seed
     done = subprocess.run(
         [sys.executable, "-m", "legato.cli.main", *args], env=env, capture_output=True, text=True, timeout=60
     )

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import nats
 import pytest
 
+from legato.bus.connection import connect_with
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
 from legato.telemetry.span_file import read_span_file
@@ -284,7 +284,7 @@ async def test_rejected_signals_are_stored_and_listed(settings: Settings, tmp_pa
             "signal.set_schema",
             {"name": "file.uploaded", "schema": {"required": ["path"], "fields": {"size": "integer"}}},
         )
-        nc = await nats.connect(settings.nats_url)
+        nc = await connect_with(settings, name="legato-test")
         js = nc.jetstream()
         subject = f"{settings.namespace}.legato.signal.file.uploaded"
         await js.publish(subject, b"not json", headers={"Nats-Msg-Id": "bad-json"})

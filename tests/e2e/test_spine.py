@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import asyncpg
-import nats
 import pytest
 
+from legato.bus.connection import connect_with
 from legato.client import ApiError
 from legato.runtime.settings import Settings
+from legato.security.keys import Signer
+from legato.security.signing import sign_request
 from tests.support.stack import running_stack, wait_for
 
 PIPELINE = """
@@ -171,12 +173,12 @@ async def test_bad_requests_get_structured_errors_and_write_nothing(
         with pytest.raises(ApiError) as err:
             await client.start("pipeline")
         assert err.value.code == "inactive"
-        # Not JSON at all: still a structured reply, not a timeout.
-        nc = await nats.connect(settings.nats_url)
+        # Not JSON at all (signed, as every request must be): still a structured reply, not a timeout.
+        nc = await connect_with(settings, name="legato-test")
+        subject = client.topology.api_subject("instance", "start")
+        signed = sign_request(Signer.from_file(settings.nats_creds), subject, b"{not json")
         try:
-            reply = await nc.request(
-                client.topology.api_subject("instance", "start"), b"{not json", timeout=5
-            )
+            reply = await nc.request(subject, b"{not json", timeout=5, headers=signed)
         finally:
             await nc.close()
         body = json.loads(reply.data)

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 
@@ -24,6 +23,7 @@ from legato.bus import (
     Topology,
     provision_streams,
 )
+from legato.bus.connection import connect_with
 from legato.runtime.settings import Settings
 from legato.store import (
     OutboxRelay,
@@ -45,7 +45,7 @@ DECODER = msgspec.json.Decoder(Ping)
 
 @pytest.fixture
 async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await nats.connect(settings.nats_url)
+    client = await connect_with(settings, name="legato-test")
     yield client
     await client.close()
 

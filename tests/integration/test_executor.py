@@ -30,17 +30,18 @@ from nats.aio.client import Client
 from legato.bus import (
     ConsumerSpec,
     OutgoingMessage,
-    Publisher,
     Topology,
     provision_consumer,
     provision_streams,
 )
+from legato.bus.connection import connect_with
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
 from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
+from tests.support.auth import scheduler_publisher
 
 ACK_WAIT = 2.0
 WORKFLOW = "wf-exec"
@@ -59,7 +60,7 @@ def topo(settings: Settings) -> Topology:
 
 @pytest.fixture
 async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await nats.connect(settings.nats_url)
+    client = await connect_with(settings, name="legato-test")
     yield client
     await client.close()
 
@@ -163,7 +164,7 @@ def work(
 
 
 async def submit(nc: Client, topo: Topology, *items: WorkItem, headers: dict[str, str] | None = None) -> None:
-    await Publisher(nc).publish_many(
+    await scheduler_publisher(nc, topo).publish_many(
         [
             OutgoingMessage(topo.work_subject("default"), encode(i), msg_id=None, headers=headers or {})
             for i in items
@@ -609,7 +610,7 @@ async def test_a_poison_work_item_is_reported_on_the_dead_letter_subject_not_los
     nc: Client, topo: Topology, events: EventLog, settings: Settings
 ) -> None:
     async with executor(settings):
-        await Publisher(nc).publish(
+        await scheduler_publisher(nc, topo).publish(
             OutgoingMessage(topo.work_subject("default"), b'{"kind": "work", "nonsense', msg_id="poison-1")
         )
         js = nc.jetstream()
@@ -783,7 +784,7 @@ async def test_a_work_item_republished_under_new_msg_ids_runs_once_across_execut
     async def republish(msg_id: str) -> None:
         # A new Nats-Msg-Id each time: JetStream's duplicate window does not catch it (as for an outbox
         # row republished after the window).
-        await Publisher(nc).publish(
+        await scheduler_publisher(nc, topo).publish(
             OutgoingMessage(topo.work_subject("default"), encode(item), msg_id=msg_id)
         )
 

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import msgspec
-import nats
 import pytest
 from nats.aio.client import Client
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -23,6 +22,7 @@ from legato.bus import (
     Topology,
     provision_streams,
 )
+from legato.bus.connection import connect_with
 from legato.bus.consumer import Retry
 from legato.runtime.settings import Settings
 from legato.store import OutboxRelay, PostgresDeadLetters, add_to_outbox, create_pool
@@ -43,7 +43,7 @@ def reader() -> Iterator[InMemoryMetricReader]:
 
 @pytest.fixture
 async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await nats.connect(settings.nats_url)
+    client = await connect_with(settings, name="legato-test")
     yield client
     await client.close()
 

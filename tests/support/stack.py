@@ -55,7 +55,9 @@ async def running_stack(
 ) -> AsyncIterator[tuple[Stack, LegatoClient]]:
     stack = Stack(settings, tmp_path, **kwargs)
     stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, actor="test")
+    client = await LegatoClient.connect(
+        settings.nats_url, namespace=settings.namespace, actor="test", settings=settings
+    )
     try:
         try:
             await wait_api(client)

@@ -18,6 +18,7 @@ import asyncpg
 
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
+from tests.support.auth import creds_for
 from tests.support.stack import Stack, wait_api
 from tests.support.strategy_engine import run_events
 from tests.support.strategy_model import RunEvent
@@ -68,7 +69,12 @@ class RealWorld:
         self.thread.start()
         self.stack.start()
         self.client = self.run(
-            LegatoClient.connect(self.settings.nats_url, namespace=self.settings.namespace, actor="machine")
+            LegatoClient.connect(
+                self.settings.nats_url,
+                namespace=self.settings.namespace,
+                actor="machine",
+                creds=creds_for("machine"),
+            )
         )
         try:
             self.run(wait_api(self.client))

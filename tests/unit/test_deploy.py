@@ -57,6 +57,32 @@ def by_kind(kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for _, o in k8s_objects() if o["kind"] == kind}
 
 
+def generated(kind: str) -> dict[str, set[str]]:
+    """Secrets/ConfigMaps kustomize generates from deploy/secrets/ (made by make-secrets.sh): name -> keys."""
+    section = {"Secret": "secretGenerator", "ConfigMap": "configMapGenerator"}[kind]
+    out: dict[str, set[str]] = {}
+    for gen in load(K8S / "kustomization.yaml").get(section, []):
+        out[gen["metadata"]["name"] if "metadata" in gen else gen["name"]] = {
+            f.split("=")[0] if "=" in f else Path(f).name for f in gen["files"]
+        }
+    return out
+
+
+def generator_files() -> list[str]:
+    kustomization = load(K8S / "kustomization.yaml")
+    return [
+        f.split("=")[-1]
+        for section in ("secretGenerator", "configMapGenerator")
+        for gen in kustomization.get(section, [])
+        for f in gen["files"]
+    ]
+
+
+def seed_of(command: str) -> str:
+    """The identity a service connects as (its nkey seed file's name)."""
+    return command.replace("-", "_")
+
+
 def legato_image() -> str:
     return str(load(DEPLOY / "compose.yaml")["services"]["trigger"]["image"])
 
@@ -138,6 +164,9 @@ def test_compose_references_resolve() -> None:
                 assert source in volumes, f"{name}: volume {source} not defined"
         for dep in svc.get("depends_on", []):
             assert dep in services, f"{name}: depends on unknown service {dep}"
+        for ref in svc.get("secrets", []):
+            source = ref["source"] if isinstance(ref, dict) else ref
+            assert source in compose["secrets"], f"{name}: secret {source} not defined"
         build = svc.get("build")
         if build:
             context = (DEPLOY / build["context"]).resolve()
@@ -148,6 +177,7 @@ def test_compose_legato_services_use_one_image_real_commands_and_real_settings()
     compose = load(DEPLOY / "compose.yaml")
     legato = {n: s for n, s in compose["services"].items() if str(s.get("image", "")).startswith("legato:")}
     assert {s["command"][0] for s in legato.values()} >= SERVICE_COMMANDS
+    assert "${LEGATO_DB_PASSWORD:?" in compose["x-legato-env"]["LEGATO_DATABASE_URL"]
     assert len({s["image"] for s in legato.values()}) == 1
     replica_ids = []
     for name, svc in legato.items():
@@ -170,6 +200,13 @@ def test_compose_legato_services_use_one_image_real_commands_and_real_settings()
             assert settings.database_url.split("@")[1].startswith("postgres:5432/")
         if svc["command"][0] == "scheduler":
             replica_ids.append(settings.replica_id)
+        # Authenticated, least privilege: each container gets its own role's seed as /run/secrets/nkey.
+        assert settings.nats_url.startswith("tls://") and settings.nats_tls_cert and settings.auth_users
+        [nkey] = [r for r in svc["secrets"] if isinstance(r, dict) and r["target"] == "nkey"]
+        role = "admin" if svc["command"][0] == "--help" else seed_of(svc["command"][0])
+        assert nkey["source"] == f"{role}-nkey", name
+        assert compose["secrets"][nkey["source"]]["file"] == f"./secrets/keys/{role}.nk", name
+        assert settings.nats_creds == "/run/secrets/nkey"
     assert len(replica_ids) >= 2 and all(replica_ids) and len(set(replica_ids)) == len(replica_ids)
     for name in ("trigger", "executor", "signal-router"):
         assert legato[name]["deploy"]["replicas"] >= 2, name
@@ -188,6 +225,10 @@ def test_compose_nats_is_a_three_node_jetstream_cluster() -> None:
         assert sorted(r.split("//")[1] for r in routes) == ["nats-1:6222", "nats-2:6222", "nats-3:6222"]
         assert flags["cluster"].endswith(":6222") and flags["cluster_name"] == "legato"
         assert any(m.endswith(":/data") for m in svc["volumes"]) and flags["store_dir"] == "/data"
+        # Auth (the generated authorization block) and TLS with verified client certificates.
+        assert flags["config"] == "/run/secrets/nats-auth" and "tlsverify" in flags and "tls" in flags
+        for secret in ("nats-auth", "nats-cert", "nats-key", "tls-ca"):
+            assert secret in svc["secrets"]
     assert names == set(nodes)
 
 
@@ -224,7 +265,15 @@ def workloads() -> list[dict[str, Any]]:
 
 
 def test_k8s_selectors_services_and_references_resolve() -> None:
-    configmaps, secrets, services = by_kind("ConfigMap"), by_kind("Secret"), by_kind("Service")
+    services = by_kind("Service")
+    configmaps = {
+        **{n: set(c.get("data", {})) for n, c in by_kind("ConfigMap").items()},
+        **generated("ConfigMap"),
+    }
+    secrets = {
+        **{n: set(c.get("stringData", {})) for n, c in by_kind("Secret").items()},
+        **generated("Secret"),
+    }
     for w in workloads():
         name = f"{w['kind']} {w['metadata']['name']}"
         labels = w["spec"]["template"]["metadata"]["labels"]
@@ -238,7 +287,11 @@ def test_k8s_selectors_services_and_references_resolve() -> None:
             if "configMap" in vol:
                 assert vol["configMap"]["name"] in configmaps, name
             if "secret" in vol:
-                assert vol["secret"]["secretName"] in secrets, name
+                if vol["secret"].get("optional"):
+                    continue  # created by the operator, not by kustomize (deploy/README.md)
+                keys = secrets[vol["secret"]["secretName"]]
+                for item in vol["secret"].get("items", []):
+                    assert item["key"] in keys, f"{name}: {item['key']} not in {vol['secret']['secretName']}"
         claims = {c["metadata"]["name"] for c in w["spec"].get("volumeClaimTemplates", [])}
         for c in pod["containers"]:
             for ref in c.get("envFrom", []):
@@ -249,7 +302,7 @@ def test_k8s_selectors_services_and_references_resolve() -> None:
             for env in c.get("env", []):
                 key_ref = env.get("valueFrom", {}).get("secretKeyRef")
                 if key_ref:
-                    assert key_ref["key"] in secrets[key_ref["name"]]["stringData"], name
+                    assert key_ref["key"] in secrets[key_ref["name"]], name
             for mount in c.get("volumeMounts", []):
                 assert mount["name"] in claims | {v["name"] for v in pod.get("volumes", [])}, name
             ports = {p["name"] for p in c.get("ports", [])}
@@ -265,7 +318,8 @@ def test_k8s_selectors_services_and_references_resolve() -> None:
 
 def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
     config = by_kind("ConfigMap")["legato-config"]["data"]
-    secret = by_kind("Secret")["legato-secrets"]["stringData"]
+    assert by_kind("Secret") == {}, "secrets are generated from deploy/secrets/, never kept here"
+    assert {"LEGATO_DATABASE_URL", "POSTGRES_PASSWORD"} <= generated("Secret")["legato-secrets"]
     legato = [w for w in workloads() if w["metadata"]["labels"].get("app.kubernetes.io/name") == "legato"]
     commands = {}
     for w in legato:
@@ -275,13 +329,28 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
         assert "command" not in c, f"{name}: the image's entrypoint is legato; give args"
         check_service_args(c["args"], f"k8s {name}")
         commands[c["args"][0]] = w
-        secrets = [r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r]
-        env = {**config, **{k: v for k, v in secret.items() if k.startswith("LEGATO_") and secrets}}
-        env.update({e["name"]: "from-field" for e in c.get("env", [])})
+        env = dict(config)
+        env.update({e["name"]: e.get("value", "from-field") for e in c.get("env", [])})
         if c["args"][0] == "executor":
             # Stateless: no database secret, no database variable.
-            assert not secrets and "LEGATO_DATABASE_URL" not in env, name
+            assert not [r for r in c.get("envFrom", []) if "secretRef" in r], name
+            assert "LEGATO_DATABASE_URL" not in env and "legato-secrets" not in str(c), name
+        else:
+            env["LEGATO_DATABASE_URL"] = "postgresql://legato:from-secret@postgres-0.postgres:5432/legato"
         settings = check_settings(env, f"k8s {name}")
+        # Its own seed only, and the users file and TLS files where the settings say.
+        seed = seed_of(c["args"][0])
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+        assert settings.nats_creds == f"{mounts['nkey']}/{seed}.nk", name
+        assert volumes["nkey"]["secret"]["items"] == [{"key": f"{seed}.nk", "path": f"{seed}.nk"}], name
+        assert settings.auth_users == f"{mounts['users']}/users.json"
+        assert volumes["users"]["configMap"]["name"] == "legato-users"
+        for path in (settings.nats_tls_ca, settings.nats_tls_cert, settings.nats_tls_key):
+            assert (
+                Path(path).parent == Path(mounts["tls"])
+                and Path(path).name in generated("Secret")["legato-tls"]
+            )
         assert settings.stream_replicas == 3 and settings.partitions == 16
         # Probes use the service's own health endpoint (served beside /metrics).
         assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, name
@@ -300,8 +369,6 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
     assert replica["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     for svc in ("trigger", "executor", "signal-router"):
         assert commands[svc]["kind"] == "Deployment"
-    # The database URL's password is the one Postgres is started with.
-    assert f":{secret['POSTGRES_PASSWORD']}@" in secret["LEGATO_DATABASE_URL"]
 
 
 def test_k8s_step_secrets_reach_the_executor_only_as_files() -> None:
@@ -334,6 +401,17 @@ def test_k8s_nats_cluster_routes_three_nodes_with_jetstream() -> None:
     assert any(e["name"] == "POD_NAME" for e in c["env"])
     assert c["args"] == ["--config", "/etc/nats/nats.conf"]
     assert any(m["mountPath"] == "/etc/nats" for m in c["volumeMounts"])
+    # nkey users from the generated block, TLS with verified client certificates.
+    assert "include ./auth/auth.conf" in conf
+    assert re.search(r"tls\s*\{[^}]*verify:\s*true", conf)
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["auth"] == "/etc/nats/auth" and mounts["tls"] == "/etc/nats/tls"
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        assert f"/etc/nats/tls/{key}" in conf and key in generated("Secret")["nats-tls"]
+    assert all(
+        u.startswith("tls://")
+        for u in by_kind("ConfigMap")["legato-config"]["data"]["LEGATO_NATS_URL"].split(",")
+    )
     # Services and the CLI reach all three nodes.
     urls = by_kind("ConfigMap")["legato-config"]["data"]["LEGATO_NATS_URL"].split(",")
     assert [u.split("//")[1] for u in urls] == [
@@ -353,6 +431,45 @@ def test_k8s_collector_pipeline_and_endpoints() -> None:
     assert 16686 in {p["port"] for p in services["jaeger"]["spec"]["ports"]}
     [c] = by_kind("Deployment")["otel-collector"]["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["--config=/etc/otelcol-contrib/config.yaml"]
+
+
+def test_no_secret_is_kept_in_deploy_and_make_secrets_makes_every_one() -> None:
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and "secrets" not in path.relative_to(DEPLOY).parts:
+            text = path.read_text(errors="replace")
+            assert "change-me" not in text and "legato:legato@" not in text, path
+            assert "POSTGRES_PASSWORD: " not in text, path
+    assert "deploy/secrets/" in (ROOT / ".gitignore").read_text()
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    from legato.security.keyring import DEFAULT_IDENTITIES
+
+    made = {f"keys/{name}.nk" for name, _ in DEFAULT_IDENTITIES} | {"keys/users.json"}
+    for f in generator_files():
+        rel = f.removeprefix("../secrets/")
+        assert rel in made or Path(rel).name.split(".")[0] in script or rel in script, rel
+    compose = load(DEPLOY / "compose.yaml")
+    for name, secret in compose["secrets"].items():
+        rel = secret["file"].removeprefix("./secrets/")
+        assert rel in made or rel in script or Path(rel).stem in script, name
+
+
+def test_generated_authorization_block_is_valid_nats_server_config(tmp_path: Path) -> None:
+    import subprocess
+
+    from legato.devstack import find_nats_server
+    from legato.security.keyring import Keyring
+    from legato.security.permissions import authorization_block
+
+    ring = Keyring(tmp_path / "keys").ensure()
+    (tmp_path / "auth.conf").write_text(authorization_block(ring.users()))
+    (tmp_path / "nats.conf").write_text("listen: 127.0.0.1:-1\ninclude ./auth.conf\n")
+    done = subprocess.run(
+        [find_nats_server(), "-t", "-c", str(tmp_path / "nats.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # --------------------------------------------------------------------------------------------- docs

@@ -1,19 +1,76 @@
-"""Connecting to NATS with reconnect handling and logged connection events."""
+"""Connecting to NATS with reconnect handling and logged connection events.
+
+Every connection of every service, the CLI and the client goes through ``nats_auth_options``: the nkey
+seed file (``LEGATO_NATS_CREDS``) and TLS files (``LEGATO_NATS_TLS_*``) come from Settings, or, when a
+caller passes none, from the environment — so one configuration reaches every process.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+import ssl
+from typing import TYPE_CHECKING, Any
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 
 from legato.telemetry import get_logger
 
+if TYPE_CHECKING:
+    from legato.runtime.settings import Settings
+
 log = get_logger("legato.bus")
 
 
-async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Client:
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext | None:
+    """A client TLS context verifying the server against ``ca`` (system CAs if empty), presenting
+    ``cert``/``key`` when given (mutual TLS); None when no TLS file is configured."""
+    if not (ca or cert):
+        return None
+    ctx = ssl.create_default_context(cafile=ca or None)
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+def nats_auth_options(
+    settings: Settings | None = None, *, creds: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``nats.connect`` keyword arguments for credentials and TLS (explicit > settings > environment)."""
+    environ = os.environ if env is None else env
+
+    def pick(field: str, var: str) -> str:
+        value = getattr(settings, field, "") if settings is not None else ""
+        return str(value or environ.get(var, ""))
+
+    seed = creds if creds is not None else pick("nats_creds", "LEGATO_NATS_CREDS")
+    opts: dict[str, Any] = {}
+    if seed:
+        if not os.path.isfile(seed):
+            raise ConnectionError(f"NATS credentials: no nkey seed file at {seed} (LEGATO_NATS_CREDS)")
+        opts["nkeys_seed"] = seed
+    ctx = tls_context(
+        pick("nats_tls_ca", "LEGATO_NATS_TLS_CA"),
+        pick("nats_tls_cert", "LEGATO_NATS_TLS_CERT"),
+        pick("nats_tls_key", "LEGATO_NATS_TLS_KEY"),
+    )
+    if ctx is not None:
+        opts["tls"] = ctx
+    return opts
+
+
+async def connect_with(settings: Settings, *, name: str, connect_timeout: float = 5.0) -> Client:
+    """``connect`` with the URL, credentials and TLS of ``settings``."""
+    return await connect(
+        settings.nats_url, name=name, connect_timeout=connect_timeout, options=nats_auth_options(settings)
+    )
+
+
+async def connect(
+    url: str, *, name: str, connect_timeout: float = 5.0, options: dict[str, Any] | None = None
+) -> Client:
     """Connect with unbounded reconnects (a service rides out a NATS restart) and logged transitions.
 
     The first connection is bounded: a wrong URL is one clear error at start, not an endless retry loop.
@@ -38,12 +95,23 @@ async def connect(url: str, *, name: str, connect_timeout: float = 5.0) -> Clien
 
     try:
         nc = await asyncio.wait_for(
-            _connect(url, name, connect_timeout, on_error, on_disconnected, on_reconnected, on_closed),
+            _connect(
+                url,
+                name,
+                connect_timeout,
+                on_error,
+                on_disconnected,
+                on_reconnected,
+                on_closed,
+                nats_auth_options() if options is None else options,
+            ),
             timeout=connect_timeout + 2.0,
         )
     except TimeoutError:
         why = repr(first_errors[0]) if first_errors else "no answer"
         raise ConnectionError(f"cannot connect to NATS at {url}: {why}") from None
+    except nats.errors.Error as exc:
+        raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from None
     state["connected"] = True
     return nc
 
@@ -56,6 +124,7 @@ async def _connect(
     on_disconnected: Any,
     on_reconnected: Any,
     on_closed: Any,
+    options: dict[str, Any],
 ) -> Client:
     nc: Client = await nats.connect(
         # A comma-separated list seeds the client with several cluster members; it learns the rest.
@@ -71,5 +140,6 @@ async def _connect(
         closed_cb=on_closed,
         # The client buffers publishes while reconnecting; bounded so memory cannot grow without limit.
         pending_size=64 * 1024 * 1024,
+        **options,
     )
     return nc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -48,6 +48,7 @@ class Publisher:
         timeout: float = 5.0,
         attempts: int = 3,
         max_pipeline: int = 512,
+        sign: Callable[[OutgoingMessage], Mapping[str, str]] | None = None,
     ) -> None:
         self.nc = nc
         self.js = js or nc.jetstream()
@@ -55,11 +56,15 @@ class Publisher:
         self.attempts = attempts
         self._pipeline = asyncio.Semaphore(max_pipeline)
         self.duplicates = 0
+        # Adds proof-of-origin headers (the scheduler signs work items: legato.security.wiring).
+        self.sign = sign
 
     async def publish(self, msg: OutgoingMessage) -> PubAck | None:
         headers = dict(msg.headers)
         if msg.msg_id:
             headers[MSG_ID_HEADER] = msg.msg_id
+        if self.sign is not None:
+            headers.update(self.sign(msg))
         if msg.core:
             await self.nc.publish(msg.subject, msg.payload, headers=headers or None)
             return None

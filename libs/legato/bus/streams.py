@@ -24,6 +24,11 @@ log = get_logger("legato.bus")
 DUPLICATE_WINDOW = 120.0  # JetStream's own dedup: a second line of defence, not the guarantee
 SIGNAL_MAX_AGE = 30 * 24 * 3600.0
 MAX_MSG_SIZE = 8 * 1024 * 1024
+# Signals come from outside (any holder of publisher credentials): one is small, and the stream is
+# bounded; when full, new signals are refused (the publisher gets an error) rather than unprocessed
+# ones silently dropped.
+SIGNAL_MAX_MSG_SIZE = 256 * 1024
+SIGNAL_MAX_BYTES = 1024 * 1024 * 1024
 
 
 class ProvisioningError(RuntimeError):
@@ -59,6 +64,7 @@ class ConsumerSpec:
 
 def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
     def cfg(name: str, kind: str, retention: RetentionPolicy, max_age: float = 0.0) -> StreamConfig:
+        untrusted = kind == "signal"
         return StreamConfig(
             name=name,
             subjects=[f"{topology.subject_prefix(kind)}>"],
@@ -66,8 +72,9 @@ def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=DUPLICATE_WINDOW,
-            max_msg_size=MAX_MSG_SIZE,
-            discard=DiscardPolicy.OLD,
+            max_msg_size=SIGNAL_MAX_MSG_SIZE if untrusted else MAX_MSG_SIZE,
+            max_bytes=SIGNAL_MAX_BYTES if untrusted else -1,
+            discard=DiscardPolicy.NEW if untrusted else DiscardPolicy.OLD,
             max_age=max_age,
         )
 
@@ -104,6 +111,9 @@ async def provision_streams(js: JetStreamContext, topology: Topology, *, replica
             or have.duplicate_window != want.duplicate_window
             or have.num_replicas != want.num_replicas
             or have.max_age != want.max_age
+            or have.max_msg_size != want.max_msg_size
+            or have.max_bytes != want.max_bytes
+            or have.discard != want.discard
         ):
             await js.update_stream(want)
             log.info("stream_updated", stream=want.name)

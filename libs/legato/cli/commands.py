@@ -21,10 +21,19 @@ __all__ = ["client_for", "parse_params", "print_instance"]
 
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
-    settings = load_settings(overrides={"nats_url": args.nats_url, "namespace": args.namespace})
+    settings = load_settings(
+        overrides={
+            "nats_url": args.nats_url,
+            "namespace": args.namespace,
+            "nats_creds": getattr(args, "creds", None),
+        }
+    )
     try:
         return await LegatoClient.connect(
-            settings.nats_url, namespace=settings.namespace, actor=os.environ.get("USER") or "cli"
+            settings.nats_url,
+            namespace=settings.namespace,
+            actor=os.environ.get("USER") or "cli",
+            settings=settings,
         )
     except ConnectionError:
         raise unreachable(settings.nats_url, args) from None

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import msgspec
-import nats
 
-from legato.bus.connection import connect as bus_connect
+from legato.bus.connection import connect, nats_auth_options
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
@@ -39,6 +38,7 @@ from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.devstack.processes import die_with_parent
 from legato.protocol.messages import InstanceProgress
 from legato.runtime.settings import dev_state_file, read_dev_state
+from legato.security.keyring import Keyring
 from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database, redact
 
@@ -163,6 +163,14 @@ class DevStack:
         self.nats_url = ""
         self.database_url = ""
         self.namespace = os.environ.get("LEGATO_NAMESPACE", "")
+        self.keyring: Keyring | None = None
+
+    def creds(self, name: str) -> str | None:
+        """The seed of a generated identity; None (the environment's) with an external NATS."""
+        return str(self.keyring.seed_file(name)) if self.keyring is not None else None
+
+    def nats_options(self, name: str) -> dict[str, Any]:
+        return nats_auth_options(creds=self.creds(name))
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -205,11 +213,16 @@ class DevStack:
             self.nats_url = nats_url
             say(f"using NATS at {nats_url}")
         else:
-            self.nats = EmbeddedNats(self.state_dir / "nats", preferred_port=4222)
+            # First start generates one nkey per service and per API role (mode 0600, kept after).
+            self.keyring = Keyring(self.state_dir / "keys").ensure()
+            self.nats = EmbeddedNats(self.state_dir / "nats", preferred_port=4222, users=self.keyring.users())
             self.nats.stop_with_parent = True
             self.nats.start()
             self.nats_url = self.nats.url
-            say(f"NATS (JetStream) up at {self.nats_url}, data in {self.state_dir / 'nats'}")
+            say(
+                f"NATS (JetStream) up at {self.nats_url}, data in {self.state_dir / 'nats'}, "
+                f"credentials in {self.keyring.folder}"
+            )
         db_url = self.args.database_url or os.environ.get("LEGATO_DATABASE_URL")
         if db_url:
             self.database_url = db_url
@@ -219,7 +232,7 @@ class DevStack:
             self.pg.stop_with_parent = True
             self.pg.start()
             self.database_url = self.pg.url("legato")
-            say(f"PostgreSQL up at {self.database_url}, data in {self.state_dir / 'pg'}")
+            say(f"PostgreSQL up at {redact(self.database_url)}, data in {self.state_dir / 'pg'}")
 
     async def prepare(self) -> None:
         try:
@@ -233,7 +246,7 @@ class DevStack:
         if applied:
             say(f"migrations applied: {', '.join(str(v) for v in applied)}")
         try:
-            nc = await bus_connect(self.nats_url, name="legato-dev")
+            nc = await connect(self.nats_url, name="legato-dev", options=self.nats_options("scheduler"))
         except ConnectionError as exc:
             raise RuntimeError(
                 f"{exc} ({self._origin('nats_url')}); "
@@ -253,20 +266,34 @@ class DevStack:
         return "embedded"
 
     def write_state(self) -> None:
-        dev_state_file(self.state_dir).write_text(
-            json.dumps(
-                {
-                    "nats_url": self.nats_url,
-                    "database_url": self.database_url,
-                    "namespace": self.namespace,
-                    "pid": os.getpid(),
-                    "started_at": time.time(),
-                    "logs": str(self.logs),
-                    "children": {str(p.pid): _cmdline(p.pid) for p in self._child_procs()},
-                },
-                indent=2,
+        # 0600: the database URL in it carries the generated password.
+        path = dev_state_file(self.state_dir)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(
+                json.dumps(
+                    {
+                        "nats_url": self.nats_url,
+                        "database_url": self.database_url,
+                        "namespace": self.namespace,
+                        # The CLI in this folder connects as the dev admin with no extra flag.
+                        **(
+                            {
+                                "nats_creds": str(self.keyring.seed_file("admin")),
+                                "auth_users": str(self.keyring.users_file),
+                            }
+                            if self.keyring is not None
+                            else {}
+                        ),
+                        "pid": os.getpid(),
+                        "started_at": time.time(),
+                        "logs": str(self.logs),
+                        "children": {str(p.pid): _cmdline(p.pid) for p in self._child_procs()},
+                    },
+                    indent=2,
+                )
             )
-        )
 
     def _child_procs(self) -> list[subprocess.Popen[bytes]]:
         servers = [s.proc for s in (self.nats, self.pg) if s is not None and s.proc is not None]
@@ -285,6 +312,9 @@ class DevStack:
         }
         if service == "executor":
             del env["LEGATO_DATABASE_URL"]  # stateless: it is not told where the database is
+        if self.keyring is not None:
+            env["LEGATO_NATS_CREDS"] = str(self.keyring.seed_file(service))
+            env["LEGATO_AUTH_USERS"] = str(self.keyring.users_file)
         base = int(os.environ.get("LEGATO_METRICS_PORT") or 0)
         if base:
             # One process tree, one host: each child gets its own port (trigger base, scheduler +1,
@@ -378,7 +408,9 @@ class DevStack:
 
     async def load_examples(self) -> None:
         folder = Path(self.args.examples)
-        client = await LegatoClient.connect(self.nats_url, namespace=self.namespace, actor="legato-dev")
+        client = await LegatoClient.connect(
+            self.nats_url, namespace=self.namespace, actor="legato-dev", creds=self.creds("admin")
+        )
         try:
             await self._wait_for_api(client)
             files = (  # recursively: examples/strategies/*.yaml are examples too
@@ -411,7 +443,7 @@ class DevStack:
                 await asyncio.sleep(0.3)
 
     async def watch(self) -> None:
-        nc = await nats.connect(self.nats_url, name="legato-dev-watch")
+        nc = await connect(self.nats_url, name="legato-dev-watch", options=self.nats_options("admin"))
         decoder = msgspec.json.Decoder(InstanceProgress)
 
         async def on_msg(msg: Any) -> None:

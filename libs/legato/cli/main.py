@@ -27,6 +27,9 @@ Handler = Callable[[argparse.Namespace, LegatoClient], Awaitable[int]]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="legato", description="Legato workflow orchestrator")
     p.add_argument("--nats-url", help="NATS server (default: LEGATO_NATS_URL, then .legato/dev.json)")
+    p.add_argument(
+        "--creds", help="nkey seed file to connect with (default: LEGATO_NATS_CREDS, then .legato/dev.json)"
+    )
     p.add_argument("--namespace", help="Legato namespace on that NATS (LEGATO_NAMESPACE)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -8,10 +8,23 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from legato.devstack.ports import free_port
 from legato.devstack.processes import die_with_parent
+from legato.security.keyring import Identity
+from legato.security.permissions import authorization_block
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate and key, and the CA its clients' certificates must chain to."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 def find_nats_server() -> str:
@@ -33,9 +46,19 @@ class EmbeddedNats:
     """nats-server -js on 127.0.0.1, data under ``store_dir``; ready when its log says so."""
 
     def __init__(
-        self, store_dir: str | os.PathLike[str], *, port: int | None = None, preferred_port: int = 4222
+        self,
+        store_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        preferred_port: int = 4222,
+        users: Sequence[Identity] | None = None,
+        tls: ServerTls | None = None,
     ):
+        """``users``: require nkey authentication, each identity with its role's permissions
+        (``legato.security.permissions``); ``tls``: TLS with client certificates verified against a CA."""
         self.store_dir = Path(store_dir)
+        self.users = users
+        self.tls = tls
         self.port = port or free_port(preferred_port)
         self.log_path = self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -43,26 +66,37 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        lines = [
+            f"listen: 127.0.0.1:{self.port}",
+            f'server_name: "legato-embedded-{self.port}"',
+            "max_payload: 8MB",
+            "jetstream {",
+            f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}",
+            "  max_memory_store: 256MB",
+            "}",
+        ]
+        if self.users is not None:
+            lines.append(authorization_block(self.users))
+        if self.tls is not None:
+            lines += [
+                "tls {",
+                f"  cert_file: {json.dumps(self.tls.cert)}",
+                f"  key_file: {json.dumps(self.tls.key)}",
+                f"  ca_file: {json.dumps(self.tls.ca)}",
+                "  verify: true",
+                "  timeout: 5",
+                "}",
+            ]
+        return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.write_text("")
         conf = self.store_dir / "nats-server.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"listen: 127.0.0.1:{self.port}",
-                    f'server_name: "legato-embedded-{self.port}"',
-                    "max_payload: 8MB",
-                    "jetstream {",
-                    f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}",
-                    "  max_memory_store: 256MB",
-                    "}",
-                ]
-            )
-            + "\n"
-        )
+        conf.write_text(self.config())
         args = [find_nats_server(), "-c", str(conf), "-l", str(self.log_path)]
         self.proc = subprocess.Popen(
             args,

@@ -17,11 +17,13 @@ import hashlib
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from legato.devstack.ports import free_port
 from legato.devstack.processes import die_with_parent
@@ -133,7 +135,12 @@ def _reachable_data_dir(data_dir: Path, owner: tuple[int, int] | None) -> Path:
 
 
 class EmbeddedPostgres:
-    """PostgreSQL on 127.0.0.1 with its data in ``data_dir`` (initialised on first start, kept after)."""
+    """PostgreSQL on 127.0.0.1 with its data in ``data_dir`` (initialised on first start, kept after).
+
+    The ``postgres`` user has a generated password, checked with SCRAM-SHA-256 (kept beside the data in
+    ``<data_dir>.password``, mode 0600). ``ssl``: serve TLS with this certificate and key (clients then
+    use ``sslmode=verify-full&sslrootcert=<ca>``).
+    """
 
     def __init__(
         self,
@@ -142,16 +149,30 @@ class EmbeddedPostgres:
         port: int | None = None,
         preferred_port: int = 5432,
         durable: bool = True,
+        ssl: tuple[str, str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
     ):
         self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port(preferred_port)
         self.durable = durable
+        self.ssl = ssl
+        # Another PostgreSQL build (e.g. one with SSL: the wheel's is built without it).
+        self.bin_dir = Path(bin_dir) if bin_dir else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.stop_with_parent = False  # `legato dev`: the server must not outlive it (kill -9 included)
+        self.password_path = self.data_dir.parent / f"{self.data_dir.name}.password"
+
+    @property
+    def password(self) -> str:
+        if not self.password_path.exists():
+            fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return self.password_path.read_text().strip()
 
     def url(self, database: str = "legato") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
 
     def _prepare_dir(self, owner: tuple[int, int] | None) -> None:
         self.data_dir = _reachable_data_dir(self.data_dir, owner)
@@ -165,30 +186,43 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
         owner = _run_as()
-        bin_dir = reachable_binaries(find_postgres_bin(), owner)
+        bin_dir = reachable_binaries(self.bin_dir or find_postgres_bin(), owner)
         self._prepare_dir(owner)
         kwargs: dict[str, object] = {}
         if owner is not None:
             kwargs = {"user": owner[0], "group": owner[1], "extra_groups": []}
         if not (self.data_dir / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    str(bin_dir / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "--auth=trust",
-                    "-U",
-                    "postgres",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                **kwargs,  # type: ignore[call-overload]
-            )
+            # initdb reads the password from a file the server user can read (beside the data's real
+            # place, which it can reach even when .legato/ cannot be); removed right after.
+            real = self.data_dir.resolve()
+            pwfile = real.parent / f"{real.name}.initdb-pw"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.password + "\n")
+            if owner is not None:
+                os.chown(pwfile, *owner)
+            try:
+                subprocess.run(
+                    [
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(self.data_dir),
+                        "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}",
+                        "-U",
+                        "postgres",
+                        "-E",
+                        "UTF8",
+                        "--locale=C",
+                        "--no-sync",
+                    ],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    **kwargs,  # type: ignore[call-overload]
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
         settings = [
             "-c",
             "listen_addresses=127.0.0.1",
@@ -201,6 +235,14 @@ class EmbeddedPostgres:
             "-c",
             "shared_buffers=128MB",
         ]
+        if self.ssl is not None:
+            # The server reads its key as its own user, and refuses a key others can read.
+            for src, dst in zip(self.ssl, ("server.crt", "server.key"), strict=True):
+                shutil.copyfile(src, self.data_dir / dst)
+                (self.data_dir / dst).chmod(0o600)
+                if owner is not None:
+                    os.chown(self.data_dir / dst, *owner)
+            settings += ["-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key"]
         if not self.durable:
             # Tests and throw-away benches: durability is not what they measure.
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]

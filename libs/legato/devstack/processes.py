@@ -91,7 +91,11 @@ class ServiceProcess:
             return ""
 
 
-def service_env(settings: Settings, state_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+def service_env(
+    settings: Settings, state_dir: Path, extra: dict[str, str] | None = None, *, service: str = ""
+) -> dict[str, str]:
+    """A service's environment; with credentials (``settings.auth_users``), the service's own seed from
+    the same keyring folder (``<folder>/<service>.nk``)."""
     env = {
         **os.environ,
         "LEGATO_NATS_URL": settings.nats_url,
@@ -102,8 +106,23 @@ def service_env(settings: Settings, state_dir: Path, extra: dict[str, str] | Non
         "LEGATO_LOG_LEVEL": settings.log_level,
         "LEGATO_GRACE_PERIOD": str(settings.grace_period),
         "LEGATO_STATE_DIR": str(state_dir),
-        **(extra or {}),
     }
+    # Credentials and TLS from the settings, else as inherited (a test session exports its own).
+    for var, value in (
+        ("LEGATO_AUTH_USERS", settings.auth_users),
+        ("LEGATO_NATS_CREDS", settings.nats_creds),
+        ("LEGATO_NATS_TLS_CA", settings.nats_tls_ca),
+        ("LEGATO_NATS_TLS_CERT", settings.nats_tls_cert),
+        ("LEGATO_NATS_TLS_KEY", settings.nats_tls_key),
+    ):
+        if value:
+            env[var] = value
+    users = env.get("LEGATO_AUTH_USERS", "")
+    if service and users:
+        own = Path(users).parent / f"{service}.nk"
+        if own.exists():
+            env["LEGATO_NATS_CREDS"] = str(own)
+    env.update(extra or {})
     return env
 
 
@@ -124,8 +143,12 @@ class Stack:
         self.settings = settings
         self.env = service_env(settings, log_dir / "state", extra_env)
         self.log_dir = log_dir
+
+        def env(service: str) -> dict[str, str]:
+            return service_env(settings, log_dir / "state", extra_env, service=service)
+
         self.services: dict[str, ServiceProcess] = {
-            "trigger": ServiceProcess("trigger", "legato.trigger", [], self.env, log_dir),
+            "trigger": ServiceProcess("trigger", "legato.trigger", [], env("trigger"), log_dir),
         }
         for i in range(schedulers):
             name = "scheduler" if i == 0 else f"scheduler{i}"
@@ -133,22 +156,21 @@ class Stack:
                 name,
                 "legato.scheduler",
                 ["--replica-id", f"replica-{i}", "--lease-ttl", str(lease_ttl)],
-                self.env,
+                env("scheduler"),
                 log_dir,
             )
         # The executor is stateless: it is not told where the database is.
-        executor_env = {k: v for k, v in self.env.items() if k != "LEGATO_DATABASE_URL"}
         for i in range(executors):
             self.services[f"executor{i}"] = ServiceProcess(
                 f"executor{i}",
                 "legato.executor",
                 ["--queue", "default", "--concurrency", str(concurrency)],
-                executor_env,
+                {k: v for k, v in env("executor").items() if k != "LEGATO_DATABASE_URL"},
                 log_dir,
             )
         if _module_exists("legato.signal_router"):
             self.services["signal_router"] = ServiceProcess(
-                "signal_router", "legato.signal_router", [], self.env, log_dir
+                "signal_router", "legato.signal_router", [], env("signal_router"), log_dir
             )
 
     def __getitem__(self, name: str) -> ServiceProcess:

@@ -20,7 +20,7 @@ import asyncpg
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from legato.bus.connection import connect
+from legato.bus.connection import connect_with
 from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
@@ -31,6 +31,8 @@ from legato.runtime.component import Component
 from legato.runtime.metrics_server import OK, MetricsServer
 from legato.runtime.settings import Settings
 from legato.runtime.supervisor import Supervisor
+from legato.security.permissions import relay_kinds
+from legato.security.wiring import work_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
@@ -98,9 +100,10 @@ class ServiceHost:
             instance = self.settings.replica
             configure_tracing(self.service, instance_id=instance)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
-        self._nc = await connect(self.settings.nats_url, name=f"legato-{self.service}")
+        self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
-        self.publisher = Publisher(self.nc)
+        sign = work_signer(self.settings, self.topology) if self.service == "scheduler" else None
+        self.publisher = Publisher(self.nc, sign=sign)
         if not self.with_database:
             self.dead_letters = NatsDeadLetters(self.publisher, self.topology, self.service)
             log.info("service_connected", nats=self.settings.nats_url, database=False)
@@ -130,7 +133,7 @@ class ServiceHost:
             max_deliveries=self.settings.max_deliveries,
         )
         if self.with_relay:
-            self.relay = OutboxRelay(self._pool, self.publisher)
+            self.relay = OutboxRelay(self._pool, self.publisher, kinds=relay_kinds(self.service))
         log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
         return self
 

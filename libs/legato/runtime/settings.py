@@ -41,6 +41,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Prometheus scrape endpoint (GET /metrics) of this process; 0 = none.
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
+    # Authentication (docs/security.md): this process's nkey seed file, and the users file (public keys,
+    # names, roles) the trigger verifies requests against and the executor takes scheduler keys from.
+    nats_creds: str = ""
+    auth_users: str = ""
+    # NATS TLS: CA bundle to verify the server, and this client's certificate and key (mutual TLS).
+    nats_tls_ca: str = ""
+    nats_tls_cert: str = ""
+    nats_tls_key: str = ""
+    # Largest API request body the trigger accepts.
+    api_max_request_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         _check(
@@ -79,6 +89,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_DATABASE_URL",
             "must start with postgresql://",
             self.database_url,
+        )
+        _check(
+            bool(self.nats_tls_cert) == bool(self.nats_tls_key),
+            "LEGATO_NATS_TLS_CERT",
+            "and LEGATO_NATS_TLS_KEY must be given together",
+            self.nats_tls_cert,
+        )
+        _check(
+            1024 <= self.api_max_request_bytes <= 64 * 1024 * 1024,
+            "LEGATO_API_MAX_REQUEST_BYTES",
+            "must be 1024..67108864",
+            self.api_max_request_bytes,
         )
         ns = self.namespace
         _check(
@@ -128,7 +150,7 @@ def load_settings(
     state_dir = (overrides or {}).get("state_dir") or env.get("LEGATO_STATE_DIR") or ".legato"
     if use_dev_state:
         dev = read_dev_state(state_dir)
-        for key in ("nats_url", "database_url", "namespace", "partitions"):
+        for key in ("nats_url", "database_url", "namespace", "partitions", "nats_creds", "auth_users"):
             if key in dev:
                 raw[key] = dev[key]
     for name, var in _FIELDS.items():

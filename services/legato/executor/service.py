@@ -36,6 +36,8 @@ from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
 from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
+from legato.security.signing import WorkVerifier
+from legato.security.wiring import trusted_work, work_verifier
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
@@ -98,6 +100,7 @@ class ExecutorService(Component):
         executor_id: str,
         max_deliveries: int = 5,
         replicas: int = 1,
+        trusted: WorkVerifier | None = None,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -132,7 +135,7 @@ class ExecutorService(Component):
             nc.jetstream(),
             self.spec,
             WORK_DECODER,
-            self.attempts.handle,
+            trusted_work(self.attempts.handle, trusted),  # only the scheduler's signed items run
             dead_letters=dead_letters,
             # Never fetch more than can run: the rest stays in the stream for other replicas.
             batch=options.concurrency,
@@ -153,6 +156,7 @@ class ExecutorService(Component):
             executor_id=options.executor_id or host.settings.replica,
             max_deliveries=host.settings.max_deliveries,
             replicas=host.settings.stream_replicas,
+            trusted=work_verifier(host.settings),
         )
 
     async def _run(self) -> None:

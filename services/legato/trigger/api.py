@@ -39,6 +39,7 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.authz import Authz
 from legato.trigger.dead_letter_api import DeadLetterApi
 from legato.trigger.replies import cut_text, fit, max_payload, reply_budget, size_of, truncated
 from legato.trigger.signal_api import SignalApi
@@ -78,6 +79,7 @@ class ApiService(Component):
         wake_relay: Callable[[], None],
         max_concurrent: int = 256,
         start_batch: int = 256,
+        authz: Authz | None = None,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -95,6 +97,7 @@ class ApiService(Component):
         self._pruned_at = 0.0
         self.service: Service | None = None
         self.requests = 0
+        self.authz = authz or Authz(None)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,10 +179,12 @@ class ApiService(Component):
                 ) as span,
             ):
                 try:
+                    who = self.authz.check(name, req)  # size, signature, role: trigger/authz.py
                     try:
                         body = decoder.decode(req.data or b"{}")
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         raise ApiError("bad_request", f"{name}: {exc}") from None
+                    body = self.authz.bind(body, who)
                     with bind_context(**_ids_of(body)):
                         result = await fn(body)
                     payload = _encoder.encode({"result": result})

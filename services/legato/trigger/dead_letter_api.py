@@ -27,6 +27,11 @@ log = get_logger("legato.trigger")
 
 Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 REPLAY_HEADER = "Legato-Replay-Of"
+
+
+def is_work_item(subject: str) -> bool:
+    """``[<namespace>.]legato.work.<queue>``: an attempt the scheduler issued and signed."""
+    return subject.startswith("legato.work.") or ".legato.work." in subject
 COLUMNS = (
     "id, stream, consumer, subject, stream_seq, msg_id, headers, payload, error, deliveries, created_at, "
     "replayed_at, replayed_by, discarded_at, discarded_by"
@@ -144,6 +149,17 @@ class DeadLetterApi:
                 )
             if r["replayed_at"] is not None:
                 return {**_summary(r), "replayed": False, "already_replayed": True}
+            if is_work_item(r["subject"]):
+                # Republishing would have the scheduler's relay sign whatever bytes the dead letter holds
+                # (a forged item included); the scheduler settles a dead-lettered attempt and its retry
+                # policy issues a new one, so there is nothing to replay.
+                raise ApiError(
+                    "not_applicable",
+                    f"dead letter {req.id} is a work item: work items are never replayed (the scheduler "
+                    "settles the attempt and retries it per the step's retry policy; restart the run to "
+                    "run it again)",
+                    {"id": req.id, "subject": r["subject"]},
+                )
             headers = {k: str(v) for k, v in (r["headers"] or {}).items() if k != MSG_ID_HEADER}
             headers[REPLAY_HEADER] = str(req.id)
             await add_to_outbox(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
+from legato.security.wiring import request_verifier
 from legato.trigger.api import ApiService
+from legato.trigger.authz import Authz
 from legato.trigger.cron import CronLoop, clock_from_env
 
 
 async def run_trigger(settings: Settings) -> None:
     async with ServiceHost("trigger", settings) as host:
-        host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay))
+        authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
+        host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay, authz=authz))
         host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
         await host.run()

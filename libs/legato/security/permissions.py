@@ -1,0 +1,165 @@
+"""Each role's NATS subject permissions, enforced by nats-server, and the API endpoints each role may call.
+
+Subjects are listed bare (``legato.work.>``) and with one namespace token in front (``*.legato.work.>``):
+a namespace lets several installs (or test cases) share a server; it is not a security boundary.
+JetStream's API subjects are granted per verb (create/info/fetch), not per stream, because stream names
+carry the namespace; no role but ``root`` may delete or purge a stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from legato.security.keyring import Identity
+
+VIEWER_ENDPOINTS = (
+    "workflow.get",
+    "workflow.list",
+    "workflow.status",
+    "workflow.validate",
+    "tag.list",
+    "instance.get",
+    "instance.list",
+    "instance.iterations",
+    "signal.list",
+    "signal.pending",
+    "signal.lineage",
+    "dead_letter.list",
+    "dead_letter.get",
+)
+OPERATOR_ENDPOINTS = (
+    "instance.start",
+    "instance.stop",
+    "instance.kill",
+    "instance.restart",
+    "instance.unblock",
+    "instance.skip_step",
+    "workflow.stop",
+    "workflow.kill",
+    "workflow.unblock",
+    "signal.send",
+    "dead_letter.replay",
+)
+# Everything else (push, activate, deactivate, set_run_strategy, tag.set, signal.set_schema,
+# workflow.archive/delete, dead_letter.discard, and any endpoint added later) needs admin: a new endpoint is closed until someone opens it here.
+RANK = {"viewer": 1, "operator": 2, "admin": 3, "root": 3}
+
+
+def required_role(endpoint: str) -> str:
+    if endpoint in VIEWER_ENDPOINTS:
+        return "viewer"
+    if endpoint in OPERATOR_ENDPOINTS:
+        return "operator"
+    return "admin"
+
+
+def may_call(role: str, endpoint: str) -> bool:
+    return RANK.get(role, 0) >= RANK[required_role(endpoint)]
+
+
+def _ns(subjects: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for s in subjects:
+        out += [s, f"*.{s}"] if s.startswith("legato.") else [s]
+    return out
+
+
+JS_SERVICE = [
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.>",
+    "$JS.API.STREAM.CREATE.>",
+    "$JS.API.STREAM.UPDATE.>",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.MSG.GET.>",
+    "$JS.API.CONSUMER.>",
+    "$JS.ACK.>",
+]
+INBOX = "_INBOX.>"
+# The executor's attempt claims (bucket LEGATO_ATTEMPTS, namespaced): a KV put/create is a publish on
+# $KV.<bucket>.<key>, a get a direct get. A bucket name carries the namespace inside its only token, so
+# no subject wildcard can name it alone: only the executor is given KV subjects at all.
+KV_ATTEMPTS = ["$KV.>", "$JS.API.DIRECT.GET.>"]
+
+
+def api_subjects(role: str) -> list[str]:
+    if role in ("admin", "root"):
+        return ["legato.api.>"]
+    names = VIEWER_ENDPOINTS + (OPERATOR_ENDPOINTS if role == "operator" else ())
+    return [f"legato.api.{n}" for n in names]
+
+
+# What each service's outbox relay may publish (the outbox table is shared: a relay must not pick rows
+# its NATS permissions refuse, e.g. the trigger relaying the scheduler's work items). None = all.
+RELAY_KINDS: dict[str, tuple[str, ...] | None] = {
+    "trigger": ("trigger", "signal"),
+    "scheduler": None,
+    "signal_router": ("trigger", "event"),
+    "executor": ("event",),
+}
+
+
+def relay_kinds(service: str) -> tuple[str, ...] | None:
+    return RELAY_KINDS.get(service.replace("-", "_"))
+
+
+def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
+    """nats-server ``permissions`` for one role."""
+    if role == "root":
+        return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    pub: list[str]
+    sub: list[str]
+    deny_pub: list[str] = []
+    if role == "trigger":
+        pub = [*_ns(["legato.trigger.>", "legato.signal.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
+        sub = [*_ns(["legato.api.>"]), INBOX, "$SRV.>"]
+    elif role == "scheduler":
+        pub = [
+            *_ns(
+                [
+                    "legato.work.>",
+                    "legato.trigger.>",
+                    "legato.event.>",
+                    "legato.signal.>",
+                    "legato.control.>",
+                    "legato.progress.>",
+                ]
+            ),
+            *JS_SERVICE,
+            INBOX,
+        ]
+        # Executors' liveness (scheduler/liveness.py).
+        sub = [*_ns(["legato.control.heartbeat"]), INBOX]
+    elif role == "executor":
+        # Results go to the events stream, liveness to the schedulers, its dead letters to the stateful
+        # services, attempt claims to its KV bucket; nothing else: no work, no API, no triggers, no signals.
+        pub = [
+            *_ns(["legato.event.>", "legato.control.heartbeat", "legato.deadletter.executor"]),
+            *JS_SERVICE,
+            *KV_ATTEMPTS,
+            INBOX,
+        ]
+        sub = [*_ns(["legato.control.cancel.*"]), INBOX]
+    elif role == "signal_router":
+        pub = [*_ns(["legato.trigger.>", "legato.event.>"]), *JS_SERVICE, INBOX]
+        sub = [INBOX]
+    elif role == "publisher":
+        pub = _ns(["legato.signal.>"])
+        deny_pub = _ns(["legato.signal._legato.>"])
+        sub = [INBOX]
+    elif role in ("viewer", "operator", "admin"):
+        pub = _ns(api_subjects(role))
+        sub = [*_ns(["legato.progress.>"]), INBOX]
+    else:
+        raise ValueError(f"unknown role {role!r}")
+    perms: dict[str, dict[str, list[str]]] = {"publish": {"allow": pub}, "subscribe": {"allow": sub}}
+    if deny_pub:
+        perms["publish"]["deny"] = deny_pub
+    return perms
+
+
+def authorization_block(users: Iterable[Identity]) -> str:
+    """nats-server config: every identity as an nkey user with its role's permissions (JSON is valid
+    nats-server config syntax, so values are quoted exactly)."""
+    entries = [{"nkey": u.public_key, "permissions": role_permissions(u.role)} for u in users]
+    return "authorization " + json.dumps({"users": entries}, indent=2)

@@ -1,0 +1,76 @@
+"""How services pick up identities from Settings: the scheduler's work signer, the executor's work
+check, the trigger's request verifier. Each is None when no credentials are configured (open mode,
+warned about at start)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from legato.bus.consumer import Delivery, Poison
+from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
+from legato.security.keyring import load_users
+from legato.security.keys import Signer
+from legato.security.signing import RequestVerifier, WorkVerifier, sign_work
+from legato.telemetry import get_logger
+
+if TYPE_CHECKING:
+    from legato.bus.topology import Topology
+    from legato.runtime.settings import Settings
+
+log = get_logger("legato.security")
+T = TypeVar("T")
+
+
+def work_signer(
+    settings: Settings, topology: Topology
+) -> Callable[[OutgoingMessage], Mapping[str, str]] | None:
+    """Signs every message the scheduler publishes to ``legato.work.>`` with its own seed."""
+    if not settings.nats_creds:
+        log.warning("work_items_unsigned", reason="no LEGATO_NATS_CREDS: running without credentials")
+        return None
+    signer = Signer.from_file(settings.nats_creds)
+    prefix = topology.subject_prefix("work")
+
+    def sign(msg: OutgoingMessage) -> Mapping[str, str]:
+        if not msg.subject.startswith(prefix):
+            return {}
+        return sign_work(signer, msg.subject, msg.msg_id or "", msg.payload)
+
+    return sign
+
+
+def work_verifier(settings: Settings) -> WorkVerifier | None:
+    if not settings.auth_users:
+        log.warning("work_items_unverified", reason="no LEGATO_AUTH_USERS: running without credentials")
+        return None
+    # root may publish anything anyway (break-glass, and tests running a scheduler in-process).
+    return WorkVerifier(u for u in load_users(settings.auth_users) if u.role in ("scheduler", "root"))
+
+
+def request_verifier(settings: Settings) -> RequestVerifier | None:
+    if not settings.auth_users:
+        log.warning("api_unauthenticated", reason="no LEGATO_AUTH_USERS: any caller is trusted")
+        return None
+    return RequestVerifier(load_users(settings.auth_users))
+
+
+def trusted_work(
+    handler: Callable[[Delivery[T]], Awaitable[None]], verifier: WorkVerifier | None
+) -> Callable[[Delivery[T]], Awaitable[None]]:
+    """The executor's handler, behind a check that the item is the scheduler's: anything else is
+    refused before it runs and dead-lettered with the reason (``Poison``)."""
+    if verifier is None:
+        return handler
+
+    async def checked(delivery: Delivery[T]) -> None:
+        raw: Any = delivery.raw
+        why = verifier.problem(
+            delivery.subject, delivery.headers.get(MSG_ID_HEADER, ""), raw.data, delivery.headers
+        )
+        if why is not None:
+            log.error("work_item_refused", subject=delivery.subject, reason=why)
+            raise Poison(why)
+        await handler(delivery)
+
+    return checked
