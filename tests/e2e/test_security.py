@@ -238,7 +238,11 @@ async def test_raw_work_is_refused_by_the_server_and_never_run(
         assert "no scheduler signature" in errors.get(unsigned.attempt_id, ""), errors
         assert "not a scheduler key" in errors.get(forged.attempt_id, ""), errors
         # Replaying a dead-lettered work item would have the scheduler's relay sign it: refused.
-        [dead] = [d for d in (await admin.call("dead_letter.list", {}))["dead_letters"] if d["msg_id"] == forged.attempt_id]
+        [dead] = [
+            d
+            for d in (await admin.call("dead_letter.list", {}))["dead_letters"]
+            if d["msg_id"] == forged.attempt_id
+        ]
         with pytest.raises(ApiError) as refused:
             await admin.call("dead_letter.replay", {"id": dead["id"], "reason": "try"})
         assert refused.value.code == "not_applicable" and "never replayed" in refused.value.message

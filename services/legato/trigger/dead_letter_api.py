@@ -32,6 +32,8 @@ REPLAY_HEADER = "Legato-Replay-Of"
 def is_work_item(subject: str) -> bool:
     """``[<namespace>.]legato.work.<queue>``: an attempt the scheduler issued and signed."""
     return subject.startswith("legato.work.") or ".legato.work." in subject
+
+
 COLUMNS = (
     "id, stream, consumer, subject, stream_seq, msg_id, headers, payload, error, deliveries, created_at, "
     "replayed_at, replayed_by, discarded_at, discarded_by"
