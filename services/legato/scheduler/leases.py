@@ -221,7 +221,7 @@ class PartitionLeaser(Component):
         conn = self._conn
         if conn is None:
             raise asyncpg.InterfaceError("no lease connection")
-        held = [p for p in self.tokens if p not in self._releasing]
+        held = list(self.tokens)  # partitions being handed back too: their in-flight work may still commit
         rows = await conn.fetch(
             """
             WITH me AS (
