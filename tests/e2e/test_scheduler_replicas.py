@@ -260,7 +260,9 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
                 assert candidate.pid is not None
                 os.kill(candidate.pid, signal.SIGSTOP)
                 await asyncio.sleep(0.3)
-                if await db.fetchval(IDLE_IN_TRANSACTION) and await locked_leases(db):
+                # Best: caught holding lease rows (between its final lease check and its commit); else,
+                # after a while, holding any transaction (a workflow row, mid-batch).
+                if await db.fetchval(IDLE_IN_TRANSACTION) and (attempt >= 30 or await locked_leases(db)):
                     victim = candidate
                     break
                 os.kill(candidate.pid, signal.SIGCONT)
