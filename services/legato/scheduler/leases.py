@@ -200,7 +200,9 @@ class PartitionLeaser(Component):
         last_ok = asyncio.get_running_loop().time()
         while True:
             try:
-                await self.renew()
+                # Bounded on this side too: a Postgres that hangs (rather than refuses) must not keep
+                # this process believing it owns partitions past its lease time.
+                await asyncio.wait_for(self.renew(), timeout=max(0.5, self.ttl / 2))
                 last_ok = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
@@ -251,6 +253,8 @@ class PartitionLeaser(Component):
 
     async def round(self) -> None:
         """Balance: give back what is above the fair share (in the background), take free partitions."""
+        if self._conn is None:
+            return  # not holding the replica id (reconnecting): own nothing
         async with self.pool.acquire() as conn:
             live = await conn.fetchval(
                 "SELECT count(*) FROM scheduler_replica "
