@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from legato.bus.topology import partition_of
 from legato.devstack.processes import ServiceProcess, service_env
 from legato.runtime.settings import Settings
 from tests.e2e.test_spine import _ledger_lines
@@ -46,6 +47,16 @@ async def owners(db: asyncpg.Connection) -> dict[int, tuple[str, int]]:
         "SELECT partition, owner, token FROM partition_lease WHERE expires_at > clock_timestamp()"
     )
     return {r["partition"]: (r["owner"], r["token"]) for r in rows}
+
+
+async def locked_leases(db: asyncpg.Connection) -> int:
+    """How many lease rows some transaction holds a lock on right now (those FOR UPDATE would skip)."""
+    async with db.transaction():
+        free = await db.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM partition_lease FOR UPDATE SKIP LOCKED) t"
+        )
+        total = await db.fetchval("SELECT count(*) FROM partition_lease")
+    return int(total) - int(free)
 
 
 async def until(cond: object, timeout: float, what: str, *procs: ServiceProcess) -> float:
@@ -193,11 +204,11 @@ steps:
     retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
 """
 
-# A scheduler's connection that sits idle inside a transaction holding a lock on partition_lease rows.
-PAUSED_HOLDER = """
-SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
-WHERE a.datname = current_database() AND a.state = 'idle in transaction'
-  AND l.relation = 'partition_lease'::regclass AND l.granted
+# A session that sits idle inside a transaction (only a stopped process stays so for long).
+IDLE_IN_TRANSACTION = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND state = 'idle in transaction'
+  AND state_change < clock_timestamp() - interval '200 milliseconds'
 """
 
 
@@ -209,7 +220,13 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
     over its partitions and every new run completes while it stays stopped; after SIGCONT nothing is
     stuck, nothing ran twice, nothing was dead-lettered."""
     ledger = tmp_path / "ledger.txt"
-    flows = [f"led{i}" for i in range(8)]
+    # One workflow on every partition, so every partition must be served by someone.
+    names = (f"led{i}" for i in range(10_000))
+    by_partition: dict[int, str] = {}
+    while len(by_partition) < settings.partitions:
+        name = next(names)
+        by_partition.setdefault(partition_of(name, settings.partitions), name)
+    flows = sorted(by_partition.values())
     async with running_stack(settings, tmp_path, schedulers=2, lease_ttl=TTL, concurrency=8) as (
         stack,
         client,
@@ -243,7 +260,9 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
                 assert candidate.pid is not None
                 os.kill(candidate.pid, signal.SIGSTOP)
                 await asyncio.sleep(0.3)
-                if await db.fetchval(PAUSED_HOLDER):
+                # Best: caught holding lease rows (between its final lease check and its commit); else,
+                # after a while, holding any transaction (a workflow row, mid-batch).
+                if await db.fetchval(IDLE_IN_TRANSACTION) and (attempt >= 30 or await locked_leases(db)):
                     victim = candidate
                     break
                 os.kill(candidate.pid, signal.SIGCONT)
@@ -254,13 +273,20 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
         assert victim is not None and victim.pid is not None, "never caught a scheduler inside a transaction"
         try:
             paused_at = time.monotonic()
-            # While it stays stopped, new runs of every workflow (so on every partition) complete.
-            fresh = [(await client.start(w, request_id=f"fresh-{w}"))["instance_id"] for w in flows]
-            for i in fresh:
-                info = await wait_for(client, i, timeout=60)
-                assert info["status"] == "succeeded", info
-            took = time.monotonic() - paused_at
-            print(f"runs progressing on every partition {took:.1f}s after SIGSTOP of a replica")
+            # While it stays stopped (for several lease times), new runs on every partition complete.
+            fresh: list[str] = []
+            for wave in range(3):
+                ids_now = [
+                    (await client.start(w, request_id=f"fresh{wave}-{w}"))["instance_id"] for w in flows
+                ]
+                for i in ids_now:
+                    info = await wait_for(client, i, timeout=45)
+                    assert info["status"] == "succeeded", info
+                if wave == 0:
+                    took = time.monotonic() - paused_at
+                    print(f"runs progressing on every partition {took:.1f}s after SIGSTOP of a replica")
+                fresh += ids_now
+                await asyncio.sleep(TTL)
             assert victim.alive
         finally:
             os.kill(victim.pid, signal.SIGCONT)

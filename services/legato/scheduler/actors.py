@@ -45,7 +45,6 @@ log = get_logger("legato.scheduler")
 # Errors that say "this process's transaction was ended under it" (paused past the idle timeout, the
 # connection cut), never "this message is bad".
 OWNERSHIP_ERRORS: tuple[type[Exception], ...] = (
-    LeaseLost,
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     asyncpg.PostgresConnectionError,
 )
@@ -128,18 +127,16 @@ class WorkflowActor:
     async def _process(self, batch: list[Envelope]) -> None:
         try:
             await self._apply(batch)
-        except OWNERSHIP_ERRORS as exc:
-            # Not a failure of the messages: this process lost the partition, or was paused long enough
-            # for Postgres to end its transaction. They go back (uncounted) for whoever owns it now.
-            self.state = None
-            self.items_cache.clear()
-            for env in batch:
-                if not env.future.done():
-                    env.future.set_exception(Retry(2.0, str(exc) or type(exc).__name__))
-            return
         except Exception as exc:
             self.state = None  # memory may be ahead of what committed: rebuild from Postgres
             self.items_cache.clear()
+            if self._ownership_problem(exc):
+                # Not a failure of the messages: this process lost the partition, or was paused long
+                # enough for Postgres to end its transaction. They go back (uncounted) for the owner.
+                for env in batch:
+                    if not env.future.done():
+                        env.future.set_exception(Retry(2.0, str(exc) or type(exc).__name__))
+                return
             if len(batch) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
@@ -152,6 +149,13 @@ class WorkflowActor:
         for env in batch:
             if not env.future.done():
                 env.future.set_result(None)
+
+    def _ownership_problem(self, exc: Exception) -> bool:
+        if isinstance(exc, LeaseLost):
+            return True
+        # A transaction ended under us while this process still holds the lease was not paused: it was
+        # slow (a batch computing for longer than the idle timeout), and that counts as a failure.
+        return isinstance(exc, OWNERSHIP_ERRORS) and self.registry.leaser.token(self.partition) is None
 
     async def _apply(self, batch: list[Envelope]) -> None:
         reg = self.registry
@@ -220,6 +224,7 @@ class WorkflowActor:
                     )
                 )
             await uow.flush(conn, state.row)
+            await reg.leaser.check(conn, self.partition, final=True)
         self.batches += 1
         for emit in uow.spans:
             emit()

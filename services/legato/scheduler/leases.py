@@ -4,16 +4,16 @@ Each replica holds a session advisory lock on its name (one live process per rep
 in ``scheduler_replica`` and aims to own ``ceil(P / live replicas)`` partitions. A partition can be
 taken when its lease expired, or when its owner has the same replica name (that replica restarted: the
 name lock proves the old process is gone). Every (re)acquisition bumps the token; every actor
-transaction re-checks the token under ``FOR KEY SHARE``, so a paused or partitioned old owner can never
-commit a decision after its partition moved on.
+transaction re-checks the token under ``FOR KEY SHARE`` right before it commits, so a paused or
+partitioned old owner can never commit a decision after its partition moved on.
 
 Nothing here ever waits on a row another process holds:
 
 - renewal and heartbeat run in their own task on their own connection, and only update this process's
   rows with a plain ``UPDATE`` (which ``FOR KEY SHARE`` does not block);
 - acquisition takes candidate rows ``FOR UPDATE SKIP LOCKED``: a row that a paused owner's transaction
-  still holds is skipped until Postgres ends that transaction (actor transactions set
-  ``idle_in_transaction_session_timeout`` below the lease time);
+  still holds is skipped until Postgres ends that transaction (from its final lease check on, an actor
+  transaction's ``idle_in_transaction_session_timeout`` is below the lease time);
 - releases (rebalancing) run concurrently, outside the balancing round;
 - expiry is computed with ``clock_timestamp()``, never the transaction's start time.
 """
@@ -87,26 +87,35 @@ class PartitionLeaser(Component):
         return self.tokens.get(partition)
 
     @property
-    def idle_timeout_ms(self) -> int:
-        """How long an actor transaction may sit idle before Postgres ends it (a paused process)."""
+    def work_idle_timeout_ms(self) -> int:
+        """How long an actor transaction may sit idle while it computes (a paused process holding a
+        workflow row is ended after this): generous, so that legitimate big batches never hit it."""
+        return int(max(2 * self.ttl, 10.0) * 1000)
+
+    @property
+    def commit_idle_timeout_ms(self) -> int:
+        """From the final lease check to the commit: below the lease time, so a process paused while
+        it holds its lease row is ended before the lease could be taken over."""
         return max(200, int(self.ttl * 1000 / 2))
 
-    async def check(self, conn: asyncpg.Connection, partition: int) -> None:
+    async def check(self, conn: asyncpg.Connection, partition: int, *, final: bool = False) -> None:
         """Inside an actor's transaction: fail unless this process still holds the partition.
 
-        Also bounds how long this transaction may stay idle: if this process is paused while it holds
-        the row, Postgres ends the transaction before the lease could be taken over."""
+        At the start (``final=False``) a plain read, to fail fast; just before the commit
+        (``final=True``) under ``FOR KEY SHARE``, which keeps the lease from moving until the commit (a
+        taker's ``FOR UPDATE SKIP LOCKED`` passes it by) without delaying this process's own renewals.
+        Each also bounds how long the transaction may stay idle (see the two timeouts above)."""
         token = self.tokens.get(partition)
         if token is None:
             raise LeaseLost(f"partition {partition} is not owned by this scheduler")
         ok = await conn.fetchval(
             "SELECT set_config('idle_in_transaction_session_timeout', $4, true) IS NOT NULL "
             "FROM partition_lease WHERE partition = $1 AND incarnation = $2 AND token = $3 "
-            "AND expires_at > clock_timestamp() FOR KEY SHARE",
+            "AND expires_at > clock_timestamp()" + (" FOR KEY SHARE" if final else ""),
             partition,
             self.incarnation,
             token,
-            str(self.idle_timeout_ms),
+            str(self.commit_idle_timeout_ms if final else self.work_idle_timeout_ms),
         )
         if ok is None:
             raise LeaseLost(f"partition {partition} lease lost")
@@ -191,7 +200,9 @@ class PartitionLeaser(Component):
         last_ok = asyncio.get_running_loop().time()
         while True:
             try:
-                await self.renew()
+                # Bounded on this side too: a Postgres that hangs (rather than refuses) must not keep
+                # this process believing it owns partitions past its lease time.
+                await asyncio.wait_for(self.renew(), timeout=max(0.5, self.ttl / 2))
                 last_ok = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
@@ -221,7 +232,7 @@ class PartitionLeaser(Component):
         conn = self._conn
         if conn is None:
             raise asyncpg.InterfaceError("no lease connection")
-        held = [p for p in self.tokens if p not in self._releasing]
+        held = list(self.tokens)  # partitions being handed back too: their in-flight work may still commit
         rows = await conn.fetch(
             """
             WITH me AS (
@@ -242,6 +253,8 @@ class PartitionLeaser(Component):
 
     async def round(self) -> None:
         """Balance: give back what is above the fair share (in the background), take free partitions."""
+        if self._conn is None:
+            return  # not holding the replica id (reconnecting): own nothing
         async with self.pool.acquire() as conn:
             live = await conn.fetchval(
                 "SELECT count(*) FROM scheduler_replica "
