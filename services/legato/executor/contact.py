@@ -35,6 +35,7 @@ class NatsContact:
         self.interval = interval
         self.lease = lease
         self._last = time.monotonic()
+        self._renew_failing = False
         self.confirm(self._last)  # connected just now: the lease exists before any step starts
 
     def confirm(self, sent: float) -> None:
@@ -43,8 +44,11 @@ class NatsContact:
         if self.lease is not None:
             try:
                 self.lease.renew(self._last)
+                self._renew_failing = False
             except OSError as exc:  # the guards fence the steps: a lease that cannot be renewed expires
-                log.warning("fence_lease_renew_failed", error=repr(exc))
+                if not self._renew_failing:
+                    log.warning("fence_lease_renew_failed", error=repr(exc))
+                self._renew_failing = True
 
     def silent_for(self) -> float:
         return time.monotonic() - self._last
