@@ -40,8 +40,9 @@ from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.executor.capture import CapturedOutput
 from legato.executor.claims import AttemptClaims, ClaimsUnavailable
 from legato.executor.contact import NatsContact
+from legato.executor.lease import FenceLease
 from legato.executor.recent import RecentCancels, RecentResults
-from legato.executor.step import StepContext, StepFailed, StepResult, StepRunner
+from legato.executor.step import StepContext, StepFailed, StepFenced, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
 from legato.telemetry import bind_context, extract_context, get_logger, get_tracer, inject_headers, metrics
 
@@ -83,6 +84,7 @@ class AttemptProcessor:
         claims: AttemptClaims | None = None,
         contact: NatsContact | None = None,
         fence_after: float = 0.0,
+        lease: FenceLease | None = None,
     ) -> None:
         self.publisher = publisher
         self.runners = runners
@@ -97,6 +99,8 @@ class AttemptProcessor:
         # Steps are stopped after fence_after seconds without contact with NATS (0: never).
         self.contact = contact
         self.fence_after = fence_after
+        # Enforced by every step's guard process, even while this process is frozen.
+        self.lease = lease
         # executed, each outcome, lost, republished, cancelled_before_start
         self.stats: Counter[str] = Counter()
         self._running: dict[str, RunningAttempt] = {}
@@ -252,7 +256,7 @@ class AttemptProcessor:
                 started_at=started_at,
                 error=f"unknown step type {item.step_type!r}; this executor runs: {known}",
             )
-        ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace)
+        ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace, lease=self.lease)
         step = asyncio.create_task(runner.run(ctx), name=f"step:{item.attempt_id}")
         cancel_requested = asyncio.create_task(running.cancel_requested.wait())
         fenced = asyncio.create_task(self._fence())
@@ -282,6 +286,18 @@ class AttemptProcessor:
         if step in done:
             try:
                 result: StepResult = step.result()
+            except StepFenced as exc:
+                # Already settled as lost by the scheduler if it was silent for long: this late report
+                # then changes nothing; otherwise the step's platform retry policy applies.
+                log.warning("attempt_fenced_by_guard", why=exc.why)
+                self.stats["fenced"] += 1
+                return self._finished(
+                    item,
+                    "platform_error",
+                    started_at=started_at,
+                    error=f"fenced: {exc.why}",
+                    log_tail=log_tail,
+                )
             except StepFailed as exc:
                 return self._finished(
                     item,
@@ -310,11 +326,12 @@ class AttemptProcessor:
                 log_tail=log_tail,
             )
         if fenced in done:
+            silent = self.contact.silent_for() if self.contact is not None else self.fence_after
             error = (
-                f"stopped: no contact with NATS for {self.fence_after:g}s, so its work item could go to "
-                "another executor"
+                f"fenced: executor lost contact with NATS for {silent:.1f} s, so the scheduler could "
+                "retry the attempt elsewhere"
             )
-            log.warning("attempt_fenced", silent_for=round(self.fence_after, 1))
+            log.warning("attempt_fenced", silent_for=round(silent, 1))
             self.stats["fenced"] += 1
             return self._finished(
                 item, "platform_error", started_at=started_at, error=error, log_tail=log_tail

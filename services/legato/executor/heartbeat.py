@@ -15,13 +15,14 @@ from collections.abc import Callable
 from nats.aio.client import Client
 
 from legato.bus.topology import Topology
+from legato.protocol.liveness import EXECUTOR_HEARTBEAT_INTERVAL
 from legato.protocol.messages import ExecutorHeartbeat, encode
 from legato.runtime.component import Component
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
 
-HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_INTERVAL = EXECUTOR_HEARTBEAT_INTERVAL
 
 
 class ExecutorHeartbeats(Component):

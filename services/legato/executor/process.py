@@ -3,7 +3,10 @@
 Every step starts under its guard (``stepguard.py``), a session leader (``start_new_session``), so the
 step and anything it forks share one process group, and the guard kills that whole tree the moment the
 executor dies, ``kill -9`` included (a parent-death signal plus a child subreaper): a step never runs on
-without its executor, so a retry of an attempt lost with its executor never overlaps it. Stopping a step (timeout, cancel, shutdown) sends SIGTERM to the whole group, waits
+without its executor, so a retry of an attempt lost with its executor never overlaps it. Nor does it run
+on for long beside a frozen or cut-off executor: the guard also enforces the executor's fence lease
+(``lease.py``) and SIGKILLs the tree once it expires. Stopping a step (timeout, cancel, shutdown) sends
+SIGTERM to the whole group, waits
 ``kill_grace`` seconds for the leader, then SIGKILLs whatever is left. When the leader exits on its own,
 stragglers it left in the group (background jobs) are killed too: a step's processes never outlive it.
 
@@ -24,17 +27,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from legato.executor.capture import CapturedOutput
-from legato.executor.step import StepFailed
+from legato.executor.lease import FenceLease
+from legato.executor.step import StepFailed, StepFenced
 
 PIPES_CLOSE_TIMEOUT = 1.0  # after the group is gone, pipes still held open elsewhere are not waited for
 REAP_TIMEOUT = 5.0  # after SIGKILL, the exit is normally seen within milliseconds
 STEP_GUARD = Path(__file__).with_name("stepguard.py")
 
 
-def guarded(argv: Sequence[str]) -> list[str]:
-    """``argv`` run under the step guard, bound to this (the executor) process's life."""
+def guarded(argv: Sequence[str], lease: FenceLease | None = None) -> list[str]:
+    """``argv`` run under the step guard, bound to this (the executor) process's life and lease."""
     # -I -S: no user site, no PYTHON* variables from the step's environment, fast start.
-    return [sys.executable, "-I", "-S", str(STEP_GUARD), str(os.getpid()), "--", *argv]
+    fenced = ["--lease", str(lease.path)] if lease is not None else []
+    return [sys.executable, "-I", "-S", str(STEP_GUARD), str(os.getpid()), *fenced, "--", *argv]
 
 
 class _CapturingProtocol(asyncio.SubprocessProtocol):
@@ -66,16 +71,18 @@ async def run_in_process_group(
     output: CapturedOutput,
     kill_grace: float,
     stdin: bytes | None = None,
+    lease: FenceLease | None = None,
 ) -> int:
     """Run ``argv`` to completion and return its exit code (negative: killed by that signal).
 
-    Cancelling the caller stops the whole process group before the cancellation propagates.
+    Cancelling the caller stops the whole process group before the cancellation propagates. With a
+    ``lease``, the guard kills the step once the lease expires: ``StepFenced`` is raised then.
     """
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _CapturingProtocol(output),
-            *guarded(argv),
+            *guarded(argv, lease),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
@@ -103,6 +110,9 @@ async def run_in_process_group(
             _killpg(pid, signal.SIGKILL)
         code = transport.get_returncode()
         assert code is not None
+        fenced = lease.fenced_mark(pid) if lease is not None else None
+        if fenced is not None:
+            raise StepFenced(fenced)
         # The group is gone, so the pipes close; a process that escaped it is not waited for.
         await asyncio.wait({protocol.closed}, timeout=PIPES_CLOSE_TIMEOUT)
         return code

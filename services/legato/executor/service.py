@@ -30,8 +30,10 @@ from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
 from legato.executor.heartbeat import ExecutorHeartbeats
+from legato.executor.lease import FenceLease
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
+from legato.protocol.liveness import EXECUTOR_FENCE_AFTER
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
 from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
@@ -64,14 +66,16 @@ class ExecutorOptions:
 
     @property
     def fence_after(self) -> float:
-        """Seconds without NATS before running steps are stopped: before their items can be redelivered.
+        """Seconds without NATS before running steps are stopped: before anyone may retry them.
 
-        Heartbeats go out every ack_wait/3, checked every ack_wait/6, so the last one that got through
-        is at most ack_wait/2 older than the last contact; its item is redelivered ack_wait after it.
-        The step must be gone by then, its kill grace and a second of margin included; never under
-        3 s (a probe a second, answered within 2 s), so only tiny test ack waits are tighter than that.
+        At most ``EXECUTOR_FENCE_AFTER``, so steps stop before the schedulers declare this executor
+        dead (``legato.protocol.liveness``; the guards enforce it by the fence lease in any case). Also
+        before the work items can be redelivered: heartbeats go out every ack_wait/3, checked every
+        ack_wait/6, so the last one that got through is at most ack_wait/2 older than the last contact;
+        its item is redelivered ack_wait after it, and the kill grace and a second of margin must fit;
+        never under 3 s (a probe every 0.5 s, answered within 1 s).
         """
-        return max(3.0, self.ack_wait / 2 - self.kill_grace - 1.0)
+        return min(EXECUTOR_FENCE_AFTER, max(3.0, self.ack_wait / 2 - self.kill_grace - 1.0))
 
     def __post_init__(self) -> None:
         if not QUEUE_NAME.match(self.queue):
@@ -111,7 +115,9 @@ class ExecutorService(Component):
         # The result must fit one NATS message and one stream message, with room for headers.
         max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
         self.claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket, replicas=replicas)
-        self.contact = NatsContact(nc)
+        # The fence lease every step's guard enforces; renewed on each answer from JetStream.
+        self.lease = FenceLease(options.fence_after)
+        self.contact = NatsContact(nc, lease=self.lease)
         self.attempts = AttemptProcessor(
             Publisher(nc, timeout=2.0, attempts=3),
             default_runners(self.http_pool),
@@ -124,6 +130,7 @@ class ExecutorService(Component):
             claims=self.claims,
             contact=self.contact,
             fence_after=options.fence_after,
+            lease=self.lease,
         )
         self.spec = ConsumerSpec(
             stream=topology.work_stream,
@@ -186,6 +193,7 @@ class ExecutorService(Component):
                 except Exception as exc:
                     log.debug("cancel_unsubscribe_failed", error=repr(exc))
             self.http_pool.shutdown(wait=False, cancel_futures=True)
+            self.lease.close()  # every step has ended by now (the consumer loop waited for them)
             log.info("executor_stopped", stats=dict(self.attempts.stats))
 
     def _on_shutdown(self) -> None:

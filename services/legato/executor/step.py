@@ -9,6 +9,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from legato.executor.capture import CapturedOutput
+from legato.executor.lease import FenceLease
 from legato.protocol.messages import JSONValue, WorkItem
 
 ERROR_LIMIT = 8 * 1024  # characters of error text carried in a result
@@ -30,6 +31,14 @@ class StepFailed(Exception):
         self.outputs = dict(outputs or {})
 
 
+class StepFenced(Exception):
+    """The step's guard killed it: the executor's fence lease expired (frozen, or cut off from NATS)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 @dataclass(frozen=True)
 class StepResult:
     """A step that succeeded: its outputs (JSON values) and, for processes, the exit code."""
@@ -47,6 +56,8 @@ class StepContext:
     output: CapturedOutput
     # Seconds between SIGTERM and SIGKILL when a step's process group is stopped.
     kill_grace: float
+    # The executor's fence lease, enforced by each step process's guard (None: no lease, tests).
+    lease: FenceLease | None = None
 
 
 class StepRunner(Protocol):

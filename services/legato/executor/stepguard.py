@@ -1,6 +1,7 @@
 """The per-step guard: the first process of every step, so the step's whole tree dies with its executor.
 
-Run as ``python -I -S stepguard.py <executor pid> -- <argv...>`` by ``process.run_in_process_group``;
+Run as ``python -I -S stepguard.py <executor pid> [--lease <path>] -- <argv...>`` by
+``process.run_in_process_group``;
 it imports nothing from Legato (and no site packages) so it starts in milliseconds. It
 
 1. asks the kernel for a parent-death signal (``PR_SET_PDEATHSIG``) and checks its parent is still the
@@ -10,7 +11,14 @@ it imports nothing from Legato (and no site packages) so it starts in millisecon
 3. starts the step command in its own process group (with a parent-death SIGKILL of its own, in case
    the guard itself is killed) and relays its exit status, signals included;
 4. when the executor dies (``kill -9``, OOM): SIGKILLs every descendant and the group at once. When
-   the step command ends: SIGKILLs the descendants that escaped the group, then exits like it.
+   the step command ends: SIGKILLs the descendants that escaped the group, then exits like it;
+5. with ``--lease``: reads the executor's fence lease (``lease.py``: ``<last contact> <deadline>`` on
+   CLOCK_MONOTONIC) before starting the command and every ``LEASE_POLL`` seconds while it runs. Once the
+   deadline has passed, or the lease cannot be read, the executor is frozen or cut off from NATS and
+   the scheduler may soon declare it dead and retry the attempt elsewhere: the guard SIGKILLs every
+   descendant (or never starts the command), writes ``fenced.<its pid>`` beside the lease saying for
+   how long the executor had been out of contact, and exits with ``FENCED_EXIT``. It needs nothing
+   from the executor to do so, so a SIGSTOPped executor's steps stop on time too.
 
 The executor's own stopping (SIGTERM to the group, then SIGKILL) is unchanged: the guard ignores
 SIGTERM/SIGINT/SIGHUP itself and just waits for the command to end.
@@ -22,11 +30,15 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PARENT_DIED = signal.SIGUSR1
 REAP_ROUNDS = 100
+# Keep in step with legato.protocol.liveness.STEP_GUARD_POLL (this file imports nothing from Legato).
+LEASE_POLL = 0.2
+FENCED_EXIT = 125
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -78,12 +90,51 @@ def die_with_parent() -> None:
         os._exit(137)
 
 
+def lease_silence(lease: str) -> float | None:
+    """Seconds since the executor's last confirmed contact once its lease has expired, else None."""
+    now = time.monotonic()
+    try:
+        with open(lease, "rb") as f:
+            contact_at, deadline = (float(x) for x in f.read(128).split()[:2])
+    except (OSError, ValueError):
+        return float("inf")  # unreadable: the executor cannot prove it is alive and connected
+    return now - contact_at if now >= deadline else None
+
+
+def fence(lease: str, silent: float) -> None:
+    """The lease expired: kill the step's whole tree, leave a mark for the executor, exit."""
+    kill_descendants()
+    what = "no readable lease" if silent == float("inf") else f"{silent:.1f} s"
+    try:
+        mark = os.path.join(os.path.dirname(lease), f"fenced.{os.getpid()}")
+        with open(mark, "w") as f:
+            f.write(f"executor lost contact with NATS for {what}\n")
+    except OSError:
+        pass
+    for _ in range(REAP_ROUNDS):
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                kill_descendants()
+                time.sleep(0.01)
+        except ChildProcessError:
+            break
+    os._exit(FENCED_EXIT)
+
+
+def parse(argv: list[str]) -> tuple[int, str | None, list[str]] | None:
+    if len(argv) >= 4 and argv[2] == "--":
+        return int(argv[1]), None, argv[3:]
+    if len(argv) >= 6 and argv[2] == "--lease" and argv[4] == "--":
+        return int(argv[1]), argv[3], argv[5:]
+    return None
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("usage: stepguard.py <executor pid> -- <command> [args...]\n")
+    parsed = parse(argv)
+    if parsed is None:
+        sys.stderr.write("usage: stepguard.py <executor pid> [--lease <path>] -- <command> [args...]\n")
         return 2
-    executor = int(argv[1])
-    command = argv[3:]
+    executor, lease, command = parsed
 
     def on_parent_signal(signum: int, frame: object) -> None:
         if os.getppid() != executor:
@@ -97,6 +148,10 @@ def main(argv: list[str]) -> int:
     if os.getppid() != executor:
         die_with_parent()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if lease is not None:
+        silent = lease_silence(lease)
+        if silent is not None:
+            fence(lease, silent)  # never start a step for an executor that may already be written off
 
     pid = os.fork()
     if pid == 0:
@@ -110,11 +165,16 @@ def main(argv: list[str]) -> int:
     status = 0
     while True:
         try:
-            done, status = os.waitpid(-1, 0)
+            done, status = os.waitpid(-1, 0 if lease is None else os.WNOHANG)
         except ChildProcessError:
             break
         if done == pid:
             break
+        if done == 0 and lease is not None:  # the command still runs: is the executor still connected?
+            silent = lease_silence(lease)
+            if silent is not None:
+                fence(lease, silent)
+            time.sleep(LEASE_POLL)
     # The command is gone: nothing it started may outlive it, in the group or out of it.
     kill_descendants()
     for _ in range(REAP_ROUNDS):

@@ -33,13 +33,16 @@ from nats.aio.subscription import Subscription
 
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.topology import Topology, partition_of
+from legato.protocol.liveness import EXECUTOR_DEAD_AFTER
 from legato.protocol.messages import AttemptFinished, decode_heartbeat, encode
 from legato.runtime.component import Component
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")
 
-DEAD_AFTER = 5.0
+# Executors fence their own steps before this (legato.protocol.liveness): a retry started on this
+# verdict never overlaps the lost attempt's processes.
+DEAD_AFTER = EXECUTOR_DEAD_AFTER
 SWEEP_EVERY = 1.0
 SWEEP_LIMIT = 2000
 # A report is repeated at most this often while its attempt stays unsettled (e.g. actor busy).

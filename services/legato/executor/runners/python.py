@@ -69,6 +69,7 @@ class PythonRunner:
                 env=env,
                 output=ctx.output,
                 kill_grace=ctx.kill_grace,
+                lease=ctx.lease,
                 stdin=call,
             )
             report = read_report(ws.result_path)

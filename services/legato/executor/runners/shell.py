@@ -62,6 +62,7 @@ class ShellRunner:
                     env=env,
                     output=ctx.output,
                     kill_grace=ctx.kill_grace,
+                    lease=ctx.lease,
                 )
                 if code != 0:
                     raise StepFailed(describe_exit(code, ctx.output.stderr_tail()), exit_code=code)
