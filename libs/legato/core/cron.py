@@ -79,7 +79,8 @@ def _field(text: str, name: str, lo: int, hi: int, names: dict[str, int] | None)
                 raise ValueError(f"{name} field: range {base!r} runs backwards")
         else:
             start = _value(base, name, lo, hi, names)
-            end = hi if slash else start
+            # 'a/n' runs to the field's end; for days of the week that is Saturday (7 only names Sunday)
+            end = (6 if name == "day of week" else hi) if slash else start
         values.update(range(start, end + 1, step))
     return frozenset(values)
 
@@ -157,7 +158,7 @@ class CronSchedule:
         dom = day.day in self.days
         dow = (day.weekday() + 1) % 7 in self.weekdays  # cron counts Sunday as 0
         if self._dom_star or self._dow_star:
-            return (self._dom_star or dom) and (self._dow_star or dow)
+            return dom and dow  # a '*'-led field still filters: '*/2' is every other day
         return dom or dow
 
     def next_after(self, dt: datetime) -> datetime:
