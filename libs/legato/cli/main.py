@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from legato.cli import commands as C
+from legato.cli.pause_commands import add_pause_commands
 from legato.cli.signal_commands import add_signal_commands
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import SettingsError
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("workflow")
         sp.add_argument("--reason", required=True)
         sp.set_defaults(action=action)
+    add_pause_commands(wsub, api)
     sp = wsub.add_parser("validate", help="validate a definition file (no server needed)")
     sp.add_argument("files", nargs="+")
     sp.add_argument("--json", action="store_true")

@@ -38,6 +38,7 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.pause_api import PauseApi, pause_info
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -120,6 +121,7 @@ class ApiService(Component):
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
             **SignalApi(self.nc, self.pool, self.topology).endpoints(),
+            **PauseApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
@@ -319,6 +321,7 @@ class ApiService(Component):
                 req.workflow_id,
             )
             why = await Q.explain_queued(conn, list(queued))
+            pause = await pause_info(conn, req.workflow_id)
         summary = R.workflow_summary(row)
         state = "active" if row["active"] else "inactive"
         if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
@@ -328,6 +331,7 @@ class ApiService(Component):
         return {
             **summary,
             "state": state,
+            "pause": pause,
             "counts": counts,
             "running_runs": [Q.instance_summary(r) for r in running],
             "queued_runs": [
