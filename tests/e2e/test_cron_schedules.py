@@ -59,7 +59,9 @@ async def cron_stack(
     set_clock(clock, T0)
     stack = Stack(settings, tmp_path, extra_env={"LEGATO_CRON_CLOCK_FILE": str(clock)})
     for i in range(1, triggers):
-        stack.services[f"trigger{i}"] = ServiceProcess(f"trigger{i}", "legato.trigger", [], stack.env, tmp_path)
+        stack.services[f"trigger{i}"] = ServiceProcess(
+            f"trigger{i}", "legato.trigger", [], stack.env, tmp_path
+        )
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, actor="test")
     try:
