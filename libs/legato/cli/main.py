@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from legato.cli import commands as C
+from legato.cli.backfill_commands import add_backfill_commands
 from legato.cli.pause_commands import add_pause_commands
 from legato.cli.signal_commands import add_signal_commands
 from legato.client import ApiError, LegatoClient
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     api("list", C.cmd_tag_list, "list tags with their limits and holders", tsub)
 
     add_signal_commands(sub, api)
+    add_backfill_commands(sub, api)
 
     sp = api("start", C.cmd_start, "start a run")
     sp.add_argument("workflow")

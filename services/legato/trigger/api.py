@@ -38,6 +38,7 @@ from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
+from legato.trigger.backfill import BackfillApi
 from legato.trigger.pause_api import PauseApi, pause_info
 from legato.trigger.signal_api import SignalApi
 
@@ -122,6 +123,7 @@ class ApiService(Component):
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
             **SignalApi(self.nc, self.pool, self.topology).endpoints(),
             **PauseApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
+            **BackfillApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
 from legato.trigger.api import ApiService
+from legato.trigger.backfill import BackfillLoop
 from legato.trigger.cron import CronLoop, clock_from_env
 
 
@@ -12,4 +13,5 @@ async def run_trigger(settings: Settings) -> None:
     async with ServiceHost("trigger", settings) as host:
         host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay))
         host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
+        host.add(BackfillLoop(host.pool, host.topology, wake_relay=host.wake_relay))
         await host.run()
