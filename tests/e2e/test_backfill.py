@@ -171,6 +171,30 @@ async def test_backfill_pause_cancel_and_retry_failed(settings: Settings, tmp_pa
         with pytest.raises(ApiError, match="is cancelled"):
             await client.call("backfill.resume", {"backfill_id": bf})
 
+        # runs a paused workflow holds are queued: cancel stops them, with who and why
+        await client.call("workflow.pause", {"workflow_id": "slow", "reason": "hold"})
+        held_bf = (await start(client, "slow", "2025-01-01", "2025-01-05", concurrency=2))["backfill_id"]
+        deadline = time.monotonic() + 60
+        while (res := await client.call("backfill.show", {"backfill_id": held_bf}))["counts"].get(
+            "queued"
+        ) != 2:
+            assert time.monotonic() < deadline, res
+            await asyncio.sleep(0.3)
+        res = await client.call("backfill.cancel", {"backfill_id": held_bf, "reason": "not needed"})
+        assert res["stopped_runs"] == 2
+        deadline = time.monotonic() + 60
+        while (res := await client.call("backfill.show", {"backfill_id": held_bf}))["counts"] != {
+            "stopped": 2,
+            "cancelled": 3,
+        }:
+            assert time.monotonic() < deadline, res
+            await asyncio.sleep(0.3)
+        runs = (await client.call("instance.list", {"workflow_id": "slow", "status": "stopped"}))["instances"]
+        assert len(runs) == 2 and all("not needed" in (r["error"] or str(r["reason"])) for r in runs), runs
+        await client.call("workflow.resume", {"workflow_id": "slow"})
+        await asyncio.sleep(2.0)
+        assert not any(d.startswith("2025") for d in days_done(slow))
+
         bf = (await start(client, "flaky", DAYS[0], DAYS[2], concurrency=3))["backfill_id"]
         res = await wait_status(client, bf, ("done",))
         assert res["counts"] == {"succeeded": 2, "failed": 1}
