@@ -47,6 +47,7 @@ log = get_logger("legato.trigger")
 ON_TIME_GRACE = timedelta(seconds=60)
 """``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
 CHUNK = 1000
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
 CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
 """Testing hook: a file holding the ISO time the cron loop takes as now (re-read each tick)."""
@@ -165,6 +166,9 @@ class CronLoop(Component):
         self.clock = clock
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
+        # (workflow, version, trigger) -> nothing can be due before this instant: a round skips the
+        # trigger without a transaction. A lower bound only (another replica may be further on).
+        self._not_before: dict[tuple[str, int, str], datetime] = {}
         self.fired = 0
         self.skipped = 0
 
@@ -219,6 +223,8 @@ class CronLoop(Component):
             for trigger in wf.compiled.definition.triggers:
                 if not isinstance(trigger, CronTrigger):
                     continue
+                if now < self._not_before.get((wf.compiled.definition.id, wf.version, trigger.id), now):
+                    continue
                 with bind_context(workflow_id=wf.compiled.definition.id):
                     try:
                         started += await self._fire_trigger(wf, trigger, now)
@@ -234,6 +240,17 @@ class CronLoop(Component):
     async def _fire_trigger(self, wf: _Workflow, trigger: CronTrigger, now: datetime) -> int:
         wf_id = wf.compiled.definition.id
         sched = self._schedule(wf_id, trigger)
+        cache_key = (wf_id, wf.version, trigger.id)
+
+        def due_at(t: datetime) -> datetime:
+            return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
+
+        def wait_for(fire: datetime) -> None:
+            beyond_end = trigger.end is not None and fire > trigger.end
+            self._not_before[cache_key] = FAR_FUTURE if beyond_end else due_at(fire)
+
+        if len(self._not_before) > 1_000_000:
+            self._not_before.clear()
         async with self.pool.acquire() as conn, conn.transaction():
             cursor = await conn.fetchval(
                 "SELECT last_fire FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2 FOR UPDATE SKIP LOCKED",
@@ -253,19 +270,17 @@ class CronLoop(Component):
                     trigger.id,
                     now,
                 )
+                wait_for(sched.next_after(now))
                 return 0
             lower = cursor
             if trigger.start is not None and trigger.start - timedelta(microseconds=1) > lower:
                 lower = trigger.start - timedelta(microseconds=1)
             upper = now if trigger.end is None else min(now, trigger.end)
             if upper <= lower:
+                wait_for(sched.next_after(lower))
                 return 0
             keep = trigger.max_catch_up if trigger.catch_up == "all" else 1
             found = sched.fires_between(lower, upper, CHUNK + keep)
-
-            def due_at(t: datetime) -> datetime:
-                return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
-
             due = found
             for i, t in enumerate(found):
                 if due_at(t) > now:  # jittered past now: it and the later ones wait
@@ -278,6 +293,10 @@ class CronLoop(Component):
                 why = f": {wf.paused_reason}" if wf.paused_reason else ""
                 paused = {"code": "paused", "by": wf.paused_by, "message": f"workflow paused{by}{why}"}
             decision = decide(trigger, due, full, now, due_at, paused)
+            if not full and not (due and decision.cursor is None):  # not held by a pause, no chunk left
+                wait_for(
+                    found[len(due)] if len(found) > len(due) else sched.next_after(due[-1] if due else lower)
+                )
             if decision.cursor is None:
                 return 0
             await self._record_skipped(conn, wf, trigger, decision.skip)
