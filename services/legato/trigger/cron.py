@@ -47,6 +47,7 @@ log = get_logger("legato.trigger")
 ON_TIME_GRACE = timedelta(seconds=60)
 """``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
 CHUNK = 1000
+BATCH = 1000  # triggers handled per gather
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
 CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
@@ -156,6 +157,7 @@ class CronLoop(Component):
         *,
         wake_relay: Callable[[], None],
         tick: float = 1.0,
+        parallel: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__()
@@ -163,6 +165,7 @@ class CronLoop(Component):
         self.topology = topology
         self.wake_relay = wake_relay
         self.tick = tick
+        self.parallel = parallel  # triggers fired at once, each in its own transaction (pool connections)
         self.clock = clock
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
@@ -216,24 +219,34 @@ class CronLoop(Component):
     async def fire_due(self) -> int:
         """Fire every due cron trigger once; returns how many runs were started."""
         now = self.clock()
-        started = 0
         async with self.pool.acquire() as conn:
             workflows = await self._active_cron_workflows(conn)
-        for wf in workflows:
-            for trigger in wf.compiled.definition.triggers:
-                if not isinstance(trigger, CronTrigger):
-                    continue
-                if now < self._not_before.get((wf.compiled.definition.id, wf.version, trigger.id), now):
-                    continue
+        due = [
+            (wf, trigger)
+            for wf in workflows
+            for trigger in wf.compiled.definition.triggers
+            if isinstance(trigger, CronTrigger)
+            and now >= self._not_before.get((wf.compiled.definition.id, wf.version, trigger.id), now)
+        ]
+        slots = asyncio.Semaphore(self.parallel)
+
+        async def one(wf: _Workflow, trigger: CronTrigger) -> int:
+            async with slots:
                 with bind_context(workflow_id=wf.compiled.definition.id):
                     try:
-                        started += await self._fire_trigger(wf, trigger, now)
+                        return await self._fire_trigger(wf, trigger, now)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:  # one broken trigger never stops the others
                         log.warning("cron_trigger_failed", trigger=trigger.id, error=repr(exc))
+                        return 0
+
+        started = 0
+        for i in range(0, len(due), BATCH):  # bounded: at most BATCH tasks exist at once
+            started += sum(await asyncio.gather(*(one(wf, t) for wf, t in due[i : i + BATCH])))
         if started:
             self.wake_relay()
+            log.info("cron_fired", runs=started, triggers=len(due))
         self.fired += started
         return started
 
@@ -309,7 +322,7 @@ class CronLoop(Component):
                 decision.cursor,
             )
             if msgs:
-                log.info("cron_fired", workflow_id=wf_id, trigger=trigger.id, runs=len(msgs))
+                log.debug("cron_fired", workflow_id=wf_id, trigger=trigger.id, runs=len(msgs))
             return len(msgs)
 
     async def _record_skipped(
