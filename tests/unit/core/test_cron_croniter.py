@@ -4,13 +4,14 @@ The DST gap/overlap semantics are ours and tested explicitly in ``test_cron.py``
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 
 from croniter import croniter
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from legato.core import CronSchedule
+from legato.sel.lib_time import resolve_local
 
 # Zones that have had no DST change since 2000 (the start times drawn below).
 ZONES = ["UTC", "Asia/Tokyo", "Asia/Kolkata", "Asia/Kathmandu", "Asia/Shanghai", "Africa/Nairobi"]
@@ -92,3 +93,60 @@ def test_macros_match_croniter(expr: str, zone: str, start: datetime) -> None:
     for _ in range(3):
         current = ours.next_after(current)
         assert current == theirs.get_next(datetime).astimezone(UTC), (expr, zone, start)
+
+
+def reference_next_after(schedule: CronSchedule, dt: datetime) -> datetime:
+    """The parser's first, plain search (every candidate from 3 h of wall time earlier on, resolved):
+    slow but obviously right; the fast search must agree with it, DST changes included."""
+    after = dt.astimezone(UTC)
+    local = after.astimezone(schedule.tz)
+    floor = (local - timedelta(hours=3)).replace(tzinfo=None)
+    day = local.date() - timedelta(days=1)
+    for _ in range(366 * 12):
+        if schedule._day_matches(day):
+            for hour in schedule.hours:
+                for minute in schedule.minutes:
+                    naive = datetime.combine(day, time(hour, minute))
+                    if naive < floor:
+                        continue
+                    fire = resolve_local(naive, schedule.tz).astimezone(UTC)
+                    if fire > after:
+                        return fire
+        day += timedelta(days=1)
+    raise AssertionError("no fire")
+
+
+DST_ZONES = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "America/Santiago", "Europe/London"]
+# start times near the changes of 2026 (both ways), where a shortcut would go wrong
+NEAR_CHANGES = st.sampled_from(
+    [
+        datetime(2026, 3, 8, 6, tzinfo=UTC),
+        datetime(2026, 3, 29, 0, 30, tzinfo=UTC),
+        datetime(2026, 10, 25, 0, 15, tzinfo=UTC),
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC),
+        datetime(2026, 4, 4, 15, tzinfo=UTC),
+        datetime(2026, 10, 3, 15, 45, tzinfo=UTC),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    expr=expression(),
+    zone=st.sampled_from(DST_ZONES),
+    base=NEAR_CHANGES,
+    shift=st.integers(-240, 240),
+)
+def test_fast_search_matches_the_plain_one_across_dst(
+    expr: str, zone: str, base: datetime, shift: int
+) -> None:
+    try:
+        schedule = CronSchedule.parse(expr, zone)
+    except ValueError:
+        assume(False)
+        return
+    current = base + timedelta(minutes=shift)
+    for _ in range(4):
+        expected = reference_next_after(schedule, current)
+        assert schedule.next_after(current) == expected, (expr, zone, current)
+        current = expected
