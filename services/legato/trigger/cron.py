@@ -167,7 +167,7 @@ class CronLoop(Component):
         self.tick = tick
         self.parallel = parallel  # triggers fired at once, each in its own transaction (pool connections)
         self.clock = clock
-        self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        self._compiled: dict[tuple[str, int], CompiledWorkflow | None] = {}
         self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
         # (workflow, version, trigger) -> nothing can be due before this instant: a round skips the
         # trigger without a transaction. A lower bound only (another replica may be further on).
@@ -187,25 +187,43 @@ class CronLoop(Component):
             await self.sleep_or_stop(max(0.05, self.tick - (time.monotonic() - started)))
 
     async def _active_cron_workflows(self, conn: asyncpg.Connection) -> list[_Workflow]:
+        """Active workflows whose active version has cron triggers; whether a version has any is looked
+        up (and the version compiled) once, so a round reads only the small workflow rows."""
         rows = await conn.fetch(
-            "SELECT w.id, w.active_version, w.paused, w.paused_by, w.paused_reason FROM workflow w "
-            "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
-            "WHERE w.active AND jsonb_path_exists(v.definition, '$.triggers[*] ? (@.type == \"cron\")')"
+            "SELECT id, active_version, paused, paused_by, paused_reason FROM workflow WHERE active"
         )
+        unknown = [
+            (r["id"], r["active_version"])
+            for r in rows
+            if (r["id"], r["active_version"]) not in self._compiled
+        ]
+        for i in range(0, len(unknown), 500):
+            part = unknown[i : i + 500]
+            for d in await conn.fetch(
+                "SELECT workflow_id, version, definition::text AS text FROM workflow_version "
+                "WHERE (workflow_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[])) "
+                "AND jsonb_path_exists(definition, '$.triggers[*] ? (@.type == \"cron\")')",
+                [k[0] for k in part],
+                [k[1] for k in part],
+            ):
+                key = (d["workflow_id"], d["version"])
+                try:
+                    self._compiled[key] = compile_workflow(definition_from_json(str(d["text"]).encode()))
+                except Exception as exc:  # stored definitions were valid when pushed; never stop the loop
+                    log.warning(
+                        "cron_definition_unreadable", workflow_id=key[0], version=key[1], error=repr(exc)
+                    )
+            for key in part:
+                self._compiled.setdefault(key, None)  # no cron trigger in this version
+        if len(self._compiled) > 200_000:
+            self._compiled.clear()
         out: list[_Workflow] = []
         for r in rows:
-            key = (r["id"], r["active_version"])
-            compiled = self._compiled.get(key)
-            if compiled is None:
-                text = await conn.fetchval(
-                    "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2",
-                    *key,
+            compiled = self._compiled.get((r["id"], r["active_version"]))
+            if compiled is not None:
+                out.append(
+                    _Workflow(compiled, r["active_version"], r["paused"], r["paused_by"], r["paused_reason"])
                 )
-                compiled = compile_workflow(definition_from_json(str(text).encode()))
-                self._compiled[key] = compiled
-            out.append(
-                _Workflow(compiled, r["active_version"], r["paused"], r["paused_by"], r["paused_reason"])
-            )
         return out
 
     def _schedule(self, workflow_id: str, trigger: CronTrigger) -> CronSchedule:
