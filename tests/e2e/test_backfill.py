@@ -6,6 +6,9 @@ retry-failed re-running only the failed period."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,25 @@ steps:
     type: shell
     command: '{fail}echo "$LEGATO_PARAM_DAY start $(date +%s.%N)" >> {out}; sleep {sleep}; echo "$LEGATO_PARAM_DAY end $(date +%s.%N)" >> {out}'
 """
+
+
+async def cli(settings: Settings, *args: str) -> str:
+    env = {
+        **os.environ,
+        "LEGATO_NATS_URL": settings.nats_url,
+        "LEGATO_NAMESPACE": settings.namespace,
+        "USER": "operator-ada",
+    }
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "legato.cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def days_done(out: Path) -> list[str]:
@@ -120,6 +142,31 @@ async def test_backfill_periods_run_once_within_its_limit(settings: Settings, tm
 
         listed = await client.call("backfill.list", {"workflow_id": "par"})
         assert len(listed["backfills"]) == 3
+
+        # the CLI: a dry run that extends the range, show with progress, pause/resume of the workflow
+        text = await cli(
+            settings,
+            "backfill",
+            "start",
+            "par",
+            "--from",
+            DAYS[5],
+            "--to",
+            "2026-01-08",
+            "--dry-run",
+            "--param",
+            "day=${backfill.period_start}",
+        )
+        assert "dry run: 3 periods of par: 1 would be created, 2 already done" in text, text
+        assert "2026-01-08" in text
+        text = await cli(settings, "backfill", "show", first["backfill_id"])
+        assert "DONE" in text and "5/5" in text and "succeeded 5" in text, text
+        text = await cli(settings, "workflow", "pause", "par", "--reason", "quarter close")
+        assert "paused: quarter close" in text
+        text = await cli(settings, "workflow", "status", "par")
+        assert "PAUSED" in text and "paused by operator-ada" in text and "quarter close" in text, text
+        await cli(settings, "workflow", "resume", "par")
+        assert "PAUSED" not in await cli(settings, "workflow", "status", "par")
 
         with pytest.raises(ApiError, match="to: must not be before from"):
             await start(client, "par", DAYS[3], DAYS[0])
