@@ -72,6 +72,8 @@ async def cron_stack(
         raise
     finally:
         await client.close()
+        for i in range(1, triggers):  # Stack.stop knows only the services it names itself
+            await asyncio.to_thread(stack.services[f"trigger{i}"].terminate)
         await asyncio.to_thread(stack.stop)
 
 
