@@ -14,6 +14,7 @@ import nats.errors
 from legato.cli import render
 from legato.cli.errors import CliError, read_definition, unreachable
 from legato.cli.params import parse_params
+from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import load_settings
 
@@ -154,6 +155,8 @@ async def cmd_workflow_status(args: argparse.Namespace, c: LegatoClient) -> int:
         f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
         + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else "")
     )
+    if res.get("pause"):
+        print(pause_text(res["pause"]) + f"; legato workflow resume {res['workflow_id']}")
     if res["blocked_by"]:
         print(
             f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "

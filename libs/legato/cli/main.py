@@ -13,9 +13,11 @@ from typing import Any
 import nats.errors
 
 from legato.cli import commands as C
+from legato.cli.backfill_commands import add_backfill_commands
 from legato.cli.dead_letter_commands import add_dead_letter_commands
 from legato.cli.errors import CliError, nats_origin
 from legato.cli.params import ParamSyntaxError, parse_params
+from legato.cli.pause_commands import add_pause_commands
 from legato.cli.signal_commands import add_signal_commands
 from legato.cli.workflow_removal import add_workflow_removal_commands
 from legato.client import ApiError, LegatoClient
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--reason", required=True)
         sp.set_defaults(action=action)
     add_workflow_removal_commands(wsub, api)
+    add_pause_commands(wsub, api)
     sp = wsub.add_parser("validate", help="validate a definition file (no server needed)")
     sp.add_argument("files", nargs="+")
     sp.add_argument("--json", action="store_true")
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_signal_commands(sub, api)
     add_dead_letter_commands(sub, api)
+    add_backfill_commands(sub, api)
 
     sp = api("start", C.cmd_start, "start a run")
     sp.add_argument("workflow")

@@ -40,6 +40,7 @@ _FIELDS: tuple[tuple[str, int, int, dict[str, int] | None], ...] = (
     ("month", 1, 12, _MONTHS),
     ("day of week", 0, 7, _DAYS),
 )
+_LAST_MINUTE = time(23, 59)
 _SEARCH_DAYS = 366 * 12  # Feb 29 on a given weekday recurs within 28 years; plain Feb 29 within 8
 
 
@@ -79,7 +80,8 @@ def _field(text: str, name: str, lo: int, hi: int, names: dict[str, int] | None)
                 raise ValueError(f"{name} field: range {base!r} runs backwards")
         else:
             start = _value(base, name, lo, hi, names)
-            end = hi if slash else start
+            # 'a/n' runs to the field's end; for days of the week that is Saturday (7 only names Sunday)
+            end = (6 if name == "day of week" else hi) if slash else start
         values.update(range(start, end + 1, step))
     return frozenset(values)
 
@@ -157,7 +159,7 @@ class CronSchedule:
         dom = day.day in self.days
         dow = (day.weekday() + 1) % 7 in self.weekdays  # cron counts Sunday as 0
         if self._dom_star or self._dow_star:
-            return (self._dom_star or dom) and (self._dow_star or dow)
+            return dom and dow  # a '*'-led field still filters: '*/2' is every other day
         return dom or dow
 
     def next_after(self, dt: datetime) -> datetime:
@@ -165,17 +167,24 @@ class CronSchedule:
         if dt.tzinfo is None or dt.utcoffset() is None:
             raise ValueError("next_after needs an aware datetime")
         after = dt.astimezone(UTC)
-        local = after.astimezone(self.tz)
-        # candidates earlier than this local wall time cannot be after `dt` (3h covers any DST shift)
-        floor = (local - timedelta(hours=3)).replace(tzinfo=None)
-        day = local.date() - timedelta(days=1)
         tz: tzinfo = self.tz
+        local = after.astimezone(tz)
+        # A wall time w resolves to an instant <= w - (the smallest UTC offset in force around then), so a
+        # candidate at or before `floor` cannot be after `dt` (offsets 3h either side cover a DST change)
+        # and is skipped without resolving it.
+        offsets = [
+            (after + timedelta(hours=h)).astimezone(tz).utcoffset() or timedelta(0) for h in (-3, 0, 3)
+        ]
+        floor = (after + min(offsets)).replace(tzinfo=None)
+        day = local.date() - timedelta(days=1)
         for _ in range(_SEARCH_DAYS):
-            if self._day_matches(day):
+            if self._day_matches(day) and datetime.combine(day, _LAST_MINUTE) > floor:
                 for hour in self.hours:
+                    if datetime.combine(day, time(hour, 59)) <= floor:
+                        continue
                     for minute in self.minutes:
                         naive = datetime.combine(day, time(hour, minute))
-                        if naive < floor:
+                        if naive <= floor:
                             continue
                         fire = resolve_local(naive, tz).astimezone(UTC)
                         if fire > after:

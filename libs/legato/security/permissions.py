@@ -27,6 +27,8 @@ VIEWER_ENDPOINTS = (
     "signal.lineage",
     "dead_letter.list",
     "dead_letter.get",
+    "backfill.list",
+    "backfill.show",
 )
 OPERATOR_ENDPOINTS = (
     "instance.start",
@@ -40,6 +42,13 @@ OPERATOR_ENDPOINTS = (
     "workflow.unblock",
     "signal.send",
     "dead_letter.replay",
+    "workflow.pause",
+    "workflow.resume",
+    "backfill.start",
+    "backfill.pause",
+    "backfill.resume",
+    "backfill.cancel",
+    "backfill.retry_failed",
 )
 # Everything else (push, activate, deactivate, set_run_strategy, tag.set, signal.set_schema,
 # workflow.archive/delete, dead_letter.discard, and any endpoint added later) needs admin: a new endpoint is closed until someone opens it here.

@@ -40,7 +40,9 @@ from legato.telemetry.tracing import consume_span, inject_headers
 from legato.trigger import instances as Q
 from legato.trigger import registry as R
 from legato.trigger.authz import Authz
+from legato.trigger.backfill import BackfillApi
 from legato.trigger.dead_letter_api import DeadLetterApi
+from legato.trigger.pause_api import PauseApi, pause_info
 from legato.trigger.replies import cut_text, fit, max_payload, reply_budget, size_of, truncated
 from legato.trigger.signal_api import SignalApi
 
@@ -132,6 +134,8 @@ class ApiService(Component):
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
             **SignalApi(self.nc, self.pool, self.topology).endpoints(),
             **DeadLetterApi(self.nc, self.pool, wake_relay=self.wake_relay).endpoints(),
+            **PauseApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
+            **BackfillApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
         }
         for name, (kind, fn) in endpoints.items():
             resource, verb = name.split(".")
@@ -397,6 +401,7 @@ class ApiService(Component):
                 req.workflow_id,
             )
             why = await Q.explain_queued(conn, list(queued))
+            pause = await pause_info(conn, req.workflow_id)
         summary = R.workflow_summary(row)
         state = "active" if row["active"] else "inactive"
         if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
@@ -406,6 +411,7 @@ class ApiService(Component):
         return {
             **summary,
             "state": state,
+            "pause": pause,
             "counts": counts,
             "running_runs": fit(running, reply_budget(self.nc) // 2, Q.instance_summary),
             "queued_runs": fit(

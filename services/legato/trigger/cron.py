@@ -47,6 +47,8 @@ log = get_logger("legato.trigger")
 ON_TIME_GRACE = timedelta(seconds=60)
 """``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
 CHUNK = 1000
+BATCH = 500  # triggers per transaction
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
 CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
 """Testing hook: a file holding the ISO time the cron loop takes as now (re-read each tick)."""
@@ -155,6 +157,7 @@ class CronLoop(Component):
         *,
         wake_relay: Callable[[], None],
         tick: float = 1.0,
+        parallel: int = 4,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__()
@@ -162,9 +165,13 @@ class CronLoop(Component):
         self.topology = topology
         self.wake_relay = wake_relay
         self.tick = tick
+        self.parallel = parallel  # triggers fired at once, each in its own transaction (pool connections)
         self.clock = clock
-        self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
+        self._compiled: dict[tuple[str, int], CompiledWorkflow | None] = {}
         self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
+        # (workflow, version, trigger) -> nothing can be due before this instant: a round skips the
+        # trigger without a transaction. A lower bound only (another replica may be further on).
+        self._not_before: dict[tuple[str, int, str], datetime] = {}
         self.fired = 0
         self.skipped = 0
 
@@ -180,25 +187,43 @@ class CronLoop(Component):
             await self.sleep_or_stop(max(0.05, self.tick - (time.monotonic() - started)))
 
     async def _active_cron_workflows(self, conn: asyncpg.Connection) -> list[_Workflow]:
+        """Active workflows whose active version has cron triggers; whether a version has any is looked
+        up (and the version compiled) once, so a round reads only the small workflow rows."""
         rows = await conn.fetch(
-            "SELECT w.id, w.active_version, w.paused, w.paused_by, w.paused_reason FROM workflow w "
-            "JOIN workflow_version v ON v.workflow_id = w.id AND v.version = w.active_version "
-            "WHERE w.active AND jsonb_path_exists(v.definition, '$.triggers[*] ? (@.type == \"cron\")')"
+            "SELECT id, active_version, paused, paused_by, paused_reason FROM workflow WHERE active"
         )
+        unknown = [
+            (r["id"], r["active_version"])
+            for r in rows
+            if (r["id"], r["active_version"]) not in self._compiled
+        ]
+        for i in range(0, len(unknown), 500):
+            part = unknown[i : i + 500]
+            for d in await conn.fetch(
+                "SELECT workflow_id, version, definition::text AS text FROM workflow_version "
+                "WHERE (workflow_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[])) "
+                "AND jsonb_path_exists(definition, '$.triggers[*] ? (@.type == \"cron\")')",
+                [k[0] for k in part],
+                [k[1] for k in part],
+            ):
+                key = (d["workflow_id"], d["version"])
+                try:
+                    self._compiled[key] = compile_workflow(definition_from_json(str(d["text"]).encode()))
+                except Exception as exc:  # stored definitions were valid when pushed; never stop the loop
+                    log.warning(
+                        "cron_definition_unreadable", workflow_id=key[0], version=key[1], error=repr(exc)
+                    )
+            for key in part:
+                self._compiled.setdefault(key, None)  # no cron trigger in this version
+        if len(self._compiled) > 200_000:
+            self._compiled.clear()
         out: list[_Workflow] = []
         for r in rows:
-            key = (r["id"], r["active_version"])
-            compiled = self._compiled.get(key)
-            if compiled is None:
-                text = await conn.fetchval(
-                    "SELECT definition::text FROM workflow_version WHERE workflow_id = $1 AND version = $2",
-                    *key,
+            compiled = self._compiled.get((r["id"], r["active_version"]))
+            if compiled is not None:
+                out.append(
+                    _Workflow(compiled, r["active_version"], r["paused"], r["paused_by"], r["paused_reason"])
                 )
-                compiled = compile_workflow(definition_from_json(str(text).encode()))
-                self._compiled[key] = compiled
-            out.append(
-                _Workflow(compiled, r["active_version"], r["paused"], r["paused_by"], r["paused_reason"])
-            )
         return out
 
     def _schedule(self, workflow_id: str, trigger: CronTrigger) -> CronSchedule:
@@ -212,86 +237,210 @@ class CronLoop(Component):
     async def fire_due(self) -> int:
         """Fire every due cron trigger once; returns how many runs were started."""
         now = self.clock()
-        started = 0
         async with self.pool.acquire() as conn:
             workflows = await self._active_cron_workflows(conn)
-        for wf in workflows:
-            for trigger in wf.compiled.definition.triggers:
-                if not isinstance(trigger, CronTrigger):
-                    continue
-                with bind_context(workflow_id=wf.compiled.definition.id):
-                    try:
-                        started += await self._fire_trigger(wf, trigger, now)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # one broken trigger never stops the others
-                        log.warning("cron_trigger_failed", trigger=trigger.id, error=repr(exc))
+        due = [
+            (wf, trigger)
+            for wf in workflows
+            for trigger in wf.compiled.definition.triggers
+            if isinstance(trigger, CronTrigger)
+            and now >= self._not_before.get((wf.compiled.definition.id, wf.version, trigger.id), now)
+        ]
+        if len(self._not_before) > 1_000_000:
+            self._not_before.clear()
+        slots = asyncio.Semaphore(self.parallel)
+
+        async def one(batch: list[tuple[_Workflow, CronTrigger]]) -> int:
+            async with slots:
+                try:
+                    return await self._fire_batch(batch, now)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # retried next round; other batches go on
+                    log.warning("cron_batch_failed", triggers=len(batch), error=repr(exc))
+                    return 0
+
+        started = 0
+        for i in range(0, len(due), BATCH * self.parallel):  # bounded: at most `parallel` batches at once
+            chunk = due[i : i + BATCH * self.parallel]
+            started += sum(
+                await asyncio.gather(*(one(chunk[j : j + BATCH]) for j in range(0, len(chunk), BATCH)))
+            )
         if started:
             self.wake_relay()
+            log.info("cron_fired", runs=started, triggers=len(due))
         self.fired += started
         return started
 
-    async def _fire_trigger(self, wf: _Workflow, trigger: CronTrigger, now: datetime) -> int:
-        wf_id = wf.compiled.definition.id
-        sched = self._schedule(wf_id, trigger)
+    async def _fire_batch(self, batch: list[tuple[_Workflow, CronTrigger]], now: datetime) -> int:
+        """Up to ``BATCH`` triggers in one transaction: cursors locked (``SKIP LOCKED``: a trigger another
+        replica holds is left to it), fires inserted (the primary key gates each StartRun), cursors moved.
+        The not-before cache is updated only after the commit."""
+        keys = [(wf.compiled.definition.id, trigger.id) for wf, trigger in batch]
+        later: dict[tuple[str, int, str], datetime] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            cursor = await conn.fetchval(
-                "SELECT last_fire FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2 FOR UPDATE SKIP LOCKED",
-                wf_id,
-                trigger.id,
-            )
-            if cursor is None:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM cron_cursor WHERE workflow_id = $1 AND trigger_id = $2", wf_id, trigger.id
+            locked = {
+                (r["workflow_id"], r["trigger_id"]): r["last_fire"]
+                for r in await conn.fetch(
+                    "SELECT workflow_id, trigger_id, last_fire FROM cron_cursor WHERE (workflow_id, trigger_id) IN "
+                    "(SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE SKIP LOCKED",
+                    [k[0] for k in keys],
+                    [k[1] for k in keys],
                 )
-                if exists:
-                    return 0  # another replica is firing this trigger right now
+            }
+            missing = [k for k in keys if k not in locked]
+            if missing:
+                # present but unlocked: another replica is firing it right now; absent: first sight
+                present = {
+                    (r["workflow_id"], r["trigger_id"])
+                    for r in await conn.fetch(
+                        "SELECT workflow_id, trigger_id FROM cron_cursor WHERE (workflow_id, trigger_id) IN "
+                        "(SELECT * FROM unnest($1::text[], $2::text[]))",
+                        [k[0] for k in missing],
+                        [k[1] for k in missing],
+                    )
+                }
+                new = [k for k in missing if k not in present]
                 await conn.execute(
-                    "INSERT INTO cron_cursor (workflow_id, trigger_id, last_fire) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING",
-                    wf_id,
-                    trigger.id,
+                    "INSERT INTO cron_cursor (workflow_id, trigger_id, last_fire) "
+                    "SELECT w, t, $3 FROM unnest($1::text[], $2::text[]) AS u (w, t) ON CONFLICT DO NOTHING",
+                    [k[0] for k in new],
+                    [k[1] for k in new],
                     now,
                 )
-                return 0
-            lower = cursor
-            if trigger.start is not None and trigger.start - timedelta(microseconds=1) > lower:
-                lower = trigger.start - timedelta(microseconds=1)
-            upper = now if trigger.end is None else min(now, trigger.end)
-            if upper <= lower:
-                return 0
-            keep = trigger.max_catch_up if trigger.catch_up == "all" else 1
-            found = sched.fires_between(lower, upper, CHUNK + keep)
-
-            def due_at(t: datetime) -> datetime:
-                return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
-
-            due = found
-            for i, t in enumerate(found):
-                if due_at(t) > now:  # jittered past now: it and the later ones wait
-                    due = found[:i]
-                    break
-            full = len(due) == CHUNK + keep
-            paused = None
-            if wf.paused:
-                by = f" by {wf.paused_by}" if wf.paused_by else ""
-                why = f": {wf.paused_reason}" if wf.paused_reason else ""
-                paused = {"code": "paused", "by": wf.paused_by, "message": f"workflow paused{by}{why}"}
-            decision = decide(trigger, due, full, now, due_at, paused)
-            if decision.cursor is None:
-                return 0
-            await self._record_skipped(conn, wf, trigger, decision.skip)
-            msgs = await self._start_runs(conn, wf, trigger, decision.run)
+                first = set(new)
+                for wf, trigger in batch:
+                    if (wf.compiled.definition.id, trigger.id) in first:
+                        self._plan_wait(
+                            later,
+                            wf,
+                            trigger,
+                            self._schedule(wf.compiled.definition.id, trigger).next_after(now),
+                        )
+            starts: list[tuple[tuple[str, str, datetime], str, OutgoingMessage]] = []
+            moves: list[tuple[str, str, datetime]] = []
+            for wf, trigger in batch:
+                key = (wf.compiled.definition.id, trigger.id)
+                if key not in locked:
+                    continue
+                with bind_context(workflow_id=key[0]):
+                    try:
+                        decision = self._decide(wf, trigger, locked[key], now, later)
+                        if decision.cursor is None:
+                            continue
+                        prepared = self._prepare_starts(wf, trigger, decision.run)
+                    except Exception as exc:  # a broken trigger (params that fail) never stops the others
+                        log.warning("cron_trigger_failed", trigger=trigger.id, error=repr(exc))
+                        later.pop((key[0], wf.version, trigger.id), None)
+                        continue
+                    await self._record_skipped(conn, wf, trigger, decision.skip)
+                    starts.extend(prepared)
+                    moves.append((key[0], key[1], decision.cursor))
+            inserted: set[tuple[str, str, datetime]] = set()
+            if starts:
+                inserted = {
+                    (r["workflow_id"], r["trigger_id"], r["fire_time"])
+                    for r in await conn.fetch(
+                        "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
+                        "SELECT w, t, f, i, 'fired' FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) "
+                        "AS u (w, t, f, i) ON CONFLICT DO NOTHING RETURNING workflow_id, trigger_id, fire_time",
+                        [k[0] for k, _, _ in starts],
+                        [k[1] for k, _, _ in starts],
+                        [k[2] for k, _, _ in starts],
+                        [iid for _, iid, _ in starts],
+                    )
+                }
+            msgs = [m for k, _, m in starts if k in inserted]
             await add_to_outbox(conn, msgs)
-            await conn.execute(
-                "UPDATE cron_cursor SET last_fire = $3, updated_at = now() WHERE workflow_id = $1 AND trigger_id = $2",
-                wf_id,
-                trigger.id,
-                decision.cursor,
+            if moves:
+                await conn.execute(
+                    "UPDATE cron_cursor c SET last_fire = u.f, updated_at = now() "
+                    "FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u (w, t, f) "
+                    "WHERE c.workflow_id = u.w AND c.trigger_id = u.t",
+                    [m[0] for m in moves],
+                    [m[1] for m in moves],
+                    [m[2] for m in moves],
+                )
+        self._not_before.update(later)
+        return len(msgs)
+
+    def _plan_wait(
+        self, later: dict[tuple[str, int, str], datetime], wf: _Workflow, trigger: CronTrigger, fire: datetime
+    ) -> None:
+        """Nothing of this trigger is due before ``fire`` (jittered; never, past its ``end``)."""
+        wf_id = wf.compiled.definition.id
+        beyond_end = trigger.end is not None and fire > trigger.end
+        later[(wf_id, wf.version, trigger.id)] = (
+            FAR_FUTURE if beyond_end else fire + jitter_offset(wf_id, trigger.id, fire, trigger.jitter)
+        )
+
+    def _decide(
+        self,
+        wf: _Workflow,
+        trigger: CronTrigger,
+        cursor: datetime,
+        now: datetime,
+        later: dict[tuple[str, int, str], datetime],
+    ) -> Decision:
+        """What to do with this trigger's fires between its cursor and now (no database access)."""
+        wf_id = wf.compiled.definition.id
+        sched = self._schedule(wf_id, trigger)
+
+        def due_at(t: datetime) -> datetime:
+            return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
+
+        lower = cursor
+        if trigger.start is not None and trigger.start - timedelta(microseconds=1) > lower:
+            lower = trigger.start - timedelta(microseconds=1)
+        upper = now if trigger.end is None else min(now, trigger.end)
+        if upper <= lower:
+            self._plan_wait(later, wf, trigger, sched.next_after(lower))
+            return Decision([], [], None)
+        keep = trigger.max_catch_up if trigger.catch_up == "all" else 1
+        found = sched.fires_between(lower, upper, CHUNK + keep)
+        due = found
+        for i, t in enumerate(found):
+            if due_at(t) > now:  # jittered past now: it and the later ones wait
+                due = found[:i]
+                break
+        full = len(due) == CHUNK + keep
+        paused = None
+        if wf.paused:
+            by = f" by {wf.paused_by}" if wf.paused_by else ""
+            why = f": {wf.paused_reason}" if wf.paused_reason else ""
+            paused = {"code": "paused", "by": wf.paused_by, "message": f"workflow paused{by}{why}"}
+        decision = decide(trigger, due, full, now, due_at, paused)
+        if not full and not (due and decision.cursor is None):  # not held by a pause, no chunk left
+            nxt = found[len(due)] if len(found) > len(due) else sched.next_after(due[-1] if due else lower)
+            self._plan_wait(later, wf, trigger, nxt)
+        return decision
+
+    def _prepare_starts(
+        self, wf: _Workflow, trigger: CronTrigger, fires: list[datetime]
+    ) -> list[tuple[tuple[str, str, datetime], str, OutgoingMessage]]:
+        """A StartRun per fire (not yet sent: only those whose fire row is new go to the outbox)."""
+        wf_id = wf.compiled.definition.id
+        out: list[tuple[tuple[str, str, datetime], str, OutgoingMessage]] = []
+        for fire_time in fires:
+            key = fire_key(trigger.id, fire_time)
+            instance_id = instance_id_for(wf_id, key)
+            params = {
+                k: to_json_value(v)
+                for k, v in wf.compiled.trigger_params(trigger.id, fire_time=fire_time).items()
+            }
+            start = StartRun(
+                workflow_id=wf_id,
+                trigger_key=key,
+                instance_id=instance_id,
+                trigger=TriggerInfo(kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}),
+                params=params,
+                requested_at=time.time(),
             )
-            if msgs:
-                log.info("cron_fired", workflow_id=wf_id, trigger=trigger.id, runs=len(msgs))
-            return len(msgs)
+            message = OutgoingMessage(
+                self.topology.trigger_subject(wf_id), encode(start), msg_id=f"start:{instance_id}"
+            )
+            out.append(((wf_id, trigger.id, fire_time), instance_id, message))
+        return out
 
     async def _record_skipped(
         self,
@@ -324,40 +473,3 @@ class CronLoop(Component):
         )
         self.skipped += len(skip)
         log.warning("cron_fires_skipped", trigger=trigger.id, count=len(skip), reason=skip[-1][1]["code"])
-
-    async def _start_runs(
-        self, conn: asyncpg.Connection, wf: _Workflow, trigger: CronTrigger, fires: list[datetime]
-    ) -> list[OutgoingMessage]:
-        wf_id = wf.compiled.definition.id
-        msgs: list[OutgoingMessage] = []
-        for fire_time in fires:
-            key = fire_key(trigger.id, fire_time)
-            instance_id = instance_id_for(wf_id, key)
-            inserted = await conn.fetchval(
-                "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
-                "VALUES ($1, $2, $3, $4, 'fired') ON CONFLICT DO NOTHING RETURNING 1",
-                wf_id,
-                trigger.id,
-                fire_time,
-                instance_id,
-            )
-            if inserted is None:
-                continue
-            params = {
-                k: to_json_value(v)
-                for k, v in wf.compiled.trigger_params(trigger.id, fire_time=fire_time).items()
-            }
-            start = StartRun(
-                workflow_id=wf_id,
-                trigger_key=key,
-                instance_id=instance_id,
-                trigger=TriggerInfo(kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}),
-                params=params,
-                requested_at=time.time(),
-            )
-            msgs.append(
-                OutgoingMessage(
-                    self.topology.trigger_subject(wf_id), encode(start), msg_id=f"start:{instance_id}"
-                )
-            )
-        return msgs

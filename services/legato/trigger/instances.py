@@ -45,7 +45,8 @@ async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -
     out: dict[str, dict[str, Any]] = {}
     for workflow_id in sorted({r["workflow_id"] for r in rows if r["status"] == "queued"}):
         wf = await conn.fetchrow(
-            "SELECT run_strategy, max_concurrency, paused, blocked_by, blocked_since FROM workflow WHERE id = $1",
+            "SELECT run_strategy, max_concurrency, paused, paused_by, paused_reason, blocked_by, blocked_since "
+            "FROM workflow WHERE id = $1",
             workflow_id,
         )
         if wf is None:
@@ -97,7 +98,14 @@ def _queued_reason(
     }
     if wf["paused"] or limit == 0:
         out["code"] = "paused"
-        out["message"] = "workflow paused" if wf["paused"] else "max_concurrency is 0: the workflow is paused"
+        out["message"] = "max_concurrency is 0: the workflow is paused"
+        if wf["paused"]:
+            out["paused_by"] = wf["paused_by"]
+            out["message"] = (
+                "workflow paused"
+                + (f" by {wf['paused_by']}" if wf["paused_by"] else "")
+                + (f": {wf['paused_reason']}" if wf["paused_reason"] else "")
+            )
     elif strategy == "strict_sequential" and wf["blocked_by"]:
         out["code"] = "blocked"
         out["blocked_by"] = wf["blocked_by"]

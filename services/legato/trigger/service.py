@@ -7,6 +7,7 @@ from legato.runtime.settings import Settings
 from legato.security.wiring import request_verifier
 from legato.trigger.api import ApiService
 from legato.trigger.authz import Authz
+from legato.trigger.backfill import BackfillLoop
 from legato.trigger.cron import CronLoop, clock_from_env
 
 
@@ -15,4 +16,5 @@ async def run_trigger(settings: Settings) -> None:
         authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
         host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay, authz=authz))
         host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
+        host.add(BackfillLoop(host.pool, host.topology, wake_relay=host.wake_relay))
         await host.run()

@@ -160,3 +160,26 @@ def test_weekday_restriction_makes_an_impossible_day_reachable() -> None:
     # day 31 of February never happens, but with a weekday the OR rule still fires on Mondays in February
     schedule = CronSchedule.parse("0 0 31 2 MON")
     assert schedule.next_after(utc(2026, 1, 1)) == utc(2026, 2, 2)
+
+
+def test_one_value_range_is_that_value() -> None:
+    # croniter 7 reads '9-9' as '*' (fires every hour); the range holds one value
+    assert fires("0 9-9 * * *", utc(2026, 11, 8), 2) == [utc(2026, 11, 8, 9), utc(2026, 11, 9, 9)]
+
+
+def test_star_step_day_field_still_filters() -> None:
+    # found by the croniter cross-check: '*/2' used to be taken for '*' and fired every day
+    assert fires("0 0 */2 * *", utc(2001, 1, 1), 3) == [utc(2001, 1, 3), utc(2001, 1, 5), utc(2001, 1, 7)]
+    # 2001-01-01 is a Monday; */2 is Sun, Tue, Thu, Sat
+    assert fires("0 0 * * */2", utc(2001, 1, 1), 3) == [utc(2001, 1, 2), utc(2001, 1, 4), utc(2001, 1, 6)]
+
+
+def test_star_step_day_field_and_a_restricted_one() -> None:
+    # Vixie cron: a day field starting with '*' makes the two day fields AND (croniter 7 ORs them):
+    # odd days of the month that are Mondays
+    assert fires("0 0 */2 * 1", utc(2001, 1, 1), 3) == [utc(2001, 1, 15), utc(2001, 1, 29), utc(2001, 2, 5)]
+
+
+def test_open_step_in_day_of_week_ends_on_saturday() -> None:
+    # found by the croniter cross-check: '5/2' is Friday only (then the next week), not Friday and Sunday
+    assert fires("0 0 * * 5/2", utc(2000, 1, 1), 2) == [utc(2000, 1, 7), utc(2000, 1, 14)]

@@ -1,0 +1,130 @@
+"""Backfill throughput, and a live run's start latency in the middle of it.
+
+Starts nats-server, PostgreSQL, and one trigger, scheduler and executor process; pushes a one-noop-step
+workflow (parallel, max_concurrency 1000); measures the start latency of a few live API runs on the idle
+system (request -> step started); starts an N-period hourly backfill (``--concurrency`` runs at once);
+halfway through starts the same number of live runs and measures their latency again; waits until the
+backfill is done. Prints backfill runs/s (first period submitted -> last run ended) and the live
+latency idle vs during the backfill (live runs are not given priority yet: they share the workflow's
+limit with the backfill's runs, which stay below it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import bench_servers, bench_settings, percentile, wait_api
+from legato.client import LegatoClient
+from legato.devstack.processes import Stack
+from legato.runtime.settings import Settings
+from legato.store import ensure_database, migrate_url
+
+WORKFLOW = """
+id: bench-backfill
+run_strategy: {type: parallel, max_concurrency: 1000}
+params:
+  hour: {type: string, default: ""}
+steps:
+  - id: only
+    type: noop
+"""
+LIVE = 10
+
+
+async def live_latency(client: LegatoClient, conn: asyncpg.Connection, tag: str) -> list[float]:
+    ids = []
+    for i in range(LIVE):
+        ids.append((await client.start("bench-backfill", request_id=f"{tag}-{i}"))["instance_id"])
+        await asyncio.sleep(0.05)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = await conn.fetch(
+            "SELECT extract(epoch FROM a.started_at - i.requested_at) AS s FROM workflow_instance i "
+            "JOIN step_attempt a ON a.instance_id = i.id WHERE i.id = ANY($1::text[]) AND a.started_at IS NOT NULL",
+            ids,
+        )
+        if len(rows) == len(ids):
+            return [float(r["s"]) for r in rows]
+        await asyncio.sleep(0.1)
+    raise RuntimeError("live runs did not start")
+
+
+async def run(n: int, concurrency: int, settings: Settings, log_dir: Path) -> dict[str, float]:
+    await ensure_database(settings.database_url)
+    await migrate_url(settings.database_url)
+    stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
+    stack.start()
+    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=60)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await wait_api(client)
+        await client.push(WORKFLOW)
+        await asyncio.sleep(1.5)
+        idle = await live_latency(client, conn, "idle")
+        t0 = time.time()
+        res = await client.call(
+            "backfill.start",
+            {
+                "workflow_id": "bench-backfill",
+                "start": "2020-01-01T00:00:00Z",
+                "end": (datetime(2020, 1, 1, tzinfo=UTC) + timedelta(hours=n - 1)).isoformat(),
+                "step": "1h",
+                "params": {"hour": "${backfill.period_start}"},
+                "concurrency": concurrency,
+            },
+            timeout=120,
+        )
+        bf = res["backfill_id"]
+        total = res["created"]
+        busy: list[float] = []
+        while True:
+            show = await client.call("backfill.show", {"backfill_id": bf})
+            if not busy and show["finished"] >= total // 2:
+                busy = await live_latency(client, conn, "busy")
+            if show["status"] == "done":
+                break
+            await asyncio.sleep(0.5)
+        last = await conn.fetchval(
+            "SELECT extract(epoch FROM max(i.ended_at)) FROM backfill_period p JOIN workflow_instance i "
+            "ON i.id = p.instance_id WHERE p.backfill_id = $1",
+            bf,
+        )
+        return {
+            "periods": total,
+            "runs_per_s": total / (float(last) - t0),
+            "idle_p50_s": percentile(idle, 50),
+            "idle_max_s": max(idle),
+            "busy_p50_s": percentile(busy, 50),
+            "busy_max_s": max(busy),
+        }
+    finally:
+        await conn.close()
+        await client.close()
+        await asyncio.to_thread(stack.stop)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=10_000, help="periods (hourly, from 2020-01-01)")
+    ap.add_argument("--concurrency", type=int, default=200, help="the backfill's own limit")
+    args = ap.parse_args()
+    with bench_servers("legato_bench_backfill") as servers:
+        res = asyncio.run(run(args.n, args.concurrency, bench_settings(servers), servers.tmp))
+    print(
+        f"backfill: {int(res['periods'])} periods, {res['runs_per_s']:.0f} runs/s; live run start latency "
+        f"idle p50 {res['idle_p50_s'] * 1000:.0f} ms (max {res['idle_max_s'] * 1000:.0f}), during the backfill "
+        f"p50 {res['busy_p50_s'] * 1000:.0f} ms (max {res['busy_max_s'] * 1000:.0f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
