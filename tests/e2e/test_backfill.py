@@ -17,6 +17,7 @@ import pytest
 
 from legato.client import ApiError, LegatoClient
 from legato.runtime.settings import Settings
+from tests.support.auth import creds_for
 from tests.support.stack import running_stack
 
 
@@ -46,7 +47,8 @@ async def cli(settings: Settings, *args: str) -> str:
         **os.environ,
         "LEGATO_NATS_URL": settings.nats_url,
         "LEGATO_NAMESPACE": settings.namespace,
-        "USER": "operator-ada",
+        # The recorded actor is the identity that signs the CLI's requests.
+        "LEGATO_NATS_CREDS": creds_for("operator-ada") or "",
     }
     done = await asyncio.to_thread(
         subprocess.run,
