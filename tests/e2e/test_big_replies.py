@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from legato.client import ApiError
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
@@ -83,7 +86,12 @@ async def test_big_signals_do_not_break_signal_list_and_lists_page_by_bytes(
     settings: Settings, tmp_path: Path
 ) -> None:
     async with running_stack(settings, tmp_path) as (_stack, client):
-        big = "x" * (2 * 1024 * 1024)
+        # Signals are capped below NATS's payload (the stream's max message size): one over it is a clear
+        # error at the API, never a stored half or a timeout.
+        with pytest.raises(ApiError) as refused:
+            await client.send_signal("bulky", {"blob": "x" * (2 * 1024 * 1024)}, signal_id="too-big")
+        assert refused.value.code == "request_too_large" and "the limit is 262144" in refused.value.message
+        big = "x" * (200 * 1024)  # over the per-field limit of lists: shown truncated
         for i in range(4):
             await client.send_signal("bulky", {"blob": big, "i": i}, signal_id=f"big-{i}")
         medium = "m" * (60 * 1024)  # under the per-field limit: whole rows, cut into pages by bytes

@@ -141,7 +141,7 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
             assert b"bad request signature" in moved.data
             # Oversized request: a clear error, not a crash.
             with pytest.raises(ApiError) as refused:
-                await admin.call("workflow.validate", {"definition": "x" * (2 * 1024 * 1024)})
+                await admin.call("workflow.validate", {"definition": "x" * (7 * 1024 * 1024)})
             assert (
                 refused.value.code == "request_too_large"
                 and "LEGATO_API_MAX_REQUEST_BYTES" in refused.value.message

@@ -49,8 +49,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str = ""
     nats_tls_cert: str = ""
     nats_tls_key: str = ""
-    # Largest API request body the trigger accepts.
-    api_max_request_bytes: int = 1024 * 1024
+    # Largest API request body the trigger accepts: the largest definition (4 MiB) as a JSON string.
+    api_max_request_bytes: int = 6 * 1024 * 1024
 
     def __post_init__(self) -> None:
         _check(

@@ -11,6 +11,7 @@ import msgspec
 from nats.aio.client import Client
 
 from legato.bus.publisher import OutgoingMessage, Publisher, PublishError
+from legato.bus.streams import SIGNAL_MAX_MSG_SIZE
 from legato.bus.topology import Topology
 from legato.core.reader import SIGNAL_NAME
 from legato.core.signals import schema_problem
@@ -80,14 +81,17 @@ class SignalApi:
         check_signal_name(req.name)
         sig_id = req.id or new_request_id()
         headers = inject_headers({"Legato-Publisher": req.actor or "api"})
+        body = msgspec.json.encode(req.params)
+        if len(body) > SIGNAL_MAX_MSG_SIZE:
+            raise ApiError(
+                "request_too_large",
+                f"signal {req.name}: params are {len(body)} bytes encoded, the limit is "
+                f"{SIGNAL_MAX_MSG_SIZE} (the signal stream's maximum message size)",
+                {"bytes": len(body), "limit": SIGNAL_MAX_MSG_SIZE},
+            )
         try:
             ack = await self.publisher.publish(
-                OutgoingMessage(
-                    self.topology.signal_subject(req.name),
-                    msgspec.json.encode(req.params),
-                    msg_id=sig_id,
-                    headers=headers,
-                )
+                OutgoingMessage(self.topology.signal_subject(req.name), body, msg_id=sig_id, headers=headers)
             )
         except PublishError as exc:
             raise ApiError("unavailable", f"signal {req.name} not stored by JetStream: {exc}") from None
