@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nats.errors
-
 from legato.cli import render
-from legato.cli.errors import CliError, read_definition, unreachable
+from legato.cli.errors import CliError, read_definition, refused_credentials, unreachable
 from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
@@ -36,7 +34,9 @@ async def client_for(args: argparse.Namespace) -> LegatoClient:
             actor=os.environ.get("USER") or "cli",
             settings=settings,
         )
-    except ConnectionError:
+    except ConnectionError as exc:
+        if "authorization" in str(exc).lower() or "authentication" in str(exc).lower():
+            raise refused_credentials(settings.nats_url, args, settings.nats_creds) from None
         raise unreachable(settings.nats_url, args) from None
 
 
@@ -55,14 +55,6 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
         except ApiError as exc:
             status = 1
             _print_api_error(exc)
-            continue
-        except nats.errors.MaxPayloadError:
-            print(
-                f"legato: {name}: {len(text.encode())} bytes is more than the NATS server accepts in one "
-                f"request ({c.nc.max_payload} bytes): make the definition smaller",
-                file=sys.stderr,
-            )
-            status = 1
             continue
         if args.json:
             render.dump_json(res)

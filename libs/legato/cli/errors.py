@@ -39,6 +39,15 @@ def unreachable(url: str, args: argparse.Namespace) -> CliError:
     return CliError(f"cannot connect to NATS at {url} (from {origin}); {hint}")
 
 
+def refused_credentials(url: str, args: argparse.Namespace, creds: str) -> CliError:
+    """NATS answered but refused who we are: name the credentials used and where to find others."""
+    who = f"the seed {creds}" if creds else "no credentials (no --creds, LEGATO_NATS_CREDS or dev.json seed)"
+    return CliError(
+        f"NATS at {url} (from {nats_origin(args)}) refused the connection with {who}: give the seed of an "
+        "identity it knows with --creds FILE or LEGATO_NATS_CREDS (`legato dev` writes its own in .legato/keys/)"
+    )
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
