@@ -12,6 +12,7 @@ import pytest
 
 from legato.client import ApiError
 from legato.runtime.settings import Settings
+from tests.support.auth import creds_for
 from tests.support.stack import running_stack, wait_for
 
 ECHO = """
@@ -143,7 +144,11 @@ async def test_a_step_sees_only_its_declared_environment(settings: Settings, tmp
     dump = tmp_path / "dump"
     dump.mkdir()
     big = "b" * 100_000
-    executor_only = {"EXECUTOR_ONLY_TOKEN": "tok-8c1f", "LEGATO_NATS_CREDS": "/nonexistent/creds-9d2e"}
+    executor_only = {"EXECUTOR_ONLY_TOKEN": "tok-8c1f"}
+    # The executor's own nkey seed (the Stack gives each service its own).
+    seed_file = creds_for("executor")
+    assert seed_file is not None, "the suite's NATS requires credentials"
+    seed = Path(seed_file).read_text().strip()
     async with running_stack(settings, tmp_path / "stack", extra_env=executor_only) as (_stack, client):
         await client.push(ENVIRONMENT)
         started = await client.start("show-env", {"dump": str(dump), "big": big})
@@ -158,7 +163,8 @@ async def test_a_step_sees_only_its_declared_environment(settings: Settings, tmp
     text = (dump / "env").read_text()
     # Nothing of the executor's own: no database URL, NATS URL or credentials, no other variable.
     assert settings.database_url not in text and "LEGATO_DATABASE_URL" not in env
-    assert "LEGATO_NATS_URL" not in env and "LEGATO_NATS_CREDS" not in env and "creds-9d2e" not in text
+    assert "LEGATO_NATS_URL" not in env and "LEGATO_NATS_CREDS" not in env and "LEGATO_AUTH_USERS" not in env
+    assert seed_file not in text and seed not in text
     assert "EXECUTOR_ONLY_TOKEN" not in env and "tok-8c1f" not in text
     assert settings.nats_url not in text
     # What it declared and what Legato gives it.
