@@ -8,13 +8,17 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from legato.client import LegatoClient
-from legato.devstack import EmbeddedNats, EmbeddedPostgres
+from legato.devstack import EmbeddedNats, EmbeddedPostgres, NatsCluster
+from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 
@@ -26,18 +30,30 @@ class BenchServers:
     tmp: Path
     namespace: str
     keyring: Keyring | None = None
+    stream_replicas: int = 1
 
 
 @contextmanager
-def bench_servers(db_name: str = "legato_bench", *, auth: bool = False) -> Iterator[BenchServers]:
-    """``auth``: NATS requires nkeys with per-role permissions, API requests and work items are signed."""
+def bench_servers(
+    db_name: str = "legato_bench", *, auth: bool = False, nats_nodes: int = 1
+) -> Iterator[BenchServers]:
+    """``auth``: NATS requires nkeys with per-role permissions, API requests and work items are signed.
+    ``nats_nodes``: 3 starts a 3-node JetStream cluster (``NatsCluster``) and streams get 3 replicas."""
     tmp = Path(tempfile.mkdtemp(prefix="legato-bench-"))
     tmp.chmod(0o711)
-    started: list[EmbeddedNats | EmbeddedPostgres] = []
+    started: list[EmbeddedNats | EmbeddedPostgres | NatsCluster] = []
     keyring = Keyring(tmp / "keys").ensure() if auth else None
+    replicas = 1
     try:
         nats_url = os.environ.get("LEGATO_BENCH_NATS_URL")
-        if not nats_url:
+        if not nats_url and nats_nodes > 1:
+            cluster = NatsCluster(
+                tmp / "nats", size=nats_nodes, users=keyring.users() if keyring else None
+            ).start()
+            started.append(cluster)
+            nats_url = cluster.url
+            replicas = 3 if nats_nodes >= 3 else 1
+        elif not nats_url:
             nats = EmbeddedNats(
                 tmp / "nats", preferred_port=0, users=keyring.users() if keyring else None
             ).start()
@@ -48,7 +64,7 @@ def bench_servers(db_name: str = "legato_bench", *, auth: bool = False) -> Itera
             pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True).start()
             started.append(pg)
             db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
-        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}", keyring)
+        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}", keyring, replicas)
     finally:
         for server in reversed(started):
             server.stop()
@@ -62,6 +78,7 @@ def bench_settings(servers: BenchServers, partitions: int = 8) -> Settings:
         database_url=servers.database_url,
         namespace=servers.namespace,
         partitions=partitions,
+        stream_replicas=servers.stream_replicas,
         log_level="warning",
         # The benchmark's own client is the admin; each service gets its own seed (Stack).
         nats_creds=str(servers.keyring.seed_file("admin")) if servers.keyring else "",
@@ -86,3 +103,51 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+@dataclass
+class CpuSample:
+    """Cumulative CPU seconds per (kind, pid), and what exited children left in their parents."""
+
+    per_pid: dict[tuple[str, int], float]
+
+
+def _kind_of(proc: psutil.Process, service_pids: dict[int, str]) -> str | None:
+    if proc.pid in service_pids:
+        return service_pids[proc.pid]
+    try:
+        name = proc.name()
+    except psutil.Error:
+        return None
+    if name.startswith("nats-server"):
+        return "nats-server"
+    if name.startswith(("postgres", "postmaster")):
+        return "postgres"
+    return None
+
+
+def sample_cpu(stack: Stack) -> CpuSample:
+    """CPU time so far of every process this bench started: services, nats-server, Postgres (process
+    kinds: a service's name without its number, ``nats-server``, ``postgres``)."""
+    service_pids = {
+        proc.pid: name.rstrip("0123456789") for name, proc in stack.services.items() if proc.pid is not None
+    }
+    seen: dict[tuple[str, int], float] = {}
+    for proc in psutil.Process().children(recursive=True):
+        kind = _kind_of(proc, service_pids)
+        if kind is None:
+            continue
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        # Children times hold what exited children (Postgres backends, step processes) used.
+        seen[(kind, proc.pid)] = t.user + t.system + t.children_user + t.children_system
+    return CpuSample(seen)
+
+
+def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    by_kind: dict[str, float] = defaultdict(float)
+    for key, seconds in after.per_pid.items():
+        by_kind[key[0]] += seconds - before.per_pid.get(key, 0.0)
+    return dict(by_kind)

