@@ -27,7 +27,7 @@ from __future__ import annotations
 EXECUTOR_DEAD_AFTER = 5.0
 # Executor: one ExecutorHeartbeat this often.
 EXECUTOR_HEARTBEAT_INTERVAL = 1.0
-# Executor: one JetStream request this often proves contact (``NatsContact``).
+# Executor: one core-NATS round trip through the server this often proves contact (``NatsContact``).
 CONTACT_PROBE_INTERVAL = 0.5
 # Executor: running steps are killed this long after the last confirmed contact with NATS.
 EXECUTOR_FENCE_AFTER = 3.0

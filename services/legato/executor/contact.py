@@ -1,4 +1,4 @@
-"""How long this executor has been out of touch with JetStream: one account-info request every 0.5 s.
+"""How long this executor has been out of touch with NATS: one core-NATS round trip every 0.5 s.
 
 An executor that cannot reach NATS cannot heartbeat; after ``EXECUTOR_DEAD_AFTER`` seconds of silence
 the scheduler reports its attempts lost and may start their retries elsewhere. Steps are therefore
@@ -13,6 +13,7 @@ import asyncio
 import time
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from legato.executor.lease import FenceLease
 from legato.protocol.liveness import CONTACT_PROBE_INTERVAL
@@ -22,16 +23,22 @@ log = get_logger("legato.executor")
 
 
 class NatsContact:
-    """The time since JetStream last answered on ``nc``; ``run()`` keeps it current.
+    """The time since a round trip through the server last succeeded on ``nc``; ``run()`` keeps it
+    current.
 
-    A JetStream API request rather than ``flush()``: a PONG arriving after nats-py's flush timed out
-    breaks its read loop (``InvalidStateError``), and an answer proves more than the TCP link anyway.
+    The probe is a request to a subject only this process answers, through the server: what it proves
+    is what the schedulers need to hear this executor's heartbeats (plain core-NATS messages). Not a
+    JetStream API request: those need the JetStream meta leader, so losing that node in a cluster
+    would make every executor fence its steps while their heartbeats still flow. Not ``flush()``: a
+    PONG arriving after nats-py's flush timed out breaks its read loop (``InvalidStateError``).
     """
 
     def __init__(
         self, nc: Client, *, interval: float = CONTACT_PROBE_INTERVAL, lease: FenceLease | None = None
     ) -> None:
-        self.js = nc.jetstream(timeout=max(1.0, interval * 2))
+        self.nc = nc
+        self.subject = f"{nc.new_inbox()}.contact"  # answered by this process alone
+        self.timeout = max(1.0, interval * 2)
         self.interval = interval
         self.lease = lease
         self._last = time.monotonic()
@@ -54,17 +61,27 @@ class NatsContact:
         return time.monotonic() - self._last
 
     async def run(self) -> None:
+        async def echo(msg: Msg) -> None:
+            await msg.respond(b"")
+
+        sub = await self.nc.subscribe(self.subject, cb=echo)
         lost = False
-        while True:
-            sent = time.monotonic()
+        try:
+            while True:
+                sent = time.monotonic()
+                try:
+                    await self.nc.request(self.subject, b"", timeout=self.timeout)
+                    self.confirm(sent)  # the server carried our message both ways when it was asked
+                    if lost:
+                        log.info("nats_contact_regained")
+                        lost = False
+                except Exception as exc:
+                    if not lost:
+                        log.warning("nats_contact_lost", error=repr(exc))
+                        lost = True
+                await asyncio.sleep(self.interval)
+        finally:
             try:
-                await self.js.account_info()
-                self.confirm(sent)  # the server was reachable when it was asked
-                if lost:
-                    log.info("nats_contact_regained")
-                    lost = False
-            except Exception as exc:
-                if not lost:
-                    log.warning("nats_contact_lost", error=repr(exc))
-                    lost = True
-            await asyncio.sleep(self.interval)
+                await sub.unsubscribe()
+            except Exception:  # closed or reconnecting connection: nothing to clean up
+                pass
