@@ -16,13 +16,14 @@ import msgspec
 import nats.errors
 import pytest
 
-from legato.bus import OutgoingMessage, Publisher, Topology, provision_streams
+from legato.bus import OutgoingMessage, Topology, provision_streams
 from legato.bus.connection import connect
 from legato.devstack import EmbeddedNats
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, WorkItem, decode_event, encode
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
+from tests.support.auth import scheduler_publisher
 
 ACK_WAIT = 10.0
 
@@ -87,7 +88,9 @@ async def test_unpublishable_result_is_retried_while_the_item_is_kept_not_given_
     js = nc.jetstream()
     try:
         async with executor(settings, "exec-a") as a, executor(settings, "exec-b") as b:
-            await Publisher(nc).publish(OutgoingMessage(topo.work_subject("default"), encode(item)))
+            await scheduler_publisher(nc, topo).publish(
+                OutgoingMessage(topo.work_subject("default"), encode(item))
+            )
             await wait_file(log, "run")
             # The events stream vanishes while the step runs: its result has nowhere to go.
             await js.delete_stream(topo.events_stream)
@@ -158,7 +161,9 @@ async def test_a_step_is_stopped_before_its_item_can_be_redelivered_when_its_exe
     nc = await connect(own_nats.url, name="test-cut")
     try:
         async with executor(settings, "exec-cut", ack_wait=ack_wait) as ex:
-            await Publisher(nc).publish(OutgoingMessage(topo.work_subject("default"), encode(item)))
+            await scheduler_publisher(nc, topo).publish(
+                OutgoingMessage(topo.work_subject("default"), encode(item))
+            )
             async with asyncio.timeout(20):
                 while len(ticks(log)) < 5:
                     await asyncio.sleep(0.05)
