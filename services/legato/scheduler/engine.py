@@ -456,6 +456,10 @@ class RunEngine:
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):
             return
+        # Before any per-step work (params, permits): holding a step back must cost next to nothing.
+        queue = step.queue or "default"
+        if not draining and self._hold_for_dispatch_slot(inst, st, queue):
+            return
         if not self.acquire_permits(inst, st):
             return
         env = self.env(inst, st.signals)
@@ -465,9 +469,7 @@ class RunEngine:
             self.release_permits(inst, st, attempt_id=None)
             self.fail_step_without_attempt(inst, step_id, f"params: {exc}")
             return
-        queue = resolved.queue or "default"
-        if not draining and self._hold_for_dispatch_slot(inst, st, queue):
-            return
+        previous = st.current_attempt_id
         st.attempts += 1
         attempt_id = attempt_id_for(inst.id, step_id, st.attempts)
         now = now_utc()
@@ -488,7 +490,9 @@ class RunEngine:
             dispatched_at=now,
             new=True,
         )
-        inst.attempts = {k: v for k, v in inst.attempts.items() if v.step_id != step_id}
+        # One attempt per step is held (its current one): drop the previous without scanning the run.
+        if previous is not None:
+            inst.attempts.pop(previous, None)
         inst.attempts[attempt_id] = at
         self.uow.touch_attempt(at)
         self.record_permits(inst, st, step.concurrency_tags, attempt_id)
