@@ -36,6 +36,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # JetStream stream replicas (3 in a cluster deployment).
     stream_replicas: int = 1
     max_deliveries: int = 5
+    # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
+    # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
+    dispatch_window: int = 256
     log_level: str = "info"
     log_format: str = "auto"
     # Prometheus scrape endpoint (GET /metrics) of this process; 0 = none.
@@ -74,6 +77,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.stream_replicas,
         )
         _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
+        _check(
+            1 <= self.dispatch_window <= 100_000,
+            "LEGATO_DISPATCH_WINDOW",
+            "must be 1..100000",
+            self.dispatch_window,
+        )
         _check(0 <= self.metrics_port <= 65535, "LEGATO_METRICS_PORT", "must be 0..65535", self.metrics_port)
         _check(
             all(

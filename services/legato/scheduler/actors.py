@@ -34,7 +34,7 @@ from legato.protocol.messages import (
 from legato.runtime.component import Component
 from legato.scheduler import actions, dynamic, run_spans
 from legato.scheduler.definitions import DefinitionCache
-from legato.scheduler.engine import RunEngine
+from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
 from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
@@ -204,8 +204,14 @@ class WorkflowActor:
                     )
                 }
             await self._load_tags(conn, state, versions)
+            state.count_unstarted()  # the per-message bookkeeping never drifts past one batch
             engine = RunEngine(
-                state, uow, topology=reg.topology, compiled=reg.definitions.get, items_cache=self.items_cache
+                state,
+                uow,
+                topology=reg.topology,
+                compiled=reg.definitions.get,
+                items_cache=self.items_cache,
+                dispatch_window=reg.dispatch_window,
             )
             for env in batch:
                 if env.future.done():
@@ -216,6 +222,7 @@ class WorkflowActor:
                 if engine.permits_freed or isinstance(env.message, WorkflowChanged):
                     engine.permits_freed = False
                     engine.retry_waiting()
+                engine.drain_dispatch_backlog()
             for other in sorted(uow.nudges - {self.workflow_id}):
                 uow.outbox.append(
                     OutgoingMessage(
@@ -388,6 +395,7 @@ class ActorRegistry(Component):
         batch: int = 256,
         mailbox_size: int = 1024,
         idle_timeout: float = 60.0,
+        dispatch_window: int = DISPATCH_WINDOW,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -400,6 +408,7 @@ class ActorRegistry(Component):
         self.batch = batch
         self.mailbox_size = mailbox_size
         self.idle_timeout = idle_timeout
+        self.dispatch_window = dispatch_window
         self.actors: dict[str, WorkflowActor] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()

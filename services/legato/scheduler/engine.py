@@ -10,6 +10,7 @@ modes, and the end of a run.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,7 @@ from legato.protocol.messages import (
 )
 from legato.scheduler import dynamic, run_spans
 from legato.scheduler.state import (
+    DISPATCH_WAIT,
     AttemptState,
     InstanceState,
     NewTimer,
@@ -85,6 +87,12 @@ def _json(value: Any) -> bytes:
     return _encode_json(value)
 
 
+# At most this many attempts of one workflow wait (dispatched, not started) in one executor queue; its
+# other ready steps are held in the scheduler and sent as those start. Executor queues are FIFO, so
+# without it a 10,000-step fan-out puts 10,000 items ahead of every other workflow's next step.
+DISPATCH_WINDOW = 256
+
+
 class RunEngine:
     """Applies messages to one workflow's state within one batch."""
 
@@ -96,8 +104,10 @@ class RunEngine:
         topology: Topology,
         compiled: CompiledLookup,
         items_cache: dict[tuple[str, str], Any] | None = None,
+        dispatch_window: int = DISPATCH_WINDOW,
     ) -> None:
         self.state = state
+        self.dispatch_window = max(1, dispatch_window)
         self.uow = uow
         self.topology = topology
         self.compiled = compiled
@@ -430,7 +440,9 @@ class RunEngine:
         self.note(inst, "step_failed", f"step {step_id} failed: {error}", step_id=step_id)
         self.after_step_failure(inst, st)
 
-    def dispatch(self, inst: InstanceState, step_id: str, *, retry_of: StepState | None = None) -> None:
+    def dispatch(
+        self, inst: InstanceState, step_id: str, *, retry_of: StepState | None = None, draining: bool = False
+    ) -> None:
         """Start the step's next attempt: once its signals are in and it holds its concurrency permits,
         resolve its params and send it to its executor queue (through the outbox)."""
         compiled = self.graph(inst)
@@ -444,6 +456,10 @@ class RunEngine:
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):
             return
+        # Before any per-step work (params, permits): holding a step back must cost next to nothing.
+        queue = step.queue or "default"
+        if not draining and self._hold_for_dispatch_slot(inst, st, queue):
+            return
         if not self.acquire_permits(inst, st):
             return
         env = self.env(inst, st.signals)
@@ -453,6 +469,7 @@ class RunEngine:
             self.release_permits(inst, st, attempt_id=None)
             self.fail_step_without_attempt(inst, step_id, f"params: {exc}")
             return
+        previous = st.current_attempt_id
         st.attempts += 1
         attempt_id = attempt_id_for(inst.id, step_id, st.attempts)
         now = now_utc()
@@ -462,7 +479,7 @@ class RunEngine:
         st.reason = None
         st.error = None
         self.uow.touch_step(st)
-        queue = resolved.queue or "default"
+        self.state.unstarted[queue] = self.state.unstarted.get(queue, 0) + 1
         at = AttemptState(
             id=attempt_id,
             instance_id=inst.id,
@@ -473,7 +490,9 @@ class RunEngine:
             dispatched_at=now,
             new=True,
         )
-        inst.attempts = {k: v for k, v in inst.attempts.items() if v.step_id != step_id}
+        # One attempt per step is held (its current one): drop the previous without scanning the run.
+        if previous is not None:
+            inst.attempts.pop(previous, None)
         inst.attempts[attempt_id] = at
         self.uow.touch_attempt(at)
         self.record_permits(inst, st, step.concurrency_tags, attempt_id)
@@ -507,6 +526,46 @@ class RunEngine:
             details={"attempt_id": attempt_id},
         )
 
+    def _hold_for_dispatch_slot(self, inst: InstanceState, st: StepState, queue: str) -> bool:
+        """Hold the step back (FIFO per queue) while this workflow has the window full in ``queue``."""
+        backlog = self.state.dispatch_backlog.get(queue)
+        if self.state.unstarted.get(queue, 0) < self.dispatch_window and not backlog:
+            return False
+        st.status = "waiting"
+        st.waiting_since = st.waiting_since or now_utc()
+        st.reason = {
+            "code": DISPATCH_WAIT,
+            "queue": queue,
+            "limit": self.dispatch_window,
+            "message": f"waiting to be sent: {self.dispatch_window} steps of this workflow already wait "
+            f"for an executor in queue {queue}",
+        }
+        self.uow.touch_step(st)
+        self.state.dispatch_backlog.setdefault(queue, deque()).append((inst.id, st.step_id))
+        return True
+
+    def drain_dispatch_backlog(self) -> None:
+        """Send held steps, oldest first, while their queue has room in this workflow's window."""
+        for queue, backlog in list(self.state.dispatch_backlog.items()):
+            while backlog and self.state.unstarted.get(queue, 0) < self.dispatch_window:
+                inst_id, step_id = backlog.popleft()
+                inst = self.state.instances.get(inst_id)
+                st = inst.steps.get(step_id) if inst is not None else None
+                if inst is None or st is None or inst.status != "running" or st.status != "waiting":
+                    continue  # the run or the step ended (cancelled, skipped) while it was held
+                if (st.reason or {}).get("code") != DISPATCH_WAIT:
+                    continue
+                st.status = "queued"
+                st.reason = None
+                st.waiting_since = None
+                self.dispatch(inst, step_id, retry_of=st, draining=True)
+            if not backlog:
+                del self.state.dispatch_backlog[queue]
+
+    def _attempt_left_queue(self, at: AttemptState) -> None:
+        if at.status == "dispatched":
+            self.state.unstarted[at.queue] = max(0, self.state.unstarted.get(at.queue, 0) - 1)
+
     @staticmethod
     def attempt_config(st: StepState, step_type: str, config: dict[str, Any]) -> dict[str, Any]:
         """A ``sleep`` retried after its executor was lost resumes: it wakes when the step's first
@@ -528,6 +587,7 @@ class RunEngine:
         if st is None or at is None or st.current_attempt_id != msg.attempt_id or st.status != "queued":
             return
         started = from_epoch(msg.started_at) or now_utc()
+        self._attempt_left_queue(at)
         st.status = "running"
         st.started_at = st.started_at or started
         at.status = "running"
@@ -579,6 +639,7 @@ class RunEngine:
             or at.status not in ("dispatched", "running")
         ):
             return  # stale or repeated result for an old attempt
+        self._attempt_left_queue(at)
         at.status = {"platform_error": "lost"}.get(msg.outcome, msg.outcome)
         at.started_at = at.started_at or from_epoch(msg.started_at)
         at.ended_at = from_epoch(msg.finished_at) or now_utc()
@@ -711,6 +772,7 @@ class RunEngine:
             return
         if at.status not in ("dispatched", "running"):
             return
+        self._attempt_left_queue(at)
         at.status = "timed_out"
         at.failure_kind = "timeout"
         at.ended_at = now_utc()
@@ -750,6 +812,7 @@ class RunEngine:
             if st is not None and st.status in ("queued", "running", "retrying", "waiting"):
                 at = inst.attempts.get(st.current_attempt_id or "")
                 if at is not None and at.status in ("dispatched", "running"):
+                    self._attempt_left_queue(at)
                     at.status = "cancelled"
                     at.ended_at = now_utc()
                     at.error = why

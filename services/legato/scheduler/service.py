@@ -185,6 +185,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             wake_relay=host.wake_relay,
             wake_timers=timers.wake,
             publish_core=publish_core,
+            dispatch_window=settings.dispatch_window,
         )
         consumers = PartitionConsumers(host, registry)
         assert host.publisher is not None

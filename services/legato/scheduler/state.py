@@ -27,6 +27,9 @@ TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 TERMINAL_STEP = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 FAILED_STEP = ("failed", "timed_out", "stopped")
 OPERATOR_SKIP = "skipped_by_operator"
+# A step held back because its workflow already has the dispatch window of attempts waiting in the
+# step's executor queue (see ``RunEngine.dispatch``).
+DISPATCH_WAIT = "waiting_for_dispatch_slot"
 
 
 def now_utc() -> datetime:
@@ -234,6 +237,20 @@ class WorkflowState:
     tags: dict[str, TagState] = field(default_factory=dict)
     # Attempts of ended runs still stopping, by attempt id (their runs hold strategy slots meanwhile).
     stopping: dict[str, StoppingAttempt] = field(default_factory=dict)
+    # Leaf attempts dispatched to each executor queue and not started yet, and the steps held back
+    # (oldest first, as (instance id, step id)) while that number is at the dispatch window: one
+    # workflow's fan-out never puts more than the window ahead of other workflows' work in a queue.
+    unstarted: dict[str, int] = field(default_factory=dict)
+    dispatch_backlog: dict[str, deque[tuple[str, str]]] = field(default_factory=dict)
+
+    def count_unstarted(self) -> None:
+        """Recount the attempts waiting in executor queues from the attempts themselves."""
+        counts: dict[str, int] = {}
+        for inst in self.instances.values():
+            for at in inst.attempts.values():
+                if at.status == "dispatched":
+                    counts[at.queue] = counts.get(at.queue, 0) + 1
+        self.unstarted = counts
 
     def stopping_runs(self) -> list[str]:
         """Ended runs whose stop is not confirmed yet, oldest deadline first."""
@@ -256,7 +273,7 @@ class WorkflowState:
             if st.status == "waiting"
             and st.reason is not None
             and st.reason.get("code", "").startswith("waiting_for_")
-            and st.reason.get("code") != "waiting_for_signals"
+            and st.reason.get("code") not in ("waiting_for_signals", DISPATCH_WAIT)
         ]
         out.sort(key=lambda x: x[0])
         return out
@@ -662,6 +679,16 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         ):
             at = AttemptState(**{c: r[c] for c in _ATTEMPT_COLUMNS})
             state.instances[at.instance_id].attempts[at.id] = at
+    held = sorted(
+        (st.waiting_since or st.created_at, (st.reason or {}).get("queue", "default"), inst.id, st.step_id)
+        for inst in state.instances.values()
+        if inst.status == "running"
+        for st in inst.steps.values()
+        if st.status == "waiting" and (st.reason or {}).get("code") == DISPATCH_WAIT
+    )
+    for _since, queue, inst_id, step_id in held:
+        state.dispatch_backlog.setdefault(str(queue), deque()).append((inst_id, step_id))
+    state.count_unstarted()
     state.leaf_active = sum(
         1
         for inst in state.instances.values()

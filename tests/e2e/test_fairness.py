@@ -1,0 +1,163 @@
+"""One big run must not hold up an unrelated workflow in the same partition (fair share of the scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from legato.bus.topology import partition_of
+from legato.runtime.settings import Settings
+from tests.support.stack import running_stack, wait_for
+
+BIG = """
+id: {id}
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: each
+    type: foreach
+    foreach:
+      over: "range(10000)"
+      as: k
+      concurrency: 10000
+      steps:
+        - id: work
+          type: noop
+"""
+
+PROBE = """
+id: {id}
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: one
+    type: noop
+"""
+
+
+def same_partition_ids(partitions: int) -> tuple[str, str]:
+    big = "bigfan"
+    p = partition_of(big, partitions)
+    for i in range(1000):
+        probe = f"probe{i}"
+        if partition_of(probe, partitions) == p:
+            return big, probe
+    raise AssertionError("no probe id in the big workflow's partition")
+
+
+@pytest.mark.slow
+async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
+    settings: Settings, tmp_path: Path
+) -> None:
+    big_id, probe_id = same_partition_ids(settings.partitions)
+    async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
+        await client.push(BIG.replace("{id}", big_id, 1))
+        await client.push(PROBE.replace("{id}", probe_id, 1))
+        # Warm the probe workflow (its definition cached, its actor built) so only contention is timed.
+        warm = await client.start(probe_id)
+        assert (await wait_for(client, warm["instance_id"]))["status"] == "succeeded"
+        big = await client.start(big_id)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            for _ in range(600):  # the big run is in flight: thousands of its iterations exist
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM workflow_instance WHERE parent_instance_id = $1", big["instance_id"]
+                )
+                if n >= 1000:
+                    break
+                await asyncio.sleep(0.1)
+            figures = []
+            for _ in range(3):
+                t0 = time.monotonic()
+                run = await client.start(probe_id)
+                info = await wait_for(client, run["instance_id"], timeout=120)
+                figures.append(time.monotonic() - t0)
+                assert info["status"] == "succeeded"
+                row = await conn.fetchrow(
+                    "SELECT i.created_at, a.dispatched_at, a.started_at, a.ended_at, i.ended_at AS run_end "
+                    "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id WHERE i.id = $1",
+                    run["instance_id"],
+                )
+                print("probe", figures[-1], dict(row) if row else None)
+            big_left = await conn.fetchval(
+                "SELECT status FROM workflow_instance WHERE id = $1", big["instance_id"]
+            )
+            t0 = time.monotonic()
+            done = await wait_for(client, big["instance_id"], timeout=300)
+            print("big run finished", time.monotonic() - t0, "s after the probes")
+            per_iteration = await conn.fetch(
+                "SELECT count(*) AS n FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id "
+                "WHERE i.parent_instance_id = $1 GROUP BY i.id",
+                big["instance_id"],
+            )
+        finally:
+            await conn.close()
+        print("probe seconds", figures, "big run status while probing", big_left)
+        assert big_left not in ("succeeded", "failed"), "the big run ended before the probe: nothing measured"
+        assert max(figures) < 5.0, figures
+        # The held steps were all sent in the end, each once.
+        assert done["status"] == "succeeded", done["status"]
+        assert len(per_iteration) == 10_000 and {r["n"] for r in per_iteration} == {1}
+
+
+WIDE = """
+id: wide
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: each
+    type: foreach
+    foreach:
+      over: "range(30)"
+      as: k
+      concurrency: 30
+      steps:
+        - id: work
+          type: shell
+          command: sleep 0.3; echo "$LEGATO_INSTANCE_ID $LEGATO_PARAM_K" >> "{ledger}"
+"""
+
+
+@pytest.mark.slow
+async def test_held_steps_run_exactly_once_across_a_scheduler_kill_9(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With a window of 2, 28 of 30 ready steps are held in the scheduler; all run once, in spite of a
+    kill -9 of the scheduler while most are held (the held steps are rebuilt from Postgres)."""
+    ledger = tmp_path / "ledger.txt"
+    extra = {"LEGATO_DISPATCH_WINDOW": "2"}
+    async with running_stack(settings, tmp_path, concurrency=8, extra_env=extra) as (stack, client):
+        await client.push(WIDE.replace("{ledger}", str(ledger)))
+        run = await client.start("wide")
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            held = 0
+            for _ in range(300):
+                held = await conn.fetchval(
+                    "SELECT count(*) FROM step_run s JOIN workflow_instance i ON i.id = s.instance_id "
+                    "WHERE i.parent_instance_id = $1 AND s.status = 'waiting' "
+                    "AND s.reason->>'code' = 'waiting_for_dispatch_slot'",
+                    run["instance_id"],
+                )
+                if held >= 10:
+                    break
+                await asyncio.sleep(0.1)
+            assert held >= 10, held
+            stack["scheduler"].kill9()
+            await asyncio.sleep(0.5)
+            stack["scheduler"].start()
+            info = await wait_for(client, run["instance_id"], timeout=180)
+            most_started = await conn.fetchval(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM step_attempt a "
+                "JOIN workflow_instance i ON i.id = a.instance_id WHERE i.parent_instance_id = $1 "
+                "GROUP BY i.id) x",
+                run["instance_id"],
+            )
+        finally:
+            await conn.close()
+    assert info["status"] == "succeeded", info["status"]
+    lines = ledger.read_text().splitlines()
+    ks = sorted(int(line.split()[1]) for line in lines)
+    assert ks == list(range(30)), ks  # every iteration's step ran, and ran once
+    assert most_started == 1
