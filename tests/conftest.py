@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import nats
 import pytest
 
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
@@ -127,8 +128,30 @@ async def database_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str
 
 
 @pytest.fixture
-def namespace() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+async def namespace(nats_url: str, keyring: Keyring | None) -> AsyncIterator[str]:
+    """A fresh namespace; its streams and KV buckets are deleted afterwards. Streams with a size limit
+    (the signal stream's 1 GiB) reserve it from the server's JetStream storage: a session that left them
+    behind would run out of storage after a few dozen tests."""
+    ns = f"t{uuid.uuid4().hex[:10]}"
+    yield ns
+    prefix = f"{ns.upper()}_"
+    try:
+        nc = await nats.connect(
+            nats_url, **({"nkeys_seed": str(keyring.seed_file("test"))} if keyring else {})
+        )
+    except Exception:
+        return
+    try:
+        js = nc.jetstream()
+        for name in await js.streams_info():
+            stream = name.config.name or ""
+            if stream.startswith((prefix, f"KV_{prefix}")):
+                try:
+                    await js.delete_stream(stream)
+                except Exception:
+                    pass
+    finally:
+        await nc.close()
 
 
 @pytest.fixture

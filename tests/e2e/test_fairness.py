@@ -28,6 +28,22 @@ steps:
           type: noop
 """
 
+# The same fan-out written as 10,000 independent steps of one run (no foreach).
+FLAT = "id: {id}\nrun_strategy: {type: parallel, max_concurrency: 5}\nsteps:\n" + "".join(
+    f"  - {{id: s{i}, type: noop}}\n" for i in range(10_000)
+)
+
+# How many units of the big run exist so far, and how many attempts each unit had, per shape.
+PROGRESS = {
+    "foreach": "SELECT count(*) FROM workflow_instance WHERE parent_instance_id = $1",
+    "flat": "SELECT count(*) FROM step_attempt WHERE instance_id = $1",
+}
+ATTEMPTS_PER_UNIT = {
+    "foreach": "SELECT count(*) AS n FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id "
+    "WHERE i.parent_instance_id = $1 GROUP BY i.id",
+    "flat": "SELECT count(*) AS n FROM step_attempt WHERE instance_id = $1 GROUP BY step_id",
+}
+
 PROBE = """
 id: {id}
 run_strategy: {type: parallel, max_concurrency: 5}
@@ -48,12 +64,13 @@ def same_partition_ids(partitions: int) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("shape", ["foreach", "flat"])
 async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, shape: str
 ) -> None:
     big_id, probe_id = same_partition_ids(settings.partitions)
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
-        await client.push(BIG.replace("{id}", big_id, 1))
+        await client.push((BIG if shape == "foreach" else FLAT).replace("{id}", big_id, 1))
         await client.push(PROBE.replace("{id}", probe_id, 1))
         # Warm the probe workflow (its definition cached, its actor built) so only contention is timed.
         warm = await client.start(probe_id)
@@ -62,9 +79,7 @@ async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
         conn = await asyncpg.connect(settings.database_url)
         try:
             for _ in range(600):  # the big run is in flight: thousands of its iterations exist
-                n = await conn.fetchval(
-                    "SELECT count(*) FROM workflow_instance WHERE parent_instance_id = $1", big["instance_id"]
-                )
+                n = await conn.fetchval(PROGRESS[shape], big["instance_id"])
                 if n >= 1000:
                     break
                 await asyncio.sleep(0.1)
@@ -87,11 +102,7 @@ async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
             t0 = time.monotonic()
             done = await wait_for(client, big["instance_id"], timeout=300)
             print("big run finished", time.monotonic() - t0, "s after the probes")
-            per_iteration = await conn.fetch(
-                "SELECT count(*) AS n FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id "
-                "WHERE i.parent_instance_id = $1 GROUP BY i.id",
-                big["instance_id"],
-            )
+            per_iteration = await conn.fetch(ATTEMPTS_PER_UNIT[shape], big["instance_id"])
         finally:
             await conn.close()
         print("probe seconds", figures, "big run status while probing", big_left)

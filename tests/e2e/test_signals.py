@@ -309,10 +309,11 @@ async def test_rejected_signals_are_stored_and_listed(settings: Settings, tmp_pa
         assert "size: must be integer" in errors["bad-size"]
         raw = {s["id"]: s.get("raw") for s in rejected["signals"]}
         assert raw["bad-json"] == "not json"
-        # The stream went on: the good one (its id is the stream sequence) started a run.
+        # The stream went on: the good one (no message id: keyed by its stream sequence and stored time,
+        # so a recreated stream cannot collide) started a run.
         runs = await wait_runs(settings.database_url, "on-upload", 1, settle=1.0)
         assert [r["params"]["path"] for r in runs] == ["/ok.csv"]
-        assert runs[0]["trigger_key"] == f"signal:big-csv:id:file.uploaded/{ack.seq}"
+        assert runs[0]["trigger_key"].startswith(f"signal:big-csv:id:file.uploaded/{ack.seq}@")
         # The same through the CLI.
         listed = await cli(stack, "signal", "list", "--rejected")
         assert "bad-json" in listed and "REJECTED" in listed and "not a JSON object" in listed

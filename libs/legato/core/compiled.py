@@ -100,7 +100,7 @@ class EvalEnv(msgspec.Struct, kw_only=True):
     """
 
     params: dict[str, Any] = {}
-    steps: dict[str, Any] = {}
+    steps: Mapping[str, Any] = {}
     signals: dict[str, Any] = {}
     instance: dict[str, Any] = {}
     iteration: dict[str, Any] | None = None

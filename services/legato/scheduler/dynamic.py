@@ -21,6 +21,7 @@ joined in memory. Children of other workflows report back with a ``ChildFinished
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from legato.bus.publisher import OutgoingMessage
@@ -253,7 +254,7 @@ def child_typed_params(engine: RunEngine, child: InstanceState) -> dict[str, Any
     return typed
 
 
-def iteration_env(engine: RunEngine, child: InstanceState) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def iteration_env(engine: RunEngine, child: InstanceState) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
     """What an inline child sees of its parent: the enclosing steps, and ``iteration`` in a loop body."""
     parent = engine.state.instances.get(child.parent_instance_id or "")
     if parent is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -91,6 +91,39 @@ def _json(value: Any) -> bytes:
 # other ready steps are held in the scheduler and sent as those start. Executor queues are FIFO, so
 # without it a 10,000-step fan-out puts 10,000 items ahead of every other workflow's next step.
 DISPATCH_WINDOW = 256
+
+
+class StepsView(Mapping[str, Any]):
+    """``steps.<id>`` as expressions see it: ``{"outputs", "status"}`` read from the run's step states
+    when an expression asks, the enclosing graph's steps (``outer``) behind them inside a body.
+
+    Building every step's entry for each dispatch made a run of 10,000 parallel steps quadratic (seconds
+    of CPU per batch, with every other workflow of the partition waiting behind it). Read once per
+    evaluation, right after ``env()``: what it shows is what a copy made at that moment would show.
+    """
+
+    __slots__ = ("_outer", "_steps")
+
+    def __init__(self, steps: Mapping[str, StepState], outer: Mapping[str, Any] | None = None) -> None:
+        self._steps = steps
+        self._outer = outer
+
+    def __getitem__(self, step_id: str) -> dict[str, Any]:
+        st = self._steps.get(step_id)
+        if st is not None:
+            return {"outputs": st.outputs or {}, "status": st.status}
+        if self._outer is not None:
+            value: dict[str, Any] = self._outer[step_id]
+            return value
+        raise KeyError(step_id)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._steps
+        if self._outer is not None:
+            yield from (sid for sid in self._outer if sid not in self._steps)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class RunEngine:
@@ -337,12 +370,12 @@ class RunEngine:
     # ------------------------------------------------------------------ the step graph
 
     def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
-        steps = {sid: {"outputs": st.outputs or {}, "status": st.status} for sid, st in inst.steps.items()}
         info = self.instance_info(inst)
         iteration = None
+        outer: Mapping[str, Any] | None = None
         if inst.body_path:
             outer, iteration = dynamic.iteration_env(self, inst)
-            steps = {**outer, **steps}
+        steps = StepsView(inst.steps, outer)
         return EvalEnv(
             params=self.typed_params(inst),
             steps=steps,
