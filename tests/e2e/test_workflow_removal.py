@@ -13,6 +13,7 @@ import pytest
 
 from legato.client import ApiError
 from legato.runtime.settings import Settings
+from tests.support.auth import creds_for
 from tests.support.stack import running_stack, wait_for
 
 SLOW = """
@@ -39,7 +40,8 @@ def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "LEGATO_NATS_URL": settings.nats_url,
         "LEGATO_NAMESPACE": settings.namespace,
-        "USER": "operator-ada",
+        # The audited actor is the identity that signs the CLI's requests.
+        "LEGATO_NATS_CREDS": creds_for("operator-ada") or "",
     }
     return subprocess.run(
         [sys.executable, "-m", "legato.cli.main", *args], env=env, capture_output=True, text=True, timeout=60

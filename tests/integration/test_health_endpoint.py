@@ -85,7 +85,10 @@ async def test_executor_probes_follow_its_nats_connection(
     )
     try:
         body = await until_ready_is(port, 200)
-        assert body == {"status": "ready", "checks": {"nats": "ok", "executor": "ok"}}
+        assert body == {
+            "status": "ready",
+            "checks": {"nats": "ok", "executor": "ok", "executor-heartbeats": "ok"},
+        }
         assert await get(port, "/healthz") == (200, "ok\n")
         own_nats.stop()
         body = await until_ready_is(port, 503)
