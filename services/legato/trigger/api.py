@@ -25,14 +25,13 @@ from opentelemetry import trace
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
-from legato.core import CompiledWorkflow, InstanceInfo, ParamError, compile_workflow, definition_from_json
+from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
 from legato.runtime.component import Component
-from legato.sel import SelError
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import bind_context, get_logger, metrics
@@ -44,6 +43,7 @@ from legato.trigger.backfill import BackfillApi
 from legato.trigger.dead_letter_api import DeadLetterApi
 from legato.trigger.pause_api import PauseApi, pause_info
 from legato.trigger.replies import cut_text, fit, max_payload, reply_budget, size_of, truncated
+from legato.trigger.run_params import check_run_params
 from legato.trigger.signal_api import SignalApi
 
 log = get_logger("legato.trigger")
@@ -761,26 +761,16 @@ class ApiService(Component):
         instance_id = instance_id_for(req.workflow_id, trigger_key)
         # Searchable in a tracing backend: the request span names the run it started.
         trace.get_current_span().set_attribute("legato.instance_id", instance_id)
-        try:
-            # Checked here so a bad start gets a precise error now instead of a failed run later.
-            compiled.resolve_run_params(
-                req.params,
-                instance=InstanceInfo(
-                    id=instance_id,
-                    workflow_id=req.workflow_id,
-                    version=version,
-                    start_time=_now(),
-                    trigger={"kind": "api"},
-                ),
-            )
-        except ParamError as exc:
-            raise ApiError(
-                "invalid_params",
-                f"params for {req.workflow_id}: {exc}",
-                {"errors": [{"path": i.path, "message": i.message} for i in exc.errors]},
-            ) from None
-        except SelError as exc:
-            raise ApiError("invalid_params", f"params for {req.workflow_id}: {exc}") from None
+        # Checked here so a bad start gets a precise error now instead of a failed run later.
+        check_run_params(
+            compiled,
+            req.params,
+            workflow_id=req.workflow_id,
+            version=version,
+            instance_id=instance_id,
+            trigger_kind="api",
+            now=_now(),
+        )
         pending = _PendingStart(
             req=req,
             compiled=compiled,

@@ -32,7 +32,7 @@ import asyncpg
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
-from legato.core import CompiledWorkflow, InstanceInfo, ParamError, compile_workflow, definition_from_json
+from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
 from legato.protocol import api as A
@@ -41,11 +41,11 @@ from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
 from legato.runtime.component import Component
-from legato.sel import SelError
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry as R
 from legato.trigger.instances import iso
+from legato.trigger.run_params import check_run_params
 
 log = get_logger("legato.trigger")
 
@@ -284,25 +284,15 @@ class BackfillApi:
     def _check_params(
         self, compiled: CompiledWorkflow, workflow_id: str, version: int, params: dict[str, Any], iid: str
     ) -> None:
-        try:
-            compiled.resolve_run_params(
-                params,
-                instance=InstanceInfo(
-                    id=iid,
-                    workflow_id=workflow_id,
-                    version=version,
-                    start_time=datetime.now(UTC),
-                    trigger={"kind": "backfill"},
-                ),
-            )
-        except ParamError as exc:
-            raise ApiError(
-                "invalid_params",
-                f"params for {workflow_id}: {exc}",
-                {"errors": [{"path": i.path, "message": i.message} for i in exc.errors]},
-            ) from None
-        except SelError as exc:
-            raise ApiError("invalid_params", f"params for {workflow_id}: {exc}") from None
+        check_run_params(
+            compiled,
+            params,
+            workflow_id=workflow_id,
+            version=version,
+            instance_id=iid,
+            trigger_kind="backfill",
+            now=datetime.now(UTC),
+        )
 
     async def list(self, req: ListBackfills) -> dict[str, Any]:
         limit = max(1, min(req.limit, 500))
