@@ -30,7 +30,7 @@ from legato.protocol.messages import WORK_DECODER, WorkItem
 from legato.runtime.settings import Settings
 from legato.store.dead_letters import PostgresDeadLetters
 from legato.store.pool import create_pool
-from tests.support.stack import Stack, running_stack, wait_for
+from tests.support.stack import Stack, attempts_of, executor_named, running_stack, until, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,32 +54,6 @@ def kill_step_processes(log: Path) -> None:
         if fields[0] == "start":
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(int(fields[-1]), signal.SIGKILL)
-
-
-async def attempts_of(client: LegatoClient, instance_id: str, step: str = "work") -> list[dict[str, Any]]:
-    info = await client.get(instance_id)
-    for s in info.get("steps", []):
-        if s["step_id"] == step:
-            return list(s["attempts"])
-    return []
-
-
-async def until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def executor_running(stack: Stack, executor_id: str) -> str:
-    """The stack's service name of the executor process with this id (``<host>-<pid>``)."""
-    for name, svc in stack.services.items():
-        if name.startswith("executor") and svc.alive and executor_id.endswith(f"-{svc.pid}"):
-            return name
-    raise AssertionError(f"no live executor process is {executor_id}")
 
 
 # ---------------------------------------------------------------------------------------------- 13.3
@@ -190,7 +164,7 @@ async def test_a_stop_whose_executor_dies_before_confirming_frees_the_slot_once_
             attempt = await until(running, 60, "the first run's step is running")
             second = (await client.start("stopped", {"hold": 0}))["instance_id"]
             await client.call("instance.stop", {"instance_id": first, "reason": "test"})
-            stack[executor_running(stack, attempt["executor"])].kill9()
+            stack[executor_named(stack, attempt["executor"])].kill9()
             killed_at = time.time()
             info = await wait_for(client, second, timeout=60)
             first_info = await client.get(first)
@@ -232,7 +206,7 @@ async def _kill_executor_of_running_attempt(stack: Stack, client: LegatoClient, 
         return atts[0] if atts and atts[0]["status"] == "running" and atts[0]["executor"] else None
 
     first = await until(running, 60, "the first attempt is running on an executor")
-    victim = executor_running(stack, first["executor"])
+    victim = executor_named(stack, first["executor"])
     killed_at = time.time()
     stack[victim].kill9()
     return killed_at
@@ -386,7 +360,7 @@ async def test_sleep_resumes_with_the_time_left_after_its_executor_is_lost(
 
         first = await until(running, 60, "the sleep is running")
         await asyncio.sleep(4.0)
-        stack[executor_running(stack, first["executor"])].kill9()
+        stack[executor_named(stack, first["executor"])].kill9()
         info = await wait_for(client, run, timeout=90)
     assert info["status"] == "succeeded", info
     step = info["steps"][0]

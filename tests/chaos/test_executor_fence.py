@@ -28,7 +28,7 @@ import pytest
 
 from legato.client import LegatoClient
 from legato.runtime.settings import Settings
-from tests.support.stack import Stack, running_stack, wait_for
+from tests.support.stack import attempts_of, executor_named, running_stack, until, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -62,32 +62,6 @@ def read_log(path: Path) -> list[list[str]]:
     if not path.exists():
         return []
     return [line.split() for line in path.read_text().splitlines() if len(line.split()) >= 3]
-
-
-async def attempts_of(client: LegatoClient, instance_id: str) -> list[dict[str, Any]]:
-    info = await client.get(instance_id)
-    for s in info.get("steps", []):
-        if s["step_id"] == "work":
-            return list(s["attempts"])
-    return []
-
-
-async def until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
-def executor_named(stack: Stack, executor_id: str) -> str:
-    """The stack's service name of the executor process with this id (``<host>-<pid>``)."""
-    for name, svc in stack.services.items():
-        if name.startswith("executor") and svc.alive and executor_id.endswith(f"-{svc.pid}"):
-            return name
-    raise AssertionError(f"no live executor process is {executor_id}")
 
 
 async def first_attempt_running(client: LegatoClient, run: str) -> dict[str, Any]:

@@ -14,7 +14,16 @@ from legato.client import ApiError, LegatoClient
 from legato.devstack.processes import ServiceProcess, Stack
 from legato.runtime.settings import Settings
 
-__all__ = ["ServiceProcess", "Stack", "running_stack", "wait_api", "wait_for"]
+__all__ = [
+    "ServiceProcess",
+    "Stack",
+    "attempts_of",
+    "executor_named",
+    "running_stack",
+    "until",
+    "wait_api",
+    "wait_for",
+]
 
 TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 
@@ -70,3 +79,31 @@ async def running_stack(
     finally:
         await client.close()
         await asyncio.to_thread(stack.stop)
+
+
+async def attempts_of(client: LegatoClient, instance_id: str, step: str = "work") -> list[dict[str, Any]]:
+    """The attempts of one step of a run, as ``instance.get`` shows them (empty before it exists)."""
+    info = await client.get(instance_id)
+    for s in info.get("steps", []):
+        if s["step_id"] == step:
+            return list(s["attempts"])
+    return []
+
+
+async def until(check: Any, timeout: float, what: str) -> Any:
+    """Poll the coroutine function ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def executor_named(stack: Stack, executor_id: str) -> str:
+    """The stack's service name of the executor process with this id (``<host>-<pid>``)."""
+    for name, svc in stack.services.items():
+        if name.startswith("executor") and svc.alive and executor_id.endswith(f"-{svc.pid}"):
+            return name
+    raise AssertionError(f"no live executor process is {executor_id}")
