@@ -34,7 +34,7 @@ from nats.js.errors import NotFoundError, ServiceUnavailableError
 from opentelemetry.trace import SpanKind
 
 from legato.bus.publisher import MSG_ID_HEADER
-from legato.bus.streams import ConsumerSpec, provision_consumer
+from legato.bus.streams import ConsumerSpec, provision_consumer, settled
 from legato.runtime.component import Component
 from legato.telemetry import bind_context, consume_span, get_logger, metrics
 
@@ -169,7 +169,7 @@ class ConsumerLoop(Component, Generic[T]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _run(self) -> None:
-        await provision_consumer(self.js, self.spec)
+        await settled(lambda: provision_consumer(self.js, self.spec), f"consumer {self.spec.durable}")
         sub = await self.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
         heartbeat = asyncio.create_task(self._heartbeats(), name=f"{self.name}:heartbeat")
         try:

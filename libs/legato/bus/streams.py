@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -14,7 +19,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 
 from legato.bus.topology import Topology
 from legato.telemetry import get_logger
@@ -31,8 +36,51 @@ SIGNAL_MAX_MSG_SIZE = 256 * 1024
 SIGNAL_MAX_BYTES = 1024 * 1024 * 1024
 
 
+# How long a starting service waits for JetStream to answer before it gives up: a cluster that has
+# just elected its metadata leader may still time out creating replicated streams for a few seconds.
+SETTLE_TIMEOUT = 60.0
+
+T = TypeVar("T")
+
+
 class ProvisioningError(RuntimeError):
     """A stream exists with a configuration that cannot be changed in place."""
+
+
+def transient(exc: BaseException) -> bool:
+    """JetStream is there but not answering yet (no meta leader, stream leader election, reconnect)."""
+    if isinstance(exc, ServiceUnavailableError):
+        return True
+    if isinstance(exc, APIError):
+        # 10008: "JetStream system temporarily unavailable"; 503 without a code: no leader yet.
+        return exc.code == 503 or exc.err_code == 10008
+    return isinstance(
+        exc,
+        nats.errors.TimeoutError
+        | TimeoutError
+        | nats.errors.NoRespondersError
+        | nats.errors.ConnectionReconnectingError,
+    )
+
+
+async def settled(op: Callable[[], Awaitable[T]], what: str, *, timeout: float = SETTLE_TIMEOUT) -> T:
+    """Run a provisioning step, retrying while JetStream is transiently unavailable, up to ``timeout``.
+
+    Every provisioning step is idempotent, so a retry after a timed-out request that did succeed on the
+    server is harmless. Anything else (bad configuration, permissions) fails at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not transient(exc) or loop.time() + delay > deadline:
+                raise
+            log.warning("jetstream_not_ready", step=what, error=repr(exc), retry_in=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 @dataclass(frozen=True)
@@ -88,35 +136,41 @@ def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
 
 
 async def provision_streams(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
-    """Create the streams, or bring them to the wanted configuration; safe to run from every process."""
+    """Create the streams, or bring them to the wanted configuration; safe to run from every process.
+
+    Waits (bounded) while JetStream is not ready yet, as after a cluster has just formed."""
     for want in stream_configs(topology, replicas):
-        assert want.name is not None
+        await settled(functools.partial(_provision_stream, js, want), f"stream {want.name}")
+
+
+async def _provision_stream(js: JetStreamContext, want: StreamConfig) -> None:
+    assert want.name is not None
+    try:
+        info = await js.stream_info(want.name)
+    except NotFoundError:
         try:
-            info = await js.stream_info(want.name)
-        except NotFoundError:
-            try:
-                await js.add_stream(want)
-                log.info("stream_created", stream=want.name)
-                continue
-            except BadRequestError:
-                info = await js.stream_info(want.name)  # another process created it first
-        have = info.config
-        if have.retention != want.retention:
-            raise ProvisioningError(
-                f"stream {want.name} has retention {have.retention}, wants {want.retention}: "
-                "delete it (nats stream rm) and restart to recreate"
-            )
-        if (
-            have.subjects != want.subjects
-            or have.duplicate_window != want.duplicate_window
-            or have.num_replicas != want.num_replicas
-            or have.max_age != want.max_age
-            or have.max_msg_size != want.max_msg_size
-            or have.max_bytes != want.max_bytes
-            or have.discard != want.discard
-        ):
-            await js.update_stream(want)
-            log.info("stream_updated", stream=want.name)
+            await js.add_stream(want)
+            log.info("stream_created", stream=want.name)
+            return
+        except BadRequestError:
+            info = await js.stream_info(want.name)  # another process created it first
+    have = info.config
+    if have.retention != want.retention:
+        raise ProvisioningError(
+            f"stream {want.name} has retention {have.retention}, wants {want.retention}: "
+            "delete it (nats stream rm) and restart to recreate"
+        )
+    if (
+        have.subjects != want.subjects
+        or have.duplicate_window != want.duplicate_window
+        or have.num_replicas != want.num_replicas
+        or have.max_age != want.max_age
+        or have.max_msg_size != want.max_msg_size
+        or have.max_bytes != want.max_bytes
+        or have.discard != want.discard
+    ):
+        await js.update_stream(want)
+        log.info("stream_updated", stream=want.name)
 
 
 async def provision_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:

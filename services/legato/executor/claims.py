@@ -21,10 +21,10 @@ import uuid
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from legato.bus.streams import MAX_MSG_SIZE
+from legato.bus.streams import MAX_MSG_SIZE, settled
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
@@ -68,7 +68,11 @@ class AttemptClaims:
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
-        """Bind to the bucket, creating it if it does not exist (safe from every executor at once)."""
+        """Bind to the bucket, creating it if it does not exist (safe from every executor at once);
+        waits, bounded, while JetStream is not ready yet."""
+        await settled(self._open, f"bucket {self.bucket}")
+
+    async def _open(self) -> None:
         try:
             self._kv = await self.js.key_value(self.bucket)
             return
@@ -83,7 +87,10 @@ class AttemptClaims:
             replicas=self.replicas,
             max_value_size=MAX_MSG_SIZE,
         )
-        self._kv = await self.js.create_key_value(config)
+        try:
+            self._kv = await self.js.create_key_value(config)
+        except BadRequestError:
+            self._kv = await self.js.key_value(self.bucket)  # another executor created it first
 
     @property
     def kv(self) -> KeyValue:
