@@ -7,9 +7,10 @@ import asyncio
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,7 @@ def bench_settings(servers: BenchServers, partitions: int = 8) -> Settings:
         # The benchmark's own client is the admin; each service gets its own seed (Stack).
         nats_creds=str(servers.keyring.seed_file("admin")) if servers.keyring else "",
         auth_users=str(servers.keyring.users_file) if servers.keyring else "",
+        insecure=servers.keyring is None,
     )
 
 
@@ -95,6 +97,20 @@ async def wait_api(client: LegatoClient) -> None:
         except Exception:
             await asyncio.sleep(0.2)
     raise RuntimeError("API did not come up")
+
+
+async def until(
+    done: Callable[[], Awaitable[bool]], stack: Stack, *, what: str, timeout: float = 600.0
+) -> None:
+    """Poll ``done`` until it is true; fail at once if a service died (with its log), or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await done():
+        dead = [name for name, proc in stack.services.items() if not proc.alive]
+        if dead:
+            raise RuntimeError(f"waiting for {what}: {', '.join(dead)} exited\n{stack.logs()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not done after {timeout:.0f} s")
+        await asyncio.sleep(0.2)
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -19,7 +19,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, percentile, until, wait_api
 from legato.client import LegatoClient
 from legato.devstack.otlp_sink import OtlpSink
 from legato.devstack.processes import Stack
@@ -70,14 +70,15 @@ async def run(
         accepted = time.time()
         conn = await asyncpg.connect(settings.database_url)
         try:
-            while True:
+
+            async def all_ended() -> bool:
                 done = await conn.fetchval(
                     "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' "
                     "AND status IN ('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
                 )
-                if done >= n:
-                    break
-                await asyncio.sleep(0.2)
+                return bool(done >= n)
+
+            await until(all_ended, stack, what=f"{n} runs to end")
             last = await conn.fetchval("SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance")
             failed = await conn.fetchval(
                 "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"

@@ -91,12 +91,22 @@ async def wait_ended(conn: asyncpg.Connection, n: int, timeout: float = 600.0) -
     raise TimeoutError(f"runs did not end within {timeout}s")
 
 
+def report_hops(n: int, hops: dict[str, list[float]]) -> None:
+    print(f"critical path of {n} unloaded one-noop-step runs, one at a time (ms):")
+    print(f"  {'hop':34} {'p50':>8} {'p99':>8}")
+    for label, _, _ in HOPS:
+        print(f"  {label:34} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
+    print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
+
+
 async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -> None:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, executors=1, concurrency=64)
     stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
+    client = await LegatoClient.connect(
+        settings.nats_url, namespace=settings.namespace, timeout=30, settings=settings
+    )
     conn = await asyncpg.connect(settings.database_url)
     try:
         await wait_api(client)
@@ -117,21 +127,19 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             sent[str(reply["instance_id"])] = t_sent
             done += 1
             await wait_ended(conn, done)
-        rows = await conn.fetch(PATH_QUERY, list(sent))
+        rows = await conn.fetch(PATH_QUERY, list(sent)) if sent else []
         hops: dict[str, list[float]] = defaultdict(list)
         for r in rows:
             values = {**dict(r), "sent_at": sent[r["id"]]}
             for label, end, start in HOPS:
                 if values[end] is not None and values[start] is not None:
                     hops[label].append((float(values[end]) - float(values[start])) * 1000)
-        print(f"critical path of {len(rows)} unloaded one-noop-step runs, one at a time (ms):")
-        print(f"  {'hop':34} {'p50':>8} {'p99':>8}")
-        for label, _, _ in HOPS:
-            print(f"  {label:34} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
-        print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
+        if rows:
+            report_hops(len(rows), hops)
 
         # 2. CPU per run at saturation.
         before = sample_cpu(stack)
+        client_cpu = time.process_time()
         t0 = time.time()
         sem = asyncio.Semaphore(256)
 
@@ -144,16 +152,21 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
         await wait_ended(conn, done)
         elapsed = time.time() - t0
         cpu = cpu_between(before, sample_cpu(stack))
+        client_cpu = time.process_time() - client_cpu
         n = args.saturated
         total = sum(cpu.values())
         print(
-            f"\nCPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
+            f"CPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
             f"all processes {total / n * 1000:.2f} ms CPU per run"
         )
         for kind in sorted(cpu, key=lambda k: -cpu[k]):
             print(
                 f"  {kind:14} {cpu[kind] / n * 1000:7.3f} ms/run  ({cpu[kind] / elapsed * 100:5.1f}% of a core)"
             )
+        print(
+            f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
+            "(this process: the starts, and polling Postgres; not in the total)"
+        )
     finally:
         await conn.close()
         await client.close()
@@ -166,10 +179,18 @@ def main() -> None:
     )
     parser.add_argument("--sequential", type=int, default=200, help="unloaded runs, one at a time")
     parser.add_argument("--saturated", type=int, default=3000, help="runs for the CPU-per-run measure")
+    parser.add_argument(
+        "--auth",
+        choices=("off", "on", "both"),
+        default="off",
+        help="on: nkey auth with per-role permissions, signed requests and work items; both: off then on",
+    )
     args = parser.parse_args()
-    with bench_servers("legato_profile") as servers:
-        settings = bench_settings(servers)
-        asyncio.run(profile(args, settings, servers.tmp / "logs"))
+    for auth in {"off": [False], "on": [True], "both": [False, True]}[args.auth]:
+        print(f"\n== auth {'on' if auth else 'off'} ==")
+        with bench_servers("legato_profile", auth=auth) as servers:
+            settings = bench_settings(servers)
+            asyncio.run(profile(args, settings, servers.tmp / "logs"))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, percentile, until, wait_api
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.runtime.settings import Settings
@@ -94,14 +94,15 @@ async def run(
         published = time.time()
         conn = await asyncpg.connect(settings.database_url)
         try:
-            while True:
+
+            async def all_started() -> bool:
                 stored = await conn.fetchval("SELECT count(*) FROM signal")
                 runs = await conn.fetchval(
                     "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join' AND started_at IS NOT NULL"
                 )
-                if stored >= len(signals) and runs >= keys:
-                    break
-                await asyncio.sleep(0.2)
+                return bool(stored >= len(signals) and runs >= keys)
+
+            await until(all_started, stack, what=f"{keys} joined runs to start")
             await asyncio.sleep(2.0)  # an extra run would show now
             last_stored = await conn.fetchval("SELECT extract(epoch FROM max(received_at)) FROM signal")
             total_runs = await conn.fetchval(

@@ -160,6 +160,7 @@ def settings(nats_url: str, database_url: str, namespace: str, keyring: Keyring 
         nats_url=nats_url,
         nats_creds=str(keyring.seed_file("test")) if keyring else "",
         auth_users=str(keyring.users_file) if keyring else "",
+        insecure=keyring is None,
         database_url=database_url,
         namespace=namespace,
         partitions=4,

@@ -8,6 +8,8 @@ calling the API. Every one must be refused — by nats-server, by the trigger, o
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -297,3 +299,29 @@ async def test_services_work_within_their_permissions(
         if "Violation" in line and f'"{settings.namespace}.' in line
     ]
     assert refused == []
+
+
+@pytest.mark.parametrize("service", ["trigger", "scheduler", "executor", "signal_router"])
+async def test_a_service_without_credentials_refuses_to_start(settings: Settings, service: str) -> None:
+    """Secure by default: no seed and no users file is not an open bus by accident. The service exits
+    at once with the variables it misses; LEGATO_INSECURE=1 is the explicit way to run open."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LEGATO_NATS_CREDS", "LEGATO_AUTH_USERS", "LEGATO_INSECURE")
+    }
+    env |= {"LEGATO_NATS_URL": settings.nats_url, "LEGATO_DATABASE_URL": settings.database_url}
+    env |= {"LEGATO_NAMESPACE": settings.namespace, "LEGATO_STATE_DIR": "/nonexistent"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        f"legato.{service}",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 2, err.decode()
+    message = err.decode()
+    assert "LEGATO_NATS_CREDS and LEGATO_AUTH_USERS not set" in message
+    assert "LEGATO_INSECURE=1" in message

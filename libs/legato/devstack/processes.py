@@ -117,6 +117,8 @@ def service_env(
     ):
         if value:
             env[var] = value
+    if settings.insecure:
+        env["LEGATO_INSECURE"] = "1"
     users = env.get("LEGATO_AUTH_USERS", "")
     if service and users:
         own = Path(users).parent / f"{service}.nk"

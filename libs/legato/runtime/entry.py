@@ -21,6 +21,9 @@ def run_service(name: str, main: Coroutine[Any, Any, None]) -> int:
     except (ConnectionError, MigrationError, ProvisioningError, TimeoutError) as exc:
         print(f"legato {name}: {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:
+        print(f"legato {name}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

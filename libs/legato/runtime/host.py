@@ -29,7 +29,7 @@ from legato.bus.topology import Topology
 from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
 from legato.runtime.component import Component
 from legato.runtime.metrics_server import OK, MetricsServer
-from legato.runtime.settings import Settings
+from legato.runtime.settings import Settings, SettingsError
 from legato.runtime.supervisor import Supervisor
 from legato.security.permissions import relay_kinds
 from legato.security.wiring import work_signer
@@ -95,6 +95,9 @@ class ServiceHost:
         return self._pool
 
     async def __aenter__(self) -> Self:
+        problem = self.settings.credentials_problem()
+        if problem is not None:
+            raise SettingsError(problem)
         if self.configure_process:
             configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
             instance = self.settings.replica

@@ -48,6 +48,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # names, roles) the trigger verifies requests against and the executor takes scheduler keys from.
     nats_creds: str = ""
     auth_users: str = ""
+    # Run a service without credentials (no signed requests, no signed work items) on a bus that does
+    # not require them. Off by default: a service without LEGATO_NATS_CREDS and LEGATO_AUTH_USERS
+    # refuses to start unless this is set (LEGATO_INSECURE=1), so nobody runs open by accident.
+    insecure: bool = False
     # NATS TLS: CA bundle to verify the server, and this client's certificate and key (mutual TLS).
     nats_tls_ca: str = ""
     nats_tls_cert: str = ""
@@ -117,6 +121,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_NAMESPACE",
             "must be letters, digits, '-' or '_'",
             ns,
+        )
+
+    def credentials_problem(self) -> str | None:
+        """Why a service must not start with these settings (None: it may)."""
+        if self.insecure:
+            return None
+        missing = [
+            var
+            for var, value in (("LEGATO_NATS_CREDS", self.nats_creds), ("LEGATO_AUTH_USERS", self.auth_users))
+            if not value
+        ]
+        if not missing:
+            return None
+        return (
+            f"{' and '.join(missing)} not set: a service refuses to run without credentials "
+            "(`legato dev` makes them; see docs/security.md), or set LEGATO_INSECURE=1 to run "
+            "without authentication on a bus that does not require it"
         )
 
     @property
