@@ -1,6 +1,6 @@
 """How services pick up identities from Settings: the scheduler's work signer, the executor's work
-check, the trigger's request verifier. Each is None when no credentials are configured (open mode,
-warned about at start)."""
+check, the trigger's request verifier. Each is None when no credentials are configured, which a service
+allows only with LEGATO_INSECURE=1 (``Settings.credentials_problem``), and warns about at start."""
 
 from __future__ import annotations
 
