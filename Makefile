@@ -20,7 +20,7 @@ run: install
 	$(BIN)/legato dev
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: install
 	$(BIN)/ruff check libs services tests bench examples

@@ -31,7 +31,7 @@ from legato.protocol.messages import WorkItem, encode
 from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 from legato.security.keys import Signer
-from legato.security.signing import sign_request, sign_work
+from legato.security.signing import sign_request, sign_signal, sign_work
 from tests.support.stack import running_stack, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -325,3 +325,60 @@ async def test_a_service_without_credentials_refuses_to_start(settings: Settings
     message = err.decode()
     assert "LEGATO_NATS_CREDS and LEGATO_AUTH_USERS not set" in message
     assert "LEGATO_INSECURE=1" in message
+
+
+async def test_a_signal_publisher_is_recorded_only_as_proven(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    """Lineage is part of the audit trail: a raw publisher cannot pose as a run, a step or another
+    caller. Claims are believed only under a service's signature; a publisher that signs is recorded
+    under its own name; anything unsigned or tampered with has no publisher."""
+    topo = Topology(settings.namespace, settings.partitions)
+    forged_claims = {
+        "Legato-Publisher": "admin",
+        "Legato-Publisher-Workflow": "billing",
+        "Legato-Publisher-Instance": "run-of-somebody-else",
+        "Legato-Publisher-Step": "charge",
+    }
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        nc = await connect(
+            settings.nats_url,
+            name="publisher",
+            options=nats_auth_options(creds=str(keyring.seed_file("publisher"))),
+        )
+        try:
+            js = nc.jetstream()
+            subject = topo.signal_subject("orders.paid")
+            body = b'{"order": 1}'
+            # Unsigned, claiming to be a run's step.
+            await js.publish(subject, body, headers={"Nats-Msg-Id": "forged", **forged_claims}, timeout=10)
+            # Signed with its own key, still claiming to be admin: recorded under its own name.
+            own = Signer.from_file(keyring.seed_file("publisher"))
+            headers = {"Nats-Msg-Id": "own", **forged_claims}
+            headers |= sign_signal(own, subject, "own", body, headers)
+            await js.publish(subject, body, headers=headers, timeout=10)
+            # Signed with the trigger's key (a stolen seed aside, a replayed signature), then altered.
+            trigger = Signer.from_file(keyring.seed_file("trigger"))
+            headers = {"Nats-Msg-Id": "tampered", **forged_claims}
+            headers |= sign_signal(trigger, subject, "tampered", body, headers)
+            await js.publish(subject, b'{"order": 2}', headers=headers, timeout=10)
+        finally:
+            await nc.close()
+        await client.send_signal("orders.paid", {"order": 3}, signal_id="api")
+
+        async def stored() -> dict[str, dict[str, object]]:
+            listed = await client.call("signal.list", {"name": "orders.paid"})
+            return {s["id"]: s for s in listed["signals"]}
+
+        deadline = time.monotonic() + 30
+        while len(signals := await stored()) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    assert set(signals) == {"forged", "own", "tampered", "api"}, signals
+    for sig_id in ("forged", "tampered"):
+        assert signals[sig_id]["publisher"] is None, signals[sig_id]
+        assert signals[sig_id]["publisher_instance"] is None, signals[sig_id]
+        assert signals[sig_id]["publisher_step"] is None, signals[sig_id]
+    assert signals["own"]["publisher"] == "publisher"
+    assert signals["own"]["publisher_instance"] is None
+    # Sent through the API: the trigger vouches for its proven caller.
+    assert signals["api"]["publisher"] == "test"

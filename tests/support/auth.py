@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from legato.bus.publisher import Publisher
 from legato.bus.topology import Topology
 from legato.runtime.settings import Settings
-from legato.security.wiring import work_signer
+from legato.security.wiring import origin_signer
 
 
 def scheduler_publisher(nc: Client, topo: Topology, **kwargs: object) -> Publisher:
@@ -24,7 +24,7 @@ def scheduler_publisher(nc: Client, topo: Topology, **kwargs: object) -> Publish
         return Publisher(nc, **kwargs)  # type: ignore[arg-type]
     seed = Path(users).parent / "scheduler.nk"
     settings = Settings(nats_creds=str(seed), auth_users=users, namespace=topo.namespace)
-    return Publisher(nc, sign=work_signer(settings, topo), **kwargs)  # type: ignore[arg-type]
+    return Publisher(nc, sign=origin_signer(settings, topo), **kwargs)  # type: ignore[arg-type]
 
 
 def creds_for(name: str) -> str | None:

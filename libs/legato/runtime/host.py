@@ -32,7 +32,7 @@ from legato.runtime.metrics_server import OK, MetricsServer
 from legato.runtime.settings import Settings, SettingsError
 from legato.runtime.supervisor import Supervisor
 from legato.security.permissions import relay_kinds
-from legato.security.wiring import work_signer
+from legato.security.wiring import origin_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
@@ -105,8 +105,7 @@ class ServiceHost:
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
-        sign = work_signer(self.settings, self.topology) if self.service == "scheduler" else None
-        self.publisher = Publisher(self.nc, sign=sign)
+        self.publisher = Publisher(self.nc, sign=origin_signer(self.settings, self.topology))
         if not self.with_database:
             self.dead_letters = NatsDeadLetters(self.publisher, self.topology, self.service)
             log.info("service_connected", nats=self.settings.nats_url, database=False)

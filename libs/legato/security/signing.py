@@ -90,6 +90,54 @@ class RequestVerifier:
             self._seen.pop(oldest)
 
 
+# Who published a signal, as the publishing service claims it (the API's caller, or the run and step
+# that published it). Believed only under a valid origin signature of a service (``SignalOrigins``).
+PUBLISHER_CLAIMS = (
+    "Legato-Publisher",
+    "Legato-Publisher-Workflow",
+    "Legato-Publisher-Instance",
+    "Legato-Publisher-Step",
+)
+# Identities whose claims about a signal's publisher are believed (they publish for someone else).
+VOUCHING_ROLES = ("trigger", "scheduler", "root")
+
+
+def _claims(headers: Mapping[str, str]) -> bytes:
+    return "\n".join(f"{k}={headers[k]}" for k in PUBLISHER_CLAIMS if headers.get(k)).encode()
+
+
+def sign_signal(
+    signer: Signer, subject: str, msg_id: str, body: bytes, headers: Mapping[str, str]
+) -> dict[str, str]:
+    """Origin headers for a signal: the signature covers the subject, the id, the publisher claims among
+    ``headers`` and the body, so none of them can be changed or moved to another signal."""
+    return {
+        ORIGIN_KEY: signer.public_key,
+        ORIGIN_SIG: signer.sign(_digest(subject.encode(), msg_id.encode(), _claims(headers), body)),
+    }
+
+
+class SignalOrigins:
+    """The proven publisher of a stored signal (its lineage): the claims of a signal signed by a service,
+    the signer's own name for one signed by anybody else, and nothing for an unsigned or forged one."""
+
+    def __init__(self, users: Iterable[Identity]) -> None:
+        self.users = {u.public_key: (u, Verifier(u.public_key)) for u in users}
+
+    def publisher(self, subject: str, msg_id: str, body: bytes, headers: Mapping[str, str]) -> dict[str, str]:
+        """The publisher claims to store (a subset of ``PUBLISHER_CLAIMS``), empty when none is proven."""
+        key, sig = headers.get(ORIGIN_KEY), headers.get(ORIGIN_SIG)
+        found = self.users.get(key) if key else None
+        if found is None or not sig:
+            return {}
+        user, verifier = found
+        if not verifier.verify(_digest(subject.encode(), msg_id.encode(), _claims(headers), body), sig):
+            return {}
+        if user.role in VOUCHING_ROLES:
+            return {k: headers[k] for k in PUBLISHER_CLAIMS if headers.get(k)}
+        return {"Legato-Publisher": user.name}
+
+
 def sign_work(signer: Signer, subject: str, msg_id: str, body: bytes) -> dict[str, str]:
     return {
         ORIGIN_KEY: signer.public_key,

@@ -11,7 +11,7 @@ from legato.bus.consumer import Delivery, Poison
 from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
 from legato.security.keyring import load_users
 from legato.security.keys import Signer
-from legato.security.signing import RequestVerifier, WorkVerifier, sign_work
+from legato.security.signing import RequestVerifier, SignalOrigins, WorkVerifier, sign_signal, sign_work
 from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -22,20 +22,24 @@ log = get_logger("legato.security")
 T = TypeVar("T")
 
 
-def work_signer(
+def origin_signer(
     settings: Settings, topology: Topology
 ) -> Callable[[OutgoingMessage], Mapping[str, str]] | None:
-    """Signs every message the scheduler publishes to ``legato.work.>`` with its own seed."""
+    """Signs with this process's own seed what it publishes to ``legato.work.>`` (work items: only the
+    scheduler may) and to ``legato.signal.>`` (signals, with the publisher they claim)."""
     if not settings.nats_creds:
-        log.warning("work_items_unsigned", reason="no LEGATO_NATS_CREDS: running without credentials")
+        log.warning("messages_unsigned", reason="no LEGATO_NATS_CREDS: running without credentials")
         return None
     signer = Signer.from_file(settings.nats_creds)
-    prefix = topology.subject_prefix("work")
+    work = topology.subject_prefix("work")
+    signal = topology.signal_prefix
 
     def sign(msg: OutgoingMessage) -> Mapping[str, str]:
-        if not msg.subject.startswith(prefix):
-            return {}
-        return sign_work(signer, msg.subject, msg.msg_id or "", msg.payload)
+        if msg.subject.startswith(work):
+            return sign_work(signer, msg.subject, msg.msg_id or "", msg.payload)
+        if msg.subject.startswith(signal):
+            return sign_signal(signer, msg.subject, msg.msg_id or "", msg.payload, msg.headers or {})
+        return {}
 
     return sign
 
@@ -46,6 +50,16 @@ def work_verifier(settings: Settings) -> WorkVerifier | None:
         return None
     # root may publish anything anyway (break-glass, and tests running a scheduler in-process).
     return WorkVerifier(u for u in load_users(settings.auth_users) if u.role in ("scheduler", "root"))
+
+
+def signal_origins(settings: Settings) -> SignalOrigins | None:
+    """The signal router's check of who published a signal (None: claims are stored as sent)."""
+    if not settings.auth_users:
+        log.warning(
+            "signal_publishers_unverified", reason="no LEGATO_AUTH_USERS: running without credentials"
+        )
+        return None
+    return SignalOrigins(load_users(settings.auth_users))
 
 
 def request_verifier(settings: Settings) -> RequestVerifier | None:

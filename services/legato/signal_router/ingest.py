@@ -39,6 +39,7 @@ from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
 from legato.runtime.component import Component
+from legato.security.signing import PUBLISHER_CLAIMS, SignalOrigins
 from legato.sel import SelError
 from legato.signal_router.matching import (
     Member,
@@ -60,7 +61,6 @@ from legato.telemetry.tracing import traceparent_of
 
 log = get_logger("legato.signal_router")
 
-PUBLISHER_HEADER = "Legato-Publisher"
 _decode_json = msgspec.json.Decoder().decode
 _decode_wait = msgspec.json.Decoder(SignalWaitRegistered).decode
 MAX_REJECTED_BODY = 4000
@@ -90,6 +90,8 @@ class IncomingSignal:
     published_at: datetime
     traceparent: str | None
     error: str | None = None
+    # Who published it, as proven (``SignalOrigins``): a subset of the Legato-Publisher* headers.
+    publisher: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def rejected(self) -> bool:
@@ -139,9 +141,12 @@ class SignalIngest(Component):
         batch: int = 512,
         queue_size: int = 4096,
         workers: int = 2,
+        origins: SignalOrigins | None = None,
     ) -> None:
         super().__init__()
         self.pool = pool
+        # None (LEGATO_INSECURE): the publisher headers are stored as sent.
+        self.origins = origins
         self.topology = topology
         self.wake_relay = wake_relay
         self.batch = batch
@@ -259,6 +264,12 @@ class SignalIngest(Component):
             published_at=published_at,
             traceparent=traceparent,
         )
+        if self.origins is None:
+            sig.publisher = {k: v for k, v in d.headers.items() if k in PUBLISHER_CLAIMS and v}
+        else:
+            sig.publisher = self.origins.publisher(
+                d.subject, d.headers.get(MSG_ID_HEADER, ""), sig.raw, d.headers
+            )
         try:
             sig.body = _decode_json(d.message)
         except msgspec.DecodeError as exc:
@@ -380,10 +391,10 @@ class SignalIngest(Component):
                 _storable_text(s.raw[:MAX_REJECTED_BODY].decode(errors="replace")) if s.rejected else None
                 for s in ordered
             ],
-            [_publisher(s.headers) for s in ordered],
-            [s.headers.get("Legato-Publisher-Workflow") for s in ordered],
-            [s.headers.get("Legato-Publisher-Instance") for s in ordered],
-            [s.headers.get("Legato-Publisher-Step") for s in ordered],
+            [_publisher(s.publisher) for s in ordered],
+            [s.publisher.get("Legato-Publisher-Workflow") for s in ordered],
+            [s.publisher.get("Legato-Publisher-Instance") for s in ordered],
+            [s.publisher.get("Legato-Publisher-Step") for s in ordered],
             [s.published_at for s in ordered],
             [s.stream_seq for s in ordered],
             [s.rejected for s in ordered],
@@ -695,8 +706,8 @@ def _json_text(value: Any) -> str:
 
 
 def _publisher(headers: Mapping[str, str]) -> str | None:
-    if headers.get(PUBLISHER_HEADER):
-        return headers[PUBLISHER_HEADER]
+    if headers.get("Legato-Publisher"):
+        return headers["Legato-Publisher"]
     inst = headers.get("Legato-Publisher-Instance")
     if inst:
         return f"{headers.get('Legato-Publisher-Workflow', '')}/{inst}/{headers.get('Legato-Publisher-Step', '')}"

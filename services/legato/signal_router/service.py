@@ -13,6 +13,7 @@ from legato.bus.streams import ConsumerSpec
 from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
 from legato.runtime.settings import Settings
+from legato.security.wiring import signal_origins
 from legato.signal_router.ingest import RawPayload, SignalIngest
 from legato.signal_router.matching import Signal, TriggerTable, route
 from legato.store.outbox import add_to_outbox
@@ -138,7 +139,9 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
     async with ServiceHost("signal-router", settings) as host:
         topo = host.topology
         assert host.dead_letters is not None
-        ingest = SignalIngest(host.pool, topo, wake_relay=host.wake_relay, batch=batch)
+        ingest = SignalIngest(
+            host.pool, topo, wake_relay=host.wake_relay, batch=batch, origins=signal_origins(settings)
+        )
 
         async def on_signal(d: Delivery[bytes]) -> None:
             await ingest.submit(d)

@@ -23,7 +23,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 from opentelemetry import trace
 
-from legato.bus.publisher import OutgoingMessage
+from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.protocol import api as A
@@ -82,9 +82,12 @@ class ApiService(Component):
         max_concurrent: int = 256,
         start_batch: int = 256,
         authz: Authz | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         super().__init__()
         self.nc = nc
+        # The host's publisher: it signs the signals ``signal.send`` publishes for its caller.
+        self.publisher = publisher or Publisher(nc)
         self.pool = pool
         self.topology = topology
         self.wake_relay = wake_relay
@@ -132,7 +135,7 @@ class ApiService(Component):
             "instance.restart": (A.InstanceAction, self.instance_restart),
             "instance.unblock": (A.InstanceAction, self.instance_unblock),
             "instance.skip_step": (A.InstanceAction, self.instance_skip_step),
-            **SignalApi(self.nc, self.pool, self.topology).endpoints(),
+            **SignalApi(self.publisher, self.pool, self.topology).endpoints(),
             **DeadLetterApi(self.nc, self.pool, wake_relay=self.wake_relay).endpoints(),
             **PauseApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),
             **BackfillApi(self.pool, self.topology, wake_relay=self.wake_relay).endpoints(),

@@ -14,7 +14,16 @@ from legato.trigger.cron import CronLoop, clock_from_env
 async def run_trigger(settings: Settings) -> None:
     async with ServiceHost("trigger", settings) as host:
         authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
-        host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay, authz=authz))
+        host.add(
+            ApiService(
+                host.nc,
+                host.pool,
+                host.topology,
+                wake_relay=host.wake_relay,
+                authz=authz,
+                publisher=host.publisher,
+            )
+        )
         host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
         host.add(BackfillLoop(host.pool, host.topology, wake_relay=host.wake_relay))
         await host.run()

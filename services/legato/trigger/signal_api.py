@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from nats.aio.client import Client
 
 from legato.bus.publisher import OutgoingMessage, Publisher, PublishError
 from legato.bus.streams import SIGNAL_MAX_MSG_SIZE
@@ -62,11 +61,10 @@ def check_signal_name(name: str) -> None:
 class SignalApi:
     """Handlers of ``signal.send|list|pending|lineage|set_schema``."""
 
-    def __init__(self, nc: Client, pool: asyncpg.Pool, topology: Topology) -> None:
-        self.nc = nc
+    def __init__(self, publisher: Publisher, pool: asyncpg.Pool, topology: Topology) -> None:
         self.pool = pool
         self.topology = topology
-        self.publisher = Publisher(nc)
+        self.publisher = publisher
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
@@ -109,7 +107,7 @@ class SignalApi:
                 req.before,
                 limit + 1,
             )
-        page = fit(rows[:limit], reply_budget(self.nc), signal_summary)
+        page = fit(rows[:limit], reply_budget(self.publisher.nc), signal_summary)
         more = len(page) < len(rows)
         return {"signals": page, "next": page[-1]["seq"] if more and page else None}
 
