@@ -27,7 +27,8 @@ from legato.security.keyring import Keyring
 from legato.store.pool import create_pool
 from tests.support.stack import Stack, wait_api
 
-pytestmark = pytest.mark.slow
+# The heaviest chaos test (a 3-node cluster under load, ~1.5 min): `make soak`, not CI.
+pytestmark = [pytest.mark.slow, pytest.mark.soak]
 
 RUNS = 300
 

@@ -64,6 +64,7 @@ def same_partition_ids(partitions: int) -> tuple[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.parametrize("shape", ["foreach", "flat"])
 async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
     settings: Settings, tmp_path: Path, shape: str

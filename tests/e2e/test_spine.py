@@ -257,7 +257,15 @@ steps:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("victim", ["scheduler", "executor0", "trigger"])
+@pytest.mark.parametrize(
+    "victim",
+    [
+        "scheduler",
+        # Executor kill -9 is also proven in CI by tests/chaos/test_executor_kill.py.
+        pytest.param("executor0", marks=pytest.mark.soak),
+        pytest.param("trigger", marks=pytest.mark.soak),
+    ],
+)
 async def test_kill_9_mid_run_finishes_every_run_exactly_once(
     settings: Settings, tmp_path: Path, victim: str
 ) -> None:
