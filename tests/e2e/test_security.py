@@ -8,6 +8,7 @@ calling the API. Every one must be refused — by nats-server, by the trigger, o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import time
@@ -382,3 +383,40 @@ async def test_a_signal_publisher_is_recorded_only_as_proven(
     assert signals["own"]["publisher_instance"] is None
     # Sent through the API: the trigger vouches for its proven caller.
     assert signals["api"]["publisher"] == "test"
+
+
+async def test_executor_credentials_cannot_change_or_delete_jetstream_state(
+    settings: Settings, keyring: Keyring
+) -> None:
+    """An executor runs other people's code: its seed must not let that code shrink or re-subject the
+    work stream, delete the scheduler's consumers, or purge anything. It can still read what it needs."""
+    topo = Topology(settings.namespace, settings.partitions)
+    root = await connect_with(settings, name="legato-test")
+    await provision_streams(root.jetstream(), topo)
+    await root.jetstream().add_consumer(
+        topo.events_stream, durable_name="victim", ack_policy="explicit", filter_subject=f"{topo.namespace}.>"
+    )
+    nc = await connect(
+        settings.nats_url,
+        name="executor",
+        options=nats_auth_options(creds=str(keyring.seed_file("executor"))),
+    )
+    refused = (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError)
+    try:
+        js = nc.jetstream(timeout=2)
+        work = await js.stream_info(topo.work_stream)  # reading is allowed
+        with pytest.raises(refused):
+            await js.update_stream(dataclasses.replace(work.config, max_msgs=1))
+        with pytest.raises(refused):
+            await js.delete_consumer(topo.events_stream, "victim")
+        with pytest.raises(refused):
+            await js.purge_stream(topo.work_stream)
+        with pytest.raises(refused):
+            await js.delete_stream(topo.work_stream)
+        # Nothing changed.
+        after = await root.jetstream().stream_info(topo.work_stream)
+        assert after.config.max_msgs == work.config.max_msgs
+        assert (await root.jetstream().consumer_info(topo.events_stream, "victim")).name == "victim"
+    finally:
+        await nc.close()
+        await root.close()

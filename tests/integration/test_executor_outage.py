@@ -86,6 +86,8 @@ async def test_unpublishable_result_is_retried_while_the_item_is_kept_not_given_
     )
     nc = await connect(own_nats.url, name="test-outage")
     js = nc.jetstream()
+    # A stateful service creates the streams and the attempts bucket; executors only wait for them.
+    await provision_streams(js, topo)
     try:
         async with executor(settings, "exec-a") as a, executor(settings, "exec-b") as b:
             await scheduler_publisher(nc, topo).publish(
@@ -159,6 +161,7 @@ async def test_a_step_is_stopped_before_its_item_can_be_redelivered_when_its_exe
         dispatched_at=time.time(),
     )
     nc = await connect(own_nats.url, name="test-cut")
+    await provision_streams(nc.jetstream(), topo)
     try:
         async with executor(settings, "exec-cut", ack_wait=ack_wait) as ex:
             await scheduler_publisher(nc, topo).publish(

@@ -15,11 +15,18 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    KeyValueConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from legato.bus.topology import Topology
 from legato.telemetry import get_logger
@@ -43,13 +50,22 @@ SETTLE_TIMEOUT = 60.0
 T = TypeVar("T")
 
 
+# The executors' attempt claims (executor/claims.py) expire after a week: far longer than any work item
+# can wait in the stream or the outbox.
+CLAIM_TTL = 7 * 24 * 3600.0
+
+
 class ProvisioningError(RuntimeError):
     """A stream exists with a configuration that cannot be changed in place."""
 
 
+class NotProvisioned(RuntimeError):
+    """A stream or bucket a process needs does not exist yet (a stateful service creates it)."""
+
+
 def transient(exc: BaseException) -> bool:
     """JetStream is there but not answering yet (no meta leader, stream leader election, reconnect)."""
-    if isinstance(exc, ServiceUnavailableError):
+    if isinstance(exc, ServiceUnavailableError | NotProvisioned):
         return True
     if isinstance(exc, APIError):
         # 10008: "JetStream system temporarily unavailable"; 503 without a code: no leader yet.
@@ -141,6 +157,52 @@ async def provision_streams(js: JetStreamContext, topology: Topology, *, replica
     Waits (bounded) while JetStream is not ready yet, as after a cluster has just formed."""
     for want in stream_configs(topology, replicas):
         await settled(functools.partial(_provision_stream, js, want), f"stream {want.name}")
+    await settled(
+        functools.partial(provision_attempts_bucket, js, topology, replicas=replicas),
+        f"bucket {topology.attempts_bucket}",
+    )
+
+
+async def provision_attempts_bucket(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
+    """Create the executors' attempt-claims bucket if missing. A stateful service does it: executors may
+    not create or change streams (docs/security.md)."""
+    try:
+        await js.key_value(topology.attempts_bucket)
+        return
+    except BucketNotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=topology.attempts_bucket,
+        description="Legato executor: attempts started, and their results",
+        history=1,
+        ttl=CLAIM_TTL,
+        storage=StorageType.FILE,
+        replicas=replicas,
+        max_value_size=MAX_MSG_SIZE,
+    )
+    try:
+        await js.create_key_value(config)
+        log.info("bucket_created", bucket=topology.attempts_bucket)
+    except BadRequestError:
+        await js.key_value(topology.attempts_bucket)  # another process created it first
+
+
+async def await_streams(js: JetStreamContext, topology: Topology, *, timeout: float = SETTLE_TIMEOUT) -> None:
+    """Wait (bounded) until the streams and the bucket exist, for a process that may not create them."""
+
+    async def present(stream: str) -> None:
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            raise NotProvisioned(f"stream {stream} does not exist yet") from None
+
+    for stream in (topology.work_stream, topology.events_stream, topology.deadletter_stream):
+        await settled(functools.partial(present, stream), f"stream {stream}", timeout=timeout)
+    await settled(
+        functools.partial(present, f"KV_{topology.attempts_bucket}"),
+        f"bucket {topology.attempts_bucket}",
+        timeout=timeout,
+    )
 
 
 async def _provision_stream(js: JetStreamContext, want: StreamConfig) -> None:

@@ -24,7 +24,7 @@ from legato.bus.connection import connect_with
 from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
-from legato.bus.streams import ConsumerSpec, provision_streams
+from legato.bus.streams import ConsumerSpec, await_streams, provision_streams
 from legato.bus.topology import Topology
 from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
 from legato.runtime.component import Component
@@ -104,7 +104,12 @@ class ServiceHost:
             configure_tracing(self.service, instance_id=instance)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
-        await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
+        if self.with_database:
+            await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
+        else:
+            # The executor may not create or change streams (its NATS permissions say so): it waits,
+            # bounded, for a stateful service to have created them.
+            await await_streams(self.js, self.topology)
         self.publisher = Publisher(self.nc, sign=origin_signer(self.settings, self.topology))
         if not self.with_database:
             self.dead_letters = NatsDeadLetters(self.publisher, self.topology, self.service)

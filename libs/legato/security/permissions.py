@@ -3,7 +3,8 @@
 Subjects are listed bare (``legato.work.>``) and with one namespace token in front (``*.legato.work.>``):
 a namespace lets several installs (or test cases) share a server; it is not a security boundary.
 JetStream's API subjects are granted per verb (create/info/fetch), not per stream, because stream names
-carry the namespace; no role but ``root`` may delete or purge a stream.
+carry the namespace; no role but ``root`` may delete or purge a stream or delete a consumer, and the
+executor may not create or change streams.
 """
 
 from __future__ import annotations
@@ -74,16 +75,24 @@ def _ns(subjects: Iterable[str]) -> list[str]:
     return out
 
 
-JS_SERVICE = [
+# JetStream API subjects, per verb. Every service may read stream info, create its durable consumers,
+# fetch from them, ack, and read single messages; no role but root may delete or purge a stream or a
+# consumer, or list them.
+JS_CONSUME = [
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.>",
-    "$JS.API.STREAM.CREATE.>",
-    "$JS.API.STREAM.UPDATE.>",
     "$JS.API.STREAM.NAMES",
     "$JS.API.STREAM.MSG.GET.>",
-    "$JS.API.CONSUMER.>",
+    "$JS.API.CONSUMER.CREATE.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.>",
+    "$JS.API.CONSUMER.INFO.>",
+    "$JS.API.CONSUMER.MSG.NEXT.>",
     "$JS.ACK.>",
 ]
+# Creating and changing streams (and the attempts bucket): the stateful services only. An executor,
+# which runs other people's code, cannot shrink, re-subject or re-purpose a stream.
+JS_PROVISION = ["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"]
+JS_SERVICE = [*JS_CONSUME, *JS_PROVISION]
 INBOX = "_INBOX.>"
 # The executor's attempt claims (bucket LEGATO_ATTEMPTS, namespaced): a KV put/create is a publish on
 # $KV.<bucket>.<key>, a get a direct get. A bucket name carries the namespace inside its only token, so
@@ -144,7 +153,7 @@ def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
         # services, attempt claims to its KV bucket; nothing else: no work, no API, no triggers, no signals.
         pub = [
             *_ns(["legato.event.>", "legato.control.heartbeat", "legato.deadletter.executor"]),
-            *JS_SERVICE,
+            *JS_CONSUME,
             *KV_ATTEMPTS,
             INBOX,
         ]

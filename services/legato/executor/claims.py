@@ -20,16 +20,14 @@ import uuid
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from legato.bus.streams import MAX_MSG_SIZE, settled
+from legato.bus.streams import NotProvisioned, settled
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
 
-CLAIM_TTL = 7 * 24 * 3600.0
 KV_TIMEOUT = 5.0
 # Results larger than this (256 KiB) are not kept in the bucket, which would grow too big for a week of
 # attempts; the claim still is: a later copy then finds
@@ -68,29 +66,15 @@ class AttemptClaims:
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
-        """Bind to the bucket, creating it if it does not exist (safe from every executor at once);
-        waits, bounded, while JetStream is not ready yet."""
+        """Bind to the bucket; waits, bounded, until it exists (stateful services create it:
+        ``legato.bus.streams.provision_attempts_bucket``) and JetStream answers."""
         await settled(self._open, f"bucket {self.bucket}")
 
     async def _open(self) -> None:
         try:
             self._kv = await self.js.key_value(self.bucket)
-            return
         except BucketNotFoundError:
-            pass
-        config = KeyValueConfig(
-            bucket=self.bucket,
-            description="Legato executor: attempts started, and their results",
-            history=1,
-            ttl=CLAIM_TTL,
-            storage=StorageType.FILE,
-            replicas=self.replicas,
-            max_value_size=MAX_MSG_SIZE,
-        )
-        try:
-            self._kv = await self.js.create_key_value(config)
-        except BadRequestError:
-            self._kv = await self.js.key_value(self.bucket)  # another executor created it first
+            raise NotProvisioned(f"bucket {self.bucket} does not exist yet") from None
 
     @property
     def kv(self) -> KeyValue:
