@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, Stack
 from legato.protocol.ids import instance_id_for
-from legato.runtime.settings import Settings
 from tests.support.stack import wait_api, wait_for
 
 T0 = datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)

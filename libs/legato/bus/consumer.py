@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind
 
 from legato.bus.publisher import MSG_ID_HEADER
 from legato.bus.streams import ConsumerSpec, provision_consumer, settled
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import bind_context, consume_span, get_logger, metrics
 
 log = get_logger("legato.bus")

@@ -14,7 +14,7 @@ from legato.cli.errors import CliError, read_definition, refused_credentials, un
 from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import load_settings
+from legato.config.settings import load_settings
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 

@@ -34,10 +34,10 @@ from legato.bus.connection import connect, nats_auth_options
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
+from legato.config.settings import dev_state_file, read_dev_state
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.devstack.processes import die_with_parent
 from legato.protocol.messages import InstanceProgress
-from legato.runtime.settings import dev_state_file, read_dev_state
 from legato.security.keyring import Keyring
 from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database, redact

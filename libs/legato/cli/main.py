@@ -21,7 +21,7 @@ from legato.cli.pause_commands import add_pause_commands
 from legato.cli.signal_commands import add_signal_commands
 from legato.cli.workflow_removal import add_workflow_removal_commands
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import SettingsError, load_settings
+from legato.config.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, LegatoClient], Awaitable[int]]
 

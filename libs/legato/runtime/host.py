@@ -26,11 +26,11 @@ from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
 from legato.bus.streams import ConsumerSpec, provision_streams
 from legato.bus.topology import Topology
+from legato.config.settings import Settings
+from legato.lifecycle.component import Component
+from legato.lifecycle.supervisor import Supervisor
 from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
-from legato.runtime.component import Component
 from legato.runtime.metrics_server import OK, MetricsServer
-from legato.runtime.settings import Settings
-from legato.runtime.supervisor import Supervisor
 from legato.security.permissions import relay_kinds
 from legato.security.wiring import work_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters

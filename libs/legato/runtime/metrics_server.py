@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import get_logger, metrics
 from legato.telemetry.prometheus import CONTENT_TYPE, render_prometheus
 

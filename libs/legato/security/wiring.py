@@ -16,7 +16,7 @@ from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
     from legato.bus.topology import Topology
-    from legato.runtime.settings import Settings
+    from legato.config.settings import Settings
 
 log = get_logger("legato.security")
 T = TypeVar("T")

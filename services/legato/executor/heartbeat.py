@@ -15,9 +15,9 @@ from collections.abc import Callable
 from nats.aio.client import Client
 
 from legato.bus.topology import Topology
+from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_HEARTBEAT_INTERVAL
 from legato.protocol.messages import ExecutorHeartbeat, encode
-from legato.runtime.component import Component
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")

@@ -26,6 +26,7 @@ from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.publisher import Publisher
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
+from legato.config.settings import Settings
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
@@ -33,11 +34,10 @@ from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.lease import FenceLease
 from legato.executor.recent import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
+from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_FENCE_AFTER
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
-from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.security.signing import WorkVerifier
 from legato.security.wiring import trusted_work, work_verifier
 from legato.telemetry import get_logger

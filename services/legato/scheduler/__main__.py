@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from legato.config.settings import SettingsError, load_settings
 from legato.runtime.entry import run_service
-from legato.runtime.settings import SettingsError, load_settings
 from legato.scheduler.service import run_scheduler
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.store import create_pool
 from legato.telemetry import get_logger
 

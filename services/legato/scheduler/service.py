@@ -8,10 +8,10 @@ from opentelemetry import trace
 
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
+from legato.config.settings import Settings
+from legato.lifecycle.component import Component
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
-from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.scheduler.actors import ActorRegistry
 from legato.scheduler.leases import PartitionLeaser
 from legato.scheduler.liveness import ExecutorWatch

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.scheduler.actors import Message, TimerFired
 from legato.telemetry import get_logger
 

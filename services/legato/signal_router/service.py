@@ -10,9 +10,9 @@ import asyncpg
 
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
-from legato.runtime.component import Component
+from legato.config.settings import Settings
+from legato.lifecycle.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.signal_router.ingest import RawPayload, SignalIngest
 from legato.signal_router.matching import Signal, TriggerTable, route
 from legato.store.outbox import add_to_outbox

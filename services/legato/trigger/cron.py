@@ -35,10 +35,10 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, CronSchedule, compile_workflow, definition_from_json, to_json_value
 from legato.core.model import CronTrigger
+from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
-from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import bind_context, get_logger
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from legato.config.settings import Settings
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.security.wiring import request_verifier
 from legato.trigger.api import ApiService
 from legato.trigger.authz import Authz

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from legato.runtime.settings import SettingsError, load_settings
+from legato.config.settings import SettingsError, load_settings
 
 
 def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_path: Path) -> None:
