@@ -205,9 +205,9 @@ def _dispatch(args: argparse.Namespace, local: str | None) -> int:
     try:
         parse_params(getattr(args, "param", None))  # a bad --param is reported before connecting
         if local == "dev":
-            from legato.cli.dev import run_dev
+            from legato.cli.dev import cmd_dev
 
-            return run_dev(args)
+            return cmd_dev(args)
         if local == "validate":
             from legato.cli.local import cmd_validate
 
