@@ -54,7 +54,7 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
             res = await c.push(text, source=str(path), activate=not args.no_activate)
         except ApiError as exc:
             status = 1
-            _print_api_error(exc)
+            print_api_error(exc)
             continue
         if args.json:
             render.dump_json(res)
@@ -450,7 +450,8 @@ async def cmd_instance_action(args: argparse.Namespace, c: LegatoClient) -> int:
     return 0
 
 
-def _print_api_error(exc: ApiError) -> None:
+def print_api_error(exc: ApiError) -> None:
+    """An API error on stderr: its code and message, then each path-named definition error."""
     print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
     for item in exc.details.get("errors", []) if isinstance(exc.details, dict) else []:
         print(f"  {item['path']}: {item['message']}", file=sys.stderr)

@@ -32,7 +32,7 @@ from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
 from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.lease import FenceLease
-from legato.executor.recent import RecentCancels, RecentResults
+from legato.executor.recent_attempts import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
 from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_FENCE_AFTER

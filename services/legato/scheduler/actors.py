@@ -33,7 +33,7 @@ from legato.protocol.messages import (
     WorkflowChanged,
 )
 from legato.scheduler import actions, dynamic, run_spans
-from legato.scheduler.definitions import DefinitionCache
+from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
 from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc

@@ -24,7 +24,7 @@ from typing import Annotated
 
 import msgspec
 
-from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
+from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
 from legato.protocol.messages import JSONValue
 
 BODY_LIMIT = 1024 * 1024

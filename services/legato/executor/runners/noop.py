@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legato.executor.step import StepContext, StepResult
+from legato.executor.step_runner import StepContext, StepResult
 
 
 class NoopRunner:

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import msgspec
 
-from legato.executor.step import StepContext, StepResult, parse_config
+from legato.executor.step_runner import StepContext, StepResult, parse_config
 
 
 class SleepConfig(msgspec.Struct, frozen=True):
