@@ -1,4 +1,4 @@
-"""Cron triggers as real processes with an injected clock (``LEGATO_CRON_CLOCK_FILE``: a file holding the
+"""Cron triggers as real processes with an injected clock (``LEGATO_TEST_CRON_CLOCK_FILE``: a file holding the
 time the cron loop takes as now), so no test sleeps through real minutes: two trigger services firing at
 once start each scheduled time exactly once (counted by the lines the step itself appends), and
 workflow pause/resume holds fires per the catch-up policy."""
@@ -57,7 +57,7 @@ async def cron_stack(
 ) -> AsyncIterator[tuple[Path, LegatoClient]]:
     clock = tmp_path / "clock"
     set_clock(clock, T0)
-    stack = Stack(settings, tmp_path, extra_env={"LEGATO_CRON_CLOCK_FILE": str(clock)})
+    stack = Stack(settings, tmp_path, extra_env={"LEGATO_TEST_CRON_CLOCK_FILE": str(clock)})
     for i in range(1, triggers):
         stack.services[f"trigger{i}"] = ServiceProcess(
             f"trigger{i}", "legato.trigger", [], stack.env, tmp_path

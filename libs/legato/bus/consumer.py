@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -142,6 +141,7 @@ class ConsumerLoop(Component, Generic[T]):
         fetch_timeout: float = 1.0,
         heartbeat_interval: float | None = None,
         span_name: str | None = None,
+        deliver_twice: bool = False,
     ) -> None:
         super().__init__()
         self.js = js
@@ -159,9 +159,9 @@ class ConsumerLoop(Component, Generic[T]):
         self.span_name = span_name or f"process {spec.stream}"
         self.stats = ConsumerStats()
         self.stream_label = stream_label(spec.stream)
-        # Test hook: apply every message twice (as if its ack was lost and JetStream redelivered it)
-        # to prove handlers are idempotent end to end. Never set in production.
-        self.deliver_twice = os.environ.get("LEGATO_TEST_DELIVER_TWICE") == "1"
+        # Testing (Settings.test_deliver_twice): apply every message twice, as if its ack was lost and
+        # JetStream redelivered it, to prove handlers are idempotent end to end. Never set in production.
+        self.deliver_twice = deliver_twice
         self._in_flight: dict[int, Delivery[T]] = {}
         # Stream sequence -> deliveries this loop settled with Retry (bounded: oldest forgotten first).
         self._retried: dict[int, int] = {}

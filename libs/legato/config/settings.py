@@ -54,6 +54,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_key: str = ""
     # Largest API request body the trigger accepts: the largest definition (4 MiB) as a JSON string.
     api_max_request_bytes: int = 6 * 1024 * 1024
+    # Testing only, set by the test suite's process launcher and never in production. Apply every
+    # consumed message twice (as if its ack was lost and JetStream redelivered it): handlers are idempotent.
+    test_deliver_twice: bool = False
+    # A file holding the ISO time the trigger's cron loop takes as now (re-read each tick).
+    test_cron_clock_file: str = ""
+    # A file every service appends each finished span to, as a JSON line (``legato.telemetry.span_file``).
+    test_span_file: str = ""
 
     def __post_init__(self) -> None:
         _check(

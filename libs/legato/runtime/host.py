@@ -98,7 +98,7 @@ class ServiceHost:
         if self.configure_process:
             configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
             instance = self.settings.replica
-            configure_tracing(self.service, instance_id=instance)
+            configure_tracing(self.service, instance_id=instance, span_file=self.settings.test_span_file)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
@@ -131,6 +131,7 @@ class ServiceHost:
             batch=16,
             max_in_flight=16,
             max_deliveries=self.settings.max_deliveries,
+            deliver_twice=self.settings.test_deliver_twice,
         )
         if self.with_relay:
             self.relay = OutboxRelay(self._pool, self.publisher, kinds=relay_kinds(self.service))

@@ -105,6 +105,7 @@ class ExecutorService(Component):
         max_deliveries: int = 5,
         replicas: int = 1,
         trusted: WorkVerifier | None = None,
+        deliver_twice: bool = False,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -149,6 +150,7 @@ class ExecutorService(Component):
             max_in_flight=options.concurrency,
             max_deliveries=max_deliveries,
             span_name=f"process {topology.work_stream}",
+            deliver_twice=deliver_twice,
         )
         self.ready = asyncio.Event()
 
@@ -164,6 +166,7 @@ class ExecutorService(Component):
             max_deliveries=host.settings.max_deliveries,
             replicas=host.settings.stream_replicas,
             trusted=work_verifier(host.settings),
+            deliver_twice=host.settings.test_deliver_twice,
         )
 
     async def _run(self) -> None:

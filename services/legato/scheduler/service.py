@@ -71,6 +71,7 @@ class PartitionConsumers(Component):
             batch=self.batch,
             max_in_flight=1024,
             max_deliveries=self.host.settings.max_deliveries,
+            deliver_twice=self.host.settings.test_deliver_twice,
             span_name="scheduler apply trigger",
         )
         ev: ConsumerLoop[EventMessage] = ConsumerLoop(
@@ -87,6 +88,7 @@ class PartitionConsumers(Component):
             batch=self.batch,
             max_in_flight=1024,
             max_deliveries=self.host.settings.max_deliveries,
+            deliver_twice=self.host.settings.test_deliver_twice,
             span_name="scheduler apply event",
         )
         self.loops[partition] = [trig, ev]

@@ -159,6 +159,7 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
             max_in_flight=2 * batch,
             max_deliveries=settings.max_deliveries,
             span_name="signal_router ingest",
+            deliver_twice=settings.test_deliver_twice,
         )
         # Stop order: the consumer stops fetching (stage 0), then ingest drains (stage 1), then the relay.
         for comp in (ingest, SignalUpkeep(host.pool, ingest), consumer):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,19 +49,17 @@ CHUNK = 1000
 BATCH = 500  # triggers per transaction
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
-CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
-"""Testing hook: a file holding the ISO time the cron loop takes as now (re-read each tick)."""
 
 
-def clock_from_env() -> Callable[[], datetime]:
-    """The wall clock, or (``LEGATO_CRON_CLOCK_FILE``) the time written in a file, for tests."""
-    path = os.environ.get(CLOCK_FILE_ENV)
-    if not path:
+def cron_clock(clock_file: str = "") -> Callable[[], datetime]:
+    """The wall clock, or (tests: ``Settings.test_cron_clock_file``) the time written in a file,
+    re-read at each call."""
+    if not clock_file:
         return lambda: datetime.now(UTC)
-    clock_file = Path(path)
+    path = Path(clock_file)
 
     def read() -> datetime:
-        value = datetime.fromisoformat(clock_file.read_text().strip())
+        value = datetime.fromisoformat(path.read_text().strip())
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     return read
