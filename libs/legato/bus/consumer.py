@@ -69,11 +69,16 @@ class Poison(Exception):
 
 
 class DeadLetterSink(Protocol):
+    """Where a loop puts a message it gives up on (Postgres in stateful services, a NATS subject in the
+    executor)."""
+
     async def dead_letter(self, record: DeadLetter) -> None: ...
 
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A message given up on: where it came from, why, and its payload and headers as received."""
+
     stream: str
     consumer: str
     subject: str
@@ -108,6 +113,8 @@ Handler = Callable[[Delivery[T]], Awaitable[None]]
 
 @dataclass
 class ConsumerStats:
+    """Counts of what one consumer loop did with its deliveries, for tests and metrics."""
+
     fetched: int = 0
     acked: int = 0
     naked: int = 0

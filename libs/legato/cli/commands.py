@@ -20,6 +20,7 @@ __all__ = ["client_for", "parse_params", "print_instance"]
 
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
+    """A client connected as the settings and flags say; unreachable or refused NATS is a ``CliError``."""
     settings = load_settings(
         overrides={
             "nats_url": args.nats_url,
@@ -298,6 +299,7 @@ SHOW_LOG_LINES = 10
 
 
 def print_instance(info: dict[str, Any]) -> None:
+    """A run's header, steps, attempts and errors as ``legato show`` prints them."""
     print(
         f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
         f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}"

@@ -27,6 +27,7 @@ Handler = Callable[[argparse.Namespace, LegatoClient], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``legato`` argument parser: every subcommand with its flags and handler."""
     p = argparse.ArgumentParser(prog="legato", description="Legato workflow orchestrator")
     p.add_argument("--nats-url", help="NATS server (default: LEGATO_NATS_URL, then .legato/dev.json)")
     p.add_argument(
@@ -188,6 +189,8 @@ def _accept_global_flags_after_the_command(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``legato`` entry point: parse, dispatch, and turn user-fixable errors into one line; the exit
+    code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Service commands take their own flags: hand everything after the name to the service.
     if argv and argv[0] in ("trigger", "scheduler", "executor", "signal-router"):

@@ -22,6 +22,8 @@ class SettingsError(ValueError):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a process connects and how it behaves; one field per ``LEGATO_<NAME>`` variable."""
+
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/legato"
     # Scheduler partitions: a workflow belongs to partition hash(workflow_id) % partitions.
@@ -141,6 +143,7 @@ _FIELDS: dict[str, str] = {name: f"LEGATO_{name.upper()}" for name in Settings._
 
 
 def dev_state_file(state_dir: str | os.PathLike[str]) -> Path:
+    """The file ``legato dev`` writes its URLs and credentials to, in its state folder."""
     return Path(state_dir) / "dev.json"
 
 

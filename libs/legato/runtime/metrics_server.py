@@ -31,6 +31,7 @@ ReadinessChecks = Callable[[], Awaitable[Mapping[str, str]]]
 
 
 def render_current() -> str:
+    """This process's metrics in the Prometheus text format; empty when metrics are off."""
     reader = metrics().prometheus
     if reader is None:
         return ""

@@ -41,6 +41,8 @@ def work_signer(
 
 
 def work_verifier(settings: Settings) -> WorkVerifier | None:
+    """What the executor checks work items with: the scheduler and root keys of the users file (None
+    without one)."""
     if not settings.auth_users:
         log.warning("work_items_unverified", reason="no LEGATO_AUTH_USERS: running without credentials")
         return None
@@ -49,6 +51,7 @@ def work_verifier(settings: Settings) -> WorkVerifier | None:
 
 
 def request_verifier(settings: Settings) -> RequestVerifier | None:
+    """What the trigger checks API requests with: every user of the users file (None without one)."""
     if not settings.auth_users:
         log.warning("api_unauthenticated", reason="no LEGATO_AUTH_USERS: any caller is trusted")
         return None

@@ -62,6 +62,7 @@ def _env(*names: str) -> str:
 
 
 def sdk_disabled() -> bool:
+    """Whether ``OTEL_SDK_DISABLED=true`` turns tracing and metrics off."""
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
@@ -77,6 +78,7 @@ def otlp_protocol(signal: str) -> str:
 
 
 def otlp_endpoint_set(signal: str) -> bool:
+    """Whether an OTLP endpoint is configured for ``signal`` (``TRACES``/``METRICS``)."""
     return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 

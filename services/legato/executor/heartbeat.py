@@ -26,6 +26,8 @@ HEARTBEAT_INTERVAL = EXECUTOR_HEARTBEAT_INTERVAL
 
 
 class ExecutorHeartbeats(Component):
+    """Publishes this executor's heartbeat (its id, boot and running attempts) every ``interval``."""
+
     name = "executor-heartbeats"
     # Stopped after the executor (stage 0): attempts finishing within the grace period still beat.
     shutdown_stage = 1

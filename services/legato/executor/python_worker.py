@@ -24,6 +24,7 @@ TRACEBACK_TAIL = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the call read from stdin and write its report to RESULT_PATH; the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m legato.executor.python_worker RESULT_PATH < call.json", file=sys.stderr)

@@ -141,6 +141,7 @@ def observe_queues(registry: ActorRegistry) -> None:
 
 
 async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
+    """Run a scheduler replica: leases, partition consumers, actors and timers, until shutdown."""
     async with ServiceHost("scheduler", settings) as host:
         timers_ref: list[TimerLoop] = []
         registry_ref: list[ActorRegistry] = []

@@ -20,6 +20,8 @@ log = get_logger("legato.scheduler")
 
 
 class TimerLoop(Component):
+    """Delivers the due timers of the partitions this replica owns to their workflows' actors."""
+
     name = "timer-loop"
 
     def __init__(

@@ -135,6 +135,7 @@ class SignalUpkeep(Component):
 
 
 async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
+    """Run the signal router: signal ingest, its upkeep and the consumer, until shutdown."""
     async with ServiceHost("signal-router", settings) as host:
         topo = host.topology
         assert host.dead_letters is not None

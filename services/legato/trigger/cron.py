@@ -75,6 +75,7 @@ def jitter_offset(workflow_id: str, trigger_id: str, fire_time: datetime, jitter
 
 
 def fire_key(trigger_id: str, fire_time: datetime) -> str:
+    """The trigger key of one cron fire: ``cron:<trigger>:<fire time in UTC>``."""
     return f"cron:{trigger_id}:{fire_time.astimezone(UTC).isoformat()}"
 
 
@@ -145,6 +146,8 @@ def _skip_reason(
 
 
 class CronLoop(Component):
+    """Evaluates every active cron trigger each tick and fires what is due, exactly once per fire time."""
+
     name = "cron"
 
     def __init__(

@@ -12,6 +12,7 @@ from legato.trigger.cron import CronLoop, cron_clock
 
 
 async def run_trigger(settings: Settings) -> None:
+    """Run the trigger: the API, cron and backfills, until shutdown."""
     async with ServiceHost("trigger", settings) as host:
         authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
         host.add(ApiService(host.nc, host.pool, host.topology, wake_relay=host.wake_relay, authz=authz))

@@ -14,6 +14,7 @@ from legato.executor.step_runner import StepRunner
 
 
 def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
+    """The runner of every built-in step type, by type."""
     runners: list[StepRunner] = [
         NoopRunner(),
         SleepRunner(),

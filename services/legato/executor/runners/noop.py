@@ -6,6 +6,8 @@ from legato.executor.step_runner import StepContext, StepResult
 
 
 class NoopRunner:
+    """Runs a ``noop`` step: nothing, successfully."""
+
     step_type = "noop"
 
     async def run(self, ctx: StepContext) -> StepResult:

@@ -32,10 +32,14 @@ WORKER_MODULE = "legato.executor.python_worker"
 
 
 class PythonConfig(msgspec.Struct, frozen=True):
+    """A ``python`` step's config: the ``package.module:function`` to call."""
+
     function: str
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
+    """What the worker process writes to its result file: outputs, or the error."""
+
     ok: bool
     outputs: dict[str, JSONValue] = {}
     error: str = ""
@@ -45,6 +49,8 @@ _REPORT = msgspec.json.Decoder(WorkerReport)
 
 
 class PythonRunner:
+    """Runs a ``python`` step in its own worker process, under the step guard."""
+
     step_type = "python"
 
     def __init__(self, secrets: SecretStore | None = None) -> None:
@@ -103,6 +109,7 @@ def worker_pythonpath(existing: str | None) -> str:
 
 
 def read_report(path: Path) -> WorkerReport | None:
+    """The worker's report from its result file; None when it wrote none (it died first)."""
     try:
         with path.open("rb") as f:
             data = f.read(OUTPUTS_LIMIT + 4096)

@@ -26,11 +26,15 @@ COMMAND_ARG_LIMIT = 64 * 1024
 
 
 class ShellConfig(msgspec.Struct, frozen=True):
+    """A ``shell`` step's config: the command and extra environment variables."""
+
     command: str
     env: dict[str, JSONValue] = {}
 
 
 class ShellRunner:
+    """Runs a ``shell`` step as a process under the step guard, capturing its output."""
+
     step_type = "shell"
 
     def __init__(self, secrets: SecretStore | None = None) -> None:
