@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats, EmbeddedPostgres, NatsCluster
 from legato.devstack.processes import Stack
-from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 
 

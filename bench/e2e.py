@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _servers import bench_servers, bench_settings, percentile, until, wait_api
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack.otlp_sink import OtlpSink
 from legato.devstack.processes import Stack
-from legato.runtime.settings import Settings
 from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _servers import bench_servers, bench_settings, cpu_between, sample_cpu, wait_api
 from legato.bus.topology import partition_of
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, Stack, service_env
-from legato.runtime.settings import Settings
 from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """

@@ -25,8 +25,8 @@ import asyncpg
 import nats
 import pytest
 
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
-from legato.runtime.settings import Settings
 from legato.security.keyring import DEFAULT_IDENTITIES, Keyring
 from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database

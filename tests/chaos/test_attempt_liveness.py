@@ -26,8 +26,8 @@ from legato.bus.consumer import ConsumerLoop, Delivery, Poison
 from legato.bus.streams import ConsumerSpec
 from legato.bus.topology import Topology
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.protocol.messages import WORK_DECODER, WorkItem
-from legato.runtime.settings import Settings
 from legato.store.dead_letters import PostgresDeadLetters
 from legato.store.pool import create_pool
 from tests.support.stack import Stack, attempts_of, executor_named, running_stack, until, wait_for

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from legato.client import LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import attempts_of, executor_named, running_stack, until, wait_for
 
 pytestmark = pytest.mark.slow

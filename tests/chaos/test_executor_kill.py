@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from legato.client import LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import Stack, wait_api, wait_for
 
 pytestmark = pytest.mark.slow

@@ -21,8 +21,8 @@ from nats.js import JetStreamContext
 from legato.bus.connection import connect_with
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
+from legato.config.settings import Settings
 from legato.devstack import NatsCluster
-from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 from legato.store.pool import create_pool
 from tests.support.stack import Stack, wait_api

@@ -16,8 +16,8 @@ import msgspec
 import psutil
 import pytest
 
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedPostgres
-from legato.runtime.settings import Settings
 from legato.store import ensure_database, migrate_url
 from tests.support.stack import running_stack, wait_for
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from legato.bus.connection import connect_with
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack
 
 pytestmark = pytest.mark.slow

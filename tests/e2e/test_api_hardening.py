@@ -13,9 +13,9 @@ import pytest
 
 from legato.bus.topology import Topology
 from legato.client import ApiError
+from legato.config.settings import Settings
 from legato.protocol import encode
 from legato.protocol.messages import StartRun, TriggerInfo
-from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 

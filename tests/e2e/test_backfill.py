@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.auth import creds_for
 from tests.support.stack import running_stack
 

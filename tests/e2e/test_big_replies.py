@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from legato.client import ApiError
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from legato.config.settings import Settings
 from legato.devstack.ports import free_port
-from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 ECHO = """

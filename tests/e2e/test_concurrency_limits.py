@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 CAPPED = """

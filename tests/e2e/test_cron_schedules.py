@@ -1,4 +1,4 @@
-"""Cron triggers as real processes with an injected clock (``LEGATO_CRON_CLOCK_FILE``: a file holding the
+"""Cron triggers as real processes with an injected clock (``LEGATO_TEST_CRON_CLOCK_FILE``: a file holding the
 time the cron loop takes as now), so no test sleeps through real minutes: two trigger services firing at
 once start each scheduled time exactly once (counted by the lines the step itself appends), and
 workflow pause/resume holds fires per the catch-up policy."""
@@ -18,9 +18,9 @@ import asyncpg
 import pytest
 
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, Stack
 from legato.protocol.ids import instance_id_for
-from legato.runtime.settings import Settings
 from tests.support.stack import wait_api, wait_for
 
 T0 = datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)
@@ -57,7 +57,7 @@ async def cron_stack(
 ) -> AsyncIterator[tuple[Path, LegatoClient]]:
     clock = tmp_path / "clock"
     set_clock(clock, T0)
-    stack = Stack(settings, tmp_path, extra_env={"LEGATO_CRON_CLOCK_FILE": str(clock)})
+    stack = Stack(settings, tmp_path, extra_env={"LEGATO_TEST_CRON_CLOCK_FILE": str(clock)})
     for i in range(1, triggers):
         stack.services[f"trigger{i}"] = ServiceProcess(
             f"trigger{i}", "legato.trigger", [], stack.env, tmp_path

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from legato.client import LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 FANOUT = """

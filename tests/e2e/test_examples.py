@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from legato.client import LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from legato.bus.topology import partition_of
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 BIG = """

@@ -12,7 +12,7 @@ import asyncpg
 
 from legato.bus.connection import connect
 from legato.client import LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import running_stack
 
 DEEP = b'{"a":' * 3000 + b"1" + b"}" * 3000

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.strategy_model import StrategyModel
 from tests.support.strategy_real import RealSystem, RealWorld
 

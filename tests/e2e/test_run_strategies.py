@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from legato.client import ApiError
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.auth import creds_for
 from tests.support.strategy_model import check_history
 from tests.support.strategy_real import RealSystem, RealWorld, gated_workflow

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from legato.bus.topology import partition_of
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, service_env
-from legato.runtime.settings import Settings
 from tests.e2e.test_spine import _ledger_lines
 from tests.support.stack import running_stack, wait_for
 

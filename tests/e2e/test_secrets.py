@@ -20,8 +20,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from legato.client import ApiError
+from legato.config.settings import Settings
 from legato.devstack.otlp_sink import OtlpSink
-from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
 SECRETIVE = """

@@ -27,9 +27,9 @@ from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.streams import SIGNAL_MAX_BYTES, provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.protocol.messages import WorkItem, encode
-from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 from legato.security.keys import Signer
 from legato.security.signing import sign_request, sign_signal, sign_work

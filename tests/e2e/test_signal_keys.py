@@ -14,8 +14,8 @@ import asyncpg
 from legato.bus.connection import connect
 from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, service_env
-from legato.runtime.settings import Settings
 
 
 async def _stored(conn: asyncpg.Connection, n: int, timeout: float = 60.0) -> list[asyncpg.Record]:

@@ -17,7 +17,7 @@ import pytest
 
 from legato.bus.connection import connect_with
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from legato.telemetry.span_file import read_span_file
 from tests.support.stack import Stack, running_stack, wait_for
 

@@ -12,7 +12,7 @@ import pytest
 
 from legato.bus.connection import connect_with
 from legato.client import ApiError
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from legato.security.keys import Signer
 from legato.security.signing import sign_request
 from tests.support.stack import running_stack, wait_for

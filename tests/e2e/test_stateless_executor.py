@@ -10,7 +10,7 @@ import asyncpg
 
 from legato.bus import OutgoingMessage, Publisher, Topology
 from legato.bus.connection import connect
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import Stack, running_stack, wait_for
 
 HELLO = """

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.strategy_machine import STRATEGIES, StrategyMachine, StrategySystem
 from tests.support.strategy_real import RealSystem, RealWorld
 

@@ -22,8 +22,8 @@ import asyncpg
 import pytest
 from opentelemetry import context as otel_context
 
+from legato.config.settings import Settings
 from legato.devstack.otlp_sink import OtlpSink
-from legato.runtime.settings import Settings
 from legato.telemetry.ids import remote_parent
 from legato.telemetry.span_file import read_span_file
 from tests.support.stack import running_stack, wait_for

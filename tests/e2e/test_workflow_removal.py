@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from legato.client import ApiError
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.auth import creds_for
 from tests.support.stack import running_stack, wait_for
 

@@ -9,8 +9,8 @@ import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from legato.client import ApiError, LegatoClient
+from legato.config.settings import Settings
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.telemetry import configure_metrics, shutdown_metrics
 from legato.trigger.api import ApiService
 from tests.support.stack import wait_api

@@ -24,7 +24,7 @@ from legato.bus import (
     provision_streams,
 )
 from legato.bus.connection import connect_with
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from legato.store import (
     OutboxRelay,
     PostgresDeadLetters,

@@ -35,11 +35,11 @@ from legato.bus import (
     provision_streams,
 )
 from legato.bus.connection import connect_with
+from legato.config.settings import Settings
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
 from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
 from tests.support.auth import scheduler_publisher
 

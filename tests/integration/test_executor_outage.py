@@ -18,11 +18,11 @@ import pytest
 
 from legato.bus import OutgoingMessage, Topology, provision_streams
 from legato.bus.connection import connect
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, WorkItem, decode_event, encode
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from tests.support.auth import scheduler_publisher
 
 ACK_WAIT = 10.0

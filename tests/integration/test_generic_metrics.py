@@ -24,7 +24,7 @@ from legato.bus import (
 )
 from legato.bus.connection import connect_with
 from legato.bus.consumer import Retry
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from legato.store import OutboxRelay, PostgresDeadLetters, add_to_outbox, create_pool
 from legato.telemetry import configure_metrics, shutdown_metrics
 

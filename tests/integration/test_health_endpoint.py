@@ -16,10 +16,10 @@ import asyncpg
 import msgspec
 import pytest
 
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import asyncpg
 
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.stack import ServiceProcess, running_stack, wait_for
 
 WORKFLOW = """

@@ -20,9 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from legato.bus.connection import connect_with
 from legato.client import LegatoClient
+from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.devstack.nats_server import ServerTls
-from legato.runtime.settings import Settings
 from legato.security.keyring import Keyring
 from legato.store.pool import create_pool
 

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 
 from legato.bus.publisher import Publisher
 from legato.bus.topology import Topology
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from legato.security.wiring import origin_signer
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from legato.client import ApiError, LegatoClient
+from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, Stack
-from legato.runtime.settings import Settings
 
 __all__ = [
     "ServiceProcess",

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import Settings
+from legato.config.settings import Settings
 from tests.support.auth import creds_for
 from tests.support.stack import Stack, wait_api
 from tests.support.strategy_engine import run_events

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from legato.cli.main import build_parser
+from legato.config.settings import Settings, load_settings
 from legato.executor.__main__ import parse_args as executor_args
-from legato.runtime.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

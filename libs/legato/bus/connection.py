@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
-    from legato.runtime.settings import Settings
+    from legato.config.settings import Settings
 
 log = get_logger("legato.bus")
 

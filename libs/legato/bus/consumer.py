@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from opentelemetry.trace import SpanKind
 
 from legato.bus.publisher import MSG_ID_HEADER
 from legato.bus.streams import ConsumerSpec, provision_consumer, settled
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import bind_context, consume_span, get_logger, metrics
 
 log = get_logger("legato.bus")
@@ -70,11 +69,16 @@ class Poison(Exception):
 
 
 class DeadLetterSink(Protocol):
+    """Where a loop puts a message it gives up on (Postgres in stateful services, a NATS subject in the
+    executor)."""
+
     async def dead_letter(self, record: DeadLetter) -> None: ...
 
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A message given up on: where it came from, why, and its payload and headers as received."""
+
     stream: str
     consumer: str
     subject: str
@@ -109,6 +113,8 @@ Handler = Callable[[Delivery[T]], Awaitable[None]]
 
 @dataclass
 class ConsumerStats:
+    """Counts of what one consumer loop did with its deliveries, for tests and metrics."""
+
     fetched: int = 0
     acked: int = 0
     naked: int = 0
@@ -142,6 +148,7 @@ class ConsumerLoop(Component, Generic[T]):
         fetch_timeout: float = 1.0,
         heartbeat_interval: float | None = None,
         span_name: str | None = None,
+        deliver_twice: bool = False,
     ) -> None:
         super().__init__()
         self.js = js
@@ -159,9 +166,9 @@ class ConsumerLoop(Component, Generic[T]):
         self.span_name = span_name or f"process {spec.stream}"
         self.stats = ConsumerStats()
         self.stream_label = stream_label(spec.stream)
-        # Test hook: apply every message twice (as if its ack was lost and JetStream redelivered it)
-        # to prove handlers are idempotent end to end. Never set in production.
-        self.deliver_twice = os.environ.get("LEGATO_TEST_DELIVER_TWICE") == "1"
+        # Testing (Settings.test_deliver_twice): apply every message twice, as if its ack was lost and
+        # JetStream redelivered it, to prove handlers are idempotent end to end. Never set in production.
+        self.deliver_twice = deliver_twice
         self._in_flight: dict[int, Delivery[T]] = {}
         # Stream sequence -> deliveries this loop settled with Retry (bounded: oldest forgotten first).
         self._retried: dict[int, int] = {}

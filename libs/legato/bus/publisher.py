@@ -25,6 +25,8 @@ class PublishError(RuntimeError):
 
 @dataclass(frozen=True)
 class OutgoingMessage:
+    """One message to publish: subject, payload, optional ``Nats-Msg-Id`` for JetStream dedup, and headers."""
+
     subject: str
     payload: bytes
     msg_id: str | None = None

@@ -127,6 +127,8 @@ class ConsumerSpec:
 
 
 def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
+    """The JetStream stream of every kind (triggers, events, work, signals, dead letters …) of one install."""
+
     def cfg(name: str, kind: str, retention: RetentionPolicy, max_age: float = 0.0) -> StreamConfig:
         untrusted = kind == "signal"
         return StreamConfig(

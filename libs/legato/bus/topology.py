@@ -21,6 +21,8 @@ def subject_token(value: str) -> str:
 
 @dataclass(frozen=True)
 class Topology:
+    """Every stream, subject, consumer and bucket name of one install (its namespace and partition count)."""
+
     namespace: str = ""
     partitions: int = 8
 

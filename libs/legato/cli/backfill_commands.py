@@ -56,6 +56,7 @@ def add_backfill_commands(sub: Any, api: ApiParser) -> None:
 
 
 async def cmd_backfill_start(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato backfill start``: one run per period of a time range, paced, optionally waited for."""
     res = await c.call(
         "backfill.start",
         {
@@ -101,6 +102,7 @@ async def cmd_backfill_start(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_backfill_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato backfill list``: the backfills of a workflow (or all), newest first."""
     res = await c.call("backfill.list", {"workflow_id": args.workflow, "limit": args.limit})
     if args.json:
         render.dump_json(res)
@@ -125,6 +127,7 @@ async def cmd_backfill_list(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_backfill_show(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato backfill show``: one backfill's progress, or (``--wait``) a live bar until it ends."""
     if args.wait:
         return await _wait(c, args.backfill)
     res = await c.call("backfill.show", {"backfill_id": args.backfill})
@@ -145,6 +148,7 @@ async def cmd_backfill_show(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_backfill_simple(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato backfill pause|resume|retry-failed``: one action on a backfill, without arguments."""
     res = await c.call(f"backfill.{args.verb}", {"backfill_id": args.backfill})
     if args.json:
         render.dump_json(res)
@@ -155,6 +159,7 @@ async def cmd_backfill_simple(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_backfill_cancel(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato backfill cancel``: stop starting periods (and, with ``--running``, stop the running ones)."""
     res = await c.call(
         "backfill.cancel", {"backfill_id": args.backfill, "reason": args.reason, "running": args.running}
     )
@@ -166,6 +171,7 @@ async def cmd_backfill_cancel(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 def progress_line(res: dict[str, Any]) -> str:
+    """A one-line progress bar of a backfill: periods done of total, runs/s and the time left."""
     total = max(1, res["total"])
     done = res["finished"] + res["counts"].get("existing", 0) + res["counts"].get("cancelled", 0)
     filled = int(BAR_WIDTH * done / total)

@@ -14,12 +14,13 @@ from legato.cli.errors import CliError, read_definition, refused_credentials, un
 from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import load_settings
+from legato.config.settings import load_settings
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 
 
 async def client_for(args: argparse.Namespace) -> LegatoClient:
+    """A client connected as the settings and flags say; unreachable or refused NATS is a ``CliError``."""
     settings = load_settings(
         overrides={
             "nats_url": args.nats_url,
@@ -54,7 +55,7 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
             res = await c.push(text, source=str(path), activate=not args.no_activate)
         except ApiError as exc:
             status = 1
-            _print_api_error(exc)
+            print_api_error(exc)
             continue
         if args.json:
             render.dump_json(res)
@@ -298,6 +299,7 @@ SHOW_LOG_LINES = 10
 
 
 def print_instance(info: dict[str, Any]) -> None:
+    """A run's header, steps, attempts and errors as ``legato show`` prints them."""
     print(
         f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
         f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}"
@@ -450,7 +452,8 @@ async def cmd_instance_action(args: argparse.Namespace, c: LegatoClient) -> int:
     return 0
 
 
-def _print_api_error(exc: ApiError) -> None:
+def print_api_error(exc: ApiError) -> None:
+    """An API error on stderr: its code and message, then each path-named definition error."""
     print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
     for item in exc.details.get("errors", []) if isinstance(exc.details, dict) else []:
         print(f"  {item['path']}: {item['message']}", file=sys.stderr)

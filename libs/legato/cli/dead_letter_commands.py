@@ -39,6 +39,7 @@ def add_dead_letter_commands(sub: Any, api: ApiParser) -> None:
 
 
 async def cmd_dead_letters_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato dead-letters list``: the newest dead letters, paged up to ``--limit``."""
     limit = max(1, min(args.limit, MAX_LIST))
     rows: list[dict[str, Any]] = []
     before: int | None = None
@@ -81,6 +82,7 @@ def _state(d: dict[str, Any]) -> str:
 
 
 async def cmd_dead_letter_show(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato dead-letters show``: one dead letter, or (``--raw``) its payload written to a file."""
     d = await c.call("dead_letter.get", {"id": args.id})
     if args.raw:
         return await _write_raw(c, d, args.raw)
@@ -130,6 +132,7 @@ async def _write_raw(c: LegatoClient, first: dict[str, Any], path: str) -> int:
 
 
 async def cmd_dead_letter_replay(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato dead-letters replay``: publish a dead letter again to its subject."""
     d = await c.call("dead_letter.replay", {"id": args.id, "reason": args.reason})
     if args.json:
         render.dump_json(d)
@@ -143,6 +146,7 @@ async def cmd_dead_letter_replay(args: argparse.Namespace, c: LegatoClient) -> i
 
 
 async def cmd_dead_letter_discard(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato dead-letters discard``: mark a dead letter as handled without replaying it."""
     d = await c.call("dead_letter.discard", {"id": args.id, "reason": args.reason})
     if args.json:
         render.dump_json(d)

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from legato.runtime.settings import dev_state_file, read_dev_state
+from legato.config.settings import dev_state_file, read_dev_state
 
 
 class CliError(Exception):

@@ -15,6 +15,7 @@ from legato.core.shell_command import shell_command_warnings
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """``legato workflow validate``: check definition files offline, each error named by its path."""
     failed = 0
     report: dict[str, list[dict[str, str]]] = {}
     warnings: dict[str, list[dict[str, str]]] = {}
@@ -48,6 +49,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """``legato workflow plan``: the steps a start with these params would run, without a server."""
     path = Path(args.file)
     raw = parse_params(args.param)  # the parser `start` uses: the plan shows what `start` would run
     try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import nats.errors
 
-from legato.cli import commands as C
+from legato.cli import commands
 from legato.cli.backfill_commands import add_backfill_commands
 from legato.cli.dead_letter_commands import add_dead_letter_commands
 from legato.cli.errors import CliError, nats_origin
@@ -21,12 +21,13 @@ from legato.cli.pause_commands import add_pause_commands
 from legato.cli.signal_commands import add_signal_commands
 from legato.cli.workflow_removal import add_workflow_removal_commands
 from legato.client import ApiError, LegatoClient
-from legato.runtime.settings import SettingsError, load_settings
+from legato.config.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace, LegatoClient], Awaitable[int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``legato`` argument parser: every subcommand with its flags and handler."""
     p = argparse.ArgumentParser(prog="legato", description="Legato workflow orchestrator")
     p.add_argument("--nats-url", help="NATS server (default: LEGATO_NATS_URL, then .legato/dev.json)")
     p.add_argument(
@@ -59,31 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     wf = sub.add_parser("workflow", help="push, inspect and manage workflow definitions")
     wsub = wf.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
     sp = api(
-        "push", C.cmd_workflow_push, "store definitions (a new version when changed) and activate them", wsub
+        "push",
+        commands.cmd_workflow_push,
+        "store definitions (a new version when changed) and activate them",
+        wsub,
     )
     sp.add_argument("files", nargs="+")
     sp.add_argument("--no-activate", action="store_true")
-    sp = api("list", C.cmd_workflow_list, "list workflows", wsub)
+    sp = api("list", commands.cmd_workflow_list, "list workflows", wsub)
     sp.add_argument("--limit", type=int, default=200)
     sp.add_argument("--archived", action="store_true", help="archived workflows too")
-    sp = api("show", C.cmd_workflow_show, "show a workflow and its definition", wsub)
+    sp = api("show", commands.cmd_workflow_show, "show a workflow and its definition", wsub)
     sp.add_argument("workflow")
     sp.add_argument("--version", type=int)
-    sp = api("status", C.cmd_workflow_status, "running, queued and blocked runs of a workflow", wsub)
+    sp = api("status", commands.cmd_workflow_status, "running, queued and blocked runs of a workflow", wsub)
     sp.add_argument("workflow")
-    sp = api("activate", C.cmd_workflow_activate, "activate a workflow (or a given version)", wsub)
+    sp = api("activate", commands.cmd_workflow_activate, "activate a workflow (or a given version)", wsub)
     sp.add_argument("workflow")
     sp.add_argument("--version", type=int)
-    sp = api("deactivate", C.cmd_workflow_deactivate, "deactivate a workflow (no new runs)", wsub)
+    sp = api("deactivate", commands.cmd_workflow_deactivate, "deactivate a workflow (no new runs)", wsub)
     sp.add_argument("workflow")
     sp = api(
-        "set-strategy", C.cmd_workflow_set_strategy, "change the run strategy without a new version", wsub
+        "set-strategy",
+        commands.cmd_workflow_set_strategy,
+        "change the run strategy without a new version",
+        wsub,
     )
     sp.add_argument("workflow")
     sp.add_argument("strategy")
     sp.add_argument("--max-concurrency", type=int)
     for action in ("stop", "kill", "unblock"):
-        sp = api(action, C.cmd_workflow_action, f"{action} every run of a workflow", wsub)
+        sp = api(action, commands.cmd_workflow_action, f"{action} every run of a workflow", wsub)
         sp.add_argument("workflow")
         sp.add_argument("--reason", required=True)
         sp.set_defaults(action=action)
@@ -102,33 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     tag = sub.add_parser("tag", help="named concurrency limits shared by all workflows")
     tsub = tag.add_subparsers(dest="tag_command", required=True, metavar="ACTION")
     sp = api(
-        "set", C.cmd_tag_set, "set how many steps carrying TAG may run at once ('none' removes it)", tsub
+        "set",
+        commands.cmd_tag_set,
+        "set how many steps carrying TAG may run at once ('none' removes it)",
+        tsub,
     )
     sp.add_argument("tag")
-    sp.add_argument("limit", type=C.tag_limit)
-    api("list", C.cmd_tag_list, "list tags with their limits and holders", tsub)
+    sp.add_argument("limit", type=commands.tag_limit)
+    api("list", commands.cmd_tag_list, "list tags with their limits and holders", tsub)
 
     add_signal_commands(sub, api)
     add_dead_letter_commands(sub, api)
     add_backfill_commands(sub, api)
 
-    sp = api("start", C.cmd_start, "start a run")
+    sp = api("start", commands.cmd_start, "start a run")
     sp.add_argument("workflow")
     sp.add_argument("--param", "-p", action="append", metavar="K=V")
     sp.add_argument("--request-id", help="idempotency key: the same id twice starts one run")
     sp.add_argument("--version", type=int, help="pin a definition version (default: the active one)")
     sp.add_argument("--wait", action="store_true", help="wait for the run to end and show it")
     sp.add_argument("--timeout", type=float, default=3600.0)
-    sp = api("instances", C.cmd_instances, "list runs")
+    sp = api("instances", commands.cmd_instances, "list runs")
     sp.add_argument("workflow", nargs="?")
     sp.add_argument("--status")
     sp.add_argument("--limit", type=int, default=50)
-    sp = api("show", C.cmd_show, "show a run: steps, attempts, outputs, errors, timeline")
+    sp = api("show", commands.cmd_show, "show a run: steps, attempts, outputs, errors, timeline")
     sp.add_argument("instance")
     sp.add_argument(
         "--trace", action="store_true", help="the run's span tree (from stored data; --json for the tree)"
     )
-    sp = api("logs", C.cmd_logs, "the captured output of a run's attempts (all steps, or one)")
+    sp = api("logs", commands.cmd_logs, "the captured output of a run's attempts (all steps, or one)")
     sp.add_argument("instance")
     sp.add_argument("step", nargs="?")
     for action, text in (
@@ -137,13 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("restart", "run the failed steps again (or from --from STEP)"),
         ("unblock", "release a strict_sequential queue blocked by this failed run"),
     ):
-        sp = api(action, C.cmd_instance_action, text)
+        sp = api(action, commands.cmd_instance_action, text)
         sp.add_argument("instance")
         sp.add_argument("--reason", required=True, help="why (recorded in the timeline)")
         if action == "restart":
             sp.add_argument("--from", dest="from_step", metavar="STEP")
         sp.set_defaults(action=action)
-    sp = api("skip", C.cmd_instance_action, "skip a waiting, running or failed step of a run and go on")
+    sp = api(
+        "skip", commands.cmd_instance_action, "skip a waiting, running or failed step of a run and go on"
+    )
     sp.add_argument("instance")
     sp.add_argument("step")
     sp.add_argument("--reason", required=True)
@@ -177,6 +189,8 @@ def _accept_global_flags_after_the_command(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``legato`` entry point: parse, dispatch, and turn user-fixable errors into one line; the exit
+    code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Service commands take their own flags: hand everything after the name to the service.
     if argv and argv[0] in ("trigger", "scheduler", "executor", "signal-router"):
@@ -205,9 +219,9 @@ def _dispatch(args: argparse.Namespace, local: str | None) -> int:
     try:
         parse_params(getattr(args, "param", None))  # a bad --param is reported before connecting
         if local == "dev":
-            from legato.cli.dev import run_dev
+            from legato.cli.dev import cmd_dev
 
-            return run_dev(args)
+            return cmd_dev(args)
         if local == "validate":
             from legato.cli.local import cmd_validate
 
@@ -221,7 +235,7 @@ def _dispatch(args: argparse.Namespace, local: str | None) -> int:
         print(f"legato: {exc}", file=sys.stderr)
         return 2
     except ApiError as exc:
-        C._print_api_error(exc)
+        commands.print_api_error(exc)
         return 1
     except BrokenPipeError:
         raise  # a ConnectionError too, but not about NATS: main() ends quietly
@@ -240,7 +254,7 @@ def _quiet_nats_client_logs() -> None:
 
 
 async def _run_api(args: argparse.Namespace) -> int:
-    client = await C.client_for(args)
+    client = await commands.client_for(args)
     try:
         result: int = await args.api_handler(args, client)
         return result

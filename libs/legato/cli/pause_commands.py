@@ -25,6 +25,7 @@ def add_pause_commands(wsub: Any, api: ApiParser) -> None:
 
 
 async def cmd_workflow_pause(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato workflow pause``: no new runs start until resumed; the reason is recorded."""
     res = await c.call("workflow.pause", {"workflow_id": args.workflow, "reason": args.reason})
     if args.json:
         render.dump_json(res)
@@ -36,6 +37,7 @@ async def cmd_workflow_pause(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_workflow_resume(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato workflow resume``: runs start again; held cron fires follow their catch-up policy."""
     res = await c.call("workflow.resume", {"workflow_id": args.workflow, "reason": args.reason})
     if args.json:
         render.dump_json(res)
@@ -45,6 +47,7 @@ async def cmd_workflow_resume(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 def pause_text(pause: dict[str, Any] | None) -> str:
+    """A workflow's pause as one phrase (who, since when, why); empty when it is not paused."""
     if not pause:
         return ""
     by = f" by {pause['by']}" if pause.get("by") else ""

@@ -37,16 +37,19 @@ def _clip(v: str, width: int) -> str:
 
 
 def dump_json(value: Any, out: TextIO | None = None) -> None:
+    """Print ``value`` as indented, key-sorted JSON (``--json`` output)."""
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
 
 
 def parse_time(value: str | None) -> datetime | None:
+    """An ISO time from an API reply; None when absent."""
     if not value:
         return None
     return datetime.fromisoformat(value)
 
 
 def duration(start: str | None, end: str | None) -> str:
+    """Time between two ISO times, shortly (``1.2s``, ``3m04s``); ``…`` while still running."""
     a, b = parse_time(start), parse_time(end)
     if a is None:
         return ""
@@ -63,11 +66,13 @@ def duration(start: str | None, end: str | None) -> str:
 
 
 def short_time(value: str | None) -> str:
+    """An ISO time as ``YYYY-MM-DD HH:MM:SS``; empty when absent."""
     t = parse_time(value)
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
 def reason_text(reason: Any) -> str:
+    """Why a run or step waits, was skipped or stopped, in words (a reason's message, or its code)."""
     if not reason:
         return ""
     if isinstance(reason, dict):

@@ -41,6 +41,7 @@ def add_signal_commands(sub: Any, api: ApiParser) -> None:
 
 
 async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato signal send``: publish a signal (a duplicate id is reported, not stored twice)."""
     res = await c.send_signal(args.name, parse_params(args.params), signal_id=args.id)
     if args.json:
         render.dump_json(res)
@@ -51,6 +52,7 @@ async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato signal list``: stored (or ``--rejected``) signals, newest first."""
     res = await collect_pages(
         c,
         "signal.list",
@@ -81,6 +83,7 @@ async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato signal pending``: joins and step waits still missing signals."""
     res = await c.call("signal.pending", {"workflow_id": args.workflow, "limit": args.limit})
     if args.json:
         render.dump_json(res)
@@ -132,6 +135,7 @@ def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
 
 
 async def cmd_signal_lineage(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato signal lineage``: which signals started a run and which runs a signal started."""
     if args.run:
         body: dict[str, Any] = {"instance_id": args.run, "depth": args.depth}
     elif args.name and args.id:
@@ -150,6 +154,7 @@ async def cmd_signal_lineage(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 def print_signal(node: dict[str, Any], indent: int) -> None:
+    """One signal of a lineage tree, with the run that published it, indented."""
     pad = "  " * indent
     who = f" from {node['publisher']}" if node.get("publisher") else ""
     print(f"{pad}signal {node['name']} {node['id']}{who} {render.compact_json(node.get('params'))}")
@@ -169,6 +174,7 @@ def print_signal(node: dict[str, Any], indent: int) -> None:
 
 
 def print_run(run: dict[str, Any], indent: int) -> None:
+    """One run of a lineage tree, with the signals that started it, indented."""
     pad = "  " * indent
     print(f"{pad}run {run['instance_id']} of {run['workflow_id']} ({run['status']})")
     for s in run.get("started_by", []):
@@ -183,6 +189,7 @@ def print_run(run: dict[str, Any], indent: int) -> None:
 
 
 async def cmd_signal_schema(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato signal schema``: set (or ``--remove``) the field types a signal name must have."""
     schema: dict[str, Any] | None = None
     if not args.remove:
         fields = {}

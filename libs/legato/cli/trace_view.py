@@ -208,6 +208,7 @@ def build_trace_tree(info: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def format_duration(seconds: float | None) -> str:
+    """Seconds as a short duration (``12ms``, ``3.4s``, ``2m05s``); ``…`` when unknown."""
     if seconds is None:
         return "…"
     if seconds < 1:

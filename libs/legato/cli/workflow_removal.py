@@ -34,6 +34,7 @@ def add_workflow_removal_commands(wsub: Any, api: ApiParser) -> None:
 
 
 async def cmd_workflow_remove(args: argparse.Namespace, c: LegatoClient) -> int:
+    """``legato workflow archive|delete``: remove a workflow (``--force`` stops its runs first)."""
     res = await c.call(
         f"workflow.{args.removal}", {"workflow_id": args.workflow, "reason": args.reason, "force": args.force}
     )

@@ -14,9 +14,9 @@ from nats.aio.client import Client
 
 from legato.bus.connection import nats_auth_options
 from legato.bus.topology import Topology
+from legato.config.settings import Settings
 from legato.protocol.api import ApiError
 from legato.protocol.messages import InstanceProgress
-from legato.runtime.settings import Settings
 from legato.security.keys import Signer
 from legato.security.signing import sign_request
 from legato.telemetry.tracing import inject_headers

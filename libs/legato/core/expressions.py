@@ -47,6 +47,8 @@ class ValueNode:
 
 
 class ConstNode(ValueNode):
+    """A value with no expression in it, evaluated to itself (a copy for lists and maps)."""
+
     __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
@@ -63,6 +65,8 @@ class ConstNode(ValueNode):
 
 
 class ExprNode(ValueNode):
+    """An ``{expr: …}`` value: a SEL expression, evaluated to its value (any type)."""
+
     __slots__ = ("expression", "path", "references", "uses_clock")
 
     def __init__(self, expression: Expression, path: str) -> None:
@@ -81,6 +85,8 @@ class ExprNode(ValueNode):
 
 
 class TemplateNode(ValueNode):
+    """A string with ``${ … }`` parts, evaluated to the string with each part filled in."""
+
     __slots__ = ("path", "references", "template", "uses_clock")
 
     def __init__(self, text: str, path: str) -> None:
@@ -99,6 +105,8 @@ class TemplateNode(ValueNode):
 
 
 class ListNode(ValueNode):
+    """A list whose items are value nodes, evaluated item by item."""
+
     __slots__ = ("items", "references", "uses_clock")
 
     def __init__(self, items: list[ValueNode]) -> None:
@@ -116,6 +124,8 @@ class ListNode(ValueNode):
 
 
 class MapNode(ValueNode):
+    """A map whose values are value nodes, evaluated value by value."""
+
     __slots__ = ("items", "references", "uses_clock")
 
     def __init__(self, items: dict[str, ValueNode]) -> None:
@@ -166,6 +176,7 @@ def compile_condition(source: str, path: str, issues: list[DefinitionIssue]) -> 
 
 
 def syntax_issue(exc: SelSyntaxError, path: str) -> DefinitionIssue:
+    """A SEL syntax error as a definition issue at its path."""
     return DefinitionIssue(exc.path or path, exc.describe())
 
 

@@ -86,6 +86,7 @@ def kind_of(value: Any) -> str:
 
 
 def shown(value: Any) -> str:
+    """A value as error messages quote it: its repr, cut to 60 characters."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

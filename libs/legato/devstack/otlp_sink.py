@@ -27,6 +27,8 @@ __all__ = ["OtlpSink", "ReceivedSpan"]
 
 @dataclass(frozen=True)
 class ReceivedSpan:
+    """A span the sink received over OTLP, as much of it as tests check."""
+
     service: str
     name: str
     trace_id: str

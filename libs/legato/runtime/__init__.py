@@ -1,15 +1,3 @@
-"""Process runtime shared by every service: settings, components, supervision and ordered shutdown."""
-
-from legato.runtime.component import Component, ShutdownRequested
-from legato.runtime.settings import Settings, SettingsError, load_settings
-from legato.runtime.supervisor import Supervisor, install_signal_handlers
-
-__all__ = [
-    "Component",
-    "Settings",
-    "SettingsError",
-    "ShutdownRequested",
-    "Supervisor",
-    "install_signal_handlers",
-    "load_settings",
-]
+"""What runs a service process: ``ServiceHost`` (NATS, optional Postgres, outbox relay, dead letters,
+metrics and health endpoints) and ``run_service``, the entry point every ``python -m legato.<svc>`` uses.
+The components it runs are in ``legato.lifecycle``, its settings in ``legato.config``."""

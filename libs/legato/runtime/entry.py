@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from legato.runtime.settings import Settings, SettingsError, load_settings
+from legato.config.settings import Settings, SettingsError, load_settings
 
 
 def run_service(name: str, main: Coroutine[Any, Any, None]) -> int:

@@ -26,11 +26,11 @@ from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
 from legato.bus.streams import ConsumerSpec, await_streams, provision_streams
 from legato.bus.topology import Topology
+from legato.config.settings import Settings, SettingsError
+from legato.lifecycle.component import Component
+from legato.lifecycle.supervisor import Supervisor
 from legato.protocol.messages import DEAD_LETTER_DECODER, DeadLetterReport
-from legato.runtime.component import Component
 from legato.runtime.metrics_server import OK, MetricsServer
-from legato.runtime.settings import Settings, SettingsError
-from legato.runtime.supervisor import Supervisor
 from legato.security.permissions import relay_kinds
 from legato.security.wiring import origin_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
@@ -101,7 +101,7 @@ class ServiceHost:
         if self.configure_process:
             configure_logging(self.service, level=self.settings.log_level, fmt=self.settings.log_format)
             instance = self.settings.replica
-            configure_tracing(self.service, instance_id=instance)
+            configure_tracing(self.service, instance_id=instance, span_file=self.settings.test_span_file)
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         if self.with_database:
@@ -138,6 +138,7 @@ class ServiceHost:
             batch=16,
             max_in_flight=16,
             max_deliveries=self.settings.max_deliveries,
+            deliver_twice=self.settings.test_deliver_twice,
         )
         if self.with_relay:
             self.relay = OutboxRelay(self._pool, self.publisher, kinds=relay_kinds(self.service))

@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import get_logger, metrics
 from legato.telemetry.prometheus import CONTENT_TYPE, render_prometheus
 
@@ -31,6 +31,7 @@ ReadinessChecks = Callable[[], Awaitable[Mapping[str, str]]]
 
 
 def render_current() -> str:
+    """This process's metrics in the Prometheus text format; empty when metrics are off."""
     reader = metrics().prometheus
     if reader is None:
         return ""

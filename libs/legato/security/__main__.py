@@ -15,6 +15,7 @@ from legato.security.permissions import authorization_block
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m legato.security``: ``init`` a keys folder, or print ``nats-config`` for a users file."""
     parser = argparse.ArgumentParser(prog="python -m legato.security", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create missing identities in a keys folder")

@@ -37,6 +37,8 @@ DEFAULT_IDENTITIES: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Identity:
+    """A named public key with its role: who may sign requests or work items."""
+
     name: str
     role: str
     public_key: str

@@ -23,6 +23,7 @@ def new_user_seed() -> bytes:
 
 
 def read_seed(path: str | os.PathLike[str]) -> bytes:
+    """The nkey user seed in a creds or seed file; a ``KeyError_`` naming the file when there is none."""
     try:
         text = Path(path).read_bytes()
     except OSError as exc:

@@ -57,6 +57,7 @@ RANK = {"viewer": 1, "operator": 2, "admin": 3, "root": 3}
 
 
 def required_role(endpoint: str) -> str:
+    """The least role that may call an API endpoint (admin for any endpoint not listed)."""
     if endpoint in VIEWER_ENDPOINTS:
         return "viewer"
     if endpoint in OPERATOR_ENDPOINTS:
@@ -65,6 +66,7 @@ def required_role(endpoint: str) -> str:
 
 
 def may_call(role: str, endpoint: str) -> bool:
+    """Whether ``role`` may call ``endpoint``."""
     return RANK.get(role, 0) >= RANK[required_role(endpoint)]
 
 
@@ -101,6 +103,7 @@ KV_ATTEMPTS = ["$KV.>", "$JS.API.DIRECT.GET.>"]
 
 
 def api_subjects(role: str) -> list[str]:
+    """The API subjects nats-server lets ``role`` publish requests to."""
     if role in ("admin", "root"):
         return ["legato.api.>"]
     names = VIEWER_ENDPOINTS + (OPERATOR_ENDPOINTS if role == "operator" else ())
@@ -118,6 +121,7 @@ RELAY_KINDS: dict[str, tuple[str, ...] | None] = {
 
 
 def relay_kinds(service: str) -> tuple[str, ...] | None:
+    """The outbox kinds a service's relay publishes (None: all)."""
     return RELAY_KINDS.get(service.replace("-", "_"))
 
 

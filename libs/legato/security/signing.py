@@ -31,6 +31,7 @@ def _digest(*parts: bytes) -> bytes:
 
 
 def sign_request(signer: Signer, subject: str, body: bytes) -> dict[str, str]:
+    """The headers that sign an API request: key, time, nonce and the signature over them and the body."""
     ts = str(int(time.time() * 1000))
     nonce = os.urandom(12).hex()
     sig = signer.sign(_digest(ts.encode(), nonce.encode(), subject.encode(), body))
@@ -38,6 +39,8 @@ def sign_request(signer: Signer, subject: str, body: bytes) -> dict[str, str]:
 
 
 class RequestRefused(Exception):
+    """An API request whose signature, time or signer the trigger refuses; ``code`` says which."""
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
@@ -139,6 +142,7 @@ class SignalOrigins:
 
 
 def sign_work(signer: Signer, subject: str, msg_id: str, body: bytes) -> dict[str, str]:
+    """The headers that sign a work item: the scheduler's key and its signature over subject, id and body."""
     return {
         ORIGIN_KEY: signer.public_key,
         ORIGIN_SIG: signer.sign(_digest(subject.encode(), msg_id.encode(), body)),

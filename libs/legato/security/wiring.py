@@ -16,7 +16,7 @@ from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
     from legato.bus.topology import Topology
-    from legato.runtime.settings import Settings
+    from legato.config.settings import Settings
 
 log = get_logger("legato.security")
 T = TypeVar("T")
@@ -45,6 +45,8 @@ def origin_signer(
 
 
 def work_verifier(settings: Settings) -> WorkVerifier | None:
+    """What the executor checks work items with: the scheduler and root keys of the users file (None
+    without one)."""
     if not settings.auth_users:
         log.warning("work_items_unverified", reason="no LEGATO_AUTH_USERS: running without credentials")
         return None
@@ -63,6 +65,7 @@ def signal_origins(settings: Settings) -> SignalOrigins | None:
 
 
 def request_verifier(settings: Settings) -> RequestVerifier | None:
+    """What the trigger checks API requests with: every user of the users file (None without one)."""
     if not settings.auth_users:
         log.warning("api_unauthenticated", reason="no LEGATO_AUTH_USERS: any caller is trusted")
         return None

@@ -75,28 +75,33 @@ def check_arity(fn: Function, nargs: int, keywords: list[str]) -> str | None:
 
 
 def fail(fn: str, message: str) -> SelEvalError:
+    """An evaluation error naming the library function: ``fn(): message``."""
     return SelEvalError(f"{fn}(): {message}")
 
 
 def want_str(value: Any, fn: str, arg: str = "argument") -> str:
+    """``value`` when it is a string, else an error naming the function and argument."""
     if type(value) is not str:
         raise fail(fn, f"{arg} must be a string, got {type_name(value)}")
     return value
 
 
 def want_int(value: Any, fn: str, arg: str = "argument") -> int:
+    """``value`` when it is an int, else an error naming the function and argument."""
     if type(value) is not int:
         raise fail(fn, f"{arg} must be an int, got {type_name(value)}")
     return value
 
 
 def want_number(value: Any, fn: str, arg: str = "argument") -> int | float:
+    """``value`` when it is an int or a float, else an error naming the function and argument."""
     if type(value) is not int and type(value) is not float:
         raise fail(fn, f"{arg} must be a number, got {type_name(value)}")
     return value
 
 
 def want_bool(value: Any, fn: str, arg: str = "argument") -> bool:
+    """``value`` when it is a bool, else an error naming the function and argument."""
     if type(value) is not bool:
         raise fail(fn, f"{arg} must be a bool, got {type_name(value)}")
     return value

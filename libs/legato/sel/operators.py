@@ -46,6 +46,7 @@ def _exact_shift(value: datetime, delta: timedelta) -> datetime:
 
 
 def add(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a + b``: numbers, strings, lists, maps, and dates or datetimes plus durations, within the limits."""
     ta, tb = a.__class__, b.__class__
     if ta is _INT and tb is _INT:
         return ctx.check_int(a + b)
@@ -74,6 +75,7 @@ def add(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def sub(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a - b``: numbers, sets, and dates, datetimes and durations."""
     ta, tb = a.__class__, b.__class__
     if ta is _INT and tb is _INT:
         return ctx.check_int(a - b)
@@ -116,6 +118,7 @@ def _repeat(seq: Any, n: int, ctx: Ctx) -> Any:
 
 
 def mul(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a * b``: numbers, a string or list repeated, a duration scaled, within the limits."""
     ta, tb = a.__class__, b.__class__
     if ta is _INT and tb is _INT:
         bits = a.bit_length() + b.bit_length() - 1  # the product has this many bits, or one more
@@ -149,6 +152,7 @@ def _scale(d: timedelta, n: int | float) -> timedelta:
 
 
 def truediv(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a / b``: numbers, a duration divided by a number or a duration."""
     ta, tb = a.__class__, b.__class__
     try:
         if _is_num(ta) and _is_num(tb):
@@ -168,6 +172,7 @@ def truediv(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def floordiv(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a // b``: numbers, a duration divided by a duration or an int."""
     ta, tb = a.__class__, b.__class__
     try:
         if _is_num(ta) and _is_num(tb):
@@ -182,6 +187,7 @@ def floordiv(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def mod(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a % b``: numbers, a duration modulo a duration."""
     ta, tb = a.__class__, b.__class__
     try:
         if _is_num(ta) and _is_num(tb):
@@ -196,6 +202,7 @@ def mod(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def power(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a ** b``: numbers, refused before computing a result larger than the int limit."""
     ta, tb = a.__class__, b.__class__
     if not (_is_num(ta) and _is_num(tb)):
         raise _unsupported("**", a, b)
@@ -226,6 +233,7 @@ def _int_only(symbol: str, a: Any, b: Any) -> None:
 
 
 def lshift(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a << b`` on ints, refused before exceeding the int limit."""
     _int_only("<<", a, b)
     if b < 0:
         raise SelEvalError("negative shift count")
@@ -238,6 +246,7 @@ def lshift(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def rshift(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a >> b`` on ints."""
     _int_only(">>", a, b)
     if b < 0:
         raise SelEvalError("negative shift count")
@@ -254,6 +263,7 @@ def _set_or_int(symbol: str, a: Any, b: Any, ctx: Ctx, op: Callable[[Any, Any], 
 
 
 def bitor(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a | b``: maps merged, sets united, ints or-ed."""
     if is_map(a) and is_map(b):
         ctx.check_collection(len(a) + len(b))
         return {**a, **b}
@@ -261,10 +271,12 @@ def bitor(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def bitand(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a & b``: sets intersected, ints and-ed."""
     return _set_or_int("&", a, b, ctx, lambda x, y: x & y)
 
 
 def bitxor(a: Any, b: Any, ctx: Ctx) -> Any:
+    """``a ^ b``: sets' symmetric difference, ints xor-ed."""
     return _set_or_int("^", a, b, ctx, lambda x, y: x ^ y)
 
 
@@ -272,6 +284,7 @@ def bitxor(a: Any, b: Any, ctx: Ctx) -> Any:
 
 
 def neg(a: Any, ctx: Ctx) -> Any:
+    """``-a``: numbers and durations."""
     t = a.__class__
     if t is _INT or t is _FLOAT or t is bool:
         return -a
@@ -284,6 +297,7 @@ def neg(a: Any, ctx: Ctx) -> Any:
 
 
 def pos(a: Any, ctx: Ctx) -> Any:
+    """``+a``: numbers and durations."""
     t = a.__class__
     if t is _INT or t is _FLOAT or t is bool or isinstance(a, timedelta):
         return +a
@@ -291,6 +305,7 @@ def pos(a: Any, ctx: Ctx) -> Any:
 
 
 def invert(a: Any, ctx: Ctx) -> Any:
+    """``~a`` on ints."""
     if a.__class__ is _INT or a.__class__ is bool:
         return ~a
     raise SelEvalError(f"bad operand type for unary ~: {type_name(a)}")
@@ -302,12 +317,14 @@ _SIMPLE = frozenset({int, float, bool, str, date, timedelta, type(None)})  # dat
 
 
 def eq(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a == b``: scalars by value (datetimes by instant), containers element by element."""
     if a.__class__ in _SIMPLE and b.__class__ in _SIMPLE and a.__class__ is not str:
         return bool(a == b)
     return equal(a, b, ctx)
 
 
 def ne(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a != b``."""
     return not eq(a, b, ctx)
 
 
@@ -319,32 +336,38 @@ def _ordered(a: Any, b: Any) -> bool:
 
 
 def lt(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a < b``: scalars of one ordered kind, or sequences item by item."""
     if _ordered(a, b):
         return bool(a < b)
     return less_than(a, b, ctx)
 
 
 def gt(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a > b``: scalars of one ordered kind, or sequences item by item."""
     if _ordered(a, b):
         return bool(a > b)
     return less_than(b, a, ctx)
 
 
 def le(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a <= b``: scalars of one ordered kind, or sequences item by item."""
     if _ordered(a, b):
         return bool(a <= b)
     return not less_than(b, a, ctx)
 
 
 def ge(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a >= b``: scalars of one ordered kind, or sequences item by item."""
     if _ordered(a, b):
         return bool(a >= b)
     return not less_than(a, b, ctx)
 
 
 def in_(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a in b``: substring, map key, set member, range member, or sequence item."""
     return contains(b, a, ctx)
 
 
 def not_in(a: Any, b: Any, ctx: Ctx) -> bool:
+    """``a not in b``."""
     return not contains(b, a, ctx)

@@ -170,14 +170,17 @@ def a_type(value: object) -> str:
 
 
 def is_sequence(value: object) -> bool:
+    """Whether ``value`` is a SEL sequence (a list, tuple, range or date range)."""
     return type(value) in SEQUENCE_TYPES
 
 
 def is_map(value: object) -> bool:
+    """Whether ``value`` is a SEL map."""
     return type(value) is dict or isinstance(value, Mapping)
 
 
 def is_number(value: object) -> bool:
+    """Whether ``value`` is a SEL number (int, float or bool)."""
     return type(value) in NUMBER_TYPES
 
 
@@ -231,6 +234,8 @@ _ORDER_KINDS: dict[type, str] = {
 
 
 def order_kind(value: object) -> str | None:
+    """The kind values must share to be compared with ``<`` (number, string, date, datetime, duration);
+    None if unordered."""
     kind = _ORDER_KINDS.get(type(value))
     if kind is None and isinstance(value, date):
         kind = "datetime" if isinstance(value, datetime) else "date"

@@ -26,11 +26,13 @@ _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
 class MigrationError(RuntimeError):
-    pass
+    """The database cannot be brought to this code's schema (a changed, unknown or misnamed migration)."""
 
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered SQL file of ``legato/store/migrations``."""
+
     version: int
     name: str
     sql: str
@@ -41,6 +43,7 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
+    """Every migration shipped with the package, by version."""
     folder = resources.files("legato.store") / "migrations"
     found: list[Migration] = []
     for entry in folder.iterdir():
@@ -103,6 +106,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
 
 
 async def migrate_url(url: str) -> list[int]:
+    """Connect to ``url``, apply the missing migrations; their versions."""
     conn = await asyncpg.connect(url)
     try:
         return await migrate(conn)

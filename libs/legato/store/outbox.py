@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from legato.bus.publisher import OutgoingMessage, Publisher
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import get_logger, metrics
 
 log = get_logger("legato.store")

@@ -76,10 +76,12 @@ def forced_ids(*, trace_id: int | None = None, span_id: int | None = None) -> It
 
 
 def new_trace_id() -> int:
+    """A random, non-zero 128-bit trace id."""
     return random.getrandbits(128) or 1
 
 
 def new_span_id() -> int:
+    """A random, non-zero 64-bit span id."""
     return random.getrandbits(64) or 1
 
 

@@ -71,6 +71,8 @@ FORBIDDEN_ATTRIBUTES = frozenset(
 
 @dataclass(frozen=True)
 class InstrumentSpec:
+    """One metric instrument: name, kind, unit, description and the attributes it may carry."""
+
     name: str
     kind: Kind
     unit: str

@@ -63,19 +63,23 @@ def metric_name(name: str, unit: str = "") -> str:
 
 
 def label_name(name: str) -> str:
+    """An attribute name as a valid Prometheus label name."""
     out = _INVALID_LABEL.sub("_", name)
     return "_" + out if out[:1].isdigit() else out
 
 
 def escape_label_value(value: str) -> str:
+    """A label value escaped for the Prometheus text format."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def escape_help(text: str) -> str:
+    """A HELP text escaped for the Prometheus text format."""
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def format_value(value: float) -> str:
+    """A sample value as the Prometheus text format writes it (``+Inf``, ``NaN``, ints without a point)."""
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
@@ -90,6 +94,7 @@ def format_value(value: float) -> str:
 
 
 def labels(attrs: Mapping[str, Any], extra: Iterable[tuple[str, str]] = ()) -> str:
+    """The ``{name="value",…}`` label set of a sample, sorted, with ``extra`` labels last."""
     pairs = [(label_name(str(k)), str(v)) for k, v in attrs.items()]
     pairs.sort()
     pairs.extend(extra)

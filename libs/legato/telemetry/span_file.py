@@ -1,9 +1,9 @@
 """A test hook: every finished span as one JSON line in a file shared by all service processes.
 
-Set ``LEGATO_TEST_SPAN_FILE`` for every service and an end-to-end test can read the spans of all of
-them without a tracing backend. Each span is one ``write(2)`` of one line on a file opened with
-``O_APPEND``, so lines from several processes never interleave, and spans are written as they end (a
-``kill -9`` loses only spans that had not ended).
+Set ``LEGATO_TEST_SPAN_FILE`` (``Settings.test_span_file``) for every service and an end-to-end test
+can read the spans of all of them without a tracing backend. Each span is one ``write(2)`` of one line
+on a file opened with ``O_APPEND``, so lines from several processes never interleave, and spans are
+written as they end (a ``kill -9`` loses only spans that had not ended).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-
-SPAN_FILE_ENV = "LEGATO_TEST_SPAN_FILE"
 
 
 def _hex(value: int | None, width: int) -> str | None:

@@ -6,8 +6,8 @@ Set-up follows the standard ``OTEL_*`` variables: spans go through a batch proce
 ``http/protobuf``; headers, timeout, compression and TLS from the same family of variables);
 ``OTEL_TRACES_EXPORTER=none`` or ``OTEL_SDK_DISABLED=true`` turn export off, ``console`` prints spans;
 ``OTEL_TRACES_SAMPLER[_ARG]`` choose the sampler; ``OTEL_RESOURCE_ATTRIBUTES`` adds resource attributes
-(``service.name`` is always ``legato-<service>``). ``LEGATO_TEST_SPAN_FILE`` additionally writes every
-span as a JSON line to that file (see ``span_file``).
+(``service.name`` is always ``legato-<service>``). A ``span_file`` (tests: ``Settings.test_span_file``)
+additionally gets every span as a JSON line (see ``span_file``).
 
 The provider's id generator honours ``forced_ids`` (see ``ids``), so a span can be emitted late with
 ids reserved early: ``emit_span``.
@@ -15,6 +15,7 @@ ids reserved early: ``emit_span``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,12 +26,16 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     ALWAYS_ON,
+    DEFAULT_OFF,
+    DEFAULT_ON,
     Decision,
     ParentBased,
+    ParentBasedTraceIdRatio,
     Sampler,
     SamplingResult,
-    _get_from_env_or_default,
+    TraceIdRatioBased,
 )
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -42,7 +47,7 @@ from legato.telemetry.ids import (
     remote_parent_of,
 )
 from legato.telemetry.resource import service_resource
-from legato.telemetry.span_file import SPAN_FILE_ENV, SpanFileExporter
+from legato.telemetry.span_file import SpanFileExporter
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _provider: TracerProvider | None = None
@@ -57,6 +62,7 @@ def _env(*names: str) -> str:
 
 
 def sdk_disabled() -> bool:
+    """Whether ``OTEL_SDK_DISABLED=true`` turns tracing and metrics off."""
     return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
 
@@ -72,6 +78,7 @@ def otlp_protocol(signal: str) -> str:
 
 
 def otlp_endpoint_set(signal: str) -> bool:
+    """Whether an OTLP endpoint is configured for ``signal`` (``TRACES``/``METRICS``)."""
     return bool(_env(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
@@ -97,6 +104,33 @@ def _span_exporters() -> list[SpanExporter]:
     return out
 
 
+_FIXED_SAMPLERS: dict[str, Sampler] = {
+    "always_on": ALWAYS_ON,
+    "always_off": ALWAYS_OFF,
+    "parentbased_always_on": DEFAULT_ON,
+    "parentbased_always_off": DEFAULT_OFF,
+}
+_RATIO_SAMPLERS: dict[str, type[TraceIdRatioBased] | type[ParentBasedTraceIdRatio]] = {
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_traceidratio": ParentBasedTraceIdRatio,
+}
+
+
+def sampler_named(name: str, arg: str = "") -> Sampler:
+    """The sampler ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` name, as the SDK reads them: an
+    unknown name is ``parentbased_always_on``, a ratio that is not a rate is 1.0 (each with a warning)."""
+    key = name.strip().lower()
+    if key in _RATIO_SAMPLERS:
+        try:
+            return _RATIO_SAMPLERS[key](float(arg))
+        except ValueError:  # not a number, or not in [0, 1]
+            logging.getLogger(__name__).warning("OTEL_TRACES_SAMPLER_ARG %r is not a rate: 1.0", arg)
+            return _RATIO_SAMPLERS[key](1.0)
+    if key not in _FIXED_SAMPLERS:
+        logging.getLogger(__name__).warning("unknown OTEL_TRACES_SAMPLER %r: parentbased_always_on", name)
+    return _FIXED_SAMPLERS.get(key, DEFAULT_ON)
+
+
 class _RecordWhenSomeoneListens(Sampler):
     """Records spans only once the provider has a span processor; otherwise they are non-recording.
 
@@ -111,7 +145,7 @@ class _RecordWhenSomeoneListens(Sampler):
         self.listening = False
         chosen = os.environ.get("OTEL_TRACES_SAMPLER", "").strip()
         self._inner: Sampler = (
-            _get_from_env_or_default()
+            sampler_named(chosen, os.environ.get("OTEL_TRACES_SAMPLER_ARG", ""))
             if chosen
             else ParentBased(
                 ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_not_sampled=ALWAYS_ON
@@ -152,7 +186,7 @@ def build_tracer_provider(
     service: str,
     *,
     instance_id: str | None = None,
-    span_file: str | None = None,
+    span_file: str = "",
     extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
     """A tracer provider set up from the environment (not installed globally: see ``configure_tracing``)."""
@@ -161,17 +195,20 @@ def build_tracer_provider(
     )
     for exporter in _span_exporters():
         provider.add_span_processor(BatchSpanProcessor(exporter))
-    path = span_file if span_file is not None else os.environ.get(SPAN_FILE_ENV, "")
-    if path:
+    if span_file:
         # Written as each span ends, so spans survive a kill -9 of the process right after.
-        provider.add_span_processor(SimpleSpanProcessor(SpanFileExporter(path)))
+        provider.add_span_processor(SimpleSpanProcessor(SpanFileExporter(span_file)))
     if extra_processor is not None:
         provider.add_span_processor(extra_processor)
     return provider
 
 
 def configure_tracing(
-    service: str, *, instance_id: str | None = None, extra_processor: SpanProcessor | None = None
+    service: str,
+    *,
+    instance_id: str | None = None,
+    span_file: str = "",
+    extra_processor: SpanProcessor | None = None,
 ) -> TracerProvider:
     """Install the process-wide tracer provider with ``service.name=legato-<service>``."""
     global _provider
@@ -179,7 +216,9 @@ def configure_tracing(
         if extra_processor is not None:
             _provider.add_span_processor(extra_processor)
         return _provider
-    provider = build_tracer_provider(service, instance_id=instance_id, extra_processor=extra_processor)
+    provider = build_tracer_provider(
+        service, instance_id=instance_id, span_file=span_file, extra_processor=extra_processor
+    )
     # The API allows one global provider per process; Legato's own code asks ``get_tracer`` instead,
     # which always uses the provider configured last.
     trace.set_tracer_provider(provider)

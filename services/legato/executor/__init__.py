@@ -1,6 +1,6 @@
 """The executor service: runs step attempts (noop, sleep, shell, python, http) from a work queue.
 
-Imports are lazy so the python-step worker (``python -m legato.executor.pyrunner``), which lives in
+Imports are lazy so the python-step worker (``python -m legato.executor.python_worker``), which lives in
 this package, starts without loading NATS, Postgres and OpenTelemetry.
 """
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from legato.config.settings import SettingsError, load_settings
 from legato.runtime.entry import run_service
-from legato.runtime.settings import SettingsError, load_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The executor's flags: queue, concurrency, and the bounds of an attempt's life."""
     parser = argparse.ArgumentParser(
         prog="legato executor", description="Run step attempts from a Legato work queue."
     )
@@ -29,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m legato.executor``: serve one work queue until SIGTERM; the exit code."""
     args = parse_args(argv)
     try:
         # No database: the executor is stateless (dead letters go over NATS to a stateful service).

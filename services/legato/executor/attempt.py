@@ -41,8 +41,8 @@ from legato.executor.capture import CapturedOutput
 from legato.executor.claims import AttemptClaims, ClaimsUnavailable
 from legato.executor.contact import NatsContact
 from legato.executor.lease import FenceLease
-from legato.executor.recent import RecentCancels, RecentResults
-from legato.executor.step import StepContext, StepFailed, StepFenced, StepResult, StepRunner
+from legato.executor.recent_attempts import RecentCancels, RecentResults
+from legato.executor.step_runner import StepContext, StepFailed, StepFenced, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
 from legato.telemetry import bind_context, extract_context, get_logger, get_tracer, inject_headers, metrics
 

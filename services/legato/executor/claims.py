@@ -53,6 +53,7 @@ _DECODER = msgspec.msgpack.Decoder(AttemptRecord)
 
 
 def claim_key(attempt_id: str) -> str:
+    """An attempt id as a KV key (its SHA-256: ids may hold characters keys may not)."""
     return hashlib.sha256(attempt_id.encode()).hexdigest()
 
 

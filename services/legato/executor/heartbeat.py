@@ -15,9 +15,9 @@ from collections.abc import Callable
 from nats.aio.client import Client
 
 from legato.bus.topology import Topology
+from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_HEARTBEAT_INTERVAL
 from legato.protocol.messages import ExecutorHeartbeat, encode
-from legato.runtime.component import Component
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
@@ -26,6 +26,8 @@ HEARTBEAT_INTERVAL = EXECUTOR_HEARTBEAT_INTERVAL
 
 
 class ExecutorHeartbeats(Component):
+    """Publishes this executor's heartbeat (its id, boot and running attempts) every ``interval``."""
+
     name = "executor-heartbeats"
     # Stopped after the executor (stage 0): attempts finishing within the grace period still beat.
     shutdown_stage = 1

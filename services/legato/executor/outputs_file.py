@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from legato.executor.step import StepFailed
+from legato.executor.step_runner import StepFailed
 from legato.protocol.messages import JSONValue
 
 OUTPUTS_LIMIT = 1024 * 1024  # bytes

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from legato.executor.capture import CapturedOutput
 from legato.executor.lease import FenceLease
-from legato.executor.step import StepFailed, StepFenced
+from legato.executor.step_runner import StepFailed, StepFenced
 
 PIPES_CLOSE_TIMEOUT = 1.0  # after the group is gone, pipes still held open elsewhere are not waited for
 REAP_TIMEOUT = 5.0  # after SIGKILL, the exit is normally seen within milliseconds

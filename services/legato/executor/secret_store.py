@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from legato.core.secrets import MASK, check_secret_name, secret_env_name, secret_name_of
-from legato.executor.step import StepFailed
+from legato.executor.step_runner import StepFailed
 from legato.protocol.messages import JSONValue
 
 SECRETS_DIR_VAR = "LEGATO_SECRETS_DIR"

@@ -26,18 +26,18 @@ from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.publisher import Publisher
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
+from legato.config.settings import Settings
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
 from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.lease import FenceLease
-from legato.executor.recent import RecentCancels, RecentResults
+from legato.executor.recent_attempts import RecentCancels, RecentResults
 from legato.executor.runners import default_runners
+from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_FENCE_AFTER
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
-from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.security.signing import WorkVerifier
 from legato.security.wiring import trusted_work, work_verifier
 from legato.telemetry import get_logger
@@ -105,6 +105,7 @@ class ExecutorService(Component):
         max_deliveries: int = 5,
         replicas: int = 1,
         trusted: WorkVerifier | None = None,
+        deliver_twice: bool = False,
     ) -> None:
         super().__init__()
         self.nc = nc
@@ -149,6 +150,7 @@ class ExecutorService(Component):
             max_in_flight=options.concurrency,
             max_deliveries=max_deliveries,
             span_name=f"process {topology.work_stream}",
+            deliver_twice=deliver_twice,
         )
         self.ready = asyncio.Event()
 
@@ -164,6 +166,7 @@ class ExecutorService(Component):
             max_deliveries=host.settings.max_deliveries,
             replicas=host.settings.stream_replicas,
             trusted=work_verifier(host.settings),
+            deliver_twice=host.settings.test_deliver_twice,
         )
 
     async def _run(self) -> None:

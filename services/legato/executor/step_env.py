@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from legato.executor.secret_store import ResolvedSecrets
-from legato.executor.step import StepFailed
+from legato.executor.step_runner import StepFailed
 from legato.protocol.messages import JSONValue, WorkItem
 
 ENV_VALUE_LIMIT = 32 * 1024  # bytes: bigger values go through files

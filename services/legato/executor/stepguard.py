@@ -72,6 +72,7 @@ def descendants(root: int) -> list[int]:
 
 
 def kill_descendants() -> None:
+    """SIGKILL every process below this one."""
     # Twice: a process may fork between the scan and the kill; its child is found the second time.
     for _ in range(2):
         for pid in descendants(os.getpid()):
@@ -82,6 +83,7 @@ def kill_descendants() -> None:
 
 
 def die_with_parent() -> None:
+    """End the step with its guard: kill its processes, then the guard's own group."""
     kill_descendants()
     try:
         if os.getpgrp() == os.getpid():  # never the group of whoever started a guard by hand
@@ -122,6 +124,7 @@ def fence(lease: str, silent: float) -> None:
 
 
 def parse(argv: list[str]) -> tuple[int, str | None, list[str]] | None:
+    """``(executor pid, lease path, command)`` from the guard's argv; None when malformed."""
     if len(argv) >= 4 and argv[2] == "--":
         return int(argv[1]), None, argv[3:]
     if len(argv) >= 6 and argv[2] == "--lease" and argv[4] == "--":
@@ -130,6 +133,7 @@ def parse(argv: list[str]) -> tuple[int, str | None, list[str]] | None:
 
 
 def main(argv: list[str]) -> int:
+    """Run the command under the guard until it ends, or until the executor dies or loses its lease."""
     parsed = parse(argv)
     if parsed is None:
         sys.stderr.write("usage: stepguard.py <executor pid> [--lease <path>] -- <command> [args...]\n")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from legato.config.settings import SettingsError, load_settings
 from legato.runtime.entry import run_service
-from legato.runtime.settings import SettingsError, load_settings
 from legato.scheduler.service import run_scheduler
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m legato.scheduler``: run a scheduler replica until SIGTERM; the exit code."""
     parser = argparse.ArgumentParser(prog="legato scheduler", description="Run the Legato scheduler service.")
     parser.add_argument("--nats-url")
     parser.add_argument("--database-url")

@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanContext
 from legato.bus.consumer import Poison, Retry
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
+from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.messages import (
     ActionRequest,
@@ -31,9 +32,8 @@ from legato.protocol.messages import (
     StartRun,
     WorkflowChanged,
 )
-from legato.runtime.component import Component
 from legato.scheduler import actions, dynamic, run_spans
-from legato.scheduler.definitions import DefinitionCache
+from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
 from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.store import create_pool
 from legato.telemetry import get_logger
 
@@ -46,6 +46,8 @@ class ReplicaIdInUse(ConnectionError):
 
 
 class PartitionLeaser(Component):
+    """Takes, renews and gives up partition leases so each partition has one scheduler replica."""
+
     name = "partition-leaser"
     shutdown_stage = 2  # leases go last, once no actor can commit any more
 

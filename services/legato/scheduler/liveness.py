@@ -33,9 +33,9 @@ from nats.aio.subscription import Subscription
 
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.topology import Topology, partition_of
+from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_DEAD_AFTER
 from legato.protocol.messages import AttemptFinished, decode_heartbeat, encode
-from legato.runtime.component import Component
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")

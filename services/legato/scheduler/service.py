@@ -8,10 +8,10 @@ from opentelemetry import trace
 
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
+from legato.config.settings import Settings
+from legato.lifecycle.component import Component
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
-from legato.runtime.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.scheduler.actors import ActorRegistry
 from legato.scheduler.leases import PartitionLeaser
 from legato.scheduler.liveness import ExecutorWatch
@@ -71,6 +71,7 @@ class PartitionConsumers(Component):
             batch=self.batch,
             max_in_flight=1024,
             max_deliveries=self.host.settings.max_deliveries,
+            deliver_twice=self.host.settings.test_deliver_twice,
             span_name="scheduler apply trigger",
         )
         ev: ConsumerLoop[EventMessage] = ConsumerLoop(
@@ -87,6 +88,7 @@ class PartitionConsumers(Component):
             batch=self.batch,
             max_in_flight=1024,
             max_deliveries=self.host.settings.max_deliveries,
+            deliver_twice=self.host.settings.test_deliver_twice,
             span_name="scheduler apply event",
         )
         self.loops[partition] = [trig, ev]
@@ -139,6 +141,7 @@ def observe_queues(registry: ActorRegistry) -> None:
 
 
 async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
+    """Run a scheduler replica: leases, partition consumers, actors and timers, until shutdown."""
     async with ServiceHost("scheduler", settings) as host:
         timers_ref: list[TimerLoop] = []
         registry_ref: list[ActorRegistry] = []

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.scheduler.actors import Message, TimerFired
 from legato.telemetry import get_logger
 
@@ -20,6 +20,8 @@ log = get_logger("legato.scheduler")
 
 
 class TimerLoop(Component):
+    """Delivers the due timers of the partitions this replica owns to their workflows' actors."""
+
     name = "timer-loop"
 
     def __init__(

@@ -35,10 +35,10 @@ from legato.bus.topology import Topology
 from legato.core import ParamError, compile_workflow, definition_from_json
 from legato.core.compiled import CompiledWorkflow
 from legato.core.signals import schema_error
+from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
-from legato.runtime.component import Component
 from legato.security.signing import PUBLISHER_CLAIMS, SignalOrigins
 from legato.sel import SelError
 from legato.signal_router.matching import (

@@ -141,6 +141,7 @@ def leg_accepts(t: RegisteredTrigger, leg: str, sig: Signal) -> bool:
 
 
 def missing_legs(t: RegisteredTrigger, members: Mapping[str, Any]) -> list[str]:
+    """The legs of a signal join that have no signal yet."""
     return [leg for leg in t.legs if leg not in members]
 
 

@@ -10,9 +10,9 @@ import asyncpg
 
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
-from legato.runtime.component import Component
+from legato.config.settings import Settings
+from legato.lifecycle.component import Component
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.security.wiring import signal_origins
 from legato.signal_router.ingest import RawPayload, SignalIngest
 from legato.signal_router.matching import Signal, TriggerTable, route
@@ -136,6 +136,7 @@ class SignalUpkeep(Component):
 
 
 async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
+    """Run the signal router: signal ingest, its upkeep and the consumer, until shutdown."""
     async with ServiceHost("signal-router", settings) as host:
         topo = host.topology
         assert host.dead_letters is not None
@@ -162,6 +163,7 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
             max_in_flight=2 * batch,
             max_deliveries=settings.max_deliveries,
             span_name="signal_router ingest",
+            deliver_twice=settings.test_deliver_twice,
         )
         # Stop order: the consumer stops fetching (stage 0), then ingest drains (stage 1), then the relay.
         for comp in (ingest, SignalUpkeep(host.pool, ingest), consumer):

@@ -9,6 +9,7 @@ from legato.trigger.service import run_trigger
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m legato.trigger``: run the trigger (API, cron, backfills) until SIGTERM; the exit code."""
     return connection_only_main("trigger", "Run the Legato trigger service.", run_trigger, argv)
 
 

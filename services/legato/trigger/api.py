@@ -26,12 +26,12 @@ from opentelemetry import trace
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
+from legato.lifecycle.component import Component
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
-from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import bind_context, get_logger, metrics

@@ -22,6 +22,8 @@ R = TypeVar("R", bound=ApiRequest)
 
 
 class Authz:
+    """Checks each API request's size, signature and the signer's role for the endpoint."""
+
     def __init__(self, verifier: RequestVerifier | None, *, max_request_bytes: int = 1024 * 1024) -> None:
         self.verifier = verifier
         self.max_request_bytes = max_request_bytes

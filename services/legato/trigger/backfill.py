@@ -35,12 +35,12 @@ from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
+from legato.lifecycle.component import Component
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
-from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry as R

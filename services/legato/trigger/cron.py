@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,10 +34,10 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, CronSchedule, compile_workflow, definition_from_json, to_json_value
 from legato.core.model import CronTrigger
+from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
-from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import bind_context, get_logger
 
@@ -50,19 +49,17 @@ CHUNK = 1000
 BATCH = 500  # triggers per transaction
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
-CLOCK_FILE_ENV = "LEGATO_CRON_CLOCK_FILE"
-"""Testing hook: a file holding the ISO time the cron loop takes as now (re-read each tick)."""
 
 
-def clock_from_env() -> Callable[[], datetime]:
-    """The wall clock, or (``LEGATO_CRON_CLOCK_FILE``) the time written in a file, for tests."""
-    path = os.environ.get(CLOCK_FILE_ENV)
-    if not path:
+def cron_clock(clock_file: str = "") -> Callable[[], datetime]:
+    """The wall clock, or (tests: ``Settings.test_cron_clock_file``) the time written in a file,
+    re-read at each call."""
+    if not clock_file:
         return lambda: datetime.now(UTC)
-    clock_file = Path(path)
+    path = Path(clock_file)
 
     def read() -> datetime:
-        value = datetime.fromisoformat(clock_file.read_text().strip())
+        value = datetime.fromisoformat(path.read_text().strip())
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     return read
@@ -78,6 +75,7 @@ def jitter_offset(workflow_id: str, trigger_id: str, fire_time: datetime, jitter
 
 
 def fire_key(trigger_id: str, fire_time: datetime) -> str:
+    """The trigger key of one cron fire: ``cron:<trigger>:<fire time in UTC>``."""
     return f"cron:{trigger_id}:{fire_time.astimezone(UTC).isoformat()}"
 
 
@@ -148,6 +146,8 @@ def _skip_reason(
 
 
 class CronLoop(Component):
+    """Evaluates every active cron trigger each tick and fires what is due, exactly once per fire time."""
+
     name = "cron"
 
     def __init__(

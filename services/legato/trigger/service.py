@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from legato.config.settings import Settings
 from legato.runtime.host import ServiceHost
-from legato.runtime.settings import Settings
 from legato.security.wiring import request_verifier
 from legato.trigger.api import ApiService
 from legato.trigger.authz import Authz
 from legato.trigger.backfill import BackfillLoop
-from legato.trigger.cron import CronLoop, clock_from_env
+from legato.trigger.cron import CronLoop, cron_clock
 
 
 async def run_trigger(settings: Settings) -> None:
+    """Run the trigger: the API, cron and backfills, until shutdown."""
     async with ServiceHost("trigger", settings) as host:
         authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
         host.add(
@@ -24,6 +25,7 @@ async def run_trigger(settings: Settings) -> None:
                 publisher=host.publisher,
             )
         )
-        host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock_from_env()))
+        clock = cron_clock(settings.test_cron_clock_file)
+        host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock))
         host.add(BackfillLoop(host.pool, host.topology, wake_relay=host.wake_relay))
         await host.run()

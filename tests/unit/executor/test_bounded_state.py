@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from legato.executor.capture import CapturedOutput, TailBuffer
-from legato.executor.recent import RecentCancels, RecentResults
+from legato.executor.recent_attempts import RecentCancels, RecentResults
 
 
 def test_tail_buffer_keeps_only_the_last_bytes_and_counts_all() -> None:

@@ -15,7 +15,7 @@ from legato.executor.heartbeat import HEARTBEAT_INTERVAL
 from legato.executor.lease import FenceLease
 from legato.executor.process import run_in_process_group
 from legato.executor.service import ExecutorOptions
-from legato.executor.step import StepFenced
+from legato.executor.step_runner import StepFenced
 from legato.executor.stepguard import FENCED_EXIT, LEASE_POLL
 from legato.protocol import liveness
 from legato.scheduler.liveness import DEAD_AFTER, ExecutorWatch

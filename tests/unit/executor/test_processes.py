@@ -67,14 +67,14 @@ async def test_sigterm_is_escalated_to_sigkill_after_the_grace(tmp_path: Path) -
     assert 0.3 <= loop.time() - started < 3.0
 
 
-def test_pyrunner_reports_through_its_result_file_not_stdout(tmp_path: Path) -> None:
-    (tmp_path / "mod_for_pyrunner.py").write_text(
+def test_python_worker_reports_through_its_result_file_not_stdout(tmp_path: Path) -> None:
+    (tmp_path / "mod_for_python_worker.py").write_text(
         "def f(params):\n    print('printed')\n    return {'sum': params['a'] + params['b']}\n"
     )
     result = tmp_path / "result.json"
     done = subprocess.run(
-        [sys.executable, "-m", "legato.executor.pyrunner", str(result)],
-        input=json.dumps({"function": "mod_for_pyrunner:f", "params": {"a": 1, "b": 2}}).encode(),
+        [sys.executable, "-m", "legato.executor.python_worker", str(result)],
+        input=json.dumps({"function": "mod_for_python_worker:f", "params": {"a": 1, "b": 2}}).encode(),
         capture_output=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},

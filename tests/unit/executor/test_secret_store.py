@@ -10,7 +10,7 @@ import pytest
 
 from legato.core.values import coerce
 from legato.executor.secret_store import ResolvedSecrets, SecretStore
-from legato.executor.step import StepFailed
+from legato.executor.step_runner import StepFailed
 
 
 def test_a_file_wins_over_the_environment_and_loses_one_trailing_newline(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from legato.executor.process import describe_exit
 from legato.executor.runners.http import HttpResponse, encode_body, is_json, response_outputs
 from legato.executor.runners.python import FUNCTION_SPEC, worker_pythonpath
 from legato.executor.runners.sleep import SleepConfig
-from legato.executor.step import StepFailed, parse_config
 from legato.executor.step_env import param_env_name, step_environment
+from legato.executor.step_runner import StepFailed, parse_config
 from legato.protocol import WorkItem
 
 

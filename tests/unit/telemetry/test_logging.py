@@ -53,7 +53,6 @@ def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    monkeypatch.delenv("LEGATO_TEST_SPAN_FILE", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     memory = InMemorySpanExporter()
     provider: TracerProvider = build_tracer_provider("executor", extra_processor=SimpleSpanProcessor(memory))

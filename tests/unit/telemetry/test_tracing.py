@@ -29,7 +29,7 @@ from legato.telemetry import (
     traceparent_for,
 )
 from legato.telemetry.span_file import SpanFileExporter, read_span_file
-from legato.telemetry.tracing import build_tracer_provider
+from legato.telemetry.tracing import build_tracer_provider, sampler_named
 
 tracing = importlib.import_module("legato.telemetry.tracing")
 
@@ -38,7 +38,7 @@ tracing = importlib.import_module("legato.telemetry.tracing")
 def provider(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "LEGATO_TEST_SPAN_FILE"):
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
     memory = InMemorySpanExporter()
     p = build_tracer_provider("unit", instance_id="u-1", extra_processor=SimpleSpanProcessor(memory))
@@ -95,7 +95,7 @@ def test_exporters_follow_the_otel_variables(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: list[str]
 ) -> None:
     for var in list(os.environ):
-        if var.startswith("OTEL_") or var == "LEGATO_TEST_SPAN_FILE":
+        if var.startswith("OTEL_"):
             monkeypatch.delenv(var)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -118,9 +118,8 @@ def test_bad_protocol_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_span_file_gets_one_json_line_per_span(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "spans" / "all.jsonl"
-    monkeypatch.setenv("LEGATO_TEST_SPAN_FILE", str(path))
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
-    p = build_tracer_provider("executor")
+    p = build_tracer_provider("executor", span_file=str(path))
     tracer = p.get_tracer("t")
     link_trace, link_span = new_span_context_ids()
     with (
@@ -298,7 +297,6 @@ def test_spans_do_not_record_until_a_processor_listens_but_ids_and_context_still
     for var in (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "LEGATO_TEST_SPAN_FILE",
         "OTEL_TRACES_SAMPLER",
     ):
         monkeypatch.delenv(var, raising=False)
@@ -338,3 +336,20 @@ def test_the_sampling_decision_travels_in_stored_traceparents() -> None:
         span_ctx = trace.get_current_span(ctx).get_span_context()
         assert (span_ctx.trace_id, span_ctx.span_id, span_ctx.trace_flags.sampled) == (7, 9, sampled)
     assert remote_parent_of("00-" + "0" * 32 + "-" + "1" * 16 + "-01") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "description"),
+    [
+        ("always_on", "", "AlwaysOnSampler"),
+        ("ALWAYS_OFF", "", "AlwaysOffSampler"),
+        ("parentbased_always_off", "", "ParentBased{root:AlwaysOffSampler,"),
+        ("traceidratio", "0.25", "TraceIdRatioBased{0.25}"),
+        ("parentbased_traceidratio", "0.1", "ParentBased{root:TraceIdRatioBased{0.1},"),
+        ("traceidratio", "lots", "TraceIdRatioBased{1.0}"),  # not a rate: 1.0, as the SDK does
+        ("traceidratio", "2", "TraceIdRatioBased{1.0}"),
+        ("sometimes", "", "ParentBased{root:AlwaysOnSampler,"),  # unknown: the SDK's default
+    ],
+)
+def test_samplers_are_named_as_the_otel_variables_name_them(name: str, arg: str, description: str) -> None:
+    assert sampler_named(name, arg).get_description().startswith(description)

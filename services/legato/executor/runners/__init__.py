@@ -10,10 +10,11 @@ from legato.executor.runners.noop import NoopRunner
 from legato.executor.runners.python import PythonRunner
 from legato.executor.runners.shell import ShellRunner
 from legato.executor.runners.sleep import SleepRunner
-from legato.executor.step import StepRunner
+from legato.executor.step_runner import StepRunner
 
 
 def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
+    """The runner of every built-in step type, by type."""
     runners: list[StepRunner] = [
         NoopRunner(),
         SleepRunner(),

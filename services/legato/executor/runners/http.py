@@ -24,7 +24,7 @@ from typing import Annotated
 
 import msgspec
 
-from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
+from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
 from legato.protocol.messages import JSONValue
 
 BODY_LIMIT = 1024 * 1024
@@ -33,6 +33,8 @@ KEPT_HEADERS = ("content-type", "content-length", "location", "etag", "last-modi
 
 
 class HttpConfig(msgspec.Struct, frozen=True):
+    """An ``http`` step's config: the request, the statuses that count as success, and the timeout."""
+
     url: str
     method: str = "GET"
     headers: dict[str, str] = {}
@@ -43,6 +45,8 @@ class HttpConfig(msgspec.Struct, frozen=True):
 
 @dataclass(frozen=True)
 class HttpResponse:
+    """A response as the runner read it: status, headers, body (cut at the output limit)."""
+
     status: int
     headers: dict[str, str]
     body: bytes
@@ -89,6 +93,7 @@ class HttpRunner:
 
 
 def encode_body(body: JSONValue, headers: dict[str, str]) -> tuple[bytes | None, dict[str, str]]:
+    """The request body as bytes and the headers with a content type (JSON unless a string is given)."""
     out = dict(headers)
     has_type = any(k.lower() == "content-type" for k in out)
     if body is None:
@@ -154,6 +159,7 @@ def _kept_headers(headers: Message) -> dict[str, str]:
 
 
 def response_outputs(response: HttpResponse) -> dict[str, JSONValue]:
+    """An ``http`` step's outputs: status, headers and body (parsed when JSON)."""
     content_type = response.headers.get("content-type", "")
     body: JSONValue = decode_text(response.body, content_type)
     if is_json(content_type) and not response.truncated:
@@ -168,11 +174,13 @@ def response_outputs(response: HttpResponse) -> dict[str, JSONValue]:
 
 
 def is_json(content_type: str) -> bool:
+    """Whether a content type is JSON (``application/json`` or ``…+json``)."""
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
 
 def decode_text(body: bytes, content_type: str) -> str:
+    """A body as text in its declared charset (UTF-8 by default), undecodable bytes replaced."""
     msg = Message()
     msg["content-type"] = content_type or "text/plain"
     charset = msg.get_content_charset() or "utf-8"

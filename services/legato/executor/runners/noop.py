@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from legato.executor.step import StepContext, StepResult
+from legato.executor.step_runner import StepContext, StepResult
 
 
 class NoopRunner:
+    """Runs a ``noop`` step: nothing, successfully."""
+
     step_type = "noop"
 
     async def run(self, ctx: StepContext) -> StepResult:

@@ -2,7 +2,7 @@
 
 The function gets ONE argument, the step's resolved params as a dict (``secret`` params resolved): ``def fn(params: dict) -> dict |
 None`` (``async def`` works too). What it returns (a JSON object, or None for no outputs) becomes the
-step's outputs. It runs in ``python -m legato.executor.pyrunner``, one process per attempt in its own
+step's outputs. It runs in ``python -m legato.executor.python_worker``, one process per attempt in its own
 process group, so a crash (segfault, ``os._exit``), ``sys.exit`` or a hang cannot hurt the executor;
 timeout and cancel kill the group. The worker imports from the executor's cwd and ``PYTHONPATH``;
 its environment is the minimal one of ``legato.executor.step_env``.
@@ -21,21 +21,25 @@ import msgspec
 from legato.executor.outputs_file import OUTPUTS_LIMIT
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import ResolvedSecrets, SecretStore
-from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
 from legato.executor.step_env import shield_executor_process, step_environment
+from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
 from legato.executor.workspace import attempt_workspace
 from legato.protocol.messages import JSONValue
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 FUNCTION_SPEC = re.compile(rf"^{_NAME}(\.{_NAME})*:{_NAME}(\.{_NAME})*$")
-WORKER_MODULE = "legato.executor.pyrunner"
+WORKER_MODULE = "legato.executor.python_worker"
 
 
 class PythonConfig(msgspec.Struct, frozen=True):
+    """A ``python`` step's config: the ``package.module:function`` to call."""
+
     function: str
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
+    """What the worker process writes to its result file: outputs, or the error."""
+
     ok: bool
     outputs: dict[str, JSONValue] = {}
     error: str = ""
@@ -45,6 +49,8 @@ _REPORT = msgspec.json.Decoder(WorkerReport)
 
 
 class PythonRunner:
+    """Runs a ``python`` step in its own worker process, under the step guard."""
+
     step_type = "python"
 
     def __init__(self, secrets: SecretStore | None = None) -> None:
@@ -103,6 +109,7 @@ def worker_pythonpath(existing: str | None) -> str:
 
 
 def read_report(path: Path) -> WorkerReport | None:
+    """The worker's report from its result file; None when it wrote none (it died first)."""
     try:
         with path.open("rb") as f:
             data = f.read(OUTPUTS_LIMIT + 4096)

@@ -15,8 +15,8 @@ import msgspec
 from legato.executor.outputs_file import read_outputs_file
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import SecretStore
-from legato.executor.step import StepContext, StepFailed, StepResult, parse_config
 from legato.executor.step_env import shield_executor_process, step_environment
+from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
 from legato.executor.workspace import attempt_workspace
 from legato.protocol.messages import JSONValue
 
@@ -26,11 +26,15 @@ COMMAND_ARG_LIMIT = 64 * 1024
 
 
 class ShellConfig(msgspec.Struct, frozen=True):
+    """A ``shell`` step's config: the command and extra environment variables."""
+
     command: str
     env: dict[str, JSONValue] = {}
 
 
 class ShellRunner:
+    """Runs a ``shell`` step as a process under the step guard, capturing its output."""
+
     step_type = "shell"
 
     def __init__(self, secrets: SecretStore | None = None) -> None:

@@ -12,15 +12,19 @@ from typing import Annotated
 
 import msgspec
 
-from legato.executor.step import StepContext, StepResult, parse_config
+from legato.executor.step_runner import StepContext, StepResult, parse_config
 
 
 class SleepConfig(msgspec.Struct, frozen=True):
+    """A ``sleep`` step's config: seconds to sleep, or until a time."""
+
     duration: Annotated[float, msgspec.Meta(ge=0)]
     until: float | None = None
 
 
 class SleepRunner:
+    """Runs a ``sleep`` step: waits, cancellable."""
+
     step_type = "sleep"
 
     async def run(self, ctx: StepContext) -> StepResult:

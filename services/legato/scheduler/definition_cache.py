@@ -13,10 +13,12 @@ from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 
 
 class UnknownVersion(LookupError):
-    pass
+    """A (workflow, version) with no stored definition."""
 
 
 class DefinitionCache:
+    """Compiled definitions by (workflow, version), loaded once and kept in an LRU."""
+
     def __init__(self, capacity: int = 512) -> None:
         self.capacity = capacity
         self._items: OrderedDict[tuple[str, int], CompiledWorkflow] = OrderedDict()

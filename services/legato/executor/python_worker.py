@@ -1,4 +1,4 @@
-"""The worker process a ``python`` step runs in: ``python -m legato.executor.pyrunner RESULT_PATH``.
+"""The worker process a ``python`` step runs in: ``python -m legato.executor.python_worker RESULT_PATH``.
 
 Reads ``{"function": "package.module:function", "params": {...}}`` as JSON on stdin, imports the
 function, calls it with ONE argument, the params dict (``fn(params)``; ``async def`` functions are run
@@ -24,9 +24,10 @@ TRACEBACK_TAIL = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the call read from stdin and write its report to RESULT_PATH; the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m legato.executor.pyrunner RESULT_PATH < call.json", file=sys.stderr)
+        print("usage: python -m legato.executor.python_worker RESULT_PATH < call.json", file=sys.stderr)
         return 2
     report = _run_call(sys.stdin.buffer.read())
     _write_report(Path(args[0]), report)

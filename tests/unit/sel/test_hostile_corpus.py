@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from legato.sel import SelError, SelEvalError, SelLimitError, compile_expression
-from tests.sel.corpus import CORPUS, Fails, Value, hostile_env
+from tests.unit.sel.corpus import CORPUS, Fails, Value, hostile_env
 
 WALL_LIMIT = 1.0  # seconds, per expression (typically milliseconds)
 MEMORY_LIMIT = 64 * 1024 * 1024  # bytes of peak traced allocation per expression

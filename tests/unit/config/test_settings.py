@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from legato.runtime.settings import SettingsError, load_settings
+from legato.config.settings import SettingsError, load_settings
 
 
 def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_path: Path) -> None:
@@ -39,3 +39,11 @@ def test_bad_values_fail_with_one_line_naming_the_variable(env: dict[str, str], 
         load_settings(env, use_dev_state=False)
     assert str(err.value).startswith(message)
     assert "\n" not in str(err.value)
+
+
+def test_test_hooks_are_settings_off_unless_the_launcher_sets_them() -> None:
+    assert not load_settings({}, use_dev_state=False).test_deliver_twice
+    assert load_settings({}, use_dev_state=False).test_cron_clock_file == ""
+    env = {"LEGATO_TEST_DELIVER_TWICE": "1", "LEGATO_TEST_CRON_CLOCK_FILE": "/tmp/clock"}
+    s = load_settings(env, use_dev_state=False)
+    assert s.test_deliver_twice and s.test_cron_clock_file == "/tmp/clock"

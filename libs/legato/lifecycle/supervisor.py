@@ -6,10 +6,10 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 
-from legato.runtime.component import Component
+from legato.lifecycle.component import Component
 from legato.telemetry import get_logger
 
-log = get_logger("legato.runtime")
+log = get_logger("legato.lifecycle")
 
 
 def install_signal_handlers(on_signal: Callable[[], None]) -> Callable[[], None]:

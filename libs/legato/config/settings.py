@@ -22,6 +22,8 @@ class SettingsError(ValueError):
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a process connects and how it behaves; one field per ``LEGATO_<NAME>`` variable."""
+
     nats_url: str = "nats://127.0.0.1:4222"
     database_url: str = "postgresql://postgres@127.0.0.1:5432/legato"
     # Scheduler partitions: a workflow belongs to partition hash(workflow_id) % partitions.
@@ -58,6 +60,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_key: str = ""
     # Largest API request body the trigger accepts: the largest definition (4 MiB) as a JSON string.
     api_max_request_bytes: int = 6 * 1024 * 1024
+    # Testing only, set by the test suite's process launcher and never in production. Apply every
+    # consumed message twice (as if its ack was lost and JetStream redelivered it): handlers are idempotent.
+    test_deliver_twice: bool = False
+    # A file holding the ISO time the trigger's cron loop takes as now (re-read each tick).
+    test_cron_clock_file: str = ""
+    # A file every service appends each finished span to, as a JSON line (``legato.telemetry.span_file``).
+    test_span_file: str = ""
 
     def __post_init__(self) -> None:
         _check(
@@ -155,6 +164,7 @@ _FIELDS: dict[str, str] = {name: f"LEGATO_{name.upper()}" for name in Settings._
 
 
 def dev_state_file(state_dir: str | os.PathLike[str]) -> Path:
+    """The file ``legato dev`` writes its URLs and credentials to, in its state folder."""
     return Path(state_dir) / "dev.json"
 
 
