@@ -16,6 +16,9 @@ import asyncpg
 import msgspec
 import pytest
 
+from legato.bus.connection import connect
+from legato.bus.streams import provision_streams
+from legato.bus.topology import Topology
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.lifecycle.component import Component
@@ -79,6 +82,12 @@ async def test_executor_probes_follow_its_nats_connection(
         "LEGATO_STATE_DIR": str(tmp_path / "state"),
     }
     env.pop("LEGATO_DATABASE_URL", None)
+    # A stateful service creates the streams and the attempts bucket; an executor waits for them.
+    nc = await connect(own_nats.url, name="test-provision")
+    try:
+        await provision_streams(nc.jetstream(), Topology(settings.namespace, settings.partitions))
+    finally:
+        await nc.close()
     log = (tmp_path / "executor.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "legato.executor", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
