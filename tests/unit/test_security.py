@@ -12,7 +12,17 @@ from legato.security.__main__ import main as security_main
 from legato.security.keyring import Keyring, load_users
 from legato.security.keys import KeyError_, Signer
 from legato.security.permissions import may_call, role_permissions
-from legato.security.signing import TS, RequestRefused, RequestVerifier, WorkVerifier, sign_request, sign_work
+from legato.security.signing import (
+    ORIGIN_PATH,
+    ORIGIN_SIG,
+    TS,
+    RequestRefused,
+    RequestVerifier,
+    WorkVerifier,
+    sign_request,
+    sign_work,
+    sign_work_batch,
+)
 
 
 def test_keyring_files_are_private_and_kept(tmp_path: Path) -> None:
@@ -78,3 +88,35 @@ def test_work_signatures(tmp_path: Path) -> None:
     assert "no scheduler signature" in (check.problem("legato.work.default", "att-1", b"body", {}) or "")
     admin = sign_work(Signer.from_file(ring.seed_file("admin")), "legato.work.default", "att-1", b"body")
     assert "not a scheduler key" in (check.problem("legato.work.default", "att-1", b"body", admin) or "")
+
+
+def test_work_batches_are_signed_once_and_each_item_checked_on_its_own(tmp_path: Path) -> None:
+    """One signature over a Merkle root covers a relay batch: every item verifies with its own path, and
+    no item can be altered, moved to another subject or id, or grafted onto another batch's root."""
+    ring = Keyring(tmp_path / "keys").ensure()
+    scheduler = Signer.from_file(ring.seed_file("scheduler"))
+    items = [(f"legato.work.q{i % 2}", f"att-{i}", f"body {i}".encode()) for i in range(7)]
+    signed = sign_work_batch(scheduler, items)
+    assert len({h[ORIGIN_SIG] for h in signed}) == 1  # one signature for the batch
+    check = WorkVerifier(u for u in ring.users() if u.role == "scheduler")
+    for (subject, msg_id, body), headers in zip(items, signed, strict=True):
+        assert check.problem(subject, msg_id, body, headers) is None
+    # A fresh verifier (nothing cached) checks the signature itself.
+    fresh = WorkVerifier(u for u in ring.users() if u.role == "scheduler")
+    subject, msg_id, body = items[3]
+    assert fresh.problem(subject, msg_id, body, signed[3]) is None
+    # Altered body, another id, another subject, another item's path: refused, even with the root cached.
+    for forged in (
+        (subject, msg_id, b"rm -rf /", signed[3]),
+        (subject, "att-99", body, signed[3]),
+        ("legato.work.other", msg_id, body, signed[3]),
+        (subject, msg_id, body, signed[4]),
+    ):
+        assert "bad scheduler signature" in (check.problem(*forged) or ""), forged
+    # A path that is not one, and a path of another batch with this batch's signature.
+    assert "malformed" in (check.problem(subject, msg_id, body, {**signed[3], ORIGIN_PATH: "AAAA"}) or "")
+    other = sign_work_batch(scheduler, [("legato.work.q0", "att-x", b"x"), items[3]])
+    assert check.problem(subject, msg_id, body, {**other[1], ORIGIN_SIG: signed[3][ORIGIN_SIG]}) is not None
+    # A batch of one has an empty path and still verifies.
+    (one,) = sign_work_batch(scheduler, [items[0]])
+    assert fresh.problem(*items[0], one) is None

@@ -50,7 +50,7 @@ class Publisher:
         timeout: float = 5.0,
         attempts: int = 3,
         max_pipeline: int = 512,
-        sign: Callable[[OutgoingMessage], Mapping[str, str]] | None = None,
+        sign: Callable[[Sequence[OutgoingMessage]], Sequence[Mapping[str, str]]] | None = None,
     ) -> None:
         self.nc = nc
         self.js = js or nc.jetstream()
@@ -58,15 +58,18 @@ class Publisher:
         self.attempts = attempts
         self._pipeline = asyncio.Semaphore(max_pipeline)
         self.duplicates = 0
-        # Adds proof-of-origin headers (the scheduler signs work items: legato.security.wiring).
+        # Proof-of-origin headers per message, for a whole batch at once (the scheduler signs a batch of
+        # work items with one signature: legato.security.wiring).
         self.sign = sign
 
     async def publish(self, msg: OutgoingMessage) -> PubAck | None:
+        return await self._publish(msg, self.sign([msg])[0] if self.sign is not None else {})
+
+    async def _publish(self, msg: OutgoingMessage, origin: Mapping[str, str]) -> PubAck | None:
         headers = dict(msg.headers)
         if msg.msg_id:
             headers[MSG_ID_HEADER] = msg.msg_id
-        if self.sign is not None:
-            headers.update(self.sign(msg))
+        headers.update(origin)
         if msg.core:
             await self.nc.publish(msg.subject, msg.payload, headers=headers or None)
             return None
@@ -94,7 +97,10 @@ class Publisher:
         """Publish a batch pipelined (all in flight at once, bounded); raises if any one failed."""
         if not msgs:
             return []
-        results = await asyncio.gather(*(self.publish(m) for m in msgs), return_exceptions=True)
+        origins: Sequence[Mapping[str, str]] = self.sign(msgs) if self.sign is not None else [{}] * len(msgs)
+        results = await asyncio.gather(
+            *(self._publish(m, o) for m, o in zip(msgs, origins, strict=True)), return_exceptions=True
+        )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             if any(isinstance(f, asyncio.CancelledError) for f in failures):

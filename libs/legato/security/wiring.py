@@ -4,14 +4,14 @@ allows only with LEGATO_INSECURE=1 (``Settings.credentials_problem``), and warns
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from legato.bus.consumer import Delivery, Poison
 from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
 from legato.security.keyring import load_users
 from legato.security.keys import Signer
-from legato.security.signing import RequestVerifier, SignalOrigins, WorkVerifier, sign_signal, sign_work
+from legato.security.signing import RequestVerifier, SignalOrigins, WorkVerifier, sign_signal, sign_work_batch
 from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -24,9 +24,10 @@ T = TypeVar("T")
 
 def origin_signer(
     settings: Settings, topology: Topology
-) -> Callable[[OutgoingMessage], Mapping[str, str]] | None:
-    """Signs with this process's own seed what it publishes to ``legato.work.>`` (work items: only the
-    scheduler may) and to ``legato.signal.>`` (signals, with the publisher they claim)."""
+) -> Callable[[Sequence[OutgoingMessage]], list[Mapping[str, str]]] | None:
+    """Signs with this process's own seed what it publishes to ``legato.work.>`` (work items, a batch
+    under one signature: only the scheduler may publish them) and to ``legato.signal.>`` (signals,
+    with the publisher they claim). Other messages get no origin headers."""
     if not settings.nats_creds:
         log.warning("messages_unsigned", reason="no LEGATO_NATS_CREDS: running without credentials")
         return None
@@ -34,12 +35,19 @@ def origin_signer(
     work = topology.subject_prefix("work")
     signal = topology.signal_prefix
 
-    def sign(msg: OutgoingMessage) -> Mapping[str, str]:
-        if msg.subject.startswith(work):
-            return sign_work(signer, msg.subject, msg.msg_id or "", msg.payload)
-        if msg.subject.startswith(signal):
-            return sign_signal(signer, msg.subject, msg.msg_id or "", msg.payload, msg.headers or {})
-        return {}
+    def sign(msgs: Sequence[OutgoingMessage]) -> list[Mapping[str, str]]:
+        out: list[Mapping[str, str]] = [{}] * len(msgs)
+        batch = [i for i, m in enumerate(msgs) if m.subject.startswith(work)]
+        if batch:
+            signed = sign_work_batch(
+                signer, [(msgs[i].subject, msgs[i].msg_id or "", msgs[i].payload) for i in batch]
+            )
+            for i, headers in zip(batch, signed, strict=True):
+                out[i] = headers
+        for i, m in enumerate(msgs):
+            if m.subject.startswith(signal):
+                out[i] = sign_signal(signer, m.subject, m.msg_id or "", m.payload, m.headers or {})
+        return out
 
     return sign
 
