@@ -15,13 +15,11 @@ import msgspec
 from legato.bus.publisher import OutgoingMessage
 from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
+from legato.scheduler import repository
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import (
-    _ATTEMPT_COLUMNS,
-    _INSTANCE_COLUMNS,
-    _STEP_COLUMNS,
     OPERATOR_SKIP,
-    AttemptState,
+    ActionRecord,
     InstanceState,
     StepState,
     TimelineEntry,
@@ -33,12 +31,15 @@ WORKFLOW_ACTION_BATCH = 200
 
 
 async def apply_action(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> None:
-    done = await conn.fetchval("SELECT result FROM operator_action WHERE id = $1", msg.action_id)
-    if done is not None or any(a[0] == msg.action_id for a in engine.uow.actions):
+    if any(a.action_id == msg.action_id for a in engine.uow.actions):
+        return
+    if await repository.action_recorded(conn, msg.action_id):
         return
     result = await _apply(conn, engine, msg)
     engine.uow.actions.append(
-        (msg.action_id, msg.workflow_id, msg.instance_id, msg.action, msg.actor, msg.reason, result)
+        ActionRecord(
+            msg.action_id, msg.workflow_id, msg.instance_id, msg.action, msg.actor, msg.reason, result
+        )
     )
 
 
@@ -80,7 +81,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
             return "ignored: no step given"
         if active is None:
             # A failed step of an ended run: skip it and go on, as a new run number.
-            loaded = await _load_terminal_instance(conn, msg.instance_id)
+            loaded = await repository.load_ended_run(conn, msg.instance_id)
             st = loaded.steps.get(msg.step_id) if loaded is not None else None
             if loaded is None or st is None or st.status not in ("failed", "timed_out"):
                 return "ignored: step is not failed and the run is not active"
@@ -98,7 +99,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
     if msg.action == "restart":
         if active is not None:
             return "ignored: run is still active"
-        loaded = await _load_terminal_instance(conn, msg.instance_id)
+        loaded = await repository.load_ended_run(conn, msg.instance_id)
         if loaded is None:
             return "ignored: run not found"
         return _restart(engine, loaded, msg.step_id, who, why)
@@ -133,28 +134,6 @@ def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> 
     engine.uow.unblocked_instances.append(blocker)
     engine.uow.note(TimelineEntry(blocker, "unblocked", f"queue unblocked by {who}: {why}", actor=who))
     return "applied"
-
-
-async def _load_terminal_instance(conn: asyncpg.Connection, instance_id: str) -> InstanceState | None:
-    r = await conn.fetchrow(
-        f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM workflow_instance WHERE id = $1", instance_id
-    )
-    if r is None:
-        return None
-    inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
-    for s in await conn.fetch(
-        f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id
-    ):
-        st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
-        inst.steps[st.step_id] = st
-    for a in await conn.fetch(
-        f"SELECT {', '.join('a.' + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a "
-        "JOIN step_run s ON s.current_attempt_id = a.id WHERE s.instance_id = $1",
-        instance_id,
-    ):
-        at = AttemptState(**{c: a[c] for c in _ATTEMPT_COLUMNS})
-        inst.attempts[at.id] = at
-    return inst
 
 
 def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who: str, why: str) -> str:

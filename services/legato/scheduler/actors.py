@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 from opentelemetry import trace
@@ -32,11 +32,11 @@ from legato.protocol.messages import (
     WorkflowChanged,
 )
 from legato.runtime.component import Component
-from legato.scheduler import actions, dynamic, run_spans
+from legato.scheduler import actions, dynamic, repository, run_spans
 from legato.scheduler.definitions import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
-from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc
+from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.telemetry import bind_context, get_logger
 
@@ -162,12 +162,8 @@ class WorkflowActor:
         uow = UnitOfWork()
         async with reg.pool.acquire() as conn, conn.transaction():
             await reg.leaser.check(conn, self.partition)
-            row = await conn.fetchrow(
-                "SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow "
-                "WHERE id = $1 FOR UPDATE",
-                self.workflow_id,
-            )
-            if row is None:
+            config = await repository.lock_workflow(conn, self.workflow_id)
+            if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
                 for env in batch:
                     if isinstance(env.message, StartRun | ActionRequest):
@@ -176,16 +172,16 @@ class WorkflowActor:
                         env.future.set_result(None)
                 return
             if self.state is None:
-                state = await load_workflow_state(conn, self.workflow_id)
+                state = await repository.load_workflow_state(conn, self.workflow_id)
                 assert state is not None
                 self.state = state
             state = self.state
             # Configuration may change through the API; the actor owns counters and the blocked flag.
-            state.row.active = row["active"]
-            state.row.active_version = row["active_version"]
-            state.row.run_strategy = row["run_strategy"]
-            state.row.max_concurrency = row["max_concurrency"]
-            state.row.paused = row["paused"]
+            state.row.active = config.active
+            state.row.active_version = config.active_version
+            state.row.run_strategy = config.run_strategy
+            state.row.max_concurrency = config.max_concurrency
+            state.row.paused = config.paused
             versions = {state.row.active_version, *(i.version for i in state.instances.values())}
             starts = [e.message for e in batch if isinstance(e.message, StartRun)]
             asked = {m.version for m in starts if m.version is not None}
@@ -194,15 +190,7 @@ class WorkflowActor:
                 conn, self.workflow_id, versions, optional=asked
             )
             versions -= self.missing_versions
-            existing: set[str] = set()
-            if starts:
-                existing = {
-                    r["id"]
-                    for r in await conn.fetch(
-                        "SELECT id FROM workflow_instance WHERE id = ANY($1::text[])",
-                        [m.instance_id for m in starts],
-                    )
-                }
+            existing = await repository.existing_runs(conn, [m.instance_id for m in starts])
             await self._load_tags(conn, state, versions)
             state.count_unstarted()  # the per-message bookkeeping never drifts past one batch
             engine = RunEngine(
@@ -230,7 +218,7 @@ class WorkflowActor:
                         encode(WorkflowChanged(workflow_id=other, change="permit freed")),
                     )
                 )
-            await uow.flush(conn, state.row)
+            await repository.flush(conn, uow, state.row)
             await reg.leaser.check(conn, self.partition, final=True)
         self.batches += 1
         for emit in uow.spans:
@@ -246,14 +234,9 @@ class WorkflowActor:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""
         uow = engine.uow
         while uow.collect:
-            await uow.flush(conn, engine.state.row)  # the iterations' rows first
+            await repository.flush(conn, uow, engine.state.row)  # the iterations' rows first
             instance_id, step_id = uow.collect.pop(0)
-            rows = await conn.fetch(
-                "SELECT DISTINCT ON (parent_iteration) parent_iteration, status, outputs FROM workflow_instance "
-                "WHERE parent_instance_id = $1 AND parent_step_id = $2 ORDER BY parent_iteration, seq DESC",
-                instance_id,
-                step_id,
-            )
+            rows = await repository.foreach_iterations(conn, instance_id, step_id)
             parent = engine.state.instances.get(instance_id)
             if parent is None:
                 continue
@@ -261,44 +244,18 @@ class WorkflowActor:
             total = (st.progress or {}).get("total", len(rows)) if st else len(rows)
             results: list[Any] = [None] * total
             for r in rows:
-                if 0 <= r["parent_iteration"] < total and r["status"] == "succeeded":
-                    results[r["parent_iteration"]] = r["outputs"] or {}
+                if 0 <= r.iteration < total and r.status == "succeeded":
+                    results[r.iteration] = r.outputs or {}
             dynamic.complete_foreach(engine, parent, step_id, results)
 
     async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
-        """Lock and load the named concurrency tags this workflow's steps use (in tag order: no deadlocks)."""
+        """Lock and load the named concurrency tags this workflow's steps use."""
         tags: set[str] = set()
         for version in versions:
             compiled = self.registry.definitions.get(self.workflow_id, version)
             for sid in compiled.topo_order:
                 tags.update(compiled.step(sid).concurrency_tags)
-        state.tags = {}
-        if not tags:
-            return
-        names = sorted(tags)
-        limits = {
-            r["tag"]: r["max_running"]
-            for r in await conn.fetch(
-                "SELECT tag, max_running FROM concurrency_tag WHERE tag = ANY($1::text[]) ORDER BY tag FOR UPDATE",
-                names,
-            )
-        }
-        in_use = {
-            r["tag"]: r["n"]
-            for r in await conn.fetch(
-                "SELECT tag, count(*) AS n FROM tag_permit WHERE tag = ANY($1::text[]) GROUP BY tag", names
-            )
-        }
-        for tag in names:
-            state.tags[tag] = TagState(tag=tag, limit=limits.get(tag), in_use=int(in_use.get(tag, 0)))
-        for r in await conn.fetch(
-            "SELECT tag, since, workflow_id, instance_id, step_id FROM tag_waiter WHERE tag = ANY($1::text[]) "
-            "ORDER BY since",
-            names,
-        ):
-            state.tags[r["tag"]].waiters.append(
-                (r["since"], r["workflow_id"], r["instance_id"], r["step_id"])
-            )
+        state.tags = await repository.lock_tags(conn, sorted(tags))
 
     async def _apply_one(
         self,
@@ -308,72 +265,85 @@ class WorkflowActor:
         existing: set[str],
         parent: SpanContext | None = None,
     ) -> None:
+        match msg:
+            case StartRun():
+                with bind_context(workflow_id=msg.workflow_id, instance_id=msg.instance_id):
+                    self._start(engine, msg, existing, parent)
+            case AttemptFinished():
+                with bind_context(
+                    instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id
+                ):
+                    engine.on_attempt_finished(msg)
+            case AttemptStarted():
+                with bind_context(
+                    instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id
+                ):
+                    engine.on_attempt_started(msg)
+            case SignalWaitSatisfied():
+                with bind_context(instance_id=msg.instance_id, step_id=msg.step_id):
+                    engine.on_signal_wait_satisfied(msg)
+            case ChildFinished():
+                with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
+                    dynamic.on_child_finished(engine, msg)
+            case TimerFired():
+                if await repository.take_timer(conn, msg.id):  # else fired before, or cancelled: exactly once
+                    self._fire_timer(engine, msg)
+            case ActionRequest():
+                await actions.apply_action(conn, engine, msg)
+                target = engine.state.instances.get(msg.instance_id or "")
+                if target is not None:
+                    run_spans.point(
+                        engine,
+                        target,
+                        "operator.action",
+                        now_utc(),
+                        action=msg.action,
+                        actor=msg.actor,
+                        reason=msg.reason,
+                    )
+            case WorkflowChanged():
+                apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
+            case _:
+                assert_never(msg)
+
+    def _start(
+        self, engine: RunEngine, msg: StartRun, existing: set[str], parent: SpanContext | None
+    ) -> None:
         state = engine.state
-        if isinstance(msg, StartRun):
-            with bind_context(workflow_id=msg.workflow_id, instance_id=msg.instance_id):
-                if msg.instance_id in existing or msg.instance_id in state.instances:
-                    return  # the same trigger again: one run per trigger key
-                existing.add(msg.instance_id)
-                version = state.row.active_version if msg.version is None else msg.version
-                inst = engine.new_instance(msg, version, "created", parent)
-                if version in self.missing_versions:
-                    # Never dead-letter a start (its run would stay pending forever): the run fails.
-                    error = f"workflow {msg.workflow_id!r} has no version {version}"
-                    engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
-                    return
-                if not state.row.active and msg.parent is None:
-                    engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
-                    return
-                if not engine.resolve_params(inst):
-                    return
-                if msg.parent is not None and not msg.apply_run_strategy:
-                    engine.start(inst)
-                else:
-                    admit_new(engine, inst)
-        elif isinstance(msg, AttemptFinished):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
-                engine.on_attempt_finished(msg)
-        elif isinstance(msg, AttemptStarted):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
-                engine.on_attempt_started(msg)
-        elif isinstance(msg, SignalWaitSatisfied):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id):
-                engine.on_signal_wait_satisfied(msg)
-        elif isinstance(msg, ChildFinished):
-            with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
-                dynamic.on_child_finished(engine, msg)
-        elif isinstance(msg, TimerFired):
-            fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
-            if fired is None:
-                return  # fired before, or cancelled: exactly once
-            if msg.kind == "stop_grace":
-                engine.on_stop_grace_timer(msg.attempt_id)  # the run has ended: not in state.instances
-                return
-            target = state.instances.get(msg.instance_id)
-            if target is None:
-                return
-            run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
-            if msg.kind == "retry" and msg.step_id:
-                engine.on_retry_timer(target, msg.step_id)
-            elif msg.kind == "step_timeout" and msg.step_id:
-                engine.on_step_timeout_timer(target, msg.step_id, msg.attempt_id)
-            elif msg.kind == "run_timeout":
-                engine.on_run_timeout_timer(target)
-        elif isinstance(msg, ActionRequest):
-            await actions.apply_action(conn, engine, msg)
-            target = state.instances.get(msg.instance_id or "")
-            if target is not None:
-                run_spans.point(
-                    engine,
-                    target,
-                    "operator.action",
-                    now_utc(),
-                    action=msg.action,
-                    actor=msg.actor,
-                    reason=msg.reason,
-                )
-        elif isinstance(msg, WorkflowChanged):
-            apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
+        if msg.instance_id in existing or msg.instance_id in state.instances:
+            return  # the same trigger again: one run per trigger key
+        existing.add(msg.instance_id)
+        version = state.row.active_version if msg.version is None else msg.version
+        inst = engine.new_instance(msg, version, "created", parent)
+        if version in self.missing_versions:
+            # Never dead-letter a start (its run would stay pending forever): the run fails.
+            error = f"workflow {msg.workflow_id!r} has no version {version}"
+            engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
+            return
+        if not state.row.active and msg.parent is None:
+            engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
+            return
+        if not engine.resolve_params(inst):
+            return
+        if msg.parent is not None and not msg.apply_run_strategy:
+            engine.start(inst)
+        else:
+            admit_new(engine, inst)
+
+    def _fire_timer(self, engine: RunEngine, msg: TimerFired) -> None:
+        if msg.kind == "stop_grace":
+            engine.on_stop_grace_timer(msg.attempt_id)  # the run has ended: not in state.instances
+            return
+        target = engine.state.instances.get(msg.instance_id)
+        if target is None:
+            return
+        run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
+        if msg.kind == "retry" and msg.step_id:
+            engine.on_retry_timer(target, msg.step_id)
+        elif msg.kind == "step_timeout" and msg.step_id:
+            engine.on_step_timeout_timer(target, msg.step_id, msg.attempt_id)
+        elif msg.kind == "run_timeout":
+            engine.on_run_timeout_timer(target)
 
 
 class ActorRegistry(Component):
