@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.admission import action_applies
 from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
 from legato.scheduler import repository
@@ -72,7 +73,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
         return _unblock(engine, msg.instance_id, who, why)
     active = state.instances.get(msg.instance_id)
     if msg.action in ("stop", "kill"):
-        if active is None:
+        if active is None or not action_applies(msg.action, active.status):
             return "ignored: run is not queued or running"
         _end_by_operator(engine, active, msg.action, who, why)
         return "applied"
@@ -87,7 +88,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
                 return "ignored: step is not failed and the run is not active"
             _mark_skipped(engine, st, who, why)
             return _restart(engine, loaded, None, who, why)
-        if active.status != "running":
+        if not action_applies("skip_step", active.status):
             return "ignored: run is not running"
         st = active.steps.get(msg.step_id)
         if st is None or st.terminal:
@@ -137,10 +138,10 @@ def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> 
 
 
 def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who: str, why: str) -> str:
-    if inst.status not in ("failed", "timed_out", "stopped", "succeeded"):
+    if not action_applies("restart", inst.status, step_given=from_step is not None):
+        if inst.status == "succeeded":
+            return "ignored: the run succeeded; give a step to restart from"
         return f"ignored: a {inst.status} run cannot be restarted"
-    if inst.status == "succeeded" and from_step is None:
-        return "ignored: the run succeeded; give a step to restart from"
     compiled = engine.compiled(inst.workflow_id, inst.version)
     if from_step is not None:
         try:

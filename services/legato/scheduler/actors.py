@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 import asyncpg
@@ -38,6 +38,7 @@ from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
+from legato.store.batcher import GroupCommit
 from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.scheduler")
@@ -75,7 +76,6 @@ Message = (
 @dataclass
 class Envelope:
     message: Message
-    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # The span that delivered the message (the consumer's), so the run's trace can continue from it.
     parent: SpanContext | None = None
 
@@ -85,70 +85,51 @@ class WorkflowActor:
         self.registry = registry
         self.workflow_id = workflow_id
         self.partition = partition_of(workflow_id, registry.topology.partitions)
-        self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=registry.mailbox_size)
+        # The mailbox: messages wait here and are applied in batches of one transaction.
+        self.mailbox: GroupCommit[Envelope, None] = GroupCommit(
+            self._commit,
+            name=f"actor:{workflow_id}",
+            batch=registry.batch,
+            queue_size=registry.mailbox_size,
+            batch_error=self._batch_error,
+            closed_error=lambda: Retry(1.0, "scheduler shutting down"),
+        )
         self.state: WorkflowState | None = None
         self.closed = False
         self.items_cache: dict[tuple[str, str], Any] = {}
         self.task: asyncio.Task[None] | None = None
-        self.batches = 0
         self.missing_versions: set[int] = set()  # asked for by starts of the current batch, not found
 
+    @property
+    def batches(self) -> int:
+        return self.mailbox.batches
+
     async def run(self) -> None:
-        reg = self.registry
+        """Apply batches until idle for the registry's idle timeout (then the actor is passivated)."""
         try:
-            while True:
-                try:
-                    first = await asyncio.wait_for(self.mailbox.get(), timeout=reg.idle_timeout)
-                except TimeoutError:
-                    if self.mailbox.empty():
-                        self.closed = True
-                        reg.forget(self)
-                        return
-                    continue
-                batch = [first]
-                while len(batch) < reg.batch and not self.mailbox.empty():
-                    batch.append(self.mailbox.get_nowait())
-                await self.process(batch)
-        except asyncio.CancelledError:
+            await self.mailbox.run(idle_timeout=self.registry.idle_timeout)
+        finally:
             self.closed = True
-            self._fail_pending(Retry(1.0, "scheduler shutting down"))
-            raise
+        self.registry.forget(self)
 
-    def _fail_pending(self, exc: BaseException) -> None:
-        while not self.mailbox.empty():
-            env = self.mailbox.get_nowait()
-            if not env.future.done():
-                env.future.set_exception(exc)
+    def _fail_pending(self, exc: Exception) -> None:
+        self.mailbox.fail_pending(exc)
 
-    async def process(self, batch: list[Envelope]) -> None:
+    async def _commit(self, batch: list[Envelope]) -> list[Exception | None]:
         with bind_context(workflow_id=self.workflow_id):
-            await self._process(batch)
+            try:
+                return await self._apply(batch)
+            except Exception:
+                self.state = None  # memory may be ahead of what committed: rebuild from Postgres
+                self.items_cache.clear()
+                raise
 
-    async def _process(self, batch: list[Envelope]) -> None:
-        try:
-            await self._apply(batch)
-        except Exception as exc:
-            self.state = None  # memory may be ahead of what committed: rebuild from Postgres
-            self.items_cache.clear()
-            if self._ownership_problem(exc):
-                # Not a failure of the messages: this process lost the partition, or was paused long
-                # enough for Postgres to end its transaction. They go back (uncounted) for the owner.
-                for env in batch:
-                    if not env.future.done():
-                        env.future.set_exception(Retry(2.0, str(exc) or type(exc).__name__))
-                return
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                log.warning("actor_message_failed", workflow_id=self.workflow_id, error=repr(exc))
-                return
-            log.warning("actor_batch_failed", workflow_id=self.workflow_id, size=len(batch), error=repr(exc))
-            for env in batch:  # isolate the message that fails
-                await self._process([env])
-            return
-        for env in batch:
-            if not env.future.done():
-                env.future.set_result(None)
+    def _batch_error(self, exc: Exception) -> Exception | None:
+        if self._ownership_problem(exc):
+            # Not a failure of the messages: this process lost the partition, or was paused long
+            # enough for Postgres to end its transaction. They go back (uncounted) for the owner.
+            return Retry(2.0, str(exc) or type(exc).__name__)
+        return None
 
     def _ownership_problem(self, exc: Exception) -> bool:
         if isinstance(exc, LeaseLost):
@@ -157,7 +138,7 @@ class WorkflowActor:
         # slow (a batch computing for longer than the idle timeout), and that counts as a failure.
         return isinstance(exc, OWNERSHIP_ERRORS) and self.registry.leaser.token(self.partition) is None
 
-    async def _apply(self, batch: list[Envelope]) -> None:
+    async def _apply(self, batch: list[Envelope]) -> list[Exception | None]:
         reg = self.registry
         uow = UnitOfWork()
         async with reg.pool.acquire() as conn, conn.transaction():
@@ -165,12 +146,8 @@ class WorkflowActor:
             config = await repository.lock_workflow(conn, self.workflow_id)
             if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
-                for env in batch:
-                    if isinstance(env.message, StartRun | ActionRequest):
-                        env.future.set_exception(Poison(f"unknown workflow {self.workflow_id!r}"))
-                    else:
-                        env.future.set_result(None)
-                return
+                unknown = Poison(f"unknown workflow {self.workflow_id!r}")
+                return [unknown if isinstance(e.message, StartRun | ActionRequest) else None for e in batch]
             if self.state is None:
                 state = await repository.load_workflow_state(conn, self.workflow_id)
                 assert state is not None
@@ -202,8 +179,6 @@ class WorkflowActor:
                 dispatch_window=reg.dispatch_window,
             )
             for env in batch:
-                if env.future.done():
-                    continue
                 await self._apply_one(conn, engine, env.message, existing, env.parent)
                 await self._collect(conn, engine)
                 admit(engine)
@@ -220,7 +195,6 @@ class WorkflowActor:
                 )
             await repository.flush(conn, uow, state.row)
             await reg.leaser.check(conn, self.partition, final=True)
-        self.batches += 1
         for emit in uow.spans:
             emit()
         if uow.progress:
@@ -229,6 +203,7 @@ class WorkflowActor:
             reg.wake_relay()
         if uow.flushed_timers:
             reg.wake_timers()
+        return [None] * len(batch)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""
@@ -413,9 +388,9 @@ class ActorRegistry(Component):
             actor = WorkflowActor(self, workflow_id)
             self.actors[workflow_id] = actor
             actor.task = self._tg.create_task(self._supervise(actor), name=f"actor:{workflow_id}")
-        env = Envelope(message, parent=parent or trace.get_current_span().get_span_context())
-        await actor.mailbox.put(env)
-        await env.future
+        await actor.mailbox.submit(
+            Envelope(message, parent=parent or trace.get_current_span().get_span_context())
+        )
 
     async def _supervise(self, actor: WorkflowActor) -> None:
         try:

@@ -1,10 +1,10 @@
 """Applying signals in batches: store each once, feed triggers and joins, fire complete tuples once,
 satisfy step waits — all in one Postgres transaction per batch, acked after it commits.
 
-The consumer loop hands each delivery to :meth:`SignalIngest.submit` and waits; the ingest task drains
-what is queued (up to ``batch``), applies it in one transaction and resolves the waiting handlers, which
-then ack. A batch that fails is applied again one message at a time, so one bad message only fails
-itself.
+The consumer loop hands each delivery to :meth:`SignalIngest.submit` and waits; a group commit
+(``legato.store.batcher``) drains what is queued (up to ``batch``), applies it in one transaction and
+resolves the waiting handlers, which then ack. A batch that fails is applied again one message at a
+time, so one bad message only fails itself.
 
 Exactly once, with several routers and redeliveries:
 - ``signal`` is keyed ``(name, id)``: a redelivered signal finds its row and has no second effect;
@@ -20,7 +20,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ from legato.signal_router.matching import (
     route,
     wait_matches,
 )
+from legato.store.batcher import GroupCommit
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
@@ -99,11 +100,10 @@ class IncomingSignal:
         return Signal(self.name, self.id, self.body, self.published_at, self.traceparent)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Queued:
     delivery: Delivery[bytes]
     traceparent: str | None
-    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -146,7 +146,9 @@ class SignalIngest(Component):
         self.wake_relay = wake_relay
         self.batch = batch
         self.workers = max(1, workers)
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=queue_size)
+        self._batcher: GroupCommit[_Queued, None] = GroupCommit(
+            self._commit, name=self.name, batch=batch, queue_size=queue_size, rescue=self._store_unappliable
+        )
         self._table = TriggerTable()
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self.stored = 0
@@ -156,54 +158,25 @@ class SignalIngest(Component):
 
     async def submit(self, d: Delivery[bytes]) -> None:
         """Queue a delivery and wait until the transaction that applied it committed (then it is acked)."""
-        item = _Queued(d, traceparent_of())
-        await self._queue.put(item)
-        await item.future
+        await self._batcher.submit(_Queued(d, traceparent_of()))
 
     async def _run(self) -> None:
         # Several batches in flight overlap their round trips; they are as safe together as two routers.
-        async with asyncio.TaskGroup() as tg:
-            for i in range(self.workers):
-                tg.create_task(self._work(), name=f"{self.name}-{i}")
+        await self._batcher.run(workers=self.workers)
 
-    async def _work(self) -> None:
-        while True:
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
-            except TimeoutError:
-                if self.stopping:
-                    return
-                continue
-            batch = [first]
-            while len(batch) < self.batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._apply_batch(batch)
+    def _on_shutdown(self) -> None:
+        self._batcher.close()  # the consumer stopped feeding it: apply what is queued, then return
 
-    async def _apply_batch(self, batch: list[_Queued]) -> None:
-        try:
-            await self.apply([q.delivery for q in batch], [q.traceparent for q in batch])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                q = batch[0]
-                if not await self._store_unappliable(q, exc) and not q.future.done():
-                    q.future.set_exception(exc)
-                return
-            log.warning("signal_batch_failed", size=len(batch), error=repr(exc))
-            for q in batch:  # one at a time: only the message that cannot be applied fails
-                await self._apply_batch([q])
-            return
-        for q in batch:
-            if not q.future.done():
-                q.future.set_result(None)
+    async def _commit(self, batch: list[_Queued]) -> list[Exception | None]:
+        await self.apply([q.delivery for q in batch], [q.traceparent for q in batch])
+        return [None] * len(batch)
 
-    async def _store_unappliable(self, q: _Queued, exc: Exception) -> bool:
+    async def _store_unappliable(self, q: _Queued, exc: Exception) -> Exception | None:
         """A signal whose content Postgres or our code refuses (not a lost connection) is stored as
-        rejected with that error instead of being retried into the dead letters; True if stored."""
+        rejected with that error instead of being retried into the dead letters; else ``exc``."""
         d = q.delivery
         if d.subject == self.topology.signal_wait_subject or not _content_error(exc):
-            return False
+            return exc
         sig = self.parse(d, q.traceparent)
         sig.body, sig.error = None, f"cannot be stored: {type(exc).__name__}: {exc}"
         try:
@@ -212,10 +185,8 @@ class SignalIngest(Component):
             raise
         except Exception as again:
             log.error("signal_reject_failed", signal=sig.name, signal_id=sig.id, error=repr(again))
-            return False
-        if not q.future.done():
-            q.future.set_result(None)
-        return True
+            return exc
+        return None
 
     async def apply(self, deliveries: Sequence[Delivery[bytes]], traceparents: Sequence[str | None]) -> None:
         """Apply a batch: signals in one transaction, then each wait registration in its own."""
