@@ -28,6 +28,7 @@ from legato.protocol.messages import (
     AttemptStarted,
     ChildFinished,
     SignalWaitSatisfied,
+    SignalWaitsCancelled,
     StartRun,
     WorkflowChanged,
 )
@@ -193,7 +194,7 @@ class WorkflowActor:
                         encode(WorkflowChanged(workflow_id=other, change="permit freed")),
                     )
                 )
-            await repository.flush(conn, uow, state.row)
+            await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
         for emit in uow.spans:
             emit()
@@ -205,11 +206,32 @@ class WorkflowActor:
             reg.wake_timers()
         return [None] * len(batch)
 
+    async def _flush(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
+        """Write what the batch recorded so far, with a cancellation of the signal waits of every run
+        that ended and has steps that wait for signals (the router alone writes ``signal_wait``)."""
+        uow = engine.uow
+        for instance_id in uow.cancel_waits:
+            inst = uow.instances.get(instance_id)
+            if inst is None or not inst.steps:
+                continue
+            graph = engine.graph(inst)
+            if any(graph.step(sid).wait_for_signals for sid in inst.steps):
+                cancel = SignalWaitsCancelled(workflow_id=inst.workflow_id, instance_id=inst.id)
+                uow.outbox.append(
+                    OutgoingMessage(
+                        self.registry.topology.signal_wait_subject,
+                        encode(cancel),
+                        msg_id=f"waitcancel:{inst.id}:{inst.run_number}",
+                    )
+                )
+        uow.cancel_waits.clear()
+        await repository.flush(conn, uow, engine.state.row)
+
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""
         uow = engine.uow
         while uow.collect:
-            await repository.flush(conn, uow, engine.state.row)  # the iterations' rows first
+            await self._flush(conn, engine)  # the iterations' rows first
             instance_id, step_id = uow.collect.pop(0)
             rows = await repository.foreach_iterations(conn, instance_id, step_id)
             parent = engine.state.instances.get(instance_id)

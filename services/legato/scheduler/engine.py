@@ -49,7 +49,6 @@ from legato.scheduler.state import (
     OrphanSettled,
     PermitGrant,
     PermitRelease,
-    SignalWaitRow,
     StepState,
     StoppingAttempt,
     StopSettled,
@@ -958,9 +957,6 @@ class RunEngine:
                 continue
             wait_id = f"{inst.id}:{st.step_id}:{index}"
             match = {k: {"op": p.op, "value": to_json_value(p.value)} for k, p in wait.match.items()}
-            self.uow.signal_waits.append(
-                SignalWaitRow(wait_id, inst.workflow_id, inst.id, st.step_id, wait.name, match)
-            )
             self.uow.outbox.append(
                 OutgoingMessage(
                     self.topology.signal_wait_subject,
@@ -971,6 +967,7 @@ class RunEngine:
                             instance_id=inst.id,
                             step_id=st.step_id,
                             name=wait.name,
+                            match=match,
                         )
                     ),
                     msg_id=f"waitreg:{wait_id}",

@@ -534,18 +534,6 @@ async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> 
                 for a in uow.actions
             ],
         )
-    if uow.signal_waits:
-        await conn.executemany(
-            "INSERT INTO signal_wait (id, workflow_id, instance_id, step_id, name, match) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
-            [(w.wait_id, w.workflow_id, w.instance_id, w.step_id, w.name, w.match) for w in uow.signal_waits],
-        )
-    if uow.cancel_waits:
-        await conn.execute(
-            "UPDATE signal_wait SET cancelled = true WHERE instance_id = ANY($1::text[]) "
-            "AND satisfied_at IS NULL",
-            uow.cancel_waits,
-        )
     if uow.permits_del:
         await conn.executemany(
             "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2",

@@ -283,18 +283,6 @@ class ActionRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class SignalWaitRow:
-    """A ``wait_for_signals`` entry a step started waiting on."""
-
-    wait_id: str
-    workflow_id: str
-    instance_id: str
-    step_id: str
-    name: str
-    match: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
 class PermitGrant:
     """A limited tag's slot taken by an attempt."""
 
@@ -365,7 +353,7 @@ class UnitOfWork:
     cancel_timers: set[TimerCancel] = field(default_factory=set)
     actions: list[ActionRecord] = field(default_factory=list)
     unblocked_instances: list[str] = field(default_factory=list)
-    signal_waits: list[SignalWaitRow] = field(default_factory=list)
+    # Ended runs whose open signal waits the router is told to cancel (see ``actors.py``).
     cancel_waits: list[str] = field(default_factory=list)
     permits_add: list[PermitGrant] = field(default_factory=list)
     permits_del: list[PermitRelease] = field(default_factory=list)
@@ -436,7 +424,6 @@ class UnitOfWork:
         self.cancel_timers = set()
         self.actions = []
         self.unblocked_instances = []
-        self.signal_waits = []
         self.cancel_waits = []
         self.permits_add = []
         self.permits_del = []

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 import msgspec
@@ -37,7 +38,14 @@ from legato.core.compiled import CompiledWorkflow
 from legato.core.signals import schema_error
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
-from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
+from legato.protocol.messages import (
+    SignalWaitMessage,
+    SignalWaitRegistered,
+    SignalWaitSatisfied,
+    SignalWaitsCancelled,
+    StartRun,
+    TriggerInfo,
+)
 from legato.runtime.component import Component
 from legato.sel import SelError
 from legato.signal_router.matching import (
@@ -63,7 +71,7 @@ log = get_logger("legato.signal_router")
 
 PUBLISHER_HEADER = "Legato-Publisher"
 _decode_json = msgspec.json.Decoder().decode
-_decode_wait = msgspec.json.Decoder(SignalWaitRegistered).decode
+_decode_wait = msgspec.json.Decoder(SignalWaitMessage).decode
 MAX_REJECTED_BODY = 4000
 MAX_REJECTED_ERROR = 1000
 MAX_SIGNAL_DEPTH = 64  # nesting of a signal body; deeper is rejected (Postgres and our walkers recurse)
@@ -189,9 +197,9 @@ class SignalIngest(Component):
         return None
 
     async def apply(self, deliveries: Sequence[Delivery[bytes]], traceparents: Sequence[str | None]) -> None:
-        """Apply a batch: signals in one transaction, then each wait registration in its own."""
+        """Apply a batch: signals in one transaction, then each wait registration or cancellation in its own."""
         signals: list[IncomingSignal] = []
-        registrations: list[SignalWaitRegistered] = []
+        registrations: list[SignalWaitMessage] = []
         seen: set[tuple[str, str]] = set()
         for d, tp in zip(deliveries, traceparents, strict=True):
             if d.subject == self.topology.signal_wait_subject:
@@ -210,8 +218,19 @@ class SignalIngest(Component):
             if msgs:
                 self.wake_relay()
         for reg in registrations:
-            if await run_transaction(self.pool, functools.partial(self._apply_registration, reg=reg)):
+            if await self.apply_wait(reg):
                 self.wake_relay()
+
+    async def apply_wait(self, msg: SignalWaitMessage) -> int:
+        """Apply a wait registration or cancellation in its own transaction; returns messages emitted."""
+        match msg:
+            case SignalWaitRegistered():
+                return await run_transaction(self.pool, functools.partial(self._apply_registration, reg=msg))
+            case SignalWaitsCancelled():
+                await run_transaction(self.pool, functools.partial(_cancel_waits, msg=msg))
+                return 0
+            case _:
+                assert_never(msg)
 
     def parse(self, d: Delivery[bytes], traceparent: str | None) -> IncomingSignal:
         name = d.subject[len(self.topology.signal_prefix) :]
@@ -586,9 +605,12 @@ class SignalIngest(Component):
         done = {
             r["id"]
             for r in await conn.fetch(
+                # Not for a run that ended meanwhile (its cancellation is on its way here).
                 "UPDATE signal_wait w SET satisfied_by = f.sid, satisfied_at = now() "
                 "FROM unnest($1::text[], $2::text[]) AS f (wid, sid) "
-                "WHERE w.id = f.wid AND w.satisfied_at IS NULL AND NOT w.cancelled RETURNING w.id",
+                "WHERE w.id = f.wid AND w.satisfied_at IS NULL AND NOT w.cancelled "
+                "AND EXISTS (SELECT 1 FROM workflow_instance i WHERE i.id = w.instance_id "
+                "AND i.status IN ('queued', 'running')) RETURNING w.id",
                 [w["id"] for w, _ in chosen],
                 [s.id for _, s in chosen],
             )
@@ -626,8 +648,29 @@ class SignalIngest(Component):
         return out
 
     async def _apply_registration(self, conn: asyncpg.Connection, *, reg: SignalWaitRegistered) -> int:
-        """A step started waiting: satisfy it at once from the stored signals, if one matches."""
+        """A step started waiting: store the wait (once) and satisfy it at once from the stored signals.
+
+        Exactly once: under the name's lock (exclusive here, shared by every signal batch) a signal is
+        either stored before the wait (and found below) or after it (and its batch sees the wait). Under
+        the run's lock (also taken by the cancellation) a wait of a run that has ended is stored
+        cancelled, so a cancellation that overtook its registration still holds."""
+        # The run's lock first, then the name's (nothing takes them the other way round).
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _run_lock_key(reg.instance_id))
         await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", signal_name_lock_key(reg.name))
+        status = await conn.fetchval("SELECT status FROM workflow_instance WHERE id = $1", reg.instance_id)
+        if status is None:
+            return 0  # the run was deleted with its workflow: nothing waits any more
+        await conn.execute(
+            "INSERT INTO signal_wait (id, workflow_id, instance_id, step_id, name, match, cancelled) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            reg.wait_id,
+            reg.workflow_id,
+            reg.instance_id,
+            reg.step_id,
+            reg.name,
+            reg.match,
+            status not in ("queued", "running"),
+        )
         wait = await conn.fetchrow(
             "SELECT id, workflow_id, instance_id, step_id, name, match FROM signal_wait "
             "WHERE id = $1 AND satisfied_at IS NULL AND NOT cancelled FOR UPDATE",
@@ -649,6 +692,21 @@ class SignalIngest(Component):
                 await add_to_outbox(conn, msgs)
                 return len(msgs)
         return 0
+
+
+async def _cancel_waits(conn: asyncpg.Connection, *, msg: SignalWaitsCancelled) -> None:
+    """The run ended: its open waits are cancelled (under the run's lock: see ``_apply_registration``)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _run_lock_key(msg.instance_id))
+    await conn.execute(
+        "UPDATE signal_wait SET cancelled = true WHERE instance_id = $1 AND satisfied_at IS NULL",
+        msg.instance_id,
+    )
+
+
+def _run_lock_key(instance_id: str) -> int:
+    """The advisory lock key of one run's waits (registrations and the cancellation take it)."""
+    digest = hashlib.blake2b(f"legato.signal_wait:{instance_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _member_json(m: Member) -> dict[str, Any]:
