@@ -11,7 +11,12 @@ import asyncpg
 import pytest
 
 from legato.store import create_pool
-from legato.store.batcher import BatcherClosed, GroupCommit
+from legato.store.batcher import (
+    BatcherClosed,
+    GroupCommit,
+    content_error,
+    fail_whole_batch_unless_content_error,
+)
 
 
 @pytest.fixture
@@ -173,3 +178,33 @@ async def test_an_idle_worker_returns_after_its_idle_timeout(pool: asyncpg.Pool)
     assert await batcher.submit(1) == 10
     await asyncio.wait_for(worker, 5)  # returned by itself: the owner may passivate
     assert not batcher.closed
+
+
+async def test_an_outage_fails_the_batch_at_once_and_only_content_errors_are_isolated(
+    pool: asyncpg.Pool,
+) -> None:
+    calls: list[list[int]] = []
+    outage = True
+
+    async def commit(items: list[int]) -> list[int | Exception]:
+        calls.append(list(items))
+        if outage:
+            raise ConnectionResetError("database unreachable")
+        async with pool.acquire() as conn, conn.transaction():
+            for n in items:
+                await conn.fetchval("SELECT 10 / $1::int", n)  # 0 divides by zero: a DataError
+        return list(items)
+
+    batcher: GroupCommit[int, int] = GroupCommit(
+        commit, name="t", batch=10, batch_error=fail_whole_batch_unless_content_error
+    )
+    worker = asyncio.create_task(batcher.run())
+    results = await asyncio.gather(*(batcher.submit(n) for n in (1, 2, 3)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionResetError) for r in results)
+    assert sum(len(c) for c in calls) == 3  # each item tried once: not again one by one
+    outage = False
+    results = await asyncio.gather(*(batcher.submit(n) for n in (1, 0, 2)), return_exceptions=True)
+    assert results[0] == 1 and results[2] == 2 and isinstance(results[1], asyncpg.DivisionByZeroError)
+    assert content_error(results[1]) and not content_error(ConnectionResetError())
+    batcher.close()
+    await worker

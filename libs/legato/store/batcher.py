@@ -22,6 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+import asyncpg
+import msgspec
+
 from legato.telemetry import get_logger
 
 log = get_logger("legato.store")
@@ -160,6 +163,20 @@ class GroupCommit(Generic[T, R]):
         log.warning("batch_failed", batcher=self.name, size=len(batch), error=repr(exc))
         for p in batch:  # one at a time: only the items that cannot be applied fail
             await self._apply([p])
+
+
+def content_error(exc: BaseException) -> bool:
+    """An error about the items' content (retrying cannot help, applying them one by one finds the bad
+    one), not about the connection or the database being unavailable."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError)
+    return isinstance(exc, ValueError | TypeError | RecursionError | UnicodeError | msgspec.MsgspecError)
+
+
+def fail_whole_batch_unless_content_error(exc: Exception) -> Exception | None:
+    """A ``batch_error`` that isolates only content errors: when Postgres is unreachable or hangs, the
+    batch fails at once instead of waiting out the same outage once per item."""
+    return None if content_error(exc) else exc
 
 
 def _resolve(pending: _Pending[T, R], outcome: R | Exception) -> None:

@@ -59,7 +59,7 @@ from legato.signal_router.matching import (
     route,
     wait_matches,
 )
-from legato.store.batcher import GroupCommit
+from legato.store.batcher import GroupCommit, content_error
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
@@ -183,7 +183,7 @@ class SignalIngest(Component):
         """A signal whose content Postgres or our code refuses (not a lost connection) is stored as
         rejected with that error instead of being retried into the dead letters; else ``exc``."""
         d = q.delivery
-        if d.subject == self.topology.signal_wait_subject or not _content_error(exc):
+        if d.subject == self.topology.signal_wait_subject or not content_error(exc):
             return exc
         sig = self.parse(d, q.traceparent)
         sig.body, sig.error = None, f"cannot be stored: {type(exc).__name__}: {exc}"
@@ -755,13 +755,6 @@ def _unstorable(body: Any) -> str | None:
 def _storable_text(text: str) -> str:
     """Postgres text holds no NUL: show it escaped."""
     return text.replace("\x00", "\\x00")
-
-
-def _content_error(exc: BaseException) -> bool:
-    """An error about this message's content (retrying cannot help), not about the connection."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError)
-    return isinstance(exc, ValueError | TypeError | RecursionError | UnicodeError | msgspec.MsgspecError)
 
 
 def _json_kind(value: Any) -> str:

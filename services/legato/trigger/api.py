@@ -33,7 +33,7 @@ from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
 from legato.runtime.component import Component
-from legato.store.batcher import GroupCommit
+from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import bind_context, get_logger, metrics
@@ -93,7 +93,11 @@ class ApiService(Component):
         self._tasks: set[asyncio.Task[None]] = set()
         # Group commit: starts that arrive together share one transaction.
         self._starts: GroupCommit[_PendingStart, dict[str, Any]] = GroupCommit(
-            self._apply_starts, name="api-starts", batch=start_batch, queue_size=4096
+            self._apply_starts,
+            name="api-starts",
+            batch=start_batch,
+            queue_size=4096,
+            batch_error=fail_whole_batch_unless_content_error,
         )
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self._rows: dict[str, tuple[float, bool, int]] = {}
