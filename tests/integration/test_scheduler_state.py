@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from legato.scheduler.state import InstanceState, _upsert_instances
+from legato.scheduler.repository import upsert_instances
+from legato.scheduler.state import InstanceState
 from legato.store import create_pool
 
 
@@ -35,7 +36,7 @@ async def test_runs_with_and_without_trace_links_are_written_in_one_batch(databa
             instance("c", ["00-" + "5" * 32 + "-" + "6" * 16 + "-01"]),
         ]
         async with pool.acquire() as conn, conn.transaction():
-            await _upsert_instances(conn, runs)
+            await upsert_instances(conn, runs)
         async with pool.acquire() as conn:
             rows = {
                 r["id"]: r

@@ -139,8 +139,8 @@ EventMessage = AttemptStarted | AttemptFinished | SignalWaitSatisfied
 class SignalWaitRegistered(_Msg, tag="signal_wait_registered", frozen=True, kw_only=True):
     """A step started waiting for a signal (scheduler -> router, on ``legato.signal._legato.wait``).
 
-    The wait row is already in ``signal_wait``; the router checks the signals it has stored and keeps
-    matching new ones until one satisfies the wait.
+    The router alone writes ``signal_wait``: it stores the wait (once, by ``wait_id``), satisfies it at
+    once from the signals it has stored, and keeps matching new ones until one satisfies it.
     """
 
     wait_id: str
@@ -148,6 +148,17 @@ class SignalWaitRegistered(_Msg, tag="signal_wait_registered", frozen=True, kw_o
     instance_id: str
     step_id: str
     name: str
+    match: dict[str, JSONValue]  # field -> {"op", "value"}, the value evaluated for the run
+
+
+class SignalWaitsCancelled(_Msg, tag="signal_waits_cancelled", frozen=True, kw_only=True):
+    """A run that may wait for signals ended: the router cancels its open waits (scheduler -> router)."""
+
+    workflow_id: str
+    instance_id: str
+
+
+SignalWaitMessage = SignalWaitRegistered | SignalWaitsCancelled
 
 
 # --- LEGATO_WORK -----------------------------------------------------------------------------------

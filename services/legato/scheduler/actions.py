@@ -13,15 +13,14 @@ import asyncpg
 import msgspec
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.admission import action_applies
 from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
+from legato.scheduler import repository
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import (
-    _ATTEMPT_COLUMNS,
-    _INSTANCE_COLUMNS,
-    _STEP_COLUMNS,
     OPERATOR_SKIP,
-    AttemptState,
+    ActionRecord,
     InstanceState,
     StepState,
     TimelineEntry,
@@ -33,12 +32,15 @@ WORKFLOW_ACTION_BATCH = 200
 
 
 async def apply_action(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest) -> None:
-    done = await conn.fetchval("SELECT result FROM operator_action WHERE id = $1", msg.action_id)
-    if done is not None or any(a[0] == msg.action_id for a in engine.uow.actions):
+    if any(a.action_id == msg.action_id for a in engine.uow.actions):
+        return
+    if await repository.action_recorded(conn, msg.action_id):
         return
     result = await _apply(conn, engine, msg)
     engine.uow.actions.append(
-        (msg.action_id, msg.workflow_id, msg.instance_id, msg.action, msg.actor, msg.reason, result)
+        ActionRecord(
+            msg.action_id, msg.workflow_id, msg.instance_id, msg.action, msg.actor, msg.reason, result
+        )
     )
 
 
@@ -71,7 +73,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
         return _unblock(engine, msg.instance_id, who, why)
     active = state.instances.get(msg.instance_id)
     if msg.action in ("stop", "kill"):
-        if active is None:
+        if active is None or not action_applies(msg.action, active.status):
             return "ignored: run is not queued or running"
         _end_by_operator(engine, active, msg.action, who, why)
         return "applied"
@@ -80,13 +82,13 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
             return "ignored: no step given"
         if active is None:
             # A failed step of an ended run: skip it and go on, as a new run number.
-            loaded = await _load_terminal_instance(conn, msg.instance_id)
+            loaded = await repository.load_ended_run(conn, msg.instance_id)
             st = loaded.steps.get(msg.step_id) if loaded is not None else None
             if loaded is None or st is None or st.status not in ("failed", "timed_out"):
                 return "ignored: step is not failed and the run is not active"
             _mark_skipped(engine, st, who, why)
             return _restart(engine, loaded, None, who, why)
-        if active.status != "running":
+        if not action_applies("skip_step", active.status):
             return "ignored: run is not running"
         st = active.steps.get(msg.step_id)
         if st is None or st.terminal:
@@ -98,7 +100,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
     if msg.action == "restart":
         if active is not None:
             return "ignored: run is still active"
-        loaded = await _load_terminal_instance(conn, msg.instance_id)
+        loaded = await repository.load_ended_run(conn, msg.instance_id)
         if loaded is None:
             return "ignored: run not found"
         return _restart(engine, loaded, msg.step_id, who, why)
@@ -135,33 +137,11 @@ def _unblock(engine: RunEngine, instance_id: str | None, who: str, why: str) -> 
     return "applied"
 
 
-async def _load_terminal_instance(conn: asyncpg.Connection, instance_id: str) -> InstanceState | None:
-    r = await conn.fetchrow(
-        f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM workflow_instance WHERE id = $1", instance_id
-    )
-    if r is None:
-        return None
-    inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
-    for s in await conn.fetch(
-        f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id
-    ):
-        st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
-        inst.steps[st.step_id] = st
-    for a in await conn.fetch(
-        f"SELECT {', '.join('a.' + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a "
-        "JOIN step_run s ON s.current_attempt_id = a.id WHERE s.instance_id = $1",
-        instance_id,
-    ):
-        at = AttemptState(**{c: a[c] for c in _ATTEMPT_COLUMNS})
-        inst.attempts[at.id] = at
-    return inst
-
-
 def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who: str, why: str) -> str:
-    if inst.status not in ("failed", "timed_out", "stopped", "succeeded"):
+    if not action_applies("restart", inst.status, step_given=from_step is not None):
+        if inst.status == "succeeded":
+            return "ignored: the run succeeded; give a step to restart from"
         return f"ignored: a {inst.status} run cannot be restarted"
-    if inst.status == "succeeded" and from_step is None:
-        return "ignored: the run succeeded; give a step to restart from"
     compiled = engine.compiled(inst.workflow_id, inst.version)
     if from_step is not None:
         try:

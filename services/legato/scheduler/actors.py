@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, assert_never
 
 import asyncpg
 from opentelemetry import trace
@@ -29,15 +29,17 @@ from legato.protocol.messages import (
     AttemptStarted,
     ChildFinished,
     SignalWaitSatisfied,
+    SignalWaitsCancelled,
     StartRun,
     WorkflowChanged,
 )
-from legato.scheduler import actions, dynamic, run_spans
+from legato.scheduler import actions, dynamic, repository, run_spans
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
-from legato.scheduler.state import TagState, UnitOfWork, WorkflowState, load_workflow_state, now_utc
+from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
+from legato.store.batcher import GroupCommit
 from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.scheduler")
@@ -75,7 +77,6 @@ Message = (
 @dataclass
 class Envelope:
     message: Message
-    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     # The span that delivered the message (the consumer's), so the run's trace can continue from it.
     parent: SpanContext | None = None
 
@@ -85,70 +86,51 @@ class WorkflowActor:
         self.registry = registry
         self.workflow_id = workflow_id
         self.partition = partition_of(workflow_id, registry.topology.partitions)
-        self.mailbox: asyncio.Queue[Envelope] = asyncio.Queue(maxsize=registry.mailbox_size)
+        # The mailbox: messages wait here and are applied in batches of one transaction.
+        self.mailbox: GroupCommit[Envelope, None] = GroupCommit(
+            self._commit,
+            name=f"actor:{workflow_id}",
+            batch=registry.batch,
+            queue_size=registry.mailbox_size,
+            batch_error=self._batch_error,
+            closed_error=lambda: Retry(1.0, "scheduler shutting down"),
+        )
         self.state: WorkflowState | None = None
         self.closed = False
         self.items_cache: dict[tuple[str, str], Any] = {}
         self.task: asyncio.Task[None] | None = None
-        self.batches = 0
         self.missing_versions: set[int] = set()  # asked for by starts of the current batch, not found
 
+    @property
+    def batches(self) -> int:
+        return self.mailbox.batches
+
     async def run(self) -> None:
-        reg = self.registry
+        """Apply batches until idle for the registry's idle timeout (then the actor is passivated)."""
         try:
-            while True:
-                try:
-                    first = await asyncio.wait_for(self.mailbox.get(), timeout=reg.idle_timeout)
-                except TimeoutError:
-                    if self.mailbox.empty():
-                        self.closed = True
-                        reg.forget(self)
-                        return
-                    continue
-                batch = [first]
-                while len(batch) < reg.batch and not self.mailbox.empty():
-                    batch.append(self.mailbox.get_nowait())
-                await self.process(batch)
-        except asyncio.CancelledError:
+            await self.mailbox.run(idle_timeout=self.registry.idle_timeout)
+        finally:
             self.closed = True
-            self._fail_pending(Retry(1.0, "scheduler shutting down"))
-            raise
+        self.registry.forget(self)
 
-    def _fail_pending(self, exc: BaseException) -> None:
-        while not self.mailbox.empty():
-            env = self.mailbox.get_nowait()
-            if not env.future.done():
-                env.future.set_exception(exc)
+    def _fail_pending(self, exc: Exception) -> None:
+        self.mailbox.fail_pending(exc)
 
-    async def process(self, batch: list[Envelope]) -> None:
+    async def _commit(self, batch: list[Envelope]) -> list[Exception | None]:
         with bind_context(workflow_id=self.workflow_id):
-            await self._process(batch)
+            try:
+                return await self._apply(batch)
+            except Exception:
+                self.state = None  # memory may be ahead of what committed: rebuild from Postgres
+                self.items_cache.clear()
+                raise
 
-    async def _process(self, batch: list[Envelope]) -> None:
-        try:
-            await self._apply(batch)
-        except Exception as exc:
-            self.state = None  # memory may be ahead of what committed: rebuild from Postgres
-            self.items_cache.clear()
-            if self._ownership_problem(exc):
-                # Not a failure of the messages: this process lost the partition, or was paused long
-                # enough for Postgres to end its transaction. They go back (uncounted) for the owner.
-                for env in batch:
-                    if not env.future.done():
-                        env.future.set_exception(Retry(2.0, str(exc) or type(exc).__name__))
-                return
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                log.warning("actor_message_failed", workflow_id=self.workflow_id, error=repr(exc))
-                return
-            log.warning("actor_batch_failed", workflow_id=self.workflow_id, size=len(batch), error=repr(exc))
-            for env in batch:  # isolate the message that fails
-                await self._process([env])
-            return
-        for env in batch:
-            if not env.future.done():
-                env.future.set_result(None)
+    def _batch_error(self, exc: Exception) -> Exception | None:
+        if self._ownership_problem(exc):
+            # Not a failure of the messages: this process lost the partition, or was paused long
+            # enough for Postgres to end its transaction. They go back (uncounted) for the owner.
+            return Retry(2.0, str(exc) or type(exc).__name__)
+        return None
 
     def _ownership_problem(self, exc: Exception) -> bool:
         if isinstance(exc, LeaseLost):
@@ -157,35 +139,27 @@ class WorkflowActor:
         # slow (a batch computing for longer than the idle timeout), and that counts as a failure.
         return isinstance(exc, OWNERSHIP_ERRORS) and self.registry.leaser.token(self.partition) is None
 
-    async def _apply(self, batch: list[Envelope]) -> None:
+    async def _apply(self, batch: list[Envelope]) -> list[Exception | None]:
         reg = self.registry
         uow = UnitOfWork()
         async with reg.pool.acquire() as conn, conn.transaction():
             await reg.leaser.check(conn, self.partition)
-            row = await conn.fetchrow(
-                "SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow "
-                "WHERE id = $1 FOR UPDATE",
-                self.workflow_id,
-            )
-            if row is None:
+            config = await repository.lock_workflow(conn, self.workflow_id)
+            if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
-                for env in batch:
-                    if isinstance(env.message, StartRun | ActionRequest):
-                        env.future.set_exception(Poison(f"unknown workflow {self.workflow_id!r}"))
-                    else:
-                        env.future.set_result(None)
-                return
+                unknown = Poison(f"unknown workflow {self.workflow_id!r}")
+                return [unknown if isinstance(e.message, StartRun | ActionRequest) else None for e in batch]
             if self.state is None:
-                state = await load_workflow_state(conn, self.workflow_id)
+                state = await repository.load_workflow_state(conn, self.workflow_id)
                 assert state is not None
                 self.state = state
             state = self.state
             # Configuration may change through the API; the actor owns counters and the blocked flag.
-            state.row.active = row["active"]
-            state.row.active_version = row["active_version"]
-            state.row.run_strategy = row["run_strategy"]
-            state.row.max_concurrency = row["max_concurrency"]
-            state.row.paused = row["paused"]
+            state.row.active = config.active
+            state.row.active_version = config.active_version
+            state.row.run_strategy = config.run_strategy
+            state.row.max_concurrency = config.max_concurrency
+            state.row.paused = config.paused
             versions = {state.row.active_version, *(i.version for i in state.instances.values())}
             starts = [e.message for e in batch if isinstance(e.message, StartRun)]
             asked = {m.version for m in starts if m.version is not None}
@@ -194,15 +168,7 @@ class WorkflowActor:
                 conn, self.workflow_id, versions, optional=asked
             )
             versions -= self.missing_versions
-            existing: set[str] = set()
-            if starts:
-                existing = {
-                    r["id"]
-                    for r in await conn.fetch(
-                        "SELECT id FROM workflow_instance WHERE id = ANY($1::text[])",
-                        [m.instance_id for m in starts],
-                    )
-                }
+            existing = await repository.existing_runs(conn, [m.instance_id for m in starts])
             await self._load_tags(conn, state, versions)
             state.count_unstarted()  # the per-message bookkeeping never drifts past one batch
             engine = RunEngine(
@@ -214,8 +180,6 @@ class WorkflowActor:
                 dispatch_window=reg.dispatch_window,
             )
             for env in batch:
-                if env.future.done():
-                    continue
                 await self._apply_one(conn, engine, env.message, existing, env.parent)
                 await self._collect(conn, engine)
                 admit(engine)
@@ -230,9 +194,8 @@ class WorkflowActor:
                         encode(WorkflowChanged(workflow_id=other, change="permit freed")),
                     )
                 )
-            await uow.flush(conn, state.row)
+            await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
-        self.batches += 1
         for emit in uow.spans:
             emit()
         if uow.progress:
@@ -241,19 +204,36 @@ class WorkflowActor:
             reg.wake_relay()
         if uow.flushed_timers:
             reg.wake_timers()
+        return [None] * len(batch)
+
+    async def _flush(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
+        """Write what the batch recorded so far, with a cancellation of the signal waits of every run
+        that ended and has steps that wait for signals (the router alone writes ``signal_wait``)."""
+        uow = engine.uow
+        for instance_id in uow.cancel_waits:
+            inst = uow.instances.get(instance_id)
+            if inst is None or not inst.steps:
+                continue
+            graph = engine.graph(inst)
+            if any(graph.step(sid).wait_for_signals for sid in inst.steps):
+                cancel = SignalWaitsCancelled(workflow_id=inst.workflow_id, instance_id=inst.id)
+                uow.outbox.append(
+                    OutgoingMessage(
+                        self.registry.topology.signal_wait_subject,
+                        encode(cancel),
+                        msg_id=f"waitcancel:{inst.id}:{inst.run_number}",
+                    )
+                )
+        uow.cancel_waits.clear()
+        await repository.flush(conn, uow, engine.state.row)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""
         uow = engine.uow
         while uow.collect:
-            await uow.flush(conn, engine.state.row)  # the iterations' rows first
+            await self._flush(conn, engine)  # the iterations' rows first
             instance_id, step_id = uow.collect.pop(0)
-            rows = await conn.fetch(
-                "SELECT DISTINCT ON (parent_iteration) parent_iteration, status, outputs FROM workflow_instance "
-                "WHERE parent_instance_id = $1 AND parent_step_id = $2 ORDER BY parent_iteration, seq DESC",
-                instance_id,
-                step_id,
-            )
+            rows = await repository.foreach_iterations(conn, instance_id, step_id)
             parent = engine.state.instances.get(instance_id)
             if parent is None:
                 continue
@@ -261,44 +241,18 @@ class WorkflowActor:
             total = (st.progress or {}).get("total", len(rows)) if st else len(rows)
             results: list[Any] = [None] * total
             for r in rows:
-                if 0 <= r["parent_iteration"] < total and r["status"] == "succeeded":
-                    results[r["parent_iteration"]] = r["outputs"] or {}
+                if 0 <= r.iteration < total and r.status == "succeeded":
+                    results[r.iteration] = r.outputs or {}
             dynamic.complete_foreach(engine, parent, step_id, results)
 
     async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
-        """Lock and load the named concurrency tags this workflow's steps use (in tag order: no deadlocks)."""
+        """Lock and load the named concurrency tags this workflow's steps use."""
         tags: set[str] = set()
         for version in versions:
             compiled = self.registry.definitions.get(self.workflow_id, version)
             for sid in compiled.topo_order:
                 tags.update(compiled.step(sid).concurrency_tags)
-        state.tags = {}
-        if not tags:
-            return
-        names = sorted(tags)
-        limits = {
-            r["tag"]: r["max_running"]
-            for r in await conn.fetch(
-                "SELECT tag, max_running FROM concurrency_tag WHERE tag = ANY($1::text[]) ORDER BY tag FOR UPDATE",
-                names,
-            )
-        }
-        in_use = {
-            r["tag"]: r["n"]
-            for r in await conn.fetch(
-                "SELECT tag, count(*) AS n FROM tag_permit WHERE tag = ANY($1::text[]) GROUP BY tag", names
-            )
-        }
-        for tag in names:
-            state.tags[tag] = TagState(tag=tag, limit=limits.get(tag), in_use=int(in_use.get(tag, 0)))
-        for r in await conn.fetch(
-            "SELECT tag, since, workflow_id, instance_id, step_id FROM tag_waiter WHERE tag = ANY($1::text[]) "
-            "ORDER BY since",
-            names,
-        ):
-            state.tags[r["tag"]].waiters.append(
-                (r["since"], r["workflow_id"], r["instance_id"], r["step_id"])
-            )
+        state.tags = await repository.lock_tags(conn, sorted(tags))
 
     async def _apply_one(
         self,
@@ -308,72 +262,85 @@ class WorkflowActor:
         existing: set[str],
         parent: SpanContext | None = None,
     ) -> None:
+        match msg:
+            case StartRun():
+                with bind_context(workflow_id=msg.workflow_id, instance_id=msg.instance_id):
+                    self._start(engine, msg, existing, parent)
+            case AttemptFinished():
+                with bind_context(
+                    instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id
+                ):
+                    engine.on_attempt_finished(msg)
+            case AttemptStarted():
+                with bind_context(
+                    instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id
+                ):
+                    engine.on_attempt_started(msg)
+            case SignalWaitSatisfied():
+                with bind_context(instance_id=msg.instance_id, step_id=msg.step_id):
+                    engine.on_signal_wait_satisfied(msg)
+            case ChildFinished():
+                with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
+                    dynamic.on_child_finished(engine, msg)
+            case TimerFired():
+                if await repository.take_timer(conn, msg.id):  # else fired before, or cancelled: exactly once
+                    self._fire_timer(engine, msg)
+            case ActionRequest():
+                await actions.apply_action(conn, engine, msg)
+                target = engine.state.instances.get(msg.instance_id or "")
+                if target is not None:
+                    run_spans.point(
+                        engine,
+                        target,
+                        "operator.action",
+                        now_utc(),
+                        action=msg.action,
+                        actor=msg.actor,
+                        reason=msg.reason,
+                    )
+            case WorkflowChanged():
+                apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
+            case _:
+                assert_never(msg)
+
+    def _start(
+        self, engine: RunEngine, msg: StartRun, existing: set[str], parent: SpanContext | None
+    ) -> None:
         state = engine.state
-        if isinstance(msg, StartRun):
-            with bind_context(workflow_id=msg.workflow_id, instance_id=msg.instance_id):
-                if msg.instance_id in existing or msg.instance_id in state.instances:
-                    return  # the same trigger again: one run per trigger key
-                existing.add(msg.instance_id)
-                version = state.row.active_version if msg.version is None else msg.version
-                inst = engine.new_instance(msg, version, "created", parent)
-                if version in self.missing_versions:
-                    # Never dead-letter a start (its run would stay pending forever): the run fails.
-                    error = f"workflow {msg.workflow_id!r} has no version {version}"
-                    engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
-                    return
-                if not state.row.active and msg.parent is None:
-                    engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
-                    return
-                if not engine.resolve_params(inst):
-                    return
-                if msg.parent is not None and not msg.apply_run_strategy:
-                    engine.start(inst)
-                else:
-                    admit_new(engine, inst)
-        elif isinstance(msg, AttemptFinished):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
-                engine.on_attempt_finished(msg)
-        elif isinstance(msg, AttemptStarted):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id, attempt_id=msg.attempt_id):
-                engine.on_attempt_started(msg)
-        elif isinstance(msg, SignalWaitSatisfied):
-            with bind_context(instance_id=msg.instance_id, step_id=msg.step_id):
-                engine.on_signal_wait_satisfied(msg)
-        elif isinstance(msg, ChildFinished):
-            with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
-                dynamic.on_child_finished(engine, msg)
-        elif isinstance(msg, TimerFired):
-            fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
-            if fired is None:
-                return  # fired before, or cancelled: exactly once
-            if msg.kind == "stop_grace":
-                engine.on_stop_grace_timer(msg.attempt_id)  # the run has ended: not in state.instances
-                return
-            target = state.instances.get(msg.instance_id)
-            if target is None:
-                return
-            run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
-            if msg.kind == "retry" and msg.step_id:
-                engine.on_retry_timer(target, msg.step_id)
-            elif msg.kind == "step_timeout" and msg.step_id:
-                engine.on_step_timeout_timer(target, msg.step_id, msg.attempt_id)
-            elif msg.kind == "run_timeout":
-                engine.on_run_timeout_timer(target)
-        elif isinstance(msg, ActionRequest):
-            await actions.apply_action(conn, engine, msg)
-            target = state.instances.get(msg.instance_id or "")
-            if target is not None:
-                run_spans.point(
-                    engine,
-                    target,
-                    "operator.action",
-                    now_utc(),
-                    action=msg.action,
-                    actor=msg.actor,
-                    reason=msg.reason,
-                )
-        elif isinstance(msg, WorkflowChanged):
-            apply_strategy_change(engine)  # the row was refreshed above; admit() runs after every message
+        if msg.instance_id in existing or msg.instance_id in state.instances:
+            return  # the same trigger again: one run per trigger key
+        existing.add(msg.instance_id)
+        version = state.row.active_version if msg.version is None else msg.version
+        inst = engine.new_instance(msg, version, "created", parent)
+        if version in self.missing_versions:
+            # Never dead-letter a start (its run would stay pending forever): the run fails.
+            error = f"workflow {msg.workflow_id!r} has no version {version}"
+            engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
+            return
+        if not state.row.active and msg.parent is None:
+            engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
+            return
+        if not engine.resolve_params(inst):
+            return
+        if msg.parent is not None and not msg.apply_run_strategy:
+            engine.start(inst)
+        else:
+            admit_new(engine, inst)
+
+    def _fire_timer(self, engine: RunEngine, msg: TimerFired) -> None:
+        if msg.kind == "stop_grace":
+            engine.on_stop_grace_timer(msg.attempt_id)  # the run has ended: not in state.instances
+            return
+        target = engine.state.instances.get(msg.instance_id)
+        if target is None:
+            return
+        run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
+        if msg.kind == "retry" and msg.step_id:
+            engine.on_retry_timer(target, msg.step_id)
+        elif msg.kind == "step_timeout" and msg.step_id:
+            engine.on_step_timeout_timer(target, msg.step_id, msg.attempt_id)
+        elif msg.kind == "run_timeout":
+            engine.on_run_timeout_timer(target)
 
 
 class ActorRegistry(Component):
@@ -443,9 +410,9 @@ class ActorRegistry(Component):
             actor = WorkflowActor(self, workflow_id)
             self.actors[workflow_id] = actor
             actor.task = self._tg.create_task(self._supervise(actor), name=f"actor:{workflow_id}")
-        env = Envelope(message, parent=parent or trace.get_current_span().get_span_context())
-        await actor.mailbox.put(env)
-        await env.future
+        await actor.mailbox.submit(
+            Envelope(message, parent=parent or trace.get_current_span().get_span_context())
+        )
 
     async def _supervise(self, actor: WorkflowActor) -> None:
         try:

@@ -10,6 +10,7 @@ from collections import OrderedDict
 import asyncpg
 
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
+from legato.scheduler import repository
 
 
 class UnknownVersion(LookupError):
@@ -48,18 +49,12 @@ class DefinitionCache:
         missing = [v for v in versions if (workflow_id, v) not in self._items]
         if not missing:
             return set()
-        rows = await conn.fetch(
-            "SELECT version, definition::text AS definition FROM workflow_version "
-            "WHERE workflow_id = $1 AND version = ANY($2::int[])",
-            workflow_id,
-            missing,
-        )
-        for r in rows:
-            compiled = compile_workflow(definition_from_json(r["definition"].encode()))
-            self._items[(workflow_id, r["version"])] = compiled
+        stored = await repository.definitions(conn, workflow_id, missing)
+        for version, text in stored.items():
+            self._items[(workflow_id, version)] = compile_workflow(definition_from_json(text.encode()))
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
-        found = {r["version"] for r in rows}
+        found = set(stored)
         lost = set(missing) - found - (optional or set())
         if lost:
             raise UnknownVersion(f"workflow {workflow_id} has no version(s) {sorted(lost)}")

@@ -46,8 +46,14 @@ from legato.scheduler.state import (
     AttemptState,
     InstanceState,
     NewTimer,
+    OrphanSettled,
+    PermitGrant,
+    PermitRelease,
     StepState,
     StoppingAttempt,
+    StopSettled,
+    TagWaiterAdd,
+    TagWaiterRemove,
     TimelineEntry,
     UnitOfWork,
     WorkflowState,
@@ -656,7 +662,7 @@ class RunEngine:
                 # The run already ended: a late result changes nothing, but an attempt row still marked
                 # dispatched/running (never cancelled) is settled now instead of staying so forever.
                 self.uow.orphans_settled.append(
-                    (
+                    OrphanSettled(
                         msg.attempt_id,
                         f"result after its run ended: {msg.outcome}: {msg.error or ''}".rstrip(": "),
                     )
@@ -896,7 +902,7 @@ class RunEngine:
     ) -> None:
         """The stopping attempt is known to be over (or given up on): its run's slot is free again."""
         self.state.stopping.pop(stopping.attempt_id, None)
-        self.uow.stops_settled.append((stopping.attempt_id, ended_at, log_tail, why[:4000]))
+        self.uow.stops_settled.append(StopSettled(stopping.attempt_id, ended_at, log_tail, why[:4000]))
         self.uow.cancel_timer(stopping.instance_id, "stop_grace", stopping.step_id)
         self.uow.note(
             TimelineEntry(
@@ -951,7 +957,6 @@ class RunEngine:
                 continue
             wait_id = f"{inst.id}:{st.step_id}:{index}"
             match = {k: {"op": p.op, "value": to_json_value(p.value)} for k, p in wait.match.items()}
-            self.uow.signal_waits.append((wait_id, inst.workflow_id, inst.id, st.step_id, wait.name, match))
             self.uow.outbox.append(
                 OutgoingMessage(
                     self.topology.signal_wait_subject,
@@ -962,6 +967,7 @@ class RunEngine:
                             instance_id=inst.id,
                             step_id=st.step_id,
                             name=wait.name,
+                            match=match,
                         )
                     ),
                     msg_id=f"waitreg:{wait_id}",
@@ -1106,7 +1112,7 @@ class RunEngine:
                 before = len(ts.waiters)
                 ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
                 if len(ts.waiters) != before:
-                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
+                    self.uow.waiters_del.append(TagWaiterRemove(tag, inst.id, st.step_id))
         if st.status == "waiting":
             st.waiting_since = None
         return True
@@ -1124,7 +1130,9 @@ class RunEngine:
             if not any(w[2] == inst.id and w[3] == st.step_id for w in ts.waiters):
                 ts.waiters.append((st.waiting_since, inst.workflow_id, inst.id, st.step_id))
                 ts.waiters.sort(key=lambda w: w[0])
-                self.uow.waiters_add.append((tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since))
+                self.uow.waiters_add.append(
+                    TagWaiterAdd(tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since)
+                )
         if first:
             run_spans.waiting(self, inst, now_utc(), reason, st.step_id)
             self.note(
@@ -1142,7 +1150,9 @@ class RunEngine:
             ts = self.state.tags.get(tag)
             if ts is not None and ts.limit is not None:
                 ts.in_use += 1
-                self.uow.permits_add.append((tag, attempt_id, inst.workflow_id, inst.id, st.step_id))
+                self.uow.permits_add.append(
+                    PermitGrant(tag, attempt_id, inst.workflow_id, inst.id, st.step_id)
+                )
 
     def release_permits(self, inst: InstanceState, st: StepState, *, attempt_id: str | None) -> None:
         """The attempt ended (or the waiting step went away): free its slots and wake who waits."""
@@ -1154,12 +1164,12 @@ class RunEngine:
                 continue
             if attempt_id is not None and ts.limit is not None:
                 ts.in_use = max(0, ts.in_use - 1)
-                self.uow.permits_del.append((tag, attempt_id))
+                self.uow.permits_del.append(PermitRelease(tag, attempt_id))
             if attempt_id is None:
                 before = len(ts.waiters)
                 ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
                 if len(ts.waiters) != before:
-                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
+                    self.uow.waiters_del.append(TagWaiterRemove(tag, inst.id, st.step_id))
             # Wake the oldest waiters of other workflows; this workflow's are retried after each message.
             for _since, wf, _i, _s in ts.waiters[: max(1, (ts.limit or 0) - ts.in_use)]:
                 if wf != inst.workflow_id:

@@ -36,6 +36,7 @@ from legato.bus.topology import Topology, partition_of
 from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_DEAD_AFTER
 from legato.protocol.messages import AttemptFinished, decode_heartbeat, encode
+from legato.scheduler import repository
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")
@@ -48,17 +49,6 @@ SWEEP_LIMIT = 2000
 # A report is repeated at most this often while its attempt stays unsettled (e.g. actor busy).
 REPORT_AGAIN_AFTER = 30.0
 MAX_TRACKED = 200_000
-
-_UNSETTLED = """
-SELECT a.id, a.instance_id, a.step_id, a.status, a.executor, a.started_at,
-       i.workflow_id,
-       (SELECT d.error FROM dead_letter d WHERE d.msg_id = a.id AND d.stream = $1 LIMIT 1) AS dead_error
-FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id
-WHERE (a.status IN ('dispatched', 'running') OR a.stopping_until IS NOT NULL)
-  AND a.dispatched_at < now() - make_interval(secs => $2)
-ORDER BY a.dispatched_at
-LIMIT $3
-"""
 
 
 @dataclass
@@ -169,46 +159,46 @@ class ExecutorWatch(Component):
             return 0
         self._forget_old(now)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                _UNSETTLED, self.topology.work_stream, min(self.dead_after, 1.0), SWEEP_LIMIT
+            rows = await repository.unsettled_attempts(
+                conn, self.topology.work_stream, min(self.dead_after, 1.0), SWEEP_LIMIT
             )
         reported = 0
         for r in rows:
-            if partition_of(r["workflow_id"], self.topology.partitions) not in partitions:
+            if partition_of(r.workflow_id, self.topology.partitions) not in partitions:
                 continue
-            if r["id"] in self.reported:
+            if r.id in self.reported:
                 continue
-            why = self.verdict(r["id"], r["executor"], r["dead_error"])
+            why = self.verdict(r.id, r.executor, r.dead_error)
             if why is None:
                 continue
-            listed = self.listed.get(r["id"])
-            executor = r["executor"] or (listed.executor if listed else "")
+            listed = self.listed.get(r.id)
+            executor = r.executor or (listed.executor if listed else "")
             report = AttemptFinished(
-                attempt_id=r["id"],
-                workflow_id=r["workflow_id"],
-                instance_id=r["instance_id"],
-                step_id=r["step_id"],
+                attempt_id=r.id,
+                workflow_id=r.workflow_id,
+                instance_id=r.instance_id,
+                step_id=r.step_id,
                 outcome="platform_error",
                 executor=executor,
-                started_at=r["started_at"].timestamp() if r["started_at"] else 0.0,
+                started_at=r.started_at.timestamp() if r.started_at else 0.0,
                 finished_at=time.time(),
                 error=why,
             )
             try:
                 await self.publisher.publish(
                     OutgoingMessage(
-                        self.topology.event_subject(r["workflow_id"]),
+                        self.topology.event_subject(r.workflow_id),
                         encode(report),
-                        msg_id=f"lost:{r['id']}",
+                        msg_id=f"lost:{r.id}",
                     )
                 )
             except Exception as exc:
-                log.warning("attempt_lost_report_failed", attempt_id=r["id"], error=repr(exc))
+                log.warning("attempt_lost_report_failed", attempt_id=r.id, error=repr(exc))
                 continue
-            self.reported[r["id"]] = now
+            self.reported[r.id] = now
             reported += 1
             self.lost_reported += 1
-            log.warning("attempt_lost_reported", attempt_id=r["id"], reason=why)
+            log.warning("attempt_lost_reported", attempt_id=r.id, reason=why)
         return reported
 
     async def _run(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from legato.core.admission import QueueState, queue_state, running_limit
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState
 
@@ -29,21 +30,28 @@ STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "ser
 
 
 def limit_of(engine: RunEngine) -> int:
+    """How many runs of the workflow may run at once now (``legato.core.admission``)."""
     row = engine.state.row
-    if row.paused:
-        return 0
-    return row.max_concurrency if row.run_strategy == "parallel" else min(1, row.max_concurrency)
+    return running_limit(row.run_strategy, row.max_concurrency, row.paused)
+
+
+def _queue_state(engine: RunEngine) -> QueueState:
+    row = engine.state.row
+    return queue_state(row.run_strategy, row.max_concurrency, row.paused, row.blocked_by)
 
 
 def queue_reason(engine: RunEngine) -> dict[str, Any]:
+    """Why a run just queued waits."""
     row = engine.state.row
-    if row.paused:
-        return {"code": "paused"}
-    if row.run_strategy == "strict_sequential" and row.blocked_by:
-        return {"code": "blocked", "by": row.blocked_by}
-    if limit_of(engine) == 0:
-        return {"code": "paused", "why": "max_concurrency is 0"}
-    return {"code": "queued", "strategy": row.run_strategy, "limit": limit_of(engine)}
+    match _queue_state(engine):
+        case QueueState.PAUSED if row.paused:
+            return {"code": "paused"}
+        case QueueState.PAUSED:
+            return {"code": "paused", "why": "max_concurrency is 0"}
+        case QueueState.BLOCKED:
+            return {"code": "blocked", "by": row.blocked_by}
+        case QueueState.QUEUED:
+            return {"code": "queued", "strategy": row.run_strategy, "limit": limit_of(engine)}
 
 
 def admit_new(engine: RunEngine, inst: InstanceState) -> None:
@@ -86,10 +94,10 @@ def admit(engine: RunEngine) -> None:
     row = engine.state.row
     limit = limit_of(engine)
     stopping = len(engine.state.stopping_runs()) if engine.state.stopping else 0
-    if row.run_strategy == "strict_sequential" and row.blocked_by:
+    if _queue_state(engine) is QueueState.BLOCKED:
         # Only the restarted blocker may run until the queue is released (wherever it waits: another
         # restarted run may have gone to the front after it).
-        blocker = engine.state.instances.get(row.blocked_by)
+        blocker = engine.state.instances.get(row.blocked_by or "")
         if blocker is not None and blocker.status == "queued":
             if row.running_count + stopping < limit:
                 engine.start(blocker)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from legato.lifecycle.component import Component
+from legato.scheduler import repository
 from legato.scheduler.actors import Message, TimerFired
 from legato.telemetry import get_logger
 
@@ -71,25 +72,15 @@ class TimerLoop(Component):
         if not partitions:
             return self.max_sleep
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT id, workflow_id, instance_id, kind, step_id, attempt_id FROM timer "
-                "WHERE partition = ANY($1::int[]) AND fire_at <= now() ORDER BY fire_at LIMIT $2",
-                partitions,
-                self.batch,
-            )
+            rows = await repository.due_timers(conn, partitions, self.batch)
             if not rows:
-                wait = await conn.fetchval(
-                    "SELECT extract(epoch FROM min(fire_at) - now()) FROM timer WHERE partition = ANY($1::int[])",
-                    partitions,
-                )
-                return self.max_sleep if wait is None else min(self.max_sleep, max(0.0, float(wait)))
+                wait = await repository.seconds_to_next_timer(conn, partitions)
+                return self.max_sleep if wait is None else min(self.max_sleep, max(0.0, wait))
         results = await asyncio.gather(
             *(
                 self.deliver(
-                    r["workflow_id"],
-                    TimerFired(
-                        r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"]
-                    ),
+                    r.workflow_id,
+                    TimerFired(r.id, r.workflow_id, r.instance_id, r.kind, r.step_id, r.attempt_id),
                 )
                 for r in rows
             ),

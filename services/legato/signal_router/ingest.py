@@ -1,10 +1,10 @@
 """Applying signals in batches: store each once, feed triggers and joins, fire complete tuples once,
 satisfy step waits — all in one Postgres transaction per batch, acked after it commits.
 
-The consumer loop hands each delivery to :meth:`SignalIngest.submit` and waits; the ingest task drains
-what is queued (up to ``batch``), applies it in one transaction and resolves the waiting handlers, which
-then ack. A batch that fails is applied again one message at a time, so one bad message only fails
-itself.
+The consumer loop hands each delivery to :meth:`SignalIngest.submit` and waits; a group commit
+(``legato.store.batcher``) drains what is queued (up to ``batch``), applies it in one transaction and
+resolves the waiting handlers, which then ack. A batch that fails is applied again one message at a
+time, so one bad message only fails itself.
 
 Exactly once, with several routers and redeliveries:
 - ``signal`` is keyed ``(name, id)``: a redelivered signal finds its row and has no second effect;
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import asyncpg
 import msgspec
@@ -38,7 +39,14 @@ from legato.core.signals import schema_error
 from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
-from legato.protocol.messages import SignalWaitRegistered, SignalWaitSatisfied, StartRun, TriggerInfo
+from legato.protocol.messages import (
+    SignalWaitMessage,
+    SignalWaitRegistered,
+    SignalWaitSatisfied,
+    SignalWaitsCancelled,
+    StartRun,
+    TriggerInfo,
+)
 from legato.security.signing import PUBLISHER_CLAIMS, SignalOrigins
 from legato.sel import SelError
 from legato.signal_router.matching import (
@@ -52,6 +60,7 @@ from legato.signal_router.matching import (
     route,
     wait_matches,
 )
+from legato.store.batcher import GroupCommit, content_error
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
@@ -62,7 +71,7 @@ from legato.telemetry.tracing import traceparent_of
 log = get_logger("legato.signal_router")
 
 _decode_json = msgspec.json.Decoder().decode
-_decode_wait = msgspec.json.Decoder(SignalWaitRegistered).decode
+_decode_wait = msgspec.json.Decoder(SignalWaitMessage).decode
 MAX_REJECTED_BODY = 4000
 MAX_REJECTED_ERROR = 1000
 MAX_SIGNAL_DEPTH = 64  # nesting of a signal body; deeper is rejected (Postgres and our walkers recurse)
@@ -101,11 +110,10 @@ class IncomingSignal:
         return Signal(self.name, self.id, self.body, self.published_at, self.traceparent)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Queued:
     delivery: Delivery[bytes]
     traceparent: str | None
-    future: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 @dataclass
@@ -151,7 +159,9 @@ class SignalIngest(Component):
         self.wake_relay = wake_relay
         self.batch = batch
         self.workers = max(1, workers)
-        self._queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=queue_size)
+        self._batcher: GroupCommit[_Queued, None] = GroupCommit(
+            self._commit, name=self.name, batch=batch, queue_size=queue_size, rescue=self._store_unappliable
+        )
         self._table = TriggerTable()
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self.stored = 0
@@ -161,54 +171,25 @@ class SignalIngest(Component):
 
     async def submit(self, d: Delivery[bytes]) -> None:
         """Queue a delivery and wait until the transaction that applied it committed (then it is acked)."""
-        item = _Queued(d, traceparent_of())
-        await self._queue.put(item)
-        await item.future
+        await self._batcher.submit(_Queued(d, traceparent_of()))
 
     async def _run(self) -> None:
         # Several batches in flight overlap their round trips; they are as safe together as two routers.
-        async with asyncio.TaskGroup() as tg:
-            for i in range(self.workers):
-                tg.create_task(self._work(), name=f"{self.name}-{i}")
+        await self._batcher.run(workers=self.workers)
 
-    async def _work(self) -> None:
-        while True:
-            try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=0.5)
-            except TimeoutError:
-                if self.stopping:
-                    return
-                continue
-            batch = [first]
-            while len(batch) < self.batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._apply_batch(batch)
+    def _on_shutdown(self) -> None:
+        self._batcher.close()  # the consumer stopped feeding it: apply what is queued, then return
 
-    async def _apply_batch(self, batch: list[_Queued]) -> None:
-        try:
-            await self.apply([q.delivery for q in batch], [q.traceparent for q in batch])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                q = batch[0]
-                if not await self._store_unappliable(q, exc) and not q.future.done():
-                    q.future.set_exception(exc)
-                return
-            log.warning("signal_batch_failed", size=len(batch), error=repr(exc))
-            for q in batch:  # one at a time: only the message that cannot be applied fails
-                await self._apply_batch([q])
-            return
-        for q in batch:
-            if not q.future.done():
-                q.future.set_result(None)
+    async def _commit(self, batch: list[_Queued]) -> list[Exception | None]:
+        await self.apply([q.delivery for q in batch], [q.traceparent for q in batch])
+        return [None] * len(batch)
 
-    async def _store_unappliable(self, q: _Queued, exc: Exception) -> bool:
+    async def _store_unappliable(self, q: _Queued, exc: Exception) -> Exception | None:
         """A signal whose content Postgres or our code refuses (not a lost connection) is stored as
-        rejected with that error instead of being retried into the dead letters; True if stored."""
+        rejected with that error instead of being retried into the dead letters; else ``exc``."""
         d = q.delivery
-        if d.subject == self.topology.signal_wait_subject or not _content_error(exc):
-            return False
+        if d.subject == self.topology.signal_wait_subject or not content_error(exc):
+            return exc
         sig = self.parse(d, q.traceparent)
         sig.body, sig.error = None, f"cannot be stored: {type(exc).__name__}: {exc}"
         try:
@@ -217,15 +198,13 @@ class SignalIngest(Component):
             raise
         except Exception as again:
             log.error("signal_reject_failed", signal=sig.name, signal_id=sig.id, error=repr(again))
-            return False
-        if not q.future.done():
-            q.future.set_result(None)
-        return True
+            return exc
+        return None
 
     async def apply(self, deliveries: Sequence[Delivery[bytes]], traceparents: Sequence[str | None]) -> None:
-        """Apply a batch: signals in one transaction, then each wait registration in its own."""
+        """Apply a batch: signals in one transaction, then each wait registration or cancellation in its own."""
         signals: list[IncomingSignal] = []
-        registrations: list[SignalWaitRegistered] = []
+        registrations: list[SignalWaitMessage] = []
         seen: set[tuple[str, str]] = set()
         for d, tp in zip(deliveries, traceparents, strict=True):
             if d.subject == self.topology.signal_wait_subject:
@@ -244,8 +223,19 @@ class SignalIngest(Component):
             if msgs:
                 self.wake_relay()
         for reg in registrations:
-            if await run_transaction(self.pool, functools.partial(self._apply_registration, reg=reg)):
+            if await self.apply_wait(reg):
                 self.wake_relay()
+
+    async def apply_wait(self, msg: SignalWaitMessage) -> int:
+        """Apply a wait registration or cancellation in its own transaction; returns messages emitted."""
+        match msg:
+            case SignalWaitRegistered():
+                return await run_transaction(self.pool, functools.partial(self._apply_registration, reg=msg))
+            case SignalWaitsCancelled():
+                await run_transaction(self.pool, functools.partial(_cancel_waits, msg=msg))
+                return 0
+            case _:
+                assert_never(msg)
 
     def parse(self, d: Delivery[bytes], traceparent: str | None) -> IncomingSignal:
         name = d.subject[len(self.topology.signal_prefix) :]
@@ -626,9 +616,12 @@ class SignalIngest(Component):
         done = {
             r["id"]
             for r in await conn.fetch(
+                # Not for a run that ended meanwhile (its cancellation is on its way here).
                 "UPDATE signal_wait w SET satisfied_by = f.sid, satisfied_at = now() "
                 "FROM unnest($1::text[], $2::text[]) AS f (wid, sid) "
-                "WHERE w.id = f.wid AND w.satisfied_at IS NULL AND NOT w.cancelled RETURNING w.id",
+                "WHERE w.id = f.wid AND w.satisfied_at IS NULL AND NOT w.cancelled "
+                "AND EXISTS (SELECT 1 FROM workflow_instance i WHERE i.id = w.instance_id "
+                "AND i.status IN ('queued', 'running')) RETURNING w.id",
                 [w["id"] for w, _ in chosen],
                 [s.id for _, s in chosen],
             )
@@ -666,8 +659,29 @@ class SignalIngest(Component):
         return out
 
     async def _apply_registration(self, conn: asyncpg.Connection, *, reg: SignalWaitRegistered) -> int:
-        """A step started waiting: satisfy it at once from the stored signals, if one matches."""
+        """A step started waiting: store the wait (once) and satisfy it at once from the stored signals.
+
+        Exactly once: under the name's lock (exclusive here, shared by every signal batch) a signal is
+        either stored before the wait (and found below) or after it (and its batch sees the wait). Under
+        the run's lock (also taken by the cancellation) a wait of a run that has ended is stored
+        cancelled, so a cancellation that overtook its registration still holds."""
+        # The run's lock first, then the name's (nothing takes them the other way round).
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _run_lock_key(reg.instance_id))
         await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", signal_name_lock_key(reg.name))
+        status = await conn.fetchval("SELECT status FROM workflow_instance WHERE id = $1", reg.instance_id)
+        if status is None:
+            return 0  # the run was deleted with its workflow: nothing waits any more
+        await conn.execute(
+            "INSERT INTO signal_wait (id, workflow_id, instance_id, step_id, name, match, cancelled) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+            reg.wait_id,
+            reg.workflow_id,
+            reg.instance_id,
+            reg.step_id,
+            reg.name,
+            reg.match,
+            status not in ("queued", "running"),
+        )
         wait = await conn.fetchrow(
             "SELECT id, workflow_id, instance_id, step_id, name, match FROM signal_wait "
             "WHERE id = $1 AND satisfied_at IS NULL AND NOT cancelled FOR UPDATE",
@@ -689,6 +703,21 @@ class SignalIngest(Component):
                 await add_to_outbox(conn, msgs)
                 return len(msgs)
         return 0
+
+
+async def _cancel_waits(conn: asyncpg.Connection, *, msg: SignalWaitsCancelled) -> None:
+    """The run ended: its open waits are cancelled (under the run's lock: see ``_apply_registration``)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _run_lock_key(msg.instance_id))
+    await conn.execute(
+        "UPDATE signal_wait SET cancelled = true WHERE instance_id = $1 AND satisfied_at IS NULL",
+        msg.instance_id,
+    )
+
+
+def _run_lock_key(instance_id: str) -> int:
+    """The advisory lock key of one run's waits (registrations and the cancellation take it)."""
+    digest = hashlib.blake2b(f"legato.signal_wait:{instance_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _member_json(m: Member) -> dict[str, Any]:
@@ -737,13 +766,6 @@ def _unstorable(body: Any) -> str | None:
 def _storable_text(text: str) -> str:
     """Postgres text holds no NUL: show it escaped."""
     return text.replace("\x00", "\\x00")
-
-
-def _content_error(exc: BaseException) -> bool:
-    """An error about this message's content (retrying cannot help), not about the connection."""
-    if isinstance(exc, asyncpg.PostgresError):
-        return isinstance(exc, asyncpg.DataError | asyncpg.ProgramLimitExceededError)
-    return isinstance(exc, ValueError | TypeError | RecursionError | UnicodeError | msgspec.MsgspecError)
 
 
 def _json_kind(value: Any) -> str:

@@ -26,12 +26,14 @@ from opentelemetry import trace
 from legato.bus.publisher import OutgoingMessage, Publisher
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
+from legato.core.admission import QueueState, action_statuses, queue_state
 from legato.lifecycle.component import Component
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
+from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import bind_context, get_logger, metrics
@@ -63,7 +65,6 @@ class _PendingStart:
     instance_id: str
     trigger_key: str
     params: dict[str, Any]
-    future: asyncio.Future[dict[str, Any]]
     headers: dict[str, str]
     request_id: str
     digest: str
@@ -93,8 +94,14 @@ class ApiService(Component):
         self.wake_relay = wake_relay
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._starts: asyncio.Queue[_PendingStart] = asyncio.Queue(maxsize=4096)
-        self.start_batch = start_batch
+        # Group commit: starts that arrive together share one transaction.
+        self._starts: GroupCommit[_PendingStart, dict[str, Any]] = GroupCommit(
+            self._apply_starts,
+            name="api-starts",
+            batch=start_batch,
+            queue_size=4096,
+            batch_error=fail_whole_batch_unless_content_error,
+        )
         self._compiled: dict[tuple[str, int], CompiledWorkflow] = {}
         self._rows: dict[str, tuple[float, bool, int]] = {}
         # Starts this process accepted recently: "pending" until the scheduler has created the run.
@@ -149,7 +156,7 @@ class ApiService(Component):
                     handler=self._handler(name, kind, fn),
                 )
             )
-        batcher = asyncio.create_task(self._start_batcher(), name="api-start-batcher")
+        batcher = asyncio.create_task(self._starts.run(), name="api-start-batcher")
         try:
             await self.wait_stopping()
             await self.service.stop()
@@ -406,11 +413,8 @@ class ApiService(Component):
             why = await Q.explain_queued(conn, list(queued))
             pause = await pause_info(conn, req.workflow_id)
         summary = R.workflow_summary(row)
-        state = "active" if row["active"] else "inactive"
-        if row["paused"] or (row["run_strategy"] == "parallel" and row["max_concurrency"] == 0):
-            state = "paused"
-        if row["run_strategy"] == "strict_sequential" and row["blocked_by"]:
-            state = "blocked"
+        queue = queue_state(row["run_strategy"], row["max_concurrency"], row["paused"], row["blocked_by"])
+        state = str(queue) if queue is not QueueState.QUEUED else "active" if row["active"] else "inactive"
         return {
             **summary,
             "state": state,
@@ -615,7 +619,7 @@ class ApiService(Component):
         )
 
     async def instance_stop(self, req: A.InstanceAction) -> dict[str, Any]:
-        r = await self._instance_for_action(req.instance_id, ("queued", "running"), "stop")
+        r = await self._instance_for_action(req.instance_id, action_statuses("stop"), "stop")
         return await self._action(
             r["workflow_id"],
             "stop",
@@ -627,7 +631,7 @@ class ApiService(Component):
         )
 
     async def instance_kill(self, req: A.InstanceAction) -> dict[str, Any]:
-        r = await self._instance_for_action(req.instance_id, ("queued", "running"), "kill")
+        r = await self._instance_for_action(req.instance_id, action_statuses("kill"), "kill")
         return await self._action(
             r["workflow_id"],
             "kill",
@@ -639,7 +643,7 @@ class ApiService(Component):
         )
 
     async def instance_restart(self, req: A.InstanceAction) -> dict[str, Any]:
-        allowed = ("failed", "timed_out", "stopped") + (("succeeded",) if req.step_id else ())
+        allowed = action_statuses("restart", step_given=bool(req.step_id))
         r = await self._instance_for_action(req.instance_id, allowed, "restart")
         if req.step_id:
             await self._check_step(req.instance_id, req.step_id)
@@ -656,9 +660,7 @@ class ApiService(Component):
     async def instance_skip_step(self, req: A.InstanceAction) -> dict[str, Any]:
         if not req.step_id:
             raise ApiError("bad_request", "skip_step: step_id is required")
-        r = await self._instance_for_action(
-            req.instance_id, ("running", "failed", "timed_out"), "skip a step of"
-        )
+        r = await self._instance_for_action(req.instance_id, action_statuses("skip_step"), "skip a step of")
         await self._check_step(req.instance_id, req.step_id)
         return await self._action(
             r["workflow_id"],
@@ -780,41 +782,24 @@ class ApiService(Component):
             instance_id=instance_id,
             trigger_key=trigger_key,
             params=dict(req.params),
-            future=asyncio.get_running_loop().create_future(),
             headers=inject_headers({}),
             request_id=request_id,
             digest=request_digest(req.params, req.version),
         )
-        await self._starts.put(pending)
-        return await pending.future
+        return await self._starts.submit(pending)
 
-    async def _start_batcher(self) -> None:
-        """Group commit: starts that arrive together share one transaction."""
-        while True:
-            first = await self._starts.get()
-            batch = [first]
-            while len(batch) < self.start_batch and not self._starts.empty():
-                batch.append(self._starts.get_nowait())
-            try:
-                results = await self._commit_starts(batch)
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            for p, res in zip(batch, results, strict=True):
-                if isinstance(res, ApiError):
-                    if not p.future.done():
-                        p.future.set_exception(res)
-                    continue
-                if not p.future.done():
-                    p.future.set_result(res)
+    async def _apply_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any] | Exception]:
+        """One batch of starts: one transaction, then remember what it accepted and wake the relay."""
+        out = await self._commit_starts(batch)
+        for p, res in zip(batch, out, strict=True):
+            if not isinstance(res, Exception):
                 self._accepted[p.instance_id] = p.req.workflow_id
-            while len(self._accepted) > 100_000:
-                self._accepted.popitem(last=False)
-            self.wake_relay()
+        while len(self._accepted) > 100_000:
+            self._accepted.popitem(last=False)
+        self.wake_relay()
+        return out
 
-    async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any] | ApiError]:
+    async def _commit_starts(self, batch: list[_PendingStart]) -> list[dict[str, Any] | Exception]:
         ids = [p.instance_id for p in batch]
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -840,7 +825,7 @@ class ApiService(Component):
                 if r["instance_id"] not in existing:
                     existing[r["instance_id"]] = "pending"
                     digests[r["instance_id"]] = r["request_digest"]
-            out: list[dict[str, Any] | ApiError] = []
+            out: list[dict[str, Any] | Exception] = []
             msgs: list[OutgoingMessage] = []
             fresh: list[_PendingStart] = []
             for p in batch:

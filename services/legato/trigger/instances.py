@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncpg
 
+from legato.core.admission import QueueState, concurrency_limit, queue_state
 from legato.protocol.api import ApiError
 from legato.trigger.replies import FIELD_LIMIT, fit, size_of, truncated
 
@@ -86,7 +87,8 @@ def _queued_reason(
     stopping: list[asyncpg.Record] | None = None,
 ) -> dict[str, Any]:
     strategy = wf["run_strategy"]
-    limit = wf["max_concurrency"] if strategy == "parallel" else 1
+    limit = concurrency_limit(strategy, wf["max_concurrency"])
+    state = queue_state(strategy, wf["max_concurrency"], wf["paused"], wf["blocked_by"])
     ahead = queue[index - 1] if index else None
     out: dict[str, Any] = {
         "code": "queued",
@@ -96,7 +98,7 @@ def _queued_reason(
         "limit": limit,
         "held_by": holders[:20],
     }
-    if wf["paused"] or limit == 0:
+    if state is QueueState.PAUSED:
         out["code"] = "paused"
         out["message"] = "max_concurrency is 0: the workflow is paused"
         if wf["paused"]:
@@ -106,7 +108,7 @@ def _queued_reason(
                 + (f" by {wf['paused_by']}" if wf["paused_by"] else "")
                 + (f": {wf['paused_reason']}" if wf["paused_reason"] else "")
             )
-    elif strategy == "strict_sequential" and wf["blocked_by"]:
+    elif state is QueueState.BLOCKED:
         out["code"] = "blocked"
         out["blocked_by"] = wf["blocked_by"]
         out["blocked_since"] = iso(wf["blocked_since"])

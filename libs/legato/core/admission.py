@@ -1,0 +1,68 @@
+"""The rules of a workflow's run queue, in one place for the scheduler (which enforces them) and the
+trigger (which explains them): how many runs may run at once, whether the queue moves, and which
+operator action applies to a run in which status.
+
+Pure functions of the workflow row's columns; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+
+class QueueState(StrEnum):
+    """Whether a workflow's queued runs may start."""
+
+    QUEUED = "queued"
+    """Queued runs start, oldest first, while fewer than the limit run."""
+    PAUSED = "paused"
+    """Nothing starts: the workflow is paused, or its limit is 0."""
+    BLOCKED = "blocked"
+    """strict_sequential after a failure: only the restarted blocker may run until it is unblocked."""
+
+
+def concurrency_limit(run_strategy: str, max_concurrency: int) -> int:
+    """How many runs may run at once under the strategy: ``max_concurrency`` for parallel, at most one
+    for every other strategy. A pause is not counted here (see ``running_limit``)."""
+    return max_concurrency if run_strategy == "parallel" else min(1, max_concurrency)
+
+
+def running_limit(run_strategy: str, max_concurrency: int, paused: bool) -> int:
+    """How many runs may run at once now: 0 while the workflow is paused."""
+    return 0 if paused else concurrency_limit(run_strategy, max_concurrency)
+
+
+def queue_state(run_strategy: str, max_concurrency: int, paused: bool, blocked_by: str | None) -> QueueState:
+    """Whether queued runs may start. A pause wins over a block (even the blocker waits while paused)."""
+    if paused:
+        return QueueState.PAUSED
+    if run_strategy == "strict_sequential" and blocked_by:
+        return QueueState.BLOCKED
+    if concurrency_limit(run_strategy, max_concurrency) == 0:
+        return QueueState.PAUSED
+    return QueueState.QUEUED
+
+
+# Run statuses each operator action on one run applies to, in the order error messages list them (the
+# API refuses the others with an error; the scheduler, which applies the action later, ignores it with
+# a reason if the run moved on meanwhile).
+ACTION_APPLIES_TO: Mapping[str, tuple[str, ...]] = {
+    "stop": ("queued", "running"),
+    "kill": ("queued", "running"),
+    "restart": ("failed", "timed_out", "stopped"),
+    "skip_step": ("running", "failed", "timed_out"),
+}
+
+
+def action_statuses(action: str, *, step_given: bool = False) -> tuple[str, ...]:
+    """The run statuses ``action`` applies to; a succeeded run can be restarted from a given step."""
+    statuses = ACTION_APPLIES_TO[action]
+    if action == "restart" and step_given:
+        return (*statuses, "succeeded")
+    return statuses
+
+
+def action_applies(action: str, status: str, *, step_given: bool = False) -> bool:
+    """True if ``action`` applies to a run in ``status``."""
+    return status in action_statuses(action, step_given=step_given)

@@ -1,0 +1,578 @@
+"""Every SQL statement of the scheduler's runs, steps, attempts, timeline, timers, tag permits and
+operator actions: how an actor's state is loaded and how a batch's ``UnitOfWork`` is written back.
+
+The actor, the engine and the timer and liveness loops call these functions and never write SQL
+themselves. Partition leases are the exception: ``leases.py`` is a self-contained component whose
+statements (on its own connection, with its own locking protocol) only it runs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from legato.scheduler.state import (
+    DISPATCH_WAIT,
+    AttemptState,
+    InstanceState,
+    StepState,
+    StoppingAttempt,
+    TagState,
+    UnitOfWork,
+    WorkflowRow,
+    WorkflowState,
+)
+from legato.store.outbox import add_to_outbox
+
+# ------------------------------------------------------------------ column lists and bulk upserts
+
+
+def _columns(spec: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``"name:type name:type …"`` -> (names, Postgres array element types) for bulk statements."""
+    pairs = [item.split(":") for item in spec.split()]
+    return tuple(n for n, _ in pairs), tuple(t for _, t in pairs)
+
+
+_INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
+    """
+    id:text workflow_id:text version:int trigger_key:text trigger:jsonb status:text reason:jsonb params:jsonb
+    run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
+    parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
+    created_at:timestamptz started_at:timestamptz ended_at:timestamptz body_path:text under_strategy:bool
+    trace_parent:text trace_links:jsonb
+"""
+)
+_INSTANCE_UPDATABLE = tuple(
+    ["status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at"]
+)
+
+
+def _bulk_upsert_sql(
+    table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str, updatable: tuple[str, ...]
+) -> str:
+    # jsonb travels as text (see _bulk_columns): asyncpg reads a list value as one more array dimension.
+    args = ", ".join(f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types))
+    select = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in zip(cols, types, strict=True))
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM unnest({args}) AS u ({', '.join(cols)}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
+    )
+
+
+def _bulk_columns(items: Sequence[object], cols: tuple[str, ...], types: tuple[str, ...]) -> list[list[Any]]:
+    """One list per column for ``_bulk_upsert_sql``; jsonb values as JSON text (a list such as
+    ``trace_links`` would otherwise make a ragged array, and mixing it with NULLs fails the batch)."""
+    return [
+        [_jsonb_text(getattr(x, c)) if t == "jsonb" else getattr(x, c) for x in items]
+        for c, t in zip(cols, types, strict=True)
+    ]
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _jsonb_text(value: Any) -> str | None:
+    return None if value is None else _encode_json(value).decode()
+
+
+_UPSERT_INSTANCES = _bulk_upsert_sql(
+    "workflow_instance", _INSTANCE_COLUMNS, _INSTANCE_TYPES, "id", _INSTANCE_UPDATABLE
+)
+
+
+async def upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
+    """Insert or update runs in one statement."""
+    # New rows go in arrival order so the seq column keeps the queue's FIFO order.
+    items.sort(key=lambda i: (not i.new, i.created_at))
+    columns = _bulk_columns(items, _INSTANCE_COLUMNS, _INSTANCE_TYPES)
+    await conn.execute(_UPSERT_INSTANCES, *columns)
+
+
+_STEP_COLUMNS, _STEP_TYPES = _columns(
+    """
+    instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
+    retries_platform:int retries_timeout:int failure_ignored:bool params:jsonb outputs:jsonb error:text
+    reason:jsonb created_at:timestamptz started_at:timestamptz ended_at:timestamptz signals:jsonb
+    waiting_since:timestamptz progress:jsonb
+"""
+)
+_UPSERT_STEPS = _bulk_upsert_sql(
+    "step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]
+)
+
+
+async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> None:
+    columns = _bulk_columns(items, _STEP_COLUMNS, _STEP_TYPES)
+    await conn.execute(_UPSERT_STEPS, *columns)
+
+
+_ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
+    """
+    id:text instance_id:text step_id:text attempt:int status:text failure_kind:text executor:text queue:text
+    dispatched_at:timestamptz started_at:timestamptz ended_at:timestamptz outputs:jsonb error:text
+    exit_code:int log_tail:text span_id:text stopping_until:timestamptz
+"""
+)
+_UPSERT_ATTEMPTS = _bulk_upsert_sql(
+    "step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:]
+)
+
+
+async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) -> None:
+    columns = _bulk_columns(items, _ATTEMPT_COLUMNS, _ATTEMPT_TYPES)
+    await conn.execute(_UPSERT_ATTEMPTS, *columns)
+
+
+async def _restarted_first(conn: asyncpg.Connection, state: WorkflowState) -> None:
+    """A restarted run went to the front of the queue (the latest restart first): keep it there when
+    the queue is rebuilt from rows in arrival (seq) order."""
+    restarted = [i for i in state.queue if state.instances[i].run_number > 1]
+    if not restarted:
+        return
+    latest = {
+        r["instance_id"]: r["last"]
+        for r in await conn.fetch(
+            "SELECT instance_id, max(id) AS last FROM timeline WHERE instance_id = ANY($1::text[]) "
+            "AND event = 'restart_requested' GROUP BY instance_id",
+            restarted,
+        )
+    }
+    front = sorted(restarted, key=lambda i: -latest.get(i, 0))
+    rest = [i for i in state.queue if i not in set(front)]
+    state.queue = deque([*front, *rest])
+
+
+def _workflow_row(r: asyncpg.Record) -> WorkflowRow:
+    return WorkflowRow(
+        id=r["id"],
+        active=r["active"],
+        active_version=r["active_version"],
+        run_strategy=r["run_strategy"],
+        max_concurrency=r["max_concurrency"],
+        paused=r["paused"],
+        blocked_by=r["blocked_by"],
+        blocked_since=r["blocked_since"],
+        running_count=r["running_count"],
+        queued_count=r["queued_count"],
+    )
+
+
+# ------------------------------------------------------------------ loading an actor's state
+
+
+async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> WorkflowState | None:
+    """Rebuild an actor's state from Postgres (on activation, or after a failed transaction)."""
+    row = await conn.fetchrow("SELECT * FROM workflow WHERE id = $1", workflow_id)
+    if row is None:
+        return None
+    state = WorkflowState(row=_workflow_row(row))
+    recs = await conn.fetch(
+        f"SELECT {', '.join(_INSTANCE_COLUMNS)}, seq FROM workflow_instance "
+        "WHERE workflow_id = $1 AND status IN ('queued', 'running') ORDER BY seq",
+        workflow_id,
+    )
+    running: list[str] = []
+    counted = 0
+    for r in recs:
+        inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+        state.instances[inst.id] = inst
+        if inst.status == "queued":
+            state.queue.append(inst.id)
+        else:
+            running.append(inst.id)
+            if inst.under_strategy:
+                counted += 1
+    await _restarted_first(conn, state)
+    if running:
+        for r in await conn.fetch(
+            f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running
+        ):
+            st = StepState(**{c: r[c] for c in _STEP_COLUMNS})
+            state.instances[st.instance_id].steps[st.step_id] = st
+        for r in await conn.fetch(
+            f"""
+            SELECT {", ".join("a." + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a
+            JOIN step_run s ON s.current_attempt_id = a.id
+            WHERE s.instance_id = ANY($1::text[])
+            """,
+            running,
+        ):
+            at = AttemptState(**{c: r[c] for c in _ATTEMPT_COLUMNS})
+            state.instances[at.instance_id].attempts[at.id] = at
+    held = sorted(
+        (st.waiting_since or st.created_at, (st.reason or {}).get("queue", "default"), inst.id, st.step_id)
+        for inst in state.instances.values()
+        if inst.status == "running"
+        for st in inst.steps.values()
+        if st.status == "waiting" and (st.reason or {}).get("code") == DISPATCH_WAIT
+    )
+    for _since, queue, inst_id, step_id in held:
+        state.dispatch_backlog.setdefault(str(queue), deque()).append((inst_id, step_id))
+    state.count_unstarted()
+    state.leaf_active = sum(
+        1
+        for inst in state.instances.values()
+        for at in inst.attempts.values()
+        if at.status in ("dispatched", "running")
+    )
+    for r in await conn.fetch(
+        """
+        SELECT a.id, a.instance_id, a.step_id, a.stopping_until FROM step_attempt a
+        JOIN workflow_instance i ON i.id = a.instance_id
+        WHERE a.stopping_until IS NOT NULL AND i.workflow_id = $1
+        """,
+        workflow_id,
+    ):
+        state.stopping[r["id"]] = StoppingAttempt(
+            r["id"], r["instance_id"], r["step_id"], r["stopping_until"]
+        )
+    # Counters are derived from the rows, so a crash can never leave them drifted.
+    state.row.running_count = counted
+    state.row.queued_count = len(state.queue)
+    return state
+
+
+async def load_ended_run(conn: asyncpg.Connection, instance_id: str) -> InstanceState | None:
+    """A run the actor does not hold (ended), with its steps and their current attempts."""
+    r = await conn.fetchrow(
+        f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM workflow_instance WHERE id = $1", instance_id
+    )
+    if r is None:
+        return None
+    inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+    for s in await conn.fetch(
+        f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id
+    ):
+        st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
+        inst.steps[st.step_id] = st
+    for a in await conn.fetch(
+        f"SELECT {', '.join('a.' + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a "
+        "JOIN step_run s ON s.current_attempt_id = a.id WHERE s.instance_id = $1",
+        instance_id,
+    ):
+        at = AttemptState(**{c: a[c] for c in _ATTEMPT_COLUMNS})
+        inst.attempts[at.id] = at
+    return inst
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowConfig:
+    """The workflow row's columns the API may change between batches (the actor owns the others)."""
+
+    active: bool
+    active_version: int
+    run_strategy: str
+    max_concurrency: int
+    paused: bool
+
+
+async def lock_workflow(conn: asyncpg.Connection, workflow_id: str) -> WorkflowConfig | None:
+    """Lock the workflow row for the batch and read its configuration; None if it was deleted."""
+    row = await conn.fetchrow(
+        "SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow "
+        "WHERE id = $1 FOR UPDATE",
+        workflow_id,
+    )
+    if row is None:
+        return None
+    return WorkflowConfig(
+        row["active"], row["active_version"], row["run_strategy"], row["max_concurrency"], row["paused"]
+    )
+
+
+async def existing_runs(conn: asyncpg.Connection, instance_ids: list[str]) -> set[str]:
+    """Which of these run ids already exist (a start seen before: one run per trigger key)."""
+    if not instance_ids:
+        return set()
+    return {
+        r["id"]
+        for r in await conn.fetch("SELECT id FROM workflow_instance WHERE id = ANY($1::text[])", instance_ids)
+    }
+
+
+async def definitions(conn: asyncpg.Connection, workflow_id: str, versions: list[int]) -> dict[int, str]:
+    """The stored definitions (JSON text) of these versions; a missing version is absent."""
+    rows = await conn.fetch(
+        "SELECT version, definition::text AS definition FROM workflow_version "
+        "WHERE workflow_id = $1 AND version = ANY($2::int[])",
+        workflow_id,
+        versions,
+    )
+    return {r["version"]: r["definition"] for r in rows}
+
+
+async def lock_tags(conn: asyncpg.Connection, names: list[str]) -> dict[str, TagState]:
+    """Lock and load named concurrency tags (in tag order: no deadlocks), their permits and waiters."""
+    names = sorted(names)
+    tags: dict[str, TagState] = {}
+    if not names:
+        return tags
+    limits = {
+        r["tag"]: r["max_running"]
+        for r in await conn.fetch(
+            "SELECT tag, max_running FROM concurrency_tag WHERE tag = ANY($1::text[]) ORDER BY tag FOR UPDATE",
+            names,
+        )
+    }
+    in_use = {
+        r["tag"]: r["n"]
+        for r in await conn.fetch(
+            "SELECT tag, count(*) AS n FROM tag_permit WHERE tag = ANY($1::text[]) GROUP BY tag", names
+        )
+    }
+    for tag in names:
+        tags[tag] = TagState(tag=tag, limit=limits.get(tag), in_use=int(in_use.get(tag, 0)))
+    for r in await conn.fetch(
+        "SELECT tag, since, workflow_id, instance_id, step_id FROM tag_waiter WHERE tag = ANY($1::text[]) "
+        "ORDER BY since",
+        names,
+    ):
+        tags[r["tag"]].waiters.append((r["since"], r["workflow_id"], r["instance_id"], r["step_id"]))
+    return tags
+
+
+@dataclass(frozen=True, slots=True)
+class IterationResult:
+    """The latest run of one foreach iteration."""
+
+    iteration: int
+    status: str
+    outputs: dict[str, Any] | None
+
+
+async def foreach_iterations(
+    conn: asyncpg.Connection, instance_id: str, step_id: str
+) -> list[IterationResult]:
+    """The latest run of each iteration of a foreach step, in item order."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (parent_iteration) parent_iteration, status, outputs FROM workflow_instance "
+        "WHERE parent_instance_id = $1 AND parent_step_id = $2 ORDER BY parent_iteration, seq DESC",
+        instance_id,
+        step_id,
+    )
+    return [IterationResult(r["parent_iteration"], r["status"], r["outputs"]) for r in rows]
+
+
+async def action_recorded(conn: asyncpg.Connection, action_id: str) -> bool:
+    """True if this operator action was applied (or refused) before."""
+    return await conn.fetchval("SELECT result FROM operator_action WHERE id = $1", action_id) is not None
+
+
+# ------------------------------------------------------------------ timers
+
+
+@dataclass(frozen=True, slots=True)
+class DueTimer:
+    """A timer row whose time has come."""
+
+    id: int
+    workflow_id: str
+    instance_id: str
+    kind: str
+    step_id: str | None
+    attempt_id: str | None
+
+
+async def due_timers(conn: asyncpg.Connection, partitions: list[int], limit: int) -> list[DueTimer]:
+    """The timers of these partitions that are due, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id, workflow_id, instance_id, kind, step_id, attempt_id FROM timer "
+        "WHERE partition = ANY($1::int[]) AND fire_at <= now() ORDER BY fire_at LIMIT $2",
+        partitions,
+        limit,
+    )
+    return [
+        DueTimer(r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"])
+        for r in rows
+    ]
+
+
+async def seconds_to_next_timer(conn: asyncpg.Connection, partitions: list[int]) -> float | None:
+    """Seconds until the next timer of these partitions is due (negative if late); None if none."""
+    wait = await conn.fetchval(
+        "SELECT extract(epoch FROM min(fire_at) - now()) FROM timer WHERE partition = ANY($1::int[])",
+        partitions,
+    )
+    return None if wait is None else float(wait)
+
+
+async def take_timer(conn: asyncpg.Connection, timer_id: int) -> bool:
+    """Delete a timer that fires now; False if it fired before or was cancelled (exactly once)."""
+    return await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", timer_id) is not None
+
+
+# ------------------------------------------------------------------ executor liveness
+
+
+@dataclass(frozen=True, slots=True)
+class UnsettledAttempt:
+    """An attempt not settled yet (dispatched, running, or cancelled and not confirmed stopped)."""
+
+    id: str
+    workflow_id: str
+    instance_id: str
+    step_id: str
+    status: str
+    executor: str | None
+    started_at: datetime | None
+    dead_error: str | None  # the error of its dead-lettered work item, if it was dead-lettered
+
+
+async def unsettled_attempts(
+    conn: asyncpg.Connection, work_stream: str, older_than: float, limit: int
+) -> list[UnsettledAttempt]:
+    """Unsettled attempts dispatched more than ``older_than`` seconds ago, oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.instance_id, a.step_id, a.status, a.executor, a.started_at,
+               i.workflow_id,
+               (SELECT d.error FROM dead_letter d WHERE d.msg_id = a.id AND d.stream = $1 LIMIT 1)
+                   AS dead_error
+        FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id
+        WHERE (a.status IN ('dispatched', 'running') OR a.stopping_until IS NOT NULL)
+          AND a.dispatched_at < now() - make_interval(secs => $2)
+        ORDER BY a.dispatched_at
+        LIMIT $3
+        """,
+        work_stream,
+        older_than,
+        limit,
+    )
+    return [
+        UnsettledAttempt(
+            r["id"],
+            r["workflow_id"],
+            r["instance_id"],
+            r["step_id"],
+            r["status"],
+            r["executor"],
+            r["started_at"],
+            r["dead_error"],
+        )
+        for r in rows
+    ]
+
+
+# ------------------------------------------------------------------ writing a batch
+
+
+async def flush(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> None:
+    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once)."""
+    await _write(conn, uow, wf)
+    uow.written()
+
+
+async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> None:
+    if uow.instances:
+        await upsert_instances(conn, list(uow.instances.values()))
+    if uow.steps:
+        await _upsert_steps(conn, list(uow.steps.values()))
+    if uow.attempts:
+        await _upsert_attempts(conn, list(uow.attempts.values()))
+    if uow.stops_settled:
+        await conn.executemany(
+            "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
+            "log_tail = coalesce($3, log_tail), error = $4 WHERE id = $1",
+            [(s.attempt_id, s.ended_at, s.log_tail, s.error) for s in uow.stops_settled],
+        )
+    if uow.orphans_settled:
+        await conn.executemany(
+            "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
+            "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
+            [(o.attempt_id, o.error) for o in uow.orphans_settled],
+        )
+    if uow.timeline:
+        await conn.execute(
+            """
+            INSERT INTO timeline (instance_id, step_id, at, event, message, actor, details)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                                 $6::text[], $7::jsonb[])
+            """,
+            [t.instance_id for t in uow.timeline],
+            [t.step_id for t in uow.timeline],
+            [t.at for t in uow.timeline],
+            [t.event for t in uow.timeline],
+            [t.message for t in uow.timeline],
+            [t.actor for t in uow.timeline],
+            [t.details for t in uow.timeline],
+        )
+    if uow.cancel_timers:
+        await conn.executemany(
+            "DELETE FROM timer WHERE instance_id = $1 AND ($2::text IS NULL OR kind = $2) "
+            "AND ($3::text IS NULL OR step_id = $3)",
+            [(c.instance_id, c.kind, c.step_id) for c in uow.cancel_timers],
+        )
+    if uow.timers:
+        await conn.execute(
+            """
+            INSERT INTO timer (partition, workflow_id, instance_id, step_id, attempt_id, kind, fire_at, payload)
+            SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                 $7::timestamptz[], $8::jsonb[])
+            """,
+            [t.partition for t in uow.timers],
+            [t.workflow_id for t in uow.timers],
+            [t.instance_id for t in uow.timers],
+            [t.step_id for t in uow.timers],
+            [t.attempt_id for t in uow.timers],
+            [t.kind for t in uow.timers],
+            [t.fire_at for t in uow.timers],
+            [t.payload for t in uow.timers],
+        )
+    if uow.actions:
+        await conn.executemany(
+            "INSERT INTO operator_action (id, workflow_id, instance_id, action, actor, reason, result) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            [
+                (a.action_id, a.workflow_id, a.instance_id, a.action, a.actor, a.reason, a.result)
+                for a in uow.actions
+            ],
+        )
+    if uow.permits_del:
+        await conn.executemany(
+            "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2",
+            [(p.tag, p.attempt_id) for p in uow.permits_del],
+        )
+    if uow.permits_add:
+        await conn.executemany(
+            "INSERT INTO tag_permit (tag, attempt_id, workflow_id, instance_id, step_id) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            [(p.tag, p.attempt_id, p.workflow_id, p.instance_id, p.step_id) for p in uow.permits_add],
+        )
+    if uow.waiters_del:
+        await conn.executemany(
+            "DELETE FROM tag_waiter WHERE tag = $1 AND instance_id = $2 AND step_id = $3",
+            [(w.tag, w.instance_id, w.step_id) for w in uow.waiters_del],
+        )
+    if uow.waiters_add:
+        await conn.executemany(
+            "INSERT INTO tag_waiter (tag, workflow_id, instance_id, step_id, since) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT DO NOTHING",
+            [(w.tag, w.workflow_id, w.instance_id, w.step_id, w.since) for w in uow.waiters_add],
+        )
+    if uow.unblocked_instances:
+        await conn.execute(
+            "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
+            uow.unblocked_instances,
+        )
+    if uow.outbox:
+        await add_to_outbox(conn, uow.outbox)
+    if uow.workflow_dirty:
+        await conn.execute(
+            """
+            UPDATE workflow SET running_count = $2, queued_count = $3, blocked_by = $4, blocked_since = $5,
+                   updated_at = now()
+            WHERE id = $1
+            """,
+            wf.id,
+            wf.running_count,
+            wf.queued_count,
+            wf.blocked_by,
+            wf.blocked_since,
+        )
