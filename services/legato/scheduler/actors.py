@@ -32,7 +32,7 @@ from legato.protocol.messages import (
     WorkflowChanged,
 )
 from legato.runtime.component import Component
-from legato.scheduler import actions, dynamic, run_spans
+from legato.scheduler import actions, run_spans
 from legato.scheduler.definitions import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
@@ -263,7 +263,7 @@ class WorkflowActor:
             for r in rows:
                 if 0 <= r["parent_iteration"] < total and r["status"] == "succeeded":
                     results[r["parent_iteration"]] = r["outputs"] or {}
-            dynamic.complete_foreach(engine, parent, step_id, results)
+            engine.complete_foreach(parent, step_id, results)
 
     async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
         """Lock and load the named concurrency tags this workflow's steps use (in tag order: no deadlocks)."""
@@ -341,7 +341,7 @@ class WorkflowActor:
                 engine.on_signal_wait_satisfied(msg)
         elif isinstance(msg, ChildFinished):
             with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
-                dynamic.on_child_finished(engine, msg)
+                engine.on_child_finished(msg)
         elif isinstance(msg, TimerFired):
             fired = await conn.fetchval("DELETE FROM timer WHERE id = $1 RETURNING id", msg.id)
             if fired is None:
@@ -352,7 +352,7 @@ class WorkflowActor:
             target = state.instances.get(msg.instance_id)
             if target is None:
                 return
-            run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
+            run_spans.point(engine.uow, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
             if msg.kind == "retry" and msg.step_id:
                 engine.on_retry_timer(target, msg.step_id)
             elif msg.kind == "step_timeout" and msg.step_id:
@@ -364,7 +364,7 @@ class WorkflowActor:
             target = state.instances.get(msg.instance_id or "")
             if target is not None:
                 run_spans.point(
-                    engine,
+                    engine.uow,
                     target,
                     "operator.action",
                     now_utc(),

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 from opentelemetry.trace import SpanContext
@@ -29,18 +29,34 @@ from legato.core import (
     to_json_value,
 )
 from legato.protocol import encode
-from legato.protocol.ids import attempt_id_for
+from legato.protocol.ids import attempt_id_for, instance_id_for
 from legato.protocol.messages import (
+    ActionRequest,
     AttemptFinished,
     AttemptStarted,
     CancelAttempt,
+    ChildFinished,
     InstanceProgress,
     SignalWaitRegistered,
     SignalWaitSatisfied,
     StartRun,
     WorkItem,
 )
-from legato.scheduler import dynamic, run_spans
+from legato.scheduler import run_spans
+from legato.scheduler.child_steps import FOREACH, RUNTIMES, ChildStepRuntime
+from legato.scheduler.child_steps.context import MAX_DEPTH, ChildEnded, ChildStepContext, RunView, depth_of
+from legato.scheduler.child_steps.foreach import item_params
+from legato.scheduler.child_steps.loop import iteration_view
+from legato.scheduler.child_steps.outcome import (
+    Collect,
+    Fail,
+    Note,
+    Outcome,
+    StartInline,
+    StartRemote,
+    StopChildren,
+    Succeed,
+)
 from legato.scheduler.state import (
     DISPATCH_WAIT,
     AttemptState,
@@ -220,7 +236,7 @@ class RunEngine:
 
     def typed_params(self, inst: InstanceState) -> dict[str, Any]:
         if inst.typed_params is None and inst.body_path:
-            inst.typed_params = dynamic.child_typed_params(self, inst)
+            inst.typed_params = self._inline_params(inst)
         if inst.typed_params is None:
             compiled = self.compiled(inst.workflow_id, inst.version)
             specs = compiled.definition.params
@@ -241,7 +257,7 @@ class RunEngine:
         self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
         self.progress(inst)
-        run_spans.waiting(self, inst, now_utc(), reason, None)
+        run_spans.waiting(self.uow, inst, now_utc(), reason, None)
 
     def restart(self, inst: InstanceState) -> None:
         """A terminal run becomes active again (its undecided steps run as the next run number)."""
@@ -287,7 +303,7 @@ class RunEngine:
                 strategy=self.state.row.run_strategy, trigger=str(inst.trigger.get("kind"))
             )
         if not inst.body_path:
-            run_spans.queue_wait(self, inst, self.state.row.run_strategy)
+            run_spans.queue_wait(self.uow, inst, self.state.row.run_strategy)
         if not inst.params and inst.run_number == 1 and not inst.body_path and not self.resolve_params(inst):
             return
         compiled = self.compiled(inst.workflow_id, inst.version)
@@ -333,8 +349,8 @@ class RunEngine:
             self.state.row.queued_count = max(0, self.state.row.queued_count - 1)
         self.uow.workflow_dirty = True
         if inst.parent_instance_id is not None:
-            dynamic.child_ended(self, inst)
-        run_spans.run_ended(self, inst, self.state.row.run_strategy)
+            self._report_to_parent(inst)
+        run_spans.run_ended(self.uow, inst, self.state.row.run_strategy)
         if inst.under_strategy:
             metrics().runs_finished.add(status=status, strategy=self.state.row.run_strategy)
         if status == "succeeded" and inst.outputs is None:
@@ -374,7 +390,7 @@ class RunEngine:
         iteration = None
         outer: Mapping[str, Any] | None = None
         if inst.body_path:
-            outer, iteration = dynamic.iteration_env(self, inst)
+            outer, iteration = self._parent_view(inst)
         steps = StepsView(inst.steps, outer)
         return EvalEnv(
             params=self.typed_params(inst),
@@ -485,7 +501,7 @@ class RunEngine:
             st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
             inst.steps[step_id] = st
         if step.type not in LEAF_TYPES:
-            dynamic.start_step(self, inst, st)
+            self._start_child_step(inst, st)
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):
             return
@@ -683,7 +699,7 @@ class RunEngine:
         at.log_tail = msg.log_tail
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
-        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+        run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
         st.started_at = st.started_at or at.started_at
         self.uow.cancel_timer(inst.id, "step_timeout", msg.step_id)
         if msg.outcome == "succeeded":
@@ -741,7 +757,7 @@ class RunEngine:
             }
             self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
             run_spans.point(
-                self,
+                self.uow,
                 inst,
                 "step.retry_scheduled",
                 now_utc(),
@@ -812,7 +828,7 @@ class RunEngine:
         at.error = "no result from the executor within the step timeout"
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
-        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+        run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
         self.send_cancel(at.id, "step timed out")
         self.attempt_failed(inst, st, "timeout", at.error, "timed_out")
 
@@ -858,12 +874,12 @@ class RunEngine:
                     self.uow.touch_attempt(at)
                     self.send_cancel(at.id, why, force=force)
                     self.release_permits(inst, st, attempt_id=at.id)
-                    run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+                    run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
                 elif st.status == "waiting":
                     self.release_permits(inst, st, attempt_id=None)
                 elif st.progress is not None and st.status == "running":
                     st.status = status  # first, so the children's ends are not joined back
-                    dynamic.stop_children(self, inst, st, why)
+                    self.stop_children(inst, st, why)
                 self.uow.cancel_timer(inst.id, None, st.step_id)
                 st.status = status
                 st.ended_at = now_utc()
@@ -871,6 +887,277 @@ class RunEngine:
                 self.uow.touch_step(st)
                 self.note(inst, f"step_{status}", f"step {st.step_id} {status}: {why}", step_id=st.step_id)
         return stopping
+
+    # ------------------------------------------------------------------ child steps (foreach, loop, subworkflow)
+
+    def foreach_items(self, inst: InstanceState, step_id: str) -> Any:
+        """A foreach's items, evaluated once per activation with the run's start time as ``now()``."""
+        key = (inst.id, step_id)
+        items = self.items_cache.get(key)
+        if items is None:
+            env = self.env(inst)
+            env.now = inst.started_at or inst.created_at
+            items = self.graph(inst).foreach_items(step_id, env)
+            self.items_cache[key] = items
+        return items
+
+    def _inline_params(self, child: InstanceState) -> dict[str, Any]:
+        """Typed params of an inline child after a reload: the parent's, plus its item and index."""
+        parent = self.state.instances.get(child.parent_instance_id or "")
+        if parent is None:
+            return dict(child.params)
+        typed = dict(self.typed_params(parent))
+        st = parent.steps.get(child.parent_step_id or "")
+        index = child.parent_iteration
+        if st is not None and st.progress and st.progress.get("kind") == "foreach" and index is not None:
+            typed.update(item_params(st.progress, self.foreach_items(parent, st.step_id), index))
+        return typed
+
+    def _parent_view(self, child: InstanceState) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
+        """What an inline child sees of its parent: the enclosing steps, and ``iteration`` in a loop body."""
+        parent = self.state.instances.get(child.parent_instance_id or "")
+        if parent is None:
+            return {}, None
+        outer = self.env(parent).steps
+        st = parent.steps.get(child.parent_step_id or "")
+        if st is not None and st.progress and st.progress.get("kind") == "loop":
+            return outer, iteration_view(st.progress, child.parent_iteration)
+        return outer, None
+
+    def _child_ctx(
+        self, inst: InstanceState, st: StepState, config: Mapping[str, Any] | None = None
+    ) -> ChildStepContext:
+        graph = self.graph(inst)
+        return ChildStepContext(
+            run=RunView(inst.id, inst.workflow_id, inst.run_number, depth_of(inst.trigger)),
+            step_id=st.step_id,
+            step_type=graph.step(st.step_id).type,
+            graph=graph,
+            progress=st.progress,
+            config=config or {},
+            env=lambda: self.env(inst),
+            typed_params=lambda: self.typed_params(inst),
+            items=lambda: self.foreach_items(inst, st.step_id),
+        )
+
+    def _start_child_step(self, inst: InstanceState, st: StepState) -> None:
+        """Resolve the step's params, mark it running and let its runtime decide how it begins."""
+        graph = self.graph(inst)
+        step = graph.step(st.step_id)
+        if depth_of(inst.trigger) >= MAX_DEPTH:
+            self.fail_step_without_attempt(inst, st.step_id, f"nesting deeper than {MAX_DEPTH} child runs")
+            return
+        try:
+            resolved = graph.resolve_step(st.step_id, self.env(inst))
+        except (ParamError, SelError) as exc:
+            self.fail_step_without_attempt(inst, st.step_id, f"params: {exc}")
+            return
+        st.status = "running"
+        st.started_at = st.started_at or now_utc()
+        st.params = jsonable(resolved.params)
+        st.reason = None
+        st.error = None
+        self.uow.touch_step(st)
+        runtime = RUNTIMES.get(step.type)
+        if runtime is None:
+            self.fail_step_without_attempt(inst, st.step_id, f"unknown step type {step.type!r}")
+            return
+        self.apply_outcome(inst, st, runtime, runtime.start(self._child_ctx(inst, st, resolved.config)))
+
+    def apply_outcome(
+        self, inst: InstanceState, st: StepState, runtime: ChildStepRuntime, outcome: Outcome
+    ) -> None:
+        """Apply a child step's decisions in order; ask it again while it says ``resume`` and still runs."""
+        while not outcome.empty:
+            if outcome.progress is not None:
+                st.progress = outcome.progress
+            self.uow.touch_step(st)
+            for decision in outcome.decisions:
+                self._apply_decision(inst, st, decision)
+            if not outcome.resume or st.status != "running":
+                return
+            outcome = runtime.resume(self._child_ctx(inst, st))
+
+    def _apply_decision(
+        self,
+        inst: InstanceState,
+        st: StepState,
+        decision: Note | StartInline | StartRemote | StopChildren | Collect | Succeed | Fail,
+    ) -> None:
+        match decision:
+            case Note(event, message, details):
+                self.note(inst, event, message, step_id=st.step_id, details=details)
+            case StartInline():
+                self._start_inline(inst, st, decision)
+            case StartRemote(start):
+                self.uow.outbox.append(
+                    OutgoingMessage(
+                        self.topology.trigger_subject(start.workflow_id),
+                        encode(start),
+                        msg_id=f"start:{start.instance_id}",
+                        headers=inject_headers({}),
+                    )
+                )
+                index = start.parent.iteration if start.parent else None
+                self.note(
+                    inst,
+                    "child_started",
+                    f"step {st.step_id}: child run {start.instance_id} of {start.workflow_id}",
+                    step_id=st.step_id,
+                    details={"child": start.instance_id, "workflow": start.workflow_id, "index": index},
+                )
+            case StopChildren(why):
+                self.stop_children(inst, st, why)
+            case Collect():
+                self.uow.collect.append((inst.id, st.step_id))
+            case Succeed(outputs, message, publish):
+                st.outputs = outputs
+                st.status = "succeeded"
+                st.ended_at = now_utc()
+                self.uow.touch_step(st)
+                self.note(inst, "step_succeeded", message, step_id=st.step_id)
+                if not publish or self.publish_signals(inst, st, f"{inst.id}-{st.step_id}-{inst.run_number}"):
+                    self.advance(inst)
+            case Fail(error, stop, outputs):
+                if outputs is not None:
+                    st.outputs = outputs
+                if stop:
+                    self.stop_children(inst, st, error)
+                st.status = "failed"
+                st.error = error
+                st.ended_at = now_utc()
+                self.uow.touch_step(st)
+                self.note(inst, "step_failed", f"step {st.step_id} failed: {error}", step_id=st.step_id)
+                self.after_step_failure(inst, st)
+            case _:
+                assert_never(decision)
+
+    def _start_inline(self, inst: InstanceState, st: StepState, start: StartInline) -> None:
+        """A child run of the step's body (a foreach or loop iteration), started here and now."""
+        body = f"{inst.body_path}/{st.step_id}" if inst.body_path else st.step_id
+        child = InstanceState(
+            id=instance_id_for(inst.workflow_id, start.key),
+            workflow_id=inst.workflow_id,
+            version=inst.version,
+            trigger_key=start.key,
+            trigger={
+                "kind": self.graph(inst).step(st.step_id).type,
+                "parent": inst.id,
+                "step": st.step_id,
+                "depth": depth_of(inst.trigger) + 1,
+                **start.trigger_extra,
+            },
+            status="created",
+            params=jsonable(start.typed_params),
+            run_params={},
+            created_at=now_utc(),
+            parent_instance_id=inst.id,
+            parent_step_id=st.step_id,
+            parent_iteration=start.index,
+            root_instance_id=inst.root_instance_id or inst.id,
+            body_path=body,
+            under_strategy=False,
+            new=True,
+        )
+        child.typed_params = start.typed_params
+        run_spans.open_child(child, inst)
+        self.uow.touch_instance(child)
+        self.uow.touch_step(st)
+        self.start(child)
+
+    def stop_children(self, inst: InstanceState, st: StepState, why: str) -> None:
+        """Stop the step's live child runs: inline ones here, others through their workflows' actors."""
+        for child in [
+            c
+            for c in self.state.instances.values()
+            if c.parent_instance_id == inst.id and c.parent_step_id == st.step_id and not c.terminal
+        ]:
+            self.finish(
+                child, "stopped", reason={"code": "parent_stopped", "why": why}, error=f"stopped: {why}"
+            )
+        prog = st.progress or {}
+        remote: list[tuple[str, str]] = []
+        if prog.get("kind") == "subworkflow" and prog.get("child"):
+            remote.append((prog["workflow"], prog["child"]))
+        for wf_child in (prog.get("children") or {}).values():
+            remote.append((wf_child[0], wf_child[1]))
+        for workflow, child_id in remote:
+            self.uow.outbox.append(
+                OutgoingMessage(
+                    self.topology.trigger_subject(workflow),
+                    encode(
+                        ActionRequest(
+                            action_id=f"parent-stop:{child_id}",
+                            workflow_id=workflow,
+                            action="stop",
+                            instance_id=child_id,
+                            reason=why,
+                            actor="legato (parent run ended)",
+                        )
+                    ),
+                    msg_id=f"parent-stop:{child_id}",
+                )
+            )
+
+    def _report_to_parent(self, child: InstanceState) -> None:
+        """A child run ended: tell its parent (in memory when inline, else by message)."""
+        outputs = child.outputs or {
+            sid: s.outputs or {} for sid, s in child.steps.items() if s.status == "succeeded"
+        }
+        if child.body_path:
+            parent = self.state.instances.get(child.parent_instance_id or "")
+            if parent is not None:
+                ended = ChildEnded(child.parent_iteration, child.status, outputs, child.error)
+                self.on_child_ended(parent, child.parent_step_id or "", ended)
+            return
+        parent_wf = child.trigger.get("parent_workflow")
+        if not isinstance(parent_wf, str):
+            return
+        done = ChildFinished(
+            workflow_id=parent_wf,
+            parent_instance_id=child.parent_instance_id or "",
+            parent_step_id=child.parent_step_id or "",
+            iteration=child.parent_iteration,
+            child_instance_id=child.id,
+            child_workflow_id=child.workflow_id,
+            status=child.status,
+            outputs=outputs,
+            error=child.error,
+        )
+        self.uow.outbox.append(
+            OutgoingMessage(
+                self.topology.trigger_subject(parent_wf),
+                encode(done),
+                msg_id=f"childdone:{child.id}:{child.run_number}",
+                headers=inject_headers({}),
+            )
+        )
+
+    def on_child_finished(self, msg: ChildFinished) -> None:
+        """A child run of another workflow (or of this one, through its actor) ended."""
+        parent = self.state.instances.get(msg.parent_instance_id)
+        if parent is None:
+            return
+        ended = ChildEnded(msg.iteration, msg.status, msg.outputs, msg.error, msg.child_instance_id)
+        self.on_child_ended(parent, msg.parent_step_id, ended)
+
+    def on_child_ended(self, parent: InstanceState, step_id: str, ended: ChildEnded) -> None:
+        """Join an ended child run into its parent's step, through the step's runtime."""
+        st = parent.steps.get(step_id)
+        if parent.status != "running" or st is None or st.status != "running" or not st.progress:
+            return  # the parent or its step ended meanwhile (e.g. stopped): nothing to join
+        runtime = RUNTIMES.get(str(st.progress.get("kind")))
+        if runtime is not None:
+            self.apply_outcome(
+                parent, st, runtime, runtime.on_child_ended(self._child_ctx(parent, st), ended)
+            )
+
+    def complete_foreach(self, parent: InstanceState, step_id: str, results: list[Any]) -> None:
+        """All iterations ended and their outputs are collected (item order): the step ends."""
+        st = parent.steps.get(step_id)
+        if st is None or st.status != "running" or not st.progress:
+            return
+        self.apply_outcome(parent, st, FOREACH, FOREACH.complete(self._child_ctx(parent, st), results))
 
     # ------------------------------------------------------------------ stops awaiting confirmation
 
@@ -977,7 +1264,7 @@ class RunEngine:
             "message": "waiting for signals " + ", ".join(n for n in names if n not in got),
         }
         self.uow.touch_step(st)
-        run_spans.waiting(self, inst, now_utc(), st.reason, st.step_id)
+        run_spans.waiting(self.uow, inst, now_utc(), st.reason, st.step_id)
         self.note(
             inst,
             "step_waiting",
@@ -1126,7 +1413,7 @@ class RunEngine:
                 ts.waiters.sort(key=lambda w: w[0])
                 self.uow.waiters_add.append((tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since))
         if first:
-            run_spans.waiting(self, inst, now_utc(), reason, st.step_id)
+            run_spans.waiting(self.uow, inst, now_utc(), reason, st.step_id)
             self.note(
                 inst,
                 "step_waiting",

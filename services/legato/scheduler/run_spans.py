@@ -29,8 +29,7 @@ from legato.telemetry.metrics import metrics
 from legato.telemetry.tracing import emit_span, sample_new_trace
 
 if TYPE_CHECKING:
-    from legato.scheduler.engine import RunEngine
-    from legato.scheduler.state import AttemptState, InstanceState, StepState
+    from legato.scheduler.state import AttemptState, InstanceState, StepState, UnitOfWork
 
 MAX_ATTR = 256
 
@@ -95,8 +94,8 @@ def _attrs(inst: InstanceState, **extra: Any) -> dict[str, Any]:
     return out
 
 
-def _later(engine: RunEngine, **kwargs: Any) -> None:
-    engine.uow.spans.append(functools.partial(_emit_safely, **kwargs))
+def _later(uow: UnitOfWork, **kwargs: Any) -> None:
+    uow.spans.append(functools.partial(_emit_safely, **kwargs))
 
 
 def _emit_safely(**kwargs: Any) -> None:
@@ -107,13 +106,13 @@ def _emit_safely(**kwargs: Any) -> None:
 
 
 def attempt_ended(
-    engine: RunEngine, inst: InstanceState, st: StepState, at: AttemptState, step_type: str
+    uow: UnitOfWork, inst: InstanceState, st: StepState, at: AttemptState, step_type: str
 ) -> None:
     if at.span_id is None or inst.traceparent is None:
         return
     outcome = at.status
     _later(
-        engine,
+        uow,
         name="step.attempt",
         span_id=int(at.span_id, 16),
         parent=inst.traceparent,
@@ -138,13 +137,13 @@ def attempt_ended(
         )
 
 
-def point(engine: RunEngine, inst: InstanceState, name: str, at: datetime, **attrs: Any) -> None:
+def point(uow: UnitOfWork, inst: InstanceState, name: str, at: datetime, **attrs: Any) -> None:
     """A short span on the run's trace for a decision (retry scheduled, timer fired, operator action…)."""
     if inst.traceparent is None:
         return
     t = _ns(at)
     _later(
-        engine,
+        uow,
         name=name,
         span_id=new_span_id(),
         parent=inst.traceparent,
@@ -155,7 +154,7 @@ def point(engine: RunEngine, inst: InstanceState, name: str, at: datetime, **att
 
 
 def waiting(
-    engine: RunEngine, inst: InstanceState, at: datetime, reason: dict[str, Any], step_id: str | None
+    uow: UnitOfWork, inst: InstanceState, at: datetime, reason: dict[str, Any], step_id: str | None
 ) -> None:
     """Why something waits, as an event on the run's trace (dashboards answer "why is nothing running")."""
     if inst.traceparent is None:
@@ -166,7 +165,7 @@ def waiting(
         "legato.message": str(reason.get("message", ""))[:MAX_ATTR],
     }
     _later(
-        engine,
+        uow,
         name="run.waiting",
         span_id=new_span_id(),
         parent=inst.traceparent,
@@ -177,11 +176,11 @@ def waiting(
     )
 
 
-def queue_wait(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
+def queue_wait(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:
     if inst.traceparent is None or inst.started_at is None:
         return
     _later(
-        engine,
+        uow,
         name="run.queue_wait",
         span_id=new_span_id(),
         parent=inst.traceparent,
@@ -191,7 +190,7 @@ def queue_wait(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
     )
 
 
-def run_ended(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
+def run_ended(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:
     ids = _span_id_of(inst.traceparent)
     if ids is None:
         return
@@ -206,7 +205,7 @@ def run_ended(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
             links.append(Link(_trace.get_current_span(ctx).get_span_context()))
     name = "workflow.run" if not inst.body_path else "workflow.iteration"
     _later(
-        engine,
+        uow,
         name=name,
         span_id=span_id,
         trace_id=trace_id,
