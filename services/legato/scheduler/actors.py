@@ -233,8 +233,7 @@ class WorkflowActor:
             await uow.flush(conn, state.row)
             await reg.leaser.check(conn, self.partition, final=True)
         self.batches += 1
-        for emit in uow.spans:
-            emit()
+        run_spans.emit(uow.spans)
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
         if uow.flushed_outbox:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from legato.bus.publisher import OutgoingMessage
+from legato.scheduler.span_facts import SpanFact
 from legato.store.outbox import add_to_outbox
 
 ACTIVE = ("queued", "running")
@@ -302,8 +303,9 @@ class UnitOfWork:
     waiters_del: list[tuple[str, str, str]] = field(default_factory=list)
     # Other workflows to wake because a permit of a tag they wait for was freed.
     nudges: set[str] = field(default_factory=set)
-    # Spans to emit once the batch committed (an aborted batch must not report what did not happen).
-    spans: list[Callable[[], None]] = field(default_factory=list)
+    # What the run's trace shows, emitted as spans once the batch committed (``run_spans.emit``): an
+    # aborted batch must not report what did not happen.
+    spans: list[SpanFact] = field(default_factory=list)
     # Status changes for watchers, published after commit on core NATS (not through the outbox).
     progress: dict[str, Any] = field(default_factory=dict)
     # foreach steps whose iterations all ended: their outputs are collected from Postgres.
