@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, assert_never
 
@@ -21,17 +21,12 @@ from opentelemetry.trace import SpanContext
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
 from legato.core import (
-    CompiledWorkflow,
-    EvalEnv,
-    InstanceInfo,
     ParamError,
-    from_json_value,
     to_json_value,
 )
 from legato.protocol import encode
-from legato.protocol.ids import attempt_id_for, instance_id_for
+from legato.protocol.ids import attempt_id_for
 from legato.protocol.messages import (
-    ActionRequest,
     AttemptFinished,
     AttemptStarted,
     CancelAttempt,
@@ -42,11 +37,9 @@ from legato.protocol.messages import (
     StartRun,
     WorkItem,
 )
-from legato.scheduler import run_spans
+from legato.scheduler import permits, run_spans, stops
 from legato.scheduler.child_steps import FOREACH, RUNTIMES, ChildStepRuntime
 from legato.scheduler.child_steps.context import MAX_DEPTH, ChildEnded, ChildStepContext, RunView, depth_of
-from legato.scheduler.child_steps.foreach import item_params
-from legato.scheduler.child_steps.loop import iteration_view
 from legato.scheduler.child_steps.outcome import (
     Collect,
     Fail,
@@ -57,6 +50,14 @@ from legato.scheduler.child_steps.outcome import (
     StopChildren,
     Succeed,
 )
+from legato.scheduler.child_steps.runs import (
+    child_finished,
+    child_outputs,
+    inline_child,
+    remote_children,
+    stop_request,
+)
+from legato.scheduler.run_views import CompiledLookup, RunViews
 from legato.scheduler.state import (
     DISPATCH_WAIT,
     AttemptState,
@@ -84,12 +85,6 @@ QUIET_FOR_ITERATIONS = frozenset(
 # Slack past a step's timeout before the scheduler itself declares an attempt timed out (the executor
 # enforces the timeout; this only covers an executor that went silent).
 STEP_TIMEOUT_GRACE = 30.0
-# How long a stopped run's attempt may take to confirm that it stopped before its strategy slot is given
-# to the next run anyway (the executor's kill grace, SIGTERM -> SIGKILL, is 2 s by default). A dead
-# executor is detected within seconds (``liveness.py``) and releases the slot at once.
-STOP_CONFIRM_GRACE = 30.0
-
-CompiledLookup = Callable[[str, int], CompiledWorkflow]
 
 
 def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,39 +102,6 @@ def _json(value: Any) -> bytes:
 # other ready steps are held in the scheduler and sent as those start. Executor queues are FIFO, so
 # without it a 10,000-step fan-out puts 10,000 items ahead of every other workflow's next step.
 DISPATCH_WINDOW = 256
-
-
-class StepsView(Mapping[str, Any]):
-    """``steps.<id>`` as expressions see it: ``{"outputs", "status"}`` read from the run's step states
-    when an expression asks, the enclosing graph's steps (``outer``) behind them inside a body.
-
-    Building every step's entry for each dispatch made a run of 10,000 parallel steps quadratic (seconds
-    of CPU per batch, with every other workflow of the partition waiting behind it). Read once per
-    evaluation, right after ``env()``: what it shows is what a copy made at that moment would show.
-    """
-
-    __slots__ = ("_outer", "_steps")
-
-    def __init__(self, steps: Mapping[str, StepState], outer: Mapping[str, Any] | None = None) -> None:
-        self._steps = steps
-        self._outer = outer
-
-    def __getitem__(self, step_id: str) -> dict[str, Any]:
-        st = self._steps.get(step_id)
-        if st is not None:
-            return {"outputs": st.outputs or {}, "status": st.status}
-        if self._outer is not None:
-            value: dict[str, Any] = self._outer[step_id]
-            return value
-        raise KeyError(step_id)
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._steps
-        if self._outer is not None:
-            yield from (sid for sid in self._outer if sid not in self._steps)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class RunEngine:
@@ -163,18 +125,15 @@ class RunEngine:
         self.partition = partition_of(state.row.id, topology.partitions)
         # Set when a slot was freed: waiting steps are retried after the current message.
         self.permits_freed = False
-        # foreach items per (run, step), evaluated once per activation (ranges stay lazy).
-        self.items_cache: dict[tuple[str, str], Any] = items_cache if items_cache is not None else {}
+        # What expressions see of the runs (read-only): graphs, typed params, environments, foreach items.
+        self.views = RunViews(state, compiled, items_cache)
+        self.graph = self.views.graph
+        self.env = self.views.env
+        self.typed_params = self.views.typed_params
+        self.instance_info = self.views.instance_info
+        self.foreach_items = self.views.foreach_items
 
     # ------------------------------------------------------------------ runs
-
-    def graph(self, inst: InstanceState) -> CompiledWorkflow:
-        """The step graph a run executes: the workflow's, or the body of one of its steps."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
-        if inst.body_path:
-            for part in inst.body_path.split("/"):
-                compiled = compiled.body(part)
-        return compiled
 
     def new_instance(
         self, msg: StartRun, version: int, status: str, parent: SpanContext | None = None
@@ -224,26 +183,6 @@ class RunEngine:
         inst.typed_params = typed
         inst.params = jsonable(typed)
         return True
-
-    def instance_info(self, inst: InstanceState) -> InstanceInfo:
-        return InstanceInfo(
-            id=inst.id,
-            workflow_id=inst.workflow_id,
-            version=inst.version,
-            start_time=inst.started_at or inst.created_at,
-            trigger=dict(inst.trigger),
-        )
-
-    def typed_params(self, inst: InstanceState) -> dict[str, Any]:
-        if inst.typed_params is None and inst.body_path:
-            inst.typed_params = self._inline_params(inst)
-        if inst.typed_params is None:
-            compiled = self.compiled(inst.workflow_id, inst.version)
-            specs = compiled.definition.params
-            inst.typed_params = {
-                k: (from_json_value(v, specs[k].type) if k in specs else v) for k, v in inst.params.items()
-            }
-        return inst.typed_params
 
     def enqueue(self, inst: InstanceState, reason: dict[str, Any], *, front: bool = False) -> None:
         inst.status = "queued"
@@ -385,28 +324,6 @@ class RunEngine:
 
     # ------------------------------------------------------------------ the step graph
 
-    def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
-        info = self.instance_info(inst)
-        iteration = None
-        outer: Mapping[str, Any] | None = None
-        if inst.body_path:
-            outer, iteration = self._parent_view(inst)
-        steps = StepsView(inst.steps, outer)
-        return EvalEnv(
-            params=self.typed_params(inst),
-            steps=steps,
-            signals=dict(signals or {}),
-            instance={
-                "id": info.id,
-                "workflow_id": info.workflow_id,
-                "version": info.version,
-                "start_time": info.start_time,
-                "trigger": info.trigger,
-                "run_number": inst.run_number,
-            },
-            iteration=iteration,
-        )
-
     def advance(self, inst: InstanceState) -> None:
         """Decide every step whose predecessors are all done; end the run when nothing is left."""
         if inst.status != "running":
@@ -544,7 +461,7 @@ class RunEngine:
             inst.attempts.pop(previous, None)
         inst.attempts[attempt_id] = at
         self.uow.touch_attempt(at)
-        self.record_permits(inst, st, step.concurrency_tags, attempt_id)
+        permits.hold(self.state, self.uow, inst, st, step.concurrency_tags, attempt_id)
         work = WorkItem(
             attempt_id=attempt_id,
             workflow_id=inst.workflow_id,
@@ -659,7 +576,9 @@ class RunEngine:
         stopping = self.state.stopping.get(msg.attempt_id)
         if stopping is not None:
             said = f"{msg.outcome}: {msg.error}" if msg.error else msg.outcome
-            self.settle_stop(
+            stops.settle(
+                self.state,
+                self.uow,
                 stopping,
                 from_epoch(msg.finished_at),
                 msg.log_tail,
@@ -866,7 +785,7 @@ class RunEngine:
                     at.ended_at = now_utc()
                     at.error = why
                     if hold:
-                        at.stopping_until = at.ended_at + timedelta(seconds=STOP_CONFIRM_GRACE)
+                        at.stopping_until = at.ended_at + timedelta(seconds=stops.STOP_CONFIRM_GRACE)
                         self.state.stopping[at.id] = StoppingAttempt(
                             at.id, inst.id, at.step_id, at.stopping_until
                         )
@@ -889,40 +808,6 @@ class RunEngine:
         return stopping
 
     # ------------------------------------------------------------------ child steps (foreach, loop, subworkflow)
-
-    def foreach_items(self, inst: InstanceState, step_id: str) -> Any:
-        """A foreach's items, evaluated once per activation with the run's start time as ``now()``."""
-        key = (inst.id, step_id)
-        items = self.items_cache.get(key)
-        if items is None:
-            env = self.env(inst)
-            env.now = inst.started_at or inst.created_at
-            items = self.graph(inst).foreach_items(step_id, env)
-            self.items_cache[key] = items
-        return items
-
-    def _inline_params(self, child: InstanceState) -> dict[str, Any]:
-        """Typed params of an inline child after a reload: the parent's, plus its item and index."""
-        parent = self.state.instances.get(child.parent_instance_id or "")
-        if parent is None:
-            return dict(child.params)
-        typed = dict(self.typed_params(parent))
-        st = parent.steps.get(child.parent_step_id or "")
-        index = child.parent_iteration
-        if st is not None and st.progress and st.progress.get("kind") == "foreach" and index is not None:
-            typed.update(item_params(st.progress, self.foreach_items(parent, st.step_id), index))
-        return typed
-
-    def _parent_view(self, child: InstanceState) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
-        """What an inline child sees of its parent: the enclosing steps, and ``iteration`` in a loop body."""
-        parent = self.state.instances.get(child.parent_instance_id or "")
-        if parent is None:
-            return {}, None
-        outer = self.env(parent).steps
-        st = parent.steps.get(child.parent_step_id or "")
-        if st is not None and st.progress and st.progress.get("kind") == "loop":
-            return outer, iteration_view(st.progress, child.parent_iteration)
-        return outer, None
 
     def _child_ctx(
         self, inst: InstanceState, st: StepState, config: Mapping[str, Any] | None = None
@@ -1034,32 +919,7 @@ class RunEngine:
 
     def _start_inline(self, inst: InstanceState, st: StepState, start: StartInline) -> None:
         """A child run of the step's body (a foreach or loop iteration), started here and now."""
-        body = f"{inst.body_path}/{st.step_id}" if inst.body_path else st.step_id
-        child = InstanceState(
-            id=instance_id_for(inst.workflow_id, start.key),
-            workflow_id=inst.workflow_id,
-            version=inst.version,
-            trigger_key=start.key,
-            trigger={
-                "kind": self.graph(inst).step(st.step_id).type,
-                "parent": inst.id,
-                "step": st.step_id,
-                "depth": depth_of(inst.trigger) + 1,
-                **start.trigger_extra,
-            },
-            status="created",
-            params=jsonable(start.typed_params),
-            run_params={},
-            created_at=now_utc(),
-            parent_instance_id=inst.id,
-            parent_step_id=st.step_id,
-            parent_iteration=start.index,
-            root_instance_id=inst.root_instance_id or inst.id,
-            body_path=body,
-            under_strategy=False,
-            new=True,
-        )
-        child.typed_params = start.typed_params
+        child = inline_child(inst, st.step_id, self.graph(inst).step(st.step_id).type, start)
         run_spans.open_child(child, inst)
         self.uow.touch_instance(child)
         self.uow.touch_step(st)
@@ -1075,59 +935,30 @@ class RunEngine:
             self.finish(
                 child, "stopped", reason={"code": "parent_stopped", "why": why}, error=f"stopped: {why}"
             )
-        prog = st.progress or {}
-        remote: list[tuple[str, str]] = []
-        if prog.get("kind") == "subworkflow" and prog.get("child"):
-            remote.append((prog["workflow"], prog["child"]))
-        for wf_child in (prog.get("children") or {}).values():
-            remote.append((wf_child[0], wf_child[1]))
-        for workflow, child_id in remote:
+        for workflow, child_id in remote_children(st.progress):
             self.uow.outbox.append(
                 OutgoingMessage(
                     self.topology.trigger_subject(workflow),
-                    encode(
-                        ActionRequest(
-                            action_id=f"parent-stop:{child_id}",
-                            workflow_id=workflow,
-                            action="stop",
-                            instance_id=child_id,
-                            reason=why,
-                            actor="legato (parent run ended)",
-                        )
-                    ),
+                    encode(stop_request(workflow, child_id, why)),
                     msg_id=f"parent-stop:{child_id}",
                 )
             )
 
     def _report_to_parent(self, child: InstanceState) -> None:
         """A child run ended: tell its parent (in memory when inline, else by message)."""
-        outputs = child.outputs or {
-            sid: s.outputs or {} for sid, s in child.steps.items() if s.status == "succeeded"
-        }
         if child.body_path:
             parent = self.state.instances.get(child.parent_instance_id or "")
             if parent is not None:
-                ended = ChildEnded(child.parent_iteration, child.status, outputs, child.error)
+                ended = ChildEnded(child.parent_iteration, child.status, child_outputs(child), child.error)
                 self.on_child_ended(parent, child.parent_step_id or "", ended)
             return
         parent_wf = child.trigger.get("parent_workflow")
         if not isinstance(parent_wf, str):
             return
-        done = ChildFinished(
-            workflow_id=parent_wf,
-            parent_instance_id=child.parent_instance_id or "",
-            parent_step_id=child.parent_step_id or "",
-            iteration=child.parent_iteration,
-            child_instance_id=child.id,
-            child_workflow_id=child.workflow_id,
-            status=child.status,
-            outputs=outputs,
-            error=child.error,
-        )
         self.uow.outbox.append(
             OutgoingMessage(
                 self.topology.trigger_subject(parent_wf),
-                encode(done),
+                encode(child_finished(child, parent_wf)),
                 msg_id=f"childdone:{child.id}:{child.run_number}",
                 headers=inject_headers({}),
             )
@@ -1162,48 +993,20 @@ class RunEngine:
     # ------------------------------------------------------------------ stops awaiting confirmation
 
     def stop_wait_reason(self) -> dict[str, Any] | None:
-        """Why the next run waits although a slot looks free: stopped runs not confirmed stopped yet."""
-        if not self.state.stopping:
-            return None
-        first = min(self.state.stopping.values(), key=lambda s: s.until)
-        runs = self.state.stopping_runs()
-        return {
-            "code": "waiting_for_stop",
-            "runs": runs,
-            "attempts": sorted(self.state.stopping),
-            "until": first.until.isoformat(),
-            "message": (
-                f"waiting for run {first.instance_id} (step {first.step_id}, attempt {first.attempt_id}) "
-                f"to confirm it stopped, at most until {first.until.isoformat(timespec='seconds')}"
-            ),
-        }
-
-    def settle_stop(
-        self, stopping: StoppingAttempt, ended_at: datetime | None, log_tail: str | None, why: str
-    ) -> None:
-        """The stopping attempt is known to be over (or given up on): its run's slot is free again."""
-        self.state.stopping.pop(stopping.attempt_id, None)
-        self.uow.stops_settled.append((stopping.attempt_id, ended_at, log_tail, why[:4000]))
-        self.uow.cancel_timer(stopping.instance_id, "stop_grace", stopping.step_id)
-        self.uow.note(
-            TimelineEntry(
-                stopping.instance_id,
-                "step_stop_confirmed",
-                f"step {stopping.step_id}: {why}",
-                step_id=stopping.step_id,
-                details={"attempt_id": stopping.attempt_id},
-            )
-        )
+        """Why the next run waits although a slot looks free (``stops.py``)."""
+        return stops.wait_reason(self.state)
 
     def on_stop_grace_timer(self, attempt_id: str | None) -> None:
         stopping = self.state.stopping.get(attempt_id or "")
         if stopping is None:
             return
-        self.settle_stop(
+        stops.settle(
+            self.state,
+            self.uow,
             stopping,
             None,
             None,
-            f"cancelled with its run; no confirmation that it stopped within {STOP_CONFIRM_GRACE:g}s: "
+            f"cancelled with its run; no confirmation that it stopped within {stops.STOP_CONFIRM_GRACE:g}s: "
             "its slot is given to the next run",
         )
 
@@ -1337,82 +1140,19 @@ class RunEngine:
             )
         return True
 
-    # ------------------------------------------------------------------ concurrency permits
+    # ------------------------------------------------------------------ concurrency permits (permits.py)
 
     def acquire_permits(self, inst: InstanceState, st: StepState) -> bool:
         """Take the step's slot under ``step_concurrency`` and each named tag, oldest waiter first."""
         compiled = self.graph(inst)
-        step = compiled.step(st.step_id)
-        limit = compiled.definition.step_concurrency
-        since = st.waiting_since or now_utc()
-        if limit:
-            older = sum(
-                1
-                for w_since, _i, w in self.state.waiting_steps()
-                if w is not st
-                and w_since < since
-                and w.reason
-                and w.reason.get("code") == "waiting_for_step_concurrency"
-            )
-            if self.state.leaf_active + older >= limit:
-                return self._wait_for_permit(
-                    inst,
-                    st,
-                    {
-                        "code": "waiting_for_step_concurrency",
-                        "limit": limit,
-                        "in_use": self.state.leaf_active,
-                        "message": f"waiting for a step slot: step_concurrency {self.state.leaf_active}/{limit} in use",
-                    },
-                )
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is None or ts.limit is None:
-                continue
-            older = sum(
-                1
-                for w_since, _wf, w_inst, w_step in ts.waiters
-                if w_since < since and not (w_inst == inst.id and w_step == st.step_id)
-            )
-            if ts.in_use + older >= ts.limit:
-                return self._wait_for_permit(
-                    inst,
-                    st,
-                    {
-                        "code": "waiting_for_permit",
-                        "tag": tag,
-                        "limit": ts.limit,
-                        "in_use": ts.in_use,
-                        "message": f"waiting for tag permit {tag} ({ts.in_use}/{ts.limit} held)",
-                    },
-                )
-        # Acquired: leave every waiter list.
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is not None:
-                before = len(ts.waiters)
-                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
-                if len(ts.waiters) != before:
-                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
-        if st.status == "waiting":
-            st.waiting_since = None
-        return True
-
-    def _wait_for_permit(self, inst: InstanceState, st: StepState, reason: dict[str, Any]) -> bool:
-        first = st.status != "waiting" or not st.reason or st.reason.get("code") != reason["code"]
-        if st.waiting_since is None:
-            st.waiting_since = now_utc()
-        st.status = "waiting"
-        st.reason = reason
-        self.uow.touch_step(st)
-        tag = reason.get("tag")
-        if tag is not None:
-            ts = self.state.tags[tag]
-            if not any(w[2] == inst.id and w[3] == st.step_id for w in ts.waiters):
-                ts.waiters.append((st.waiting_since, inst.workflow_id, inst.id, st.step_id))
-                ts.waiters.sort(key=lambda w: w[0])
-                self.uow.waiters_add.append((tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since))
-        if first:
+        tags = compiled.step(st.step_id).concurrency_tags
+        reason = permits.blocking_limit(self.state, inst, st, tags, compiled.definition.step_concurrency)
+        if reason is None:
+            permits.leave_waiters(self.state, self.uow, inst, st, tags)
+            if st.status == "waiting":
+                st.waiting_since = None
+            return True
+        if permits.wait(self.state, self.uow, inst, st, reason):
             run_spans.waiting(self.uow, inst, now_utc(), reason, st.step_id)
             self.note(
                 inst,
@@ -1423,39 +1163,14 @@ class RunEngine:
             )
         return False
 
-    def record_permits(self, inst: InstanceState, st: StepState, tags: list[str], attempt_id: str) -> None:
-        self.state.leaf_active += 1
-        for tag in tags:
-            ts = self.state.tags.get(tag)
-            if ts is not None and ts.limit is not None:
-                ts.in_use += 1
-                self.uow.permits_add.append((tag, attempt_id, inst.workflow_id, inst.id, st.step_id))
-
     def release_permits(self, inst: InstanceState, st: StepState, *, attempt_id: str | None) -> None:
         """The attempt ended (or the waiting step went away): free its slots and wake who waits."""
         compiled = self.graph(inst)
-        step = compiled.step(st.step_id)
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is None:
-                continue
-            if attempt_id is not None and ts.limit is not None:
-                ts.in_use = max(0, ts.in_use - 1)
-                self.uow.permits_del.append((tag, attempt_id))
-            if attempt_id is None:
-                before = len(ts.waiters)
-                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
-                if len(ts.waiters) != before:
-                    self.uow.waiters_del.append((tag, inst.id, st.step_id))
-            # Wake the oldest waiters of other workflows; this workflow's are retried after each message.
-            for _since, wf, _i, _s in ts.waiters[: max(1, (ts.limit or 0) - ts.in_use)]:
-                if wf != inst.workflow_id:
-                    self.uow.nudges.add(wf)
-        if attempt_id is not None:
-            self.state.leaf_active = max(0, self.state.leaf_active - 1)
-            # Only a limited slot can have waiters worth retrying.
-            if step.concurrency_tags or compiled.definition.step_concurrency:
-                self.permits_freed = True
+        tags = compiled.step(st.step_id).concurrency_tags
+        permits.release(self.state, self.uow, inst, st, tags, attempt_id=attempt_id)
+        # Only a limited slot can have waiters worth retrying.
+        if attempt_id is not None and (tags or compiled.definition.step_concurrency):
+            self.permits_freed = True
 
     def retry_waiting(self) -> None:
         """Give freed slots to this workflow's waiting steps, oldest first."""
