@@ -816,7 +816,6 @@ class RunEngine:
         return ChildStepContext(
             run=RunView(inst.id, inst.workflow_id, inst.run_number, depth_of(inst.trigger)),
             step_id=st.step_id,
-            step_type=graph.step(st.step_id).type,
             graph=graph,
             progress=st.progress,
             config=config or {},

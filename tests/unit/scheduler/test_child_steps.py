@@ -72,7 +72,6 @@ class Step:
         return ChildStepContext(
             run=RunView("run-1", self.graph.definition.id, 1, 0),
             step_id=self.step_id,
-            step_type=self.graph.step(self.step_id).type,
             graph=self.graph,
             progress=self.progress,
             config=config or {},

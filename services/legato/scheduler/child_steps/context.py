@@ -33,7 +33,6 @@ class ChildStepContext:
 
     run: RunView
     step_id: str
-    step_type: str
     graph: CompiledWorkflow  # the graph the step belongs to
     progress: dict[str, Any] | None  # the step's progress record, owned by the runtime
     config: Mapping[str, Any]  # the step's resolved config (on ``start``; empty afterwards)
