@@ -33,7 +33,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkflowChanged,
 )
-from legato.scheduler import actions, dynamic, repository, run_spans
+from legato.scheduler import actions, repository, run_spans
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
@@ -196,8 +196,7 @@ class WorkflowActor:
                 )
             await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
-        for emit in uow.spans:
-            emit()
+        run_spans.emit(uow.spans)
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
         if uow.flushed_outbox:
@@ -243,7 +242,7 @@ class WorkflowActor:
             for r in rows:
                 if 0 <= r.iteration < total and r.status == "succeeded":
                     results[r.iteration] = r.outputs or {}
-            dynamic.complete_foreach(engine, parent, step_id, results)
+            engine.complete_foreach(parent, step_id, results)
 
     async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
         """Lock and load the named concurrency tags this workflow's steps use."""
@@ -281,7 +280,7 @@ class WorkflowActor:
                     engine.on_signal_wait_satisfied(msg)
             case ChildFinished():
                 with bind_context(instance_id=msg.parent_instance_id, step_id=msg.parent_step_id):
-                    dynamic.on_child_finished(engine, msg)
+                    engine.on_child_finished(msg)
             case TimerFired():
                 if await repository.take_timer(conn, msg.id):  # else fired before, or cancelled: exactly once
                     self._fire_timer(engine, msg)
@@ -290,7 +289,7 @@ class WorkflowActor:
                 target = engine.state.instances.get(msg.instance_id or "")
                 if target is not None:
                     run_spans.point(
-                        engine,
+                        engine.uow,
                         target,
                         "operator.action",
                         now_utc(),
@@ -334,7 +333,7 @@ class WorkflowActor:
         target = engine.state.instances.get(msg.instance_id)
         if target is None:
             return
-        run_spans.point(engine, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
+        run_spans.point(engine.uow, target, "timer.fired", now_utc(), kind=msg.kind, step_id=msg.step_id)
         if msg.kind == "retry" and msg.step_id:
             engine.on_retry_timer(target, msg.step_id)
         elif msg.kind == "step_timeout" and msg.step_id:

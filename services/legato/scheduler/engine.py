@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 from opentelemetry.trace import SpanContext
@@ -21,11 +21,7 @@ from opentelemetry.trace import SpanContext
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
 from legato.core import (
-    CompiledWorkflow,
-    EvalEnv,
-    InstanceInfo,
     ParamError,
-    from_json_value,
     to_json_value,
 )
 from legato.protocol import encode
@@ -34,26 +30,42 @@ from legato.protocol.messages import (
     AttemptFinished,
     AttemptStarted,
     CancelAttempt,
+    ChildFinished,
     InstanceProgress,
     SignalWaitRegistered,
     SignalWaitSatisfied,
     StartRun,
     WorkItem,
 )
-from legato.scheduler import dynamic, run_spans
+from legato.scheduler import permits, run_spans, stops
+from legato.scheduler.child_steps import FOREACH, RUNTIMES, ChildStepRuntime
+from legato.scheduler.child_steps.context import MAX_DEPTH, ChildEnded, ChildStepContext, RunView, depth_of
+from legato.scheduler.child_steps.outcome import (
+    Collect,
+    Fail,
+    Note,
+    Outcome,
+    StartInline,
+    StartRemote,
+    StopChildren,
+    Succeed,
+)
+from legato.scheduler.child_steps.runs import (
+    child_finished,
+    child_outputs,
+    inline_child,
+    remote_children,
+    stop_request,
+)
+from legato.scheduler.run_views import CompiledLookup, RunViews
 from legato.scheduler.state import (
     DISPATCH_WAIT,
     AttemptState,
     InstanceState,
     NewTimer,
     OrphanSettled,
-    PermitGrant,
-    PermitRelease,
     StepState,
     StoppingAttempt,
-    StopSettled,
-    TagWaiterAdd,
-    TagWaiterRemove,
     TimelineEntry,
     UnitOfWork,
     WorkflowState,
@@ -74,12 +86,6 @@ QUIET_FOR_ITERATIONS = frozenset(
 # Slack past a step's timeout before the scheduler itself declares an attempt timed out (the executor
 # enforces the timeout; this only covers an executor that went silent).
 STEP_TIMEOUT_GRACE = 30.0
-# How long a stopped run's attempt may take to confirm that it stopped before its strategy slot is given
-# to the next run anyway (the executor's kill grace, SIGTERM -> SIGKILL, is 2 s by default). A dead
-# executor is detected within seconds (``liveness.py``) and releases the slot at once.
-STOP_CONFIRM_GRACE = 30.0
-
-CompiledLookup = Callable[[str, int], CompiledWorkflow]
 
 
 def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,39 +103,6 @@ def _json(value: Any) -> bytes:
 # other ready steps are held in the scheduler and sent as those start. Executor queues are FIFO, so
 # without it a 10,000-step fan-out puts 10,000 items ahead of every other workflow's next step.
 DISPATCH_WINDOW = 256
-
-
-class StepsView(Mapping[str, Any]):
-    """``steps.<id>`` as expressions see it: ``{"outputs", "status"}`` read from the run's step states
-    when an expression asks, the enclosing graph's steps (``outer``) behind them inside a body.
-
-    Building every step's entry for each dispatch made a run of 10,000 parallel steps quadratic (seconds
-    of CPU per batch, with every other workflow of the partition waiting behind it). Read once per
-    evaluation, right after ``env()``: what it shows is what a copy made at that moment would show.
-    """
-
-    __slots__ = ("_outer", "_steps")
-
-    def __init__(self, steps: Mapping[str, StepState], outer: Mapping[str, Any] | None = None) -> None:
-        self._steps = steps
-        self._outer = outer
-
-    def __getitem__(self, step_id: str) -> dict[str, Any]:
-        st = self._steps.get(step_id)
-        if st is not None:
-            return {"outputs": st.outputs or {}, "status": st.status}
-        if self._outer is not None:
-            value: dict[str, Any] = self._outer[step_id]
-            return value
-        raise KeyError(step_id)
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._steps
-        if self._outer is not None:
-            yield from (sid for sid in self._outer if sid not in self._steps)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
 
 
 class RunEngine:
@@ -153,18 +126,15 @@ class RunEngine:
         self.partition = partition_of(state.row.id, topology.partitions)
         # Set when a slot was freed: waiting steps are retried after the current message.
         self.permits_freed = False
-        # foreach items per (run, step), evaluated once per activation (ranges stay lazy).
-        self.items_cache: dict[tuple[str, str], Any] = items_cache if items_cache is not None else {}
+        # What expressions see of the runs (read-only): graphs, typed params, environments, foreach items.
+        self.views = RunViews(state, compiled, items_cache)
+        self.graph = self.views.graph
+        self.env = self.views.env
+        self.typed_params = self.views.typed_params
+        self.instance_info = self.views.instance_info
+        self.foreach_items = self.views.foreach_items
 
     # ------------------------------------------------------------------ runs
-
-    def graph(self, inst: InstanceState) -> CompiledWorkflow:
-        """The step graph a run executes: the workflow's, or the body of one of its steps."""
-        compiled = self.compiled(inst.workflow_id, inst.version)
-        if inst.body_path:
-            for part in inst.body_path.split("/"):
-                compiled = compiled.body(part)
-        return compiled
 
     def new_instance(
         self, msg: StartRun, version: int, status: str, parent: SpanContext | None = None
@@ -215,26 +185,6 @@ class RunEngine:
         inst.params = jsonable(typed)
         return True
 
-    def instance_info(self, inst: InstanceState) -> InstanceInfo:
-        return InstanceInfo(
-            id=inst.id,
-            workflow_id=inst.workflow_id,
-            version=inst.version,
-            start_time=inst.started_at or inst.created_at,
-            trigger=dict(inst.trigger),
-        )
-
-    def typed_params(self, inst: InstanceState) -> dict[str, Any]:
-        if inst.typed_params is None and inst.body_path:
-            inst.typed_params = dynamic.child_typed_params(self, inst)
-        if inst.typed_params is None:
-            compiled = self.compiled(inst.workflow_id, inst.version)
-            specs = compiled.definition.params
-            inst.typed_params = {
-                k: (from_json_value(v, specs[k].type) if k in specs else v) for k, v in inst.params.items()
-            }
-        return inst.typed_params
-
     def enqueue(self, inst: InstanceState, reason: dict[str, Any], *, front: bool = False) -> None:
         inst.status = "queued"
         inst.reason = reason
@@ -247,7 +197,7 @@ class RunEngine:
         self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
         self.progress(inst)
-        run_spans.waiting(self, inst, now_utc(), reason, None)
+        run_spans.waiting(self.uow, inst, now_utc(), reason, None)
 
     def restart(self, inst: InstanceState) -> None:
         """A terminal run becomes active again (its undecided steps run as the next run number)."""
@@ -293,7 +243,7 @@ class RunEngine:
                 strategy=self.state.row.run_strategy, trigger=str(inst.trigger.get("kind"))
             )
         if not inst.body_path:
-            run_spans.queue_wait(self, inst, self.state.row.run_strategy)
+            run_spans.queue_wait(self.uow, inst, self.state.row.run_strategy)
         if not inst.params and inst.run_number == 1 and not inst.body_path and not self.resolve_params(inst):
             return
         compiled = self.compiled(inst.workflow_id, inst.version)
@@ -339,8 +289,8 @@ class RunEngine:
             self.state.row.queued_count = max(0, self.state.row.queued_count - 1)
         self.uow.workflow_dirty = True
         if inst.parent_instance_id is not None:
-            dynamic.child_ended(self, inst)
-        run_spans.run_ended(self, inst, self.state.row.run_strategy)
+            self._report_to_parent(inst)
+        run_spans.run_ended(self.uow, inst, self.state.row.run_strategy)
         if inst.under_strategy:
             metrics().runs_finished.add(status=status, strategy=self.state.row.run_strategy)
         if status == "succeeded" and inst.outputs is None:
@@ -374,28 +324,6 @@ class RunEngine:
             )
 
     # ------------------------------------------------------------------ the step graph
-
-    def env(self, inst: InstanceState, signals: Mapping[str, Any] | None = None) -> EvalEnv:
-        info = self.instance_info(inst)
-        iteration = None
-        outer: Mapping[str, Any] | None = None
-        if inst.body_path:
-            outer, iteration = dynamic.iteration_env(self, inst)
-        steps = StepsView(inst.steps, outer)
-        return EvalEnv(
-            params=self.typed_params(inst),
-            steps=steps,
-            signals=dict(signals or {}),
-            instance={
-                "id": info.id,
-                "workflow_id": info.workflow_id,
-                "version": info.version,
-                "start_time": info.start_time,
-                "trigger": info.trigger,
-                "run_number": inst.run_number,
-            },
-            iteration=iteration,
-        )
 
     def advance(self, inst: InstanceState) -> None:
         """Decide every step whose predecessors are all done; end the run when nothing is left."""
@@ -491,7 +419,7 @@ class RunEngine:
             st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
             inst.steps[step_id] = st
         if step.type not in LEAF_TYPES:
-            dynamic.start_step(self, inst, st)
+            self._start_child_step(inst, st)
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):
             return
@@ -534,7 +462,7 @@ class RunEngine:
             inst.attempts.pop(previous, None)
         inst.attempts[attempt_id] = at
         self.uow.touch_attempt(at)
-        self.record_permits(inst, st, step.concurrency_tags, attempt_id)
+        permits.hold(self.state, self.uow, inst, st, step.concurrency_tags, attempt_id)
         work = WorkItem(
             attempt_id=attempt_id,
             workflow_id=inst.workflow_id,
@@ -649,7 +577,9 @@ class RunEngine:
         stopping = self.state.stopping.get(msg.attempt_id)
         if stopping is not None:
             said = f"{msg.outcome}: {msg.error}" if msg.error else msg.outcome
-            self.settle_stop(
+            stops.settle(
+                self.state,
+                self.uow,
                 stopping,
                 from_epoch(msg.finished_at),
                 msg.log_tail,
@@ -689,7 +619,7 @@ class RunEngine:
         at.log_tail = msg.log_tail
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
-        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+        run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
         st.started_at = st.started_at or at.started_at
         self.uow.cancel_timer(inst.id, "step_timeout", msg.step_id)
         if msg.outcome == "succeeded":
@@ -747,7 +677,7 @@ class RunEngine:
             }
             self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
             run_spans.point(
-                self,
+                self.uow,
                 inst,
                 "step.retry_scheduled",
                 now_utc(),
@@ -818,7 +748,7 @@ class RunEngine:
         at.error = "no result from the executor within the step timeout"
         self.uow.touch_attempt(at)
         self.release_permits(inst, st, attempt_id=at.id)
-        run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+        run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
         self.send_cancel(at.id, "step timed out")
         self.attempt_failed(inst, st, "timeout", at.error, "timed_out")
 
@@ -856,7 +786,7 @@ class RunEngine:
                     at.ended_at = now_utc()
                     at.error = why
                     if hold:
-                        at.stopping_until = at.ended_at + timedelta(seconds=STOP_CONFIRM_GRACE)
+                        at.stopping_until = at.ended_at + timedelta(seconds=stops.STOP_CONFIRM_GRACE)
                         self.state.stopping[at.id] = StoppingAttempt(
                             at.id, inst.id, at.step_id, at.stopping_until
                         )
@@ -864,12 +794,12 @@ class RunEngine:
                     self.uow.touch_attempt(at)
                     self.send_cancel(at.id, why, force=force)
                     self.release_permits(inst, st, attempt_id=at.id)
-                    run_spans.attempt_ended(self, inst, st, at, self.graph(inst).step(st.step_id).type)
+                    run_spans.attempt_ended(self.uow, inst, st, at, self.graph(inst).step(st.step_id).type)
                 elif st.status == "waiting":
                     self.release_permits(inst, st, attempt_id=None)
                 elif st.progress is not None and st.status == "running":
                     st.status = status  # first, so the children's ends are not joined back
-                    dynamic.stop_children(self, inst, st, why)
+                    self.stop_children(inst, st, why)
                 self.uow.cancel_timer(inst.id, None, st.step_id)
                 st.status = status
                 st.ended_at = now_utc()
@@ -878,51 +808,205 @@ class RunEngine:
                 self.note(inst, f"step_{status}", f"step {st.step_id} {status}: {why}", step_id=st.step_id)
         return stopping
 
+    # ------------------------------------------------------------------ child steps (foreach, loop, subworkflow)
+
+    def _child_ctx(
+        self, inst: InstanceState, st: StepState, config: Mapping[str, Any] | None = None
+    ) -> ChildStepContext:
+        graph = self.graph(inst)
+        return ChildStepContext(
+            run=RunView(inst.id, inst.workflow_id, inst.run_number, depth_of(inst.trigger)),
+            step_id=st.step_id,
+            graph=graph,
+            progress=st.progress,
+            config=config or {},
+            env=lambda: self.env(inst),
+            typed_params=lambda: self.typed_params(inst),
+            items=lambda: self.foreach_items(inst, st.step_id),
+        )
+
+    def _start_child_step(self, inst: InstanceState, st: StepState) -> None:
+        """Resolve the step's params, mark it running and let its runtime decide how it begins."""
+        graph = self.graph(inst)
+        step = graph.step(st.step_id)
+        if depth_of(inst.trigger) >= MAX_DEPTH:
+            self.fail_step_without_attempt(inst, st.step_id, f"nesting deeper than {MAX_DEPTH} child runs")
+            return
+        try:
+            resolved = graph.resolve_step(st.step_id, self.env(inst))
+        except (ParamError, SelError) as exc:
+            self.fail_step_without_attempt(inst, st.step_id, f"params: {exc}")
+            return
+        st.status = "running"
+        st.started_at = st.started_at or now_utc()
+        st.params = jsonable(resolved.params)
+        st.reason = None
+        st.error = None
+        self.uow.touch_step(st)
+        runtime = RUNTIMES.get(step.type)
+        if runtime is None:
+            self.fail_step_without_attempt(inst, st.step_id, f"unknown step type {step.type!r}")
+            return
+        self.apply_outcome(inst, st, runtime, runtime.start(self._child_ctx(inst, st, resolved.config)))
+
+    def apply_outcome(
+        self, inst: InstanceState, st: StepState, runtime: ChildStepRuntime, outcome: Outcome
+    ) -> None:
+        """Apply a child step's decisions in order; ask it again while it says ``resume`` and still runs."""
+        while not outcome.empty:
+            if outcome.progress is not None:
+                st.progress = outcome.progress
+            self.uow.touch_step(st)
+            for decision in outcome.decisions:
+                self._apply_decision(inst, st, decision)
+            if not outcome.resume or st.status != "running":
+                return
+            outcome = runtime.resume(self._child_ctx(inst, st))
+
+    def _apply_decision(
+        self,
+        inst: InstanceState,
+        st: StepState,
+        decision: Note | StartInline | StartRemote | StopChildren | Collect | Succeed | Fail,
+    ) -> None:
+        match decision:
+            case Note(event, message, details):
+                self.note(inst, event, message, step_id=st.step_id, details=details)
+            case StartInline():
+                self._start_inline(inst, st, decision)
+            case StartRemote(start):
+                self.uow.outbox.append(
+                    OutgoingMessage(
+                        self.topology.trigger_subject(start.workflow_id),
+                        encode(start),
+                        msg_id=f"start:{start.instance_id}",
+                        headers=inject_headers({}),
+                    )
+                )
+                index = start.parent.iteration if start.parent else None
+                self.note(
+                    inst,
+                    "child_started",
+                    f"step {st.step_id}: child run {start.instance_id} of {start.workflow_id}",
+                    step_id=st.step_id,
+                    details={"child": start.instance_id, "workflow": start.workflow_id, "index": index},
+                )
+            case StopChildren(why):
+                self.stop_children(inst, st, why)
+            case Collect():
+                self.uow.collect.append((inst.id, st.step_id))
+            case Succeed(outputs, message, publish):
+                st.outputs = outputs
+                st.status = "succeeded"
+                st.ended_at = now_utc()
+                self.uow.touch_step(st)
+                self.note(inst, "step_succeeded", message, step_id=st.step_id)
+                if not publish or self.publish_signals(inst, st, f"{inst.id}-{st.step_id}-{inst.run_number}"):
+                    self.advance(inst)
+            case Fail(error, stop, outputs):
+                if outputs is not None:
+                    st.outputs = outputs
+                if stop:
+                    self.stop_children(inst, st, error)
+                st.status = "failed"
+                st.error = error
+                st.ended_at = now_utc()
+                self.uow.touch_step(st)
+                self.note(inst, "step_failed", f"step {st.step_id} failed: {error}", step_id=st.step_id)
+                self.after_step_failure(inst, st)
+            case _:
+                assert_never(decision)
+
+    def _start_inline(self, inst: InstanceState, st: StepState, start: StartInline) -> None:
+        """A child run of the step's body (a foreach or loop iteration), started here and now."""
+        child = inline_child(inst, st.step_id, self.graph(inst).step(st.step_id).type, start)
+        run_spans.open_child(child, inst)
+        self.uow.touch_instance(child)
+        self.uow.touch_step(st)
+        self.start(child)
+
+    def stop_children(self, inst: InstanceState, st: StepState, why: str) -> None:
+        """Stop the step's live child runs: inline ones here, others through their workflows' actors."""
+        for child in [
+            c
+            for c in self.state.instances.values()
+            if c.parent_instance_id == inst.id and c.parent_step_id == st.step_id and not c.terminal
+        ]:
+            self.finish(
+                child, "stopped", reason={"code": "parent_stopped", "why": why}, error=f"stopped: {why}"
+            )
+        for workflow, child_id in remote_children(st.progress):
+            self.uow.outbox.append(
+                OutgoingMessage(
+                    self.topology.trigger_subject(workflow),
+                    encode(stop_request(workflow, child_id, why)),
+                    msg_id=f"parent-stop:{child_id}",
+                )
+            )
+
+    def _report_to_parent(self, child: InstanceState) -> None:
+        """A child run ended: tell its parent (in memory when inline, else by message)."""
+        if child.body_path:
+            parent = self.state.instances.get(child.parent_instance_id or "")
+            if parent is not None:
+                ended = ChildEnded(child.parent_iteration, child.status, child_outputs(child), child.error)
+                self.on_child_ended(parent, child.parent_step_id or "", ended)
+            return
+        parent_wf = child.trigger.get("parent_workflow")
+        if not isinstance(parent_wf, str):
+            return
+        self.uow.outbox.append(
+            OutgoingMessage(
+                self.topology.trigger_subject(parent_wf),
+                encode(child_finished(child, parent_wf)),
+                msg_id=f"childdone:{child.id}:{child.run_number}",
+                headers=inject_headers({}),
+            )
+        )
+
+    def on_child_finished(self, msg: ChildFinished) -> None:
+        """A child run of another workflow (or of this one, through its actor) ended."""
+        parent = self.state.instances.get(msg.parent_instance_id)
+        if parent is None:
+            return
+        ended = ChildEnded(msg.iteration, msg.status, msg.outputs, msg.error, msg.child_instance_id)
+        self.on_child_ended(parent, msg.parent_step_id, ended)
+
+    def on_child_ended(self, parent: InstanceState, step_id: str, ended: ChildEnded) -> None:
+        """Join an ended child run into its parent's step, through the step's runtime."""
+        st = parent.steps.get(step_id)
+        if parent.status != "running" or st is None or st.status != "running" or not st.progress:
+            return  # the parent or its step ended meanwhile (e.g. stopped): nothing to join
+        runtime = RUNTIMES.get(str(st.progress.get("kind")))
+        if runtime is not None:
+            self.apply_outcome(
+                parent, st, runtime, runtime.on_child_ended(self._child_ctx(parent, st), ended)
+            )
+
+    def complete_foreach(self, parent: InstanceState, step_id: str, results: list[Any]) -> None:
+        """All iterations ended and their outputs are collected (item order): the step ends."""
+        st = parent.steps.get(step_id)
+        if st is None or st.status != "running" or not st.progress:
+            return
+        self.apply_outcome(parent, st, FOREACH, FOREACH.complete(self._child_ctx(parent, st), results))
+
     # ------------------------------------------------------------------ stops awaiting confirmation
 
     def stop_wait_reason(self) -> dict[str, Any] | None:
-        """Why the next run waits although a slot looks free: stopped runs not confirmed stopped yet."""
-        if not self.state.stopping:
-            return None
-        first = min(self.state.stopping.values(), key=lambda s: s.until)
-        runs = self.state.stopping_runs()
-        return {
-            "code": "waiting_for_stop",
-            "runs": runs,
-            "attempts": sorted(self.state.stopping),
-            "until": first.until.isoformat(),
-            "message": (
-                f"waiting for run {first.instance_id} (step {first.step_id}, attempt {first.attempt_id}) "
-                f"to confirm it stopped, at most until {first.until.isoformat(timespec='seconds')}"
-            ),
-        }
-
-    def settle_stop(
-        self, stopping: StoppingAttempt, ended_at: datetime | None, log_tail: str | None, why: str
-    ) -> None:
-        """The stopping attempt is known to be over (or given up on): its run's slot is free again."""
-        self.state.stopping.pop(stopping.attempt_id, None)
-        self.uow.stops_settled.append(StopSettled(stopping.attempt_id, ended_at, log_tail, why[:4000]))
-        self.uow.cancel_timer(stopping.instance_id, "stop_grace", stopping.step_id)
-        self.uow.note(
-            TimelineEntry(
-                stopping.instance_id,
-                "step_stop_confirmed",
-                f"step {stopping.step_id}: {why}",
-                step_id=stopping.step_id,
-                details={"attempt_id": stopping.attempt_id},
-            )
-        )
+        """Why the next run waits although a slot looks free (``stops.py``)."""
+        return stops.wait_reason(self.state)
 
     def on_stop_grace_timer(self, attempt_id: str | None) -> None:
         stopping = self.state.stopping.get(attempt_id or "")
         if stopping is None:
             return
-        self.settle_stop(
+        stops.settle(
+            self.state,
+            self.uow,
             stopping,
             None,
             None,
-            f"cancelled with its run; no confirmation that it stopped within {STOP_CONFIRM_GRACE:g}s: "
+            f"cancelled with its run; no confirmation that it stopped within {stops.STOP_CONFIRM_GRACE:g}s: "
             "its slot is given to the next run",
         )
 
@@ -983,7 +1067,7 @@ class RunEngine:
             "message": "waiting for signals " + ", ".join(n for n in names if n not in got),
         }
         self.uow.touch_step(st)
-        run_spans.waiting(self, inst, now_utc(), st.reason, st.step_id)
+        run_spans.waiting(self.uow, inst, now_utc(), st.reason, st.step_id)
         self.note(
             inst,
             "step_waiting",
@@ -1056,85 +1140,20 @@ class RunEngine:
             )
         return True
 
-    # ------------------------------------------------------------------ concurrency permits
+    # ------------------------------------------------------------------ concurrency permits (permits.py)
 
     def acquire_permits(self, inst: InstanceState, st: StepState) -> bool:
         """Take the step's slot under ``step_concurrency`` and each named tag, oldest waiter first."""
         compiled = self.graph(inst)
-        step = compiled.step(st.step_id)
-        limit = compiled.definition.step_concurrency
-        since = st.waiting_since or now_utc()
-        if limit:
-            older = sum(
-                1
-                for w_since, _i, w in self.state.waiting_steps()
-                if w is not st
-                and w_since < since
-                and w.reason
-                and w.reason.get("code") == "waiting_for_step_concurrency"
-            )
-            if self.state.leaf_active + older >= limit:
-                return self._wait_for_permit(
-                    inst,
-                    st,
-                    {
-                        "code": "waiting_for_step_concurrency",
-                        "limit": limit,
-                        "in_use": self.state.leaf_active,
-                        "message": f"waiting for a step slot: step_concurrency {self.state.leaf_active}/{limit} in use",
-                    },
-                )
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is None or ts.limit is None:
-                continue
-            older = sum(
-                1
-                for w_since, _wf, w_inst, w_step in ts.waiters
-                if w_since < since and not (w_inst == inst.id and w_step == st.step_id)
-            )
-            if ts.in_use + older >= ts.limit:
-                return self._wait_for_permit(
-                    inst,
-                    st,
-                    {
-                        "code": "waiting_for_permit",
-                        "tag": tag,
-                        "limit": ts.limit,
-                        "in_use": ts.in_use,
-                        "message": f"waiting for tag permit {tag} ({ts.in_use}/{ts.limit} held)",
-                    },
-                )
-        # Acquired: leave every waiter list.
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is not None:
-                before = len(ts.waiters)
-                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
-                if len(ts.waiters) != before:
-                    self.uow.waiters_del.append(TagWaiterRemove(tag, inst.id, st.step_id))
-        if st.status == "waiting":
-            st.waiting_since = None
-        return True
-
-    def _wait_for_permit(self, inst: InstanceState, st: StepState, reason: dict[str, Any]) -> bool:
-        first = st.status != "waiting" or not st.reason or st.reason.get("code") != reason["code"]
-        if st.waiting_since is None:
-            st.waiting_since = now_utc()
-        st.status = "waiting"
-        st.reason = reason
-        self.uow.touch_step(st)
-        tag = reason.get("tag")
-        if tag is not None:
-            ts = self.state.tags[tag]
-            if not any(w[2] == inst.id and w[3] == st.step_id for w in ts.waiters):
-                ts.waiters.append((st.waiting_since, inst.workflow_id, inst.id, st.step_id))
-                ts.waiters.sort(key=lambda w: w[0])
-                self.uow.waiters_add.append(
-                    TagWaiterAdd(tag, inst.workflow_id, inst.id, st.step_id, st.waiting_since)
-                )
-        if first:
-            run_spans.waiting(self, inst, now_utc(), reason, st.step_id)
+        tags = compiled.step(st.step_id).concurrency_tags
+        reason = permits.blocking_limit(self.state, inst, st, tags, compiled.definition.step_concurrency)
+        if reason is None:
+            permits.leave_waiters(self.state, self.uow, inst, st, tags)
+            if st.status == "waiting":
+                st.waiting_since = None
+            return True
+        if permits.wait(self.state, self.uow, inst, st, reason):
+            run_spans.waiting(self.uow, inst, now_utc(), reason, st.step_id)
             self.note(
                 inst,
                 "step_waiting",
@@ -1144,41 +1163,14 @@ class RunEngine:
             )
         return False
 
-    def record_permits(self, inst: InstanceState, st: StepState, tags: list[str], attempt_id: str) -> None:
-        self.state.leaf_active += 1
-        for tag in tags:
-            ts = self.state.tags.get(tag)
-            if ts is not None and ts.limit is not None:
-                ts.in_use += 1
-                self.uow.permits_add.append(
-                    PermitGrant(tag, attempt_id, inst.workflow_id, inst.id, st.step_id)
-                )
-
     def release_permits(self, inst: InstanceState, st: StepState, *, attempt_id: str | None) -> None:
         """The attempt ended (or the waiting step went away): free its slots and wake who waits."""
         compiled = self.graph(inst)
-        step = compiled.step(st.step_id)
-        for tag in step.concurrency_tags:
-            ts = self.state.tags.get(tag)
-            if ts is None:
-                continue
-            if attempt_id is not None and ts.limit is not None:
-                ts.in_use = max(0, ts.in_use - 1)
-                self.uow.permits_del.append(PermitRelease(tag, attempt_id))
-            if attempt_id is None:
-                before = len(ts.waiters)
-                ts.waiters = [w for w in ts.waiters if not (w[2] == inst.id and w[3] == st.step_id)]
-                if len(ts.waiters) != before:
-                    self.uow.waiters_del.append(TagWaiterRemove(tag, inst.id, st.step_id))
-            # Wake the oldest waiters of other workflows; this workflow's are retried after each message.
-            for _since, wf, _i, _s in ts.waiters[: max(1, (ts.limit or 0) - ts.in_use)]:
-                if wf != inst.workflow_id:
-                    self.uow.nudges.add(wf)
-        if attempt_id is not None:
-            self.state.leaf_active = max(0, self.state.leaf_active - 1)
-            # Only a limited slot can have waiters worth retrying.
-            if step.concurrency_tags or compiled.definition.step_concurrency:
-                self.permits_freed = True
+        tags = compiled.step(st.step_id).concurrency_tags
+        permits.release(self.state, self.uow, inst, st, tags, attempt_id=attempt_id)
+        # Only a limited slot can have waiters worth retrying.
+        if attempt_id is not None and (tags or compiled.definition.step_concurrency):
+            self.permits_freed = True
 
     def retry_waiting(self) -> None:
         """Give freed slots to this workflow's waiting steps, oldest first."""

@@ -7,16 +7,30 @@ its parent's trace under the parent's root. Each attempt's span id is reserved a
 in the work item's ``traceparent`` header, so the executor's span is its child. Spans are emitted with
 their reserved ids when they end — by whichever scheduler replica applies the end — and only after the
 batch that recorded it committed.
+
+The engine records what happened (``span_facts.py``) in the batch's unit of work through the
+builders here, which read the run's state and do no telemetry; ``emit`` turns the records into spans
+and metrics once the batch committed, from the actor.
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
+from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 
+from legato.scheduler.span_facts import (
+    AttemptEnded,
+    Decided,
+    QueueWaited,
+    RunEnded,
+    RunRef,
+    SpanFact,
+    Waited,
+)
 from legato.telemetry.ids import (
     new_span_id,
     new_trace_id,
@@ -29,8 +43,7 @@ from legato.telemetry.metrics import metrics
 from legato.telemetry.tracing import emit_span, sample_new_trace
 
 if TYPE_CHECKING:
-    from legato.scheduler.engine import RunEngine
-    from legato.scheduler.state import AttemptState, InstanceState, StepState
+    from legato.scheduler.state import AttemptState, InstanceState, StepState, UnitOfWork
 
 MAX_ATTR = 256
 
@@ -87,143 +100,210 @@ def attempt_traceparent(inst: InstanceState, at: AttemptState) -> str | None:
     return traceparent_for(ids[0], span_id, sampled=traceparent_sampled(inst.traceparent))
 
 
-def _attrs(inst: InstanceState, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"legato.workflow_id": inst.workflow_id, "legato.instance_id": inst.id}
+def _ref(inst: InstanceState) -> RunRef | None:
+    if inst.traceparent is None:
+        return None
+    return RunRef(inst.workflow_id, inst.id, inst.traceparent)
+
+
+# ---------------------------------------------------------------------------------------- recording
+
+
+def attempt_ended(
+    uow: UnitOfWork, inst: InstanceState, st: StepState, at: AttemptState, step_type: str
+) -> None:
+    """The attempt ended (result applied, timed out or cancelled)."""
+    ref = _ref(inst)
+    if at.span_id is None or ref is None:
+        return
+    uow.spans.append(
+        AttemptEnded(
+            run=ref,
+            span_id=at.span_id,
+            step_id=st.step_id,
+            step_type=step_type,
+            attempt=at.attempt,
+            attempt_id=at.id,
+            status=at.status,
+            queue=at.queue,
+            executor=at.executor,
+            dispatched_at=at.dispatched_at,
+            started_at=at.started_at,
+            ended_at=at.ended_at,
+            error=at.error,
+        )
+    )
+
+
+def point(uow: UnitOfWork, inst: InstanceState, name: str, at: datetime, **attrs: Any) -> None:
+    """A short span on the run's trace for a decision (retry scheduled, timer fired, operator action…)."""
+    ref = _ref(inst)
+    if ref is not None:
+        uow.spans.append(Decided(ref, name, at, attrs))
+
+
+def waiting(
+    uow: UnitOfWork, inst: InstanceState, at: datetime, reason: dict[str, Any], step_id: str | None
+) -> None:
+    """Why something waits, as an event on the run's trace (dashboards answer "why is nothing running")."""
+    ref = _ref(inst)
+    if ref is None:
+        return
+    code = reason.get("code")
+    message = str(reason.get("message", ""))
+    uow.spans.append(Waited(ref, at, None if code is None else str(code), message, step_id))
+
+
+def queue_wait(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:
+    """The run started: how long it waited since it was created."""
+    ref = _ref(inst)
+    if ref is None or inst.started_at is None:
+        return
+    uow.spans.append(QueueWaited(ref, inst.created_at, inst.started_at, strategy))
+
+
+def run_ended(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:
+    """The run (or inline iteration) ended."""
+    ref = _ref(inst)
+    if ref is None or _span_id_of(ref.traceparent) is None:
+        return
+    uow.spans.append(
+        RunEnded(
+            run=ref,
+            trace_parent=inst.trace_parent,
+            trace_links=tuple(inst.trace_links or ()),
+            created_at=inst.created_at,
+            ended_at=inst.ended_at,
+            version=inst.version,
+            strategy=strategy,
+            trigger_kind=inst.trigger.get("kind"),
+            status=inst.status,
+            run_number=inst.run_number,
+            body_path=inst.body_path,
+            parent_iteration=inst.parent_iteration,
+            error=inst.error,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------- emitting
+
+
+def emit(facts: Iterable[SpanFact]) -> None:
+    """After the batch committed: each recorded fact becomes its span (and, for attempts, a metric)."""
+    for fact in facts:
+        try:
+            _emit_one(fact)
+        except Exception:  # telemetry must never break scheduling
+            pass
+
+
+def _attrs(run: RunRef, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"legato.workflow_id": run.workflow_id, "legato.instance_id": run.instance_id}
     for k, v in extra.items():
         if v is not None:
             out[f"legato.{k}"] = v if isinstance(v, int | float | bool) else str(v)[:MAX_ATTR]
     return out
 
 
-def _later(engine: RunEngine, **kwargs: Any) -> None:
-    engine.uow.spans.append(functools.partial(_emit_safely, **kwargs))
+def _emit_one(fact: SpanFact) -> None:
+    match fact:
+        case AttemptEnded():
+            _emit_attempt(fact)
+        case Decided(run, name, at, attrs):
+            t = _ns(at)
+            emit_span(
+                name=name,
+                span_id=new_span_id(),
+                parent=run.traceparent,
+                start_time_ns=t,
+                end_time_ns=t,
+                attributes=_attrs(run, **attrs),
+            )
+        case Waited(run, at, reason, message, step_id):
+            t = _ns(at)
+            event = {"legato.reason": str(reason), "legato.message": message[:MAX_ATTR]}
+            emit_span(
+                name="run.waiting",
+                span_id=new_span_id(),
+                parent=run.traceparent,
+                start_time_ns=t,
+                end_time_ns=t,
+                attributes=_attrs(run, step_id=step_id, reason=reason),
+                events=[("waiting", t, event)],
+            )
+        case QueueWaited(run, created_at, started_at, strategy):
+            emit_span(
+                name="run.queue_wait",
+                span_id=new_span_id(),
+                parent=run.traceparent,
+                start_time_ns=_ns(created_at),
+                end_time_ns=_ns(started_at),
+                attributes=_attrs(run, run_strategy=strategy),
+            )
+        case RunEnded():
+            _emit_run(fact)
+        case _:
+            assert_never(fact)
 
 
-def _emit_safely(**kwargs: Any) -> None:
-    try:
-        emit_span(**kwargs)
-    except Exception:  # telemetry must never break scheduling
-        pass
-
-
-def attempt_ended(
-    engine: RunEngine, inst: InstanceState, st: StepState, at: AttemptState, step_type: str
-) -> None:
-    if at.span_id is None or inst.traceparent is None:
-        return
-    outcome = at.status
-    _later(
-        engine,
+def _emit_attempt(fact: AttemptEnded) -> None:
+    outcome = fact.status
+    emit_span(
         name="step.attempt",
-        span_id=int(at.span_id, 16),
-        parent=inst.traceparent,
-        start_time_ns=_ns(at.dispatched_at),
-        end_time_ns=_ns(at.ended_at) or _ns(at.dispatched_at),
+        span_id=int(fact.span_id, 16),
+        parent=fact.run.traceparent,
+        start_time_ns=_ns(fact.dispatched_at),
+        end_time_ns=_ns(fact.ended_at) or _ns(fact.dispatched_at),
         attributes=_attrs(
-            inst,
-            step_id=st.step_id,
-            attempt=at.attempt,
-            attempt_id=at.id,
+            fact.run,
+            step_id=fact.step_id,
+            attempt=fact.attempt,
+            attempt_id=fact.attempt_id,
             outcome=outcome,
-            step_type=step_type,
-            queue=at.queue,
-            executor=at.executor,
+            step_type=fact.step_type,
+            queue=fact.queue,
+            executor=fact.executor,
         ),
-        events=[("started", _ns(at.started_at), {})] if at.started_at else [],
-        error=None if outcome == "succeeded" else (at.error or outcome)[:MAX_ATTR],
+        events=[("started", _ns(fact.started_at), {})] if fact.started_at else [],
+        error=None if outcome == "succeeded" else (fact.error or outcome)[:MAX_ATTR],
     )
-    if at.started_at and at.ended_at:
+    if fact.started_at and fact.ended_at:
         metrics().step_duration.record(
-            (at.ended_at - at.started_at).total_seconds(), step_type=step_type, outcome=outcome
+            (fact.ended_at - fact.started_at).total_seconds(), step_type=fact.step_type, outcome=outcome
         )
 
 
-def point(engine: RunEngine, inst: InstanceState, name: str, at: datetime, **attrs: Any) -> None:
-    """A short span on the run's trace for a decision (retry scheduled, timer fired, operator action…)."""
-    if inst.traceparent is None:
-        return
-    t = _ns(at)
-    _later(
-        engine,
-        name=name,
-        span_id=new_span_id(),
-        parent=inst.traceparent,
-        start_time_ns=t,
-        end_time_ns=t,
-        attributes=_attrs(inst, **attrs),
-    )
-
-
-def waiting(
-    engine: RunEngine, inst: InstanceState, at: datetime, reason: dict[str, Any], step_id: str | None
-) -> None:
-    """Why something waits, as an event on the run's trace (dashboards answer "why is nothing running")."""
-    if inst.traceparent is None:
-        return
-    t = _ns(at)
-    event = {
-        "legato.reason": str(reason.get("code")),
-        "legato.message": str(reason.get("message", ""))[:MAX_ATTR],
-    }
-    _later(
-        engine,
-        name="run.waiting",
-        span_id=new_span_id(),
-        parent=inst.traceparent,
-        start_time_ns=t,
-        end_time_ns=t,
-        attributes=_attrs(inst, step_id=step_id, reason=reason.get("code")),
-        events=[("waiting", t, event)],
-    )
-
-
-def queue_wait(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
-    if inst.traceparent is None or inst.started_at is None:
-        return
-    _later(
-        engine,
-        name="run.queue_wait",
-        span_id=new_span_id(),
-        parent=inst.traceparent,
-        start_time_ns=_ns(inst.created_at),
-        end_time_ns=_ns(inst.started_at),
-        attributes=_attrs(inst, run_strategy=strategy),
-    )
-
-
-def run_ended(engine: RunEngine, inst: InstanceState, strategy: str) -> None:
-    ids = _span_id_of(inst.traceparent)
+def _emit_run(fact: RunEnded) -> None:
+    ids = _span_id_of(fact.run.traceparent)
     if ids is None:
         return
     trace_id, span_id = ids
     links: list[Link] = []
-    for tp in inst.trace_links or []:
+    for tp in fact.trace_links:
         parsed = parse_traceparent(tp)
         if parsed is not None:
             ctx = remote_parent(*parsed)
-            from opentelemetry import trace as _trace
-
-            links.append(Link(_trace.get_current_span(ctx).get_span_context()))
-    name = "workflow.run" if not inst.body_path else "workflow.iteration"
-    _later(
-        engine,
-        name=name,
+            links.append(Link(otel_trace.get_current_span(ctx).get_span_context()))
+    failed = fact.status in ("failed", "timed_out")
+    emit_span(
+        name="workflow.run" if not fact.body_path else "workflow.iteration",
         span_id=span_id,
         trace_id=trace_id,
-        parent=inst.trace_parent,
-        start_time_ns=_ns(inst.created_at),
-        end_time_ns=_ns(inst.ended_at),
+        parent=fact.trace_parent,
+        start_time_ns=_ns(fact.created_at),
+        end_time_ns=_ns(fact.ended_at),
         kind=SpanKind.INTERNAL,
         links=links,
         attributes=_attrs(
-            inst,
-            workflow_version=inst.version,
-            run_strategy=strategy,
-            trigger_kind=inst.trigger.get("kind"),
-            status=inst.status,
-            run_number=inst.run_number,
-            body=inst.body_path,
-            iteration=inst.parent_iteration,
+            fact.run,
+            workflow_version=fact.version,
+            run_strategy=fact.strategy,
+            trigger_kind=fact.trigger_kind,
+            status=fact.status,
+            run_number=fact.run_number,
+            body=fact.body_path,
+            iteration=fact.parent_iteration,
         ),
-        error=inst.error[:MAX_ATTR] if inst.status in ("failed", "timed_out") and inst.error else None,
+        error=fact.error[:MAX_ATTR] if failed and fact.error else None,
     )

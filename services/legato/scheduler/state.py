@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from legato.bus.publisher import OutgoingMessage
+from legato.scheduler.span_facts import SpanFact
 
 ACTIVE = ("queued", "running")
 TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
@@ -361,8 +361,9 @@ class UnitOfWork:
     waiters_del: list[TagWaiterRemove] = field(default_factory=list)
     # Other workflows to wake because a permit of a tag they wait for was freed.
     nudges: set[str] = field(default_factory=set)
-    # Spans to emit once the batch committed (an aborted batch must not report what did not happen).
-    spans: list[Callable[[], None]] = field(default_factory=list)
+    # What the run's trace shows, emitted as spans once the batch committed (``run_spans.emit``): an
+    # aborted batch must not report what did not happen.
+    spans: list[SpanFact] = field(default_factory=list)
     # Status changes for watchers, published after commit on core NATS (not through the outbox).
     progress: dict[str, Any] = field(default_factory=dict)
     # foreach steps whose iterations all ended, as (instance id, step id): their outputs are collected
