@@ -7,9 +7,13 @@ from datetime import UTC, datetime, timedelta
 from legato.scheduler import permits, stops
 from legato.scheduler.state import (
     InstanceState,
+    PermitGrant,
+    PermitRelease,
     StepState,
     StoppingAttempt,
+    StopSettled,
     TagState,
+    TagWaiterRemove,
     UnitOfWork,
     WorkflowRow,
     WorkflowState,
@@ -78,7 +82,7 @@ def test_tag_permits_wait_in_age_order_and_release_wakes_other_workflows() -> No
     assert permits.blocking_limit(state, inst, a, ["db"], None) is None
     permits.hold(state, uow, inst, a, ["db"], "att-a")
     assert state.tags["db"].in_use == 1 and state.leaf_active == 1
-    assert uow.permits_add == [("db", "att-a", "wf", "r1", "a")]
+    assert uow.permits_add == [PermitGrant("db", "att-a", "wf", "r1", "a")]
     reason = permits.blocking_limit(state, inst, b, ["db"], None)
     assert (
         reason is not None
@@ -90,10 +94,10 @@ def test_tag_permits_wait_in_age_order_and_release_wakes_other_workflows() -> No
     state.tags["db"].waiters.insert(0, (T0 - timedelta(seconds=5), "other-wf", "r9", "x"))
     permits.release(state, uow, inst, a, ["db"], attempt_id="att-a")
     assert state.tags["db"].in_use == 0 and state.leaf_active == 0
-    assert uow.permits_del == [("db", "att-a")] and uow.nudges == {"other-wf"}
+    assert uow.permits_del == [PermitRelease("db", "att-a")] and uow.nudges == {"other-wf"}
     permits.leave_waiters(state, uow, inst, b, ["db"])
     assert [w[2] for w in state.tags["db"].waiters] == ["r9"]
-    assert uow.waiters_del == [("db", "r1", "b")]
+    assert uow.waiters_del == [TagWaiterRemove("db", "r1", "b")]
 
 
 def test_stops_awaiting_confirmation_name_the_first_deadline_and_settle_once() -> None:
@@ -109,5 +113,5 @@ def test_stops_awaiting_confirmation_name_the_first_deadline_and_settle_once() -
     uow = UnitOfWork()
     stops.settle(state, uow, early, None, "tail", "confirmed")
     assert list(state.stopping) == ["att-2"]
-    assert uow.stops_settled == [("att-1", None, "tail", "confirmed")]
+    assert uow.stops_settled == [StopSettled("att-1", None, "tail", "confirmed")]
     assert [(e.instance_id, e.event) for e in uow.timeline] == [("r1", "step_stop_confirmed")]
