@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from legato.client import LegatoClient
+from legato.protocol.replies import StartReply
 from legato.runtime.settings import Settings
 from tests.support.stack import running_stack, wait_for
 
@@ -36,8 +37,8 @@ async def runs_of(client: LegatoClient, workflow_id: str, count: int = 1, timeou
         await asyncio.sleep(0.2)
 
 
-async def finished(client: LegatoClient, started: dict[str, Any]) -> dict[str, Any]:
-    return await wait_for(client, started["instance_id"], timeout=120)
+async def finished(client: LegatoClient, started: StartReply) -> dict[str, Any]:
+    return await wait_for(client, started.instance_id, timeout=120)
 
 
 def steps_of(info: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry as R
+from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 from legato.trigger.run_params import check_run_params
 
@@ -55,8 +56,6 @@ MAX_REASON = 1000
 DRY_RUN_SHOWN = 50
 ACTIVE = ("queued", "running")
 PERIOD_TEMPLATES = ("${backfill.period_start}", "${backfill.period_end}")
-
-Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 
 
 class StartBackfill(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
