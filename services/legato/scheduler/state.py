@@ -20,12 +20,9 @@ import asyncpg
 import msgspec
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.statuses import FAILED_STEP, TERMINAL_INSTANCE, TERMINAL_STEP
 from legato.store.outbox import add_to_outbox
 
-ACTIVE = ("queued", "running")
-TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
-TERMINAL_STEP = ("succeeded", "failed", "timed_out", "stopped", "skipped")
-FAILED_STEP = ("failed", "timed_out", "stopped")
 OPERATOR_SKIP = "skipped_by_operator"
 # A step held back because its workflow already has the dispatch window of attempts waiting in the
 # step's executor queue (see ``RunEngine.dispatch``).

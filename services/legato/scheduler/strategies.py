@@ -25,8 +25,6 @@ from typing import Any
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState
 
-STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
-
 
 def limit_of(engine: RunEngine) -> int:
     row = engine.state.row

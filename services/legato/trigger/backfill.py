@@ -35,6 +35,7 @@ from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
+from legato.core.statuses import ACTIVE_INSTANCE, TERMINAL_INSTANCE, InstanceStatus
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
@@ -54,7 +55,6 @@ MAX_PERIODS = 100_000
 MAX_CONCURRENCY = 1000
 MAX_REASON = 1000
 DRY_RUN_SHOWN = 50
-ACTIVE = ("queued", "running")
 PERIOD_TEMPLATES = ("${backfill.period_start}", "${backfill.period_end}")
 
 
@@ -348,7 +348,7 @@ class BackfillApi:
             raise ApiError("bad_request", "cancel: a reason is required (--reason)")
         if len(req.reason) > MAX_REASON:
             raise ApiError("bad_request", f"reason: at most {MAX_REASON} characters, got {len(req.reason)}")
-        stop = ("queued", "running") if req.running else ("queued",)
+        stop = ACTIVE_INSTANCE if req.running else (InstanceStatus.QUEUED,)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await _get(conn, req.backfill_id, lock=True)
             if row["status"] == "cancelled":
@@ -434,11 +434,11 @@ async def summary(conn: asyncpg.Connection, r: asyncpg.Record) -> dict[str, Any]
         "WHERE p.backfill_id = $1 AND p.state = 'submitted'",
         r["id"],
     )
-    finished = sum(counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "stopped", "skipped"))
+    finished = sum(counts.get(s, 0) for s in TERMINAL_INSTANCE)
     remaining = (
         counts.get("pending", 0)
         + counts.get("retry", 0)
-        + sum(counts.get(s, 0) for s in ("starting", *ACTIVE))
+        + sum(counts.get(s, 0) for s in ("starting", *ACTIVE_INSTANCE))
     )
     throughput = None
     eta = None
