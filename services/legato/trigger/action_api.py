@@ -193,28 +193,19 @@ class ActionApi:
         if not reason.strip():
             raise ApiError("bad_request", f"{action}: a reason is required (--reason)")
         action_id = request_id or new_request_id()
-        msg = ActionRequest(
+        msg = action_message(
+            self.topology,
+            workflow_id,
+            action,
             action_id=action_id,
-            workflow_id=workflow_id,
-            action=action,
             instance_id=instance_id,
             step_id=step_id,
             reason=reason,
             actor=actor or "api",
-            requested_at=time.time(),
+            headers=inject_headers({}),
         )
         async with self.pool.acquire() as conn, conn.transaction():
-            await add_to_outbox(
-                conn,
-                [
-                    OutgoingMessage(
-                        self.topology.trigger_subject(workflow_id),
-                        encode(msg),
-                        msg_id=f"action:{action_id}",
-                        headers=inject_headers({}),
-                    )
-                ],
-            )
+            await add_to_outbox(conn, [msg])
         self.wake_relay()
         return ActionAccepted(
             action_id=action_id,
@@ -222,6 +213,37 @@ class ActionApi:
             workflow_id=workflow_id,
             instance_id=instance_id,
         )
+
+
+def action_message(
+    topology: Topology,
+    workflow_id: str,
+    action: ActionKind,
+    *,
+    action_id: str,
+    instance_id: str | None,
+    step_id: str | None = None,
+    reason: str,
+    actor: str,
+    headers: dict[str, str] | None = None,
+) -> OutgoingMessage:
+    """The ``ActionRequest`` for the workflow's actor, deduplicated by its action id (for the outbox)."""
+    msg = ActionRequest(
+        action_id=action_id,
+        workflow_id=workflow_id,
+        action=action,
+        instance_id=instance_id,
+        step_id=step_id,
+        reason=reason,
+        actor=actor,
+        requested_at=time.time(),
+    )
+    return OutgoingMessage(
+        topology.trigger_subject(workflow_id),
+        encode(msg),
+        msg_id=f"action:{action_id}",
+        headers=headers or {},
+    )
 
 
 async def _check_blocks(conn: asyncpg.Connection, run: asyncpg.Record) -> None:

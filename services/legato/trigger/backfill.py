@@ -40,11 +40,12 @@ from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
-from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
+from legato.protocol.messages import ActionKind, StartRun, TriggerInfo
 from legato.runtime.component import Component
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry as R
+from legato.trigger.action_api import action_message
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 from legato.trigger.run_params import check_run_params
@@ -471,19 +472,17 @@ async def summary(conn: asyncpg.Connection, r: asyncpg.Record) -> dict[str, Any]
 
 
 def _action(
-    topology: Topology, workflow_id: str, action: str, instance_id: str, reason: str, actor: str | None
+    topology: Topology, workflow_id: str, action: ActionKind, instance_id: str, reason: str, actor: str | None
 ) -> OutgoingMessage:
-    action_id = new_request_id()
-    msg = ActionRequest(
-        action_id=action_id,
-        workflow_id=workflow_id,
-        action=action,  # type: ignore[arg-type]
+    return action_message(
+        topology,
+        workflow_id,
+        action,
+        action_id=new_request_id(),
         instance_id=instance_id,
         reason=reason,
         actor=actor or "backfill",
-        requested_at=time.time(),
     )
-    return OutgoingMessage(topology.trigger_subject(workflow_id), encode(msg), msg_id=f"action:{action_id}")
 
 
 class BackfillLoop(Component):
