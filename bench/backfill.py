@@ -43,7 +43,7 @@ LIVE = 10
 async def live_latency(client: LegatoClient, conn: asyncpg.Connection, tag: str) -> list[float]:
     ids = []
     for i in range(LIVE):
-        ids.append((await client.start("bench-backfill", request_id=f"{tag}-{i}"))["instance_id"])
+        ids.append((await client.start("bench-backfill", request_id=f"{tag}-{i}")).instance_id)
         await asyncio.sleep(0.05)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

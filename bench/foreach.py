@@ -84,7 +84,7 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         t0 = time.time()
         while True:
             peak = max(peak, rss_kb(pid))
-            info = await client.get(res["instance_id"], timeline_limit=0, steps_limit=10)
+            info = await client.get(res.instance_id, timeline_limit=0, steps_limit=10)
             if info.get("status") in ("succeeded", "failed", "stopped", "timed_out"):
                 break
             await asyncio.sleep(0.1)

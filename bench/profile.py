@@ -124,7 +124,7 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             rid = f"seq{i}"
             t_sent = time.time()
             reply = await client.start("bench-profile", request_id=rid)
-            sent[str(reply["instance_id"])] = t_sent
+            sent[str(reply.instance_id)] = t_sent
             done += 1
             await wait_ended(conn, done)
         rows = await conn.fetch(PATH_QUERY, list(sent)) if sent else []

@@ -142,7 +142,7 @@ async def takeover(settings: Settings, log_dir: Path, fault: str, ttl: float) ->
 
 async def wave(client: LegatoClient, flows: list[str], tag: str) -> None:
     """One run per workflow (so per partition), each until it succeeded."""
-    ids = [(await client.start(w, request_id=f"{tag}-{w}"))["instance_id"] for w in flows]
+    ids = [(await client.start(w, request_id=f"{tag}-{w}")).instance_id for w in flows]
     deadline = time.monotonic() + 120
     for run_id in ids:
         while (await client.get(run_id))["status"] != "succeeded":
@@ -206,7 +206,7 @@ async def throughput(
         async def one(i: int) -> None:
             async with sem:
                 reply = await client.start(flows[i % len(flows)], request_id=f"load{i}")
-                ids.append(str(reply["instance_id"]))
+                ids.append(str(reply.instance_id))
 
         await asyncio.gather(*(one(i) for i in range(runs)))
         deadline = time.monotonic() + 600

@@ -89,7 +89,7 @@ async def one_strategy(
         res = await asyncio.gather(
             *(client.start(wf, request_id=f"{wf}-{i}") for i in range(start, min(n, start + burst)))
         )
-        bursts.append((sent, [r["instance_id"] for r in res]))
+        bursts.append((sent, [r.instance_id for r in res]))
         if gap:
             await asyncio.sleep(gap)
     while await conn.fetchval("SELECT count(*) FROM workflow_instance WHERE workflow_id = $1", wf) < n:

@@ -89,13 +89,13 @@ async def test_last_only_replacement_starts_the_new_step_after_the_old_one_ended
     try:
         async with running_stack(settings, tmp_path) as (_stack, client):
             await client.push(REPLACED.format(script=script))
-            old = (await client.start("replaced"))["instance_id"]
+            old = (await client.start("replaced")).instance_id
 
             async def old_started() -> bool:
                 return any(f[0] == "start" and f[1] == old for f in read_log(log))
 
             await until(old_started, 30, "the first run's step started")
-            new = (await client.start("replaced", {"hold": 0}))["instance_id"]
+            new = (await client.start("replaced", {"hold": 0})).instance_id
 
             reasons: list[dict[str, Any]] = []
 
@@ -155,14 +155,14 @@ async def test_a_stop_whose_executor_dies_before_confirming_frees_the_slot_once_
     try:
         async with running_stack(settings, tmp_path, executors=2) as (stack, client):
             await client.push(SEQUENTIAL.format(script=script))
-            first = (await client.start("stopped"))["instance_id"]
+            first = (await client.start("stopped")).instance_id
 
             async def running() -> dict[str, Any] | None:
                 atts = await attempts_of(client, first)
                 return atts[0] if atts and atts[0]["status"] == "running" and atts[0]["executor"] else None
 
             attempt = await until(running, 60, "the first run's step is running")
-            second = (await client.start("stopped", {"hold": 0}))["instance_id"]
+            second = (await client.start("stopped", {"hold": 0})).instance_id
             await client.call("instance.stop", {"instance_id": first, "reason": "test"})
             stack[executor_named(stack, attempt["executor"])].kill9()
             killed_at = time.time()
@@ -221,7 +221,7 @@ async def test_executor_kill_9_marks_its_attempt_lost_within_seconds_and_only_th
     try:
         async with running_stack(settings, tmp_path, executors=2) as (stack, client):
             await client.push(LONG.format(script=script, platform=2))
-            run = (await client.start("long"))["instance_id"]
+            run = (await client.start("long")).instance_id
             killed_at = await _kill_executor_of_running_attempt(stack, client, run)
 
             async def lost() -> dict[str, Any] | None:
@@ -260,7 +260,7 @@ async def test_attempt_of_an_executor_killed_and_never_restarted_is_settled(
     try:
         async with running_stack(settings, tmp_path, executors=1) as (stack, client):
             await client.push(LONG.format(script=script, platform=0))
-            run = (await client.start("long"))["instance_id"]
+            run = (await client.start("long")).instance_id
             killed_at = await _kill_executor_of_running_attempt(stack, client, run)
             # No executor left: nothing redelivers the work item, so only the reconciler can end it.
             info = await wait_for(client, run, timeout=30)
@@ -291,7 +291,7 @@ async def test_attempt_whose_work_item_was_dead_lettered_is_settled(
     must not stay dispatched forever."""
     async with running_stack(settings, tmp_path, executors=0) as (_stack, client):
         await client.push(QUICK)
-        run = (await client.start("quick"))["instance_id"]
+        run = (await client.start("quick")).instance_id
 
         async def dispatched() -> bool:
             atts = await attempts_of(client, run)
@@ -352,7 +352,7 @@ async def test_sleep_resumes_with_the_time_left_after_its_executor_is_lost(
     seconds = 20.0
     async with running_stack(settings, tmp_path, executors=2) as (stack, client):
         await client.push(SLEEPY.format(seconds=seconds))
-        run = (await client.start("sleepy"))["instance_id"]
+        run = (await client.start("sleepy")).instance_id
 
         async def running() -> dict[str, Any] | None:
             atts = await attempts_of(client, run)

@@ -123,7 +123,7 @@ async def test_a_frozen_executor_stops_its_step_before_the_retry_starts(
     try:
         async with running_stack(settings, tmp_path, executors=2) as (stack, client):
             await client.push(WORKFLOW.format(script=script))
-            run = (await client.start("fenced"))["instance_id"]
+            run = (await client.start("fenced")).instance_id
             attempt = await first_attempt_running(client, run)
             victim = stack[executor_named(stack, attempt["executor"])]
             await asyncio.sleep(1.0)  # a few ticks
@@ -205,7 +205,7 @@ async def test_an_executor_cut_off_from_nats_stops_its_step_before_the_retry_sta
             cut.env = {**cut.env, "LEGATO_NATS_URL": f"nats://127.0.0.1:{port}"}
             cut.start()
             await client.push(WORKFLOW.format(script=script))
-            run = (await client.start("fenced"))["instance_id"]
+            run = (await client.start("fenced")).instance_id
             attempt = await first_attempt_running(client, run)
             assert executor_named(stack, attempt["executor"]) == "executor0"
             assert proxy.writers, "executor0 does not go through the proxy"

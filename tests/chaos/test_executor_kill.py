@@ -100,7 +100,7 @@ async def test_executor_kill9_takes_the_step_tree_along_and_the_retry_never_over
         assert not survivors
         await asyncio.sleep(1.0)  # anything still ticking would show in the log by now
         executor.start()
-        infos = [await wait_for(client, r["instance_id"], timeout=120) for r in (first, second)]
+        infos = [await wait_for(client, r.instance_id, timeout=120) for r in (first, second)]
     except BaseException:
         print(stack.logs())
         raise
@@ -111,14 +111,14 @@ async def test_executor_kill9_takes_the_step_tree_along_and_the_retry_never_over
     assert not marked_processes(mark)
 
     lines = read_log(log)
-    first_id = first["instance_id"]
+    first_id = first.instance_id
     lost = [x for x in lines if x[0] == first_id and x[1] == 1]
     # The first attempt was cut off: it never finished, and nothing of it ran after the kill.
     assert lost and not any(who == "done" for _, _, who, _ in lost)
     assert max(at for *_, at in lost) < killed_at + 1.0
     # Each run's body completed exactly once, and no two bodies ever ran at the same time.
     done = [(run, attempt) for run, attempt, who, _ in lines if who == "done"]
-    assert sorted(done) == sorted([(first_id, 2), (second["instance_id"], 1)]), done
+    assert sorted(done) == sorted([(first_id, 2), (second.instance_id, 1)]), done
     spans: dict[tuple[str, int], tuple[float, float]] = {}
     for run, attempt, _, at in lines:
         lo, hi = spans.get((run, attempt), (at, at))

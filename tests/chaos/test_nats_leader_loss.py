@@ -58,7 +58,7 @@ async def start_run(client: LegatoClient, wf: str, request_id: str) -> str:
     for _ in range(60):
         try:
             started = await client.start(wf, request_id=request_id)
-            return str(started["instance_id"])
+            return str(started.instance_id)
         except (ApiError, TimeoutError, ConnectionError):
             await asyncio.sleep(0.5)
     raise AssertionError(f"run {request_id} could not be started through the failover")

@@ -68,10 +68,10 @@ async def test_runs_end_exactly_once_across_a_postgres_that_hangs(settings: Sett
             for proc in stopped:
                 proc.send_signal(signal.SIGCONT)
             stopped = []
-            ended = [await wait_for(client, r["instance_id"], timeout=180) for r in runs]
+            ended = [await wait_for(client, r.instance_id, timeout=180) for r in runs]
         assert [e["status"] for e in ended] == ["succeeded"] * RUNS, [e["status"] for e in ended]
         bodies = Counter(ledger.read_text().split())
-        assert set(bodies) == {r["instance_id"] for r in runs}
+        assert set(bodies) == {r.instance_id for r in runs}
         assert all(n == 1 for n in bodies.values()), bodies  # no step body ran twice
         conn = await asyncpg.connect(db_url)
         try:

@@ -98,7 +98,7 @@ async def test_a_start_the_scheduler_cannot_apply_fails_its_run_never_pending(
             info = await client.wait(iid, timeout=60)
             assert info["status"] == "failed", info
             assert f"no version {version}" in info["error"]
-        assert (await wait_for(client, good["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(client, good.instance_id))["status"] == "succeeded"
         shown = cli(settings, "show", "bad-99")
         assert shown.returncode == 0 and "FAILED" in shown.stdout.upper() and "no version 99" in shown.stdout
         dead = await client.call("dead_letter.list", {})
@@ -111,18 +111,18 @@ async def test_request_id_reused_with_a_different_request_is_a_conflict(
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(ONE)
         first = await client.start("one", {"n": 1}, request_id="key-1")
-        assert first["duplicate"] is False
+        assert first.duplicate is False
         # Before and after the scheduler applied it: same request -> same run, duplicate.
         again = await client.start("one", {"n": 1}, request_id="key-1")
-        assert again["duplicate"] is True and again["instance_id"] == first["instance_id"]
+        assert again.duplicate is True and again.instance_id == first.instance_id
         with pytest.raises(ApiError) as err:
             await client.start("one", {"n": 2}, request_id="key-1")
         assert err.value.code == "conflict" and "key-1" in err.value.message
-        assert err.value.details["instance_id"] == first["instance_id"]
-        info = await wait_for(client, first["instance_id"])
+        assert err.value.details["instance_id"] == first.instance_id
+        info = await wait_for(client, first.instance_id)
         assert info["status"] == "succeeded" and info["params"] == {"n": 1}
         again = await client.start("one", {"n": 1}, request_id="key-1")
-        assert again == {**again, "duplicate": True, "status": "succeeded"}
+        assert again.duplicate is True and again.status == "succeeded"
         with pytest.raises(ApiError) as err:
             await client.start("one", {"n": 1}, request_id="key-1", version=1)
         assert err.value.code == "conflict"  # pinning a version is a different request
@@ -137,14 +137,14 @@ async def test_skip_or_restart_from_an_unknown_step_is_an_error(settings: Settin
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(SLOW)
         run = await client.start("slow")
-        await wait_for(client, run["instance_id"], statuses=("running",))
+        await wait_for(client, run.instance_id, statuses=("running",))
         with pytest.raises(ApiError) as err:
             await client.call(
-                "instance.skip_step", {"instance_id": run["instance_id"], "step_id": "nostep", "reason": "x"}
+                "instance.skip_step", {"instance_id": run.instance_id, "step_id": "nostep", "reason": "x"}
             )
         assert err.value.code == "not_found" and "nostep" in err.value.message and "nap" in err.value.message
         ok = await client.call(
-            "instance.skip_step", {"instance_id": run["instance_id"], "step_id": "nap", "reason": "x"}
+            "instance.skip_step", {"instance_id": run.instance_id, "step_id": "nap", "reason": "x"}
         )
         assert ok["accepted"] is True
-        assert (await wait_for(client, run["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(client, run.instance_id))["status"] == "succeeded"

@@ -33,17 +33,17 @@ async def test_show_of_a_run_with_more_than_1000_steps_counts_and_pages_them_all
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(wide_workflow(1500))
         run = await client.start("wide")
-        info = await wait_for(client, run["instance_id"], timeout=180)
+        info = await wait_for(client, run.instance_id, timeout=180)
         assert info["status"] == "succeeded", info["error"]
         assert info["steps_total"] == 1500 and info["step_counts"] == {"succeeded": 1500}
         assert 0 < len(info["steps"]) <= 1000 and info["steps_next"] == len(info["steps"])
-        rest = await client.get(run["instance_id"], steps_offset=info["steps_next"])
+        rest = await client.get(run.instance_id, steps_offset=info["steps_next"])
         seen = info["steps"] + rest["steps"]
         assert rest["steps_next"] is None
         assert [s["step_id"] for s in seen] == [f"s{i:05d}" for i in range(1500)]
         assert {s["status"] for s in seen} == {"succeeded"}
 
-        out = cli(settings, "show", run["instance_id"])
+        out = cli(settings, "show", run.instance_id)
         assert out.returncode == 0, out.stderr
         assert "steps: 1500 (1500 succeeded)" in out.stdout
         lines = [line.split() for line in out.stdout.splitlines() if line.startswith("s0")]
@@ -133,7 +133,7 @@ async def test_instances_limit_is_not_capped_at_1000(settings: Settings, tmp_pat
         for _ in range(11):
             started += await asyncio.gather(*(client.start("wide") for _ in range(100)))
         for run in started:
-            await wait_for(client, run["instance_id"], timeout=120)
+            await wait_for(client, run.instance_id, timeout=120)
         out = cli(settings, "instances", "wide", "--limit", "1100", "--json")
         assert out.returncode == 0, out.stderr
         import json

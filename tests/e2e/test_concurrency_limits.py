@@ -56,13 +56,13 @@ async def test_step_concurrency_caps_steps_across_runs(settings: Settings, tmp_p
         await client.push(CAPPED)
         runs = [await client.start("capped") for _ in range(6)]
         await asyncio.sleep(0.3)
-        waiting = await client.get(runs[-1]["instance_id"])
+        waiting = await client.get(runs[-1].instance_id)
         for _ in range(100):  # under load the run may not be created yet (accepted, "pending")
             if waiting["status"] != "pending":
                 break
             await asyncio.sleep(0.1)
-            waiting = await client.get(runs[-1]["instance_id"])
-        infos = [await wait_for(client, r["instance_id"]) for r in runs]
+            waiting = await client.get(runs[-1].instance_id)
+        infos = [await wait_for(client, r.instance_id) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "work")) <= 2
     step = {s["step_id"]: s for s in waiting["steps"]}.get("work")  # none yet while the run is pending
@@ -85,13 +85,13 @@ async def test_named_tag_caps_steps_across_workflows_and_reports_why(
         # Look until a step is seen waiting (a fixed pause missed it on a loaded machine).
         deadline = asyncio.get_running_loop().time() + 20
         while True:
-            snapshot = [await client.get(r["instance_id"]) for r in runs]
+            snapshot = [await client.get(r.instance_id) for r in runs]
             tags = await client.call("tag.list", {})
             seen = any(s["status"] == "waiting" for info in snapshot for s in info["steps"])
             if seen or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.05)
-        infos = [await wait_for(client, r["instance_id"]) for r in runs]
+        infos = [await wait_for(client, r.instance_id) for r in runs]
     assert all(i["status"] == "succeeded" for i in infos)
     assert max_overlap(intervals(infos, "load")) <= 2
     waits = [s for info in snapshot for s in info["steps"] if s["status"] == "waiting"]

@@ -158,14 +158,14 @@ async def test_pause_holds_fires_per_policy_and_resume_catches_up(settings: Sett
         assert skipped[0]["error"] == "workflow paused by test: db upgrade"
         await asyncio.sleep(3.0)
         assert await runs(client, "wf-latest") == []  # held until resume
-        assert [r["instance_id"] for r in await runs(client, "wf-all")] == [manual["instance_id"]]
+        assert [r["instance_id"] for r in await runs(client, "wf-all")] == [manual.instance_id]
 
         for policy in outs:
             res = await client.call("workflow.resume", {"workflow_id": f"wf-{policy}"})
             assert res["changed"] and res["pause"] is None
         for fire in fires:
             assert (await wait_for(client, fire_id("wf-all", fire)))["status"] == "succeeded"
-        assert (await wait_for(client, manual["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(client, manual.instance_id))["status"] == "succeeded"
         assert (await wait_for(client, fire_id("wf-latest", fires[-1])))["status"] == "succeeded"
         latest = await wait_runs(client, "wf-latest", 3)
         assert sorted(r["status"] for r in latest) == ["skipped", "skipped", "succeeded"]

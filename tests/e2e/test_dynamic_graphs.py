@@ -95,15 +95,15 @@ async def test_foreach_fans_out_from_params_in_order_within_concurrency(
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
         await client.push(foreach_wf(tmp_path / "none", "fail"))
         res = await client.start("fanout", {"n": 8})
-        info = await wait_for(client, res["instance_id"], timeout=60)
+        info = await wait_for(client, res.instance_id, timeout=60)
         zero = await client.start("fanout", {"n": 0})
-        empty = await wait_for(client, zero["instance_id"])
+        empty = await wait_for(client, zero.instance_id)
         page = await client.call(
-            "instance.iterations", {"instance_id": res["instance_id"], "step_id": "each", "limit": 5}
+            "instance.iterations", {"instance_id": res.instance_id, "step_id": "each", "limit": 5}
         )
         page2 = await client.call(
             "instance.iterations",
-            {"instance_id": res["instance_id"], "step_id": "each", "after": page["next"], "limit": 5},
+            {"instance_id": res.instance_id, "step_id": "each", "after": page["next"], "limit": 5},
         )
         listed = await client.call("instance.list", {"workflow_id": "fanout"})
     assert info["status"] == "succeeded", info
@@ -111,14 +111,14 @@ async def test_foreach_fans_out_from_params_in_order_within_concurrency(
     assert each["outputs"]["iterations"] == [{"work": {"square": k * k}} for k in range(8)]
     assert each["progress"]["succeeded"] == 8 and each["progress"]["total"] == 8
     assert step(info, "total")["params"]["n_results"] == 8
-    rows = await attempts_of(settings, res["instance_id"])
+    rows = await attempts_of(settings, res.instance_id)
     assert sorted(r["it"] for r in rows) == list(range(8))
     assert max_overlap(spans(rows)) <= 3
     assert empty["status"] == "succeeded" and step(empty, "each")["outputs"]["iterations"] == []
     assert [i["iteration"] for i in page["iterations"]] == [0, 1, 2, 3, 4] and page["next"] == 4
     assert [i["iteration"] for i in page2["iterations"]] == [5, 6, 7] and page2["next"] is None
     # Iterations are child runs: not listed among the workflow's runs by default.
-    assert {r["instance_id"] for r in listed["instances"]} == {res["instance_id"], zero["instance_id"]}
+    assert {r["instance_id"] for r in listed["instances"]} == {res.instance_id, zero.instance_id}
 
 
 @pytest.mark.parametrize(
@@ -137,10 +137,10 @@ async def test_foreach_failure_modes(
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
         await client.push(foreach_wf(marker, mode, concurrency=2))
         res = await client.start("fanout", {"n": 10})
-        info = await wait_for(client, res["instance_id"], timeout=60)
+        info = await wait_for(client, res.instance_id, timeout=60)
     assert info["status"] == expect_status, info
     each = step(info, "each")
-    rows = await attempts_of(settings, res["instance_id"])
+    rows = await attempts_of(settings, res.instance_id)
     ran = {r["it"] for r in rows}
     if expect_ran is None:
         assert len(ran) < 10 and 2 in ran
@@ -163,16 +163,16 @@ async def test_restart_of_failed_foreach_reruns_only_failed_iterations(
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
         await client.push(foreach_wf(marker, "finish_others_then_fail"))
         res = await client.start("fanout", {"n": 6})
-        first = await wait_for(client, res["instance_id"], timeout=60)
+        first = await wait_for(client, res.instance_id, timeout=60)
         assert first["status"] == "failed"
         assert step(first, "each")["progress"]["failed_items"] == [1, 4]
         for k in (1, 4):
             (tmp_path / f"fail.{k}").unlink()
-        await client.call("instance.restart", {"instance_id": res["instance_id"], "reason": "fixed input"})
+        await client.call("instance.restart", {"instance_id": res.instance_id, "reason": "fixed input"})
         await asyncio.sleep(0.5)
-        again = await wait_for(client, res["instance_id"], timeout=60)
+        again = await wait_for(client, res.instance_id, timeout=60)
     assert again["status"] == "succeeded" and again["run_number"] == 2
-    rows = await attempts_of(settings, res["instance_id"])
+    rows = await attempts_of(settings, res.instance_id)
     runs_per_item: dict[int, int] = {}
     for r in rows:
         runs_per_item[r["it"]] = runs_per_item.get(r["it"], 0) + 1
@@ -218,7 +218,7 @@ async def test_subworkflow_outputs_flow_back_and_skip_the_child_strategy(
         await client.push(CHILD.replace("{sleep}", "0.5"))
         await client.push(PARENT)
         runs = [await client.start("parent-wf", {"x": x}) for x in (1, 2, 3)]
-        infos = [await wait_for(client, r["instance_id"], timeout=60) for r in runs]
+        infos = [await wait_for(client, r.instance_id, timeout=60) for r in runs]
         children = await client.call("instance.list", {"workflow_id": "child-wf", "include_children": True})
     assert [i["status"] for i in infos] == ["succeeded"] * 3
     assert [step(i, "after")["params"]["got"] for i in infos] == [2, 4, 6]
@@ -241,8 +241,8 @@ async def test_stopping_the_parent_stops_its_child_runs(settings: Settings, tmp_
         await client.push(PARENT)
         res = await client.start("parent-wf", {"x": 5})
         await wait_for_child(client, "child-wf")
-        await client.call("instance.stop", {"instance_id": res["instance_id"], "reason": "no longer needed"})
-        info = await wait_for(client, res["instance_id"])
+        await client.call("instance.stop", {"instance_id": res.instance_id, "reason": "no longer needed"})
+        info = await wait_for(client, res.instance_id)
         kids = (await client.call("instance.list", {"workflow_id": "child-wf", "include_children": True}))[
             "instances"
         ]
@@ -293,9 +293,9 @@ async def test_loop_repeats_while_condition_holds_and_each_iteration_is_visible(
     async with running_stack(settings, tmp_path, concurrency=16) as (_stack, client):
         await client.push(LOOP)
         res = await client.start("until-green", {"needed": 3})
-        info = await wait_for(client, res["instance_id"], timeout=60)
+        info = await wait_for(client, res.instance_id, timeout=60)
         its = await client.call(
-            "instance.iterations", {"instance_id": res["instance_id"], "step_id": "retry_until_green"}
+            "instance.iterations", {"instance_id": res.instance_id, "step_id": "retry_until_green"}
         )
     assert info["status"] == "succeeded", info
     loop = step(info, "retry_until_green")
@@ -341,7 +341,7 @@ async def test_foreach_inside_subworkflow_inside_foreach(settings: Settings, tmp
         await client.push(NESTED_INNER)
         await client.push(NESTED_OUTER)
         res = await client.start("outer")
-        info = await wait_for(client, res["instance_id"], timeout=60)
+        info = await wait_for(client, res.instance_id, timeout=60)
     assert info["status"] == "succeeded", info
     days = step(info, "days")["outputs"]["iterations"]
     keys = [[r["touch"]["key"] for r in d["per_region"]["iterations"]] for d in days]
@@ -378,7 +378,7 @@ async def test_scheduler_kill_9_mid_foreach_runs_each_iteration_exactly_once(
             for _ in range(600):
                 done = await conn.fetchval(
                     "SELECT count(*) FROM workflow_instance WHERE parent_instance_id = $1 AND status = 'succeeded'",
-                    res["instance_id"],
+                    res.instance_id,
                 )
                 if done >= n // 3:
                     break
@@ -386,16 +386,16 @@ async def test_scheduler_kill_9_mid_foreach_runs_each_iteration_exactly_once(
             stack["scheduler"].kill9()
             await asyncio.sleep(1.0)
             stack["scheduler"].start()
-            info = await wait_for(client, res["instance_id"], timeout=300)
+            info = await wait_for(client, res.instance_id, timeout=300)
             per_iteration = await conn.fetch(
                 "SELECT parent_iteration, count(*) AS runs FROM workflow_instance WHERE parent_instance_id = $1 "
                 "GROUP BY parent_iteration",
-                res["instance_id"],
+                res.instance_id,
             )
             succeeded_attempts = await conn.fetchval(
                 "SELECT count(*) FROM step_attempt a JOIN workflow_instance i ON i.id = a.instance_id "
                 "WHERE i.parent_instance_id = $1 AND a.status = 'succeeded'",
-                res["instance_id"],
+                res.instance_id,
             )
         finally:
             await conn.close()

@@ -14,6 +14,7 @@ import pytest
 
 from legato.client import LegatoClient
 from legato.config.settings import Settings
+from legato.protocol.replies import StartReply
 from tests.support.stack import running_stack, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -36,8 +37,8 @@ async def runs_of(client: LegatoClient, workflow_id: str, count: int = 1, timeou
         await asyncio.sleep(0.2)
 
 
-async def finished(client: LegatoClient, started: dict[str, Any]) -> dict[str, Any]:
-    return await wait_for(client, started["instance_id"], timeout=120)
+async def finished(client: LegatoClient, started: StartReply) -> dict[str, Any]:
+    return await wait_for(client, started.instance_id, timeout=120)
 
 
 def steps_of(info: dict[str, Any]) -> dict[str, dict[str, Any]]:

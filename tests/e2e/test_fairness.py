@@ -75,12 +75,12 @@ async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
         await client.push(PROBE.replace("{id}", probe_id, 1))
         # Warm the probe workflow (its definition cached, its actor built) so only contention is timed.
         warm = await client.start(probe_id)
-        assert (await wait_for(client, warm["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(client, warm.instance_id))["status"] == "succeeded"
         big = await client.start(big_id)
         conn = await asyncpg.connect(settings.database_url)
         try:
             for _ in range(600):  # the big run is in flight: thousands of its iterations exist
-                n = await conn.fetchval(PROGRESS[shape], big["instance_id"])
+                n = await conn.fetchval(PROGRESS[shape], big.instance_id)
                 if n >= 1000:
                     break
                 await asyncio.sleep(0.1)
@@ -88,22 +88,22 @@ async def test_unrelated_run_completes_while_a_10000_step_run_is_in_flight(
             for _ in range(3):
                 t0 = time.monotonic()
                 run = await client.start(probe_id)
-                info = await wait_for(client, run["instance_id"], timeout=120)
+                info = await wait_for(client, run.instance_id, timeout=120)
                 figures.append(time.monotonic() - t0)
                 assert info["status"] == "succeeded"
                 row = await conn.fetchrow(
                     "SELECT i.created_at, a.dispatched_at, a.started_at, a.ended_at, i.ended_at AS run_end "
                     "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id WHERE i.id = $1",
-                    run["instance_id"],
+                    run.instance_id,
                 )
                 print("probe", figures[-1], dict(row) if row else None)
             big_left = await conn.fetchval(
-                "SELECT status FROM workflow_instance WHERE id = $1", big["instance_id"]
+                "SELECT status FROM workflow_instance WHERE id = $1", big.instance_id
             )
             t0 = time.monotonic()
-            done = await wait_for(client, big["instance_id"], timeout=300)
+            done = await wait_for(client, big.instance_id, timeout=300)
             print("big run finished", time.monotonic() - t0, "s after the probes")
-            per_iteration = await conn.fetch(ATTEMPTS_PER_UNIT[shape], big["instance_id"])
+            per_iteration = await conn.fetch(ATTEMPTS_PER_UNIT[shape], big.instance_id)
         finally:
             await conn.close()
         print("probe seconds", figures, "big run status while probing", big_left)
@@ -150,7 +150,7 @@ async def test_held_steps_run_exactly_once_across_a_scheduler_kill_9(
                     "SELECT count(*) FROM step_run s JOIN workflow_instance i ON i.id = s.instance_id "
                     "WHERE i.parent_instance_id = $1 AND s.status = 'waiting' "
                     "AND s.reason->>'code' = 'waiting_for_dispatch_slot'",
-                    run["instance_id"],
+                    run.instance_id,
                 )
                 if held >= 10:
                     break
@@ -159,12 +159,12 @@ async def test_held_steps_run_exactly_once_across_a_scheduler_kill_9(
             stack["scheduler"].kill9()
             await asyncio.sleep(0.5)
             stack["scheduler"].start()
-            info = await wait_for(client, run["instance_id"], timeout=180)
+            info = await wait_for(client, run.instance_id, timeout=180)
             most_started = await conn.fetchval(
                 "SELECT max(n) FROM (SELECT count(*) AS n FROM step_attempt a "
                 "JOIN workflow_instance i ON i.id = a.instance_id WHERE i.parent_instance_id = $1 "
                 "GROUP BY i.id) x",
-                run["instance_id"],
+                run.instance_id,
             )
         finally:
             await conn.close()

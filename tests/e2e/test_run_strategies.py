@@ -379,7 +379,7 @@ async def test_instance_get_answers_pending_from_another_api_process(
         stack["trigger"].start()
         await wait_api(client)
         await asyncio.sleep(0)
-        info = await client.get(res["instance_id"])
+        info = await client.get(res.instance_id)
         assert info["status"] == "pending" and info["workflow_id"] == "lonely"
     finally:
         await client.close()

@@ -248,7 +248,7 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
             nonlocal n
             while not stop_loading.is_set():
                 r = await client.start(flows[n % len(flows)], request_id=f"load{n}")
-                started.append(r["instance_id"])
+                started.append(r.instance_id)
                 n += 1
                 await asyncio.sleep(0.01)
 
@@ -276,9 +276,7 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
             # While it stays stopped (for several lease times), new runs on every partition complete.
             fresh: list[str] = []
             for wave in range(3):
-                ids_now = [
-                    (await client.start(w, request_id=f"fresh{wave}-{w}"))["instance_id"] for w in flows
-                ]
+                ids_now = [(await client.start(w, request_id=f"fresh{wave}-{w}")).instance_id for w in flows]
                 for i in ids_now:
                     info = await wait_for(client, i, timeout=45)
                     assert info["status"] == "succeeded", info

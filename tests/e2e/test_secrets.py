@@ -144,13 +144,13 @@ async def test_a_secret_reaches_its_step_and_nothing_else(settings: Settings, tm
             sub = await client.nc.subscribe(">", cb=record)
             await client.push(SECRETIVE)
             started = await client.start("secretive", {"digests": str(digests)})
-            info = await wait_for(client, started["instance_id"], timeout=90)
+            info = await wait_for(client, started.instance_id, timeout=90)
             # A run cannot name a secret its definition does not allow.
             with pytest.raises(ApiError) as err:
                 await client.start("secretive", {"digests": str(digests), "db": "api_token"})
             assert err.value.code == "invalid_params"
-            shown = cli(settings, "show", started["instance_id"])
-            shown_json = cli(settings, "show", started["instance_id"], "--json")
+            shown = cli(settings, "show", started.instance_id)
+            shown_json = cli(settings, "show", started.instance_id, "--json")
             await asyncio.sleep(1.0)  # spans exported every 200 ms
             await sub.unsubscribe()
             streams = await streams_text(client, settings.namespace)
@@ -196,7 +196,7 @@ async def test_a_missing_secret_fails_the_step_naming_it(settings: Settings, tmp
     async with running_stack(settings, tmp_path / "stack", extra_env=env) as (_stack, client):
         await client.push(SECRETIVE)
         started = await client.start("secretive", {"digests": str(digests), "token": "no_such_secret"})
-        info = await wait_for(client, started["instance_id"], timeout=60)
+        info = await wait_for(client, started.instance_id, timeout=60)
     assert info["status"] == "failed"
     error = info["steps"][0]["attempts"][0]["error"]
     assert error == (

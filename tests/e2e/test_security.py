@@ -75,15 +75,15 @@ async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring,
     async with running_stack(settings, tmp_path) as (_stack, admin):
         await admin.push(SLEEPY)
         run = await admin.start("sleepy", {})
-        await wait_for(admin, run["instance_id"], statuses=("running",))
+        await wait_for(admin, run.instance_id, statuses=("running",))
         viewer = await as_role(settings, keyring, "viewer")
         operator = await as_role(settings, keyring, "operator")
         try:
-            assert (await viewer.get(run["instance_id"]))["status"] == "running"
+            assert (await viewer.get(run.instance_id))["status"] == "running"
             # A viewer's stop: refused by nats-server, reported at once and by name — not a timeout.
             began = time.monotonic()
             with pytest.raises(ApiError) as refused:
-                await viewer.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
+                await viewer.call("instance.stop", {"instance_id": run.instance_id, "reason": "test"})
             assert refused.value.code == "permission_denied"
             assert "instance.stop" in refused.value.message
             assert time.monotonic() - began < 10
@@ -96,13 +96,13 @@ async def test_roles_viewer_operator_admin(settings: Settings, keyring: Keyring,
                 admin.nc, admin.topology, signer=Signer.from_file(keyring.seed_file("viewer"))
             )
             with pytest.raises(ApiError) as refused:
-                await smuggled.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
+                await smuggled.call("instance.stop", {"instance_id": run.instance_id, "reason": "test"})
             assert refused.value.code == "permission_denied"
             assert "needs role operator" in refused.value.message
-            assert (await viewer.get(run["instance_id"]))["status"] == "running"
+            assert (await viewer.get(run.instance_id))["status"] == "running"
             # The operator's stop is recorded under the operator's proven name.
-            await operator.call("instance.stop", {"instance_id": run["instance_id"], "reason": "test"})
-            info = await wait_for(admin, run["instance_id"])
+            await operator.call("instance.stop", {"instance_id": run.instance_id, "reason": "test"})
+            info = await wait_for(admin, run.instance_id)
             assert info["status"] == "stopped"
             actors = {t.get("actor") for t in info.get("timeline", []) if t.get("actor")}
             assert "operator" in actors, info.get("timeline")
@@ -121,7 +121,7 @@ async def test_forged_replayed_and_unsigned_requests_are_refused(
         try:
             with pytest.raises(ApiError) as refused:
                 await operator.call(
-                    "instance.stop", {"instance_id": run["instance_id"], "reason": "x", "actor": "alice"}
+                    "instance.stop", {"instance_id": run.instance_id, "reason": "x", "actor": "alice"}
                 )
             assert refused.value.code == "forbidden"
             assert "'alice'" in refused.value.message and "'operator'" in refused.value.message
@@ -252,7 +252,7 @@ async def test_raw_work_is_refused_by_the_server_and_never_run(
         # And a real run still works: the scheduler's own items are signed and run.
         await admin.push(SLEEPY.replace("120s", "0s"))
         run = await admin.start("sleepy", {})
-        assert (await wait_for(admin, run["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(admin, run.instance_id))["status"] == "succeeded"
     assert not unsigned_marker.exists() and not forged_marker.exists()
 
 
@@ -291,7 +291,7 @@ async def test_services_work_within_their_permissions(
         await admin.push(SLEEPY.replace("120s", "0s"))
         runs = [await admin.start("sleepy", {}) for _ in range(5)]
         for run in runs:
-            assert (await wait_for(admin, run["instance_id"]))["status"] == "succeeded"
+            assert (await wait_for(admin, run.instance_id))["status"] == "succeeded"
         await admin.send_signal("nobody.listens", {"x": 1})
         await asyncio.sleep(1.0)
     refused = [

@@ -84,7 +84,7 @@ async def test_hostile_params_arrive_as_one_literal_argument_and_run_nothing(
             dump = tmp_path / f"run{i}"
             dump.mkdir()
             started = await client.start("echo-args", {"x": value, "dump": str(dump)})
-            runs.append((value, dump, started["instance_id"]))
+            runs.append((value, dump, started.instance_id))
         infos = await asyncio.gather(*(wait_for(client, run_id, timeout=120) for _v, _d, run_id in runs))
         for (value, dump, _run_id), info in zip(runs, infos, strict=True):
             assert info["status"] == "succeeded", (value[:80], info.get("error"), info["steps"])
@@ -152,7 +152,7 @@ async def test_a_step_sees_only_its_declared_environment(settings: Settings, tmp
     async with running_stack(settings, tmp_path / "stack", extra_env=executor_only) as (_stack, client):
         await client.push(ENVIRONMENT)
         started = await client.start("show-env", {"dump": str(dump), "big": big})
-        info = await wait_for(client, started["instance_id"], timeout=60)
+        info = await wait_for(client, started.instance_id, timeout=60)
         assert info["status"] == "succeeded", info
         assert info["steps"][0]["outputs"] == {"count": 100_000}
     env = dict(

@@ -344,14 +344,14 @@ async def test_step_waits_for_a_matching_signal_then_gets_its_fields(
         await stored_signals(client, "warehouse_loaded", 1)
         early = await client.start("report", {"date": "2026-01-01"})
         late = await client.start("report", {"date": "2026-01-02"})
-        info = await wait_for(client, early["instance_id"])
+        info = await wait_for(client, early.instance_id)
         assert info["status"] == "succeeded", info
         steps = {s["step_id"]: s for s in info["steps"]}
         assert steps["publish"]["params"]["table"] == "t_early"
         # The other run waits, visibly.
         deadline = time.monotonic() + 20
         while True:
-            waiting = await client.get(late["instance_id"])
+            waiting = await client.get(late.instance_id)
             step = {s["step_id"]: s for s in waiting["steps"]}["publish"]
             if step["status"] == "waiting":
                 break
@@ -360,19 +360,19 @@ async def test_step_waits_for_a_matching_signal_then_gets_its_fields(
         assert "warehouse_loaded" in json.dumps(step["reason"])
         pending = await client.call("signal.pending", {"workflow_id": "report"})
         assert [(w["instance_id"], w["step_id"], w["match"]) for w in pending["steps"]] == [
-            (late["instance_id"], "publish", {"date": {"op": "=", "value": "2026-01-02"}})
+            (late.instance_id, "publish", {"date": {"op": "=", "value": "2026-01-02"}})
         ]
         await client.send_signal("warehouse_loaded", {"date": "2026-01-03", "table": "nope"}, signal_id="w1")
         await client.send_signal(
             "warehouse_loaded", {"date": "2026-01-02", "table": "t_late"}, signal_id="w2"
         )
-        info = await wait_for(client, late["instance_id"])
+        info = await wait_for(client, late.instance_id)
         assert info["status"] == "succeeded", info
         steps = {s["step_id"]: s for s in info["steps"]}
         assert steps["publish"]["params"]["table"] == "t_late"
         assert (await client.call("signal.pending", {"workflow_id": "report"}))["steps"] == []
         lineage = await client.call("signal.lineage", {"name": "warehouse_loaded", "id": "w2"})
-        assert [u["instance_id"] for u in lineage["signal"]["unblocked"]] == [late["instance_id"]]
+        assert [u["instance_id"] for u in lineage["signal"]["unblocked"]] == [late.instance_id]
 
 
 async def test_published_signal_starts_another_workflow_and_lineage_follows_the_chain(
@@ -382,19 +382,19 @@ async def test_published_signal_starts_another_workflow_and_lineage_follows_the_
         await client.push(CHAIN_B)
         await client.push(CHAIN_A)
         a = await client.start("extract", {"day": "mon"})
-        info = await wait_for(client, a["instance_id"])
+        info = await wait_for(client, a.instance_id)
         assert info["status"] == "succeeded", info
         runs = await wait_runs(settings.database_url, "transform", 1, settle=1.5)
         assert len(runs) == 1  # exactly once per step success
         assert runs[0]["params"] == {"day": "mon", "rows": 42}
-        down = await client.call("signal.lineage", {"instance_id": a["instance_id"]})
+        down = await client.call("signal.lineage", {"instance_id": a.instance_id})
         (published,) = down["run"]["published"]
-        assert published["name"] == "extract_done" and published["publisher_instance"] == a["instance_id"]
+        assert published["name"] == "extract_done" and published["publisher_instance"] == a.instance_id
         assert [t["instance_id"] for t in published["triggered"]] == [runs[0]["id"]]
         up = await client.call("signal.lineage", {"instance_id": runs[0]["id"]})
         (started_by,) = up["run"]["started_by"]
         assert started_by["name"] == "extract_done"
-        assert started_by["published_by"]["instance_id"] == a["instance_id"]
+        assert started_by["published_by"]["instance_id"] == a.instance_id
 
 
 async def test_signals_before_a_trigger_existed_count_only_with_since(
@@ -433,7 +433,7 @@ async def test_the_example_chain_publish_join_wait_and_lineage(settings: Setting
             await client.push((examples / f"{name}.yaml").read_text(), source=f"{name}.yaml")
         await client.send_signal("fx_rates_ready", {"date": "2026-03-01", "source": "ecb"}, signal_id="fx-1")
         load = await client.start("warehouse-load", {"date": "2026-03-01"})
-        assert (await wait_for(client, load["instance_id"]))["status"] == "succeeded"
+        assert (await wait_for(client, load.instance_id))["status"] == "succeeded"
         deadline = time.monotonic() + 30
         while not (runs := await runs_of(settings.database_url, "daily-report")):
             assert time.monotonic() < deadline
@@ -454,7 +454,7 @@ async def test_the_example_chain_publish_join_wait_and_lineage(settings: Setting
         lineage = (await client.call("signal.lineage", {"instance_id": report}))["run"]
         started = {s["name"]: s for s in lineage["started_by"]}
         assert set(started) == {"warehouse_loaded", "fx_rates_ready"}
-        assert started["warehouse_loaded"]["published_by"]["instance_id"] == load["instance_id"]
+        assert started["warehouse_loaded"]["published_by"]["instance_id"] == load.instance_id
         assert [s["id"] for s in lineage["unblocked_by"]] == ["ok-1"]
 
 

@@ -83,7 +83,7 @@ async def test_multi_step_params_and_outputs_flow_downstream(settings: Settings,
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(PIPELINE, source="pipeline.yaml")
         res = await client.start("pipeline", {"rows": 21, "label": "abc"})
-        info = await wait_for(client, res["instance_id"])
+        info = await wait_for(client, res.instance_id)
         assert info["status"] == "succeeded", info
         steps = {s["step_id"]: s for s in info["steps"]}
         assert steps["extract"]["outputs"] == {"rows": 21, "tag": "abc-e"}
@@ -101,7 +101,7 @@ async def test_conditional_branch_is_taken_from_a_step_output(settings: Settings
         big = await client.start("branchy", {"n": 50})
         small = await client.start("branchy", {"n": 2})
         for run, taken, skipped in ((big, "big", "small"), (small, "small", "big")):
-            info = await wait_for(client, run["instance_id"])
+            info = await wait_for(client, run.instance_id)
             assert info["status"] == "succeeded", info
             steps = {s["step_id"]: s for s in info["steps"]}
             assert steps[taken]["status"] == "succeeded"
@@ -116,7 +116,7 @@ async def test_failing_step_retries_with_backoff_then_fails_the_run(
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(FLAKY)
         res = await client.start("flaky")
-        info = await wait_for(client, res["instance_id"])
+        info = await wait_for(client, res.instance_id)
         assert info["status"] == "failed"
         steps = {s["step_id"]: s for s in info["steps"]}
         boom = steps["boom"]
@@ -141,12 +141,12 @@ async def test_duplicate_start_requests_give_one_run(settings: Settings, tmp_pat
         results = await asyncio.gather(
             *(client.start("pipeline", request_id="same-request") for _ in range(20))
         )
-        ids = {r["instance_id"] for r in results}
+        ids = {r.instance_id for r in results}
         assert len(ids) == 1
         info = await wait_for(client, ids.pop())
         assert info["status"] == "succeeded"
         again = await client.start("pipeline", request_id="same-request")
-        assert again["duplicate"] is True and again["status"] == "succeeded"
+        assert again.duplicate is True and again.status == "succeeded"
         listed = await client.call("instance.list", {"workflow_id": "pipeline"})
         assert len(listed["instances"]) == 1
 
@@ -210,7 +210,7 @@ async def test_every_message_delivered_twice_changes_nothing(settings: Settings,
         runs = [await client.start("pipeline", {"rows": i}) for i in range(5)]
         runs.append(await client.start("flaky"))
         runs.append(await client.start("branchy", {"n": 11}))
-        infos = [await wait_for(client, r["instance_id"]) for r in runs]
+        infos = [await wait_for(client, r.instance_id) for r in runs]
     assert [i["status"] for i in infos] == ["succeeded"] * 5 + ["failed", "succeeded"]
     for info in infos[:5]:
         for step in info["steps"]:
@@ -288,7 +288,7 @@ async def test_kill_9_mid_run_finishes_every_run_exactly_once(
             runs += [await client.start("ledger", request_id=f"r{i}") for i in range(n // 2, n)]
             await asyncio.sleep(0.5)
             stack[victim].start()
-        ids = sorted({r["instance_id"] for r in runs})
+        ids = sorted({r.instance_id for r in runs})
         assert len(ids) == n
         infos = [await wait_for(client, i, timeout=120) for i in ids]
     assert all(i["status"] == "succeeded" for i in infos), [(i["instance_id"], i["status"]) for i in infos]

@@ -43,11 +43,11 @@ async def test_executor_without_a_database_runs_steps_and_its_dead_letters_reach
         executor.start()
         await client.push(HELLO.replace("{log}", str(log)))
         run = await client.start("stateless")
-        info = await wait_for(client, run["instance_id"], timeout=60)
+        info = await wait_for(client, run.instance_id, timeout=60)
         assert info["status"] == "succeeded", info
         # The ids a step makes its effects idempotent with are in its environment.
         attempt_id = info["steps"][0]["attempts"][0]["attempt_id"]
-        assert log.read_text().splitlines() == [f"{run['instance_id']} {attempt_id}"]
+        assert log.read_text().splitlines() == [f"{run.instance_id} {attempt_id}"]
 
         topo = Topology(settings.namespace, settings.partitions)
         nc = await connect(settings.nats_url, name="test-poison")

@@ -100,12 +100,12 @@ async def test_every_service_writes_its_spans_and_the_api_trace_reaches_the_sche
     async with running_stack(settings, tmp_path, extra_env=env) as (stack, client):
         await client.push(SIMPLE)
         res = await client.start("simple", {})
-        info = await wait_for(client, res["instance_id"])
+        info = await wait_for(client, res.instance_id)
         assert info["status"] == "succeeded", info
         # The CLI's trace view of the same run, from stored data.
         shown = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "legato.cli.main", "show", res["instance_id"], "--trace", "--json"],
+            [sys.executable, "-m", "legato.cli.main", "show", res.instance_id, "--trace", "--json"],
             env=stack.env,
             capture_output=True,
             text=True,
@@ -122,8 +122,7 @@ async def test_every_service_writes_its_spans_and_the_api_trace_reaches_the_sche
     [api] = [
         s
         for s in spans
-        if s["name"] == "api instance.start"
-        and s["attributes"].get("legato.instance_id") == res["instance_id"]
+        if s["name"] == "api instance.start" and s["attributes"].get("legato.instance_id") == res.instance_id
     ]
     assert api["service"] == "legato-trigger"
     # The StartRun carried the request's traceparent: the scheduler's consumer continued that trace.
@@ -132,7 +131,7 @@ async def test_every_service_writes_its_spans_and_the_api_trace_reaches_the_sche
     executed = [
         s
         for s in spans
-        if s["name"] == "execute noop" and s["attributes"].get("legato.instance_id") == res["instance_id"]
+        if s["name"] == "execute noop" and s["attributes"].get("legato.instance_id") == res.instance_id
     ]
     assert len(executed) == 1 and executed[0]["service"] == "legato-executor"
     for s in spans:
@@ -148,7 +147,7 @@ async def test_one_trace_covers_a_run_with_a_retry_and_a_foreach_across_a_schedu
     async with running_stack(settings, tmp_path, extra_env=env) as (stack, client):
         await client.push(TRACED)
         res = await client.start("traced", {})
-        run_id = res["instance_id"]
+        run_id = res.instance_id
         # Kill the scheduler once the foreach is under way, then bring it back.
         deadline = asyncio.get_running_loop().time() + 60
         while True:
@@ -229,7 +228,7 @@ async def test_real_processes_export_one_trace_per_run_over_otlp_http(
         async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
             await client.push(SIMPLE)
             res = await client.start("simple", {})
-            info = await wait_for(client, res["instance_id"])
+            info = await wait_for(client, res.instance_id)
             assert info["status"] == "succeeded", info
             trace_id = info["trace_id"]
 
@@ -249,7 +248,7 @@ async def test_real_processes_export_one_trace_per_run_over_otlp_http(
         assert complete(), (sorted({(s.service, s.name) for s in spans}), sorted(sink.metric_names))
     by_id = {s.span_id: s for s in spans}
     [root] = [s for s in spans if s.name == "workflow.run"]
-    assert root.attributes["legato.instance_id"] == res["instance_id"]
+    assert root.attributes["legato.instance_id"] == res.instance_id
     assert root.attributes["legato.workflow_id"] == "simple"
     [executed] = [s for s in spans if s.name == "execute noop"]
     # The executor's span hangs under the run's root through the step attempt span.
@@ -283,7 +282,7 @@ async def test_a_trace_not_sampled_at_the_api_is_recorded_by_no_service(
                 kept = await client.start("simple", {})
             finally:
                 otel_context.detach(token)
-            infos = [await wait_for(client, r["instance_id"]) for r in (dropped, kept)]
+            infos = [await wait_for(client, r.instance_id) for r in (dropped, kept)]
             assert [i["status"] for i in infos] == ["succeeded", "succeeded"], infos
             assert infos[1]["trace_id"] == f"{0xABC:032x}"
             wanted = {"workflow.run", "step.attempt", "execute noop"}

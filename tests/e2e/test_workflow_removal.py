@@ -54,7 +54,7 @@ async def test_archive_and_delete_refuse_active_runs_unless_forced_and_are_audit
     async with running_stack(settings, tmp_path) as (_stack, client):
         await client.push(SLOW)
         run = await client.start("doomed")
-        await wait_for(client, run["instance_id"], statuses=("running",))
+        await wait_for(client, run.instance_id, statuses=("running",))
 
         for action in ("archive", "delete"):
             out = cli(settings, "workflow", action, "doomed", "--reason", "cleanup")
@@ -71,13 +71,13 @@ async def test_archive_and_delete_refuse_active_runs_unless_forced_and_are_audit
         with pytest.raises(ApiError) as err:
             await client.start("doomed")
         assert err.value.code == "inactive"
-        assert (await client.get(run["instance_id"]))["status"] == "running"  # archive keeps runs
+        assert (await client.get(run.instance_id))["status"] == "running"  # archive keeps runs
 
         out = cli(settings, "workflow", "delete", "doomed", "--reason", "gone for good", "--force")
         assert out.returncode == 0 and "deleted with 1 run(s), 1 of them active" in out.stdout, out
         for call, body in (
             ("workflow.get", {"workflow_id": "doomed"}),
-            ("instance.get", {"instance_id": run["instance_id"]}),
+            ("instance.get", {"instance_id": run.instance_id}),
         ):
             with pytest.raises(ApiError) as err:
                 await client.call(call, body)
@@ -98,9 +98,9 @@ async def test_archive_and_delete_refuse_active_runs_unless_forced_and_are_audit
 
         # The id is free again: versions go on from the deleted one's, and runs work.
         pushed = await client.push(QUICK)
-        assert pushed["version"] == 2 and pushed["created"] is True
+        assert pushed.version == 2 and pushed.created is True
         again = await client.start("doomed")
-        info = await wait_for(client, again["instance_id"])
+        info = await wait_for(client, again.instance_id)
         assert info["status"] == "succeeded" and [s["step_id"] for s in info["steps"]] == ["only"]
 
         # Without active runs no force is needed; a reason always is.

@@ -68,7 +68,7 @@ async def test_executor_metrics_match_the_work_it_did(settings: Settings, tmp_pa
             await client.push(WORKFLOW)
             started = [await client.start("metered", {}) for _ in range(RUNS)]
             for res in started:
-                info = await wait_for(client, res["instance_id"], timeout=60)
+                info = await wait_for(client, res.instance_id, timeout=60)
                 assert info["status"] == "succeeded", info
             conn = await asyncpg.connect(settings.database_url)
             try:

@@ -15,6 +15,7 @@ from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
 from legato.config.settings import load_settings
+from legato.core.statuses import InstanceStatus, StepStatus
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 
@@ -60,10 +61,8 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
         if args.json:
             render.dump_json(res)
         else:
-            what = "new version" if res["created"] else "unchanged"
-            print(
-                f"{res['workflow_id']}: version {res['version']} ({what}); active version {res['active_version']}"
-            )
+            what = "new version" if res.created else "unchanged"
+            print(f"{res.workflow_id}: version {res.version} ({what}); active version {res.active_version}")
     return status
 
 
@@ -179,35 +178,26 @@ def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
 
 
 async def cmd_workflow_activate(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.activate", {"workflow_id": args.workflow, "version": args.version})
-    print(f"{res['workflow_id']}: active version {res['active_version']}")
+    res = await c.activate(args.workflow, version=args.version)
+    print(f"{res.workflow_id}: active version {res.active_version}")
     return 0
 
 
 async def cmd_workflow_deactivate(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.deactivate", {"workflow_id": args.workflow})
-    print(f"{res['workflow_id']}: inactive")
+    res = await c.deactivate(args.workflow)
+    print(f"{res.workflow_id}: inactive")
     return 0
 
 
 async def cmd_workflow_set_strategy(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call(
-        "workflow.set_run_strategy",
-        {
-            "workflow_id": args.workflow,
-            "run_strategy": args.strategy,
-            "max_concurrency": args.max_concurrency,
-        },
-    )
-    print(
-        f"{res['workflow_id']}: run strategy {res['run_strategy']} (max_concurrency {res['max_concurrency']})"
-    )
+    res = await c.set_run_strategy(args.workflow, args.strategy, max_concurrency=args.max_concurrency)
+    print(f"{res.workflow_id}: run strategy {res.run_strategy} (max_concurrency {res.max_concurrency})")
     return 0
 
 
 async def cmd_workflow_action(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call(f"workflow.{args.action}", {"workflow_id": args.workflow, "reason": args.reason})
-    print(f"{args.action} of all runs of {args.workflow} accepted (action {res['action_id']})")
+    res = await c.workflow_action(args.action, args.workflow, reason=args.reason)
+    print(f"{args.action} of all runs of {args.workflow} accepted (action {res.action_id})")
     return 0
 
 
@@ -219,17 +209,17 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
         if args.json:
             render.dump_json(res)
         else:
-            dup = " (duplicate request: existing run)" if res["duplicate"] else ""
-            print(f"{res['instance_id']}{dup}")
+            dup = " (duplicate request: existing run)" if res.duplicate else ""
+            print(f"{res.instance_id}{dup}")
         return 0
     if not args.json:
-        print(f"started {res['instance_id']}; waiting…", file=sys.stderr)
-    info = await c.wait(res["instance_id"], timeout=args.timeout)
+        print(f"started {res.instance_id}; waiting…", file=sys.stderr)
+    info = await c.wait(res.instance_id, timeout=args.timeout)
     if args.json:
         render.dump_json(info)
     else:
         print_instance(info)
-    return 0 if info["status"] == "succeeded" else 1
+    return 0 if info["status"] == InstanceStatus.SUCCEEDED else 1
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -281,7 +271,11 @@ def _step_detail(s: dict[str, Any]) -> str:
             if prog.get(key):
                 parts.append(f"{prog[key]} {key}")
         head = "foreach: " + ", ".join(parts)
-        return head if s["status"] in ("running", "succeeded") else f"{head}; {s['error'] or ''}".rstrip("; ")
+        return (
+            head
+            if s["status"] in (StepStatus.RUNNING, StepStatus.SUCCEEDED)
+            else f"{head}; {s['error'] or ''}".rstrip("; ")
+        )
     if kind == "loop":
         return f"loop: iteration {prog.get('index', 0)} of at most {prog.get('max')}" + (
             f"; {s['error']}" if s.get("error") else ""
@@ -290,7 +284,7 @@ def _step_detail(s: dict[str, Any]) -> str:
         return f"child run {prog.get('child')} of {prog.get('workflow')}" + (
             f"; {s['error']}" if s.get("error") else ""
         )
-    if s["status"] == "succeeded":
+    if s["status"] == StepStatus.SUCCEEDED:
         return json.dumps(s["outputs"] or {}, sort_keys=True, default=str)
     return str(s["error"] or render.reason_text(s["reason"]))
 
@@ -332,7 +326,7 @@ def print_instance(info: dict[str, Any]) -> None:
                     len(s["attempts"]),
                     render.duration(s["started_at"], s["ended_at"]),
                     s["error"] or render.reason_text(s["reason"])
-                    if s["status"] != "succeeded"
+                    if s["status"] != StepStatus.SUCCEEDED
                     else json.dumps(s["outputs"] or {}, sort_keys=True, default=str),
                 ]
                 for s in steps
@@ -438,17 +432,13 @@ STORED_LOG_BYTES = 8 * 1024  # what the executor keeps of an attempt's output (e
 
 
 async def cmd_instance_action(args: argparse.Namespace, c: LegatoClient) -> int:
-    body: dict[str, Any] = {"instance_id": args.instance, "reason": args.reason}
-    if getattr(args, "from_step", None):
-        body["step_id"] = args.from_step
-    if getattr(args, "step", None):
-        body["step_id"] = args.step
-    endpoint = "instance.skip_step" if args.action == "skip" else f"instance.{args.action}"
-    res = await c.call(endpoint, body)
+    step_id = getattr(args, "step", None) or getattr(args, "from_step", None)
+    verb = "skip_step" if args.action == "skip" else args.action
+    res = await c.instance_action(verb, args.instance, reason=args.reason, step_id=step_id)
     if args.json:
         render.dump_json(res)
     else:
-        print(f"{args.action} {args.instance}: accepted (action {res['action_id']})")
+        print(f"{args.action} {args.instance}: accepted (action {res.action_id})")
     return 0
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
+import msgspec
+
 COLUMN_MAX = 80
 
 
@@ -38,6 +40,8 @@ def _clip(v: str, width: int) -> str:
 
 def dump_json(value: Any, out: TextIO | None = None) -> None:
     """Print ``value`` as indented, key-sorted JSON (``--json`` output)."""
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)  # a typed reply prints as the JSON it came as
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
 
 

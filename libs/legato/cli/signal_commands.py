@@ -46,8 +46,8 @@ async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
     if args.json:
         render.dump_json(res)
     else:
-        dup = " (duplicate: already stored)" if res["duplicate"] else ""
-        print(f"signal {res['name']} id {res['id']} stored at stream seq {res['stream_seq']}{dup}")
+        dup = " (duplicate: already stored)" if res.duplicate else ""
+        print(f"signal {res.name} id {res.id} stored at stream seq {res.stream_seq}{dup}")
     return 0
 
 

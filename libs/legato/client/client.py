@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import msgspec
 import nats
@@ -15,16 +15,47 @@ from nats.aio.client import Client
 from legato.bus.connection import nats_auth_options
 from legato.bus.topology import Topology
 from legato.config.settings import Settings
+from legato.core.statuses import TERMINAL_INSTANCE, InstanceStatus
 from legato.protocol.api import ApiError
 from legato.protocol.messages import InstanceProgress
+from legato.protocol.replies import (
+    ActionAccepted,
+    Reply,
+    SignalSent,
+    StartReply,
+    WorkflowPushed,
+    WorkflowSummary,
+    WorkflowValidated,
+)
 from legato.security.keys import Signer
 from legato.security.signing import sign_request
 from legato.telemetry.tracing import inject_headers
 
-TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
+R = TypeVar("R", bound=Reply)
 _VIOLATION = "permissions violation for publish to"  # nats-py lowercases server errors
-_decode_reply = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_progress = msgspec.json.Decoder(InstanceProgress).decode
+
+
+class _ErrorBody(msgspec.Struct, frozen=True):
+    code: str = "error"
+    message: str = ""
+    details: dict[str, Any] | None = None
+
+
+class _Envelope(msgspec.Struct, Generic[R], frozen=True):
+    """``{"result": …}`` or ``{"error": …}``, with the result decoded as a typed reply."""
+
+    result: R | None = None
+    error: _ErrorBody | None = None
+
+
+class _RawEnvelope(msgspec.Struct, frozen=True):
+    result: Any = None
+    error: _ErrorBody | None = None
+
+
+_raw_decoder = msgspec.json.Decoder(_RawEnvelope)
+_typed_decoders: dict[type[Reply], msgspec.json.Decoder[Any]] = {}
 
 
 class LegatoClient:
@@ -113,7 +144,35 @@ class LegatoClient:
     async def call(
         self, endpoint: str, payload: dict[str, Any] | None = None, *, timeout: float | None = None
     ) -> Any:
-        """Call ``resource.verb``; returns the result or raises ``ApiError``."""
+        """Call ``resource.verb``; returns the result as plain JSON values or raises ``ApiError``."""
+        answer = _raw_decoder.decode(await self._request(endpoint, payload, timeout))
+        _raise_error(answer.error)
+        return answer.result
+
+    async def call_as(
+        self,
+        endpoint: str,
+        payload: dict[str, Any] | None,
+        reply: type[R],
+        *,
+        timeout: float | None = None,
+    ) -> R:
+        """Call ``resource.verb`` whose result is the typed ``reply``; raises ``ApiError``."""
+        decoder = _typed_decoders.get(reply)
+        if decoder is None:
+            decoder = _typed_decoders[reply] = msgspec.json.Decoder(_Envelope[reply])  # type: ignore[valid-type]
+        try:
+            answer = decoder.decode(await self._request(endpoint, payload, timeout))
+        except msgspec.ValidationError as exc:
+            raise ApiError("bad_reply", f"{endpoint}: the reply is not a {reply.__name__}: {exc}") from None
+        _raise_error(answer.error)
+        if answer.result is None:
+            raise ApiError("bad_reply", f"{endpoint}: the reply has no result")
+        result: R = answer.result
+        return result
+
+    async def _request(self, endpoint: str, payload: dict[str, Any] | None, timeout: float | None) -> bytes:
+        """Send the request (signed when there are credentials) and return the reply's bytes."""
         resource, verb = endpoint.split(".")
         body = dict(payload or {})
         if self.actor and self.signer is None and "actor" not in body:
@@ -159,20 +218,42 @@ class LegatoClient:
             if not request.done():
                 request.cancel()
                 await asyncio.gather(request, return_exceptions=True)
-        answer = _decode_reply(reply.data)
-        if "error" in answer:
-            err = answer["error"]
-            raise ApiError(err.get("code", "error"), err.get("message", ""), err.get("details") or {})
-        return answer.get("result")
+        data_out: bytes = reply.data
+        return data_out
 
-    # Convenience wrappers for the common calls.
+    # Typed calls: the reply Structs of legato.protocol.replies.
     async def push(
         self, definition: str, *, source: str | None = None, activate: bool = True
-    ) -> dict[str, Any]:
-        result: dict[str, Any] = await self.call(
-            "workflow.push", {"definition": definition, "source": source, "activate": activate}
+    ) -> WorkflowPushed:
+        """Store a definition as a new version (or find it stored) and, by default, activate it."""
+        return await self.call_as(
+            "workflow.push",
+            {"definition": definition, "source": source, "activate": activate},
+            WorkflowPushed,
         )
-        return result
+
+    async def validate(self, definition: str, *, source: str | None = None) -> WorkflowValidated:
+        """Check a definition without storing it (an invalid one raises ``invalid_definition``)."""
+        return await self.call_as(
+            "workflow.validate", {"definition": definition, "source": source}, WorkflowValidated
+        )
+
+    async def activate(self, workflow_id: str, *, version: int | None = None) -> WorkflowSummary:
+        """Activate the workflow (at ``version``, else its active version)."""
+        return await self.call_as(
+            "workflow.activate", {"workflow_id": workflow_id, "version": version}, WorkflowSummary
+        )
+
+    async def deactivate(self, workflow_id: str) -> WorkflowSummary:
+        """No new runs: triggers stop firing and starts are refused."""
+        return await self.call_as("workflow.deactivate", {"workflow_id": workflow_id}, WorkflowSummary)
+
+    async def set_run_strategy(
+        self, workflow_id: str, run_strategy: str, *, max_concurrency: int | None = None
+    ) -> WorkflowSummary:
+        """Override the definition's run strategy (the workflow's queue must allow the change)."""
+        body = {"workflow_id": workflow_id, "run_strategy": run_strategy, "max_concurrency": max_concurrency}
+        return await self.call_as("workflow.set_run_strategy", body, WorkflowSummary)
 
     async def start(
         self,
@@ -181,24 +262,49 @@ class LegatoClient:
         *,
         request_id: str | None = None,
         version: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> StartReply:
+        """Start a run; the same ``request_id`` again is the same run (``duplicate``)."""
         body: dict[str, Any] = {"workflow_id": workflow_id, "params": params or {}}
         if request_id:
             body["request_id"] = request_id
         if version is not None:
             body["version"] = version
-        result: dict[str, Any] = await self.call("instance.start", body)
-        return result
+        return await self.call_as("instance.start", body, StartReply)
+
+    async def instance_action(
+        self,
+        verb: str,
+        instance_id: str,
+        *,
+        reason: str,
+        step_id: str | None = None,
+        request_id: str | None = None,
+    ) -> ActionAccepted:
+        """``instance.<verb>`` (stop, kill, restart, unblock, skip_step), queued for the scheduler."""
+        body: dict[str, Any] = {"instance_id": instance_id, "reason": reason}
+        if step_id:
+            body["step_id"] = step_id
+        if request_id:
+            body["request_id"] = request_id
+        return await self.call_as(f"instance.{verb}", body, ActionAccepted)
+
+    async def workflow_action(
+        self, verb: str, workflow_id: str, *, reason: str, request_id: str | None = None
+    ) -> ActionAccepted:
+        """``workflow.<verb>`` (stop, kill, unblock): the action on every run of the workflow."""
+        body: dict[str, Any] = {"workflow_id": workflow_id, "reason": reason}
+        if request_id:
+            body["request_id"] = request_id
+        return await self.call_as(f"workflow.{verb}", body, ActionAccepted)
 
     async def send_signal(
         self, name: str, params: dict[str, Any] | None = None, *, signal_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> SignalSent:
         """Publish signal ``name`` (stored by JetStream before this returns); the same id twice is one signal."""
         body: dict[str, Any] = {"name": name, "params": params or {}}
         if signal_id:
             body["id"] = signal_id
-        result: dict[str, Any] = await self.call("signal.send", body)
-        return result
+        return await self.call_as("signal.send", body, SignalSent)
 
     async def get(self, instance_id: str, **extra: Any) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("instance.get", {"instance_id": instance_id, **extra})
@@ -224,8 +330,8 @@ class LegatoClient:
                 except ApiError as exc:
                     if exc.code != "not_found":
                         raise
-                    info = {"status": "pending"}
-                if info.get("status") in TERMINAL:
+                    info = {"status": InstanceStatus.PENDING}
+                if info.get("status") in TERMINAL_INSTANCE:
                     return await self.get(instance_id)
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -237,3 +343,8 @@ class LegatoClient:
                 woke.clear()
         finally:
             await sub.unsubscribe()
+
+
+def _raise_error(error: _ErrorBody | None) -> None:
+    if error is not None:
+        raise ApiError(error.code, error.message, error.details or {})

@@ -441,12 +441,12 @@ class DevStack:
                 name = path.relative_to(folder)
                 try:
                     res = await client.push(path.read_text(encoding="utf-8"), source=str(path))
-                    say(f"loaded {name}: {res['workflow_id']} v{res['version']}")
+                    say(f"loaded {name}: {res.workflow_id} v{res.version}")
                 except (ApiError, OSError, UnicodeDecodeError) as exc:
                     say(f"could not load {name}: {exc}")
             if not self.options.no_demo and any(p.stem == "hello" for p in files):
-                res = await client.start("hello", request_id=f"dev-demo-{int(time.time())}")
-                say(f"demo run of hello started: {res['instance_id']} (legato show {res['instance_id']})")
+                run = await client.start("hello", request_id=f"dev-demo-{int(time.time())}")
+                say(f"demo run of hello started: {run.instance_id} (legato show {run.instance_id})")
         finally:
             await client.close()
 

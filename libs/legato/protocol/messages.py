@@ -51,12 +51,16 @@ class StartRun(_Msg, tag="start", frozen=True, kw_only=True):
     apply_run_strategy: bool = True
 
 
+ActionKind = Literal["stop", "kill", "restart", "unblock", "skip_step", "stop_all", "kill_all", "unblock_all"]
+"""What an operator asks of a run (or, ``*_all``, of every run of a workflow)."""
+
+
 class ActionRequest(_Msg, tag="action", frozen=True, kw_only=True):
     """An operator action, applied by the workflow's actor (idempotent by ``action_id``)."""
 
     action_id: str
     workflow_id: str
-    action: Literal["stop", "kill", "restart", "unblock", "skip_step", "stop_all", "kill_all", "unblock_all"]
+    action: ActionKind
     instance_id: str | None = None
     step_id: str | None = None
     reason: str = ""

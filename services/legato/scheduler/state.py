@@ -16,12 +16,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.statuses import FAILED_STEP, TERMINAL_INSTANCE, TERMINAL_STEP
 from legato.scheduler.span_facts import SpanFact
 
-ACTIVE = ("queued", "running")
-TERMINAL_INSTANCE = ("succeeded", "failed", "timed_out", "stopped", "skipped")
-TERMINAL_STEP = ("succeeded", "failed", "timed_out", "stopped", "skipped")
-FAILED_STEP = ("failed", "timed_out", "stopped")
 OPERATOR_SKIP = "skipped_by_operator"
 # A step held back because its workflow already has the dispatch window of attempts waiting in the
 # step's executor queue (see ``RunEngine.dispatch``).

@@ -26,8 +26,6 @@ from legato.core.admission import QueueState, queue_state, running_limit
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState
 
-STRATEGIES = ("sequential", "strict_sequential", "first_only", "last_only", "serial_latest_only", "parallel")
-
 
 def limit_of(engine: RunEngine) -> int:
     """How many runs of the workflow may run at once now (``legato.core.admission``)."""

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -35,15 +35,18 @@ from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
+from legato.core.statuses import ACTIVE_INSTANCE, TERMINAL_INSTANCE, InstanceStatus
 from legato.lifecycle.component import Component
 from legato.protocol import api as A
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
-from legato.protocol.messages import ActionRequest, StartRun, TriggerInfo
+from legato.protocol.messages import ActionKind, StartRun, TriggerInfo
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry as R
+from legato.trigger.action_api import action_message
+from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 from legato.trigger.run_params import check_run_params
 
@@ -53,10 +56,7 @@ MAX_PERIODS = 100_000
 MAX_CONCURRENCY = 1000
 MAX_REASON = 1000
 DRY_RUN_SHOWN = 50
-ACTIVE = ("queued", "running")
 PERIOD_TEMPLATES = ("${backfill.period_start}", "${backfill.period_end}")
-
-Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 
 
 class StartBackfill(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -349,7 +349,7 @@ class BackfillApi:
             raise ApiError("bad_request", "cancel: a reason is required (--reason)")
         if len(req.reason) > MAX_REASON:
             raise ApiError("bad_request", f"reason: at most {MAX_REASON} characters, got {len(req.reason)}")
-        stop = ("queued", "running") if req.running else ("queued",)
+        stop = ACTIVE_INSTANCE if req.running else (InstanceStatus.QUEUED,)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await _get(conn, req.backfill_id, lock=True)
             if row["status"] == "cancelled":
@@ -435,11 +435,11 @@ async def summary(conn: asyncpg.Connection, r: asyncpg.Record) -> dict[str, Any]
         "WHERE p.backfill_id = $1 AND p.state = 'submitted'",
         r["id"],
     )
-    finished = sum(counts.get(s, 0) for s in ("succeeded", "failed", "timed_out", "stopped", "skipped"))
+    finished = sum(counts.get(s, 0) for s in TERMINAL_INSTANCE)
     remaining = (
         counts.get("pending", 0)
         + counts.get("retry", 0)
-        + sum(counts.get(s, 0) for s in ("starting", *ACTIVE))
+        + sum(counts.get(s, 0) for s in ("starting", *ACTIVE_INSTANCE))
     )
     throughput = None
     eta = None
@@ -472,19 +472,17 @@ async def summary(conn: asyncpg.Connection, r: asyncpg.Record) -> dict[str, Any]
 
 
 def _action(
-    topology: Topology, workflow_id: str, action: str, instance_id: str, reason: str, actor: str | None
+    topology: Topology, workflow_id: str, action: ActionKind, instance_id: str, reason: str, actor: str | None
 ) -> OutgoingMessage:
-    action_id = new_request_id()
-    msg = ActionRequest(
-        action_id=action_id,
-        workflow_id=workflow_id,
-        action=action,  # type: ignore[arg-type]
+    return action_message(
+        topology,
+        workflow_id,
+        action,
+        action_id=new_request_id(),
         instance_id=instance_id,
         reason=reason,
         actor=actor or "backfill",
-        requested_at=time.time(),
     )
-    return OutgoingMessage(topology.trigger_subject(workflow_id), encode(msg), msg_id=f"action:{action_id}")
 
 
 class BackfillLoop(Component):

@@ -9,7 +9,7 @@ republishes once. Registered beside the other endpoints by ``api.py``.
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -20,12 +20,12 @@ from legato.protocol import api as A
 from legato.protocol.api import ApiError
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
+from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 from legato.trigger.replies import fit, reply_budget, size_of, truncated
 
 log = get_logger("legato.trigger")
 
-Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 REPLAY_HEADER = "Legato-Replay-Of"
 
 

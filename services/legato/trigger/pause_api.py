@@ -8,7 +8,7 @@ the fires wait and the policy applies on resume. Both calls are idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -18,13 +18,12 @@ from legato.protocol import api as A
 from legato.protocol.api import ApiError
 from legato.telemetry import get_logger
 from legato.trigger import registry as R
+from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 
 log = get_logger("legato.trigger")
 
 MAX_REASON = 1000
-
-Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 
 
 async def pause_info(conn: asyncpg.Connection, workflow_id: str) -> dict[str, Any] | None:

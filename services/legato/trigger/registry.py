@@ -16,9 +16,11 @@ from legato.core import (
     definition_to_json,
     parse_definition,
 )
+from legato.core.statuses import ACTIVE_INSTANCE
 from legato.protocol import encode
 from legato.protocol.api import ApiError
 from legato.protocol.messages import CancelAttempt, WorkflowChanged
+from legato.protocol.replies import WorkflowPushed, WorkflowSummary
 from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import deactivate_signal_triggers, register_signal_triggers
 
@@ -26,7 +28,6 @@ WORKFLOW_COLUMNS = (
     "id, active, active_version, latest_version, run_strategy, max_concurrency, strategy_source, paused, "
     "blocked_by, blocked_since, running_count, queued_count, created_at, updated_at, archived_at"
 )
-ACTIVE = ("queued", "running")
 
 
 def parse_or_raise(text: str, source: str) -> WorkflowDefinition:
@@ -48,7 +49,7 @@ async def push_workflow(
     source_text: str,
     actor: str | None,
     activate: bool,
-) -> dict[str, Any]:
+) -> WorkflowPushed:
     """Store a new version when the definition changed (else return the latest), and maybe activate it."""
     digest = definition_digest(defn)
     body = definition_to_json(defn).decode()
@@ -93,14 +94,14 @@ async def push_workflow(
     if activate and (created or row is None or row["active_version"] != version or not row["active"]):
         await activate_version(conn, topology, defn.id, version, defn)
     final = await conn.fetchrow(f"SELECT {WORKFLOW_COLUMNS} FROM workflow WHERE id = $1", defn.id)
-    return {
-        "workflow_id": defn.id,
-        "version": version,
-        "created": created,
-        "active_version": final["active_version"],
-        "active": final["active"],
-        "digest": digest,
-    }
+    return WorkflowPushed(
+        workflow_id=defn.id,
+        version=version,
+        created=created,
+        active_version=final["active_version"],
+        active=final["active"],
+        digest=digest,
+    )
 
 
 async def activate_version(
@@ -205,6 +206,11 @@ def workflow_summary(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+def summary_reply(row: asyncpg.Record) -> WorkflowSummary:
+    """``workflow_summary`` as the typed reply of the calls that return only that."""
+    return WorkflowSummary(**workflow_summary(row))
+
+
 async def check_no_active_runs(
     conn: asyncpg.Connection, workflow_id: str, action: str, *, force: bool
 ) -> int:
@@ -214,7 +220,7 @@ async def check_no_active_runs(
         await conn.fetchval(
             "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1 AND status = ANY($2::text[])",
             workflow_id,
-            list(ACTIVE),
+            list(ACTIVE_INSTANCE),
         )
     )
     if active and not force:
@@ -230,7 +236,7 @@ async def check_no_active_runs(
             "ON p.id = c.parent_instance_id WHERE c.workflow_id = $1 AND p.workflow_id <> $1 "
             "AND c.status = ANY($2::text[]) LIMIT 1",
             workflow_id,
-            list(ACTIVE),
+            list(ACTIVE_INSTANCE),
         )
         if parent is not None:
             raise ApiError(

@@ -3,7 +3,6 @@ lineage across workflows, declare signal schemas. Registered beside the other en
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -19,6 +18,7 @@ from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.telemetry import get_logger
 from legato.telemetry.tracing import inject_headers
+from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 from legato.trigger.replies import fit, reply_budget, truncated
 
@@ -29,8 +29,6 @@ SIGNAL_COLUMNS = (
     "seq, name, id, params, raw, publisher, publisher_workflow, publisher_instance, publisher_step, "
     "published_at, received_at, rejected, error"
 )
-
-Endpoint = tuple[type[A.ApiRequest], Callable[[Any], Awaitable[Any]]]
 
 
 def signal_summary(r: asyncpg.Record) -> dict[str, Any]:

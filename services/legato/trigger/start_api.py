@@ -1,0 +1,261 @@
+"""``instance.start``: a start request becomes a ``StartRun`` in the outbox, through a group commit.
+
+Starts that arrive together share one transaction (``run_batcher``). The request id makes a start
+idempotent: the same id with the same params and version is the same run (a duplicate), with others a
+conflict. Starts accepted and not yet applied by the scheduler are remembered (``accepted``) so that
+``instance.get`` can say "pending" instead of "unknown".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from opentelemetry import trace
+
+from legato.bus.publisher import OutgoingMessage
+from legato.bus.topology import Topology
+from legato.core import CompiledWorkflow
+from legato.core.statuses import InstanceStatus
+from legato.protocol import api as A
+from legato.protocol import encode
+from legato.protocol.api import ApiError
+from legato.protocol.ids import instance_id_for, new_request_id
+from legato.protocol.messages import StartRun, TriggerInfo
+from legato.protocol.replies import StartReply
+from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
+from legato.store.outbox import add_to_outbox
+from legato.telemetry.tracing import inject_headers
+from legato.trigger.endpoints import Endpoint
+from legato.trigger.run_params import check_run_params
+from legato.trigger.workflow_cache import WorkflowCache
+
+ACCEPTED_PRUNE_SECONDS = 60.0
+MAX_ACCEPTED = 100_000  # starts remembered in this process until the scheduler has made their runs
+
+
+@dataclass
+class _PendingStart:
+    req: A.StartInstance
+    compiled: CompiledWorkflow
+    instance_id: str
+    trigger_key: str
+    params: dict[str, Any]
+    headers: dict[str, str]
+    request_id: str
+    digest: str
+
+
+class StartApi:
+    """``instance.start`` and the batcher that commits starts together."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        cache: WorkflowCache,
+        *,
+        wake_relay: Callable[[], None],
+        start_batch: int = 256,
+    ) -> None:
+        self.pool = pool
+        self.topology = topology
+        self.cache = cache
+        self.wake_relay = wake_relay
+        # Group commit: starts that arrive together share one transaction. A start whose content breaks
+        # the transaction fails alone; any other error (an outage) fails the whole batch at once.
+        self._starts: GroupCommit[_PendingStart, StartReply] = GroupCommit(
+            self._apply_starts,
+            name="api-starts",
+            batch=start_batch,
+            queue_size=4096,
+            batch_error=fail_whole_batch_unless_content_error,
+        )
+        # Starts this process accepted recently: "pending" until the scheduler has created the run.
+        self.accepted: OrderedDict[str, str] = OrderedDict()
+        self._pruned_at = 0.0
+
+    def endpoints(self) -> dict[str, Endpoint]:
+        """This resource's endpoints by ``resource.verb``."""
+        return {"instance.start": (A.StartInstance, self.start)}
+
+    async def _start_target(self, workflow_id: str, version: int | None) -> tuple[int, CompiledWorkflow]:
+        """The version a start uses, from a workflow row cached for a second (starts come in bursts; the
+        scheduler re-checks activation when it applies the start)."""
+        active, active_version = await self.cache.activation(workflow_id)
+        if not active:
+            raise ApiError(
+                "inactive",
+                f"workflow {workflow_id!r} is inactive: activate it first",
+                {"workflow_id": workflow_id},
+            )
+        chosen = version or active_version
+        return chosen, await self.cache.compiled_version(workflow_id, chosen)
+
+    async def start(self, req: A.StartInstance) -> StartReply:
+        if req.version is not None and req.version < 1:
+            raise ApiError(
+                "bad_request", f"version: must be >= 1, got {req.version}", {"version": req.version}
+            )
+        if req.request_id is not None and not 1 <= len(req.request_id) <= 200:
+            raise ApiError("bad_request", f"request_id: must be 1..200 characters, got {len(req.request_id)}")
+        version, compiled = await self._start_target(req.workflow_id, req.version)
+        request_id = req.request_id or new_request_id()
+        trigger_key = f"api:{request_id}"
+        instance_id = instance_id_for(req.workflow_id, trigger_key)
+        # Searchable in a tracing backend: the request span names the run it started.
+        trace.get_current_span().set_attribute("legato.instance_id", instance_id)
+        # Checked here so a bad start gets a precise error now instead of a failed run later.
+        check_run_params(
+            compiled,
+            req.params,
+            workflow_id=req.workflow_id,
+            version=version,
+            instance_id=instance_id,
+            trigger_kind="api",
+            now=datetime.now(UTC),
+        )
+        pending = _PendingStart(
+            req=req,
+            compiled=compiled,
+            instance_id=instance_id,
+            trigger_key=trigger_key,
+            params=dict(req.params),
+            headers=inject_headers({}),
+            request_id=request_id,
+            digest=request_digest(req.params, req.version),
+        )
+        return await self._starts.submit(pending)
+
+    async def run_batcher(self) -> None:
+        """Commit queued starts in batches until cancelled."""
+        await self._starts.run()
+
+    async def _apply_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
+        """One batch of starts: one transaction, then remember what it accepted and wake the relay."""
+        out = await self._commit_starts(batch)
+        for p, res in zip(batch, out, strict=True):
+            if not isinstance(res, Exception):
+                self.accepted[p.instance_id] = p.req.workflow_id
+        while len(self.accepted) > MAX_ACCEPTED:
+            self.accepted.popitem(last=False)
+        self.wake_relay()
+        return out
+
+    async def _commit_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
+        ids = [p.instance_id for p in batch]
+        now = time.time()
+        async with self.pool.acquire() as conn, conn.transaction():
+            # A run the scheduler created, or a start accepted and not applied yet: the same request_id
+            # again is a duplicate when the request is the same, a conflict when it is not.
+            existing: dict[str, str] = {}
+            digests: dict[str, str | None] = {}
+            run_versions: dict[str, int] = {}
+            for r in await conn.fetch(
+                "SELECT i.id, i.status, i.run_params, i.version, a.request_digest FROM workflow_instance i "
+                "LEFT JOIN accepted_start a ON a.instance_id = i.id WHERE i.id = ANY($1::text[])",
+                ids,
+            ):
+                existing[r["id"]] = r["status"]
+                digests[r["id"]] = r["request_digest"]
+                if r["request_digest"] is None:  # accepted long ago (pruned): compare with the run
+                    run_versions[r["id"]] = r["version"]
+                    digests[r["id"]] = request_digest(r["run_params"] or {}, None)
+            for r in await conn.fetch(
+                "SELECT instance_id, request_digest FROM accepted_start WHERE instance_id = ANY($1::text[])",
+                ids,
+            ):
+                if r["instance_id"] not in existing:
+                    existing[r["instance_id"]] = InstanceStatus.PENDING
+                    digests[r["instance_id"]] = r["request_digest"]
+            out: list[StartReply | Exception] = []
+            msgs: list[OutgoingMessage] = []
+            fresh: list[_PendingStart] = []
+            for p in batch:
+                if p.instance_id in existing:
+                    if not _same_request(p, digests.get(p.instance_id), run_versions.get(p.instance_id)):
+                        out.append(_conflict(p))
+                        continue
+                    out.append(
+                        StartReply(
+                            instance_id=p.instance_id,
+                            workflow_id=p.req.workflow_id,
+                            status=InstanceStatus(existing[p.instance_id]),
+                            duplicate=True,
+                        )
+                    )
+                    continue
+                existing[p.instance_id] = InstanceStatus.PENDING
+                digests[p.instance_id] = p.digest
+                fresh.append(p)
+                out.append(
+                    StartReply(
+                        instance_id=p.instance_id,
+                        workflow_id=p.req.workflow_id,
+                        status=InstanceStatus.PENDING,
+                        duplicate=False,
+                    )
+                )
+                start = StartRun(
+                    workflow_id=p.req.workflow_id,
+                    trigger_key=p.trigger_key,
+                    instance_id=p.instance_id,
+                    trigger=TriggerInfo(kind="api", by=p.req.actor),
+                    params=p.params,
+                    version=p.req.version,
+                    requested_at=now,
+                )
+                msgs.append(
+                    OutgoingMessage(
+                        self.topology.trigger_subject(p.req.workflow_id),
+                        encode(start),
+                        msg_id=f"start:{p.instance_id}",
+                        headers=p.headers,
+                    )
+                )
+            await add_to_outbox(conn, msgs)
+            if fresh:
+                await conn.execute(
+                    "INSERT INTO accepted_start (instance_id, workflow_id, request_digest) "
+                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                    [p.instance_id for p in fresh],
+                    [p.req.workflow_id for p in fresh],
+                    [p.digest for p in fresh],
+                )
+            if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
+                # Long since applied by the scheduler (or visible as a run): no need to remember them.
+                self._pruned_at = now
+                await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
+        return out
+
+
+def request_digest(params: dict[str, Any], version: int | None) -> str:
+    """What makes two start requests "the same request" for one request_id: params and pinned version."""
+    canonical = msgspec.json.encode({"params": params, "version": version}, order="sorted")
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def _same_request(p: _PendingStart, digest: str | None, run_version: int | None) -> bool:
+    if digest is None or digest == p.digest:
+        return True
+    if run_version is not None:
+        # A run applied after its accepted_start row was pruned: compare params, and a pinned version.
+        same_params = digest == request_digest(p.params, None)
+        return same_params and (p.req.version is None or p.req.version == run_version)
+    return False
+
+
+def _conflict(p: _PendingStart) -> ApiError:
+    return ApiError(
+        "conflict",
+        f"request_id {p.request_id!r} was already used for a different start of {p.req.workflow_id} "
+        f"(run {p.instance_id}): the same key must carry the same params and version; use a new request_id",
+        {"request_id": p.request_id, "instance_id": p.instance_id, "workflow_id": p.req.workflow_id},
+    )
