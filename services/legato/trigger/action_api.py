@@ -21,15 +21,14 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core.admission import action_statuses
 from legato.core.statuses import InstanceStatus
-from legato.protocol import api as A
-from legato.protocol import encode
+from legato.protocol import api, encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.protocol.messages import ActionKind, ActionRequest
 from legato.protocol.replies import ActionAccepted
 from legato.store.outbox import add_to_outbox
 from legato.telemetry.tracing import inject_headers
-from legato.trigger import registry as R
+from legato.trigger import registry
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.workflow_cache import WorkflowCache
 
@@ -113,12 +112,12 @@ class ActionApi:
         """This resource's endpoints by ``resource.verb``."""
         out: dict[str, Endpoint] = {}
         for verb in INSTANCE_ACTIONS:
-            out[f"instance.{verb}"] = (A.InstanceAction, functools.partial(self.on_instance, verb))
+            out[f"instance.{verb}"] = (api.InstanceAction, functools.partial(self.on_instance, verb))
         for verb in WORKFLOW_ACTIONS:
-            out[f"workflow.{verb}"] = (A.WorkflowAction, functools.partial(self.on_workflow, verb))
+            out[f"workflow.{verb}"] = (api.WorkflowAction, functools.partial(self.on_workflow, verb))
         return out
 
-    async def on_instance(self, verb: str, req: A.InstanceAction) -> ActionAccepted:
+    async def on_instance(self, verb: str, req: api.InstanceAction) -> ActionAccepted:
         """Check ``instance.<verb>`` against its rule, then queue the action."""
         rule = INSTANCE_ACTIONS[verb]
         if rule.step == "required" and not req.step_id:
@@ -155,11 +154,11 @@ class ActionApi:
             request_id=req.request_id,
         )
 
-    async def on_workflow(self, verb: str, req: A.WorkflowAction) -> ActionAccepted:
+    async def on_workflow(self, verb: str, req: api.WorkflowAction) -> ActionAccepted:
         """Check ``workflow.<verb>`` against its rule, then queue the action."""
         rule = WORKFLOW_ACTIONS[verb]
         async with self.pool.acquire() as conn:
-            wf = await R.get_workflow_row(conn, req.workflow_id)
+            wf = await registry.get_workflow_row(conn, req.workflow_id)
         if rule.must_be_blocked and not wf["blocked_by"]:
             raise ApiError("not_applicable", f"workflow {req.workflow_id} is not blocked")
         return await self._send(
@@ -256,7 +255,7 @@ def action_message(
 
 async def _check_blocks(conn: asyncpg.Connection, run: asyncpg.Record) -> None:
     """Unblocking a run that does not block its workflow is refused, naming what does."""
-    wf = await R.get_workflow_row(conn, run["workflow_id"])
+    wf = await registry.get_workflow_row(conn, run["workflow_id"])
     if wf["blocked_by"] != run["id"]:
         raise ApiError(
             "not_applicable",

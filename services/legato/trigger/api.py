@@ -26,7 +26,7 @@ from nats.micro.service import EndpointConfig, Service
 from legato.bus.publisher import Publisher
 from legato.bus.topology import Topology
 from legato.lifecycle.component import Component
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span
@@ -122,7 +122,7 @@ class ApiService(Component):
             await asyncio.gather(batcher, return_exceptions=True)
 
     def _handler(
-        self, name: str, kind: type[A.ApiRequest], fn: Handler
+        self, name: str, kind: type[api.ApiRequest], fn: Handler
     ) -> Callable[[Request], Awaitable[None]]:
         decoder = msgspec.json.Decoder(kind)
 

@@ -37,14 +37,13 @@ from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
 from legato.core.statuses import ACTIVE_INSTANCE, TERMINAL_INSTANCE, InstanceStatus
 from legato.lifecycle.component import Component
-from legato.protocol import api as A
-from legato.protocol import encode
+from legato.protocol import api, encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionKind, StartRun, TriggerInfo
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
-from legato.trigger import registry as R
+from legato.trigger import registry
 from legato.trigger.action_api import action_message
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
@@ -59,7 +58,7 @@ DRY_RUN_SHOWN = 50
 PERIOD_TEMPLATES = ("${backfill.period_start}", "${backfill.period_end}")
 
 
-class StartBackfill(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class StartBackfill(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     workflow_id: str
     start: str  # --from: a date or an ISO time (UTC when it has no offset)
     end: str  # --to: the last period starts at or before it
@@ -69,16 +68,16 @@ class StartBackfill(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fiel
     dry_run: bool = False
 
 
-class BackfillRef(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class BackfillRef(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     backfill_id: str
 
 
-class ListBackfills(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ListBackfills(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     workflow_id: str | None = None
     limit: int = 50
 
 
-class CancelBackfill(A.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class CancelBackfill(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     backfill_id: str
     reason: str
     running: bool = False  # also stop the runs already running
@@ -151,14 +150,14 @@ class BackfillApi:
     async def _compiled(
         self, conn: asyncpg.Connection, workflow_id: str
     ) -> tuple[asyncpg.Record, CompiledWorkflow]:
-        row = await R.get_workflow_row(conn, workflow_id)
+        row = await registry.get_workflow_row(conn, workflow_id)
         if not row["active"]:
             raise ApiError(
                 "inactive",
                 f"workflow {workflow_id!r} is inactive: activate it first",
                 {"workflow_id": workflow_id},
             )
-        text = await R.load_definition(conn, workflow_id, row["active_version"])
+        text = await registry.load_definition(conn, workflow_id, row["active_version"])
         return row, compile_workflow(definition_from_json(text.encode()))
 
     async def start(self, req: StartBackfill) -> dict[str, Any]:

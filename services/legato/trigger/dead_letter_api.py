@@ -16,7 +16,7 @@ import asyncpg
 from nats.aio.client import Client
 
 from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
@@ -73,13 +73,13 @@ class DeadLetterApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "dead_letter.list": (A.ListDeadLetters, self.list),
-            "dead_letter.get": (A.GetDeadLetter, self.get),
-            "dead_letter.replay": (A.DeadLetterRef, self.replay),
-            "dead_letter.discard": (A.DeadLetterRef, self.discard),
+            "dead_letter.list": (api.ListDeadLetters, self.list),
+            "dead_letter.get": (api.GetDeadLetter, self.get),
+            "dead_letter.replay": (api.DeadLetterRef, self.replay),
+            "dead_letter.discard": (api.DeadLetterRef, self.discard),
         }
 
-    async def list(self, req: A.ListDeadLetters) -> dict[str, Any]:
+    async def list(self, req: api.ListDeadLetters) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -104,7 +104,7 @@ class DeadLetterApi:
             raise ApiError("not_found", f"unknown dead letter {dead_letter_id}", {"id": dead_letter_id})
         return r
 
-    async def get(self, req: A.GetDeadLetter) -> dict[str, Any]:
+    async def get(self, req: api.GetDeadLetter) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             r = await self._row(conn, req.id)
         out = {**_summary(r), "error": r["error"], "headers": truncated(r["headers"])}
@@ -140,7 +140,7 @@ class DeadLetterApi:
             "payload_truncated": offset > 0 or end < len(payload),
         }
 
-    async def replay(self, req: A.DeadLetterRef) -> dict[str, Any]:
+    async def replay(self, req: api.DeadLetterRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             r = await self._row(conn, req.id, lock=True)
             if r["discarded_at"] is not None:
@@ -187,7 +187,7 @@ class DeadLetterApi:
         )
         return {**_summary(r), "replayed": True, "already_replayed": False}
 
-    async def discard(self, req: A.DeadLetterRef) -> dict[str, Any]:
+    async def discard(self, req: api.DeadLetterRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             r = await self._row(conn, req.id, lock=True)
             if r["discarded_at"] is None:

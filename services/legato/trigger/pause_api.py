@@ -14,10 +14,10 @@ from typing import Any
 import asyncpg
 
 from legato.bus.topology import Topology
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.telemetry import get_logger
-from legato.trigger import registry as R
+from legato.trigger import registry
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.instances import iso
 
@@ -44,21 +44,21 @@ class PauseApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "workflow.pause": (A.WorkflowAction, self.pause),
-            "workflow.resume": (A.WorkflowAction, self.resume),
+            "workflow.pause": (api.WorkflowAction, self.pause),
+            "workflow.resume": (api.WorkflowAction, self.resume),
         }
 
-    async def pause(self, req: A.WorkflowAction) -> dict[str, Any]:
+    async def pause(self, req: api.WorkflowAction) -> dict[str, Any]:
         if len(req.reason) > MAX_REASON:
             raise ApiError("bad_request", f"reason: at most {MAX_REASON} characters, got {len(req.reason)}")
         return await self._set(req, paused=True)
 
-    async def resume(self, req: A.WorkflowAction) -> dict[str, Any]:
+    async def resume(self, req: api.WorkflowAction) -> dict[str, Any]:
         return await self._set(req, paused=False)
 
-    async def _set(self, req: A.WorkflowAction, *, paused: bool) -> dict[str, Any]:
+    async def _set(self, req: api.WorkflowAction, *, paused: bool) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            row = await registry.get_workflow_row(conn, req.workflow_id, lock=True)
             changed = row["paused"] != paused
             if changed:
                 if paused:
@@ -75,11 +75,11 @@ class PauseApi:
                         "paused_at = NULL, updated_at = now() WHERE id = $1",
                         req.workflow_id,
                     )
-                await R.notify_scheduler(
+                await registry.notify_scheduler(
                     conn, self.topology, req.workflow_id, "paused" if paused else "resumed"
                 )
             info = await pause_info(conn, req.workflow_id)
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            row = await registry.get_workflow_row(conn, req.workflow_id)
         if changed:
             self.wake_relay()
             log.info(
@@ -88,4 +88,4 @@ class PauseApi:
                 actor=req.actor,
                 reason=req.reason,
             )
-        return {**R.workflow_summary(row), "changed": changed, "pause": info}
+        return {**registry.workflow_summary(row), "changed": changed, "pause": info}

@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from legato.core.statuses import InstanceStatus
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
-from legato.trigger import instances as Q
+from legato.trigger import instances
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.replies import reply_budget
 from legato.trigger.workflow_cache import WorkflowCache
@@ -34,12 +34,12 @@ class RunApi:
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
         return {
-            "instance.get": (A.InstanceRef, self.get),
-            "instance.list": (A.ListInstances, self.list),
-            "instance.iterations": (A.ListIterations, self.iterations),
+            "instance.get": (api.InstanceRef, self.get),
+            "instance.list": (api.ListInstances, self.list),
+            "instance.iterations": (api.ListIterations, self.iterations),
         }
 
-    async def get(self, req: A.InstanceRef) -> dict[str, Any]:
+    async def get(self, req: api.InstanceRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             run = await conn.fetchrow(
                 "SELECT workflow_id, version FROM workflow_instance WHERE id = $1", req.instance_id
@@ -68,7 +68,7 @@ class RunApi:
                 order = (await self.cache.compiled(conn, run["workflow_id"], run["version"])).topo_order
             except ApiError:
                 order = []  # a run failed because its version does not exist: no graph to show
-            return await Q.get_instance(
+            return await instances.get_instance(
                 conn,
                 req.instance_id,
                 timeline_limit=req.timeline_limit,
@@ -78,9 +78,9 @@ class RunApi:
                 budget=reply_budget(self.nc),
             )
 
-    async def list(self, req: A.ListInstances) -> dict[str, Any]:
+    async def list(self, req: api.ListInstances) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            return await Q.list_instances(
+            return await instances.list_instances(
                 conn,
                 workflow_id=req.workflow_id,
                 status=req.status,
@@ -92,9 +92,9 @@ class RunApi:
                 budget=reply_budget(self.nc),
             )
 
-    async def iterations(self, req: A.ListIterations) -> dict[str, Any]:
+    async def iterations(self, req: api.ListIterations) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            return await Q.list_iterations(
+            return await instances.list_iterations(
                 conn,
                 req.instance_id,
                 req.step_id,

@@ -13,7 +13,7 @@ from legato.bus.streams import SIGNAL_MAX_MSG_SIZE
 from legato.bus.topology import Topology
 from legato.core.reader import SIGNAL_NAME
 from legato.core.signals import schema_problem
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.telemetry import get_logger
@@ -66,14 +66,14 @@ class SignalApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "signal.send": (A.SendSignal, self.send),
-            "signal.list": (A.ListSignals, self.list_signals),
-            "signal.pending": (A.PendingSignals, self.pending),
-            "signal.lineage": (A.SignalLineage, self.lineage),
-            "signal.set_schema": (A.SetSignalSchema, self.set_schema),
+            "signal.send": (api.SendSignal, self.send),
+            "signal.list": (api.ListSignals, self.list_signals),
+            "signal.pending": (api.PendingSignals, self.pending),
+            "signal.lineage": (api.SignalLineage, self.lineage),
+            "signal.set_schema": (api.SetSignalSchema, self.set_schema),
         }
 
-    async def send(self, req: A.SendSignal) -> dict[str, Any]:
+    async def send(self, req: api.SendSignal) -> dict[str, Any]:
         check_signal_name(req.name)
         sig_id = req.id or new_request_id()
         headers = inject_headers({"Legato-Publisher": req.actor or "api"})
@@ -94,7 +94,7 @@ class SignalApi:
         assert ack is not None
         return {"name": req.name, "id": sig_id, "stream_seq": ack.seq, "duplicate": bool(ack.duplicate)}
 
-    async def list_signals(self, req: A.ListSignals) -> dict[str, Any]:
+    async def list_signals(self, req: api.ListSignals) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -109,7 +109,7 @@ class SignalApi:
         more = len(page) < len(rows)
         return {"signals": page, "next": page[-1]["seq"] if more and page else None}
 
-    async def pending(self, req: A.PendingSignals) -> dict[str, Any]:
+    async def pending(self, req: api.PendingSignals) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             triggers = await conn.fetch(
@@ -182,7 +182,7 @@ class SignalApi:
             ],
         }
 
-    async def set_schema(self, req: A.SetSignalSchema) -> dict[str, Any]:
+    async def set_schema(self, req: api.SetSignalSchema) -> dict[str, Any]:
         check_signal_name(req.name)
         async with self.pool.acquire() as conn:
             if req.schema is None:
@@ -203,7 +203,7 @@ class SignalApi:
 
     # ------------------------------------------------------------------ lineage
 
-    async def lineage(self, req: A.SignalLineage) -> dict[str, Any]:
+    async def lineage(self, req: api.SignalLineage) -> dict[str, Any]:
         depth = max(0, min(req.depth, 20))
         async with self.pool.acquire() as conn:
             walk = _LineageWalk(conn)

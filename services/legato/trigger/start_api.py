@@ -24,8 +24,7 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow
 from legato.core.statuses import InstanceStatus
-from legato.protocol import api as A
-from legato.protocol import encode
+from legato.protocol import api, encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import StartRun, TriggerInfo
@@ -43,7 +42,7 @@ MAX_ACCEPTED = 100_000  # starts remembered in this process until the scheduler 
 
 @dataclass
 class _PendingStart:
-    req: A.StartInstance
+    req: api.StartInstance
     compiled: CompiledWorkflow
     instance_id: str
     trigger_key: str
@@ -84,7 +83,7 @@ class StartApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
-        return {"instance.start": (A.StartInstance, self.start)}
+        return {"instance.start": (api.StartInstance, self.start)}
 
     async def _start_target(self, workflow_id: str, version: int | None) -> tuple[int, CompiledWorkflow]:
         """The version a start uses, from a workflow row cached for a second (starts come in bursts; the
@@ -99,7 +98,7 @@ class StartApi:
         chosen = version or active_version
         return chosen, await self.cache.compiled_version(workflow_id, chosen)
 
-    async def start(self, req: A.StartInstance) -> StartReply:
+    async def start(self, req: api.StartInstance) -> StartReply:
         if req.version is not None and req.version < 1:
             raise ApiError(
                 "bad_request", f"version: must be >= 1, got {req.version}", {"version": req.version}

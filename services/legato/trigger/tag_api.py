@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 
 from legato.bus.topology import Topology
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
-from legato.trigger import registry as R
+from legato.trigger import registry
 from legato.trigger.endpoints import Endpoint
 
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -31,9 +31,9 @@ class TagApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
-        return {"tag.set": (A.SetTag, self.set), "tag.list": (A.TagRef, self.list)}
+        return {"tag.set": (api.SetTag, self.set), "tag.list": (api.TagRef, self.list)}
 
-    async def set(self, req: A.SetTag) -> dict[str, Any]:
+    async def set(self, req: api.SetTag) -> dict[str, Any]:
         if not TAG_NAME.match(req.tag):
             raise ApiError("bad_request", f"tag: must match {TAG_NAME.pattern}, got {req.tag!r}")
         if req.limit is not None and not 0 <= req.limit <= MAX_TAG_LIMIT:
@@ -57,14 +57,14 @@ class TagApi:
                 )
             ]
             for wf in waiting:
-                await R.notify_scheduler(conn, self.topology, wf, f"tag {req.tag} limit changed")
+                await registry.notify_scheduler(conn, self.topology, wf, f"tag {req.tag} limit changed")
         self.wake_relay()
         if req.limit is None:
             return {"tag": req.tag, "limit": None}
-        tags: list[dict[str, Any]] = (await self.list(A.TagRef(tag=req.tag)))["tags"]
+        tags: list[dict[str, Any]] = (await self.list(api.TagRef(tag=req.tag)))["tags"]
         return tags[0]
 
-    async def list(self, req: A.TagRef) -> dict[str, Any]:
+    async def list(self, req: api.TagRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 "SELECT t.tag, t.max_running, t.updated_by, t.updated_at, "

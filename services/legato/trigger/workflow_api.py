@@ -16,14 +16,13 @@ import msgspec
 from legato.bus.topology import Topology
 from legato.core.admission import QueueState, queue_state
 from legato.core.model import RUN_STRATEGIES
-from legato.protocol import api as A
+from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.protocol.replies import WorkflowPushed, WorkflowSummary, WorkflowValidated
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import get_logger
-from legato.trigger import instances as Q
-from legato.trigger import registry as R
+from legato.trigger import instances, registry
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.pause_api import pause_info
 from legato.trigger.replies import cut_text, fit, reply_budget, size_of, truncated
@@ -55,38 +54,38 @@ class WorkflowApi:
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
         return {
-            "workflow.push": (A.PushWorkflow, self.push),
-            "workflow.validate": (A.PushWorkflow, self.validate),
-            "workflow.get": (A.WorkflowRef, self.get),
-            "workflow.list": (A.ListWorkflows, self.list),
-            "workflow.activate": (A.WorkflowRef, self.activate),
-            "workflow.deactivate": (A.WorkflowRef, self.deactivate),
-            "workflow.status": (A.WorkflowRef, self.status),
-            "workflow.set_run_strategy": (A.SetRunStrategy, self.set_run_strategy),
-            "workflow.archive": (A.RemoveWorkflow, self.archive),
-            "workflow.delete": (A.RemoveWorkflow, self.delete),
+            "workflow.push": (api.PushWorkflow, self.push),
+            "workflow.validate": (api.PushWorkflow, self.validate),
+            "workflow.get": (api.WorkflowRef, self.get),
+            "workflow.list": (api.ListWorkflows, self.list),
+            "workflow.activate": (api.WorkflowRef, self.activate),
+            "workflow.deactivate": (api.WorkflowRef, self.deactivate),
+            "workflow.status": (api.WorkflowRef, self.status),
+            "workflow.set_run_strategy": (api.SetRunStrategy, self.set_run_strategy),
+            "workflow.archive": (api.RemoveWorkflow, self.archive),
+            "workflow.delete": (api.RemoveWorkflow, self.delete),
         }
 
-    async def validate(self, req: A.PushWorkflow) -> WorkflowValidated:
-        defn = R.parse_or_raise(req.definition, req.source or "<definition>")
+    async def validate(self, req: api.PushWorkflow) -> WorkflowValidated:
+        defn = registry.parse_or_raise(req.definition, req.source or "<definition>")
         return WorkflowValidated(workflow_id=defn.id, valid=True)
 
-    async def push(self, req: A.PushWorkflow) -> WorkflowPushed:
-        defn = R.parse_or_raise(req.definition, req.source or "<definition>")
+    async def push(self, req: api.PushWorkflow) -> WorkflowPushed:
+        defn = registry.parse_or_raise(req.definition, req.source or "<definition>")
         self.cache.forget(defn.id)
         async with self.pool.acquire() as conn, conn.transaction():
-            result = await R.push_workflow(
+            result = await registry.push_workflow(
                 conn, self.topology, defn, source_text=req.definition, actor=req.actor, activate=req.activate
             )
         self.wake_relay()
         log.info("workflow_pushed", workflow_id=defn.id, version=result.version, created=result.created)
         return result
 
-    async def get(self, req: A.WorkflowRef) -> dict[str, Any]:
+    async def get(self, req: api.WorkflowRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            row = await registry.get_workflow_row(conn, req.workflow_id)
             version = req.version or row["active_version"]
-            text = await R.load_definition(conn, req.workflow_id, version)
+            text = await registry.load_definition(conn, req.workflow_id, version)
             source = await conn.fetchval(
                 "SELECT source FROM workflow_version WHERE workflow_id = $1 AND version = $2",
                 req.workflow_id,
@@ -98,7 +97,7 @@ class WorkflowApi:
                 req.workflow_id,
             )
         out = {
-            **R.workflow_summary(row),
+            **registry.workflow_summary(row),
             "version": version,
             "definition": msgspec.json.decode(text),
             "source": source,
@@ -119,11 +118,11 @@ class WorkflowApi:
                 out[key] = truncated(out[key], budget // 4)
         return out
 
-    async def list(self, req: A.ListWorkflows) -> dict[str, Any]:
+    async def list(self, req: api.ListWorkflows) -> dict[str, Any]:
         limit = max(1, min(req.limit, 1000))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                f"SELECT {R.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) "
+                f"SELECT {registry.WORKFLOW_COLUMNS} FROM workflow WHERE ($1::text IS NULL OR id > $1) "
                 "AND ($3 OR archived_at IS NULL) ORDER BY id LIMIT $2",
                 req.after,
                 limit + 1,
@@ -143,48 +142,48 @@ class WorkflowApi:
         page = fit(
             rows[:limit],
             reply_budget(self.nc),
-            lambda r: {**R.workflow_summary(r), "description": descs.get(r["id"])},
+            lambda r: {**registry.workflow_summary(r), "description": descs.get(r["id"])},
         )
         more = len(page) < len(rows)
         return {"workflows": page, "next": page[-1]["workflow_id"] if more and page else None}
 
-    async def archive(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+    async def archive(self, req: api.RemoveWorkflow) -> dict[str, Any]:
         """Inactive and hidden from ``workflow list``; its runs and versions are kept (activate or push
         it to bring it back)."""
         if not req.reason.strip():
             raise ApiError("bad_request", "archive: a reason is required (--reason)")
         self.cache.forget(req.workflow_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            active = await R.check_no_active_runs(conn, req.workflow_id, "archive", force=req.force)
+            await registry.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await registry.check_no_active_runs(conn, req.workflow_id, "archive", force=req.force)
             await conn.execute(
                 "UPDATE workflow SET active = false, archived_at = coalesce(archived_at, now()), updated_at = now() "
                 "WHERE id = $1",
                 req.workflow_id,
             )
             await deactivate_signal_triggers(conn, req.workflow_id)
-            await R.notify_scheduler(conn, self.topology, req.workflow_id, "archived")
+            await registry.notify_scheduler(conn, self.topology, req.workflow_id, "archived")
             result = "archived" + (f" with {active} active run(s) (forced)" if active else "")
-            await R.record_action(
+            await registry.record_action(
                 conn, new_request_id(), req.workflow_id, "archive", req.actor, req.reason, result
             )
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            row = await registry.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
         log.info("workflow_archived", workflow_id=req.workflow_id, actor=req.actor, active_runs=active)
-        return {**R.workflow_summary(row), "result": result}
+        return {**registry.workflow_summary(row), "result": result}
 
-    async def delete(self, req: A.RemoveWorkflow) -> dict[str, Any]:
+    async def delete(self, req: api.RemoveWorkflow) -> dict[str, Any]:
         """The workflow, its versions and its runs are gone; the audit record stays."""
         if not req.reason.strip():
             raise ApiError("bad_request", "delete: a reason is required (--reason)")
         async with self.pool.acquire() as conn, conn.transaction():
-            await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            active = await R.check_no_active_runs(conn, req.workflow_id, "delete", force=req.force)
-            counts = await R.delete_workflow(conn, self.topology, req.workflow_id)
+            await registry.get_workflow_row(conn, req.workflow_id, lock=True)
+            active = await registry.check_no_active_runs(conn, req.workflow_id, "delete", force=req.force)
+            counts = await registry.delete_workflow(conn, self.topology, req.workflow_id)
             result = f"deleted with {counts['runs']} run(s)" + (
                 f", {active} of them active (forced)" if active else ""
             )
-            await R.record_action(
+            await registry.record_action(
                 conn, new_request_id(), req.workflow_id, "delete", req.actor, req.reason, result
             )
         self.cache.forget(req.workflow_id)
@@ -192,33 +191,35 @@ class WorkflowApi:
         log.info("workflow_deleted", workflow_id=req.workflow_id, actor=req.actor, **counts)
         return {"workflow_id": req.workflow_id, "deleted": True, "result": result, **counts}
 
-    async def activate(self, req: A.WorkflowRef) -> WorkflowSummary:
+    async def activate(self, req: api.WorkflowRef) -> WorkflowSummary:
         self.cache.forget(req.workflow_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            row = await registry.get_workflow_row(conn, req.workflow_id, lock=True)
             version = req.version or row["active_version"]
             compiled = await self.cache.compiled(conn, req.workflow_id, version)
-            await R.activate_version(conn, self.topology, req.workflow_id, version, compiled.definition)
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            await registry.activate_version(
+                conn, self.topology, req.workflow_id, version, compiled.definition
+            )
+            row = await registry.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
-        return R.summary_reply(row)
+        return registry.summary_reply(row)
 
-    async def deactivate(self, req: A.WorkflowRef) -> WorkflowSummary:
+    async def deactivate(self, req: api.WorkflowRef) -> WorkflowSummary:
         self.cache.forget(req.workflow_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            await R.get_workflow_row(conn, req.workflow_id, lock=True)
+            await registry.get_workflow_row(conn, req.workflow_id, lock=True)
             await conn.execute(
                 "UPDATE workflow SET active = false, updated_at = now() WHERE id = $1", req.workflow_id
             )
             await deactivate_signal_triggers(conn, req.workflow_id)
-            await R.notify_scheduler(conn, self.topology, req.workflow_id, "deactivated")
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            await registry.notify_scheduler(conn, self.topology, req.workflow_id, "deactivated")
+            row = await registry.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
-        return R.summary_reply(row)
+        return registry.summary_reply(row)
 
-    async def status(self, req: A.WorkflowRef) -> dict[str, Any]:
+    async def status(self, req: api.WorkflowRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            row = await registry.get_workflow_row(conn, req.workflow_id)
             counts = {
                 r["status"]: r["n"]
                 for r in await conn.fetch(
@@ -227,18 +228,18 @@ class WorkflowApi:
                 )
             }
             running = await conn.fetch(
-                f"SELECT {Q.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' "
+                f"SELECT {instances.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'running' "
                 "ORDER BY seq LIMIT 100",
                 req.workflow_id,
             )
             queued = await conn.fetch(
-                f"SELECT {Q.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' "
+                f"SELECT {instances.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' "
                 "ORDER BY seq LIMIT 100",
                 req.workflow_id,
             )
-            why = await Q.explain_queued(conn, list(queued))
+            why = await instances.explain_queued(conn, list(queued))
             pause = await pause_info(conn, req.workflow_id)
-        summary = R.workflow_summary(row)
+        summary = registry.workflow_summary(row)
         queue = queue_state(row["run_strategy"], row["max_concurrency"], row["paused"], row["blocked_by"])
         state = str(queue) if queue is not QueueState.QUEUED else "active" if row["active"] else "inactive"
         return {
@@ -246,19 +247,19 @@ class WorkflowApi:
             "state": state,
             "pause": pause,
             "counts": counts,
-            "running_runs": fit(running, reply_budget(self.nc) // 2, Q.instance_summary),
+            "running_runs": fit(running, reply_budget(self.nc) // 2, instances.instance_summary),
             "queued_runs": fit(
                 list(enumerate(queued)),
                 reply_budget(self.nc) // 2,
                 lambda ir: {
-                    **Q.instance_summary(ir[1]),
+                    **instances.instance_summary(ir[1]),
                     "position": ir[0] + 1,
                     "reason": why.get(ir[1]["id"], ir[1]["reason"]),
                 },
             ),
         }
 
-    async def set_run_strategy(self, req: A.SetRunStrategy) -> WorkflowSummary:
+    async def set_run_strategy(self, req: api.SetRunStrategy) -> WorkflowSummary:
         if req.run_strategy not in RUN_STRATEGIES:
             raise ApiError(
                 "bad_request",
@@ -276,8 +277,8 @@ class WorkflowApi:
                 )
             limit = 1
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await R.get_workflow_row(conn, req.workflow_id, lock=True)
-            await R.check_strategy_change(conn, req.workflow_id, req.run_strategy)
+            row = await registry.get_workflow_row(conn, req.workflow_id, lock=True)
+            await registry.check_strategy_change(conn, req.workflow_id, req.run_strategy)
             await conn.execute(
                 "UPDATE workflow SET run_strategy = $2, max_concurrency = $3, strategy_source = 'api', "
                 "updated_at = now() WHERE id = $1",
@@ -285,7 +286,9 @@ class WorkflowApi:
                 req.run_strategy,
                 limit,
             )
-            await R.notify_scheduler(conn, self.topology, req.workflow_id, f"run_strategy {req.run_strategy}")
-            row = await R.get_workflow_row(conn, req.workflow_id)
+            await registry.notify_scheduler(
+                conn, self.topology, req.workflow_id, f"run_strategy {req.run_strategy}"
+            )
+            row = await registry.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
-        return R.summary_reply(row)
+        return registry.summary_reply(row)

@@ -12,7 +12,7 @@ import time
 import asyncpg
 
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
-from legato.trigger import registry as R
+from legato.trigger import registry
 
 ACTIVATION_SECONDS = 1.0
 MAX_COMPILED = 1024
@@ -32,7 +32,7 @@ class WorkflowCache:
         key = (workflow_id, version)
         found = self._compiled.get(key)
         if found is None:
-            text = await R.load_definition(conn, workflow_id, version)
+            text = await registry.load_definition(conn, workflow_id, version)
             found = compile_workflow(definition_from_json(text.encode()))
             if len(self._compiled) > MAX_COMPILED:
                 self._compiled.clear()
@@ -53,7 +53,7 @@ class WorkflowCache:
         cached = self._activation.get(workflow_id)
         if cached is None or now - cached[0] > ACTIVATION_SECONDS:
             async with self.pool.acquire() as conn:
-                row = await R.get_workflow_row(conn, workflow_id)
+                row = await registry.get_workflow_row(conn, workflow_id)
             cached = (now, row["active"], row["active_version"])
             self._activation[workflow_id] = cached
             if len(self._activation) > MAX_ACTIVATIONS:
