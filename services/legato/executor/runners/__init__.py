@@ -10,6 +10,7 @@ from legato.executor.runners.noop import NoopRunner
 from legato.executor.runners.python import PythonRunner
 from legato.executor.runners.shell import ShellRunner
 from legato.executor.runners.sleep import SleepRunner
+from legato.executor.runners.sql import SqlRunner
 from legato.executor.step import StepRunner
 
 
@@ -20,8 +21,17 @@ def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
         ShellRunner(),
         PythonRunner(),
         HttpRunner(http_pool),
+        SqlRunner(),
     ]
     return {r.step_type: r for r in runners}
 
 
-__all__ = ["HttpRunner", "NoopRunner", "PythonRunner", "ShellRunner", "SleepRunner", "default_runners"]
+__all__ = [
+    "HttpRunner",
+    "NoopRunner",
+    "PythonRunner",
+    "ShellRunner",
+    "SleepRunner",
+    "SqlRunner",
+    "default_runners",
+]
