@@ -342,7 +342,10 @@ STEP_CASES: list[tuple[dict[str, Any], str]] = [
         {"id": "a", "type": "bash"},
         "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql,",
     ),
-    ({"id": "a", "type": "sql", "connection": "wh"}, "steps[0]: give exactly one of sql (with args) or statements"),
+    (
+        {"id": "a", "type": "sql", "connection": "wh"},
+        "steps[0]: give exactly one of sql (with args) or statements",
+    ),
     ({"id": "a", "type": "sql", "sql": "select 1"}, "steps[0].connection: required"),
     (
         {"id": "a", "type": "sql", "connection": "wh", "sql": "select '${params.x}'"},
@@ -356,7 +359,10 @@ STEP_CASES: list[tuple[dict[str, Any], str]] = [
         {"id": "a", "type": "sql", "connection": "wh", "sql": "select 1", "result": "all"},
         "steps[0].result: must be one of none, first, rows, got 'all'",
     ),
-    ({"id": "a", "type": "shell", "command": "x", "artifacts": ["../up"]}, "steps[0].artifacts[0]: must match"),
+    (
+        {"id": "a", "type": "shell", "command": "x", "artifacts": ["../up"]},
+        "steps[0].artifacts[0]: must match",
+    ),
     ({"type": "noop"}, "steps[0].id: required"),
     ({"id": "A b", "type": "noop"}, "steps[0].id: must be lowercase letters, digits, _ and -"),
     ({"id": "a", "type": "noop", "commnd": "x"}, "steps[0].commnd: unknown field"),
