@@ -45,6 +45,7 @@ from legato.core.model import (
     LoopStep,
     MatchOp,
     MatchPredicate,
+    NotebookStep,
     ParamSpec,
     PluginStep,
     PythonStep,
@@ -136,7 +137,7 @@ class ResolvedStep(msgspec.Struct, frozen=True, kw_only=True):
 
     ``config`` by type: sleep ``{duration}`` (seconds); shell ``{command, env}``; python
     ``{function}``; http ``{url, method, headers, body, success_status}``; sql ``{connection,
-    statements: [{sql, args}], transaction, result, max_rows}``; a plugin's step its own fields; subworkflow ``{workflow,
+    statements: [{sql, args}], transaction, result, max_rows}``; notebook ``{notebook, kernel}``; a plugin's step its own fields; subworkflow ``{workflow,
     version, params, apply_run_strategy}``; foreach ``{as, concurrency, on_failure}``; loop
     ``{max_iterations}``; noop ``{}``. Values are typed (dates stay dates): use ``to_json_value``.
     """
@@ -961,6 +962,8 @@ class _Builder:
                 "result": ConstNode(step.result),
                 "max_rows": ConstNode(step.max_rows),
             }
+        if isinstance(step, NotebookStep):
+            return {"notebook": ConstNode(step.notebook), "kernel": ConstNode(step.kernel)}
         if isinstance(step, PluginStep):
             return {k: self.value(v, at(path, k), scope) for k, v in step.config.items()}
         if isinstance(step, SubworkflowStep):

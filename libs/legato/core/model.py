@@ -54,6 +54,7 @@ STEP_TYPES: tuple[str, ...] = (
     "python",
     "http",
     "sql",
+    "notebook",
     "subworkflow",
     "foreach",
     "loop",
@@ -299,6 +300,15 @@ class SqlStep(StepBase, frozen=True, kw_only=True, tag="sql"):
     max_rows: int = 100
 
 
+class NotebookStep(StepBase, frozen=True, kw_only=True, tag="notebook"):
+    """Executes a Jupyter notebook (a path on the executor) with the step's params in a parameters cell."""
+
+    type: ClassVar[str] = "notebook"
+    notebook: str
+    """The ``.ipynb`` file: absolute, or relative to the executor's working directory."""
+    kernel: str = "python3"
+
+
 class PluginStep(StepBase, frozen=True, kw_only=True, tag="plugin"):
     """A step of a type an installed plugin provides; ``config`` was checked against its schema at push."""
 
@@ -359,6 +369,7 @@ Step = (
     | PythonStep
     | HttpStep
     | SqlStep
+    | NotebookStep
     | PluginStep
     | SubworkflowStep
     | ForeachStep

@@ -32,6 +32,7 @@ from legato.core.model import (
     LoopStep,
     MatchPredicate,
     NoopStep,
+    NotebookStep,
     ParamSpec,
     PluginStep,
     PythonStep,
@@ -729,6 +730,7 @@ class Reader:
         "python": ("function",),
         "http": ("url", "method", "headers", "body", "success_status"),
         "sql": ("connection", "sql", "args", "statements", "transaction", "result", "max_rows"),
+        "notebook": ("notebook", "kernel"),
         "subworkflow": ("subworkflow",),
         "foreach": ("foreach",),
         "loop": ("loop",),
@@ -804,6 +806,7 @@ class Reader:
             "python": ("function",),
             "http": ("url",),
             "sql": ("connection",),
+            "notebook": ("notebook",),
             "subworkflow": ("subworkflow",),
             "foreach": ("foreach",),
             "loop": ("loop",),
@@ -963,6 +966,13 @@ class Reader:
             result=self.choice(m, "result", path, ("none", "first", "rows"), "first"),
             max_rows=self.integer(m, "max_rows", path, 100, 1, MAX_SQL_ROWS),
         )
+
+    def step_notebook(self, m: dict[str, Any], path: str, common: dict[str, Any], depth: int) -> Step:
+        notebook = self.string(m, "notebook", path, "")
+        if isinstance(notebook, str) and notebook and not notebook.endswith(".ipynb"):
+            self.issue(at(path, "notebook"), f"must be a .ipynb file, got {shown(notebook)}")
+        kernel = self.string(m, "kernel", path, "python3", pattern=NAME, rule="a kernel name")
+        return NotebookStep(**common, notebook=notebook, kernel=kernel)
 
     def sql_statement(self, raw: Any, path: str) -> SqlStatement | None:
         if isinstance(raw, str):

@@ -336,11 +336,11 @@ def test_trigger_defaults() -> None:
 STEP_CASES: list[tuple[dict[str, Any], str]] = [
     (
         {"id": "a"},
-        "steps[0].type: required (one of noop, sleep, shell, python, http, sql, subworkflow, foreach, loop",
+        "steps[0].type: required (one of noop, sleep, shell, python, http, sql, notebook, subworkflow, foreach, loop",
     ),
     (
         {"id": "a", "type": "bash"},
-        "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql,",
+        "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook,",
     ),
     (
         {"id": "a", "type": "sql", "connection": "wh"},

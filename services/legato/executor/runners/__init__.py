@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from legato.core.step_types import installed_step_types
 from legato.executor.runners.http import HttpRunner
 from legato.executor.runners.noop import NoopRunner
+from legato.executor.runners.notebook import NotebookRunner
 from legato.executor.runners.plugin import PluginRunner
 from legato.executor.runners.python import PythonRunner
 from legato.executor.runners.shell import ShellRunner
@@ -27,6 +28,7 @@ def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
         PythonRunner(),
         HttpRunner(http_pool),
         SqlRunner(),
+        NotebookRunner(),
     ]
     # Step types from installed plugins (entry points ``legato.step_types``); never a built-in name.
     installed = installed_step_types()
