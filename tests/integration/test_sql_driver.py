@@ -13,6 +13,7 @@ import pytest
 from legato.executor.capture import CapturedOutput
 from legato.executor.connection_store import ConnectionStore
 from legato.executor.runners.sql import SqlRunner
+from legato.executor.secret_store import SecretStore
 from legato.executor.step import StepContext, StepFailed
 from legato.protocol.messages import JSONValue, WorkItem
 
@@ -131,3 +132,18 @@ async def test_cancelling_the_step_cancels_the_query_on_the_server(
         await step
     # Gone by the time the step has finished cancelling: nothing to wait for.
     assert await running_queries(database_url, marker) == []
+
+
+async def test_a_secret_arg_is_bound_and_masked_in_the_outputs(database_url: str) -> None:
+    runner = SqlRunner(
+        connections=ConnectionStore(environ={"LEGATO_CONNECTION_TARGET": database_url}),
+        secrets=SecretStore(environ={"LEGATO_SECRET_TOKEN": "s3cr3t-value"}),
+    )
+    result = await runner.run(
+        context(
+            sql(
+                {"sql": "SELECT $1::text AS v, length($1::text) AS n", "args": [{"$secret": "token"}]},
+            )
+        )
+    )
+    assert result.outputs == {"rows_affected": 0, "row": {"v": "***", "n": len("s3cr3t-value")}}
