@@ -1,4 +1,4 @@
-"""PostgreSQL through asyncpg: one connection per attempt, statements prepared and their values bound.
+"""PostgreSQL through asyncpg: pooled connections, statements prepared and their values bound.
 
 Cancellation (a timeout, a stop, a shutdown) while a statement runs: asyncpg sends the server a cancel
 request for it (the protocol's CancelRequest, what ``pg_cancel_backend`` does), and the connection is
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 import asyncpg
@@ -25,30 +26,79 @@ CURSOR_PREFETCH = 100
 
 
 class PostgresDriver:
+    """Connections come from one small pool per connection URL (a rotated password is a new URL, so a
+    new pool; the least recently used pools beyond ``max_pools`` are closed). A connection whose
+    attempt was cancelled or failed outside a statement is closed, never reused."""
+
     schemes: tuple[str, ...] = ("postgres", "postgresql")
 
+    def __init__(self, *, pool_size: int = 8, max_pools: int = 16, idle_lifetime: float = 60.0) -> None:
+        self.pool_size = pool_size
+        self.max_pools = max_pools
+        self.idle_lifetime = idle_lifetime
+        self._pools: OrderedDict[str, asyncpg.Pool] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def _pool(self, url: str) -> asyncpg.Pool:
+        async with self._lock:
+            pool = self._pools.get(url)
+            if pool is None:
+                pool = await asyncpg.create_pool(
+                    url,
+                    min_size=0,
+                    max_size=self.pool_size,
+                    timeout=CONNECT_TIMEOUT,
+                    max_inactive_connection_lifetime=self.idle_lifetime,
+                    server_settings={"application_name": "legato executor"},
+                )
+                self._pools[url] = pool
+                while len(self._pools) > self.max_pools:
+                    _, old = self._pools.popitem(last=False)
+                    old.terminate()
+            self._pools.move_to_end(url)
+            return pool
+
+    async def close(self) -> None:
+        """Close every pool (idempotent)."""
+        async with self._lock:
+            pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                pool.terminate()
+
     async def run(self, url: str, batch: SqlBatch) -> SqlOutcome:
+        pool = await self._pool(url)
         try:
-            conn = await asyncpg.connect(
-                url,
-                timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": batch.application_name[:63]},
-            )
+            conn = await pool.acquire(timeout=CONNECT_TIMEOUT)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StepFailed(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        reusable = False
         try:
             if batch.transaction:
                 async with conn.transaction():
-                    return await _run_all(conn, batch)
-            return await _run_all(conn, batch)
+                    outcome = await _run_all(conn, batch)
+            else:
+                outcome = await _run_all(conn, batch)
+            reusable = True
+            return outcome
+        except StepFailed:
+            reusable = not conn.is_in_transaction()  # a statement failed and was rolled back
+            raise
         finally:
-            # On cancellation asyncpg has already asked the server to cancel the running statement;
-            # a graceful close waits for that, bounded; terminate() is the fallback.
-            try:
-                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
-            except BaseException:
-                conn.terminate()
-                raise
+            if not reusable:
+                # Cancelled (timeout, stop): asyncpg has asked the server to cancel the running
+                # statement; a graceful close waits for that, bounded; terminate() is the fallback.
+                try:
+                    await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+                except BaseException:
+                    conn.terminate()
+                    raise
+                finally:
+                    await pool.release(conn)
+            else:
+                await pool.release(conn)
 
 
 async def _run_all(conn: asyncpg.Connection, batch: SqlBatch) -> SqlOutcome:
