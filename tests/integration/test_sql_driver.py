@@ -147,3 +147,26 @@ async def test_a_secret_arg_is_bound_and_masked_in_the_outputs(database_url: str
         )
     )
     assert result.outputs == {"rows_affected": 0, "row": {"v": "***", "n": len("s3cr3t-value")}}
+
+
+async def test_connections_are_pooled_until_the_runner_is_closed(
+    runner: SqlRunner, database_url: str
+) -> None:
+    async def pooled() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'legato executor' "
+                    "AND datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    for _ in range(3):
+        await runner.run(context(sql("SELECT 1")))
+    assert await pooled() == 1  # one connection, reused by the three attempts
+    await runner.aclose()
+    await runner.aclose()  # idempotent
+    assert await pooled() == 0

@@ -38,6 +38,13 @@ def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
     return {r.step_type: r for r in runners}
 
 
+async def close_runners(runners: Mapping[str, StepRunner]) -> None:
+    """Release what runners hold between attempts (the sql runner's connection pools), at shutdown."""
+    for runner in runners.values():
+        if isinstance(runner, SqlRunner):
+            await runner.aclose()
+
+
 __all__ = [
     "HttpRunner",
     "NoopRunner",

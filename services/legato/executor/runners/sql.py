@@ -54,6 +54,11 @@ class SqlRunner:
         self.secrets = secrets
         self.drivers = drivers if drivers is not None else default_drivers()
 
+    async def aclose(self) -> None:
+        """Close the drivers' pooled connections (idempotent; the executor calls it at shutdown)."""
+        for driver in {id(d): d for d in self.drivers.values()}.values():
+            await driver.close()
+
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, SqlConfig)
         if not config.statements:

@@ -49,6 +49,10 @@ class SqlDriver(Protocol):
 
     async def run(self, url: str, batch: SqlBatch) -> SqlOutcome: ...
 
+    async def close(self) -> None:
+        """Release pooled connections (idempotent)."""
+        ...
+
 
 def default_drivers() -> Mapping[str, SqlDriver]:
     """URL scheme -> driver."""
