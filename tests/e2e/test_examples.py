@@ -15,6 +15,7 @@ import pytest
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.protocol.replies import StartReply
+from tests.support.plugin import install_example_plugin
 from tests.support.stack import running_stack, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -101,6 +102,24 @@ def strategy_demo(workflow_id: str) -> Scenario:
     return run
 
 
+async def sales_rollup(client: LegatoClient) -> list[dict[str, Any]]:
+    info = await finished(client, await client.start("sales-rollup", {"day": DATE}))
+    steps = steps_of(info)
+    assert steps["rollup"]["outputs"] == {"rows_affected": 1, "row": {"total": "220.00", "orders": 3}}
+    assert steps["regions"]["outputs"]["rows"] == [
+        {"region": "emea", "total": "140.00"},
+        {"region": "apac", "total": "80"},
+    ]
+    assert steps["announce"]["attempts"][0]["log_tail"] == f"{DATE}: 220.00 from 3 orders, top region emea\n"
+    return [info]
+
+
+async def word_count(client: LegatoClient) -> list[dict[str, Any]]:
+    info = await finished(client, await client.start("word-count", {"text": "a rose is a rose"}))
+    assert steps_of(info)["report"]["attempts"][0]["log_tail"] == "5 words, most frequent a\n"
+    return [info]
+
+
 SCENARIOS: dict[str, Scenario] = {
     "hello.yaml": hello,
     "audit-chain.yaml": audit_chain,
@@ -109,6 +128,8 @@ SCENARIOS: dict[str, Scenario] = {
     "warehouse-load.yaml": warehouse_to_daily_report,
     "daily-report.yaml": warehouse_to_daily_report,
     "billing.yaml": billing,
+    "sql/sales-rollup.yaml": sales_rollup,
+    "plugin/word-count.yaml": word_count,
     **{
         f"strategies/{name}.yaml": strategy_demo(name)
         for name in (
@@ -127,7 +148,10 @@ SCENARIOS: dict[str, Scenario] = {
 async def test_every_example_runs_to_its_expected_end(settings: Settings, tmp_path: Path) -> None:
     files = sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*.yaml"))
     assert files and set(files) == set(SCENARIOS), "every example needs a scenario here"
-    async with running_stack(settings, tmp_path) as (_stack, client):
+    install_example_plugin()  # examples/plugin's step type, as `make install` does
+    # The named connection of sales-rollup.yaml: the test database's server.
+    env = {"LEGATO_CONNECTION_WAREHOUSE": settings.database_url}
+    async with running_stack(settings, tmp_path, extra_env=env) as (_stack, client):
         for name in files:
             await client.push((EXAMPLES / name).read_text(), source=name)
         unique = list(dict.fromkeys(SCENARIOS.values()))

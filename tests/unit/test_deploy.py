@@ -24,8 +24,13 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SERVICE_COMMANDS = {"trigger", "scheduler", "executor", "signal-router"}
 LEGATO_VARS = {f"LEGATO_{name.upper()}" for name in Settings.__struct_fields__}
-# Read by the executor only (legato.executor.secret_store, legato.executor.step_env), not Settings.
-LEGATO_VARS |= {"LEGATO_SECRETS_DIR", "LEGATO_STEP_ENV_PASSTHROUGH"}
+# Read by the executor only (legato.executor.secret_store, connection_store, artifacts, step_env), not Settings.
+LEGATO_VARS |= {
+    "LEGATO_SECRETS_DIR",
+    "LEGATO_CONNECTIONS_DIR",
+    "LEGATO_ARTIFACTS_DIR",
+    "LEGATO_STEP_ENV_PASSTHROUGH",
+}
 OTEL_VARS = {
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -372,10 +377,16 @@ def test_k8s_legato_workloads_match_the_image_cli_and_settings() -> None:
         assert commands[svc]["kind"] == "Deployment"
 
 
-def test_k8s_step_secrets_reach_the_executor_only_as_files() -> None:
+@pytest.mark.parametrize(
+    ("variable", "secret"),
+    [("LEGATO_SECRETS_DIR", "legato-step-secrets"), ("LEGATO_CONNECTIONS_DIR", "legato-connections")],
+)
+def test_k8s_step_secrets_and_connections_reach_the_executor_only_as_files(
+    variable: str, secret: str
+) -> None:
     deployments = by_kind("Deployment")
     [c] = deployments["executor"]["spec"]["template"]["spec"]["containers"]
-    [folder] = [e["value"] for e in c["env"] if e["name"] == "LEGATO_SECRETS_DIR"]
+    [folder] = [e["value"] for e in c["env"] if e["name"] == variable]
     [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == folder]
     assert mount["readOnly"] is True
     [volume] = [
@@ -383,10 +394,10 @@ def test_k8s_step_secrets_reach_the_executor_only_as_files() -> None:
         for v in deployments["executor"]["spec"]["template"]["spec"]["volumes"]
         if v["name"] == mount["name"]
     ]
-    assert volume["secret"]["secretName"] == "legato-step-secrets"
+    assert volume["secret"]["secretName"] == secret
     for w in workloads():
         if w["metadata"]["name"] != "executor":
-            assert "legato-step-secrets" not in str(w), w["metadata"]["name"]
+            assert secret not in str(w), w["metadata"]["name"]
 
 
 def test_k8s_nats_cluster_routes_three_nodes_with_jetstream() -> None:

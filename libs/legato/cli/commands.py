@@ -292,6 +292,22 @@ def _step_detail(s: dict[str, Any]) -> str:
 SHOW_LOG_LINES = 10
 
 
+def print_artifacts(steps: list[dict[str, Any]]) -> None:
+    """The files attempts kept in the executors' artifact store (their ``artifacts`` output)."""
+    rows = [
+        f"  {s['step_id']} attempt {a['attempt']}: {f.get('path')} ({f.get('bytes')} bytes) {f.get('uri')}"
+        for s in steps
+        for a in s["attempts"]
+        if isinstance(a.get("outputs"), dict) and isinstance(a["outputs"].get("artifacts"), list)
+        for f in a["outputs"]["artifacts"]
+        if isinstance(f, dict)
+    ]
+    if rows:
+        print("\nartifacts:")
+        for row in rows:
+            print(row)
+
+
 def print_instance(info: dict[str, Any]) -> None:
     """A run's header, steps, attempts and errors as ``legato show`` prints them."""
     print(
@@ -340,6 +356,7 @@ def print_instance(info: dict[str, Any]) -> None:
                     f"  {s['step_id']}: failed iterations {prog['failed_items']}"
                     + (f" and {more} more" if more > 0 else "")
                 )
+        print_artifacts(steps)
         shown = False
         for s in steps:
             for a in s["attempts"]:

@@ -29,6 +29,7 @@ from legato.core.cron import CronSchedule
 from legato.core.errors import DefinitionError, DefinitionIssue, ParamError
 from legato.core.expressions import (
     ConstNode,
+    ListNode,
     MapNode,
     Scope,
     ValueNode,
@@ -44,12 +45,15 @@ from legato.core.model import (
     LoopStep,
     MatchOp,
     MatchPredicate,
+    NotebookStep,
     ParamSpec,
+    PluginStep,
     PythonStep,
     RetryPolicy,
     ShellStep,
     SignalTrigger,
     SleepStep,
+    SqlStep,
     Step,
     SubworkflowRef,
     SubworkflowStep,
@@ -132,7 +136,8 @@ class ResolvedStep(msgspec.Struct, frozen=True, kw_only=True):
     """A step ready to dispatch: its params and type-specific config evaluated.
 
     ``config`` by type: sleep ``{duration}`` (seconds); shell ``{command, env}``; python
-    ``{function}``; http ``{url, method, headers, body, success_status}``; subworkflow ``{workflow,
+    ``{function}``; http ``{url, method, headers, body, success_status}``; sql ``{connection,
+    statements: [{sql, args}], transaction, result, max_rows}``; notebook ``{notebook, kernel}``; a plugin's step its own fields; subworkflow ``{workflow,
     version, params, apply_run_strategy}``; foreach ``{as, concurrency, on_failure}``; loop
     ``{max_iterations}``; noop ``{}``. Values are typed (dates stay dates): use ``to_json_value``.
     """
@@ -922,10 +927,13 @@ class _Builder:
             command = compile_shell_command(step.command, command_path, self.issues)
             for expr_path, expression in command.expressions():
                 check_references(expression.references, expr_path, scope, self.issues)
-            return {
+            config: dict[str, ValueNode] = {
                 "command": command,
                 "env": self.value_map(step.env, at(path, "env"), scope),
             }
+            if step.artifacts:
+                config["artifacts"] = ConstNode(list(step.artifacts))
+            return config
         if isinstance(step, PythonStep):
             return {"function": ConstNode(step.function)}
         if isinstance(step, HttpStep):
@@ -936,6 +944,28 @@ class _Builder:
                 "body": self.value(step.body, at(path, "body"), scope),
                 "success_status": ConstNode(list(step.success_status)),
             }
+        if isinstance(step, SqlStep):
+            # The SQL text is constant: values reach the database only as bound parameters.
+            statements: list[ValueNode] = [
+                MapNode(
+                    {
+                        "sql": ConstNode(s.sql),
+                        "args": self.value(s.args, at(at(at(path, "statements"), i), "args"), scope),
+                    }
+                )
+                for i, s in enumerate(step.statements)
+            ]
+            return {
+                "connection": ConstNode(step.connection),
+                "statements": ListNode(statements),
+                "transaction": ConstNode(step.transaction),
+                "result": ConstNode(step.result),
+                "max_rows": ConstNode(step.max_rows),
+            }
+        if isinstance(step, NotebookStep):
+            return {"notebook": ConstNode(step.notebook), "kernel": ConstNode(step.kernel)}
+        if isinstance(step, PluginStep):
+            return {k: self.value(v, at(path, k), scope) for k, v in step.config.items()}
         if isinstance(step, SubworkflowStep):
             return self.subworkflow(step.subworkflow, at(path, "subworkflow"), scope)
         if isinstance(step, ForeachStep):

@@ -47,8 +47,23 @@ RUN_STRATEGIES: tuple[str, ...] = (
     "serial_latest_only",
     "parallel",
 )
-STEP_TYPES: tuple[str, ...] = ("noop", "sleep", "shell", "python", "http", "subworkflow", "foreach", "loop")
-LEAF_STEP_TYPES: frozenset[str] = frozenset({"noop", "sleep", "shell", "python", "http"})
+STEP_TYPES: tuple[str, ...] = (
+    "noop",
+    "sleep",
+    "shell",
+    "python",
+    "http",
+    "sql",
+    "notebook",
+    "subworkflow",
+    "foreach",
+    "loop",
+)
+"""Built-in step types; plugins add more (``legato.core.step_types``)."""
+DYNAMIC_STEP_TYPES: frozenset[str] = frozenset({"subworkflow", "foreach", "loop"})
+"""Steps the scheduler runs itself; every other type (built-in leaf or plugin) goes to an executor."""
+LEAF_STEP_TYPES: frozenset[str] = frozenset(STEP_TYPES) - DYNAMIC_STEP_TYPES
+SqlResult = Literal["none", "first", "rows"]
 
 
 class RunStrategy(msgspec.Struct, frozen=True, kw_only=True):
@@ -243,6 +258,8 @@ class ShellStep(StepBase, frozen=True, kw_only=True, tag="shell"):
     command: str
     env: dict[str, str] = {}
     """Extra environment variables (templates)."""
+    artifacts: list[str] = []
+    """Files (paths or globs relative to the step's folder) kept in the executor's artifact store."""
 
 
 class PythonStep(StepBase, frozen=True, kw_only=True, tag="python"):
@@ -261,6 +278,47 @@ class HttpStep(StepBase, frozen=True, kw_only=True, tag="http"):
     headers: dict[str, str] = {}
     body: Any = None
     success_status: list[int] = []
+
+
+class SqlStatement(msgspec.Struct, frozen=True, kw_only=True):
+    """One SQL statement and the values bound to its ``$1, $2, ...`` placeholders (templates)."""
+
+    sql: str
+    args: list[Any] = []
+
+
+class SqlStep(StepBase, frozen=True, kw_only=True, tag="sql"):
+    """Runs statements against a named connection, in one transaction unless ``transaction`` is false."""
+
+    type: ClassVar[str] = "sql"
+    connection: str
+    """The connection's name; the executor holds its URL and credentials (never the definition)."""
+    statements: list[SqlStatement]
+    transaction: bool = True
+    result: SqlResult = "first"
+    """What the last statement's rows become in the outputs: nothing, ``row``, or ``rows``."""
+    max_rows: int = 100
+
+
+class NotebookStep(StepBase, frozen=True, kw_only=True, tag="notebook"):
+    """Executes a Jupyter notebook (a path on the executor) with the step's params in a parameters cell."""
+
+    type: ClassVar[str] = "notebook"
+    notebook: str
+    """The ``.ipynb`` file: absolute, or relative to the executor's working directory."""
+    kernel: str = "python3"
+
+
+class PluginStep(StepBase, frozen=True, kw_only=True, tag="plugin"):
+    """A step of a type an installed plugin provides; ``config`` was checked against its schema at push."""
+
+    plugin: str
+    """The plugin's step type name (what the definition wrote as ``type``)."""
+    config: dict[str, Any] = {}
+
+    @property
+    def type(self) -> str:
+        return self.plugin
 
 
 class SubworkflowStep(StepBase, frozen=True, kw_only=True, tag="subworkflow"):
@@ -304,7 +362,19 @@ class LoopStep(StepBase, frozen=True, kw_only=True, tag="loop"):
     loop: LoopSpec
 
 
-Step = NoopStep | SleepStep | ShellStep | PythonStep | HttpStep | SubworkflowStep | ForeachStep | LoopStep
+Step = (
+    NoopStep
+    | SleepStep
+    | ShellStep
+    | PythonStep
+    | HttpStep
+    | SqlStep
+    | NotebookStep
+    | PluginStep
+    | SubworkflowStep
+    | ForeachStep
+    | LoopStep
+)
 
 
 class WorkflowDefinition(msgspec.Struct, frozen=True, kw_only=True):

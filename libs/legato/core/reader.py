@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
+from legato.core.connections import CONNECTION_NAME
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError, DefinitionIssue
 from legato.core.model import (
@@ -31,7 +32,9 @@ from legato.core.model import (
     LoopStep,
     MatchPredicate,
     NoopStep,
+    NotebookStep,
     ParamSpec,
+    PluginStep,
     PythonStep,
     RetryPolicy,
     RunStrategy,
@@ -41,6 +44,8 @@ from legato.core.model import (
     SignalTrigger,
     SignalWait,
     SleepStep,
+    SqlStatement,
+    SqlStep,
     Step,
     SubworkflowRef,
     SubworkflowStep,
@@ -48,6 +53,7 @@ from legato.core.model import (
     Trigger,
     WorkflowDefinition,
 )
+from legato.core.step_types import check_config, config_fields, installed_step_types
 from legato.core.values import coerce, infer_param_type, to_json_value
 from legato.sel.lib_time import resolve_local, zone
 from legato.sel.values import a_type, type_name
@@ -60,6 +66,9 @@ SIGNAL_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 FUNCTION_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
+ARTIFACT_PATH = re.compile(r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\0]{1,255}")
+"""A relative path or glob that does not climb out of the step's folder."""
+MAX_SQL_ROWS = 10_000
 MAX_STEPS = 10_000
 """Steps in one definition, all bodies included."""
 MAX_NESTING = 10
@@ -718,9 +727,11 @@ class Reader:
     _SPECIFIC: dict[str, tuple[str, ...]] = {
         "noop": (),
         "sleep": ("duration",),
-        "shell": ("command", "env"),
+        "shell": ("command", "env", "artifacts"),
         "python": ("function",),
         "http": ("url", "method", "headers", "body", "success_status"),
+        "sql": ("connection", "sql", "args", "statements", "transaction", "result", "max_rows"),
+        "notebook": ("notebook", "kernel"),
         "subworkflow": ("subworkflow",),
         "foreach": ("foreach",),
         "loop": ("loop",),
@@ -734,14 +745,19 @@ class Reader:
         if self.steps_seen == MAX_STEPS + 1:
             self.issue(path, f"a definition has at most {MAX_STEPS} steps (bodies included)")
         kind = m.get("type")
-        if kind not in STEP_TYPES:
+        installed = installed_step_types()
+        plugin = installed.types.get(kind) if isinstance(kind, str) else None
+        if not isinstance(kind, str) or (kind not in STEP_TYPES and plugin is None):
             if kind is None:
-                self.issue(at(path, "type"), f"required (one of {', '.join(STEP_TYPES)})")
+                self.issue(at(path, "type"), f"required (one of {', '.join(installed.names())})")
             else:
-                self.issue(at(path, "type"), f"must be one of {', '.join(STEP_TYPES)}, got {shown(kind)}")
+                self.issue(at(path, "type"), installed.unknown_type(kind))
             return None
-        specific = self._SPECIFIC[kind]
-        self.fields(m, path, (*self._COMMON, *specific), required=("id", *self._required_for(kind)))
+        if plugin is not None:
+            specific, required = config_fields(plugin)
+        else:
+            specific, required = list(self._SPECIFIC[kind]), list(self._required_for(kind))
+        self.fields(m, path, (*self._COMMON, *specific), required=("id", *required))
         step_id = m.get("id")
         if not isinstance(step_id, str) or not step_id:
             if "id" in m:
@@ -773,6 +789,12 @@ class Reader:
             "publish_signals": self.listing(m, "publish_signals", path, self.signal_publish),
             "outputs": self.names(m, "outputs", path, pattern=PARAM_NAME, rule="an identifier"),
         }
+        if plugin is not None:
+            config = {k: self.jsonable(v, at(path, k)) for k, v in m.items() if k in specific}
+            for problem in check_config(plugin, config, path):
+                if problem.message != "required":  # already reported by fields()
+                    self.issues.append(problem)
+            return PluginStep(**common, plugin=kind, config=config)
         reader = getattr(self, f"step_{kind}")
         step: Step | None = reader(m, path, common, depth)
         return step
@@ -784,6 +806,8 @@ class Reader:
             "shell": ("command",),
             "python": ("function",),
             "http": ("url",),
+            "sql": ("connection",),
+            "notebook": ("notebook",),
             "subworkflow": ("subworkflow",),
             "foreach": ("foreach",),
             "loop": ("loop",),
@@ -878,7 +902,8 @@ class Reader:
                 env[key] = value if value is None else str(to_json_value(value))
                 if value is None or isinstance(value, (list, dict)):
                     self.issue(at(at(path, "env"), key), f"must be a string, got {kind_of(value)}")
-        return ShellStep(**common, command=self.string(m, "command", path, ""), env=env)
+        artifacts = self.names(m, "artifacts", path, pattern=ARTIFACT_PATH, rule="a relative path or glob")
+        return ShellStep(**common, command=self.string(m, "command", path, ""), env=env, artifacts=artifacts)
 
     def step_python(self, m: dict[str, Any], path: str, common: dict[str, Any], depth: int) -> Step:
         function = self.string(m, "function", path, "", pattern=FUNCTION_REF, rule="module:function")
@@ -916,6 +941,57 @@ class Reader:
             headers={k: v for k, v in headers.items() if isinstance(v, str)},
             body=self.jsonable(m.get("body"), at(path, "body")),
             success_status=statuses,
+        )
+
+    def step_sql(self, m: dict[str, Any], path: str, common: dict[str, Any], depth: int) -> Step:
+        connection = self.string(m, "connection", path, "", pattern=CONNECTION_NAME, rule="a connection name")
+        statements: list[SqlStatement] = []
+        if ("sql" in m) == ("statements" in m):
+            self.issue(path, "give exactly one of sql (with args) or statements")
+        elif "sql" in m:
+            one = self.sql_statement({k: m[k] for k in ("sql", "args") if k in m}, path)
+            statements = [one] if one is not None else []
+        else:
+            if "args" in m:
+                self.issue(at(path, "args"), "with statements, give args on each statement")
+            raw = m.get("statements")
+            if not isinstance(raw, list) or not raw:
+                self.issue(at(path, "statements"), f"must be a non-empty list, got {kind_of(raw)}")
+            else:
+                statements = self.listing(m, "statements", path, self.sql_statement)
+        return SqlStep(
+            **common,
+            connection=connection,
+            statements=statements,
+            transaction=self.boolean(m, "transaction", path, True),
+            result=self.choice(m, "result", path, ("none", "first", "rows"), "first"),
+            max_rows=self.integer(m, "max_rows", path, 100, 1, MAX_SQL_ROWS),
+        )
+
+    def step_notebook(self, m: dict[str, Any], path: str, common: dict[str, Any], depth: int) -> Step:
+        notebook = self.string(m, "notebook", path, "")
+        if isinstance(notebook, str) and notebook and not notebook.endswith(".ipynb"):
+            self.issue(at(path, "notebook"), f"must be a .ipynb file, got {shown(notebook)}")
+        kernel = self.string(m, "kernel", path, "python3", pattern=NAME, rule="a kernel name")
+        return NotebookStep(**common, notebook=notebook, kernel=kernel)
+
+    def sql_statement(self, raw: Any, path: str) -> SqlStatement | None:
+        if isinstance(raw, str):
+            raw = {"sql": raw}
+        m = self.mapping(raw, path)
+        if m is None:
+            return None
+        self.fields(m, path, ("sql", "args"), required=("sql",))
+        sql = self.string(m, "sql", path, "")
+        if isinstance(sql, str) and "${" in sql:
+            # Values are bound as query parameters, never formatted into the text.
+            self.issue(at(path, "sql"), "must not contain ${...}: pass values in args and write $1, $2, ...")
+        args = m.get("args", [])
+        if not isinstance(args, list):
+            self.issue(at(path, "args"), f"must be a list (bound to $1, $2, ...), got {kind_of(args)}")
+            args = []
+        return SqlStatement(
+            sql=sql, args=[self.jsonable(v, at(at(path, "args"), i)) for i, v in enumerate(args)]
         )
 
     def subworkflow_ref(self, raw: Any, path: str) -> SubworkflowRef | None:

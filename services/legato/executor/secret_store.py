@@ -73,25 +73,33 @@ class SecretStore:
         return value
 
     def _from_file(self, name: str) -> str | None:
-        if self.directory is None:
-            return None
-        path = self.directory / name
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_SECRET_BYTES + 1)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise StepFailed(f"secret {name!r}: cannot read its file: {exc.strerror}") from None
-        if len(data) > MAX_SECRET_BYTES:
-            raise StepFailed(f"secret {name!r} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-        text = data.decode("utf-8", errors="replace")
-        return text[:-1] if text.endswith("\n") else text
+        return read_named_file(self.directory, name, "secret")
 
     def resolve(self, *values: Any) -> ResolvedSecrets:
         """Look up every secret referenced in ``values``."""
         names = sorted({n for v in values for n in secret_names(v)})
         return ResolvedSecrets({name: self.lookup(name) for name in names})
+
+
+def read_named_file(directory: Path | None, name: str, what: str) -> str | None:
+    """The text of ``directory/name`` (one trailing newline dropped), None when there is no such file.
+
+    Shared by secrets and named connections: both are one file per key of a mounted Kubernetes Secret.
+    """
+    if directory is None:
+        return None
+    path = directory / name
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise StepFailed(f"{what} {name!r}: cannot read its file: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise StepFailed(f"{what} {name!r} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+    text = data.decode("utf-8", errors="replace")
+    return text[:-1] if text.endswith("\n") else text
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from legato.executor.contact import NatsContact
 from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.lease import FenceLease
 from legato.executor.recent_attempts import RecentCancels, RecentResults
-from legato.executor.runners import default_runners
+from legato.executor.runners import close_runners, default_runners
 from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_FENCE_AFTER
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -196,6 +196,7 @@ class ExecutorService(Component):
                 except Exception as exc:
                     log.debug("cancel_unsubscribe_failed", error=repr(exc))
             self.http_pool.shutdown(wait=False, cancel_futures=True)
+            await close_runners(self.attempts.runners)
             self.lease.close()  # every step has ended by now (the consumer loop waited for them)
             log.info("executor_stopped", stats=dict(self.attempts.stats))
 

@@ -24,6 +24,7 @@ from legato.core import (
     ParamError,
     to_json_value,
 )
+from legato.core.model import DYNAMIC_STEP_TYPES
 from legato.protocol import encode
 from legato.protocol.ids import attempt_id_for
 from legato.protocol.messages import (
@@ -79,7 +80,6 @@ from legato.telemetry.tracing import inject_headers
 
 log = get_logger("legato.scheduler")
 
-LEAF_TYPES = frozenset({"noop", "sleep", "shell", "python", "http"})
 QUIET_FOR_ITERATIONS = frozenset(
     {"created", "started", "succeeded", "step_dispatched", "step_succeeded", "step_skipped"}
 )
@@ -418,7 +418,7 @@ class RunEngine:
         if st is None:
             st = StepState(instance_id=inst.id, step_id=step_id, status="queued", new=True)
             inst.steps[step_id] = st
-        if step.type not in LEAF_TYPES:
+        if step.type in DYNAMIC_STEP_TYPES:  # everything else (built-in leaf or plugin) is an executor's
             self._start_child_step(inst, st)
             return
         if step.wait_for_signals and not self.signals_ready(inst, st):

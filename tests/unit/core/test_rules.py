@@ -336,9 +336,33 @@ def test_trigger_defaults() -> None:
 STEP_CASES: list[tuple[dict[str, Any], str]] = [
     (
         {"id": "a"},
-        "steps[0].type: required (one of noop, sleep, shell, python, http, subworkflow, foreach, loop)",
+        "steps[0].type: required (one of noop, sleep, shell, python, http, sql, notebook, subworkflow, foreach, loop",
     ),
-    ({"id": "a", "type": "bash"}, "steps[0].type: must be one of noop, sleep, shell"),
+    (
+        {"id": "a", "type": "bash"},
+        "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook,",
+    ),
+    (
+        {"id": "a", "type": "sql", "connection": "wh"},
+        "steps[0]: give exactly one of sql (with args) or statements",
+    ),
+    ({"id": "a", "type": "sql", "sql": "select 1"}, "steps[0].connection: required"),
+    (
+        {"id": "a", "type": "sql", "connection": "wh", "sql": "select '${params.x}'"},
+        "steps[0].sql: must not contain ${...}: pass values in args and write $1, $2, ...",
+    ),
+    (
+        {"id": "a", "type": "sql", "connection": "wh", "statements": [{"sql": "select 1", "arg": [1]}]},
+        "steps[0].statements[0].arg: unknown field (did you mean 'args'?)",
+    ),
+    (
+        {"id": "a", "type": "sql", "connection": "wh", "sql": "select 1", "result": "all"},
+        "steps[0].result: must be one of none, first, rows, got 'all'",
+    ),
+    (
+        {"id": "a", "type": "shell", "command": "x", "artifacts": ["../up"]},
+        "steps[0].artifacts[0]: must match",
+    ),
     ({"type": "noop"}, "steps[0].id: required"),
     ({"id": "A b", "type": "noop"}, "steps[0].id: must be lowercase letters, digits, _ and -"),
     ({"id": "a", "type": "noop", "commnd": "x"}, "steps[0].commnd: unknown field"),

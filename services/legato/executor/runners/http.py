@@ -2,7 +2,7 @@
 
 ``config``: ``url`` (http or https only), ``method`` (GET), ``headers`` (object), ``body`` (None; a
 string is sent as is; any other JSON value is sent as JSON with ``content-type: application/json``),
-``success_status`` (list of codes; default any 2xx), ``timeout`` (seconds, per socket operation and for
+``success_status`` (list of codes; default or empty: any 2xx), ``timeout`` (seconds, per socket operation and for
 the whole body read; default 30). Outputs: ``{"status", "headers", "body"}`` with a few response
 headers and the body (at most 1 MiB; parsed when the response says JSON), plus ``"truncated": true``
 when the body was cut. A status outside ``success_status`` fails the step (the outputs are still sent).
@@ -82,9 +82,10 @@ class HttpRunner:
             stop.set()  # the thread gives up at its next chunk; socket timeouts bound the rest
             raise
         outputs = response_outputs(response)
+        # An empty list is what a definition without success_status compiles to: any 2xx.
         ok = (
             response.status in config.success_status
-            if config.success_status is not None
+            if config.success_status
             else 200 <= response.status < 300
         )
         if not ok:

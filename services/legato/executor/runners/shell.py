@@ -1,5 +1,9 @@
 """``shell``: ``config.command`` run by ``/bin/sh -c`` in a fresh folder and process group.
 
+Files the step declares in ``artifacts`` (paths or globs in its folder) are copied to the executor's
+artifact store after the command exits, whatever its exit code, and listed in the outputs
+(``artifacts``; see ``legato.executor.artifacts``).
+
 The command was rendered by the scheduler with every ``${…}`` value shell-quoted (see
 ``legato.core.shell_command``); a ``secret`` param appears in it only as ``"${LEGATO_SECRET_<NAME>}"``.
 The process sees the minimal environment of ``legato.executor.step_env`` plus ``config.env`` (the
@@ -10,8 +14,12 @@ stderr. Secret values are masked in the output, error and outputs the step repor
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import msgspec
 
+from legato.executor.artifacts import ArtifactStore
 from legato.executor.outputs_file import read_outputs_file
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import SecretStore
@@ -30,6 +38,7 @@ class ShellConfig(msgspec.Struct, frozen=True):
 
     command: str
     env: dict[str, JSONValue] = {}
+    artifacts: list[str] = []
 
 
 class ShellRunner:
@@ -37,8 +46,9 @@ class ShellRunner:
 
     step_type = "shell"
 
-    def __init__(self, secrets: SecretStore | None = None) -> None:
+    def __init__(self, secrets: SecretStore | None = None, artifacts: ArtifactStore | None = None) -> None:
         self.secrets = secrets
+        self.artifacts = artifacts
 
     async def run(self, ctx: StepContext) -> StepResult:
         config = parse_config(ctx.item.config, ShellConfig)
@@ -68,9 +78,16 @@ class ShellRunner:
                     kill_grace=ctx.kill_grace,
                     lease=ctx.lease,
                 )
+                kept = await self._keep_artifacts(ctx, ws.cwd, config.artifacts, required=code == 0)
                 if code != 0:
-                    raise StepFailed(describe_exit(code, ctx.output.stderr_tail()), exit_code=code)
+                    raise StepFailed(
+                        describe_exit(code, ctx.output.stderr_tail()),
+                        exit_code=code,
+                        outputs={"artifacts": kept} if kept else None,
+                    )
                 outputs = read_outputs_file(ws.outputs_path)
+                if config.artifacts:
+                    outputs["artifacts"] = kept
         except StepFailed as exc:
             if not secrets.values:
                 raise
@@ -80,6 +97,21 @@ class ShellRunner:
                 outputs={k: secrets.mask_json(v) for k, v in exc.outputs.items()},
             ) from None
         return StepResult(outputs={k: secrets.mask_json(v) for k, v in outputs.items()}, exit_code=0)
+
+    async def _keep_artifacts(
+        self, ctx: StepContext, folder: Path, patterns: list[str], *, required: bool
+    ) -> list[JSONValue]:
+        """The declared files copied to the artifact store, also after a failure (they help debug it);
+        then a missing one does not hide the step's own error."""
+        if not patterns:
+            return []
+        store = self.artifacts or ArtifactStore.from_environment()
+        try:
+            return await asyncio.to_thread(store.keep, ctx.item, folder, patterns, required=required)
+        except StepFailed:
+            if required:
+                raise
+            return []
 
 
 def _env_text(value: JSONValue) -> str:
