@@ -99,7 +99,7 @@ async def overheads(client: LegatoClient, stack: Stack, kinds: list[str], runs: 
         for i in range(runs + 3):  # the first 3 warm up (worker processes, connections, caches)
             t0 = time.perf_counter()
             res = await client.start(f"one-{kind}", {})
-            info = await finished(client, stack, res["instance_id"])
+            info = await finished(client, stack, res.instance_id)
             elapsed = (time.perf_counter() - t0) * 1000
             [step_info] = info["steps"]
             if step_info["status"] != "succeeded":
@@ -129,7 +129,7 @@ async def throughput(client: LegatoClient, stack: Stack, n: int, width: int) -> 
             .replace("{step}", STEPS[kind].strip("{}"))
         )
         res = await client.start(f"fan-{kind}", {"n": n})
-        info = await finished(client, stack, res["instance_id"])
+        info = await finished(client, stack, res.instance_id)
         fan = info["steps"][0]
         took = seconds(fan["started_at"], fan["ended_at"])
         print(f"  {kind:<6} {info['status']:<10} {n / took:8.0f} steps/s   ({took:.1f} s)")

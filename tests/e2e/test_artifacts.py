@@ -35,7 +35,7 @@ async def test_declared_files_are_kept_listed_and_shown(settings: Settings, tmp_
     env = {"LEGATO_ARTIFACTS_DIR": str(store)}
     async with running_stack(settings, tmp_path / "stack", extra_env=env) as (_stack, client):
         await client.push(REPORT)
-        info = await wait_for(client, (await client.start("report-files", {}))["instance_id"])
+        info = await wait_for(client, (await client.start("report-files", {})).instance_id)
         shown = cli(settings, "show", info["instance_id"])
     steps = {s["step_id"]: s for s in info["steps"]}
     build = steps["build"]

@@ -47,11 +47,11 @@ async def test_a_notebook_runs_with_params_and_is_kept(settings: Settings, tmp_p
     env = {"LEGATO_ARTIFACTS_DIR": str(tmp_path / "artifacts")}
     async with running_stack(settings, tmp_path / "stack", extra_env=env) as (_stack, client):
         await client.push(WORKFLOW.format(path=ok, extra=""))
-        good = await wait_for(client, (await client.start("nb", {"x": 21}))["instance_id"], timeout=120)
-        bad = await wait_for(client, (await client.start("nb", {"x": 3}))["instance_id"], timeout=120)
+        good = await wait_for(client, (await client.start("nb", {"x": 21})).instance_id, timeout=120)
+        bad = await wait_for(client, (await client.start("nb", {"x": 3})).instance_id, timeout=120)
         shown = cli(settings, "show", bad["instance_id"])
         await client.push(WORKFLOW.format(path=slow, extra="timeout: 20s").replace("id: nb", "id: nb-slow"))
-        timed = await wait_for(client, (await client.start("nb-slow", {}))["instance_id"], timeout=120)
+        timed = await wait_for(client, (await client.start("nb-slow", {})).instance_id, timeout=120)
 
     [step] = good["steps"]
     assert step["status"] == "succeeded", step

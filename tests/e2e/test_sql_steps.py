@@ -93,10 +93,10 @@ async def test_sql_steps_run_and_their_credentials_stay_in_the_executor(
             sub = await client.nc.subscribe(">", cb=record)
             await client.push(SALES)
             started = await client.start("sales-sql", {})
-            info = await wait_for(client, started["instance_id"], timeout=90)
-            shown = cli(settings, "show", started["instance_id"])
+            info = await wait_for(client, started.instance_id, timeout=90)
+            shown = cli(settings, "show", started.instance_id)
             # The executor is still up: the next run's load step succeeds again.
-            again = await wait_for(client, (await client.start("sales-sql", {}))["instance_id"], timeout=90)
+            again = await wait_for(client, (await client.start("sales-sql", {})).instance_id, timeout=90)
             await asyncio.sleep(1.0)  # spans exported every 200 ms
             await sub.unsubscribe()
             streams = await streams_text(client, settings.namespace)
@@ -157,7 +157,7 @@ async def test_a_timeout_and_a_stop_cancel_the_query_on_the_server(
         await client.push(SLOW.format(suffix="", timeout="1h"))
         timed = await client.start("slow-sql-2s", {})
         await until(lambda: running_queries(settings.database_url), 30, "the query runs")
-        info = await wait_for(client, timed["instance_id"], timeout=60)
+        info = await wait_for(client, timed.instance_id, timeout=60)
         attempt = info["steps"][0]["attempts"][0]
         assert (attempt["failure_kind"], attempt["error"]) == ("timeout", "timed out after 2s"), attempt
         # Reported only once the server had cancelled it.
@@ -165,8 +165,8 @@ async def test_a_timeout_and_a_stop_cancel_the_query_on_the_server(
 
         stopped = await client.start("slow-sql", {})
         await until(lambda: running_queries(settings.database_url), 30, "the query runs")
-        await client.call("instance.stop", {"instance_id": stopped["instance_id"], "reason": "enough"})
-        info = await wait_for(client, stopped["instance_id"], timeout=60)
+        await client.call("instance.stop", {"instance_id": stopped.instance_id, "reason": "enough"})
+        info = await wait_for(client, stopped.instance_id, timeout=60)
         assert info["status"] == "stopped", info
         await until(lambda: _none(running_queries(settings.database_url)), 10, "the stopped query is gone")
 

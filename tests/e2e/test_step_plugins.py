@@ -30,12 +30,12 @@ async def test_an_installed_plugin_step_type_runs_through_the_services(
         await client.push((PLUGIN_DIR / "word-count.yaml").read_text(), source="word-count.yaml")
         ok = await wait_for(
             client,
-            (await client.start("word-count", {"text": "The cat and the hat and THE bat"}))["instance_id"],
+            (await client.start("word-count", {"text": "The cat and the hat and THE bat"})).instance_id,
         )
-        empty = await wait_for(client, (await client.start("word-count", {"text": "... !"}))["instance_id"])
+        empty = await wait_for(client, (await client.start("word-count", {"text": "... !"})).instance_id)
         shown = cli(settings, "show", empty["instance_id"])
         await client.push(SLOW)
-        slow = await wait_for(client, (await client.start("slow-count", {}))["instance_id"])
+        slow = await wait_for(client, (await client.start("slow-count", {})).instance_id)
         with pytest.raises(ApiError) as unknown:
             await client.push("id: t\nsteps:\n  - {id: a, type: word_cont, text: x}\n")
         with pytest.raises(ApiError) as bad_config:
