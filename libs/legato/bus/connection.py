@@ -81,8 +81,8 @@ async def connect(
     async def on_error(exc: Exception) -> None:
         if state["connected"]:
             log.warning("nats_error", error=repr(exc))
-        else:
-            first_errors[:] = [exc]  # before the first connection: reported once, below
+        elif len(first_errors) < 16:
+            first_errors.append(exc)  # before the first connection: reported once, below
 
     async def on_disconnected() -> None:
         log.warning("nats_disconnected")
@@ -108,12 +108,22 @@ async def connect(
             timeout=connect_timeout + 2.0,
         )
     except TimeoutError:
-        why = repr(first_errors[0]) if first_errors else "no answer"
-        raise ConnectionError(f"cannot connect to NATS at {url}: {why}") from None
+        raise ConnectionError(f"cannot connect to NATS at {url}: {_why(first_errors)}") from None
     except nats.errors.Error as exc:
         raise ConnectionError(f"cannot connect to NATS at {url}: {exc}") from None
     state["connected"] = True
     return nc
+
+
+def _why(errors: list[Exception]) -> str:
+    """The error that explains a failed first connection: the server's refusal (an authorization
+    violation) rather than the connection reset that follows it, else the last error seen."""
+    if not errors:
+        return "no answer"
+    for exc in errors:
+        if "authorization" in str(exc).lower():
+            return str(exc)
+    return repr(errors[-1])
 
 
 async def _connect(
