@@ -21,16 +21,19 @@ $(STAMP): pyproject.toml examples/plugin/pyproject.toml
 run: install
 	$(BIN)/legato dev
 
-# CI runs `make test`: everything but the few heaviest chaos/scale tests (marked soak), to stay
-# within its time budget; `make soak` runs those, `make test-all` runs both.
+# CI runs `make test`: everything but the few heaviest chaos/scale tests (marked soak), on two workers
+# (most tests wait on real services more than they compute), to stay within its time budget; tests
+# that share a machine-wide resource are grouped onto one worker (xdist_group). `make soak` runs the
+# soak tests, `make test-all` everything.
+PYTEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -m "not soak" --durations=25
+	$(BIN)/python -m pytest -q -m "not soak" -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 soak: install
 	$(BIN)/python -m pytest -q -m soak --durations=0
 
 test-all: install
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 lint: install
 	$(BIN)/ruff check libs services tests bench examples

@@ -11,9 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from legato.config.settings import Settings
 from legato.devstack.ports import free_port
 from tests.support.stack import running_stack, wait_for
+
+# One worker at a time: these share legato dev's machine-wide Postgres cache (make test runs two workers).
+pytestmark = pytest.mark.xdist_group("dev")
 
 ECHO = """
 id: echoer

@@ -18,7 +18,8 @@ import pytest
 
 from legato.bus.connection import connect, nats_auth_options
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# One worker at a time: these share legato dev's machine-wide Postgres cache (make test runs two workers).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("dev")]
 
 
 def clean_env() -> dict[str, str]:

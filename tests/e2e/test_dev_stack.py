@@ -23,6 +23,9 @@ from legato.devstack import EmbeddedNats
 
 REPO = Path(__file__).resolve().parents[2]
 
+# One worker at a time: these share legato dev's machine-wide Postgres cache (make test runs two workers).
+pytestmark = pytest.mark.xdist_group("dev")
+
 
 def modes(path: Path) -> dict[str, int]:
     return {str(p): stat.S_IMODE(p.stat().st_mode) for p in [path, *path.parents]}

@@ -18,6 +18,9 @@ from legato.protocol.replies import StartReply
 from tests.support.plugin import install_example_plugin
 from tests.support.stack import running_stack, wait_for
 
+# One worker at a time: these share the venv the example plugin is pip-installed into (make test runs two workers).
+pytestmark = pytest.mark.xdist_group("plugin")
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DATE = "2026-03-01"
 # The audit-chain attack of issue 14: the param must be echoed, never run.

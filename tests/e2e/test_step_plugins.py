@@ -14,6 +14,9 @@ from tests.e2e.test_secrets import cli
 from tests.support.plugin import PLUGIN_DIR, install_example_plugin
 from tests.support.stack import running_stack, wait_for
 
+# One worker at a time: these share the venv the example plugin is pip-installed into (make test runs two workers).
+pytestmark = pytest.mark.xdist_group("plugin")
+
 SLOW = """
 id: slow-count
 steps:
