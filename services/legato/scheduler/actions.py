@@ -12,6 +12,7 @@ import msgspec
 
 from legato.bus.publisher import OutgoingMessage
 from legato.core.admission import action_applies
+from legato.core.progress import ForeachProgress
 from legato.core.reasons import Operator, Restart, SkippedByOperator
 from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
@@ -155,7 +156,7 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
     for sid in redo:
         st = inst.steps.get(sid)
         if st is not None:
-            keep = from_step is None and st.progress is not None and st.progress.get("kind") == "foreach"
+            keep = from_step is None and isinstance(st.progress, ForeachProgress)
             if not keep:
                 st.progress = None  # a foreach restarted on its own re-runs only its failed iterations
             st.status = "pending"

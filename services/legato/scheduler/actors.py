@@ -21,6 +21,7 @@ from opentelemetry.trace import SpanContext
 from legato.bus.consumer import Poison, Retry
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
+from legato.core.progress import ForeachProgress
 from legato.core.reasons import Inactive, UnknownVersion
 from legato.lifecycle.component import Component
 from legato.protocol import encode
@@ -238,7 +239,7 @@ class WorkflowActor:
             if parent is None:
                 continue
             st = parent.steps.get(step_id)
-            total = (st.progress or {}).get("total", len(rows)) if st else len(rows)
+            total = st.progress.total if st and isinstance(st.progress, ForeachProgress) else len(rows)
             results: list[Any] = [None] * total
             for r in rows:
                 if 0 <= r.iteration < total and r.status == "succeeded":

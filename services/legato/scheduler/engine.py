@@ -25,6 +25,7 @@ from legato.core import (
     to_json_value,
 )
 from legato.core.model import DYNAMIC_STEP_TYPES
+from legato.core.progress import kind_of
 from legato.core.reasons import (
     BadParams,
     Cancelled,
@@ -982,7 +983,7 @@ class RunEngine:
         st = parent.steps.get(step_id)
         if parent.status != "running" or st is None or st.status != "running" or not st.progress:
             return  # the parent or its step ended meanwhile (e.g. stopped): nothing to join
-        runtime = RUNTIMES.get(str(st.progress.get("kind")))
+        runtime = RUNTIMES.get(str(kind_of(st.progress)))
         if runtime is not None:
             self.apply_outcome(
                 parent, st, runtime, runtime.on_child_ended(self._child_ctx(parent, st), ended)

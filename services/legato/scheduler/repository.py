@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from legato.core.progress import OtherProgress, decode_progress
 from legato.core.reasons import OtherReason, WaitingForDispatchSlot, decode_reason
 from legato.scheduler.state import (
     AttemptState,
@@ -79,7 +80,7 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 def _jsonb_text(value: Any) -> str | None:
-    if isinstance(value, OtherReason):  # a reason another version wrote: stored back as it was
+    if isinstance(value, (OtherReason, OtherProgress)):  # written by another version: stored back as it was
         value = value.raw
     return None if value is None else _encode_json(value).decode()
 
@@ -92,8 +93,12 @@ def _instance(r: asyncpg.Record) -> InstanceState:
 
 
 def _step(r: asyncpg.Record) -> StepState:
-    """A ``step_run`` row as state, its reason decoded once."""
-    return StepState(**{c: r[c] for c in _STEP_COLUMNS if c != "reason"}, reason=decode_reason(r["reason"]))
+    """A ``step_run`` row as state, its reason and progress decoded once."""
+    return StepState(
+        **{c: r[c] for c in _STEP_COLUMNS if c not in ("reason", "progress")},
+        reason=decode_reason(r["reason"]),
+        progress=decode_progress(r["progress"]),
+    )
 
 
 _UPSERT_INSTANCES = _bulk_upsert_sql(

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.progress import Progress
 from legato.core.reasons import PERMIT_WAITS, Reason, SkippedByOperator
 from legato.core.statuses import FAILED_STEP, TERMINAL_INSTANCE, TERMINAL_STEP
 from legato.scheduler.span_facts import SpanFact
@@ -90,7 +91,7 @@ class StepState:
     signals: dict[str, Any] | None = None  # wait_for_signals: name -> fields of the signal that came
     waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
     # foreach / loop / subworkflow: totals, next iteration to create, per-status counts, live children.
-    progress: dict[str, Any] | None = None
+    progress: Progress | None = None
     new: bool = False
     dirty: bool = False
 
