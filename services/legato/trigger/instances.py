@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from legato.core.admission import QueueState, concurrency_limit, queue_state
+from legato.core.progress import ForeachProgress, decode_progress, encode_progress
 from legato.core.reasons import (
     Blocked,
     Paused,
@@ -350,18 +351,20 @@ async def live_step_reason(conn: asyncpg.Connection, reason: Reason | None) -> R
     )
 
 
-def _progress_view(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+def _progress_view(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     """Counts per status and the first failed items of a foreach/loop/subworkflow step (never 100k ids)."""
-    if not progress:
+    progress = decode_progress(stored) if stored else None
+    if progress is None:
         return None
-    view = {k: v for k, v in progress.items() if k not in ("failed_items", "retry", "children", "last")}
-    failed = progress.get("failed_items") or []
+    shown = encode_progress(progress) or {}
+    view = {k: v for k, v in shown.items() if k not in ("failed_items", "retry", "children", "last")}
+    failed = (
+        progress.failed_items if isinstance(progress, ForeachProgress) else shown.get("failed_items") or []
+    )
     view["failed_items"] = sorted(failed)[:100]
     view["failed_items_total"] = len(failed)
-    if progress.get("kind") == "foreach":
-        view["pending"] = max(0, progress.get("total", 0) - progress.get("next", 0)) + len(
-            progress.get("retry") or []
-        )
+    if isinstance(progress, ForeachProgress):
+        view["pending"] = max(0, progress.total - progress.next) + len(progress.retry)
     return view
 
 
