@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from legato.core.reasons import code_of, decode_reason, encode_reason, message_of
+
 COLUMN_MAX = 80
 
 
@@ -75,19 +77,21 @@ def short_time(value: str | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
-def reason_text(reason: Any) -> str:
-    """Why a run or step waits, was skipped or stopped, in words (a reason's message, or its code)."""
-    if not reason:
+def reason_text(reason: object) -> str:
+    """Why a run or step waits, was skipped or stopped, in words (a reason's message, or its code and
+    fields), from a reason as a reply carries it (decoded here once, whatever version wrote it)."""
+    decoded = decode_reason(reason) if reason else None
+    if decoded is None:
         return ""
-    if isinstance(reason, dict):
-        if reason.get("message"):
-            return str(reason["message"])
-        code = reason.get("code", "")
-        rest = ", ".join(
-            f"{k}={v}" for k, v in reason.items() if k not in ("code", "message") and v not in (None, "")
-        )
-        return f"{code} ({rest})" if rest else str(code)
-    return str(reason)
+    message = message_of(decoded)
+    if message:
+        return message
+    code = code_of(decoded) or ""
+    fields = encode_reason(decoded) or {}
+    rest = ", ".join(
+        f"{k}={v}" for k, v in fields.items() if k not in ("code", "message") and v not in (None, "")
+    )
+    return f"{code} ({rest})" if rest else code
 
 
 def compact_json(value: Any) -> str:

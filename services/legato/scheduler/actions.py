@@ -7,19 +7,18 @@ it did not (the API already refused the obvious cases with a clear error).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import msgspec
 
 from legato.bus.publisher import OutgoingMessage
 from legato.core.admission import action_applies
+from legato.core.progress import ForeachProgress
+from legato.core.reasons import Operator, Restart, SkippedByOperator
 from legato.protocol import encode
 from legato.protocol.messages import ActionRequest
 from legato.scheduler import repository
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import (
-    OPERATOR_SKIP,
     ActionRecord,
     InstanceState,
     StepState,
@@ -108,7 +107,7 @@ async def _apply(conn: asyncpg.Connection, engine: RunEngine, msg: ActionRequest
 
 
 def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: str, why: str) -> None:
-    reason: dict[str, Any] = {"code": "operator", "action": action, "by": who, "why": why}
+    reason = Operator(action=action, by=who, why=why)
     engine.finish(
         inst, "stopped", reason=reason, error=f"{action} by {who}: {why}", actor=who, force=action == "kill"
     )
@@ -117,7 +116,7 @@ def _end_by_operator(engine: RunEngine, inst: InstanceState, action: str, who: s
 def _mark_skipped(engine: RunEngine, st: StepState, who: str, why: str) -> None:
     """Skipped by an operator: its successors go on as if it had succeeded (with no outputs)."""
     st.status = "skipped"
-    st.reason = {"code": OPERATOR_SKIP, "by": who, "why": why}
+    st.reason = SkippedByOperator(by=who, why=why)
     st.ended_at = st.ended_at or now_utc()
     engine.uow.touch_step(st)
 
@@ -157,14 +156,14 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
     for sid in redo:
         st = inst.steps.get(sid)
         if st is not None:
-            keep = from_step is None and st.progress is not None and st.progress.get("kind") == "foreach"
+            keep = from_step is None and isinstance(st.progress, ForeachProgress)
             if not keep:
                 st.progress = None  # a foreach restarted on its own re-runs only its failed iterations
             st.status = "pending"
             st.retries_error = st.retries_platform = st.retries_timeout = 0
             st.failure_ignored = False
             st.started_at = None  # this run's first start (a resumed sleep counts from it)
-            st.reason = {"code": "restart", "run": inst.run_number + 1}
+            st.reason = Restart(run=inst.run_number + 1)
             engine.uow.touch_step(st)
     inst.run_number += 1
     inst.error = None

@@ -21,6 +21,8 @@ from opentelemetry.trace import SpanContext
 from legato.bus.consumer import Poison, Retry
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
+from legato.core.progress import ForeachProgress
+from legato.core.reasons import Inactive, UnknownVersion
 from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.messages import (
@@ -237,7 +239,7 @@ class WorkflowActor:
             if parent is None:
                 continue
             st = parent.steps.get(step_id)
-            total = (st.progress or {}).get("total", len(rows)) if st else len(rows)
+            total = st.progress.total if st and isinstance(st.progress, ForeachProgress) else len(rows)
             results: list[Any] = [None] * total
             for r in rows:
                 if 0 <= r.iteration < total and r.status == "succeeded":
@@ -314,10 +316,10 @@ class WorkflowActor:
         if version in self.missing_versions:
             # Never dead-letter a start (its run would stay pending forever): the run fails.
             error = f"workflow {msg.workflow_id!r} has no version {version}"
-            engine.finish(inst, "failed", reason={"code": "unknown_version"}, error=error)
+            engine.finish(inst, "failed", reason=UnknownVersion(), error=error)
             return
         if not state.row.active and msg.parent is None:
-            engine.finish(inst, "skipped", reason={"code": "inactive"}, error="workflow is inactive")
+            engine.finish(inst, "skipped", reason=Inactive(), error="workflow is inactive")
             return
         if not engine.resolve_params(inst):
             return

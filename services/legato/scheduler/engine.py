@@ -25,6 +25,24 @@ from legato.core import (
     to_json_value,
 )
 from legato.core.model import DYNAMIC_STEP_TYPES
+from legato.core.progress import kind_of
+from legato.core.reasons import (
+    BadParams,
+    Cancelled,
+    ConditionFalse,
+    ParentStopped,
+    Queued,
+    Reason,
+    RetryBackoff,
+    RunTimeout,
+    StepFailed,
+    UpstreamFailed,
+    WaitingForDispatchSlot,
+    WaitingForSignals,
+    WaitingForStop,
+    code_of,
+    encode_reason,
+)
 from legato.protocol import encode
 from legato.protocol.ids import attempt_id_for
 from legato.protocol.messages import (
@@ -60,7 +78,6 @@ from legato.scheduler.child_steps.runs import (
 )
 from legato.scheduler.run_views import CompiledLookup, RunViews
 from legato.scheduler.state import (
-    DISPATCH_WAIT,
     AttemptState,
     InstanceState,
     NewTimer,
@@ -179,13 +196,13 @@ class RunEngine:
         try:
             typed = compiled.resolve_run_params(inst.run_params, instance=info)
         except (ParamError, SelError) as exc:
-            self.finish(inst, "failed", reason={"code": "bad_params"}, error=f"params: {exc}")
+            self.finish(inst, "failed", reason=BadParams(), error=f"params: {exc}")
             return False
         inst.typed_params = typed
         inst.params = jsonable(typed)
         return True
 
-    def enqueue(self, inst: InstanceState, reason: dict[str, Any], *, front: bool = False) -> None:
+    def enqueue(self, inst: InstanceState, reason: Reason, *, front: bool = False) -> None:
         inst.status = "queued"
         inst.reason = reason
         self.state.instances[inst.id] = inst
@@ -207,7 +224,7 @@ class RunEngine:
         # First in the queue; it starts through admit() like any run, so a restart never exceeds the
         # limit (e.g. the blocker of a strict_sequential queue while runs started under parallel still
         # run). The queue stays blocked until the restarted blocker succeeds.
-        self.enqueue(inst, {"code": "queued", "why": "restarted"}, front=True)
+        self.enqueue(inst, Queued(why="restarted"), front=True)
 
     def descendants(self, inst: InstanceState, step_id: str) -> set[str]:
         compiled = self.graph(inst)
@@ -257,7 +274,7 @@ class RunEngine:
         inst: InstanceState,
         status: str,
         *,
-        reason: dict[str, Any] | None = None,
+        reason: Reason | None = None,
         error: str | None = None,
         actor: str | None = None,
         force: bool = False,
@@ -300,7 +317,7 @@ class RunEngine:
         if inst.body_path and status == "succeeded":
             return  # a succeeded iteration needs no timeline entry of its own: the foreach counts it
         msg = f"run ended {status}" + (f": {error}" if error else "")
-        self.note(inst, status, msg, actor=actor, details=reason)
+        self.note(inst, status, msg, actor=actor, details=encode_reason(reason))
         self.progress(inst)
         row = self.state.row
         if status == "succeeded" and row.blocked_by == inst.id:
@@ -346,7 +363,7 @@ class RunEngine:
                     e.source for e, p in zip(edges, preds, strict=True) if p is not None and p.failed
                 ]
                 if failed_up:
-                    self.skip(inst, step_id, {"code": "upstream_failed", "steps": failed_up})
+                    self.skip(inst, step_id, UpstreamFailed(steps=failed_up))
                     continue
                 if edges:
                     env = self.env(inst)
@@ -360,9 +377,7 @@ class RunEngine:
                         self.fail_step_without_attempt(inst, step_id, f"condition: {exc}")
                         continue
                     if not active:
-                        self.skip(
-                            inst, step_id, {"code": "condition_false", "from": [e.source for e in edges]}
-                        )
+                        self.skip(inst, step_id, ConditionFalse(from_=[e.source for e in edges]))
                         continue
                 self.dispatch(inst, step_id)
                 if inst.status != "running":
@@ -376,13 +391,13 @@ class RunEngine:
                 self.finish(
                     inst,
                     "failed",
-                    reason={"code": "step_failed", "steps": failed},
+                    reason=StepFailed(steps=failed),
                     error=f"step {failed[0]} {first.status}: {first.error or ''}".rstrip(": "),
                 )
             else:
                 self.finish(inst, "succeeded")
 
-    def skip(self, inst: InstanceState, step_id: str, reason: dict[str, Any]) -> None:
+    def skip(self, inst: InstanceState, step_id: str, reason: Reason) -> None:
         st = StepState(instance_id=inst.id, step_id=step_id, status="skipped", reason=reason, new=True)
         st.ended_at = st.created_at
         inst.steps[step_id] = st
@@ -390,9 +405,9 @@ class RunEngine:
         self.note(
             inst,
             "step_skipped",
-            f"step {step_id} skipped ({reason['code']})",
+            f"step {step_id} skipped ({code_of(reason)})",
             step_id=step_id,
-            details=reason,
+            details=encode_reason(reason),
         )
 
     def fail_step_without_attempt(self, inst: InstanceState, step_id: str, error: str) -> None:
@@ -500,13 +515,12 @@ class RunEngine:
             return False
         st.status = "waiting"
         st.waiting_since = st.waiting_since or now_utc()
-        st.reason = {
-            "code": DISPATCH_WAIT,
-            "queue": queue,
-            "limit": self.dispatch_window,
-            "message": f"waiting to be sent: {self.dispatch_window} steps of this workflow already wait "
+        st.reason = WaitingForDispatchSlot(
+            queue=queue,
+            limit=self.dispatch_window,
+            message=f"waiting to be sent: {self.dispatch_window} steps of this workflow already wait "
             f"for an executor in queue {queue}",
-        }
+        )
         self.uow.touch_step(st)
         self.state.dispatch_backlog.setdefault(queue, deque()).append((inst.id, st.step_id))
         return True
@@ -520,7 +534,7 @@ class RunEngine:
                 st = inst.steps.get(step_id) if inst is not None else None
                 if inst is None or st is None or inst.status != "running" or st.status != "waiting":
                     continue  # the run or the step ended (cancelled, skipped) while it was held
-                if (st.reason or {}).get("code") != DISPATCH_WAIT:
+                if not isinstance(st.reason, WaitingForDispatchSlot):
                     continue
                 st.status = "queued"
                 st.reason = None
@@ -668,13 +682,7 @@ class RunEngine:
             delay = policy.backoff.delay(used)
             fire_at = now_utc() + timedelta(seconds=delay)
             st.status = "retrying"
-            st.reason = {
-                "code": "retry_backoff",
-                "kind": kind,
-                "retry": used,
-                "of": limit,
-                "at": fire_at.isoformat(),
-            }
+            st.reason = RetryBackoff(kind=kind, retry=used, of=limit, at=fire_at.isoformat())
             self.add_timer(inst, "retry", fire_at, step_id=st.step_id, attempt_id=st.current_attempt_id)
             run_spans.point(
                 self.uow,
@@ -722,7 +730,7 @@ class RunEngine:
             self.finish(
                 inst,
                 "failed",
-                reason={"code": "step_failed", "steps": [st.step_id]},
+                reason=StepFailed(steps=[st.step_id]),
                 error=f"step {st.step_id} {st.status}: {st.error or ''}".rstrip(": "),
             )
         else:  # finish_others_then_fail: dependents are skipped, independent branches run to the end
@@ -754,7 +762,7 @@ class RunEngine:
 
     def on_run_timeout_timer(self, inst: InstanceState) -> None:
         if inst.status == "running":
-            self.finish(inst, "timed_out", reason={"code": "run_timeout"}, error="run timed out")
+            self.finish(inst, "timed_out", reason=RunTimeout(), error="run timed out")
 
     def cancel_running_steps(
         self, inst: InstanceState, status: str, why: str, *, force: bool = False, hold: bool = False
@@ -803,7 +811,7 @@ class RunEngine:
                 self.uow.cancel_timer(inst.id, None, st.step_id)
                 st.status = status
                 st.ended_at = now_utc()
-                st.reason = {"code": "cancelled", "why": why}
+                st.reason = Cancelled(why=why)
                 self.uow.touch_step(st)
                 self.note(inst, f"step_{status}", f"step {st.step_id} {status}: {why}", step_id=st.step_id)
         return stopping
@@ -932,9 +940,7 @@ class RunEngine:
             for c in self.state.instances.values()
             if c.parent_instance_id == inst.id and c.parent_step_id == st.step_id and not c.terminal
         ]:
-            self.finish(
-                child, "stopped", reason={"code": "parent_stopped", "why": why}, error=f"stopped: {why}"
-            )
+            self.finish(child, "stopped", reason=ParentStopped(why=why), error=f"stopped: {why}")
         for workflow, child_id in remote_children(st.progress):
             self.uow.outbox.append(
                 OutgoingMessage(
@@ -977,7 +983,7 @@ class RunEngine:
         st = parent.steps.get(step_id)
         if parent.status != "running" or st is None or st.status != "running" or not st.progress:
             return  # the parent or its step ended meanwhile (e.g. stopped): nothing to join
-        runtime = RUNTIMES.get(str(st.progress.get("kind")))
+        runtime = RUNTIMES.get(str(kind_of(st.progress)))
         if runtime is not None:
             self.apply_outcome(
                 parent, st, runtime, runtime.on_child_ended(self._child_ctx(parent, st), ended)
@@ -992,7 +998,7 @@ class RunEngine:
 
     # ------------------------------------------------------------------ stops awaiting confirmation
 
-    def stop_wait_reason(self) -> dict[str, Any] | None:
+    def stop_wait_reason(self) -> WaitingForStop | None:
         """Why the next run waits although a slot looks free (``stops.py``)."""
         return stops.wait_reason(self.state)
 
@@ -1029,7 +1035,7 @@ class RunEngine:
         got = st.signals or {}
         if all(n in got for n in names):
             return True
-        if st.status == "waiting" and st.reason and st.reason.get("code") == "waiting_for_signals":
+        if st.status == "waiting" and isinstance(st.reason, WaitingForSignals):
             return False  # registered before; the router answers with SignalWaitSatisfied
         try:
             waits = compiled.resolve_signal_waits(st.step_id, self.env(inst))
@@ -1060,12 +1066,10 @@ class RunEngine:
             )
         st.status = "waiting"
         st.waiting_since = now_utc()
-        st.reason = {
-            "code": "waiting_for_signals",
-            "signals": names,
-            "missing": [n for n in names if n not in got],
-            "message": "waiting for signals " + ", ".join(n for n in names if n not in got),
-        }
+        missing = [n for n in names if n not in got]
+        st.reason = WaitingForSignals(
+            signals=names, missing=missing, message="waiting for signals " + ", ".join(missing)
+        )
         self.uow.touch_step(st)
         run_spans.waiting(self.uow, inst, now_utc(), st.reason, st.step_id)
         self.note(
@@ -1157,9 +1161,9 @@ class RunEngine:
             self.note(
                 inst,
                 "step_waiting",
-                f"step {st.step_id} {reason['message']}",
+                f"step {st.step_id} {reason.message}",
                 step_id=st.step_id,
-                details=reason,
+                details=encode_reason(reason),
             )
         return False
 
@@ -1220,7 +1224,7 @@ class RunEngine:
         """Tell watchers (``legato dev``, ``start --wait``) after commit; best effort, the last status wins."""
         if inst.body_path:
             return
-        reason = inst.reason.get("code") if inst.reason else None
+        reason = code_of(inst.reason) if inst.reason else None
         self.uow.progress[inst.id] = InstanceProgress(
             workflow_id=inst.workflow_id,
             instance_id=inst.id,

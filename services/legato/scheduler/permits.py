@@ -8,8 +8,8 @@ when to ask, and notes and traces the waits.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
+from legato.core.reasons import WaitingForPermit, WaitingForStepConcurrency
 from legato.scheduler.state import (
     InstanceState,
     PermitGrant,
@@ -22,9 +22,6 @@ from legato.scheduler.state import (
     now_utc,
 )
 
-STEP_CONCURRENCY_WAIT = "waiting_for_step_concurrency"
-TAG_WAIT = "waiting_for_permit"
-
 
 def blocking_limit(
     state: WorkflowState,
@@ -32,22 +29,21 @@ def blocking_limit(
     st: StepState,
     tags: Sequence[str],
     step_concurrency: int | None,
-) -> dict[str, Any] | None:
+) -> WaitingForStepConcurrency | WaitingForPermit | None:
     """Why the step may not take its slot yet (the first full limit, counting older waiters), or None."""
     since = st.waiting_since or now_utc()
     if step_concurrency:
         older = sum(
             1
             for w_since, _i, w in state.waiting_steps()
-            if w is not st and w_since < since and w.reason and w.reason.get("code") == STEP_CONCURRENCY_WAIT
+            if w is not st and w_since < since and isinstance(w.reason, WaitingForStepConcurrency)
         )
         if state.leaf_active + older >= step_concurrency:
-            return {
-                "code": STEP_CONCURRENCY_WAIT,
-                "limit": step_concurrency,
-                "in_use": state.leaf_active,
-                "message": f"waiting for a step slot: step_concurrency {state.leaf_active}/{step_concurrency} in use",
-            }
+            return WaitingForStepConcurrency(
+                limit=step_concurrency,
+                in_use=state.leaf_active,
+                message=f"waiting for a step slot: step_concurrency {state.leaf_active}/{step_concurrency} in use",
+            )
     for tag in tags:
         ts = state.tags.get(tag)
         if ts is None or ts.limit is None:
@@ -58,13 +54,12 @@ def blocking_limit(
             if w_since < since and not (w_inst == inst.id and w_step == st.step_id)
         )
         if ts.in_use + older >= ts.limit:
-            return {
-                "code": TAG_WAIT,
-                "tag": tag,
-                "limit": ts.limit,
-                "in_use": ts.in_use,
-                "message": f"waiting for tag permit {tag} ({ts.in_use}/{ts.limit} held)",
-            }
+            return WaitingForPermit(
+                tag=tag,
+                limit=ts.limit,
+                in_use=ts.in_use,
+                message=f"waiting for tag permit {tag} ({ts.in_use}/{ts.limit} held)",
+            )
     return None
 
 
@@ -82,17 +77,21 @@ def leave_waiters(
 
 
 def wait(
-    state: WorkflowState, uow: UnitOfWork, inst: InstanceState, st: StepState, reason: dict[str, Any]
+    state: WorkflowState,
+    uow: UnitOfWork,
+    inst: InstanceState,
+    st: StepState,
+    reason: WaitingForStepConcurrency | WaitingForPermit,
 ) -> bool:
     """The step waits for ``reason`` (joining the tag's waiters, in age order); True if it newly does."""
-    first = st.status != "waiting" or not st.reason or st.reason.get("code") != reason["code"]
+    first = st.status != "waiting" or type(st.reason) is not type(reason)
     if st.waiting_since is None:
         st.waiting_since = now_utc()
     st.status = "waiting"
     st.reason = reason
     uow.touch_step(st)
-    tag = reason.get("tag")
-    if tag is not None:
+    if isinstance(reason, WaitingForPermit):
+        tag = reason.tag
         ts = state.tags[tag]
         if not any(w[2] == inst.id and w[3] == st.step_id for w in ts.waiters):
             ts.waiters.append((st.waiting_since, inst.workflow_id, inst.id, st.step_id))

@@ -17,8 +17,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from legato.core.progress import OtherProgress, decode_progress
+from legato.core.reasons import OtherReason, WaitingForDispatchSlot, decode_reason
 from legato.scheduler.state import (
-    DISPATCH_WAIT,
     AttemptState,
     InstanceState,
     StepState,
@@ -79,7 +80,25 @@ _encode_json = msgspec.json.Encoder().encode
 
 
 def _jsonb_text(value: Any) -> str | None:
+    if isinstance(value, (OtherReason, OtherProgress)):  # written by another version: stored back as it was
+        value = value.raw
     return None if value is None else _encode_json(value).decode()
+
+
+def _instance(r: asyncpg.Record) -> InstanceState:
+    """A ``workflow_instance`` row as state, its reason decoded once."""
+    return InstanceState(
+        **{c: r[c] for c in _INSTANCE_COLUMNS if c != "reason"}, reason=decode_reason(r["reason"])
+    )
+
+
+def _step(r: asyncpg.Record) -> StepState:
+    """A ``step_run`` row as state, its reason and progress decoded once."""
+    return StepState(
+        **{c: r[c] for c in _STEP_COLUMNS if c not in ("reason", "progress")},
+        reason=decode_reason(r["reason"]),
+        progress=decode_progress(r["progress"]),
+    )
 
 
 _UPSERT_INSTANCES = _bulk_upsert_sql(
@@ -181,7 +200,7 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
     running: list[str] = []
     counted = 0
     for r in recs:
-        inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+        inst = _instance(r)
         state.instances[inst.id] = inst
         if inst.status == "queued":
             state.queue.append(inst.id)
@@ -194,7 +213,7 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
         for r in await conn.fetch(
             f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running
         ):
-            st = StepState(**{c: r[c] for c in _STEP_COLUMNS})
+            st = _step(r)
             state.instances[st.instance_id].steps[st.step_id] = st
         for r in await conn.fetch(
             f"""
@@ -207,11 +226,11 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
             at = AttemptState(**{c: r[c] for c in _ATTEMPT_COLUMNS})
             state.instances[at.instance_id].attempts[at.id] = at
     held = sorted(
-        (st.waiting_since or st.created_at, (st.reason or {}).get("queue", "default"), inst.id, st.step_id)
+        (st.waiting_since or st.created_at, st.reason.queue, inst.id, st.step_id)
         for inst in state.instances.values()
         if inst.status == "running"
         for st in inst.steps.values()
-        if st.status == "waiting" and (st.reason or {}).get("code") == DISPATCH_WAIT
+        if st.status == "waiting" and isinstance(st.reason, WaitingForDispatchSlot)
     )
     for _since, queue, inst_id, step_id in held:
         state.dispatch_backlog.setdefault(str(queue), deque()).append((inst_id, step_id))
@@ -246,11 +265,11 @@ async def load_ended_run(conn: asyncpg.Connection, instance_id: str) -> Instance
     )
     if r is None:
         return None
-    inst = InstanceState(**{c: r[c] for c in _INSTANCE_COLUMNS})
+    inst = _instance(r)
     for s in await conn.fetch(
         f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = $1", instance_id
     ):
-        st = StepState(**{c: s[c] for c in _STEP_COLUMNS})
+        st = _step(s)
         inst.steps[st.step_id] = st
     for a in await conn.fetch(
         f"SELECT {', '.join('a.' + c for c in _ATTEMPT_COLUMNS)} FROM step_attempt a "

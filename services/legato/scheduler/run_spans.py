@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Link, SpanContext, SpanKind
 
+from legato.core.reasons import Reason, code_of, message_of
 from legato.scheduler.span_facts import (
     AttemptEnded,
     Decided,
@@ -142,16 +143,12 @@ def point(uow: UnitOfWork, inst: InstanceState, name: str, at: datetime, **attrs
         uow.spans.append(Decided(ref, name, at, attrs))
 
 
-def waiting(
-    uow: UnitOfWork, inst: InstanceState, at: datetime, reason: dict[str, Any], step_id: str | None
-) -> None:
+def waiting(uow: UnitOfWork, inst: InstanceState, at: datetime, reason: Reason, step_id: str | None) -> None:
     """Why something waits, as an event on the run's trace (dashboards answer "why is nothing running")."""
     ref = _ref(inst)
     if ref is None:
         return
-    code = reason.get("code")
-    message = str(reason.get("message", ""))
-    uow.spans.append(Waited(ref, at, None if code is None else str(code), message, step_id))
+    uow.spans.append(Waited(ref, at, code_of(reason), message_of(reason) or "", step_id))
 
 
 def queue_wait(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from legato.core import CompiledWorkflow, EvalEnv, InstanceInfo, from_json_value
+from legato.core.progress import ForeachProgress, LoopProgress
 from legato.scheduler.child_steps.foreach import item_params
 from legato.scheduler.child_steps.loop import iteration_view
 from legato.scheduler.state import InstanceState, StepState, WorkflowState
@@ -135,7 +136,7 @@ class RunViews:
         typed = dict(self.typed_params(parent))
         st = parent.steps.get(child.parent_step_id or "")
         index = child.parent_iteration
-        if st is not None and st.progress and st.progress.get("kind") == "foreach" and index is not None:
+        if st is not None and isinstance(st.progress, ForeachProgress) and index is not None:
             typed.update(item_params(st.progress, self.foreach_items(parent, st.step_id), index))
         return typed
 
@@ -146,6 +147,6 @@ class RunViews:
             return {}, None
         outer = self.env(parent).steps
         st = parent.steps.get(child.parent_step_id or "")
-        if st is not None and st.progress and st.progress.get("kind") == "loop":
+        if st is not None and isinstance(st.progress, LoopProgress):
             return outer, iteration_view(st.progress, child.parent_iteration)
         return outer, None

@@ -16,13 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.progress import Progress
+from legato.core.reasons import PERMIT_WAITS, Reason, SkippedByOperator
 from legato.core.statuses import FAILED_STEP, TERMINAL_INSTANCE, TERMINAL_STEP
 from legato.scheduler.span_facts import SpanFact
-
-OPERATOR_SKIP = "skipped_by_operator"
-# A step held back because its workflow already has the dispatch window of attempts waiting in the
-# step's executor queue (see ``RunEngine.dispatch``).
-DISPATCH_WAIT = "waiting_for_dispatch_slot"
 
 
 def now_utc() -> datetime:
@@ -87,14 +84,14 @@ class StepState:
     params: dict[str, Any] | None = None
     outputs: dict[str, Any] | None = None
     error: str | None = None
-    reason: dict[str, Any] | None = None
+    reason: Reason | None = None
     created_at: datetime = field(default_factory=now_utc)
     started_at: datetime | None = None
     ended_at: datetime | None = None
     signals: dict[str, Any] | None = None  # wait_for_signals: name -> fields of the signal that came
     waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
     # foreach / loop / subworkflow: totals, next iteration to create, per-status counts, live children.
-    progress: dict[str, Any] | None = None
+    progress: Progress | None = None
     new: bool = False
     dirty: bool = False
 
@@ -114,7 +111,7 @@ class StepState:
         return (
             self.status == "succeeded"
             or (self.status in FAILED_STEP and self.failure_ignored)
-            or (self.status == "skipped" and (self.reason or {}).get("code") == OPERATOR_SKIP)
+            or (self.status == "skipped" and isinstance(self.reason, SkippedByOperator))
         )
 
 
@@ -129,7 +126,7 @@ class InstanceState:
     params: dict[str, Any]
     run_params: dict[str, Any]
     created_at: datetime
-    reason: dict[str, Any] | None = None
+    reason: Reason | None = None
     outputs: dict[str, Any] | None = None
     error: str | None = None
     run_number: int = 1
@@ -248,10 +245,7 @@ class WorkflowState:
             for inst in self.instances.values()
             if inst.status == "running"
             for st in inst.steps.values()
-            if st.status == "waiting"
-            and st.reason is not None
-            and st.reason.get("code", "").startswith("waiting_for_")
-            and st.reason.get("code") not in ("waiting_for_signals", DISPATCH_WAIT)
+            if st.status == "waiting" and isinstance(st.reason, PERMIT_WAITS)
         ]
         out.sort(key=lambda x: x[0])
         return out

@@ -4,8 +4,8 @@ they stopped (or the grace period ends): why the next run waits, and settling a 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
+from legato.core.reasons import WaitingForStop
 from legato.scheduler.state import StoppingAttempt, StopSettled, TimelineEntry, UnitOfWork, WorkflowState
 
 # How long a stopped run's attempt may take to confirm that it stopped before its strategy slot is given
@@ -14,21 +14,20 @@ from legato.scheduler.state import StoppingAttempt, StopSettled, TimelineEntry, 
 STOP_CONFIRM_GRACE = 30.0
 
 
-def wait_reason(state: WorkflowState) -> dict[str, Any] | None:
+def wait_reason(state: WorkflowState) -> WaitingForStop | None:
     """Why the next run waits although a slot looks free: stopped runs not confirmed stopped yet."""
     if not state.stopping:
         return None
     first = min(state.stopping.values(), key=lambda s: s.until)
-    return {
-        "code": "waiting_for_stop",
-        "runs": state.stopping_runs(),
-        "attempts": sorted(state.stopping),
-        "until": first.until.isoformat(),
-        "message": (
+    return WaitingForStop(
+        runs=state.stopping_runs(),
+        attempts=sorted(state.stopping),
+        until=first.until.isoformat(),
+        message=(
             f"waiting for run {first.instance_id} (step {first.step_id}, attempt {first.attempt_id}) "
             f"to confirm it stopped, at most until {first.until.isoformat(timespec='seconds')}"
         ),
-    }
+    )
 
 
 def settle(

@@ -20,9 +20,8 @@ start a run twice.
 
 from __future__ import annotations
 
-from typing import Any
-
 from legato.core.admission import QueueState, queue_state, running_limit
+from legato.core.reasons import Blocked, FirstOnly, Paused, Queued, Superseded, WaitingForStop
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState
 
@@ -38,18 +37,18 @@ def _queue_state(engine: RunEngine) -> QueueState:
     return queue_state(row.run_strategy, row.max_concurrency, row.paused, row.blocked_by)
 
 
-def queue_reason(engine: RunEngine) -> dict[str, Any]:
+def queue_reason(engine: RunEngine) -> Queued | Paused | Blocked:
     """Why a run just queued waits."""
     row = engine.state.row
     match _queue_state(engine):
         case QueueState.PAUSED if row.paused:
-            return {"code": "paused"}
+            return Paused()
         case QueueState.PAUSED:
-            return {"code": "paused", "why": "max_concurrency is 0"}
+            return Paused(why="max_concurrency is 0")
         case QueueState.BLOCKED:
-            return {"code": "blocked", "by": row.blocked_by}
+            return Blocked(by=row.blocked_by)
         case QueueState.QUEUED:
-            return {"code": "queued", "strategy": row.run_strategy, "limit": limit_of(engine)}
+            return Queued(strategy=row.run_strategy, limit=limit_of(engine))
 
 
 def admit_new(engine: RunEngine, inst: InstanceState) -> None:
@@ -63,7 +62,7 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
         engine.finish(
             inst,
             "skipped",
-            reason={"code": "first_only", "running": holder},
+            reason=FirstOnly(running=holder),
             error=f"first_only: run {holder} is still active",
         )
         return
@@ -72,7 +71,7 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
             engine.finish(
                 other,
                 "stopped",
-                reason={"code": "superseded", "by": inst.id},
+                reason=Superseded(by=inst.id),
                 error=f"superseded by {inst.id}",
             )
     elif strategy == "serial_latest_only":
@@ -80,7 +79,7 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
             engine.finish(
                 engine.state.instances[qid],
                 "stopped",
-                reason={"code": "superseded", "by": inst.id},
+                reason=Superseded(by=inst.id),
                 error=f"superseded by {inst.id}",
             )
     engine.enqueue(inst, queue_reason(engine))
@@ -114,12 +113,12 @@ def admit(engine: RunEngine) -> None:
 def _wait_for_stop(engine: RunEngine, inst: InstanceState) -> None:
     """The next run would start but for a stopped run's unconfirmed stop: say so on the run."""
     reason = engine.stop_wait_reason()
-    if reason is None or (inst.reason or {}).get("code") == "waiting_for_stop":
+    if reason is None or isinstance(inst.reason, WaitingForStop):
         return
     inst.reason = reason
     engine.uow.touch_instance(inst)
     engine.progress(inst)
-    engine.note(inst, "waiting_for_stop", reason["message"], details={"runs": reason["runs"]})
+    engine.note(inst, "waiting_for_stop", reason.message, details={"runs": reason.runs})
 
 
 def apply_strategy_change(engine: RunEngine) -> None:
@@ -132,7 +131,7 @@ def apply_strategy_change(engine: RunEngine) -> None:
             engine.finish(
                 engine.state.instances[qid],
                 "stopped",
-                reason={"code": "superseded", "by": newest},
+                reason=Superseded(by=newest),
                 error=f"superseded by {newest} (run strategy changed to serial_latest_only)",
             )
     if row.run_strategy != "strict_sequential" and row.blocked_by:

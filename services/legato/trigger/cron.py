@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 
@@ -34,6 +33,7 @@ from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, CronSchedule, compile_workflow, definition_from_json, to_json_value
 from legato.core.model import CronTrigger
+from legato.core.reasons import Missed, Paused, code_of, encode_reason, message_of
 from legato.lifecycle.component import Component
 from legato.protocol import encode
 from legato.protocol.ids import instance_id_for
@@ -93,7 +93,7 @@ class Decision:
     """What one round does with the due fires of one trigger."""
 
     run: list[datetime]
-    skip: list[tuple[datetime, dict[str, Any]]]
+    skip: list[tuple[datetime, Missed | Paused]]
     cursor: datetime | None  # new cursor, None to hold
 
 
@@ -103,7 +103,7 @@ def decide(
     full: bool,
     now: datetime,
     due_at: Callable[[datetime], datetime],
-    paused: dict[str, Any] | None,
+    paused: Paused | None,
 ) -> Decision:
     """Apply the catch-up policy to ``due`` (ascending, all due by now). ``full``: more fires follow
     ``due`` beyond the ``CHUNK`` examined; ``paused``: the pause reason when the workflow is paused."""
@@ -118,6 +118,7 @@ def decide(
     if full:
         older = due[: len(due) - keep]
         return Decision([], [(t, _skip_reason(policy, t, None, now, trigger)) for t in older], older[-1])
+    skip: list[tuple[datetime, Missed | Paused]]
     if policy == "all":
         run = due[-keep:]
         skip = [(t, _skip_reason(policy, t, run[0], now, trigger)) for t in due[:-keep]]
@@ -132,7 +133,7 @@ def decide(
 
 def _skip_reason(
     policy: str, fire: datetime, newer: datetime | None, now: datetime, trigger: CronTrigger
-) -> dict[str, Any]:
+) -> Missed:
     late = int((now - fire).total_seconds())
     if policy == "all":
         message = f"missed fire beyond max_catch_up {trigger.max_catch_up} (catch_up: all runs the newest)"
@@ -142,7 +143,7 @@ def _skip_reason(
         )
     else:
         message = f"missed fire, {late}s late (catch_up: none)"
-    return {"code": "missed", "policy": policy, "late_seconds": late, "message": message}
+    return Missed(policy=policy, late_seconds=late, message=message)
 
 
 class CronLoop(Component):
@@ -408,7 +409,7 @@ class CronLoop(Component):
         if wf.paused:
             by = f" by {wf.paused_by}" if wf.paused_by else ""
             why = f": {wf.paused_reason}" if wf.paused_reason else ""
-            paused = {"code": "paused", "by": wf.paused_by, "message": f"workflow paused{by}{why}"}
+            paused = Paused(by=wf.paused_by, message=f"workflow paused{by}{why}")
         decision = decide(trigger, due, full, now, due_at, paused)
         if not full and not (due and decision.cursor is None):  # not held by a pause, no chunk left
             nxt = found[len(due)] if len(found) > len(due) else sched.next_after(due[-1] if due else lower)
@@ -447,7 +448,7 @@ class CronLoop(Component):
         conn: asyncpg.Connection,
         wf: _Workflow,
         trigger: CronTrigger,
-        skip: list[tuple[datetime, dict[str, Any]]],
+        skip: list[tuple[datetime, Missed | Paused]],
     ) -> None:
         """Each fire that does not run becomes a terminal ``skipped`` run under the id and trigger key it
         would have had, so ``legato instances`` shows it with the reason and it can never start later."""
@@ -459,7 +460,7 @@ class CronLoop(Component):
             key = fire_key(trigger.id, fire_time)
             iid = instance_id_for(wf_id, key)
             info = {"kind": "cron", "id": trigger.id, "details": {"fire_time": fire_time.isoformat()}}
-            rows.append((iid, wf_id, wf.version, key, info, reason, reason["message"]))
+            rows.append((iid, wf_id, wf.version, key, info, encode_reason(reason), message_of(reason)))
         await conn.executemany(
             "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, reason, "
             "error, root_instance_id, requested_at, ended_at) "
@@ -472,4 +473,4 @@ class CronLoop(Component):
             [(wf_id, trigger.id, r[0], row[0]) for r, row in zip(skip, rows, strict=True)],
         )
         self.skipped += len(skip)
-        log.warning("cron_fires_skipped", trigger=trigger.id, count=len(skip), reason=skip[-1][1]["code"])
+        log.warning("cron_fires_skipped", trigger=trigger.id, count=len(skip), reason=code_of(skip[-1][1]))

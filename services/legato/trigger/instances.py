@@ -6,8 +6,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from legato.core.admission import QueueState, concurrency_limit, queue_state
+from legato.core.progress import ForeachProgress, decode_progress, encode_progress
+from legato.core.reasons import (
+    Blocked,
+    Paused,
+    Queued,
+    Reason,
+    WaitingForPermit,
+    WaitingForStop,
+    decode_reason,
+    encode_reason,
+)
 from legato.protocol.api import ApiError
 from legato.trigger.replies import FIELD_LIMIT, fit, size_of, truncated
 
@@ -40,10 +52,10 @@ SUMMARY_COLUMNS = (
 )
 
 
-async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> dict[str, dict[str, Any]]:
+async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> dict[str, Reason]:
     """Why queued runs are not running, from the current rows: place in the queue, the run ahead, what
     holds the slots, or the failed run that blocks the queue (computed on read, so never stale)."""
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, Reason] = {}
     for workflow_id in sorted({r["workflow_id"] for r in rows if r["status"] == "queued"}):
         wf = await conn.fetchrow(
             "SELECT run_strategy, max_concurrency, paused, paused_by, paused_reason, blocked_by, blocked_since "
@@ -85,53 +97,59 @@ def _queued_reason(
     queue: list[str],
     holders: list[str],
     stopping: list[asyncpg.Record] | None = None,
-) -> dict[str, Any]:
+) -> Queued | Paused | Blocked | WaitingForStop:
     strategy = wf["run_strategy"]
     limit = concurrency_limit(strategy, wf["max_concurrency"])
     state = queue_state(strategy, wf["max_concurrency"], wf["paused"], wf["blocked_by"])
     ahead = queue[index - 1] if index else None
-    out: dict[str, Any] = {
-        "code": "queued",
+    place: dict[str, Any] = {
         "strategy": strategy,
         "position": index + 1,
         "behind": ahead,
         "limit": limit,
         "held_by": holders[:20],
     }
+    if state is QueueState.PAUSED and wf["paused"]:
+        message = (
+            "workflow paused"
+            + (f" by {wf['paused_by']}" if wf["paused_by"] else "")
+            + (f": {wf['paused_reason']}" if wf["paused_reason"] else "")
+        )
+        return Paused(**place, message=message, paused_by=wf["paused_by"])
     if state is QueueState.PAUSED:
-        out["code"] = "paused"
-        out["message"] = "max_concurrency is 0: the workflow is paused"
-        if wf["paused"]:
-            out["paused_by"] = wf["paused_by"]
-            out["message"] = (
-                "workflow paused"
-                + (f" by {wf['paused_by']}" if wf["paused_by"] else "")
-                + (f": {wf['paused_reason']}" if wf["paused_reason"] else "")
-            )
-    elif state is QueueState.BLOCKED:
-        out["code"] = "blocked"
-        out["blocked_by"] = wf["blocked_by"]
-        out["blocked_since"] = iso(wf["blocked_since"])
-        out["message"] = f"blocked by failed run {wf['blocked_by']} (strict_sequential)" + (
-            f" since {wf['blocked_since']:%Y-%m-%d %H:%M:%S} UTC" if wf["blocked_since"] else ""
+        return Paused(**place, message="max_concurrency is 0: the workflow is paused")
+    if state is QueueState.BLOCKED:
+        return Blocked(
+            **place,
+            blocked_by=wf["blocked_by"],
+            blocked_since=iso(wf["blocked_since"]),
+            message=f"blocked by failed run {wf['blocked_by']} (strict_sequential)"
+            + (f" since {wf['blocked_since']:%Y-%m-%d %H:%M:%S} UTC" if wf["blocked_since"] else ""),
         )
-    elif stopping and len(holders) < limit:
+    if stopping and len(holders) < limit:
         first = stopping[0]
-        out["code"] = "waiting_for_stop"
-        out["runs"] = sorted({s["instance_id"] for s in stopping})
-        out["attempts"] = [s["id"] for s in stopping]
-        out["until"] = iso(first["stopping_until"])
-        out["message"] = (
-            f"waiting for run {first['instance_id']} (step {first['step_id']}, attempt {first['id']}) "
-            f"to confirm it stopped, at most until {first['stopping_until']:%Y-%m-%d %H:%M:%S} UTC"
+        return WaitingForStop(
+            **place,
+            runs=sorted({s["instance_id"] for s in stopping}),
+            attempts=[s["id"] for s in stopping],
+            until=iso(first["stopping_until"]),
+            message=(
+                f"waiting for run {first['instance_id']} (step {first['step_id']}, attempt {first['id']}) "
+                f"to confirm it stopped, at most until {first['stopping_until']:%Y-%m-%d %H:%M:%S} UTC"
+            ),
         )
-    else:
-        where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")
-        held = ", ".join(holders[:5]) + ("…" if len(holders) > 5 else "")
-        out["message"] = (
-            f"{where}; concurrency limit {limit} held by {'runs ' + held if held else 'nothing yet'}"
-        )
-    return out
+    where = f"queued at position {index + 1}" + (f" behind run {ahead}" if ahead else "")
+    held = ", ".join(holders[:5]) + ("…" if len(holders) > 5 else "")
+    return Queued(
+        **place,
+        message=f"{where}; concurrency limit {limit} held by {'runs ' + held if held else 'nothing yet'}",
+    )
+
+
+def explained_reason(why: dict[str, Reason], row: asyncpg.Record) -> dict[str, Any] | None:
+    """The reason a run's reply shows: the live one ``explain_queued`` gave, else the stored one."""
+    live = why.get(row["id"])
+    return encode_reason(live) if live is not None else row["reason"]
 
 
 async def get_instance(
@@ -167,7 +185,7 @@ async def get_instance(
         parent_step_id=r["parent_step_id"],
         parent_iteration=r["parent_iteration"],
         requested_at=iso(r["requested_at"]),
-        reason=(await explain_queued(conn, [r])).get(r["id"], r["reason"]),
+        reason=explained_reason(await explain_queued(conn, [r]), r),
     )
     timeline = await conn.fetch(
         "SELECT at, step_id, event, message, actor, details FROM timeline WHERE instance_id = $1 "
@@ -255,7 +273,9 @@ async def _add_steps(
             }
         )
     live = {
-        s["step_id"]: await live_step_reason(conn, s["reason"]) for s in steps if s["status"] == "waiting"
+        s["step_id"]: encode_reason(await live_step_reason(conn, decode_reason(s["reason"])))
+        for s in steps
+        if s["status"] == "waiting"
     }
     rows = {s["step_id"]: s for s in steps}
 
@@ -307,14 +327,14 @@ def _pending_step(sid: str) -> dict[str, Any]:
     }
 
 
-async def live_step_reason(conn: asyncpg.Connection, reason: dict[str, Any] | None) -> dict[str, Any] | None:
+async def live_step_reason(conn: asyncpg.Connection, reason: Reason | None) -> Reason | None:
     """A step waiting for a tag permit: the tag's current limit, use and holders (not those of when it
-    began to wait)."""
-    if not reason or reason.get("code") != "waiting_for_permit":
+    began to wait); any other reason as stored."""
+    if not isinstance(reason, WaitingForPermit):
         return reason
-    tag = reason.get("tag")
+    tag = reason.tag
     limit = await conn.fetchval("SELECT max_running FROM concurrency_tag WHERE tag = $1", tag)
-    in_use = await conn.fetchval("SELECT count(*) FROM tag_permit WHERE tag = $1", tag)
+    in_use = int(await conn.fetchval("SELECT count(*) FROM tag_permit WHERE tag = $1", tag))
     holders = [
         f"{r['instance_id']}/{r['step_id']}"
         for r in await conn.fetch(
@@ -322,27 +342,29 @@ async def live_step_reason(conn: asyncpg.Connection, reason: dict[str, Any] | No
         )
     ]
     held = ", ".join(holders) + ("…" if in_use > len(holders) else "")
-    return {
-        **reason,
-        "limit": limit,
-        "in_use": int(in_use),
-        "held_by": holders,
-        "message": f"waiting for tag permit {tag} ({in_use}/{limit} held" + (f" by {held})" if held else ")"),
-    }
+    return msgspec.structs.replace(
+        reason,
+        limit=limit,
+        in_use=in_use,
+        held_by=holders,
+        message=f"waiting for tag permit {tag} ({in_use}/{limit} held" + (f" by {held})" if held else ")"),
+    )
 
 
-def _progress_view(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+def _progress_view(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     """Counts per status and the first failed items of a foreach/loop/subworkflow step (never 100k ids)."""
-    if not progress:
+    progress = decode_progress(stored) if stored else None
+    if progress is None:
         return None
-    view = {k: v for k, v in progress.items() if k not in ("failed_items", "retry", "children", "last")}
-    failed = progress.get("failed_items") or []
+    shown = encode_progress(progress) or {}
+    view = {k: v for k, v in shown.items() if k not in ("failed_items", "retry", "children", "last")}
+    failed = (
+        progress.failed_items if isinstance(progress, ForeachProgress) else shown.get("failed_items") or []
+    )
     view["failed_items"] = sorted(failed)[:100]
     view["failed_items_total"] = len(failed)
-    if progress.get("kind") == "foreach":
-        view["pending"] = max(0, progress.get("total", 0) - progress.get("next", 0)) + len(
-            progress.get("retry") or []
-        )
+    if isinstance(progress, ForeachProgress):
+        view["pending"] = max(0, progress.total - progress.next) + len(progress.retry)
     return view
 
 
@@ -412,8 +434,6 @@ async def list_instances(
         f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
     )
     why = await explain_queued(conn, rows[:limit])
-    page = fit(
-        rows[:limit], budget, lambda r: {**instance_summary(r), "reason": why.get(r["id"], r["reason"])}
-    )
+    page = fit(rows[:limit], budget, lambda r: {**instance_summary(r), "reason": explained_reason(why, r)})
     more = len(page) < len(rows)
     return {"instances": page, "next_cursor": page[-1]["seq"] if more and page else None}

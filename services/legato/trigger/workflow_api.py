@@ -254,7 +254,7 @@ class WorkflowApi:
                 lambda ir: {
                     **instances.instance_summary(ir[1]),
                     "position": ir[0] + 1,
-                    "reason": why.get(ir[1]["id"], ir[1]["reason"]),
+                    "reason": instances.explained_reason(why, ir[1]),
                 },
             ),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from legato.core import CompiledWorkflow, EvalEnv, compile_workflow, parse_definition
+from legato.core.progress import LoopProgress, Progress, SubworkflowProgress, encode_progress
 from legato.scheduler.child_steps import RUNTIMES
 from legato.scheduler.child_steps.context import ChildEnded, ChildStepContext, RunView
 from legato.scheduler.child_steps.foreach import FAILED_ITEMS_SHOWN, ForeachRuntime
@@ -64,7 +65,7 @@ class Step:
         self.graph: CompiledWorkflow = compile_workflow(parse_definition(source))
         self.step_id = step_id
         self.params = params or {}
-        self.progress: dict[str, Any] | None = None
+        self.progress: Progress | None = None
         self.runtime = RUNTIMES[self.graph.step(step_id).type]
 
     def ctx(self, config: dict[str, Any] | None = None) -> ChildStepContext:
@@ -198,7 +199,8 @@ def test_a_bad_foreach_over_fails_the_step_without_children() -> None:
 def test_loop_runs_while_the_condition_holds_then_succeeds_with_the_last_outputs() -> None:
     step = Step(LOOP, "repeat")
     first = step.start()
-    assert first.progress is not None and first.progress["kind"] == "loop"
+    assert isinstance(first.progress, LoopProgress)
+    assert encode_progress(first.progress) == {"kind": "loop", "index": 0, "max": 5, "last": {}}
     start = first.decisions[0]
     assert isinstance(start, StartInline) and start.trigger_extra == {"iteration": 0}
     second = step.ended(ChildEnded(0, "succeeded", {"body": {"a": 1}}, None))
@@ -228,7 +230,12 @@ def test_subworkflow_starts_one_child_and_ends_with_it() -> None:
     assert remote.start.workflow_id == "child-wf" and remote.start.params == {"x": 1}
     assert remote.start.trigger_key == "subworkflow:run-1:call:r1.1"
     assert remote.start.parent is not None and remote.start.parent.step_id == "call"
-    assert step.progress == {"kind": "subworkflow", "workflow": "child-wf", "child": remote.start.instance_id}
+    assert step.progress == SubworkflowProgress(workflow="child-wf", child=remote.start.instance_id)
+    assert encode_progress(step.progress) == {
+        "kind": "subworkflow",
+        "workflow": "child-wf",
+        "child": remote.start.instance_id,
+    }
     assert step.ended(ChildEnded(None, "succeeded", {}, None, child_id="older")).empty
     done = step.ended(ChildEnded(None, "succeeded", {"s": {"y": 2}}, None, child_id=remote.start.instance_id))
     assert done.decisions == (

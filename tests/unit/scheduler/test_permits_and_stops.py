@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from legato.core.reasons import WaitingForPermit, WaitingForStepConcurrency
 from legato.scheduler import permits, stops
 from legato.scheduler.state import (
     InstanceState,
@@ -65,11 +66,11 @@ def test_step_concurrency_counts_running_steps_and_older_waiters() -> None:
     uow = UnitOfWork()
     # An older step already waits for a step slot: the newer one must not jump ahead of it.
     a.waiting_since = T0
-    assert permits.wait(state, uow, inst, a, {"code": permits.STEP_CONCURRENCY_WAIT, "message": "m"})
+    assert permits.wait(state, uow, inst, a, WaitingForStepConcurrency(limit=2, in_use=1, message="m"))
     b.waiting_since = T0 + timedelta(seconds=1)
     reason = permits.blocking_limit(state, inst, b, [], 2)
-    assert reason is not None and reason["code"] == permits.STEP_CONCURRENCY_WAIT
-    assert reason["in_use"] == 1 and reason["limit"] == 2
+    assert isinstance(reason, WaitingForStepConcurrency)
+    assert reason.in_use == 1 and reason.limit == 2
     assert permits.blocking_limit(state, inst, a, [], 2) is None  # the oldest gets the free slot
 
 
@@ -85,9 +86,9 @@ def test_tag_permits_wait_in_age_order_and_release_wakes_other_workflows() -> No
     assert uow.permits_add == [PermitGrant("db", "att-a", "wf", "r1", "a")]
     reason = permits.blocking_limit(state, inst, b, ["db"], None)
     assert (
-        reason is not None
-        and reason["tag"] == "db"
-        and reason["message"] == "waiting for tag permit db (1/1 held)"
+        isinstance(reason, WaitingForPermit)
+        and reason.tag == "db"
+        and reason.message == "waiting for tag permit db (1/1 held)"
     )
     assert permits.wait(state, uow, inst, b, reason)
     assert not permits.wait(state, uow, inst, b, reason)  # already waiting for the same: not new
@@ -108,8 +109,8 @@ def test_stops_awaiting_confirmation_name_the_first_deadline_and_settle_once() -
     state.stopping = {late.attempt_id: late, early.attempt_id: early}
     reason = stops.wait_reason(state)
     assert reason is not None
-    assert reason["runs"] == ["r1", "r2"] and reason["attempts"] == ["att-1", "att-2"]
-    assert reason["message"].startswith("waiting for run r1 (step s, attempt att-1) to confirm it stopped")
+    assert reason.runs == ["r1", "r2"] and reason.attempts == ["att-1", "att-2"]
+    assert reason.message.startswith("waiting for run r1 (step s, attempt att-1) to confirm it stopped")
     uow = UnitOfWork()
     stops.settle(state, uow, early, None, "tail", "confirmed")
     assert list(state.stopping) == ["att-2"]

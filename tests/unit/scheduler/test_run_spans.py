@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from legato.core.reasons import Queued
 from legato.scheduler import run_spans
 from legato.scheduler.span_facts import RunEnded, Waited
 from legato.scheduler.state import AttemptState, InstanceState, StepState, UnitOfWork
@@ -52,7 +53,7 @@ def a_run() -> InstanceState:
 def test_facts_are_recorded_and_become_spans_only_when_emitted(memory: InMemorySpanExporter) -> None:
     uow = UnitOfWork()
     inst = a_run()
-    run_spans.waiting(uow, inst, T0, {"code": "queued", "message": "behind run-0"}, None)
+    run_spans.waiting(uow, inst, T0, Queued(message="behind run-0"), None)
     st = StepState(instance_id=inst.id, step_id="s", status="running")
     at = AttemptState(
         id="a-1",

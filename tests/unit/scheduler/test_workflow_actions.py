@@ -7,6 +7,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 
+from legato.core.reasons import WaitingForStop
 from legato.protocol.messages import ActionRequest
 from legato.scheduler import actions
 from legato.scheduler.strategies import admit
@@ -54,7 +55,7 @@ def test_a_run_timeout_ends_the_run_through_admit_like_a_failure(
     # a's step was still running: its slot stays taken until the executor confirms the step stopped.
     assert driver.statuses() == {"a": "timed_out", "b": "queued"}
     if strategy == "sequential":
-        assert (driver.state.instances["b"].reason or {}).get("code") == "waiting_for_stop"
+        assert isinstance(driver.state.instances["b"].reason, WaitingForStop)
     driver.confirm_stop("a")
     assert driver.statuses() == after_timeout
     if strategy == "strict_sequential":

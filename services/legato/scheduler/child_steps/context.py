@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legato.core import CompiledWorkflow, EvalEnv, to_json_value
+from legato.core.progress import ForeachProgress, Progress
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import ParentRef, StartRun, TriggerInfo
 
@@ -34,7 +35,7 @@ class ChildStepContext:
     run: RunView
     step_id: str
     graph: CompiledWorkflow  # the graph the step belongs to
-    progress: dict[str, Any] | None  # the step's progress record, owned by the runtime
+    progress: Progress | None  # the step's progress record, owned by the runtime
     config: Mapping[str, Any]  # the step's resolved config (on ``start``; empty afterwards)
     env: Callable[[], EvalEnv]  # the run's expression environment, built when asked
     typed_params: Callable[[], dict[str, Any]]  # the run's params, typed
@@ -63,9 +64,9 @@ def json_params(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: to_json_value(v) for k, v in values.items()}
 
 
-def child_key(ctx: ChildStepContext, progress: Mapping[str, Any] | None, index: int | None, kind: str) -> str:
+def child_key(ctx: ChildStepContext, progress: Progress | None, index: int | None, kind: str) -> str:
     """The trigger key of a child run: one per run number, restart of the step and iteration."""
-    run = (progress or {}).get("run", 1)
+    run = progress.run if isinstance(progress, ForeachProgress) else 1
     suffix = "" if index is None else f":{index}"
     return f"{kind}:{ctx.run.id}:{ctx.step_id}{suffix}:r{ctx.run.run_number}.{run}"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from legato.core.progress import Progress
 from legato.protocol.messages import StartRun
 
 
@@ -82,7 +83,7 @@ class Outcome:
     """
 
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
-    progress: dict[str, Any] | None = None
+    progress: Progress | None = None
     resume: bool = False
 
     @property
@@ -93,6 +94,6 @@ class Outcome:
 NOTHING = Outcome()
 
 
-def outcome(*decisions: Decision, progress: dict[str, Any] | None = None, resume: bool = False) -> Outcome:
+def outcome(*decisions: Decision, progress: Progress | None = None, resume: bool = False) -> Outcome:
     """An ``Outcome`` of these decisions."""
     return Outcome(decisions=decisions, progress=progress, resume=resume)

@@ -3,9 +3,9 @@ runs of other workflows (start, stop, ended). Pure builders; the engine records 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from legato.core.progress import ForeachProgress, Progress, SubworkflowProgress
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import ActionRequest, ChildFinished
 from legato.scheduler.child_steps.context import depth_of, json_params
@@ -44,16 +44,16 @@ def inline_child(parent: InstanceState, step_id: str, step_type: str, start: Sta
     return child
 
 
-def remote_children(progress: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def remote_children(progress: Progress | None) -> list[tuple[str, str]]:
     """(workflow, run id) of the step's child runs in other actors: its subworkflow, or its foreach
     iterations over a subworkflow that still run."""
-    prog = progress or {}
-    remote: list[tuple[str, str]] = []
-    if prog.get("kind") == "subworkflow" and prog.get("child"):
-        remote.append((prog["workflow"], prog["child"]))
-    for wf_child in (prog.get("children") or {}).values():
-        remote.append((wf_child[0], wf_child[1]))
-    return remote
+    match progress:
+        case SubworkflowProgress(workflow=workflow, child=child) if child:
+            return [(workflow, child)]
+        case ForeachProgress(children=children):
+            return [(wf_child[0], wf_child[1]) for wf_child in children.values()]
+        case _:
+            return []
 
 
 def stop_request(workflow: str, child_id: str, why: str) -> ActionRequest:

@@ -7,6 +7,7 @@ the child.
 
 from __future__ import annotations
 
+from legato.core.progress import SubworkflowProgress
 from legato.scheduler.child_steps.context import ChildEnded, ChildStepContext, child_key, start_child_run
 from legato.scheduler.child_steps.outcome import NOTHING, Fail, Outcome, StartRemote, Succeed, outcome
 
@@ -20,7 +21,7 @@ class SubworkflowRuntime:
         """Start the child run through its workflow's actor."""
         key = child_key(ctx, ctx.progress, None, "subworkflow")
         start = start_child_run(ctx, ctx.config, key, None)
-        progress = {"kind": "subworkflow", "workflow": ctx.config["workflow"], "child": start.instance_id}
+        progress = SubworkflowProgress(workflow=ctx.config["workflow"], child=start.instance_id)
         return outcome(StartRemote(start), progress=progress)
 
     def resume(self, ctx: ChildStepContext) -> Outcome:
@@ -30,13 +31,13 @@ class SubworkflowRuntime:
     def on_child_ended(self, ctx: ChildStepContext, child: ChildEnded) -> Outcome:
         """The child run ended: the step ends as it did."""
         prog = ctx.progress
-        assert prog is not None
-        if child.child_id is not None and prog.get("child") != child.child_id:
+        assert isinstance(prog, SubworkflowProgress)
+        if child.child_id is not None and prog.child != child.child_id:
             return NOTHING  # an older child (before a restart)
         if child.status == "succeeded":
             return outcome(
                 Succeed(
-                    {**child.outputs, "instance_id": prog.get("child")},
+                    {**child.outputs, "instance_id": prog.child},
                     f"step {ctx.step_id}: child run {child.child_id} succeeded",
                 )
             )
