@@ -420,3 +420,44 @@ async def test_executor_credentials_cannot_change_or_delete_jetstream_state(
     finally:
         await nc.close()
         await root.close()
+
+
+async def test_nobody_reads_another_identitys_replies(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    """Replies travel on the caller's inbox: each identity may subscribe only to its own
+    (``_INBOX.<public key>.>``), so a viewer listening on every inbox hears nothing of the admin's calls,
+    while its own calls still get their replies."""
+    async with running_stack(settings, tmp_path) as (_stack, _client):
+        admin = await as_role(settings, keyring, "admin")
+        viewer = await as_role(settings, keyring, "viewer")
+        heard: list[bytes] = []
+        violations: list[str] = []
+
+        async def note(exc: Exception) -> None:
+            violations.append(str(exc))
+
+        nc = await nats.connect(
+            settings.nats_url,
+            name="eavesdropper",
+            error_cb=note,
+            **nats_auth_options(creds=str(keyring.seed_file("viewer"))),
+        )
+        try:
+
+            async def keep(msg: nats.aio.msg.Msg) -> None:
+                heard.append(msg.data)
+
+            await nc.subscribe("_INBOX.>", cb=keep)
+            await nc.flush()
+            await admin.push(SLEEPY.replace("120s", "0s"))
+            for _ in range(3):
+                assert "workflows" in await admin.call("workflow.list", {})
+            assert "workflows" in await viewer.call("workflow.list", {})  # its own replies arrive
+            await asyncio.sleep(1.0)
+        finally:
+            await nc.close()
+            await admin.close()
+            await viewer.close()
+    assert heard == []
+    assert any("permissions violation for subscription" in v.lower() for v in violations), violations

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
 import nats.errors
+import nkeys
 from nats.aio.client import Client
 
 from legato.telemetry import get_logger
@@ -21,6 +23,7 @@ from legato.telemetry import get_logger
 if TYPE_CHECKING:
     from legato.config.settings import Settings
 
+INBOX_ROOT = "_INBOX"  # every reply subject starts here; each identity gets its own prefix below it
 log = get_logger("legato.bus")
 
 
@@ -33,6 +36,23 @@ def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext |
     if cert:
         ctx.load_cert_chain(cert, key or None)
     return ctx
+
+
+def own_inbox_prefix(seed_file: str) -> str:
+    """``_INBOX.<public key>``: the inbox prefix of the identity whose nkey seed is in ``seed_file``."""
+    try:
+        text = Path(seed_file).read_bytes()
+    except OSError as exc:
+        raise ConnectionError(f"NATS credentials: cannot read {seed_file}: {exc.strerror}") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith(b"SU"):
+            try:
+                public: bytes = nkeys.from_seed(bytearray(line)).public_key
+            except Exception:
+                break
+            return f"{INBOX_ROOT}.{public.decode()}"
+    raise ConnectionError(f"NATS credentials: no valid nkey user seed in {seed_file}")
 
 
 def nats_auth_options(
@@ -51,6 +71,9 @@ def nats_auth_options(
         if not os.path.isfile(seed):
             raise ConnectionError(f"NATS credentials: no nkey seed file at {seed} (LEGATO_NATS_CREDS)")
         opts["nkeys_seed"] = seed
+        # Replies come back under this identity's own inbox prefix, the only one its permissions let it
+        # subscribe to: nobody else can read them (legato.security.permissions).
+        opts["inbox_prefix"] = own_inbox_prefix(seed)
     ctx = tls_context(
         pick("nats_tls_ca", "LEGATO_NATS_TLS_CA"),
         pick("nats_tls_cert", "LEGATO_NATS_TLS_CERT"),

@@ -125,8 +125,10 @@ def relay_kinds(service: str) -> tuple[str, ...] | None:
     return RELAY_KINDS.get(service.replace("-", "_"))
 
 
-def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
-    """nats-server ``permissions`` for one role."""
+def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict[str, list[str]]]:
+    """nats-server ``permissions`` for one role; with ``public_key``, the identity may subscribe only to
+    its own inbox (``_INBOX.<public key>.>``, the prefix its client uses), so nobody reads another's
+    replies, and only the trigger (which answers the API) may publish to other identities' inboxes."""
     if role == "root":
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     pub: list[str]
@@ -174,6 +176,11 @@ def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
         sub = [*_ns(["legato.progress.>"]), INBOX]
     else:
         raise ValueError(f"unknown role {role!r}")
+    if public_key is not None:
+        own = f"_INBOX.{public_key}.>"
+        sub = [own if s == INBOX else s for s in sub]
+        if role != "trigger":
+            pub = [own if p == INBOX else p for p in pub]
     perms: dict[str, dict[str, list[str]]] = {"publish": {"allow": pub}, "subscribe": {"allow": sub}}
     if deny_pub:
         perms["publish"]["deny"] = deny_pub
@@ -183,5 +190,5 @@ def role_permissions(role: str) -> dict[str, dict[str, list[str]]]:
 def authorization_block(users: Iterable[Identity]) -> str:
     """nats-server config: every identity as an nkey user with its role's permissions (JSON is valid
     nats-server config syntax, so values are quoted exactly)."""
-    entries = [{"nkey": u.public_key, "permissions": role_permissions(u.role)} for u in users]
+    entries = [{"nkey": u.public_key, "permissions": role_permissions(u.role, u.public_key)} for u in users]
     return "authorization " + json.dumps({"users": entries}, indent=2)
