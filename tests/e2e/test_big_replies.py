@@ -3,11 +3,13 @@ every step's real status, maximum-size definitions and big signals do not break 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from legato.client import ApiError
@@ -112,6 +114,14 @@ async def test_big_signals_do_not_break_signal_list_and_lists_page_by_bytes(
         bulky = await stored("bulky", 4)
         assert len(bulky) == 4
         assert all(s["params"]["truncated"] is True for s in bulky)  # type: ignore[index]
+        # Every medium signal stored by the router first: a page is then cut by bytes, not by what exists.
+        db = await asyncpg.connect(settings.database_url)
+        try:
+            async with asyncio.timeout(120):
+                while await db.fetchval("SELECT count(*) FROM signal WHERE name = 'medium'") < 300:
+                    await asyncio.sleep(0.2)
+        finally:
+            await db.close()
         first = await client.call("signal.list", {"name": "medium", "limit": 1000}, timeout=60)
         page = first["signals"]
         assert 0 < len(page) < 300 and first["next"] is not None  # cut by the byte budget, not the limit
