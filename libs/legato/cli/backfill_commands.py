@@ -33,6 +33,12 @@ def add_backfill_commands(sub: Any, api: ApiParser) -> None:
     )
     sp.add_argument("--concurrency", type=int, default=4, help="runs of this backfill at once (default 4)")
     sp.add_argument(
+        "--priority",
+        choices=("low", "normal", "high"),
+        default="low",
+        help="queue priority versus live runs (default low: live runs start first)",
+    )
+    sp.add_argument(
         "--dry-run", action="store_true", help="show what would be created or skipped, change nothing"
     )
     sp.add_argument("--wait", action="store_true", help="show progress until it ends")
@@ -66,6 +72,7 @@ async def cmd_backfill_start(args: argparse.Namespace, c: LegatoClient) -> int:
             "step": args.step,
             "params": parse_params(args.param),
             "concurrency": args.concurrency,
+            "priority": args.priority,
             "dry_run": args.dry_run,
         },
     )
@@ -76,6 +83,7 @@ async def cmd_backfill_start(args: argparse.Namespace, c: LegatoClient) -> int:
     under = f"under {strategy['run_strategy']}" + (
         f"({strategy['max_concurrency']})" if strategy["run_strategy"] == "parallel" else ""
     )
+    under += f", priority {res['priority']}"
     if res.get("dry_run"):
         print(
             f"dry run: {res['periods']} periods of {args.workflow}: {res['would_create']} would be created, "
@@ -136,7 +144,7 @@ async def cmd_backfill_show(args: argparse.Namespace, c: LegatoClient) -> int:
         return 0
     print(
         f"backfill {res['backfill_id']} of {res['workflow_id']}: {res['status'].upper()}  "
-        f"{res['from']} .. {res['to']}, concurrency {res['concurrency']}"
+        f"{res['from']} .. {res['to']}, concurrency {res['concurrency']}, priority {res['priority']}"
     )
     print(progress_line(res))
     print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))

@@ -1,21 +1,22 @@
 """The rules of a workflow's run queue, in one place for the scheduler (which enforces them) and the
 trigger (which explains them): how many runs may run at once, whether the queue moves, and which
-operator action applies to a run in which status.
+operator action applies to a run in which status, and in which order queued runs start.
 
-Pure functions of the workflow row's columns; no I/O.
+Pure functions of the workflow row's columns and a run's trigger info; no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class QueueState(StrEnum):
     """Whether a workflow's queued runs may start."""
 
     QUEUED = "queued"
-    """Queued runs start, oldest first, while fewer than the limit run."""
+    """Queued runs start, by priority then oldest first, while fewer than the limit run."""
     PAUSED = "paused"
     """Nothing starts: the workflow is paused, or its limit is 0."""
     BLOCKED = "blocked"
@@ -66,3 +67,32 @@ def action_statuses(action: str, *, step_given: bool = False) -> tuple[str, ...]
 def action_applies(action: str, status: str, *, step_given: bool = False) -> bool:
     """True if ``action`` applies to a run in ``status``."""
     return status in action_statuses(action, step_given=step_given)
+
+
+# ------------------------------------------------------------------ queue priority
+
+BACKFILL_PRIORITIES: Mapping[str, int] = {"low": -1, "normal": 0, "high": 1}
+"""A backfill's ``--priority`` as a queue priority; every run not started by a backfill is ``normal``."""
+DEFAULT_BACKFILL_PRIORITY = "low"
+"""By default a backfill's runs wait behind every live run, so a long backfill never starves the schedule."""
+
+
+def queue_priority(trigger: Mapping[str, Any]) -> int:
+    """The queue priority of a run from its stored trigger info: higher starts first.
+
+    A workflow's queued runs start in the order (priority, then arrival; a restarted run goes first
+    among its priority), always within the run strategy's limit: priority only chooses which of the
+    queued runs takes a free slot, it never adds one. Live runs (api, cron, signal, child) are all
+    ``normal``, so among them every strategy stays FIFO exactly as specified; only backfill runs carry
+    another priority (their backfill's, ``low`` unless started with ``--priority``).
+    """
+    if trigger.get("kind") != "backfill":
+        return 0
+    return BACKFILL_PRIORITIES.get(str(trigger.get("priority", DEFAULT_BACKFILL_PRIORITY)), -1)
+
+
+QUEUE_ORDER_SQL = (
+    "CASE WHEN trigger->>'kind' = 'backfill' THEN CASE coalesce(trigger->>'priority', 'low') "
+    "WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END ELSE 1 END, seq"
+)
+"""``ORDER BY`` of a workflow's queued ``workflow_instance`` rows in start order (``queue_priority``)."""

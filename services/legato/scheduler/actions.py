@@ -25,6 +25,7 @@ from legato.scheduler.state import (
     TimelineEntry,
     now_utc,
 )
+from legato.scheduler.strategies import place_by_priority
 
 # Runs a workflow-wide stop or kill ends per transaction (a workflow may have thousands queued).
 WORKFLOW_ACTION_BATCH = 200
@@ -178,4 +179,5 @@ def _restart(engine: RunEngine, inst: InstanceState, from_step: str | None, who:
         actor=who,
     )
     engine.restart(inst)
+    place_by_priority(engine, inst, restarted=True)
     return "applied"

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from legato.core.admission import queue_priority
 from legato.core.progress import OtherProgress, decode_progress
 from legato.core.reasons import OtherReason, WaitingForDispatchSlot, decode_reason
 from legato.scheduler.state import (
@@ -209,6 +210,8 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
             if inst.under_strategy:
                 counted += 1
     await _restarted_first(conn, state)
+    # Start order: priority, then the order above (a stable sort; live runs are all of one priority).
+    state.queue = deque(sorted(state.queue, key=lambda i: -queue_priority(state.instances[i].trigger)))
     if running:
         for r in await conn.fetch(
             f"SELECT {', '.join(_STEP_COLUMNS)} FROM step_run WHERE instance_id = ANY($1::text[])", running

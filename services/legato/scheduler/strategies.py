@@ -9,6 +9,13 @@
 | serial_latest_only   | 1               | replaces the one queued run            | next queued starts               |
 | parallel (N)         | N (0 = paused)  | queued, FIFO beyond N                  | others go on                     |
 
+Queue order is (priority, then arrival), a restarted run first among its priority
+(``legato.core.admission.queue_priority``): live runs are all ``normal``, so for them every strategy is
+exactly FIFO; backfill runs are ``low`` by default and start only when no live run is queued. Priority
+only decides which queued run takes a free slot: the limits above, a strict_sequential block and the
+stop grace are applied exactly as without it. ``state.queue`` is kept in that order (loaded sorted,
+each new or restarted run placed by ``place_by_priority``), so the next run is always ``queue[0]``.
+
 A stopped run (stop, kill, or replaced under last_only / serial_latest_only) keeps its slot until its
 executor confirms that its attempts stopped, or the executor is known dead, at most for a grace period:
 the next run waits meanwhile with the reason ``waiting_for_stop``, so two runs never overlap.
@@ -20,7 +27,7 @@ start a run twice.
 
 from __future__ import annotations
 
-from legato.core.admission import QueueState, queue_state, running_limit
+from legato.core.admission import QueueState, queue_priority, queue_state, running_limit
 from legato.core.reasons import Blocked, FirstOnly, Paused, Queued, Superseded, WaitingForStop
 from legato.scheduler.engine import RunEngine
 from legato.scheduler.state import InstanceState
@@ -83,11 +90,45 @@ def admit_new(engine: RunEngine, inst: InstanceState) -> None:
                 error=f"superseded by {inst.id}",
             )
     engine.enqueue(inst, queue_reason(engine))
+    place_by_priority(engine, inst)
     admit(engine)
 
 
+def place_by_priority(engine: RunEngine, inst: InstanceState, *, restarted: bool = False) -> None:
+    """Move a run just put at the back of the queue (or, ``restarted``, at its front) to its place in
+    (priority, arrival) order. Only the runs it passes are looked at: a live run passes the few queued
+    backfill runs (at most the backfills' concurrency), a restarted backfill run the queued live runs."""
+    queue = engine.state.queue
+    if len(queue) < 2:
+        return
+    prio = queue_priority(inst.trigger)
+    instances = engine.state.instances
+    moved = 0
+    if restarted:
+        if queue[0] != inst.id:
+            return
+        for i in range(1, len(queue)):
+            if queue_priority(instances[queue[i]].trigger) <= prio:
+                break
+            moved += 1
+        if moved:
+            queue.popleft()
+            queue.insert(moved, inst.id)
+        return
+    if queue[-1] != inst.id:
+        return
+    for i in range(len(queue) - 2, -1, -1):
+        if queue_priority(instances[queue[i]].trigger) >= prio:
+            break
+        moved += 1
+    if moved:
+        queue.pop()
+        queue.insert(len(queue) - moved, inst.id)
+
+
 def admit(engine: RunEngine) -> None:
-    """Start queued runs, oldest first, while the strategy has room (stopping runs still hold theirs)."""
+    """Start queued runs in queue order (priority, then oldest first) while the strategy has room
+    (stopping runs still hold theirs)."""
     row = engine.state.row
     limit = limit_of(engine)
     stopping = len(engine.state.stopping_runs()) if engine.state.stopping else 0

@@ -15,7 +15,11 @@ stops queued (optionally running) runs, with who and why; ``retry_failed`` resta
 periods' runs, within the same concurrency limit.
 
 Param values may contain ``${backfill.period_start}`` and ``${backfill.period_end}`` (a date when the
-range and step are whole days, else an ISO time). Priority versus live runs is not implemented yet.
+range and step are whole days, else an ISO time).
+
+``priority`` (``low`` by default, ``normal``, ``high``) goes into each run's trigger info; a workflow's
+queued runs start by (priority, arrival) within its run strategy (``legato.core.admission.queue_priority``),
+so by default every live run queued meanwhile starts before the backfill's next run.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import asyncpg
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core import CompiledWorkflow, compile_workflow, definition_from_json
+from legato.core.admission import BACKFILL_PRIORITIES, DEFAULT_BACKFILL_PRIORITY
 from legato.core.durations import parse_duration
 from legato.core.errors import DefinitionError
 from legato.core.statuses import ACTIVE_INSTANCE, TERMINAL_INSTANCE, InstanceStatus
@@ -65,6 +70,7 @@ class StartBackfill(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fi
     step: str | float = "1d"
     params: dict[str, Any] = {}
     concurrency: int = 4
+    priority: str = DEFAULT_BACKFILL_PRIORITY
     dry_run: bool = False
 
 
@@ -171,6 +177,11 @@ class BackfillApi:
             raise ApiError("bad_request", f"step: must be at least 1m, got {req.step!r}")
         if not 1 <= req.concurrency <= MAX_CONCURRENCY:
             raise ApiError("bad_request", f"concurrency: must be 1..{MAX_CONCURRENCY}, got {req.concurrency}")
+        if req.priority not in BACKFILL_PRIORITIES:
+            raise ApiError(
+                "bad_request",
+                f"priority: must be one of {', '.join(BACKFILL_PRIORITIES)}, got {req.priority!r}",
+            )
         step = timedelta(seconds=seconds)
         periods = periods_of(start, end, step)
         whole_days = start_is_date and end_is_date and seconds % 86400 == 0
@@ -222,6 +233,7 @@ class BackfillApi:
                 "already_failed": counts["skip_failed"],
                 "strategy": strategy,
                 "concurrency": req.concurrency,
+                "priority": req.priority,
                 "plan": [
                     {
                         "period_start": ps.isoformat(),
@@ -238,8 +250,8 @@ class BackfillApi:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO backfill (id, workflow_id, version, range_from, range_to, step_seconds, params, "
-                "concurrency, status, created_by, total, finished_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $9 = 'done' THEN now() END)",
+                "concurrency, status, created_by, total, finished_at, priority) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $9 = 'done' THEN now() END, $12)",
                 backfill_id,
                 req.workflow_id,
                 row["active_version"],
@@ -251,6 +263,7 @@ class BackfillApi:
                 status,
                 req.actor,
                 len(actions),
+                req.priority,
             )
             await conn.execute(
                 "INSERT INTO backfill_period (backfill_id, period_start, period_end, trigger_key, instance_id, "
@@ -278,6 +291,7 @@ class BackfillApi:
             "status": status,
             "strategy": strategy,
             "concurrency": req.concurrency,
+            "priority": req.priority,
         }
 
     def _check_params(
@@ -403,7 +417,7 @@ class BackfillApi:
 
 BACKFILL_COLUMNS = (
     "id, workflow_id, version, range_from, range_to, step_seconds, params, concurrency, status, created_by, "
-    "created_at, finished_at, cancelled_by, cancel_reason, total"
+    "created_at, finished_at, cancelled_by, cancel_reason, total, priority"
 )
 
 
@@ -455,6 +469,7 @@ async def summary(conn: asyncpg.Connection, r: asyncpg.Record) -> dict[str, Any]
         "step_seconds": r["step_seconds"],
         "params": r["params"],
         "concurrency": r["concurrency"],
+        "priority": r["priority"],
         "status": r["status"],
         "created_by": r["created_by"],
         "created_at": iso(r["created_at"]),
@@ -526,7 +541,7 @@ class BackfillLoop(Component):
     async def _submit(self, backfill_id: str) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT id, workflow_id, concurrency FROM backfill WHERE id = $1 AND status = 'running' "
+                "SELECT id, workflow_id, concurrency, priority FROM backfill WHERE id = $1 AND status = 'running' "
                 "FOR UPDATE SKIP LOCKED",
                 backfill_id,
             )
@@ -566,6 +581,7 @@ class BackfillLoop(Component):
                     "backfill_id": backfill_id,
                     "period_start": p["period_start"].isoformat(),
                     "period_end": p["period_end"].isoformat(),
+                    "priority": row["priority"],
                 }
                 start = StartRun(
                     workflow_id=wf,

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from legato.core.admission import QueueState, concurrency_limit, queue_state
+from legato.core.admission import QUEUE_ORDER_SQL, QueueState, concurrency_limit, queue_state
 from legato.core.progress import ForeachProgress, decode_progress, encode_progress
 from legato.core.reasons import (
     Blocked,
@@ -66,7 +66,7 @@ async def explain_queued(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -
             continue
         active = await conn.fetch(
             "SELECT id, status FROM workflow_instance WHERE workflow_id = $1 AND status IN ('queued', 'running') "
-            "ORDER BY seq",
+            f"ORDER BY {QUEUE_ORDER_SQL}",
             workflow_id,
         )
         queue = [a["id"] for a in active if a["status"] == "queued"]

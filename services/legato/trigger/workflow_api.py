@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 
 from legato.bus.topology import Topology
-from legato.core.admission import QueueState, queue_state
+from legato.core.admission import QUEUE_ORDER_SQL, QueueState, queue_state
 from legato.core.model import RUN_STRATEGIES
 from legato.protocol import api
 from legato.protocol.api import ApiError
@@ -234,7 +234,7 @@ class WorkflowApi:
             )
             queued = await conn.fetch(
                 f"SELECT {instances.SUMMARY_COLUMNS} FROM workflow_instance WHERE workflow_id = $1 AND status = 'queued' "
-                "ORDER BY seq LIMIT 100",
+                f"ORDER BY {QUEUE_ORDER_SQL} LIMIT 100",
                 req.workflow_id,
             )
             why = await instances.explain_queued(conn, list(queued))
