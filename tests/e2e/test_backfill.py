@@ -256,3 +256,51 @@ async def test_backfill_pause_cancel_and_retry_failed(settings: Settings, tmp_pa
             assert time.monotonic() < deadline, res
             await asyncio.sleep(0.3)
         assert days_done(flaky) == DAYS[:3]  # the succeeded periods did not run again
+
+
+def start_order(out: Path) -> list[str]:
+    lines = [line.split() for line in out.read_text().splitlines()]
+    return [day for day, kind, _at in sorted(lines, key=lambda x: float(x[2])) if kind == "start"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("strategy", "limit"), [("strict_sequential", 1), ("{type: parallel, max_concurrency: 2}", 2)]
+)
+async def test_live_runs_start_before_queued_backfill_runs(
+    settings: Settings, tmp_path: Path, strategy: str, limit: int
+) -> None:
+    """Backfill runs queue behind the workflow's limit (the workflow paused meanwhile so the queue is
+    known); live API runs queued after them start first, the limits hold, and the positions the API
+    explains ("why not running") are the start order."""
+    out = tmp_path / "runs.txt"
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        await client.push(workflow("wf", strategy, out, sleep=0.4))
+        await client.call("workflow.pause", {"workflow_id": "wf", "reason": "fill the queue"})
+        bf = (await start(client, "wf", DAYS[0], DAYS[5], concurrency=3))["backfill_id"]
+        deadline = time.monotonic() + 60
+        while (res := await client.call("backfill.show", {"backfill_id": bf}))["counts"].get("queued") != 3:
+            assert time.monotonic() < deadline, res
+            await asyncio.sleep(0.2)
+        assert res["priority"] == "low"
+        live = [(await client.start("wf", params={"day": f"live-{i}"})).instance_id for i in range(2)]
+        deadline = time.monotonic() + 60
+        while (
+            len((status := await client.call("workflow.status", {"workflow_id": "wf"}))["queued_runs"]) != 5
+        ):
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.2)
+        queued = status["queued_runs"]
+        assert [r["instance_id"] for r in queued[:2]] == live, queued
+        assert [r["reason"]["position"] for r in queued] == [1, 2, 3, 4, 5]
+        await client.call("workflow.resume", {"workflow_id": "wf"})
+        await wait_status(client, bf, ("done",))
+        deadline = time.monotonic() + 60
+        while len(days_done(out)) < 8:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        order = start_order(out)
+        assert sorted(order[:2]) == ["live-0", "live-1"], order  # before the 3 backfill runs queued earlier
+        # then the backfill's, oldest first (two may start together under parallel)
+        assert order[2:] == DAYS[:6] if limit == 1 else sorted(order[2:]) == DAYS[:6], order
+        assert max_overlap(out) <= limit  # the workflow's limit holds

@@ -46,7 +46,7 @@ log = get_logger("legato.trigger")
 ON_TIME_GRACE = timedelta(seconds=60)
 """``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
 CHUNK = 1000
-BATCH = 500  # triggers per transaction
+BATCH = 2500  # triggers per transaction
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
 
@@ -169,7 +169,14 @@ class CronLoop(Component):
         self.parallel = parallel  # triggers fired at once, each in its own transaction (pool connections)
         self.clock = clock
         self._compiled: dict[tuple[str, int], CompiledWorkflow | None] = {}
-        self._schedules: dict[tuple[str, str, str], CronSchedule] = {}
+        # Parsed schedules and their fire times, shared by every trigger with the same expression and
+        # zone: 10,000 per-minute triggers compute each minute's fire once (pure functions, so exact).
+        self._schedules: dict[tuple[str, str], CronSchedule] = {}
+        self._next_fire: dict[tuple[str, str, datetime], datetime] = {}
+        # The active cron workflows as last read (refreshed at most every `tick`, never in a fire's path;
+        # each batch transaction re-reads the rows it fires for, so a stale entry never fires).
+        self._workflows: list[_Workflow] = []
+        self._workflows_read = float("-inf")
         # (workflow, version, trigger) -> nothing can be due before this instant: a round skips the
         # trigger without a transaction. A lower bound only (another replica may be further on).
         self._not_before: dict[tuple[str, int, str], datetime] = {}
@@ -185,7 +192,22 @@ class CronLoop(Component):
                 raise
             except Exception as exc:
                 log.warning("cron_round_failed", error=repr(exc))
-            await self.sleep_or_stop(max(0.05, self.tick - (time.monotonic() - started)))
+            await self.sleep_or_stop(self._sleep_time(started))
+
+    def _next_due(self, now: datetime) -> datetime | None:
+        """The earliest instant after ``now`` at which a known trigger falls due (None: none known)."""
+        upcoming = [t for t in self._not_before.values() if t > now]
+        return min(upcoming) if upcoming else None
+
+    def _sleep_time(self, round_started: float) -> float:
+        """Sleep until the next fire falls due by the loop's clock, so a fire is not late by up to a
+        tick; at most until ``tick`` after this round began (new workflows, pauses, a held catch-up)."""
+        rest = self.tick - (time.monotonic() - round_started)
+        now = self.clock()
+        nxt = self._next_due(now)
+        if nxt is not None:
+            rest = min(rest, (nxt - now).total_seconds())
+        return max(0.001, rest)
 
     async def _active_cron_workflows(self, conn: asyncpg.Connection) -> list[_Workflow]:
         """Active workflows whose active version has cron triggers; whether a version has any is looked
@@ -227,28 +249,82 @@ class CronLoop(Component):
                 )
         return out
 
-    def _schedule(self, workflow_id: str, trigger: CronTrigger) -> CronSchedule:
-        key = (workflow_id, trigger.cron, trigger.timezone)
+    def _schedule(self, trigger: CronTrigger) -> CronSchedule:
+        key = (trigger.cron, trigger.timezone)
         sched = self._schedules.get(key)
         if sched is None:
+            if len(self._schedules) > 100_000:
+                self._schedules.clear()
             sched = CronSchedule.parse(trigger.cron, trigger.timezone)
             self._schedules[key] = sched
         return sched
 
+    def _next_after(self, trigger: CronTrigger, after: datetime) -> datetime:
+        """``CronSchedule.next_after``, memoized per (expression, zone, instant)."""
+        key = (trigger.cron, trigger.timezone, after)
+        fire = self._next_fire.get(key)
+        if fire is None:
+            if len(self._next_fire) > 200_000:
+                self._next_fire.clear()
+            fire = self._schedule(trigger).next_after(after)
+            self._next_fire[key] = fire
+        return fire
+
+    def _fires_between(
+        self, trigger: CronTrigger, start: datetime, end: datetime, limit: int
+    ) -> list[datetime]:
+        """``CronSchedule.fires_between`` from the memoized fire times."""
+        out: list[datetime] = []
+        current = start
+        while len(out) < limit:
+            fire = self._next_after(trigger, current)
+            if fire > end:
+                break
+            out.append(fire)
+            current = fire
+        return out
+
     async def fire_due(self) -> int:
-        """Fire every due cron trigger once; returns how many runs were started."""
+        """Fire every due cron trigger once; returns how many runs were started.
+
+        What is due is fired first, from the workflow list as last read; the list (new workflows,
+        versions, pauses) is re-read afterwards when older than ``tick`` — but not just before a fire
+        falls due, so reading 10,000 rows never delays a fire. Each batch transaction re-reads its
+        workflows' rows, so a workflow deactivated, re-versioned or paused meanwhile is never fired on
+        stale information."""
         now = self.clock()
-        async with self.pool.acquire() as conn:
-            workflows = await self._active_cron_workflows(conn)
-        due = [
+        started = 0
+        if self._workflows:
+            started += await self._fire_all(self._due(now), now)
+        age = time.monotonic() - self._workflows_read
+        if age >= self.tick:
+            nxt = self._next_due(now)
+            soon = nxt is not None and (nxt - now).total_seconds() < min(0.5, self.tick / 2)
+            if not soon or age >= 5 * self.tick:
+                async with self.pool.acquire() as conn:
+                    self._workflows = await self._active_cron_workflows(conn)
+                self._workflows_read = time.monotonic()
+                started += await self._fire_all(self._due(now), now)  # first sight, new versions
+        if started:
+            self.wake_relay()
+        self.fired += started
+        return started
+
+    def _due(self, now: datetime) -> list[tuple[_Workflow, CronTrigger]]:
+        if len(self._not_before) > 1_000_000:
+            self._not_before.clear()
+        return [
             (wf, trigger)
-            for wf in workflows
+            for wf in self._workflows
             for trigger in wf.compiled.definition.triggers
             if isinstance(trigger, CronTrigger)
             and now >= self._not_before.get((wf.compiled.definition.id, wf.version, trigger.id), now)
         ]
-        if len(self._not_before) > 1_000_000:
-            self._not_before.clear()
+
+    async def _fire_all(self, due: list[tuple[_Workflow, CronTrigger]], now: datetime) -> int:
+        """Fire ``due`` in batches of ``BATCH`` triggers, ``parallel`` transactions at once."""
+        if not due:
+            return 0
         slots = asyncio.Semaphore(self.parallel)
 
         async def one(batch: list[tuple[_Workflow, CronTrigger]]) -> int:
@@ -268,9 +344,7 @@ class CronLoop(Component):
                 await asyncio.gather(*(one(chunk[j : j + BATCH]) for j in range(0, len(chunk), BATCH)))
             )
         if started:
-            self.wake_relay()
             log.info("cron_fired", runs=started, triggers=len(due))
-        self.fired += started
         return started
 
     async def _fire_batch(self, batch: list[tuple[_Workflow, CronTrigger]], now: datetime) -> int:
@@ -280,15 +354,17 @@ class CronLoop(Component):
         keys = [(wf.compiled.definition.id, trigger.id) for wf, trigger in batch]
         later: dict[tuple[str, int, str], datetime] = {}
         async with self.pool.acquire() as conn, conn.transaction():
-            locked = {
-                (r["workflow_id"], r["trigger_id"]): r["last_fire"]
-                for r in await conn.fetch(
-                    "SELECT workflow_id, trigger_id, last_fire FROM cron_cursor WHERE (workflow_id, trigger_id) IN "
-                    "(SELECT * FROM unnest($1::text[], $2::text[])) FOR UPDATE SKIP LOCKED",
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                )
-            }
+            # The cursors, locked, with their workflows' rows as of now (a stale list never fires).
+            rows = await conn.fetch(
+                "SELECT c.workflow_id, c.trigger_id, c.last_fire, w.active, w.active_version, w.paused, "
+                "w.paused_by, w.paused_reason FROM unnest($1::text[], $2::text[]) AS u (w, t) "
+                "JOIN cron_cursor c ON c.workflow_id = u.w AND c.trigger_id = u.t "
+                "JOIN workflow w ON w.id = c.workflow_id FOR UPDATE OF c SKIP LOCKED",
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+            )
+            locked = {(r["workflow_id"], r["trigger_id"]): r["last_fire"] for r in rows}
+            current = {r["workflow_id"]: r for r in rows}
             missing = [k for k in keys if k not in locked]
             if missing:
                 # present but unlocked: another replica is firing it right now; absent: first sight
@@ -316,14 +392,26 @@ class CronLoop(Component):
                             later,
                             wf,
                             trigger,
-                            self._schedule(wf.compiled.definition.id, trigger).next_after(now),
+                            self._next_after(trigger, now),
                         )
             starts: list[tuple[tuple[str, str, datetime], str, OutgoingMessage]] = []
             moves: list[tuple[str, str, datetime]] = []
-            for wf, trigger in batch:
-                key = (wf.compiled.definition.id, trigger.id)
+            for listed, trigger in batch:
+                key = (listed.compiled.definition.id, trigger.id)
                 if key not in locked:
                     continue
+                row = current.get(key[0])
+                if row is None or not row["active"] or row["active_version"] != listed.version:
+                    continue  # changed since the list was read: the next read decides
+                wf = listed
+                if (row["paused"], row["paused_by"], row["paused_reason"]) != (
+                    listed.paused,
+                    listed.paused_by,
+                    listed.paused_reason,
+                ):
+                    wf = _Workflow(
+                        listed.compiled, listed.version, row["paused"], row["paused_by"], row["paused_reason"]
+                    )
                 with bind_context(workflow_id=key[0]):
                     try:
                         decision = self._decide(wf, trigger, locked[key], now, later)
@@ -342,8 +430,8 @@ class CronLoop(Component):
                 inserted = {
                     (r["workflow_id"], r["trigger_id"], r["fire_time"])
                     for r in await conn.fetch(
-                        "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
-                        "SELECT w, t, f, i, 'fired' FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) "
+                        "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status, fired_at) "
+                        "SELECT w, t, f, i, 'fired', clock_timestamp() FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) "
                         "AS u (w, t, f, i) ON CONFLICT DO NOTHING RETURNING workflow_id, trigger_id, fire_time",
                         [k[0] for k, _, _ in starts],
                         [k[1] for k, _, _ in starts],
@@ -385,7 +473,6 @@ class CronLoop(Component):
     ) -> Decision:
         """What to do with this trigger's fires between its cursor and now (no database access)."""
         wf_id = wf.compiled.definition.id
-        sched = self._schedule(wf_id, trigger)
 
         def due_at(t: datetime) -> datetime:
             return t + jitter_offset(wf_id, trigger.id, t, trigger.jitter)
@@ -395,10 +482,10 @@ class CronLoop(Component):
             lower = trigger.start - timedelta(microseconds=1)
         upper = now if trigger.end is None else min(now, trigger.end)
         if upper <= lower:
-            self._plan_wait(later, wf, trigger, sched.next_after(lower))
+            self._plan_wait(later, wf, trigger, self._next_after(trigger, lower))
             return Decision([], [], None)
         keep = trigger.max_catch_up if trigger.catch_up == "all" else 1
-        found = sched.fires_between(lower, upper, CHUNK + keep)
+        found = self._fires_between(trigger, lower, upper.astimezone(UTC), CHUNK + keep)
         due = found
         for i, t in enumerate(found):
             if due_at(t) > now:  # jittered past now: it and the later ones wait
@@ -412,7 +499,11 @@ class CronLoop(Component):
             paused = Paused(by=wf.paused_by, message=f"workflow paused{by}{why}")
         decision = decide(trigger, due, full, now, due_at, paused)
         if not full and not (due and decision.cursor is None):  # not held by a pause, no chunk left
-            nxt = found[len(due)] if len(found) > len(due) else sched.next_after(due[-1] if due else lower)
+            nxt = (
+                found[len(due)]
+                if len(found) > len(due)
+                else self._next_after(trigger, due[-1] if due else lower)
+            )
             self._plan_wait(later, wf, trigger, nxt)
         return decision
 
