@@ -42,7 +42,9 @@ steps:
 LIVE = 10
 
 
-async def live_latency(client: LegatoClient, conn: asyncpg.Connection, tag: str) -> list[float]:
+async def live_latency(
+    client: LegatoClient, conn: asyncpg.Connection, tag: str, parts: dict[str, list[float]] | None = None
+) -> list[float]:
     ids = []
     for i in range(LIVE):
         ids.append((await client.start("bench-backfill", request_id=f"{tag}-{i}")).instance_id)
@@ -50,11 +52,17 @@ async def live_latency(client: LegatoClient, conn: asyncpg.Connection, tag: str)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rows = await conn.fetch(
-            "SELECT extract(epoch FROM a.started_at - i.requested_at) AS s FROM workflow_instance i "
+            "SELECT extract(epoch FROM a.started_at - i.requested_at) AS s, "
+            "extract(epoch FROM i.created_at - i.requested_at) AS created, "
+            "extract(epoch FROM i.started_at - i.created_at) AS queued, "
+            "extract(epoch FROM a.started_at - i.started_at) AS dispatched FROM workflow_instance i "
             "JOIN step_attempt a ON a.instance_id = i.id WHERE i.id = ANY($1::text[]) AND a.started_at IS NOT NULL",
             ids,
         )
         if len(rows) == len(ids):
+            if parts is not None:
+                for part in ("created", "queued", "dispatched"):
+                    parts[part] = [float(r[part]) for r in rows]
             return [float(r["s"]) for r in rows]
         await asyncio.sleep(0.1)
     raise RuntimeError("live runs did not start")
@@ -91,10 +99,11 @@ async def run(
         bf = res["backfill_id"]
         total = res["created"]
         busy: list[float] = []
+        parts: dict[str, list[float]] = {}
         while True:
             show = await client.call("backfill.show", {"backfill_id": bf})
             if not busy and show["finished"] >= total // 2:
-                busy = await live_latency(client, conn, "busy")
+                busy = await live_latency(client, conn, "busy", parts)
             if show["status"] == "done":
                 break
             await asyncio.sleep(0.5)
@@ -110,6 +119,7 @@ async def run(
             "idle_max_s": max(idle),
             "busy_p50_s": percentile(busy, 50),
             "busy_max_s": max(busy),
+            **{f"busy_{k}_p50_s": percentile(v, 50) for k, v in parts.items()},
         }
     finally:
         await conn.close()
@@ -135,6 +145,11 @@ def main() -> None:
         f"latency idle p50 {res['idle_p50_s'] * 1000:.0f} ms (max {res['idle_max_s'] * 1000:.0f}), during "
         f"the backfill p50 {res['busy_p50_s'] * 1000:.0f} ms (max {res['busy_max_s'] * 1000:.0f}); "
         f"ratio {ratio:.2f}x (goal <= 2x: {'met' if ratio <= 2 else 'NOT met'})"
+    )
+    print(
+        f"  during the backfill, p50 of: request -> run created {res['busy_created_p50_s'] * 1000:.0f} ms, "
+        f"created -> started (queued) {res['busy_queued_p50_s'] * 1000:.0f} ms, started -> step started "
+        f"{res['busy_dispatched_p50_s'] * 1000:.0f} ms"
     )
 
 

@@ -304,3 +304,34 @@ async def test_live_runs_start_before_queued_backfill_runs(
         # then the backfill's, oldest first (two may start together under parallel)
         assert order[2:] == DAYS[:6] if limit == 1 else sorted(order[2:]) == DAYS[:6], order
         assert max_overlap(out) <= limit  # the workflow's limit holds
+        text = await cli(settings, "backfill", "show", bf, "--wait")
+        assert f"[{'#' * 30}] 6/6" in text and f"backfill {bf} done: succeeded 6" in text, text
+        if limit == 1:
+            return
+        # the CLI: --priority, and cancel --running stops the running runs, recorded with who and why
+        long = tmp_path / "long.txt"
+        await client.push(workflow("long", "{type: parallel, max_concurrency: 20}", long, sleep=120))
+        text = await cli(
+            settings,
+            *("backfill", "start", "long", "--from", DAYS[0], "--to", DAYS[3], "--concurrency", "2"),
+            *("--priority", "normal", "--param", "day=${backfill.period_start}"),
+        )
+        assert "4 runs to create" in text and "priority normal" in text, text
+        bf = text.split()[1].rstrip(":")
+        deadline = time.monotonic() + 60
+        while (res := await client.call("backfill.show", {"backfill_id": bf}))["counts"].get("running") != 2:
+            assert time.monotonic() < deadline, res
+            await asyncio.sleep(0.2)
+        assert res["priority"] == "normal"
+        text = await cli(settings, "backfill", "cancel", bf, "--reason", "wrong data", "--running")
+        deadline = time.monotonic() + 60
+        while (res := await client.call("backfill.show", {"backfill_id": bf}))["counts"] != {
+            "stopped": 2,
+            "cancelled": 2,
+        }:
+            assert time.monotonic() < deadline, res
+            await asyncio.sleep(0.3)
+        assert (res["cancelled_by"], res["cancel_reason"]) == ("operator-ada", "wrong data")
+        runs = (await client.call("instance.list", {"workflow_id": "long", "status": "stopped"}))["instances"]
+        assert len(runs) == 2
+        assert all("wrong data" in (r["error"] or "") + str(r["reason"]) for r in runs), runs
