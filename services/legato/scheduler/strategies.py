@@ -167,8 +167,12 @@ def apply_strategy_change(engine: RunEngine) -> None:
     row = engine.state.row
     queue = engine.state.queue
     if row.run_strategy == "serial_latest_only" and len(queue) > 1:
+        instances = engine.state.instances
         newest = queue[-1]
-        for qid in list(queue)[:-1]:
+        if len({queue_priority(instances[q].trigger) for q in queue}) > 1:
+            # the queue is in priority order: the newest arrival is not necessarily last
+            newest = max(queue, key=lambda q: instances[q].created_at)
+        for qid in [q for q in queue if q != newest]:
             engine.finish(
                 engine.state.instances[qid],
                 "stopped",

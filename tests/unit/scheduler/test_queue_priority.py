@@ -97,3 +97,15 @@ def test_restarted_backfill_run_goes_behind_queued_live_runs() -> None:
     d.started("live2")
     d.restart("live0")  # a restarted live run goes to the very front
     assert list(d.state.queue) == ["live0", "live2", "bf"]
+
+
+def test_change_to_serial_latest_only_keeps_the_newest_arrival_whatever_its_priority() -> None:
+    d = PriorityDriver("parallel", 1)
+    d.started("running")
+    d.started("live", None)
+    d.started("bf-low", "low")  # the newest arrival, last in the queue
+    d.started("live2", None)  # newer still, but placed before bf-low
+    assert list(d.state.queue) == ["live", "live2", "bf-low"]
+    d.change_strategy("serial_latest_only", 1)
+    assert list(d.state.queue) == ["live2"]
+    assert d.statuses()["bf-low"] == d.statuses()["live"] == "stopped"
