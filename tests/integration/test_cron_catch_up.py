@@ -225,3 +225,32 @@ async def test_jitter_delays_fires_differently(pool: asyncpg.Pool) -> None:
     }
     assert len(offsets) > 10 and all(0 <= o < 1800 for o in offsets)
     assert jitter_offset("wf", "hourly", base, 1800) == jitter_offset("wf", "hourly", base, 1800)
+
+
+async def test_fires_built_ahead_are_the_same_runs_and_a_pause_still_wins(pool: asyncpg.Pool) -> None:
+    """The StartRuns built a few seconds before a fire time carry the same key, run id and params as
+    those built at the fire, requested at the fire time; a pause committed after they were built still
+    records the fire as skipped (the fire's transaction reads the workflow row)."""
+    t0 = datetime(2026, 6, 1, 0, 0, 30, tzinfo=UTC)
+    for wf in ("ahead", "held"):
+        await push(pool, definition(wf, "UTC", catch_up="none"))
+    clock = Clock(t0)
+    cron = loop(pool, clock)
+    assert await drain(cron) == 0  # first sight
+    fire = datetime(2026, 6, 1, 1, 0, tzinfo=UTC)
+    clock.now = fire - timedelta(seconds=3)
+    before = datetime.now(UTC).timestamp()
+    cron._prepare_ahead()
+    assert {k[0] for k in cron._ready} == {"ahead", "held"}
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE workflow SET paused = true, paused_by = 'ops' WHERE id = 'held'")
+    clock.now = fire + timedelta(milliseconds=5)
+    assert await drain(cron) == 1
+    assert await started_fires(pool, "ahead") == [fire.isoformat()]
+    async with pool.acquire() as conn:
+        payload = await conn.fetchval("SELECT payload FROM outbox WHERE msg_id LIKE 'start:%'")
+    msg = decode_trigger(bytes(payload))
+    assert isinstance(msg, StartRun) and msg.workflow_id == "ahead"
+    assert 2.0 <= msg.requested_at - before <= 4.0  # the fire time's wall-clock instant, 3 s ahead
+    assert [r["status"] for r in await skipped_runs(pool, "held")] == ["skipped"]
+    assert [k[0] for k in cron._ready] == ["held"]  # used once; the unused one is replaced next time

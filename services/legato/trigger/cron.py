@@ -47,6 +47,8 @@ ON_TIME_GRACE = timedelta(seconds=60)
 """``catch_up: none``: a fire later than this past its (jittered) time is recorded as skipped."""
 CHUNK = 1000
 BATCH = 2500  # triggers per transaction
+PREPARE_AHEAD = (1.5, 5.0)
+"""A round this many seconds (min, max) before the next fire time builds that fire's StartRuns."""
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 """Fires examined per trigger per round beyond ``max_catch_up`` (a long outage takes a few rounds)."""
 
@@ -177,6 +179,12 @@ class CronLoop(Component):
         # each batch transaction re-reads the rows it fires for, so a stale entry never fires).
         self._workflows: list[_Workflow] = []
         self._workflows_read = float("-inf")
+        # StartRuns of the next fire time built while waiting for it: (workflow, version, trigger, fire).
+        self._ready: dict[
+            tuple[str, int, str, datetime], list[tuple[tuple[str, str, datetime], str, OutgoingMessage]]
+        ]
+        self._ready = {}
+        self._ready_for: datetime | None = None
         # (workflow, version, trigger) -> nothing can be due before this instant: a round skips the
         # trigger without a transaction. A lower bound only (another replica may be further on).
         self._not_before: dict[tuple[str, int, str], datetime] = {}
@@ -192,7 +200,39 @@ class CronLoop(Component):
                 raise
             except Exception as exc:
                 log.warning("cron_round_failed", error=repr(exc))
+            self._prepare_ahead()
             await self.sleep_or_stop(self._sleep_time(started))
+
+    def _prepare_ahead(self) -> None:
+        """A few seconds before the next fire time, build the StartRuns of the triggers due then (a
+        message depends only on the workflow version, trigger and fire time; ``requested_at`` is the
+        fire time's wall-clock instant), so the burst at that time only decides, inserts and commits.
+        Stops short of the fire time; what is not built then is built in the burst as before."""
+        now = self.clock()
+        nxt = self._next_due(now)
+        if nxt is None or nxt == self._ready_for:
+            return
+        ahead = (nxt - now).total_seconds()
+        if not PREPARE_AHEAD[0] <= ahead <= PREPARE_AHEAD[1]:
+            return
+        self._ready_for = nxt
+        self._ready = {}
+        wall = time.time() + ahead
+        stop_at = time.monotonic() + ahead - 0.5
+        for wf in self._workflows:
+            wf_id = wf.compiled.definition.id
+            for trigger in wf.compiled.definition.triggers:
+                if not isinstance(trigger, CronTrigger) or trigger.jitter > 0:
+                    continue
+                if self._not_before.get((wf_id, wf.version, trigger.id)) != nxt:
+                    continue
+                try:
+                    built = self._prepare_starts(wf, trigger, [nxt], requested_at=wall)
+                except Exception:  # the fire itself reports a trigger whose params fail
+                    continue
+                self._ready[(wf_id, wf.version, trigger.id, nxt)] = built
+            if time.monotonic() > stop_at:
+                return
 
     def _next_due(self, now: datetime) -> datetime | None:
         """The earliest instant after ``now`` at which a known trigger falls due (None: none known)."""
@@ -417,7 +457,12 @@ class CronLoop(Component):
                         decision = self._decide(wf, trigger, locked[key], now, later)
                         if decision.cursor is None:
                             continue
-                        prepared = self._prepare_starts(wf, trigger, decision.run)
+                        ready = (
+                            self._ready.pop((key[0], wf.version, trigger.id, decision.run[0]), None)
+                            if len(decision.run) == 1
+                            else None
+                        )
+                        prepared = ready or self._prepare_starts(wf, trigger, decision.run)
                     except Exception as exc:  # a broken trigger (params that fail) never stops the others
                         log.warning("cron_trigger_failed", trigger=trigger.id, error=repr(exc))
                         later.pop((key[0], wf.version, trigger.id), None)
@@ -508,7 +553,7 @@ class CronLoop(Component):
         return decision
 
     def _prepare_starts(
-        self, wf: _Workflow, trigger: CronTrigger, fires: list[datetime]
+        self, wf: _Workflow, trigger: CronTrigger, fires: list[datetime], requested_at: float | None = None
     ) -> list[tuple[tuple[str, str, datetime], str, OutgoingMessage]]:
         """A StartRun per fire (not yet sent: only those whose fire row is new go to the outbox)."""
         wf_id = wf.compiled.definition.id
@@ -526,7 +571,7 @@ class CronLoop(Component):
                 instance_id=instance_id,
                 trigger=TriggerInfo(kind="cron", id=trigger.id, details={"fire_time": fire_time.isoformat()}),
                 params=params,
-                requested_at=time.time(),
+                requested_at=time.time() if requested_at is None else requested_at,
             )
             message = OutgoingMessage(
                 self.topology.trigger_subject(wf_id), encode(start), msg_id=f"start:{instance_id}"
