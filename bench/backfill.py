@@ -39,6 +39,11 @@ steps:
   - id: only
     type: noop
 """
+SLEEPING = """
+  - id: only
+    type: sleep
+    duration: SECONDS
+"""
 LIVE = 10
 
 
@@ -69,7 +74,7 @@ async def live_latency(
 
 
 async def run(
-    n: int, concurrency: int, priority: str, limit: int, settings: Settings, log_dir: Path
+    n: int, concurrency: int, priority: str, limit: int, sleep: float, settings: Settings, log_dir: Path
 ) -> dict[str, float]:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
@@ -79,7 +84,10 @@ async def run(
     conn = await asyncpg.connect(settings.database_url)
     try:
         await wait_api(client)
-        await client.push(WORKFLOW.replace("LIMIT", str(limit)))
+        text = WORKFLOW.replace("LIMIT", str(limit))
+        if sleep:
+            text = text.split("steps:")[0] + "steps:" + SLEEPING.replace("SECONDS", f"{sleep}s")
+        await client.push(text)
         await asyncio.sleep(1.5)
         idle_parts: dict[str, list[float]] = {}
         idle = await live_latency(client, conn, "idle", idle_parts)
@@ -135,14 +143,26 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=200, help="the backfill's own limit")
     ap.add_argument("--limit", type=int, default=50, help="the workflow's parallel limit (max_concurrency)")
     ap.add_argument("--priority", choices=("low", "normal", "high"), default="low", help="the backfill's")
+    ap.add_argument(
+        "--sleep", type=float, default=0.0, help="the step sleeps this long instead of a noop (a full queue)"
+    )
     args = ap.parse_args()
     with bench_servers("legato_bench_backfill") as servers:
         res = asyncio.run(
-            run(args.n, args.concurrency, args.priority, args.limit, bench_settings(servers), servers.tmp)
+            run(
+                args.n,
+                args.concurrency,
+                args.priority,
+                args.limit,
+                args.sleep,
+                bench_settings(servers),
+                servers.tmp,
+            )
         )
     ratio = res["busy_p50_s"] / res["idle_p50_s"]
     print(
-        f"backfill: {int(res['periods'])} periods (priority {args.priority}, backfill concurrency "
+        f"backfill: {int(res['periods'])} periods (priority {args.priority}, step "
+        f"{'sleep ' + str(args.sleep) + 's' if args.sleep else 'noop'}, backfill concurrency "
         f"{args.concurrency}, workflow limit {args.limit}), {res['runs_per_s']:.0f} runs/s; live run start "
         f"latency idle p50 {res['idle_p50_s'] * 1000:.0f} ms (max {res['idle_max_s'] * 1000:.0f}), during "
         f"the backfill p50 {res['busy_p50_s'] * 1000:.0f} ms (max {res['busy_max_s'] * 1000:.0f}); "
