@@ -12,7 +12,7 @@ An option left at ``None`` is not written, so the definition reader applies its 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, Self
 
@@ -1010,7 +1010,7 @@ def step_from_model(step: StepModel) -> _StepBase:
 # ---------------------------------------------------------------------------------- the workflow
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml when built in
     """Block-style YAML, keys in the order given, long text unwrapped."""
 
 
@@ -1043,7 +1043,25 @@ def dump_yaml(data: Any) -> str:
     plain = _plain(data, "", issues)
     if issues:
         raise DefinitionError(issues)
-    return yaml.dump(plain, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1_000_000)
+    # YAML reads U+0085, U+2028 and U+2029 as line breaks even inside quotes: escape all non-ASCII then.
+    raw_unicode = not any(ch in _LINE_BREAKS for ch in _strings(plain))
+    return yaml.dump(plain, Dumper=_Dumper, sort_keys=False, allow_unicode=raw_unicode, width=1_000_000)
+
+
+_LINE_BREAKS = frozenset("\x85\u2028\u2029")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every character of every text (keys included) in plain data."""
+    if isinstance(value, str):
+        yield from value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
 
 
 @dataclasses.dataclass(kw_only=True, eq=True)
