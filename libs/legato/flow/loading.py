@@ -17,7 +17,15 @@ REFERENCE = re.compile(r"(?P<module>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Z
 
 
 class WorkflowNotFound(Exception):
-    """A ``module:attr`` reference does not lead to a Workflow; the message says which part failed and why."""
+    """A ``module:attr`` reference does not lead to a Workflow; the message says which part failed and why.
+
+    ``missing`` names the part: ``reference`` (not ``module:attr``), ``module`` (no such module or file, or
+    it raised while imported), ``attribute`` (no such attribute) or ``workflow`` (not a Workflow).
+    """
+
+    def __init__(self, message: str, missing: str = "module") -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 def is_reference(text: str) -> bool:
@@ -33,7 +41,7 @@ def load_workflow(reference: str) -> Workflow:
     """
     found = REFERENCE.fullmatch(reference)
     if found is None:
-        raise WorkflowNotFound(f"{reference}: expected module:attr or path/to/file.py:attr")
+        raise WorkflowNotFound(f"{reference}: expected module:attr or path/to/file.py:attr", "reference")
     module_name, attr = found["module"], found["attr"]
     if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
         module = _module_from_file(Path(module_name), reference)
@@ -43,11 +51,13 @@ def load_workflow(reference: str) -> Workflow:
     walked = module_name
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise WorkflowNotFound(f"{reference}: {walked} has no attribute {part!r}")
+            raise WorkflowNotFound(f"{reference}: {walked} has no attribute {part!r}", "attribute")
         obj = getattr(obj, part)
         walked = f"{walked}:{part}" if walked == module_name else f"{walked}.{part}"
     if not isinstance(obj, Workflow):
-        raise WorkflowNotFound(f"{reference}: is a {type(obj).__name__}, not a legato.flow.Workflow")
+        raise WorkflowNotFound(
+            f"{reference}: is a {type(obj).__name__}, not a legato.flow.Workflow", "workflow"
+        )
     return obj
 
 

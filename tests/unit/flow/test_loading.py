@@ -93,3 +93,13 @@ def test_an_existing_file_wins_over_a_reference(flow_dir: Path, monkeypatch: pyt
     monkeypatch.chdir(flow_dir)
     (flow_dir / "odd:name").write_text("id: plain-file\nsteps: [{id: a, type: noop}]\n")
     assert main(["workflow", "validate", "odd:name"]) == 0
+
+
+def test_the_dev_stack_loads_a_py_example_by_its_flow_and_skips_helpers(flow_dir: Path) -> None:
+    from legato.devstack.stack import code_example
+
+    text = code_example(EXAMPLE)
+    assert text is not None and text == load_workflow(f"{EXAMPLE}:flow").source_yaml()
+    assert code_example(EXAMPLE.parent / "sales_steps.py") is None
+    with pytest.raises(WorkflowNotFound, match="no config here"):
+        code_example(flow_dir / "raising.py")
