@@ -1208,3 +1208,53 @@ class Workflow:
         from legato.core.definitions import parse_definition
 
         return cls.from_definition(parse_definition(text, source=source))
+
+
+def _compact_repr(self: Any) -> str:
+    """The call that builds this object, options left at their default not shown."""
+    args: list[str] = []
+    for field in dataclasses.fields(self):
+        value = getattr(self, field.name)
+        if field.name == "id" and isinstance(self, (_StepBase, Workflow)):
+            args.insert(0 if not isinstance(self, Step) else 1, repr(value))
+        elif isinstance(self, Signals) and field.name == "signals":
+            args.extend(repr(s) for s in value)
+        elif isinstance(self, Step) and field.name == "type":
+            args.insert(0, repr(value))
+        elif isinstance(self, Step) and field.name == "config":
+            args.extend(f"{k}={v!r}" for k, v in value.items())
+        elif field.default is not dataclasses.MISSING and value == field.default:
+            continue
+        elif field.default_factory is not dataclasses.MISSING and value == field.default_factory():
+            continue
+        else:
+            args.append(f"{field.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(args)})"
+
+
+for _builder in (
+    Param,
+    Parallel,
+    Backoff,
+    Retry,
+    Next,
+    Signal,
+    Publish,
+    Cron,
+    Signals,
+    Noop,
+    Sleep,
+    Shell,
+    Python,
+    Http,
+    Statement,
+    Sql,
+    Notebook,
+    WorkflowRef,
+    Subworkflow,
+    Foreach,
+    Loop,
+    Step,
+    Workflow,
+):
+    _builder.__repr__ = _compact_repr  # type: ignore[method-assign,assignment]

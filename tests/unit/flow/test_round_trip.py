@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from legato import flow as flow_module
 from legato.core import parse_definition
 from legato.flow import Workflow, dump_yaml
 from tests.unit.flow.strategies import workflows
@@ -24,6 +25,7 @@ def assert_lossless(text: str) -> None:
     again = Workflow.from_yaml(out)
     assert again == code  # the same code objects
     assert again.to_yaml() == out  # and the canonical YAML is a fixed point
+    assert eval(repr(code), vars(flow_module)) == code  # the repr is the code that builds it
 
 
 def test_the_examples_are_all_seen() -> None:
