@@ -1210,6 +1210,14 @@ class Workflow:
         return cls.from_definition(parse_definition(text, source=source))
 
 
+def _is_default(field: dataclasses.Field[Any], value: Any) -> bool:
+    if field.default is not dataclasses.MISSING:
+        return bool(value == field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return bool(value == field.default_factory())
+    return False
+
+
 def _compact_repr(self: Any) -> str:
     """The call that builds this object, options left at their default not shown."""
     args: list[str] = []
@@ -1223,11 +1231,7 @@ def _compact_repr(self: Any) -> str:
             args.insert(0, repr(value))
         elif isinstance(self, Step) and field.name == "config":
             args.extend(f"{k}={v!r}" for k, v in value.items())
-        elif field.default is not dataclasses.MISSING and value == field.default:
-            continue
-        elif field.default_factory is not dataclasses.MISSING and value == field.default_factory():
-            continue
-        else:
+        elif not _is_default(field, value):
             args.append(f"{field.name}={value!r}")
     return f"{type(self).__name__}({', '.join(args)})"
 
@@ -1257,4 +1261,4 @@ for _builder in (
     Step,
     Workflow,
 ):
-    _builder.__repr__ = _compact_repr  # type: ignore[method-assign,assignment]
+    _builder.__repr__ = _compact_repr  # type: ignore[method-assign]
