@@ -13,40 +13,41 @@
 ``legato workflow push path/to/file.py:flow`` (or ``package.module:flow``) pushes it.
 """
 
-from legato.flow.builder import (
+from legato.flow.data import dump_yaml
+from legato.flow.loading import WorkflowNotFound, load_workflow
+from legato.flow.options import (
     Backoff,
-    Cron,
     Expr,
     FirstOnly,
-    Foreach,
-    Http,
     LastOnly,
-    Loop,
     Next,
-    Noop,
-    Notebook,
     Parallel,
     Param,
     Publish,
-    Python,
     Retry,
     Sequential,
     SerialLatestOnly,
-    Shell,
     Signal,
-    Signals,
+    StrictSequential,
+    WorkflowRef,
+)
+from legato.flow.steps import (
+    Foreach,
+    Http,
+    Loop,
+    Noop,
+    Notebook,
+    Python,
+    Shell,
     Sleep,
     Sql,
     Statement,
     Step,
-    StrictSequential,
     Subworkflow,
-    Workflow,
-    WorkflowRef,
-    dump_yaml,
     step_from_model,
 )
-from legato.flow.loading import WorkflowNotFound, load_workflow
+from legato.flow.triggers import Cron, Signals
+from legato.flow.workflow import Workflow
 
 __all__ = [
     "Backoff",

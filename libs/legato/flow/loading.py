@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from legato.flow.builder import Workflow
+from legato.flow.workflow import Workflow
 
 REFERENCE = re.compile(r"(?P<module>.+):(?P<attr>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)")
 """``module:attr``: the module a dotted name or a ``.py`` file, the attribute a (dotted) name in it."""
