@@ -45,6 +45,15 @@ async def test_daily_sales_pushed_from_python_runs_to_success(settings: Settings
         assert (reply["version"], reply["created"]) == (1, False)
         assert reply["digest"] == definition_digest(load_workflow(str(ROOT / EXAMPLE)).definition())
 
+        # A reference that leads nowhere is one line naming what is missing; nothing is pushed.
+        missing = await asyncio.to_thread(
+            legato, "workflow", "push", EXAMPLE.replace(":flow", ":flw"), *url, env=env
+        )
+        assert missing.returncode == 1
+        assert missing.stderr.strip().splitlines() == [
+            "legato: examples/code/daily_sales.py:flw: examples/code/daily_sales.py has no attribute 'flw'"
+        ]
+
         started = await client.start("daily-sales", {"day": "2026-03-01", "regions": ["emea", "apac"]})
         info = await wait_for(client, started.instance_id, timeout=120)
         steps = {s["step_id"]: s for s in info["steps"]}
