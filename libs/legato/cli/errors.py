@@ -68,6 +68,8 @@ def read_definition(path: Path) -> str:
     """
     if not path.exists() and is_reference(str(path)):
         return workflow_text(str(path))
+    if path.suffix == ".py":
+        raise CliError(f"{path}: a Python file: name the Workflow in it, as {path}:flow (module:attr)")
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:

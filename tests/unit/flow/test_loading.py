@@ -84,6 +84,9 @@ def test_cli_validate_and_plan_take_module_attr(
     ]
     assert report["my_flows.py:nope"] == [{"path": "", "message": "my_flows.py has no attribute 'nope'"}]
 
+    assert main(["workflow", "validate", "my_flows.py"]) == 1  # a .py file without :attr says what to write
+    assert "a Python file: name the Workflow in it, as my_flows.py:flow" in capsys.readouterr().out
+
     assert main(["workflow", "plan", "my_flows.py:flow", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["workflow"]["id"] == "from-file"
