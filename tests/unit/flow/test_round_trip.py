@@ -38,7 +38,7 @@ def test_every_example_round_trips_through_code(path: Path) -> None:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 @given(workflows())
 def test_random_definitions_round_trip_through_code(flow: Workflow) -> None:
