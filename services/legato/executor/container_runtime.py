@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from legato.executor.step_runner import StepFailed
+from legato.protocol.messages import JSONValue
 
 RUNTIME_VAR = "LEGATO_CONTAINER_RUNTIME"
 EXTRA_ARGS_VAR = "LEGATO_CONTAINER_EXTRA_ARGS"
@@ -55,7 +56,8 @@ class ContainerConfig(msgspec.Struct, frozen=True):
 
     image: str
     command: list[str] = []
-    env: dict[str, str] = {}
+    env: dict[str, JSONValue] = {}
+    """Text values, or a secret's reference (``{"$secret": name}``) that the runner resolves."""
     mounts: list[ContainerMountConfig] = []
     workdir: str | None = None
     pull: str = "missing"

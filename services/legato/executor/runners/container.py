@@ -32,7 +32,7 @@ from legato.executor.container_runtime import (
 from legato.executor.outputs_file import read_outputs_file
 from legato.executor.process import describe_exit, run_in_process_group
 from legato.executor.secret_store import SecretStore
-from legato.executor.step_env import shield_executor_process
+from legato.executor.step_env import env_value, shield_executor_process
 from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
 from legato.executor.workspace import Workspace, attempt_workspace
 from legato.protocol.messages import JSONValue
@@ -70,7 +70,7 @@ class ContainerRunner:
         if secrets.values:
             ctx.output.redact = lambda text, cut: secrets.mask_tail(text) if cut else secrets.mask(text)
         item = ctx.item
-        declared = {name: str(secrets.reveal(value)) for name, value in config.env.items()}
+        declared = {name: env_value(secrets.reveal(value)) for name, value in config.env.items()}
         identity = {
             "LEGATO_WORKFLOW_ID": item.workflow_id,
             "LEGATO_INSTANCE_ID": item.instance_id,
