@@ -13,46 +13,17 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from legato.config.settings import Settings
 from tests.e2e.test_secrets import cli
+from tests.support.container_image import DEFAULT_EXTRA_ARGS, missing_tools, podman_image
 from tests.support.stack import running_stack, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.xdist_group("podman")]
-
-IMAGE = "localhost/legato-test-busybox:1"
-APPLETS = ("sh", "echo", "cat", "sleep", "printf", "env", "ls", "mkdir", "true", "false")
-DEFAULT_EXTRA_ARGS = "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network none"
-
-
-def podman_image(workdir: Path) -> str:
-    """Import IMAGE from a rootfs holding /bin/busybox and its applets, once per machine."""
-    podman = shutil.which("podman")
-    busybox = shutil.which("busybox")
-    if podman is None or busybox is None:
-        pytest.skip("needs podman and busybox-static (apt-get install -y podman busybox-static)")
-    if subprocess.run([podman, "image", "exists", IMAGE], check=False).returncode == 0:
-        return IMAGE
-    rootfs = workdir / "rootfs.tar"
-    with tarfile.open(rootfs, "w") as tar:
-        for folder in ("bin", "tmp", "legato"):
-            info = tarfile.TarInfo(folder)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-    subprocess.run([podman, "import", str(rootfs), IMAGE], check=True, capture_output=True, timeout=120)
-    return IMAGE
-
 
 WORKFLOW = """
 id: boxed
@@ -111,7 +82,9 @@ def containers_of(instance_id: str) -> list[str]:
 
 
 async def test_container_steps_run_fail_and_stop_for_real(settings: Settings, tmp_path: Path) -> None:
-    image = podman_image(tmp_path)
+    if (why := missing_tools()) is not None:
+        pytest.skip(why)
+    image = podman_image()
     data = tmp_path / "data"
     data.mkdir()
     (data / "input.txt").write_text("from the host\n")
