@@ -11,11 +11,14 @@ unprivileged container may not raise) is passed to the executor.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from legato.config.settings import Settings
@@ -71,14 +74,20 @@ steps:
 """
 
 
-def containers_of(instance_id: str) -> list[str]:
+def containers_of(instance_id: str, *, running: bool = False) -> list[str]:
+    which = [] if running else ["--all"]
     done = subprocess.run(
-        ["podman", "ps", "--all", "--quiet", "--filter", f"label=legato.instance_id={instance_id}"],
+        ["podman", "ps", *which, "--quiet", "--filter", f"label=legato.instance_id={instance_id}"],
         capture_output=True,
         text=True,
         check=True,
     )
     return done.stdout.split()
+
+
+def remove_containers_of(instance_id: str) -> None:
+    for container in containers_of(instance_id):
+        subprocess.run(["podman", "rm", "--force", container], capture_output=True, check=False)
 
 
 async def test_container_steps_run_fail_and_stop_for_real(settings: Settings, tmp_path: Path) -> None:
@@ -140,3 +149,45 @@ async def test_container_steps_run_fail_and_stop_for_real(settings: Settings, tm
     assert containers_of(slow["instance_id"]) == []  # stopped and removed
     assert containers_of(good["instance_id"]) == []  # --rm
     assert again["status"] == "succeeded", again
+
+
+KILLED = """
+id: boxed-killed
+steps:
+  - id: wait
+    type: container
+    image: IMAGE
+    command: ["/bin/sh", "-c", "sleep 3600", "MARK"]
+"""
+
+
+def marked(mark: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if mark in " ".join(p.info["cmdline"] or [])]
+
+
+async def test_an_executor_killed_mid_step_takes_its_container_along(
+    settings: Settings, tmp_path: Path
+) -> None:
+    if (why := missing_tools()) is not None:
+        pytest.skip(why)
+    image = podman_image()
+    mark = "mark-" + secrets.token_hex(8)
+    env = {"LEGATO_CONTAINER_EXTRA_ARGS": os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS)}
+    async with running_stack(settings, tmp_path / "stack", extra_env=env) as (stack, client):
+        await client.push(KILLED.replace("IMAGE", image).replace("MARK", mark))
+        started = await client.start("boxed-killed", {})
+        async with asyncio.timeout(60):
+            while not marked(mark):
+                await asyncio.sleep(0.1)
+        executor = stack["executor0"]
+        assert executor.proc is not None
+        os.kill(executor.proc.pid, signal.SIGKILL)
+        executor.proc.wait()
+        # podman's monitor (conmon) was re-parented to the step guard, a child subreaper: the guard
+        # kills it and the container's processes when its executor dies.
+        async with asyncio.timeout(10):
+            while survivors := marked(mark):
+                await asyncio.sleep(0.1)
+        assert not survivors
+        assert containers_of(started.instance_id, running=True) == []
+        remove_containers_of(started.instance_id)  # its record may remain: no executor is left to remove it
