@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from legato.client import ApiError
 from legato.config.settings import Settings
 from tests.e2e.test_secrets import cli
 from tests.support.container_image import DEFAULT_EXTRA_ARGS, missing_tools, podman_image
@@ -110,6 +111,10 @@ async def test_container_steps_run_fail_and_stop_for_real(settings: Settings, tm
         await client.push(WORKFLOW.replace("IMAGE", image).replace("DATA", str(data)))
         await client.push(MISSING)
         await client.push(SLOW.replace("IMAGE", image))
+        with pytest.raises(ApiError) as refused:
+            await client.push(
+                SLOW.replace("IMAGE", "--privileged").replace("id: boxed-slow", "id: boxed-bad")
+            )
         good = await wait_for(client, (await client.start("boxed", {"who": who})).instance_id, timeout=120)
         good_shown = cli(settings, "show", good["instance_id"])
         good_logs = cli(settings, "logs", good["instance_id"], "greet")
@@ -135,6 +140,14 @@ async def test_container_steps_run_fail_and_stop_for_real(settings: Settings, tm
     for text in (good_shown, good_logs, repr(good)):
         assert token not in text
     assert not Path("/tmp/pwned").exists()
+
+    assert refused.value.code == "invalid_definition"
+    assert refused.value.details["errors"] == [
+        {
+            "path": "steps[0].image",
+            "message": "must match an image reference (name[:tag]), got '--privileged'",
+        }
+    ]
 
     [step] = missing["steps"]
     assert step["status"] == "failed"
