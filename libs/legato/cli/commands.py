@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
 from legato.config.settings import load_settings
 from legato.core.statuses import InstanceStatus, StepStatus
+from legato.protocol.replies import InstanceSummary, QueuedRun
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 
@@ -67,100 +69,102 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def collect_pages(
-    c: LegatoClient, endpoint: str, body: dict[str, Any], *, rows: str, cursor: str, next_key: str, limit: int
-) -> dict[str, Any]:
-    """Up to ``limit`` rows of a paginated list, following the API's cursor page by page (a page holds at
-    most 1,000 rows, fewer when they are large)."""
+    fetch: Callable[[int, Any], Awaitable[Any]], *, rows: str, limit: int, next_key: str = "next"
+) -> tuple[list[Any], Any]:
+    """Up to ``limit`` rows of a paginated list and the cursor after them: ``fetch(limit, cursor)`` gets
+    one typed page (at most 1,000 rows, fewer when they are large) whose ``rows`` attribute holds them."""
     got: list[Any] = []
     after: Any = None
     while len(got) < limit:  # bounded: every page returns at least one row, or ends the list
-        res = await c.call(endpoint, {**body, "limit": min(1000, limit - len(got)), cursor: after})
-        got.extend(res[rows])
-        after = res.get(next_key)
-        if after is None or not res[rows]:
+        page = await fetch(min(1000, limit - len(got)), after)
+        items = getattr(page, rows)
+        got.extend(items)
+        after = getattr(page, next_key)
+        if after is None or not items:
             break
-    return {rows: got[:limit], next_key: after}
+    return got[:limit], after
 
 
 async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await collect_pages(
-        c,
-        "workflow.list",
-        {"include_archived": getattr(args, "archived", False)},
+    archived = getattr(args, "archived", False)
+    workflows, after = await collect_pages(
+        lambda limit, after: c.list_workflows(limit=limit, after=after, include_archived=archived),
         rows="workflows",
-        cursor="after",
-        next_key="next",
         limit=max(1, args.limit),
     )
     if args.json:
-        render.dump_json(res)
+        render.dump_json({"workflows": workflows, "next": after})
         return 0
     render.table(
         ["workflow", "active", "version", "strategy", "running", "queued", "blocked by", "description"],
         [
             [
-                w["workflow_id"],
-                "archived" if w.get("archived_at") else "yes" if w["active"] else "no",
-                w["active_version"],
-                w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
-                w["running"],
-                w["queued"],
-                w["blocked_by"] or "",
-                (w.get("description") or "").split("\n")[0],
+                w.workflow_id,
+                "archived" if w.archived_at else "yes" if w.active else "no",
+                w.active_version,
+                w.run_strategy + (f"({w.max_concurrency})" if w.run_strategy == "parallel" else ""),
+                w.running,
+                w.queued,
+                w.blocked_by or "",
+                (w.description or "").split("\n")[0],
             ]
-            for w in res["workflows"]
+            for w in workflows
         ],
     )
     return 0
 
 
 async def cmd_workflow_show(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.get", {"workflow_id": args.workflow, "version": args.version})
+    res = await c.get_workflow(args.workflow, version=args.version)
     if args.json:
         render.dump_json(res)
         return 0
     print(
-        f"workflow {res['workflow_id']}  version {res['version']} (active {res['active_version']}, "
-        f"latest {res['latest_version']})  {'active' if res['active'] else 'INACTIVE'}"
+        f"workflow {res.workflow_id}  version {res.version} (active {res.active_version}, "
+        f"latest {res.latest_version})  {'active' if res.active else 'INACTIVE'}"
     )
     print(
-        f"run strategy: {res['run_strategy']}"
-        + (f" max_concurrency={res['max_concurrency']}" if res["run_strategy"] == "parallel" else "")
-        + f" (from {res['strategy_source']})"
+        f"run strategy: {res.run_strategy}"
+        + (f" max_concurrency={res.max_concurrency}" if res.run_strategy == "parallel" else "")
+        + f" (from {res.strategy_source})"
     )
     print(
-        f"running {res['running']}, queued {res['queued']}"
-        + (f", BLOCKED by {res['blocked_by']}" if res["blocked_by"] else "")
+        f"running {res.running}, queued {res.queued}"
+        + (f", BLOCKED by {res.blocked_by}" if res.blocked_by else "")
     )
-    print("versions: " + ", ".join(f"{v['version']}" for v in res["versions"]))
-    if res.get("source"):
-        print("\n" + res["source"].rstrip())
+    print("versions: " + ", ".join(f"{v.version}" for v in res.versions))
+    if res.source:
+        print("\n" + str(res.source).rstrip())
     return 0
 
 
 async def cmd_workflow_status(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.status", {"workflow_id": args.workflow})
+    res = await c.workflow_status(args.workflow)
     if args.json:
         render.dump_json(res)
         return 0
     print(
-        f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
-        + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else "")
+        f"workflow {res.workflow_id}: {res.state.upper()}  strategy {res.run_strategy}"
+        + (f"({res.max_concurrency})" if res.run_strategy == "parallel" else "")
     )
-    if res.get("pause"):
-        print(pause_text(res["pause"]) + f"; legato workflow resume {res['workflow_id']}")
-    if res["blocked_by"]:
+    if res.pause:
+        print(pause_text(res.pause) + f"; legato workflow resume {res.workflow_id}")
+    if res.blocked_by:
         print(
-            f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "
-            f"legato unblock {res['blocked_by']} --reason ... or legato restart {res['blocked_by']} --reason ..."
+            f"blocked by failed run {res.blocked_by} since {render.short_time(res.blocked_since)}: "
+            f"legato unblock {res.blocked_by} --reason ... or legato restart {res.blocked_by} --reason ..."
         )
-    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))
-    _print_runs("running", res["running_runs"])
-    _print_runs("queued", res["queued_runs"])
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items())))
+    _print_runs("running", res.running_runs)
+    _print_runs("queued", res.queued_runs)
     return 0
 
 
-def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
+def _trigger_kind(run: InstanceSummary) -> Any:
+    return run.trigger.get("kind") if isinstance(run.trigger, dict) else None
+
+
+def _print_runs(title: str, runs: Sequence[InstanceSummary]) -> None:
     if not runs:
         return
     print(f"\n{title}:")
@@ -168,9 +172,9 @@ def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
         ["run", "pos" if title == "queued" else "started", "trigger"],
         [
             [
-                r["instance_id"],
-                r.get("position") or render.short_time(r["started_at"]),
-                r["trigger"].get("kind"),
+                r.instance_id,
+                (r.position if isinstance(r, QueuedRun) else None) or render.short_time(r.started_at),
+                _trigger_kind(r),
             ]
             for r in runs
         ],
@@ -223,40 +227,37 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await collect_pages(
-        c,
-        "instance.list",
-        {"workflow_id": args.workflow, "status": args.status},
+    runs, after = await collect_pages(
+        lambda limit, cursor: c.list_runs(
+            workflow_id=args.workflow, status=args.status, limit=limit, cursor=cursor
+        ),
         rows="instances",
-        cursor="cursor",
         next_key="next_cursor",
         limit=max(1, args.limit),
     )
     if args.json:
-        render.dump_json(res)
+        render.dump_json({"instances": runs, "next_cursor": after})
         return 0
-    status: dict[str, Any] | None = None
+    positions: dict[str, int] = {}
     if args.workflow:
-        status = await c.call("workflow.status", {"workflow_id": args.workflow})
-        state = status["state"].upper()
-        extra = f" — blocked by {status['blocked_by']}" if status["blocked_by"] else ""
-        print(
-            f"workflow {args.workflow}: {state}{extra}; running {status['running']}, queued {status['queued']}"
-        )
-    positions = {r["instance_id"]: r["position"] for r in (status or {}).get("queued_runs", [])}
+        status = await c.workflow_status(args.workflow)
+        state = status.state.upper()
+        extra = f" — blocked by {status.blocked_by}" if status.blocked_by else ""
+        print(f"workflow {args.workflow}: {state}{extra}; running {status.running}, queued {status.queued}")
+        positions = {r.instance_id: r.position for r in status.queued_runs}
     render.table(
         ["run", "workflow", "status", "trigger", "created", "took", "why / error"],
         [
             [
-                r["instance_id"],
-                r["workflow_id"],
-                r["status"] + (f" #{positions[r['instance_id']]}" if r["instance_id"] in positions else ""),
-                r["trigger"].get("kind"),
-                render.short_time(r["created_at"]),
-                render.duration(r["started_at"], r["ended_at"]),
-                r["error"] or render.reason_text(r["reason"]),
+                r.instance_id,
+                r.workflow_id,
+                r.status + (f" #{positions[r.instance_id]}" if r.instance_id in positions else ""),
+                _trigger_kind(r),
+                render.short_time(r.created_at),
+                render.duration(r.started_at, r.ended_at),
+                r.error or render.reason_text(r.reason),
             ]
-            for r in res["instances"]
+            for r in runs
         ],
     )
     return 0
@@ -380,17 +381,22 @@ def print_instance(info: dict[str, Any]) -> None:
 
 
 async def get_all_steps(c: LegatoClient, instance_id: str) -> dict[str, Any]:
-    """A run with every step: the API pages step details (``steps_next``); follow the pages."""
-    info = await c.get(instance_id)
+    """A run with every step (the API pages step details: ``steps_next``), as the JSON it came as."""
+    run = await c.get_run(instance_id)
+    steps = list(run.steps)
+    offset = run.steps_next
     for _ in range(100_000):  # bounded: each page holds at least one step
-        offset = info.get("steps_next")
-        if offset is None:
+        if not isinstance(offset, int):
             break
-        more = await c.get(instance_id, timeline_limit=0, steps_offset=offset)
-        if not more.get("steps"):
+        more = await c.get_run(instance_id, timeline_limit=0, steps_offset=offset)
+        if not more.steps:
             break
-        info["steps"].extend(more["steps"])
-        info["steps_next"] = more.get("steps_next")
+        steps.extend(more.steps)
+        offset = more.steps_next
+    info: dict[str, Any] = render.plain(run)
+    info["steps"] = render.plain(steps)
+    if "steps_next" in info:
+        info["steps_next"] = offset if isinstance(offset, int) else None
     return info
 
 
@@ -415,16 +421,22 @@ async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
 async def cmd_logs(args: argparse.Namespace, c: LegatoClient) -> int:
     """Everything stored of each attempt's output: the executor keeps the last 8 KB of stdout and
     stderr interleaved (older output is not stored anywhere)."""
-    info = await c.get(args.instance)
-    steps = [s for s in info.get("steps") or [] if args.step in (None, s["step_id"])]
+    info = await c.get_run(args.instance)
+    steps = [s for s in info.steps if args.step in (None, s.step_id)]
     if args.step is not None and not steps:
-        known = ", ".join(s["step_id"] for s in info.get("steps") or []) or "none yet"
+        known = ", ".join(s.step_id for s in info.steps) or "none yet"
         raise CliError(f"run {args.instance} has no step {args.step!r} (steps: {known})")
-    attempts = [(s["step_id"], a) for s in steps for a in s["attempts"]]
+    attempts = [(s.step_id, a) for s in steps for a in s.attempts]
     if args.json:
         render.dump_json(
             [
-                {"step_id": step, **{k: a.get(k) for k in ("attempt", "status", "error", "log_tail")}}
+                {
+                    "step_id": step,
+                    "attempt": a.attempt,
+                    "status": a.status,
+                    "error": a.error,
+                    "log_tail": a.log_tail,
+                }
                 for step, a in attempts
             ]
         )
@@ -432,8 +444,8 @@ async def cmd_logs(args: argparse.Namespace, c: LegatoClient) -> int:
     if not attempts:
         print(f"run {args.instance}: no attempt has run yet")
     for step, a in attempts:
-        print(f"==> {step} attempt {a['attempt']} ({a['status']}) <==")
-        text = a.get("log_tail")
+        print(f"==> {step} attempt {a.attempt} ({a.status}) <==")
+        text = a.log_tail
         if text is None:
             print("(no output)")
         else:
@@ -468,14 +480,14 @@ def print_api_error(exc: ApiError) -> None:
 
 async def cmd_tag_set(args: argparse.Namespace, c: LegatoClient) -> int:
     limit: int | None = args.limit
-    res = await c.call("tag.set", {"tag": args.tag, "limit": limit})
+    res = await c.set_tag(args.tag, limit)
     if args.json:
         render.dump_json(res)
     elif limit is None:
         print(f"tag {args.tag}: no limit")
     else:
         print(
-            f"tag {args.tag}: at most {res['limit']} steps at once ({res['in_use']} running, {res['waiting']} waiting)"
+            f"tag {args.tag}: at most {res.limit} steps at once ({res.in_use} running, {res.waiting} waiting)"
         )
     return 0
 
@@ -494,7 +506,7 @@ def tag_limit(text: str) -> int | None:
 
 
 async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("tag.list", {})
+    res = await c.list_tags()
     if args.json:
         render.dump_json(res)
         return 0
@@ -502,13 +514,13 @@ async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:
         ["tag", "limit", "in use", "waiting", "held by"],
         [
             [
-                t["tag"],
-                t["limit"],
-                t["in_use"],
-                t["waiting"],
-                ", ".join(f"{h['instance_id']}/{h['step_id']}" for h in t["held_by"][:3]),
+                t.tag,
+                t.limit,
+                t.in_use,
+                t.waiting,
+                ", ".join(f"{h.instance_id}/{h.step_id}" for h in (t.held_by or [])[:3]),
             ]
-            for t in res["tags"]
+            for t in res.tags
         ],
     )
     return 0

@@ -53,11 +53,23 @@ class SubworkflowProgress(_Progress, kw_only=True, tag="subworkflow"):
     child: str
 
 
-class OtherProgress(msgspec.Struct):
-    """A stored progress record this version does not know: kept as it was."""
+class OtherProgress:
+    """A stored progress record this version does not know: kept as it was (a plain class, not a
+    Struct, for the same reason as ``legato.core.reasons.OtherReason``)."""
 
-    kind: str | None
-    raw: dict[str, Any]
+    __slots__ = ("kind", "raw")
+
+    def __init__(self, kind: str | None, raw: dict[str, Any]) -> None:
+        self.kind = kind
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OtherProgress) and (self.kind, self.raw) == (other.kind, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"OtherProgress(kind={self.kind!r}, raw={self.raw!r})"
 
 
 KnownProgress: TypeAlias = ForeachProgress | LoopProgress | SubworkflowProgress

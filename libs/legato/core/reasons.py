@@ -209,11 +209,26 @@ class Restart(_Reason, frozen=True, kw_only=True, tag="restart"):
     run: int
 
 
-class OtherReason(msgspec.Struct, frozen=True):
-    """A stored reason this version does not know (another version wrote it): kept as it was."""
+class OtherReason:
+    """A stored reason this version does not know (another version wrote it): kept as it was.
 
-    code: str | None
-    raw: dict[str, Any]
+    Not a Struct on purpose: msgspec would encode one as ``{"code", "raw"}``; as a plain class it goes
+    through an encoder's ``enc_hook`` (``legato.protocol.replies.reply_enc_hook``), which writes ``raw``.
+    """
+
+    __slots__ = ("code", "raw")
+
+    def __init__(self, code: str | None, raw: dict[str, Any]) -> None:
+        self.code = code
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OtherReason) and (self.code, self.raw) == (other.code, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"OtherReason(code={self.code!r}, raw={self.raw!r})"
 
 
 KnownReason: TypeAlias = (
