@@ -10,14 +10,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+from msgspec import UnsetType
+
 from legato.cli import render
 from legato.cli.errors import CliError, read_definition, refused_credentials, unreachable
 from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
 from legato.config.settings import load_settings
+from legato.core.progress import OtherProgress
 from legato.core.statuses import InstanceStatus, StepStatus
-from legato.protocol.replies import InstanceSummary, QueuedRun
+from legato.protocol.replies import InstanceDetail, InstanceSummary, ProgressView, QueuedRun, StepView
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 
@@ -218,12 +222,13 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
         return 0
     if not args.json:
         print(f"started {res.instance_id}; waiting…", file=sys.stderr)
-    info = await c.wait(res.instance_id, timeout=args.timeout)
+    await c.wait(res.instance_id, timeout=args.timeout)
+    info = await get_all_steps(c, res.instance_id)
     if args.json:
         render.dump_json(info)
     else:
         print_instance(info)
-    return 0 if info["status"] == InstanceStatus.SUCCEEDED else 1
+    return 0 if info.status == InstanceStatus.SUCCEEDED else 1
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -263,44 +268,17 @@ async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
     return 0
 
 
-def _step_detail(s: dict[str, Any]) -> str:
-    prog = s.get("progress") or {}
-    kind = prog.get("kind")
-    if kind == "foreach":
-        parts = [f"{prog.get('succeeded', 0)}/{prog.get('total', 0)} succeeded"]
-        for key in ("running", "failed", "ignored", "pending"):
-            if prog.get(key):
-                parts.append(f"{prog[key]} {key}")
-        head = "foreach: " + ", ".join(parts)
-        return (
-            head
-            if s["status"] in (StepStatus.RUNNING, StepStatus.SUCCEEDED)
-            else f"{head}; {s['error'] or ''}".rstrip("; ")
-        )
-    if kind == "loop":
-        return f"loop: iteration {prog.get('index', 0)} of at most {prog.get('max')}" + (
-            f"; {s['error']}" if s.get("error") else ""
-        )
-    if kind == "subworkflow":
-        return f"child run {prog.get('child')} of {prog.get('workflow')}" + (
-            f"; {s['error']}" if s.get("error") else ""
-        )
-    if s["status"] == StepStatus.SUCCEEDED:
-        return json.dumps(s["outputs"] or {}, sort_keys=True, default=str)
-    return str(s["error"] or render.reason_text(s["reason"]))
-
-
 SHOW_LOG_LINES = 10
 
 
-def print_artifacts(steps: list[dict[str, Any]]) -> None:
+def print_artifacts(steps: Sequence[StepView]) -> None:
     """The files attempts kept in the executors' artifact store (their ``artifacts`` output)."""
     rows = [
-        f"  {s['step_id']} attempt {a['attempt']}: {f.get('path')} ({f.get('bytes')} bytes) {f.get('uri')}"
+        f"  {s.step_id} attempt {a.attempt}: {f.get('path')} ({f.get('bytes')} bytes) {f.get('uri')}"
         for s in steps
-        for a in s["attempts"]
-        if isinstance(a.get("outputs"), dict) and isinstance(a["outputs"].get("artifacts"), list)
-        for f in a["outputs"]["artifacts"]
+        for a in s.attempts
+        if isinstance(a.outputs, dict) and isinstance(a.outputs.get("artifacts"), list)
+        for f in a.outputs["artifacts"]
         if isinstance(f, dict)
     ]
     if rows:
@@ -309,79 +287,89 @@ def print_artifacts(steps: list[dict[str, Any]]) -> None:
             print(row)
 
 
-def print_instance(info: dict[str, Any]) -> None:
+def _failed_items(progress: ProgressView | UnsetType | None) -> tuple[list[Any], int]:
+    """The first failed iterations of a child step and how many failed in all."""
+    if isinstance(progress, OtherProgress):
+        items = progress.raw.get("failed_items") or []
+        return list(items), int(progress.raw.get("failed_items_total") or 0)
+    if progress is None or isinstance(progress, UnsetType):
+        return [], 0
+    return progress.failed_items, progress.failed_items_total
+
+
+def print_instance(info: InstanceDetail) -> None:
     """A run's header, steps, attempts and errors as ``legato show`` prints them."""
     print(
-        f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
-        f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}"
+        f"run {info.instance_id}  workflow {info.workflow_id} v{info.version}  "
+        f"status {str(info.status).upper()}  run #{1 if info.run_number is None else info.run_number}"
     )
-    if info.get("trace_id"):
-        print(f"trace {info['trace_id']}")
-    if info.get("trigger"):
+    if info.trace_id:
+        print(f"trace {info.trace_id}")
+    if info.trigger:
+        kind = info.trigger.get("kind") if isinstance(info.trigger, dict) else None
         print(
-            f"trigger {info['trigger'].get('kind')}  created {render.short_time(info.get('created_at'))}  "
-            f"took {render.duration(info.get('started_at'), info.get('ended_at'))}"
+            f"trigger {kind}  created {render.short_time(info.created_at)}  "
+            f"took {render.duration(info.started_at, info.ended_at)}"
         )
-    if info.get("reason"):
-        print(f"why: {render.reason_text(info['reason'])}")
-    if info.get("error"):
-        print(f"error: {info['error']}")
-    if info.get("params"):
-        print("params: " + json.dumps(info["params"], sort_keys=True, default=str))
-    steps = info.get("steps") or []
-    if info.get("step_counts"):
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(info["step_counts"].items()))
-        print(f"steps: {info.get('steps_total', len(steps))} ({counts})")
+    if info.reason:
+        print(f"why: {render.reason_text(info.reason)}")
+    if info.error:
+        print(f"error: {info.error}")
+    if info.params:
+        print("params: " + json.dumps(info.params, sort_keys=True, default=str))
+    steps = info.steps
+    if info.step_counts:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(info.step_counts.items()))
+        total = info.steps_total if isinstance(info.steps_total, int) else len(steps)
+        print(f"steps: {total} ({counts})")
     if steps:
         print()
         render.table(
             ["step", "status", "attempts", "took", "outputs / error"],
             [
                 [
-                    s["step_id"],
-                    s["status"] + (" (ignored)" if s.get("failure_ignored") else ""),
-                    len(s["attempts"]),
-                    render.duration(s["started_at"], s["ended_at"]),
-                    s["error"] or render.reason_text(s["reason"])
-                    if s["status"] != StepStatus.SUCCEEDED
-                    else json.dumps(s["outputs"] or {}, sort_keys=True, default=str),
+                    s.step_id,
+                    s.status + (" (ignored)" if s.failure_ignored else ""),
+                    len(s.attempts),
+                    render.duration(s.started_at, s.ended_at),
+                    s.error or render.reason_text(s.reason)
+                    if s.status != StepStatus.SUCCEEDED
+                    else json.dumps(s.outputs or {}, sort_keys=True, default=str),
                 ]
                 for s in steps
             ],
         )
         for s in steps:
-            prog = s.get("progress") or {}
-            if prog.get("failed_items"):
-                more = prog.get("failed_items_total", 0) - len(prog["failed_items"])
+            failed, total_failed = _failed_items(s.progress)
+            if failed:
+                more = total_failed - len(failed)
                 print(
-                    f"  {s['step_id']}: failed iterations {prog['failed_items']}"
-                    + (f" and {more} more" if more > 0 else "")
+                    f"  {s.step_id}: failed iterations {failed}" + (f" and {more} more" if more > 0 else "")
                 )
         print_artifacts(steps)
         shown = False
         for s in steps:
-            for a in s["attempts"]:
-                if not (a.get("error") or a.get("log_tail")):
+            for a in s.attempts:
+                if not (a.error or a.log_tail):
                     continue
                 if not shown:
                     print(
                         f"\nattempts (last {SHOW_LOG_LINES} lines of output; all of it: legato logs RUN [STEP]):"
                     )
                     shown = True
-                error = f": {a['error']}" if a.get("error") else ""
-                print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}{error}")
-                for line in (a.get("log_tail") or "").rstrip("\n").splitlines()[-SHOW_LOG_LINES:]:
+                error = f": {a.error}" if a.error else ""
+                print(f"  {s.step_id} attempt {a.attempt} {a.status}{error}")
+                for line in (a.log_tail or "").rstrip("\n").splitlines()[-SHOW_LOG_LINES:]:
                     print(f"    | {line}")
-    timeline = info.get("timeline") or []
-    if timeline:
+    if info.timeline:
         print("\ntimeline:")
-        for t in timeline:
-            who = f" [{t['actor']}]" if t.get("actor") else ""
-            print(f"  {render.short_time(t['at'])}  {t['message'] or t['event']}{who}")
+        for t in info.timeline:
+            who = f" [{t.actor}]" if t.actor else ""
+            print(f"  {render.short_time(t.at)}  {t.message or t.event}{who}")
 
 
-async def get_all_steps(c: LegatoClient, instance_id: str) -> dict[str, Any]:
-    """A run with every step (the API pages step details: ``steps_next``), as the JSON it came as."""
+async def get_all_steps(c: LegatoClient, instance_id: str) -> InstanceDetail:
+    """A run with every step (the API pages step details: ``steps_next``; this follows the pages)."""
     run = await c.get_run(instance_id)
     steps = list(run.steps)
     offset = run.steps_next
@@ -393,11 +381,9 @@ async def get_all_steps(c: LegatoClient, instance_id: str) -> dict[str, Any]:
             break
         steps.extend(more.steps)
         offset = more.steps_next
-    info: dict[str, Any] = render.plain(run)
-    info["steps"] = render.plain(steps)
-    if "steps_next" in info:
-        info["steps_next"] = offset if isinstance(offset, int) else None
-    return info
+    if isinstance(run.steps_next, UnsetType):
+        return msgspec.structs.replace(run, steps=steps)
+    return msgspec.structs.replace(run, steps=steps, steps_next=offset if isinstance(offset, int) else None)
 
 
 async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -405,7 +391,7 @@ async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
     if getattr(args, "trace", False):
         from legato.cli.trace_view import build_trace_tree, render_trace_tree
 
-        tree = build_trace_tree(info)
+        tree = build_trace_tree(render.plain(info))
         if args.json:
             render.dump_json(tree)
         else:
