@@ -188,16 +188,23 @@ else:
 
 
 def _decode_progress_view(value: object) -> ProgressView:
-    if isinstance(value, dict):
+    if not isinstance(value, dict):
+        return OtherProgress(None, {"value": value})
+    kind = value.get("kind")
+    view = _VIEW_BY_KIND.get(kind) if isinstance(kind, str) else None
+    if view is not None:
         try:
-            known: KnownProgressView = msgspec.convert(value, KnownProgressView)
+            known: KnownProgressView = msgspec.convert(value, view)
         except msgspec.ValidationError:
             pass
         else:
             return known
-        kind = value.get("kind")
-        return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
-    return OtherProgress(None, {"value": value})
+    return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
+
+
+_VIEW_BY_KIND: dict[str, type[KnownProgressView]] = {
+    str(view.__struct_config__.tag): view for view in get_args(KnownProgressView)
+}
 
 
 def reply_dec_hook(kind: type, value: Any) -> Any:
