@@ -97,7 +97,6 @@ class _RawEnvelope(msgspec.Struct, frozen=True):
 
 _raw_decoder = msgspec.json.Decoder(_RawEnvelope)
 _typed_decoders: dict[type[Reply], msgspec.json.Decoder[Any]] = {}
-Q = TypeVar("Q", bound=api.ApiRequest)
 
 RETRY_ATTEMPTS = 3
 """How many times a retryable call is sent again after a timeout or no responders (4 sends in all)."""
