@@ -8,7 +8,7 @@ trigger shows counts from it. A stored record this version cannot read exactly b
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -53,11 +53,23 @@ class SubworkflowProgress(_Progress, kw_only=True, tag="subworkflow"):
     child: str
 
 
-class OtherProgress(msgspec.Struct):
-    """A stored progress record this version does not know: kept as it was."""
+class OtherProgress:
+    """A stored progress record this version does not know: kept as it was (a plain class, not a
+    Struct, for the same reason as ``legato.core.reasons.OtherReason``)."""
 
-    kind: str | None
-    raw: dict[str, Any]
+    __slots__ = ("kind", "raw")
+
+    def __init__(self, kind: str | None, raw: dict[str, Any]) -> None:
+        self.kind = kind
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OtherProgress) and (self.kind, self.raw) == (other.kind, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"OtherProgress(kind={self.kind!r}, raw={self.raw!r})"
 
 
 KnownProgress: TypeAlias = ForeachProgress | LoopProgress | SubworkflowProgress
@@ -88,9 +100,19 @@ def decode_progress(value: object) -> Progress | None:
         return None
     if not isinstance(value, dict):
         return OtherProgress(None, {"value": value})
-    try:
-        known: KnownProgress = msgspec.convert(value, KnownProgress)
-    except msgspec.ValidationError:
-        kind = value.get("kind")
-        return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
-    return known
+    kind = value.get("kind")
+    record = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if record is not None:
+        try:
+            known: KnownProgress = msgspec.convert(value, record)
+        except msgspec.ValidationError:
+            pass
+        else:
+            return known
+    return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
+
+
+# One class per kind: converting to a class is far faster than to the union (see core/reasons.py).
+_BY_KIND: dict[str, type[KnownProgress]] = {
+    str(record.__struct_config__.tag): record for record in get_args(KnownProgress)
+}
