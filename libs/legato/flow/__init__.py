@@ -32,9 +32,11 @@ from legato.flow.options import (
     WorkflowRef,
 )
 from legato.flow.steps import (
+    Container,
     Foreach,
     Http,
     Loop,
+    Mount,
     Noop,
     Notebook,
     Python,
@@ -51,6 +53,7 @@ from legato.flow.workflow import Workflow
 
 __all__ = [
     "Backoff",
+    "Container",
     "Cron",
     "Expr",
     "FirstOnly",
@@ -58,6 +61,7 @@ __all__ = [
     "Http",
     "LastOnly",
     "Loop",
+    "Mount",
     "Next",
     "Noop",
     "Notebook",

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from legato.core.model import (
+    ContainerStep,
     ForeachStep,
     HttpStep,
     LoopStep,
@@ -275,6 +276,52 @@ class Notebook(StepBase):
         return self._with(out)
 
 
+@dataclasses.dataclass(frozen=True, repr=False)
+class Mount(Compact):
+    """A host path (under the executor's allowed mount roots) bind-mounted into a container step."""
+
+    source: str
+    target: str
+    read_only: bool | None = None
+    """Read-only unless False."""
+
+    def to_data(self) -> dict[str, Any]:
+        """The mount as definition data."""
+        out: dict[str, Any] = {"source": self.source, "target": self.target}
+        put(out, "read_only", self.read_only)
+        return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
+class Container(StepBase):
+    """Runs ``image`` with ``command`` (an argument list of templates, no shell) through the executor's
+    container runtime, with ``env``, ``mounts``, ``workdir``, a ``pull`` policy and ``artifacts``."""
+
+    kind: ClassVar[str] = "container"
+    image: str = ""
+    command: list[Any] | None = None
+    env: Mapping[str, Any] | None = None
+    mounts: list[Mount | Mapping[str, Any]] | None = None
+    workdir: str | None = None
+    pull: str | None = None
+    artifacts: list[str] | None = None
+
+    def __init__(self, id: str, image: str, **options: Any) -> None:
+        _init(self, id=id, image=image, **options)
+
+    def to_data(self) -> dict[str, Any]:
+        """The step as definition data."""
+        out: dict[str, Any] = {"image": self.image}
+        put(out, "command", None if self.command is None else value_data(self.command))
+        put(out, "env", None if self.env is None else value_data(self.env))
+        if self.mounts is not None:
+            out["mounts"] = [data_of(m) for m in self.mounts]
+        put(out, "workdir", self.workdir)
+        put(out, "pull", self.pull)
+        put(out, "artifacts", name_list(self.artifacts))
+        return self._with(out)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True, repr=False)
 class Subworkflow(StepBase):
     """Runs another workflow as a child run and waits for it (``workflow``: an id or a :class:`WorkflowRef`)."""
@@ -430,6 +477,18 @@ def step_from_model(step: StepModel) -> StepBase:
                 transaction=None if step.transaction else False,
                 result=None if step.result == "first" else step.result,
                 max_rows=None if step.max_rows == 100 else step.max_rows,
+                **common,
+            )
+        case ContainerStep():
+            return Container(
+                image=step.image,
+                command=list(step.command) or None,
+                env=dict(step.env) or None,
+                mounts=[Mount(m.source, m.target, None if m.read_only else False) for m in step.mounts]
+                or None,
+                workdir=step.workdir,
+                pull=None if step.pull == "missing" else step.pull,
+                artifacts=list(step.artifacts) or None,
                 **common,
             )
         case NotebookStep():

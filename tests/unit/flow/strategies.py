@@ -217,7 +217,18 @@ COMMAND = st.text(st.sampled_from("abc xyz-_.,:=0123456789"), min_size=1, max_si
 def leaf(draw: st.DrawFn, step_id: str, options: dict[str, Any]) -> Any:
     kind = draw(
         st.sampled_from(
-            ["noop", "sleep", "shell", "python", "http", "sql", "notebook", "plugin", "subworkflow"]
+            [
+                "noop",
+                "sleep",
+                "shell",
+                "python",
+                "http",
+                "sql",
+                "notebook",
+                "container",
+                "plugin",
+                "subworkflow",
+            ]
         )
     )
     if kind == "noop":
@@ -293,6 +304,21 @@ def leaf(draw: st.DrawFn, step_id: str, options: dict[str, Any]) -> Any:
             step_id,
             "notebooks/report.ipynb",
             kernel=draw(maybe(st.sampled_from(["python3", "ir"]))),
+            **options,
+        )
+    if kind == "container":
+        mounts = draw(st.lists(st.sampled_from(["/data", "/cache", "/opt/x y"]), max_size=2, unique=True))
+        return flow.Container(
+            step_id,
+            draw(st.sampled_from(["alpine:3.20", "ghcr.io/org/tool@sha256:" + "a" * 64, "busybox"])),
+            command=draw(maybe(st.lists(COMMAND | st.just("${params.n}") | st.integers(0, 9), max_size=3))),
+            env=draw(maybe(st.dictionaries(word("ABCXYZ_", "ABCXYZ0123456789_", 6), COMMAND, max_size=2))),
+            mounts=[flow.Mount(m, "/mnt" + m, draw(maybe(st.booleans()))) for m in mounts] or None,
+            workdir=draw(maybe(st.sampled_from(["/work", "/mnt/data"]))),
+            pull=draw(maybe(st.sampled_from(["missing", "never", "always"]))),
+            artifacts=draw(
+                maybe(st.lists(st.sampled_from(["out.csv", "logs/*.txt"]), max_size=2, unique=True))
+            ),
             **options,
         )
     if kind == "plugin":  # examples/plugin's word_count, installed by `make install`

@@ -78,6 +78,22 @@ STEPS: list[tuple[str, Any, str]] = [
         "id: a\ntype: notebook\nnotebook: nb/r.ipynb\nkernel: ir",
     ),
     (
+        "container",
+        flow.Container(
+            "a",
+            "alpine:3.20",
+            command=["echo", "${params.n}", 7],
+            env={"A": "${params.n}"},
+            mounts=[flow.Mount("/data", "/in"), flow.Mount("/out", "/out", read_only=False)],
+            workdir="/in",
+            pull="never",
+            artifacts=["r.csv"],
+        ),
+        "id: a\ntype: container\nimage: alpine:3.20\ncommand: [echo, '${params.n}', '7']\nenv: {A: '${params.n}'}\n"
+        "mounts: [{source: /data, target: /in}, {source: /out, target: /out, read_only: false}]\n"
+        "workdir: /in\npull: never\nartifacts: [r.csv]",
+    ),
+    (
         "subworkflow",
         flow.Subworkflow("a", "child"),
         "id: a\ntype: subworkflow\nsubworkflow: {workflow: child}",
