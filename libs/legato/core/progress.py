@@ -13,6 +13,8 @@ from typing import Any, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from legato.core.tagged import decode_tagged
+
 
 class _Progress(msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
     """Base of the known progress records: tagged by ``kind``, strict on decode."""
@@ -88,9 +90,5 @@ def decode_progress(value: object) -> Progress | None:
         return None
     if not isinstance(value, dict):
         return OtherProgress(None, {"value": value})
-    try:
-        known: KnownProgress = msgspec.convert(value, KnownProgress)
-    except msgspec.ValidationError:
-        kind = value.get("kind")
-        return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
-    return known
+    decoded: Progress = decode_tagged(value, KnownProgress, OtherProgress)
+    return decoded

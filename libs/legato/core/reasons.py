@@ -19,6 +19,8 @@ from typing import Any, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from legato.core.tagged import decode_tagged
+
 
 class _Reason(msgspec.Struct, frozen=True, kw_only=True, tag_field="code", forbid_unknown_fields=True):
     """Base of every known reason: tagged by ``code``, strict on decode (see ``decode_reason``)."""
@@ -281,9 +283,5 @@ def decode_reason(value: object) -> Reason | None:
         return None
     if not isinstance(value, dict):
         return OtherReason(None, {"message": str(value)})
-    try:
-        known: KnownReason = msgspec.convert(value, KnownReason)
-    except msgspec.ValidationError:
-        code = value.get("code")
-        return OtherReason(code if isinstance(code, str) else None, dict(value))
-    return known
+    decoded: Reason = decode_tagged(value, KnownReason, OtherReason)
+    return decoded
