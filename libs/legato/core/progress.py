@@ -8,10 +8,12 @@ trigger shows counts from it. A stored record this version cannot read exactly b
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, get_args
+from typing import Any, TypeAlias
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from legato.core.tagged import decode_tagged
 
 
 class _Progress(msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
@@ -100,19 +102,5 @@ def decode_progress(value: object) -> Progress | None:
         return None
     if not isinstance(value, dict):
         return OtherProgress(None, {"value": value})
-    kind = value.get("kind")
-    record = _BY_KIND.get(kind) if isinstance(kind, str) else None
-    if record is not None:
-        try:
-            known: KnownProgress = msgspec.convert(value, record)
-        except msgspec.ValidationError:
-            pass
-        else:
-            return known
-    return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
-
-
-# One class per kind: converting to a class is far faster than to the union (see core/reasons.py).
-_BY_KIND: dict[str, type[KnownProgress]] = {
-    str(record.__struct_config__.tag): record for record in get_args(KnownProgress)
-}
+    decoded: Progress = decode_tagged(value, KnownProgress, OtherProgress)
+    return decoded

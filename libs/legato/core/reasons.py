@@ -14,10 +14,12 @@ to exactly that object, so a read never fails and never drops what was stored.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias, get_args
+from typing import Any, TypeAlias
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from legato.core.tagged import decode_tagged
 
 
 class _Reason(msgspec.Struct, frozen=True, kw_only=True, tag_field="code", forbid_unknown_fields=True):
@@ -296,20 +298,5 @@ def decode_reason(value: object) -> Reason | None:
         return None
     if not isinstance(value, dict):
         return OtherReason(None, {"message": str(value)})
-    code = value.get("code")
-    kind = _BY_CODE.get(code) if isinstance(code, str) else None
-    if kind is not None:
-        try:
-            known: KnownReason = msgspec.convert(value, kind)
-        except msgspec.ValidationError:
-            pass
-        else:
-            return known
-    return OtherReason(code if isinstance(code, str) else None, dict(value))
-
-
-# Converting to one Struct class is ~100x faster than to the union (msgspec caches a class's decoder
-# but rebuilds a union's on every call): the code picks the class.
-_BY_CODE: dict[str, type[KnownReason]] = {
-    str(kind.__struct_config__.tag): kind for kind in get_args(KnownReason)
-}
+    decoded: Reason = decode_tagged(value, KnownReason, OtherReason)
+    return decoded
