@@ -56,10 +56,15 @@ class OutboxRelay(Component):
         batch: int = 500,
         poll_interval: float = 0.5,
         kinds: tuple[str, ...] | None = None,
+        exclude: tuple[str, ...] = (),
+        name: str | None = None,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
-        permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row."""
+        permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
+        ``exclude``: never these kinds (another relay of the process has them)."""
         super().__init__()
+        if name is not None:
+            self.name = name
         self.pool = pool
         self.publisher = publisher
         self.batch = batch
@@ -69,6 +74,7 @@ class OutboxRelay(Component):
         self.published = 0
         self.rounds = 0
         self.subject_pattern = None if kinds is None else rf"^([^.]+\.)?legato\.({'|'.join(kinds)})\."
+        self.exclude_pattern = rf"^([^.]+\.)?legato\.({'|'.join(exclude)})\." if exclude else None
 
     def wake(self) -> None:
         self._wake.set()
@@ -122,10 +128,11 @@ class OutboxRelay(Component):
             rows = await conn.fetch(
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
-                "WHERE $2::text IS NULL OR subject ~ $2 "
+                "WHERE ($2::text IS NULL OR subject ~ $2) AND ($3::text IS NULL OR subject !~ $3) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
                 self.subject_pattern,
+                self.exclude_pattern,
             )
             # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
             metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
