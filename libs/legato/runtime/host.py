@@ -47,6 +47,9 @@ from legato.telemetry import (
     shutdown_tracing,
 )
 
+# The advisory lock the lifecycle-event relays of all processes take turns with (docs/events.md).
+NOTIFY_RELAY_LOCK = 0x4C45_4E4F  # "LENO": legato notify
+
 log = get_logger("legato.runtime")
 
 
@@ -154,10 +157,15 @@ class ServiceHost:
             kinds = relay_kinds(self.service)
             if kinds is None:
                 # A relay of everything (the scheduler's) leaves the lifecycle events to a relay of
-                # their own: work items never queue behind events, and one relay keeps events in order.
+                # their own: work items never queue behind events; and the event relays of all
+                # scheduler replicas take turns (an advisory lock), so events go out in commit order.
                 self.relay = OutboxRelay(self._pool, self.publisher, exclude=("notify",))
                 self.notify_relay = OutboxRelay(
-                    self._pool, self.publisher, kinds=("notify",), name="outbox-relay-notify"
+                    self._pool,
+                    self.publisher,
+                    kinds=("notify",),
+                    name="outbox-relay-notify",
+                    ordered_lock=NOTIFY_RELAY_LOCK,
                 )
             else:
                 self.relay = OutboxRelay(self._pool, self.publisher, kinds=kinds)

@@ -58,11 +58,15 @@ class OutboxRelay(Component):
         kinds: tuple[str, ...] | None = None,
         exclude: tuple[str, ...] = (),
         name: str | None = None,
+        ordered_lock: int | None = None,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
         permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
-        ``exclude``: never these kinds (another relay of the process has them)."""
+        ``exclude``: never these kinds (another relay of the process has them). ``ordered_lock``: an
+        advisory lock key that every relay of these kinds holds while it relays a batch, so across
+        processes one batch is published at a time, in commit order (lifecycle events)."""
         super().__init__()
+        self.ordered_lock = ordered_lock
         if name is not None:
             self.name = name
         self.pool = pool
@@ -125,6 +129,8 @@ class OutboxRelay(Component):
         if not self._db_token:
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.ordered_lock is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
             rows = await conn.fetch(
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
