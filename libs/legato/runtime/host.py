@@ -155,8 +155,8 @@ class ServiceHost:
         )
         if self.with_relay:
             kinds = relay_kinds(self.service)
-            if kinds is None:
-                # A relay of everything (the scheduler's) leaves the lifecycle events to a relay of
+            if self.service == "scheduler":
+                # The scheduler's relay (of everything) leaves the lifecycle events to a relay of
                 # their own: work items never queue behind events; and the event relays of all
                 # scheduler replicas take turns (an advisory lock), so events go out in commit order.
                 self.relay = OutboxRelay(self._pool, self.publisher, exclude=("notify",))
