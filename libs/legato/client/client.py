@@ -17,6 +17,7 @@ from legato.bus.topology import Topology
 from legato.client.events import (
     RECHECK,
     EventSubscription,
+    RunRef,
     Since,
     status_or_pending,
     subscribe_runs,
@@ -320,9 +321,7 @@ class LegatoClient:
         result: dict[str, Any] = await self.call("instance.get", {"instance_id": instance_id, **extra})
         return result
 
-    async def wait(
-        self, run: str | StartReply, *, timeout: float = 300.0, poll: float = RECHECK
-    ) -> dict[str, Any]:
+    async def wait(self, run: RunRef, *, timeout: float = 300.0, poll: float = RECHECK) -> dict[str, Any]:
         """Wait until the run ends and return it (``instance.get``); returns on its end event, with
         one read of its status first (``legato.client.events.wait_runs``); ``poll`` is only the
         safety re-read interval. Raises ``TimeoutError`` after ``timeout`` seconds."""
@@ -341,7 +340,7 @@ class LegatoClient:
     # ------------------------------------------------------------------ lifecycle events (events.py)
 
     async def wait_all(
-        self, runs: Iterable[str | StartReply], *, timeout: float = 300.0, poll: float = RECHECK
+        self, runs: Iterable[RunRef], *, timeout: float = 300.0, poll: float = RECHECK
     ) -> set[str]:
         """Wait until every run ended (on their end events); returns their ids."""
         return await wait_runs(self.nc, self.topology, runs, self._status_of, timeout=timeout, recheck=poll)

@@ -21,9 +21,9 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import msgspec
 import nats.errors
@@ -36,7 +36,7 @@ from nats.js.errors import NotFoundError
 
 from legato.bus.topology import Topology
 from legato.core.statuses import TERMINAL_INSTANCE, InstanceStatus
-from legato.protocol.events import NotifyEvent, RunEvent, StepEvent, decode_event
+from legato.protocol.events import RunEvent, StepEvent, decode_event
 
 E = TypeVar("E", RunEvent, StepEvent)
 
@@ -46,6 +46,7 @@ EPHEMERAL_IDLE = 60.0
 DEFAULT_ACK_WAIT = 60.0
 DEFAULT_BATCH = 256
 RECHECK = 30.0
+READ_CONCURRENCY = 32  # status reads in flight at once when wait_all reads many runs
 
 Since = int | float | datetime | None
 """Where a subscription starts: None = new events only; an ``int`` = the events after that stream
@@ -78,7 +79,7 @@ def _deliver(since: Since) -> dict[str, Any]:
             raise SubscriptionError(f"since: a stream sequence must be >= 0, got {since}")
         return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": since + 1}
     if isinstance(since, float):
-        since = datetime.fromtimestamp(since).astimezone()
+        since = datetime.fromtimestamp(since, UTC)
     if isinstance(since, datetime):
         if since.tzinfo is None:
             raise SubscriptionError(f"since: a datetime must carry a timezone, got {since!r}")
@@ -256,7 +257,19 @@ async def subscribe_steps(
 
 # ------------------------------------------------------------------ waiting for runs to end
 
-RunRef = Any  # an instance id, or anything with ``instance_id`` (and ``workflow_id``): StartReply, RunEvent
+
+class HasInstanceId(Protocol):
+    """A start reply, a run event, or anything else naming a run (and, optionally, its workflow)."""
+
+    @property
+    def instance_id(self) -> str:
+        """The run's id."""
+        ...
+
+
+RunRef = str | HasInstanceId
+"""A run to wait for: its id, or an object with ``instance_id`` (``StartReply``, ``RunEvent``); a
+``workflow_id`` on it narrows the subscription to that workflow's end subjects."""
 
 
 def _ids(run: RunRef) -> tuple[str, str | None]:
@@ -306,9 +319,7 @@ async def wait_runs(
         deadline = time.monotonic() + timeout
         unchecked = set(pending)
         while True:
-            for instance_id in sorted(unchecked - ended):
-                if await status_of(instance_id) in TERMINAL_INSTANCE:
-                    ended.add(instance_id)
+            await _read_statuses(sorted(unchecked - ended), status_of, ended)
             unchecked = set()
             if ended >= set(pending):
                 return set(pending)
@@ -329,11 +340,15 @@ async def wait_runs(
             await sub.unsubscribe()
 
 
+async def _read_statuses(ids: list[str], status_of: Callable[[str], Awaitable[str]], ended: set[str]) -> None:
+    """Read these runs' statuses, ``READ_CONCURRENCY`` at a time; add the ended ones to ``ended``."""
+    for start in range(0, len(ids), READ_CONCURRENCY):
+        chunk = ids[start : start + READ_CONCURRENCY]
+        for instance_id, status in zip(chunk, await asyncio.gather(*map(status_of, chunk)), strict=True):
+            if status in TERMINAL_INSTANCE:
+                ended.add(instance_id)
+
+
 def status_or_pending(info: dict[str, Any]) -> str:
     """A run's status from an ``instance.get`` reply."""
     return str(info.get("status") or InstanceStatus.PENDING)
-
-
-def is_terminal(event: NotifyEvent) -> bool:
-    """Whether the event says a run (or a step) ended."""
-    return event.status in TERMINAL_INSTANCE
