@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-all soak lint format bench clean
+.PHONY: install run test test-all soak lint format bench clean container-runtime
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ soak: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
+
+# The container runtime the `container` step tests (marked container; skipped without it) and
+# bench/steps.py use: podman and busybox-static from the OS packages (Debian/Ubuntu, as root).
+container-runtime:
+	command -v podman >/dev/null && command -v busybox >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman busybox-static; }
 
 lint: install
 	$(BIN)/ruff check libs services tests bench examples

@@ -9,13 +9,17 @@
 
 Services are separate processes (one executor, ``--executor-concurrency`` slots); nats-server and
 PostgreSQL are embedded (or LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL). The plugin type
-(``word_count`` of examples/plugin) is measured when it is installed (``make install`` does).
+(``word_count`` of examples/plugin) is measured when it is installed (``make install`` does); the
+``container`` type when podman and busybox-static are (``make container-runtime``): ``/bin/true`` in the
+busybox image the tests build, with ``LEGATO_CONTAINER_EXTRA_ARGS`` (default: the tests' rlimit flags).
+``--kinds noop,container`` measures only those types.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import threading
@@ -27,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parent.parent))  # tests.support.container_image
 
 from _servers import bench_servers, bench_settings, percentile, wait_api
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
 from legato.store import ensure_database, migrate_url
+from tests.support.container_image import DEFAULT_EXTRA_ARGS, IMAGE, missing_tools, podman_image
 
 STEPS = {
     "noop": "type: noop",
@@ -42,7 +48,11 @@ STEPS = {
     "http": "{type: http, url: 'http://127.0.0.1:{port}/'}",
     "sql": "{type: sql, connection: bench, sql: 'SELECT 1'}",
     "word_count": "{type: word_count, text: 'a b c a'}",
+    "container": "{type: container, image: 'IMAGE', command: ['/bin/true'], pull: never}".replace(
+        "IMAGE", IMAGE
+    ),
 }
+OPTIONAL = ("word_count", "container")
 FOREACH = """
 id: fan-{kind}
 params: {n: {type: int, default: 100}}
@@ -146,17 +156,26 @@ async def run(args: argparse.Namespace, settings: Settings, tmp: Path) -> None:
         "OTEL_SDK_DISABLED": "true",
         "PYTHONPATH": str(modules),
         "LEGATO_CONNECTION_BENCH": settings.database_url,
+        "LEGATO_CONTAINER_EXTRA_ARGS": os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS),
     }
     stack = Stack(settings, tmp / "logs", executors=1, concurrency=args.executor_concurrency, extra_env=env)
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
     try:
         await wait_api(client)
-        kinds = [k for k in STEPS if k != "word_count"]
+        kinds = [k for k in STEPS if k not in OPTIONAL]
         if any(ep.name == "word_count" for ep in entry_points(group="legato.step_types")):
             kinds.append("word_count")
+        if missing_tools() is None:
+            podman_image()
+            kinds.append("container")
+        else:
+            print(f"container: not measured ({missing_tools()})")
+        if args.kinds:
+            kinds = ["noop", *(k for k in args.kinds.split(",") if k in kinds and k != "noop")]
         await overheads(client, stack, kinds, args.runs, server.server_address[1])
-        await throughput(client, stack, args.n, args.concurrency)
+        if args.n > 0:
+            await throughput(client, stack, args.n, args.concurrency)
     finally:
         await client.close()
         await asyncio.to_thread(stack.stop)
@@ -168,7 +187,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=50, help="runs per step type for the overhead")
-    parser.add_argument("-n", type=int, default=2000, help="steps in the SQL foreach")
+    parser.add_argument("-n", type=int, default=2000, help="steps in the SQL foreach (0: skip it)")
+    parser.add_argument("--kinds", help="comma-separated step types to measure (noop always is)")
     parser.add_argument("--concurrency", type=int, default=32, help="foreach concurrency")
     parser.add_argument("--executor-concurrency", type=int, default=16)
     args = parser.parse_args()

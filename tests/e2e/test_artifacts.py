@@ -3,10 +3,12 @@ after its folder is gone, listed in its outputs and by `legato show` — also fo
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from legato.config.settings import Settings
 from tests.e2e.test_secrets import cli
+from tests.support.s3_server import s3_server
 from tests.support.stack import running_stack, wait_for
 
 REPORT = """
@@ -64,3 +66,38 @@ async def test_declared_files_are_kept_listed_and_shown(settings: Settings, tmp_
     assert "\nartifacts:\n" in shown
     assert f"  build attempt 1: report.csv (25 bytes) {kept[0]['uri']}" in shown
     assert "  broken attempt 1: partial.csv (13 bytes)" in shown
+
+
+async def test_artifacts_go_to_an_s3_bucket_when_configured(settings: Settings, tmp_path: Path) -> None:
+    key_id, secret_key = "AKIA" + secrets.token_hex(8).upper(), "sk-" + secrets.token_hex(20)
+    with s3_server(key_id, secret_key, tmp_path / "moto.log") as server:
+        server.client().create_bucket(Bucket="legato-artifacts")
+        key_file = tmp_path / "s3-secret-key"
+        key_file.write_text(secret_key)
+        env = {
+            "LEGATO_ARTIFACTS_S3_BUCKET": "legato-artifacts",
+            "LEGATO_ARTIFACTS_S3_ENDPOINT": server.endpoint,
+            "LEGATO_ARTIFACTS_S3_ACCESS_KEY_ID": key_id,
+            "LEGATO_ARTIFACTS_S3_SECRET_ACCESS_KEY_FILE": str(key_file),
+            "LEGATO_LOG_LEVEL": "debug",
+        }
+        async with running_stack(settings, tmp_path / "stack", extra_env=env) as (stack, client):
+            await client.push(REPORT)
+            info = await wait_for(client, (await client.start("report-files", {})).instance_id)
+            shown = cli(settings, "show", info["instance_id"])
+            logs = stack.logs()
+        run = info["instance_id"]
+        body = server.client().get_object(
+            Bucket="legato-artifacts", Key=f"report-files/{run}/build/1/report.csv"
+        )
+        assert body["Body"].read() == b"day,total\n2026-03-01,220\n"
+        failed = server.client().get_object(
+            Bucket="legato-artifacts", Key=f"report-files/{run}/broken/1/partial.csv"
+        )
+        assert failed["Body"].read() == b"half written\n"
+    build = {s["step_id"]: s for s in info["steps"]}["build"]
+    uri = f"s3://legato-artifacts/report-files/{run}/build/1/report.csv"
+    assert build["outputs"]["artifacts"][0]["uri"] == uri
+    assert f"  build attempt 1: report.csv (25 bytes) {uri}" in shown, shown
+    for text in (shown, logs, repr(info)):
+        assert secret_key not in text

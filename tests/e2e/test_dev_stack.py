@@ -116,6 +116,9 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         # Every example, the strategies folder included.
         for name in ("hello.yaml", "strategies/sequential-demo.yaml", "strategies/strict-demo.yaml"):
             assert f"loaded {name}:" in out, out
+        # A workflow written in Python (legato.flow); its helper module without a `flow` is skipped.
+        assert "loaded code/daily_sales.py: daily-sales v1" in out, out
+        assert "sales_steps" not in out, out
         # The command it suggests works from this shell (PATH without the venv).
         hint = next((line for line in out.splitlines() if "not on your PATH" in line), "")
         exe = str(Path(sys.executable).parent / "legato")

@@ -61,7 +61,7 @@ async def test_an_installed_plugin_step_type_runs_through_the_services(
     [error] = unknown.value.details["errors"]
     assert error["path"] == "steps[0].type"
     assert error["message"] == (
-        "must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook, subworkflow, "
+        "must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook, container, subworkflow, "
         "foreach, loop, word_count; got 'word_cont' (did you mean 'word_count'?)"
     )
     assert bad_config.value.details["errors"] == [

@@ -595,7 +595,7 @@ async def test_unknown_step_type_and_bad_config_fail_without_dead_letters(
     assert unknown_result.outcome == "failed"
     # The built-in types, then any installed plugin's (examples/plugin's word_count after `make install`).
     assert (unknown_result.error or "").startswith(
-        "unknown step type 'teleport'; this executor runs: http, noop, notebook, python, shell, sleep, sql"
+        "unknown step type 'teleport'; this executor runs: container, http, noop, notebook, python, shell, sleep, sql"
     )
     assert bad_result.outcome == "failed"
     assert bad_result.error == "invalid step config: config.duration: expected `float`, got `str`"

@@ -24,12 +24,23 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SERVICE_COMMANDS = {"trigger", "scheduler", "executor", "signal-router"}
 LEGATO_VARS = {f"LEGATO_{name.upper()}" for name in Settings.__struct_fields__}
-# Read by the executor only (legato.executor.secret_store, connection_store, artifacts, step_env), not Settings.
+# Read by the executor only (legato.executor.secret_store, connection_store, artifacts, s3_store,
+# container_runtime, step_env), not Settings.
 LEGATO_VARS |= {
     "LEGATO_SECRETS_DIR",
     "LEGATO_CONNECTIONS_DIR",
     "LEGATO_ARTIFACTS_DIR",
+    "LEGATO_ARTIFACTS_STORE",
     "LEGATO_STEP_ENV_PASSTHROUGH",
+    "LEGATO_CONTAINER_RUNTIME",
+    "LEGATO_CONTAINER_EXTRA_ARGS",
+    "LEGATO_CONTAINER_MOUNT_ROOTS",
+}
+LEGATO_VARS |= {
+    f"LEGATO_ARTIFACTS_S3_{name}{suffix}"
+    for name in ("BUCKET", "PREFIX", "ENDPOINT", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+    for suffix in ("", "_FILE")
+    if suffix == "" or name in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
 }
 OTEL_VARS = {
     "OTEL_EXPORTER_OTLP_ENDPOINT",

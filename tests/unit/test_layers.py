@@ -21,14 +21,14 @@ SERVICES = ROOT / "services" / "legato"
 FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"sel", "telemetry", "config"}),
     frozenset({"core", "lifecycle"}),
-    frozenset({"protocol"}),
+    frozenset({"protocol", "flow"}),
     frozenset({"bus"}),
     frozenset({"security", "store"}),
     frozenset({"client", "runtime"}),
     frozenset({"devstack"}),
     frozenset({"cli"}),
 )
-CLI_MAY_IMPORT = frozenset({"client", "config", "core", "devstack", "protocol"})
+CLI_MAY_IMPORT = frozenset({"client", "config", "core", "devstack", "flow", "protocol"})
 
 
 def floor_of(lib: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -18,6 +17,7 @@ import nats.errors
 import nkeys
 from nats.aio.client import Client
 
+from legato.bus.seed_file import SeedFileError, read_seed
 from legato.telemetry import get_logger
 
 if TYPE_CHECKING:
@@ -41,18 +41,12 @@ def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext |
 def own_inbox_prefix(seed_file: str) -> str:
     """``_INBOX.<public key>``: the inbox prefix of the identity whose nkey seed is in ``seed_file``."""
     try:
-        text = Path(seed_file).read_bytes()
-    except OSError as exc:
-        raise ConnectionError(f"NATS credentials: cannot read {seed_file}: {exc.strerror}") from None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith(b"SU"):
-            try:
-                public: bytes = nkeys.from_seed(bytearray(line)).public_key
-            except Exception:
-                break
-            return f"{INBOX_ROOT}.{public.decode()}"
-    raise ConnectionError(f"NATS credentials: no valid nkey user seed in {seed_file}")
+        public: bytes = nkeys.from_seed(bytearray(read_seed(seed_file))).public_key
+    except SeedFileError as exc:
+        raise ConnectionError(f"NATS credentials: {exc}") from None
+    except Exception:
+        raise ConnectionError(f"NATS credentials: no valid nkey user seed in {seed_file}") from None
+    return f"{INBOX_ROOT}.{public.decode()}"
 
 
 def nats_auth_options(

@@ -6,8 +6,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import msgspec
+from msgspec import UnsetType
 
 from legato.cli import render
 from legato.cli.errors import CliError, read_definition, refused_credentials, unreachable
@@ -15,7 +19,9 @@ from legato.cli.params import parse_params
 from legato.cli.pause_commands import pause_text
 from legato.client import ApiError, LegatoClient
 from legato.config.settings import load_settings
+from legato.core.progress import OtherProgress
 from legato.core.statuses import InstanceStatus, StepStatus
+from legato.protocol.replies import InstanceDetail, InstanceSummary, ProgressView, QueuedRun, StepView
 
 __all__ = ["client_for", "parse_params", "print_instance"]
 
@@ -67,100 +73,102 @@ async def cmd_workflow_push(args: argparse.Namespace, c: LegatoClient) -> int:
 
 
 async def collect_pages(
-    c: LegatoClient, endpoint: str, body: dict[str, Any], *, rows: str, cursor: str, next_key: str, limit: int
-) -> dict[str, Any]:
-    """Up to ``limit`` rows of a paginated list, following the API's cursor page by page (a page holds at
-    most 1,000 rows, fewer when they are large)."""
+    fetch: Callable[[int, Any], Awaitable[Any]], *, rows: str, limit: int, next_key: str = "next"
+) -> tuple[list[Any], Any]:
+    """Up to ``limit`` rows of a paginated list and the cursor after them: ``fetch(limit, cursor)`` gets
+    one typed page (at most 1,000 rows, fewer when they are large) whose ``rows`` attribute holds them."""
     got: list[Any] = []
     after: Any = None
     while len(got) < limit:  # bounded: every page returns at least one row, or ends the list
-        res = await c.call(endpoint, {**body, "limit": min(1000, limit - len(got)), cursor: after})
-        got.extend(res[rows])
-        after = res.get(next_key)
-        if after is None or not res[rows]:
+        page = await fetch(min(1000, limit - len(got)), after)
+        items = getattr(page, rows)
+        got.extend(items)
+        after = getattr(page, next_key)
+        if after is None or not items:
             break
-    return {rows: got[:limit], next_key: after}
+    return got[:limit], after
 
 
 async def cmd_workflow_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await collect_pages(
-        c,
-        "workflow.list",
-        {"include_archived": getattr(args, "archived", False)},
+    archived = getattr(args, "archived", False)
+    workflows, after = await collect_pages(
+        lambda limit, after: c.list_workflows(limit=limit, after=after, include_archived=archived),
         rows="workflows",
-        cursor="after",
-        next_key="next",
         limit=max(1, args.limit),
     )
     if args.json:
-        render.dump_json(res)
+        render.dump_json({"workflows": workflows, "next": after})
         return 0
     render.table(
         ["workflow", "active", "version", "strategy", "running", "queued", "blocked by", "description"],
         [
             [
-                w["workflow_id"],
-                "archived" if w.get("archived_at") else "yes" if w["active"] else "no",
-                w["active_version"],
-                w["run_strategy"] + (f"({w['max_concurrency']})" if w["run_strategy"] == "parallel" else ""),
-                w["running"],
-                w["queued"],
-                w["blocked_by"] or "",
-                (w.get("description") or "").split("\n")[0],
+                w.workflow_id,
+                "archived" if w.archived_at else "yes" if w.active else "no",
+                w.active_version,
+                w.run_strategy + (f"({w.max_concurrency})" if w.run_strategy == "parallel" else ""),
+                w.running,
+                w.queued,
+                w.blocked_by or "",
+                (w.description or "").split("\n")[0],
             ]
-            for w in res["workflows"]
+            for w in workflows
         ],
     )
     return 0
 
 
 async def cmd_workflow_show(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.get", {"workflow_id": args.workflow, "version": args.version})
+    res = await c.get_workflow(args.workflow, version=args.version)
     if args.json:
         render.dump_json(res)
         return 0
     print(
-        f"workflow {res['workflow_id']}  version {res['version']} (active {res['active_version']}, "
-        f"latest {res['latest_version']})  {'active' if res['active'] else 'INACTIVE'}"
+        f"workflow {res.workflow_id}  version {res.version} (active {res.active_version}, "
+        f"latest {res.latest_version})  {'active' if res.active else 'INACTIVE'}"
     )
     print(
-        f"run strategy: {res['run_strategy']}"
-        + (f" max_concurrency={res['max_concurrency']}" if res["run_strategy"] == "parallel" else "")
-        + f" (from {res['strategy_source']})"
+        f"run strategy: {res.run_strategy}"
+        + (f" max_concurrency={res.max_concurrency}" if res.run_strategy == "parallel" else "")
+        + f" (from {res.strategy_source})"
     )
     print(
-        f"running {res['running']}, queued {res['queued']}"
-        + (f", BLOCKED by {res['blocked_by']}" if res["blocked_by"] else "")
+        f"running {res.running}, queued {res.queued}"
+        + (f", BLOCKED by {res.blocked_by}" if res.blocked_by else "")
     )
-    print("versions: " + ", ".join(f"{v['version']}" for v in res["versions"]))
-    if res.get("source"):
-        print("\n" + res["source"].rstrip())
+    print("versions: " + ", ".join(f"{v.version}" for v in res.versions))
+    if res.source:
+        print("\n" + str(res.source).rstrip())
     return 0
 
 
 async def cmd_workflow_status(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("workflow.status", {"workflow_id": args.workflow})
+    res = await c.workflow_status(args.workflow)
     if args.json:
         render.dump_json(res)
         return 0
     print(
-        f"workflow {res['workflow_id']}: {res['state'].upper()}  strategy {res['run_strategy']}"
-        + (f"({res['max_concurrency']})" if res["run_strategy"] == "parallel" else "")
+        f"workflow {res.workflow_id}: {res.state.upper()}  strategy {res.run_strategy}"
+        + (f"({res.max_concurrency})" if res.run_strategy == "parallel" else "")
     )
-    if res.get("pause"):
-        print(pause_text(res["pause"]) + f"; legato workflow resume {res['workflow_id']}")
-    if res["blocked_by"]:
+    if res.pause:
+        print(pause_text(res.pause) + f"; legato workflow resume {res.workflow_id}")
+    if res.blocked_by:
         print(
-            f"blocked by failed run {res['blocked_by']} since {render.short_time(res['blocked_since'])}: "
-            f"legato unblock {res['blocked_by']} --reason ... or legato restart {res['blocked_by']} --reason ..."
+            f"blocked by failed run {res.blocked_by} since {render.short_time(res.blocked_since)}: "
+            f"legato unblock {res.blocked_by} --reason ... or legato restart {res.blocked_by} --reason ..."
         )
-    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items())))
-    _print_runs("running", res["running_runs"])
-    _print_runs("queued", res["queued_runs"])
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(res.counts.items())))
+    _print_runs("running", res.running_runs)
+    _print_runs("queued", res.queued_runs)
     return 0
 
 
-def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
+def _trigger_kind(run: InstanceSummary) -> Any:
+    return run.trigger.get("kind") if isinstance(run.trigger, dict) else None
+
+
+def _print_runs(title: str, runs: Sequence[InstanceSummary]) -> None:
     if not runs:
         return
     print(f"\n{title}:")
@@ -168,9 +176,9 @@ def _print_runs(title: str, runs: list[dict[str, Any]]) -> None:
         ["run", "pos" if title == "queued" else "started", "trigger"],
         [
             [
-                r["instance_id"],
-                r.get("position") or render.short_time(r["started_at"]),
-                r["trigger"].get("kind"),
+                r.instance_id,
+                (r.position if isinstance(r, QueuedRun) else None) or render.short_time(r.started_at),
+                _trigger_kind(r),
             ]
             for r in runs
         ],
@@ -214,92 +222,63 @@ async def cmd_start(args: argparse.Namespace, c: LegatoClient) -> int:
         return 0
     if not args.json:
         print(f"started {res.instance_id}; waiting…", file=sys.stderr)
-    info = await c.wait(res.instance_id, timeout=args.timeout)
+    await c.wait(res.instance_id, timeout=args.timeout)
+    info = await get_all_steps(c, res.instance_id)
     if args.json:
         render.dump_json(info)
     else:
         print_instance(info)
-    return 0 if info["status"] == InstanceStatus.SUCCEEDED else 1
+    return 0 if info.status == InstanceStatus.SUCCEEDED else 1
 
 
 async def cmd_instances(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await collect_pages(
-        c,
-        "instance.list",
-        {"workflow_id": args.workflow, "status": args.status},
+    runs, after = await collect_pages(
+        lambda limit, cursor: c.list_runs(
+            workflow_id=args.workflow, status=args.status, limit=limit, cursor=cursor
+        ),
         rows="instances",
-        cursor="cursor",
         next_key="next_cursor",
         limit=max(1, args.limit),
     )
     if args.json:
-        render.dump_json(res)
+        render.dump_json({"instances": runs, "next_cursor": after})
         return 0
-    status: dict[str, Any] | None = None
+    positions: dict[str, int] = {}
     if args.workflow:
-        status = await c.call("workflow.status", {"workflow_id": args.workflow})
-        state = status["state"].upper()
-        extra = f" — blocked by {status['blocked_by']}" if status["blocked_by"] else ""
-        print(
-            f"workflow {args.workflow}: {state}{extra}; running {status['running']}, queued {status['queued']}"
-        )
-    positions = {r["instance_id"]: r["position"] for r in (status or {}).get("queued_runs", [])}
+        status = await c.workflow_status(args.workflow)
+        state = status.state.upper()
+        extra = f" — blocked by {status.blocked_by}" if status.blocked_by else ""
+        print(f"workflow {args.workflow}: {state}{extra}; running {status.running}, queued {status.queued}")
+        positions = {r.instance_id: r.position for r in status.queued_runs}
     render.table(
         ["run", "workflow", "status", "trigger", "created", "took", "why / error"],
         [
             [
-                r["instance_id"],
-                r["workflow_id"],
-                r["status"] + (f" #{positions[r['instance_id']]}" if r["instance_id"] in positions else ""),
-                r["trigger"].get("kind"),
-                render.short_time(r["created_at"]),
-                render.duration(r["started_at"], r["ended_at"]),
-                r["error"] or render.reason_text(r["reason"]),
+                r.instance_id,
+                r.workflow_id,
+                r.status + (f" #{positions[r.instance_id]}" if r.instance_id in positions else ""),
+                _trigger_kind(r),
+                render.short_time(r.created_at),
+                render.duration(r.started_at, r.ended_at),
+                r.error or render.reason_text(r.reason),
             ]
-            for r in res["instances"]
+            for r in runs
         ],
     )
     return 0
 
 
-def _step_detail(s: dict[str, Any]) -> str:
-    prog = s.get("progress") or {}
-    kind = prog.get("kind")
-    if kind == "foreach":
-        parts = [f"{prog.get('succeeded', 0)}/{prog.get('total', 0)} succeeded"]
-        for key in ("running", "failed", "ignored", "pending"):
-            if prog.get(key):
-                parts.append(f"{prog[key]} {key}")
-        head = "foreach: " + ", ".join(parts)
-        return (
-            head
-            if s["status"] in (StepStatus.RUNNING, StepStatus.SUCCEEDED)
-            else f"{head}; {s['error'] or ''}".rstrip("; ")
-        )
-    if kind == "loop":
-        return f"loop: iteration {prog.get('index', 0)} of at most {prog.get('max')}" + (
-            f"; {s['error']}" if s.get("error") else ""
-        )
-    if kind == "subworkflow":
-        return f"child run {prog.get('child')} of {prog.get('workflow')}" + (
-            f"; {s['error']}" if s.get("error") else ""
-        )
-    if s["status"] == StepStatus.SUCCEEDED:
-        return json.dumps(s["outputs"] or {}, sort_keys=True, default=str)
-    return str(s["error"] or render.reason_text(s["reason"]))
-
-
 SHOW_LOG_LINES = 10
 
 
-def print_artifacts(steps: list[dict[str, Any]]) -> None:
+def print_artifacts(steps: Sequence[StepView]) -> None:
     """The files attempts kept in the executors' artifact store (their ``artifacts`` output)."""
     rows = [
-        f"  {s['step_id']} attempt {a['attempt']}: {f.get('path')} ({f.get('bytes')} bytes) {f.get('uri')}"
+        f"  {s.step_id} attempt {a.attempt}: {f.get('path')} ({f.get('bytes')} bytes) {f.get('uri')}"
         for s in steps
-        for a in s["attempts"]
-        if isinstance(a.get("outputs"), dict) and isinstance(a["outputs"].get("artifacts"), list)
-        for f in a["outputs"]["artifacts"]
+        for a in s.attempts
+        if isinstance(a.outputs, dict) and isinstance(a.outputs.get("artifacts"), list)
+        for f in a.outputs["artifacts"]
         if isinstance(f, dict)
     ]
     if rows:
@@ -308,90 +287,103 @@ def print_artifacts(steps: list[dict[str, Any]]) -> None:
             print(row)
 
 
-def print_instance(info: dict[str, Any]) -> None:
+def _failed_items(progress: ProgressView | UnsetType | None) -> tuple[list[Any], int]:
+    """The first failed iterations of a child step and how many failed in all."""
+    if isinstance(progress, OtherProgress):
+        items = progress.raw.get("failed_items") or []
+        return list(items), int(progress.raw.get("failed_items_total") or 0)
+    if progress is None or isinstance(progress, UnsetType):
+        return [], 0
+    return progress.failed_items, progress.failed_items_total
+
+
+def print_instance(info: InstanceDetail) -> None:
     """A run's header, steps, attempts and errors as ``legato show`` prints them."""
     print(
-        f"run {info['instance_id']}  workflow {info.get('workflow_id')} v{info.get('version')}  "
-        f"status {str(info['status']).upper()}  run #{info.get('run_number', 1)}"
+        f"run {info.instance_id}  workflow {info.workflow_id} v{info.version}  "
+        f"status {str(info.status).upper()}  run #{1 if info.run_number is None else info.run_number}"
     )
-    if info.get("trace_id"):
-        print(f"trace {info['trace_id']}")
-    if info.get("trigger"):
+    if info.trace_id:
+        print(f"trace {info.trace_id}")
+    if info.trigger:
+        kind = info.trigger.get("kind") if isinstance(info.trigger, dict) else None
         print(
-            f"trigger {info['trigger'].get('kind')}  created {render.short_time(info.get('created_at'))}  "
-            f"took {render.duration(info.get('started_at'), info.get('ended_at'))}"
+            f"trigger {kind}  created {render.short_time(info.created_at)}  "
+            f"took {render.duration(info.started_at, info.ended_at)}"
         )
-    if info.get("reason"):
-        print(f"why: {render.reason_text(info['reason'])}")
-    if info.get("error"):
-        print(f"error: {info['error']}")
-    if info.get("params"):
-        print("params: " + json.dumps(info["params"], sort_keys=True, default=str))
-    steps = info.get("steps") or []
-    if info.get("step_counts"):
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(info["step_counts"].items()))
-        print(f"steps: {info.get('steps_total', len(steps))} ({counts})")
+    if info.reason:
+        print(f"why: {render.reason_text(info.reason)}")
+    if info.error:
+        print(f"error: {info.error}")
+    if info.params:
+        print("params: " + json.dumps(info.params, sort_keys=True, default=str))
+    steps = info.steps
+    if info.step_counts:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(info.step_counts.items()))
+        total = info.steps_total if isinstance(info.steps_total, int) else len(steps)
+        print(f"steps: {total} ({counts})")
     if steps:
         print()
         render.table(
             ["step", "status", "attempts", "took", "outputs / error"],
             [
                 [
-                    s["step_id"],
-                    s["status"] + (" (ignored)" if s.get("failure_ignored") else ""),
-                    len(s["attempts"]),
-                    render.duration(s["started_at"], s["ended_at"]),
-                    s["error"] or render.reason_text(s["reason"])
-                    if s["status"] != StepStatus.SUCCEEDED
-                    else json.dumps(s["outputs"] or {}, sort_keys=True, default=str),
+                    s.step_id,
+                    s.status + (" (ignored)" if s.failure_ignored else ""),
+                    len(s.attempts),
+                    render.duration(s.started_at, s.ended_at),
+                    s.error or render.reason_text(s.reason)
+                    if s.status != StepStatus.SUCCEEDED
+                    else json.dumps(s.outputs or {}, sort_keys=True, default=str),
                 ]
                 for s in steps
             ],
         )
         for s in steps:
-            prog = s.get("progress") or {}
-            if prog.get("failed_items"):
-                more = prog.get("failed_items_total", 0) - len(prog["failed_items"])
+            failed, total_failed = _failed_items(s.progress)
+            if failed:
+                more = total_failed - len(failed)
                 print(
-                    f"  {s['step_id']}: failed iterations {prog['failed_items']}"
-                    + (f" and {more} more" if more > 0 else "")
+                    f"  {s.step_id}: failed iterations {failed}" + (f" and {more} more" if more > 0 else "")
                 )
         print_artifacts(steps)
         shown = False
         for s in steps:
-            for a in s["attempts"]:
-                if not (a.get("error") or a.get("log_tail")):
+            for a in s.attempts:
+                if not (a.error or a.log_tail):
                     continue
                 if not shown:
                     print(
                         f"\nattempts (last {SHOW_LOG_LINES} lines of output; all of it: legato logs RUN [STEP]):"
                     )
                     shown = True
-                error = f": {a['error']}" if a.get("error") else ""
-                print(f"  {s['step_id']} attempt {a['attempt']} {a['status']}{error}")
-                for line in (a.get("log_tail") or "").rstrip("\n").splitlines()[-SHOW_LOG_LINES:]:
+                error = f": {a.error}" if a.error else ""
+                print(f"  {s.step_id} attempt {a.attempt} {a.status}{error}")
+                for line in (a.log_tail or "").rstrip("\n").splitlines()[-SHOW_LOG_LINES:]:
                     print(f"    | {line}")
-    timeline = info.get("timeline") or []
-    if timeline:
+    if info.timeline:
         print("\ntimeline:")
-        for t in timeline:
-            who = f" [{t['actor']}]" if t.get("actor") else ""
-            print(f"  {render.short_time(t['at'])}  {t['message'] or t['event']}{who}")
+        for t in info.timeline:
+            who = f" [{t.actor}]" if t.actor else ""
+            print(f"  {render.short_time(t.at)}  {t.message or t.event}{who}")
 
 
-async def get_all_steps(c: LegatoClient, instance_id: str) -> dict[str, Any]:
-    """A run with every step: the API pages step details (``steps_next``); follow the pages."""
-    info = await c.get(instance_id)
+async def get_all_steps(c: LegatoClient, instance_id: str) -> InstanceDetail:
+    """A run with every step (the API pages step details: ``steps_next``; this follows the pages)."""
+    run = await c.get_run(instance_id)
+    steps = list(run.steps)
+    offset = run.steps_next
     for _ in range(100_000):  # bounded: each page holds at least one step
-        offset = info.get("steps_next")
-        if offset is None:
+        if not isinstance(offset, int):
             break
-        more = await c.get(instance_id, timeline_limit=0, steps_offset=offset)
-        if not more.get("steps"):
+        more = await c.get_run(instance_id, timeline_limit=0, steps_offset=offset)
+        if not more.steps:
             break
-        info["steps"].extend(more["steps"])
-        info["steps_next"] = more.get("steps_next")
-    return info
+        steps.extend(more.steps)
+        offset = more.steps_next
+    if isinstance(run.steps_next, UnsetType):
+        return msgspec.structs.replace(run, steps=steps)
+    return msgspec.structs.replace(run, steps=steps, steps_next=offset if isinstance(offset, int) else None)
 
 
 async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
@@ -399,7 +391,7 @@ async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
     if getattr(args, "trace", False):
         from legato.cli.trace_view import build_trace_tree, render_trace_tree
 
-        tree = build_trace_tree(info)
+        tree = build_trace_tree(render.plain(info))
         if args.json:
             render.dump_json(tree)
         else:
@@ -415,16 +407,22 @@ async def cmd_show(args: argparse.Namespace, c: LegatoClient) -> int:
 async def cmd_logs(args: argparse.Namespace, c: LegatoClient) -> int:
     """Everything stored of each attempt's output: the executor keeps the last 8 KB of stdout and
     stderr interleaved (older output is not stored anywhere)."""
-    info = await c.get(args.instance)
-    steps = [s for s in info.get("steps") or [] if args.step in (None, s["step_id"])]
+    info = await c.get_run(args.instance)
+    steps = [s for s in info.steps if args.step in (None, s.step_id)]
     if args.step is not None and not steps:
-        known = ", ".join(s["step_id"] for s in info.get("steps") or []) or "none yet"
+        known = ", ".join(s.step_id for s in info.steps) or "none yet"
         raise CliError(f"run {args.instance} has no step {args.step!r} (steps: {known})")
-    attempts = [(s["step_id"], a) for s in steps for a in s["attempts"]]
+    attempts = [(s.step_id, a) for s in steps for a in s.attempts]
     if args.json:
         render.dump_json(
             [
-                {"step_id": step, **{k: a.get(k) for k in ("attempt", "status", "error", "log_tail")}}
+                {
+                    "step_id": step,
+                    "attempt": a.attempt,
+                    "status": a.status,
+                    "error": a.error,
+                    "log_tail": a.log_tail,
+                }
                 for step, a in attempts
             ]
         )
@@ -432,8 +430,8 @@ async def cmd_logs(args: argparse.Namespace, c: LegatoClient) -> int:
     if not attempts:
         print(f"run {args.instance}: no attempt has run yet")
     for step, a in attempts:
-        print(f"==> {step} attempt {a['attempt']} ({a['status']}) <==")
-        text = a.get("log_tail")
+        print(f"==> {step} attempt {a.attempt} ({a.status}) <==")
+        text = a.log_tail
         if text is None:
             print("(no output)")
         else:
@@ -468,14 +466,14 @@ def print_api_error(exc: ApiError) -> None:
 
 async def cmd_tag_set(args: argparse.Namespace, c: LegatoClient) -> int:
     limit: int | None = args.limit
-    res = await c.call("tag.set", {"tag": args.tag, "limit": limit})
+    res = await c.set_tag(args.tag, limit)
     if args.json:
         render.dump_json(res)
     elif limit is None:
         print(f"tag {args.tag}: no limit")
     else:
         print(
-            f"tag {args.tag}: at most {res['limit']} steps at once ({res['in_use']} running, {res['waiting']} waiting)"
+            f"tag {args.tag}: at most {res.limit} steps at once ({res.in_use} running, {res.waiting} waiting)"
         )
     return 0
 
@@ -494,7 +492,7 @@ def tag_limit(text: str) -> int | None:
 
 
 async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.call("tag.list", {})
+    res = await c.list_tags()
     if args.json:
         render.dump_json(res)
         return 0
@@ -502,13 +500,13 @@ async def cmd_tag_list(args: argparse.Namespace, c: LegatoClient) -> int:
         ["tag", "limit", "in use", "waiting", "held by"],
         [
             [
-                t["tag"],
-                t["limit"],
-                t["in_use"],
-                t["waiting"],
-                ", ".join(f"{h['instance_id']}/{h['step_id']}" for h in t["held_by"][:3]),
+                t.tag,
+                t.limit,
+                t.in_use,
+                t.waiting,
+                ", ".join(f"{h.instance_id}/{h.step_id}" for h in (t.held_by or [])[:3]),
             ]
-            for t in res["tags"]
+            for t in res.tags
         ],
     )
     return 0

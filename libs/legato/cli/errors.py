@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 from legato.config.settings import dev_state_file, read_dev_state
+from legato.core.errors import DefinitionError
+from legato.flow.loading import WorkflowNotFound, is_reference, load_workflow
 
 
 class CliError(Exception):
@@ -59,7 +61,15 @@ def _alive(pid: int) -> bool:
 
 
 def read_definition(path: Path) -> str:
-    """A definition file's text, or a CliError saying why it cannot be read (missing, not UTF-8)."""
+    """A definition file's text, or a CliError saying why it cannot be read (missing, not UTF-8).
+
+    A name that is no file but reads ``module:attr`` (``pkg.flows:daily``, ``flows/daily.py:flow``)
+    names a :class:`legato.flow.Workflow`: its YAML is the definition (validated as a file's would be).
+    """
+    if not path.exists() and is_reference(str(path)):
+        return workflow_text(str(path))
+    if path.suffix == ".py":
+        raise CliError(f"{path}: a Python file: name the Workflow in it, as {path}:flow (module:attr)")
     try:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -69,3 +79,13 @@ def read_definition(path: Path) -> str:
             f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
             "save the definition as UTF-8"
         ) from None
+
+
+def workflow_text(reference: str) -> str:
+    """The YAML of the Workflow object ``module:attr`` names, or a CliError saying what is missing."""
+    try:
+        return load_workflow(reference).source_yaml()
+    except WorkflowNotFound as exc:
+        raise CliError(str(exc)) from None
+    except DefinitionError as exc:  # a value YAML cannot hold (a set, an object), named by its path
+        raise CliError(f"{reference}: " + "; ".join(str(issue) for issue in exc.errors)) from None

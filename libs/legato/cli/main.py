@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "store definitions (a new version when changed) and activate them",
         wsub,
     )
-    sp.add_argument("files", nargs="+")
+    sp.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="definition files (YAML/JSON), or module:attr / path/to/file.py:attr naming a legato.flow.Workflow",
+    )
     sp.add_argument("--no-activate", action="store_true")
     sp = api("list", commands.cmd_workflow_list, "list workflows", wsub)
     sp.add_argument("--limit", type=int, default=200)
@@ -97,11 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_workflow_removal_commands(wsub, api)
     add_pause_commands(wsub, api)
     sp = wsub.add_parser("validate", help="validate a definition file (no server needed)")
-    sp.add_argument("files", nargs="+")
+    sp.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="definition files (YAML/JSON), or module:attr / path/to/file.py:attr naming a legato.flow.Workflow",
+    )
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(local="validate")
     sp = wsub.add_parser("plan", help="dry run: the evaluated step graph for given params (no server needed)")
-    sp.add_argument("file")
+    sp.add_argument(
+        "file", metavar="FILE", help="a definition file, or module:attr naming a legato.flow.Workflow"
+    )
     sp.add_argument("--param", "-p", action="append", metavar="K=V")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(local="plan")

@@ -8,6 +8,7 @@ from typing import Any
 
 from legato.cli import render
 from legato.client import LegatoClient
+from legato.protocol.replies import PauseInfo
 
 ApiParser = Callable[..., argparse.ArgumentParser]
 
@@ -26,30 +27,30 @@ def add_pause_commands(wsub: Any, api: ApiParser) -> None:
 
 async def cmd_workflow_pause(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato workflow pause``: no new runs start until resumed; the reason is recorded."""
-    res = await c.call("workflow.pause", {"workflow_id": args.workflow, "reason": args.reason})
+    res = await c.pause_workflow(args.workflow, reason=args.reason)
     if args.json:
         render.dump_json(res)
-    elif res["changed"]:
+    elif res.changed:
         print(f"workflow {args.workflow} paused: {args.reason}")
     else:
-        print(f"workflow {args.workflow} was already paused ({pause_text(res['pause'])})")
+        print(f"workflow {args.workflow} was already paused ({pause_text(res.pause)})")
     return 0
 
 
 async def cmd_workflow_resume(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato workflow resume``: runs start again; held cron fires follow their catch-up policy."""
-    res = await c.call("workflow.resume", {"workflow_id": args.workflow, "reason": args.reason})
+    res = await c.resume_workflow(args.workflow, reason=args.reason)
     if args.json:
         render.dump_json(res)
     else:
-        print(f"workflow {args.workflow} " + ("resumed" if res["changed"] else "was not paused"))
+        print(f"workflow {args.workflow} " + ("resumed" if res.changed else "was not paused"))
     return 0
 
 
-def pause_text(pause: dict[str, Any] | None) -> str:
+def pause_text(pause: PauseInfo | None) -> str:
     """A workflow's pause as one phrase (who, since when, why); empty when it is not paused."""
     if not pause:
         return ""
-    by = f" by {pause['by']}" if pause.get("by") else ""
-    why = f": {pause['reason']}" if pause.get("reason") else ""
-    return f"paused{by} since {render.short_time(pause.get('since'))}{why}"
+    by = f" by {pause.by}" if pause.by else ""
+    why = f": {pause.reason}" if pause.reason else ""
+    return f"paused{by} since {render.short_time(pause.since)}{why}"

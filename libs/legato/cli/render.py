@@ -6,13 +6,15 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, get_args
 
 import msgspec
 
-from legato.core.reasons import code_of, decode_reason, encode_reason, message_of
+from legato.core.reasons import KnownReason, OtherReason, code_of, decode_reason, encode_reason, message_of
+from legato.protocol.replies import reply_enc_hook
 
 COLUMN_MAX = 80
+_TYPED_REASONS = (*get_args(KnownReason), OtherReason)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
@@ -40,11 +42,21 @@ def _clip(v: str, width: int) -> str:
     return v if len(v) <= width else v[: width - 1] + "…"
 
 
-def dump_json(value: Any, out: TextIO | None = None) -> None:
-    """Print ``value`` as indented, key-sorted JSON (``--json`` output)."""
+def plain(value: Any) -> Any:
+    """``value`` with every typed reply in it as the JSON values it came as (lists and dicts walked)."""
     if isinstance(value, msgspec.Struct):
-        value = msgspec.to_builtins(value)  # a typed reply prints as the JSON it came as
-    print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
+        return msgspec.to_builtins(value, enc_hook=reply_enc_hook)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def dump_json(value: Any, out: TextIO | None = None) -> None:
+    """Print ``value`` as indented, key-sorted JSON (``--json`` output); typed replies print as the JSON
+    they came as."""
+    print(json.dumps(plain(value), indent=2, sort_keys=True, default=str), file=out or sys.stdout)
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -80,7 +92,7 @@ def short_time(value: str | None) -> str:
 def reason_text(reason: object) -> str:
     """Why a run or step waits, was skipped or stopped, in words (a reason's message, or its code and
     fields), from a reason as a reply carries it (decoded here once, whatever version wrote it)."""
-    decoded = decode_reason(reason) if reason else None
+    decoded = reason if isinstance(reason, _TYPED_REASONS) else decode_reason(reason) if reason else None
     if decoded is None:
         return ""
     message = message_of(decoded)

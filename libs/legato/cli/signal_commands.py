@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+from msgspec import UnsetType
 
 from legato.cli import render
 from legato.cli.commands import collect_pages, parse_params
 from legato.client import LegatoClient
+from legato.protocol.replies import LineageRun, LineageSignal, WaitingStep
 
 ApiParser = Callable[..., argparse.ArgumentParser]
+T = TypeVar("T")
 
 
 def add_signal_commands(sub: Any, api: ApiParser) -> None:
@@ -53,30 +57,28 @@ async def cmd_signal_send(args: argparse.Namespace, c: LegatoClient) -> int:
 
 async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato signal list``: stored (or ``--rejected``) signals, newest first."""
-    res = await collect_pages(
-        c,
-        "signal.list",
-        {"name": args.name, "rejected": args.rejected},
+    signals, after = await collect_pages(
+        lambda limit, before: c.list_signals(
+            name=args.name, rejected=args.rejected, limit=limit, before=before
+        ),
         rows="signals",
-        cursor="before",
-        next_key="next",
         limit=max(1, args.limit),
     )
     if args.json:
-        render.dump_json(res)
+        render.dump_json({"signals": signals, "next": after})
         return 0
     render.table(
         ["name", "id", "published", "publisher", "status", "params / error"],
         [
             [
-                s["name"],
-                s["id"],
-                render.short_time(s["published_at"]),
-                s["publisher"] or "",
-                "REJECTED" if s["rejected"] else "ok",
-                s["error"] if s["rejected"] else render.compact_json(s["params"]),
+                s.name,
+                s.id,
+                render.short_time(s.published_at),
+                s.publisher or "",
+                "REJECTED" if s.rejected else "ok",
+                s.error if s.rejected else render.compact_json(s.params),
             ]
-            for s in res["signals"]
+            for s in signals
         ],
     )
     return 0
@@ -84,37 +86,37 @@ async def cmd_signal_list(args: argparse.Namespace, c: LegatoClient) -> int:
 
 async def cmd_signal_pending(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato signal pending``: joins and step waits still missing signals."""
-    res = await c.call("signal.pending", {"workflow_id": args.workflow, "limit": args.limit})
+    res = await c.pending_signals(workflow_id=args.workflow, limit=args.limit)
     if args.json:
         render.dump_json(res)
         return 0
-    if not res["triggers"] and not res["steps"]:
+    if not res.triggers and not res.steps:
         print("nothing waits for signals")
-    for t in res["triggers"]:
-        state = "" if t["active"] else " (inactive)"
+    for t in res.triggers:
+        state = "" if t.active else " (inactive)"
         print(
-            f"{t['workflow_id']} / {t['trigger_id']}{state}: signals {', '.join(t['signals'])} joined on "
-            f"{', '.join(t['join']) or '-'}; {t['total']} tuple(s) waiting"
+            f"{t.workflow_id} / {t.trigger_id}{state}: signals {', '.join(t.signals)} joined on "
+            f"{', '.join(t.join) or '-'}; {t.total} tuple(s) waiting"
         )
-        if not t["tuples"]:
+        if not t.tuples:
             continue
         render.table(
             ["tuple", "arrived", "missing", "expires"],
             [
                 [
-                    render.compact_json(x["join_values"]),
-                    ", ".join(f"{a['leg']}={a['id']}" for a in x["arrived"]),
-                    ", ".join(x["missing"]),
-                    ("EXPIRED " if x["expired"] else "") + render.short_time(x["expires_at"]),
+                    render.compact_json(x.join_values),
+                    ", ".join(f"{a.leg}={a.id}" for a in x.arrived),
+                    ", ".join(x.missing),
+                    ("EXPIRED " if x.expired else "") + render.short_time(x.expires_at),
                 ]
-                for x in t["tuples"]
+                for x in t.tuples
             ],
         )
-    _print_waiting_steps(res["steps"])
+    _print_waiting_steps(res.steps)
     return 0
 
 
-def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
+def _print_waiting_steps(steps: list[WaitingStep]) -> None:
     if not steps:
         return
     print("steps waiting for signals:")
@@ -122,12 +124,14 @@ def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
         ["run", "workflow", "step", "signal", "match", "since"],
         [
             [
-                w["instance_id"],
-                w["workflow_id"],
-                w["step_id"],
-                w["signal"],
-                ", ".join(f"{k} {p['op']} {render.compact_json(p['value'])}" for k, p in w["match"].items()),
-                render.short_time(w["since"]),
+                w.instance_id,
+                w.workflow_id,
+                w.step_id,
+                w.signal,
+                ", ".join(
+                    f"{k} {p['op']} {render.compact_json(p['value'])}" for k, p in (w.match or {}).items()
+                ),
+                render.short_time(w.since),
             ]
             for w in steps
         ],
@@ -137,53 +141,57 @@ def _print_waiting_steps(steps: list[dict[str, Any]]) -> None:
 async def cmd_signal_lineage(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato signal lineage``: which signals started a run and which runs a signal started."""
     if args.run:
-        body: dict[str, Any] = {"instance_id": args.run, "depth": args.depth}
+        res = await c.lineage(instance_id=args.run, depth=args.depth)
     elif args.name and args.id:
-        body = {"name": args.name, "id": args.id, "depth": args.depth}
+        res = await c.lineage(name=args.name, signal_id=args.id, depth=args.depth)
     else:
         raise SystemExit("legato signal lineage: give NAME ID, or --run RUN")
-    res = await c.call("signal.lineage", body)
     if args.json:
         render.dump_json(res)
         return 0
-    if "run" in res:
-        print_run(res["run"], 0)
-    else:
-        print_signal(res["signal"], 0)
+    if isinstance(res.run, LineageRun):
+        print_run(res.run, 0)
+    elif isinstance(res.signal, LineageSignal):
+        print_signal(res.signal, 0)
     return 0
 
 
-def print_signal(node: dict[str, Any], indent: int) -> None:
+def _set(value: T | UnsetType) -> T | None:
+    """A field the reply may leave out: None when it did."""
+    return None if isinstance(value, UnsetType) else value
+
+
+def print_signal(node: LineageSignal, indent: int) -> None:
     """One signal of a lineage tree, with the run that published it, indented."""
     pad = "  " * indent
-    who = f" from {node['publisher']}" if node.get("publisher") else ""
-    print(f"{pad}signal {node['name']} {node['id']}{who} {render.compact_json(node.get('params'))}")
-    up = node.get("published_by")
+    who = f" from {node.publisher}" if _set(node.publisher) else ""
+    print(f"{pad}signal {node.name} {node.id}{who} {render.compact_json(_set(node.params))}")
+    up = _set(node.published_by)
     if up:
-        print(f"{pad}  published by run {up['instance_id']} ({up['workflow_id']}, {up['status']})")
-        for s in up.get("started_by", []):
+        print(f"{pad}  published by run {up.instance_id} ({_set(up.workflow_id)}, {_set(up.status)})")
+        for s in _set(up.started_by) or []:
             print_signal(s, indent + 2)
-    for run in node.get("triggered", []):
-        print(f"{pad}  -> started run {run['instance_id']} of {run['workflow_id']} ({run.get('status')})")
-        for s in run.get("published", []):
+    for run in _set(node.triggered) or []:
+        print(f"{pad}  -> started run {run.instance_id} of {_set(run.workflow_id)} ({_set(run.status)})")
+        for s in _set(run.published) or []:
             print_signal(s, indent + 2)
-    for run in node.get("unblocked", []):
-        print(f"{pad}  -> unblocked step {run['step_id']} of run {run['instance_id']} ({run.get('status')})")
-        for s in run.get("published", []):
+    for run in _set(node.unblocked) or []:
+        print(f"{pad}  -> unblocked step {_set(run.step_id)} of run {run.instance_id} ({_set(run.status)})")
+        for s in _set(run.published) or []:
             print_signal(s, indent + 2)
 
 
-def print_run(run: dict[str, Any], indent: int) -> None:
+def print_run(run: LineageRun, indent: int) -> None:
     """One run of a lineage tree, with the signals that started it, indented."""
     pad = "  " * indent
-    print(f"{pad}run {run['instance_id']} of {run['workflow_id']} ({run['status']})")
-    for s in run.get("started_by", []):
+    print(f"{pad}run {run.instance_id} of {_set(run.workflow_id)} ({_set(run.status)})")
+    for s in _set(run.started_by) or []:
         print(f"{pad}  started by:")
         print_signal(s, indent + 2)
-    for s in run.get("unblocked_by", []):
-        print(f"{pad}  step {s['step_id']} unblocked by:")
+    for s in _set(run.unblocked_by) or []:
+        print(f"{pad}  step {_set(s.step_id)} unblocked by:")
         print_signal(s, indent + 2)
-    for s in run.get("published", []):
+    for s in _set(run.published) or []:
         print(f"{pad}  published:")
         print_signal(s, indent + 2)
 
@@ -199,9 +207,9 @@ async def cmd_signal_schema(args: argparse.Namespace, c: LegatoClient) -> int:
                 raise SystemExit(f"legato: --field expects NAME=TYPE, got {pair!r}")
             fields[key] = kind
         schema = {"required": [n for n in args.required.split(",") if n], "fields": fields}
-    res = await c.call("signal.set_schema", {"name": args.name, "schema": schema})
+    res = await c.set_signal_schema(args.name, schema)
     if args.json:
         render.dump_json(res)
     else:
-        print(f"signal {res['name']}: " + ("schema removed" if res["schema"] is None else "schema set"))
+        print(f"signal {res.name}: " + ("schema removed" if res.schema is None else "schema set"))
     return 0

@@ -35,11 +35,10 @@ def add_workflow_removal_commands(wsub: Any, api: ApiParser) -> None:
 
 async def cmd_workflow_remove(args: argparse.Namespace, c: LegatoClient) -> int:
     """``legato workflow archive|delete``: remove a workflow (``--force`` stops its runs first)."""
-    res = await c.call(
-        f"workflow.{args.removal}", {"workflow_id": args.workflow, "reason": args.reason, "force": args.force}
-    )
+    remove = c.archive_workflow if args.removal == "archive" else c.delete_workflow
+    res = await remove(args.workflow, reason=args.reason, force=args.force)
     if args.json:
         render.dump_json(res)
     else:
-        print(f"workflow {args.workflow} {res['result']}")
+        print(f"workflow {args.workflow} {res.result}")
     return 0

@@ -55,11 +55,21 @@ ACTION_APPLIES_TO: Mapping[str, tuple[str, ...]] = {
 }
 
 
+# Further run statuses an action applies to only when the request names a step: a succeeded run can be
+# restarted from a given step.
+ACTION_APPLIES_TO_WITH_STEP: Mapping[str, tuple[str, ...]] = {"restart": ("succeeded",)}
+
+
+def step_only_statuses(action: str) -> tuple[str, ...]:
+    """The run statuses ``action`` applies to only when the request names a step (restart: succeeded)."""
+    return ACTION_APPLIES_TO_WITH_STEP.get(action, ())
+
+
 def action_statuses(action: str, *, step_given: bool = False) -> tuple[str, ...]:
     """The run statuses ``action`` applies to; a succeeded run can be restarted from a given step."""
     statuses = ACTION_APPLIES_TO[action]
-    if action == "restart" and step_given:
-        return (*statuses, "succeeded")
+    if step_given:
+        return (*statuses, *step_only_statuses(action))
     return statuses
 
 

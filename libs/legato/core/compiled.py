@@ -39,6 +39,7 @@ from legato.core.expressions import (
 )
 from legato.core.graph import StepGraph, build_graph
 from legato.core.model import (
+    ContainerStep,
     CronTrigger,
     ForeachStep,
     HttpStep,
@@ -137,7 +138,8 @@ class ResolvedStep(msgspec.Struct, frozen=True, kw_only=True):
 
     ``config`` by type: sleep ``{duration}`` (seconds); shell ``{command, env}``; python
     ``{function}``; http ``{url, method, headers, body, success_status}``; sql ``{connection,
-    statements: [{sql, args}], transaction, result, max_rows}``; notebook ``{notebook, kernel}``; a plugin's step its own fields; subworkflow ``{workflow,
+    statements: [{sql, args}], transaction, result, max_rows}``; notebook ``{notebook, kernel}``;
+    container ``{image, command, env, mounts, pull, workdir, artifacts}``; a plugin's step its own fields; subworkflow ``{workflow,
     version, params, apply_run_strategy}``; foreach ``{as, concurrency, on_failure}``; loop
     ``{max_iterations}``; noop ``{}``. Values are typed (dates stay dates): use ``to_json_value``.
     """
@@ -624,6 +626,12 @@ def _finish_config(cs: _CompiledStep, values: dict[str, Any]) -> dict[str, Any]:
             k: secret_ref(name) if (name := secret_name_of(v)) is not None else _text(v)
             for k, v in values["env"].items()
         }
+    elif isinstance(step, ContainerStep):
+        values["command"] = [_text(arg) for arg in values["command"]]
+        values["env"] = {
+            k: secret_ref(name) if (name := secret_name_of(v)) is not None else _text(v)
+            for k, v in values["env"].items()
+        }
     elif isinstance(step, HttpStep):
         values["url"] = _text(values["url"])
         values["headers"] = {k: _text(v) for k, v in values["headers"].items()}
@@ -964,6 +972,23 @@ class _Builder:
             }
         if isinstance(step, NotebookStep):
             return {"notebook": ConstNode(step.notebook), "kernel": ConstNode(step.kernel)}
+        if isinstance(step, ContainerStep):
+            # The image, mounts and pull policy are constant: a param cannot choose what runs or what
+            # of the executor's disk a container sees; the command and env are templates.
+            container: dict[str, ValueNode] = {
+                "image": ConstNode(step.image),
+                "command": ListNode(
+                    [self.value(a, at(at(path, "command"), i), scope) for i, a in enumerate(step.command)]
+                ),
+                "env": self.value_map(step.env, at(path, "env"), scope),
+                "mounts": ConstNode([msgspec.to_builtins(mount) for mount in step.mounts]),
+                "pull": ConstNode(step.pull),
+            }
+            if step.workdir is not None:
+                container["workdir"] = ConstNode(step.workdir)
+            if step.artifacts:
+                container["artifacts"] = ConstNode(list(step.artifacts))
+            return container
         if isinstance(step, PluginStep):
             return {k: self.value(v, at(path, k), scope) for k, v in step.config.items()}
         if isinstance(step, SubworkflowStep):

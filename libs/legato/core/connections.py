@@ -9,18 +9,18 @@ secrets are read (:mod:`legato.core.secrets`).
 
 from __future__ import annotations
 
-import re
 from urllib.parse import unquote, urlsplit
 
-from legato.core.secrets import SECRET_NAME
+from legato.core.secrets import SECRET_NAME, env_name_for
 
 CONNECTIONS_DIR_VAR = "LEGATO_CONNECTIONS_DIR"
+CONNECTION_ENV_PREFIX = "LEGATO_CONNECTION_"
 CONNECTION_NAME = SECRET_NAME
 
 
 def connection_env_name(name: str) -> str:
     """``LEGATO_CONNECTION_<NAME>``: upper-cased, characters an env name cannot hold become ``_``."""
-    return "LEGATO_CONNECTION_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
+    return env_name_for(CONNECTION_ENV_PREFIX, name)
 
 
 def check_connection_name(name: str) -> str | None:

@@ -55,6 +55,7 @@ STEP_TYPES: tuple[str, ...] = (
     "http",
     "sql",
     "notebook",
+    "container",
     "subworkflow",
     "foreach",
     "loop",
@@ -64,6 +65,7 @@ DYNAMIC_STEP_TYPES: frozenset[str] = frozenset({"subworkflow", "foreach", "loop"
 """Steps the scheduler runs itself; every other type (built-in leaf or plugin) goes to an executor."""
 LEAF_STEP_TYPES: frozenset[str] = frozenset(STEP_TYPES) - DYNAMIC_STEP_TYPES
 SqlResult = Literal["none", "first", "rows"]
+PullPolicy = Literal["missing", "never", "always"]
 
 
 class RunStrategy(msgspec.Struct, frozen=True, kw_only=True):
@@ -309,6 +311,32 @@ class NotebookStep(StepBase, frozen=True, kw_only=True, tag="notebook"):
     kernel: str = "python3"
 
 
+class ContainerMount(msgspec.Struct, frozen=True, kw_only=True):
+    """A host directory or file bind-mounted into a container step (read-only unless told otherwise)."""
+
+    source: str
+    """An absolute path on the executor; it must lie under one of the executor's allowed mount roots."""
+    target: str
+    """An absolute path in the container."""
+    read_only: bool = True
+
+
+class ContainerStep(StepBase, frozen=True, kw_only=True, tag="container"):
+    """Runs an image with a command through the executor's container runtime (podman or docker)."""
+
+    type: ClassVar[str] = "container"
+    image: str
+    command: list[str] = []
+    """The container's command and its arguments (templates), passed as an argument list, no shell."""
+    env: dict[str, str] = {}
+    """Environment variables of the container (templates; secrets stay references until the executor)."""
+    mounts: list[ContainerMount] = []
+    workdir: str | None = None
+    pull: PullPolicy = "missing"
+    artifacts: list[str] = []
+    """Files the container writes under ``/legato/work`` (the step's folder), kept in the artifact store."""
+
+
 class PluginStep(StepBase, frozen=True, kw_only=True, tag="plugin"):
     """A step of a type an installed plugin provides; ``config`` was checked against its schema at push."""
 
@@ -370,6 +398,7 @@ Step = (
     | HttpStep
     | SqlStep
     | NotebookStep
+    | ContainerStep
     | PluginStep
     | SubworkflowStep
     | ForeachStep

@@ -13,6 +13,8 @@ from typing import Any, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from legato.core.tagged import decode_tagged
+
 
 class _Progress(msgspec.Struct, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
     """Base of the known progress records: tagged by ``kind``, strict on decode."""
@@ -53,11 +55,23 @@ class SubworkflowProgress(_Progress, kw_only=True, tag="subworkflow"):
     child: str
 
 
-class OtherProgress(msgspec.Struct):
-    """A stored progress record this version does not know: kept as it was."""
+class OtherProgress:
+    """A stored progress record this version does not know: kept as it was (a plain class, not a
+    Struct, for the same reason as ``legato.core.reasons.OtherReason``)."""
 
-    kind: str | None
-    raw: dict[str, Any]
+    __slots__ = ("kind", "raw")
+
+    def __init__(self, kind: str | None, raw: dict[str, Any]) -> None:
+        self.kind = kind
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OtherProgress) and (self.kind, self.raw) == (other.kind, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"OtherProgress(kind={self.kind!r}, raw={self.raw!r})"
 
 
 KnownProgress: TypeAlias = ForeachProgress | LoopProgress | SubworkflowProgress
@@ -88,9 +102,5 @@ def decode_progress(value: object) -> Progress | None:
         return None
     if not isinstance(value, dict):
         return OtherProgress(None, {"value": value})
-    try:
-        known: KnownProgress = msgspec.convert(value, KnownProgress)
-    except msgspec.ValidationError:
-        kind = value.get("kind")
-        return OtherProgress(kind if isinstance(kind, str) else None, dict(value))
-    return known
+    decoded: Progress = decode_tagged(value, KnownProgress, OtherProgress)
+    return decoded

@@ -24,6 +24,8 @@ from legato.core.model import (
     SCHEMA_VERSION,
     STEP_TYPES,
     Backoff,
+    ContainerMount,
+    ContainerStep,
     CronTrigger,
     ForeachSpec,
     ForeachStep,
@@ -66,6 +68,10 @@ SIGNAL_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 FUNCTION_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
+IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}")
+"""An image reference (``registry/name:tag`` or ``name@sha256:...``); never an option (no leading ``-``)."""
+CONTAINER_PATH = re.compile(r"/[^\0\n,]{0,4095}")
+"""An absolute path without the characters that separate ``--mount`` options."""
 ARTIFACT_PATH = re.compile(r"(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\0]{1,255}")
 """A relative path or glob that does not climb out of the step's folder."""
 MAX_SQL_ROWS = 10_000
@@ -732,6 +738,7 @@ class Reader:
         "http": ("url", "method", "headers", "body", "success_status"),
         "sql": ("connection", "sql", "args", "statements", "transaction", "result", "max_rows"),
         "notebook": ("notebook", "kernel"),
+        "container": ("image", "command", "env", "mounts", "workdir", "pull", "artifacts"),
         "subworkflow": ("subworkflow",),
         "foreach": ("foreach",),
         "loop": ("loop",),
@@ -808,6 +815,7 @@ class Reader:
             "http": ("url",),
             "sql": ("connection",),
             "notebook": ("notebook",),
+            "container": ("image",),
             "subworkflow": ("subworkflow",),
             "foreach": ("foreach",),
             "loop": ("loop",),
@@ -974,6 +982,62 @@ class Reader:
             self.issue(at(path, "notebook"), f"must be a .ipynb file, got {shown(notebook)}")
         kernel = self.string(m, "kernel", path, "python3", pattern=NAME, rule="a kernel name")
         return NotebookStep(**common, notebook=notebook, kernel=kernel)
+
+    def step_container(self, m: dict[str, Any], path: str, common: dict[str, Any], depth: int) -> Step:
+        image = self.string(m, "image", path, "", pattern=IMAGE_REF, rule="an image reference (name[:tag])")
+        command = m.get("command", [])
+        if isinstance(command, str):
+            self.issue(at(path, "command"), "must be a list of strings (the argument list; no shell is run)")
+            command = []
+        elif not isinstance(command, list):
+            self.issue(at(path, "command"), f"must be a list of strings, got {kind_of(command)}")
+            command = []
+        args: list[str] = []
+        for i, item in enumerate(command):
+            value = self.jsonable(item, at(at(path, "command"), i))
+            if isinstance(value, (dict, list)) or value is None:
+                self.issue(at(at(path, "command"), i), f"must be a string, got {kind_of(item)}")
+            else:
+                args.append(value if isinstance(value, str) else str(to_json_value(value)))
+        env = self.value_map(m, "env", path, names=ENV_NAME)
+        for key, value in env.items():
+            if not isinstance(value, str):
+                env[key] = value if value is None else str(to_json_value(value))
+                if value is None or isinstance(value, (list, dict)):
+                    self.issue(at(at(path, "env"), key), f"must be a string, got {kind_of(value)}")
+        mounts = self.listing(m, "mounts", path, self.container_mount)
+        targets = [mount.target for mount in mounts]
+        for i, target in enumerate(targets):
+            if target in targets[:i] or target == "/legato/work":
+                self.issue(at(at(at(path, "mounts"), i), "target"), f"{shown(target)} is already mounted")
+        workdir = self.string(m, "workdir", path, None, pattern=CONTAINER_PATH, rule="an absolute path")
+        artifacts = self.names(m, "artifacts", path, pattern=ARTIFACT_PATH, rule="a relative path or glob")
+        return ContainerStep(
+            **common,
+            image=image,
+            command=args,
+            env=env,
+            mounts=mounts,
+            workdir=workdir,
+            pull=self.choice(m, "pull", path, ("missing", "never", "always"), "missing"),
+            artifacts=artifacts,
+        )
+
+    def container_mount(self, raw: Any, path: str) -> ContainerMount | None:
+        m = self.mapping(raw, path)
+        if m is None:
+            return None
+        self.fields(m, path, ("source", "target", "read_only"), required=("source", "target"))
+        rule = "an absolute path without commas"
+        source = self.string(m, "source", path, None, pattern=CONTAINER_PATH, rule=rule)
+        target = self.string(m, "target", path, None, pattern=CONTAINER_PATH, rule=rule)
+        if isinstance(source, str) and "/../" in f"{source}/":
+            self.issue(at(path, "source"), f"must not contain '..', got {shown(source)}")
+        if not isinstance(source, str) or not isinstance(target, str):
+            return None
+        return ContainerMount(
+            source=source, target=target, read_only=self.boolean(m, "read_only", path, True)
+        )
 
     def sql_statement(self, raw: Any, path: str) -> SqlStatement | None:
         if isinstance(raw, str):

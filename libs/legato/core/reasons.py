@@ -19,6 +19,8 @@ from typing import Any, TypeAlias
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from legato.core.tagged import decode_tagged
+
 
 class _Reason(msgspec.Struct, frozen=True, kw_only=True, tag_field="code", forbid_unknown_fields=True):
     """Base of every known reason: tagged by ``code``, strict on decode (see ``decode_reason``)."""
@@ -209,11 +211,26 @@ class Restart(_Reason, frozen=True, kw_only=True, tag="restart"):
     run: int
 
 
-class OtherReason(msgspec.Struct, frozen=True):
-    """A stored reason this version does not know (another version wrote it): kept as it was."""
+class OtherReason:
+    """A stored reason this version does not know (another version wrote it): kept as it was.
 
-    code: str | None
-    raw: dict[str, Any]
+    Not a Struct on purpose: msgspec would encode one as ``{"code", "raw"}``; as a plain class it goes
+    through an encoder's ``enc_hook`` (``legato.protocol.replies.reply_enc_hook``), which writes ``raw``.
+    """
+
+    __slots__ = ("code", "raw")
+
+    def __init__(self, code: str | None, raw: dict[str, Any]) -> None:
+        self.code = code
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OtherReason) and (self.code, self.raw) == (other.code, other.raw)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"OtherReason(code={self.code!r}, raw={self.raw!r})"
 
 
 KnownReason: TypeAlias = (
@@ -281,9 +298,5 @@ def decode_reason(value: object) -> Reason | None:
         return None
     if not isinstance(value, dict):
         return OtherReason(None, {"message": str(value)})
-    try:
-        known: KnownReason = msgspec.convert(value, KnownReason)
-    except msgspec.ValidationError:
-        code = value.get("code")
-        return OtherReason(code if isinstance(code, str) else None, dict(value))
-    return known
+    decoded: Reason = decode_tagged(value, KnownReason, OtherReason)
+    return decoded

@@ -31,9 +31,17 @@ def secret_name_of(value: Any) -> str | None:
     return None
 
 
+SECRET_ENV_PREFIX = "LEGATO_SECRET_"
+
+
+def env_name_for(prefix: str, name: str) -> str:
+    """``<prefix><NAME>``: the name upper-cased, characters an env name cannot hold become ``_``."""
+    return prefix + re.sub(r"[^A-Z0-9_]", "_", name.upper())
+
+
 def secret_env_name(name: str) -> str:
     """``LEGATO_SECRET_<NAME>``: upper-cased, characters an env name cannot hold become ``_``."""
-    return "LEGATO_SECRET_" + re.sub(r"[^A-Z0-9_]", "_", name.upper())
+    return env_name_for(SECRET_ENV_PREFIX, name)
 
 
 def check_secret_name(name: str) -> str | None:

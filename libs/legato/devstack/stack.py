@@ -35,9 +35,11 @@ from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
 from legato.config.settings import dev_state_file, read_dev_state
+from legato.core.errors import DefinitionError
 from legato.devstack.nats_server import EmbeddedNats
 from legato.devstack.postgres_server import EmbeddedPostgres
 from legato.devstack.processes import die_with_parent
+from legato.flow.loading import WorkflowNotFound, load_workflow
 from legato.protocol.messages import InstanceProgress
 from legato.security.keyring import Keyring
 from legato.store.migrations import migrate_url
@@ -432,17 +434,24 @@ class DevStack:
         )
         try:
             await self._wait_for_api(client)
-            files = (  # recursively: examples/strategies/*.yaml are examples too
-                sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+            files = (  # recursively: examples/strategies/*.yaml are examples too; *.py with a `flow` Workflow
+                sorted(
+                    p
+                    for p in folder.rglob("*")
+                    if p.suffix in (".yaml", ".yml", ".json", ".py") and p.is_file()
+                )
                 if folder.is_dir()
                 else []
             )
             for path in files:
                 name = path.relative_to(folder)
                 try:
-                    res = await client.push(path.read_text(encoding="utf-8"), source=str(path))
+                    text = path.read_text(encoding="utf-8") if path.suffix != ".py" else code_example(path)
+                    if text is None:
+                        continue
+                    res = await client.push(text, source=str(path))
                     say(f"loaded {name}: {res.workflow_id} v{res.version}")
-                except (ApiError, OSError, UnicodeDecodeError) as exc:
+                except (ApiError, OSError, UnicodeDecodeError, WorkflowNotFound, DefinitionError) as exc:
                     say(f"could not load {name}: {exc}")
             if not self.options.no_demo and any(p.stem == "hello" for p in files):
                 run = await client.start("hello", request_id=f"dev-demo-{int(time.time())}")
@@ -479,6 +488,16 @@ class DevStack:
             await asyncio.Event().wait()
         finally:
             await nc.close()
+
+
+def code_example(path: Path) -> str | None:
+    """The YAML of the Workflow a ``.py`` example names ``flow`` (None for a helper module without one)."""
+    try:
+        return load_workflow(f"{path}:flow").source_yaml()
+    except WorkflowNotFound as exc:
+        if exc.missing == "attribute":
+            return None
+        raise
 
 
 def _service_exists(service: str) -> bool:

@@ -172,3 +172,31 @@ class DeadLetterRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields
 class GetDeadLetter(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: int
     payload_offset: int = 0  # a message too big for one reply comes in parts: ``payload_next_offset``
+
+
+# --- backfills (see legato.trigger.backfill) ---------------------------------------------------------
+
+
+class StartBackfill(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str
+    start: str  # --from: a date or an ISO time (UTC when it has no offset)
+    end: str  # --to: the last period starts at or before it
+    step: str | float = "1d"
+    params: dict[str, Any] = {}
+    concurrency: int = 4
+    dry_run: bool = False
+
+
+class BackfillRef(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    backfill_id: str
+
+
+class ListBackfills(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workflow_id: str | None = None
+    limit: int = 50
+
+
+class CancelBackfill(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    backfill_id: str
+    reason: str
+    running: bool = False  # also stop the runs already running

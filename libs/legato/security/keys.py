@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 import nkeys
+
+from legato.bus import seed_file
 
 
 class KeyError_(ValueError):
@@ -25,14 +26,9 @@ def new_user_seed() -> bytes:
 def read_seed(path: str | os.PathLike[str]) -> bytes:
     """The nkey user seed in a creds or seed file; a ``KeyError_`` naming the file when there is none."""
     try:
-        text = Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyError_(f"cannot read nkey seed file {path}: {exc.strerror}") from None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith(b"SU"):
-            return line
-    raise KeyError_(f"{path}: no nkey user seed (a line starting with SU) in it")
+        return seed_file.read_seed(path)
+    except seed_file.SeedFileError as exc:
+        raise KeyError_(str(exc)) from None
 
 
 def _raw_public(public_key: str) -> bytes:

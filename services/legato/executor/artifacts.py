@@ -1,9 +1,12 @@
 """Files a step declares it produces (``artifacts:``), kept after its folder is removed.
 
-The store is a local directory (``LEGATO_ARTIFACTS_DIR``, else ``$LEGATO_STATE_DIR/artifacts``; in
-Kubernetes a shared volume). An attempt's files go to
-``<dir>/<workflow>/<instance>/<step>/<attempt>/<path inside the step's folder>``; the step's outputs
-list them under ``artifacts`` (``path``, ``uri``, ``bytes``, ``sha256``), so outputs stay small.
+The store is chosen by the executor's configuration: a local directory (``LEGATO_ARTIFACTS_DIR``, else
+``$LEGATO_STATE_DIR/artifacts``; in Kubernetes a shared volume), or an S3-compatible bucket
+(``LEGATO_ARTIFACTS_S3_BUCKET``; see ``legato.executor.s3_store``), which wins when both are set unless
+``LEGATO_ARTIFACTS_STORE=local``. An attempt's files go to
+``<dir or s3://bucket/prefix>/<workflow>/<instance>/<step>/<attempt>/<path inside the step's folder>``;
+the step's outputs list them under ``artifacts`` (``path``, ``uri``, ``bytes``, ``sha256``), so outputs
+stay small.
 A declared path (not a glob) that the step did not produce fails the step; a glob may match nothing.
 Only regular files inside the step's folder are taken: a symlink out of it, a directory or a device is
 not.
@@ -19,10 +22,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from legato.executor.s3_store import S3Store
 from legato.executor.step_runner import StepFailed
 from legato.protocol.messages import JSONValue, WorkItem
 
 ARTIFACTS_DIR_VAR = "LEGATO_ARTIFACTS_DIR"
+STORE_KIND_VAR = "LEGATO_ARTIFACTS_STORE"
 STATE_DIR_VAR = "LEGATO_STATE_DIR"
 MAX_FILES = 1000
 MAX_TOTAL_BYTES = 10 * 1024**3
@@ -60,23 +65,42 @@ def matching_files(folder: Path, patterns: list[str], *, required: bool = True) 
     return found
 
 
+def attempt_parts(item: WorkItem) -> tuple[str, ...]:
+    """``(workflow, instance, step, attempt)``, each made safe as one path segment."""
+    return tuple(_safe(p) for p in (item.workflow_id, item.instance_id, item.step_id, str(item.attempt)))
+
+
 @dataclass(frozen=True)
 class ArtifactStore:
-    """A local directory holding every attempt's artifacts."""
+    """Where every attempt's artifacts are kept: a local directory, or an S3-compatible bucket."""
 
     root: Path | None
+    s3: S3Store | None = None
 
     @classmethod
-    def from_environment(cls) -> ArtifactStore:
-        folder = os.environ.get(ARTIFACTS_DIR_VAR)
-        if not folder and os.environ.get(STATE_DIR_VAR):
-            folder = str(Path(os.environ[STATE_DIR_VAR]) / "artifacts")
-        return cls(Path(folder) if folder else None)
+    def from_environment(cls, environ: dict[str, str] | None = None) -> ArtifactStore:
+        """The store this executor's environment configures (none: steps declaring artifacts fail)."""
+        env = dict(os.environ) if environ is None else environ
+        kind = env.get(STORE_KIND_VAR, "").strip().lower()
+        if kind not in ("", "local", "s3"):
+            raise StepFailed(f"{STORE_KIND_VAR} must be local or s3, got {kind!r}")
+        s3 = S3Store.from_environment(env) if kind != "local" else None
+        if kind == "s3" and s3 is None:
+            raise StepFailed(f"{STORE_KIND_VAR}=s3 but LEGATO_ARTIFACTS_S3_BUCKET is not set")
+        folder = env.get(ARTIFACTS_DIR_VAR)
+        if not folder and env.get(STATE_DIR_VAR):
+            folder = str(Path(env[STATE_DIR_VAR]) / "artifacts")
+        return cls(Path(folder) if folder else None, s3)
+
+    @property
+    def configured(self) -> bool:
+        """True if this store can keep files."""
+        return self.root is not None or self.s3 is not None
 
     def attempt_dir(self, item: WorkItem) -> Path:
+        """The local folder of one attempt's artifacts."""
         assert self.root is not None
-        parts = (item.workflow_id, item.instance_id, item.step_id, str(item.attempt))
-        return self.root.joinpath(*(_safe(p) for p in parts))
+        return self.root.joinpath(*attempt_parts(item))
 
     def keep(
         self, item: WorkItem, folder: Path, patterns: list[str], *, required: bool = True
@@ -87,17 +111,19 @@ class ArtifactStore:
         """
         if not patterns:
             return []
-        if self.root is None:
+        if not self.configured:
             raise StepFailed(
                 f"the step declares artifacts but this executor has no artifact store "
-                f"(set {ARTIFACTS_DIR_VAR})"
+                f"(set {ARTIFACTS_DIR_VAR} or LEGATO_ARTIFACTS_S3_BUCKET)"
             )
         files = matching_files(folder, patterns, required=required)
         total = sum(f.stat().st_size for f in files)
         if total > MAX_TOTAL_BYTES:
             raise StepFailed(f"artifacts: {total} bytes, more than {MAX_TOTAL_BYTES // 1024**3} GiB")
-        target = self.attempt_dir(item)
         root = folder.resolve()
+        if self.s3 is not None:
+            return self.s3.upload(attempt_parts(item), [(p, p.relative_to(root).as_posix()) for p in files])
+        target = self.attempt_dir(item)
         listing: list[JSONValue] = []
         for path in files:
             rel = path.relative_to(root)

@@ -8,19 +8,16 @@ and its password are masked in whatever the step reports.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from legato.core.connections import (
+    CONNECTION_ENV_PREFIX,
     CONNECTIONS_DIR_VAR,
     check_connection_name,
-    connection_env_name,
     credentials_in,
 )
-from legato.executor.secret_store import ResolvedSecrets, read_named_file
-from legato.executor.step_runner import StepFailed
+from legato.executor.named_values import NamedValueStore
+from legato.executor.secret_store import ResolvedSecrets
 
 
 @dataclass(frozen=True)
@@ -37,29 +34,20 @@ class Connection:
 
 
 @dataclass(frozen=True)
-class ConnectionStore:
+class ConnectionStore(NamedValueStore):
     """Where this executor's connections come from: a directory of files, then its environment."""
 
-    directory: Path | None = None
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    kind = "connection"
+    dir_var = CONNECTIONS_DIR_VAR
+    env_prefix = CONNECTION_ENV_PREFIX
 
-    @classmethod
-    def from_environment(cls) -> ConnectionStore:
-        folder = os.environ.get(CONNECTIONS_DIR_VAR)
-        return cls(directory=Path(folder) if folder else None)
+    def check_name(self, name: str) -> str | None:
+        """Why ``name`` cannot name a connection, or None when it can."""
+        return check_connection_name(name)
 
     def lookup(self, name: str) -> Connection:
         """The named connection; raises ``StepFailed`` naming it when this executor does not hold it."""
-        problem = check_connection_name(name)
-        if problem is not None:
-            raise StepFailed(f"connection {name[:60]!r}: {problem}")
-        url = read_named_file(self.directory, name, "connection")
-        if url is None:
-            url = self.environ.get(connection_env_name(name))
+        url = self.find(name)
         if url is None or not url.strip():
-            where = f"a file {name!r} in ${CONNECTIONS_DIR_VAR} or " if self.directory else ""
-            raise StepFailed(
-                f"connection {name!r} is not available to this executor "
-                f"(provide {where}the environment variable {connection_env_name(name)})"
-            )
+            raise self.missing(name)
         return Connection(name=name, url=url.strip())

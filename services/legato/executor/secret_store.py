@@ -1,7 +1,7 @@
 """Named secrets, resolved by the executor when a step runs, and masked in whatever the step reports.
 
 A work item never carries a secret, only references (``{"$secret": "db_password"}``) in its params
-and in a shell step's ``env``. The executor looks each name up, in order:
+and in a shell step's ``env``. The executor looks each name up, in order (``named_values.py``):
 
 1. a file named after the secret in ``LEGATO_SECRETS_DIR`` (a mounted Kubernetes Secret: one file per
    key); one trailing newline is dropped;
@@ -13,18 +13,16 @@ value). Every resolved value is replaced by ``***`` in the step's captured outpu
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from legato.core.secrets import MASK, check_secret_name, secret_env_name, secret_name_of
+from legato.core.secrets import MASK, SECRET_ENV_PREFIX, check_secret_name, secret_env_name, secret_name_of
+from legato.executor.named_values import NamedValueStore
 from legato.executor.step_runner import StepFailed
 from legato.protocol.messages import JSONValue
 
 SECRETS_DIR_VAR = "LEGATO_SECRETS_DIR"
-MAX_SECRET_BYTES = 64 * 1024
 # Lines of a multi-line secret (a PEM key) are masked one by one too, when at least this long.
 MIN_MASKED_LINE = 8
 
@@ -43,63 +41,30 @@ def secret_names(value: Any) -> Iterator[str]:
 
 
 @dataclass(frozen=True)
-class SecretStore:
+class SecretStore(NamedValueStore):
     """Where this executor's secrets come from: a directory of files, then its environment."""
 
-    directory: Path | None = None
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    kind = "secret"
+    dir_var = SECRETS_DIR_VAR
+    env_prefix = SECRET_ENV_PREFIX
 
-    @classmethod
-    def from_environment(cls) -> SecretStore:
-        folder = os.environ.get(SECRETS_DIR_VAR)
-        return cls(directory=Path(folder) if folder else None)
+    def check_name(self, name: str) -> str | None:
+        """Why ``name`` cannot name a secret, or None when it can."""
+        return check_secret_name(name)
 
     def lookup(self, name: str) -> str:
         """The secret's value; raises ``StepFailed`` naming the secret when it is not available."""
-        problem = check_secret_name(name)
-        if problem is not None:
-            raise StepFailed(f"secret {name[:60]!r}: {problem}")
-        value = self._from_file(name)
+        value = self.find(name)
         if value is None:
-            value = self.environ.get(secret_env_name(name))
-        if value is None:
-            where = f"a file {name!r} in ${SECRETS_DIR_VAR} or " if self.directory else ""
-            raise StepFailed(
-                f"secret {name!r} is not available to this executor "
-                f"(provide {where}the environment variable {secret_env_name(name)})"
-            )
+            raise self.missing(name)
         if "\0" in value:
             raise StepFailed(f"secret {name!r} contains a NUL byte")
         return value
-
-    def _from_file(self, name: str) -> str | None:
-        return read_named_file(self.directory, name, "secret")
 
     def resolve(self, *values: Any) -> ResolvedSecrets:
         """Look up every secret referenced in ``values``."""
         names = sorted({n for v in values for n in secret_names(v)})
         return ResolvedSecrets({name: self.lookup(name) for name in names})
-
-
-def read_named_file(directory: Path | None, name: str, what: str) -> str | None:
-    """The text of ``directory/name`` (one trailing newline dropped), None when there is no such file.
-
-    Shared by secrets and named connections: both are one file per key of a mounted Kubernetes Secret.
-    """
-    if directory is None:
-        return None
-    path = directory / name
-    try:
-        with path.open("rb") as f:
-            data = f.read(MAX_SECRET_BYTES + 1)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise StepFailed(f"{what} {name!r}: cannot read its file: {exc.strerror}") from None
-    if len(data) > MAX_SECRET_BYTES:
-        raise StepFailed(f"{what} {name!r} is larger than {MAX_SECRET_BYTES // 1024} KiB")
-    text = data.decode("utf-8", errors="replace")
-    return text[:-1] if text.endswith("\n") else text
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import asyncpg
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
-from legato.core.admission import action_statuses
+from legato.core.admission import action_statuses, step_only_statuses
 from legato.core.statuses import InstanceStatus
 from legato.protocol import api, encode
 from legato.protocol.api import ApiError
@@ -50,9 +50,9 @@ class InstanceActionRule:
     """How the refusal names the action (``cannot <verb> run …``); the action's name when empty."""
 
 
-def _applies_to(action: str, *, step_given: bool = False) -> tuple[InstanceStatus, ...]:
+def _applies_to(action: str) -> tuple[InstanceStatus, ...]:
     """The statuses of ``legato.core.admission`` (the scheduler's rule too), typed."""
-    return tuple(InstanceStatus(s) for s in action_statuses(action, step_given=step_given))
+    return tuple(InstanceStatus(s) for s in action_statuses(action))
 
 
 INSTANCE_ACTIONS: dict[str, InstanceActionRule] = {
@@ -61,9 +61,7 @@ INSTANCE_ACTIONS: dict[str, InstanceActionRule] = {
     "restart": InstanceActionRule(
         "restart",
         _applies_to("restart"),
-        allowed_with_step=tuple(
-            s for s in _applies_to("restart", step_given=True) if s not in _applies_to("restart")
-        ),
+        allowed_with_step=tuple(InstanceStatus(s) for s in step_only_statuses("restart")),
         step="optional",
     ),
     "unblock": InstanceActionRule("unblock", None, must_block=True),

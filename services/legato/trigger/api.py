@@ -8,7 +8,8 @@ This module is the server only; each resource is a module of its own that hands 
 ``workflow_api`` (workflow.*), ``start_api`` (instance.start), ``run_api`` (instance.get/list/
 iterations), ``action_api`` (the operator actions on runs and workflows), ``tag_api``, ``signal_api``,
 ``dead_letter_api``, ``pause_api`` and ``backfill``. Their replies are typed Structs from
-``legato.protocol.replies`` where the shape is fixed, JSON-able dicts where it is paged to fit.
+``legato.protocol.replies`` (a page built as a dict to fit one message becomes its Struct through
+``endpoints.typed``), which the client decodes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from legato.bus.topology import Topology
 from legato.lifecycle.component import Component
 from legato.protocol import api
 from legato.protocol.api import ApiError
+from legato.protocol.replies import reply_enc_hook
 from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span
 from legato.trigger.action_api import ActionApi
@@ -46,7 +48,7 @@ from legato.trigger.workflow_cache import WorkflowCache
 
 log = get_logger("legato.trigger")
 
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=reply_enc_hook)
 
 
 class ApiService(Component):

@@ -41,11 +41,12 @@ from legato.protocol import api, encode
 from legato.protocol.api import ApiError
 from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import ActionKind, StartRun, TriggerInfo
+from legato.protocol.replies import BackfillInfo, BackfillList, BackfillStarted
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
 from legato.trigger import registry
 from legato.trigger.action_api import action_message
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.instances import iso
 from legato.trigger.run_params import check_run_params
 
@@ -56,31 +57,6 @@ MAX_CONCURRENCY = 1000
 MAX_REASON = 1000
 DRY_RUN_SHOWN = 50
 PERIOD_TEMPLATES = ("${backfill.period_start}", "${backfill.period_end}")
-
-
-class StartBackfill(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    workflow_id: str
-    start: str  # --from: a date or an ISO time (UTC when it has no offset)
-    end: str  # --to: the last period starts at or before it
-    step: str | float = "1d"
-    params: dict[str, Any] = {}
-    concurrency: int = 4
-    dry_run: bool = False
-
-
-class BackfillRef(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    backfill_id: str
-
-
-class ListBackfills(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    workflow_id: str | None = None
-    limit: int = 50
-
-
-class CancelBackfill(api.ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    backfill_id: str
-    reason: str
-    running: bool = False  # also stop the runs already running
 
 
 def parse_bound(text: str, name: str) -> tuple[datetime, bool]:
@@ -138,13 +114,13 @@ class BackfillApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "backfill.start": (StartBackfill, self.start),
-            "backfill.list": (ListBackfills, self.list),
-            "backfill.show": (BackfillRef, self.show),
-            "backfill.pause": (BackfillRef, self.pause),
-            "backfill.resume": (BackfillRef, self.resume),
-            "backfill.cancel": (CancelBackfill, self.cancel),
-            "backfill.retry_failed": (BackfillRef, self.retry_failed),
+            "backfill.start": (api.StartBackfill, typed(self.start, BackfillStarted)),
+            "backfill.list": (api.ListBackfills, typed(self.list, BackfillList)),
+            "backfill.show": (api.BackfillRef, typed(self.show, BackfillInfo)),
+            "backfill.pause": (api.BackfillRef, typed(self.pause, BackfillInfo)),
+            "backfill.resume": (api.BackfillRef, typed(self.resume, BackfillInfo)),
+            "backfill.cancel": (api.CancelBackfill, typed(self.cancel, BackfillInfo)),
+            "backfill.retry_failed": (api.BackfillRef, typed(self.retry_failed, BackfillInfo)),
         }
 
     async def _compiled(
@@ -160,7 +136,7 @@ class BackfillApi:
         text = await registry.load_definition(conn, workflow_id, row["active_version"])
         return row, compile_workflow(definition_from_json(text.encode()))
 
-    async def start(self, req: StartBackfill) -> dict[str, Any]:
+    async def start(self, req: api.StartBackfill) -> dict[str, Any]:
         start, start_is_date = parse_bound(req.start, "from")
         end, end_is_date = parse_bound(req.end, "to")
         try:
@@ -293,7 +269,7 @@ class BackfillApi:
             now=datetime.now(UTC),
         )
 
-    async def list(self, req: ListBackfills) -> dict[str, Any]:
+    async def list(self, req: api.ListBackfills) -> dict[str, Any]:
         limit = max(1, min(req.limit, 500))
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
@@ -305,7 +281,7 @@ class BackfillApi:
             out = [await summary(conn, r) for r in rows]
         return {"backfills": out}
 
-    async def show(self, req: BackfillRef) -> dict[str, Any]:
+    async def show(self, req: api.BackfillRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             row = await _get(conn, req.backfill_id)
             out = await summary(conn, row)
@@ -337,13 +313,13 @@ class BackfillApi:
         self.wake_relay()
         return out
 
-    async def pause(self, req: BackfillRef) -> dict[str, Any]:
+    async def pause(self, req: api.BackfillRef) -> dict[str, Any]:
         return await self._set_status(req.backfill_id, ("running", "paused"), "paused")
 
-    async def resume(self, req: BackfillRef) -> dict[str, Any]:
+    async def resume(self, req: api.BackfillRef) -> dict[str, Any]:
         return await self._set_status(req.backfill_id, ("paused", "running"), "running")
 
-    async def cancel(self, req: CancelBackfill) -> dict[str, Any]:
+    async def cancel(self, req: api.CancelBackfill) -> dict[str, Any]:
         if not req.reason.strip():
             raise ApiError("bad_request", "cancel: a reason is required (--reason)")
         if len(req.reason) > MAX_REASON:
@@ -380,7 +356,7 @@ class BackfillApi:
         log.info("backfill_cancelled", backfill_id=req.backfill_id, actor=req.actor, stopped=len(runs))
         return {**out, "stopped_runs": len(runs)}
 
-    async def retry_failed(self, req: BackfillRef) -> dict[str, Any]:
+    async def retry_failed(self, req: api.BackfillRef) -> dict[str, Any]:
         async with self.pool.acquire() as conn, conn.transaction():
             row = await _get(conn, req.backfill_id, lock=True)
             if row["status"] == "cancelled":

@@ -18,9 +18,10 @@ from nats.aio.client import Client
 from legato.bus.publisher import MSG_ID_HEADER, OutgoingMessage
 from legato.protocol import api
 from legato.protocol.api import ApiError
+from legato.protocol.replies import DeadLetterDetail, DeadLetterInfo, DeadLetterPage, DeadLetterReplayed
 from legato.store.outbox import add_to_outbox
 from legato.telemetry import get_logger
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.instances import iso
 from legato.trigger.replies import fit, reply_budget, size_of, truncated
 
@@ -73,10 +74,10 @@ class DeadLetterApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "dead_letter.list": (api.ListDeadLetters, self.list),
-            "dead_letter.get": (api.GetDeadLetter, self.get),
-            "dead_letter.replay": (api.DeadLetterRef, self.replay),
-            "dead_letter.discard": (api.DeadLetterRef, self.discard),
+            "dead_letter.list": (api.ListDeadLetters, typed(self.list, DeadLetterPage)),
+            "dead_letter.get": (api.GetDeadLetter, typed(self.get, DeadLetterDetail)),
+            "dead_letter.replay": (api.DeadLetterRef, typed(self.replay, DeadLetterReplayed)),
+            "dead_letter.discard": (api.DeadLetterRef, typed(self.discard, DeadLetterInfo)),
         }
 
     async def list(self, req: api.ListDeadLetters) -> dict[str, Any]:

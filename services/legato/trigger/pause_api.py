@@ -16,9 +16,10 @@ import asyncpg
 from legato.bus.topology import Topology
 from legato.protocol import api
 from legato.protocol.api import ApiError
+from legato.protocol.replies import WorkflowPaused
 from legato.telemetry import get_logger
 from legato.trigger import registry
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.instances import iso
 
 log = get_logger("legato.trigger")
@@ -44,8 +45,8 @@ class PauseApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "workflow.pause": (api.WorkflowAction, self.pause),
-            "workflow.resume": (api.WorkflowAction, self.resume),
+            "workflow.pause": (api.WorkflowAction, typed(self.pause, WorkflowPaused)),
+            "workflow.resume": (api.WorkflowAction, typed(self.resume, WorkflowPaused)),
         }
 
     async def pause(self, req: api.WorkflowAction) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import asyncpg
 from legato.core.statuses import InstanceStatus
 from legato.protocol import api
 from legato.protocol.api import ApiError
+from legato.protocol.replies import InstanceDetail, InstancePage, IterationPage
 from legato.trigger import instances
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.replies import reply_budget
 from legato.trigger.workflow_cache import WorkflowCache
 
@@ -34,9 +35,9 @@ class RunApi:
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
         return {
-            "instance.get": (api.InstanceRef, self.get),
-            "instance.list": (api.ListInstances, self.list),
-            "instance.iterations": (api.ListIterations, self.iterations),
+            "instance.get": (api.InstanceRef, typed(self.get, InstanceDetail)),
+            "instance.list": (api.ListInstances, typed(self.list, InstancePage)),
+            "instance.iterations": (api.ListIterations, typed(self.iterations, IterationPage)),
         }
 
     async def get(self, req: api.InstanceRef) -> dict[str, Any]:

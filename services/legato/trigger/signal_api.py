@@ -16,9 +16,10 @@ from legato.core.signals import schema_problem
 from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
+from legato.protocol.replies import Lineage, PendingSignalList, SignalPage, SignalSchemaSet, SignalSent
 from legato.telemetry import get_logger
 from legato.telemetry.tracing import inject_headers
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.instances import iso
 from legato.trigger.replies import fit, reply_budget, truncated
 
@@ -66,11 +67,11 @@ class SignalApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         return {
-            "signal.send": (api.SendSignal, self.send),
-            "signal.list": (api.ListSignals, self.list_signals),
-            "signal.pending": (api.PendingSignals, self.pending),
-            "signal.lineage": (api.SignalLineage, self.lineage),
-            "signal.set_schema": (api.SetSignalSchema, self.set_schema),
+            "signal.send": (api.SendSignal, typed(self.send, SignalSent)),
+            "signal.list": (api.ListSignals, typed(self.list_signals, SignalPage)),
+            "signal.pending": (api.PendingSignals, typed(self.pending, PendingSignalList)),
+            "signal.lineage": (api.SignalLineage, typed(self.lineage, Lineage)),
+            "signal.set_schema": (api.SetSignalSchema, typed(self.set_schema, SignalSchemaSet)),
         }
 
     async def send(self, req: api.SendSignal) -> dict[str, Any]:

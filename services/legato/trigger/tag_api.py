@@ -14,8 +14,9 @@ import asyncpg
 from legato.bus.topology import Topology
 from legato.protocol import api
 from legato.protocol.api import ApiError
+from legato.protocol.replies import TagInfo, TagList
 from legato.trigger import registry
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 
 TAG_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MAX_TAG_LIMIT = 100_000
@@ -31,7 +32,10 @@ class TagApi:
 
     def endpoints(self) -> dict[str, Endpoint]:
         """This resource's endpoints by ``resource.verb``."""
-        return {"tag.set": (api.SetTag, self.set), "tag.list": (api.TagRef, self.list)}
+        return {
+            "tag.set": (api.SetTag, typed(self.set, TagInfo)),
+            "tag.list": (api.TagRef, typed(self.list, TagList)),
+        }
 
     async def set(self, req: api.SetTag) -> dict[str, Any]:
         if not TAG_NAME.match(req.tag):

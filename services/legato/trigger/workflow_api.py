@@ -19,11 +19,20 @@ from legato.core.model import RUN_STRATEGIES
 from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
-from legato.protocol.replies import WorkflowPushed, WorkflowSummary, WorkflowValidated
+from legato.protocol.replies import (
+    WorkflowArchived,
+    WorkflowDeleted,
+    WorkflowDetail,
+    WorkflowPage,
+    WorkflowPushed,
+    WorkflowStatus,
+    WorkflowSummary,
+    WorkflowValidated,
+)
 from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import get_logger
 from legato.trigger import instances, registry
-from legato.trigger.endpoints import Endpoint
+from legato.trigger.endpoints import Endpoint, typed
 from legato.trigger.pause_api import pause_info
 from legato.trigger.replies import cut_text, fit, reply_budget, size_of, truncated
 from legato.trigger.workflow_cache import WorkflowCache
@@ -56,14 +65,14 @@ class WorkflowApi:
         return {
             "workflow.push": (api.PushWorkflow, self.push),
             "workflow.validate": (api.PushWorkflow, self.validate),
-            "workflow.get": (api.WorkflowRef, self.get),
-            "workflow.list": (api.ListWorkflows, self.list),
+            "workflow.get": (api.WorkflowRef, typed(self.get, WorkflowDetail)),
+            "workflow.list": (api.ListWorkflows, typed(self.list, WorkflowPage)),
             "workflow.activate": (api.WorkflowRef, self.activate),
             "workflow.deactivate": (api.WorkflowRef, self.deactivate),
-            "workflow.status": (api.WorkflowRef, self.status),
+            "workflow.status": (api.WorkflowRef, typed(self.status, WorkflowStatus)),
             "workflow.set_run_strategy": (api.SetRunStrategy, self.set_run_strategy),
-            "workflow.archive": (api.RemoveWorkflow, self.archive),
-            "workflow.delete": (api.RemoveWorkflow, self.delete),
+            "workflow.archive": (api.RemoveWorkflow, typed(self.archive, WorkflowArchived)),
+            "workflow.delete": (api.RemoveWorkflow, typed(self.delete, WorkflowDeleted)),
         }
 
     async def validate(self, req: api.PushWorkflow) -> WorkflowValidated:

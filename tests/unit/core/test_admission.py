@@ -14,6 +14,7 @@ from legato.core.admission import (
     concurrency_limit,
     queue_state,
     running_limit,
+    step_only_statuses,
 )
 from legato.core.model import RUN_STRATEGIES
 
@@ -73,6 +74,9 @@ def test_actions_apply_to_their_statuses() -> None:
     assert not action_applies("restart", "succeeded")
     assert action_applies("restart", "succeeded", step_given=True)
     assert not action_applies("restart", "running", step_given=True)
+    assert step_only_statuses("restart") == ("succeeded",)
+    assert step_only_statuses("stop") == step_only_statuses("skip_step") == ()
+    assert action_statuses("stop", step_given=True) == action_statuses("stop")
     assert action_statuses("skip_step") == ("running", "failed", "timed_out")
     assert not action_applies("skip_step", "queued")
     assert set(ACTION_APPLIES_TO) == {"stop", "kill", "restart", "skip_step"}

@@ -336,11 +336,11 @@ def test_trigger_defaults() -> None:
 STEP_CASES: list[tuple[dict[str, Any], str]] = [
     (
         {"id": "a"},
-        "steps[0].type: required (one of noop, sleep, shell, python, http, sql, notebook, subworkflow, foreach, loop",
+        "steps[0].type: required (one of noop, sleep, shell, python, http, sql, notebook, container, subworkflow, foreach, loop",
     ),
     (
         {"id": "a", "type": "bash"},
-        "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook,",
+        "steps[0].type: must be one of the installed step types: noop, sleep, shell, python, http, sql, notebook, container,",
     ),
     (
         {"id": "a", "type": "sql", "connection": "wh"},
@@ -362,6 +362,57 @@ STEP_CASES: list[tuple[dict[str, Any], str]] = [
     (
         {"id": "a", "type": "shell", "command": "x", "artifacts": ["../up"]},
         "steps[0].artifacts[0]: must match",
+    ),
+    ({"id": "a", "type": "container"}, "steps[0].image: required"),
+    (
+        {"id": "a", "type": "container", "image": "--privileged"},
+        "steps[0].image: must match an image reference (name[:tag]), got '--privileged'",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "command": "echo hi"},
+        "steps[0].command: must be a list of strings (the argument list; no shell is run)",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "command": ["echo", {"a": 1}]},
+        "steps[0].command[1]: must be a string, got a map",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "mounts": [{"source": "/d,rw", "target": "/d"}]},
+        "steps[0].mounts[0].source: must match an absolute path without commas, got '/d,rw'",
+    ),
+    (
+        {
+            "id": "a",
+            "type": "container",
+            "image": "busybox",
+            "mounts": [{"source": "/d/../etc", "target": "/d"}],
+        },
+        "steps[0].mounts[0].source: must not contain '..'",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "mounts": [{"source": "/d"}]},
+        "steps[0].mounts[0].target: required",
+    ),
+    (
+        {
+            "id": "a",
+            "type": "container",
+            "image": "busybox",
+            "mounts": [{"source": "/d", "target": "/legato/work"}],
+        },
+        "steps[0].mounts[0].target: '/legato/work' is already mounted",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "pull": "sometimes"},
+        "steps[0].pull: must be one of missing, never, always, got 'sometimes'",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "env": {"A": ["x"]}},
+        "steps[0].env.A: must be a string, got a list",
+    ),
+    (
+        {"id": "a", "type": "container", "image": "busybox", "imag": "x"},
+        "steps[0].imag: unknown field (did you mean 'image'?)",
     ),
     ({"type": "noop"}, "steps[0].id: required"),
     ({"id": "A b", "type": "noop"}, "steps[0].id: must be lowercase letters, digits, _ and -"),

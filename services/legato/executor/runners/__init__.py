@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from legato.core.step_types import installed_step_types
+from legato.executor.runners.container import ContainerRunner
 from legato.executor.runners.http import HttpRunner
 from legato.executor.runners.noop import NoopRunner
 from legato.executor.runners.notebook import NotebookRunner
@@ -30,6 +31,7 @@ def default_runners(http_pool: ThreadPoolExecutor) -> Mapping[str, StepRunner]:
         HttpRunner(http_pool),
         SqlRunner(),
         NotebookRunner(),
+        ContainerRunner(),
     ]
     # Step types from installed plugins (entry points ``legato.step_types``); never a built-in name.
     installed = installed_step_types()
@@ -47,6 +49,7 @@ async def close_runners(runners: Mapping[str, StepRunner]) -> None:
 
 
 __all__ = [
+    "ContainerRunner",
     "HttpRunner",
     "NoopRunner",
     "PythonRunner",

@@ -85,7 +85,7 @@ class NotebookRunner:
             )
             report = _read_report(report_path)
             outputs: dict[str, JSONValue] = {}
-            if store.root is not None and (ws.cwd / EXECUTED).is_file():
+            if store.configured and (ws.cwd / EXECUTED).is_file():
                 kept = await asyncio.to_thread(store.keep, ctx.item, ws.cwd, [EXECUTED])
                 outputs = {
                     "notebook": kept[0]["uri"] if isinstance(kept[0], dict) else None,

@@ -1,0 +1,173 @@
+"""``container``: runs ``config.image`` with ``config.command`` through podman or docker.
+
+The runtime and its options come from the executor's configuration (``legato.executor.container_runtime``).
+The runtime client runs as a step process (its own process group, under the step guard), with stdout and
+stderr captured and size-capped like a shell step's. The container gets the step's declared ``env``
+(secrets resolved here, masked in what the step reports) and its identity (``LEGATO_WORKFLOW_ID``,
+``LEGATO_RUN_ID``, ``LEGATO_STEP_ID``, ``LEGATO_ATTEMPT``, ``LEGATO_ATTEMPT_ID``); the attempt's folder
+is mounted at ``/legato/work``: outputs written to ``$LEGATO_OUTPUTS`` (a file there) and files declared
+in ``artifacts`` (relative to it) are taken from it when the container exits.
+
+A timeout, cancel or shutdown sends SIGTERM to the client (which passes it to the container), SIGKILLs
+it after the grace period, then kills and removes the container by name: nothing keeps running.
+The container's exit code is the step's; the runtime's own failures (an image that does not exist:
+exit code 125) fail the attempt with the runtime's message, retried per the step's retry policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets as token_source
+import subprocess
+
+from legato.executor.artifacts import ArtifactStore
+from legato.executor.container_runtime import (
+    OUTPUTS_NAME,
+    WORK_TARGET,
+    ContainerConfig,
+    ContainerRuntime,
+    split_env,
+    write_env_file,
+)
+from legato.executor.outputs_file import read_outputs_file
+from legato.executor.process import describe_exit, run_in_process_group
+from legato.executor.secret_store import SecretStore
+from legato.executor.step_env import env_value, shield_executor_process
+from legato.executor.step_runner import StepContext, StepFailed, StepResult, parse_config
+from legato.executor.workspace import Workspace, attempt_workspace
+from legato.protocol.messages import JSONValue
+from legato.telemetry import get_logger
+
+log = get_logger("legato.executor")
+RUNTIME_ERRORS = {
+    125: "the container runtime failed",
+    126: "the command cannot be run",
+    127: "no such command",
+}
+REMOVE_TIMEOUT = 30.0  # seconds for ``rm --force`` of a stopped step's container
+
+
+class ContainerRunner:
+    """Runs ``container`` steps with the executor's container runtime CLI."""
+
+    step_type = "container"
+
+    def __init__(
+        self,
+        runtime: ContainerRuntime | None = None,
+        secrets: SecretStore | None = None,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.secrets = secrets
+        self.artifacts = artifacts
+
+    async def run(self, ctx: StepContext) -> StepResult:
+        config = parse_config(ctx.item.config, ContainerConfig)
+        shield_executor_process()
+        runtime = self.runtime or ContainerRuntime.from_environment()
+        secrets = (self.secrets or SecretStore.from_environment()).resolve(config.env)
+        if secrets.values:
+            ctx.output.redact = lambda text, cut: secrets.mask_tail(text) if cut else secrets.mask(text)
+        item = ctx.item
+        declared = {name: env_value(secrets.reveal(value)) for name, value in config.env.items()}
+        identity = {
+            "LEGATO_WORKFLOW_ID": item.workflow_id,
+            "LEGATO_INSTANCE_ID": item.instance_id,
+            "LEGATO_RUN_ID": item.instance_id,
+            "LEGATO_STEP_ID": item.step_id,
+            "LEGATO_ATTEMPT": str(item.attempt),
+            "LEGATO_ATTEMPT_ID": item.attempt_id,
+            "LEGATO_OUTPUTS": f"{WORK_TARGET}/{OUTPUTS_NAME}",
+        }
+        in_file, inherited = split_env({**declared, **identity}, runtime.client_env)
+        name = f"legato-{_safe(item.attempt_id)}-{token_source.token_hex(3)}"
+        labels = {
+            "legato.workflow_id": item.workflow_id,
+            "legato.instance_id": item.instance_id,
+            "legato.step_id": item.step_id,
+            "legato.attempt_id": item.attempt_id,
+        }
+        try:
+            async with attempt_workspace(item) as ws:
+                env_file = write_env_file(ws.root / "container.env", in_file)
+                argv = runtime.run_argv(
+                    config,
+                    name=name,
+                    env_file=env_file,
+                    inherited_env=list(inherited),
+                    work_dir=ws.cwd,
+                    labels=labels,
+                )
+                try:
+                    code = await run_in_process_group(
+                        argv,
+                        cwd=ws.cwd,
+                        env={**runtime.client_env, **inherited},
+                        output=ctx.output,
+                        kill_grace=ctx.kill_grace,
+                        lease=ctx.lease,
+                    )
+                except BaseException:
+                    # Killing the client does not stop the container (its monitor is not our child).
+                    await asyncio.shield(asyncio.to_thread(_remove, runtime, name))
+                    raise
+                kept = await self._keep_artifacts(ctx, ws, config.artifacts, required=code == 0)
+                if code != 0:
+                    what = RUNTIME_ERRORS.get(code)
+                    detail = describe_exit(code, ctx.output.stderr_tail())
+                    raise StepFailed(
+                        f"{what} ({detail})" if what else detail,
+                        exit_code=code,
+                        outputs={"artifacts": kept} if kept else None,
+                    )
+                outputs = read_outputs_file(ws.cwd / OUTPUTS_NAME)
+                if config.artifacts:
+                    outputs["artifacts"] = kept
+        except StepFailed as exc:
+            if not secrets.values:
+                raise
+            raise StepFailed(
+                secrets.mask(exc.error),
+                exit_code=exc.exit_code,
+                outputs={k: secrets.mask_json(v) for k, v in exc.outputs.items()},
+            ) from None
+        return StepResult(outputs={k: secrets.mask_json(v) for k, v in outputs.items()}, exit_code=0)
+
+    async def _keep_artifacts(
+        self, ctx: StepContext, ws: Workspace, patterns: list[str], *, required: bool
+    ) -> list[JSONValue]:
+        """The declared files of the container's work folder, kept also after a failure."""
+        if not patterns:
+            return []
+        store = self.artifacts or ArtifactStore.from_environment()
+        try:
+            return await asyncio.to_thread(store.keep, ctx.item, ws.cwd, patterns, required=required)
+        except StepFailed:
+            if required:
+                raise
+            return []
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in text)[:80]
+
+
+def _remove(runtime: ContainerRuntime, name: str) -> None:
+    """Kill and remove the container; logged, never raised (the step's own outcome wins)."""
+    try:
+        done = subprocess.run(
+            runtime.remove_argv(name),
+            env=dict(runtime.client_env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=REMOVE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired, StepFailed) as exc:
+        log.warning("container_remove_failed", container=name, error=str(exc))
+        return
+    if done.returncode != 0:
+        log.warning(
+            "container_remove_failed", container=name, error=done.stderr.decode(errors="replace")[-500:]
+        )
