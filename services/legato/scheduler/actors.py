@@ -35,7 +35,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkflowChanged,
 )
-from legato.scheduler import actions, repository, run_spans
+from legato.scheduler import actions, repository, run_events, run_spans
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
@@ -198,11 +198,11 @@ class WorkflowActor:
                 )
             await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
+        if uow.flushed_outbox:
+            reg.wake_relay()  # first: lifecycle events and work items wait for nothing else
         run_spans.emit(uow.spans)
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
-        if uow.flushed_outbox:
-            reg.wake_relay()
         if uow.flushed_timers:
             reg.wake_timers()
         return [None] * len(batch)
@@ -226,6 +226,13 @@ class WorkflowActor:
                     )
                 )
         uow.cancel_waits.clear()
+        instances = engine.state.instances
+        run_events.record(
+            uow,
+            self.registry.topology,
+            self.workflow_id,
+            lambda iid: uow.instances.get(iid) or instances.get(iid),
+        )
         await repository.flush(conn, uow, engine.state.row)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:

@@ -47,11 +47,22 @@ _INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
     run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
     parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
     created_at:timestamptz started_at:timestamptz ended_at:timestamptz body_path:text under_strategy:bool
-    trace_parent:text trace_links:jsonb
+    trace_parent:text trace_links:jsonb notify_seq:int
 """
 )
 _INSTANCE_UPDATABLE = tuple(
-    ["status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at"]
+    [
+        "status",
+        "reason",
+        "params",
+        "outputs",
+        "error",
+        "run_number",
+        "unblocked",
+        "started_at",
+        "ended_at",
+        "notify_seq",
+    ]
 )
 
 
@@ -89,7 +100,9 @@ def _jsonb_text(value: Any) -> str | None:
 def _instance(r: asyncpg.Record) -> InstanceState:
     """A ``workflow_instance`` row as state, its reason decoded once."""
     return InstanceState(
-        **{c: r[c] for c in _INSTANCE_COLUMNS if c != "reason"}, reason=decode_reason(r["reason"])
+        **{c: r[c] for c in _INSTANCE_COLUMNS if c != "reason"},
+        reason=decode_reason(r["reason"]),
+        published_status=r["status"],
     )
 
 
@@ -99,6 +112,7 @@ def _step(r: asyncpg.Record) -> StepState:
         **{c: r[c] for c in _STEP_COLUMNS if c not in ("reason", "progress")},
         reason=decode_reason(r["reason"]),
         progress=decode_progress(r["progress"]),
+        published_status=r["status"],
     )
 
 
@@ -120,7 +134,7 @@ _STEP_COLUMNS, _STEP_TYPES = _columns(
     instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
     retries_platform:int retries_timeout:int failure_ignored:bool params:jsonb outputs:jsonb error:text
     reason:jsonb created_at:timestamptz started_at:timestamptz ended_at:timestamptz signals:jsonb
-    waiting_since:timestamptz progress:jsonb
+    waiting_since:timestamptz progress:jsonb notify_seq:int
 """
 )
 _UPSERT_STEPS = _bulk_upsert_sql(

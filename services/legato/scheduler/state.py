@@ -92,6 +92,10 @@ class StepState:
     waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
     # foreach / loop / subworkflow: totals, next iteration to create, per-status counts, live children.
     progress: Progress | None = None
+    # Lifecycle events (docs/events.md, run_events.py): the status the last event said (the stored one
+    # when loaded; None for a new step), and how many events this step of this run has had.
+    published_status: str | None = None
+    notify_seq: int = 0
     new: bool = False
     dirty: bool = False
 
@@ -143,6 +147,10 @@ class InstanceState:
     trace_links: list[str] | None = None  # traceparents the run root span links to (the signals)
     body_path: str | None = None  # which body of the definition a child run executes
     under_strategy: bool = True  # counts under the workflow's run strategy (child runs do not)
+    # Lifecycle events (docs/events.md, run_events.py): the status the last event said (the stored one
+    # when loaded; None for a new run), and how many events this run has had.
+    published_status: str | None = None
+    notify_seq: int = 0
     steps: dict[str, StepState] = field(default_factory=dict)
     attempts: dict[str, AttemptState] = field(default_factory=dict)  # current attempts only
     typed_params: dict[str, Any] | None = None  # decoded once per activation for expressions
