@@ -157,3 +157,41 @@ def screenshot(driver: object, name: str, tmp_path: Path) -> Path:
     path = folder / f"{name}.png"
     driver.save_screenshot(str(path))  # type: ignore[attr-defined]
     return path
+
+
+def http(
+    url: str, *, cookie: str | None = None, form: dict[str, str] | None = None, timeout: float = 15.0
+) -> tuple[int, dict[str, list[str]], str]:
+    """One request, redirects not followed: (status, headers by lower-case name, body)."""
+    import http.client
+    from urllib.parse import urlencode, urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    headers = {"Cookie": cookie} if cookie else {}
+    body = None
+    if form is not None:
+        body = urlencode(form)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        conn.request(
+            "POST" if form is not None else "GET",
+            parts.path + (f"?{parts.query}" if parts.query else ""),
+            body,
+            headers,
+        )
+        res = conn.getresponse()
+        found: dict[str, list[str]] = {}
+        for name, value in res.getheaders():
+            found.setdefault(name.lower(), []).append(value)
+        return res.status, found, res.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def session_cookie(headers: dict[str, list[str]]) -> str:
+    """The ``name=value`` of the session cookie a response set."""
+    for value in headers.get("set-cookie", []):
+        if value.startswith("legato_session="):
+            return value.split(";", 1)[0]
+    raise AssertionError(f"no session cookie in {headers.get('set-cookie')}")

@@ -1,0 +1,85 @@
+"""The console's login tokens, listen address and page helpers (no server needed)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from legato.security.keyring import Keyring
+from legato.web.app import graph_of, next_cron_fire, workflow_state
+from legato.web.config import WebConfigError, parse_listen
+from legato.web.logins import ConsoleUser, LoginError, Logins, add_token, read_tokens
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> Keyring:
+    return Keyring(tmp_path / "keys").ensure(
+        (("alice", "operator"), ("bob", "viewer"), ("scheduler", "scheduler"))
+    )
+
+
+def test_a_token_logs_in_as_its_identity_with_its_role_and_only_its_hash_is_stored(ring: Keyring) -> None:
+    tokens = ring.folder / "web-tokens.json"
+    alice, bob = add_token(tokens, "alice"), add_token(tokens, "bob")
+    logins = Logins(tokens, ring.users_file, ring.folder)
+    assert logins.check(alice) == ConsoleUser("alice", "operator")
+    assert logins.check(bob) == ConsoleUser("bob", "viewer")
+    assert logins.check(alice + "x") is None and logins.check("") is None
+    text = tokens.read_text()
+    assert alice not in text and bob not in text
+    assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
+
+
+def test_service_identities_removed_users_and_missing_seeds_cannot_log_in(ring: Keyring) -> None:
+    tokens = ring.folder / "web-tokens.json"
+    service = add_token(tokens, "scheduler")
+    alice = add_token(tokens, "alice")
+    bob = add_token(tokens, "bob")
+    logins = Logins(tokens, ring.users_file, ring.folder)
+    assert logins.check(service) is None  # a service identity is not a person
+    ring.seed_file("alice").unlink()
+    assert logins.check(alice) is None  # the console cannot act as alice without her seed
+    users = json.loads(ring.users_file.read_text())
+    users["users"] = [u for u in users["users"] if u["name"] != "bob"]
+    ring.users_file.write_text(json.dumps(users))
+    assert logins.check(bob) is None  # removed from users.json: logged out for good
+
+
+def test_a_malformed_tokens_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"tokens": [{"name": 1}]}')
+    with pytest.raises(LoginError, match=r"tokens\.json: tokens\[0\] needs string fields"):
+        read_tokens(bad)
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("127.0.0.1:8765") == ("127.0.0.1", 8765)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    for bad in ("8765", "host:80", "127.0.0.1:99999"):
+        with pytest.raises(WebConfigError, match="--listen"):
+            parse_listen(bad)
+
+
+def test_fleet_state_next_cron_fire_and_run_graph() -> None:
+    assert workflow_state({"active": True, "paused": False, "blocked_by": "r1"}) == "blocked by r1"
+    assert workflow_state({"active": True, "paused": True}) == "paused"
+    assert workflow_state({"active": False}) == "inactive"
+    definition = {
+        "triggers": [{"type": "cron", "cron": "0 3 * * *", "timezone": "UTC"}],
+        "steps": [{"id": "a"}, {"id": "b", "depends_on": ["a"]}],
+    }
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    assert next_cron_fire(definition, now) == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    graph = graph_of(
+        definition, [{"step_id": "a", "status": "succeeded"}, {"step_id": "x", "status": "running"}]
+    )
+    assert graph["nodes"] == [
+        {"id": "a", "type": None, "status": "succeeded"},
+        {"id": "b", "type": None, "status": "pending"},
+        {"id": "x", "type": "dynamic", "status": "running"},
+    ]
+    assert graph["edges"] == [["a", "b"]]

@@ -1,0 +1,97 @@
+"""The console's HTTP contract against a real ``legato web`` and stack: login, cookie flags, security
+headers, CSRF and role checks on actions, no asset from elsewhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from legato.config.settings import Settings
+from legato.security.keyring import Keyring
+from tests.support.stack import running_stack, wait_for
+from tests.web.support import http, running_console, session_cookie
+
+QUEUE = """
+id: web-http
+run_strategy: {type: sequential}
+steps:
+  - {id: long, type: shell, command: "sleep 120"}
+"""
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page[:500]
+    return found.group(1)
+
+
+async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyring, tmp_path: Path) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(QUEUE)
+        run = await client.start("web-http")
+        await wait_for(client, run.instance_id, statuses=("running",))
+        with running_console(settings, keyring, tmp_path) as console:
+            base = console.url
+            # Nothing without a session: pages redirect to the login, data and streams say 401.
+            status, headers, _ = http(f"{base}/runs/{run.instance_id}")
+            assert status == 303 and headers["location"][0].startswith("/login")
+            assert http(f"{base}/events/runs/{run.instance_id}")[0] == 401
+            assert http(f"{base}/runs/{run.instance_id}.json")[0] == 401
+            # A wrong token logs nobody in.
+            status, headers, page = http(f"{base}/login?token=not-a-token")
+            assert status == 403 and "unknown token" in page
+            assert not any(
+                c.startswith("legato_session=") and "user" in c for c in headers.get("set-cookie", [])
+            )
+            # The one-click token: a session cookie that scripts cannot read, sent only over TLS (or to
+            # localhost) and never on cross-site requests; and strict headers on every response.
+            status, headers, _ = http(console.login_url("viewer"))
+            assert status == 303 and headers["location"] == ["/"]
+            flags = headers["set-cookie"][-1].lower()
+            assert "httponly" in flags and "secure" in flags and "samesite=strict" in flags
+            csp = headers["content-security-policy"][0]
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            assert headers["referrer-policy"] == ["no-referrer"]
+            viewer = session_cookie(headers)
+            status, _, page = http(f"{base}/runs/{run.instance_id}", cookie=viewer)
+            assert status == 200 and run.instance_id in page
+            assert "btn-stop" not in page  # no buttons for a viewer…
+            form = {"csrf": csrf_of(page), "verb": "stop", "reason": "forged"}
+            status, _, body = http(f"{base}/runs/{run.instance_id}/action", cookie=viewer, form=form)
+            assert status == 403 and "needs role operator" in body  # …and the server refuses too
+            # An operator: no CSRF token, no action; with it, the stop is done as "operator".
+            _, headers, _ = http(console.login_url("operator"))
+            operator = session_cookie(headers)
+            status, _, page = http(f"{base}/runs/{run.instance_id}", cookie=operator)
+            assert "btn-stop" in page
+            form = {"verb": "stop", "reason": "no token"}
+            assert http(f"{base}/runs/{run.instance_id}/action", cookie=operator, form=form)[0] == 403
+            form["csrf"] = csrf_of(page) + "x"
+            assert http(f"{base}/runs/{run.instance_id}/action", cookie=operator, form=form)[0] == 403
+            assert (await client.get(run.instance_id))["status"] == "running"
+            form = {"csrf": csrf_of(page), "verb": "stop", "reason": ""}
+            status, headers, _ = http(f"{base}/runs/{run.instance_id}/action", cookie=operator, form=form)
+            assert status == 303  # an empty reason is refused with a message, nothing done
+            assert (await client.get(run.instance_id))["status"] == "running"
+            form["reason"] = "maintenance window"
+            status, _, _ = http(f"{base}/runs/{run.instance_id}/action", cookie=operator, form=form)
+            assert status == 303
+            done = await wait_for(client, run.instance_id)
+            assert done["status"] == "stopped" and done["reason"] == {
+                "by": "operator",
+                "why": "maintenance window",
+                "code": "operator",
+                "action": "stop",
+            }
+            # Every asset is served by the console itself (air-gapped): no URL elsewhere in a page.
+            for path in ("/", "/workflows/web-http", f"/runs/{run.instance_id}", "/signals"):
+                status, _, page = http(base + path, cookie=operator)
+                assert status == 200, path
+                assert not re.search(r'(src|href)="(https?:)?//', page), path
+            status, headers, js = http(f"{base}/static/dagre.min.js")
+            assert status == 200 and "dagre" in js
+            # Logging out needs the CSRF token too, and ends the session.
+            assert http(f"{base}/logout", cookie=operator, form={})[0] == 403
+            status, headers, _ = http(f"{base}/logout", cookie=operator, form={"csrf": csrf_of(page)})
+            assert status == 303
+            assert http(f"{base}/", cookie=session_cookie(headers))[0] == 303
