@@ -376,6 +376,30 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             request, "run.html", run=data["instance"], data=data, jaeger=config.jaeger_url.rstrip("/")
         )
 
+    async def children(request: Request, user: ConsoleUser) -> Response:
+        client = await console.client(user)
+        instance_id, step_id = request.path_params["instance_id"], request.path_params["step_id"]
+        after = request.query_params.get("after")
+        status_filter = request.query_params.get("status") or None
+        body: dict[str, Any] = {
+            "instance_id": instance_id,
+            "step_id": step_id,
+            "limit": 100,
+            "status": status_filter,
+        }
+        if after and after.lstrip("-").isdigit():
+            body["after"] = int(after)
+        got = await client.call("instance.iterations", body)
+        return console.render(
+            request,
+            "children.html",
+            instance_id=instance_id,
+            step_id=step_id,
+            rows=got.get("iterations", []),
+            next_after=got.get("next"),
+            status=status_filter or "",
+        )
+
     async def run_json(request: Request, user: ConsoleUser) -> Response:
         client = await console.client(user)
         return JSONResponse(await run_data(client, request.path_params["instance_id"]))
@@ -519,6 +543,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/runs/{instance_id}.json", page(run_json)),
         Route("/runs/{instance_id}", page(run)),
         Route("/runs/{instance_id}/action", run_action, methods=["POST"]),
+        Route("/runs/{instance_id}/children/{step_id}", page(children)),
         Route("/signals", page(signals)),
         Route("/events/runs/{instance_id}", page(run_events)),
         Route("/events/fleet", page(fleet_events)),
