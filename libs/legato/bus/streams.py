@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -41,6 +43,23 @@ MAX_MSG_SIZE = 8 * 1024 * 1024
 # ones silently dropped.
 SIGNAL_MAX_MSG_SIZE = 256 * 1024
 SIGNAL_MAX_BYTES = 1024 * 1024 * 1024
+
+
+# Run lifecycle events (docs/events.md): kept for a week, at most 10 million or 1 GiB, oldest dropped
+# first. Subscribers catch up within that; the database keeps every run's history for good.
+NOTIFY_MAX_AGE = 7 * 24 * 3600.0
+NOTIFY_MAX_MSGS = 10_000_000
+NOTIFY_MAX_BYTES = 1024 * 1024 * 1024
+NOTIFY_MAX_MSG_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NotifyRetention:
+    """How much of the lifecycle events the notify stream keeps (``LEGATO_NOTIFY_MAX_*``)."""
+
+    max_age: float = NOTIFY_MAX_AGE
+    max_msgs: int = NOTIFY_MAX_MSGS
+    max_bytes: int = NOTIFY_MAX_BYTES
 
 
 # How long a starting service waits for JetStream to answer before it gives up: a cluster that has
@@ -126,8 +145,12 @@ class ConsumerSpec:
         )
 
 
-def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
-    """The JetStream stream of every kind (triggers, events, work, signals, dead letters …) of one install."""
+def stream_configs(
+    topology: Topology, replicas: int = 1, notify: NotifyRetention | None = None
+) -> list[StreamConfig]:
+    """The JetStream stream of every kind (triggers, events, work, signals, dead letters, lifecycle
+    events …) of one install."""
+    keep = notify or NotifyRetention()
 
     def cfg(name: str, kind: str, retention: RetentionPolicy, max_age: float = 0.0) -> StreamConfig:
         untrusted = kind == "signal"
@@ -150,15 +173,32 @@ def stream_configs(topology: Topology, replicas: int = 1) -> list[StreamConfig]:
         cfg(topology.work_stream, "work", RetentionPolicy.WORK_QUEUE),
         cfg(topology.signals_stream, "signal", RetentionPolicy.LIMITS, SIGNAL_MAX_AGE),
         cfg(topology.deadletter_stream, "deadletter", RetentionPolicy.WORK_QUEUE),
+        # One notify stream per NATS account: every namespace adds its subjects (see _provision_notify).
+        StreamConfig(
+            name=topology.notify_stream,
+            subjects=[f"{topology.subject_prefix('notify')}>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW,
+            max_msg_size=NOTIFY_MAX_MSG_SIZE,
+            max_age=keep.max_age,
+            max_msgs=keep.max_msgs,
+            max_bytes=keep.max_bytes,
+            discard=DiscardPolicy.OLD,
+        ),
     ]
 
 
-async def provision_streams(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
+async def provision_streams(
+    js: JetStreamContext, topology: Topology, *, replicas: int = 1, notify: NotifyRetention | None = None
+) -> None:
     """Create the streams, or bring them to the wanted configuration; safe to run from every process.
 
     Waits (bounded) while JetStream is not ready yet, as after a cluster has just formed."""
-    for want in stream_configs(topology, replicas):
-        await settled(functools.partial(_provision_stream, js, want), f"stream {want.name}")
+    for want in stream_configs(topology, replicas, notify):
+        provision = _provision_notify if want.name == topology.notify_stream else _provision_stream
+        await settled(functools.partial(provision, js, want), f"stream {want.name}")
     await settled(
         functools.partial(provision_attempts_bucket, js, topology, replicas=replicas),
         f"bucket {topology.attempts_bucket}",
@@ -231,10 +271,46 @@ async def _provision_stream(js: JetStreamContext, want: StreamConfig) -> None:
         or have.max_age != want.max_age
         or have.max_msg_size != want.max_msg_size
         or have.max_bytes != want.max_bytes
+        or have.max_msgs != want.max_msgs
         or have.discard != want.discard
     ):
         await js.update_stream(want)
         log.info("stream_updated", stream=want.name)
+
+
+async def _provision_notify(js: JetStreamContext, want: StreamConfig) -> None:
+    """The notify stream is shared by every namespace of the account (so roles can be granted it by
+    name), and a subject starting with a wildcard is refused, so each install adds its own
+    ``<ns.>legato.notify.>`` to the stream's subjects. Two installs adding theirs at once may overwrite
+    each other's update: each re-reads until its subject is there (bounded)."""
+    assert want.name is not None and want.subjects
+    mine = want.subjects[0]
+    for _ in range(50):
+        try:
+            info = await js.stream_info(want.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(want)
+                log.info("stream_created", stream=want.name)
+                return
+            except BadRequestError:
+                continue  # another process created it first
+        have = info.config
+        subjects = list(have.subjects or [])
+        if (
+            mine in subjects
+            and have.max_age == want.max_age
+            and have.max_msgs == want.max_msgs
+            and have.max_bytes == want.max_bytes
+            and have.num_replicas == want.num_replicas
+        ):
+            return
+        await js.update_stream(
+            dataclasses.replace(want, subjects=subjects if mine in subjects else [*subjects, mine])
+        )
+        log.info("stream_updated", stream=want.name, subject=mine)
+        await asyncio.sleep(random.uniform(0.0, 0.05))  # then check that no other update overwrote it
+    raise ProvisioningError(f"stream {want.name}: could not add subject {mine} (concurrent updates)")
 
 
 async def provision_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:

@@ -56,6 +56,13 @@ class Topology:
         return f"{self._n}LEGATO_DEADLETTERS"
 
     @property
+    def notify_stream(self) -> str:
+        """Run lifecycle events (``legato.notify.>`` of every namespace). One stream per NATS account,
+        not per namespace, so the roles that may read events are granted it by name
+        (``security/permissions.py``); a reader's filter subject carries its namespace."""
+        return "LEGATO_NOTIFY"
+
+    @property
     def attempts_bucket(self) -> str:
         """JetStream KV bucket of the executors' attempt claims and kept results."""
         return f"{self._n}LEGATO_ATTEMPTS"
@@ -120,6 +127,19 @@ class Topology:
     @property
     def progress_wildcard(self) -> str:
         return f"{self._s}legato.progress.>"
+
+    def notify_run_subject(self, workflow_id: str, status: str) -> str:
+        """Where a run's status change is published (``docs/events.md``)."""
+        return f"{self._s}legato.notify.run.{subject_token(workflow_id)}.{status}"
+
+    def notify_step_subject(self, workflow_id: str, status: str) -> str:
+        """Where a step's status change is published (``docs/events.md``)."""
+        return f"{self._s}legato.notify.step.{subject_token(workflow_id)}.{status}"
+
+    def notify_filter(self, kind: str, workflow_id: str | None = None, status: str | None = None) -> str:
+        """The subject filter of ``kind`` (``run`` or ``step``) events, of one workflow and/or status."""
+        wf = "*" if workflow_id is None else subject_token(workflow_id)
+        return f"{self._s}legato.notify.{kind}.{wf}.{status or '*'}"
 
     def subject_prefix(self, kind: str) -> str:
         return f"{self._s}legato.{kind}."

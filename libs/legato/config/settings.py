@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # JetStream stream replicas (3 in a cluster deployment).
     stream_replicas: int = 1
     max_deliveries: int = 5
+    # Run lifecycle events (docs/events.md): how long and how many the notify stream keeps.
+    notify_max_age: float = 7 * 24 * 3600.0
+    notify_max_msgs: int = 10_000_000
+    notify_max_bytes: int = 1024 * 1024 * 1024
     # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
     # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
     dispatch_window: int = 256
@@ -88,6 +92,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_STREAM_REPLICAS",
             "must be 1, 3 or 5",
             self.stream_replicas,
+        )
+        _check(
+            60 <= self.notify_max_age <= 366 * 24 * 3600,
+            "LEGATO_NOTIFY_MAX_AGE",
+            "must be 60..31622400 seconds",
+            self.notify_max_age,
+        )
+        _check(
+            self.notify_max_msgs >= 1000, "LEGATO_NOTIFY_MAX_MSGS", "must be >= 1000", self.notify_max_msgs
+        )
+        _check(
+            self.notify_max_bytes >= 1024 * 1024,
+            "LEGATO_NOTIFY_MAX_BYTES",
+            "must be >= 1048576",
+            self.notify_max_bytes,
         )
         _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
         _check(

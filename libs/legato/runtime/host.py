@@ -24,7 +24,7 @@ from legato.bus.connection import connect_with
 from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
-from legato.bus.streams import ConsumerSpec, await_streams, provision_streams
+from legato.bus.streams import ConsumerSpec, NotifyRetention, await_streams, provision_streams
 from legato.bus.topology import Topology
 from legato.config.settings import Settings, SettingsError
 from legato.lifecycle.component import Component
@@ -105,7 +105,16 @@ class ServiceHost:
             configure_metrics(self.service, instance_id=instance, prometheus=self.settings.metrics_port != 0)
         self._nc = await connect_with(self.settings, name=f"legato-{self.service}")
         if self.with_database:
-            await provision_streams(self.js, self.topology, replicas=self.settings.stream_replicas)
+            await provision_streams(
+                self.js,
+                self.topology,
+                replicas=self.settings.stream_replicas,
+                notify=NotifyRetention(
+                    self.settings.notify_max_age,
+                    self.settings.notify_max_msgs,
+                    self.settings.notify_max_bytes,
+                ),
+            )
         else:
             # The executor may not create or change streams (its NATS permissions say so): it waits,
             # bounded, for a stateful service to have created them.

@@ -96,6 +96,21 @@ JS_CONSUME = [
 JS_PROVISION = ["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"]
 JS_SERVICE = [*JS_CONSUME, *JS_PROVISION]
 INBOX = "_INBOX.>"
+# Reading run lifecycle events (docs/events.md): the notify stream has one name in every namespace
+# (Topology.notify_stream), so these grants name it and no other stream: a reader may create consumers
+# on it, fetch from and ack them, and delete its own ephemeral ones; nothing on the work, trigger,
+# event or signal streams. Events also reach plain subscribers of legato.notify.> (wait, wait_all).
+NOTIFY_STREAM = "LEGATO_NOTIFY"
+JS_NOTIFY_READ = [
+    "$JS.API.INFO",
+    f"$JS.API.STREAM.INFO.{NOTIFY_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{NOTIFY_STREAM}.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.{NOTIFY_STREAM}.>",
+    f"$JS.API.CONSUMER.INFO.{NOTIFY_STREAM}.>",
+    f"$JS.API.CONSUMER.DELETE.{NOTIFY_STREAM}.>",
+    f"$JS.API.CONSUMER.MSG.NEXT.{NOTIFY_STREAM}.>",
+    f"$JS.ACK.{NOTIFY_STREAM}.>",
+]
 # The executor's attempt claims (bucket LEGATO_ATTEMPTS, namespaced): a KV put/create is a publish on
 # $KV.<bucket>.<key>, a get a direct get. A bucket name carries the namespace inside its only token, so
 # no subject wildcard can name it alone: only the executor is given KV subjects at all.
@@ -113,7 +128,7 @@ def api_subjects(role: str) -> list[str]:
 # What each service's outbox relay may publish (the outbox table is shared: a relay must not pick rows
 # its NATS permissions refuse, e.g. the trigger relaying the scheduler's work items). None = all.
 RELAY_KINDS: dict[str, tuple[str, ...] | None] = {
-    "trigger": ("trigger", "signal"),
+    "trigger": ("trigger", "signal", "notify"),
     "scheduler": None,
     "signal_router": ("trigger", "event"),
     "executor": ("event",),
@@ -135,7 +150,7 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
     sub: list[str]
     deny_pub: list[str] = []
     if role == "trigger":
-        pub = [*_ns(["legato.trigger.>", "legato.signal.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
+        pub = [*_ns(["legato.trigger.>", "legato.signal.>", "legato.notify.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
         sub = [*_ns(["legato.api.>"]), INBOX, "$SRV.>"]
     elif role == "scheduler":
         pub = [
@@ -147,6 +162,7 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
                     "legato.signal.>",
                     "legato.control.>",
                     "legato.progress.>",
+                    "legato.notify.>",
                 ]
             ),
             *JS_SERVICE,
@@ -172,8 +188,8 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
         deny_pub = _ns(["legato.signal._legato.>"])
         sub = [INBOX]
     elif role in ("viewer", "operator", "admin"):
-        pub = _ns(api_subjects(role))
-        sub = [*_ns(["legato.progress.>"]), INBOX]
+        pub = [*_ns(api_subjects(role)), *JS_NOTIFY_READ]
+        sub = [*_ns(["legato.progress.>", "legato.notify.>"]), INBOX]
     else:
         raise ValueError(f"unknown role {role!r}")
     if public_key is not None:

@@ -35,7 +35,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkflowChanged,
 )
-from legato.scheduler import actions, repository, run_spans
+from legato.scheduler import actions, repository, run_events, run_spans
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseLost, PartitionLeaser
@@ -226,6 +226,10 @@ class WorkflowActor:
                     )
                 )
         uow.cancel_waits.clear()
+        instances = engine.state.instances
+        run_events.record(
+            uow, self.registry.topology, lambda iid: uow.instances.get(iid) or instances.get(iid)
+        )
         await repository.flush(conn, uow, engine.state.row)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:

@@ -46,11 +46,22 @@ _INSTANCE_COLUMNS, _INSTANCE_TYPES = _columns(
     run_params:jsonb outputs:jsonb error:text run_number:int unblocked:bool parent_instance_id:text
     parent_step_id:text parent_iteration:int root_instance_id:text traceparent:text requested_at:timestamptz
     created_at:timestamptz started_at:timestamptz ended_at:timestamptz body_path:text under_strategy:bool
-    trace_parent:text trace_links:jsonb
+    trace_parent:text trace_links:jsonb notify_seq:int
 """
 )
 _INSTANCE_UPDATABLE = tuple(
-    ["status", "reason", "params", "outputs", "error", "run_number", "unblocked", "started_at", "ended_at"]
+    [
+        "status",
+        "reason",
+        "params",
+        "outputs",
+        "error",
+        "run_number",
+        "unblocked",
+        "started_at",
+        "ended_at",
+        "notify_seq",
+    ]
 )
 
 
@@ -119,7 +130,7 @@ _STEP_COLUMNS, _STEP_TYPES = _columns(
     instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
     retries_platform:int retries_timeout:int failure_ignored:bool params:jsonb outputs:jsonb error:text
     reason:jsonb created_at:timestamptz started_at:timestamptz ended_at:timestamptz signals:jsonb
-    waiting_since:timestamptz progress:jsonb
+    waiting_since:timestamptz progress:jsonb notify_seq:int
 """
 )
 _UPSERT_STEPS = _bulk_upsert_sql(

@@ -36,6 +36,7 @@ from legato.core.model import CronTrigger
 from legato.core.reasons import Missed, Paused, code_of, encode_reason, message_of
 from legato.lifecycle.component import Component
 from legato.protocol import encode
+from legato.protocol.events import RunEvent, encode_event, run_event_id
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.store.outbox import add_to_outbox
@@ -461,12 +462,35 @@ class CronLoop(Component):
             iid = instance_id_for(wf_id, key)
             info = {"kind": "cron", "id": trigger.id, "details": {"fire_time": fire_time.isoformat()}}
             rows.append((iid, wf_id, wf.version, key, info, encode_reason(reason), message_of(reason)))
-        await conn.executemany(
-            "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, reason, "
-            "error, root_instance_id, requested_at, ended_at) "
-            "VALUES ($1, $2, $3, $4, $5, 'skipped', $6, $7, $1, now(), now()) ON CONFLICT DO NOTHING",
-            rows,
-        )
+        # Each skipped run is born ended: its one lifecycle event (docs/events.md) goes into the outbox
+        # with its row, only if the row is new.
+        events: list[OutgoingMessage] = []
+        for (_fire_time, reason), row in zip(skip, rows, strict=True):
+            ended = await conn.fetchval(
+                "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, "
+                "reason, error, root_instance_id, requested_at, ended_at, notify_seq) "
+                "VALUES ($1, $2, $3, $4, $5, 'skipped', $6, $7, $1, now(), now(), 1) ON CONFLICT DO NOTHING "
+                "RETURNING extract(epoch FROM ended_at)::float8",
+                *row,
+            )
+            if ended is not None:
+                event = RunEvent(
+                    event_id=run_event_id(row[0], 1),
+                    workflow_id=wf_id,
+                    instance_id=row[0],
+                    status="skipped",
+                    at=ended,
+                    seq=1,
+                    reason=code_of(reason),
+                )
+                events.append(
+                    OutgoingMessage(
+                        self.topology.notify_run_subject(wf_id, "skipped"),
+                        encode_event(event),
+                        msg_id=event.event_id,
+                    )
+                )
+        await add_to_outbox(conn, events)
         await conn.executemany(
             "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
             "VALUES ($1, $2, $3, $4, 'skipped') ON CONFLICT DO NOTHING",
