@@ -494,7 +494,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         async def produce() -> AsyncIterator[str]:
             last = ""
             deadline = time.monotonic() + STREAM_SECONDS
-            async with Changes(client, workflow_id) as changes:
+            async with Changes(client, workflow_id, instance_id=instance_id) as changes:
                 data = first
                 while time.monotonic() < deadline:
                     text = json.dumps(data, default=str)
@@ -506,8 +506,9 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
                     active = data["instance"]["status"] not in TERMINAL or any(
                         s["status"] not in TERMINAL for s in data["instance"].get("steps", [])
                     )
-                    await changes.wait(1.0 if active else 15.0)
-                    await asyncio.sleep(0.05)  # coalesce a burst of changes into one refresh
+                    # Woken by the run's lifecycle events; the tick only covers a missed event.
+                    await changes.wait(5.0 if active else 30.0)
+                    await asyncio.sleep(0.02)  # coalesce a burst of changes into one refresh
                     data = await run_data(client, instance_id)
 
         return stream(request, produce)
@@ -517,7 +518,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
 
         async def produce() -> AsyncIterator[str]:
             deadline = time.monotonic() + STREAM_SECONDS
-            async with Changes(client) as changes:
+            async with Changes(client, steps=False) as changes:
                 while time.monotonic() < deadline:
                     if await changes.wait(15.0):
                         yield f"event: changed\ndata: {time.time()}\n\n"

@@ -13,8 +13,11 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from legato.client import LegatoClient
 from legato.config.settings import Settings
+from legato.protocol.events import decode_event
 
 MAX_CLIENTS = 64  # distinct identities connected at once (each is one NATS connection)
 
@@ -60,33 +63,59 @@ class Gateway:
 
 
 class Changes:
-    """Wakes a waiter when a run of ``workflow_id`` (or any workflow) changes: fed by the run lifecycle
-    notifications on ``legato.progress.<workflow>``; ``wait`` also returns after ``timeout`` so a missed
-    notification costs at most one tick."""
+    """Wakes a waiter when a run (``instance_id``, its child runs, or any run of ``workflow_id``, or any
+    run at all) changes. Fed by the run lifecycle events (``legato.notify.{run,step}.<workflow>.*``,
+    ``legato.protocol.events``; plain subscriptions: a page needs to know *that* something changed, the
+    state itself is read with ``instance.get``); ``wait`` also returns after its timeout, so a missed
+    event costs at most one tick."""
 
-    def __init__(self, client: LegatoClient, workflow_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: LegatoClient,
+        workflow_id: str | None = None,
+        *,
+        instance_id: str | None = None,
+        steps: bool = True,
+    ) -> None:
         self.client = client
         self.workflow_id = workflow_id
+        self.instance_id = instance_id
+        self.steps = steps
         self._event = asyncio.Event()
-        self._sub: Any = None
-        self.last: dict[str, Any] | None = None
+        self._subs: list[Any] = []
+        self.last_at = 0.0  # ``at`` of the newest event seen (the change's commit time)
 
     async def __aenter__(self) -> Changes:
         topology = self.client.topology
-        subject = (
-            topology.progress_subject(self.workflow_id) if self.workflow_id else topology.progress_wildcard
-        )
+        kinds = ("run", "step") if self.steps else ("run",)
 
         async def on_msg(msg: Any) -> None:
+            try:
+                event = decode_event(msg.data)
+            except msgspec.DecodeError:
+                return
+            if self.instance_id is not None and self.instance_id not in (
+                event.instance_id,
+                getattr(event, "parent_instance_id", None),
+            ):
+                return
+            self.last_at = max(self.last_at, event.at)
             self._event.set()
 
-        self._sub = await self.client.nc.subscribe(subject, cb=on_msg)
+        try:
+            for kind in kinds:
+                subject = topology.notify_filter(kind, self.workflow_id)
+                self._subs.append(await self.client.nc.subscribe(subject, cb=on_msg))
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed, False after ``timeout`` without a change."""
