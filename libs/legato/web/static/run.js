@@ -62,6 +62,10 @@
     const reason = inst.error || (inst.reason && inst.reason.message) || "";
     document.getElementById("run-reason").textContent = reason;
     drawTrace(inst.trace_id);
+    const trigger = inst.trigger || {};
+    document.getElementById("run-version").textContent = inst.version == null ? "" : String(inst.version);
+    document.getElementById("run-trigger").textContent = (trigger.kind || "") + (trigger.by ? " by " + trigger.by : "");
+    document.getElementById("run-created").textContent = (inst.created_at || "").replace("T", " ").slice(0, 19);
     const steps = stepsById();
     let redraw = false;
     for (const n of data.graph.nodes) {
