@@ -58,6 +58,13 @@ steps:
     depends_on: [fan]
 """
 
+WIDE_LANES, WIDE_DEPTH = 100, 10  # a 1,000-step static graph: 100 lanes of 10 steps after one start step
+WIDE = "id: wide\nrun_strategy: sequential\nsteps:\n  - {id: start, type: noop}\n" + "".join(
+    f"  - {{id: l{lane:03d}d{depth}, type: noop, depends_on: [{f'l{lane:03d}d{depth - 1}' if depth else 'start'}]}}\n"
+    for lane in range(WIDE_LANES)
+    for depth in range(WIDE_DEPTH)
+)
+
 CHAIN_STEPS = 25
 CHAIN = "id: chain\nrun_strategy: {type: parallel, max_concurrency: 5}\nsteps:\n" + "".join(
     f"  - {{id: s{i:02d}, type: shell, command: 'sleep 0.3'"
@@ -128,6 +135,8 @@ async def run(args: argparse.Namespace) -> None:
             print(f"pushed {args.workflows} workflows in {time.perf_counter() - t0:.1f} s")
             await client.push(FOREACH)
             await client.push(CHAIN)
+            await client.push(WIDE)
+            wide = await client.start("wide")
             big = await client.start("big-foreach", {"n": args.iterations})
             for _ in range(3000):
                 info = await client.get(big.instance_id, timeline_limit=0, steps_limit=10)
@@ -142,6 +151,10 @@ async def run(args: argparse.Namespace) -> None:
                 warm = timed_get(console.url + "/", cookie, args.repeat)
                 search = timed_get(console.url + "/?q=fleet-09", cookie, args.repeat)
                 run_page = timed_get(f"{console.url}/runs/{big.instance_id}", cookie, args.repeat)
+                children = timed_get(
+                    f"{console.url}/runs/{big.instance_id}/children/fan", cookie, args.repeat
+                )
+                wide_page = timed_get(f"{console.url}/runs/{wide.instance_id}", cookie, args.repeat)
                 print(f"fleet page, {args.workflows} workflows (100 a page), server time:")
                 print(f"  first (definitions not cached): {cold[0] * 1000:7.0f} ms")
                 print(
@@ -152,13 +165,28 @@ async def run(args: argparse.Namespace) -> None:
                     f"run page, {args.iterations}-iteration foreach, server time p50 / max: "
                     f"{statistics.median(run_page) * 1000:.0f} / {max(run_page) * 1000:.0f} ms"
                 )
+                print(
+                    f"  its child runs page (100 of {args.iterations}) p50: {statistics.median(children) * 1000:.0f} ms"
+                )
+                print(
+                    f"run page, {WIDE_LANES * WIDE_DEPTH + 1}-step static graph, server time p50 / max: "
+                    f"{statistics.median(wide_page) * 1000:.0f} / {max(wide_page) * 1000:.0f} ms"
+                )
                 with browser() as driver:
                     driver.get(console.login_url("viewer"))
                     shown = [
                         rendered_graph(driver, f"{console.url}/runs/{big.instance_id}") for _ in range(3)
                     ]
                     print(
-                        f"  navigation -> rendered graph in Chromium, best / worst of 3: {min(shown):.2f} / {max(shown):.2f} s"
+                        f"foreach run: navigation -> rendered graph in Chromium, best / worst of 3: "
+                        f"{min(shown):.2f} / {max(shown):.2f} s"
+                    )
+                    shown = [
+                        rendered_graph(driver, f"{console.url}/runs/{wide.instance_id}") for _ in range(3)
+                    ]
+                    print(
+                        f"{WIDE_LANES * WIDE_DEPTH + 1}-step run: navigation -> rendered graph (dagre layout), "
+                        f"best / worst of 3: {min(shown):.2f} / {max(shown):.2f} s"
                     )
                     fleet_shown = []
                     for _ in range(3):
