@@ -8,6 +8,7 @@ from pathlib import Path
 
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
+from tests.e2e.test_dead_letters import dead_letters, trigger_subject
 from tests.support.stack import running_stack, wait_for
 from tests.web.support import http, running_console, session_cookie
 
@@ -95,3 +96,32 @@ async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyrin
             status, headers, _ = http(f"{base}/logout", cookie=operator, form={"csrf": csrf_of(page)})
             assert status == 303
             assert http(f"{base}/", cookie=session_cookie(headers))[0] == 303
+
+
+async def test_dead_letters_are_listed_inspected_and_replayed_by_an_operator(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.nc.jetstream().publish(
+            trigger_subject(settings, "nothing"), b"\xff not json", headers={"Nats-Msg-Id": "web-garbage-1"}
+        )
+        (row,) = await dead_letters(client, 1)
+        with running_console(settings, keyring, tmp_path) as console:
+            _, headers, _ = http(console.login_url("viewer"))
+            viewer = session_cookie(headers)
+            status, _, page = http(f"{console.url}/dead-letters", cookie=viewer)
+            assert status == 200 and f'href="/dead-letters/{row["id"]}"' in page
+            status, _, page = http(f"{console.url}/dead-letters/{row['id']}", cookie=viewer)
+            assert status == 200 and row["subject"] in page and "btn-replay" not in page
+            form = {"csrf": csrf_of(page), "verb": "replay", "reason": "forged"}
+            assert http(f"{console.url}/dead-letters/{row['id']}/action", cookie=viewer, form=form)[0] == 403
+            _, headers, _ = http(console.login_url("operator"))
+            operator = session_cookie(headers)
+            status, _, page = http(f"{console.url}/dead-letters/{row['id']}", cookie=operator)
+            assert "btn-replay" in page and "btn-discard" not in page  # discarding needs admin
+            form = {"csrf": csrf_of(page), "verb": "replay", "reason": "decoder fixed"}
+            assert (
+                http(f"{console.url}/dead-letters/{row['id']}/action", cookie=operator, form=form)[0] == 303
+            )
+            shown = await client.call("dead_letter.get", {"id": row["id"]})
+            assert shown["replayed_by"] == "operator"

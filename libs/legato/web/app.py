@@ -47,6 +47,7 @@ STREAM_SECONDS = 30 * 60  # a stream ends after this; the browser's EventSource 
 TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 RUN_VERBS = ("stop", "kill", "restart", "unblock", "skip_step")
 WORKFLOW_VERBS = ("stop", "kill", "unblock", "pause", "resume")
+DEAD_LETTER_VERBS = ("replay", "discard")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -324,8 +325,10 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
                 hours = ""
         if cursor and cursor.isdigit():
             body["cursor"] = int(cursor)
-        status, runs = await asyncio.gather(
-            client.call("workflow.status", {"workflow_id": wid}), client.call("instance.list", body)
+        status, runs, backfills = await asyncio.gather(
+            client.call("workflow.status", {"workflow_id": wid}),
+            client.call("instance.list", body),
+            client.call("backfill.list", {"workflow_id": wid, "limit": 20}),
         )
         listed = [
             r for r in runs.get("instances", []) if not kind or (r.get("trigger") or {}).get("kind") == kind
@@ -346,6 +349,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             "workflow.html",
             wf=status,
             runs=listed,
+            backfills=backfills.get("backfills", []),
             next_cursor=runs.get("next_cursor"),
             filters={"status": status_filter or "", "kind": kind, "hours": hours},
             versions=list(range(status.get("latest_version", 1), 0, -1)),
@@ -415,8 +419,11 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         if isinstance(form, Response):
             return form
         verb = form.get("verb", "")
-        back = f"/runs/{quote(target)}" if kind == "instance" else f"/workflows/{quote(target)}"
-        if verb not in (RUN_VERBS if kind == "instance" else WORKFLOW_VERBS):
+        back = {"instance": "/runs/", "workflow": "/workflows/", "dead_letter": "/dead-letters/"}[
+            kind
+        ] + quote(target)
+        verbs = {"instance": RUN_VERBS, "workflow": WORKFLOW_VERBS, "dead_letter": DEAD_LETTER_VERBS}[kind]
+        if verb not in verbs:
             return PlainTextResponse(f"unknown action {verb!r}", status_code=400)
         endpoint = f"{kind}.{verb}"
         if not may_call(user.role, endpoint):
@@ -431,7 +438,11 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             return RedirectResponse(back, status_code=303)
         client = await console.client(user)
         try:
-            if kind == "instance":
+            if kind == "dead_letter":
+                if not target.isdigit():
+                    return PlainTextResponse(f"not a dead letter id: {target!r}", status_code=400)
+                await client.call(endpoint, {"id": int(target), "reason": reason})
+            elif kind == "instance":
                 step = form.get("step_id") or None
                 await client.instance_action(verb, target, reason=reason, step_id=step)
             elif verb in ("pause", "resume"):
@@ -446,6 +457,33 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             return RedirectResponse(back, status_code=303)
         request.session["flash"] = f"{verb} requested by {user.name}: {reason}"
         return RedirectResponse(back, status_code=303)
+
+    # ---------------------------------------------------------------- dead letters
+    async def dead_letters(request: Request, user: ConsoleUser) -> Response:
+        client = await console.client(user)
+        body: dict[str, Any] = {"limit": 50, "include_done": bool(request.query_params.get("all"))}
+        before = request.query_params.get("before")
+        if before and before.isdigit():
+            body["before"] = int(before)
+        got = await client.call("dead_letter.list", body)
+        return console.render(
+            request,
+            "dead_letters.html",
+            rows=got.get("dead_letters", []),
+            next_before=got.get("next"),
+            show_all=body["include_done"],
+        )
+
+    async def dead_letter(request: Request, user: ConsoleUser) -> Response:
+        client = await console.client(user)
+        ident = request.path_params["dead_letter_id"]
+        if not ident.isdigit():
+            return console.render(request, "error.html", 404, error=f"not a dead letter id: {ident!r}")
+        got = await client.call("dead_letter.get", {"id": int(ident)})
+        return console.render(request, "dead_letter.html", dl=got)
+
+    async def dead_letter_action(request: Request) -> Response:
+        return await _action(request, "dead_letter", request.path_params["dead_letter_id"])
 
     # ---------------------------------------------------------------- signals
     async def signals(request: Request, user: ConsoleUser) -> Response:
@@ -546,6 +584,9 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/runs/{instance_id}/action", run_action, methods=["POST"]),
         Route("/runs/{instance_id}/children/{step_id}", page(children)),
         Route("/signals", page(signals)),
+        Route("/dead-letters", page(dead_letters)),
+        Route("/dead-letters/{dead_letter_id}", page(dead_letter)),
+        Route("/dead-letters/{dead_letter_id}/action", dead_letter_action, methods=["POST"]),
         Route("/events/runs/{instance_id}", page(run_events)),
         Route("/events/fleet", page(fleet_events)),
         Route("/healthz", lambda request: PlainTextResponse("ok")),
