@@ -46,6 +46,7 @@
       nodes.set(n.id, { group, rect, title, type: n.type });
     }
     box.replaceChildren(svg);
+    window.legatoGraphDrawnAt = performance.now(); // ms since navigation start (bench/web.py reads it)
   }
 
   function stepsById() {
