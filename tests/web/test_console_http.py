@@ -20,6 +20,14 @@ steps:
 """
 
 
+XSS = """
+id: web-xss
+description: "<script>alert(1)</script>"
+steps:
+  - {id: a, type: noop}
+"""
+
+
 def csrf_of(page: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', page)
     assert found, page[:500]
@@ -29,6 +37,7 @@ def csrf_of(page: str) -> str:
 async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyring, tmp_path: Path) -> None:
     async with running_stack(settings, tmp_path) as (_, client):
         await client.push(QUEUE)
+        await client.push(XSS)
         run = await client.start("web-http")
         await wait_for(client, run.instance_id, statuses=("running",))
         with running_console(settings, keyring, tmp_path) as console:
@@ -84,6 +93,13 @@ async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyrin
                 "code": "operator",
                 "action": "stop",
             }
+            # What a workflow's author wrote is shown as text, never as markup.
+            page = http(f"{base}/", cookie=operator)[2]
+            assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+            # After login, only a path of this console: no open redirect.
+            for evil in ("//evil.example/", "https://evil.example/", "/\\evil.example/"):
+                status, headers, _ = http(f"{console.login_url('viewer')}&next={evil}")
+                assert status == 303 and headers["location"] == ["/"], evil
             # Every asset is served by the console itself (air-gapped): no URL elsewhere in a page.
             for path in ("/", "/workflows/web-http", f"/runs/{run.instance_id}", "/signals"):
                 status, _, page = http(base + path, cookie=operator)

@@ -237,8 +237,8 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             if isinstance(form, Response):
                 return form
             token, next_url = form.get("token", ""), form.get("next") or "/"
-        if not next_url.startswith("/") or next_url.startswith("//"):
-            next_url = "/"
+        if not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
+            next_url = "/"  # only a path of this console: never an open redirect
         if token is not None:
             try:
                 user = console.logins.check(token)
@@ -263,7 +263,8 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         client = await console.client(user)
         q = request.query_params.get("q", "").strip().lower()
         state = request.query_params.get("state", "")
-        offset = max(0, int(request.query_params.get("offset", "0") or 0))
+        offset_text = request.query_params.get("offset", "0")
+        offset = int(offset_text) if offset_text.isdigit() else 0
         workflows, recent = await asyncio.gather(
             every_workflow(client), client.call("instance.list", {"limit": 1000})
         )
@@ -547,7 +548,11 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
                     # Woken by the run's lifecycle events; the tick only covers a missed event.
                     await changes.wait(5.0 if active else 30.0)
                     await asyncio.sleep(0.02)  # coalesce a burst of changes into one refresh
-                    data = await run_data(client, instance_id)
+                    try:
+                        data = await run_data(client, instance_id)
+                    except (ApiError, ConnectionError) as exc:  # the API is away: say so, try again
+                        yield f"event: trouble\ndata: {json.dumps(str(exc))}\n\n"
+                        await asyncio.sleep(2.0)
 
         return stream(request, produce)
 
