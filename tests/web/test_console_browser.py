@@ -204,3 +204,43 @@ async def test_a_pending_join_shows_the_missing_leg(
             assert sent.id in row.find_element(By.CLASS_NAME, "arrived").text
             assert "date=2024-05-01" in row.text
             screenshot(driver, "signals", tmp_path)
+
+
+FOREACH = """
+id: web-foreach
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: fan
+    type: foreach
+    foreach:
+      over: "range(6)"
+      concurrency: 3
+      steps:
+        - {id: nap, type: shell, command: "sleep 0.5"}
+  - {id: after, type: noop, depends_on: [fan]}
+"""
+
+
+async def test_a_foreach_node_counts_its_iterations_and_links_to_them(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(FOREACH)
+        with running_console(settings, keyring, tmp_path) as console, browser() as driver:
+            login(driver, console, "viewer")
+            run = await client.start("web-foreach")
+            driver.get(f"{console.url}/runs/{run.instance_id}")
+            label = "g.node[data-step=fan] text"
+            WebDriverWait(driver, 60).until(
+                lambda d: (
+                    d.find_elements(By.CSS_SELECTOR, label)
+                    and d.find_element(By.CSS_SELECTOR, label).text == "fan · 6/6"
+                ),
+                "the foreach node never counted its 6 iterations",
+            )
+            WebDriverWait(driver, 30).until(lambda d: node_statuses(d)["after"] == "succeeded")
+            driver.find_element(By.CSS_SELECTOR, "g.node[data-step=fan]").click()
+            driver.find_element(By.LINK_TEXT, "child runs →").click()
+            rows = driver.find_elements(By.CSS_SELECTOR, "#children tbody tr")
+            assert len(rows) == 6 and all("succeeded" in r.text for r in rows)
+            screenshot(driver, "foreach-children", tmp_path)

@@ -43,6 +43,7 @@ FLEET_PAGE = 100
 RUNS_PAGE = 50
 MAX_REASON = 1000
 MAX_STREAMS = 200  # concurrent server-sent event streams
+REFRESH_HZ = 4  # a run page's stream re-reads the run at most this often
 STREAM_SECONDS = 30 * 60  # a stream ends after this; the browser's EventSource reconnects
 TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 RUN_VERBS = ("stop", "kill", "restart", "unblock", "skip_step")
@@ -535,6 +536,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             deadline = time.monotonic() + STREAM_SECONDS
             async with Changes(client, workflow_id, instance_id=instance_id) as changes:
                 data = first
+                refreshed = time.monotonic()
                 while time.monotonic() < deadline:
                     text = json.dumps(data, default=str)
                     if text != last:
@@ -547,7 +549,10 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
                     )
                     # Woken by the run's lifecycle events; the tick only covers a missed event.
                     await changes.wait(5.0 if active else 30.0)
-                    await asyncio.sleep(0.02)  # coalesce a burst of changes into one refresh
+                    # Coalesce a burst of changes into one refresh, at most REFRESH_HZ a second (a foreach's
+                    # thousands of child runs must not make every open page re-read the run nonstop).
+                    await asyncio.sleep(max(0.02, 1 / REFRESH_HZ - (time.monotonic() - refreshed)))
+                    refreshed = time.monotonic()
                     try:
                         data = await run_data(client, instance_id)
                     except (ApiError, ConnectionError) as exc:  # the API is away: say so, try again

@@ -41,12 +41,22 @@
       const title = el("title", {}, group);
       title.textContent = `${n.id} (${n.type}): ${n.status}`;
       const text = el("text", { x: NODE_W / 2, y: NODE_H / 2 }, group);
-      text.textContent = n.id.length > 20 ? n.id.slice(0, 19) + "…" : n.id;
+      const name = n.id.length > 20 ? n.id.slice(0, 19) + "…" : n.id;
+      text.textContent = name;
       group.addEventListener("click", () => select(n.id));
-      nodes.set(n.id, { group, rect, title, type: n.type });
+      nodes.set(n.id, { group, rect, title, text, name, type: n.type });
     }
     box.replaceChildren(svg);
     window.legatoGraphDrawnAt = performance.now(); // ms since navigation start (bench/web.py reads it)
+  }
+
+  // foreach: iterations done / total; loop: iteration / max; subworkflow: its child run's status.
+  function countOf(step) {
+    const p = step && step.progress;
+    if (!p || typeof p !== "object") return "";
+    if (p.kind === "foreach") return `${(p.succeeded || 0) + (p.failed || 0) + (p.ignored || 0)}/${p.total}`;
+    if (p.kind === "loop") return `${p.index}/${p.max}`;
+    return "";
   }
 
   function stepsById() {
@@ -76,6 +86,8 @@
       shown.group.dataset.status = status;
       shown.rect.setAttribute("class", "st-" + status);
       shown.title.textContent = `${n.id} (${shown.type}): ${status}`;
+      const count = countOf(steps.get(n.id));
+      shown.text.textContent = count ? `${shown.name} · ${count}` : shown.name;
       shown.group.classList.toggle("selected", n.id === selected);
     }
     if (redraw) { drawGraph(); return update(); }
