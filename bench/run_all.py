@@ -7,7 +7,17 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["sel.py", "bus.py", "e2e.py", "profile.py", "foreach.py", "strategies.py", "signals.py", "steps.py"]
+ORDER = [
+    "sel.py",
+    "bus.py",
+    "e2e.py",
+    "client.py",
+    "profile.py",
+    "foreach.py",
+    "strategies.py",
+    "signals.py",
+    "steps.py",
+]
 
 
 def main() -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -14,9 +14,19 @@ from nats.aio.client import Client
 
 from legato.bus.connection import nats_auth_options
 from legato.bus.topology import Topology
+from legato.client.events import (
+    RECHECK,
+    EventSubscription,
+    Since,
+    status_or_pending,
+    subscribe_runs,
+    subscribe_steps,
+    wait_runs,
+)
 from legato.config.settings import Settings
-from legato.core.statuses import TERMINAL_INSTANCE, InstanceStatus
+from legato.core.statuses import InstanceStatus
 from legato.protocol.api import ApiError
+from legato.protocol.events import RunEvent, StepEvent
 from legato.protocol.messages import InstanceProgress
 from legato.protocol.replies import (
     ActionAccepted,
@@ -310,39 +320,55 @@ class LegatoClient:
         result: dict[str, Any] = await self.call("instance.get", {"instance_id": instance_id, **extra})
         return result
 
-    async def wait(self, instance_id: str, *, timeout: float = 300.0, poll: float = 1.0) -> dict[str, Any]:
-        """Wait until the run ends; woken by progress notifications, polls as a fallback."""
-        woke = asyncio.Event()
+    async def wait(
+        self, run: str | StartReply, *, timeout: float = 300.0, poll: float = RECHECK
+    ) -> dict[str, Any]:
+        """Wait until the run ends and return it (``instance.get``); returns on its end event, with
+        one read of its status first (``legato.client.events.wait_runs``); ``poll`` is only the
+        safety re-read interval. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        instance_id = run if isinstance(run, str) else run.instance_id
+        await wait_runs(self.nc, self.topology, [run], self._status_of, timeout=timeout, recheck=poll)
+        return await self.get(instance_id)
 
-        async def on_progress(msg: Any) -> None:
-            try:
-                if _decode_progress(msg.data).instance_id == instance_id:
-                    woke.set()
-            except msgspec.DecodeError:
-                pass
-
-        sub = await self.nc.subscribe(self.topology.progress_wildcard, cb=on_progress)
-        deadline = time.monotonic() + timeout
+    async def _status_of(self, instance_id: str) -> str:
         try:
-            while True:
-                try:
-                    info = await self.get(instance_id, timeline_limit=0)
-                except ApiError as exc:
-                    if exc.code != "not_found":
-                        raise
-                    info = {"status": InstanceStatus.PENDING}
-                if info.get("status") in TERMINAL_INSTANCE:
-                    return await self.get(instance_id)
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"run {instance_id} still {info.get('status')} after {timeout}s")
-                try:
-                    await asyncio.wait_for(woke.wait(), timeout=min(poll, left))
-                except TimeoutError:
-                    pass
-                woke.clear()
-        finally:
-            await sub.unsubscribe()
+            return status_or_pending(await self.get(instance_id, timeline_limit=0))
+        except ApiError as exc:
+            if exc.code != "not_found":
+                raise
+            return InstanceStatus.PENDING
+
+    # ------------------------------------------------------------------ lifecycle events (events.py)
+
+    async def wait_all(
+        self, runs: Iterable[str | StartReply], *, timeout: float = 300.0, poll: float = RECHECK
+    ) -> set[str]:
+        """Wait until every run ended (on their end events); returns their ids."""
+        return await wait_runs(self.nc, self.topology, runs, self._status_of, timeout=timeout, recheck=poll)
+
+    async def subscribe_runs(
+        self,
+        workflow: str | None = None,
+        status: str | Iterable[str] | None = None,
+        since: Since = None,
+        group: str | None = None,
+    ) -> EventSubscription[RunEvent]:
+        """Run lifecycle events as an async iterator (``docs/events.md``)."""
+        return await subscribe_runs(
+            self.nc, self.topology, workflow=workflow, status=status, since=since, group=group
+        )
+
+    async def subscribe_steps(
+        self,
+        workflow: str | None = None,
+        status: str | Iterable[str] | None = None,
+        since: Since = None,
+        group: str | None = None,
+    ) -> EventSubscription[StepEvent]:
+        """Step lifecycle events as an async iterator (``docs/events.md``)."""
+        return await subscribe_steps(
+            self.nc, self.topology, workflow=workflow, status=status, since=since, group=group
+        )
 
 
 def _raise_error(error: _ErrorBody | None) -> None:

@@ -35,8 +35,9 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     previous_status: str | None = None
     """The status before the change; None when the run or step was created with this status."""
     at: float
-    """When the change happened, epoch seconds, inside the transaction that committed it (a run's or
-    step's end event has exactly its ``ended_at``)."""
+    """When the scheduler made the change, epoch seconds, inside the transaction that committed it
+    (a run's end event and its ``ended_at`` are microseconds apart; a step's ``ended_at`` is its
+    executor's clock, this is the scheduler's)."""
     seq: int
     """Change number of this run (run events) or of this step of this run (step events): 1, 2, 3 …
     without gaps, so a reader can tell a missing or repeated change."""
@@ -45,6 +46,9 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     reason: str | None = None
     """The code of the reason of the new status (``core/reasons.py``: ``queued``, ``superseded``,
     ``waiting_for_permit`` …), if it has one."""
+    stream_seq: int = 0
+    """The event's sequence in the notify stream, set by the reader (``legato.client.events``), 0 on
+    the wire: resume after it with ``since=event.stream_seq``."""
 
 
 class RunEvent(_Event, tag="run", frozen=True, kw_only=True):

@@ -128,7 +128,9 @@ def api_subjects(role: str) -> list[str]:
 # What each service's outbox relay may publish (the outbox table is shared: a relay must not pick rows
 # its NATS permissions refuse, e.g. the trigger relaying the scheduler's work items). None = all.
 RELAY_KINDS: dict[str, tuple[str, ...] | None] = {
-    "trigger": ("trigger", "signal", "notify"),
+    # Not "notify": the cron's skipped-run events are relayed by the scheduler's relay with the
+    # scheduler's own, so one relay publishes all lifecycle events, in commit order.
+    "trigger": ("trigger", "signal"),
     "scheduler": None,
     "signal_router": ("trigger", "event"),
     "executor": ("event",),
@@ -150,7 +152,7 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
     sub: list[str]
     deny_pub: list[str] = []
     if role == "trigger":
-        pub = [*_ns(["legato.trigger.>", "legato.signal.>", "legato.notify.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
+        pub = [*_ns(["legato.trigger.>", "legato.signal.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
         sub = [*_ns(["legato.api.>"]), INBOX, "$SRV.>"]
     elif role == "scheduler":
         pub = [

@@ -198,11 +198,11 @@ class WorkflowActor:
                 )
             await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
+        if uow.flushed_outbox:
+            reg.wake_relay()  # first: lifecycle events and work items wait for nothing else
         run_spans.emit(uow.spans)
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
-        if uow.flushed_outbox:
-            reg.wake_relay()
         if uow.flushed_timers:
             reg.wake_timers()
         return [None] * len(batch)

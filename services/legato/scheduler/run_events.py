@@ -16,12 +16,10 @@ their parent step's events say how the step goes, and a foreach may have 100,000
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
 from legato.core.reasons import Reason, code_of
-from legato.core.statuses import TERMINAL_INSTANCE, TERMINAL_STEP
 from legato.protocol.events import RunEvent, StepEvent, encode_event, run_event_id, step_event_id
 from legato.scheduler.state import InstanceState, StepState, UnitOfWork, status_changes, status_published
 
@@ -29,9 +27,7 @@ from legato.scheduler.state import InstanceState, StepState, UnitOfWork, status_
 _TRANSIENT_RUN = frozenset({"created", "pending"})
 
 
-def _statuses(
-    obj: InstanceState | StepState, ended_at: datetime | None, terminal: tuple[str, ...], skip: frozenset[str]
-) -> list[tuple[str | None, str, float]]:
+def _statuses(obj: InstanceState | StepState, skip: frozenset[str]) -> list[tuple[str | None, str, float]]:
     """(previous, status, at) of each change to publish, oldest first."""
     published, changes = status_changes(obj)
     previous: str | None = None if obj.new and obj.notify_seq == 0 else published
@@ -42,12 +38,6 @@ def _statuses(
             continue
         out.append((previous, status, at))
         previous = status
-    if out and ended_at is not None and out[-1][1] in terminal and obj.status == out[-1][1]:
-        # The end event's time is the row's ended_at (a step's comes from its executor's clock: never
-        # before the change it follows, so sorting a flush's events by time keeps each one's order).
-        last = out[-1]
-        earliest = out[-2][2] if len(out) > 1 else 0.0
-        out[-1] = (last[0], last[1], max(ended_at.timestamp(), earliest))
     return out
 
 
@@ -61,7 +51,7 @@ def record(uow: UnitOfWork, topology: Topology, run_of: Callable[[str], Instance
     batch's or the actor's)."""
     out: list[tuple[float, OutgoingMessage]] = []
     for inst in uow.instances.values():
-        changes = _statuses(inst, inst.ended_at, TERMINAL_INSTANCE, _TRANSIENT_RUN)
+        changes = _statuses(inst, _TRANSIENT_RUN)
         status_published(inst)
         if inst.body_path:
             continue
@@ -82,7 +72,7 @@ def record(uow: UnitOfWork, topology: Topology, run_of: Callable[[str], Instance
             subject = topology.notify_run_subject(inst.workflow_id, status)
             out.append((at, OutgoingMessage(subject, encode_event(event), msg_id=event.event_id)))
     for st in uow.steps.values():
-        changes = _statuses(st, st.ended_at, TERMINAL_STEP, frozenset())
+        changes = _statuses(st, frozenset())
         status_published(st)
         if not changes:
             continue
