@@ -535,29 +535,41 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             last = ""
             deadline = time.monotonic() + STREAM_SECONDS
             async with Changes(client, workflow_id, instance_id=instance_id) as changes:
-                data = first
+                data: dict[str, Any] | None = first
                 refreshed = time.monotonic()
+                dirty = False
                 while time.monotonic() < deadline:
-                    text = json.dumps(data, default=str)
-                    if text != last:
-                        yield f"event: run\ndata: {text}\n\n"
-                        last = text
-                    else:
-                        yield ": idle\n\n"
-                    active = data["instance"]["status"] not in TERMINAL or any(
-                        s["status"] not in TERMINAL for s in data["instance"].get("steps", [])
-                    )
-                    # Woken by the run's lifecycle events; the tick only covers a missed event.
-                    await changes.wait(5.0 if active else 30.0)
-                    # Coalesce a burst of changes into one refresh, at most REFRESH_HZ a second (a foreach's
-                    # thousands of child runs must not make every open page re-read the run nonstop).
-                    await asyncio.sleep(max(0.02, 1 / REFRESH_HZ - (time.monotonic() - refreshed)))
-                    refreshed = time.monotonic()
-                    try:
-                        data = await run_data(client, instance_id)
-                    except (ApiError, ConnectionError) as exc:  # the API is away: say so, try again
-                        yield f"event: trouble\ndata: {json.dumps(str(exc))}\n\n"
-                        await asyncio.sleep(2.0)
+                    if data is not None:
+                        text = json.dumps(data, default=str)
+                        if text != last:
+                            yield f"event: run\ndata: {text}\n\n"
+                            last = text
+                        else:
+                            yield ": idle\n\n"
+                        status = data["instance"]
+                        active = status["status"] not in TERMINAL or any(
+                            s["status"] not in TERMINAL for s in status.get("steps", [])
+                        )
+                        data = None
+                    # Woken by the run's lifecycle events; the tick only covers a missed event. A step's
+                    # new status goes to the browser at once; the whole run is re-read at most
+                    # REFRESH_HZ times a second (a foreach's thousands of child runs must not make every
+                    # open page re-read the run nonstop).
+                    due = refreshed + 1 / REFRESH_HZ - time.monotonic()
+                    woke = await changes.wait(max(0.02, due) if dirty else (5.0 if active else 30.0))
+                    news = changes.take()
+                    if news:
+                        yield f"event: steps\ndata: {json.dumps(news)}\n\n"
+                    dirty = dirty or woke
+                    if not woke or (dirty and time.monotonic() - refreshed >= 1 / REFRESH_HZ):
+                        await asyncio.sleep(0.02)  # coalesce a burst of changes into one read
+                        refreshed = time.monotonic()
+                        dirty = False
+                        try:
+                            data = await run_data(client, instance_id)
+                        except (ApiError, ConnectionError) as exc:  # the API is away: say so, try again
+                            yield f"event: trouble\ndata: {json.dumps(str(exc))}\n\n"
+                            await asyncio.sleep(2.0)
 
         return stream(request, produce)
 

@@ -17,9 +17,10 @@ import msgspec
 
 from legato.client import LegatoClient
 from legato.config.settings import Settings
-from legato.protocol.events import decode_event
+from legato.protocol.events import StepEvent, decode_event
 
-MAX_CLIENTS = 64  # distinct identities connected at once (each is one NATS connection)
+MAX_CLIENTS = 64
+MAX_PENDING_STEPS = 5000  # step statuses held for one page between two sends  # distinct identities connected at once (each is one NATS connection)
 
 
 class Gateway:
@@ -84,6 +85,9 @@ class Changes:
         self._event = asyncio.Event()
         self._subs: list[Any] = []
         self.last_at = 0.0  # ``at`` of the newest event seen (the change's commit time)
+        # The newest status of each step of ``instance_id`` (and of the run itself, under ""), seen since
+        # the last ``take``: sent to the browser at once, before the run is read again.
+        self._latest: dict[str, tuple[int, str]] = {}
 
     async def __aenter__(self) -> Changes:
         topology = self.client.topology
@@ -100,6 +104,10 @@ class Changes:
             ):
                 return
             self.last_at = max(self.last_at, event.at)
+            if event.instance_id == self.instance_id and len(self._latest) < MAX_PENDING_STEPS:
+                key = event.step_id if isinstance(event, StepEvent) else ""
+                if event.seq >= self._latest.get(key, (-1, ""))[0]:
+                    self._latest[key] = (event.seq, event.status)
             self._event.set()
 
         try:
@@ -116,6 +124,11 @@ class Changes:
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def take(self) -> dict[str, str]:
+        """The newest status per step (the run's under "") since the last call, and forget them."""
+        latest, self._latest = self._latest, {}
+        return {key: status for key, (_, status) in latest.items()}
 
     async def wait(self, timeout: float) -> bool:
         """True when something changed, False after ``timeout`` without a change."""

@@ -187,5 +187,17 @@
       data = JSON.parse(ev.data);
       update();
     });
+    // A step's (or the run's, under "") new status from its lifecycle event, ahead of the run's re-read.
+    source.addEventListener("steps", (ev) => {
+      const news = JSON.parse(ev.data);
+      const steps = stepsById();
+      for (const [stepId, status] of Object.entries(news)) {
+        if (stepId === "") { data.instance.status = status; continue; }
+        const step = steps.get(stepId);
+        if (step) step.status = status;
+        else (data.instance.steps = data.instance.steps || []).push({ step_id: stepId, status, attempts: [] });
+      }
+      update();
+    });
   }
 })();
