@@ -40,6 +40,7 @@ from legato.web.logins import ConsoleUser, Logins
 
 HERE = Path(__file__).parent
 FLEET_PAGE = 100
+STRIP = 12  # runs in a fleet row's strip
 RUNS_PAGE = 50
 MAX_REASON = 1000
 MAX_STREAMS = 200  # concurrent server-sent event streams
@@ -277,10 +278,19 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         ]
         shown = rows[offset : offset + FLEET_PAGE]
         strips: dict[str, list[dict[str, Any]]] = {}
-        for run in recent.get("instances", []):
+        newest = recent.get("instances", [])
+        for run in newest:
             strip = strips.setdefault(run["workflow_id"], [])
-            if len(strip) < 12:
+            if len(strip) < STRIP:
                 strip.append(run)
+        if len(newest) >= 1000:  # the install's newest runs do not cover every workflow: ask the others
+            missing = [wf["workflow_id"] for wf in shown if wf["workflow_id"] not in strips]
+            pages = await bounded_gather(
+                [client.call("instance.list", {"workflow_id": wid, "limit": STRIP}) for wid in missing]
+            )
+            for wid, got in zip(missing, pages, strict=True):
+                if isinstance(got, dict):
+                    strips[wid] = got.get("instances", [])
         defs = await bounded_gather(
             [console.definition(client, wf["workflow_id"], wf["active_version"]) for wf in shown]
         )
@@ -320,11 +330,10 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         hours = params.get("hours") or ""
         cursor = params.get("cursor") or None
         body: dict[str, Any] = {"workflow_id": wid, "limit": RUNS_PAGE, "status": status_filter}
-        if hours:
-            try:
-                body["since"] = time.time() - float(hours) * 3600
-            except ValueError:
-                hours = ""
+        if hours.isdigit():
+            body["since"] = time.time() - int(hours) * 3600
+        else:
+            hours = ""
         if cursor and cursor.isdigit():
             body["cursor"] = int(cursor)
         status, runs, backfills = await asyncio.gather(
@@ -452,10 +461,12 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             else:
                 await client.workflow_action(verb, target, reason=reason)
         except ApiError as exc:
-            request.session["flash"] = f"{verb} refused: {exc}"
-            status = 403 if exc.code in ("permission_denied", "forbidden") else 303
-            if status == 403:
+            if exc.code in ("permission_denied", "forbidden"):
                 return PlainTextResponse(str(exc), status_code=403)
+            request.session["flash"] = f"{verb} refused: {exc}"
+            return RedirectResponse(back, status_code=303)
+        except ConnectionError as exc:
+            request.session["flash"] = f"{verb} not done: {exc}"
             return RedirectResponse(back, status_code=303)
         request.session["flash"] = f"{verb} requested by {user.name}: {reason}"
         return RedirectResponse(back, status_code=303)
