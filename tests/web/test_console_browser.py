@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
-from tests.e2e.test_signals import JOINED
+from tests.e2e.test_signals import CHAIN_A, CHAIN_B, JOINED
 from tests.support.stack import running_stack, wait_for
 from tests.web.support import browser, running_console, screenshot
 
@@ -183,11 +183,15 @@ async def test_operator_stops_a_run_with_a_reason_and_the_timeline_shows_it(
         assert info["status"] == "stopped" and info["reason"]["by"] == "operator"
 
 
-async def test_a_pending_join_shows_the_missing_leg(
+async def test_a_pending_join_shows_the_missing_leg_and_lineage_is_a_graph(
     settings: Settings, keyring: Keyring, tmp_path: Path
 ) -> None:
     async with running_stack(settings, tmp_path) as (_, client):
         await client.push(JOINED.replace("{expiry}", "1h"))
+        await client.push(CHAIN_A)
+        await client.push(CHAIN_B)
+        extract = await client.start("extract", {"day": "2024-05-01"})
+        await wait_for(client, extract.instance_id)
         sent = await client.send_signal(
             "orders_ready", {"status": "done", "date": "2024-05-01", "region": "eu", "rows": 7}
         )
@@ -204,6 +208,23 @@ async def test_a_pending_join_shows_the_missing_leg(
             assert sent.id in row.find_element(By.CLASS_NAME, "arrived").text
             assert "date=2024-05-01" in row.text
             screenshot(driver, "signals", tmp_path)
+            # lineage of the extract run: run -> the signal it published -> the run that signal started
+            for _ in range(100):
+                lineage = await client.call("signal.lineage", {"instance_id": extract.instance_id})
+                if lineage["run"]["published"] and lineage["run"]["published"][0].get("triggered"):
+                    break
+                await asyncio.sleep(0.1)
+            driver.get(f"{console.url}/signals?instance_id={extract.instance_id}")
+            WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#lineage-graph a"))
+            shown = [
+                a.get_attribute("data-node")
+                for a in driver.find_elements(By.CSS_SELECTOR, "#lineage-graph a")
+            ]
+            assert shown[0] == f"run:{extract.instance_id}"
+            assert any(n.startswith("signal:extract_done:") for n in shown)
+            assert len([n for n in shown if n.startswith("run:")]) == 2  # extract and the transform it led to
+            assert len(driver.find_elements(By.CSS_SELECTOR, "#lineage-graph path.edge")) == 2
+            screenshot(driver, "lineage", tmp_path)
 
 
 FOREACH = """

@@ -200,6 +200,66 @@ def graph_of(definition: dict[str, Any], steps: list[dict[str, Any]]) -> dict[st
     return {"nodes": nodes, "edges": [e for e in edges if e[0] in known | status.keys()]}
 
 
+MAX_LINEAGE_NODES = 500
+
+
+def lineage_graph(root: dict[str, Any]) -> dict[str, Any]:
+    """The ``signal.lineage`` tree as a graph: signal and run nodes, edges signal -> run it started or
+    unblocked, run -> signal it published (both ways from a run: ``started_by``/``unblocked_by``)."""
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: list[list[str]] = []
+
+    def key(node: dict[str, Any]) -> str | None:
+        if "instance_id" in node:
+            return f"run:{node['instance_id']}"
+        if "name" in node and "id" in node:
+            return f"signal:{node['name']}:{node['id']}"
+        return None
+
+    def visit(node: dict[str, Any]) -> str | None:
+        me = key(node)
+        if me is None or len(nodes) >= MAX_LINEAGE_NODES:
+            return None
+        if me not in nodes:
+            if me.startswith("run:"):
+                nodes[me] = {
+                    "id": me,
+                    "kind": "run",
+                    "label": f"{node.get('workflow_id', '')} {node['instance_id']}",
+                    "status": node.get("status", "pending"),
+                    "href": f"/runs/{quote(node['instance_id'])}",
+                }
+            else:
+                nodes[me] = {
+                    "id": me,
+                    "kind": "signal",
+                    "label": f"{node['name']} {node['id']}",
+                    "status": "rejected" if node.get("rejected") else "signal",
+                    "href": f"/signals?name={quote(node['name'])}&id={quote(node['id'])}",
+                }
+        for child_key, outward in (
+            ("triggered", True),
+            ("unblocked", True),
+            ("published", True),
+            ("started_by", False),
+            ("unblocked_by", False),
+        ):
+            for child in node.get(child_key) or []:
+                other = visit(child) if isinstance(child, dict) else None
+                if other is not None:
+                    edges.append([me, other] if outward else [other, me])
+        up = node.get("published_by")
+        if isinstance(up, dict):
+            other = visit(up)
+            if other is not None:
+                edges.append([other, me])
+        return me
+
+    visit(root)
+    unique = [list(e) for e in dict.fromkeys(tuple(e) for e in edges)]
+    return {"nodes": list(nodes.values()), "edges": unique}
+
+
 def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
     """The console as an ASGI app (uvicorn serves it: ``legato web``)."""
     console = Console(config, gateway)
@@ -508,8 +568,11 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         )
         lineage = None
         name, sid = request.query_params.get("name"), request.query_params.get("id")
+        run_id = request.query_params.get("instance_id")
         if name and sid:
             lineage = await client.call("signal.lineage", {"name": name, "id": sid})
+        elif run_id:
+            lineage = await client.call("signal.lineage", {"instance_id": run_id})
         return console.render(
             request,
             "signals.html",
@@ -517,6 +580,10 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             rejected=rejected.get("signals", []),
             pending=pending,
             lineage=lineage,
+            lineage_title=f"{name} {sid}" if name and sid else f"run {run_id}",
+            lineage_graph=lineage_graph(lineage.get("signal") or lineage.get("run") or {})
+            if lineage
+            else None,
             lineage_json=json.dumps(lineage, indent=2, default=str) if lineage else None,
         )
 
