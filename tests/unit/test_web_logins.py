@@ -83,3 +83,20 @@ def test_fleet_state_next_cron_fire_and_run_graph() -> None:
         {"id": "x", "type": "dynamic", "status": "running"},
     ]
     assert graph["edges"] == [["a", "b"]]
+
+
+def test_legato_web_token_prints_a_working_token_and_refuses_who_cannot_log_in(
+    ring: Keyring, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from legato.cli.main import main
+
+    tokens = tmp_path / "tokens.json"
+    assert main(["web", "--keys", str(ring.folder), "--tokens", str(tokens), "token", "alice"]) == 0
+    out = capsys.readouterr().out
+    token = out.split("login token for alice: ")[1].split()[0]
+    assert f"/login?token={token}" in out
+    assert Logins(tokens, ring.users_file, ring.folder).check(token) == ConsoleUser("alice", "operator")
+    assert main(["web", "--keys", str(ring.folder), "--tokens", str(tokens), "token", "scheduler"]) == 2
+    assert "not an identity" in capsys.readouterr().err
+    assert main(["web", "--keys", str(tmp_path / "nowhere"), "token", "alice"]) == 2
+    assert "no users.json" in capsys.readouterr().err
