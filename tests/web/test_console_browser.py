@@ -146,7 +146,16 @@ async def test_queued_run_shows_why_and_viewer_cannot_stop(
             assert status == 403
             await asyncio.sleep(1.0)
             assert (await client.get(first.instance_id))["status"] == "running"
-        await client.instance_action("kill", first.instance_id, reason="test over")
+            # the workflow page follows the queue live: once the first run is killed the second starts
+            driver.get(f"{console.url}/workflows/web-queue")
+            assert driver.find_elements(By.CSS_SELECTOR, f"#queue tr[data-run='{second.instance_id}']")
+            driver.execute_script("window.__notReloaded = true;")
+            await client.instance_action("kill", first.instance_id, reason="make room")
+            WebDriverWait(driver, 30).until(
+                lambda d: not d.find_elements(By.CSS_SELECTOR, f"#queue tr[data-run='{second.instance_id}']"),
+                "the queued run stayed in the queue",
+            )
+            assert driver.execute_script("return window.__notReloaded === true;")
         await client.instance_action("kill", second.instance_id, reason="test over")
 
 

@@ -653,10 +653,11 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
 
     async def fleet_events(request: Request, user: ConsoleUser) -> Response:
         client = await console.client(user)
+        workflow_id = request.query_params.get("workflow") or None
 
         async def produce() -> AsyncIterator[str]:
             deadline = time.monotonic() + STREAM_SECONDS
-            async with Changes(client, steps=False) as changes:
+            async with Changes(client, workflow_id, steps=False) as changes:
                 while time.monotonic() < deadline:
                     if await changes.wait(15.0):
                         yield f"event: changed\ndata: {time.time()}\n\n"
