@@ -12,7 +12,7 @@ import pytest
 from legato.security.keyring import Keyring
 from legato.web.app import graph_of, next_cron_fire, workflow_state
 from legato.web.config import WebConfigError, parse_listen
-from legato.web.logins import ConsoleUser, LoginError, Logins, add_token, read_tokens
+from legato.web.logins import ConsoleUser, LoginError, Logins, Throttle, add_token, read_tokens, set_password
 
 
 @pytest.fixture
@@ -100,3 +100,31 @@ def test_legato_web_token_prints_a_working_token_and_refuses_who_cannot_log_in(
     assert "not an identity" in capsys.readouterr().err
     assert main(["web", "--keys", str(tmp_path / "nowhere"), "token", "alice"]) == 2
     assert "no users.json" in capsys.readouterr().err
+
+
+def test_a_password_logs_in_and_is_stored_as_salted_scrypt(ring: Keyring) -> None:
+    tokens = ring.folder / "web-tokens.json"
+    token = add_token(tokens, "bob")
+    set_password(tokens, "alice", "correct horse battery")
+    logins = Logins(tokens, ring.users_file, ring.folder)
+    assert logins.check_password("alice", "correct horse battery") == ConsoleUser("alice", "operator")
+    assert logins.check_password("alice", "correct horse batterY") is None
+    assert logins.check_password("nobody", "correct horse battery") is None
+    assert logins.check(token) == ConsoleUser("bob", "viewer")  # tokens kept beside passwords
+    assert "correct horse" not in tokens.read_text()
+    set_password(tokens, "alice", "another long passphrase")  # replaces the old one
+    assert logins.check_password("alice", "correct horse battery") is None
+    with pytest.raises(LoginError, match="at least 12 characters"):
+        set_password(tokens, "alice", "short")
+
+
+def test_failed_password_logins_are_throttled_per_name() -> None:
+    throttle = Throttle(attempts=3, window=60.0, max_names=2)
+    for t in (0.0, 1.0, 2.0):
+        assert not throttle.blocked("alice", t)
+        throttle.failed("alice", t)
+    assert throttle.blocked("alice", 3.0) and not throttle.blocked("bob", 3.0)
+    assert not throttle.blocked("alice", 61.0)  # the window passed
+    for name in ("x", "y", "z"):
+        throttle.failed(name, 70.0)
+    assert len(throttle._failures) <= 2  # bounded memory

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
+from legato.web.logins import set_password
 from tests.e2e.test_dead_letters import dead_letters, trigger_subject
 from tests.support.stack import running_stack, wait_for
 from tests.web.support import http, running_console, session_cookie
@@ -107,6 +108,17 @@ async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyrin
                 assert not re.search(r'(src|href)="(https?:)?//', page), path
             status, headers, js = http(f"{base}/static/dagre.min.js")
             assert status == 200 and "dagre" in js
+            # A name and password log in too; five wrong ones lock the name out for a while.
+            set_password(tmp_path / "web-tokens.json", "viewer", "a long viewer passphrase")
+            _, headers, login_page = http(f"{base}/login")
+            anon = session_cookie(headers)
+            form = {"csrf": csrf_of(login_page), "name": "viewer", "password": "a long viewer passphrase"}
+            status, headers, _ = http(f"{base}/login", cookie=anon, form=form)
+            assert status == 303 and ">viewer<" in http(f"{base}/", cookie=session_cookie(headers))[2]
+            for _ in range(5):
+                status, _, _ = http(f"{base}/login", cookie=anon, form={**form, "password": "wrong guess!!"})
+                assert status == 403
+            assert http(f"{base}/login", cookie=anon, form=form)[0] == 429  # even the right one, for now
             # Logging out needs the CSRF token too, and ends the session.
             assert http(f"{base}/logout", cookie=operator, form={})[0] == 403
             status, headers, _ = http(f"{base}/logout", cookie=operator, form={"csrf": csrf_of(page)})

@@ -2,11 +2,13 @@
 
 legato web [--listen HOST:PORT] [--keys DIR] [--tokens FILE] [--jaeger-url URL]
 legato web token NAME [--keys DIR] [--tokens FILE]     # prints a login token (and URL) for NAME
+legato web passwd NAME [--keys DIR] [--tokens FILE]    # sets NAME's password (scrypt in the tokens file)
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 from legato.config.settings import SettingsError, load_settings
 from legato.security.keys import KeyError_
 from legato.web.config import WebConfig, WebConfigError, parse_listen
-from legato.web.logins import LoginError, Logins, add_token
+from legato.web.logins import LoginError, Logins, add_token, set_password
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     token = sub.add_parser("token", help="create a login token for a keyring identity and print it")
     token.add_argument("name")
+    passwd = sub.add_parser(
+        "passwd", help="set the password of a keyring identity (asked twice; read from stdin when piped)"
+    )
+    passwd.add_argument("name")
     return p
 
 
@@ -95,12 +101,22 @@ def config_from(args: argparse.Namespace) -> WebConfig:
     )
 
 
+def read_password() -> str:
+    """A new password: typed twice at a terminal, or the first line of stdin when piped."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("new password: ")
+    if getpass.getpass("again: ") != first:
+        raise LoginError("the two passwords differ")
+    return first
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve the console until SIGTERM/Ctrl-C (or make a token); the exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = config_from(args)
-        if args.command == "token":
+        if args.command in ("token", "passwd"):
             if Logins(config.tokens_file, config.users_file, config.keys_dir).identity(args.name) is None:
                 print(
                     f"legato web: {args.name!r} is not an identity of {config.users_file} with role viewer, "
@@ -108,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
+            if args.command == "passwd":
+                set_password(config.tokens_file, args.name, read_password())
+                print(f"password of {args.name} set in {config.tokens_file}")
+                return 0
             token = add_token(config.tokens_file, args.name)
             print(f"login token for {args.name}: {token}\nlogin URL: {config.base_url}/login?token={token}")
             return 0

@@ -36,7 +36,7 @@ from legato.core.cron import CronSchedule
 from legato.security.permissions import may_call
 from legato.web.config import WebConfig
 from legato.web.gateway import Changes, Gateway, bounded_gather, every_workflow
-from legato.web.logins import ConsoleUser, Logins
+from legato.web.logins import ConsoleUser, Logins, Throttle
 
 HERE = Path(__file__).parent
 FLEET_PAGE = 100
@@ -90,6 +90,7 @@ class Console:
     def __init__(self, config: WebConfig, gateway: Gateway | None = None) -> None:
         self.config = config
         self.logins = Logins(config.tokens_file, config.users_file, config.keys_dir)
+        self.throttle = Throttle()
         self.gateway = gateway or Gateway(config.settings, config.keys_dir)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals["may"] = may_call
@@ -294,20 +295,41 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
     async def login(request: Request) -> Response:
         token = request.query_params.get("token")
         next_url = request.query_params.get("next") or "/"
+        name = password = ""
         if request.method == "POST":
             form = await form_with_csrf(request)
             if isinstance(form, Response):
                 return form
-            token, next_url = form.get("token", ""), form.get("next") or "/"
+            token, next_url = form.get("token") or None, form.get("next") or "/"
+            name, password = form.get("name", "").strip(), form.get("password", "")
+            if token is None and not (name and password):
+                return console.render(
+                    request, "login.html", 400, error="give a token, or a name and password", next=next_url
+                )
         if not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
             next_url = "/"  # only a path of this console: never an open redirect
-        if token is not None:
+        if token is not None or (name and password):
+            now = time.monotonic()
+            if name and console.throttle.blocked(name, now):
+                return console.render(
+                    request,
+                    "login.html",
+                    429,
+                    error="too many failed logins: wait a few minutes",
+                    next=next_url,
+                )
             try:
-                user = console.logins.check(token)
+                if token is not None:
+                    user = console.logins.check(token)
+                else:
+                    user = await asyncio.to_thread(console.logins.check_password, name, password)
             except ValueError as exc:
                 return console.render(request, "login.html", 500, error=str(exc), next=next_url)
             if user is None:
-                return console.render(request, "login.html", 403, error="unknown token", next=next_url)
+                if name:
+                    console.throttle.failed(name, now)
+                why = "unknown token" if token is not None else "wrong name or password"
+                return console.render(request, "login.html", 403, error=why, next=next_url)
             request.session.clear()  # a new session id and CSRF token on login (no fixation)
             request.session.update({"user": user.name, "role": user.role, "csrf": secrets.token_urlsafe(32)})
             return RedirectResponse(next_url, status_code=303)
