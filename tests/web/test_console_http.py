@@ -3,6 +3,8 @@ headers, CSRF and role checks on actions, no asset from elsewhere."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client as http_client
 import re
 from pathlib import Path
 
@@ -27,6 +29,27 @@ description: "<script>alert(1)</script>"
 steps:
   - {id: a, type: noop}
 """
+
+
+def sse_first_event(url: str, cookie: str) -> str:
+    """Open a server-sent events stream, read up to its first event, and hang up."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http_client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=15)
+    try:
+        conn.request("GET", parts.path, headers={"Cookie": cookie, "Accept": "text/event-stream"})
+        res = conn.getresponse()
+        assert res.status == 200 and res.getheader("content-type", "").startswith("text/event-stream")
+        lines: list[str] = []
+        while True:
+            line = res.readline().decode()
+            if line.startswith("event:") or lines:
+                lines.append(line)
+                if line == "\n":
+                    return "".join(lines)
+    finally:
+        conn.close()
 
 
 def csrf_of(page: str) -> str:
@@ -101,6 +124,15 @@ async def test_login_sessions_csrf_and_roles(settings: Settings, keyring: Keyrin
             for evil in ("//evil.example/", "https://evil.example/", "/\\evil.example/"):
                 status, headers, _ = http(f"{console.login_url('viewer')}&next={evil}")
                 assert status == 303 and headers["location"] == ["/"], evil
+            # A live stream sends the run at once, and ends (with its subscriptions) when the browser leaves.
+            for _ in range(3):
+                first_event = sse_first_event(f"{base}/events/runs/{run.instance_id}", operator)
+                assert first_event.startswith("event: run") and run.instance_id in first_event
+            for _ in range(100):
+                if "live streams: 0" in http(f"{base}/healthz")[2]:
+                    break
+                await asyncio.sleep(0.1)
+            assert "live streams: 0" in http(f"{base}/healthz")[2]
             # Every asset is served by the console itself (air-gapped): no URL elsewhere in a page.
             for path in ("/", "/workflows/web-http", f"/runs/{run.instance_id}", "/signals"):
                 status, _, page = http(base + path, cookie=operator)

@@ -712,7 +712,7 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/dead-letters/{dead_letter_id}/action", dead_letter_action, methods=["POST"]),
         Route("/events/runs/{instance_id}", page(run_events)),
         Route("/events/fleet", page(fleet_events)),
-        Route("/healthz", lambda request: PlainTextResponse("ok")),
+        Route("/healthz", lambda request: PlainTextResponse(f"ok\nlive streams: {console.streams}\n")),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     middleware = [
