@@ -185,3 +185,47 @@ async def test_dead_letters_are_listed_inspected_and_replayed_by_an_operator(
             )
             shown = await client.call("dead_letter.get", {"id": row["id"]})
             assert shown["replayed_by"] == "operator"
+
+
+FAILING = """
+id: web-restart
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - {id: a, type: noop}
+  - {id: b, type: shell, command: "exit 3", depends_on: [a]}
+"""
+
+
+async def test_an_operator_restarts_a_failed_run_from_a_step(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(FAILING)
+        run = await client.start("web-restart")
+        assert (await wait_for(client, run.instance_id))["status"] == "failed"
+        with running_console(settings, keyring, tmp_path) as console:
+            _, headers, _ = http(console.login_url("operator"))
+            operator = session_cookie(headers)
+            status, _, page = http(f"{console.url}/runs/{run.instance_id}", cookie=operator)
+            assert status == 200 and 'class="action action-restart"' in page and '<option value="b">' in page
+            form = {
+                "csrf": csrf_of(page),
+                "verb": "restart",
+                "step_id": "b",
+                "reason": "retry b after the fix",
+            }
+            status, acted, _ = http(
+                f"{console.url}/runs/{run.instance_id}/action", cookie=operator, form=form
+            )
+            assert status == 303 and acted["location"] == [f"/runs/{run.instance_id}"]
+            for _ in range(200):
+                info = await client.get(run.instance_id)
+                if info["run_number"] == 2 and info["status"] == "failed":
+                    break
+                await asyncio.sleep(0.1)
+            assert info["run_number"] == 2, info
+            restarted = [t for t in info["timeline"] if t["actor"] == "operator"]
+            assert restarted and "retry b after the fix" in str(restarted[0]), info["timeline"]
+            # the flash message (kept in the session cookie the action set) says what was done, as whom
+            page = http(f"{console.url}/runs/{run.instance_id}", cookie=session_cookie(acted))[2]
+            assert "restart requested by operator: retry b after the fix" in page
