@@ -14,6 +14,7 @@ import pytest
 from legato.bus.topology import Topology
 from legato.core import parse_definition
 from legato.protocol import decode_trigger
+from legato.protocol.events import decode_event
 from legato.protocol.messages import StartRun
 from legato.store import create_pool
 from legato.trigger.cron import CronLoop
@@ -153,6 +154,15 @@ async def test_catch_up_all_is_bounded_by_max_catch_up(
     assert datetime.fromisoformat(newest_skipped) < datetime.fromisoformat(fires[0])  # the newest 10 ran
     assert {r["status"] for r in skipped} == {"skipped"}
     assert all("beyond max_catch_up 10" in r["reason"]["message"] for r in skipped)
+    # Each skipped run's one lifecycle event went into the outbox with its row (docs/events.md).
+    events = [
+        decode_event(r["payload"])
+        for r in await pool.fetch(
+            "SELECT payload FROM outbox WHERE subject LIKE '%legato.notify.run.wf.skipped'"
+        )
+    ]
+    assert sorted(e.instance_id for e in events) == sorted(r["id"] for r in skipped)
+    assert all(e.seq == 1 and e.previous_status is None and e.reason == "missed" for e in events)
 
 
 @pytest.mark.parametrize(("zone", "start", "count", "present", "absent"), ZONES)

@@ -35,9 +35,8 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     previous_status: str | None = None
     """The status before the change; None when the run or step was created with this status."""
     at: float
-    """When the scheduler made the change, epoch seconds, inside the transaction that committed it
-    (a run's end event and its ``ended_at`` are microseconds apart; a step's ``ended_at`` is its
-    executor's clock, this is the scheduler's)."""
+    """Epoch seconds when the scheduler wrote the change, just before the commit of the transaction
+    that made it (a run's ``ended_at`` is a little earlier: when that batch ended it)."""
     seq: int
     """Change number of this run (run events) or of this step of this run (step events): 1, 2, 3 …
     without gaps, so a reader can tell a missing or repeated change."""

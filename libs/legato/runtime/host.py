@@ -47,6 +47,9 @@ from legato.telemetry import (
     shutdown_tracing,
 )
 
+# The advisory lock the lifecycle-event relays of all processes take turns with (docs/events.md).
+NOTIFY_RELAY_LOCK = 0x4C45_4E4F  # "LENO": legato notify
+
 log = get_logger("legato.runtime")
 
 
@@ -75,6 +78,7 @@ class ServiceHost:
         self._pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None
         self.relay: OutboxRelay | None = None
+        self.notify_relay: OutboxRelay | None = None
         self.dead_letters: DeadLetterSink | None = None
         self.dead_letter_store: ConsumerLoop[DeadLetterReport] | None = None
         self.supervisor: Supervisor | None = None
@@ -150,7 +154,21 @@ class ServiceHost:
             deliver_twice=self.settings.test_deliver_twice,
         )
         if self.with_relay:
-            self.relay = OutboxRelay(self._pool, self.publisher, kinds=relay_kinds(self.service))
+            kinds = relay_kinds(self.service)
+            if self.service == "scheduler":
+                # The scheduler's relay (of everything) leaves the lifecycle events to a relay of
+                # their own: work items never queue behind events; and the event relays of all
+                # scheduler replicas take turns (an advisory lock), so events go out in commit order.
+                self.relay = OutboxRelay(self._pool, self.publisher, exclude=("notify",))
+                self.notify_relay = OutboxRelay(
+                    self._pool,
+                    self.publisher,
+                    kinds=("notify",),
+                    name="outbox-relay-notify",
+                    ordered_lock=NOTIFY_RELAY_LOCK,
+                )
+            else:
+                self.relay = OutboxRelay(self._pool, self.publisher, kinds=kinds)
         log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
         return self
 
@@ -159,13 +177,13 @@ class ServiceHost:
         return component
 
     def wake_relay(self) -> None:
-        if self.relay is not None:
-            self.relay.wake()
+        for relay in (self.relay, self.notify_relay):
+            if relay is not None:
+                relay.wake()
 
     async def run(self, *, handle_signals: bool = True) -> None:
         comps: list[Component] = list(self.components)
-        if self.relay is not None:
-            comps.append(self.relay)
+        comps += [relay for relay in (self.relay, self.notify_relay) if relay is not None]
         if self.dead_letter_store is not None:
             comps.append(self.dead_letter_store)
         if self.settings.metrics_port:
@@ -201,7 +219,8 @@ class ServiceHost:
             except Exception as exc:
                 checks["postgres"] = f"unreachable: {type(exc).__name__}"
         running = self.supervisor is not None and self.supervisor.is_running
-        for component in self.components + [c for c in (self.relay, self.dead_letter_store) if c]:
+        extra = (self.relay, self.notify_relay, self.dead_letter_store)
+        for component in self.components + [c for c in extra if c]:
             if component.is_running and not component.stopping:
                 checks[component.name] = OK
             else:

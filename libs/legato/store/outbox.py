@@ -56,10 +56,19 @@ class OutboxRelay(Component):
         batch: int = 500,
         poll_interval: float = 0.5,
         kinds: tuple[str, ...] | None = None,
+        exclude: tuple[str, ...] = (),
+        name: str | None = None,
+        ordered_lock: int | None = None,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
-        permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row."""
+        permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
+        ``exclude``: never these kinds (another relay of the process has them). ``ordered_lock``: an
+        advisory lock key that every relay of these kinds holds while it relays a batch, so across
+        processes one batch is published at a time, in commit order (lifecycle events)."""
         super().__init__()
+        self.ordered_lock = ordered_lock
+        if name is not None:
+            self.name = name
         self.pool = pool
         self.publisher = publisher
         self.batch = batch
@@ -69,6 +78,7 @@ class OutboxRelay(Component):
         self.published = 0
         self.rounds = 0
         self.subject_pattern = None if kinds is None else rf"^([^.]+\.)?legato\.({'|'.join(kinds)})\."
+        self.exclude_pattern = rf"^([^.]+\.)?legato\.({'|'.join(exclude)})\." if exclude else None
 
     def wake(self) -> None:
         self._wake.set()
@@ -119,13 +129,16 @@ class OutboxRelay(Component):
         if not self._db_token:
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
+            if self.ordered_lock is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
             rows = await conn.fetch(
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
-                "WHERE $2::text IS NULL OR subject ~ $2 "
+                "WHERE ($2::text IS NULL OR subject ~ $2) AND ($3::text IS NULL OR subject !~ $3) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
                 self.subject_pattern,
+                self.exclude_pattern,
             )
             # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
             metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))

@@ -228,7 +228,10 @@ class WorkflowActor:
         uow.cancel_waits.clear()
         instances = engine.state.instances
         run_events.record(
-            uow, self.registry.topology, lambda iid: uow.instances.get(iid) or instances.get(iid)
+            uow,
+            self.registry.topology,
+            self.workflow_id,
+            lambda iid: uow.instances.get(iid) or instances.get(iid),
         )
         await repository.flush(conn, uow, engine.state.row)
 

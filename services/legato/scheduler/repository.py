@@ -99,7 +99,9 @@ def _jsonb_text(value: Any) -> str | None:
 def _instance(r: asyncpg.Record) -> InstanceState:
     """A ``workflow_instance`` row as state, its reason decoded once."""
     return InstanceState(
-        **{c: r[c] for c in _INSTANCE_COLUMNS if c != "reason"}, reason=decode_reason(r["reason"])
+        **{c: r[c] for c in _INSTANCE_COLUMNS if c != "reason"},
+        reason=decode_reason(r["reason"]),
+        published_status=r["status"],
     )
 
 
@@ -109,6 +111,7 @@ def _step(r: asyncpg.Record) -> StepState:
         **{c: r[c] for c in _STEP_COLUMNS if c not in ("reason", "progress")},
         reason=decode_reason(r["reason"]),
         progress=decode_progress(r["progress"]),
+        published_status=r["status"],
     )
 
 

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, overload
+from typing import Any
 
 from legato.bus.publisher import OutgoingMessage
 from legato.core.progress import Progress
@@ -28,50 +28,6 @@ def now_utc() -> datetime:
 
 def from_epoch(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, UTC) if ts else None
-
-
-class TrackedStatus:
-    """The ``status`` of a run or a step, remembering each change until it is published.
-
-    The engine sets statuses in many places; this descriptor records every change (with its wall
-    clock time) on the object itself, so ``run_events.record`` turns them into lifecycle events at
-    flush, in the batch's transaction, without the engine knowing (``docs/events.md``). The first value
-    (set by ``__init__``, from a new object or a loaded row) is not a change.
-    """
-
-    @overload
-    def __get__(self, obj: None, objtype: type | None = None) -> TrackedStatus: ...
-    @overload
-    def __get__(self, obj: object, objtype: type | None = None) -> str: ...
-    def __get__(self, obj: object | None, objtype: type | None = None) -> str | TrackedStatus:
-        if obj is None:
-            # No class-level value: the dataclass field stays required.
-            raise AttributeError("status")
-        value: str = obj.__dict__["_status"]
-        return value
-
-    def __set__(self, obj: object, value: str) -> None:
-        fields = obj.__dict__
-        old = fields.get("_status")
-        fields["_status"] = value
-        if old is None:
-            fields["_published"] = value
-            fields["_changes"] = []
-        elif old != value:
-            fields["_changes"].append((value, time.time()))
-
-
-def status_changes(obj: InstanceState | StepState) -> tuple[str, list[tuple[str, float]]]:
-    """The status last published (or loaded, or created with) and the changes since, oldest first."""
-    fields = obj.__dict__
-    return fields["_published"], fields["_changes"]
-
-
-def status_published(obj: InstanceState | StepState) -> None:
-    """The changes so far were turned into events: start counting afresh from the current status."""
-    fields = obj.__dict__
-    fields["_published"] = fields["_status"]
-    fields["_changes"] = []
 
 
 @dataclass
@@ -118,8 +74,7 @@ class AttemptState:
 class StepState:
     instance_id: str
     step_id: str
-    # pending | waiting | queued | running | retrying | succeeded | failed | timed_out | stopped | skipped
-    status: TrackedStatus = TrackedStatus()
+    status: str  # waiting | queued | running | retrying | succeeded | failed | timed_out | stopped | skipped
     attempts: int = 0
     current_attempt_id: str | None = None
     retries_error: int = 0
@@ -137,7 +92,10 @@ class StepState:
     waiting_since: datetime | None = None  # FIFO order among steps waiting for a permit
     # foreach / loop / subworkflow: totals, next iteration to create, per-status counts, live children.
     progress: Progress | None = None
-    notify_seq: int = 0  # lifecycle events published for this step of this run (docs/events.md)
+    # Lifecycle events (docs/events.md, run_events.py): the status the last event said (the stored one
+    # when loaded; None for a new step), and how many events this step of this run has had.
+    published_status: str | None = None
+    notify_seq: int = 0
     new: bool = False
     dirty: bool = False
 
@@ -161,14 +119,14 @@ class StepState:
         )
 
 
-@dataclass(kw_only=True)
+@dataclass
 class InstanceState:
     id: str
     workflow_id: str
     version: int
     trigger_key: str
     trigger: dict[str, Any]
-    status: TrackedStatus = TrackedStatus()
+    status: str
     params: dict[str, Any]
     run_params: dict[str, Any]
     created_at: datetime
@@ -189,7 +147,10 @@ class InstanceState:
     trace_links: list[str] | None = None  # traceparents the run root span links to (the signals)
     body_path: str | None = None  # which body of the definition a child run executes
     under_strategy: bool = True  # counts under the workflow's run strategy (child runs do not)
-    notify_seq: int = 0  # lifecycle events published for this run (docs/events.md)
+    # Lifecycle events (docs/events.md, run_events.py): the status the last event said (the stored one
+    # when loaded; None for a new run), and how many events this run has had.
+    published_status: str | None = None
+    notify_seq: int = 0
     steps: dict[str, StepState] = field(default_factory=dict)
     attempts: dict[str, AttemptState] = field(default_factory=dict)  # current attempts only
     typed_params: dict[str, Any] | None = None  # decoded once per activation for expressions

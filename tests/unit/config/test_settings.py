@@ -32,6 +32,9 @@ def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_pat
         ({"LEGATO_DATABASE_URL": "mysql://x"}, "LEGATO_DATABASE_URL: must start with postgresql://"),
         ({"LEGATO_NAMESPACE": "a.b"}, "LEGATO_NAMESPACE: must be letters, digits"),
         ({"LEGATO_STREAM_REPLICAS": "2"}, "LEGATO_STREAM_REPLICAS: must be 1, 3 or 5, got 2"),
+        ({"LEGATO_NOTIFY_MAX_AGE": "10"}, "LEGATO_NOTIFY_MAX_AGE: must be 60..31622400 seconds, got 10"),
+        ({"LEGATO_NOTIFY_MAX_MSGS": "5"}, "LEGATO_NOTIFY_MAX_MSGS: must be >= 1000, got 5"),
+        ({"LEGATO_NOTIFY_MAX_BYTES": "1"}, "LEGATO_NOTIFY_MAX_BYTES: must be >= 1048576, got 1"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:

@@ -14,6 +14,7 @@ TOPO = Topology("ns", 4)
 
 
 def run(status: str, *, new: bool, body_path: str | None = None, seq: int = 0) -> InstanceState:
+    """A new run, or one as loaded from its row (published_status = the stored status)."""
     return InstanceState(
         id="r1",
         workflow_id="wf.a",
@@ -26,12 +27,13 @@ def run(status: str, *, new: bool, body_path: str | None = None, seq: int = 0) -
         created_at=datetime.now(UTC),
         body_path=body_path,
         notify_seq=seq,
+        published_status=None if new else status,
         new=new,
     )
 
 
 def events(uow: UnitOfWork, inst: InstanceState | None = None) -> list[tuple[str, RunEvent | StepEvent]]:
-    record(uow, TOPO, lambda iid: inst)
+    record(uow, TOPO, "wf.a", lambda iid: inst)
     out = [(m.subject, decode_event(m.payload)) for m in uow.outbox]
     for m, (_, e) in zip(uow.outbox, out, strict=True):
         assert m.msg_id == e.event_id
@@ -43,23 +45,23 @@ def events(uow: UnitOfWork, inst: InstanceState | None = None) -> list[tuple[str
 def test_a_new_run_publishes_each_committed_status_once_and_never_created() -> None:
     uow = UnitOfWork()
     inst = run("created", new=True)
-    inst.status = "queued"
-    inst.status = "running"
     uow.touch_instance(inst)
-    got = events(uow)
-    assert [(e.previous_status, e.status, e.seq, e.event_id) for _, e in got] == [
-        (None, "queued", 1, "run:r1:1"),
-        ("queued", "running", 2, "run:r1:2"),
-    ]
-    assert [s for s, _ in got] == ["ns.legato.notify.run.wf~a.queued", "ns.legato.notify.run.wf~a.running"]
-    assert inst.notify_seq == 2
+    assert events(uow) == []  # still created at flush: not committed as anything yet
+    inst.status = "queued"
+    uow.touch_instance(inst)
+    [(subject, first)] = events(uow)
+    assert (first.previous_status, first.status, first.seq, first.event_id) == (None, "queued", 1, "run:r1:1")
+    assert subject == "ns.legato.notify.run.wf~a.queued"
     # Flushed again without a change: nothing more.
     uow.touch_instance(inst)
     assert events(uow) == []
+    # Two changes inside one batch: only the committed one is an event.
+    inst.status = "running"
     inst.status = "succeeded"
     uow.touch_instance(inst)
     [(_, end)] = events(uow)
-    assert (end.previous_status, end.status, end.seq) == ("running", "succeeded", 3)
+    assert (end.previous_status, end.status, end.seq) == ("queued", "succeeded", 2)
+    assert inst.notify_seq == 2
 
 
 def test_a_restart_continues_the_loaded_runs_sequence() -> None:
@@ -83,10 +85,14 @@ def test_steps_get_their_own_sequence_and_their_runs_workflow() -> None:
     uow = UnitOfWork()
     inst = run("running", new=False, seq=2)
     st = StepState(instance_id="r1", step_id="s", status="queued", attempts=1, new=True)
-    st.status = "running"
-    st.status = "retrying"
     uow.touch_step(st)
     got = events(uow, inst)
+    st.status = "running"
+    uow.touch_step(st)
+    got += events(uow, inst)
+    st.status = "retrying"
+    uow.touch_step(st)
+    got += events(uow, inst)
     assert [(e.previous_status, e.status, e.seq) for _, e in got] == [
         (None, "queued", 1),
         ("queued", "running", 2),
@@ -95,6 +101,24 @@ def test_steps_get_their_own_sequence_and_their_runs_workflow() -> None:
     assert all(isinstance(e, StepEvent) and e.step_id == "s" and e.attempt == 1 for _, e in got)
     assert got[0][0] == "ns.legato.notify.step.wf~a.queued"
     assert got[-1][1].event_id == "step:r1:s:3"
+
+
+def test_a_batch_orders_run_starts_then_steps_then_run_ends() -> None:
+    uow = UnitOfWork()
+    ending = run("running", new=False, seq=2)
+    starting = run("created", new=True)
+    starting.id = "r2"
+    starting.status = "running"
+    ending.status = "succeeded"
+    uow.touch_instance(ending)
+    uow.touch_instance(starting)
+    uow.touch_step(StepState(instance_id="r2", step_id="s", status="queued", new=True))
+    got = events(uow, starting)
+    assert [(type(e).__name__, e.instance_id, e.status) for _, e in got] == [
+        ("RunEvent", "r2", "running"),
+        ("StepEvent", "r2", "queued"),
+        ("RunEvent", "r1", "succeeded"),
+    ]
 
 
 def test_inline_iterations_publish_nothing() -> None:
