@@ -229,3 +229,17 @@ async def test_an_operator_restarts_a_failed_run_from_a_step(
             # the flash message (kept in the session cookie the action set) says what was done, as whom
             page = http(f"{console.url}/runs/{run.instance_id}", cookie=session_cookie(acted))[2]
             assert "restart requested by operator: retry b after the fix" in page
+            # workflow-wide: pause with a reason (recorded under the operator), then resume
+            page = http(f"{console.url}/workflows/web-restart", cookie=operator)[2]
+            form = {"csrf": csrf_of(page), "verb": "pause", "reason": "warehouse maintenance"}
+            assert http(f"{console.url}/workflows/web-restart/action", cookie=operator, form=form)[0] == 303
+            status_now = await client.call("workflow.status", {"workflow_id": "web-restart"})
+            assert status_now["paused"] and status_now["pause"]["by"] == "operator"
+            assert status_now["pause"]["reason"] == "warehouse maintenance"
+            assert (
+                "paused by operator: warehouse maintenance"
+                in http(f"{console.url}/workflows/web-restart", cookie=operator)[2]
+            )
+            form = {"csrf": csrf_of(page), "verb": "resume", "reason": "done"}
+            assert http(f"{console.url}/workflows/web-restart/action", cookie=operator, form=form)[0] == 303
+            assert not (await client.call("workflow.status", {"workflow_id": "web-restart"}))["paused"]
