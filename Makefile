@@ -5,9 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-all soak lint format bench clean container-runtime
+.PHONY: install chromium run test test-all soak lint format bench clean container-runtime
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# The web console's browser tests (pytest -m browser) drive the OS's headless Chromium: install it when
+# missing and this is root on a Debian-like machine (CI); otherwise say how, and those tests fail.
+chromium:
+	@if ! { test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; }; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get) for the browser tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || \
+	    { apt-get update -q >/dev/null && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; \
+	  else echo "note: chromium and chromium-driver are missing (apt-get install chromium chromium-driver):" \
+	    "the browser tests (pytest -m browser) will fail"; fi; fi
 
 $(STAMP): pyproject.toml examples/plugin/pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or newer is required (set PYTHON=...)" >&2; exit 1; }

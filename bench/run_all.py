@@ -17,6 +17,7 @@ ORDER = [
     "strategies.py",
     "signals.py",
     "steps.py",
+    "web.py",
 ]
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from legato.devstack import EmbeddedNats
+from tests.web.support import http, session_cookie
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,8 +131,16 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         assert "sequential-demo" in listed.stdout
         # No permission changed outside .legato/.
         assert modes(closed_dir) == before
-        children = [int(p) for p in json.loads((state / "dev.json").read_text())["children"]]
-        assert len(children) == 6 and all(alive(p) for p in children)
+        dev_state = json.loads((state / "dev.json").read_text())
+        children = [int(p) for p in dev_state["children"]]
+        assert len(children) == 7 and all(alive(p) for p in children)  # 2 servers, 4 services, the console
+        # The web console: a one-click login URL on the terminal and in dev.json, logging in as the admin.
+        web_url = dev_state["web_url"]
+        assert f"web console: {web_url}" in out
+        status, headers, _ = http(web_url)
+        assert status == 303, headers
+        status, _, page = http(web_url.split("/login")[0] + "/", cookie=session_cookie(headers))
+        assert status == 200 and "sequential-demo" in page and ">admin<" in page
         # kill -9: the children go with it.
         dev.proc.kill()
         dev.proc.wait()

@@ -160,7 +160,8 @@ def test_dockerfile_installs_the_package_and_runs_legato() -> None:
         assert re.search(rf"^COPY {copied}\b", text, re.M), copied
         assert (ROOT / copied).exists()
     assert "pip wheel" in text and "pip install" in text
-    assert re.search(r"^EXPOSE 9464$", text, re.M)
+    assert re.search(r"^EXPOSE 9464 8765$", text, re.M)
+    assert "'.[s3,web]'" in text  # the image can run the web console and store artifacts in S3
     assert re.search(r"^USER legato$", text, re.M)
 
 

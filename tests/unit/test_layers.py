@@ -25,10 +25,11 @@ FLOORS: tuple[frozenset[str], ...] = (
     frozenset({"bus"}),
     frozenset({"security", "store"}),
     frozenset({"client", "runtime"}),
+    frozenset({"web"}),
     frozenset({"devstack"}),
     frozenset({"cli"}),
 )
-CLI_MAY_IMPORT = frozenset({"client", "config", "core", "devstack", "flow", "protocol"})
+CLI_MAY_IMPORT = frozenset({"client", "config", "core", "devstack", "flow", "protocol", "web"})
 
 
 def floor_of(lib: str) -> int:
@@ -93,6 +94,16 @@ def test_a_lib_imports_only_libs_below_it(lib: str) -> None:
 
 def test_the_cli_reaches_the_system_through_the_client_and_the_dev_stack() -> None:
     imports = {m: t - CLI_MAY_IMPORT for m, t in package_imports(LIBS)["cli"].items()}
+    assert {module: sorted(t) for module, t in imports.items() if t} == {}
+
+
+# The console is a client like the CLI: it reaches Legato through the typed client (over NATS) only,
+# never the bus internals or the store (docs/web.md).
+WEB_MAY_IMPORT = frozenset({"client", "config", "core", "protocol", "security"})
+
+
+def test_the_web_console_reaches_the_system_through_the_client_only() -> None:
+    imports = {m: t - WEB_MAY_IMPORT for m, t in package_imports(LIBS)["web"].items()}
     assert {module: sorted(t) for module, t in imports.items() if t} == {}
 
 

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(svc, help=f"run the {svc} service", add_help=False)
         sp.set_defaults(local="service", service=svc)
 
+    sp = sub.add_parser("web", help="the ops web console (legato web --help)", add_help=False)
+    sp.set_defaults(local="web")
+
     wf = sub.add_parser("workflow", help="push, inspect and manage workflow definitions")
     wsub = wf.add_subparsers(dest="workflow_command", required=True, metavar="ACTION")
     sp = api(
@@ -207,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     # Service commands take their own flags: hand everything after the name to the service.
     if argv and argv[0] in ("trigger", "scheduler", "executor", "signal-router"):
         return run_service(argv[0], argv[1:])
+    if argv and argv[0] == "web":  # the console takes its own flags (legato.web.__main__)
+        from legato.web.__main__ import main as web_main
+
+        return web_main(argv[1:])
     args = build_parser().parse_args(argv)
     local = getattr(args, "local", None)
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ from legato.client import ApiError, LegatoClient
 from legato.config.settings import dev_state_file, read_dev_state
 from legato.core.errors import DefinitionError
 from legato.devstack.nats_server import EmbeddedNats
+from legato.devstack.ports import free_port
 from legato.devstack.postgres_server import EmbeddedPostgres
 from legato.devstack.processes import die_with_parent
 from legato.flow.loading import WorkflowNotFound, load_workflow
@@ -46,7 +48,8 @@ from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database, redact
 
 SERVICES = ("trigger", "scheduler", "executor", "signal_router")
-STOP_ORDER = ("trigger", "signal_router", "scheduler", "executor")
+STOP_ORDER = ("web", "trigger", "signal_router", "scheduler", "executor")
+WEB_PORT = 8765  # the console's preferred port (the next free one when taken)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +188,8 @@ class DevStack:
         self.database_url = ""
         self.namespace = os.environ.get("LEGATO_NAMESPACE", "")
         self.keyring: Keyring | None = None
+        self.web_url = ""  # the console's one-click login URL (with a fresh admin token)
+        self.web_port = 0
 
     def creds(self, name: str) -> str | None:
         """The seed of a generated identity; None (the environment's) with an external NATS."""
@@ -307,6 +312,7 @@ class DevStack:
                             if self.keyring is not None
                             else {}
                         ),
+                        **({"web_url": self.web_url} if self.web_url else {}),
                         "pid": os.getpid(),
                         "started_at": time.time(),
                         "logs": str(self.logs),
@@ -331,9 +337,12 @@ class DevStack:
             "LEGATO_LOG_FORMAT": "json",
             "LEGATO_STATE_DIR": str(self.state_dir),
         }
-        if service == "executor":
+        if service in ("executor", "web"):
             del env["LEGATO_DATABASE_URL"]  # stateless: it is not told where the database is
-        if self.keyring is not None:
+        if service == "web":
+            env["LEGATO_NAMESPACE"] = self.namespace
+            env["LEGATO_NATS_CREDS"] = ""  # the console holds no identity of its own: it acts as the users
+        elif self.keyring is not None:
             env["LEGATO_NATS_CREDS"] = str(self.keyring.seed_file(service))
             env["LEGATO_AUTH_USERS"] = str(self.keyring.users_file)
         base = int(os.environ.get("LEGATO_METRICS_PORT") or 0)
@@ -361,6 +370,15 @@ class DevStack:
             return ["--replica-id", "dev-scheduler"]
         if service == "executor":
             return ["--queue", "default", "--concurrency", str(self.options.concurrency)]
+        if service == "web" and self.keyring is not None:
+            return [
+                "--listen",
+                f"127.0.0.1:{self.web_port}",
+                "--keys",
+                str(self.keyring.folder),
+                "--tokens",
+                str(self.state_dir / "web-tokens.json"),
+            ]
         return []
 
     def start_services(self) -> None:
@@ -373,6 +391,29 @@ class DevStack:
             ]
         names = ", ".join(f"{s} x{len(p)}" if len(p) > 1 else s for s, p in self.children.items())
         say(f"services started: {names} (logs in {self.logs})")
+        self.start_web()
+
+    def start_web(self) -> None:
+        """The ops console on 127.0.0.1, with a fresh one-click login token for the dev admin (like
+        Jupyter's); its URL goes to the terminal and to ``dev.json`` (``web_url``, file mode 0600)."""
+        if self.keyring is None:
+            say(
+                "web console not started: it needs the embedded NATS's keyring (or run `legato web --keys DIR`)"
+            )
+            return
+        if not _service_exists("web") or importlib.util.find_spec("starlette") is None:
+            say("web console not started: install the web extra (pip install 'legato[web]')")
+            return
+        from legato.web.logins import add_token
+
+        tokens = self.state_dir / "web-tokens.json"
+        with contextlib.suppress(FileNotFoundError):
+            tokens.unlink()  # one token per `legato dev`: the previous one's stops working
+        token = add_token(tokens, "admin")
+        self.web_port = free_port(WEB_PORT)
+        self.children["web"] = [self.spawn("web", self.service_args("web", 0))]
+        self.web_url = f"http://127.0.0.1:{self.web_port}/login?token={token}"
+        say(f"web console: {self.web_url}")
 
     async def supervise(self) -> None:
         """Restart a service that dies, with a growing pause; give up on one that keeps dying."""
@@ -501,8 +542,6 @@ def code_example(path: Path) -> str | None:
 
 
 def _service_exists(service: str) -> bool:
-    import importlib.util
-
     try:
         return importlib.util.find_spec(f"legato.{service}.__main__") is not None
     except ModuleNotFoundError:

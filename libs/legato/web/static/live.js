@@ -1,0 +1,28 @@
+// Pages whose <main> has data-live (a server-sent events URL) and data-live-ids (element ids): when the
+// stream says "changed", re-fetch this page and swap those elements in (at most one fetch at a time).
+"use strict";
+(function () {
+  const main = document.querySelector("main[data-live]");
+  if (!main || !window.EventSource) return;
+  const ids = (main.dataset.liveIds || "").split(/\s+/).filter(Boolean);
+  let busy = false;
+  let again = false;
+  async function refresh() {
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      const res = await fetch(window.location.href, { credentials: "same-origin" });
+      if (!res.ok) return;
+      const doc = new DOMParser().parseFromString(await res.text(), "text/html");
+      for (const id of ids) {
+        const fresh = doc.getElementById(id);
+        const old = document.getElementById(id);
+        if (fresh && old) old.replaceWith(document.adoptNode(fresh));
+      }
+    } finally {
+      busy = false;
+      if (again) { again = false; refresh(); }
+    }
+  }
+  new EventSource(main.dataset.live).addEventListener("changed", refresh);
+})();
