@@ -61,7 +61,9 @@ def params(draw: st.DrawFn) -> dict[str, Any]:
         "map": st.dictionaries(IDENT, st.integers() | SAFE_TEXT, max_size=3),
         "secret": NAME,
     }
-    for name in draw(st.lists(IDENT.filter(lambda n: n != "n"), max_size=4, unique=True)):
+    # Not the names foreach steps bind (``as``): a param they would shadow is refused by validation.
+    free = IDENT.filter(lambda n: n not in ("n", "item", "day", "x", "row"))
+    for name in draw(st.lists(free, max_size=4, unique=True)):
         kind = draw(st.sampled_from(sorted(kinds)))
         shape = draw(st.sampled_from(["default", "shorthand", "expr", "required", "fixed", "values"]))
         default = draw(kinds[kind])
