@@ -96,8 +96,8 @@ async def test_a_start_the_scheduler_cannot_apply_fails_its_run_never_pending(
         good = await client.start("one")
         for iid, version in (("bad-0", 0), ("bad-99", 99)):
             info = await client.wait(iid, timeout=60)
-            assert info["status"] == "failed", info
-            assert f"no version {version}" in info["error"]
+            assert info.status == "failed", info
+            assert f"no version {version}" in (info.error or "")
         assert (await wait_for(client, good.instance_id))["status"] == "succeeded"
         shown = cli(settings, "show", "bad-99")
         assert shown.returncode == 0 and "FAILED" in shown.stdout.upper() and "no version 99" in shown.stdout

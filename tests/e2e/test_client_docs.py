@@ -67,6 +67,8 @@ async def test_docs_client_md_snippets_run(settings: Settings, tmp_path: Path, d
         printed = await run_blocks(python_blocks((ROOT / "docs/client.md").read_text()), "docs/client.md")
     assert "daily-sales 1 True" in printed
     assert "not_found - " in printed
+    assert "quick ended: succeeded" in printed  # wait() on the end event, typed
+    assert "['succeeded'] 4" in printed  # subscribe_runs from the stream's start
 
 
 async def test_readme_client_snippets_run(settings: Settings, tmp_path: Path, docs_env: None) -> None:

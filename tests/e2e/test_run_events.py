@@ -246,9 +246,9 @@ async def test_wait_and_wait_all_return_on_the_end_event(settings: Settings, tmp
         await client.push(SLOW)
         run = await client.start("quick")
         info = await client.wait(run, timeout=60, poll=3600)  # no re-read: only the event can end it
-        assert info["status"] == "succeeded"
+        assert info.status == "succeeded"
         again = await client.wait(run.instance_id, timeout=5)  # already ended: the one read says so
-        assert again["status"] == "succeeded"
+        assert again.status == "succeeded"
         many = [await client.start("quick") for _ in range(20)]
         done = await client.wait_all(many, timeout=60, poll=3600)
         assert done == {r.instance_id for r in many}

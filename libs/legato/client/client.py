@@ -866,13 +866,13 @@ class LegatoClient:
         result: dict[str, Any] = await self.call("instance.get", {"instance_id": instance_id, **extra})
         return result
 
-    async def wait(self, run: RunRef, *, timeout: float = 300.0, poll: float = RECHECK) -> dict[str, Any]:
-        """Wait until the run ends and return it (``instance.get``); returns on its end event, with
+    async def wait(self, run: RunRef, *, timeout: float = 300.0, poll: float = RECHECK) -> InstanceDetail:
+        """Wait until the run ends and return it, typed (``get_run``); returns on its end event, with
         one read of its status first (``legato.client.events.wait_runs``); ``poll`` is only the
         safety re-read interval. Raises ``TimeoutError`` after ``timeout`` seconds."""
         instance_id = run if isinstance(run, str) else run.instance_id
         await wait_runs(self.nc, self.topology, [run], self._status_of, timeout=timeout, recheck=poll)
-        return await self.get(instance_id)
+        return await self.get_run(instance_id)
 
     async def _status_of(self, instance_id: str) -> str:
         try:
