@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
@@ -190,6 +190,36 @@ async def test_operator_stops_a_run_with_a_reason_and_the_timeline_shows_it(
             screenshot(driver, "run-stopped", tmp_path)
         info = await client.get(run.instance_id)
         assert info["status"] == "stopped" and info["reason"]["by"] == "operator"
+
+
+async def test_an_admin_sets_the_run_strategy_with_a_reason_through_the_form(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(QUEUE)
+        with running_console(settings, keyring, tmp_path) as console, browser() as driver:
+            login(driver, console, "operator")
+            driver.get(f"{console.url}/workflows/web-queue")
+            assert not driver.find_elements(By.ID, "strategy-actions")  # an operator may not
+            login(driver, console, "admin")
+            driver.get(f"{console.url}/workflows/web-queue")
+            driver.find_element(By.CSS_SELECTOR, "#strategy-actions summary").click()
+            form = driver.find_element(By.CSS_SELECTOR, "form.action-strategy")
+            Select(form.find_element(By.NAME, "run_strategy")).select_by_visible_text("parallel")
+            limit = form.find_element(By.NAME, "max_concurrency")
+            limit.clear()
+            limit.send_keys("4")
+            form.find_element(By.NAME, "reason").send_keys("backlog after the outage")
+            form.find_element(By.CSS_SELECTOR, "button.btn-strategy").click()
+            WebDriverWait(driver, 30).until(
+                lambda d: "set by admin: backlog after the outage" in d.find_element(By.ID, "wf-facts").text,
+                "the page never showed who set the strategy and why",
+            )
+            assert "parallel ≤4" in driver.find_element(By.ID, "wf-facts").text
+            screenshot(driver, "workflow-strategy", tmp_path)
+        now = await client.call("workflow.status", {"workflow_id": "web-queue"})
+        assert (now["run_strategy"], now["max_concurrency"]) == ("parallel", 4)
+        assert now["strategy_change"]["by"] == "admin"
 
 
 async def test_a_pending_join_shows_the_missing_leg_and_lineage_is_a_graph(
