@@ -211,11 +211,13 @@ async def test_an_admin_sets_the_run_strategy_with_a_reason_through_the_form(
             limit.send_keys("4")
             form.find_element(By.NAME, "reason").send_keys("backlog after the outage")
             form.find_element(By.CSS_SELECTOR, "button.btn-strategy").click()
+            # read in one go: a live refresh may swap #wf-facts between a find and a read
+            facts_js = "const f = document.getElementById('wf-facts'); return f ? f.textContent : '';"
             WebDriverWait(driver, 30).until(
-                lambda d: "set by admin: backlog after the outage" in d.find_element(By.ID, "wf-facts").text,
+                lambda d: "set by admin: backlog after the outage" in d.execute_script(facts_js),
                 "the page never showed who set the strategy and why",
             )
-            assert "parallel ≤4" in driver.find_element(By.ID, "wf-facts").text
+            assert "parallel ≤4" in driver.execute_script(facts_js)
             screenshot(driver, "workflow-strategy", tmp_path)
         now = await client.call("workflow.status", {"workflow_id": "web-queue"})
         assert (now["run_strategy"], now["max_concurrency"]) == ("parallel", 4)
