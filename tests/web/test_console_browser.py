@@ -224,6 +224,61 @@ async def test_an_admin_sets_the_run_strategy_with_a_reason_through_the_form(
         assert now["strategy_change"]["by"] == "admin"
 
 
+BACKFILLED = """
+id: web-backfill
+run_strategy: {type: parallel, max_concurrency: 20}
+params:
+  day: {type: string}
+steps:
+  - {id: work, type: shell, command: "sleep 0.5"}
+"""
+
+
+async def test_an_operator_cancels_a_backfill_and_live_updates_spare_the_reason_being_typed(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(BACKFILLED)
+        body = {
+            "workflow_id": "web-backfill",
+            "start": "2026-01-01",
+            "end": "2026-04-01",
+            "params": {"day": "${backfill.period_start}"},
+            "concurrency": 2,
+        }
+        bf = (await client.call("backfill.start", body))["backfill_id"]
+        with running_console(settings, keyring, tmp_path) as console, browser() as driver:
+            login(driver, console, "operator")
+            driver.get(f"{console.url}/workflows/web-backfill")
+            row = f"#backfills tr[data-backfill='{bf}']"
+            reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
+            reason.click()
+            reason.send_keys("half typed")
+            # runs of the backfill end meanwhile (each a live update of the page): the field keeps its text
+            finished = (await client.call("backfill.show", {"backfill_id": bf}))["finished"]
+            for _ in range(150):
+                if (await client.call("backfill.show", {"backfill_id": bf}))["finished"] >= finished + 3:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # let the browser receive and handle those events
+            reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
+            assert reason.get_attribute("value") == "half typed"
+            reason.send_keys(", now done")
+            driver.find_element(By.CSS_SELECTOR, f"{row} button.btn-backfill-cancel").click()
+            WebDriverWait(driver, 30).until(
+                lambda d: (
+                    "cancelled by operator: half typed, now done"
+                    in d.execute_script(
+                        "const r = document.querySelector(arguments[0]); return r ? r.textContent : '';", row
+                    )
+                ),
+                "the backfill list never showed the cancel",
+            )
+            screenshot(driver, "workflow-backfill-cancelled", tmp_path)
+        shown = await client.call("backfill.show", {"backfill_id": bf})
+        assert (shown["status"], shown["cancelled_by"]) == ("cancelled", "operator")
+
+
 async def test_a_pending_join_shows_the_missing_leg_and_lineage_is_a_graph(
     settings: Settings, keyring: Keyring, tmp_path: Path
 ) -> None:
