@@ -316,6 +316,26 @@ async def test_an_admin_sets_the_run_strategy_with_a_reason_and_others_cannot(
                 await conn.close()
             assert [(a["actor"], a["reason"]) for a in audit] == [("admin", "month-end burst")]
             assert "parallel (max_concurrency 7), was sequential" in audit[0]["result"]
+            # A retried request (same request_id, as the client sends on a lost reply) is recorded once.
+            again = {
+                "workflow_id": "web-strategy",
+                "run_strategy": "parallel",
+                "max_concurrency": 8,
+                "reason": "retried",
+                "request_id": "web-strategy-retry-1",
+            }
+            for _ in range(2):
+                got = await client.call("workflow.set_run_strategy", again)
+                assert got["max_concurrency"] == 8 and got["strategy_change"]["reason"] == "retried"
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                reasons = await conn.fetch(
+                    "SELECT reason FROM operator_action WHERE workflow_id = 'web-strategy' "
+                    "AND action = 'set_run_strategy' ORDER BY created_at"
+                )
+            finally:
+                await conn.close()
+            assert [r["reason"] for r in reasons] == ["month-end burst", "retried"]
             # Activating a version applies the definition's strategy again, and forgets who overrode it.
             await client.activate("web-strategy")
             now = await client.call("workflow.status", {"workflow_id": "web-strategy"})
@@ -356,6 +376,8 @@ async def test_an_operator_pauses_resumes_and_cancels_a_backfill(
         with running_console(settings, keyring, tmp_path) as console:
             url = f"{console.url}/workflows/web-backfill"
             action = f"{url}/backfills/{bf}/action"
+            assert http(action, form={"verb": "pause"})[0] == 401
+            assert http(f"{url}/strategy", form={"run_strategy": "parallel"})[0] == 401
             _, headers, _ = http(console.login_url("viewer"))
             viewer = session_cookie(headers)
             page = http(url, cookie=viewer)[2]

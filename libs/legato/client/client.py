@@ -430,6 +430,7 @@ class LegatoClient:
             "run_strategy": run_strategy,
             "max_concurrency": max_concurrency,
             "reason": reason,
+            "request_id": new_request_id(),  # the same on a retry: the audit trail records it once
         }
         return await self._call(
             "workflow.set_run_strategy",

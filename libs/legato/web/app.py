@@ -528,6 +528,8 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         backfills (operator)."""
         wid, backfill_id = request.path_params["workflow_id"], request.path_params["backfill_id"]
         back = "/workflows/" + quote(wid)
+        if console.user(request) is None:
+            return PlainTextResponse("login required", status_code=401)
         form = await request.form()
         verb = str(form.get("verb") or "")
         if verb not in BACKFILL_VERBS:

@@ -294,8 +294,22 @@ class WorkflowApi:
                 )
             limit = 1
         reason = req.reason.strip()
+        action_id = req.request_id or new_request_id()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await registry.get_workflow_row(conn, req.workflow_id, lock=True)
+            done = await conn.fetchrow(
+                "SELECT workflow_id, action FROM operator_action WHERE id = $1", action_id
+            )
+            if done is not None:
+                if (done["workflow_id"], done["action"]) != (req.workflow_id, "set_run_strategy"):
+                    raise ApiError(
+                        "bad_request",
+                        f"request_id: {action_id!r} is already the id of another action "
+                        f"({done['action']} of {done['workflow_id']})",
+                    )
+                # a retry of a change already made: the same answer, recorded once
+                change = await strategy_change_info(conn, req.workflow_id)
+                return {**registry.workflow_summary(row), "strategy_change": change}
             before = f"{row['run_strategy']} (max_concurrency {row['max_concurrency']})"
             await registry.check_strategy_change(conn, req.workflow_id, req.run_strategy)
             await conn.execute(
@@ -310,7 +324,7 @@ class WorkflowApi:
             )
             result = f"run_strategy {req.run_strategy} (max_concurrency {limit}), was {before}"
             await registry.record_action(
-                conn, new_request_id(), req.workflow_id, "set_run_strategy", req.actor, reason, result
+                conn, action_id, req.workflow_id, "set_run_strategy", req.actor, reason, result
             )
             await registry.notify_scheduler(
                 conn, self.topology, req.workflow_id, f"run_strategy {req.run_strategy}"
