@@ -187,8 +187,10 @@ async def test_every_endpoint_answers_its_typed_reply(settings: Settings, tmp_pa
         everything = await client.workflow_action("stop", "everything", reason="done")
         assert everything.action == "stop_all" and everything.instance_id is None
 
-        summary = await client.set_run_strategy("quick", "sequential")
-        assert isinstance(summary, replies.WorkflowSummary) and summary.run_strategy == "sequential"
+        summary = await client.set_run_strategy("quick", "sequential", reason="one at a time")
+        assert isinstance(summary, replies.StrategySet) and summary.run_strategy == "sequential"
+        assert summary.strategy_change is not None and summary.strategy_change.reason == "one at a time"
+        assert (await client.workflow_status("quick")).strategy_change == summary.strategy_change
         assert (await client.deactivate("quick")).active is False
         assert (await client.activate("quick")).active is True
         archived = await client.archive_workflow("quick", reason="client test", force=True)

@@ -61,6 +61,24 @@ async def test_archive_and_delete_refuse_active_runs_unless_forced_and_are_audit
             assert out.returncode == 1, out
             assert "1 run(s) are queued or running" in out.stderr and "--force" in out.stderr
         assert (await client.call("workflow.get", {"workflow_id": "doomed"}))["active"] is True
+        # set-strategy --reason: who and why are on the workflow (and in the audit trail below).
+        out = cli(
+            settings,
+            "workflow",
+            "set-strategy",
+            "doomed",
+            "parallel",
+            "--max-concurrency",
+            "2",
+            "--reason",
+            "drain",
+        )
+        assert (
+            out.returncode == 0
+            and "run strategy parallel (max_concurrency 2) set by operator-ada" in out.stdout
+        ), out
+        change = (await client.call("workflow.status", {"workflow_id": "doomed"}))["strategy_change"]
+        assert (change["by"], change["reason"]) == ("operator-ada", "drain")
 
         out = cli(settings, "workflow", "archive", "doomed", "--reason", "retired", "--force")
         assert out.returncode == 0 and "archived" in out.stdout, out
@@ -86,15 +104,16 @@ async def test_archive_and_delete_refuse_active_runs_unless_forced_and_are_audit
         try:
             audit = await conn.fetch(
                 "SELECT action, actor, reason, result FROM operator_action WHERE workflow_id = 'doomed' "
-                "AND action IN ('archive', 'delete') ORDER BY created_at"
+                "AND action IN ('set_run_strategy', 'archive', 'delete') ORDER BY created_at"
             )
         finally:
             await conn.close()
         assert [(a["action"], a["actor"], a["reason"]) for a in audit] == [
+            ("set_run_strategy", "operator-ada", "drain"),
             ("archive", "operator-ada", "retired"),
             ("delete", "operator-ada", "gone for good"),
         ]
-        assert "forced" in audit[1]["result"]
+        assert "forced" in audit[2]["result"]
 
         # The id is free again: versions go on from the deleted one's, and runs work.
         pushed = await client.push(QUICK)

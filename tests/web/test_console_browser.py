@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
@@ -190,6 +190,93 @@ async def test_operator_stops_a_run_with_a_reason_and_the_timeline_shows_it(
             screenshot(driver, "run-stopped", tmp_path)
         info = await client.get(run.instance_id)
         assert info["status"] == "stopped" and info["reason"]["by"] == "operator"
+
+
+async def test_an_admin_sets_the_run_strategy_with_a_reason_through_the_form(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(QUEUE)
+        with running_console(settings, keyring, tmp_path) as console, browser() as driver:
+            login(driver, console, "operator")
+            driver.get(f"{console.url}/workflows/web-queue")
+            assert not driver.find_elements(By.ID, "strategy-actions")  # an operator may not
+            login(driver, console, "admin")
+            driver.get(f"{console.url}/workflows/web-queue")
+            driver.find_element(By.CSS_SELECTOR, "#strategy-actions summary").click()
+            form = driver.find_element(By.CSS_SELECTOR, "form.action-strategy")
+            Select(form.find_element(By.NAME, "run_strategy")).select_by_visible_text("parallel")
+            limit = form.find_element(By.NAME, "max_concurrency")
+            limit.clear()
+            limit.send_keys("4")
+            form.find_element(By.NAME, "reason").send_keys("backlog after the outage")
+            form.find_element(By.CSS_SELECTOR, "button.btn-strategy").click()
+            # read in one go: a live refresh may swap #wf-facts between a find and a read
+            facts_js = "const f = document.getElementById('wf-facts'); return f ? f.textContent : '';"
+            WebDriverWait(driver, 30).until(
+                lambda d: "set by admin: backlog after the outage" in d.execute_script(facts_js),
+                "the page never showed who set the strategy and why",
+            )
+            assert "parallel ≤4" in driver.execute_script(facts_js)
+            screenshot(driver, "workflow-strategy", tmp_path)
+        now = await client.call("workflow.status", {"workflow_id": "web-queue"})
+        assert (now["run_strategy"], now["max_concurrency"]) == ("parallel", 4)
+        assert now["strategy_change"]["by"] == "admin"
+
+
+BACKFILLED = """
+id: web-backfill
+run_strategy: {type: parallel, max_concurrency: 20}
+params:
+  day: {type: string}
+steps:
+  - {id: work, type: shell, command: "sleep 0.5"}
+"""
+
+
+async def test_an_operator_cancels_a_backfill_and_live_updates_spare_the_reason_being_typed(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(BACKFILLED)
+        body = {
+            "workflow_id": "web-backfill",
+            "start": "2026-01-01",
+            "end": "2026-04-01",
+            "params": {"day": "${backfill.period_start}"},
+            "concurrency": 2,
+        }
+        bf = (await client.call("backfill.start", body))["backfill_id"]
+        with running_console(settings, keyring, tmp_path) as console, browser() as driver:
+            login(driver, console, "operator")
+            driver.get(f"{console.url}/workflows/web-backfill")
+            row = f"#backfills tr[data-backfill='{bf}']"
+            reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
+            reason.click()
+            reason.send_keys("half typed")
+            # runs of the backfill end meanwhile (each a live update of the page): the field keeps its text
+            finished = (await client.call("backfill.show", {"backfill_id": bf}))["finished"]
+            for _ in range(150):
+                if (await client.call("backfill.show", {"backfill_id": bf}))["finished"] >= finished + 3:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # let the browser receive and handle those events
+            reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
+            assert reason.get_attribute("value") == "half typed"
+            reason.send_keys(", now done")
+            driver.find_element(By.CSS_SELECTOR, f"{row} button.btn-backfill-cancel").click()
+            WebDriverWait(driver, 30).until(
+                lambda d: (
+                    "cancelled by operator: half typed, now done"
+                    in d.execute_script(
+                        "const r = document.querySelector(arguments[0]); return r ? r.textContent : '';", row
+                    )
+                ),
+                "the backfill list never showed the cancel",
+            )
+            screenshot(driver, "workflow-backfill-cancelled", tmp_path)
+        shown = await client.call("backfill.show", {"backfill_id": bf})
+        assert (shown["status"], shown["cancelled_by"]) == ("cancelled", "operator")
 
 
 async def test_a_pending_join_shows_the_missing_leg_and_lineage_is_a_graph(

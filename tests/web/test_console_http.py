@@ -8,6 +8,8 @@ import http.client as http_client
 import re
 from pathlib import Path
 
+import asyncpg
+
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
 from legato.web.logins import set_password
@@ -243,3 +245,179 @@ async def test_an_operator_restarts_a_failed_run_from_a_step(
             form = {"csrf": csrf_of(page), "verb": "resume", "reason": "done"}
             assert http(f"{console.url}/workflows/web-restart/action", cookie=operator, form=form)[0] == 303
             assert not (await client.call("workflow.status", {"workflow_id": "web-restart"}))["paused"]
+
+
+STRATEGY = """
+id: web-strategy
+run_strategy: {type: sequential}
+steps:
+  - {id: a, type: noop}
+"""
+
+
+async def test_an_admin_sets_the_run_strategy_with_a_reason_and_others_cannot(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(STRATEGY)
+        with running_console(settings, keyring, tmp_path) as console:
+            url = f"{console.url}/workflows/web-strategy"
+            form = {"run_strategy": "parallel", "max_concurrency": "7", "reason": "forged"}
+            # workflow.set_run_strategy needs admin: a viewer and an operator get no form, and a forged
+            # POST (with a right CSRF token) is refused.
+            for role in ("viewer", "operator"):
+                _, headers, _ = http(console.login_url(role))
+                cookie = session_cookie(headers)
+                status, _, page = http(url, cookie=cookie)
+                assert status == 200 and "action-strategy" not in page and "btn-strategy" not in page, role
+                sent = {**form, "csrf": csrf_of(page)}
+                status, _, body = http(f"{url}/strategy", cookie=cookie, form=sent)
+                assert status == 403 and "needs role admin" in body, (role, body)
+            assert (await client.call("workflow.status", {"workflow_id": "web-strategy"}))[
+                "run_strategy"
+            ] == "sequential"
+            _, headers, _ = http(console.login_url("admin"))
+            admin = session_cookie(headers)
+            page = http(url, cookie=admin)[2]
+            assert 'class="action action-strategy"' in page and "<option selected>sequential</option>" in page
+            # No CSRF token, no change; no reason, no change (a message says why).
+            assert http(f"{url}/strategy", cookie=admin, form={**form, "reason": "x"})[0] == 403
+            sent = {**form, "csrf": csrf_of(page), "reason": "  "}
+            status, acted, _ = http(f"{url}/strategy", cookie=admin, form=sent)
+            assert status == 303
+            assert "a reason is required" in http(url, cookie=session_cookie(acted))[2]
+            status, _, body = http(f"{url}/strategy", cookie=admin, form={**sent, "run_strategy": "fastest"})
+            assert status == 400 and "run_strategy: must be one of" in body
+            assert (await client.call("workflow.status", {"workflow_id": "web-strategy"}))[
+                "strategy_source"
+            ] == "definition"
+            sent["reason"] = "month-end burst"
+            status, acted, _ = http(f"{url}/strategy", cookie=admin, form=sent)
+            assert status == 303 and acted["location"] == ["/workflows/web-strategy"]
+            now = await client.call("workflow.status", {"workflow_id": "web-strategy"})
+            assert (now["run_strategy"], now["max_concurrency"], now["strategy_source"]) == (
+                "parallel",
+                7,
+                "api",
+            )
+            assert now["strategy_change"]["by"] == "admin"
+            assert now["strategy_change"]["reason"] == "month-end burst"
+            # The page shows the new strategy and who set it and why; the audit trail has it too.
+            page = http(url, cookie=session_cookie(acted))[2]
+            assert "parallel ≤7" in page and "set by admin: month-end burst" in page
+            assert "run strategy parallel ≤7 set by admin: month-end burst" in page  # the flash
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                audit = await conn.fetch(
+                    "SELECT actor, reason, result FROM operator_action WHERE workflow_id = 'web-strategy' "
+                    "AND action = 'set_run_strategy'"
+                )
+            finally:
+                await conn.close()
+            assert [(a["actor"], a["reason"]) for a in audit] == [("admin", "month-end burst")]
+            assert "parallel (max_concurrency 7), was sequential" in audit[0]["result"]
+            # A retried request (same request_id, as the client sends on a lost reply) is recorded once.
+            again = {
+                "workflow_id": "web-strategy",
+                "run_strategy": "parallel",
+                "max_concurrency": 8,
+                "reason": "retried",
+                "request_id": "web-strategy-retry-1",
+            }
+            for _ in range(2):
+                got = await client.call("workflow.set_run_strategy", again)
+                assert got["max_concurrency"] == 8 and got["strategy_change"]["reason"] == "retried"
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                reasons = await conn.fetch(
+                    "SELECT reason FROM operator_action WHERE workflow_id = 'web-strategy' "
+                    "AND action = 'set_run_strategy' ORDER BY created_at"
+                )
+            finally:
+                await conn.close()
+            assert [r["reason"] for r in reasons] == ["month-end burst", "retried"]
+            # Activating a version applies the definition's strategy again, and forgets who overrode it.
+            await client.activate("web-strategy")
+            now = await client.call("workflow.status", {"workflow_id": "web-strategy"})
+            assert now["run_strategy"] == "sequential" and now.get("strategy_change") is None
+
+
+BACKFILLED = """
+id: web-backfill
+run_strategy: {type: parallel, max_concurrency: 20}
+params:
+  day: {type: string}
+steps:
+  - {id: work, type: shell, command: "sleep 1"}
+"""
+
+
+async def test_an_operator_pauses_resumes_and_cancels_a_backfill(
+    settings: Settings, keyring: Keyring, tmp_path: Path
+) -> None:
+    async with running_stack(settings, tmp_path) as (_, client):
+        await client.push(BACKFILLED)
+        started = await client.call(
+            "backfill.start",
+            {
+                "workflow_id": "web-backfill",
+                "start": "2026-01-01",
+                "end": "2026-03-01",
+                "params": {"day": "${backfill.period_start}"},
+                "concurrency": 1,
+            },
+        )
+        bf = started["backfill_id"]
+
+        async def backfill_status() -> str:
+            status: str = (await client.call("backfill.show", {"backfill_id": bf}))["status"]
+            return status
+
+        with running_console(settings, keyring, tmp_path) as console:
+            url = f"{console.url}/workflows/web-backfill"
+            action = f"{url}/backfills/{bf}/action"
+            assert http(action, form={"verb": "pause"})[0] == 401
+            assert http(f"{url}/strategy", form={"run_strategy": "parallel"})[0] == 401
+            _, headers, _ = http(console.login_url("viewer"))
+            viewer = session_cookie(headers)
+            page = http(url, cookie=viewer)[2]
+            assert f'data-backfill="{bf}"' in page and "btn-backfill-pause" not in page
+            forged = {"csrf": csrf_of(page), "verb": "pause"}
+            status, _, body = http(action, cookie=viewer, form=forged)
+            assert status == 403 and "needs role operator" in body
+            assert await backfill_status() == "running"
+            _, headers, _ = http(console.login_url("operator"))
+            operator = session_cookie(headers)
+            page = http(url, cookie=operator)[2]
+            assert "btn-backfill-pause" in page and "btn-backfill-resume" not in page
+            assert "btn-backfill-cancel" in page
+            csrf = csrf_of(page)
+            assert http(action, cookie=operator, form={"verb": "pause"})[0] == 403  # no CSRF token
+            assert http(action, cookie=operator, form={"csrf": csrf, "verb": "explode"})[0] == 400
+            status, acted, _ = http(action, cookie=operator, form={"csrf": csrf, "verb": "pause"})
+            assert status == 303 and acted["location"] == ["/workflows/web-backfill"]
+            assert await backfill_status() == "paused"
+            page = http(url, cookie=session_cookie(acted))[2]
+            assert f"backfill pause of {bf} by operator" in page
+            assert "btn-backfill-resume" in page and "btn-backfill-pause" not in page
+            assert http(action, cookie=operator, form={"csrf": csrf, "verb": "resume"})[0] == 303
+            assert await backfill_status() == "running"
+            # Cancelling needs a reason; with one it is done as the operator, and the list says so.
+            status, acted, _ = http(action, cookie=operator, form={"csrf": csrf, "verb": "cancel"})
+            assert status == 303 and "a reason is required" in http(url, cookie=session_cookie(acted))[2]
+            assert await backfill_status() == "running"
+            form = {"csrf": csrf, "verb": "cancel", "reason": "wrong range", "running": "on"}
+            status, acted, _ = http(action, cookie=operator, form=form)
+            assert status == 303
+            shown = await client.call("backfill.show", {"backfill_id": bf})
+            assert (shown["status"], shown["cancelled_by"], shown["cancel_reason"]) == (
+                "cancelled",
+                "operator",
+                "wrong range",
+            )
+            page = http(url, cookie=session_cookie(acted))[2]
+            assert "cancelled by operator: wrong range" in page and "btn-backfill-cancel" not in page
+            # A backfill that cannot do what is asked: refused with the API's message, not an error page.
+            status, acted, _ = http(action, cookie=operator, form={"csrf": csrf, "verb": "resume"})
+            assert status == 303
+            assert "backfill resume refused" in http(url, cookie=session_cookie(acted))[2]

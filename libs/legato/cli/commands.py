@@ -198,8 +198,11 @@ async def cmd_workflow_deactivate(args: argparse.Namespace, c: LegatoClient) -> 
 
 
 async def cmd_workflow_set_strategy(args: argparse.Namespace, c: LegatoClient) -> int:
-    res = await c.set_run_strategy(args.workflow, args.strategy, max_concurrency=args.max_concurrency)
-    print(f"{res.workflow_id}: run strategy {res.run_strategy} (max_concurrency {res.max_concurrency})")
+    res = await c.set_run_strategy(
+        args.workflow, args.strategy, max_concurrency=args.max_concurrency, reason=args.reason
+    )
+    by = f" set by {res.strategy_change.by}" if res.strategy_change and res.strategy_change.by else ""
+    print(f"{res.workflow_id}: run strategy {res.run_strategy} (max_concurrency {res.max_concurrency}){by}")
     return 0
 
 

@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("workflow")
     sp.add_argument("strategy")
     sp.add_argument("--max-concurrency", type=int)
+    sp.add_argument("--reason", default="", help="why (recorded with you in the workflow's audit trail)")
     for action in ("stop", "kill", "unblock"):
         sp = api(action, commands.cmd_workflow_action, f"{action} every run of a workflow", wsub)
         sp.add_argument("workflow")

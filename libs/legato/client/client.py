@@ -63,6 +63,7 @@ from legato.protocol.replies import (
     SignalSchemaSet,
     SignalSent,
     StartReply,
+    StrategySet,
     TagInfo,
     TagList,
     WorkflowArchived,
@@ -419,19 +420,23 @@ class LegatoClient:
         run_strategy: str,
         *,
         max_concurrency: int | None = None,
+        reason: str = "",
         timeout: float | None = None,
-    ) -> WorkflowSummary:
-        """Override the definition's run strategy (the workflow's queue must allow the change)."""
+    ) -> StrategySet:
+        """Override the definition's run strategy (the workflow's queue must allow the change); who
+        (this client's actor) and ``reason`` are recorded in the workflow's audit trail."""
         fields = {
             "workflow_id": workflow_id,
             "run_strategy": run_strategy,
             "max_concurrency": max_concurrency,
+            "reason": reason,
+            "request_id": new_request_id(),  # the same on a retry: the audit trail records it once
         }
         return await self._call(
             "workflow.set_run_strategy",
             api.SetRunStrategy,
             fields,
-            WorkflowSummary,
+            StrategySet,
             retry=True,
             timeout=timeout,
         )

@@ -44,6 +44,8 @@ class SetRunStrategy(ApiRequest, frozen=True, kw_only=True, forbid_unknown_field
     workflow_id: str
     run_strategy: str
     max_concurrency: int | None = None
+    reason: str = ""  # why (recorded with the actor in the workflow's audit trail)
+    request_id: str | None = None  # a retry with the same id is recorded once
 
 
 class StartInstance(ApiRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -402,12 +402,22 @@ class PauseInfo(Reply, frozen=True, kw_only=True):
     since: str | None = None
 
 
+class StrategyChange(Reply, frozen=True, kw_only=True):
+    """Who set a workflow's run strategy through the API (``workflow.set_run_strategy``), why and when;
+    activating a version applies the definition's strategy again and clears it."""
+
+    by: str | None = None
+    reason: str | None = None
+    at: str | None = None
+
+
 class WorkflowStatus(WorkflowSummary, frozen=True, kw_only=True):
     """``workflow.status``: the queue's state, counts per status, the running and queued runs."""
 
     state: str
     """``active``, ``inactive``, ``paused`` or ``blocked``."""
     pause: PauseInfo | None = None
+    strategy_change: StrategyChange | None = None
     counts: dict[str, int] = {}
     running_runs: list[InstanceSummary] = []
     queued_runs: list[QueuedRun] = []
@@ -419,6 +429,12 @@ class WorkflowPaused(WorkflowSummary, frozen=True, kw_only=True):
     changed: bool
     """False when it already was paused (resumed)."""
     pause: PauseInfo | None = None
+
+
+class StrategySet(WorkflowSummary, frozen=True, kw_only=True):
+    """``workflow.set_run_strategy``: the workflow after the change, with who set it and why."""
+
+    strategy_change: StrategyChange | None = None
 
 
 class WorkflowArchived(WorkflowSummary, frozen=True, kw_only=True):

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legato.client import ApiError, LegatoClient
 from legato.core.cron import CronSchedule
+from legato.core.model import RUN_STRATEGIES
 from legato.security.permissions import may_call
 from legato.web.config import WebConfig
 from legato.web.gateway import Changes, Gateway, bounded_gather, every_workflow
@@ -50,6 +51,7 @@ TERMINAL = ("succeeded", "failed", "timed_out", "stopped", "skipped")
 RUN_VERBS = ("stop", "kill", "restart", "unblock", "skip_step")
 WORKFLOW_VERBS = ("stop", "kill", "unblock", "pause", "resume")
 DEAD_LETTER_VERBS = ("replay", "discard")
+BACKFILL_VERBS = ("pause", "resume", "cancel", "retry_failed")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -448,10 +450,118 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
             versions=list(range(status.get("latest_version", 1), 0, -1)),
             diff=diff,
             diff_ab=(a, b),
+            strategies=RUN_STRATEGIES,
         )
 
     async def workflow_action(request: Request) -> Response:
         return await _action(request, "workflow", request.path_params["workflow_id"])
+
+    async def acting_user(request: Request, endpoint: str) -> tuple[ConsoleUser, dict[str, str]] | Response:
+        """The logged-in user and the form of a POST whose CSRF token is right and whose endpoint the
+        user's role may call (else the response that refuses it)."""
+        user = console.user(request)
+        if user is None:
+            return PlainTextResponse("login required", status_code=401)
+        form = await form_with_csrf(request)
+        if isinstance(form, Response):
+            return form
+        if not may_call(user.role, endpoint):
+            return PlainTextResponse(
+                f"{endpoint}: needs role {'operator' if may_call('operator', endpoint) else 'admin'}; "
+                f"{user.name} has role {user.role}",
+                status_code=403,
+            )
+        return user, form
+
+    async def done(
+        request: Request, back: str, what: str, call: Callable[[], Awaitable[Any]], success: str
+    ) -> Response:
+        """Run an API call for an action; back to ``back`` with a message saying what happened."""
+        try:
+            await call()
+        except ApiError as exc:
+            if exc.code in ("permission_denied", "forbidden"):
+                return PlainTextResponse(str(exc), status_code=403)
+            request.session["flash"] = f"{what} refused: {exc}"
+        except ConnectionError as exc:
+            request.session["flash"] = f"{what} not done: {exc}"
+        else:
+            request.session["flash"] = success
+        return RedirectResponse(back, status_code=303)
+
+    async def workflow_strategy(request: Request) -> Response:
+        """Set the workflow's run strategy (admin, as ``workflow.set_run_strategy`` needs), with a reason."""
+        wid = request.path_params["workflow_id"]
+        acting = await acting_user(request, "workflow.set_run_strategy")
+        if isinstance(acting, Response):
+            return acting
+        user, form = acting
+        back = "/workflows/" + quote(wid)
+        strategy = form.get("run_strategy", "")
+        if strategy not in RUN_STRATEGIES:
+            return PlainTextResponse(
+                f"run_strategy: must be one of {', '.join(RUN_STRATEGIES)}, got {strategy!r}", status_code=400
+            )
+        limit_text = form.get("max_concurrency", "").strip()
+        if limit_text and not limit_text.isdigit():
+            request.session["flash"] = (
+                f"set strategy: max concurrency must be a whole number, got {limit_text!r}"
+            )
+            return RedirectResponse(back, status_code=303)
+        limit = int(limit_text) if limit_text and strategy == "parallel" else None
+        reason = form.get("reason", "").strip()
+        if not reason or len(reason) > MAX_REASON:
+            request.session["flash"] = f"set strategy: a reason is required (at most {MAX_REASON} characters)"
+            return RedirectResponse(back, status_code=303)
+        client = await console.client(user)
+        shown = strategy + (f" ≤{limit}" if limit is not None else "")
+        return await done(
+            request,
+            back,
+            "set strategy",
+            lambda: client.set_run_strategy(wid, strategy, max_concurrency=limit, reason=reason),
+            f"run strategy {shown} set by {user.name}: {reason}",
+        )
+
+    async def backfill_action(request: Request) -> Response:
+        """Pause, resume, retry the failed periods of, or cancel (with a reason) one of the workflow's
+        backfills (operator)."""
+        wid, backfill_id = request.path_params["workflow_id"], request.path_params["backfill_id"]
+        back = "/workflows/" + quote(wid)
+        if console.user(request) is None:
+            return PlainTextResponse("login required", status_code=401)
+        form = await request.form()
+        verb = str(form.get("verb") or "")
+        if verb not in BACKFILL_VERBS:
+            return PlainTextResponse(f"unknown backfill action {verb!r}", status_code=400)
+        acting = await acting_user(request, f"backfill.{verb}")
+        if isinstance(acting, Response):
+            return acting
+        user, form_fields = acting
+        client = await console.client(user)
+        what = f"backfill {verb.replace('_', ' ')}"
+        if verb == "cancel":
+            reason = form_fields.get("reason", "").strip()
+            if not reason or len(reason) > MAX_REASON:
+                request.session["flash"] = f"{what}: a reason is required (at most {MAX_REASON} characters)"
+                return RedirectResponse(back, status_code=303)
+            running = form_fields.get("running") == "on"
+            return await done(
+                request,
+                back,
+                what,
+                lambda: client.cancel_backfill(backfill_id, reason=reason, running=running),
+                f"{what} of {backfill_id} by {user.name}"
+                + (" (running runs stopped too)" if running else "")
+                + f": {reason}",
+            )
+        return await done(
+            request,
+            back,
+            what,
+            lambda: client.backfill_action(verb, backfill_id),
+            f"{what} of {backfill_id} by {user.name}",
+        )
 
     # ---------------------------------------------------------------- run
     async def run_data(client: LegatoClient, instance_id: str) -> dict[str, Any]:
@@ -702,6 +812,8 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         Route("/", page(fleet)),
         Route("/workflows/{workflow_id}", page(workflow)),
         Route("/workflows/{workflow_id}/action", workflow_action, methods=["POST"]),
+        Route("/workflows/{workflow_id}/strategy", workflow_strategy, methods=["POST"]),
+        Route("/workflows/{workflow_id}/backfills/{backfill_id}/action", backfill_action, methods=["POST"]),
         Route("/runs/{instance_id}.json", page(run_json)),
         Route("/runs/{instance_id}", page(run)),
         Route("/runs/{instance_id}/action", run_action, methods=["POST"]),

@@ -117,7 +117,8 @@ async def activate_version(
         await check_strategy_change(conn, workflow_id, defn.run_strategy.type)
     await conn.execute(
         "UPDATE workflow SET active = true, active_version = $2, run_strategy = $3, max_concurrency = $4, "
-        "strategy_source = 'definition', archived_at = NULL, updated_at = now() WHERE id = $1",
+        "strategy_source = 'definition', strategy_set_by = NULL, strategy_reason = NULL, strategy_set_at = NULL, "
+        "archived_at = NULL, updated_at = now() WHERE id = $1",
         workflow_id,
         version,
         defn.run_strategy.type,

@@ -20,6 +20,7 @@ from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.ids import new_request_id
 from legato.protocol.replies import (
+    StrategySet,
     WorkflowArchived,
     WorkflowDeleted,
     WorkflowDetail,
@@ -33,7 +34,8 @@ from legato.store.signal_triggers import deactivate_signal_triggers
 from legato.telemetry import get_logger
 from legato.trigger import instances, registry
 from legato.trigger.endpoints import Endpoint, typed
-from legato.trigger.pause_api import pause_info
+from legato.trigger.instances import iso
+from legato.trigger.pause_api import MAX_REASON, pause_info
 from legato.trigger.replies import cut_text, fit, reply_budget, size_of, truncated
 from legato.trigger.workflow_cache import WorkflowCache
 
@@ -70,7 +72,7 @@ class WorkflowApi:
             "workflow.activate": (api.WorkflowRef, self.activate),
             "workflow.deactivate": (api.WorkflowRef, self.deactivate),
             "workflow.status": (api.WorkflowRef, typed(self.status, WorkflowStatus)),
-            "workflow.set_run_strategy": (api.SetRunStrategy, self.set_run_strategy),
+            "workflow.set_run_strategy": (api.SetRunStrategy, typed(self.set_run_strategy, StrategySet)),
             "workflow.archive": (api.RemoveWorkflow, typed(self.archive, WorkflowArchived)),
             "workflow.delete": (api.RemoveWorkflow, typed(self.delete, WorkflowDeleted)),
         }
@@ -248,6 +250,7 @@ class WorkflowApi:
             )
             why = await instances.explain_queued(conn, list(queued))
             pause = await pause_info(conn, req.workflow_id)
+            strategy_change = await strategy_change_info(conn, req.workflow_id)
         summary = registry.workflow_summary(row)
         queue = queue_state(row["run_strategy"], row["max_concurrency"], row["paused"], row["blocked_by"])
         state = str(queue) if queue is not QueueState.QUEUED else "active" if row["active"] else "inactive"
@@ -255,6 +258,7 @@ class WorkflowApi:
             **summary,
             "state": state,
             "pause": pause,
+            "strategy_change": strategy_change,
             "counts": counts,
             "running_runs": fit(running, reply_budget(self.nc) // 2, instances.instance_summary),
             "queued_runs": fit(
@@ -268,12 +272,16 @@ class WorkflowApi:
             ),
         }
 
-    async def set_run_strategy(self, req: api.SetRunStrategy) -> WorkflowSummary:
+    async def set_run_strategy(self, req: api.SetRunStrategy) -> dict[str, Any]:
+        """Override the definition's run strategy, recording who did it and why (on the workflow's row,
+        as a pause is, and in ``operator_action``)."""
         if req.run_strategy not in RUN_STRATEGIES:
             raise ApiError(
                 "bad_request",
                 f"run_strategy: must be one of {', '.join(RUN_STRATEGIES)}, got {req.run_strategy!r}",
             )
+        if len(req.reason) > MAX_REASON:
+            raise ApiError("bad_request", f"reason: at most {MAX_REASON} characters, got {len(req.reason)}")
         limit = req.max_concurrency
         if req.run_strategy == "parallel":
             limit = 20 if limit is None else limit
@@ -285,19 +293,63 @@ class WorkflowApi:
                     "bad_request", f"max_concurrency: only parallel takes a limit other than 1, got {limit}"
                 )
             limit = 1
+        reason = req.reason.strip()
+        action_id = req.request_id or new_request_id()
         async with self.pool.acquire() as conn, conn.transaction():
             row = await registry.get_workflow_row(conn, req.workflow_id, lock=True)
+            done = await conn.fetchrow(
+                "SELECT workflow_id, action FROM operator_action WHERE id = $1", action_id
+            )
+            if done is not None:
+                if (done["workflow_id"], done["action"]) != (req.workflow_id, "set_run_strategy"):
+                    raise ApiError(
+                        "bad_request",
+                        f"request_id: {action_id!r} is already the id of another action "
+                        f"({done['action']} of {done['workflow_id']})",
+                    )
+                # a retry of a change already made: the same answer, recorded once
+                change = await strategy_change_info(conn, req.workflow_id)
+                return {**registry.workflow_summary(row), "strategy_change": change}
+            before = f"{row['run_strategy']} (max_concurrency {row['max_concurrency']})"
             await registry.check_strategy_change(conn, req.workflow_id, req.run_strategy)
             await conn.execute(
                 "UPDATE workflow SET run_strategy = $2, max_concurrency = $3, strategy_source = 'api', "
-                "updated_at = now() WHERE id = $1",
+                "strategy_set_by = $4, strategy_reason = $5, strategy_set_at = now(), updated_at = now() "
+                "WHERE id = $1",
                 req.workflow_id,
                 req.run_strategy,
                 limit,
+                req.actor,
+                reason or None,
+            )
+            result = f"run_strategy {req.run_strategy} (max_concurrency {limit}), was {before}"
+            await registry.record_action(
+                conn, action_id, req.workflow_id, "set_run_strategy", req.actor, reason, result
             )
             await registry.notify_scheduler(
                 conn, self.topology, req.workflow_id, f"run_strategy {req.run_strategy}"
             )
+            change = await strategy_change_info(conn, req.workflow_id)
             row = await registry.get_workflow_row(conn, req.workflow_id)
         self.wake_relay()
-        return registry.summary_reply(row)
+        log.info(
+            "workflow_strategy_set",
+            workflow_id=req.workflow_id,
+            actor=req.actor,
+            reason=reason,
+            run_strategy=req.run_strategy,
+            max_concurrency=limit,
+        )
+        return {**registry.workflow_summary(row), "strategy_change": change}
+
+
+async def strategy_change_info(conn: asyncpg.Connection, workflow_id: str) -> dict[str, Any] | None:
+    """Who set the workflow's run strategy through the API, why and when; None when the definition's
+    strategy applies."""
+    row = await conn.fetchrow(
+        "SELECT strategy_source, strategy_set_by, strategy_reason, strategy_set_at FROM workflow WHERE id = $1",
+        workflow_id,
+    )
+    if row is None or row["strategy_source"] != "api" or row["strategy_set_at"] is None:
+        return None
+    return {"by": row["strategy_set_by"], "reason": row["strategy_reason"], "at": iso(row["strategy_set_at"])}

@@ -7,6 +7,7 @@
   const ids = (main.dataset.liveIds || "").split(/\s+/).filter(Boolean);
   let busy = false;
   let again = false;
+  let stale = false; // a swap was skipped for the focused form: redo it when the focus leaves
   async function refresh() {
     if (busy) { again = true; return; }
     busy = true;
@@ -17,6 +18,11 @@
       for (const id of ids) {
         const fresh = doc.getElementById(id);
         const old = document.getElementById(id);
+        // not under the user's cursor: a reason half typed in a form there would be lost
+        if (old && old.contains(document.activeElement) && document.activeElement.matches("input, select, textarea")) {
+          stale = true;
+          continue;
+        }
         if (fresh && old) old.replaceWith(document.adoptNode(fresh));
       }
     } finally {
@@ -24,5 +30,6 @@
       if (again) { again = false; refresh(); }
     }
   }
+  document.addEventListener("focusout", () => { if (stale) { stale = false; setTimeout(refresh, 200); } });
   new EventSource(main.dataset.live).addEventListener("changed", refresh);
 })();
