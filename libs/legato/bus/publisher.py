@@ -154,14 +154,14 @@ class Publisher:
                     last = TimeoutError(f"no PubAck within {self.timeout}s")
                     retry.append(i)
                     continue
-                exc = future.exception()
-                if isinstance(exc, NoStreamResponseError):
-                    last = exc
+                error = future.exception()
+                if isinstance(error, NoStreamResponseError):
+                    last = error
                     retry.append(i)
-                elif isinstance(exc, APIError):
-                    raise PublishError(f"publish to {msgs[i].subject} rejected: {exc}") from exc
-                elif exc is not None:
-                    raise PublishError(f"publish to {msgs[i].subject} failed: {exc!r}") from exc
+                elif isinstance(error, APIError):
+                    raise PublishError(f"publish to {msgs[i].subject} rejected: {error}") from error
+                elif error is not None:
+                    raise PublishError(f"publish to {msgs[i].subject} failed: {error!r}") from error
                 else:
                     ack = future.result()
                     if ack.duplicate:
