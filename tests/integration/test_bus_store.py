@@ -19,6 +19,7 @@ from legato.bus import (
     OutgoingMessage,
     Poison,
     Publisher,
+    PublishError,
     Retry,
     Topology,
     provision_streams,
@@ -367,3 +368,23 @@ async def test_long_handler_is_kept_alive_with_in_progress(
 
     await run_until(loop, done)
     assert calls == 1 and loop.stats.redelivered == 0
+
+
+async def test_publish_many_keeps_order_checks_every_ack_and_fails_loudly(nc: Client, topo: Topology) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    pub = Publisher(nc, max_pipeline=7, timeout=2.0, attempts=2)  # several chunks of pipelined publishes
+    msgs = [
+        OutgoingMessage(topo.event_subject("wf"), msgspec.json.encode(Ping(n=i)), msg_id=f"order-{i}")
+        for i in range(30)
+    ]
+    acks = await pub.publish_many(msgs)
+    assert [a.seq for a in acks if a is not None] == sorted(a.seq for a in acks if a is not None)
+    assert len({a.seq for a in acks if a is not None}) == 30 and pub.duplicates == 0
+    again = await pub.publish_many(msgs[:10])  # same ids: JetStream drops them, each ack says so
+    assert pub.duplicates == 10 and all(a is not None and a.duplicate for a in again)
+    info = await nc.jetstream().stream_info(topo.events_stream)
+    assert info.state.messages == 30
+    with pytest.raises(PublishError, match=r"nostream\.subject"):
+        await Publisher(nc, timeout=0.5, attempts=1).publish_many(
+            [OutgoingMessage("nostream.subject", b"{}", msg_id="x")]
+        )

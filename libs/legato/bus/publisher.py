@@ -57,6 +57,7 @@ class Publisher:
         self.timeout = timeout
         self.attempts = attempts
         self._pipeline = asyncio.Semaphore(max_pipeline)
+        self.max_pipeline = max_pipeline
         self.duplicates = 0
         # Proof-of-origin headers per message, for a whole batch at once (the scheduler signs a batch of
         # work items with one signature: legato.security.wiring).
@@ -94,18 +95,82 @@ class Publisher:
         )
 
     async def publish_many(self, msgs: Sequence[OutgoingMessage]) -> list[PubAck | None]:
-        """Publish a batch pipelined (all in flight at once, bounded); raises if any one failed."""
+        """Publish a batch pipelined, in order, and check every PubAck; raises if any one failed.
+
+        JetStream messages go out with nats-py's ``publish_async`` (one reply subscription, a future
+        per message: no task and no timer per message), in chunks of at most ``max_pipeline`` in
+        flight; the acks of a chunk are awaited together (``timeout``), and the ones that timed out
+        are sent again with the same message id (JetStream drops a copy it already stored).
+        """
         if not msgs:
             return []
         origins: Sequence[Mapping[str, str]] = self.sign(msgs) if self.sign is not None else [{}] * len(msgs)
-        results = await asyncio.gather(
-            *(self._publish(m, o) for m, o in zip(msgs, origins, strict=True)), return_exceptions=True
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            if any(isinstance(f, asyncio.CancelledError) for f in failures):
-                raise asyncio.CancelledError()
-            raise PublishError(f"{len(failures)} of {len(msgs)} publishes failed; first: {failures[0]!r}")
+        results: list[PubAck | None] = [None] * len(msgs)
+        for start in range(0, len(msgs), self.max_pipeline):
+            await self._publish_chunk(
+                msgs, origins, results, range(start, min(start + self.max_pipeline, len(msgs)))
+            )
         if any(m.core for m in msgs):
             await self.nc.flush(timeout=max(1, int(self.timeout)))
-        return [r for r in results if not isinstance(r, BaseException)]
+        return results
+
+    async def _publish_chunk(
+        self,
+        msgs: Sequence[OutgoingMessage],
+        origins: Sequence[Mapping[str, str]],
+        results: list[PubAck | None],
+        chunk: range,
+    ) -> None:
+        pending = list(chunk)
+        last: BaseException | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
+            futures: dict[int, asyncio.Future[PubAck]] = {}
+            try:
+                for i in pending:
+                    msg = msgs[i]
+                    headers = dict(msg.headers)
+                    if msg.msg_id:
+                        headers[MSG_ID_HEADER] = msg.msg_id
+                    headers.update(origins[i])
+                    if msg.core:
+                        if attempt == 0:
+                            await self.nc.publish(msg.subject, msg.payload, headers=headers or None)
+                        continue
+                    futures[i] = await self.js.publish_async(
+                        msg.subject, msg.payload, headers=headers or None
+                    )
+                if futures:
+                    await asyncio.wait(futures.values(), timeout=self.timeout)
+            except Exception as exc:  # closed, draining, outbound buffer full: as the old gather did
+                raise PublishError(f"publish of {len(msgs)} messages failed: {exc!r}") from exc
+            finally:
+                for future in futures.values():
+                    future.cancel()  # no-op for the answered; frees nats-py's slot of the unanswered
+            retry: list[int] = []
+            for i, future in futures.items():
+                if future.cancelled():
+                    last = TimeoutError(f"no PubAck within {self.timeout}s")
+                    retry.append(i)
+                    continue
+                error = future.exception()
+                if isinstance(error, NoStreamResponseError):
+                    last = error
+                    retry.append(i)
+                elif isinstance(error, APIError):
+                    raise PublishError(f"publish to {msgs[i].subject} rejected: {error}") from error
+                elif error is not None:
+                    raise PublishError(f"publish to {msgs[i].subject} failed: {error!r}") from error
+                else:
+                    ack = future.result()
+                    if ack.duplicate:
+                        self.duplicates += 1
+                    results[i] = ack
+            if not retry:
+                return
+            pending = retry
+        raise PublishError(
+            f"{len(pending)} of {len(msgs)} publishes not acknowledged after {self.attempts} attempts; "
+            f"first: {msgs[pending[0]].subject}: {last!r}"
+        )

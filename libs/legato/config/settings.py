@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
     # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
     dispatch_window: int = 256
+    # The services' asyncio event loop: "uvloop" (libuv, less CPU per message; the default) or "asyncio"
+    # (the standard library's loop). A platform without uvloop falls back to asyncio.
+    event_loop: str = "uvloop"
     log_level: str = "info"
     log_format: str = "auto"
     # Prometheus scrape endpoint (GET /metrics) of this process; 0 = none.
@@ -114,6 +117,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_DISPATCH_WINDOW",
             "must be 1..100000",
             self.dispatch_window,
+        )
+        _check(
+            self.event_loop in ("uvloop", "asyncio"),
+            "LEGATO_EVENT_LOOP",
+            "must be uvloop or asyncio",
+            self.event_loop,
         )
         _check(0 <= self.metrics_port <= 65535, "LEGATO_METRICS_PORT", "must be 0..65535", self.metrics_port)
         _check(

@@ -11,13 +11,32 @@ from typing import Any
 from legato.config.settings import Settings, SettingsError, load_settings
 
 
-def run_service(name: str, main: Coroutine[Any, Any, None]) -> int:
-    """``asyncio.run`` the service; map the errors a user can fix to one line and exit code 1."""
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``LEGATO_EVENT_LOOP``: uvloop's, or None for the standard loop.
+
+    uvloop (libuv) spends less CPU per socket read and callback than the standard loop; a platform
+    without it (it is not built for Windows) runs on the standard loop.
+    """
+    if event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_service(name: str, main: Coroutine[Any, Any, None], *, event_loop: str = "uvloop") -> int:
+    """Run the service on its event loop; map the errors a user can fix to one line and exit code 1.
+
+    ``event_loop`` is ``Settings.event_loop`` (``LEGATO_EVENT_LOOP``): "uvloop" or "asyncio".
+    """
     from legato.bus.streams import ProvisioningError
     from legato.store.migrations import MigrationError
 
     try:
-        asyncio.run(main)
+        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+            runner.run(main)
     except (ConnectionError, MigrationError, ProvisioningError, TimeoutError) as exc:
         print(f"legato {name}: {exc}", file=sys.stderr)
         return 1
@@ -45,4 +64,4 @@ def connection_only_main(
     except SettingsError as exc:
         print(f"legato {name}: {exc}", file=sys.stderr)
         return 2
-    return run_service(name, service(settings))
+    return run_service(name, service(settings), event_loop=settings.event_loop)

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             executor_id=args.executor_id,
             ack_wait=ack_wait,
         ),
+        event_loop=settings.event_loop,
     )
 
 

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"legato scheduler: {exc}", file=sys.stderr)
         return 2
-    return run_service("scheduler", run_scheduler(settings, lease_ttl=args.lease_ttl))
+    return run_service(
+        "scheduler", run_scheduler(settings, lease_ttl=args.lease_ttl), event_loop=settings.event_loop
+    )
 
 
 if __name__ == "__main__":

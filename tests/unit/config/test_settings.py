@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from legato.config.settings import SettingsError, load_settings
+from legato.runtime.entry import loop_factory
 
 
 def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_path: Path) -> None:
@@ -35,6 +36,7 @@ def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_pat
         ({"LEGATO_NOTIFY_MAX_AGE": "10"}, "LEGATO_NOTIFY_MAX_AGE: must be 60..31622400 seconds, got 10"),
         ({"LEGATO_NOTIFY_MAX_MSGS": "5"}, "LEGATO_NOTIFY_MAX_MSGS: must be >= 1000, got 5"),
         ({"LEGATO_NOTIFY_MAX_BYTES": "1"}, "LEGATO_NOTIFY_MAX_BYTES: must be >= 1048576, got 1"),
+        ({"LEGATO_EVENT_LOOP": "trio"}, "LEGATO_EVENT_LOOP: must be uvloop or asyncio, got 'trio'"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:
@@ -50,3 +52,18 @@ def test_test_hooks_are_settings_off_unless_the_launcher_sets_them() -> None:
     env = {"LEGATO_TEST_DELIVER_TWICE": "1", "LEGATO_TEST_CRON_CLOCK_FILE": "/tmp/clock"}
     s = load_settings(env, use_dev_state=False)
     assert s.test_deliver_twice and s.test_cron_clock_file == "/tmp/clock"
+
+
+def test_services_run_on_uvloop_unless_event_loop_is_asyncio() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert load_settings({}, use_dev_state=False).event_loop == "uvloop"
+    factory = loop_factory(load_settings({}, use_dev_state=False).event_loop)
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    assert (
+        loop_factory(load_settings({"LEGATO_EVENT_LOOP": "asyncio"}, use_dev_state=False).event_loop) is None
+    )
