@@ -13,7 +13,7 @@ value). Every resolved value is replaced by ``***`` in the step's captured outpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +111,16 @@ class ResolvedSecrets:
                 if text.startswith(needle[-cut:]):
                     return MASK + text[cut:]
         return text
+
+    def mask_outputs(self, outputs: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+        """A step's outputs with every string masked (``mask_json`` of each value)."""
+        return {k: self.mask_json(v) for k, v in outputs.items()}
+
+    def mask_failure(self, exc: StepFailed) -> StepFailed:
+        """The same failure with its error and outputs masked."""
+        return StepFailed(
+            self.mask(exc.error), exit_code=exc.exit_code, outputs=self.mask_outputs(exc.outputs)
+        )
 
     def mask_json(self, value: JSONValue) -> JSONValue:
         """Every string inside a JSON value masked (keys included)."""

@@ -127,12 +127,8 @@ class ContainerRunner:
         except StepFailed as exc:
             if not secrets.values:
                 raise
-            raise StepFailed(
-                secrets.mask(exc.error),
-                exit_code=exc.exit_code,
-                outputs={k: secrets.mask_json(v) for k, v in exc.outputs.items()},
-            ) from None
-        return StepResult(outputs={k: secrets.mask_json(v) for k, v in outputs.items()}, exit_code=0)
+            raise secrets.mask_failure(exc) from None
+        return StepResult(outputs=secrets.mask_outputs(outputs), exit_code=0)
 
     async def _keep_artifacts(
         self, ctx: StepContext, ws: Workspace, patterns: list[str], *, required: bool

@@ -96,7 +96,7 @@ class NotebookRunner:
                 f"notebook worker ended before reporting ({describe_exit(code, ctx.output.stderr_tail())})",
                 exit_code=code,
             )
-        outputs = {k: secrets.mask_json(v) for k, v in outputs.items()}
+        outputs = secrets.mask_outputs(outputs)
         if not report.ok:
             raise StepFailed(secrets.mask(report.error), outputs=outputs)
         return StepResult(outputs=outputs)

@@ -98,7 +98,7 @@ class PythonRunner:
 def _masked(report: WorkerReport | None, secrets: ResolvedSecrets) -> WorkerReport | None:
     if report is None:
         return None
-    outputs = {k: secrets.mask_json(v) for k, v in report.outputs.items()}
+    outputs = secrets.mask_outputs(report.outputs)
     return WorkerReport(ok=report.ok, outputs=outputs, error=secrets.mask(report.error))
 
 
