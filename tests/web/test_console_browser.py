@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -357,7 +358,15 @@ async def test_a_foreach_node_counts_its_iterations_and_links_to_them(
             )
             WebDriverWait(driver, 30).until(lambda d: node_statuses(d)["after"] == "succeeded")
             driver.find_element(By.CSS_SELECTOR, "g.node[data-step=fan]").click()
-            driver.find_element(By.LINK_TEXT, "child runs →").click()
+
+            def open_children(d: Any) -> bool:
+                # The live refresh may re-render the step panel between finding the link and clicking.
+                d.find_element(By.LINK_TEXT, "child runs →").click()
+                return True
+
+            WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+                open_children
+            )
             rows = driver.find_elements(By.CSS_SELECTOR, "#children tbody tr")
             assert len(rows) == 6 and all("succeeded" in r.text for r in rows)
             screenshot(driver, "foreach-children", tmp_path)
