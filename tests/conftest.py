@@ -166,5 +166,5 @@ def settings(nats_url: str, database_url: str, namespace: str, keyring: Keyring 
         partitions=4,
         grace_period=5.0,
         log_format="json",
-        log_level="warning",
+        log_level=os.environ.get("LEGATO_TEST_SERVICE_LOG_LEVEL", "warning"),  # raise it to debug a failure
     )

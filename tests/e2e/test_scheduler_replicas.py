@@ -59,6 +59,21 @@ async def locked_leases(db: asyncpg.Connection) -> int:
     return int(total) - int(free)
 
 
+async def database_state(db: asyncpg.Connection) -> str:
+    """What every session of the test database is doing and who owns which partition (for a failure)."""
+    sessions = await db.fetch(
+        "SELECT pid, application_name, state, wait_event_type, wait_event, "
+        "round(extract(epoch FROM clock_timestamp() - xact_start)::numeric, 1) AS xact_age, "
+        "pg_blocking_pids(pid) AS blocked_by, left(query, 160) AS query "
+        "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    leases = await db.fetch(
+        "SELECT partition, owner, token, expires_at > clock_timestamp() AS live FROM partition_lease "
+        "ORDER BY partition"
+    )
+    return "\n".join(["sessions:", *map(str, map(dict, sessions)), "leases:", *map(str, map(dict, leases))])
+
+
 async def until(cond: object, timeout: float, what: str, *procs: ServiceProcess) -> float:
     start = time.monotonic()
     while not await cond():  # type: ignore[operator]
@@ -278,7 +293,10 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
             for wave in range(3):
                 ids_now = [(await client.start(w, request_id=f"fresh{wave}-{w}")).instance_id for w in flows]
                 for i in ids_now:
-                    info = await wait_for(client, i, timeout=45)
+                    try:
+                        info = await wait_for(client, i, timeout=45)
+                    except TimeoutError as exc:
+                        raise AssertionError(f"{exc}\n{await database_state(db)}") from None
                     assert info["status"] == "succeeded", info
                 if wave == 0:
                     took = time.monotonic() - paused_at

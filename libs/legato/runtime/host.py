@@ -65,8 +65,10 @@ class ServiceHost:
         pool_max: int | None = None,
         configure_process: bool = True,
         with_database: bool = True,
+        application_name: str | None = None,
     ) -> None:
         self.service = service
+        self.application_name = application_name or f"legato-{service}"
         self.settings = settings
         self.topology = Topology(settings.namespace, settings.partitions)
         self.with_relay = with_relay
@@ -132,6 +134,7 @@ class ServiceHost:
             self.settings.database_url,
             min_size=self.settings.db_pool_min,
             max_size=self.pool_max or self.settings.db_pool_max,
+            application_name=self.application_name,
         )
         async with self._pool.acquire() as conn:
             await migrate(conn)

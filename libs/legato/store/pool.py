@@ -26,10 +26,21 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     Legato never changes session state on pooled connections; an open transaction is still rolled back."""
 
 
+IDLE_IN_TRANSACTION_TIMEOUT_MS = "60000"
+
+
 async def create_pool(
-    url: str, *, min_size: int = 1, max_size: int = 8, command_timeout: float = 60.0
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    command_timeout: float = 60.0,
+    application_name: str = "legato",
 ) -> asyncpg.Pool:
-    """A pool whose connections map jsonb <-> Python values through msgspec."""
+    """A pool whose connections map jsonb <-> Python values through msgspec.
+
+    ``application_name`` names its sessions in ``pg_stat_activity`` (the scheduler puts its incarnation
+    there, so that another replica can end the transactions of one that stopped, see ``leases.py``)."""
     try:
         pool = await asyncpg.create_pool(
             url,
@@ -38,7 +49,12 @@ async def create_pool(
             command_timeout=command_timeout,
             init=_init_connection,
             reset=_keep_session,
-            server_settings={"application_name": "legato"},
+            server_settings={
+                "application_name": application_name,
+                # A process stopped inside a transaction (SIGSTOP, a frozen VM) must not hold its row
+                # locks for ever: no transaction of Legato sits idle this long (actors set less).
+                "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            },
         )
     except (OSError, asyncpg.PostgresError) as exc:
         raise ConnectionError(f"cannot connect to PostgreSQL at {redact(url)}: {exc}") from exc

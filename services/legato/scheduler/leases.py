@@ -15,7 +15,12 @@ Nothing here ever waits on a row another process holds:
   still holds is skipped until Postgres ends that transaction (from its final lease check on, an actor
   transaction's ``idle_in_transaction_session_timeout`` is below the lease time);
 - releases (rebalancing) run concurrently, outside the balancing round;
-- expiry is computed with ``clock_timestamp()``, never the transaction's start time.
+- expiry is computed with ``clock_timestamp()``, never the transaction's start time;
+- a replica stopped in the middle of a statement (SIGSTOP, a frozen VM) leaves its session ``active``,
+  where no idle timeout of Postgres applies, still holding the row locks of its transaction: every
+  balancing round ends the transactions of replicas whose heartbeat expired (their sessions carry the
+  incarnation in ``application_name``, see ``session_name``). Nothing is lost by it: such a transaction
+  could not commit past the lease check, and its message is redelivered.
 """
 
 from __future__ import annotations
@@ -35,6 +40,33 @@ log = get_logger("legato.scheduler")
 
 # Advisory-lock namespace of replica names (pg_try_advisory_lock on hashtextextended(name, this)).
 REPLICA_LOCK_SEED = 0x1E6A70
+# The application_name of a scheduler's work sessions: this prefix, then the incarnation.
+SESSION_PREFIX = "legato-scheduler "
+
+
+def new_incarnation() -> str:
+    """A fresh id for one scheduler process (it names the process's lease rows and sessions)."""
+    return uuid.uuid4().hex
+
+
+def session_name(incarnation: str) -> str:
+    """The ``application_name`` of one scheduler process's pool (its lease connection has another)."""
+    return SESSION_PREFIX + incarnation
+
+
+# Transactions of scheduler processes whose heartbeat expired (or whose replica id another process
+# took), older than the lease time: ended so that their row locks stop blocking the living.
+END_STOPPED = f"""
+SELECT a.pid, a.state, pg_terminate_backend(a.pid) AS ended
+FROM pg_stat_activity a
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+  AND a.application_name LIKE '{SESSION_PREFIX}%' AND a.application_name <> $1
+  AND a.xact_start < clock_timestamp() - make_interval(secs => $2)
+  AND NOT EXISTS (
+      SELECT 1 FROM scheduler_replica r
+      WHERE '{SESSION_PREFIX}' || r.incarnation = a.application_name
+        AND r.heartbeat_at > clock_timestamp() - make_interval(secs => $2))
+"""
 
 
 class LeaseLost(Exception):
@@ -64,12 +96,16 @@ class PartitionLeaser(Component):
         database_url: str | None = None,
         name_wait: float | None = None,
         on_fatal: Callable[[], None] = lambda: None,
+        incarnation: str | None = None,
     ) -> None:
+        """``incarnation``: this process's id, the one its ``pool`` names its sessions with
+        (``session_name``); a new one when not given."""
         super().__init__()
         self.pool = pool
         self.partitions = partitions
         self.replica = replica
-        self.incarnation = uuid.uuid4().hex
+        self.incarnation = incarnation or new_incarnation()
+        self._may_end_sessions = True
         self.ttl = ttl
         self.renew_every = renew_every
         self.on_acquired = on_acquired
@@ -132,7 +168,9 @@ class PartitionLeaser(Component):
         url = self.database_url
         if url is None:
             raise RuntimeError("PartitionLeaser needs database_url to claim its replica id")
-        self._own_pool = await create_pool(url, min_size=1, max_size=1)
+        self._own_pool = await create_pool(
+            url, min_size=1, max_size=1, application_name="legato-scheduler-lease"
+        )
         conn = self._conn = await self._own_pool.acquire()
         await conn.execute(
             f"SET lock_timeout = '{max(100, int(self.ttl * 250))}ms'; "
@@ -258,6 +296,7 @@ class PartitionLeaser(Component):
         if self._conn is None:
             return  # not holding the replica id (reconnecting): own nothing
         async with self.pool.acquire() as conn:
+            await self._end_stopped_transactions(conn)
             live = await conn.fetchval(
                 "SELECT count(*) FROM scheduler_replica "
                 "WHERE heartbeat_at > clock_timestamp() - make_interval(secs => $2) OR name = $1",
@@ -298,6 +337,20 @@ class PartitionLeaser(Component):
             self.tokens[partition] = token
             log.info("partition_acquired", partition=partition, token=token)
             await self.on_acquired(partition)
+
+    async def _end_stopped_transactions(self, conn: asyncpg.Connection) -> None:
+        """End the open transactions of scheduler processes that stopped heartbeating (see the module
+        docstring); a database role without the right to do so only loses this help, said once."""
+        if not self._may_end_sessions:
+            return
+        try:
+            rows = await conn.fetch(END_STOPPED, session_name(self.incarnation), self.ttl)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            self._may_end_sessions = False
+            log.warning("stopped_replica_sessions_not_ended", error=str(exc))
+            return
+        for r in rows:
+            log.warning("stopped_replica_transaction_ended", pid=r["pid"], state=r["state"], ended=r["ended"])
 
     async def _release(self, partition: int) -> None:
         """Hand one partition back: stop its consumers and actors, then expire the row for others."""

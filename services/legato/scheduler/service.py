@@ -13,7 +13,7 @@ from legato.lifecycle.component import Component
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
 from legato.runtime.host import ServiceHost
 from legato.scheduler.actors import ActorRegistry
-from legato.scheduler.leases import PartitionLeaser
+from legato.scheduler.leases import PartitionLeaser, new_incarnation, session_name
 from legato.scheduler.liveness import ExecutorWatch
 from legato.scheduler.timers import TimerLoop
 from legato.telemetry import get_logger
@@ -142,7 +142,8 @@ def observe_queues(registry: ActorRegistry) -> None:
 
 async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
     """Run a scheduler replica: leases, partition consumers, actors and timers, until shutdown."""
-    async with ServiceHost("scheduler", settings) as host:
+    incarnation = new_incarnation()
+    async with ServiceHost("scheduler", settings, application_name=session_name(incarnation)) as host:
         timers_ref: list[TimerLoop] = []
         registry_ref: list[ActorRegistry] = []
         consumers_ref: list[PartitionConsumers] = []
@@ -166,6 +167,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             on_lost=lost,
             database_url=settings.database_url,
             on_fatal=host.request_shutdown,
+            incarnation=incarnation,
         )
         # One live process per replica id: refuse to start (one clear line) while another holds it.
         await leaser.claim_name()
