@@ -66,6 +66,9 @@ async def test_the_transactions_of_a_replica_that_stopped_heartbeating_are_ended
     # A live replica's long transaction (its heartbeat is fresh) is never touched.
     busy = await session(database_url, "inc-busy")
     await busy.execute("BEGIN; SELECT pg_advisory_xact_lock(8)")
+    # Nor one of a process that has not heartbeated yet (a new version migrating at start).
+    starting = await session(database_url, "inc-starting")
+    await starting.execute("BEGIN; SELECT pg_advisory_xact_lock(10)")
     waiter = await asyncpg.connect(database_url)
     waiting = asyncio.create_task(waiter.execute("SELECT pg_advisory_lock(7)"))
     await asyncio.sleep(0.5)
@@ -78,6 +81,7 @@ async def test_the_transactions_of_a_replica_that_stopped_heartbeating_are_ended
             assert not await alive(stuck)
             assert await alive(idle)
             assert await alive(busy)
+            assert await alive(starting)
             assert await busy.fetchval("SELECT pg_advisory_xact_lock(8) IS NOT NULL")  # still in it
             # Its own sessions stay: the leaser's pool is named after its incarnation too.
             async with pool.acquire() as conn, conn.transaction():
@@ -85,7 +89,7 @@ async def test_the_transactions_of_a_replica_that_stopped_heartbeating_are_ended
                 assert await conn.fetchval("SELECT 1") == 1
     finally:
         waiting.cancel()
-        for conn in (idle, busy, waiter, admin, stuck):
+        for conn in (idle, busy, starting, waiter, admin, stuck):
             if not conn.is_closed():
                 await conn.close()
         await pool.close()

@@ -54,18 +54,19 @@ def session_name(incarnation: str) -> str:
     return SESSION_PREFIX + incarnation
 
 
-# Transactions of scheduler processes whose heartbeat expired (or whose replica id another process
-# took), older than the lease time: ended so that their row locks stop blocking the living.
+# Transactions, older than the lease time, of scheduler processes whose heartbeat expired: ended so
+# that their row locks stop blocking the living. A process that has not heartbeated yet has no row and
+# is left alone (a new version's migrations at start may take longer than the lease time).
 END_STOPPED = f"""
 SELECT a.pid, a.state, pg_terminate_backend(a.pid) AS ended
 FROM pg_stat_activity a
 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
   AND a.application_name LIKE '{SESSION_PREFIX}%' AND a.application_name <> $1
   AND a.xact_start < clock_timestamp() - make_interval(secs => $2)
-  AND NOT EXISTS (
+  AND EXISTS (
       SELECT 1 FROM scheduler_replica r
       WHERE '{SESSION_PREFIX}' || r.incarnation = a.application_name
-        AND r.heartbeat_at > clock_timestamp() - make_interval(secs => $2))
+        AND r.heartbeat_at <= clock_timestamp() - make_interval(secs => $2))
 """
 
 
