@@ -41,7 +41,7 @@ from legato.telemetry.ids import (
     traceparent_sampled,
 )
 from legato.telemetry.metrics import metrics
-from legato.telemetry.tracing import emit_span, sample_new_trace
+from legato.telemetry.tracing import emit_span, recording, sample_new_trace
 
 if TYPE_CHECKING:
     from legato.scheduler.state import AttemptState, InstanceState, StepState, UnitOfWork
@@ -188,6 +188,11 @@ def run_ended(uow: UnitOfWork, inst: InstanceState, strategy: str) -> None:
 
 def emit(facts: Iterable[SpanFact]) -> None:
     """After the batch committed: each recorded fact becomes its span (and, for attempts, a metric)."""
+    if not recording():  # no span is kept: only the attempts' duration metric is left to record
+        for fact in facts:
+            if isinstance(fact, AttemptEnded):
+                _record_attempt_duration(fact)
+        return
     for fact in facts:
         try:
             _emit_one(fact)
@@ -265,9 +270,13 @@ def _emit_attempt(fact: AttemptEnded) -> None:
         events=[("started", _ns(fact.started_at), {})] if fact.started_at else [],
         error=None if outcome == "succeeded" else (fact.error or outcome)[:MAX_ATTR],
     )
+    _record_attempt_duration(fact)
+
+
+def _record_attempt_duration(fact: AttemptEnded) -> None:
     if fact.started_at and fact.ended_at:
         metrics().step_duration.record(
-            (fact.ended_at - fact.started_at).total_seconds(), step_type=fact.step_type, outcome=outcome
+            (fact.ended_at - fact.started_at).total_seconds(), step_type=fact.step_type, outcome=fact.status
         )
 
 

@@ -353,3 +353,69 @@ def test_the_sampling_decision_travels_in_stored_traceparents() -> None:
 )
 def test_samplers_are_named_as_the_otel_variables_name_them(name: str, arg: str, description: str) -> None:
     assert sampler_named(name, arg).get_description().startswith(description)
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-00",
+        "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01",
+        "00-00000000000000000000000000000000-8aa885b1bf98fa42-01",  # invalid: zero trace id
+        "00-9c26ffe408daf6a7f49ca969746c4f61-0000000000000000-01",  # invalid: zero span id
+        "ff-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01",  # invalid version
+        "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01-extra",  # version 00 has no more
+        "not a traceparent",
+        None,
+    ],
+)
+def test_a_consumed_message_gets_the_span_the_sdk_would_make_when_nobody_records(
+    monkeypatch: pytest.MonkeyPatch, traceparent: str | None
+) -> None:
+    """Without a processor ``consume_span`` builds the non-recording span itself (no SDK span machinery):
+    the same trace as the SDK would continue, a fresh span id, not sampled, and the context restored."""
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_SAMPLER"):
+        monkeypatch.delenv(var, raising=False)
+    headers = {"traceparent": traceparent} if traceparent is not None else {}
+    p = build_tracer_provider("quiet")
+    monkeypatch.setattr(tracing, "_provider", p)
+    try:
+        assert not tracing.recording()
+        with p.get_tracer("t").start_as_current_span("sdk", context=extract_context(headers)) as sdk_span:
+            expected = sdk_span.get_span_context()
+        before = trace.get_current_span()
+        with tracing.consume_span("fast", headers) as span:
+            got = span.get_span_context()
+            assert trace.get_current_span() is span and not span.is_recording()
+            carried = tracing.traceparent_of()
+        assert trace.get_current_span() is before
+        assert got.is_valid and not got.trace_flags.sampled and not got.is_remote
+        continued = expected.trace_id if extract_context(headers) != {} else None
+        if continued is not None:
+            assert got.trace_id == continued
+        else:
+            assert got.trace_id != expected.trace_id  # a new trace each time, as the SDK starts one
+        assert got.span_id != expected.span_id
+        assert carried == traceparent_for(got.trace_id, got.span_id, sampled=False)
+        # Once someone listens, the SDK path records the span as before.
+        memory = InMemorySpanExporter()
+        p.add_span_processor(SimpleSpanProcessor(memory))
+        assert tracing.recording()
+        with tracing.consume_span("heard", headers) as span:
+            assert span.is_recording()
+        assert [s.name for s in memory.get_finished_spans()] == ["heard"]
+    finally:
+        p.shutdown()
+
+
+def test_emit_span_builds_nothing_when_nobody_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    p = build_tracer_provider("quiet")
+    monkeypatch.setattr(tracing, "_provider", p)
+    started: list[str] = []
+    monkeypatch.setattr(tracing, "start_span_with_ids", lambda name, **_: started.append(name))
+    try:
+        emit_span("late", span_id=7, trace_id=9, start_time_ns=1, end_time_ns=2)
+        assert started == []
+    finally:
+        p.shutdown()
