@@ -323,18 +323,27 @@ def consume_span(
         otel_context.detach(token)
 
 
-def _remote_trace_id(headers: Mapping[str, str] | None) -> int:
-    """The trace id of a valid W3C ``traceparent`` in ``headers`` (the propagator's rules), else 0."""
+def remote_span_context(headers: Mapping[str, str] | None) -> SpanContext | None:
+    """The sender's span context from W3C ``traceparent`` (and ``tracestate``) headers, by the
+    propagator's rules; None when absent or invalid. Cheaper than ``extract_context`` for the usual
+    headers without ``tracestate``."""
+    if headers and "tracestate" in headers:
+        ctx = trace.get_current_span(extract_context(headers)).get_span_context()
+        return ctx if ctx.is_valid else None
     header = headers.get("traceparent") if headers else None
     if not header or len(header) > _TRACEPARENT_MAX:
-        return 0
+        return None
     match = _TRACEPARENT.search(header)
     if not match:
-        return 0
-    version, trace_id, span_id = match.group(1), match.group(2), match.group(3)
-    if version == "ff" or (version == "00" and match.group(5)) or span_id == "0" * 16:
-        return 0
-    return int(trace_id, 16)
+        return None
+    version, trace_id, span_id, flags = match.group(1), match.group(2), match.group(3), match.group(4)
+    if version == "ff" or (version == "00" and match.group(5)):
+        return None
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
+    )
 
 
 _TRACEPARENT = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE
@@ -344,10 +353,10 @@ _TRACEPARENT_MAX = TraceContextTextMapPropagator._TRACEPARENT_MAXIMUM_LENGTH
 def _unrecorded_span(headers: Mapping[str, str] | None) -> Iterator[Span]:
     """The span the SDK makes when its sampler drops it: the parent's trace (or a new one), a new span
     id, not sampled. The parent context holds nothing but the parent span, so it is not needed."""
-    trace_id = _remote_trace_id(headers)
+    above = remote_span_context(headers)
     span = NonRecordingSpan(
         SpanContext(
-            trace_id=trace_id or new_trace_id(),
+            trace_id=above.trace_id if above is not None else new_trace_id(),
             span_id=new_span_id(),
             is_remote=False,
             trace_flags=TraceFlags(TraceFlags.DEFAULT),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from opentelemetry import trace
-
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
 from legato.config.settings import Settings
@@ -18,7 +16,7 @@ from legato.scheduler.liveness import ExecutorWatch
 from legato.scheduler.timers import TimerLoop
 from legato.telemetry import get_logger
 from legato.telemetry.metrics import metrics
-from legato.telemetry.tracing import extract_context
+from legato.telemetry.tracing import remote_span_context
 
 log = get_logger("legato.scheduler")
 
@@ -46,8 +44,7 @@ class PartitionConsumers(Component):
 
     async def _on_trigger(self, d: Delivery[TriggerMessage]) -> None:
         # A run continues the trace of whoever asked for it (the API request, the parent run…).
-        sender = trace.get_current_span(extract_context(d.headers)).get_span_context()
-        await self.registry.deliver(d.message.workflow_id, d.message, sender if sender.is_valid else None)
+        await self.registry.deliver(d.message.workflow_id, d.message, remote_span_context(d.headers))
 
     async def _on_event(self, d: Delivery[EventMessage]) -> None:
         await self.registry.deliver(d.message.workflow_id, d.message)

@@ -419,3 +419,32 @@ def test_emit_span_builds_nothing_when_nobody_records(monkeypatch: pytest.Monkey
         assert started == []
     finally:
         p.shutdown()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01"},
+        {"traceparent": "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-00"},
+        {"traceparent": "01-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01-later"},
+        {"traceparent": "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01", "tracestate": "a=1,b=2"},
+        {"traceparent": "00-00000000000000000000000000000000-8aa885b1bf98fa42-01"},
+        {"traceparent": "00-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01-extra"},
+        {"traceparent": "ff-9c26ffe408daf6a7f49ca969746c4f61-8aa885b1bf98fa42-01"},
+        {"traceparent": "00-9C26FFE408DAF6A7F49CA969746C4F61-8aa885b1bf98fa42-01"},
+        {"traceparent": "x" * 600},
+        {},
+    ],
+)
+def test_the_quick_trace_parent_reader_agrees_with_the_propagator(headers: dict[str, str]) -> None:
+    expected = trace.get_current_span(extract_context(headers)).get_span_context()
+    got = tracing.remote_span_context(headers)
+    if not expected.is_valid:
+        assert got is None
+    else:
+        assert got == expected
+        assert (got.trace_flags, got.trace_state, got.is_remote) == (
+            expected.trace_flags,
+            expected.trace_state,
+            expected.is_remote,
+        )
