@@ -45,10 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
     # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
     dispatch_window: int = 256
-    # The asyncio event loop of the trigger, scheduler and signal router: "uvloop" (libuv, less CPU per
-    # message; the default) or "asyncio" (the standard library's loop). A platform without uvloop falls
-    # back to asyncio. The executor always runs on the standard loop (its python and notebook steps fail
-    # under uvloop).
+    # The asyncio event loop of every service (trigger, scheduler, executor, signal router): "uvloop"
+    # (libuv, less CPU per message; the default) or "asyncio" (the standard library's loop). A platform
+    # without uvloop falls back to asyncio.
     event_loop: str = "uvloop"
     log_level: str = "info"
     log_format: str = "auto"

@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             executor_id=args.executor_id,
             ack_wait=ack_wait,
         ),
-        # Always the standard loop: under uvloop the python and notebook steps fail (their outputs are
-        # lost; tests/e2e/test_secrets.py, test_notebook_steps.py), so LEGATO_EVENT_LOOP does not apply.
-        event_loop="asyncio",
+        event_loop=settings.event_loop,
     )
 
 

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 from legato.executor.capture import CapturedOutput
 from legato.executor.lease import FenceLease
@@ -96,8 +97,9 @@ async def run_in_process_group(
     try:
         try:
             if stdin is not None:
-                pipe = transport.get_pipe_transport(0)
-                assert isinstance(pipe, asyncio.WriteTransport)
+                # A cast, not isinstance: uvloop's pipe transports implement WriteTransport without
+                # subclassing it, so an isinstance check fails every step given input there.
+                pipe = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
                 # Buffered by the transport; a process that exits without reading just loses it.
                 pipe.write(stdin)
                 pipe.close()

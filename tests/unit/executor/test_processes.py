@@ -3,26 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from legato.executor.capture import CapturedOutput
 from legato.executor.process import run_in_process_group
+from legato.runtime.entry import loop_factory
+
+T = TypeVar("T")
+# Each service's loop is LEGATO_EVENT_LOOP's; the runner must behave the same on both.
+EVENT_LOOPS = [
+    "asyncio",
+    pytest.param(
+        "uvloop", marks=pytest.mark.skipif(loop_factory("uvloop") is None, reason="uvloop is not installed")
+    ),
+]
 
 
-async def test_chatty_command_keeps_only_the_tails(tmp_path: Path) -> None:
+def run_on(loop_name: str, main: Callable[[], Awaitable[T]]) -> T:
+    """``main()`` run to completion on a fresh loop of that kind (pytest-asyncio's is the standard one)."""
+
+    async def wrapped() -> T:
+        return await main()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
+        return runner.run(wrapped())
+
+
+@pytest.mark.parametrize("loop_name", EVENT_LOOPS)
+def test_chatty_command_keeps_only_the_tails(tmp_path: Path, loop_name: str) -> None:
     out = CapturedOutput()
-    code = await run_in_process_group(
-        ["/bin/sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo END; echo ERR >&2"],
-        cwd=tmp_path,
-        env=os.environ,
-        output=out,
-        kill_grace=1.0,
+    code = run_on(
+        loop_name,
+        lambda: run_in_process_group(
+            ["/bin/sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo END; echo ERR >&2"],
+            cwd=tmp_path,
+            env=os.environ,
+            output=out,
+            kill_grace=1.0,
+        ),
     )
     assert code == 0
     assert out.stdout.total == 5_000_005
@@ -93,16 +120,44 @@ def _gone(pid: int) -> bool:
         return True
 
 
-async def test_input_a_process_never_reads_does_not_block_it(tmp_path: Path) -> None:
-    code = await asyncio.wait_for(
-        run_in_process_group(
-            ["/bin/sh", "-c", "exit 5"],
+@pytest.mark.parametrize("loop_name", EVENT_LOOPS)
+def test_input_a_process_never_reads_does_not_block_it(tmp_path: Path, loop_name: str) -> None:
+    async def step() -> int:
+        return await asyncio.wait_for(
+            run_in_process_group(
+                ["/bin/sh", "-c", "exit 5"],
+                cwd=tmp_path,
+                env=os.environ,
+                output=CapturedOutput(),
+                kill_grace=1.0,
+                stdin=b"x" * 5_000_000,
+            ),
+            timeout=10,
+        )
+
+    code = run_on(loop_name, step)
+    assert code == 5
+
+
+@pytest.mark.parametrize("loop_name", EVENT_LOOPS)
+def test_input_reaches_the_process_on_either_loop(tmp_path: Path, loop_name: str) -> None:
+    # How python and notebook steps get their call: bigger than a pipe's buffer, so it is written in parts.
+    given = os.urandom(1_000_000)
+    out = CapturedOutput()
+    code = run_on(
+        loop_name,
+        lambda: run_in_process_group(
+            [
+                sys.executable,
+                "-c",
+                "import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+            ],
             cwd=tmp_path,
             env=os.environ,
-            output=CapturedOutput(),
+            output=out,
             kill_grace=1.0,
-            stdin=b"x" * 5_000_000,
+            stdin=given,
         ),
-        timeout=10,
     )
-    assert code == 5
+    assert (code, out.stderr.text()) == (0, "")
+    assert out.stdout.text() == hashlib.sha256(given).hexdigest() + "\n"
