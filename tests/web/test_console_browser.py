@@ -252,8 +252,18 @@ async def test_an_operator_cancels_a_backfill_and_live_updates_spare_the_reason_
             login(driver, console, "operator")
             driver.get(f"{console.url}/workflows/web-backfill")
             row = f"#backfills tr[data-backfill='{bf}']"
-            reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
-            reason.click()
+            field = f"{row} form.backfill-cancel input[name=reason]"
+
+            def focused(d: Any) -> Any:
+                # Until the field has the focus, a live update may re-render the row (and the field)
+                # between finding it and clicking it; once focused, the page spares it (checked below).
+                element = d.find_element(By.CSS_SELECTOR, field)
+                element.click()
+                return element if d.switch_to.active_element == element else False
+
+            reason = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+                focused
+            )
             reason.send_keys("half typed")
             # runs of the backfill end meanwhile (each a live update of the page): the field keeps its text
             finished = (await client.call("backfill.show", {"backfill_id": bf}))["finished"]
