@@ -335,3 +335,23 @@ async def test_live_runs_start_before_queued_backfill_runs(
         runs = (await client.call("instance.list", {"workflow_id": "long", "status": "stopped"}))["instances"]
         assert len(runs) == 2
         assert all("wrong data" in (r["error"] or "") + str(r["reason"]) for r in runs), runs
+
+
+async def test_a_run_end_fills_the_backfills_free_slot_at_once(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feeder follows the run-end events of a backfilled workflow (and the API wakes it when a
+    backfill starts): with its poll a minute apart, a 12-period backfill at concurrency 2 still ends in
+    seconds, where the poll alone would take six rounds, six minutes."""
+    monkeypatch.setenv("LEGATO_BACKFILL_POLL_INTERVAL", "60")
+    out = tmp_path / "quick.txt"
+    days = [f"2026-01-{d:02d}" for d in range(1, 13)]
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        await client.push(workflow("quick", "{type: parallel, max_concurrency: 20}", out))
+        await asyncio.sleep(1.0)  # the feeder's first round (nothing to do) is behind it: it now waits
+        started = await start(client, "quick", days[0], days[-1], concurrency=2)
+        assert started["created"] == 12
+        done = await wait_status(client, started["backfill_id"], ("done",), timeout=50)
+        assert done["counts"] == {"succeeded": 12}
+        assert days_done(out) == days
+        assert max_overlap(out) <= 2  # woken early, it still keeps the backfill's own limit

@@ -45,6 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
     # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
     dispatch_window: int = 256
+    # Trigger: how often the backfill feeder looks for free slots when no run-end event woke it sooner
+    # (it follows the run lifecycle events of workflows with a running backfill).
+    backfill_poll_interval: float = 0.5
     # The asyncio event loop of every service (trigger, scheduler, executor, signal router): "uvloop"
     # (libuv, less CPU per message; the default) or "asyncio" (the standard library's loop). A platform
     # without uvloop falls back to asyncio.
@@ -113,6 +116,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             self.notify_max_bytes,
         )
         _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
+        _check(
+            self.backfill_poll_interval > 0,
+            "LEGATO_BACKFILL_POLL_INTERVAL",
+            "must be > 0",
+            self.backfill_poll_interval,
+        )
         _check(
             1 <= self.dispatch_window <= 100_000,
             "LEGATO_DISPATCH_WINDOW",

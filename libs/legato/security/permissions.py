@@ -153,7 +153,8 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
     deny_pub: list[str] = []
     if role == "trigger":
         pub = [*_ns(["legato.trigger.>", "legato.signal.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
-        sub = [*_ns(["legato.api.>"]), INBOX, "$SRV.>"]
+        # Run lifecycle events wake the backfill feeder when a backfilled workflow's run ends.
+        sub = [*_ns(["legato.api.>", "legato.notify.run.>"]), INBOX, "$SRV.>"]
     elif role == "scheduler":
         pub = [
             *_ns(

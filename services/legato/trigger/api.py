@@ -68,9 +68,13 @@ class ApiService(Component):
         start_batch: int = 256,
         authz: Authz | None = None,
         publisher: Publisher | None = None,
+        wake_backfills: Callable[[], None] = lambda: None,
     ) -> None:
+        """``wake_backfills``: brings the backfill feeder's next round forward (a backfill was started,
+        resumed or given failed periods to retry)."""
         super().__init__()
         self.nc = nc
+        self.wake_backfills = wake_backfills
         # The host's publisher: it signs the signals ``signal.send`` publishes for its caller.
         self.publisher = publisher or Publisher(nc)
         self.pool = pool
@@ -96,7 +100,7 @@ class ApiService(Component):
             **SignalApi(self.publisher, pool, topology).endpoints(),
             **DeadLetterApi(nc, pool, wake_relay=wake).endpoints(),
             **PauseApi(pool, topology, wake_relay=wake).endpoints(),
-            **BackfillApi(pool, topology, wake_relay=wake).endpoints(),
+            **BackfillApi(pool, topology, wake_relay=wake, wake_feeder=self.wake_backfills).endpoints(),
         }
 
     async def _run(self) -> None:

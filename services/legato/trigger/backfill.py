@@ -33,6 +33,9 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology
@@ -112,7 +115,15 @@ def period_key(start: datetime, end: datetime, params: dict[str, Any]) -> str:
 
 
 class BackfillApi:
-    def __init__(self, pool: asyncpg.Pool, topology: Topology, *, wake_relay: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        *,
+        wake_relay: Callable[[], None],
+        wake_feeder: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.wake_feeder = wake_feeder
         self.pool = pool
         self.topology = topology
         self.wake_relay = wake_relay
@@ -253,6 +264,7 @@ class BackfillApi:
                 ["pending" if a[5] == "create" else "existing" for a in actions],
             )
         self.wake_relay()
+        self.wake_feeder()
         log.info(
             "backfill_started", backfill_id=backfill_id, workflow_id=req.workflow_id, periods=len(actions)
         )
@@ -330,7 +342,9 @@ class BackfillApi:
         return await self._set_status(req.backfill_id, ("running", "paused"), "paused")
 
     async def resume(self, req: api.BackfillRef) -> dict[str, Any]:
-        return await self._set_status(req.backfill_id, ("paused", "running"), "running")
+        out = await self._set_status(req.backfill_id, ("paused", "running"), "running")
+        self.wake_feeder()
+        return out
 
     async def cancel(self, req: api.CancelBackfill) -> dict[str, Any]:
         if not req.reason.strip():
@@ -387,6 +401,7 @@ class BackfillApi:
                 )
             out = await summary(conn, await _get(conn, req.backfill_id))
         self.wake_relay()
+        self.wake_feeder()
         return {**out, "retrying": len(marked)}
 
 
@@ -475,41 +490,98 @@ def _action(
 
 
 class BackfillLoop(Component):
-    """Submits each running backfill's pending (and retried) periods within its concurrency limit."""
+    """Submits each running backfill's pending (and retried) periods within its concurrency limit.
+
+    A round runs every ``tick`` and, sooner, when a run of a workflow with a running backfill ends: the
+    loop follows those workflows' run lifecycle events (``legato.notify.run.<wf>.<status>``, core
+    subscriptions, only while a backfill of the workflow runs), so a slot freed by a run's end is filled
+    at once instead of at the next tick. The events are a wake-up only: a lost one costs a tick, never a
+    period (each round recounts from Postgres). Rounds are at least ``min_gap`` apart.
+    """
 
     name = "backfill"
 
     def __init__(
-        self, pool: asyncpg.Pool, topology: Topology, *, wake_relay: Callable[[], None], tick: float = 0.5
+        self,
+        pool: asyncpg.Pool,
+        topology: Topology,
+        *,
+        wake_relay: Callable[[], None],
+        tick: float = 0.5,
+        nc: Client | None = None,
+        min_gap: float = 0.02,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.topology = topology
         self.wake_relay = wake_relay
         self.tick = tick
+        self.nc = nc
+        self.min_gap = min_gap
         self.submitted = 0
+        self.rounds = 0
+        self._wake = asyncio.Event()
+        self._following: dict[str, Subscription] = {}
+        self._ended = tuple(f".{status.value}" for status in TERMINAL_INSTANCE)
+
+    def _on_shutdown(self) -> None:
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Run the next round now (a backfill was started, resumed or given periods to retry)."""
+        self._wake.set()
 
     async def _run(self) -> None:
-        while not self.stopping:
-            started = time.monotonic()
+        try:
+            while not self.stopping:
+                started = time.monotonic()
+                self._wake.clear()  # a run ending during this round brings the next one forward
+                try:
+                    if await self.submit_due():
+                        self.wake_relay()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("backfill_round_failed", error=repr(exc))
+                self.rounds += 1
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+                except TimeoutError:
+                    pass
+                await self.sleep_or_stop(self.min_gap - (time.monotonic() - started))
+        finally:
+            await self._follow(set())
+
+    async def _on_run_event(self, msg: Msg) -> None:
+        if msg.subject.endswith(self._ended):
+            self._wake.set()
+
+    async def _follow(self, workflows: set[str]) -> None:
+        """Follow the run-end events of exactly these workflows (no-op without a NATS connection)."""
+        if self.nc is None:
+            return
+        for wf in [w for w in self._following if w not in workflows]:
             try:
-                if await self.submit_due():
-                    self.wake_relay()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("backfill_round_failed", error=repr(exc))
-            await self.sleep_or_stop(max(0.05, self.tick - (time.monotonic() - started)))
+                await self._following.pop(wf).unsubscribe()
+            except Exception as exc:  # a closed connection: nothing left to unsubscribe
+                log.debug("backfill_unfollow_failed", workflow_id=wf, error=repr(exc))
+        for wf in workflows - self._following.keys():
+            try:
+                self._following[wf] = await self.nc.subscribe(
+                    self.topology.notify_filter("run", wf), cb=self._on_run_event
+                )
+            except Exception as exc:  # the tick still drives the backfill
+                log.warning("backfill_follow_failed", workflow_id=wf, error=repr(exc))
 
     async def submit_due(self) -> int:
         async with self.pool.acquire() as conn:
-            ids = [
-                r["id"]
-                for r in await conn.fetch("SELECT id FROM backfill WHERE status = 'running' LIMIT 1000")
-            ]
+            rows = await conn.fetch(
+                "SELECT id, workflow_id FROM backfill WHERE status = 'running' LIMIT 1000"
+            )
+        await self._follow({r["workflow_id"] for r in rows})
         total = 0
-        for backfill_id in ids:
-            total += await self._submit(backfill_id)
+        for r in rows:
+            total += await self._submit(r["id"])
         self.submitted += total
         return total
 

@@ -15,6 +15,13 @@ async def run_trigger(settings: Settings) -> None:
     """Run the trigger: the API, cron and backfills, until shutdown."""
     async with ServiceHost("trigger", settings) as host:
         authz = Authz(request_verifier(settings), max_request_bytes=settings.api_max_request_bytes)
+        backfills = BackfillLoop(
+            host.pool,
+            host.topology,
+            wake_relay=host.wake_relay,
+            nc=host.nc,
+            tick=settings.backfill_poll_interval,
+        )
         host.add(
             ApiService(
                 host.nc,
@@ -23,9 +30,10 @@ async def run_trigger(settings: Settings) -> None:
                 wake_relay=host.wake_relay,
                 authz=authz,
                 publisher=host.publisher,
+                wake_backfills=backfills.wake,
             )
         )
         clock = cron_clock(settings.test_cron_clock_file)
         host.add(CronLoop(host.pool, host.topology, wake_relay=host.wake_relay, clock=clock))
-        host.add(BackfillLoop(host.pool, host.topology, wake_relay=host.wake_relay))
+        host.add(backfills)
         await host.run()
