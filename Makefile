@@ -49,9 +49,10 @@ test-all: install
 
 # The container runtime the `container` step tests (marked container; skipped without it) and
 # bench/steps.py use: podman and busybox-static from the OS packages (Debian/Ubuntu, as root).
-container-runtime:
-	command -v podman >/dev/null && command -v busybox >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman busybox-static; }
+container-runtime: install
+	command -v podman >/dev/null && command -v busybox >/dev/null && command -v runc >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman busybox-static runc; }
+	$(BIN)/python -m tests.support.container_probe
 
 lint: install
 	$(BIN)/ruff check libs services tests bench examples
