@@ -163,7 +163,11 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         assert leftover.proc.wait(timeout=30) is not None
         assert (state / "dev.json").exists()
         again.proc.send_signal(signal.SIGINT)
-        assert again.proc.wait(timeout=120) == 0, again.output()
+        try:
+            code = again.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("legato dev did not stop on Ctrl-C:\n" + again.output()) from None
+        assert code == 0, again.output()
     finally:
         if again.proc.poll() is None:
             again.proc.kill()

@@ -222,7 +222,8 @@ class DevStack:
             await self.stop.wait()
             watcher.cancel()
             supervisor.cancel()
-            await asyncio.gather(watcher, supervisor, return_exceptions=True)
+            # Bounded: the watcher's NATS close must not hold up the stop.
+            await asyncio.wait([watcher, supervisor], timeout=5.0)
             say("stopping …")
             return 0
         except Exception as exc:
@@ -447,16 +448,22 @@ class DevStack:
                         procs[i] = self.spawn(service, self.service_args(service, i), i)
                         self.write_state()
 
-    def stop_all(self) -> None:
+    def stop_all(self, budget: float = 30.0) -> None:
+        """Stop the services in ``STOP_ORDER`` (each gets SIGTERM and its grace), all within ``budget``
+        seconds: what is still running then is killed, so Ctrl-C always ends within about a minute."""
+        deadline = time.monotonic() + budget
         for service in STOP_ORDER:
-            procs = self.children.get(service, [])
+            procs = [p for p in self.children.get(service, []) if p.poll() is None]
+            if not procs:
+                continue
+            say(f"stopping {service} …")
             for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
+                proc.terminate()
             for proc in procs:
                 try:
-                    proc.wait(timeout=15)
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
+                    say(f"{service} did not stop within {budget:.0f}s of Ctrl-C: killing it")
                     proc.kill()
                     proc.wait()
         self.children.clear()
