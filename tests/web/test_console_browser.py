@@ -27,7 +27,7 @@ run_strategy: {type: parallel, max_concurrency: 5}
 triggers:
   - {type: cron, id: nightly, cron: "0 3 * * *"}
 steps:
-  - {id: extract, type: shell, command: "sleep 2"}
+  - {id: extract, type: shell, command: "while [ ! -e GATE ]; do sleep 0.1; done"}
   - {id: transform, type: shell, command: "sleep 1", depends_on: [extract]}
   - {id: load, type: noop, depends_on: [transform]}
   - {id: report, type: noop, depends_on: [extract]}
@@ -80,7 +80,8 @@ async def test_a_runs_steps_turn_green_live_without_reload(
     settings: Settings, keyring: Keyring, tmp_path: Path
 ) -> None:
     async with running_stack(settings, tmp_path) as (_, client):
-        await client.push(LIVE)
+        gate = tmp_path / "extract-may-end"  # extract runs until the test has seen it running
+        await client.push(LIVE.replace("GATE", str(gate)))
         with (
             running_console(settings, keyring, tmp_path, jaeger_url="http://jaeger.example:16686") as console,
             browser() as driver,
@@ -95,6 +96,7 @@ async def test_a_runs_steps_turn_green_live_without_reload(
             )
             assert node_statuses(driver)["load"] == "pending"
             screenshot(driver, "run-live", tmp_path)
+            gate.touch()
             WebDriverWait(driver, 60).until(
                 lambda d: set(node_statuses(d).values()) == {"succeeded"}, "steps did not all turn green"
             )
