@@ -456,22 +456,33 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
     async def workflow_action(request: Request) -> Response:
         return await _action(request, "workflow", request.path_params["workflow_id"])
 
-    async def acting_user(request: Request, endpoint: str) -> tuple[ConsoleUser, dict[str, str]] | Response:
-        """The logged-in user and the form of a POST whose CSRF token is right and whose endpoint the
-        user's role may call (else the response that refuses it)."""
+    async def posted_form(request: Request) -> tuple[ConsoleUser, dict[str, str]] | Response:
+        """The logged-in user and the form of a POST whose CSRF token is right (else the refusal)."""
         user = console.user(request)
         if user is None:
             return PlainTextResponse("login required", status_code=401)
         form = await form_with_csrf(request)
         if isinstance(form, Response):
             return form
-        if not may_call(user.role, endpoint):
-            return PlainTextResponse(
-                f"{endpoint}: needs role {'operator' if may_call('operator', endpoint) else 'admin'}; "
-                f"{user.name} has role {user.role}",
-                status_code=403,
-            )
         return user, form
+
+    def role_refusal(user: ConsoleUser, endpoint: str) -> Response | None:
+        """The 403 for a user whose role may not call ``endpoint``; None when it may."""
+        if may_call(user.role, endpoint):
+            return None
+        return PlainTextResponse(
+            f"{endpoint}: needs role {'operator' if may_call('operator', endpoint) else 'admin'}; "
+            f"{user.name} has role {user.role}",
+            status_code=403,
+        )
+
+    async def acting_user(request: Request, endpoint: str) -> tuple[ConsoleUser, dict[str, str]] | Response:
+        """The logged-in user and the form of a POST whose CSRF token is right and whose endpoint the
+        user's role may call (else the response that refuses it)."""
+        posted = await posted_form(request)
+        if isinstance(posted, Response):
+            return posted
+        return role_refusal(posted[0], endpoint) or posted
 
     async def done(
         request: Request, back: str, what: str, call: Callable[[], Awaitable[Any]], success: str
@@ -615,12 +626,10 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         return await _action(request, "instance", request.path_params["instance_id"])
 
     async def _action(request: Request, kind: str, target: str) -> Response:
-        user = console.user(request)
-        if user is None:
-            return PlainTextResponse("login required", status_code=401)
-        form = await form_with_csrf(request)
-        if isinstance(form, Response):
-            return form
+        posted = await posted_form(request)
+        if isinstance(posted, Response):
+            return posted
+        user, form = posted
         verb = form.get("verb", "")
         back = {"instance": "/runs/", "workflow": "/workflows/", "dead_letter": "/dead-letters/"}[
             kind
@@ -629,12 +638,9 @@ def create_app(config: WebConfig, gateway: Gateway | None = None) -> Starlette:
         if verb not in verbs:
             return PlainTextResponse(f"unknown action {verb!r}", status_code=400)
         endpoint = f"{kind}.{verb}"
-        if not may_call(user.role, endpoint):
-            return PlainTextResponse(
-                f"{endpoint}: needs role {'operator' if may_call('operator', endpoint) else 'admin'}; "
-                f"{user.name} has role {user.role}",
-                status_code=403,
-            )
+        refused = role_refusal(user, endpoint)
+        if refused is not None:
+            return refused
         reason = form.get("reason", "").strip()
         if not reason or len(reason) > MAX_REASON:
             request.session["flash"] = f"{verb}: a reason is required (at most {MAX_REASON} characters)"
