@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -26,6 +27,23 @@ def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | N
     return uvloop.new_event_loop
 
 
+# The first generation's collection threshold for services (CPython's default: 700 allocations). A
+# service allocates and frees many short-lived objects per message (decoded structs, coroutines,
+# futures) that reference counting frees at once; scanning for cycles every 700 of them cost about
+# 6 % of the scheduler's CPU at load (py-spy). Collections of the older generations still follow.
+SERVICE_GC_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Fewer cycle collections for a long-running service: what start-up allocated (modules, classes,
+    settings) is moved out of the collector's sight, and the youngest generation is collected every
+    ``SERVICE_GC_THRESHOLD`` allocations instead of 700. Memory bound: cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(SERVICE_GC_THRESHOLD, second, third)
+
+
 def run_service(name: str, main: Coroutine[Any, Any, None], *, event_loop: str = "uvloop") -> int:
     """Run the service on its event loop; map the errors a user can fix to one line and exit code 1.
 
@@ -34,6 +52,7 @@ def run_service(name: str, main: Coroutine[Any, Any, None], *, event_loop: str =
     from legato.bus.streams import ProvisioningError
     from legato.store.migrations import MigrationError
 
+    tune_gc()
     try:
         with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
             runner.run(main)
