@@ -91,8 +91,20 @@ async def wait_ended(conn: asyncpg.Connection, n: int, timeout: float = 600.0) -
     raise TimeoutError(f"runs did not end within {timeout}s")
 
 
-def report_hops(n: int, hops: dict[str, list[float]]) -> None:
-    print(f"critical path of {n} unloaded one-noop-step runs, one at a time (ms):")
+def hops_of(rows: list[asyncpg.Record], sent: dict[str, float]) -> dict[str, list[float]]:
+    hops: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        values = {**dict(r), "sent_at": sent[r["id"]]}
+        for label, end, start in HOPS:
+            if values[end] is not None and values[start] is not None:
+                hops[label].append((float(values[end]) - float(values[start])) * 1000)
+    return hops
+
+
+def report_hops(
+    n: int, hops: dict[str, list[float]], what: str = "unloaded one-noop-step runs, one at a time"
+) -> None:
+    print(f"critical path of {n} {what} (ms):")
     print(f"  {'hop':34} {'p50':>8} {'p99':>8}")
     for label, _, _ in HOPS:
         print(f"  {label:34} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
@@ -128,14 +140,8 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             done += 1
             await wait_ended(conn, done)
         rows = await conn.fetch(PATH_QUERY, list(sent)) if sent else []
-        hops: dict[str, list[float]] = defaultdict(list)
-        for r in rows:
-            values = {**dict(r), "sent_at": sent[r["id"]]}
-            for label, end, start in HOPS:
-                if values[end] is not None and values[start] is not None:
-                    hops[label].append((float(values[end]) - float(values[start])) * 1000)
         if rows:
-            report_hops(len(rows), hops)
+            report_hops(len(rows), hops_of(rows, sent))
 
         # 2. CPU per run at saturation.
         before = sample_cpu(stack)
@@ -167,6 +173,34 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
             "(this process: the starts, and polling Postgres; not in the total)"
         )
+
+        # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
+        # arrival rate), each run's hops from the recorded timestamps.
+        if args.paced_seconds > 0:
+            rate = args.rate or max(10.0, round(n / elapsed / 2))
+            count = int(rate * args.paced_seconds)
+            sent = {}
+            t0 = time.time()
+
+            async def paced(i: int) -> None:
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
+                t_sent = time.time()
+                reply = await client.start("bench-profile", request_id=f"paced{i}")
+                sent[str(reply.instance_id)] = t_sent
+
+            before = sample_cpu(stack)
+            await asyncio.gather(*(paced(i) for i in range(count)))
+            done += count
+            await wait_ended(conn, done)
+            cpu = cpu_between(before, sample_cpu(stack))
+            rows = await conn.fetch(PATH_QUERY, list(sent))
+            report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
+            print(
+                f"  CPU per run at this rate: all processes {sum(cpu.values()) / count * 1000:.2f} ms; "
+                + ", ".join(
+                    f"{kind} {cpu[kind] / count * 1000:.3f}" for kind in sorted(cpu, key=lambda k: -cpu[k])
+                )
+            )
     finally:
         await conn.close()
         await client.close()
@@ -179,6 +213,13 @@ def main() -> None:
     )
     parser.add_argument("--sequential", type=int, default=200, help="unloaded runs, one at a time")
     parser.add_argument("--saturated", type=int, default=3000, help="runs for the CPU-per-run measure")
+    parser.add_argument(
+        "--paced-seconds",
+        type=float,
+        default=10.0,
+        help="then start runs at --rate for this long and print their critical path (0: skip)",
+    )
+    parser.add_argument("--rate", type=float, default=0.0, help="paced starts/s; 0 = half the saturated rate")
     parser.add_argument(
         "--auth",
         choices=("off", "on", "both"),
