@@ -295,6 +295,60 @@ async def test_outbox_relay_component_wakes_and_flushes(
     assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 1
 
 
+class CountingRelay(OutboxRelay):
+    calls = 0
+
+    async def relay_once(self) -> int:
+        self.calls += 1
+        return await super().relay_once()
+
+
+async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """A round that took fewer rows than its batch took every row there was; what commits later is
+    relayed on the next wake (this process) or poll (another process), not by an extra empty round."""
+    await provision_streams(nc.jetstream(), topo)
+    relay = CountingRelay(pool, Publisher(nc), batch=10, poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+
+    async def commit(count: int, prefix: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(
+                conn,
+                [
+                    OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id=f"{prefix}{i}")
+                    for i in range(count)
+                ],
+            )
+
+    async def published(total: int) -> None:
+        async with asyncio.timeout(5):
+            while relay.published < total:
+                await asyncio.sleep(0.02)
+
+    try:
+        async with asyncio.timeout(5):
+            while relay.calls < 1:  # the start's round (an empty outbox)
+                await asyncio.sleep(0.02)
+        start = relay.calls
+        await commit(3, "a")
+        relay.wake()
+        await published(3)
+        await asyncio.sleep(0.2)
+        assert relay.calls == start + 1  # 3 < 10 rows: one round, no empty one after it
+        await commit(12, "b")  # more than a batch: full rounds go on until one is partial
+        relay.wake()
+        await published(15)
+        await asyncio.sleep(0.2)
+        assert relay.calls == start + 3  # 10, then 2
+    finally:
+        await relay.shutdown()
+        await task
+    assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 15
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+
+
 async def test_migrations_are_safe_when_services_start_at_once(pg_admin_url: str) -> None:
     name = f"m_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(pg_admin_url)
