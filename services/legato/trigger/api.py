@@ -35,6 +35,7 @@ from legato.telemetry.tracing import consume_span
 from legato.trigger.action_api import ActionApi
 from legato.trigger.authz import Authz
 from legato.trigger.backfill import BackfillApi
+from legato.trigger.backlog import BacklogProbe
 from legato.trigger.dead_letter_api import DeadLetterApi
 from legato.trigger.endpoints import Endpoint, Handler
 from legato.trigger.pause_api import PauseApi
@@ -69,6 +70,8 @@ class ApiService(Component):
         authz: Authz | None = None,
         publisher: Publisher | None = None,
         wake_backfills: Callable[[], None] = lambda: None,
+        backlog: BacklogProbe | None = None,
+        max_backlog: int = 0,
     ) -> None:
         """``wake_backfills``: brings the backfill feeder's next round forward (a backfill was started,
         resumed or given failed periods to retry)."""
@@ -83,7 +86,15 @@ class ApiService(Component):
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
         self.cache = WorkflowCache(pool)
-        self.starts = StartApi(pool, topology, self.cache, wake_relay=wake_relay, start_batch=start_batch)
+        self.starts = StartApi(
+            pool,
+            topology,
+            self.cache,
+            wake_relay=wake_relay,
+            start_batch=start_batch,
+            backlog=backlog,
+            max_backlog=max_backlog,
+        )
         self.service: Service | None = None
         self.requests = 0
         self.authz = authz or Authz(None)

@@ -8,6 +8,7 @@ from legato.security.wiring import request_verifier
 from legato.trigger.api import ApiService
 from legato.trigger.authz import Authz
 from legato.trigger.backfill import BackfillLoop
+from legato.trigger.backlog import BacklogProbe
 from legato.trigger.cron import CronLoop, cron_clock
 
 
@@ -22,6 +23,10 @@ async def run_trigger(settings: Settings) -> None:
             nc=host.nc,
             tick=settings.backfill_poll_interval,
         )
+        backlog = None
+        if settings.api_max_backlog:
+            backlog = BacklogProbe(host.nc.jetstream(), host.topology, settings.partitions)
+            host.add(backlog)
         host.add(
             ApiService(
                 host.nc,
@@ -31,6 +36,8 @@ async def run_trigger(settings: Settings) -> None:
                 authz=authz,
                 publisher=host.publisher,
                 wake_backfills=backfills.wake,
+                backlog=backlog,
+                max_backlog=settings.api_max_backlog,
             )
         )
         clock = cron_clock(settings.test_cron_clock_file)

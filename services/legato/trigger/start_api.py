@@ -21,7 +21,7 @@ import msgspec
 from opentelemetry import trace
 
 from legato.bus.publisher import OutgoingMessage
-from legato.bus.topology import Topology
+from legato.bus.topology import Topology, partition_of
 from legato.core import CompiledWorkflow
 from legato.core.statuses import InstanceStatus
 from legato.protocol import api, encode
@@ -32,12 +32,14 @@ from legato.protocol.replies import StartReply
 from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
 from legato.store.outbox import add_to_outbox
 from legato.telemetry.tracing import inject_headers
+from legato.trigger.backlog import BacklogProbe
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.run_params import check_run_params
 from legato.trigger.workflow_cache import WorkflowCache
 
 ACCEPTED_PRUNE_SECONDS = 60.0
 MAX_ACCEPTED = 100_000  # starts remembered in this process until the scheduler has made their runs
+START_QUEUE = 4096  # starts waiting for their group commit; more are refused as ``overloaded``
 
 
 @dataclass
@@ -63,7 +65,13 @@ class StartApi:
         *,
         wake_relay: Callable[[], None],
         start_batch: int = 256,
+        backlog: BacklogProbe | None = None,
+        max_backlog: int = 0,
     ) -> None:
+        """``backlog``, ``max_backlog``: refuse starts with ``overloaded`` while the workflow's partition
+        holds ``max_backlog`` messages or more for the scheduler (0: never; trigger/backlog.py)."""
+        self.backlog = backlog
+        self.max_backlog = max_backlog
         self.pool = pool
         self.topology = topology
         self.cache = cache
@@ -74,7 +82,7 @@ class StartApi:
             self._apply_starts,
             name="api-starts",
             batch=start_batch,
-            queue_size=4096,
+            queue_size=START_QUEUE,
             batch_error=fail_whole_batch_unless_content_error,
         )
         # Starts this process accepted recently: "pending" until the scheduler has created the run.
@@ -106,6 +114,7 @@ class StartApi:
         if req.request_id is not None and not 1 <= len(req.request_id) <= 200:
             raise ApiError("bad_request", f"request_id: must be 1..200 characters, got {len(req.request_id)}")
         version, compiled = await self._start_target(req.workflow_id, req.version)
+        self._shed_load(req.workflow_id)
         request_id = req.request_id or new_request_id()
         trigger_key = f"api:{request_id}"
         instance_id = instance_id_for(req.workflow_id, trigger_key)
@@ -132,6 +141,34 @@ class StartApi:
             digest=request_digest(req.params, req.version),
         )
         return await self._starts.submit(pending)
+
+    def _shed_load(self, workflow_id: str) -> None:
+        """Refuse a start (``overloaded``: the client retries later) rather than queue it without bound:
+        while the scheduler has ``max_backlog`` messages or more to apply on the workflow's partition,
+        or while the group commit already holds ``START_QUEUE`` starts (the database is slower than
+        the arrivals)."""
+        if self.backlog is not None and self.max_backlog > 0:
+            partition = partition_of(workflow_id, self.backlog.partitions)
+            waiting = self.backlog.of(partition)
+            if waiting >= self.max_backlog:
+                raise ApiError(
+                    "overloaded",
+                    f"workflow {workflow_id!r}: the scheduler has {waiting} messages to apply on its "
+                    f"partition {partition}, at or over the limit of {self.max_backlog} "
+                    "(LEGATO_API_MAX_BACKLOG): retry later",
+                    {
+                        "workflow_id": workflow_id,
+                        "partition": partition,
+                        "backlog": waiting,
+                        "limit": self.max_backlog,
+                    },
+                )
+        if self._starts.qsize() >= START_QUEUE:
+            raise ApiError(
+                "overloaded",
+                f"workflow {workflow_id!r}: {START_QUEUE} starts already wait for the database: retry later",
+                {"workflow_id": workflow_id, "queued": START_QUEUE},
+            )
 
     async def run_batcher(self) -> None:
         """Commit queued starts in batches until cancelled."""

@@ -37,6 +37,7 @@ def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_pat
         ({"LEGATO_NOTIFY_MAX_MSGS": "5"}, "LEGATO_NOTIFY_MAX_MSGS: must be >= 1000, got 5"),
         ({"LEGATO_NOTIFY_MAX_BYTES": "1"}, "LEGATO_NOTIFY_MAX_BYTES: must be >= 1048576, got 1"),
         ({"LEGATO_EVENT_LOOP": "trio"}, "LEGATO_EVENT_LOOP: must be uvloop or asyncio, got 'trio'"),
+        ({"LEGATO_API_MAX_BACKLOG": "-1"}, "LEGATO_API_MAX_BACKLOG: must be >= 0 (0: no limit), got -1"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_variable(env: dict[str, str], message: str) -> None:

@@ -1,0 +1,96 @@
+"""The API sheds load: while the scheduler is behind on a workflow's partition, ``instance.start``
+answers ``overloaded`` (a clear error the client retries later) instead of queueing without bound, and
+takes starts again once the backlog is worked off. Every start it accepted runs once; none it refused
+runs at all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from legato.client import ApiError, Overloaded
+from legato.config.settings import Settings
+from tests.support.stack import running_stack, wait_for
+
+ONE = """
+id: shed
+run_strategy: {type: parallel, max_concurrency: 1000}
+steps:
+  - id: only
+    type: noop
+"""
+
+LIMIT = 20
+
+
+async def test_starts_are_refused_as_overloaded_while_the_scheduler_is_behind(
+    settings: Settings, tmp_path: Path
+) -> None:
+    env = {"LEGATO_API_MAX_BACKLOG": str(LIMIT)}
+    async with running_stack(settings, tmp_path, extra_env=env) as (stack, client):
+        await client.push(ONE)
+        first = await client.start("shed", request_id="warm")
+        await wait_for(client, str(first.instance_id))  # the scheduler holds its consumers
+        scheduler = stack["scheduler"]
+        assert scheduler.pid is not None
+        os.kill(scheduler.pid, signal.SIGSTOP)  # it falls behind: nothing it is sent is applied
+        accepted: list[str] = []
+        refused: list[ApiError] = []
+        try:
+            deadline = time.monotonic() + 20
+            i = 0
+            while not refused and time.monotonic() < deadline:
+                try:
+                    await client.call("instance.start", {"workflow_id": "shed", "request_id": f"s{i}"})
+                    accepted.append(f"s{i}")
+                except ApiError as exc:
+                    refused.append(exc)
+                i += 1
+                await asyncio.sleep(0.02)
+            assert refused, f"no start refused after {len(accepted)} accepted with the scheduler stopped"
+            # A typed start is refused the same way once its retries (with backoff) are spent.
+            with pytest.raises(Overloaded):
+                await client.start("shed", request_id="typed")
+        finally:
+            os.kill(scheduler.pid, signal.SIGCONT)
+        error = refused[0]
+        assert error.code == "overloaded"
+        assert "LEGATO_API_MAX_BACKLOG" in error.message and "retry later" in error.message, error.message
+        assert error.details["limit"] == LIMIT and error.details["backlog"] >= LIMIT
+        # At least the limit got in (the probe's figure is up to a second old, so a few more may).
+        assert len(accepted) >= LIMIT
+
+        # Worked off, starts are taken again.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                again = await client.start("shed", request_id="after")
+                break
+            except Overloaded:
+                assert time.monotonic() < deadline, (
+                    "starts still refused a minute after the scheduler resumed"
+                )
+                await asyncio.sleep(0.2)
+        await wait_for(client, str(again.instance_id))
+
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            for _ in range(600):
+                rows = await conn.fetch(
+                    "SELECT trigger_key, status FROM workflow_instance WHERE workflow_id = 'shed'"
+                )
+                if all(r["status"] == "succeeded" for r in rows) and len(rows) == len(accepted) + 2:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        keys = sorted(r["trigger_key"] for r in rows)
+        # Each accepted start ran once, and no refused one ran.
+        assert keys == sorted(["api:warm", "api:after", *(f"api:{a}" for a in accepted)])
+        assert {r["status"] for r in rows} == {"succeeded"}
