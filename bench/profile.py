@@ -64,6 +64,7 @@ HOPS = (
     ("step body (noop)", "attempt_ended_at", "attempt_started_at"),
     ("result -> run ended", "run_ended_at", "attempt_ended_at"),
     ("round trip: sent -> run ended", "run_ended_at", "sent_at"),
+    ("trigger -> step start", "attempt_started_at", "requested_at"),
 )
 
 PATH_QUERY = f"""

@@ -1,4 +1,5 @@
-"""Run every benchmark in bench/ one after the other and print their figures (``make bench``)."""
+"""Run the benchmarks in bench/ one after the other and print their figures (``make bench``), ending
+with the performance table (``table.py``)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+# table.py runs profile.py, e2e.py, signals.py and foreach.py and ends with the performance table.
 ORDER = [
     "sel.py",
     "bus.py",
-    "e2e.py",
     "client.py",
-    "profile.py",
-    "foreach.py",
     "strategies.py",
-    "signals.py",
     "steps.py",
     "web.py",
+    "table.py",
 ]
 
 

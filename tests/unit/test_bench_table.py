@@ -1,0 +1,58 @@
+"""``make bench``'s performance table reads each figure from what its bench prints: these are the lines
+the benches print (taken from a run), so a changed print cannot silently empty the table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def table_module():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_table", ROOT / "bench" / "table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+PROFILE = """
+== auth off ==
+critical path of 30 unloaded one-noop-step runs, one at a time (ms):
+  hop                                     p50      p99
+  round trip: sent -> run ended         21.66    52.22
+  trigger -> step start                 12.00    20.00
+CPU per run at saturation: 500 runs in 1.6 s (312 runs/s), all processes 5.78 ms CPU per run
+critical path of 510 runs started at 170/s (half of saturation) (ms):
+  hop                                     p50      p99
+  round trip: sent -> run ended        180.00   300.00
+  trigger -> step start                 90.10   170.95
+"""
+E2E = "  runs/s (first start -> last completion):      349\n"
+SIGNALS = (
+    "  paced at 300 signals/s (4500 signals, 2250 runs): signal -> run start latency p50 120.0 ms, "
+    "p99 666.0 ms (p50 published -> stored 3.0 ms, stored -> run created 100.0 ms)\n"
+)
+FOREACH = (
+    "  iterations/s (foreach step start -> end):      456   (4.4 s)\n"
+    "  scheduler RSS: baseline 47 MB, peak 54 MB, growth 7 MB\n"
+)
+
+
+def test_every_figure_is_read_from_its_bench_output() -> None:
+    table = table_module()
+    outputs = {"profile": PROFILE, "e2e": E2E, "signals": SIGNALS, "foreach": FOREACH}
+    got = [table.figure(m, outputs[m.bench]) for m in table.MEASURES]
+    assert got == ["5.78", "21.66 / 52.22", "170.95", "349", "666.0", "456", "7"]
+    assert table.figure(table.MEASURES[0], "nothing") == "(not printed)"
+
+
+def test_every_measured_bench_is_run() -> None:
+    table = table_module()
+    for quick in (True, False):
+        assert {m.bench for m in table.MEASURES} <= set(table.runs(quick))
+        for argv in table.runs(quick).values():
+            assert (ROOT / "bench" / argv[0]).is_file()
