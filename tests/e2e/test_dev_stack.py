@@ -133,7 +133,9 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         assert modes(closed_dir) == before
         dev_state = json.loads((state / "dev.json").read_text())
         children = [int(p) for p in dev_state["children"]]
-        assert len(children) == 7 and all(alive(p) for p in children)  # 2 servers, 4 services, the console
+        dead = [p for p in children if not alive(p)]
+        # 2 servers, 4 services, the console; on failure, which one and what legato dev said of it.
+        assert len(children) == 7 and not dead, f"children {children}, dead {dead}\n{dev.output()}"
         # The web console: a one-click login URL on the terminal and in dev.json, logging in as the admin.
         web_url = dev_state["web_url"]
         assert f"web console: {web_url}" in out
