@@ -124,7 +124,8 @@ def run_bench(argv: list[str], code: Path | None) -> str:
     )
     out = proc.stdout
     for line in out.splitlines():
-        print(f"    {line}")
+        if "migration_applied" not in line:  # the servers' start-up, not a figure
+            print(f"    {line}")
     if proc.returncode != 0:
         print(f"    (exit {proc.returncode}) {proc.stderr.strip()[-2000:]}")
     return out
