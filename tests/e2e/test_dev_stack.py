@@ -131,15 +131,31 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         assert "sequential-demo" in listed.stdout
         # No permission changed outside .legato/.
         assert modes(closed_dir) == before
-        dev_state = json.loads((state / "dev.json").read_text())
-        children = [int(p) for p in dev_state["children"]]
-        dead = [p for p in children if not alive(p)]
+        # legato dev restarts a child that exits (the console on another port if its own was taken
+        # between the check and its bind): wait, briefly, for that to settle.
+        deadline = time.monotonic() + 15
+        while True:
+            dev_state = json.loads((state / "dev.json").read_text())
+            children = [int(p) for p in dev_state["children"]]
+            dead = [p for p in children if not alive(p)]
+            if not dead or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        out = dev.output()
         # 2 servers, 4 services, the console; on failure, which one and what legato dev said of it.
         assert len(children) == 7 and not dead, f"children {children}, dead {dead}\n{dev.output()}"
         # The web console: a one-click login URL on the terminal and in dev.json, logging in as the admin.
         web_url = dev_state["web_url"]
         assert f"web console: {web_url}" in out
-        status, headers, _ = http(web_url)
+        deadline = time.monotonic() + 15
+        while True:  # a console just (re)started may not listen yet
+            try:
+                status, headers, _ = http(web_url)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
         assert status == 303, headers
         status, _, page = http(web_url.split("/login")[0] + "/", cookie=session_cookie(headers))
         assert status == 200 and "sequential-demo" in page and ">admin<" in page

@@ -189,6 +189,7 @@ class DevStack:
         self.namespace = os.environ.get("LEGATO_NAMESPACE", "")
         self.keyring: Keyring | None = None
         self.web_url = ""  # the console's one-click login URL (with a fresh admin token)
+        self._web_token = ""  # the admin token of that URL
         self.web_port = 0
 
     def creds(self, name: str) -> str | None:
@@ -411,10 +412,15 @@ class DevStack:
         with contextlib.suppress(FileNotFoundError):
             tokens.unlink()  # one token per `legato dev`: the previous one's stops working
         token = add_token(tokens, "admin")
-        self.web_port = free_port(WEB_PORT)
-        self.children["web"] = [self.spawn("web", self.service_args("web", 0))]
-        self.web_url = f"http://127.0.0.1:{self.web_port}/login?token={token}"
+        self._web_token = token
+        self.children["web"] = [self.spawn("web", self._web_args())]
         say(f"web console: {self.web_url}")
+
+    def _web_args(self) -> list[str]:
+        """The console's arguments on a port free now (its preferred one when it is), and its URL."""
+        self.web_port = free_port(WEB_PORT)
+        self.web_url = f"http://127.0.0.1:{self.web_port}/login?token={self._web_token}"
+        return self.service_args("web", 0)
 
     async def supervise(self) -> None:
         """Restart a service that dies, with a growing pause; give up on one that keeps dying."""
@@ -445,7 +451,13 @@ class DevStack:
                         due[key] = now + delay
                     elif now >= due.pop(key):
                         restarts[key] = restarts.get(key, 0) + 1
-                        procs[i] = self.spawn(service, self.service_args(service, i), i)
+                        if service == "web":
+                            # Its port may have been taken between the check and its bind (it exits
+                            # with 3 then): it comes back on a port free now, and says where.
+                            procs[i] = self.spawn(service, self._web_args(), i)
+                            say(f"web console: {self.web_url}")
+                        else:
+                            procs[i] = self.spawn(service, self.service_args(service, i), i)
                         self.write_state()
 
     def stop_all(self, budget: float = 30.0) -> None:
