@@ -148,3 +148,8 @@ class Topology:
     def consumer_name(self, kind: str, partition: int | None = None) -> str:
         base = f"{self._n}{kind}".replace(".", "_")
         return base if partition is None else f"{base}_p{partition}"
+
+    def scheduler_triggers_consumer(self, partition: int) -> str:
+        """The durable consumer the scheduler applies a partition's triggers with (the API reads its
+        backlog: trigger/backlog.py)."""
+        return self.consumer_name("scheduler_triggers", partition)

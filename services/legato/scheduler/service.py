@@ -58,7 +58,7 @@ class PartitionConsumers(Component):
             self.host.js,
             ConsumerSpec(
                 topo.triggers_stream,
-                topo.consumer_name("scheduler_triggers", partition),
+                topo.scheduler_triggers_consumer(partition),
                 topo.trigger_partition_filter(partition),
                 ack_wait=SCHEDULER_ACK_WAIT,
             ),

@@ -52,7 +52,7 @@ class BacklogProbe(Component):
         """Read every partition's backlog once; a partition that cannot be read keeps its last figure."""
         stream = self.topology.triggers_stream
         for partition in range(self.partitions):
-            durable = self.topology.consumer_name("scheduler_triggers", partition)
+            durable = self.topology.scheduler_triggers_consumer(partition)
             try:
                 info = await self.js.consumer_info(stream, durable, timeout=2.0)
             except NotFoundError:
