@@ -298,9 +298,9 @@ async def test_outbox_relay_component_wakes_and_flushes(
 class CountingRelay(OutboxRelay):
     calls = 0
 
-    async def relay_once(self) -> int:
+    async def relay_once(self, min_age: float = 0.0) -> int:
         self.calls += 1
-        return await super().relay_once()
+        return await super().relay_once(min_age)
 
 
 async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
@@ -347,6 +347,146 @@ async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
         await task
     assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 15
     assert await count(pool, "SELECT count(*) FROM outbox") == 0
+
+
+async def commit_rows(pool: asyncpg.Pool, msgs: list[OutgoingMessage]) -> list[tuple[int, OutgoingMessage]]:
+    async with pool.acquire() as conn, conn.transaction():
+        return await add_to_outbox(conn, msgs)
+
+
+async def until_published(relay: OutboxRelay, total: int, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while relay.published < total:
+            await asyncio.sleep(0.02)
+
+
+async def test_committed_rows_are_published_from_memory_then_deleted(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """Rows handed over after their commit are published without reading the outbox, under the message
+    id the table would give them (ob.<database>.<row id>), and deleted; handing them over again
+    publishes copies that JetStream drops."""
+    await provision_streams(nc.jetstream(), topo)
+    relay = CountingRelay(pool, Publisher(nc), batch=10, poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(5):
+            while relay.calls < 1:  # the start's round
+                await asyncio.sleep(0.02)
+        reads = relay.calls
+        rows = await commit_rows(
+            pool,
+            [OutgoingMessage(topo.event_subject("wf"), msgspec.json.encode(Ping(n=i))) for i in range(25)],
+        )
+        assert [m.payload for _, m in rows] == [msgspec.json.encode(Ping(n=i)) for i in range(25)]
+        relay.committed(rows)
+        await until_published(relay, 25)
+        assert relay.calls == reads  # not one read of the table
+        async with asyncio.timeout(5):
+            while await count(pool, "SELECT count(*) FROM outbox"):
+                await asyncio.sleep(0.02)
+        js = nc.jetstream()
+        assert (await js.stream_info(topo.events_stream)).state.messages == 25
+        first = await js.get_msg(topo.events_stream, seq=1)
+        assert first.headers is not None
+        assert first.headers["Nats-Msg-Id"] == f"ob.{relay._db_token}.{rows[0][0]}"
+        assert DECODER.decode(first.data).n == 0  # in the order committed
+        relay.committed(rows)
+        await until_published(relay, 50)
+        assert relay.publisher.duplicates == 25
+        assert (await js.stream_info(topo.events_stream)).state.messages == 25
+    finally:
+        await relay.shutdown()
+        await task
+
+
+class FailsOnce(Publisher):
+    failures_left = 1
+
+    async def publish_many(self, msgs):  # type: ignore[no-untyped-def]
+        if self.failures_left > 0:
+            self.failures_left -= 1
+            raise ConnectionResetError("NATS went away")
+        return await super().publish_many(msgs)
+
+
+async def test_handed_rows_whose_publish_fails_are_published_from_the_table(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    await provision_streams(nc.jetstream(), topo)
+    relay = OutboxRelay(pool, FailsOnce(nc), poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        rows = await commit_rows(
+            pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id=f"f{i}") for i in range(7)]
+        )
+        relay.committed(rows)
+        await until_published(relay, 7)  # after the failure, by reading the table at once (no poll)
+    finally:
+        await relay.shutdown()
+        await task
+    assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 7
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_poll_leaves_young_rows_to_their_committer_and_takes_them_when_old(
+    nc: Client, pool: asyncpg.Pool, topo: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows a process committed and never handed over (it died after its commit) are published by any
+    relay's poll once older than the grace; before that they are left to the process that wrote them."""
+    import legato.store.outbox as outbox
+
+    monkeypatch.setattr(outbox, "HANDOFF_GRACE", 1.0)
+    await provision_streams(nc.jetstream(), topo)
+    other = OutboxRelay(pool, Publisher(nc), poll_interval=0.1)
+    task = asyncio.create_task(other.run())
+    try:
+        await asyncio.sleep(0.3)  # its start's round is done
+        t0 = asyncio.get_running_loop().time()
+        await commit_rows(
+            pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id=f"o{i}") for i in range(3)]
+        )
+        await asyncio.sleep(0.5)
+        assert other.published == 0  # young: its committer's
+        await until_published(other, 3)
+        assert asyncio.get_running_loop().time() - t0 >= 1.0
+    finally:
+        await other.shutdown()
+        await task
+    assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 3
+
+
+async def test_an_ordered_relay_reads_handed_rows_from_the_table(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """A relay that keeps commit order across processes (an advisory lock per batch) publishes only what
+    it read under its lock: rows handed over wake it, they are not published from memory."""
+    await provision_streams(nc.jetstream(), topo)
+    relay = CountingRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4242)
+    task = asyncio.create_task(relay.run())
+    try:
+        async with asyncio.timeout(5):
+            while relay.calls < 1:
+                await asyncio.sleep(0.02)
+        reads = relay.calls
+        rows = await commit_rows(pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="ord1")])
+        relay.committed(rows)
+        await until_published(relay, 1)
+        assert relay.calls == reads + 1
+        assert not relay._handed
+    finally:
+        await relay.shutdown()
+        await task
+
+
+async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    relay = OutboxRelay(pool, Publisher(nc), kinds=("trigger",))
+    relay.committed([(1, OutgoingMessage(topo.event_subject("wf"), b"{}"))])
+    assert not relay._handed and not relay._wake.is_set()
+    relay.committed([(2, OutgoingMessage(topo.trigger_subject("wf"), b"{}"))])
+    assert [row_id for row_id, _ in relay._handed] == [2]
 
 
 async def test_migrations_are_safe_when_services_start_at_once(pg_admin_url: str) -> None:

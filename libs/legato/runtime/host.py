@@ -13,6 +13,7 @@ cancelled -> the relay flushes -> the metrics endpoint closes -> NATS is drained
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
@@ -36,7 +37,7 @@ from legato.security.wiring import origin_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
-from legato.store.outbox import OutboxRelay
+from legato.store.outbox import OutboxRelay, OutboxRow
 from legato.store.pool import create_pool
 from legato.telemetry import (
     configure_logging,
@@ -183,6 +184,13 @@ class ServiceHost:
         for relay in (self.relay, self.notify_relay):
             if relay is not None:
                 relay.wake()
+
+    def relay_committed(self, rows: Sequence[OutboxRow]) -> None:
+        """Outbox rows a transaction of this process committed: each relay publishes those of its kinds
+        from memory (``OutboxRelay.committed``)."""
+        for relay in (self.relay, self.notify_relay):
+            if relay is not None:
+                relay.committed(rows)
 
     async def run(self, *, handle_signals: bool = True) -> None:
         comps: list[Component] = list(self.components)

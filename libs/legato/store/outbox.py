@@ -4,11 +4,21 @@ A transaction that must emit messages writes them with ``add_to_outbox`` on its 
 messages exist if and only if the transaction committed. The relay publishes them to NATS with
 ``Nats-Msg-Id`` = the row's message id and deletes them after the PubAck; a relay that crashes between
 the two republishes with the same id and JetStream (then the consumer's durable dedup) drops the copy.
+
+Rows reach the relay two ways. The process that committed them hands them over (``committed``, with
+the ids ``add_to_outbox`` returned) right after its commit, and the relay publishes them from memory:
+no query stands between a commit and its publish. Every other row (a process that crashed before it
+handed its rows over, a publish that failed, a process that only wakes the relay) is found in the
+table: at once after ``wake()``, and by a poll every ``poll_interval`` for rows older than
+``HANDOFF_GRACE`` (younger ones are still on their way from the process that committed them, which
+would publish them a second time; a copy is harmless, JetStream drops it, but costs a publish).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import deque
 from collections.abc import Sequence
 
 import asyncpg
@@ -19,15 +29,33 @@ from legato.telemetry import get_logger, metrics
 
 log = get_logger("legato.store")
 
+# A poll leaves rows younger than this to the process that committed them (it hands them over).
+HANDOFF_GRACE = 2.0
+# At most this many handed-over rows wait in memory; beyond, the relay reads them from the table.
+MAX_HANDED = 50_000
 
-async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> None:
-    """Write messages in the caller's transaction (one statement for the whole batch)."""
+# A row of the outbox as its transaction wrote it: its id, and the message.
+OutboxRow = tuple[int, OutgoingMessage]
+
+
+async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
+    """Write messages in the caller's transaction (one statement for the whole batch); returns the rows,
+    for ``OutboxRelay.committed`` once the transaction committed."""
     if not messages:
-        return
-    await conn.execute(
+        return []
+    # The ids are drawn in a CTE and returned in the order of the messages (RETURNING's order is not
+    # promised); the insert reads the same materialized rows.
+    ids = await conn.fetch(
         """
-        INSERT INTO outbox (subject, payload, msg_id, headers, core)
-        SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::jsonb[], $5::boolean[])
+        WITH v AS MATERIALIZED (
+            SELECT nextval('outbox_id_seq') AS id, u.*
+            FROM unnest($1::text[], $2::bytea[], $3::text[], $4::jsonb[], $5::boolean[])
+                 WITH ORDINALITY AS u(subject, payload, msg_id, headers, core, n)
+        ), written AS (
+            INSERT INTO outbox (id, subject, payload, msg_id, headers, core)
+            SELECT id, subject, payload, msg_id, headers, core FROM v
+        )
+        SELECT id FROM v ORDER BY n
         """,
         [m.subject for m in messages],
         [m.payload for m in messages],
@@ -35,6 +63,7 @@ async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMes
         [dict(m.headers) if m.headers else None for m in messages],
         [m.core for m in messages],
     )
+    return [(r["id"], m) for r, m in zip(ids, messages, strict=True)]
 
 
 class OutboxRelay(Component):
@@ -74,13 +103,46 @@ class OutboxRelay(Component):
         self.batch = batch
         self.poll_interval = poll_interval
         self._wake = asyncio.Event()
+        # Rows this process committed and handed over, to publish from memory, oldest first.
+        self._handed: deque[OutboxRow] = deque()
+        # The table must be read now (wake(), or a handed-over publish failed), not only old rows.
+        self._sweep = False
         self._db_token = ""
         self.published = 0
         self.rounds = 0
         self.subject_pattern = None if kinds is None else rf"^([^.]+\.)?legato\.({'|'.join(kinds)})\."
         self.exclude_pattern = rf"^([^.]+\.)?legato\.({'|'.join(exclude)})\." if exclude else None
+        # The same patterns in Python, for rows handed over (Postgres's and Python's regex agree on these).
+        self._subject_re = re.compile(self.subject_pattern) if self.subject_pattern else None
+        self._exclude_re = re.compile(self.exclude_pattern) if self.exclude_pattern else None
 
     def wake(self) -> None:
+        """Rows were committed that nobody hands over: read the table now."""
+        self._sweep = True
+        self._wake.set()
+
+    def takes(self, subject: str) -> bool:
+        """Whether this relay publishes rows on ``subject`` (its kinds, not its exclusions)."""
+        if self._subject_re is not None and not self._subject_re.match(subject):
+            return False
+        return self._exclude_re is None or not self._exclude_re.match(subject)
+
+    def committed(self, rows: Sequence[OutboxRow]) -> None:
+        """Rows this process's transaction wrote with ``add_to_outbox`` and committed: published from
+        memory, without reading the table. Call it only after the commit succeeded (a rolled-back row
+        must never be published). Rows of other kinds are left to the relay that takes them; a relay
+        that keeps commit order across processes (``ordered_lock``) reads them from the table."""
+        mine = [row for row in rows if self.takes(row[1].subject)]
+        if not mine:
+            return
+        if self.ordered_lock is not None:
+            self.wake()
+            return
+        if len(self._handed) + len(mine) > MAX_HANDED:
+            # Far behind (NATS slow or away): the table holds them; read it instead of growing memory.
+            self.wake()
+            return
+        self._handed.extend(mine)
         self._wake.set()
 
     def _on_shutdown(self) -> None:
@@ -89,33 +151,44 @@ class OutboxRelay(Component):
     async def _run(self) -> None:
         self._db_token = await self._database_token()
         failures = 0
+        # Ordered relays take every row from the table; the others leave young rows to the process that
+        # committed them, which hands them over.
+        grace = 0.0 if self.ordered_lock is not None else HANDOFF_GRACE
+        polled = True  # the first round reads the table: rows a previous run of this process left
         while True:
             try:
-                # A round that found fewer rows than it may take took every row there was: rows
-                # committed since are this process's own, whose commit wakes the relay again, or
-                # another process's, which the poll finds. So no empty round follows every batch (at a
-                # moderate rate, most batches are a few rows: that round was a third of the relay's
-                # statements).
-                while await self.relay_once() >= self.batch:
-                    failures = 0
+                while self._handed:
+                    await self.relay_handed()
+                if self._sweep or polled:
+                    min_age = 0.0 if self._sweep else grace
+                    self._sweep = False
+                    # A round that found fewer rows than it may take took every row there was: rows
+                    # committed since are handed over, wake the relay again, or are found by the
+                    # poll. So no empty round follows every batch.
+                    while await self.relay_once(min_age) >= self.batch:
+                        failures = 0
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
+                self._sweep = True  # what was not published is in the table
                 log.warning("outbox_relay_failed", error=repr(exc), failures=failures)
                 if await self.sleep_or_stop(min(0.1 * 2**failures, 5.0)):
                     break
                 continue
             if self.stopping:
                 break
+            polled = False
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
             except TimeoutError:
-                pass
+                polled = True
             self._wake.clear()
         # Last pass so rows committed just before shutdown are not left to the next start.
         try:
+            while self._handed:
+                await self.relay_handed()
             while await self.relay_once():
                 pass
         except Exception as exc:
@@ -129,8 +202,45 @@ class OutboxRelay(Component):
             )
         return str(ident)
 
-    async def relay_once(self) -> int:
-        """Publish and delete one batch; returns how many rows it relayed (0 = outbox empty)."""
+    async def relay_handed(self) -> int:
+        """Publish up to one batch of the rows handed over, oldest first, then delete them.
+
+        Nothing is read first: the rows are this process's, committed. If the publish fails they are
+        dropped from memory (still in the table, the next round reads them: ``_sweep``). Another relay
+        may have read one of them meanwhile (a row older than the grace): both publish it under its one
+        message id, and JetStream keeps one copy."""
+        if not self._db_token:
+            self._db_token = await self._database_token()
+        rows = [self._handed.popleft() for _ in range(min(self.batch, len(self._handed)))]
+        msgs = [self._with_id(row_id, m) for row_id, m in rows]
+        try:
+            await self.publisher.publish_many(msgs)
+        except BaseException:
+            self._sweep = True
+            raise
+        self.published += len(rows)
+        self.rounds += 1
+        metrics().outbox_published.add(len(rows))
+        try:
+            await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Published: a later round publishes them again under the same ids (dropped as copies).
+            log.warning("outbox_delete_failed", rows=len(rows), error=repr(exc))
+            self._sweep = True
+        return len(rows)
+
+    def _with_id(self, row_id: int, m: OutgoingMessage) -> OutgoingMessage:
+        if m.msg_id:
+            return m
+        return OutgoingMessage(
+            m.subject, m.payload, msg_id=f"ob.{self._db_token}.{row_id}", headers=m.headers, core=m.core
+        )
+
+    async def relay_once(self, min_age: float = 0.0) -> int:
+        """Publish and delete one batch read from the table, of rows at least ``min_age`` seconds old;
+        returns how many rows it relayed (0 = nothing to relay)."""
         if not self._db_token:
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -140,10 +250,12 @@ class OutboxRelay(Component):
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
                 "WHERE ($2::text IS NULL OR subject ~ $2) AND ($3::text IS NULL OR subject !~ $3) "
+                "AND ($4::float8 = 0 OR created_at < clock_timestamp() - make_interval(secs => $4)) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
                 self.subject_pattern,
                 self.exclude_pattern,
+                min_age,
             )
             # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
             metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))

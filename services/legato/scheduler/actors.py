@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -198,8 +198,10 @@ class WorkflowActor:
                 )
             await self._flush(conn, engine)
             await reg.leaser.check(conn, self.partition, final=True)
-        if uow.flushed_outbox:
-            reg.wake_relay()  # first: lifecycle events and work items wait for nothing else
+        if uow.outbox_rows:
+            # First: lifecycle events and work items wait for nothing else; the relay publishes the
+            # committed rows from memory.
+            reg.relay_committed(uow.outbox_rows)
         run_spans.emit(uow.spans)
         if uow.progress:
             await reg.publish_progress(list(uow.progress.values()))
@@ -364,7 +366,7 @@ class ActorRegistry(Component):
         topology: Topology,
         leaser: PartitionLeaser,
         definitions: DefinitionCache | None = None,
-        wake_relay: Callable[[], None] = lambda: None,
+        relay_committed: Callable[[Sequence[tuple[int, OutgoingMessage]]], None] = lambda rows: None,
         wake_timers: Callable[[], None] = lambda: None,
         publish_core: Callable[[list[tuple[str, bytes]]], Awaitable[None]] | None = None,
         batch: int = 256,
@@ -377,7 +379,7 @@ class ActorRegistry(Component):
         self.topology = topology
         self.leaser = leaser
         self.definitions = definitions or DefinitionCache()
-        self.wake_relay = wake_relay
+        self.relay_committed = relay_committed
         self.wake_timers = wake_timers
         self.publish_core = publish_core
         self.batch = batch

@@ -598,7 +598,7 @@ async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> 
             uow.unblocked_instances,
         )
     if uow.outbox:
-        await add_to_outbox(conn, uow.outbox)
+        uow.outbox_rows += await add_to_outbox(conn, uow.outbox)
     if uow.workflow_dirty:
         await conn.execute(
             """

@@ -184,7 +184,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             host.pool,
             topology=host.topology,
             leaser=leaser,
-            wake_relay=host.wake_relay,
+            relay_committed=host.relay_committed,
             wake_timers=timers.wake,
             publish_core=publish_core,
             dispatch_window=settings.dispatch_window,

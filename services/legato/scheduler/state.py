@@ -369,6 +369,8 @@ class UnitOfWork:
     # from Postgres.
     collect: list[tuple[str, str]] = field(default_factory=list)
     flushed_outbox: int = 0
+    # The outbox rows written so far (ids and messages): handed to the relay once the batch committed.
+    outbox_rows: list[tuple[int, OutgoingMessage]] = field(default_factory=list)
     flushed_timers: int = 0
     workflow_dirty: bool = False
     stops_settled: list[StopSettled] = field(default_factory=list)

@@ -20,7 +20,7 @@ import asyncio
 import functools
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
@@ -61,7 +61,7 @@ from legato.signal_router.matching import (
     wait_matches,
 )
 from legato.store.batcher import GroupCommit, content_error
-from legato.store.outbox import add_to_outbox
+from legato.store.outbox import OutboxRow, add_to_outbox
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
 from legato.telemetry import get_logger, get_tracer, inject_headers, metrics, parse_traceparent
@@ -146,6 +146,7 @@ class SignalIngest(Component):
         topology: Topology,
         *,
         wake_relay: Any,
+        relay_committed: Callable[[Sequence[OutboxRow]], None] | None = None,
         batch: int = 512,
         queue_size: int = 4096,
         workers: int = 2,
@@ -157,6 +158,8 @@ class SignalIngest(Component):
         self.origins = origins
         self.topology = topology
         self.wake_relay = wake_relay
+        # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
+        self.relay_committed = relay_committed
         self.batch = batch
         self.workers = max(1, workers)
         self._batcher: GroupCommit[_Queued, None] = GroupCommit(
@@ -219,8 +222,10 @@ class SignalIngest(Component):
                 seen.add((sig.name, sig.id))
                 signals.append(sig)
         if signals:
-            msgs = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
-            if msgs:
+            rows = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
+            if rows and self.relay_committed is not None:
+                self.relay_committed(rows)
+            elif rows:
                 self.wake_relay()
         for reg in registrations:
             if await self.apply_wait(reg):
@@ -332,8 +337,9 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ the batch transaction
 
-    async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> int:
-        """Store signals (each once), feed triggers and waits, fire complete tuples; returns messages emitted."""
+    async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> list[OutboxRow]:
+        """Store signals (each once), feed triggers and waits, fire complete tuples; returns the outbox rows
+        of the messages emitted (for the relay, once committed)."""
         names = sorted({s.name for s in signals})
         # Shared: a trigger registration, or a wait registration for one of these names (exclusive),
         # waits for this batch, and this batch for it — so neither misses the other.
@@ -407,9 +413,9 @@ class SignalIngest(Component):
         members = [member for sig in accepted for member in route(sig, table)]
         msgs = await self.apply_members(conn, members)
         msgs += await self._satisfy_waits(conn, row["waits"], accepted)
-        await add_to_outbox(conn, msgs)
+        rows = await add_to_outbox(conn, msgs)
         self.stored += len(fresh)
-        return len(msgs)
+        return rows
 
     async def apply_members(self, conn: asyncpg.Connection, members: list[Member]) -> list[OutgoingMessage]:
         """Record signals under their tuples and fire every tuple that became complete."""

@@ -141,7 +141,12 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
         topo = host.topology
         assert host.dead_letters is not None
         ingest = SignalIngest(
-            host.pool, topo, wake_relay=host.wake_relay, batch=batch, origins=signal_origins(settings)
+            host.pool,
+            topo,
+            wake_relay=host.wake_relay,
+            relay_committed=host.relay_committed,
+            batch=batch,
+            origins=signal_origins(settings),
         )
 
         async def on_signal(d: Delivery[bytes]) -> None:

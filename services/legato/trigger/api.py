@@ -15,7 +15,7 @@ iterations), ``action_api`` (the operator actions on runs and workflows), ``tag_
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -30,6 +30,7 @@ from legato.lifecycle.component import Component
 from legato.protocol import api
 from legato.protocol.api import ApiError
 from legato.protocol.replies import reply_enc_hook
+from legato.store.outbox import OutboxRow
 from legato.telemetry import bind_context, get_logger, metrics
 from legato.telemetry.tracing import consume_span
 from legato.trigger.action_api import ActionApi
@@ -72,9 +73,11 @@ class ApiService(Component):
         wake_backfills: Callable[[], None] = lambda: None,
         backlog: BacklogProbe | None = None,
         max_backlog: int = 0,
+        relay_committed: Callable[[Sequence[OutboxRow]], None] | None = None,
     ) -> None:
         """``wake_backfills``: brings the backfill feeder's next round forward (a backfill was started,
-        resumed or given failed periods to retry)."""
+        resumed or given failed periods to retry). ``relay_committed``: hands committed starts' outbox
+        rows to the relay (``ServiceHost.relay_committed``); None: wake it to read them."""
         super().__init__()
         self.nc = nc
         self.wake_backfills = wake_backfills
@@ -91,6 +94,7 @@ class ApiService(Component):
             topology,
             self.cache,
             wake_relay=wake_relay,
+            relay_committed=relay_committed,
             start_batch=start_batch,
             backlog=backlog,
             max_backlog=max_backlog,

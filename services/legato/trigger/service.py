@@ -33,6 +33,7 @@ async def run_trigger(settings: Settings) -> None:
                 host.pool,
                 host.topology,
                 wake_relay=host.wake_relay,
+                relay_committed=host.relay_committed,
                 authz=authz,
                 publisher=host.publisher,
                 wake_backfills=backfills.wake,

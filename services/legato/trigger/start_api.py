@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +30,7 @@ from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.protocol.replies import StartReply
 from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
-from legato.store.outbox import add_to_outbox
+from legato.store.outbox import OutboxRow, add_to_outbox
 from legato.telemetry.tracing import inject_headers
 from legato.trigger.backlog import BacklogProbe
 from legato.trigger.endpoints import Endpoint
@@ -64,6 +64,7 @@ class StartApi:
         cache: WorkflowCache,
         *,
         wake_relay: Callable[[], None],
+        relay_committed: Callable[[Sequence[OutboxRow]], None] | None = None,
         start_batch: int = 256,
         backlog: BacklogProbe | None = None,
         max_backlog: int = 0,
@@ -76,6 +77,7 @@ class StartApi:
         self.topology = topology
         self.cache = cache
         self.wake_relay = wake_relay
+        self.relay_committed = relay_committed
         # Group commit: starts that arrive together share one transaction. A start whose content breaks
         # the transaction fails alone; any other error (an outage) fails the whole batch at once.
         self._starts: GroupCommit[_PendingStart, StartReply] = GroupCommit(
@@ -175,17 +177,23 @@ class StartApi:
         await self._starts.run()
 
     async def _apply_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
-        """One batch of starts: one transaction, then remember what it accepted and wake the relay."""
-        out = await self._commit_starts(batch)
+        """One batch of starts: one transaction, then remember what it accepted and hand its StartRun
+        messages to the relay (committed: published from memory)."""
+        out, rows = await self._commit_starts(batch)
         for p, res in zip(batch, out, strict=True):
             if not isinstance(res, Exception):
                 self.accepted[p.instance_id] = p.req.workflow_id
         while len(self.accepted) > MAX_ACCEPTED:
             self.accepted.popitem(last=False)
-        self.wake_relay()
+        if self.relay_committed is None:
+            self.wake_relay()
+        elif rows:
+            self.relay_committed(rows)
         return out
 
-    async def _commit_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
+    async def _commit_starts(
+        self, batch: list[_PendingStart]
+    ) -> tuple[list[StartReply | Exception], list[OutboxRow]]:
         ids = [p.instance_id for p in batch]
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
@@ -256,7 +264,7 @@ class StartApi:
                         headers=p.headers,
                     )
                 )
-            await add_to_outbox(conn, msgs)
+            rows = await add_to_outbox(conn, msgs)
             if fresh:
                 await conn.execute(
                     "INSERT INTO accepted_start (instance_id, workflow_id, request_digest) "
@@ -269,7 +277,7 @@ class StartApi:
                 # Long since applied by the scheduler (or visible as a run): no need to remember them.
                 self._pruned_at = now
                 await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
-        return out
+        return out, rows
 
 
 def request_digest(params: dict[str, Any], version: int | None) -> str:
