@@ -202,23 +202,26 @@ class StartApi:
             existing: dict[str, str] = {}
             digests: dict[str, str | None] = {}
             run_versions: dict[str, int] = {}
+            # One statement (one round trip, one snapshot): the runs, then the accepted starts.
             for r in await conn.fetch(
-                "SELECT i.id, i.status, i.run_params, i.version, a.request_digest FROM workflow_instance i "
-                "LEFT JOIN accepted_start a ON a.instance_id = i.id WHERE i.id = ANY($1::text[])",
+                "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
+                "FROM workflow_instance i LEFT JOIN accepted_start a ON a.instance_id = i.id "
+                "WHERE i.id = ANY($1::text[]) "
+                "UNION ALL "
+                "SELECT false, instance_id, NULL, NULL, NULL, request_digest FROM accepted_start "
+                "WHERE instance_id = ANY($1::text[]) ORDER BY 1 DESC",
                 ids,
             ):
+                if not r["is_run"]:
+                    if r["id"] not in existing:
+                        existing[r["id"]] = InstanceStatus.PENDING
+                        digests[r["id"]] = r["request_digest"]
+                    continue
                 existing[r["id"]] = r["status"]
                 digests[r["id"]] = r["request_digest"]
                 if r["request_digest"] is None:  # accepted long ago (pruned): compare with the run
                     run_versions[r["id"]] = r["version"]
                     digests[r["id"]] = request_digest(r["run_params"] or {}, None)
-            for r in await conn.fetch(
-                "SELECT instance_id, request_digest FROM accepted_start WHERE instance_id = ANY($1::text[])",
-                ids,
-            ):
-                if r["instance_id"] not in existing:
-                    existing[r["instance_id"]] = InstanceStatus.PENDING
-                    digests[r["instance_id"]] = r["request_digest"]
             out: list[StartReply | Exception] = []
             msgs: list[OutgoingMessage] = []
             fresh: list[_PendingStart] = []
