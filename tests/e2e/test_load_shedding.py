@@ -16,6 +16,7 @@ import pytest
 
 from legato.client import ApiError, Overloaded
 from legato.config.settings import Settings
+from legato.protocol.ids import instance_id_for
 from tests.support.stack import running_stack, wait_for
 
 ONE = """
@@ -57,6 +58,32 @@ async def test_starts_are_refused_as_overloaded_while_the_scheduler_is_behind(
             # A typed start is refused the same way once its retries (with backoff) are spent.
             with pytest.raises(Overloaded):
                 await client.start("shed", request_id="typed")
+            # A retry of a start accepted before (its reply was lost) gets its run, not a refusal: it
+            # adds nothing for the scheduler. This trigger remembers it...
+            retried = await client.call("instance.start", {"workflow_id": "shed", "request_id": accepted[0]})
+            assert retried["duplicate"] is True
+            assert retried["instance_id"] == instance_id_for("shed", f"api:{accepted[0]}")
+            # ...and a trigger that never saw it (this one, restarted) finds it in Postgres.
+            stack["trigger"].kill9()
+            stack["trigger"].start()
+            deadline = time.monotonic() + 30
+            while True:  # until the new trigger answers and has read the backlog: it refuses again
+                assert time.monotonic() < deadline, "the restarted trigger never refused a new start"
+                try:
+                    await client.call(
+                        "instance.start", {"workflow_id": "shed", "request_id": f"r{i}"}, timeout=2
+                    )
+                    accepted.append(f"r{i}")
+                except ApiError as exc:
+                    if exc.code == "overloaded":
+                        break
+                except Exception:
+                    pass  # not up yet
+                i += 1
+                await asyncio.sleep(0.1)
+            retried = await client.call("instance.start", {"workflow_id": "shed", "request_id": accepted[1]})
+            assert retried["duplicate"] is True
+            assert retried["instance_id"] == instance_id_for("shed", f"api:{accepted[1]}")
         finally:
             os.kill(scheduler.pid, signal.SIGCONT)
         error = refused[0]

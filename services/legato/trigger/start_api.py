@@ -116,10 +116,16 @@ class StartApi:
         if req.request_id is not None and not 1 <= len(req.request_id) <= 200:
             raise ApiError("bad_request", f"request_id: must be 1..200 characters, got {len(req.request_id)}")
         version, compiled = await self._start_target(req.workflow_id, req.version)
-        self._shed_load(req.workflow_id)
         request_id = req.request_id or new_request_id()
         trigger_key = f"api:{request_id}"
         instance_id = instance_id_for(req.workflow_id, trigger_key)
+        refusal = self._overload(req.workflow_id)
+        # A retry of a start already accepted (its reply was lost) gets its run id, even now: it adds
+        # nothing for the scheduler to apply. Only a new start is refused.
+        if refusal is not None and not (
+            req.request_id is not None and await self._accepted_before(instance_id, refusal)
+        ):
+            raise refusal
         # Searchable in a tracing backend: the request span names the run it started.
         trace.get_current_span().set_attribute("legato.instance_id", instance_id)
         # Checked here so a bad start gets a precise error now instead of a failed run later.
@@ -144,16 +150,16 @@ class StartApi:
         )
         return await self._starts.submit(pending)
 
-    def _shed_load(self, workflow_id: str) -> None:
-        """Refuse a start (``overloaded``: the client retries later) rather than queue it without bound:
-        while the scheduler has ``max_backlog`` messages or more to apply on the workflow's partition,
-        or while the group commit already holds ``START_QUEUE`` starts (the database is slower than
-        the arrivals)."""
+    def _overload(self, workflow_id: str) -> ApiError | None:
+        """Why a new start is refused now (``overloaded``: the client retries later) rather than queued
+        without bound, or None: while the scheduler has ``max_backlog`` messages or more to apply on the
+        workflow's partition, or while the group commit already holds ``START_QUEUE`` starts (the
+        database is slower than the arrivals)."""
         if self.backlog is not None and self.max_backlog > 0:
             partition = partition_of(workflow_id, self.backlog.partitions)
             waiting = self.backlog.of(partition)
             if waiting >= self.max_backlog:
-                raise ApiError(
+                return ApiError(
                     "overloaded",
                     f"workflow {workflow_id!r}: the scheduler has {waiting} messages to apply on its "
                     f"partition {partition}, at or over the limit of {self.max_backlog} "
@@ -166,11 +172,28 @@ class StartApi:
                     },
                 )
         if self._starts.qsize() >= START_QUEUE:
-            raise ApiError(
+            return ApiError(
                 "overloaded",
                 f"workflow {workflow_id!r}: {START_QUEUE} starts already wait for the database: retry later",
                 {"workflow_id": workflow_id, "queued": START_QUEUE},
             )
+        return None
+
+    async def _accepted_before(self, instance_id: str, refusal: ApiError) -> bool:
+        """Whether this start was accepted before (by this process, or any: from Postgres). While the
+        database itself is the bottleneck (the start queue is full) only this process's memory is
+        asked, so that retries add no query to it."""
+        if instance_id in self.accepted:
+            return True
+        if "queued" in refusal.details:
+            return False
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM accepted_start WHERE instance_id = $1) "
+                "OR EXISTS (SELECT 1 FROM workflow_instance WHERE id = $1)",
+                instance_id,
+            )
+        )
 
     async def run_batcher(self) -> None:
         """Commit queued starts in batches until cancelled."""
