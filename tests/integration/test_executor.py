@@ -861,3 +861,33 @@ async def test_killed_executor_process_takes_its_whole_step_tree_along(
         await proc.wait()
         gone = await asyncio.gather(*(wait_gone(p) for p in tree))
     assert all(gone), [p for p, g in zip(tree, gone, strict=True) if not g]
+
+
+async def test_an_executor_gone_after_its_result_landed_but_before_it_was_kept_leaves_that_result(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings
+) -> None:
+    """The result is kept in the claim while it is published (the two overlap). An executor that stops
+    after the publish landed and before the result was kept leaves its item unacked: the next executor
+    reports the attempt lost under the same message id (the attempt id), JetStream drops that copy, and
+    the result that landed is the only one."""
+    item = work(topo, "noop")
+
+    async def never_kept(attempt_id: str, executor: str, payload: bytes) -> None:
+        await asyncio.Event().wait()  # the process "dies" before this round trip ends
+
+    async with executor(settings, executor_id="exec-gone", grace_period=0.5) as ex:
+        assert ex.attempts.claims is not None
+        ex.attempts.claims.keep_result = never_kept  # type: ignore[method-assign]
+        await submit(nc, topo, item)
+        landed = await events.finished(item.attempt_id)
+    assert landed.outcome == "succeeded"
+    async with executor(settings, executor_id="exec-survivor") as ex:
+        async with asyncio.timeout(ACK_WAIT + 15):
+            while ex.attempts.stats["lost"] < 1:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    assert ex.attempts.stats["executed"] == 0
+    records = events.finished_for(item.attempt_id)
+    assert [(e.outcome, e.executor) for e, _ in records] == [("succeeded", "exec-gone")]
+    info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
+    assert info.num_ack_pending == 0 and info.num_pending == 0

@@ -15,7 +15,7 @@ The decision, in order:
 4. a cancel for it arrived earlier -> ``cancelled`` without running;
 5. otherwise run it: ``AttemptStarted`` if it is still running after ``started_delay``, then
    ``AttemptFinished`` (``succeeded``, ``failed``, ``timed_out`` or ``cancelled``); the result is kept
-   in the claim, then published.
+   in the claim while it is published, both before the ack.
 
 Results go to ``WorkItem.reply_subject`` with ``Nats-Msg-Id`` = attempt id, so a republish is a
 duplicate. A result that cannot be published (NATS unreachable, the events stream without a leader) is
@@ -445,10 +445,21 @@ class AttemptProcessor:
         self.results.put(item.attempt_id, payload)
         if running is not None:
             running.result.set_result(payload)
-        if self.claims is not None:
-            # Kept durably before it is published: a copy of the item arriving later republishes it.
-            await self.claims.keep_result(item.attempt_id, self.executor_id, payload)
-        await self._publish_result(item, payload)
+        if self.claims is None:
+            await self._publish_result(item, payload)
+            return
+        # Kept durably (best effort) while it is published, both before the ack: a copy of the item
+        # delivered later republishes the kept result. The two round trips overlap: if the executor dies
+        # after the publish landed and before the result was kept, the redelivery reports the attempt
+        # lost under the same message id (the attempt id), which JetStream drops as a copy, and the
+        # scheduler applies one result per attempt anyway.
+        keeping = asyncio.create_task(self.claims.keep_result(item.attempt_id, self.executor_id, payload))
+        try:
+            await self._publish_result(item, payload)
+        except BaseException:
+            await _stop(keeping)
+            raise
+        await keeping
 
     async def _publish_result(self, item: WorkItem, payload: bytes) -> None:
         """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked."""
