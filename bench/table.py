@@ -19,6 +19,12 @@ Goals are ratios against a baseline measured the same way on the same machine (m
     git worktree add /tmp/before <commit>
     python bench/table.py --code /tmp/before > before.txt
     python bench/table.py > after.txt
+
+or in one command, alternated bench by bench (before, after, before, after…) for ``--pairs`` pairs,
+with every pair's figures and the median ratio after/before of each (on a noisy machine a single
+run's p99 can swing 3x; the pairs show it)::
+
+    python bench/table.py --against /tmp/before --pairs 3
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -138,22 +145,102 @@ def figure(measure: Measure, output: str) -> str:
     return " / ".join(found.groups())
 
 
+def numbers(text: str) -> list[float] | None:
+    """The numbers of a figure (``"21.66 / 52.22"`` -> [21.66, 52.22]); None if it was not printed."""
+    try:
+        return [float(part.replace(",", "")) for part in text.split(" / ")]
+    except ValueError:
+        return None
+
+
+def compared(before: list[str], after: list[str]) -> tuple[str, str, str]:
+    """A measure's figures over the pairs, before and after, and the median ratio after/before of each
+    of its numbers (``"-"`` where a figure is missing)."""
+    ratios: list[list[float]] = []
+    for b, a in zip(before, after, strict=True):
+        nb, na = numbers(b), numbers(a)
+        if nb is None or na is None or len(nb) != len(na) or 0.0 in nb:
+            continue
+        ratios.append([y / x for x, y in zip(nb, na, strict=True)])
+    ratio = (
+        " / ".join(f"{statistics.median([r[i] for r in ratios]):.2f}" for i in range(len(ratios[0])))
+        if ratios
+        else "-"
+    )
+    return "; ".join(before), "; ".join(after), ratio
+
+
+def print_table(title: str, head: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    print(f"\n{title}")
+    for r in [head, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+
+
+def compare(before_code: Path, after_code: Path | None, pairs: int, quick: bool) -> int:
+    """Every bench run before then after, ``pairs`` times, and the table of both with their ratios."""
+    figures: dict[str, list[list[str]]] = {"before": [], "after": []}
+    for i in range(pairs):
+        outputs: dict[str, dict[str, str]] = {"before": {}, "after": {}}
+        for name, argv in runs(quick).items():
+            for side, code in (("before", before_code), ("after", after_code)):
+                print(f"--- pair {i + 1} of {pairs}, {side} ({code or 'this checkout'})", flush=True)
+                outputs[side][name] = run_bench(argv, code)
+        for side in figures:
+            figures[side].append([figure(m, outputs[side][m.bench]) for m in MEASURES])
+    rows = [
+        (
+            m.label,
+            *compared([p[j] for p in figures["before"]], [p[j] for p in figures["after"]]),
+            m.goal,
+        )
+        for j, m in enumerate(MEASURES)
+    ]
+    print_table(
+        f"performance table, {pairs} pair(s) alternated, before = {before_code}, after = "
+        f"{after_code or 'this checkout'} ({os.cpu_count()} CPUs here)",
+        ("measure", "before (each pair)", "after (each pair)", "after/before (median)", "goal"),
+        rows,
+    )
+    missing = [
+        m.label
+        for j, m in enumerate(MEASURES)
+        for p in [*figures["before"], *figures["after"]]
+        if p[j] == "(not printed)"
+    ]
+    if missing:
+        print(f"missing figures: {', '.join(sorted(set(missing)))}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--code", type=Path, help="measure this checkout's code (default: this one)")
     parser.add_argument("--quick", action="store_true", help="small sizes: check the table, not the figures")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="compare with this checkout's code (before), each bench alternated with this one (after)",
+    )
+    parser.add_argument("--pairs", type=int, default=1, help="with --against: how many before/after pairs")
     args = parser.parse_args()
-    if args.code is not None and not (args.code / "libs" / "legato").is_dir():
-        parser.error(f"--code {args.code}: no libs/legato there (a Legato checkout is wanted)")
+    for flag, path in (("--code", args.code), ("--against", args.against)):
+        if path is not None and not (path / "libs" / "legato").is_dir():
+            parser.error(f"{flag} {path}: no libs/legato there (a Legato checkout is wanted)")
+    if args.pairs < 1:
+        parser.error(f"--pairs: at least 1, got {args.pairs}")
+    if args.against is not None:
+        return compare(args.against, args.code, args.pairs, args.quick)
     outputs = {name: run_bench(argv, args.code) for name, argv in runs(args.quick).items()}
     rows = [(m.label, figure(m, outputs[m.bench]), m.turn2, m.goal) for m in MEASURES]
-    head = ("measure", "this run", "when filed (other machine)", "goal")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
-    print(f"\nperformance table of {args.code or 'this checkout'} ({os.cpu_count()} CPUs here)")
-    for r in [head, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+    print_table(
+        f"performance table of {args.code or 'this checkout'} ({os.cpu_count()} CPUs here)",
+        ("measure", "this run", "when filed (other machine)", "goal"),
+        rows,
+    )
     missing = [r[0] for r in rows if r[1] == "(not printed)"]
     if missing:
         print(f"missing figures: {', '.join(missing)}", file=sys.stderr)

@@ -56,3 +56,18 @@ def test_every_measured_bench_is_run() -> None:
         assert {m.bench for m in table.MEASURES} <= set(table.runs(quick))
         for argv in table.runs(quick).values():
             assert (ROOT / "bench" / argv[0]).is_file()
+
+
+def test_before_and_after_pairs_give_each_figure_and_the_median_ratio() -> None:
+    table = table_module()
+    before, after, ratio = table.compared(
+        ["10.0 / 20.0", "12.0 / 30.0", "8.0 / 16.0"], ["5.0 / 20.0", "6.0 / 15.0", "8.0 / 32.0"]
+    )
+    assert before == "10.0 / 20.0; 12.0 / 30.0; 8.0 / 16.0"
+    assert after == "5.0 / 20.0; 6.0 / 15.0; 8.0 / 32.0"
+    assert ratio == "0.50 / 1.00"  # medians of 0.5, 0.5, 1.0 and of 1.0, 0.5, 2.0
+    # A pair with a figure missing counts for no ratio; none left gives none.
+    assert table.compared(["1,382", "(not printed)"], ["2,764", "5"])[2] == "2.00"
+    assert table.compared(["(not printed)"], ["5"])[2] == "-"
+    assert table.numbers("21.66 / 52.22") == [21.66, 52.22]
+    assert table.numbers("(not printed)") is None
