@@ -302,6 +302,13 @@ class CountingRelay(OutboxRelay):
         self.calls += 1
         return await super().relay_once(min_age)
 
+    async def started(self) -> int:
+        """Once the start's round (a read of the table) is done: how many reads so far."""
+        async with asyncio.timeout(5):
+            while self.calls < 1:
+                await asyncio.sleep(0.02)
+        return self.calls
+
 
 async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
     nc: Client, pool: asyncpg.Pool, topo: Topology
@@ -328,10 +335,7 @@ async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
                 await asyncio.sleep(0.02)
 
     try:
-        async with asyncio.timeout(5):
-            while relay.calls < 1:  # the start's round (an empty outbox)
-                await asyncio.sleep(0.02)
-        start = relay.calls
+        start = await relay.started()
         await commit(3, "a")
         relay.wake()
         await published(3)
@@ -370,10 +374,7 @@ async def test_committed_rows_are_published_from_memory_then_deleted(
     relay = CountingRelay(pool, Publisher(nc), batch=10, poll_interval=30.0)
     task = asyncio.create_task(relay.run())
     try:
-        async with asyncio.timeout(5):
-            while relay.calls < 1:  # the start's round
-                await asyncio.sleep(0.02)
-        reads = relay.calls
+        reads = await relay.started()
         rows = await commit_rows(
             pool,
             [OutgoingMessage(topo.event_subject("wf"), msgspec.json.encode(Ping(n=i))) for i in range(25)],
@@ -465,10 +466,7 @@ async def test_an_ordered_relay_reads_handed_rows_from_the_table(
     relay = CountingRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4242)
     task = asyncio.create_task(relay.run())
     try:
-        async with asyncio.timeout(5):
-            while relay.calls < 1:
-                await asyncio.sleep(0.02)
-        reads = relay.calls
+        reads = await relay.started()
         rows = await commit_rows(pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="ord1")])
         relay.committed(rows)
         await until_published(relay, 1)

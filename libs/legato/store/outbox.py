@@ -231,11 +231,15 @@ class OutboxRelay(Component):
             self._sweep = True
         return len(rows)
 
+    def _msg_id(self, row_id: int, msg_id: str | None) -> str:
+        """The row's message id, or one from the database and the row's id (unique across recreations)."""
+        return msg_id or f"ob.{self._db_token}.{row_id}"
+
     def _with_id(self, row_id: int, m: OutgoingMessage) -> OutgoingMessage:
         if m.msg_id:
             return m
         return OutgoingMessage(
-            m.subject, m.payload, msg_id=f"ob.{self._db_token}.{row_id}", headers=m.headers, core=m.core
+            m.subject, m.payload, msg_id=self._msg_id(row_id, None), headers=m.headers, core=m.core
         )
 
     async def relay_once(self, min_age: float = 0.0) -> int:
@@ -265,7 +269,7 @@ class OutboxRelay(Component):
                 OutgoingMessage(
                     subject=r["subject"],
                     payload=r["payload"],
-                    msg_id=r["msg_id"] or f"ob.{self._db_token}.{r['id']}",
+                    msg_id=self._msg_id(r["id"], r["msg_id"]),
                     headers=r["headers"] or {},
                     core=r["core"],
                 )

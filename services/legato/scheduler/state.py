@@ -368,7 +368,6 @@ class UnitOfWork:
     # foreach steps whose iterations all ended, as (instance id, step id): their outputs are collected
     # from Postgres.
     collect: list[tuple[str, str]] = field(default_factory=list)
-    flushed_outbox: int = 0
     # The outbox rows written so far (ids and messages): handed to the relay once the batch committed.
     outbox_rows: list[tuple[int, OutgoingMessage]] = field(default_factory=list)
     flushed_timers: int = 0
@@ -415,7 +414,6 @@ class UnitOfWork:
             st.new = st.dirty = False
         for at in self.attempts.values():
             at.new = at.dirty = False
-        self.flushed_outbox += len(self.outbox)
         self.flushed_timers += len(self.timers)
         self.instances = {}
         self.steps = {}

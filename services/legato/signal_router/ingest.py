@@ -159,7 +159,7 @@ class SignalIngest(Component):
         self.topology = topology
         self.wake_relay = wake_relay
         # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
-        self.relay_committed = relay_committed
+        self.relay_committed = relay_committed or (lambda rows: wake_relay())
         self.batch = batch
         self.workers = max(1, workers)
         self._batcher: GroupCommit[_Queued, None] = GroupCommit(
@@ -223,10 +223,8 @@ class SignalIngest(Component):
                 signals.append(sig)
         if signals:
             rows = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
-            if rows and self.relay_committed is not None:
+            if rows:
                 self.relay_committed(rows)
-            elif rows:
-                self.wake_relay()
         for reg in registrations:
             if await self.apply_wait(reg):
                 self.wake_relay()

@@ -76,8 +76,8 @@ class StartApi:
         self.pool = pool
         self.topology = topology
         self.cache = cache
-        self.wake_relay = wake_relay
-        self.relay_committed = relay_committed
+        # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
+        self.relay_committed = relay_committed or (lambda rows: wake_relay())
         # Group commit: starts that arrive together share one transaction. A start whose content breaks
         # the transaction fails alone; any other error (an outage) fails the whole batch at once.
         self._starts: GroupCommit[_PendingStart, StartReply] = GroupCommit(
@@ -208,9 +208,7 @@ class StartApi:
                 self.accepted[p.instance_id] = p.req.workflow_id
         while len(self.accepted) > MAX_ACCEPTED:
             self.accepted.popitem(last=False)
-        if self.relay_committed is None:
-            self.wake_relay()
-        elif rows:
+        if rows:
             self.relay_committed(rows)
         return out
 
