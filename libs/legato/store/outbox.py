@@ -38,32 +38,54 @@ MAX_HANDED = 50_000
 OutboxRow = tuple[int, OutgoingMessage]
 
 
-async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
-    """Write messages in the caller's transaction (one statement for the whole batch); returns the rows,
-    for ``OutboxRelay.committed`` once the transaction committed."""
-    if not messages:
-        return []
-    # The ids are drawn in a CTE and returned in the order of the messages (RETURNING's order is not
-    # promised); the insert reads the same materialized rows.
-    ids = await conn.fetch(
-        """
-        WITH v AS MATERIALIZED (
-            SELECT nextval('outbox_id_seq') AS id, u.*
-            FROM unnest($1::text[], $2::bytea[], $3::text[], $4::jsonb[], $5::boolean[])
-                 WITH ORDINALITY AS u(subject, payload, msg_id, headers, core, n)
-        ), written AS (
-            INSERT INTO outbox (id, subject, payload, msg_id, headers, core)
-            SELECT id, subject, payload, msg_id, headers, core FROM v
-        )
-        SELECT id FROM v ORDER BY n
-        """,
+# How many arguments ``outbox_ctes`` takes.
+OUTBOX_ARGS = 5
+
+
+def outbox_ctes(first: int) -> str:
+    """The WITH-list entries that write messages to the outbox, their arguments from ``$first`` on
+    (``outbox_args``): for a statement that writes other rows too. ``OUTBOX_IDS`` selects the ids."""
+    # The ids are drawn in a materialized CTE and returned in the order of the messages (RETURNING's
+    # order is not promised); the insert reads the same materialized rows.
+    a = [f"${first + i}" for i in range(OUTBOX_ARGS)]
+    return (
+        "outbox_v AS MATERIALIZED ("
+        " SELECT nextval('outbox_id_seq') AS id, u.*"
+        f" FROM unnest({a[0]}::text[], {a[1]}::bytea[], {a[2]}::text[], {a[3]}::jsonb[], {a[4]}::boolean[])"
+        " WITH ORDINALITY AS u(subject, payload, msg_id, headers, core, n)"
+        "), outbox_written AS ("
+        " INSERT INTO outbox (id, subject, payload, msg_id, headers, core)"
+        " SELECT id, subject, payload, msg_id, headers, core FROM outbox_v)"
+    )
+
+
+# The ids ``outbox_ctes`` drew, in the order of the messages.
+OUTBOX_IDS = "ARRAY(SELECT id FROM outbox_v ORDER BY n)"
+_ADD_TO_OUTBOX = f"WITH {outbox_ctes(1)} SELECT {OUTBOX_IDS}"
+
+
+def outbox_args(messages: Sequence[OutgoingMessage]) -> list[list[object]]:
+    """The five arguments of ``outbox_ctes``."""
+    return [
         [m.subject for m in messages],
         [m.payload for m in messages],
         [m.msg_id for m in messages],
         [dict(m.headers) if m.headers else None for m in messages],
         [m.core for m in messages],
-    )
-    return [(r["id"], m) for r, m in zip(ids, messages, strict=True)]
+    ]
+
+
+def outbox_rows(ids: Sequence[int], messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
+    """The rows ``outbox_ctes`` wrote, for ``OutboxRelay.committed`` once the transaction committed."""
+    return list(zip(ids, messages, strict=True))
+
+
+async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMessage]) -> list[OutboxRow]:
+    """Write messages in the caller's transaction (one statement for the whole batch); returns the rows,
+    for ``OutboxRelay.committed`` once the transaction committed."""
+    if not messages:
+        return []
+    return outbox_rows(await conn.fetchval(_ADD_TO_OUTBOX, *outbox_args(messages)), messages)
 
 
 class OutboxRelay(Component):

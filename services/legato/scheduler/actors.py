@@ -38,7 +38,7 @@ from legato.protocol.messages import (
 from legato.scheduler import actions, repository, run_events, run_spans
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
-from legato.scheduler.leases import LeaseLost, PartitionLeaser
+from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.store.batcher import GroupCommit
@@ -145,8 +145,7 @@ class WorkflowActor:
         reg = self.registry
         uow = UnitOfWork()
         async with reg.pool.acquire() as conn, conn.transaction():
-            await reg.leaser.check(conn, self.partition)
-            config = await repository.lock_workflow(conn, self.workflow_id)
+            config = await repository.lock_workflow(conn, self.workflow_id, reg.leaser.guard(self.partition))
             if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
                 unknown = Poison(f"unknown workflow {self.workflow_id!r}")
@@ -196,8 +195,8 @@ class WorkflowActor:
                         encode(WorkflowChanged(workflow_id=other, change="permit freed")),
                     )
                 )
-            await self._flush(conn, engine)
-            await reg.leaser.check(conn, self.partition, final=True)
+            # The final lease check rides in the last statement before the commit.
+            await self._flush(conn, engine, guard=reg.leaser.guard(self.partition, final=True))
         if uow.outbox_rows:
             # First: lifecycle events and work items wait for nothing else; the relay publishes the
             # committed rows from memory.
@@ -209,7 +208,9 @@ class WorkflowActor:
             reg.wake_timers()
         return [None] * len(batch)
 
-    async def _flush(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
+    async def _flush(
+        self, conn: asyncpg.Connection, engine: RunEngine, guard: LeaseGuard | None = None
+    ) -> None:
         """Write what the batch recorded so far, with a cancellation of the signal waits of every run
         that ended and has steps that wait for signals (the router alone writes ``signal_wait``)."""
         uow = engine.uow
@@ -235,7 +236,7 @@ class WorkflowActor:
             self.workflow_id,
             lambda iid: uow.instances.get(iid) or instances.get(iid),
         )
-        await repository.flush(conn, uow, engine.state.row)
+        await repository.flush(conn, uow, engine.state.row, guard=guard)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""

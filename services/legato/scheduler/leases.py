@@ -29,6 +29,7 @@ import asyncio
 import math
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -76,6 +77,31 @@ class LeaseLost(Exception):
 
 class ReplicaIdInUse(ConnectionError):
     """Another live scheduler process holds this replica id (a start-up error reported in one line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGuard:
+    """One lease check as a scalar subquery: true while the lease holds, NULL once it is lost. It sets
+    the transaction's idle timeout as it runs."""
+
+    partition: int
+    final: bool
+    args: tuple[int, str, int, str]
+
+    def sql(self, first: int) -> str:
+        """The subquery, its arguments (``args``) numbered from ``$first``."""
+        p, inc, tok, timeout = (f"${first + i}" for i in range(4))
+        return (
+            f"(SELECT set_config('idle_in_transaction_session_timeout', {timeout}::text, true) IS NOT NULL "
+            f"FROM partition_lease WHERE partition = {p}::int AND incarnation = {inc}::text "
+            f"AND token = {tok}::bigint AND expires_at > clock_timestamp()"
+            + (" FOR KEY SHARE)" if self.final else ")")
+        )
+
+    def verify(self, ok: bool | None) -> None:
+        """Raise ``LeaseLost`` unless the subquery found the lease."""
+        if ok is None:
+            raise LeaseLost(f"partition {self.partition} lease lost")
 
 
 class PartitionLeaser(Component):
@@ -137,27 +163,24 @@ class PartitionLeaser(Component):
         it holds its lease row is ended before the lease could be taken over."""
         return max(200, int(self.ttl * 1000 / 2))
 
-    async def check(self, conn: asyncpg.Connection, partition: int, *, final: bool = False) -> None:
-        """Inside an actor's transaction: fail unless this process still holds the partition.
+    def guard(self, partition: int, *, final: bool = False) -> LeaseGuard:
+        """The lease check of an actor's transaction, to ride in one of its statements (``check`` runs
+        it alone): fails at once unless this process still holds the partition.
 
-        At the start (``final=False``) a plain read, to fail fast; just before the commit
+        At the start (``final=False``) a plain read, to fail fast; in the transaction's last statement
         (``final=True``) under ``FOR KEY SHARE``, which keeps the lease from moving until the commit (a
         taker's ``FOR UPDATE SKIP LOCKED`` passes it by) without delaying this process's own renewals.
         Each also bounds how long the transaction may stay idle (see the two timeouts above)."""
         token = self.tokens.get(partition)
         if token is None:
             raise LeaseLost(f"partition {partition} is not owned by this scheduler")
-        ok = await conn.fetchval(
-            "SELECT set_config('idle_in_transaction_session_timeout', $4, true) IS NOT NULL "
-            "FROM partition_lease WHERE partition = $1 AND incarnation = $2 AND token = $3 "
-            "AND expires_at > clock_timestamp()" + (" FOR KEY SHARE" if final else ""),
-            partition,
-            self.incarnation,
-            token,
-            str(self.commit_idle_timeout_ms if final else self.work_idle_timeout_ms),
-        )
-        if ok is None:
-            raise LeaseLost(f"partition {partition} lease lost")
+        timeout = self.commit_idle_timeout_ms if final else self.work_idle_timeout_ms
+        return LeaseGuard(partition, final, (partition, self.incarnation, token, str(timeout)))
+
+    async def check(self, conn: asyncpg.Connection, partition: int, *, final: bool = False) -> None:
+        """The lease check (``guard``) as a statement of its own."""
+        guard = self.guard(partition, final=final)
+        guard.verify(await conn.fetchval(f"SELECT {guard.sql(1)}", *guard.args))
 
     # -- the replica name ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
@@ -30,7 +30,10 @@ from legato.scheduler.state import (
     WorkflowRow,
     WorkflowState,
 )
-from legato.store.outbox import add_to_outbox
+from legato.store.outbox import OUTBOX_ARGS, OUTBOX_IDS, outbox_args, outbox_ctes, outbox_rows
+
+if TYPE_CHECKING:
+    from legato.scheduler.leases import LeaseGuard
 
 # ------------------------------------------------------------------ column lists and bulk upserts
 
@@ -67,16 +70,21 @@ _INSTANCE_UPDATABLE = tuple(
 
 
 def _bulk_upsert_sql(
-    table: str, cols: tuple[str, ...], types: tuple[str, ...], key: str, updatable: tuple[str, ...]
+    table: str,
+    cols: tuple[str, ...],
+    types: tuple[str, ...],
+    key: str | None,
+    updatable: tuple[str, ...],
+    first: int = 1,
 ) -> str:
+    """An upsert (an insert when ``key`` is None) of one row per element of its array arguments
+    (``$first`` on, one per column)."""
     # jsonb travels as text (see _bulk_columns): asyncpg reads a list value as one more array dimension.
-    args = ", ".join(f"${i + 1}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types))
+    args = ", ".join(f"${first + i}::{'text' if t == 'jsonb' else t}[]" for i, t in enumerate(types))
     select = ", ".join(f"{c}::jsonb" if t == "jsonb" else c for c, t in zip(cols, types, strict=True))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
-    return (
-        f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM unnest({args}) AS u ({', '.join(cols)}) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {sets}"
-    )
+    insert = f"INSERT INTO {table} ({', '.join(cols)}) SELECT {select} FROM unnest({args}) AS u ({', '.join(cols)})"
+    return insert if key is None else f"{insert} ON CONFLICT ({key}) DO UPDATE SET {sets}"
 
 
 def _bulk_columns(items: Sequence[object], cols: tuple[str, ...], types: tuple[str, ...]) -> list[list[Any]]:
@@ -116,19 +124,6 @@ def _step(r: asyncpg.Record) -> StepState:
     )
 
 
-_UPSERT_INSTANCES = _bulk_upsert_sql(
-    "workflow_instance", _INSTANCE_COLUMNS, _INSTANCE_TYPES, "id", _INSTANCE_UPDATABLE
-)
-
-
-async def upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
-    """Insert or update runs in one statement."""
-    # New rows go in arrival order so the seq column keeps the queue's FIFO order.
-    items.sort(key=lambda i: (not i.new, i.created_at))
-    columns = _bulk_columns(items, _INSTANCE_COLUMNS, _INSTANCE_TYPES)
-    await conn.execute(_UPSERT_INSTANCES, *columns)
-
-
 _STEP_COLUMNS, _STEP_TYPES = _columns(
     """
     instance_id:text step_id:text status:text attempts:int current_attempt_id:text retries_error:int
@@ -137,16 +132,6 @@ _STEP_COLUMNS, _STEP_TYPES = _columns(
     waiting_since:timestamptz progress:jsonb notify_seq:int
 """
 )
-_UPSERT_STEPS = _bulk_upsert_sql(
-    "step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]
-)
-
-
-async def _upsert_steps(conn: asyncpg.Connection, items: list[StepState]) -> None:
-    columns = _bulk_columns(items, _STEP_COLUMNS, _STEP_TYPES)
-    await conn.execute(_UPSERT_STEPS, *columns)
-
-
 _ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
     """
     id:text instance_id:text step_id:text attempt:int status:text failure_kind:text executor:text queue:text
@@ -154,14 +139,30 @@ _ATTEMPT_COLUMNS, _ATTEMPT_TYPES = _columns(
     exit_code:int log_tail:text span_id:text stopping_until:timestamptz
 """
 )
-_UPSERT_ATTEMPTS = _bulk_upsert_sql(
-    "step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:]
+_TIMELINE_COLUMNS, _TIMELINE_TYPES = _columns(
+    "instance_id:text step_id:text at:timestamptz event:text message:text actor:text details:jsonb"
 )
+_TIMER_COLUMNS, _TIMER_TYPES = _columns(
+    "partition:int workflow_id:text instance_id:text step_id:text attempt_id:text kind:text "
+    "fire_at:timestamptz payload:jsonb"
+)
+# The rows a flush writes in one statement, by part: (table, columns, types, conflict key (None: insert
+# only), columns updated on conflict).
+_BULK_PARTS = {
+    "instances": ("workflow_instance", _INSTANCE_COLUMNS, _INSTANCE_TYPES, "id", _INSTANCE_UPDATABLE),
+    "steps": ("step_run", _STEP_COLUMNS, _STEP_TYPES, "instance_id, step_id", _STEP_COLUMNS[2:]),
+    "attempts": ("step_attempt", _ATTEMPT_COLUMNS, _ATTEMPT_TYPES, "id", _ATTEMPT_COLUMNS[4:]),
+    "timeline": ("timeline", _TIMELINE_COLUMNS, _TIMELINE_TYPES, None, ()),
+    "timers": ("timer", _TIMER_COLUMNS, _TIMER_TYPES, None, ()),
+}
+_UPSERT_INSTANCES = _bulk_upsert_sql(*_BULK_PARTS["instances"])
 
 
-async def _upsert_attempts(conn: asyncpg.Connection, items: list[AttemptState]) -> None:
-    columns = _bulk_columns(items, _ATTEMPT_COLUMNS, _ATTEMPT_TYPES)
-    await conn.execute(_UPSERT_ATTEMPTS, *columns)
+async def upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
+    """Insert or update runs in one statement."""
+    # New rows go in arrival order so the seq column keeps the queue's FIFO order.
+    items.sort(key=lambda i: (not i.new, i.created_at))
+    await conn.execute(_UPSERT_INSTANCES, *_bulk_columns(items, _INSTANCE_COLUMNS, _INSTANCE_TYPES))
 
 
 async def _restarted_first(conn: asyncpg.Connection, state: WorkflowState) -> None:
@@ -309,14 +310,21 @@ class WorkflowConfig:
     paused: bool
 
 
-async def lock_workflow(conn: asyncpg.Connection, workflow_id: str) -> WorkflowConfig | None:
-    """Lock the workflow row for the batch and read its configuration; None if it was deleted."""
-    row = await conn.fetchrow(
-        "SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow "
-        "WHERE id = $1 FOR UPDATE",
-        workflow_id,
-    )
-    if row is None:
+_LOCK_WORKFLOW = (
+    "SELECT {guard} AS lease, w.* FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
+    " SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow"
+    " WHERE id = $1 FOR UPDATE) AS w ON true"
+)
+
+
+async def lock_workflow(
+    conn: asyncpg.Connection, workflow_id: str, guard: LeaseGuard
+) -> WorkflowConfig | None:
+    """Check the lease (``guard``) and lock the workflow row for the batch in one statement, and read its
+    configuration; None if it was deleted."""
+    row = await conn.fetchrow(_LOCK_WORKFLOW.format(guard=guard.sql(2)), workflow_id, *guard.args)
+    guard.verify(row["lease"])
+    if row["active"] is None:
         return None
     return WorkflowConfig(
         row["active"], row["active_version"], row["run_strategy"], row["max_concurrency"], row["paused"]
@@ -499,19 +507,93 @@ async def unsettled_attempts(
 # ------------------------------------------------------------------ writing a batch
 
 
-async def flush(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> None:
-    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once)."""
-    await _write(conn, uow, wf)
+async def flush(
+    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, *, guard: LeaseGuard | None = None
+) -> None:
+    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once).
+
+    ``guard``: the transaction's final lease check, run in the flush's last statement (so it costs no
+    round trip of its own); ``LeaseLost`` if it fails."""
+    await _write(conn, uow, wf, guard)
     uow.written()
 
 
-async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> None:
-    if uow.instances:
-        await upsert_instances(conn, list(uow.instances.values()))
-    if uow.steps:
-        await _upsert_steps(conn, list(uow.steps.values()))
-    if uow.attempts:
-        await _upsert_attempts(conn, list(uow.attempts.values()))
+_UPDATE_WORKFLOW = (
+    "UPDATE workflow SET running_count = {1}::int, queued_count = {2}::int, blocked_by = {3}::text, "
+    "blocked_since = {4}::timestamptz, updated_at = now() WHERE id = {0}::text"
+)
+
+
+def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
+    """The one statement of a flush: a data-modifying CTE per part, each on a table no other part of
+    the statement touches (they cannot see each other's rows), then ``guard``."""
+    ctes: list[str] = []
+    n = 1  # the next argument's number
+    for part in parts:
+        if part == "outbox":
+            ctes.append(outbox_ctes(n))
+            n += OUTBOX_ARGS
+        elif part == "workflow":
+            ctes.append(f"w_workflow AS ({_UPDATE_WORKFLOW.format(*(f'${n + i}' for i in range(5)))})")
+            n += 5
+        else:
+            table, cols, types, key, updatable = _BULK_PARTS[part]
+            ctes.append(f"w_{part} AS ({_bulk_upsert_sql(table, cols, types, key, updatable, n)})")
+            n += len(cols)
+    lease = guard.sql(n) if guard is not None else "true"
+    ids = OUTBOX_IDS if "outbox" in parts else "NULL::bigint[]"
+    return f"WITH {', '.join(ctes)} SELECT {lease} AS lease, {ids} AS outbox_ids"
+
+
+_FLUSH_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
+
+
+async def _write(
+    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, guard: LeaseGuard | None
+) -> None:
+    # Timer cancellations go first: they must not drop the timers this flush adds.
+    if uow.cancel_timers:
+        await conn.executemany(
+            "DELETE FROM timer WHERE instance_id = $1 AND ($2::text IS NULL OR kind = $2) "
+            "AND ($3::text IS NULL OR step_id = $3)",
+            [(c.instance_id, c.kind, c.step_id) for c in uow.cancel_timers],
+        )
+    # New runs go in arrival order so the seq column keeps the queue's FIFO order.
+    instances = sorted(uow.instances.values(), key=lambda i: (not i.new, i.created_at))
+    rows: dict[str, Sequence[object]] = {
+        "instances": instances,
+        "steps": list(uow.steps.values()),
+        "attempts": list(uow.attempts.values()),
+        "timeline": uow.timeline,
+        "timers": uow.timers,
+    }
+    parts: list[str] = []
+    args: list[Any] = []
+    for part, items in rows.items():
+        if items:
+            _, cols, types, _, _ = _BULK_PARTS[part]
+            parts.append(part)
+            args += _bulk_columns(items, cols, types)
+    if uow.outbox:
+        parts.append("outbox")
+        args += outbox_args(uow.outbox)
+    if uow.workflow_dirty:
+        parts.append("workflow")
+        args += [wf.id, wf.running_count, wf.queued_count, wf.blocked_by, wf.blocked_since]
+    # The statements that must follow the bulk writes (they update the rows it upserts).
+    follow = any((uow.stops_settled, uow.orphans_settled, uow.actions, uow.permits_del, uow.permits_add))
+    follow = follow or any((uow.waiters_del, uow.waiters_add, uow.unblocked_instances))
+    fold = guard if not follow else None
+    if parts:
+        key = (tuple(parts), fold is not None)
+        sql = _FLUSH_SQL.get(key) or _FLUSH_SQL.setdefault(key, _flush_sql(key[0], fold))
+        row = await conn.fetchrow(sql, *args, *(fold.args if fold else ()))
+        if fold is not None:
+            fold.verify(row["lease"])
+        if uow.outbox:
+            uow.outbox_rows += outbox_rows(row["outbox_ids"], uow.outbox)
+    elif fold is not None:
+        await _check(conn, fold)
     if uow.stops_settled:
         await conn.executemany(
             "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
@@ -523,43 +605,6 @@ async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> 
             "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
             "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
             [(o.attempt_id, o.error) for o in uow.orphans_settled],
-        )
-    if uow.timeline:
-        await conn.execute(
-            """
-            INSERT INTO timeline (instance_id, step_id, at, event, message, actor, details)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                                 $6::text[], $7::jsonb[])
-            """,
-            [t.instance_id for t in uow.timeline],
-            [t.step_id for t in uow.timeline],
-            [t.at for t in uow.timeline],
-            [t.event for t in uow.timeline],
-            [t.message for t in uow.timeline],
-            [t.actor for t in uow.timeline],
-            [t.details for t in uow.timeline],
-        )
-    if uow.cancel_timers:
-        await conn.executemany(
-            "DELETE FROM timer WHERE instance_id = $1 AND ($2::text IS NULL OR kind = $2) "
-            "AND ($3::text IS NULL OR step_id = $3)",
-            [(c.instance_id, c.kind, c.step_id) for c in uow.cancel_timers],
-        )
-    if uow.timers:
-        await conn.execute(
-            """
-            INSERT INTO timer (partition, workflow_id, instance_id, step_id, attempt_id, kind, fire_at, payload)
-            SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                 $7::timestamptz[], $8::jsonb[])
-            """,
-            [t.partition for t in uow.timers],
-            [t.workflow_id for t in uow.timers],
-            [t.instance_id for t in uow.timers],
-            [t.step_id for t in uow.timers],
-            [t.attempt_id for t in uow.timers],
-            [t.kind for t in uow.timers],
-            [t.fire_at for t in uow.timers],
-            [t.payload for t in uow.timers],
         )
     if uow.actions:
         await conn.executemany(
@@ -597,18 +642,9 @@ async def _write(conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow) -> 
             "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
             uow.unblocked_instances,
         )
-    if uow.outbox:
-        uow.outbox_rows += await add_to_outbox(conn, uow.outbox)
-    if uow.workflow_dirty:
-        await conn.execute(
-            """
-            UPDATE workflow SET running_count = $2, queued_count = $3, blocked_by = $4, blocked_since = $5,
-                   updated_at = now()
-            WHERE id = $1
-            """,
-            wf.id,
-            wf.running_count,
-            wf.queued_count,
-            wf.blocked_by,
-            wf.blocked_since,
-        )
+    if follow and guard is not None:
+        await _check(conn, guard)
+
+
+async def _check(conn: asyncpg.Connection, guard: LeaseGuard) -> None:
+    guard.verify(await conn.fetchval(f"SELECT {guard.sql(1)}", *guard.args))

@@ -30,7 +30,7 @@ from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.protocol.replies import StartReply
 from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
-from legato.store.outbox import OutboxRow, add_to_outbox
+from legato.store.outbox import OUTBOX_IDS, OutboxRow, outbox_args, outbox_ctes, outbox_rows
 from legato.telemetry.tracing import inject_headers
 from legato.trigger.backlog import BacklogProbe
 from legato.trigger.endpoints import Endpoint
@@ -288,20 +288,32 @@ class StartApi:
                         headers=p.headers,
                     )
                 )
-            rows = await add_to_outbox(conn, msgs)
+            rows: list[OutboxRow] = []
+            # One StartRun per fresh start: the outbox rows and the accepted starts in one statement.
             if fresh:
-                await conn.execute(
-                    "INSERT INTO accepted_start (instance_id, workflow_id, request_digest) "
-                    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+                ids = await conn.fetchval(
+                    _RECORD_STARTS,
+                    *outbox_args(msgs),
                     [p.instance_id for p in fresh],
                     [p.req.workflow_id for p in fresh],
                     [p.digest for p in fresh],
                 )
+                rows = outbox_rows(ids, msgs)
             if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
                 # Long since applied by the scheduler (or visible as a run): no need to remember them.
                 self._pruned_at = now
                 await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
         return out, rows
+
+
+# A batch's fresh starts: their StartRun messages into the outbox, and their request ids into
+# accepted_start (a retry finds them there before the scheduler made their runs).
+_RECORD_STARTS = (
+    f"WITH {outbox_ctes(1)}, accepted AS ("
+    " INSERT INTO accepted_start (instance_id, workflow_id, request_digest)"
+    " SELECT * FROM unnest($6::text[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING)"
+    f" SELECT {OUTBOX_IDS}"
+)
 
 
 def request_digest(params: dict[str, Any], version: int | None) -> str:

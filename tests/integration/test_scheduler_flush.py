@@ -1,0 +1,229 @@
+"""A scheduler batch's writes against a real PostgreSQL: the common rows go in one statement that also
+runs the transaction's final lease check, so a batch costs few round trips; a lost lease at that check
+leaves nothing written; the statements that must follow the bulk writes still see them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from legato.bus.publisher import OutgoingMessage
+from legato.scheduler import repository
+from legato.scheduler.leases import LeaseGuard, LeaseLost
+from legato.scheduler.state import (
+    AttemptState,
+    InstanceState,
+    NewTimer,
+    OrphanSettled,
+    StepState,
+    TimelineEntry,
+    UnitOfWork,
+    WorkflowRow,
+)
+from legato.store import create_pool
+
+PARTITION = 3
+INCARNATION = "inc-1"
+TOKEN = 7
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=2)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO workflow (id, active_version, latest_version, run_strategy, max_concurrency) "
+            "VALUES ('wf', 1, 1, 'parallel', 10)"
+        )
+        await conn.execute(
+            "INSERT INTO partition_lease (partition, owner, incarnation, token, expires_at) "
+            "VALUES ($1, 'replica-0', $2, $3, now() + interval '1 hour')",
+            PARTITION,
+            INCARNATION,
+            TOKEN,
+        )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+class Rollback(Exception):
+    pass
+
+
+async def warm(conn: asyncpg.Connection, uow: UnitOfWork) -> list[str]:
+    """Run the batch's statements once and roll them back (the connection learns the types it writes,
+    in queries of its own), then log every statement it runs from now on."""
+    with pytest.raises(Rollback):
+        async with conn.transaction():
+            await repository.flush(conn, uow, workflow_row(), guard=guard())
+            raise Rollback
+    statements: list[str] = []
+    conn.add_query_logger(lambda q: statements.append(q.query))
+    return statements
+
+
+def guard(token: int = TOKEN) -> LeaseGuard:
+    return LeaseGuard(PARTITION, True, (PARTITION, INCARNATION, token, "5000"))
+
+
+def workflow_row() -> WorkflowRow:
+    return WorkflowRow(
+        id="wf",
+        active=True,
+        active_version=1,
+        run_strategy="parallel",
+        max_concurrency=10,
+        paused=False,
+        blocked_by=None,
+        blocked_since=None,
+        running_count=1,
+        queued_count=0,
+    )
+
+
+def batch() -> UnitOfWork:
+    """What a run's start records: the run, its step, the step's attempt, timeline entries, a timeout
+    timer, the work item and a lifecycle event in the outbox, and the workflow's counters."""
+    now = datetime.now(UTC)
+    uow = UnitOfWork()
+    run = InstanceState(
+        id="r1",
+        workflow_id="wf",
+        version=1,
+        trigger_key="k1",
+        trigger={"kind": "api"},
+        status="running",
+        params={"n": 1},
+        run_params={"n": 1},
+        created_at=now,
+        trace_links=["00-" + "1" * 32 + "-" + "2" * 16 + "-01"],
+    )
+    run.new = True
+    uow.touch_instance(run)
+    uow.touch_step(
+        StepState(instance_id="r1", step_id="a", status="running", attempts=1, current_attempt_id="r1.a.1")
+    )
+    uow.touch_attempt(
+        AttemptState(
+            id="r1.a.1",
+            instance_id="r1",
+            step_id="a",
+            attempt=1,
+            status="dispatched",
+            queue="q",
+            dispatched_at=now,
+        )
+    )
+    uow.note(TimelineEntry(instance_id="r1", event="run_started", details={"by": "api"}))
+    uow.note(TimelineEntry(instance_id="r1", step_id="a", event="attempt_dispatched"))
+    uow.timers.append(
+        NewTimer(PARTITION, "wf", "r1", "step_timeout", now + timedelta(minutes=5), "a", "r1.a.1", {"x": 1})
+    )
+    uow.outbox.append(OutgoingMessage("legato.work.q", b"item", msg_id="work:r1.a.1"))
+    uow.outbox.append(OutgoingMessage("legato.notify.wf", b"event", msg_id="ev:r1:1"))
+    uow.workflow_dirty = True
+    return uow
+
+
+async def test_a_batch_is_written_in_one_statement_with_its_final_lease_check(pool: asyncpg.Pool) -> None:
+    uow = batch()
+    async with pool.acquire() as conn:
+        statements = await warm(conn, batch())
+        async with conn.transaction():
+            await repository.flush(conn, uow, workflow_row(), guard=guard())
+    # BEGIN and COMMIT aside, one statement wrote every row and checked the lease.
+    assert [s for s in statements if s not in ("BEGIN;", "COMMIT;")] == [statements[1]], statements
+    assert "FOR KEY SHARE" in statements[1]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT trace_links FROM workflow_instance WHERE id = 'r1'") == [
+            "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+        ]
+        assert await conn.fetchval("SELECT status FROM step_run WHERE instance_id = 'r1'") == "running"
+        assert await conn.fetchval("SELECT status FROM step_attempt WHERE id = 'r1.a.1'") == "dispatched"
+        timeline = await conn.fetch(
+            "SELECT event, details FROM timeline WHERE instance_id = 'r1' ORDER BY id"
+        )
+        assert [(r["event"], r["details"]) for r in timeline] == [
+            ("run_started", {"by": "api"}),
+            ("attempt_dispatched", None),
+        ]
+        assert await conn.fetchval("SELECT payload FROM timer WHERE instance_id = 'r1'") == {"x": 1}
+        assert await conn.fetchval("SELECT running_count FROM workflow WHERE id = 'wf'") == 1
+        outbox = await conn.fetch("SELECT id, msg_id FROM outbox ORDER BY id")
+    # The rows handed to the relay carry the ids the table gave, in the order of the messages.
+    assert [(i, m.msg_id) for i, m in uow.outbox_rows] == [(r["id"], r["msg_id"]) for r in outbox]
+    assert [m.msg_id for _, m in uow.outbox_rows] == ["work:r1.a.1", "ev:r1:1"]
+
+
+async def test_a_lease_lost_by_the_final_check_leaves_nothing_written(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await repository.flush(conn, batch(), workflow_row(), guard=guard(token=TOKEN + 1))
+        for table in ("workflow_instance", "step_run", "step_attempt", "timeline", "timer", "outbox"):
+            assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+        assert await conn.fetchval("SELECT running_count FROM workflow WHERE id = 'wf'") == 0
+        # An expired lease is lost too, even with the right token.
+        await conn.execute("UPDATE partition_lease SET expires_at = now() - interval '1 second'")
+        with pytest.raises(LeaseLost):
+            async with conn.transaction():
+                await repository.flush(conn, batch(), workflow_row(), guard=guard())
+        assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
+
+
+async def test_the_final_lease_check_holds_the_lease_row_until_the_commit(pool: asyncpg.Pool) -> None:
+    """A taker's FOR UPDATE SKIP LOCKED passes the lease row by while the batch is uncommitted."""
+    async with pool.acquire() as conn, pool.acquire() as taker:
+        async with conn.transaction():
+            await repository.flush(conn, batch(), workflow_row(), guard=guard())
+            async with taker.transaction():
+                taken = await taker.fetch(
+                    "SELECT partition FROM partition_lease WHERE partition = $1 FOR UPDATE SKIP LOCKED",
+                    PARTITION,
+                )
+            assert taken == []
+        async with taker.transaction():
+            taken = await taker.fetch(
+                "SELECT partition FROM partition_lease WHERE partition = $1 FOR UPDATE SKIP LOCKED", PARTITION
+            )
+        assert [r["partition"] for r in taken] == [PARTITION]
+
+
+async def test_statements_that_update_the_written_rows_follow_them_and_the_check_comes_last(
+    pool: asyncpg.Pool,
+) -> None:
+    """An attempt marked lost in the batch that also upserts it: the UPDATE runs after the upsert (it sees
+    the row), and the final lease check runs after that UPDATE, as the last statement."""
+    uow = batch()
+    uow.orphans_settled.append(OrphanSettled("r1.a.1", "its run ended"))
+    async with pool.acquire() as conn:
+        statements = await warm(conn, batch())
+        async with conn.transaction():
+            await repository.flush(conn, uow, workflow_row(), guard=guard())
+        work = [s for s in statements if s not in ("BEGIN;", "COMMIT;")]
+        assert "FOR KEY SHARE" not in work[0]
+        assert work[1].startswith("UPDATE step_attempt SET status = 'lost'")
+        assert "FOR KEY SHARE" in work[-1] and len(work) == 3, work
+        row = await conn.fetchrow("SELECT status, error FROM step_attempt WHERE id = 'r1.a.1'")
+    assert (row["status"], row["error"]) == ("lost", "its run ended")
+
+
+async def test_lock_workflow_checks_the_lease_in_the_same_statement(pool: asyncpg.Pool) -> None:
+    start = LeaseGuard(PARTITION, False, (PARTITION, INCARNATION, TOKEN, "20000"))
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            config = await repository.lock_workflow(conn, "wf", start)
+            assert config is not None and config.run_strategy == "parallel"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "20s"
+        async with conn.transaction():
+            assert await repository.lock_workflow(conn, "gone", start) is None  # deleted workflow
+        lost = LeaseGuard(PARTITION, False, (PARTITION, INCARNATION, TOKEN + 1, "20000"))
+        for workflow_id in ("wf", "gone"):  # a lost lease wins over a deleted workflow
+            with pytest.raises(LeaseLost):
+                async with conn.transaction():
+                    await repository.lock_workflow(conn, workflow_id, lost)
