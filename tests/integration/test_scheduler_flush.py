@@ -227,3 +227,38 @@ async def test_lock_workflow_checks_the_lease_in_the_same_statement(pool: asyncp
             with pytest.raises(LeaseLost):
                 async with conn.transaction():
                     await repository.lock_workflow(conn, workflow_id, lost)
+
+
+async def test_timer_cancellations_go_in_the_same_statement_and_spare_the_timers_it_adds(
+    pool: asyncpg.Pool,
+) -> None:
+    """A run's step timeout cancelled and its step's new timeout added in one flush: the old timer goes,
+    the new one stays; a cancellation by kind or by step leaves the other timers of the run alone."""
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    first = UnitOfWork()
+    for run, step, kind in [
+        ("r1", "a", "step_timeout"),
+        ("r1", "b", "step_timeout"),
+        ("r1", None, "run_timeout"),
+    ]:
+        first.timers.append(NewTimer(PARTITION, "wf", run, kind, soon, step))
+    first.timers.append(NewTimer(PARTITION, "wf", "r2", "step_timeout", soon, "a"))
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await repository.flush(conn, first, workflow_row())
+        second = UnitOfWork()
+        second.cancel_timer("r1", "step_timeout", "a")  # the attempt of step a ended
+        second.timers.append(
+            NewTimer(PARTITION, "wf", "r1", "step_timeout", soon, "a", "r1.a.2")
+        )  # its retry
+        second.cancel_timer("r2")  # run r2 ended: all of its timers
+        statements = await warm(conn, UnitOfWork())
+        async with conn.transaction():
+            await repository.flush(conn, second, workflow_row(), guard=guard())
+        assert len([s for s in statements if s not in ("BEGIN;", "COMMIT;")]) == 1, statements
+        left = await conn.fetch("SELECT instance_id, step_id, kind, attempt_id FROM timer ORDER BY id")
+    assert [tuple(r) for r in left] == [
+        ("r1", "b", "step_timeout", None),
+        ("r1", None, "run_timeout", None),
+        ("r1", "a", "step_timeout", "r1.a.2"),
+    ]

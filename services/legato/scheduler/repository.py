@@ -507,35 +507,33 @@ async def unsettled_attempts(
 # ------------------------------------------------------------------ writing a batch
 
 
-async def flush(
-    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, *, guard: LeaseGuard | None = None
-) -> None:
-    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once).
-
-    ``guard``: the transaction's final lease check, run in the flush's last statement (so it costs no
-    round trip of its own); ``LeaseLost`` if it fails."""
-    await _write(conn, uow, wf, guard)
-    uow.written()
-
-
-_UPDATE_WORKFLOW = (
-    "UPDATE workflow SET running_count = {1}::int, queued_count = {2}::int, blocked_by = {3}::text, "
-    "blocked_since = {4}::timestamptz, updated_at = now() WHERE id = {0}::text"
+_CANCEL_TIMERS = (
+    "DELETE FROM timer t USING unnest(${0}::text[], ${1}::text[], ${2}::text[]) AS c (instance_id, kind, step_id) "
+    "WHERE t.instance_id = c.instance_id AND (c.kind IS NULL OR t.kind = c.kind) "
+    "AND (c.step_id IS NULL OR t.step_id = c.step_id)"
 )
+_UPDATE_WORKFLOW = (
+    "UPDATE workflow SET running_count = ${1}::int, queued_count = ${2}::int, blocked_by = ${3}::text, "
+    "blocked_since = ${4}::timestamptz, updated_at = now() WHERE id = ${0}::text"
+)
+# The other parts of a flush's statement: SQL whose arguments are numbered from {0}, and how many.
+_STATEMENT_PARTS = {"cancel_timers": (_CANCEL_TIMERS, 3), "workflow": (_UPDATE_WORKFLOW, 5)}
 
 
 def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
-    """The one statement of a flush: a data-modifying CTE per part, each on a table no other part of
-    the statement touches (they cannot see each other's rows), then ``guard``."""
+    """The one statement of a flush: a data-modifying CTE per part, then ``guard``. The parts cannot see
+    each other's rows, so no two touch the same rows: only the timer cancellations and the new timers
+    share a table, and a cancellation must not drop the timers the flush adds."""
     ctes: list[str] = []
     n = 1  # the next argument's number
     for part in parts:
         if part == "outbox":
             ctes.append(outbox_ctes(n))
             n += OUTBOX_ARGS
-        elif part == "workflow":
-            ctes.append(f"w_workflow AS ({_UPDATE_WORKFLOW.format(*(f'${n + i}' for i in range(5)))})")
-            n += 5
+        elif part in _STATEMENT_PARTS:
+            sql, count = _STATEMENT_PARTS[part]
+            ctes.append(f"w_{part} AS ({sql.format(*range(n, n + count))})")
+            n += count
         else:
             table, cols, types, key, updatable = _BULK_PARTS[part]
             ctes.append(f"w_{part} AS ({_bulk_upsert_sql(table, cols, types, key, updatable, n)})")
@@ -548,16 +546,13 @@ def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
 _FLUSH_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
 
 
-async def _write(
-    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, guard: LeaseGuard | None
+async def flush(
+    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, *, guard: LeaseGuard | None = None
 ) -> None:
-    # Timer cancellations go first: they must not drop the timers this flush adds.
-    if uow.cancel_timers:
-        await conn.executemany(
-            "DELETE FROM timer WHERE instance_id = $1 AND ($2::text IS NULL OR kind = $2) "
-            "AND ($3::text IS NULL OR step_id = $3)",
-            [(c.instance_id, c.kind, c.step_id) for c in uow.cancel_timers],
-        )
+    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once).
+
+    ``guard``: the transaction's final lease check, run in the flush's last statement (so it costs no
+    round trip of its own); ``LeaseLost`` if it fails."""
     # New runs go in arrival order so the seq column keeps the queue's FIFO order.
     instances = sorted(uow.instances.values(), key=lambda i: (not i.new, i.created_at))
     rows: dict[str, Sequence[object]] = {
@@ -569,6 +564,9 @@ async def _write(
     }
     parts: list[str] = []
     args: list[Any] = []
+    if cancels := list(uow.cancel_timers):  # beside the timers this flush adds: it cannot see them
+        parts.append("cancel_timers")
+        args += [[c.instance_id for c in cancels], [c.kind for c in cancels], [c.step_id for c in cancels]]
     for part, items in rows.items():
         if items:
             _, cols, types, _, _ = _BULK_PARTS[part]
@@ -644,6 +642,7 @@ async def _write(
         )
     if follow and guard is not None:
         await _check(conn, guard)
+    uow.written()
 
 
 async def _check(conn: asyncpg.Connection, guard: LeaseGuard) -> None:
