@@ -543,7 +543,7 @@ def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
     return f"WITH {', '.join(ctes)} SELECT {lease} AS lease, {ids} AS outbox_ids"
 
 
-_FLUSH_SQL: dict[tuple[tuple[str, ...], bool], str] = {}
+_FLUSH_SQL: dict[tuple[tuple[str, ...], bool | None], str] = {}  # by parts, and the guard's kind
 
 
 async def flush(
@@ -583,7 +583,7 @@ async def flush(
     follow = follow or any((uow.waiters_del, uow.waiters_add, uow.unblocked_instances))
     fold = guard if not follow else None
     if parts:
-        key = (tuple(parts), fold is not None)
+        key = (tuple(parts), None if fold is None else fold.final)
         sql = _FLUSH_SQL.get(key) or _FLUSH_SQL.setdefault(key, _flush_sql(key[0], fold))
         row = await conn.fetchrow(sql, *args, *(fold.args if fold else ()))
         if fold is not None:
