@@ -32,14 +32,20 @@ class BenchServers:
     namespace: str
     keyring: Keyring | None = None
     stream_replicas: int = 1
+    pg_log: Path | None = None  # the embedded Postgres's log (None: an external server)
 
 
 @contextmanager
 def bench_servers(
-    db_name: str = "legato_bench", *, auth: bool = False, nats_nodes: int = 1
+    db_name: str = "legato_bench",
+    *,
+    auth: bool = False,
+    nats_nodes: int = 1,
+    pg_settings: dict[str, str] | None = None,
 ) -> Iterator[BenchServers]:
     """``auth``: NATS requires nkeys with per-role permissions, API requests and work items are signed.
-    ``nats_nodes``: 3 starts a 3-node JetStream cluster (``NatsCluster``) and streams get 3 replicas."""
+    ``nats_nodes``: 3 starts a 3-node JetStream cluster (``NatsCluster``) and streams get 3 replicas.
+    ``pg_settings``: more settings of the embedded Postgres."""
     tmp = Path(tempfile.mkdtemp(prefix="legato-bench-"))
     tmp.chmod(0o711)
     started: list[EmbeddedNats | EmbeddedPostgres | NatsCluster] = []
@@ -61,11 +67,14 @@ def bench_servers(
             started.append(nats)
             nats_url = nats.url
         db_url = os.environ.get("LEGATO_BENCH_DATABASE_URL")
+        pg_log = None
         if not db_url:
-            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True).start()
+            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True, settings=pg_settings).start()
             started.append(pg)
             db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
-        yield BenchServers(nats_url, db_url, tmp, f"bench{uuid.uuid4().hex[:6]}", keyring, replicas)
+            pg_log = pg.log_path
+        namespace = f"bench{uuid.uuid4().hex[:6]}"
+        yield BenchServers(nats_url, db_url, tmp, namespace, keyring, replicas, pg_log)
     finally:
         for server in reversed(started):
             server.stop()

@@ -24,6 +24,10 @@ does), pushes a one-noop-step workflow, then:
    to the last end, divided by the number of runs, per process kind: trigger, scheduler, executor,
    signal_router, nats-server, postgres (its backends, plus what exited backends left in the
    postmaster's children times). Run it on an otherwise idle machine for the CPU figures.
+
+``--statements``: Postgres logs every statement, and the saturated and paced phases each end with the
+SQL statements they ran per run, by session (``_statements.py``): what a run costs in statements, the
+first thing to cut. The CPU figures are then not comparable (logging costs Postgres CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _servers import bench_servers, bench_settings, cpu_between, percentile, sample_cpu, wait_api
+from _statements import STATEMENT_LOG, mark_sql, statements_between
+from _statements import report as report_statements
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -114,7 +120,20 @@ def report_hops(
     print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
 
 
-async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -> None:
+async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: str, runs: int) -> None:
+    """With ``--statements``: close the phase (its end marker) and print the statements it ran."""
+    if pg_log is None:
+        return
+    await conn.execute(mark_sql(f"{phase}-end"))
+    await asyncio.sleep(0.2)  # the log line is written after the statement's reply
+    lines = pg_log.read_text(errors="replace").splitlines()
+    report_statements(statements_between(lines, f"{phase}-start", f"{phase}-end"), runs)
+
+
+async def profile(
+    args: argparse.Namespace, settings: Settings, log_dir: Path, pg_log: Path | None = None
+) -> None:
+    """``pg_log``: the Postgres log to read the statements of each phase from (``--statements``)."""
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, executors=1, concurrency=64)
@@ -147,6 +166,8 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             report_hops(len(rows), hops_of(rows, sent))
 
         # 2. CPU per run at saturation.
+        if pg_log is not None:
+            await conn.execute(mark_sql("saturated-start"))
         before = sample_cpu(stack)
         client_cpu = time.process_time()
         t0 = time.time()
@@ -179,6 +200,7 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
             "(this process: the starts, and polling Postgres; not in the total)"
         )
+        await statements_of(conn, pg_log, "saturated", n)
 
         # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
         # arrival rate), each run's hops from the recorded timestamps.
@@ -194,6 +216,8 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
                 reply = await client.start("bench-profile", request_id=f"paced{i}")
                 sent[str(reply.instance_id)] = t_sent
 
+            if pg_log is not None:
+                await conn.execute(mark_sql("paced-start"))
             before = sample_cpu(stack)
             await asyncio.gather(*(paced(i) for i in range(count)))
             done += count
@@ -207,6 +231,7 @@ async def profile(args: argparse.Namespace, settings: Settings, log_dir: Path) -
                     f"{kind} {cpu[kind] / count * 1000:.3f}" for kind in sorted(cpu, key=lambda k: -cpu[k])
                 )
             )
+            await statements_of(conn, pg_log, "paced", count)
     finally:
         await conn.close()
         await client.close()
@@ -232,12 +257,21 @@ def main() -> None:
         default="off",
         help="on: nkey auth with per-role permissions, signed requests and work items; both: off then on",
     )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="log every SQL statement and print each phase's statements per run (CPU figures then skewed)",
+    )
     args = parser.parse_args()
     for auth in {"off": [False], "on": [True], "both": [False, True]}[args.auth]:
         print(f"\n== auth {'on' if auth else 'off'} ==")
-        with bench_servers("legato_profile", auth=auth) as servers:
+        pg_settings = STATEMENT_LOG if args.statements else None
+        with bench_servers("legato_profile", auth=auth, pg_settings=pg_settings) as servers:
             settings = bench_settings(servers)
-            asyncio.run(profile(args, settings, servers.tmp / "logs"))
+            pg_log = servers.pg_log if args.statements else None
+            if args.statements and pg_log is None:
+                print("--statements needs the embedded Postgres (LEGATO_BENCH_DATABASE_URL is set): skipped")
+            asyncio.run(profile(args, settings, servers.tmp / "logs", pg_log))
 
 
 if __name__ == "__main__":

@@ -152,8 +152,11 @@ class EmbeddedPostgres:
         durable: bool = True,
         ssl: tuple[str, str] | None = None,
         bin_dir: str | os.PathLike[str] | None = None,
+        settings: dict[str, str] | None = None,
     ):
+        """``settings``: more server settings (``-c name=value``), e.g. a bench's statement log."""
         self.data_dir = Path(data_dir).absolute()
+        self.extra_settings = dict(settings or {})
         self.port = port or free_port(preferred_port)
         self.durable = durable
         self.ssl = ssl
@@ -247,6 +250,8 @@ class EmbeddedPostgres:
         if not self.durable:
             # Tests and throw-away benches: durability is not what they measure.
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        for name, value in self.extra_settings.items():
+            settings += ["-c", f"{name}={value}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
             [str(bin_dir / "postgres"), "-D", str(self.data_dir), *settings],
