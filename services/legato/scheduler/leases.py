@@ -103,6 +103,10 @@ class LeaseGuard:
         if ok is None:
             raise LeaseLost(f"partition {self.partition} lease lost")
 
+    async def check(self, conn: asyncpg.Connection) -> None:
+        """Run the check as a statement of its own (when no statement of the transaction carries it)."""
+        self.verify(await conn.fetchval(f"SELECT {self.sql(1)}", *self.args))
+
 
 class PartitionLeaser(Component):
     """Takes, renews and gives up partition leases so each partition has one scheduler replica."""
@@ -164,8 +168,8 @@ class PartitionLeaser(Component):
         return max(200, int(self.ttl * 1000 / 2))
 
     def guard(self, partition: int, *, final: bool = False) -> LeaseGuard:
-        """The lease check of an actor's transaction, to ride in one of its statements (``check`` runs
-        it alone): fails at once unless this process still holds the partition.
+        """The lease check of an actor's transaction, to ride in one of its statements
+        (``LeaseGuard.check`` runs it alone): fails at once unless this process still holds the partition.
 
         At the start (``final=False``) a plain read, to fail fast; in the transaction's last statement
         (``final=True``) under ``FOR KEY SHARE``, which keeps the lease from moving until the commit (a
@@ -176,11 +180,6 @@ class PartitionLeaser(Component):
             raise LeaseLost(f"partition {partition} is not owned by this scheduler")
         timeout = self.commit_idle_timeout_ms if final else self.work_idle_timeout_ms
         return LeaseGuard(partition, final, (partition, self.incarnation, token, str(timeout)))
-
-    async def check(self, conn: asyncpg.Connection, partition: int, *, final: bool = False) -> None:
-        """The lease check (``guard``) as a statement of its own."""
-        guard = self.guard(partition, final=final)
-        guard.verify(await conn.fetchval(f"SELECT {guard.sql(1)}", *guard.args))
 
     # -- the replica name ------------------------------------------------------------------------
 

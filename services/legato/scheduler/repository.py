@@ -9,7 +9,7 @@ statements (on its own connection, with its own locking protocol) only it runs.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -160,9 +160,13 @@ _UPSERT_INSTANCES = _bulk_upsert_sql(*_BULK_PARTS["instances"])
 
 async def upsert_instances(conn: asyncpg.Connection, items: list[InstanceState]) -> None:
     """Insert or update runs in one statement."""
-    # New rows go in arrival order so the seq column keeps the queue's FIFO order.
-    items.sort(key=lambda i: (not i.new, i.created_at))
-    await conn.execute(_UPSERT_INSTANCES, *_bulk_columns(items, _INSTANCE_COLUMNS, _INSTANCE_TYPES))
+    columns = _bulk_columns(_arrival_order(items), _INSTANCE_COLUMNS, _INSTANCE_TYPES)
+    await conn.execute(_UPSERT_INSTANCES, *columns)
+
+
+def _arrival_order(items: Iterable[InstanceState]) -> list[InstanceState]:
+    """New runs in arrival order, so the seq column keeps the queue's FIFO order."""
+    return sorted(items, key=lambda i: (not i.new, i.created_at))
 
 
 async def _restarted_first(conn: asyncpg.Connection, state: WorkflowState) -> None:
@@ -553,10 +557,8 @@ async def flush(
 
     ``guard``: the transaction's final lease check, run in the flush's last statement (so it costs no
     round trip of its own); ``LeaseLost`` if it fails."""
-    # New runs go in arrival order so the seq column keeps the queue's FIFO order.
-    instances = sorted(uow.instances.values(), key=lambda i: (not i.new, i.created_at))
     rows: dict[str, Sequence[object]] = {
-        "instances": instances,
+        "instances": _arrival_order(uow.instances.values()),
         "steps": list(uow.steps.values()),
         "attempts": list(uow.attempts.values()),
         "timeline": uow.timeline,
@@ -591,7 +593,7 @@ async def flush(
         if uow.outbox:
             uow.outbox_rows += outbox_rows(row["outbox_ids"], uow.outbox)
     elif fold is not None:
-        await _check(conn, fold)
+        await fold.check(conn)
     if uow.stops_settled:
         await conn.executemany(
             "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
@@ -641,9 +643,5 @@ async def flush(
             uow.unblocked_instances,
         )
     if follow and guard is not None:
-        await _check(conn, guard)
+        await guard.check(conn)
     uow.written()
-
-
-async def _check(conn: asyncpg.Connection, guard: LeaseGuard) -> None:
-    guard.verify(await conn.fetchval(f"SELECT {guard.sql(1)}", *guard.args))
