@@ -477,6 +477,49 @@ async def test_an_ordered_relay_reads_handed_rows_from_the_table(
         await task
 
 
+async def test_ordered_relays_publish_every_row_once_in_the_order_it_was_written(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """Two relays sharing an ordered lock (two scheduler replicas) drain rows committed while they run,
+    in small rounds, both woken by every commit: the stream holds every row once, in id order, and
+    every round left the table (a round's delete commits only after its PubAcks)."""
+    await provision_streams(nc.jetstream(), topo)
+    relays = [
+        OutboxRelay(pool, Publisher(nc), batch=7, poll_interval=0.05, ordered_lock=4343) for _ in range(2)
+    ]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    n = 0
+    try:
+        for _ in range(60):
+            await commit_rows(
+                pool,
+                [
+                    OutgoingMessage(
+                        topo.event_subject("wf"), msgspec.json.encode(Ping(n=n + i)), msg_id=f"ord-{n + i}"
+                    )
+                    for i in range(5)
+                ],
+            )
+            n += 5
+            for relay in relays:
+                relay.wake()
+        async with asyncio.timeout(20):
+            while sum(r.published for r in relays) < n:
+                await asyncio.sleep(0.02)
+    finally:
+        for relay in relays:
+            await relay.shutdown()
+        await asyncio.gather(*tasks)
+    assert sum(r.published for r in relays) == n
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+    js = nc.jetstream()
+    assert (await js.stream_info(topo.events_stream)).state.messages == n
+    order = [
+        DECODER.decode((await js.get_msg(topo.events_stream, seq)).data or b"").n for seq in range(1, n + 1)
+    ]
+    assert order == list(range(n))
+
+
 async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(
     nc: Client, pool: asyncpg.Pool, topo: Topology
 ) -> None:
