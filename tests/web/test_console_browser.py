@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -266,18 +267,32 @@ async def test_an_operator_cancels_a_backfill_and_live_updates_spare_the_reason_
             reason = WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
                 focused
             )
+
+            async def runs_end(more: int) -> None:
+                """Until ``more`` runs of the backfill ended (each a live update of the page), and the
+                browser had a moment to receive and handle those updates."""
+                finished = (await client.call("backfill.show", {"backfill_id": bf}))["finished"]
+                for _ in range(150):
+                    if (await client.call("backfill.show", {"backfill_id": bf}))[
+                        "finished"
+                    ] >= finished + more:
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.sleep(1.0)
+
             reason.send_keys("half typed")
-            # runs of the backfill end meanwhile (each a live update of the page): the field keeps its text
-            finished = (await client.call("backfill.show", {"backfill_id": bf}))["finished"]
-            for _ in range(150):
-                if (await client.call("backfill.show", {"backfill_id": bf}))["finished"] >= finished + 3:
-                    break
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.0)  # let the browser receive and handle those events
+            await runs_end(3)  # the field keeps its text
             reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
             assert reason.get_attribute("value") == "half typed"
             reason.send_keys(", now done")
-            driver.find_element(By.CSS_SELECTOR, f"{row} button.btn-backfill-cancel").click()
+            # The button held down while updates arrive (a slow click): it has the focus, so its row is
+            # not re-rendered under it (a new button there would get the release, and no click would
+            # follow). Released where it is now (the tables above it may have grown meanwhile).
+            button = driver.find_element(By.CSS_SELECTOR, f"{row} button.btn-backfill-cancel")
+            ActionChains(driver).click_and_hold(button).perform()
+            await runs_end(2)
+            assert button.is_enabled()  # the same element: StaleElementReferenceException if replaced
+            ActionChains(driver).release(button).perform()
             WebDriverWait(driver, 30).until(
                 lambda d: (
                     "cancelled by operator: half typed, now done"

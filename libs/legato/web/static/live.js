@@ -18,8 +18,9 @@
       for (const id of ids) {
         const fresh = doc.getElementById(id);
         const old = document.getElementById(id);
-        // not under the user's cursor: a reason half typed in a form there would be lost
-        if (old && old.contains(document.activeElement) && document.activeElement.matches("input, select, textarea")) {
+        // not under the user's cursor: a reason half typed in a form there would be lost, and a button
+        // held down (it has the focus from the press) would be replaced before its release: no click
+        if (old && old.contains(document.activeElement) && document.activeElement.matches("input, select, textarea, button")) {
           stale = true;
           continue;
         }
