@@ -12,7 +12,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -132,9 +132,34 @@ def percentile(values: list[float], p: float) -> float:
 
 @dataclass
 class CpuSample:
-    """Cumulative CPU seconds per (kind, pid), and what exited children left in their parents."""
+    """Cumulative CPU seconds per (kind, pid), and what exited children left in their parents; and the
+    context switches of each process's threads so far."""
 
     per_pid: dict[tuple[str, int], float]
+    switches: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+_SWITCH_LINES = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
+
+
+def context_switches(proc: psutil.Process) -> int:
+    """Context switches (voluntary and not) of every live thread of ``proc`` so far: each is a wake-up
+    (a message or a reply that arrived, a timer) or a preemption. Threads that exited are not counted."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{proc.pid}/task")
+    except OSError:  # not Linux, or gone: the process's own counts
+        try:
+            return sum(proc.num_ctx_switches())
+        except (psutil.Error, NotImplementedError):
+            return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{proc.pid}/task/{tid}/status") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith(_SWITCH_LINES))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _kind_of(proc: psutil.Process, service_pids: dict[int, str]) -> str | None:
@@ -158,6 +183,7 @@ def sample_cpu(stack: Stack) -> CpuSample:
         proc.pid: name.rstrip("0123456789") for name, proc in stack.services.items() if proc.pid is not None
     }
     seen: dict[tuple[str, int], float] = {}
+    switches: dict[tuple[str, int], int] = {}
     for proc in psutil.Process().children(recursive=True):
         kind = _kind_of(proc, service_pids)
         if kind is None:
@@ -168,7 +194,16 @@ def sample_cpu(stack: Stack) -> CpuSample:
             continue
         # Children times hold what exited children (Postgres backends, step processes) used.
         seen[(kind, proc.pid)] = t.user + t.system + t.children_user + t.children_system
-    return CpuSample(seen)
+        switches[(kind, proc.pid)] = context_switches(proc)
+    return CpuSample(seen, switches)
+
+
+def switches_between(before: CpuSample, after: CpuSample) -> dict[str, int]:
+    """Context switches per process kind between two samples (a process new in ``after`` counts from 0)."""
+    by_kind: dict[str, int] = defaultdict(int)
+    for key, count in after.switches.items():
+        by_kind[key[0]] += count - before.switches.get(key, 0)
+    return dict(by_kind)
 
 
 def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:

@@ -23,7 +23,9 @@ does), pushes a one-noop-step workflow, then:
    time (user + system, from ``/proc`` through psutil) that every process spent from the first start
    to the last end, divided by the number of runs, per process kind: trigger, scheduler, executor,
    signal_router, nats-server, postgres (its backends, plus what exited backends left in the
-   postmaster's children times). Run it on an otherwise idle machine for the CPU figures.
+   postmaster's children times), and the context switches per run of each kind (every thread's, from
+   ``/proc``: each is a wake-up or a preemption; below saturation they, not the SQL, set the CPU per run).
+   Run it on an otherwise idle machine for the CPU figures.
 
 ``--statements``: Postgres logs every statement, and the saturated and paced phases each end with the
 SQL statements they ran per run, by session (``_statements.py``): what a run costs in statements, the
@@ -43,7 +45,15 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, cpu_between, percentile, sample_cpu, wait_api
+from _servers import (
+    bench_servers,
+    bench_settings,
+    cpu_between,
+    percentile,
+    sample_cpu,
+    switches_between,
+    wait_api,
+)
 from _statements import STATEMENT_LOG, mark_sql, statements_between
 from _statements import report as report_statements
 from legato.client import LegatoClient
@@ -120,6 +130,17 @@ def report_hops(
     print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
 
 
+def print_switches(switches: dict[str, int], runs: int) -> None:
+    """Context switches per run by process kind: the wake-ups a run costs (every message, reply or
+    statement result that wakes a process), which is what CPU per run tracks below saturation."""
+    print(
+        "  context switches per run: "
+        + ", ".join(
+            f"{kind} {switches[kind] / runs:.1f}" for kind in sorted(switches, key=lambda k: -switches[k])
+        )
+    )
+
+
 async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: str, runs: int) -> None:
     """With ``--statements``: close the phase (its end marker) and print the statements it ran."""
     if pg_log is None:
@@ -184,7 +205,8 @@ async def profile(
             "SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance WHERE workflow_id = 'bench-profile'"
         )
         elapsed = float(last_end) - t0  # to the last run's recorded end, not to the poll that saw it
-        cpu = cpu_between(before, sample_cpu(stack))
+        after = sample_cpu(stack)
+        cpu, switches = cpu_between(before, after), switches_between(before, after)
         client_cpu = time.process_time() - client_cpu
         n = args.saturated
         total = sum(cpu.values())
@@ -200,6 +222,7 @@ async def profile(
             f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
             "(this process: the starts, and polling Postgres; not in the total)"
         )
+        print_switches(switches, n)
         await statements_of(conn, pg_log, "saturated", n)
 
         # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
@@ -222,7 +245,8 @@ async def profile(
             await asyncio.gather(*(paced(i) for i in range(count)))
             done += count
             await wait_ended(conn, done, every=0.25)
-            cpu = cpu_between(before, sample_cpu(stack))
+            after = sample_cpu(stack)
+            cpu, switches = cpu_between(before, after), switches_between(before, after)
             rows = await conn.fetch(PATH_QUERY, list(sent))
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
             print(
@@ -231,6 +255,7 @@ async def profile(
                     f"{kind} {cpu[kind] / count * 1000:.3f}" for kind in sorted(cpu, key=lambda k: -cpu[k])
                 )
             )
+            print_switches(switches, count)
             await statements_of(conn, pg_log, "paced", count)
     finally:
         await conn.close()

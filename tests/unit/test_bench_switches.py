@@ -1,0 +1,59 @@
+"""``profile.py`` prints context switches per run by process kind, read from every thread's
+``/proc/<pid>/task/<tid>/status``: a changed format must not silently count nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_servers", ROOT / "bench" / "_servers.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_servers"] = module
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_every_threads_switches_are_counted() -> None:
+    servers = load()
+    me = psutil.Process()
+    before = servers.context_switches(me)
+    for _ in range(20):
+        time.sleep(0.001)  # each sleep is a voluntary switch of this thread
+    assert servers.context_switches(me) >= before + 20
+
+    done = threading.Event()
+
+    def other() -> None:
+        for _ in range(20):
+            time.sleep(0.001)
+        done.wait()
+
+    thread = threading.Thread(target=other)
+    start = servers.context_switches(me)
+    thread.start()
+    time.sleep(0.2)  # this thread switches once; the other, twenty times
+    counted = servers.context_switches(me)
+    done.set()
+    thread.join()
+    assert counted >= start + 20
+
+
+def test_switches_between_samples_by_kind_new_processes_from_zero() -> None:
+    servers = load()
+    before = servers.CpuSample({}, {("scheduler", 1): 100, ("postgres", 2): 50})
+    after = servers.CpuSample({}, {("scheduler", 1): 130, ("postgres", 2): 55, ("postgres", 3): 7})
+    assert servers.switches_between(before, after) == {"scheduler": 30, "postgres": 12}
