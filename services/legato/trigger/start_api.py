@@ -1,6 +1,6 @@
 """``instance.start``: a start request becomes a ``StartRun`` in the outbox, through a group commit.
 
-Starts that arrive together share one transaction (``run_batcher``). The request id makes a start
+Starts that arrive together share one read and one write (``run_batcher``). The request id makes a start
 idempotent: the same id with the same params and version is the same run (a duplicate), with others a
 conflict. Starts accepted and not yet applied by the scheduler are remembered (``accepted``) so that
 ``instance.get`` can say "pending" instead of "unknown".
@@ -78,8 +78,8 @@ class StartApi:
         self.cache = cache
         # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
         self.relay_committed = relay_committed or (lambda rows: wake_relay())
-        # Group commit: starts that arrive together share one transaction. A start whose content breaks
-        # the transaction fails alone; any other error (an outage) fails the whole batch at once.
+        # Group commit: starts that arrive together share one read and one write. A start whose content
+        # breaks the write fails alone; any other error (an outage) fails the whole batch at once.
         self._starts: GroupCommit[_PendingStart, StartReply] = GroupCommit(
             self._apply_starts,
             name="api-starts",
@@ -200,8 +200,8 @@ class StartApi:
         await self._starts.run()
 
     async def _apply_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
-        """One batch of starts: one transaction, then remember what it accepted and hand its StartRun
-        messages to the relay (committed: published from memory)."""
+        """One batch of starts: one read and one write (``_commit_starts``), then remember what it
+        accepted and hand its StartRun messages to the relay (committed: published from memory)."""
         out, rows = await self._commit_starts(batch)
         for p, res in zip(batch, out, strict=True):
             if not isinstance(res, Exception):
@@ -217,7 +217,18 @@ class StartApi:
     ) -> tuple[list[StartReply | Exception], list[OutboxRow]]:
         ids = [p.instance_id for p in batch]
         now = time.time()
-        async with self.pool.acquire() as conn, conn.transaction():
+        # No explicit transaction: two statements, each its own (two round trips instead of four with
+        # BEGIN and COMMIT). In READ COMMITTED the read and the write took a snapshot each inside one
+        # transaction too, so nothing is lost: the write is one statement (the outbox rows and the
+        # accepted starts together or not at all, durable when it returns, before any reply), and a
+        # duplicate that another replica records between the two is settled as before, by ON CONFLICT,
+        # the StartRun's message id and the scheduler's run id (one run per trigger key).
+        async with self.pool.acquire() as conn:
+            if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
+                # Long since applied by the scheduler (or visible as a run): no need to remember them.
+                # First: if it fails, the batch fails with nothing of it written, and is tried again.
+                self._pruned_at = now
+                await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
             # A run the scheduler created, or a start accepted and not applied yet: the same request_id
             # again is a duplicate when the request is the same, a conflict when it is not.
             existing: dict[str, str] = {}
@@ -299,10 +310,6 @@ class StartApi:
                     [p.digest for p in fresh],
                 )
                 rows = outbox_rows(ids, msgs)
-            if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
-                # Long since applied by the scheduler (or visible as a run): no need to remember them.
-                self._pruned_at = now
-                await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
         return out, rows
 
 
