@@ -4,22 +4,13 @@ nothing."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench import load_bench_module
 
 
 def load():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_statements", ROOT / "bench" / "_statements.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_statements"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_module("_statements.py")
 
 
 LOG = """\
