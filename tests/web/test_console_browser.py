@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from legato.config.settings import Settings
@@ -285,14 +285,17 @@ async def test_an_operator_cancels_a_backfill_and_live_updates_spare_the_reason_
             reason = driver.find_element(By.CSS_SELECTOR, f"{row} form.backfill-cancel input[name=reason]")
             assert reason.get_attribute("value") == "half typed"
             reason.send_keys(", now done")
-            # The button held down while updates arrive (a slow click): it has the focus, so its row is
-            # not re-rendered under it (a new button there would get the release, and no click would
-            # follow). Released where it is now (the tables above it may have grown meanwhile).
+            # Tab to the Cancel button (past the checkbox) and let updates arrive while it has the focus,
+            # as it has between a mouse press and its release: its row is not re-rendered (a new button
+            # there would get the release, no click would follow, and the cancel would silently not
+            # happen). The keyboard, not the pointer: the tables above the row grow as runs end, so a
+            # pointer aimed a moment before can land on something else.
+            reason.send_keys(Keys.TAB, Keys.TAB)
             button = driver.find_element(By.CSS_SELECTOR, f"{row} button.btn-backfill-cancel")
-            ActionChains(driver).click_and_hold(button).perform()
+            assert driver.switch_to.active_element == button
             await runs_end(2)
             assert button.is_enabled()  # the same element: StaleElementReferenceException if replaced
-            ActionChains(driver).release(button).perform()
+            button.send_keys(Keys.ENTER)
             WebDriverWait(driver, 30).until(
                 lambda d: (
                     "cancelled by operator: half typed, now done"
