@@ -10,7 +10,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,16 +198,21 @@ def sample_cpu(stack: Stack) -> CpuSample:
     return CpuSample(seen, switches)
 
 
-def switches_between(before: CpuSample, after: CpuSample) -> dict[str, int]:
-    """Context switches per process kind between two samples (a process new in ``after`` counts from 0)."""
-    by_kind: dict[str, int] = defaultdict(int)
-    for key, count in after.switches.items():
-        by_kind[key[0]] += count - before.switches.get(key, 0)
+def _by_kind(
+    before: Mapping[tuple[str, int], float], after: Mapping[tuple[str, int], float]
+) -> dict[str, float]:
+    """What each process kind added between two samples (a process new in ``after`` counts from 0)."""
+    by_kind: dict[str, float] = defaultdict(float)
+    for key, value in after.items():
+        by_kind[key[0]] += value - before.get(key, 0)
     return dict(by_kind)
+
+
+def switches_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Context switches per process kind between two samples."""
+    return _by_kind(before.switches, after.switches)
 
 
 def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
-    by_kind: dict[str, float] = defaultdict(float)
-    for key, seconds in after.per_pid.items():
-        by_kind[key[0]] += seconds - before.per_pid.get(key, 0.0)
-    return dict(by_kind)
+    """CPU seconds per process kind between two samples."""
+    return _by_kind(before.per_pid, after.per_pid)

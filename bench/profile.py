@@ -130,7 +130,7 @@ def report_hops(
     print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
 
 
-def print_switches(switches: dict[str, int], runs: int) -> None:
+def print_switches(switches: dict[str, float], runs: int) -> None:
     """Context switches per run by process kind: the wake-ups a run costs (every message, reply or
     statement result that wakes a process), which is what CPU per run tracks below saturation."""
     print(
