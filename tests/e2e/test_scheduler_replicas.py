@@ -17,9 +17,11 @@ from legato.bus.topology import partition_of
 from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, service_env
 from tests.e2e.test_spine import _ledger_lines
-from tests.support.stack import running_stack, wait_for
+from tests.support.stack import TERMINAL, running_stack, wait_for
 
 TTL = 3.0
+# Runs the loader below may have unfinished at once (two shell steps each).
+LOAD_BACKLOG = 100
 
 
 def scheduler(
@@ -271,6 +273,15 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
         async def load() -> None:
             nonlocal n
             while not stop_loading.is_set():
+                if n >= LOAD_BACKLOG:
+                    # Bounded backlog: the executor runs ~25 shell steps/s, so an unbounded loader left
+                    # thousands of steps queued ahead of the fresh runs below when the victim was caught
+                    # late, and they missed their deadline behind the queue (FIFO), not a stall.
+                    oldest = started[n - LOAD_BACKLOG]
+                    while (await client.get(oldest))["status"] not in TERMINAL and not stop_loading.is_set():
+                        await asyncio.sleep(0.1)
+                    if stop_loading.is_set():
+                        break
                 r = await client.start(flows[n % len(flows)], request_id=f"load{n}")
                 started.append(r.instance_id)
                 n += 1
