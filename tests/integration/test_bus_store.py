@@ -34,6 +34,7 @@ from legato.store import (
     mark_applied,
     migrate_url,
 )
+from legato.store.outbox import DELETE_PUBLISHED
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -356,6 +357,30 @@ async def test_outbox_relay_takes_no_empty_round_after_a_partial_batch(
 async def commit_rows(pool: asyncpg.Pool, msgs: list[OutgoingMessage]) -> list[tuple[int, OutgoingMessage]]:
     async with pool.acquire() as conn, conn.transaction():
         return await add_to_outbox(conn, msgs)
+
+
+async def test_published_rows_are_deleted_without_waiting_for_the_wal_flush(
+    pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """The relay's delete of published rows is the one outbox write a Postgres crash may undo (the rows
+    are then published again under their message ids, and dropped as copies): it commits without
+    waiting for the WAL flush, for its own transaction only, so the pooled connection's next
+    transaction (a start, a scheduler batch) stays durable."""
+    rows = await commit_rows(pool, [OutgoingMessage(topo.event_subject("wf"), b"{}") for _ in range(3)])
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "SET synchronous_commit = on"
+        )  # as in production (the tests' server is not durable)
+        async with conn.transaction():
+            await conn.execute(DELETE_PUBLISHED, [rows[0][0]])
+            assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "off"
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        await conn.execute(DELETE_PUBLISHED, [rows[1][0]])  # a statement of its own: the same
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        left = await conn.fetchval(
+            "SELECT array_agg(id) FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows]
+        )
+        assert left == [rows[2][0]]
 
 
 async def until_published(relay: OutboxRelay, total: int, timeout: float = 5.0) -> None:

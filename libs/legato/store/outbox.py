@@ -34,6 +34,16 @@ HANDOFF_GRACE = 2.0
 # At most this many handed-over rows wait in memory; beyond, the relay reads them from the table.
 MAX_HANDED = 50_000
 
+# Deletes rows once published, committed without waiting for the WAL flush (``synchronous_commit``
+# off for this transaction only): a delete lost to a Postgres crash leaves rows that are published
+# again under their message ids, which JetStream (then the consumer's durable dedup) drops, exactly as
+# after a relay that died between its publish and its delete. Only the outbox's own deletes are
+# asynchronous: every write a reply or an ack waits for stays durable before it returns.
+DELETE_PUBLISHED = (
+    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v) "
+    "DELETE FROM outbox WHERE id = ANY($1::bigint[]) AND (SELECT v FROM relaxed) = 'off'"
+)
+
 # A row of the outbox as its transaction wrote it: its id, and the message.
 OutboxRow = tuple[int, OutgoingMessage]
 
@@ -244,7 +254,7 @@ class OutboxRelay(Component):
         self.rounds += 1
         metrics().outbox_published.add(len(rows))
         try:
-            await self.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows])
+            await self.pool.execute(DELETE_PUBLISHED, [r[0] for r in rows])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -298,7 +308,7 @@ class OutboxRelay(Component):
                 for r in rows
             ]
             await self.publisher.publish_many(msgs)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            await conn.execute(DELETE_PUBLISHED, [r["id"] for r in rows])
         self.published += len(rows)
         self.rounds += 1
         metrics().outbox_published.add(len(rows))
