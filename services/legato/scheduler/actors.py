@@ -161,7 +161,7 @@ class WorkflowActor:
             state.row.run_strategy = config.run_strategy
             state.row.max_concurrency = config.max_concurrency
             state.row.paused = config.paused
-            versions = {state.row.active_version, *(i.version for i in state.instances.values())}
+            versions = {state.row.active_version, *state.instances.versions()}
             starts = [e.message for e in batch if isinstance(e.message, StartRun)]
             asked = {m.version for m in starts if m.version is not None}
             versions.update(asked)
@@ -171,7 +171,7 @@ class WorkflowActor:
             versions -= self.missing_versions
             existing = await repository.existing_runs(conn, [m.instance_id for m in starts])
             await self._load_tags(conn, state, versions)
-            state.count_unstarted()  # the per-message bookkeeping never drifts past one batch
+            state.begin_batch()
             engine = RunEngine(
                 state,
                 uow,

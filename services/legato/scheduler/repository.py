@@ -256,7 +256,7 @@ async def load_workflow_state(conn: asyncpg.Connection, workflow_id: str) -> Wor
     )
     for _since, queue, inst_id, step_id in held:
         state.dispatch_backlog.setdefault(str(queue), deque()).append((inst_id, step_id))
-    state.count_unstarted()
+    state.index_dispatched()
     state.leaf_active = sum(
         1
         for inst in state.instances.values()

@@ -19,6 +19,7 @@ from legato.bus.publisher import OutgoingMessage
 from legato.core.progress import Progress
 from legato.core.reasons import PERMIT_WAITS, Reason, SkippedByOperator
 from legato.core.statuses import FAILED_STEP, TERMINAL_INSTANCE, TERMINAL_STEP
+from legato.scheduler.instance_map import InstanceMap
 from legato.scheduler.span_facts import SpanFact
 
 
@@ -206,12 +207,16 @@ class StoppingAttempt:
     until: datetime
 
 
+# How often a batch looks for the attempts waiting in executor queues in every run in memory.
+DISPATCHED_RESCAN_SECONDS = 1.0
+
+
 @dataclass
 class WorkflowState:
     """Everything the actor holds for one workflow between batches."""
 
     row: WorkflowRow
-    instances: dict[str, InstanceState] = field(default_factory=dict)  # queued and running
+    instances: InstanceMap[InstanceState] = field(default_factory=InstanceMap)  # queued and running
     queue: deque[str] = field(default_factory=deque)  # queued ids in arrival (seq) order
     loaded_at: float = field(default_factory=time.monotonic)
     # Leaf attempts of this workflow dispatched or running (for step_concurrency).
@@ -226,14 +231,53 @@ class WorkflowState:
     unstarted: dict[str, int] = field(default_factory=dict)
     dispatch_backlog: dict[str, deque[tuple[str, str]]] = field(default_factory=dict)
 
+    # The attempts counted in ``unstarted``, by id: (run id, queue).
+    dispatched: dict[str, tuple[str, str]] = field(default_factory=dict)
+    indexed_at: float = 0.0  # when ``index_dispatched`` last scanned every run
+
+    def begin_batch(self) -> None:
+        """The per-message bookkeeping of ``unstarted`` never drifts past one batch: each batch recounts
+        it from the attempts it counted (``count_unstarted``, a look at each), and at most once a second
+        from every run (``index_dispatched``; a backlog of queued runs made that scan per batch cost
+        more than the rest of the batch)."""
+        if time.monotonic() - self.indexed_at >= DISPATCHED_RESCAN_SECONDS:
+            self.index_dispatched()
+        else:
+            self.count_unstarted()
+
+    def note_dispatched(self, at: AttemptState) -> None:
+        self.dispatched[at.id] = (at.instance_id, at.queue)
+        self.unstarted[at.queue] = self.unstarted.get(at.queue, 0) + 1
+
+    def note_left_queue(self, at: AttemptState) -> None:
+        if at.status == "dispatched":
+            self.dispatched.pop(at.id, None)
+            self.unstarted[at.queue] = max(0, self.unstarted.get(at.queue, 0) - 1)
+
     def count_unstarted(self) -> None:
-        """Recount the attempts waiting in executor queues from the attempts themselves."""
+        """Recount the attempts waiting in executor queues from those counted, dropping any that left
+        the queue (or whose run left memory) by a path that did not say so."""
         counts: dict[str, int] = {}
-        for inst in self.instances.values():
-            for at in inst.attempts.values():
-                if at.status == "dispatched":
-                    counts[at.queue] = counts.get(at.queue, 0) + 1
+        for attempt_id, (instance_id, queue) in list(self.dispatched.items()):
+            inst = self.instances.get(instance_id)
+            at = inst.attempts.get(attempt_id) if inst is not None else None
+            if at is None or at.status != "dispatched":
+                del self.dispatched[attempt_id]
+                continue
+            counts[queue] = counts.get(queue, 0) + 1
         self.unstarted = counts
+
+    def index_dispatched(self) -> None:
+        """Find the attempts waiting in executor queues in every run in memory (on load, and once a
+        second: an attempt dispatched by a path that did not say so is counted then)."""
+        self.dispatched = {
+            at.id: (inst.id, at.queue)
+            for inst in self.instances.values()
+            for at in inst.attempts.values()
+            if at.status == "dispatched"
+        }
+        self.indexed_at = time.monotonic()
+        self.count_unstarted()
 
     def stopping_runs(self) -> list[str]:
         """Ended runs whose stop is not confirmed yet, oldest deadline first."""

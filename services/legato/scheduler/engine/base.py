@@ -119,8 +119,7 @@ class EngineBase:
         )
 
     def _attempt_left_queue(self, at: AttemptState) -> None:
-        if at.status == "dispatched":
-            self.state.unstarted[at.queue] = max(0, self.state.unstarted.get(at.queue, 0) - 1)
+        self.state.note_left_queue(at)
 
     if TYPE_CHECKING:  # what the parts call on each other (RunEngine has them all)
 

@@ -62,7 +62,6 @@ class StepDispatch(EngineBase):
         st.reason = None
         st.error = None
         self.uow.touch_step(st)
-        self.state.unstarted[queue] = self.state.unstarted.get(queue, 0) + 1
         at = AttemptState(
             id=attempt_id,
             instance_id=inst.id,
@@ -77,6 +76,7 @@ class StepDispatch(EngineBase):
         if previous is not None:
             inst.attempts.pop(previous, None)
         inst.attempts[attempt_id] = at
+        self.state.note_dispatched(at)
         self.uow.touch_attempt(at)
         permits.hold(self.state, self.uow, inst, st, step.concurrency_tags, attempt_id)
         work = WorkItem(
