@@ -43,7 +43,8 @@ class ClusterRoutes:
 # 2 cores, A/B 2 pairs: nats-server context switches per run halved (77-79 -> 54-56 at 50 starts/s,
 # 22-23 -> 12 at 600/s), its CPU per run at saturation 0.185-0.220 -> 0.135-0.150 ms, saturated runs/s
 # 1,307-1,491 -> 1,459-1,557, unloaded trigger -> step start p50 5.7-6.0 -> 4.5-5.0 ms. One core
-# relays far more than the services can produce (0.15 ms of it per run: ~6,000 runs/s).
+# relays far more than the services can produce (0.15 ms of it per run: ~6,000 runs/s). The cost: a
+# burst of signals from 4 publishers is accepted ~6-13 % slower (bench/signals.py, 2 pairs).
 NATS_GOMAXPROCS = 1
 
 
