@@ -4,6 +4,7 @@ leaves nothing written; the statements that must follow the bulk writes still se
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 
 from legato.bus.publisher import OutgoingMessage
+from legato.core.reasons import OtherReason, decode_reason
 from legato.scheduler import repository
 from legato.scheduler.leases import LeaseGuard, LeaseLost
 from legato.scheduler.state import (
@@ -262,3 +264,54 @@ async def test_timer_cancellations_go_in_the_same_statement_and_spare_the_timers
         ("r1", None, "run_timeout", None),
         ("r1", "a", "step_timeout", "r1.a.2"),
     ]
+
+
+async def test_every_value_a_batch_writes_reads_back_as_it_was(pool: asyncpg.Pool) -> None:
+    """Each table's rows travel as one JSON array: text with quotes, backslashes, newlines and non-ASCII,
+    zero and false, NULLs, nested and list jsonb, a reason written by another version (stored back as it
+    was) and timestamps to the microsecond all read back unchanged."""
+    now = datetime(2026, 12, 5, 9, 30, 1, 123456, tzinfo=UTC)
+    odd = 'quote " back \\ slash\nnew line, é, 日本, emoji 🎻, {not: json}'
+    run = InstanceState(
+        id="r-odd",
+        workflow_id="wf",
+        version=1,
+        trigger_key="k-odd",
+        trigger={"kind": "api", "by": odd, "list": [1, 2.5, None, True, {"x": []}]},
+        status="running",
+        params={"s": odd, "n": 0, "f": False},
+        run_params={},
+        created_at=now,
+        started_at=now + timedelta(microseconds=1),
+        error=odd,
+        run_number=0,
+        unblocked=False,
+        parent_iteration=0,
+        reason=decode_reason({"code": "from_a_later_version", "message": odd, "extra": {"k": [1]}}),
+        trace_links=["00-" + "3" * 32 + "-" + "4" * 16 + "-01"],
+    )
+    run.new = True
+    uow = UnitOfWork()
+    uow.touch_instance(run)
+    uow.touch_step(
+        StepState(instance_id="r-odd", step_id=odd, status="running", outputs={"o": odd}, attempts=0)
+    )
+    uow.note(TimelineEntry(instance_id="r-odd", event="run_started", message=odd, details={"d": odd}))
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.flush(conn, uow, workflow_row())
+    async with pool.acquire() as conn:
+        state = await repository.load_workflow_state(conn, "wf")
+        timeline = await conn.fetchrow(
+            "SELECT message, details::text FROM timeline WHERE instance_id = 'r-odd'"
+        )
+    assert state is not None
+    back = state.instances["r-odd"]
+    for field in ("trigger", "params", "run_params", "error", "run_number", "unblocked", "parent_iteration"):
+        assert getattr(back, field) == getattr(run, field), field
+    assert (back.created_at, back.started_at, back.ended_at) == (run.created_at, run.started_at, None)
+    assert back.trace_links == run.trace_links
+    assert isinstance(back.reason, OtherReason) and isinstance(run.reason, OtherReason)
+    assert back.reason.raw == run.reason.raw
+    assert back.steps[odd].outputs == {"o": odd}
+    assert timeline["message"] == odd
+    assert json.loads(timeline["details"]) == {"d": odd}
