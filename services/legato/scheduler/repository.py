@@ -82,9 +82,7 @@ def _bulk_upsert_sql(
     defs = ", ".join(f"{c} {t}" for c, t in zip(cols, types, strict=True))
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
     names = ", ".join(cols)
-    insert = (
-        f"INSERT INTO {table} ({names}) SELECT {names} FROM json_to_recordset(${first}::text::json) AS u ({defs})"
-    )
+    insert = f"INSERT INTO {table} ({names}) SELECT {names} FROM json_to_recordset(${first}::text::json) AS u ({defs})"
     return insert if key is None else f"{insert} ON CONFLICT ({key}) DO UPDATE SET {sets}"
 
 
