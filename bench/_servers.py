@@ -69,7 +69,9 @@ def bench_servers(
         db_url = os.environ.get("LEGATO_BENCH_DATABASE_URL")
         pg_log = None
         if not db_url:
-            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True, settings=pg_settings).start()
+            # Only when given: a checkout measured with ``--code`` may predate the argument.
+            more = {"settings": pg_settings} if pg_settings else {}
+            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True, **more).start()
             started.append(pg)
             db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
             pg_log = pg.log_path
