@@ -426,6 +426,81 @@ async def test_committed_rows_are_published_from_memory_then_deleted(
         await task
 
 
+class PurgeCountingRelay(CountingRelay):
+    """Records the ids of each delete of published rows."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.purges: list[int] = []
+
+    async def purge_published(self) -> None:
+        if self._unpurged:
+            self.purges.append(len(self._unpurged))
+        await super().purge_published()
+
+
+async def test_rows_published_in_several_rounds_are_deleted_in_one_statement(
+    nc: Client, pool: asyncpg.Pool, topo: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below saturation a relay publishes a round per commit; the rows of the rounds published within
+    DELETE_LINGER are deleted together, and what is still to delete at shutdown is deleted then."""
+    import legato.store.outbox as outbox
+
+    monkeypatch.setattr(outbox, "DELETE_LINGER", 30.0)  # only the shutdown deletes, here
+    await provision_streams(nc.jetstream(), topo)
+    relay = PurgeCountingRelay(pool, Publisher(nc), batch=100, poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        await relay.started()
+        for r in range(5):
+            rows = await commit_rows(
+                pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id=f"p{r}.{i}") for i in range(3)]
+            )
+            relay.committed(rows)
+            await until_published(relay, 3 * (r + 1))  # a round of its own
+        assert relay.rounds == 5
+        assert await count(pool, "SELECT count(*) FROM outbox") == 15
+        assert relay.purges == []
+    finally:
+        await relay.shutdown()
+        await task
+    assert relay.purges == [15]
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+    assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 15
+
+
+async def test_a_sweep_deletes_published_rows_before_it_reads_the_table(
+    nc: Client, pool: asyncpg.Pool, topo: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows published and not deleted yet are deleted before a sweep reads the table (``wake()``): the
+    sweep must not find them and publish them again."""
+    import legato.store.outbox as outbox
+
+    monkeypatch.setattr(outbox, "DELETE_LINGER", 30.0)
+    await provision_streams(nc.jetstream(), topo)
+    relay = PurgeCountingRelay(pool, Publisher(nc), poll_interval=30.0)
+    task = asyncio.create_task(relay.run())
+    try:
+        reads = await relay.started()
+        relay.committed(
+            await commit_rows(
+                pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id=f"s{i}") for i in range(4)]
+            )
+        )
+        await until_published(relay, 4)
+        relay.wake()
+        async with asyncio.timeout(5):
+            while relay.calls == reads:
+                await asyncio.sleep(0.02)
+        assert relay.purges == [4]
+        assert await count(pool, "SELECT count(*) FROM outbox") == 0
+    finally:
+        await relay.shutdown()
+        await task
+    assert relay.published == 4  # neither the sweep nor the shutdown's round found a row to publish
+    assert relay.publisher.duplicates == 0
+
+
 class FailsOnce(Publisher):
     failures_left = 1
 

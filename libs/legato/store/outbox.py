@@ -44,6 +44,12 @@ DELETE_PUBLISHED = (
     "DELETE FROM outbox WHERE id = ANY($1::bigint[]) AND (SELECT v FROM relaxed) = 'off'"
 )
 
+# Rows handed over and published are deleted together, at most this long after the first of them
+# was published (or at once when a batch's worth waits): below saturation a relay publishes a round
+# every few milliseconds, one or two rows each, and a delete per round was a statement per round.
+# Far below HANDOFF_GRACE, so a poll never finds them; a sweep deletes them first (``_sweep``).
+DELETE_LINGER = 0.1
+
 # A row of the outbox as its transaction wrote it: its id, and the message.
 OutboxRow = tuple[int, OutgoingMessage]
 
@@ -139,6 +145,9 @@ class OutboxRelay(Component):
         self._handed: deque[OutboxRow] = deque()
         # The table must be read now (wake(), or a handed-over publish failed), not only old rows.
         self._sweep = False
+        # Handed-over rows published and not deleted yet (``DELETE_LINGER``), and when they must be.
+        self._unpurged: list[int] = []
+        self._purge_at = 0.0
         self._db_token = ""
         self.published = 0
         self.rounds = 0
@@ -187,10 +196,16 @@ class OutboxRelay(Component):
         # committed them, which hands them over.
         grace = 0.0 if self.ordered_lock is not None else HANDOFF_GRACE
         polled = True  # the first round reads the table: rows a previous run of this process left
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 while self._handed:
                     await self.relay_handed()
+                    if self._purge_due(loop.time()):
+                        await self.purge_published()
+                if self._purge_due(loop.time()) or (self._unpurged and (self._sweep or polled)):
+                    # Before any read of the table too: it must not find rows already published.
+                    await self.purge_published()
                 if self._sweep or polled:
                     min_age = 0.0 if self._sweep else grace
                     self._sweep = False
@@ -212,15 +227,22 @@ class OutboxRelay(Component):
             if self.stopping:
                 break
             polled = False
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
-            except TimeoutError:
-                polled = True
+            # Idle for poll_interval: poll the table. Published rows to delete wake the loop sooner.
+            poll_at = loop.time() + self.poll_interval
+            while not self._wake.is_set() and not polled:
+                until = min(poll_at, self._purge_at) if self._unpurged else poll_at
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, until - loop.time()))
+                except TimeoutError:
+                    polled = loop.time() >= poll_at
+                    if self._unpurged and loop.time() >= self._purge_at:
+                        break
             self._wake.clear()
         # Last pass so rows committed just before shutdown are not left to the next start.
         try:
             while self._handed:
                 await self.relay_handed()
+            await self.purge_published()
             while await self.relay_once():
                 pass
         except Exception as exc:
@@ -235,7 +257,8 @@ class OutboxRelay(Component):
         return str(ident)
 
     async def relay_handed(self) -> int:
-        """Publish up to one batch of the rows handed over, oldest first, then delete them.
+        """Publish up to one batch of the rows handed over, oldest first; they are deleted by
+        ``purge_published`` within ``DELETE_LINGER`` (several rounds' rows in one statement).
 
         Nothing is read first: the rows are this process's, committed. If the publish fails they are
         dropped from memory (still in the table, the next round reads them: ``_sweep``). Another relay
@@ -253,15 +276,31 @@ class OutboxRelay(Component):
         self.published += len(rows)
         self.rounds += 1
         metrics().outbox_published.add(len(rows))
+        if not self._unpurged:
+            self._purge_at = asyncio.get_running_loop().time() + DELETE_LINGER
+        self._unpurged.extend(r[0] for r in rows)
+        return len(rows)
+
+    def _purge_due(self, now: float) -> bool:
+        return bool(self._unpurged) and (len(self._unpurged) >= self.batch or now >= self._purge_at)
+
+    async def purge_published(self) -> None:
+        """Delete the handed-over rows published so far, in one statement.
+
+        A crash before it leaves them in the table: any relay publishes them again under their message
+        ids, and JetStream (then the consumer's durable dedup) drops the copies, as after a relay that
+        died between its publish and its delete."""
+        ids, self._unpurged = self._unpurged, []
+        if not ids:
+            return
         try:
-            await self.pool.execute(DELETE_PUBLISHED, [r[0] for r in rows])
+            await self.pool.execute(DELETE_PUBLISHED, ids)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             # Published: a later round publishes them again under the same ids (dropped as copies).
-            log.warning("outbox_delete_failed", rows=len(rows), error=repr(exc))
+            log.warning("outbox_delete_failed", rows=len(ids), error=repr(exc))
             self._sweep = True
-        return len(rows)
 
     def _msg_id(self, row_id: int, msg_id: str | None) -> str:
         """The row's message id, or one from the database and the row's id (unique across recreations)."""
