@@ -8,8 +8,9 @@ statements (on its own connection, with its own locking protocol) only it runs.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -77,12 +78,14 @@ def _bulk_upsert_sql(
     updatable: tuple[str, ...],
     first: int = 1,
 ) -> str:
-    """An upsert (an insert when ``key`` is None) of one row per element of its one argument, ``$first``:
-    a JSON array of one object per row (``_bulk_rows``), in the order given."""
-    defs = ", ".join(f"{c} {t}" for c, t in zip(cols, types, strict=True))
+    """An upsert (an insert when ``key`` is None) of the rows of ``$first`` (``_bulk_rows``), in their
+    order; a JSON null is an SQL NULL, in jsonb columns too."""
+    values = ", ".join(
+        f"nullif(e->{i}, 'null'::jsonb)" if t == "jsonb" else f"(e->>{i})::{t}" for i, t in enumerate(types)
+    )
     sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in updatable)
-    names = ", ".join(cols)
-    insert = f"INSERT INTO {table} ({names}) SELECT {names} FROM json_to_recordset(${first}::text::json) AS u ({defs})"
+    rows = f"jsonb_array_elements(${first}::text::jsonb) AS e"
+    insert = f"INSERT INTO {table} ({', '.join(cols)}) SELECT {values} FROM {rows}"
     return insert if key is None else f"{insert} ON CONFLICT ({key}) DO UPDATE SET {sets}"
 
 
@@ -93,14 +96,17 @@ def _stored_as_read(value: Any) -> Any:
 
 
 _encode_rows = msgspec.json.Encoder(enc_hook=_stored_as_read).encode
+_row_getters: dict[tuple[str, ...], Callable[[object], tuple[Any, ...]]] = {}
 
 
 def _bulk_rows(items: Sequence[object], cols: tuple[str, ...]) -> str:
-    """The argument of ``_bulk_upsert_sql``: one JSON object per row, its keys the columns. One argument
-    per part of a flush, not one array per column: a one-run batch's flush encoded 60-90 arrays, the
-    largest part of its cost on both sides (``json_to_recordset`` reads the rows 10-16 % faster than
-    ``unnest`` of the arrays, measured for 1 and 50 runs), and jsonb values need no detour through text."""
-    return _encode_rows([{c: getattr(x, c) for c in cols} for x in items]).decode()
+    """The argument of ``_bulk_upsert_sql``: one JSON array per row, its values in the order of ``cols``.
+    One argument per part (not one array per column: 60-90 for a one-run batch), of arrays (not objects:
+    for 1-500 step rows ~4x cheaper to encode, and read 2-45 % faster by Postgres)."""
+    getter = _row_getters.get(cols)
+    if getter is None:
+        getter = _row_getters[cols] = operator.attrgetter(*cols)
+    return _encode_rows([getter(x) for x in items]).decode()
 
 
 def _instance(r: asyncpg.Record) -> InstanceState:
