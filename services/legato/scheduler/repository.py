@@ -31,6 +31,7 @@ from legato.scheduler.state import (
     WorkflowRow,
     WorkflowState,
 )
+from legato.store.keys import probe
 from legato.store.outbox import OUTBOX_ARGS, OUTBOX_IDS, outbox_args, outbox_ctes, outbox_rows
 
 if TYPE_CHECKING:
@@ -338,14 +339,15 @@ async def lock_workflow(
     )
 
 
+# One index probe per id, whatever plan the plan cache holds (``legato.store.keys``).
+EXISTING_RUNS = f"SELECT r.id FROM {probe('workflow_instance', 'id', '$1::text[]', 'id')} AS r"
+
+
 async def existing_runs(conn: asyncpg.Connection, instance_ids: list[str]) -> set[str]:
     """Which of these run ids already exist (a start seen before: one run per trigger key)."""
     if not instance_ids:
         return set()
-    return {
-        r["id"]
-        for r in await conn.fetch("SELECT id FROM workflow_instance WHERE id = ANY($1::text[])", instance_ids)
-    }
+    return {r["id"] for r in await conn.fetch(EXISTING_RUNS, instance_ids)}
 
 
 async def definitions(conn: asyncpg.Connection, workflow_id: str, versions: list[int]) -> dict[int, str]:

@@ -30,6 +30,7 @@ from legato.protocol.ids import instance_id_for, new_request_id
 from legato.protocol.messages import StartRun, TriggerInfo
 from legato.protocol.replies import StartReply
 from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
+from legato.store.keys import probe
 from legato.store.outbox import OUTBOX_IDS, OutboxRow, outbox_args, outbox_ctes, outbox_rows
 from legato.telemetry.tracing import inject_headers
 from legato.trigger.backlog import BacklogProbe
@@ -235,15 +236,7 @@ class StartApi:
             digests: dict[str, str | None] = {}
             run_versions: dict[str, int] = {}
             # One statement (one round trip, one snapshot): the runs, then the accepted starts.
-            for r in await conn.fetch(
-                "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
-                "FROM workflow_instance i LEFT JOIN accepted_start a ON a.instance_id = i.id "
-                "WHERE i.id = ANY($1::text[]) "
-                "UNION ALL "
-                "SELECT false, instance_id, NULL, NULL, NULL, request_digest FROM accepted_start "
-                "WHERE instance_id = ANY($1::text[]) ORDER BY 1 DESC",
-                ids,
-            ):
+            for r in await conn.fetch(_READ_STARTS, ids):
                 if not r["is_run"]:
                     if r["id"] not in existing:
                         existing[r["id"]] = InstanceStatus.PENDING
@@ -312,6 +305,19 @@ class StartApi:
                 rows = outbox_rows(ids, msgs)
         return out, rows
 
+
+# The runs and the accepted starts of a batch's ids, the runs first: one index probe per id and table,
+# whatever plan the plan cache holds (``legato.store.keys``).
+_READ_STARTS = (
+    "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
+    "FROM unnest($1::text[]) AS u(k) "
+    "CROSS JOIN LATERAL (SELECT id, status, run_params, version FROM workflow_instance WHERE id = u.k LIMIT 1) AS i "
+    "LEFT JOIN LATERAL (SELECT request_digest FROM accepted_start WHERE instance_id = u.k LIMIT 1) AS a ON true "
+    "UNION ALL "
+    "SELECT false, s.instance_id, NULL, NULL, NULL, s.request_digest "
+    f"FROM {probe('accepted_start', 'instance_id', '$1::text[]', 'instance_id, request_digest')} AS s "
+    "ORDER BY 1 DESC"
+)
 
 # A batch's fresh starts: their StartRun messages into the outbox, and their request ids into
 # accepted_start (a retry finds them there before the scheduler made their runs).
