@@ -339,12 +339,11 @@ async def lock_workflow(
     )
 
 
-# One index probe per id, whatever plan the plan cache holds (``legato.store.keys``).
 EXISTING_RUNS = f"SELECT r.id FROM {probe('workflow_instance', 'id', '$1::text[]', 'id')} AS r"
 
 
 async def existing_runs(conn: asyncpg.Connection, instance_ids: list[str]) -> set[str]:
-    """Which of these run ids already exist (a start seen before: one run per trigger key)."""
+    """Which of these run ids exist (one run per trigger key): an index probe per id (``store.keys``)."""
     if not instance_ids:
         return set()
     return {r["id"] for r in await conn.fetch(EXISTING_RUNS, instance_ids)}
