@@ -203,7 +203,7 @@ class OutboxRelay(Component):
                     await self.relay_handed()
                     if self._purge_due(loop.time()):
                         await self.purge_published()
-                if self._purge_due(loop.time()) or (self._unpurged and (self._sweep or polled)):
+                if self._purge_due(loop.time()) or self._sweep or polled:
                     # Before any read of the table too: it must not find rows already published.
                     await self.purge_published()
                 if self._sweep or polled:

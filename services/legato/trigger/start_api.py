@@ -310,9 +310,8 @@ class StartApi:
 # whatever plan the plan cache holds (``legato.store.keys``).
 _READ_STARTS = (
     "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
-    "FROM unnest($1::text[]) AS u(k) "
-    "CROSS JOIN LATERAL (SELECT id, status, run_params, version FROM workflow_instance WHERE id = u.k LIMIT 1) AS i "
-    "LEFT JOIN LATERAL (SELECT request_digest FROM accepted_start WHERE instance_id = u.k LIMIT 1) AS a ON true "
+    f"FROM {probe('workflow_instance', 'id', '$1::text[]', 'id, status, run_params, version')} AS i "
+    "LEFT JOIN LATERAL (SELECT request_digest FROM accepted_start WHERE instance_id = i.id LIMIT 1) AS a ON true "
     "UNION ALL "
     "SELECT false, s.instance_id, NULL, NULL, NULL, s.request_digest "
     f"FROM {probe('accepted_start', 'instance_id', '$1::text[]', 'instance_id, request_digest')} AS s "
