@@ -620,6 +620,66 @@ async def test_ordered_relays_publish_every_row_once_in_the_order_it_was_written
     assert order == list(range(n))
 
 
+async def test_a_paced_relay_reads_once_per_pace_under_load_and_at_once_when_idle(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """The lifecycle-event relay's ``pace``: commits that come while it reads the table are taken
+    together after the pace, not one read per commit; every row is published once, in order; and a
+    commit that finds the relay idle is read at once, not after the pace."""
+    await provision_streams(nc.jetstream(), topo)
+    pace = 1.0
+    relay = CountingRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4545, pace=pace)
+    task = asyncio.create_task(relay.run())
+    loop = asyncio.get_running_loop()
+    try:
+        reads = await relay.started()
+        # 40 commits back to back, each handed to the relay as the scheduler does: a burst.
+        began = loop.time()
+        for n in range(40):
+            relay.committed(
+                await commit_rows(
+                    pool,
+                    [
+                        OutgoingMessage(
+                            topo.event_subject("wf"), msgspec.json.encode(Ping(n=n)), msg_id=f"pace-{n}"
+                        )
+                    ],
+                )
+            )
+        burst = loop.time() - began
+        await until_published(relay, 40, timeout=20)
+        # Unpaced, a relay reads again after every read that a commit overlapped: ~one read per commit
+        # or two. Paced: one read at once, then one per pace while the burst lasts.
+        assert relay.calls - reads <= 2 + int(burst / pace), (relay.calls - reads, burst)
+        await asyncio.sleep(0.1)
+        # Idle now (its last read found everything): a commit is read at once, well inside the pace.
+        calls = relay.calls
+        began = loop.time()
+        relay.committed(
+            await commit_rows(
+                pool,
+                [
+                    OutgoingMessage(
+                        topo.event_subject("wf"), msgspec.json.encode(Ping(n=40)), msg_id="pace-40"
+                    )
+                ],
+            )
+        )
+        await until_published(relay, 41)
+        assert loop.time() - began < pace / 2
+        assert relay.calls == calls + 1
+    finally:
+        await relay.shutdown()
+        await task
+    js = nc.jetstream()
+    assert (await js.stream_info(topo.events_stream)).state.messages == 41
+    order = [
+        DECODER.decode((await js.get_msg(topo.events_stream, seq)).data or b"").n for seq in range(1, 42)
+    ]
+    assert order == list(range(41))
+    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+
+
 async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(
     nc: Client, pool: asyncpg.Pool, topo: Topology
 ) -> None:

@@ -126,12 +126,15 @@ class OutboxRelay(Component):
         exclude: tuple[str, ...] = (),
         name: str | None = None,
         ordered_lock: int | None = None,
+        pace: float = 0.0,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
         permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
         ``exclude``: never these kinds (another relay of the process has them). ``ordered_lock``: an
         advisory lock key that every relay of these kinds holds while it relays a batch, so across
-        processes one batch is published at a time, in commit order (lifecycle events)."""
+        processes one batch is published at a time, in commit order (lifecycle events). ``pace``: under
+        load, at most one read of the table per ``pace`` seconds (``_run``); a relay woken when idle reads
+        at once."""
         super().__init__()
         self.ordered_lock = ordered_lock
         if name is not None:
@@ -149,6 +152,8 @@ class OutboxRelay(Component):
         self._unpurged: list[int] = []
         self._purge_at = 0.0
         self._db_token = ""
+        self.pace = pace
+        self._read_began = 0.0  # when the last read of the table began (loop time)
         self.published = 0
         self.rounds = 0
         self.subject_pattern = None if kinds is None else rf"^([^.]+\.)?legato\.({'|'.join(kinds)})\."
@@ -209,6 +214,7 @@ class OutboxRelay(Component):
                 if self._sweep or polled:
                     min_age = 0.0 if self._sweep else grace
                     self._sweep = False
+                    self._read_began = loop.time()
                     # A round that found fewer rows than it may take took every row there was: rows
                     # committed since are handed over, wake the relay again, or are found by the
                     # poll. So no empty round follows every batch.
@@ -227,6 +233,11 @@ class OutboxRelay(Component):
             if self.stopping:
                 break
             polled = False
+            if self.pace and self._sweep and not self._handed:
+                # Rows were committed while the table was read (wake() came meanwhile): under load. Wait
+                # out the pace, then take them and what follows in one read instead of one per commit.
+                if await self.sleep_or_stop(self._read_began + self.pace - loop.time()):
+                    break
             # Idle for poll_interval: poll the table. Published rows to delete wake the loop sooner.
             poll_at = loop.time() + self.poll_interval
             while not self._wake.is_set() and not polled:
