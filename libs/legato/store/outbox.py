@@ -233,11 +233,11 @@ class OutboxRelay(Component):
             if self.stopping:
                 break
             polled = False
-            if self.pace and self._sweep and not self._handed:
-                # Rows were committed while the table was read (wake() came meanwhile): under load. Wait
-                # out the pace, then take them and what follows in one read instead of one per commit.
-                if await self.sleep_or_stop(self._read_began + self.pace - loop.time()):
-                    break
+            # Rows committed while the table was read (wake() came meanwhile): under load. Wait out the
+            # pace, then take them and what follows in one read instead of one read per commit.
+            paced = self.pace and self._sweep and not self._handed
+            if paced and await self.sleep_or_stop(self._read_began + self.pace - loop.time()):
+                break
             # Idle for poll_interval: poll the table. Published rows to delete wake the loop sooner.
             poll_at = loop.time() + self.poll_interval
             while not self._wake.is_set() and not polled:
