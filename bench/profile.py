@@ -242,10 +242,12 @@ async def profile(
             if pg_log is not None:
                 await conn.execute(mark_sql("paced-start"))
             before = sample_cpu(stack)
+            client_cpu = time.process_time()
             await asyncio.gather(*(paced(i) for i in range(count)))
             done += count
             await wait_ended(conn, done, every=0.25)
             after = sample_cpu(stack)
+            client_cpu = time.process_time() - client_cpu
             cpu, switches = cpu_between(before, after), switches_between(before, after)
             rows = await conn.fetch(PATH_QUERY, list(sent))
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
@@ -254,6 +256,7 @@ async def profile(
                 + ", ".join(
                     f"{kind} {cpu[kind] / count * 1000:.3f}" for kind in sorted(cpu, key=lambda k: -cpu[k])
                 )
+                + f"; (bench client) {client_cpu / count * 1000:.3f}, not in the total"
             )
             print_switches(switches, count)
             await statements_of(conn, pg_log, "paced", count)
