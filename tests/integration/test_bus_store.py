@@ -35,6 +35,7 @@ from legato.store import (
     migrate_url,
 )
 from legato.store.outbox import DELETE_PUBLISHED
+from tests.support.stack import until
 
 
 class Ping(msgspec.Struct, frozen=True):
@@ -189,8 +190,7 @@ async def test_poison_and_failing_messages_reach_dead_letter_without_blocking(
     assert failing["deliveries"] == 3 and "this one always fails" in failing["error"]
     assert "Nats-Msg-Id" in failing["headers"]
     assert "declared poison" in by_payload[msgspec.json.encode(Ping(n=7))]["error"]
-    info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
-    assert info.num_ack_pending == 0 and info.num_pending == 0
+    await until(lambda: all_settled(nc, topo), 5.0, "every message settled at the server")
 
 
 async def test_retries_for_ownership_never_count_toward_the_dead_letter_limit(
@@ -381,6 +381,13 @@ async def test_published_rows_are_deleted_without_waiting_for_the_wal_flush(
             "SELECT array_agg(id) FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows]
         )
         assert left == [rows[2][0]]
+
+
+async def all_settled(nc: Client, topo: Topology) -> bool:
+    """The test consumer has nothing pending or unacked (JetStream applies acks asynchronously: an
+    ack published before a consumer-info request can be counted after it answers)."""
+    info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
+    return info.num_ack_pending == 0 and info.num_pending == 0
 
 
 async def until_published(relay: OutboxRelay, total: int, timeout: float = 5.0) -> None:
@@ -733,8 +740,7 @@ async def test_graceful_shutdown_finishes_in_flight_work(
     await task
     assert sorted(finished) == [0, 1, 2, 3, 4]
     assert loop.stats.acked == 5
-    info = await nc.jetstream().consumer_info(topo.events_stream, topo.consumer_name("testc"))
-    assert info.num_ack_pending == 0 and info.num_pending == 0
+    await until(lambda: all_settled(nc, topo), 5.0, "every message acked at the server")
 
 
 async def test_long_handler_is_kept_alive_with_in_progress(

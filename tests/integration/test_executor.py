@@ -789,12 +789,14 @@ async def test_a_work_item_republished_under_new_msg_ids_runs_once_across_execut
         )
 
     async def settled() -> None:
+        # Everything published is acked: the consumer counts a new message as pending a moment after
+        # its PubAck, so "nothing pending" alone can be read before the last copy was seen at all.
+        js = nc.jetstream()
+        last = (await js.stream_info(topo.work_stream)).state.last_seq
         async with asyncio.timeout(20):
             while True:
-                info = await nc.jetstream().consumer_info(
-                    topo.work_stream, topo.consumer_name("executor_default")
-                )
-                if info.num_ack_pending == 0 and info.num_pending == 0:
+                info = await js.consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
+                if info.num_ack_pending == 0 and info.ack_floor.stream_seq >= last:
                     return
                 await asyncio.sleep(0.05)
 
