@@ -1,7 +1,7 @@
 """The one JetStream consumer loop every service uses.
 
-Fetches in batches, decodes each message into a typed msgspec value, runs the handler, and settles the
-message from the outcome in one place:
+Keeps pull requests standing at the server (``PullFeed``), decodes each message into a typed msgspec
+value, runs the handler, and settles the message from the outcome in one place:
 
 - handler returned            -> ack (the handler has committed its Postgres transaction by then)
 - ``Retry(delay)``            -> nak(delay): try again later, not counted as a failure of the message
@@ -29,10 +29,11 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from legato.bus.publisher import MSG_ID_HEADER
+from legato.bus.pull import PullFault, PullFeed
 from legato.bus.streams import ConsumerSpec, provision_consumer, settled
 from legato.lifecycle.component import Component
 from legato.telemetry import bind_context, consume_span, get_logger, metrics
@@ -49,8 +50,6 @@ class MessageDecoder(Protocol[T_co]):
     def decode(self, buf: bytes, /) -> T_co: ...
 
 
-# How long a multi-message fetch may wait to fill up; it is only made when messages are pending.
-BUSY_FETCH_TIMEOUT = 0.05
 # How many retried messages a loop remembers (so Retry naks never count toward the dead-letter limit).
 MAX_RETRIES_REMEMBERED = 100_000
 
@@ -174,14 +173,18 @@ class ConsumerLoop(Component, Generic[T]):
         self._retried: dict[int, int] = {}
         self._slot_free = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._feed: PullFeed | None = None
 
     async def _run(self) -> None:
         await settled(lambda: provision_consumer(self.js, self.spec), f"consumer {self.spec.durable}")
-        sub = await self.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
+        self._feed = feed = PullFeed(self.js, self.spec.stream, self.spec.durable, batch=self.batch)
+        await feed.open()
         heartbeat = asyncio.create_task(self._heartbeats(), name=f"{self.name}:heartbeat")
         try:
-            await self._fetch_loop(sub)
-            # Stop fetching; let in-flight handlers finish (the supervisor bounds this by its grace).
+            await self._fetch_loop(feed)
+            # Stop receiving (what was delivered and not taken goes back at once); let in-flight
+            # handlers finish (the supervisor bounds this by its grace).
+            await feed.close()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
@@ -190,49 +193,41 @@ class ConsumerLoop(Component, Generic[T]):
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+            await feed.close()
 
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    @property
+    def pull_requests(self) -> int:
+        """Pull requests this loop has made (one per half batch while idle or busy alike)."""
+        return self._feed.requests if self._feed is not None else 0
+
+    def _on_shutdown(self) -> None:
+        if self._feed is not None:
+            self._feed.wake()
+
+    async def _fetch_loop(self, feed: PullFeed) -> None:
         failures = 0
-        pending = 0  # messages the server still holds for us, as the last delivery reported
         while not self.stopping:
             room = self.max_in_flight - len(self._tasks)
             if room <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            # A pull request waits until its batch is full (or it expires), so asking for more than the
-            # server holds adds latency: ask for one and wait when idle, for what is pending when busy.
-            want = max(1, min(self.batch, room, pending))
-            timeout = self.fetch_timeout if want == 1 else BUSY_FETCH_TIMEOUT
             try:
-                msgs = await sub.fetch(want, timeout=timeout)
+                msgs = await feed.take(room, self.fetch_timeout)
                 failures = 0
-            except (nats.errors.TimeoutError, TimeoutError):
-                # nats-py raises both kinds on an empty fetch; either means "nothing yet".
-                continue
             except (
                 nats.errors.ConnectionClosedError,
                 nats.errors.ConnectionReconnectingError,
-                nats.errors.NoRespondersError,
-                ServiceUnavailableError,
-                NotFoundError,
+                nats.errors.OutboundBufferLimitError,
+                PullFault,
             ) as exc:
                 failures += 1
                 log.warning("fetch_failed", consumer=self.spec.durable, error=repr(exc))
-                if isinstance(exc, NotFoundError | ServiceUnavailableError):
+                if isinstance(exc, PullFault) and exc.consumer_missing:
                     await self._reprovision_if_missing()
                 await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
                 continue
             self.stats.fetched += len(msgs)
-            if msgs:
-                try:
-                    pending = msgs[-1].metadata.num_pending
-                except Exception:
-                    pending = 0
             for msg in msgs:
                 task = asyncio.create_task(self._handle(msg))
                 self._tasks.add(task)
