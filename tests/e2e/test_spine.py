@@ -143,6 +143,7 @@ async def test_duplicate_start_requests_give_one_run(settings: Settings, tmp_pat
         )
         ids = {r.instance_id for r in results}
         assert len(ids) == 1
+        assert sum(not r.duplicate for r in results) == 1  # in one batch or across batches alike
         info = await wait_for(client, ids.pop())
         assert info["status"] == "succeeded"
         again = await client.start("pipeline", request_id="same-request")

@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from legato.bus.publisher import OutgoingMessage
 from legato.scheduler.repository import EXISTING_RUNS
-from legato.trigger.start_api import _READ_STARTS
+from legato.store.outbox import outbox_args
+from legato.trigger.start_api import _READ_STARTS, _START_BATCH
 
 # The statements as they were: what the generic plan of each turns into on empty tables.
 OLD_EXISTING_RUNS = "SELECT id FROM workflow_instance WHERE id = ANY($1::text[])"
@@ -82,3 +84,66 @@ async def test_batch_lookups_find_what_the_any_form_found(conn: asyncpg.Connecti
     assert [r[0] for r in await conn.fetch(_READ_STARTS, keys)] == sorted(
         [r[0] for r in new], reverse=True
     )  # the runs first
+
+
+async def test_a_start_batch_writes_only_the_new_starts_and_probes_the_index(
+    conn: asyncpg.Connection,
+) -> None:
+    """``instance.start``'s one statement: the known ids come back as they are, only a new one gets its
+    accepted start and its StartRun, and its generic plan reads no table whole."""
+    await conn.execute(
+        "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, run_params) "
+        "VALUES ('run-kept', 'wf', 1, 'k1', '{}', 'running', '{\"n\": 1}'), "
+        "('run-pruned', 'wf', 2, 'k2', '{}', 'succeeded', '{\"n\": 2}')"
+    )
+    await conn.execute(
+        "INSERT INTO accepted_start (instance_id, workflow_id, request_digest) "
+        "VALUES ('run-kept', 'wf', 'd-kept'), ('accepted', 'wf', 'd-accepted')"
+    )
+    ids = ["run-kept", "run-pruned", "accepted", "new"]
+    msgs = [OutgoingMessage(f"t.trigger.{i}", b"{}", msg_id=f"start:{i}") for i in ids]
+    args = [*outbox_args(msgs), ids, ["wf"] * 4, [f"d-{i}" for i in ids]]
+    # Keyed by (id, what): a run that still has its accepted start comes as both, the run first.
+    got = await conn.fetch(_START_BATCH, *args)
+    kind = {True: "run", False: "accepted", None: "new"}
+    rows = {(r["id"], kind[r["is_run"]]): r for r in got}
+    assert set(rows) == {
+        ("run-kept", "run"),
+        ("run-pruned", "run"),
+        ("run-kept", "accepted"),
+        ("accepted", "accepted"),
+        ("new", "new"),
+    }
+    assert rows["run-kept", "run"]["request_digest"] == "d-kept"
+    assert rows["run-pruned", "run"]["request_digest"] is None
+    assert rows["run-pruned", "run"]["version"] == 2 and rows["run-pruned", "run"]["status"] == "succeeded"
+    assert rows["accepted", "accepted"]["request_digest"] == "d-accepted"
+    assert [r["id"] for r in got if r["outbox_id"] is not None] == ["new"]
+    assert await conn.fetchval("SELECT array_agg(msg_id) FROM outbox") == ["start:new"]
+    assert await conn.fetchval("SELECT id FROM outbox") == rows["new", "new"]["outbox_id"]
+    assert (
+        await conn.fetchval("SELECT request_digest FROM accepted_start WHERE instance_id = 'new'") == "d-new"
+    )
+    # Again: every id is known now, nothing more is written.
+    again = await conn.fetch(_START_BATCH, *args)
+    assert (
+        all(r["outbox_id"] is None for r in again) and await conn.fetchval("SELECT count(*) FROM outbox") == 1
+    )
+
+    await conn.execute("TRUNCATE workflow_instance, accepted_start, outbox CASCADE")
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(
+        "PREPARE start_batch (text[], bytea[], text[], jsonb[], boolean[], text[], text[], text[]) AS "
+        + _START_BATCH
+    )
+    try:
+        plan = "\n".join(
+            r[0]
+            for r in await conn.fetch(
+                "EXPLAIN EXECUTE start_batch('{s}', '{}', '{m}', '{}', '{f}', '{r1}', '{wf}', '{d}')"
+            )
+        )
+    finally:
+        await conn.execute("DEALLOCATE start_batch")
+        await conn.execute("RESET plan_cache_mode")
+    assert "Seq Scan on workflow_instance" not in plan and "Seq Scan on accepted_start" not in plan, plan

@@ -58,9 +58,10 @@ OutboxRow = tuple[int, OutgoingMessage]
 OUTBOX_ARGS = 5
 
 
-def outbox_ctes(first: int) -> str:
+def outbox_ctes(first: int, where: str = "") -> str:
     """The WITH-list entries that write messages to the outbox, their arguments from ``$first`` on
-    (``outbox_args``): for a statement that writes other rows too. ``OUTBOX_IDS`` selects the ids."""
+    (``outbox_args``): for a statement that writes other rows too. ``OUTBOX_IDS`` selects the ids.
+    ``where`` filters the messages (``u.n`` is a message's position, from 1): only those are written."""
     # The ids are drawn in a materialized CTE and returned in the order of the messages (RETURNING's
     # order is not promised); the insert reads the same materialized rows.
     a = [f"${first + i}" for i in range(OUTBOX_ARGS)]
@@ -68,7 +69,7 @@ def outbox_ctes(first: int) -> str:
         "outbox_v AS MATERIALIZED ("
         " SELECT nextval('outbox_id_seq') AS id, u.*"
         f" FROM unnest({a[0]}::text[], {a[1]}::bytea[], {a[2]}::text[], {a[3]}::jsonb[], {a[4]}::boolean[])"
-        " WITH ORDINALITY AS u(subject, payload, msg_id, headers, core, n)"
+        f" WITH ORDINALITY AS u(subject, payload, msg_id, headers, core, n) {where}"
         "), outbox_written AS ("
         " INSERT INTO outbox (id, subject, payload, msg_id, headers, core)"
         " SELECT id, subject, payload, msg_id, headers, core FROM outbox_v)"

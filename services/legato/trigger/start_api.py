@@ -1,6 +1,6 @@
 """``instance.start``: a start request becomes a ``StartRun`` in the outbox, through a group commit.
 
-Starts that arrive together share one read and one write (``run_batcher``). The request id makes a start
+Starts that arrive together share one statement (``run_batcher``). The request id makes a start
 idempotent: the same id with the same params and version is the same run (a duplicate), with others a
 conflict. Starts accepted and not yet applied by the scheduler are remembered (``accepted``) so that
 ``instance.get`` can say "pending" instead of "unknown".
@@ -31,7 +31,7 @@ from legato.protocol.messages import StartRun, TriggerInfo
 from legato.protocol.replies import StartReply
 from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_error
 from legato.store.keys import probe
-from legato.store.outbox import OUTBOX_IDS, OutboxRow, outbox_args, outbox_ctes, outbox_rows
+from legato.store.outbox import OutboxRow, outbox_args, outbox_ctes
 from legato.telemetry.tracing import inject_headers
 from legato.trigger.backlog import BacklogProbe
 from legato.trigger.endpoints import Endpoint
@@ -79,7 +79,7 @@ class StartApi:
         self.cache = cache
         # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
         self.relay_committed = relay_committed or (lambda rows: wake_relay())
-        # Group commit: starts that arrive together share one read and one write. A start whose content
+        # Group commit: starts that arrive together share one statement. A start whose content
         # breaks the write fails alone; any other error (an outage) fails the whole batch at once.
         self._starts: GroupCommit[_PendingStart, StartReply] = GroupCommit(
             self._apply_starts,
@@ -201,7 +201,7 @@ class StartApi:
         await self._starts.run()
 
     async def _apply_starts(self, batch: list[_PendingStart]) -> list[StartReply | Exception]:
-        """One batch of starts: one read and one write (``_commit_starts``), then remember what it
+        """One batch of starts: one statement (``_commit_starts``), then remember what it
         accepted and hand its StartRun messages to the relay (committed: published from memory)."""
         out, rows = await self._commit_starts(batch)
         for p, res in zip(batch, out, strict=True):
@@ -216,115 +216,117 @@ class StartApi:
     async def _commit_starts(
         self, batch: list[_PendingStart]
     ) -> tuple[list[StartReply | Exception], list[OutboxRow]]:
-        ids = [p.instance_id for p in batch]
         now = time.time()
-        # No explicit transaction: two statements, each its own (two round trips instead of four with
-        # BEGIN and COMMIT). In READ COMMITTED the read and the write took a snapshot each inside one
-        # transaction too, so nothing is lost: the write is one statement (the outbox rows and the
-        # accepted starts together or not at all, durable when it returns, before any reply), and a
-        # duplicate that another replica records between the two is settled as before, by ON CONFLICT,
-        # the StartRun's message id and the scheduler's run id (one run per trigger key).
+        # Each request id once (a repeat in the same batch is answered from the first, below), with the
+        # StartRun it would send if it is new.
+        firsts = list({p.instance_id: p for p in reversed(batch)}.values())[::-1]
+        msgs = [self._start_run(p, now) for p in firsts]
         async with self.pool.acquire() as conn:
             if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
                 # Long since applied by the scheduler (or visible as a run): no need to remember them.
                 # First: if it fails, the batch fails with nothing of it written, and is tried again.
                 self._pruned_at = now
                 await conn.execute("DELETE FROM accepted_start WHERE accepted_at < now() - interval '1 hour'")
-            # A run the scheduler created, or a start accepted and not applied yet: the same request_id
-            # again is a duplicate when the request is the same, a conflict when it is not.
-            existing: dict[str, str] = {}
-            digests: dict[str, str | None] = {}
-            run_versions: dict[str, int] = {}
-            # One statement (one round trip, one snapshot): the runs, then the accepted starts.
-            for r in await conn.fetch(_READ_STARTS, ids):
-                if not r["is_run"]:
-                    if r["id"] not in existing:
-                        existing[r["id"]] = InstanceStatus.PENDING
-                        digests[r["id"]] = r["request_digest"]
-                    continue
+            # One statement, one round trip, its own transaction: it reads which request ids are known
+            # (a run, or a start accepted and not applied yet), records the others as accepted and
+            # writes their StartRun into the outbox, together or not at all, durable before any reply.
+            # A start another replica records meanwhile is skipped by ON CONFLICT (no StartRun from
+            # here) and answered as a duplicate; the StartRun's message id and the scheduler's one run
+            # per trigger key stay the second line.
+            records = await conn.fetch(
+                _START_BATCH,
+                *outbox_args(msgs),
+                [p.instance_id for p in firsts],
+                [p.req.workflow_id for p in firsts],
+                [p.digest for p in firsts],
+            )
+        existing: dict[str, str] = {}
+        digests: dict[str, str | None] = {}
+        run_versions: dict[str, int] = {}
+        written: dict[str, int] = {}  # request id -> its StartRun's outbox id: accepted by this batch
+        for r in records:
+            if r["outbox_id"] is not None:
+                written[r["id"]] = r["outbox_id"]
+            elif r["is_run"]:
                 existing[r["id"]] = r["status"]
                 digests[r["id"]] = r["request_digest"]
                 if r["request_digest"] is None:  # accepted long ago (pruned): compare with the run
                     run_versions[r["id"]] = r["version"]
                     digests[r["id"]] = request_digest(r["run_params"] or {}, None)
-            out: list[StartReply | Exception] = []
-            msgs: list[OutgoingMessage] = []
-            fresh: list[_PendingStart] = []
-            for p in batch:
-                if p.instance_id in existing:
-                    if not _same_request(p, digests.get(p.instance_id), run_versions.get(p.instance_id)):
-                        out.append(_conflict(p))
-                        continue
-                    out.append(
-                        StartReply(
-                            instance_id=p.instance_id,
-                            workflow_id=p.req.workflow_id,
-                            status=InstanceStatus(existing[p.instance_id]),
-                            duplicate=True,
-                        )
-                    )
-                    continue
+        for r in records:  # accepted starts the scheduler has not made runs of yet
+            if r["outbox_id"] is None and not r["is_run"] and r["id"] not in existing:
+                existing[r["id"]] = InstanceStatus.PENDING
+                digests[r["id"]] = r["request_digest"]
+        rows = [
+            (written[p.instance_id], m) for p, m in zip(firsts, msgs, strict=True) if p.instance_id in written
+        ]
+        out: list[StartReply | Exception] = []
+        for p in batch:
+            if written.pop(p.instance_id, None) is not None:  # the first of its id in the batch, and new
                 existing[p.instance_id] = InstanceStatus.PENDING
                 digests[p.instance_id] = p.digest
-                fresh.append(p)
-                out.append(
-                    StartReply(
-                        instance_id=p.instance_id,
-                        workflow_id=p.req.workflow_id,
-                        status=InstanceStatus.PENDING,
-                        duplicate=False,
-                    )
-                )
-                start = StartRun(
-                    workflow_id=p.req.workflow_id,
-                    trigger_key=p.trigger_key,
-                    instance_id=p.instance_id,
-                    trigger=TriggerInfo(kind="api", by=p.req.actor),
-                    params=p.params,
-                    version=p.req.version,
-                    requested_at=now,
-                )
-                msgs.append(
-                    OutgoingMessage(
-                        self.topology.trigger_subject(p.req.workflow_id),
-                        encode(start),
-                        msg_id=f"start:{p.instance_id}",
-                        headers=p.headers,
-                    )
-                )
-            rows: list[OutboxRow] = []
-            # One StartRun per fresh start: the outbox rows and the accepted starts in one statement.
-            if fresh:
-                ids = await conn.fetchval(
-                    _RECORD_STARTS,
-                    *outbox_args(msgs),
-                    [p.instance_id for p in fresh],
-                    [p.req.workflow_id for p in fresh],
-                    [p.digest for p in fresh],
-                )
-                rows = outbox_rows(ids, msgs)
+                out.append(_reply(p, InstanceStatus.PENDING, duplicate=False))
+            elif p.instance_id not in existing:
+                # Recorded by another replica between this statement's snapshot and its insert: the
+                # same run (its id is the request id's), whose request cannot be compared.
+                existing[p.instance_id] = InstanceStatus.PENDING
+                digests[p.instance_id] = p.digest
+                out.append(_reply(p, InstanceStatus.PENDING, duplicate=True))
+            elif not _same_request(p, digests.get(p.instance_id), run_versions.get(p.instance_id)):
+                out.append(_conflict(p))
+            else:
+                out.append(_reply(p, InstanceStatus(existing[p.instance_id]), duplicate=True))
         return out, rows
 
+    def _start_run(self, p: _PendingStart, now: float) -> OutgoingMessage:
+        start = StartRun(
+            workflow_id=p.req.workflow_id,
+            trigger_key=p.trigger_key,
+            instance_id=p.instance_id,
+            trigger=TriggerInfo(kind="api", by=p.req.actor),
+            params=p.params,
+            version=p.req.version,
+            requested_at=now,
+        )
+        return OutgoingMessage(
+            self.topology.trigger_subject(p.req.workflow_id),
+            encode(start),
+            msg_id=f"start:{p.instance_id}",
+            headers=p.headers,
+        )
 
-# The runs and the accepted starts of a batch's ids, the runs first: one index probe per id and table,
-# whatever plan the plan cache holds (``legato.store.keys``).
-_READ_STARTS = (
-    "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
-    f"FROM {probe('workflow_instance', 'id', '$1::text[]', 'id, status, run_params, version')} AS i "
-    "LEFT JOIN LATERAL (SELECT request_digest FROM accepted_start WHERE instance_id = i.id LIMIT 1) AS a ON true "
-    "UNION ALL "
-    "SELECT false, s.instance_id, NULL, NULL, NULL, s.request_digest "
-    f"FROM {probe('accepted_start', 'instance_id', '$1::text[]', 'instance_id, request_digest')} AS s "
-    "ORDER BY 1 DESC"
-)
 
-# A batch's fresh starts: their StartRun messages into the outbox, and their request ids into
-# accepted_start (a retry finds them there before the scheduler made their runs).
-_RECORD_STARTS = (
-    f"WITH {outbox_ctes(1)}, accepted AS ("
+def _read_starts(ids: str) -> str:
+    """The runs and the accepted starts of the ids ``ids`` (an SQL array expression), the runs first:
+    one index probe per id and table, whatever plan the plan cache holds (``legato.store.keys``)."""
+    return (
+        "SELECT true AS is_run, i.id, i.status, i.run_params, i.version, a.request_digest "
+        f"FROM {probe('workflow_instance', 'id', ids, 'id, status, run_params, version')} AS i "
+        "LEFT JOIN LATERAL (SELECT request_digest FROM accepted_start WHERE instance_id = i.id LIMIT 1) AS a ON true "
+        "UNION ALL "
+        "SELECT false, s.instance_id, NULL, NULL, NULL, s.request_digest "
+        f"FROM {probe('accepted_start', 'instance_id', ids, 'instance_id, request_digest')} AS s "
+        "ORDER BY 1 DESC"
+    )
+
+
+_READ_STARTS = _read_starts("$1::text[]")
+
+# A batch of starts ($1-$5: a StartRun per request id, $6-$8: the ids, workflows and request digests):
+# the known ids' runs and accepted starts (``outbox_id`` NULL), and the new ones' outbox ids. Only ids
+# neither known nor recorded meanwhile (ON CONFLICT) get their accepted start and their StartRun.
+_START_BATCH = (
+    f"WITH known AS MATERIALIZED ({_read_starts('$6::text[]')}),"
+    " req AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[]) WITH ORDINALITY"
+    " AS r(instance_id, workflow_id, digest, n)),"
+    " accepted AS ("
     " INSERT INTO accepted_start (instance_id, workflow_id, request_digest)"
-    " SELECT * FROM unnest($6::text[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING)"
-    f" SELECT {OUTBOX_IDS}"
+    " SELECT instance_id, workflow_id, digest FROM req WHERE instance_id NOT IN (SELECT id FROM known)"
+    " ON CONFLICT DO NOTHING RETURNING instance_id),"
+    f" {outbox_ctes(1, 'WHERE u.n IN (SELECT req.n FROM req JOIN accepted USING (instance_id))')}"
+    " SELECT is_run, id, status, run_params, version, request_digest, NULL::bigint AS outbox_id FROM known"
+    " UNION ALL"
+    " SELECT NULL, req.instance_id, NULL, NULL, NULL, NULL, outbox_v.id FROM outbox_v JOIN req USING (n)"
 )
 
 
@@ -342,6 +344,12 @@ def _same_request(p: _PendingStart, digest: str | None, run_version: int | None)
         same_params = digest == request_digest(p.params, None)
         return same_params and (p.req.version is None or p.req.version == run_version)
     return False
+
+
+def _reply(p: _PendingStart, status: InstanceStatus, *, duplicate: bool) -> StartReply:
+    return StartReply(
+        instance_id=p.instance_id, workflow_id=p.req.workflow_id, status=status, duplicate=duplicate
+    )
 
 
 def _conflict(p: _PendingStart) -> ApiError:
