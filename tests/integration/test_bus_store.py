@@ -24,7 +24,6 @@ from legato.bus import (
     Topology,
     provision_streams,
 )
-from legato.bus.connection import connect_with
 from legato.config.settings import Settings
 from legato.store import (
     OutboxRelay,
@@ -44,13 +43,6 @@ class Ping(msgspec.Struct, frozen=True):
 
 
 DECODER = msgspec.json.Decoder(Ping)
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await connect_with(settings, name="legato-test")
-    yield client
-    await client.close()
 
 
 @pytest.fixture

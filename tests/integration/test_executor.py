@@ -34,7 +34,6 @@ from legato.bus import (
     provision_consumer,
     provision_streams,
 )
-from legato.bus.connection import connect_with
 from legato.config.settings import Settings
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
@@ -56,13 +55,6 @@ def tracing() -> None:
 @pytest.fixture
 def topo(settings: Settings) -> Topology:
     return Topology(settings.namespace, settings.partitions)
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await connect_with(settings, name="legato-test")
-    yield client
-    await client.close()
 
 
 class EventLog:

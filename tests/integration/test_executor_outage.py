@@ -8,13 +8,12 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgspec
 import nats.errors
-import pytest
 
 from legato.bus import OutgoingMessage, Topology, provision_streams
 from legato.bus.connection import connect
@@ -26,15 +25,6 @@ from legato.runtime.host import ServiceHost
 from tests.support.auth import scheduler_publisher
 
 ACK_WAIT = 10.0
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats", preferred_port=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager

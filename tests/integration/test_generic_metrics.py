@@ -22,7 +22,6 @@ from legato.bus import (
     Topology,
     provision_streams,
 )
-from legato.bus.connection import connect_with
 from legato.bus.consumer import Retry
 from legato.config.settings import Settings
 from legato.store import OutboxRelay, PostgresDeadLetters, add_to_outbox, create_pool
@@ -39,13 +38,6 @@ def reader() -> Iterator[InMemoryMetricReader]:
     configure_metrics("test", readers=[r])
     yield r
     shutdown_metrics()
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await connect_with(settings, name="legato-test")
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import msgspec
-import pytest
 
 from legato.bus.connection import connect
 from legato.bus.streams import provision_streams
@@ -57,15 +55,6 @@ async def until_ready_is(port: int, want: int, timeout: float = 30.0) -> dict[st
             except OSError:
                 pass
             await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats", preferred_port=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_executor_probes_follow_its_nats_connection(

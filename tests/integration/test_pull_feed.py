@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -16,20 +15,13 @@ import pytest
 from nats.aio.client import Client
 
 from legato.bus import ConsumerLoop, Delivery, Topology, provision_consumer, provision_streams
-from legato.bus.connection import connect, connect_with
+from legato.bus.connection import connect
 from legato.bus.pull import PullFeed
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.store import PostgresDeadLetters, create_pool
 from tests.integration.test_bus_store import DECODER, Ping, publish, spec_for
 from tests.support.stack import until
-
-
-@pytest.fixture
-async def nc(settings: Settings) -> AsyncIterator[Client]:
-    client = await connect_with(settings, name="legato-test")
-    yield client
-    await client.close()
 
 
 @pytest.fixture
@@ -42,15 +34,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def topo(settings: Settings) -> Topology:
     return Topology(settings.namespace, settings.partitions)
-
-
-@pytest.fixture
-def own_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats", preferred_port=0).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def now(cond: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
