@@ -163,3 +163,31 @@ async def test_a_deleted_consumer_is_put_back_and_the_loop_carries_on(
     finally:
         await loop.shutdown()
         await task
+
+
+async def test_a_request_lost_without_a_word_is_asked_again_after_two_silent_heartbeats(
+    nc: Client, topo: Topology
+) -> None:
+    """A consumer leader killed in a cluster takes the requests routed to it along, and nobody tells
+    the feed (its connection, to another node, never dropped). Here the feed is made to believe it has
+    a request standing that the server never got: only its silence check brings it messages."""
+    js = nc.jetstream()
+    await provision_streams(js, topo)
+    spec = spec_for(topo, ack_wait=30.0)
+    await provision_consumer(js, spec)
+    feed = PullFeed(js, spec.stream, spec.durable, batch=4, heartbeat=0.5)  # silent for 2 s: lost
+    await feed.open()
+    try:
+        feed._asked = 4  # "standing", as far as the feed knows
+        feed._heard = time.monotonic()
+        await publish(nc, topo, [msgspec.json.encode(Ping(n=1))])
+        began = time.monotonic()
+        got = []
+        while not got and time.monotonic() - began < 10.0:
+            got = await feed.take(4, wait=0.2)
+        assert [DECODER.decode(m.data).n for m in got] == [1]
+        assert 2.0 <= time.monotonic() - began < 5.0  # not before the silence, and soon after it
+        assert feed.requests == 1
+        await got[0].ack()
+    finally:
+        await feed.close()

@@ -41,7 +41,7 @@ log = get_logger("legato.bus")
 
 # How long a standing request lives at the server, and how often it says it is still there.
 PULL_EXPIRES = 30.0
-PULL_HEARTBEAT = 5.0
+PULL_HEARTBEAT = 2.5
 
 STATUS = "Status"
 DESCRIPTION = "Description"
