@@ -15,8 +15,8 @@ import pytest
 from nats.aio.client import Client
 
 from legato.bus import ConsumerLoop, Delivery, Topology, provision_consumer, provision_streams
-from legato.bus.connection import connect
-from legato.bus.pull import PullFeed
+from legato.bus.connection import connect, connect_with
+from legato.bus.pull import PullFeed, pull_expires
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.store import PostgresDeadLetters, create_pool
@@ -83,7 +83,7 @@ async def test_a_feed_gives_back_at_once_what_it_holds_when_it_closes(nc: Client
     await provision_streams(js, topo)
     spec = spec_for(topo, ack_wait=30.0)
     await provision_consumer(js, spec)
-    feed = PullFeed(js, spec.stream, spec.durable, batch=10)
+    feed = PullFeed(js, spec.stream, spec.durable, batch=10, expires=20.0)
     await feed.open()
     assert await feed.take(10, wait=0.1) == []  # asks for 10
     await publish(nc, topo, [msgspec.json.encode(Ping(n=i)) for i in range(10)])
@@ -94,7 +94,7 @@ async def test_a_feed_gives_back_at_once_what_it_holds_when_it_closes(nc: Client
         await msg.ack()
     await feed.close()  # 8 delivered, never taken: naked, not left to ack_wait (30 s)
 
-    again = PullFeed(js, spec.stream, spec.durable, batch=10)
+    again = PullFeed(js, spec.stream, spec.durable, batch=10, expires=20.0)
     await again.open()
     began = time.monotonic()
     back: list[int] = []
@@ -165,29 +165,77 @@ async def test_a_deleted_consumer_is_put_back_and_the_loop_carries_on(
         await task
 
 
-async def test_a_request_lost_without_a_word_is_asked_again_after_two_silent_heartbeats(
+async def test_a_request_lost_without_a_word_is_asked_again_once_it_must_have_expired(
     nc: Client, topo: Topology
 ) -> None:
     """A consumer leader killed in a cluster takes the requests routed to it along, and nobody tells
     the feed (its connection, to another node, never dropped). Here the feed is made to believe it has
-    a request standing that the server never got: only its silence check brings it messages."""
+    a request standing that the server never got: only its own clock brings it messages."""
     js = nc.jetstream()
     await provision_streams(js, topo)
     spec = spec_for(topo, ack_wait=30.0)
     await provision_consumer(js, spec)
-    feed = PullFeed(js, spec.stream, spec.durable, batch=4, heartbeat=0.5)  # silent for 2 s: lost
+    feed = PullFeed(js, spec.stream, spec.durable, batch=4, expires=1.0)  # gone 2 s after it was made
     await feed.open()
     try:
         feed._asked = 4  # "standing", as far as the feed knows
-        feed._heard = time.monotonic()
+        feed._asked_at = time.monotonic()
         await publish(nc, topo, [msgspec.json.encode(Ping(n=1))])
         began = time.monotonic()
         got = []
         while not got and time.monotonic() - began < 10.0:
             got = await feed.take(4, wait=0.2)
         assert [DECODER.decode(m.data).n for m in got] == [1]
-        assert 2.0 <= time.monotonic() - began < 5.0  # not before the silence, and soon after it
+        assert 2.0 <= time.monotonic() - began < 5.0  # not before it must have expired, and soon after
         assert feed.requests == 1
         await got[0].ack()
     finally:
         await feed.close()
+
+
+async def test_a_frozen_loop_takes_a_message_once_and_a_live_one_then_applies_it(
+    nc: Client, pool: asyncpg.Pool, topo: Topology, settings: Settings
+) -> None:
+    """A frozen process (SIGSTOP) keeps its standing requests at the server, which goes on delivering
+    to them. Its requests expire within ack_wait, so what it took comes back after ack_wait to a live
+    consumer, once: not delivered to the frozen one again and again until dead-lettered (a scheduler
+    paused with 30 s requests had its replica's results dead-lettered "not settled after 5
+    deliveries")."""
+    js = nc.jetstream()
+    await provision_streams(js, topo)
+    spec = spec_for(topo, ack_wait=1.0)
+    await provision_consumer(js, spec)
+    # The frozen one: a feed with a request standing, never read again (as a process that stopped).
+    frozen_nc = await connect_with(settings, name="legato-test-frozen")
+    frozen = PullFeed(
+        js=frozen_nc.jetstream(),
+        stream=spec.stream,
+        durable=spec.durable,
+        batch=8,
+        expires=pull_expires(spec.ack_wait),
+    )
+    await frozen.open()
+    await frozen.take(8, wait=0.05)
+    seen: list[tuple[int, int]] = []
+
+    async def handler(d: Delivery[Ping]) -> None:
+        seen.append((d.message.n, d.num_delivered))
+
+    live = ConsumerLoop(js, spec, DECODER, handler, dead_letters=PostgresDeadLetters(pool), max_deliveries=3)
+    try:
+        await publish(nc, topo, [msgspec.json.encode(Ping(n=i)) for i in range(4)])
+        await until(now(lambda: frozen.held > 0), 5.0, "the frozen feed took messages")
+        task = asyncio.create_task(live.run())
+        try:
+            await until(
+                now(lambda: len({n for n, _ in seen}) == 4), 15.0, "every message applied by the live loop"
+            )
+            await asyncio.sleep(3 * spec.ack_wait)  # no more deliveries meanwhile
+        finally:
+            await live.shutdown()
+            await task
+        assert sorted(n for n, _ in seen) == [0, 1, 2, 3]  # each once
+        assert max(d for _, d in seen) <= 2  # at most one delivery went to the frozen feed
+        assert live.stats.dead_lettered == 0
+    finally:
+        await frozen_nc.close()

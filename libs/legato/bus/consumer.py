@@ -33,7 +33,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 
 from legato.bus.publisher import MSG_ID_HEADER
-from legato.bus.pull import PullFault, PullFeed
+from legato.bus.pull import PullFault, PullFeed, pull_expires
 from legato.bus.streams import ConsumerSpec, provision_consumer, settled
 from legato.lifecycle.component import Component
 from legato.telemetry import bind_context, consume_span, get_logger, metrics
@@ -177,7 +177,13 @@ class ConsumerLoop(Component, Generic[T]):
 
     async def _run(self) -> None:
         await settled(lambda: provision_consumer(self.js, self.spec), f"consumer {self.spec.durable}")
-        self._feed = feed = PullFeed(self.js, self.spec.stream, self.spec.durable, batch=self.batch)
+        self._feed = feed = PullFeed(
+            self.js,
+            self.spec.stream,
+            self.spec.durable,
+            batch=self.batch,
+            expires=pull_expires(self.spec.ack_wait),
+        )
         await feed.open()
         heartbeat = asyncio.create_task(self._heartbeats(), name=f"{self.name}:heartbeat")
         try:

@@ -7,19 +7,27 @@ room)`` messages standing at the server instead, as nats.go's ``Consume`` does, 
 when less than half is left: a message reaches the consumer as soon as it is stored, and one request
 is made per half batch.
 
+Every request expires before the consumer's ``ack_wait`` (``pull_expires``). A process that freezes
+(SIGSTOP, a long GC, a VM paused) keeps its requests at the server, which keeps delivering to them:
+what it takes then comes back after ``ack_wait``, and by then its requests have expired, so the
+redelivery goes to a live replica. A message is delivered to a frozen process at most once, and the
+deliveries it wastes never add up to the dead-letter limit (with 30 s requests, a frozen scheduler
+took the same messages every ``ack_wait`` until they were dead-lettered).
+
 What could leave a request lost, and how the feed finds out:
 
-- it expired (``expires``): the server says so (status 408) with how many messages it still owed;
+- it expired: the server says so (status 408) with how many messages it still owed, and the feed
+  asks again at once;
 - the connection was re-established (nats-server restarted, a network cut): the connection's
   reconnect count changed, so every request is presumed gone and asked again;
-- anything else (a consumer leader moved without a word): the request carries an idle heartbeat, and
-  a feed that has heard nothing for two heartbeats asks again;
+- anything else (a consumer leader killed in a cluster takes the requests routed to it along,
+  without a word): once the newest request is past its expiry by a second, none can be standing;
 - the consumer is gone or JetStream does not answer (status 409 "Consumer Deleted", 503): ``take``
   raises ``PullFault`` so the caller can put the consumer back and back off.
 
 A request presumed lost that was not asks for more than the room it was sized for: the surplus waits
-in the feed's buffer, still bounded by twice the batch, and every message is settled by its
-consumer as before (nothing here acks).
+in the feed's buffer, bounded by twice the batch, and every message is settled by its consumer as
+before (nothing here acks).
 
 ``close`` drains the inbox (the server stops delivering to it first) and naks what was delivered
 but never handed over, so another replica takes it at once instead of after ``ack_wait``.
@@ -39,14 +47,19 @@ from legato.telemetry import get_logger
 
 log = get_logger("legato.bus")
 
-# How long a standing request lives at the server, and how often it says it is still there.
-PULL_EXPIRES = 30.0
-PULL_HEARTBEAT = 2.5
+# The longest a standing request lives at the server; an idle consumer asks again this often.
+PULL_EXPIRES_MAX = 30.0
+
+
+def pull_expires(ack_wait: float) -> float:
+    """How long a consumer's requests live: within its ``ack_wait`` (see the module's doc)."""
+    return max(0.05, min(PULL_EXPIRES_MAX, 0.8 * ack_wait))
+
 
 STATUS = "Status"
 DESCRIPTION = "Description"
 PENDING_MESSAGES = "Nats-Pending-Messages"
-HEARTBEAT = "100"
+HEARTBEAT = "100"  # not asked for; answered like any word from the server
 EXPIRED = "408"
 CONFLICT = "409"
 # Answers that mean the requests are gone but the consumer is fine: ask again.
@@ -76,8 +89,7 @@ class PullFeed:
         durable: str,
         *,
         batch: int,
-        expires: float = PULL_EXPIRES,
-        heartbeat: float = PULL_HEARTBEAT,
+        expires: float,
     ) -> None:
         # nats-py has no standing-pull API (its fetch is one request per call); the connection and the
         # API prefix (a JetStream domain changes it) are the context's own.
@@ -85,14 +97,13 @@ class PullFeed:
         self._next_subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.batch = max(1, batch)
         self._expires_ns = int(expires * 1e9)
-        self._heartbeat_ns = int(heartbeat * 1e9)
-        self._silence = 2 * heartbeat + 1.0  # nothing heard for this long: requests presumed lost
+        self._gone_after = expires + 1.0  # the newest request this old: none can be standing
         self._inbox = ""
         self._sub: Subscription | None = None
         self._buffer: deque[Msg] = deque()
         self._arrived = asyncio.Event()
         self._asked = 0  # messages asked for and neither delivered nor given up by the server
-        self._heard = time.monotonic()
+        self._asked_at = time.monotonic()  # when the newest request was made
         self._reconnects = 0
         self._fault: PullFault | None = None
         self.requests = 0  # pull requests made (for tests and profiles)
@@ -150,22 +161,20 @@ class PullFeed:
     async def _ask(self, room: int) -> None:
         now = time.monotonic()
         reconnects = self._nc.stats["reconnects"]
-        if reconnects != self._reconnects or (self._asked and now - self._heard > self._silence):
+        if reconnects != self._reconnects or (self._asked and now - self._asked_at > self._gone_after):
             self._reconnects = reconnects
             self._asked = 0
         want = min(self.batch, room) - len(self._buffer)
         if want <= 0 or self._asked > want // 2:
             return
         n = want - self._asked
-        request = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (n, self._expires_ns, self._heartbeat_ns)
+        request = b'{"batch":%d,"expires":%d}' % (n, self._expires_ns)
         await self._nc.publish(self._next_subject, request, reply=self._inbox)
-        if not self._asked:
-            self._heard = now  # a fresh request: silence counts from here
+        self._asked_at = now
         self._asked += n
         self.requests += 1
 
     async def _received(self, msg: Msg) -> None:
-        self._heard = time.monotonic()
         headers = msg.headers
         status = headers.get(STATUS) if headers else None
         if not status:
