@@ -66,13 +66,16 @@ async def test_a_trickle_of_messages_costs_a_pull_request_per_half_batch(
     loop = recording_loop(nc, topo, pool, seen)
     task = asyncio.create_task(loop.run())
     try:
+        began = time.monotonic()
         for i in range(40):
             # One at a time, each handled before the next is published: a fetch per message would make
             # 40 requests (and a round trip before each message could come).
             await publish(nc, topo, [msgspec.json.encode(Ping(n=i))])
             await until(now(lambda i=i: len(seen) > i), 10.0, f"message {i} handled")
+        took = time.monotonic() - began
         assert seen == list(range(40))
-        assert loop.pull_requests == 1  # one standing request for a batch of 128 carried all 40
+        # One standing request per expiry (2 s) carried them all: it is asked again when it expires.
+        assert loop.pull_requests <= 1 + took // pull_expires(loop.spec.ack_wait), (loop.pull_requests, took)
     finally:
         await loop.shutdown()
         await task
@@ -239,3 +242,9 @@ async def test_a_frozen_loop_takes_a_message_once_and_a_live_one_then_applies_it
         assert live.stats.dead_lettered == 0
     finally:
         await frozen_nc.close()
+
+
+def test_requests_live_within_ack_wait_and_at_most_2_s() -> None:
+    assert pull_expires(1.0) == pytest.approx(0.8)  # expired before a first redelivery
+    assert pull_expires(5.0) == 2.0  # the scheduler's: a frozen one takes messages for 2 s at most
+    assert pull_expires(30.0) == 2.0  # the executor's: not 24 s of work items hoarded by a frozen one

@@ -10,7 +10,8 @@ is made per half batch.
 Every request expires before the consumer's ``ack_wait`` (``pull_expires``). A process that freezes
 (SIGSTOP, a long GC, a VM paused) keeps its requests at the server, which keeps delivering to them:
 what it takes then comes back after ``ack_wait``, and by then its requests have expired, so the
-redelivery goes to a live replica. A message is delivered to a frozen process at most once, and the
+redelivery goes to a live replica; and it takes messages for at most ``PULL_EXPIRES_MAX`` (2 s) after
+it froze. A message is delivered to a frozen process at most once, and the
 deliveries it wastes never add up to the dead-letter limit (with 30 s requests, a frozen scheduler
 took the same messages every ``ack_wait`` until they were dead-lettered).
 
@@ -47,8 +48,10 @@ from legato.telemetry import get_logger
 
 log = get_logger("legato.bus")
 
-# The longest a standing request lives at the server; an idle consumer asks again this often.
-PULL_EXPIRES_MAX = 30.0
+# The longest a standing request lives at the server; an idle consumer asks again this often. It is
+# also how long a frozen process goes on taking messages (up to its free room) that then wait out
+# ack_wait: an executor with a 30 s ack_wait and 24 s requests could hoard 60 work items for 30 s.
+PULL_EXPIRES_MAX = 2.0
 
 
 def pull_expires(ack_wait: float) -> float:
