@@ -30,12 +30,14 @@ from nats.aio.client import Client
 from legato.bus import (
     ConsumerSpec,
     OutgoingMessage,
+    PublishError,
     Topology,
     provision_consumer,
     provision_streams,
 )
 from legato.config.settings import Settings
 from legato.executor import ExecutorOptions, ExecutorService
+from legato.executor.claims import AttemptClaims
 from legato.protocol import AttemptFinished, AttemptStarted, CancelAttempt, WorkItem, decode_event, encode
 from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
@@ -807,8 +809,10 @@ async def test_a_work_item_republished_under_new_msg_ids_runs_once_across_execut
     assert ran.read_text().splitlines() == [item.attempt_id]
     assert first.outcome == "succeeded" and first.executor == "exec-one"
     assert stats["executed"] == 1 and stats["lost"] == 0, stats
-    # The last copy got the kept result, published under the attempt id (a duplicate on the stream).
-    assert three.attempts.stats["republished"] == 1 and three.attempts.stats["executed"] == 0
+    # The last copy found the attempt claimed and did not run it; its result had landed at once, so
+    # none was kept and none published again: the stream holds the one result.
+    assert three.attempts.stats["duplicate_not_run"] == 1 and three.attempts.stats["executed"] == 0
+    assert three.attempts.stats["republished"] == 0
     assert len(events.finished_for(item.attempt_id)) == 1
 
 
@@ -857,24 +861,42 @@ async def test_killed_executor_process_takes_its_whole_step_tree_along(
     assert all(gone), [p for p, g in zip(tree, gone, strict=True) if not g]
 
 
-async def test_an_executor_gone_after_its_result_landed_but_before_it_was_kept_leaves_that_result(
+async def test_an_executor_gone_after_its_result_landed_leaves_that_result(
     nc: Client, topo: Topology, events: EventLog, settings: Settings
 ) -> None:
-    """The result is kept in the claim while it is published (the two overlap). An executor that stops
-    after the publish landed and before the result was kept leaves its item unacked: the next executor
+    """A result that landed at once is not kept in the claim (the stream holds it). An executor that
+    stops after the publish landed and before its ack leaves its item unacked: the next executor
     reports the attempt lost under the same message id (the attempt id), JetStream drops that copy, and
     the result that landed is the only one."""
     item = work(topo, "noop")
+    kept: list[str] = []
 
-    async def never_kept(attempt_id: str, executor: str, payload: bytes) -> None:
-        await asyncio.Event().wait()  # the process "dies" before this round trip ends
+    async def never_acked(*args: object, **kwargs: object) -> None:
+        await asyncio.Event().wait()  # the process "dies" after its result landed, before the ack
 
     async with executor(settings, executor_id="exec-gone", grace_period=0.5) as ex:
         assert ex.attempts.claims is not None
-        ex.attempts.claims.keep_result = never_kept  # type: ignore[method-assign]
+        real_keep = ex.attempts.claims.keep_result
+
+        async def keep(attempt_id: str, executor: str, payload: bytes) -> None:
+            kept.append(attempt_id)
+            await real_keep(attempt_id, executor, payload)
+
+        ex.attempts.claims.keep_result = keep  # type: ignore[method-assign]
+        real_publish = ex.attempts._publish_result
+
+        async def publish_then_hang(*args: Any, **kwargs: Any) -> None:
+            await real_publish(*args, **kwargs)
+            await never_acked()
+
+        ex.attempts._publish_result = publish_then_hang  # type: ignore[method-assign]
         await submit(nc, topo, item)
         landed = await events.finished(item.attempt_id)
-    assert landed.outcome == "succeeded"
+    assert landed.outcome == "succeeded" and kept == []
+    claims = AttemptClaims(nc.jetstream(), topo.attempts_bucket)
+    await claims.open()
+    held = await claims.get(item.attempt_id)
+    assert held is not None and held.executor == "exec-gone" and held.result is None
     async with executor(settings, executor_id="exec-survivor") as ex:
         async with asyncio.timeout(ACK_WAIT + 15):
             while ex.attempts.stats["lost"] < 1:
@@ -885,3 +907,38 @@ async def test_an_executor_gone_after_its_result_landed_but_before_it_was_kept_l
     assert [(e.outcome, e.executor) for e, _ in records] == [("succeeded", "exec-gone")]
     info = await nc.jetstream().consumer_info(topo.work_stream, topo.consumer_name("executor_default"))
     assert info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_result_whose_publish_fails_is_kept_and_a_later_copy_republishes_it(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    """The events stream refuses the result (here: every publish of it fails) and the executor is lost
+    while it retries: the result was kept in the claim at the first failure, so the next executor to
+    get the item publishes that result instead of running the step again or reporting it lost."""
+    ran = tmp_path / "ran.log"
+    item = work(topo, "shell", {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}; echo done'})
+
+    async with executor(settings, executor_id="exec-cut-off", grace_period=0.5) as ex:
+        assert ex.attempts.claims is not None
+        real_publish = ex.attempts.publisher.publish
+
+        async def results_refused(msg: OutgoingMessage) -> object:
+            if msg.msg_id == item.attempt_id:
+                raise PublishError("events stream unavailable")
+            return await real_publish(msg)
+
+        ex.attempts.publisher.publish = results_refused  # type: ignore[method-assign]
+        await submit(nc, topo, item)
+        claims = AttemptClaims(nc.jetstream(), topo.attempts_bucket)
+        await claims.open()
+        async with asyncio.timeout(15):
+            while (held := await claims.get(item.attempt_id)) is None or held.result is None:
+                await asyncio.sleep(0.05)
+        assert ex.attempts.stats["result_publish_failures"] >= 1
+    assert events.finished_for(item.attempt_id) == []
+    async with executor(settings, executor_id="exec-next") as ex:
+        finished = await events.finished(item.attempt_id, timeout=ACK_WAIT + 15)
+    assert finished.outcome == "succeeded" and finished.executor == "exec-cut-off"
+    assert ex.attempts.stats["republished"] == 1 and ex.attempts.stats["executed"] == 0
+    assert ex.attempts.stats["lost"] == 0
+    assert ran.read_text().splitlines() == [item.attempt_id]

@@ -445,39 +445,46 @@ class AttemptProcessor:
         self.results.put(item.attempt_id, payload)
         if running is not None:
             running.result.set_result(payload)
-        if self.claims is None:
-            await self._publish_result(item, payload)
-            return
-        # Kept durably (best effort) while it is published, both before the ack: a copy of the item
-        # delivered later republishes the kept result. The two round trips overlap: if the executor dies
-        # after the publish landed and before the result was kept, the redelivery reports the attempt
-        # lost under the same message id (the attempt id), which JetStream drops as a copy, and the
-        # scheduler applies one result per attempt anyway.
-        keeping = asyncio.create_task(self.claims.keep_result(item.attempt_id, self.executor_id, payload))
-        try:
-            await self._publish_result(item, payload)
-        except BaseException:
-            await _stop(keeping)
-            raise
-        await keeping
+        await self._publish_result(item, payload, keep=self.claims is not None)
 
-    async def _publish_result(self, item: WorkItem, payload: bytes) -> None:
-        """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked."""
+    async def _publish_result(self, item: WorkItem, payload: bytes, *, keep: bool = False) -> None:
+        """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked.
+
+        ``keep``: if the first publish fails, the result is kept in the attempt's claim while the
+        publish is retried, so a copy of the item delivered elsewhere meanwhile (this executor died
+        or lost its connection) republishes it instead of reporting the attempt lost. A result that
+        landed at once needs no keeping: it is durable on the events stream, a later copy of the item
+        finds the attempt claimed and does not run it, and the scheduler applies one result per
+        attempt (a "lost" report under the same message id within the duplicate window is dropped by
+        JetStream, after it ignored by the scheduler). The one round trip between the step's end and
+        its first durable record is the same either way: the publish instead of the keeping."""
         msg = OutgoingMessage(item.reply_subject, payload, msg_id=item.attempt_id, headers=inject_headers())
         failures = 0
-        while True:
-            try:
-                await self.publisher.publish(msg)
-            except Exception as exc:
-                failures += 1
-                self.stats["result_publish_failures"] += 1
-                if failures <= 3 or failures % 20 == 0:
-                    log.warning("attempt_result_publish_failed", tries=failures, error=repr(exc))
-                await asyncio.sleep(min(RESULT_RETRY_FIRST * 2 ** min(failures - 1, 8), RESULT_RETRY_MAX))
-                continue
-            if failures:
-                log.info("attempt_result_published", tries=failures + 1)
-            return
+        keeping: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    await self.publisher.publish(msg)
+                except Exception as exc:
+                    failures += 1
+                    self.stats["result_publish_failures"] += 1
+                    if failures <= 3 or failures % 20 == 0:
+                        log.warning("attempt_result_publish_failed", tries=failures, error=repr(exc))
+                    if keep and keeping is None and self.claims is not None:
+                        keeping = asyncio.create_task(
+                            self.claims.keep_result(item.attempt_id, self.executor_id, payload)
+                        )
+                    await asyncio.sleep(min(RESULT_RETRY_FIRST * 2 ** min(failures - 1, 8), RESULT_RETRY_MAX))
+                    continue
+                if failures:
+                    log.info("attempt_result_published", tries=failures + 1)
+                break
+        except BaseException:
+            if keeping is not None:
+                await _stop(keeping)
+            raise
+        if keeping is not None:
+            await keeping
 
 
 async def _result_of(running: RunningAttempt) -> bytes:

@@ -3,9 +3,10 @@
 Before a step starts, its executor *claims* the attempt: ``kv.create(key)`` succeeds for exactly one
 caller per attempt id, whatever the number of copies of the work item (a redelivery, an outbox
 republish after JetStream's 2-minute duplicate window, a second executor). Only the claimant runs the
-step. When the step ends, the encoded result is written over the claim, so a later copy of the item —
-at any executor, after any restart — publishes that same result instead of running the step again or
-reporting it lost.
+step. When the step's result cannot be published at once, the encoded result is written over the
+claim while the publish is retried, so a later copy of the item — at any executor, after any restart —
+publishes that same result instead of running the step again or reporting it lost. A result that
+landed at once is not kept: the events stream holds it (``AttemptProcessor._publish_result``).
 
 Entries expire after ``CLAIM_TTL`` (a week): far longer than any work item can wait in the stream or
 the outbox. Keys are a hash of the attempt id, so any id is a valid key.
