@@ -129,6 +129,18 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         )
         assert listed.returncode == 0, listed.stderr
         assert "sequential-demo" in listed.stdout
+        # A run's status changes are printed (from its lifecycle events), its end included.
+        started = subprocess.run(
+            [exe, "start", "hello", "--wait"],
+            cwd=closed_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        ended = dev.wait_for("  succeeded", timeout=60)
+        assert "hello" in ended and ended.split()[2] in started.stdout, (ended, started.stdout)
         # No permission changed outside .legato/.
         assert modes(closed_dir) == before
         # legato dev restarts a child that exits (the console on another port if its own was taken

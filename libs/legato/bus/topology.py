@@ -120,14 +120,6 @@ class Topology:
         """Core NATS: each executor says every second that it lives and which attempts it runs."""
         return f"{self._s}legato.control.heartbeat"
 
-    def progress_subject(self, workflow_id: str) -> str:
-        """Core-NATS fan-out of instance status changes (for `legato dev`, `start --wait`)."""
-        return f"{self._s}legato.progress.{subject_token(workflow_id)}"
-
-    @property
-    def progress_wildcard(self) -> str:
-        return f"{self._s}legato.progress.>"
-
     def notify_run_subject(self, workflow_id: str, status: str) -> str:
         """Where a run's status change is published (``docs/events.md``)."""
         return f"{self._s}legato.notify.run.{subject_token(workflow_id)}.{status}"

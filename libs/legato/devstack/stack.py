@@ -42,7 +42,7 @@ from legato.devstack.ports import free_port
 from legato.devstack.postgres_server import EmbeddedPostgres
 from legato.devstack.processes import die_with_parent
 from legato.flow.loading import WorkflowNotFound, load_workflow
-from legato.protocol.messages import InstanceProgress
+from legato.protocol.events import RunEvent
 from legato.security.keyring import Keyring
 from legato.store.migrations import migrate_url
 from legato.store.pool import ensure_database, redact
@@ -534,19 +534,21 @@ class DevStack:
                 await asyncio.sleep(0.3)
 
     async def watch(self) -> None:
+        """Print each run's status changes: the lifecycle events (docs/events.md), read as they are
+        published (a plain subscription: the terminal needs no replay and no acks)."""
         nc = await connect(self.nats_url, name="legato-dev-watch", options=self.nats_options("admin"))
-        decoder = msgspec.json.Decoder(InstanceProgress)
+        decoder = msgspec.json.Decoder(RunEvent)
 
         async def on_msg(msg: Any) -> None:
             try:
-                p = decoder.decode(msg.data)
+                event = decoder.decode(msg.data)
             except msgspec.DecodeError:
                 return
-            stamp = time.strftime("%H:%M:%S", time.localtime(p.at or time.time()))
-            why = f" ({p.reason})" if p.reason and p.reason != p.status else ""
-            print(f"  {stamp}  {p.workflow_id:<24} {p.instance_id}  {p.status}{why}", flush=True)
+            stamp = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
+            why = f" ({event.reason})" if event.reason and event.reason != event.status else ""
+            print(f"  {stamp}  {event.workflow_id:<24} {event.instance_id}  {event.status}{why}", flush=True)
 
-        await nc.subscribe(Topology(self.namespace).progress_wildcard, cb=on_msg)
+        await nc.subscribe(Topology(self.namespace).notify_filter("run"), cb=on_msg)
         try:
             await asyncio.Event().wait()
         finally:

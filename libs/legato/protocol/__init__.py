@@ -6,8 +6,7 @@ Subjects and streams:
 - ``legato.work.<queue>`` (LEGATO_WORK) carries ``WorkItem`` (scheduler -> executor);
 - ``legato.deadletter.<service>`` (LEGATO_DEADLETTERS) carries ``DeadLetterReport`` from database-less
   services (the executor) to whichever stateful service stores it in ``dead_letter``;
-- ``legato.control.cancel.<attempt>`` (core NATS) carries ``CancelAttempt``;
-- ``legato.progress.<workflow>`` (core NATS) carries ``InstanceProgress`` for watchers.
+- ``legato.control.cancel.<attempt>`` (core NATS) carries ``CancelAttempt``.
 """
 
 from legato.protocol.messages import (
@@ -19,7 +18,6 @@ from legato.protocol.messages import (
     ChildFinished,
     DeadLetterReport,
     EventMessage,
-    InstanceProgress,
     SignalWaitRegistered,
     SignalWaitSatisfied,
     SignalWaitsCancelled,
@@ -43,7 +41,6 @@ __all__ = [
     "ChildFinished",
     "DeadLetterReport",
     "EventMessage",
-    "InstanceProgress",
     "SignalWaitRegistered",
     "SignalWaitSatisfied",
     "SignalWaitsCancelled",

@@ -228,14 +228,6 @@ class ExecutorHeartbeat(_Msg, tag="executor_heartbeat", frozen=True, kw_only=Tru
     at: float = 0.0
 
 
-class InstanceProgress(_Msg, tag="progress", frozen=True, kw_only=True):
-    workflow_id: str
-    instance_id: str
-    status: str
-    reason: str | None = None
-    at: float = 0.0
-
-
 _trigger_decoder: msgspec.json.Decoder[TriggerMessage] = msgspec.json.Decoder(TriggerMessage)
 _event_decoder: msgspec.json.Decoder[EventMessage] = msgspec.json.Decoder(EventMessage)
 _work_decoder: msgspec.json.Decoder[WorkItem] = msgspec.json.Decoder(WorkItem)

@@ -164,7 +164,6 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
                     "legato.event.>",
                     "legato.signal.>",
                     "legato.control.>",
-                    "legato.progress.>",
                     "legato.notify.>",
                 ]
             ),
@@ -192,7 +191,7 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
         sub = [INBOX]
     elif role in ("viewer", "operator", "admin"):
         pub = [*_ns(api_subjects(role)), *JS_NOTIFY_READ]
-        sub = [*_ns(["legato.progress.>", "legato.notify.>"]), INBOX]
+        sub = [*_ns(["legato.notify.>"]), INBOX]
     else:
         raise ValueError(f"unknown role {role!r}")
     if public_key is not None:

@@ -202,8 +202,6 @@ class WorkflowActor:
             # committed rows from memory.
             reg.relay_committed(uow.outbox_rows)
         run_spans.emit(uow.spans)
-        if uow.progress:
-            await reg.publish_progress(list(uow.progress.values()))
         if uow.flushed_timers:
             reg.wake_timers()
         return [None] * len(batch)
@@ -369,7 +367,6 @@ class ActorRegistry(Component):
         definitions: DefinitionCache | None = None,
         relay_committed: Callable[[Sequence[tuple[int, OutgoingMessage]]], None] = lambda rows: None,
         wake_timers: Callable[[], None] = lambda: None,
-        publish_core: Callable[[list[tuple[str, bytes]]], Awaitable[None]] | None = None,
         batch: int = 256,
         mailbox_size: int = 1024,
         idle_timeout: float = 60.0,
@@ -382,7 +379,6 @@ class ActorRegistry(Component):
         self.definitions = definitions or DefinitionCache()
         self.relay_committed = relay_committed
         self.wake_timers = wake_timers
-        self.publish_core = publish_core
         self.batch = batch
         self.mailbox_size = mailbox_size
         self.idle_timeout = idle_timeout
@@ -400,12 +396,6 @@ class ActorRegistry(Component):
                 if actor.task is not None:
                     actor.task.cancel()
         self._tg = None
-
-    async def publish_progress(self, items: list[Any]) -> None:
-        if self.publish_core is not None:
-            await self.publish_core(
-                [(self.topology.progress_subject(p.workflow_id), encode(p)) for p in items]
-            )
 
     def forget(self, actor: WorkflowActor) -> None:
         if self.actors.get(actor.workflow_id) is actor:

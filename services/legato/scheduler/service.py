@@ -172,21 +172,12 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             host.pool, owned=lambda: sorted(leaser.tokens), deliver=lambda w, m: registry.deliver(w, m)
         )
 
-        async def publish_core(msgs: list[tuple[str, bytes]]) -> None:
-            # Progress notes are best effort (watchers poll as a fallback): no outbox row for them.
-            try:
-                for subject, payload in msgs:
-                    await host.nc.publish(subject, payload)
-            except Exception as exc:
-                log.debug("progress_publish_failed", error=repr(exc))
-
         registry = ActorRegistry(
             host.pool,
             topology=host.topology,
             leaser=leaser,
             relay_committed=host.relay_committed,
             wake_timers=timers.wake,
-            publish_core=publish_core,
             dispatch_window=settings.dispatch_window,
         )
         consumers = PartitionConsumers(host, registry)

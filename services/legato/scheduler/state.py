@@ -407,8 +407,6 @@ class UnitOfWork:
     # What the run's trace shows, emitted as spans once the batch committed (``run_spans.emit``): an
     # aborted batch must not report what did not happen.
     spans: list[SpanFact] = field(default_factory=list)
-    # Status changes for watchers, published after commit on core NATS (not through the outbox).
-    progress: dict[str, Any] = field(default_factory=dict)
     # foreach steps whose iterations all ended, as (instance id, step id): their outputs are collected
     # from Postgres.
     collect: list[tuple[str, str]] = field(default_factory=list)

@@ -158,7 +158,6 @@ def _wait_for_stop(engine: RunEngine, inst: InstanceState) -> None:
         return
     inst.reason = reason
     engine.uow.touch_instance(inst)
-    engine.progress(inst)
     engine.note(inst, "waiting_for_stop", reason.message, details={"runs": reason.runs})
 
 

@@ -1,16 +1,14 @@
-"""The state one engine works on and the small effects every part records (timers, timeline notes, progress)."""
+"""The state one engine works on and the small effects every part records (timers, timeline notes)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from legato.bus.topology import Topology, partition_of
 from legato.core import to_json_value
-from legato.core.reasons import Reason, code_of
-from legato.protocol.messages import InstanceProgress
+from legato.core.reasons import Reason
 from legato.scheduler.run_views import CompiledLookup, RunViews
 from legato.scheduler.state import (
     AttemptState,
@@ -42,7 +40,7 @@ DISPATCH_WINDOW = 256
 
 
 class EngineBase:
-    """The state one engine works on and the small effects every part records (timers, timeline notes, progress)."""
+    """The state one engine works on and the small effects every part records (timers, timeline notes)."""
 
     def __init__(
         self,
@@ -104,19 +102,6 @@ class EngineBase:
         if inst.body_path and event in QUIET_FOR_ITERATIONS:
             return  # 100,000 iterations need no 400,000 routine entries; failures are still noted
         self.uow.note(TimelineEntry(inst.id, event, message, step_id=step_id, actor=actor, details=details))
-
-    def progress(self, inst: InstanceState) -> None:
-        """Tell watchers (``legato dev``, ``start --wait``) after commit; best effort, the last status wins."""
-        if inst.body_path:
-            return
-        reason = code_of(inst.reason) if inst.reason else None
-        self.uow.progress[inst.id] = InstanceProgress(
-            workflow_id=inst.workflow_id,
-            instance_id=inst.id,
-            status=inst.status,
-            reason=reason,
-            at=time.time(),
-        )
 
     def _attempt_left_queue(self, at: AttemptState) -> None:
         self.state.note_left_queue(at)

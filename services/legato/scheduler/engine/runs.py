@@ -79,7 +79,6 @@ class RunLifecycle(EngineBase):
         self.state.row.queued_count += 1
         self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
-        self.progress(inst)
         run_spans.waiting(self.uow, inst, now_utc(), reason, None)
 
     def restart(self, inst: InstanceState) -> None:
@@ -109,7 +108,6 @@ class RunLifecycle(EngineBase):
             self.uow.workflow_dirty = True
         self.uow.touch_instance(inst)
         self.note(inst, "started", f"run {inst.run_number} started")
-        self.progress(inst)
         if inst.under_strategy:
             metrics().runs_started.add(
                 strategy=self.state.row.run_strategy, trigger=str(inst.trigger.get("kind"))
@@ -173,7 +171,6 @@ class RunLifecycle(EngineBase):
             return  # a succeeded iteration needs no timeline entry of its own: the foreach counts it
         msg = f"run ended {status}" + (f": {error}" if error else "")
         self.note(inst, status, msg, actor=actor, details=encode_reason(reason))
-        self.progress(inst)
         row = self.state.row
         if status == "succeeded" and row.blocked_by == inst.id:
             row.blocked_by = None
