@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from legato.config.settings import Settings, SettingsError, load_settings
+from legato.telemetry.logging import mark_service_process
 
 
 def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -53,6 +54,7 @@ def run_service(name: str, main: Coroutine[Any, Any, None], *, event_loop: str =
     from legato.store.migrations import MigrationError
 
     tune_gc()
+    mark_service_process()
     try:
         with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
             runner.run(main)
