@@ -4,6 +4,7 @@ dead letters, migrations under concurrency, graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ import asyncpg
 import msgspec
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from legato.bus import (
     ConsumerLoop,
@@ -57,6 +59,43 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def topo(settings: Settings) -> Topology:
     return Topology(settings.namespace, settings.partitions)
+
+
+async def test_publish_rejections_timeouts_and_late_acks(nc: Client, topo: Topology) -> None:
+    """PubAcks come back to one reply subscription per publisher: a rejection fails at once, naming
+    the subject; a publish nobody acks is sent again under its id and then fails; an ack that comes
+    after its round gave up is dropped, and nothing is left waiting."""
+    await provision_streams(nc.jetstream(), topo)
+    pub = Publisher(nc, timeout=0.3, attempts=2)
+    wrong_stream = OutgoingMessage(
+        topo.event_subject("wf"), b"{}", msg_id="rejected-1", headers={"Nats-Expected-Stream": "NOT_IT"}
+    )
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=r"rejected: .*expected stream"):
+        await pub.publish(wrong_stream)
+    assert time.monotonic() - started < 0.3  # not a timeout: JetStream answered
+    # A "stream" that answers late: its acks come after the round stopped waiting.
+    seen: list[str] = []
+
+    async def slow_stream(msg: Msg) -> None:
+        seen.append(msg.headers["Nats-Msg-Id"] if msg.headers else "")
+        await asyncio.sleep(0.5)
+        await nc.publish(msg.reply, b'{"stream": "SLOW", "seq": 1}')
+
+    sub = await nc.subscribe("slowstream.subject", cb=slow_stream)
+    try:
+        with pytest.raises(PublishError, match=r"1 of 1 publishes not acknowledged after 2 attempts"):
+            await pub.publish(OutgoingMessage("slowstream.subject", b"{}", msg_id="late-1"))
+        assert seen == ["late-1", "late-1"]  # sent again under the same id
+        await asyncio.sleep(1.2)  # both late acks arrived, and were dropped
+        assert pub.acks.waiting == 0
+        ack = await Publisher(nc, timeout=2.0).publish(OutgoingMessage("slowstream.subject", b"{}"))
+        assert ack is not None and (ack.stream, ack.seq, ack.duplicate) == ("SLOW", 1, False)
+    finally:
+        await sub.unsubscribe()
+    # The publisher still works after all that.
+    ok = await pub.publish(OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="after-1"))
+    assert ok is not None and ok.stream == topo.events_stream and pub.acks.waiting == 0
 
 
 def spec_for(topo: Topology, name: str = "testc", ack_wait: float = 2.0) -> ConsumerSpec:
