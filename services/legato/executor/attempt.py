@@ -31,7 +31,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -54,6 +54,9 @@ RESULT_RETRY_MAX = 5.0
 # Room left in a NATS message for headers (traceparent, Nats-Msg-Id) next to the result payload.
 HEADER_ALLOWANCE = 4096
 
+# How often a running step's wait checks this executor's contact with NATS (the fence).
+FENCE_CHECK = 0.1
+
 
 T = TypeVar("T")
 
@@ -62,9 +65,21 @@ class RunningAttempt:
     """An attempt executing in this process: how to cancel it, and its result once encoded."""
 
     def __init__(self) -> None:
-        self.cancel_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.cancel_requested = False
         self.cancel_reason = ""
-        self.result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        # Done once a cancel request came: what the step's wait watches besides the step itself.
+        self.cancelled: asyncio.Future[None] = loop.create_future()
+        self.result: asyncio.Future[bytes] = loop.create_future()
+
+    def request_cancel(self, reason: str) -> bool:
+        """Ask the running step to stop; False if that was asked already."""
+        if self.cancel_requested:
+            return False
+        self.cancel_requested = True
+        self.cancel_reason = reason
+        self.cancelled.set_result(None)
+        return True
 
 
 class AttemptProcessor:
@@ -117,9 +132,7 @@ class AttemptProcessor:
         """A cancel request: stop the attempt if it runs here, and remember it in case it comes later."""
         self.cancels.add(attempt_id, reason)
         running = self._running.get(attempt_id)
-        if running is not None and not running.cancel_requested.is_set():
-            running.cancel_reason = reason
-            running.cancel_requested.set()
+        if running is not None and running.request_cancel(reason):
             log.info("attempt_cancel_requested", attempt_id=attempt_id, reason=reason)
 
     async def handle(self, delivery: Delivery[WorkItem]) -> None:
@@ -258,21 +271,24 @@ class AttemptProcessor:
             )
         ctx = StepContext(item=item, output=CapturedOutput(), kill_grace=self.kill_grace, lease=self.lease)
         step = asyncio.create_task(runner.run(ctx), name=f"step:{item.attempt_id}")
-        cancel_requested = asyncio.create_task(running.cancel_requested.wait())
-        fenced = asyncio.create_task(self._fence())
-        announcing = asyncio.Event()
-        announce = asyncio.create_task(self._announce_started(item, started_at, announcing))
+        # The step's one task; the cancel request is a future, the fence a check between waits, the
+        # announcement a timer: a fast step costs no other task (four before, with their cancellations).
+        loop = asyncio.get_running_loop()
+        announce: list[asyncio.Task[None]] = []
+        announcing = loop.call_later(
+            self.started_delay,
+            lambda: announce.append(asyncio.create_task(self._announce_started(item, started_at))),
+        )
         timeout = item.timeout if item.timeout is not None and item.timeout > 0 else None
+        fenced = False
         try:
-            done, _ = await asyncio.wait(
-                {step, cancel_requested, fenced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, fenced = await self._wait_step(step, running, timeout)
         finally:
             # Also on shutdown: the step's processes are stopped before the cancellation goes on.
-            await _stop(cancel_requested)
-            await _stop(fenced)
+            announcing.cancel()
             await _stop(step)
-            await self._settle_announcement(announce, announcing)
+            if announce:
+                await self._settle_announcement(announce[0])
         log_tail = ctx.output.log_tail()
         if step in done and step.cancelled():
             # The runner cancelled itself (nothing here asked it to): a failure, not a shutdown.
@@ -325,7 +341,7 @@ class AttemptProcessor:
                 exit_code=result.exit_code,
                 log_tail=log_tail,
             )
-        if fenced in done:
+        if fenced:
             silent = self.contact.silent_for() if self.contact is not None else self.fence_after
             error = (
                 f"fenced: executor lost contact with NATS for {silent:.1f} s, so the scheduler could "
@@ -336,7 +352,7 @@ class AttemptProcessor:
             return self._finished(
                 item, "platform_error", started_at=started_at, error=error, log_tail=log_tail
             )
-        if cancel_requested in done:
+        if running.cancel_requested:
             reason = running.cancel_reason
             error = f"cancelled: {reason}" if reason else "cancelled"
             return self._finished(item, "cancelled", started_at=started_at, error=error, log_tail=log_tail)
@@ -344,18 +360,30 @@ class AttemptProcessor:
             item, "timed_out", started_at=started_at, error=f"timed out after {timeout:g}s", log_tail=log_tail
         )
 
-    async def _fence(self) -> None:
-        """Returns once this executor has been out of touch with NATS for ``fence_after`` seconds."""
-        if self.contact is None or self.fence_after <= 0:
-            await asyncio.Event().wait()  # never
-            return
-        while self.contact.silent_for() < self.fence_after:
-            await asyncio.sleep(0.1)
+    async def _wait_step(
+        self, step: asyncio.Task[StepResult], running: RunningAttempt, timeout: float | None
+    ) -> tuple[set[asyncio.Future[Any]], bool]:
+        """Wait until the step ends, a cancel request comes, ``timeout`` passes, or this executor has
+        been out of touch with NATS for ``fence_after`` seconds (checked every ``FENCE_CHECK``);
+        returns what ended and whether the fence did."""
+        loop = asyncio.get_running_loop()
+        fencing = self.contact is not None and self.fence_after > 0
+        deadline = None if timeout is None else loop.time() + timeout
+        waiters: set[asyncio.Future[Any]] = {step, running.cancelled}
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - loop.time())
+            if fencing:
+                wait = FENCE_CHECK if wait is None else min(wait, FENCE_CHECK)
+            done, _ = await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if done:
+                return done, False
+            if deadline is not None and loop.time() >= deadline:
+                return done, False
+            if fencing and self.contact is not None and self.contact.silent_for() >= self.fence_after:
+                return done, True
 
-    async def _announce_started(self, item: WorkItem, started_at: float, announcing: asyncio.Event) -> None:
+    async def _announce_started(self, item: WorkItem, started_at: float) -> None:
         # Only attempts still running after started_delay are announced: a fast step costs one message.
-        await asyncio.sleep(self.started_delay)
-        announcing.set()
         started = AttemptStarted(
             attempt_id=item.attempt_id,
             workflow_id=item.workflow_id,
@@ -377,10 +405,10 @@ class AttemptProcessor:
             # Only informational: the result that follows is what counts.
             log.warning("attempt_started_publish_failed", error=repr(exc))
 
-    async def _settle_announcement(self, announce: asyncio.Task[None], announcing: asyncio.Event) -> None:
+    async def _settle_announcement(self, announce: asyncio.Task[None]) -> None:
         current = asyncio.current_task()
         shutting_down = current is not None and current.cancelling() > 0
-        if announcing.is_set() and not shutting_down:
+        if not shutting_down:
             # Already publishing: let it land so AttemptStarted precedes AttemptFinished on the stream.
             await asyncio.wait({announce})
         await _stop(announce)
@@ -496,6 +524,7 @@ async def _result_of(running: RunningAttempt) -> bytes:
 
 async def _stop(task: asyncio.Task[T]) -> None:
     """Cancel a child task and wait until it has really finished (its cleanup included)."""
-    if not task.done():
-        task.cancel()
+    if task.done():
+        return
+    task.cancel()
     await asyncio.gather(task, return_exceptions=True)
