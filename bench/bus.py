@@ -2,6 +2,9 @@
 
 Prints:
 - raw JetStream publish, one at a time (acked) and pipelined;
+- the publishing process's CPU per message in rounds of 8 and 64: nats-py's ``publish_async`` (a
+  future, a semaphore wait, a NUID and a JSON parse per message) against ``Publisher`` (one reply
+  subscription, a future per round);
 - the consumer loop: publish -> consume -> handler commits a Postgres transaction (dedup key + effect)
   -> ack, in messages/s;
 - the outbox relay: committed outbox rows -> published with checked PubAcks -> deleted, in rows/s.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 import nats
+from nats.js import JetStreamContext
 
 from legato.bus import (
     ConsumerLoop,
@@ -48,6 +53,26 @@ from legato.store.pool import ensure_database
 class Ping(msgspec.Struct, frozen=True):
     n: int
     payload: str = ""
+
+
+async def publish_cpu(
+    js: JetStreamContext, pub: Publisher, subject: str, body: bytes, way: str, size: int, n: int
+) -> float:
+    """This process's CPU (user + system) per message published in rounds of ``size``, acks checked."""
+    tag = uuid.uuid4().hex[:8]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for start in range(0, n, size):
+        ids = [f"{tag}-{i}" for i in range(start, min(n, start + size))]
+        if way == "publish_async":
+            futures = [await js.publish_async(subject, body, headers={"Nats-Msg-Id": i}) for i in ids]
+            await asyncio.wait(futures, timeout=5)
+            for future in futures:
+                future.result()
+        else:
+            await pub.publish_many([OutgoingMessage(subject, body, msg_id=i) for i in ids])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return cpu / n * 1e6
 
 
 async def bench(nats_url: str, db_url: str, n: int) -> None:
@@ -78,6 +103,12 @@ async def bench(nats_url: str, db_url: str, n: int) -> None:
             [OutgoingMessage(subject, body, msg_id=f"raw2-{i}") for i in range(start, min(n, start + 1000))]
         )
     pipelined = n / (time.perf_counter() - t0)
+    await js.purge_stream(topo.events_stream)
+    per_message = {
+        (way, size): await publish_cpu(js, pub, subject, body, way, size, min(n, 20_000))
+        for size in (8, 64)
+        for way in ("publish_async", "Publisher")
+    }
     await js.purge_stream(topo.events_stream)
 
     # 2. Consumer loop with a committing handler.
@@ -131,6 +162,12 @@ async def bench(nats_url: str, db_url: str, n: int) -> None:
     print(f"messages: {n}, payload {len(body)} B, namespace {ns}")
     print(f"raw JetStream publish, one at a time (acked):  {one_by_one:10,.0f} msg/s")
     print(f"raw JetStream publish, pipelined (acked):      {pipelined:10,.0f} msg/s")
+    for size in (8, 64):
+        lib, ours = per_message[("publish_async", size)], per_message[("Publisher", size)]
+        print(
+            f"publishing CPU per message, rounds of {size:>2}:    nats-py publish_async {lib:5.1f} us, "
+            f"Publisher {ours:5.1f} us ({ours / lib:.2f}x)"
+        )
     print(
         f"consume -> handler commit -> ack:              {consumed:10,.0f} msg/s "
         f"({consumed / pipelined:.2f}x pipelined publish, {consumed / one_by_one:.2f}x one-at-a-time)"
