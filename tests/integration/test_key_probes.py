@@ -16,7 +16,10 @@ import pytest
 from legato.bus.publisher import OutgoingMessage
 from legato.scheduler.repository import EXISTING_RUNS
 from legato.store.outbox import outbox_args
-from legato.trigger.start_api import _READ_STARTS, _START_BATCH
+from legato.trigger.start_api import _START_BATCH, _read_starts
+
+# The read _START_BATCH makes of a batch's ids, on its own.
+_READ_STARTS = _read_starts("$1::text[]")
 
 # The statements as they were: what the generic plan of each turns into on empty tables.
 OLD_EXISTING_RUNS = "SELECT id FROM workflow_instance WHERE id = ANY($1::text[])"

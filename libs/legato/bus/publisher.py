@@ -17,7 +17,6 @@ from typing import Any
 import msgspec
 from nats.aio.client import NO_RESPONDERS_STATUS, Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import Header
 from nats.js.errors import APIError, NoStreamResponseError
 
@@ -164,7 +163,6 @@ class Publisher:
     def __init__(
         self,
         nc: Client,
-        js: JetStreamContext | None = None,
         *,
         timeout: float = 5.0,
         attempts: int = 3,
@@ -172,7 +170,6 @@ class Publisher:
         sign: Callable[[Sequence[OutgoingMessage]], Sequence[Mapping[str, str]]] | None = None,
     ) -> None:
         self.nc = nc
-        self.js = js or nc.jetstream()
         self.timeout = timeout
         self.attempts = attempts
         self.max_pipeline = max_pipeline

@@ -280,7 +280,6 @@ class AttemptProcessor:
             lambda: announce.append(asyncio.create_task(self._announce_started(item, started_at))),
         )
         timeout = item.timeout if item.timeout is not None and item.timeout > 0 else None
-        fenced = False
         try:
             done, fenced = await self._wait_step(step, running, timeout)
         finally:
@@ -473,18 +472,18 @@ class AttemptProcessor:
         self.results.put(item.attempt_id, payload)
         if running is not None:
             running.result.set_result(payload)
-        await self._publish_result(item, payload, keep=self.claims is not None)
+        await self._publish_result(item, payload, keep=True)
 
     async def _publish_result(self, item: WorkItem, payload: bytes, *, keep: bool = False) -> None:
         """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked.
 
-        ``keep``: if the first publish fails, the result is kept in the attempt's claim while the
-        publish is retried, so a copy of the item delivered elsewhere meanwhile (this executor died
+        ``keep``: if the first publish fails, the result is kept in the attempt's claim (when this
+        executor has claims) while the publish is retried, so a copy of the item delivered elsewhere meanwhile (this executor died
         or lost its connection) republishes it instead of reporting the attempt lost. A result that
         landed at once needs no keeping: it is durable on the events stream, a later copy of the item
         finds the attempt claimed and does not run it, and the scheduler applies one result per
-        attempt (a "lost" report under the same message id within the duplicate window is dropped by
-        JetStream, after it ignored by the scheduler). The one round trip between the step's end and
+        attempt (a "lost" report under the same message id is dropped by JetStream within its duplicate
+        window, and ignored by the scheduler after it). The one round trip between the step's end and
         its first durable record is the same either way: the publish instead of the keeping."""
         msg = OutgoingMessage(item.reply_subject, payload, msg_id=item.attempt_id, headers=inject_headers())
         failures = 0

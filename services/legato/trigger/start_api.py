@@ -310,8 +310,6 @@ def _read_starts(ids: str) -> str:
     )
 
 
-_READ_STARTS = _read_starts("$1::text[]")
-
 # A batch of starts ($1-$5: a StartRun per request id, $6-$8: the ids, workflows and request digests):
 # the known ids' runs and accepted starts (``outbox_id`` NULL), and the new ones' outbox ids. Only ids
 # neither known nor recorded meanwhile (ON CONFLICT) get their accepted start and their StartRun.
