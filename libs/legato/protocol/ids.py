@@ -7,6 +7,7 @@ duplicate trigger maps onto the same run everywhere.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import time
@@ -26,7 +27,13 @@ def instance_id_for(workflow_id: str, trigger_key: str) -> str:
 
 def attempt_id_for(instance_id: str, step_id: str, attempt: int) -> str:
     """An attempt id that is a single NATS subject token."""
-    return f"{instance_id}-{_b32(hashlib.sha256(f'{step_id}'.encode()).digest(), 6)}-{attempt}"
+    return f"{instance_id}-{_step_token(step_id)}-{attempt}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _step_token(step_id: str) -> str:
+    # A workflow has few step ids and dispatches each many times (every foreach iteration): hashed once.
+    return _b32(hashlib.sha256(step_id.encode()).digest(), 6)
 
 
 def new_request_id() -> str:
