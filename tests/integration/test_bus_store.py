@@ -773,8 +773,9 @@ async def test_no_index_of_the_run_tables_repeats_another(pool: asyncpg.Pool) ->
         plan = "\n".join(
             r[0]
             for r in await conn.fetch(
-                "EXPLAIN SELECT DISTINCT ON (parent_iteration) parent_iteration, status FROM workflow_instance "
-                "WHERE parent_instance_id = 'p' AND parent_step_id = 's' ORDER BY parent_iteration, seq DESC"
+                "EXPLAIN SELECT DISTINCT ON (parent_iteration) parent_iteration, status "
+                "FROM workflow_instance WHERE parent_instance_id = 'p' AND parent_step_id = 's' "
+                "ORDER BY parent_iteration, seq DESC"
             )
         )
         assert "workflow_instance_children" in plan, plan

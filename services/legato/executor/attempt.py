@@ -478,13 +478,14 @@ class AttemptProcessor:
         """Publish until it lands; only shutdown (cancellation) stops it, leaving the item unacked.
 
         ``keep``: if the first publish fails, the result is kept in the attempt's claim (when this
-        executor has claims) while the publish is retried, so a copy of the item delivered elsewhere meanwhile (this executor died
-        or lost its connection) republishes it instead of reporting the attempt lost. A result that
-        landed at once needs no keeping: it is durable on the events stream, a later copy of the item
-        finds the attempt claimed and does not run it, and the scheduler applies one result per
-        attempt (a "lost" report under the same message id is dropped by JetStream within its duplicate
-        window, and ignored by the scheduler after it). The one round trip between the step's end and
-        its first durable record is the same either way: the publish instead of the keeping."""
+        executor has claims) while the publish is retried, so a copy of the item delivered elsewhere
+        meanwhile (this executor died or lost its connection) republishes it instead of reporting the
+        attempt lost. A result that landed at once needs no keeping: it is durable on the events
+        stream, a later copy of the item finds the attempt claimed and does not run it, and the
+        scheduler applies one result per attempt (a "lost" report under the same message id is dropped
+        by JetStream within its duplicate window, and ignored by the scheduler after it). The one round
+        trip between the step's end and its first durable record is the same either way: the publish
+        instead of the keeping."""
         msg = OutgoingMessage(item.reply_subject, payload, msg_id=item.attempt_id, headers=inject_headers())
         failures = 0
         keeping: asyncio.Task[None] | None = None
