@@ -16,6 +16,7 @@ import pytest
 from legato.bus.topology import partition_of
 from legato.config.settings import Settings
 from legato.devstack.processes import ServiceProcess, service_env
+from legato.scheduler.leases import SESSION_PREFIX
 from tests.e2e.test_spine import _ledger_lines
 from tests.support.stack import TERMINAL, running_stack, wait_for
 
@@ -230,12 +231,76 @@ steps:
     retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
 """
 
-# A session that sits idle inside a transaction (only a stopped process stays so for long).
-IDLE_IN_TRANSACTION = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND state = 'idle in transaction'
-  AND state_change < clock_timestamp() - interval '200 milliseconds'
+# Scheduler sessions that wait for a lock the given backend holds.
+BLOCKED_SCHEDULERS = f"""
+SELECT pid, application_name FROM pg_stat_activity
+WHERE datname = current_database() AND $1 = ANY(pg_blocking_pids(pid))
+  AND application_name LIKE '{SESSION_PREFIX}%'
 """
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (``T`` in ``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] in "Tt"
+
+
+async def pause_inside_a_transaction(
+    settings: Settings, db: asyncpg.Connection, stack: dict[str, ServiceProcess], tries: int = 20
+) -> tuple[ServiceProcess, bool]:
+    """SIGSTOP a scheduler process while it holds a transaction open, without a race: lock a running
+    run's row, wait until a scheduler's statement waits for that lock, stop the process, then let the
+    statement finish. Its session then sits idle in its transaction, which the process cannot commit.
+
+    Best when the statement was the batch's flush, whose final lease check leaves the lease rows locked
+    (``FOR KEY SHARE``) until the commit; after ``tries`` without that, any statement of the batch
+    (its workflow row and its runs stay locked). Returns the process and whether it holds lease rows."""
+    holder = await asyncpg.connect(settings.database_url)
+    try:
+        holder_pid = holder.get_server_pid()
+        for attempt in range(2 * tries):
+            tx = holder.transaction()
+            await tx.start()
+            blocked = None
+            try:
+                locked = await holder.fetchval(
+                    "SELECT id FROM workflow_instance WHERE status = 'running' "
+                    "ORDER BY seq DESC LIMIT 1 FOR UPDATE SKIP LOCKED"
+                )
+                deadline = time.monotonic() + 5
+                while locked is not None and blocked is None and time.monotonic() < deadline:
+                    blocked = await db.fetchrow(BLOCKED_SCHEDULERS, holder_pid)
+                    if blocked is None:
+                        await asyncio.sleep(0.005)
+                if blocked is None:
+                    await asyncio.sleep(0.1)
+                    continue
+                incarnation = blocked["application_name"].removeprefix(SESSION_PREFIX)
+                replica = await db.fetchval(
+                    "SELECT name FROM scheduler_replica WHERE incarnation = $1", incarnation
+                )
+                index = int(replica.removeprefix("replica-"))
+                victim = stack["scheduler" if index == 0 else f"scheduler{index}"]
+                assert victim.pid is not None
+                os.kill(victim.pid, signal.SIGSTOP)
+                while not _stopped(victim.pid):
+                    await asyncio.sleep(0.001)
+            finally:
+                await tx.rollback()  # the stopped process's statement now completes
+            state = None
+            for _ in range(200):
+                state = await db.fetchval("SELECT state FROM pg_stat_activity WHERE pid = $1", blocked["pid"])
+                if state != "active":
+                    break
+                await asyncio.sleep(0.005)
+            holds_leases = state == "idle in transaction" and await locked_leases(db) > 0
+            if holds_leases or (state == "idle in transaction" and attempt >= tries):
+                return victim, holds_leases
+            os.kill(victim.pid, signal.SIGCONT)
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"no scheduler caught inside a transaction\n{await database_state(db)}")
+    finally:
+        await holder.close()
 
 
 @pytest.mark.slow
@@ -288,24 +353,17 @@ async def test_a_replica_paused_inside_a_transaction_never_stalls_the_other(
                 await asyncio.sleep(0.01)
 
         loader = asyncio.create_task(load())
-        victim = None
         try:
-            for attempt in range(60):
-                candidate = stack["scheduler" if attempt % 2 == 0 else "scheduler1"]
-                assert candidate.pid is not None
-                os.kill(candidate.pid, signal.SIGSTOP)
-                await asyncio.sleep(0.3)
-                # Best: caught holding lease rows (between its final lease check and its commit); else,
-                # after a while, holding any transaction (a workflow row, mid-batch).
-                if await db.fetchval(IDLE_IN_TRANSACTION) and (attempt >= 30 or await locked_leases(db)):
-                    victim = candidate
-                    break
-                os.kill(candidate.pid, signal.SIGCONT)
-                await asyncio.sleep(0.2)
+            while not await db.fetchval("SELECT count(*) FROM workflow_instance WHERE status = 'running'"):
+                await asyncio.sleep(0.05)
+            victim, holds_leases = await pause_inside_a_transaction(settings, db, stack)
         finally:
             stop_loading.set()  # let the start in flight finish: every accepted run is checked below
             await loader
-        assert victim is not None and victim.pid is not None, "never caught a scheduler inside a transaction"
+        print(
+            f"paused {victim.name} inside a transaction, {'holding' if holds_leases else 'without'} lease rows"
+        )
+        assert victim.pid is not None
         try:
             paused_at = time.monotonic()
             # While it stays stopped (for several lease times), new runs on every partition complete.
