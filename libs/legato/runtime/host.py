@@ -38,7 +38,7 @@ from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
 from legato.store.outbox import OutboxRelay, OutboxRow
-from legato.store.pool import create_pool
+from legato.store.pool import close_pool, create_pool
 from legato.telemetry import (
     configure_logging,
     configure_metrics,
@@ -256,11 +256,8 @@ class ServiceHost:
                 await self._nc.close()
 
     async def _close_pool(self) -> None:
-        if self._pool is not None and not self._pool.is_closing():
-            try:
-                await asyncio.wait_for(self._pool.close(), timeout=5.0)
-            except Exception:
-                self._pool.terminate()
+        if self._pool is not None:
+            await close_pool(self._pool)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -74,10 +74,12 @@ class ApiService(Component):
         backlog: BacklogProbe | None = None,
         max_backlog: int = 0,
         relay_committed: Callable[[Sequence[OutboxRow]], None] | None = None,
+        start_pool: asyncpg.Pool | None = None,
     ) -> None:
         """``wake_backfills``: brings the backfill feeder's next round forward (a backfill was started,
         resumed or given failed periods to retry). ``relay_committed``: hands committed starts' outbox
-        rows to the relay (``ServiceHost.relay_committed``); None: wake it to read them."""
+        rows to the relay (``ServiceHost.relay_committed``); None: wake it to read them. ``start_pool``:
+        where batches of starts are committed (``StartApi``'s ``commit_pool``)."""
         super().__init__()
         self.nc = nc
         self.wake_backfills = wake_backfills
@@ -98,6 +100,7 @@ class ApiService(Component):
             start_batch=start_batch,
             backlog=backlog,
             max_backlog=max_backlog,
+            commit_pool=start_pool,
         )
         self.service: Service | None = None
         self.requests = 0

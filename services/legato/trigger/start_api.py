@@ -69,12 +69,16 @@ class StartApi:
         start_batch: int = 256,
         backlog: BacklogProbe | None = None,
         max_backlog: int = 0,
+        commit_pool: asyncpg.Pool | None = None,
     ) -> None:
         """``backlog``, ``max_backlog``: refuse starts with ``overloaded`` while the workflow's partition
-        holds ``max_backlog`` messages or more for the scheduler (0: never; trigger/backlog.py)."""
+        holds ``max_backlog`` messages or more for the scheduler (0: never; trigger/backlog.py).
+        ``commit_pool``: where batches of starts are committed (``pool`` when None): one whose sessions
+        plan the start statement once (``create_pool(generic_plans=True)``)."""
         self.backlog = backlog
         self.max_backlog = max_backlog
         self.pool = pool
+        self.commit_pool = commit_pool or pool
         self.topology = topology
         self.cache = cache
         # Hands a committed batch's outbox rows to the relay (published from memory); None: wake it.
@@ -221,7 +225,7 @@ class StartApi:
         # StartRun it would send if it is new.
         firsts = list({p.instance_id: p for p in reversed(batch)}.values())[::-1]
         msgs = [self._start_run(p, now) for p in firsts]
-        async with self.pool.acquire() as conn:
+        async with self.commit_pool.acquire() as conn:
             if now - self._pruned_at > ACCEPTED_PRUNE_SECONDS:
                 # Long since applied by the scheduler (or visible as a run): no need to remember them.
                 # First: if it fails, the batch fails with nothing of it written, and is tried again.
