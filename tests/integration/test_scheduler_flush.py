@@ -215,20 +215,34 @@ async def test_statements_that_update_the_written_rows_follow_them_and_the_check
     assert (row["status"], row["error"]) == ("lost", "its run ended")
 
 
-async def test_lock_workflow_checks_the_lease_in_the_same_statement(pool: asyncpg.Pool) -> None:
+async def test_lock_workflow_checks_the_lease_and_probes_the_starts_in_the_same_statement(
+    pool: asyncpg.Pool,
+) -> None:
     start = LeaseGuard(PARTITION, False, (PARTITION, INCARNATION, TOKEN, "20000"))
     async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status) "
+            "VALUES ('ran', 'wf', 1, 'k1', '{}', 'succeeded'), ('runs', 'wf', 1, 'k2', '{}', 'running')"
+        )
+        statements: list[str] = []
+        conn.add_query_logger(lambda q: statements.append(q.query))
         async with conn.transaction():
-            config = await repository.lock_workflow(conn, "wf", start)
+            config, existing = await repository.lock_workflow(
+                conn, "wf", start, ["new", "ran", "runs", "ran"]
+            )
             assert config is not None and config.run_strategy == "parallel"
+            assert existing == {"ran", "runs"}
             assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "20s"
+        assert len([q for q in statements if q not in ("BEGIN;", "COMMIT;")]) == 2  # the lock, the SHOW
         async with conn.transaction():
-            assert await repository.lock_workflow(conn, "gone", start) is None  # deleted workflow
+            assert await repository.lock_workflow(conn, "wf", start, []) == (config, set())
+        async with conn.transaction():
+            assert await repository.lock_workflow(conn, "gone", start, ["ran"]) == (None, {"ran"})  # deleted
         lost = LeaseGuard(PARTITION, False, (PARTITION, INCARNATION, TOKEN + 1, "20000"))
-        for workflow_id in ("wf", "gone"):  # a lost lease wins over a deleted workflow
+        for workflow_id, ids in (("wf", []), ("wf", ["ran"]), ("gone", [])):  # a lost lease wins over all
             with pytest.raises(LeaseLost):
                 async with conn.transaction():
-                    await repository.lock_workflow(conn, workflow_id, lost)
+                    await repository.lock_workflow(conn, workflow_id, lost, ids)
 
 
 async def test_timer_cancellations_go_in_the_same_statement_and_spare_the_timers_it_adds(

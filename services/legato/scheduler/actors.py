@@ -144,8 +144,11 @@ class WorkflowActor:
     async def _apply(self, batch: list[Envelope]) -> list[Exception | None]:
         reg = self.registry
         uow = UnitOfWork()
+        starts = [e.message for e in batch if isinstance(e.message, StartRun)]
         async with reg.pool.acquire() as conn, conn.transaction():
-            config = await repository.lock_workflow(conn, self.workflow_id, reg.leaser.guard(self.partition))
+            config, existing = await repository.lock_workflow(
+                conn, self.workflow_id, reg.leaser.guard(self.partition), [m.instance_id for m in starts]
+            )
             if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
                 unknown = Poison(f"unknown workflow {self.workflow_id!r}")
@@ -162,14 +165,12 @@ class WorkflowActor:
             state.row.max_concurrency = config.max_concurrency
             state.row.paused = config.paused
             versions = {state.row.active_version, *state.instances.versions()}
-            starts = [e.message for e in batch if isinstance(e.message, StartRun)]
             asked = {m.version for m in starts if m.version is not None}
             versions.update(asked)
             self.missing_versions = await reg.definitions.ensure(
                 conn, self.workflow_id, versions, optional=asked
             )
             versions -= self.missing_versions
-            existing = await repository.existing_runs(conn, [m.instance_id for m in starts])
             await self._load_tags(conn, state, versions)
             state.begin_batch()
             engine = RunEngine(

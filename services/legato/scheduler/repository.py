@@ -315,35 +315,35 @@ class WorkflowConfig:
     paused: bool
 
 
-_LOCK_WORKFLOW = (
-    "SELECT {guard} AS lease, w.* FROM (SELECT 1) AS one LEFT JOIN LATERAL ("
-    " SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow"
+# Which of the run ids (an SQL array) exist: an index probe per id (``store.keys``).
+EXISTING_RUNS = f"SELECT r.id FROM {probe('workflow_instance', 'id', '$1::text[]', 'id')} AS r"
+# By whether the batch starts runs: without starts, no probe, and a statement Postgres plans once (with
+# one, the probe's ``unnest`` makes it plan for each batch's ids, see ``store.pool``).
+_LOCK_WORKFLOW = {
+    probing: f"SELECT {{guard}} AS lease, {existing} AS existing, w.* FROM (SELECT 1) AS one LEFT JOIN"
+    " LATERAL (SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow"
     " WHERE id = $1 FOR UPDATE) AS w ON true"
-)
+    for probing, existing in ((True, f"ARRAY({EXISTING_RUNS.replace('$1', '$2')})"), (False, "NULL::text[]"))
+}
 
 
 async def lock_workflow(
-    conn: asyncpg.Connection, workflow_id: str, guard: LeaseGuard
-) -> WorkflowConfig | None:
-    """Check the lease (``guard``) and lock the workflow row for the batch in one statement, and read its
-    configuration; None if it was deleted."""
-    row = await conn.fetchrow(_LOCK_WORKFLOW.format(guard=guard.sql(2)), workflow_id, *guard.args)
+    conn: asyncpg.Connection, workflow_id: str, guard: LeaseGuard, start_ids: list[str]
+) -> tuple[WorkflowConfig | None, set[str]]:
+    """In one statement: check the lease (``guard``), lock the workflow row for the batch and read its
+    configuration (None if it was deleted), and find which of ``start_ids`` exist (one run per trigger
+    key). Its snapshot predates its wait for the row lock, as fresh as a probe after it: only this actor
+    writes the workflow's runs under that lock, a partition's new owner runs it only once the old owner
+    committed or cannot (``leases.py``), and the API's pause, push and delete write no run."""
+    probing = bool(start_ids)
+    sql = _LOCK_WORKFLOW[probing].format(guard=guard.sql(3 if probing else 2))
+    row = await conn.fetchrow(sql, workflow_id, *([start_ids] if probing else []), *guard.args)
     guard.verify(row["lease"])
+    existing = set(row["existing"] or ())
     if row["active"] is None:
-        return None
-    return WorkflowConfig(
-        row["active"], row["active_version"], row["run_strategy"], row["max_concurrency"], row["paused"]
-    )
-
-
-EXISTING_RUNS = f"SELECT r.id FROM {probe('workflow_instance', 'id', '$1::text[]', 'id')} AS r"
-
-
-async def existing_runs(conn: asyncpg.Connection, instance_ids: list[str]) -> set[str]:
-    """Which of these run ids exist (one run per trigger key): an index probe per id (``store.keys``)."""
-    if not instance_ids:
-        return set()
-    return {r["id"] for r in await conn.fetch(EXISTING_RUNS, instance_ids)}
+        return None, existing
+    cols = ("active", "active_version", "run_strategy", "max_concurrency", "paused")
+    return WorkflowConfig(*(row[c] for c in cols)), existing
 
 
 async def definitions(conn: asyncpg.Connection, workflow_id: str, versions: list[int]) -> dict[int, str]:
