@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 
 from legato.bus.topology import partition_of
@@ -239,12 +240,6 @@ WHERE datname = current_database() AND $1 = ANY(pg_blocking_pids(pid))
 """
 
 
-def _stopped(pid: int) -> bool:
-    """Whether the process is stopped by a signal (``T`` in ``/proc/<pid>/stat``)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2] in "Tt"
-
-
 async def pause_inside_a_transaction(
     settings: Settings, db: asyncpg.Connection, stack: dict[str, ServiceProcess], tries: int = 20
 ) -> tuple[ServiceProcess, bool]:
@@ -283,7 +278,7 @@ async def pause_inside_a_transaction(
                 victim = stack["scheduler" if index == 0 else f"scheduler{index}"]
                 assert victim.pid is not None
                 os.kill(victim.pid, signal.SIGSTOP)
-                while not _stopped(victim.pid):
+                while psutil.Process(victim.pid).status() != psutil.STATUS_STOPPED:
                     await asyncio.sleep(0.001)
             finally:
                 await tx.rollback()  # the stopped process's statement now completes
