@@ -14,11 +14,13 @@ import asyncpg
 import pytest
 
 from legato.bus.publisher import OutgoingMessage
-from legato.scheduler.repository import EXISTING_RUNS
+from legato.scheduler.repository import existing_runs
 from legato.store.outbox import outbox_args
 from legato.trigger.start_api import _START_BATCH, _read_starts
 
-# The read _START_BATCH makes of a batch's ids, on its own.
+# The probe the scheduler's lock statement makes of a batch's new run ids, and the read _START_BATCH
+# makes of a batch's ids, each on its own.
+EXISTING_RUNS = existing_runs("$1::text[]")
 _READ_STARTS = _read_starts("$1::text[]")
 
 # The statements as they were: what the generic plan of each turns into on empty tables.

@@ -315,15 +315,18 @@ class WorkflowConfig:
     paused: bool
 
 
-# Which of the run ids (an SQL array) exist: an index probe per id (``store.keys``).
-EXISTING_RUNS = f"SELECT r.id FROM {probe('workflow_instance', 'id', '$1::text[]', 'id')} AS r"
+def existing_runs(ids: str) -> str:
+    """Which of the run ids ``ids`` (an SQL array) exist: an index probe per id (``store.keys``)."""
+    return f"SELECT r.id FROM {probe('workflow_instance', 'id', ids, 'id')} AS r"
+
+
 # By whether the batch starts runs: without starts, no probe, and a statement Postgres plans once (with
 # one, the probe's ``unnest`` makes it plan for each batch's ids, see ``store.pool``).
 _LOCK_WORKFLOW = {
     probing: f"SELECT {{guard}} AS lease, {existing} AS existing, w.* FROM (SELECT 1) AS one LEFT JOIN"
     " LATERAL (SELECT active, active_version, run_strategy, max_concurrency, paused FROM workflow"
     " WHERE id = $1 FOR UPDATE) AS w ON true"
-    for probing, existing in ((True, f"ARRAY({EXISTING_RUNS.replace('$1', '$2')})"), (False, "NULL::text[]"))
+    for probing, existing in ((True, f"ARRAY({existing_runs('$2::text[]')})"), (False, "NULL::text[]"))
 }
 
 
