@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from legato.devstack import EmbeddedNats
+from tests.support.processes import process_gone
 from tests.web.support import http, session_cookie
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,14 +31,6 @@ pytestmark = pytest.mark.xdist_group("dev")
 
 def modes(path: Path) -> dict[str, int]:
     return {str(p): stat.S_IMODE(p.stat().st_mode) for p in [path, *path.parents]}
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class Dev:
@@ -149,7 +142,7 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         while True:
             dev_state = json.loads((state / "dev.json").read_text())
             children = [int(p) for p in dev_state["children"]]
-            dead = [p for p in children if not alive(p)]
+            dead = [p for p in children if process_gone(p)]
             if not dead or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -175,9 +168,9 @@ def test_dev_from_a_closed_folder_kill9_takes_children_and_next_start_cleans_up(
         dev.proc.kill()
         dev.proc.wait()
         deadline = time.monotonic() + 60
-        while any(alive(p) for p in children) and time.monotonic() < deadline:
+        while not all(process_gone(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [p for p in children if alive(p)], "children outlived legato dev"
+        assert all(process_gone(p) for p in children), "children outlived legato dev"
     finally:
         if dev.proc.poll() is None:
             dev.proc.kill()

@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 import nats
 import nats.errors
-import psutil
 import pytest
 from nats.aio.client import Client
 
@@ -43,6 +42,7 @@ from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
 from tests.support.auth import scheduler_publisher
+from tests.support.processes import process_gone, wait_gone
 
 ACK_WAIT = 2.0
 WORKFLOW = "wf-exec"
@@ -204,22 +204,6 @@ async def executor(
         finally:
             host.request_shutdown()
             await asyncio.wait_for(task, timeout=20)
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-
-
-async def wait_gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process_gone(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return process_gone(pid)
 
 
 def path_exists(path: str | Path) -> bool:

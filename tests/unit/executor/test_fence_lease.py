@@ -19,6 +19,7 @@ from legato.executor.step_runner import StepFenced
 from legato.executor.stepguard import FENCED_EXIT, LEASE_POLL
 from legato.protocol import liveness
 from legato.scheduler.liveness import DEAD_AFTER, ExecutorWatch
+from tests.support.processes import process_gone
 
 
 def test_an_executor_fences_its_steps_strictly_before_a_scheduler_may_declare_it_dead() -> None:
@@ -41,14 +42,6 @@ def test_an_executor_fences_its_steps_strictly_before_a_scheduler_may_declare_it
         for grace in (0.0, 2.0, 10.0):
             options = ExecutorOptions(ack_wait=ack_wait, kill_grace=grace)
             assert 0 < options.fence_after <= liveness.EXECUTOR_FENCE_AFTER
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().split(b")")[-1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 async def _wait_file(path: Path, timeout: float = 10.0) -> None:
@@ -78,12 +71,12 @@ async def test_a_lease_that_is_no_longer_renewed_kills_the_whole_step_tree(tmp_p
     await _wait_file(pids)
     await asyncio.sleep(0.1)
     tree = [int(p) for p in pids.read_text().split()]
-    assert len(tree) == 3 and all(_alive(p) for p in tree)
+    assert len(tree) == 3 and not any(process_gone(p) for p in tree)
     # Renewed for a while: the step keeps running past its first deadline.
     for _ in range(6):
         lease.renew(time.monotonic())
         await asyncio.sleep(0.25)
-    assert not task.done() and all(_alive(p) for p in tree)
+    assert not task.done() and not any(process_gone(p) for p in tree)
     # No more renewals (a frozen or cut-off executor): the guard fences on its own.
     last_contact = time.monotonic()
     lease.renew(last_contact)
@@ -91,7 +84,7 @@ async def test_a_lease_that_is_no_longer_renewed_kills_the_whole_step_tree(tmp_p
         await asyncio.wait_for(task, timeout=15)
     ended = time.monotonic()
     assert "executor lost contact with NATS for 1." in fenced.value.why, fenced.value.why
-    assert all(not _alive(p) for p in tree), [p for p in tree if _alive(p)]
+    assert all(process_gone(p) for p in tree), [p for p in tree if not process_gone(p)]
     # Within the lease, a poll and the kill (generous: a loaded machine).
     assert 1.0 <= ended - last_contact < 1.0 + LEASE_POLL + 2.0, ended - last_contact
     assert not list(tmp_path.glob("legato-executor-*/fenced.*"))  # the mark was consumed

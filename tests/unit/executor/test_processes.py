@@ -17,6 +17,7 @@ import pytest
 from legato.executor.capture import CapturedOutput
 from legato.executor.process import run_in_process_group
 from legato.runtime.entry import loop_factory
+from tests.support.processes import process_gone
 
 T = TypeVar("T")
 # Each service's loop is LEGATO_EVENT_LOOP's; the runner must behave the same on both.
@@ -70,7 +71,7 @@ async def test_background_children_do_not_outlive_a_finished_step(tmp_path: Path
     assert code == 0
     pid = int(pidfile.read_text())
     await asyncio.sleep(0.2)
-    assert _gone(pid)
+    assert process_gone(pid)
 
 
 async def test_sigterm_is_escalated_to_sigkill_after_the_grace(tmp_path: Path) -> None:
@@ -110,14 +111,6 @@ def test_python_worker_reports_through_its_result_file_not_stdout(tmp_path: Path
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"printed\n"
     assert json.loads(result.read_text()) == {"ok": True, "outputs": {"sum": 3}}
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1].startswith("Z")
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("loop_name", EVENT_LOOPS)
