@@ -27,6 +27,14 @@ does), pushes a one-noop-step workflow, then:
    ``/proc``: each is a wake-up or a preemption; below saturation they, not the SQL, set the CPU per run).
    Run it on an otherwise idle machine for the CPU figures.
 
+3. **CPU by arrival rate** (``--rates 20,100,300``): starts paced at each rate in turn for
+   ``--rate-seconds``; for each, the cores all processes used from the first start to the last run's
+   end, the CPU per run, the context switches per run, and trigger -> step start p50/p99. Below
+   saturation a run's CPU is mostly wake-ups (a message, a reply, a statement's result each wake a
+   process), so the CPU per run falls as the rate rises and batches fill; at a rate the machine cannot
+   absorb, the cores used stop growing and the CPU per run only says how many cores there are. Compare
+   two versions' CPU at rates well below that point.
+
 ``--statements``: Postgres logs every statement, and the saturated and paced phases each end with the
 SQL statements they ran per run, by session (``_statements.py``): what a run costs in statements, the
 first thing to cut. The CPU figures are then not comparable (logging costs Postgres CPU).
@@ -42,6 +50,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -141,6 +150,22 @@ def print_switches(switches: dict[str, float], runs: int) -> None:
     )
 
 
+async def start_paced(client: LegatoClient, rate: float, count: int, prefix: str) -> dict[str, float]:
+    """Start ``count`` runs at ``rate`` per second (an open-loop arrival rate: start i goes out at
+    i/rate, whatever the replies take); returns each run's id -> when its start was sent."""
+    sent: dict[str, float] = {}
+    t0 = time.time()
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
+        t_sent = time.time()
+        reply = await client.start("bench-profile", request_id=f"{prefix}{i}")
+        sent[str(reply.instance_id)] = t_sent
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return sent
+
+
 async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: str, runs: int) -> None:
     """With ``--statements``: close the phase (its end marker) and print the statements it ran."""
     if pg_log is None:
@@ -230,20 +255,11 @@ async def profile(
         if args.paced_seconds > 0:
             rate = args.rate or max(10.0, round(n / elapsed / 2))
             count = int(rate * args.paced_seconds)
-            sent = {}
-            t0 = time.time()
-
-            async def paced(i: int) -> None:
-                await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
-                t_sent = time.time()
-                reply = await client.start("bench-profile", request_id=f"paced{i}")
-                sent[str(reply.instance_id)] = t_sent
-
             if pg_log is not None:
                 await conn.execute(mark_sql("paced-start"))
             before = sample_cpu(stack)
             client_cpu = time.process_time()
-            await asyncio.gather(*(paced(i) for i in range(count)))
+            sent = await start_paced(client, rate, count, "paced")
             done += count
             await wait_ended(conn, done, every=0.25)
             after = sample_cpu(stack)
@@ -260,6 +276,40 @@ async def profile(
             )
             print_switches(switches, count)
             await statements_of(conn, pg_log, "paced", count)
+
+        # 4. CPU by arrival rate.
+        if args.rates:
+            print(
+                f"CPU by arrival rate ({args.rate_seconds:g} s of starts at each rate; cores: all processes "
+                f"from the first start to the last end, of {psutil.cpu_count()}):"
+            )
+            print(
+                f"  {'starts/s':>8} {'cores':>6} {'ms/run':>7} {'step start p50':>14} {'p99':>7}  "
+                "by process (ms/run); context switches per run"
+            )
+            for rate in args.rates:
+                count = max(1, int(rate * args.rate_seconds))
+                before = sample_cpu(stack)
+                t0 = time.time()
+                sent = await start_paced(client, rate, count, f"rate{rate:g}-")
+                done += count
+                await wait_ended(conn, done, every=0.25)
+                last_end = await conn.fetchval(
+                    "SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance "
+                    "WHERE workflow_id = 'bench-profile'"
+                )
+                after = sample_cpu(stack)
+                spent = max(float(last_end) - t0, 1e-3)
+                cpu, switches = cpu_between(before, after), switches_between(before, after)
+                starts = hops_of(await conn.fetch(PATH_QUERY, list(sent)), sent)["trigger -> step start"]
+                kinds = sorted(cpu, key=lambda k: -cpu[k])
+                print(
+                    f"  {rate:8g} {sum(cpu.values()) / spent:6.2f} {sum(cpu.values()) / count * 1000:7.2f} "
+                    f"{percentile(starts, 50):14.1f} {percentile(starts, 99):7.1f}  "
+                    + ", ".join(f"{k} {cpu[k] / count * 1000:.2f}" for k in kinds if cpu[k] / count >= 5e-5)
+                    + "; "
+                    + ", ".join(f"{k} {switches[k] / count:.1f}" for k in kinds if switches.get(k))
+                )
     finally:
         await conn.close()
         await client.close()
@@ -279,6 +329,13 @@ def main() -> None:
         help="then start runs at --rate for this long and print their critical path (0: skip)",
     )
     parser.add_argument("--rate", type=float, default=0.0, help="paced starts/s; 0 = half the saturated rate")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",") if r.strip()],
+        default=[],
+        help="then, for each of these comma-separated starts/s, the cores used and CPU per run (e.g. 20,100,300)",
+    )
+    parser.add_argument("--rate-seconds", type=float, default=5.0, help="how long each --rates rate lasts")
     parser.add_argument(
         "--auth",
         choices=("off", "on", "both"),
