@@ -119,6 +119,14 @@ async def wait_ended(conn: asyncpg.Connection, n: int, timeout: float = 600.0, e
     raise TimeoutError(f"runs did not end within {timeout}s")
 
 
+async def last_end(conn: asyncpg.Connection) -> float:
+    """When the last run ended (its recorded end, not the poll that saw it), epoch seconds."""
+    value = await conn.fetchval(
+        "SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance WHERE workflow_id = 'bench-profile'"
+    )
+    return float(value)
+
+
 def hops_of(rows: list[asyncpg.Record], sent: dict[str, float]) -> dict[str, list[float]]:
     hops: dict[str, list[float]] = defaultdict(list)
     for r in rows:
@@ -226,10 +234,7 @@ async def profile(
         await asyncio.gather(*(one(i) for i in range(args.saturated)))
         done += args.saturated
         await wait_ended(conn, done, every=0.25)
-        last_end = await conn.fetchval(
-            "SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance WHERE workflow_id = 'bench-profile'"
-        )
-        elapsed = float(last_end) - t0  # to the last run's recorded end, not to the poll that saw it
+        elapsed = await last_end(conn) - t0  # to the last run's recorded end, not to the poll that saw it
         after = sample_cpu(stack)
         cpu, switches = cpu_between(before, after), switches_between(before, after)
         client_cpu = time.process_time() - client_cpu
@@ -294,12 +299,8 @@ async def profile(
                 sent = await start_paced(client, rate, count, f"rate{rate:g}-")
                 done += count
                 await wait_ended(conn, done, every=0.25)
-                last_end = await conn.fetchval(
-                    "SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance "
-                    "WHERE workflow_id = 'bench-profile'"
-                )
+                spent = max(await last_end(conn) - t0, 1e-3)
                 after = sample_cpu(stack)
-                spent = max(float(last_end) - t0, 1e-3)
                 cpu, switches = cpu_between(before, after), switches_between(before, after)
                 starts = hops_of(await conn.fetch(PATH_QUERY, list(sent)), sent)["trigger -> step start"]
                 kinds = sorted(cpu, key=lambda k: -cpu[k])
