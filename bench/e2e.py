@@ -14,12 +14,22 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, until, wait_api
+from _servers import (
+    bench_servers,
+    bench_settings,
+    cpu_between,
+    cpu_per,
+    percentile,
+    sample_cpu,
+    until,
+    wait_api,
+)
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.otlp_sink import OtlpSink
@@ -44,7 +54,7 @@ async def run(
     executors: int,
     extra: dict[str, str],
     rate: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, executors=executors, concurrency=64, extra_env=extra)
@@ -57,6 +67,7 @@ async def run(
         await client.push(WORKFLOW)
         await asyncio.sleep(1.0)  # let the scheduler take its partitions
         sem = asyncio.Semaphore(in_flight)
+        before = sample_cpu(stack)
         t0 = time.time()
 
         async def one(i: int) -> None:
@@ -79,6 +90,7 @@ async def run(
                 return bool(done >= n)
 
             await until(all_ended, stack, what=f"{n} runs to end")
+            cpu = cpu_between(before, sample_cpu(stack))
             last = await conn.fetchval("SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance")
             failed = await conn.fetchval(
                 "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
@@ -100,6 +112,7 @@ async def run(
             "runs_per_s": n / (float(last) - t0),
             "p50_ms": percentile(ms, 50),
             "p99_ms": percentile(ms, 99),
+            "cpu": cpu_per(cpu, n),
         }
     finally:
         await client.close()
@@ -148,6 +161,7 @@ def main() -> None:
             f"  trigger -> step start latency (includes the backlog): p50 {r['p50_ms']:.1f} ms, "
             f"p99 {r['p99_ms']:.1f} ms"
         )
+        print(f"  {r['cpu']}")
         if args.no_paced:
             continue
         rate = args.rate or max(10.0, round(r["runs_per_s"] / 2))
@@ -156,9 +170,10 @@ def main() -> None:
             f"  paced at {rate:.0f} starts/s ({p['runs']} runs, {p['failed']} not succeeded): trigger -> step "
             f"start latency p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms"
         )
+        print(f"    {p['cpu']}")
 
 
-def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, float]:
+def measure(args: argparse.Namespace, mode: str, rate: float) -> dict[str, Any]:
     n = args.n if not rate else min(args.n, int(rate * 20))
     with bench_servers("legato_e2e", auth=args.auth) as servers, OtlpSink(decode=False) as sink:
         extra = {

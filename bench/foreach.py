@@ -18,7 +18,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings
+from _servers import bench_servers, bench_settings, cpu_between, cpu_per, sample_cpu
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -80,6 +80,7 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         baseline = rss_kb(pid)
         peak = baseline
         rows_before = await rows_inserted(conn)
+        before = sample_cpu(stack)
         res = await client.start("bench-foreach", {"n": n})
         t0 = time.time()
         while True:
@@ -89,6 +90,7 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
                 break
             await asyncio.sleep(0.1)
         elapsed = time.time() - t0
+        cpu = cpu_between(before, sample_cpu(stack))
         fan = {s["step_id"]: s for s in info["steps"]}["fan"]
         started = fan.get("started_at")
         ended = fan.get("ended_at")
@@ -107,6 +109,7 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
             f"growth {(peak - baseline) / 1024:.0f} MB"
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
+        print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
     finally:
         await conn.close()
         await client.close()

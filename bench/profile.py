@@ -58,6 +58,7 @@ from _servers import (
     bench_servers,
     bench_settings,
     cpu_between,
+    cpu_per,
     percentile,
     sample_cpu,
     switches_between,
@@ -273,11 +274,8 @@ async def profile(
             rows = await conn.fetch(PATH_QUERY, list(sent))
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
             print(
-                f"  CPU per run at this rate: all processes {sum(cpu.values()) / count * 1000:.2f} ms; "
-                + ", ".join(
-                    f"{kind} {cpu[kind] / count * 1000:.3f}" for kind in sorted(cpu, key=lambda k: -cpu[k])
-                )
-                + f"; (bench client) {client_cpu / count * 1000:.3f}, not in the total"
+                f"  CPU per run at this rate: {cpu_per(cpu, count)}; "
+                f"(bench client) {client_cpu / count * 1000:.3f}, not in the total"
             )
             print_switches(switches, count)
             await statements_of(conn, pg_log, "paced", count)

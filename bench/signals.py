@@ -19,13 +19,23 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, until, wait_api
+from _servers import (
+    bench_servers,
+    bench_settings,
+    cpu_between,
+    cpu_per,
+    percentile,
+    sample_cpu,
+    until,
+    wait_api,
+)
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -54,7 +64,7 @@ steps:
 
 async def run(
     n: int, publishers: int, settings: Settings, log_dir: Path, rate: float = 0.0
-) -> dict[str, float]:
+) -> dict[str, Any]:
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
@@ -71,6 +81,7 @@ async def run(
         sends = [s for s in signals for _ in range(2)]  # each twice under its id
         js = nc.jetstream()
         prefix = f"{settings.namespace}.legato.signal."
+        before = sample_cpu(stack)
         t0 = time.time()
 
         step = 10 if rate else 250  # paced: small steps, or bursts would show up as latency
@@ -95,14 +106,15 @@ async def run(
         conn = await asyncpg.connect(settings.database_url)
         try:
 
-            async def all_started() -> bool:
+            async def all_ended() -> bool:
                 stored = await conn.fetchval("SELECT count(*) FROM signal")
                 runs = await conn.fetchval(
-                    "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join' AND started_at IS NOT NULL"
+                    "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join' AND ended_at IS NOT NULL"
                 )
                 return bool(stored >= len(signals) and runs >= keys)
 
-            await until(all_started, stack, what=f"{keys} joined runs to start")
+            await until(all_ended, stack, what=f"{keys} joined runs to start and end")
+            cpu = cpu_between(before, sample_cpu(stack))
             await asyncio.sleep(2.0)  # an extra run would show now
             last_stored = await conn.fetchval("SELECT extract(epoch FROM max(received_at)) FROM signal")
             total_runs = await conn.fetchval(
@@ -134,6 +146,7 @@ async def run(
             "p99_ms": percentile(ms, 99),
             "stored_p50_ms": percentile(stored_ms, 50),
             "created_p50_ms": percentile(created_ms, 50),
+            "cpu": cpu_per(cpu, keys, "run (two signals, each published twice)"),
         }
     finally:
         await nc.close()
@@ -141,7 +154,7 @@ async def run(
         await asyncio.to_thread(stack.stop)
 
 
-def measure(n: int, publishers: int, rate: float) -> dict[str, float]:
+def measure(n: int, publishers: int, rate: float) -> dict[str, Any]:
     with bench_servers("legato_signals") as servers:
         settings = bench_settings(servers)
         return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate))
@@ -165,6 +178,7 @@ def main() -> None:
     print(
         f"  signal -> run start latency (includes the backlog): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
     )
+    print(f"  {r['cpu']}")
     if args.no_paced:
         return
     rate = args.rate or max(50.0, round(r["signals_per_s"] / 2))
@@ -175,6 +189,7 @@ def main() -> None:
         f"start latency p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms (p50 published -> stored "
         f"{p['stored_p50_ms']:.1f} ms, stored -> run created {p['created_p50_ms']:.1f} ms)"
     )
+    print(f"    {p['cpu']}")
 
 
 if __name__ == "__main__":

@@ -45,3 +45,13 @@ def test_switches_between_samples_by_kind_new_processes_from_zero() -> None:
     before = servers.CpuSample({}, {("scheduler", 1): 100, ("postgres", 2): 50})
     after = servers.CpuSample({}, {("scheduler", 1): 130, ("postgres", 2): 55, ("postgres", 3): 7})
     assert servers.switches_between(before, after) == {"scheduler": 30, "postgres": 12}
+
+
+def test_cpu_per_unit_of_work_by_kind_largest_first() -> None:
+    servers = load()
+    before = servers.CpuSample({("scheduler", 1): 1.0, ("postgres", 2): 0.5})
+    after = servers.CpuSample({("scheduler", 1): 1.3, ("postgres", 2): 0.6, ("executor", 3): 0.2})
+    line = servers.cpu_per(servers.cpu_between(before, after), 100, "iteration")
+    assert line == (
+        "all processes 6.00 ms CPU per iteration (scheduler 3.000, executor 2.000, postgres 1.000)"
+    )
