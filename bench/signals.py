@@ -36,6 +36,8 @@ from _servers import (
     until,
     wait_api,
 )
+from _statements import STATEMENT_LOG, mark_sql, statements_between
+from _statements import report as report_statements
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -63,8 +65,9 @@ steps:
 
 
 async def run(
-    n: int, publishers: int, settings: Settings, log_dir: Path, rate: float = 0.0
+    n: int, publishers: int, settings: Settings, log_dir: Path, rate: float = 0.0, pg_log: Path | None = None
 ) -> dict[str, Any]:
+    """``pg_log``: Postgres logs every statement (``--statements``); print those of this pass per run."""
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
@@ -81,6 +84,8 @@ async def run(
         sends = [s for s in signals for _ in range(2)]  # each twice under its id
         js = nc.jetstream()
         prefix = f"{settings.namespace}.legato.signal."
+        if pg_log is not None:
+            await mark(settings, "signals-start")
         before = sample_cpu(stack)
         t0 = time.time()
 
@@ -115,6 +120,11 @@ async def run(
 
             await until(all_ended, stack, what=f"{keys} joined runs to start and end")
             cpu = cpu_between(before, sample_cpu(stack))
+            if pg_log is not None:
+                await conn.execute(mark_sql("signals-end"))
+                lines = pg_log.read_text(errors="replace").splitlines()
+                print(f"  the statements of this pass ({len(signals)} signals, {keys} runs):")
+                report_statements(statements_between(lines, "signals-start", "signals-end"), keys)
             await asyncio.sleep(2.0)  # an extra run would show now
             last_stored = await conn.fetchval("SELECT extract(epoch FROM max(received_at)) FROM signal")
             total_runs = await conn.fetchval(
@@ -154,10 +164,19 @@ async def run(
         await asyncio.to_thread(stack.stop)
 
 
-def measure(n: int, publishers: int, rate: float) -> dict[str, Any]:
-    with bench_servers("legato_signals") as servers:
+async def mark(settings: Settings, label: str) -> None:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(mark_sql(label))
+    finally:
+        await conn.close()
+
+
+def measure(n: int, publishers: int, rate: float, statements: bool = False) -> dict[str, Any]:
+    with bench_servers("legato_signals", pg_settings=STATEMENT_LOG if statements else None) as servers:
         settings = bench_settings(servers)
-        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate))
+        pg_log = servers.pg_log if statements else None
+        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate, pg_log))
 
 
 def main() -> None:
@@ -166,6 +185,11 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=0.0, help="paced pass rate (signals/s); 0 = half")
     parser.add_argument("--no-paced", action="store_true", help="skip the paced latency pass")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="log every SQL statement and print the paced pass's statements per run (CPU figures then skewed)",
+    )
     args = parser.parse_args()
     r = measure(args.n, args.publishers, 0.0)
     print(
@@ -183,7 +207,7 @@ def main() -> None:
         return
     rate = args.rate or max(50.0, round(r["signals_per_s"] / 2))
     n = min(args.n, int(rate * 15)) // 2 * 2
-    p = measure(n, args.publishers, rate)
+    p = measure(n, args.publishers, rate, args.statements)
     print(
         f"  paced at {rate:.0f} signals/s ({p['signals']:.0f} signals, {p['runs']:.0f} runs): signal -> run "
         f"start latency p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms (p50 published -> stored "
