@@ -4,7 +4,8 @@ Starts nats-server, PostgreSQL, and one trigger, one scheduler and one executor 
 one-noop-step workflow with the parallel strategy (max_concurrency 1000); starts N runs through the
 NATS API as fast as it accepts them (bounded in-flight requests); waits until every run ended; prints
 runs/s from the first start to the last completion and the trigger->step-start latency (API request
-accepted -> the executor began the step) p50/p99, read from the recorded timestamps.
+accepted -> the executor began the step) p50/p99, read from the recorded timestamps, and the CPU each
+run cost (all processes, from ``/proc``: first start -> every run ended).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Prints iterations/s (foreach start -> foreach end), the scheduler's peak RSS and its growth over the
 idle baseline (sampled every 100 ms from /proc), and the Postgres rows written (inserts counted by
-pg_stat_user_tables over the run). All services are separate processes; nats-server and PostgreSQL
-are embedded (or LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
+pg_stat_user_tables over the run), and the CPU each iteration cost (all processes, from ``/proc``).
+All services are separate processes; nats-server and PostgreSQL are embedded (or
+LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ workflow whose one-noop-step runs are started by the join of ``left_ready`` and 
 publisher tasks (pipelined JetStream publishes); waits until every signal is stored and every tuple has
 started its run. Prints signals stored per second (first publish -> last signal stored), the number of
 runs (must be exactly N/2), and the signal -> run-start latency (the completing signal's stream time ->
-the run's start in the scheduler) p50/p99. A second, paced pass publishes at half the measured rate to
-show the latency without a backlog.
+the run's start in the scheduler) p50/p99, and the CPU each run cost (all processes, from ``/proc``:
+first publish -> every run ended). A second, paced pass publishes at half the measured rate to show the
+latency without a backlog (``--statements``: and the SQL statements it ran per run).
 """
 
 from __future__ import annotations
