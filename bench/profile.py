@@ -274,7 +274,7 @@ async def profile(
             rows = await conn.fetch(PATH_QUERY, list(sent))
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
             print(
-                f"  CPU per run at this rate: {cpu_per(cpu, count)}; "
+                f"  at this rate: {cpu_per(cpu, count)}; "
                 f"(bench client) {client_cpu / count * 1000:.3f}, not in the total"
             )
             print_switches(switches, count)
