@@ -16,6 +16,7 @@ ORDER = [
     "strategies.py",
     "steps.py",
     "web.py",
+    "fairness.py",
     "table.py",
 ]
 

@@ -173,3 +173,72 @@ async def test_held_steps_run_exactly_once_across_a_scheduler_kill_9(
     ks = sorted(int(line.split()[1]) for line in lines)
     assert ks == list(range(30)), ks  # every iteration's step ran, and ran once
     assert most_started == 1
+
+
+BUSY = """
+id: {id}
+run_strategy: {type: parallel, max_concurrency: 1000}
+steps:
+  - id: one
+    type: noop
+"""
+
+
+async def test_a_start_is_read_past_another_workflows_backlog_on_its_partition(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """2,000 starts of one workflow wait in its partition while its actor cannot commit (the test holds
+    its workflow row): a start of another workflow on the same partition, sent after them, still runs,
+    and afterwards every one of the 2,000 runs once."""
+    busy_id, neighbour_id = same_partition_ids(settings.partitions)
+    async with running_stack(settings, tmp_path) as (_stack, client):
+        await client.push(BUSY.replace("{id}", busy_id, 1))
+        await client.push(PROBE.replace("{id}", neighbour_id, 1))
+        for wf in (busy_id, neighbour_id):  # both actors built, both definitions cached
+            warm = await client.start(wf)
+            assert (await wait_for(client, warm.instance_id))["status"] == "succeeded"
+        conn = await asyncpg.connect(settings.database_url)
+        holder = await asyncpg.connect(settings.database_url)
+        try:
+            hold = holder.transaction()
+            await hold.start()
+            # The busy workflow's actor locks this row first in every batch: it waits until we let go.
+            await holder.execute("SELECT 1 FROM workflow WHERE id = $1 FOR UPDATE", busy_id)
+            sem = asyncio.Semaphore(256)
+
+            async def start_busy(i: int) -> str:
+                async with sem:
+                    return str((await client.start(busy_id, request_id=f"backlog-{i}")).instance_id)
+
+            busy_runs = await asyncio.gather(*(start_busy(i) for i in range(2000)))
+            neighbour = await client.start(neighbour_id)
+            info = await wait_for(client, neighbour.instance_id, timeout=60)
+            busy_applied = await conn.fetchval(
+                "SELECT count(*) FROM workflow_instance WHERE workflow_id = $1", busy_id
+            )
+            await hold.rollback()
+            assert info["status"] == "succeeded", info["status"]
+            assert busy_applied == 1, f"{busy_applied} runs of the held workflow existed: it was not held"
+
+            async def all_ended() -> bool:
+                n = await conn.fetchval(
+                    "SELECT count(*) FROM workflow_instance WHERE id = ANY($1::text[]) AND status = 'succeeded'",
+                    busy_runs,
+                )
+                return bool(n == len(busy_runs))
+
+            for _ in range(600):
+                if await all_ended():
+                    break
+                await asyncio.sleep(0.1)
+            assert await all_ended()
+            attempts = await conn.fetch(
+                "SELECT instance_id, count(*) AS n FROM step_attempt WHERE instance_id = ANY($1::text[]) "
+                "GROUP BY instance_id",
+                busy_runs,
+            )
+            assert len(attempts) == 2000 and {r["n"] for r in attempts} == {1}
+            assert await conn.fetchval("SELECT count(*) FROM dead_letter") == 0
+        finally:
+            await holder.close()
+            await conn.close()
