@@ -10,11 +10,13 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import psutil
 
 from legato.client import LegatoClient
@@ -22,6 +24,7 @@ from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats, EmbeddedPostgres, NatsCluster
 from legato.devstack.processes import Stack
 from legato.security.keyring import Keyring
+from legato.store import ensure_database, migrate_url
 
 
 @dataclass
@@ -108,6 +111,31 @@ async def wait_api(client: LegatoClient) -> None:
         except Exception:
             await asyncio.sleep(0.2)
     raise RuntimeError("API did not come up")
+
+
+@asynccontextmanager
+async def bench_stack(
+    settings: Settings, log_dir: Path, *, timeout: float = 60.0, **stack_options: Any
+) -> AsyncIterator[tuple[Stack, LegatoClient, asyncpg.Connection]]:
+    """The services as processes (``Stack(settings, log_dir, **stack_options)``) on a migrated
+    database, a client once the API answers and a Postgres connection; all closed and stopped after."""
+    await ensure_database(settings.database_url)
+    await migrate_url(settings.database_url)
+    stack = Stack(settings, log_dir, **stack_options)
+    stack.start()
+    try:
+        client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=timeout)
+        try:
+            conn = await asyncpg.connect(settings.database_url)
+            try:
+                await wait_api(client)
+                yield stack, client, conn
+            finally:
+                await conn.close()
+        finally:
+            await client.close()
+    finally:
+        await asyncio.to_thread(stack.stop)
 
 
 async def until(

@@ -24,11 +24,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, bench_stack, percentile
 from legato.client import LegatoClient
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-backfill
@@ -76,14 +74,8 @@ async def live_latency(
 async def run(
     n: int, concurrency: int, priority: str, limit: int, sleep: float, settings: Settings, log_dir: Path
 ) -> dict[str, float]:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
-    stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=60)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await wait_api(client)
+    quiet = {"OTEL_SDK_DISABLED": "true"}
+    async with bench_stack(settings, log_dir, concurrency=64, extra_env=quiet) as (_stack, client, conn):
         text = WORKFLOW.replace("LIMIT", str(limit))
         if sleep:
             text = text.split("steps:")[0] + "steps:" + SLEEPING.replace("SECONDS", f"{sleep}s")
@@ -131,10 +123,6 @@ async def run(
             **{f"busy_{k}_p50_s": percentile(v, 50) for k, v in parts.items()},
             **{f"idle_{k}_p50_s": percentile(v, 50) for k, v in idle_parts.items()},
         }
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def main() -> None:

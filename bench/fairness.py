@@ -19,16 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, until, wait_api
+from _servers import bench_servers, bench_settings, bench_stack, percentile, until
 from legato.bus.topology import partition_of
-from legato.client import LegatoClient
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 PARTITIONS = 8
 WORKFLOW = """
@@ -67,15 +62,9 @@ def summary(values: list[float]) -> str:
 
 
 async def run(n: int, every: float, settings: Settings, log_dir: Path) -> None:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
-    stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=60)
-    conn = await asyncpg.connect(settings.database_url)
     busy, same, other = workflow_ids()
-    try:
-        await wait_api(client)
+    quiet = {"OTEL_SDK_DISABLED": "true"}
+    async with bench_stack(settings, log_dir, concurrency=64, extra_env=quiet) as (stack, client, conn):
         for wf in (busy, same, other):
             await client.push(WORKFLOW.format(id=wf))
         await asyncio.sleep(1.5)  # the scheduler takes its partitions
@@ -143,10 +132,6 @@ async def run(n: int, every: float, settings: Settings, log_dir: Path) -> None:
         print(f"    {busy:16} its backlog {summary(busy_lat)}")
         print(f"    {same:16} beside it   {summary(loaded[same])}   (same partition)")
         print(f"    {other:16} beside it   {summary(loaded[other])}   (another partition)")
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def main() -> None:

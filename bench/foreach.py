@@ -19,11 +19,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, cpu_between, cpu_per, sample_cpu
-from legato.client import LegatoClient
+from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, sample_cpu
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-foreach
@@ -59,21 +56,10 @@ async def rows_inserted(conn: asyncpg.Connection) -> int:
 
 
 async def run(n: int, width: int, executors: int, settings: Settings, log_dir: Path) -> None:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(
-        settings, log_dir, executors=executors, concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"}
-    )
-    stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        for _ in range(300):
-            try:
-                await client.call("workflow.list", {"limit": 1}, timeout=2.0)
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
+    quiet = {"OTEL_SDK_DISABLED": "true"}
+    async with bench_stack(
+        settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet
+    ) as (stack, client, conn):
         await client.push(WORKFLOW.replace("{width}", str(width)))
         await asyncio.sleep(1.5)
         pid = stack["scheduler"].pid
@@ -111,10 +97,6 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def main() -> None:

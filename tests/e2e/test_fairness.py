@@ -175,13 +175,8 @@ async def test_held_steps_run_exactly_once_across_a_scheduler_kill_9(
     assert most_started == 1
 
 
-BUSY = """
-id: {id}
-run_strategy: {type: parallel, max_concurrency: 1000}
-steps:
-  - id: one
-    type: noop
-"""
+# The probe's workflow, with room for a backlog's runs at once.
+BUSY = PROBE.replace("max_concurrency: 5", "max_concurrency: 1000")
 
 
 async def test_a_start_is_read_past_another_workflows_backlog_on_its_partition(
