@@ -118,13 +118,16 @@ async def bench_stack(
     settings: Settings, log_dir: Path, *, timeout: float = 60.0, **stack_options: Any
 ) -> AsyncIterator[tuple[Stack, LegatoClient, asyncpg.Connection]]:
     """The services as processes (``Stack(settings, log_dir, **stack_options)``) on a migrated
-    database, a client once the API answers and a Postgres connection; all closed and stopped after."""
+    database, a client (with the credentials of ``settings``) once the API answers and a Postgres
+    connection; all closed and stopped after."""
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
     stack = Stack(settings, log_dir, **stack_options)
     stack.start()
     try:
-        client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=timeout)
+        client = await LegatoClient.connect(
+            settings.nats_url, namespace=settings.namespace, timeout=timeout, settings=settings
+        )
         try:
             conn = await asyncpg.connect(settings.database_url)
             try:

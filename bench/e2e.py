@@ -17,25 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _servers import (
     bench_servers,
     bench_settings,
+    bench_stack,
     cpu_between,
     cpu_per,
     percentile,
     sample_cpu,
     until,
-    wait_api,
 )
-from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.otlp_sink import OtlpSink
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-noop
@@ -56,15 +51,9 @@ async def run(
     extra: dict[str, str],
     rate: float = 0.0,
 ) -> dict[str, Any]:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, executors=executors, concurrency=64, extra_env=extra)
-    stack.start()
-    client = await LegatoClient.connect(
-        settings.nats_url, namespace=settings.namespace, timeout=30, settings=settings
-    )
-    try:
-        await wait_api(client)
+    async with bench_stack(
+        settings, log_dir, timeout=30, executors=executors, concurrency=64, extra_env=extra
+    ) as (stack, client, conn):
         await client.push(WORKFLOW)
         await asyncio.sleep(1.0)  # let the scheduler take its partitions
         sem = asyncio.Semaphore(in_flight)
@@ -80,44 +69,37 @@ async def run(
 
         await asyncio.gather(*(one(i) for i in range(n)))
         accepted = time.time()
-        conn = await asyncpg.connect(settings.database_url)
-        try:
 
-            async def all_ended() -> bool:
-                done = await conn.fetchval(
-                    "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' "
-                    "AND status IN ('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
-                )
-                return bool(done >= n)
+        async def all_ended() -> bool:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' "
+                "AND status IN ('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
+            )
+            return bool(done >= n)
 
-            await until(all_ended, stack, what=f"{n} runs to end")
-            cpu = cpu_between(before, sample_cpu(stack))
-            last = await conn.fetchval("SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance")
-            failed = await conn.fetchval(
-                "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
-            )
-            dead = await conn.fetchval("SELECT count(*) FROM dead_letter")
-            lat = await conn.fetch(
-                "SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms "
-                "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id "
-                "WHERE i.workflow_id = 'bench-noop' AND a.started_at IS NOT NULL"
-            )
-        finally:
-            await conn.close()
-        ms = [float(r["ms"]) for r in lat]
-        return {
-            "runs": n,
-            "failed": int(failed),
-            "dead_letters": int(dead),
-            "api_accept_per_s": n / (accepted - t0),
-            "runs_per_s": n / (float(last) - t0),
-            "p50_ms": percentile(ms, 50),
-            "p99_ms": percentile(ms, 99),
-            "cpu": cpu_per(cpu, n),
-        }
-    finally:
-        await client.close()
-        await asyncio.to_thread(stack.stop)
+        await until(all_ended, stack, what=f"{n} runs to end")
+        cpu = cpu_between(before, sample_cpu(stack))
+        last = await conn.fetchval("SELECT extract(epoch FROM max(ended_at)) FROM workflow_instance")
+        failed = await conn.fetchval(
+            "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-noop' AND status <> 'succeeded'"
+        )
+        dead = await conn.fetchval("SELECT count(*) FROM dead_letter")
+        lat = await conn.fetch(
+            "SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms "
+            "FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id "
+            "WHERE i.workflow_id = 'bench-noop' AND a.started_at IS NOT NULL"
+        )
+    ms = [float(r["ms"]) for r in lat]
+    return {
+        "runs": n,
+        "failed": int(failed),
+        "dead_letters": int(dead),
+        "api_accept_per_s": n / (accepted - t0),
+        "runs_per_s": n / (float(last) - t0),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "cpu": cpu_per(cpu, n),
+    }
 
 
 def main() -> None:

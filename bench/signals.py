@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,19 +29,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _servers import (
     bench_servers,
     bench_settings,
+    bench_stack,
     cpu_between,
     cpu_per,
     percentile,
     sample_cpu,
     until,
-    wait_api,
 )
 from _statements import STATEMENT_LOG, mark_sql, statements_between
 from _statements import report as report_statements
-from legato.client import LegatoClient
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-join
@@ -69,108 +65,98 @@ async def run(
     n: int, publishers: int, settings: Settings, log_dir: Path, rate: float = 0.0, pg_log: Path | None = None
 ) -> dict[str, Any]:
     """``pg_log``: Postgres logs every statement (``--statements``); print those of this pass per run."""
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
-    stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
-    nc = await nats.connect(settings.nats_url)
-    try:
-        await wait_api(client)
-        await client.push(WORKFLOW)
-        await asyncio.sleep(1.5)  # the scheduler takes its partitions, the router its consumer
-        keys = n // 2
-        signals = [(leg, f"{leg}-{k}", {"key": f"k{k}"}) for k in range(keys) for leg in ("left", "right")]
-        random.Random(1).shuffle(signals)
-        sends = [s for s in signals for _ in range(2)]  # each twice under its id
-        js = nc.jetstream()
-        prefix = f"{settings.namespace}.legato.signal."
-        if pg_log is not None:
-            await mark(settings, "signals-start")
-        before = sample_cpu(stack)
-        t0 = time.time()
-
-        step = 10 if rate else 250  # paced: small steps, or bursts would show up as latency
-
-        async def publisher(part: list[tuple[str, str, dict[str, str]]]) -> None:
-            for start in range(0, len(part), step):
-                if rate:
-                    # Paced: signal i goes out at t0 + i/rate (two publishes per signal).
-                    await asyncio.sleep(max(0.0, t0 + (start * publishers / 2) / rate - time.time()))
-                chunk = part[start : start + step]
-                await asyncio.gather(
-                    *(
-                        js.publish(
-                            f"{prefix}{leg}_ready", json.dumps(body).encode(), headers={"Nats-Msg-Id": sid}
-                        )
-                        for leg, sid, body in chunk
-                    )
-                )
-
-        await asyncio.gather(*(publisher(sends[w::publishers]) for w in range(publishers)))
-        published = time.time()
-        conn = await asyncpg.connect(settings.database_url)
+    quiet = {"OTEL_SDK_DISABLED": "true"}
+    async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet) as (
+        stack,
+        client,
+        conn,
+    ):
+        nc = await nats.connect(settings.nats_url)
         try:
-
-            async def all_ended() -> bool:
-                stored = await conn.fetchval("SELECT count(*) FROM signal")
-                runs = await conn.fetchval(
-                    "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join' AND ended_at IS NOT NULL"
-                )
-                return bool(stored >= len(signals) and runs >= keys)
-
-            await until(all_ended, stack, what=f"{keys} joined runs to start and end")
-            cpu = cpu_between(before, sample_cpu(stack))
+            await client.push(WORKFLOW)
+            await asyncio.sleep(1.5)  # the scheduler takes its partitions, the router its consumer
+            keys = n // 2
+            signals = [
+                (leg, f"{leg}-{k}", {"key": f"k{k}"}) for k in range(keys) for leg in ("left", "right")
+            ]
+            random.Random(1).shuffle(signals)
+            sends = [s for s in signals for _ in range(2)]  # each twice under its id
+            js = nc.jetstream()
+            prefix = f"{settings.namespace}.legato.signal."
             if pg_log is not None:
-                await conn.execute(mark_sql("signals-end"))
-                lines = pg_log.read_text(errors="replace").splitlines()
-                print(f"  the statements of this pass ({len(signals)} signals, {keys} runs):")
-                report_statements(statements_between(lines, "signals-start", "signals-end"), keys)
-            await asyncio.sleep(2.0)  # an extra run would show now
-            last_stored = await conn.fetchval("SELECT extract(epoch FROM max(received_at)) FROM signal")
-            total_runs = await conn.fetchval(
-                "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join'"
-            )
-            lat = await conn.fetch(
-                """
-                SELECT extract(epoch FROM i.started_at - max(s.published_at)) * 1000 AS ms,
-                       extract(epoch FROM max(s.received_at) - max(s.published_at)) * 1000 AS stored_ms,
-                       extract(epoch FROM i.created_at - max(s.received_at)) * 1000 AS created_ms
-                FROM signal_trigger_fire f
-                JOIN workflow_instance i ON i.id = f.instance_id
-                CROSS JOIN LATERAL jsonb_to_recordset(f.signals) AS m (name text, id text)
-                JOIN signal s ON s.name = m.name AND s.id = m.id
-                GROUP BY i.id, i.started_at, i.created_at
-                """
-            )
+                await conn.execute(mark_sql("signals-start"))
+            before = sample_cpu(stack)
+            t0 = time.time()
+
+            step = 10 if rate else 250  # paced: small steps, or bursts would show up as latency
+
+            async def publisher(part: list[tuple[str, str, dict[str, str]]]) -> None:
+                for start in range(0, len(part), step):
+                    if rate:
+                        # Paced: signal i goes out at t0 + i/rate (two publishes per signal).
+                        await asyncio.sleep(max(0.0, t0 + (start * publishers / 2) / rate - time.time()))
+                    chunk = part[start : start + step]
+                    await asyncio.gather(
+                        *(
+                            js.publish(
+                                f"{prefix}{leg}_ready",
+                                json.dumps(body).encode(),
+                                headers={"Nats-Msg-Id": sid},
+                            )
+                            for leg, sid, body in chunk
+                        )
+                    )
+
+            await asyncio.gather(*(publisher(sends[w::publishers]) for w in range(publishers)))
+            published = time.time()
         finally:
-            await conn.close()
-        ms = [float(r["ms"]) for r in lat]
-        stored_ms = [float(r["stored_ms"]) for r in lat]
-        created_ms = [float(r["created_ms"]) for r in lat]
-        return {
-            "signals": len(signals),
-            "runs": int(total_runs),
-            "publish_per_s": len(sends) / (published - t0),
-            "signals_per_s": len(signals) / (float(last_stored) - t0),
-            "p50_ms": percentile(ms, 50),
-            "p99_ms": percentile(ms, 99),
-            "stored_p50_ms": percentile(stored_ms, 50),
-            "created_p50_ms": percentile(created_ms, 50),
-            "cpu": cpu_per(cpu, keys, "run (two signals, each published twice)"),
-        }
-    finally:
-        await nc.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
+            await nc.close()
 
+        async def all_ended() -> bool:
+            stored = await conn.fetchval("SELECT count(*) FROM signal")
+            runs = await conn.fetchval(
+                "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join' AND ended_at IS NOT NULL"
+            )
+            return bool(stored >= len(signals) and runs >= keys)
 
-async def mark(settings: Settings, label: str) -> None:
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(mark_sql(label))
-    finally:
-        await conn.close()
+        await until(all_ended, stack, what=f"{keys} joined runs to start and end")
+        cpu = cpu_between(before, sample_cpu(stack))
+        if pg_log is not None:
+            await conn.execute(mark_sql("signals-end"))
+            lines = pg_log.read_text(errors="replace").splitlines()
+            print(f"  the statements of this pass ({len(signals)} signals, {keys} runs):")
+            report_statements(statements_between(lines, "signals-start", "signals-end"), keys)
+        await asyncio.sleep(2.0)  # an extra run would show now
+        last_stored = await conn.fetchval("SELECT extract(epoch FROM max(received_at)) FROM signal")
+        total_runs = await conn.fetchval(
+            "SELECT count(*) FROM workflow_instance WHERE workflow_id = 'bench-join'"
+        )
+        lat = await conn.fetch(
+            """
+            SELECT extract(epoch FROM i.started_at - max(s.published_at)) * 1000 AS ms,
+                   extract(epoch FROM max(s.received_at) - max(s.published_at)) * 1000 AS stored_ms,
+                   extract(epoch FROM i.created_at - max(s.received_at)) * 1000 AS created_ms
+            FROM signal_trigger_fire f
+            JOIN workflow_instance i ON i.id = f.instance_id
+            CROSS JOIN LATERAL jsonb_to_recordset(f.signals) AS m (name text, id text)
+            JOIN signal s ON s.name = m.name AND s.id = m.id
+            GROUP BY i.id, i.started_at, i.created_at
+            """
+        )
+    ms = [float(r["ms"]) for r in lat]
+    stored_ms = [float(r["stored_ms"]) for r in lat]
+    created_ms = [float(r["created_ms"]) for r in lat]
+    return {
+        "signals": len(signals),
+        "runs": int(total_runs),
+        "publish_per_s": len(sends) / (published - t0),
+        "signals_per_s": len(signals) / (float(last_stored) - t0),
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "stored_p50_ms": percentile(stored_ms, 50),
+        "created_p50_ms": percentile(created_ms, 50),
+        "cpu": cpu_per(cpu, keys, "run (two signals, each published twice)"),
+    }
 
 
 def measure(n: int, publishers: int, rate: float, statements: bool = False) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from legato.bus.topology import partition_of
 from legato.config.settings import Settings
-from tests.support.stack import running_stack, wait_for
+from tests.support.stack import running_stack, until, wait_for
 
 BIG = """
 id: {id}
@@ -222,11 +222,7 @@ async def test_a_start_is_read_past_another_workflows_backlog_on_its_partition(
                 )
                 return bool(n == len(busy_runs))
 
-            for _ in range(600):
-                if await all_ended():
-                    break
-                await asyncio.sleep(0.1)
-            assert await all_ended()
+            await until(all_ended, 60, "every held run succeeded")
             attempts = await conn.fetch(
                 "SELECT instance_id, count(*) AS n FROM step_attempt WHERE instance_id = ANY($1::text[]) "
                 "GROUP BY instance_id",
