@@ -35,7 +35,8 @@ from legato.store import (
     mark_applied,
     migrate_url,
 )
-from legato.store.outbox import DELETE_PUBLISHED
+from legato.store.migrations import load_migrations, migrate
+from legato.store.outbox import DELETE_PUBLISHED, EventOutboxRelay, add_events
 from tests.support.stack import until
 
 
@@ -595,49 +596,108 @@ async def test_a_poll_leaves_young_rows_to_their_committer_and_takes_them_when_o
     assert (await nc.jetstream().stream_info(topo.events_stream)).state.messages == 3
 
 
-async def test_an_ordered_relay_reads_handed_rows_from_the_table(
+class CountingEventRelay(EventOutboxRelay):
+    calls = 0
+
+    async def relay_once(self, min_age: float = 0.0) -> int:
+        self.calls += 1
+        return await super().relay_once(min_age)
+
+    started = CountingRelay.started
+
+
+async def commit_events(pool: asyncpg.Pool, msgs: list[OutgoingMessage]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await add_events(conn, msgs)
+
+
+def pings(topo: Topology, first: int, n: int, prefix: str = "ord") -> list[OutgoingMessage]:
+    return [
+        OutgoingMessage(topo.event_subject("wf"), msgspec.json.encode(Ping(n=i)), msg_id=f"{prefix}-{i}")
+        for i in range(first, first + n)
+    ]
+
+
+async def stored_order(nc: Client, stream: str) -> list[int]:
+    js = nc.jetstream()
+    count = (await js.stream_info(stream)).state.messages
+    return [DECODER.decode((await js.get_msg(stream, seq)).data or b"").n for seq in range(1, count + 1)]
+
+
+async def test_the_event_relay_publishes_a_rows_events_in_order_once_each_and_deletes_the_row(
     nc: Client, pool: asyncpg.Pool, topo: Topology
 ) -> None:
-    """A relay that keeps commit order across processes (an advisory lock per batch) publishes only what
-    it read under its lock: rows handed over wake it, they are not published from memory."""
+    """One transaction's lifecycle events are one ``event_outbox`` row; ``wake()`` (what the scheduler
+    calls once its batch committed) relays it at once, not after the poll: every event is its own
+    message under its own id, in the order written, and the row is gone. Handed-over ``outbox`` rows
+    are not its business."""
     await provision_streams(nc.jetstream(), topo)
-    relay = CountingRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4242)
+    relay = CountingEventRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4242)
     task = asyncio.create_task(relay.run())
     try:
         reads = await relay.started()
-        rows = await commit_rows(pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="ord1")])
-        relay.committed(rows)
-        await until_published(relay, 1)
+        await commit_events(pool, pings(topo, 0, 5))
+        relay.committed([(1, pings(topo, 99, 1)[0])])
+        assert not relay._handed and not relay._wake.is_set()
+        relay.wake()
+        await until_published(relay, 5)
         assert relay.calls == reads + 1
-        assert not relay._handed
     finally:
         await relay.shutdown()
         await task
+    assert await stored_order(nc, topo.events_stream) == [0, 1, 2, 3, 4]
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
 
 
-async def test_ordered_relays_publish_every_row_once_in_the_order_it_was_written(
+async def test_an_event_row_whose_publish_failed_is_published_again_under_the_same_ids(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """A round whose publish fails (here: no stream yet, so no PubAck) keeps its rows, and a later
+    round publishes them; events that did reach the stream before the failure are dropped as copies
+    by their message ids, so the stream holds each event once."""
+    relay = EventOutboxRelay(
+        pool, Publisher(nc, timeout=0.3, attempts=1), poll_interval=0.1, ordered_lock=4646
+    )
+    await commit_events(pool, pings(topo, 0, 3, "again"))
+    with pytest.raises(PublishError):
+        await relay.relay_once()
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 1
+    await provision_streams(nc.jetstream(), topo)
+    # One of them reached the stream already (as if the PubAck of a stored event was lost).
+    await Publisher(nc).publish(pings(topo, 1, 1, "again")[0])
+    assert await relay.relay_once() == 1
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+    assert await stored_order(nc, topo.events_stream) == [1, 0, 2]
+
+
+async def test_an_event_needs_a_message_id_and_no_headers(pool: asyncpg.Pool, topo: Topology) -> None:
+    """Without its id a republished event could not be dropped as a copy: refused before anything is
+    written, naming the subject."""
+    with pytest.raises(ValueError, match=r"event on .*needs a message id"):
+        await commit_events(pool, [OutgoingMessage(topo.event_subject("wf"), b"{}")])
+    with pytest.raises(ValueError, match="no headers"):
+        await commit_events(
+            pool, [OutgoingMessage(topo.event_subject("wf"), b"{}", msg_id="h", headers={"a": "b"})]
+        )
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+
+
+async def test_event_relays_publish_every_event_once_in_the_order_it_was_written(
     nc: Client, pool: asyncpg.Pool, topo: Topology
 ) -> None:
     """Two relays sharing an ordered lock (two scheduler replicas) drain rows committed while they run,
-    in small rounds, both woken by every commit: the stream holds every row once, in id order, and
-    every round left the table (a round's delete commits only after its PubAcks)."""
+    in small rounds, both woken by every commit: the stream holds every event once, in the order written,
+    and every round left the table (a round's delete commits only after its PubAcks)."""
     await provision_streams(nc.jetstream(), topo)
     relays = [
-        OutboxRelay(pool, Publisher(nc), batch=7, poll_interval=0.05, ordered_lock=4343) for _ in range(2)
+        EventOutboxRelay(pool, Publisher(nc), batch=3, poll_interval=0.05, ordered_lock=4343)
+        for _ in range(2)
     ]
     tasks = [asyncio.create_task(r.run()) for r in relays]
     n = 0
     try:
         for _ in range(60):
-            await commit_rows(
-                pool,
-                [
-                    OutgoingMessage(
-                        topo.event_subject("wf"), msgspec.json.encode(Ping(n=n + i)), msg_id=f"ord-{n + i}"
-                    )
-                    for i in range(5)
-                ],
-            )
+            await commit_events(pool, pings(topo, n, 5))
             n += 5
             for relay in relays:
                 relay.wake()
@@ -649,73 +709,96 @@ async def test_ordered_relays_publish_every_row_once_in_the_order_it_was_written
             await relay.shutdown()
         await asyncio.gather(*tasks)
     assert sum(r.published for r in relays) == n
-    assert await count(pool, "SELECT count(*) FROM outbox") == 0
-    js = nc.jetstream()
-    assert (await js.stream_info(topo.events_stream)).state.messages == n
-    order = [
-        DECODER.decode((await js.get_msg(topo.events_stream, seq)).data or b"").n for seq in range(1, n + 1)
-    ]
-    assert order == list(range(n))
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+    assert await stored_order(nc, topo.events_stream) == list(range(n))
 
 
 async def test_a_paced_relay_reads_once_per_pace_under_load_and_at_once_when_idle(
     nc: Client, pool: asyncpg.Pool, topo: Topology
 ) -> None:
     """The lifecycle-event relay's ``pace``: commits that come while it reads the table are taken
-    together after the pace, not one read per commit; every row is published once, in order; and a
+    together after the pace, not one read per commit; every event is published once, in order; and a
     commit that finds the relay idle is read at once, not after the pace."""
     await provision_streams(nc.jetstream(), topo)
     pace = 1.0
-    relay = CountingRelay(pool, Publisher(nc), poll_interval=30.0, ordered_lock=4545, pace=pace)
+    # A round may take all 40 rows (a row each here): the reads counted are the pace's.
+    relay = CountingEventRelay(
+        pool, Publisher(nc), batch=64, poll_interval=30.0, ordered_lock=4545, pace=pace
+    )
     task = asyncio.create_task(relay.run())
     loop = asyncio.get_running_loop()
     try:
         reads = await relay.started()
-        # 40 commits back to back, each handed to the relay as the scheduler does: a burst.
+        # 40 commits back to back, each waking the relay as the scheduler does: a burst.
         began = loop.time()
         for n in range(40):
-            relay.committed(
-                await commit_rows(
-                    pool,
-                    [
-                        OutgoingMessage(
-                            topo.event_subject("wf"), msgspec.json.encode(Ping(n=n)), msg_id=f"pace-{n}"
-                        )
-                    ],
-                )
-            )
+            await commit_events(pool, pings(topo, n, 1, "pace"))
+            relay.wake()
         burst = loop.time() - began
         await until_published(relay, 40, timeout=20)
         # Unpaced, a relay reads again after every read that a commit overlapped: ~one read per commit
         # or two. Paced: one read at once, then one per pace while the burst lasts.
         assert relay.calls - reads <= 2 + int(burst / pace), (relay.calls - reads, burst)
-        await asyncio.sleep(0.1)
+        # A read that the burst's wakes overlapped is followed by one more after the pace (it cannot
+        # know it took everything); once that one found nothing the relay is idle.
+        await asyncio.sleep(pace + 0.2)
         # Idle now (its last read found everything): a commit is read at once, well inside the pace.
         calls = relay.calls
         began = loop.time()
-        relay.committed(
-            await commit_rows(
-                pool,
-                [
-                    OutgoingMessage(
-                        topo.event_subject("wf"), msgspec.json.encode(Ping(n=40)), msg_id="pace-40"
-                    )
-                ],
-            )
-        )
+        await commit_events(pool, pings(topo, 40, 1, "pace"))
+        relay.wake()
         await until_published(relay, 41)
         assert loop.time() - began < pace / 2
         assert relay.calls == calls + 1
     finally:
         await relay.shutdown()
         await task
-    js = nc.jetstream()
-    assert (await js.stream_info(topo.events_stream)).state.messages == 41
-    order = [
-        DECODER.decode((await js.get_msg(topo.events_stream, seq)).data or b"").n for seq in range(1, 42)
-    ]
-    assert order == list(range(41))
-    assert await count(pool, "SELECT count(*) FROM outbox") == 0
+    assert await stored_order(nc, topo.events_stream) == list(range(41))
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+
+
+async def test_the_migration_moves_events_left_in_the_outbox_to_the_event_outbox(
+    pg_admin_url: str,
+) -> None:
+    """A database of the version before (events as ``outbox`` rows) keeps the events it had not
+    published: 0098 moves them, oldest first, and leaves every other row in ``outbox``."""
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_admin_url)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE schema_migration (version integer PRIMARY KEY, name text NOT NULL, "
+            "checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for mig in load_migrations():
+            if mig.version < 98:
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migration (version, name, checksum) VALUES ($1, $2, $3)",
+                    mig.version,
+                    mig.name,
+                    mig.checksum,
+                )
+        await conn.execute(
+            "INSERT INTO outbox (subject, payload, msg_id) VALUES "
+            "('ns.legato.notify.run.wf.running', 'e1', 'run:r1:1'), ('legato.work.q', 'w', 'work:1'), "
+            "('legato.notify.step.wf.queued', 'e2', 'step:r1:a:1')"
+        )
+        assert await migrate(conn) == [v.version for v in load_migrations() if v.version >= 98]
+        moved = await conn.fetch("SELECT subjects, payloads, msg_ids FROM event_outbox ORDER BY id")
+        assert [tuple(r.values()) for r in moved] == [
+            (["ns.legato.notify.run.wf.running"], [b"e1"], ["run:r1:1"]),
+            (["legato.notify.step.wf.queued"], [b"e2"], ["step:r1:a:1"]),
+        ]
+        assert await conn.fetchval("SELECT array_agg(msg_id) FROM outbox") == ["work:1"]
+    finally:
+        await conn.close()
+        conn = await asyncpg.connect(pg_admin_url)
+        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await conn.close()
 
 
 async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(

@@ -154,13 +154,16 @@ async def test_catch_up_all_is_bounded_by_max_catch_up(
     assert datetime.fromisoformat(newest_skipped) < datetime.fromisoformat(fires[0])  # the newest 10 ran
     assert {r["status"] for r in skipped} == {"skipped"}
     assert all("beyond max_catch_up 10" in r["reason"]["message"] for r in skipped)
-    # Each skipped run's one lifecycle event went into the outbox with its row (docs/events.md).
-    events = [
-        decode_event(r["payload"])
-        for r in await pool.fetch(
-            "SELECT payload FROM outbox WHERE subject LIKE '%legato.notify.run.wf.skipped'"
-        )
-    ]
+    # Each skipped run's one lifecycle event went into the event outbox with its row (docs/events.md).
+    rows = await pool.fetch(
+        "SELECT s.subject, p.payload, m.msg_id FROM event_outbox e, unnest(e.subjects) WITH ORDINALITY s(subject, n) "
+        "JOIN unnest(e.payloads) WITH ORDINALITY p(payload, n) USING (n) "
+        "JOIN unnest(e.msg_ids) WITH ORDINALITY m(msg_id, n) USING (n)"
+    )
+    assert all(r["subject"].endswith("legato.notify.run.wf.skipped") for r in rows)
+    events = [decode_event(r["payload"]) for r in rows]
+    assert [r["msg_id"] for r in rows] == [e.event_id for e in events]
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE subject LIKE '%notify%'") == 0
     assert sorted(e.instance_id for e in events) == sorted(r["id"] for r in skipped)
     assert all(e.seq == 1 and e.previous_status is None and e.reason == "missed" for e in events)
 

@@ -90,7 +90,8 @@ def workflow_row() -> WorkflowRow:
 
 def batch() -> UnitOfWork:
     """What a run's start records: the run, its step, the step's attempt, timeline entries, a timeout
-    timer, the work item and a lifecycle event in the outbox, and the workflow's counters."""
+    timer, the work item in the outbox, two lifecycle events in the event outbox, and the workflow's
+    counters."""
     now = datetime.now(UTC)
     uow = UnitOfWork()
     run = InstanceState(
@@ -127,7 +128,8 @@ def batch() -> UnitOfWork:
         NewTimer(PARTITION, "wf", "r1", "step_timeout", now + timedelta(minutes=5), "a", "r1.a.1", {"x": 1})
     )
     uow.outbox.append(OutgoingMessage("legato.work.q", b"item", msg_id="work:r1.a.1"))
-    uow.outbox.append(OutgoingMessage("legato.notify.wf", b"event", msg_id="ev:r1:1"))
+    uow.events.append(OutgoingMessage("legato.notify.run.wf.running", b"event1", msg_id="run:r1:1"))
+    uow.events.append(OutgoingMessage("legato.notify.step.wf.queued", b"event2", msg_id="step:r1:a:1"))
     uow.workflow_dirty = True
     return uow
 
@@ -157,9 +159,19 @@ async def test_a_batch_is_written_in_one_statement_with_its_final_lease_check(po
         assert await conn.fetchval("SELECT payload FROM timer WHERE instance_id = 'r1'") == {"x": 1}
         assert await conn.fetchval("SELECT running_count FROM workflow WHERE id = 'wf'") == 1
         outbox = await conn.fetch("SELECT id, msg_id FROM outbox ORDER BY id")
+        events = await conn.fetch("SELECT subjects, payloads, msg_ids FROM event_outbox")
     # The rows handed to the relay carry the ids the table gave, in the order of the messages.
     assert [(i, m.msg_id) for i, m in uow.outbox_rows] == [(r["id"], r["msg_id"]) for r in outbox]
-    assert [m.msg_id for _, m in uow.outbox_rows] == ["work:r1.a.1", "ev:r1:1"]
+    assert [m.msg_id for _, m in uow.outbox_rows] == ["work:r1.a.1"]
+    # The events are one row, in order; the relay is woken for them once the batch commits.
+    assert [tuple(r.values()) for r in events] == [
+        (
+            ["legato.notify.run.wf.running", "legato.notify.step.wf.queued"],
+            [b"event1", b"event2"],
+            ["run:r1:1", "step:r1:a:1"],
+        )
+    ]
+    assert uow.flushed_events == 2 and not uow.events
 
 
 async def test_a_lease_lost_by_the_final_check_leaves_nothing_written(pool: asyncpg.Pool) -> None:
@@ -167,7 +179,16 @@ async def test_a_lease_lost_by_the_final_check_leaves_nothing_written(pool: asyn
         with pytest.raises(LeaseLost):
             async with conn.transaction():
                 await repository.flush(conn, batch(), workflow_row(), guard=guard(token=TOKEN + 1))
-        for table in ("workflow_instance", "step_run", "step_attempt", "timeline", "timer", "outbox"):
+        tables = (
+            "workflow_instance",
+            "step_run",
+            "step_attempt",
+            "timeline",
+            "timer",
+            "outbox",
+            "event_outbox",
+        )
+        for table in tables:
             assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
         assert await conn.fetchval("SELECT running_count FROM workflow WHERE id = 'wf'") == 0
         # An expired lease is lost too, even with the right token.

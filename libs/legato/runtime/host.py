@@ -37,7 +37,7 @@ from legato.security.wiring import origin_signer
 from legato.store.dead_letters import DeadLetterReports, PostgresDeadLetters
 from legato.store.install import check_partitions
 from legato.store.migrations import migrate
-from legato.store.outbox import OutboxRelay, OutboxRow
+from legato.store.outbox import EventOutboxRelay, OutboxRelay, OutboxRow
 from legato.store.pool import close_pool, create_pool
 from legato.telemetry import (
     configure_logging,
@@ -165,17 +165,12 @@ class ServiceHost:
         if self.with_relay:
             kinds = relay_kinds(self.service)
             if self.service == "scheduler":
-                # The scheduler's relay (of everything) leaves the lifecycle events to a relay of
-                # their own: work items never queue behind events; and the event relays of all
-                # scheduler replicas take turns (an advisory lock), so events go out in commit order.
-                self.relay = OutboxRelay(self._pool, self.publisher, exclude=("notify",))
-                self.notify_relay = OutboxRelay(
-                    self._pool,
-                    self.publisher,
-                    kinds=("notify",),
-                    name="outbox-relay-notify",
-                    ordered_lock=NOTIFY_RELAY_LOCK,
-                    pace=NOTIFY_PACE,
+                # Lifecycle events have an outbox and a relay of their own: work items never queue
+                # behind events; and the event relays of all scheduler replicas take turns (an
+                # advisory lock), so events go out in commit order.
+                self.relay = OutboxRelay(self._pool, self.publisher)
+                self.notify_relay = EventOutboxRelay(
+                    self._pool, self.publisher, ordered_lock=NOTIFY_RELAY_LOCK, pace=NOTIFY_PACE
                 )
             else:
                 self.relay = OutboxRelay(self._pool, self.publisher, kinds=kinds)
@@ -190,6 +185,11 @@ class ServiceHost:
         for relay in (self.relay, self.notify_relay):
             if relay is not None:
                 relay.wake()
+
+    def events_committed(self) -> None:
+        """Lifecycle events a transaction of this process committed (``event_outbox``): relay them now."""
+        if self.notify_relay is not None:
+            self.notify_relay.wake()
 
     def relay_committed(self, rows: Sequence[OutboxRow]) -> None:
         """Outbox rows a transaction of this process committed: each relay publishes those of its kinds

@@ -12,6 +12,11 @@ handed its rows over, a publish that failed, a process that only wakes the relay
 table: at once after ``wake()``, and by a poll every ``poll_interval`` for rows older than
 ``HANDOFF_GRACE`` (younger ones are still on their way from the process that committed them, which
 would publish them a second time; a copy is harmless, JetStream drops it, but costs a publish).
+
+Lifecycle events have an outbox of their own, ``event_outbox``: one row per transaction holding its
+events in order (``add_events``, ``event_outbox_cte``), published by ``EventOutboxRelay``, whose
+relays in every process take turns so that events go out in commit order. A one-step run makes four
+events; a row each was most of what they cost Postgres.
 """
 
 from __future__ import annotations
@@ -105,6 +110,38 @@ async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMes
     return outbox_rows(await conn.fetchval(_ADD_TO_OUTBOX, *outbox_args(messages)), messages)
 
 
+# The lifecycle events' own outbox (``event_outbox``, docs/events.md): one row per transaction, holding
+# that transaction's events in order; ``EventOutboxRelay`` publishes them one message each.
+EVENT_OUTBOX_ARGS = 3
+
+
+def event_outbox_cte(first: int) -> str:
+    """The WITH-list entry that writes one ``event_outbox`` row, its arguments from ``$first`` on
+    (``event_outbox_args``): for a statement that writes other rows too."""
+    return (
+        "w_events AS (INSERT INTO event_outbox (subjects, payloads, msg_ids)"
+        f" VALUES (${first}::text[], ${first + 1}::bytea[], ${first + 2}::text[]))"
+    )
+
+
+def event_outbox_args(events: Sequence[OutgoingMessage]) -> list[list[object]]:
+    """The three arguments of ``event_outbox_cte``. An event is a JetStream message with a message id
+    and no headers (its id is how a republished copy is dropped)."""
+    for m in events:
+        if not m.msg_id or m.headers or m.core:
+            raise ValueError(f"event on {m.subject}: needs a message id, and no headers or core NATS")
+    return [[m.subject for m in events], [m.payload for m in events], [m.msg_id for m in events]]
+
+
+async def add_events(conn: asyncpg.Connection, events: Sequence[OutgoingMessage]) -> None:
+    """Write lifecycle events in the caller's transaction, as one ``event_outbox`` row."""
+    if events:
+        await conn.execute(
+            "INSERT INTO event_outbox (subjects, payloads, msg_ids) VALUES ($1::text[], $2::bytea[], $3::text[])",
+            *event_outbox_args(events),
+        )
+
+
 class OutboxRelay(Component):
     """Publishes committed outbox rows, oldest first, in pipelined batches.
 
@@ -126,18 +163,14 @@ class OutboxRelay(Component):
         kinds: tuple[str, ...] | None = None,
         exclude: tuple[str, ...] = (),
         name: str | None = None,
-        ordered_lock: int | None = None,
         pace: float = 0.0,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
         permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
-        ``exclude``: never these kinds (another relay of the process has them). ``ordered_lock``: an
-        advisory lock key that every relay of these kinds holds while it relays a batch, so across
-        processes one batch is published at a time, in commit order (lifecycle events). ``pace``: under
-        load, at most one read of the table per ``pace`` seconds (``_run``); a relay woken when idle reads
-        at once."""
+        ``exclude``: never these kinds (another relay of the process has them). ``pace``: under load, at
+        most one read of the table per ``pace`` seconds (``_run``); a relay woken when idle reads at
+        once."""
         super().__init__()
-        self.ordered_lock = ordered_lock
         if name is not None:
             self.name = name
         self.pool = pool
@@ -163,6 +196,12 @@ class OutboxRelay(Component):
         self._subject_re = re.compile(self.subject_pattern) if self.subject_pattern else None
         self._exclude_re = re.compile(self.exclude_pattern) if self.exclude_pattern else None
 
+    @property
+    def handoff_grace(self) -> float:
+        """How old a row must be for a poll to take it: younger ones are on their way from the process
+        that committed them."""
+        return HANDOFF_GRACE
+
     def wake(self) -> None:
         """Rows were committed that nobody hands over: read the table now."""
         self._sweep = True
@@ -177,13 +216,9 @@ class OutboxRelay(Component):
     def committed(self, rows: Sequence[OutboxRow]) -> None:
         """Rows this process's transaction wrote with ``add_to_outbox`` and committed: published from
         memory, without reading the table. Call it only after the commit succeeded (a rolled-back row
-        must never be published). Rows of other kinds are left to the relay that takes them; a relay
-        that keeps commit order across processes (``ordered_lock``) reads them from the table."""
+        must never be published). Rows of other kinds are left to the relay that takes them."""
         mine = [row for row in rows if self.takes(row[1].subject)]
         if not mine:
-            return
-        if self.ordered_lock is not None:
-            self.wake()
             return
         if len(self._handed) + len(mine) > MAX_HANDED:
             # Far behind (NATS slow or away): the table holds them; read it instead of growing memory.
@@ -198,9 +233,9 @@ class OutboxRelay(Component):
     async def _run(self) -> None:
         self._db_token = await self._database_token()
         failures = 0
-        # Ordered relays take every row from the table; the others leave young rows to the process that
-        # committed them, which hands them over.
-        grace = 0.0 if self.ordered_lock is not None else HANDOFF_GRACE
+        # A poll leaves young rows to the process that committed them, which hands them over (a relay
+        # that is never handed rows, ``handoff_grace`` 0, takes every row).
+        grace = self.handoff_grace
         polled = True  # the first round reads the table: rows a previous run of this process left
         loop = asyncio.get_running_loop()
         while True:
@@ -331,8 +366,6 @@ class OutboxRelay(Component):
         if not self._db_token:
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
-            if self.ordered_lock is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
             rows = await conn.fetch(
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
@@ -363,4 +396,71 @@ class OutboxRelay(Component):
         self.published += len(rows)
         self.rounds += 1
         metrics().outbox_published.add(len(rows))
+        return len(rows)
+
+
+DELETE_PUBLISHED_EVENTS = DELETE_PUBLISHED.replace("DELETE FROM outbox", "DELETE FROM event_outbox")
+
+
+class EventOutboxRelay(OutboxRelay):
+    """Publishes the lifecycle events of ``event_outbox``: oldest row first, each row's events in the
+    order its transaction wrote them, one JetStream message each under its own message id; the row is
+    deleted once every PubAck came.
+
+    The relays of all processes take turns under ``ordered_lock`` (one round at a time), so events go
+    out in commit order. Nothing is handed over from memory: a process that commits events calls
+    ``wake()``, and the poll finds those of processes that do not (the trigger's skipped runs).
+    ``batch`` counts rows; a row holds one transaction's events."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        *,
+        ordered_lock: int,
+        batch: int = 16,
+        poll_interval: float = 0.5,
+        pace: float = 0.0,
+        name: str = "outbox-relay-notify",
+    ) -> None:
+        super().__init__(
+            pool,
+            publisher,
+            batch=batch,
+            poll_interval=poll_interval,
+            name=name,
+            pace=pace,
+        )
+        self.ordered_lock = ordered_lock
+
+    @property
+    def handoff_grace(self) -> float:
+        return 0.0  # nothing is handed over: every row is read from the table
+
+    def takes(self, subject: str) -> bool:
+        return False  # rows of ``outbox`` are the other relay's
+
+    async def relay_once(self, min_age: float = 0.0) -> int:
+        """Publish and delete the oldest rows (at most ``batch``); returns how many rows."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
+            rows = await conn.fetch(
+                "SELECT id, subjects, payloads, msg_ids, "
+                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM event_outbox "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch,
+            )
+            metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
+            if not rows:
+                return 0
+            msgs = [
+                OutgoingMessage(subject, payload, msg_id=msg_id)
+                for r in rows
+                for subject, payload, msg_id in zip(r["subjects"], r["payloads"], r["msg_ids"], strict=True)
+            ]
+            await self.publisher.publish_many(msgs)
+            await conn.execute(DELETE_PUBLISHED_EVENTS, [r["id"] for r in rows])
+        self.published += len(msgs)
+        self.rounds += 1
+        metrics().outbox_published.add(len(msgs))
         return len(rows)

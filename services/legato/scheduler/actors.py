@@ -202,6 +202,8 @@ class WorkflowActor:
             # First: lifecycle events and work items wait for nothing else; the relay publishes the
             # committed rows from memory.
             reg.relay_committed(uow.outbox_rows)
+        if uow.flushed_events:
+            reg.events_committed()
         run_spans.emit(uow.spans)
         if uow.flushed_timers:
             reg.wake_timers()
@@ -367,6 +369,7 @@ class ActorRegistry(Component):
         leaser: PartitionLeaser,
         definitions: DefinitionCache | None = None,
         relay_committed: Callable[[Sequence[tuple[int, OutgoingMessage]]], None] = lambda rows: None,
+        events_committed: Callable[[], None] = lambda: None,
         wake_timers: Callable[[], None] = lambda: None,
         batch: int = 256,
         mailbox_size: int = 1024,
@@ -379,6 +382,7 @@ class ActorRegistry(Component):
         self.leaser = leaser
         self.definitions = definitions or DefinitionCache()
         self.relay_committed = relay_committed
+        self.events_committed = events_committed
         self.wake_timers = wake_timers
         self.batch = batch
         self.mailbox_size = mailbox_size

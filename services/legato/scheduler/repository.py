@@ -31,6 +31,7 @@ from legato.scheduler.state import (
     WorkflowRow,
     WorkflowState,
 )
+from legato.store import outbox
 from legato.store.keys import probe
 from legato.store.outbox import OUTBOX_ARGS, OUTBOX_IDS, outbox_args, outbox_ctes, outbox_rows
 
@@ -538,6 +539,9 @@ def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
         if part == "outbox":
             ctes.append(outbox_ctes(n))
             n += OUTBOX_ARGS
+        elif part == "events":
+            ctes.append(outbox.event_outbox_cte(n))
+            n += outbox.EVENT_OUTBOX_ARGS
         elif part in _STATEMENT_PARTS:
             sql, count = _STATEMENT_PARTS[part]
             ctes.append(f"w_{part} AS ({sql.format(*range(n, n + count))})")
@@ -580,6 +584,9 @@ async def flush(
     if uow.outbox:
         parts.append("outbox")
         args += outbox_args(uow.outbox)
+    if uow.events:
+        parts.append("events")
+        args += outbox.event_outbox_args(uow.events)
     if uow.workflow_dirty:
         parts.append("workflow")
         args += [wf.id, wf.running_count, wf.queued_count, wf.blocked_by, wf.blocked_since]

@@ -95,6 +95,6 @@ def record(
                 msg_id=step_event.event_id,
             )
         )
-    uow.outbox.extend(starts)
-    uow.outbox.extend(steps)
-    uow.outbox.extend(ends)
+    uow.events.extend(starts)
+    uow.events.extend(steps)
+    uow.events.extend(ends)

@@ -184,6 +184,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             topology=host.topology,
             leaser=leaser,
             relay_committed=host.relay_committed,
+            events_committed=host.events_committed,
             wake_timers=timers.wake,
             dispatch_window=settings.dispatch_window,
         )

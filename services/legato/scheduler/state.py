@@ -392,6 +392,8 @@ class UnitOfWork:
     attempts: dict[str, AttemptState] = field(default_factory=dict)
     timeline: list[TimelineEntry] = field(default_factory=list)
     outbox: list[OutgoingMessage] = field(default_factory=list)
+    # Lifecycle events (``run_events``), written as one ``event_outbox`` row per flush.
+    events: list[OutgoingMessage] = field(default_factory=list)
     timers: list[NewTimer] = field(default_factory=list)
     cancel_timers: set[TimerCancel] = field(default_factory=set)
     actions: list[ActionRecord] = field(default_factory=list)
@@ -413,6 +415,7 @@ class UnitOfWork:
     # The outbox rows written so far (ids and messages): handed to the relay once the batch committed.
     outbox_rows: list[tuple[int, OutgoingMessage]] = field(default_factory=list)
     flushed_timers: int = 0
+    flushed_events: int = 0  # events written so far: the event relay is woken once the batch committed
     workflow_dirty: bool = False
     stops_settled: list[StopSettled] = field(default_factory=list)
     orphans_settled: list[OrphanSettled] = field(default_factory=list)
@@ -457,11 +460,13 @@ class UnitOfWork:
         for at in self.attempts.values():
             at.new = at.dirty = False
         self.flushed_timers += len(self.timers)
+        self.flushed_events += len(self.events)
         self.instances = {}
         self.steps = {}
         self.attempts = {}
         self.timeline = []
         self.outbox = []
+        self.events = []
         self.timers = []
         self.cancel_timers = set()
         self.actions = []

@@ -39,7 +39,7 @@ from legato.protocol import encode
 from legato.protocol.events import RunEvent, encode_event, run_event_id
 from legato.protocol.ids import instance_id_for
 from legato.protocol.messages import StartRun, TriggerInfo
-from legato.store.outbox import add_to_outbox
+from legato.store.outbox import add_events, add_to_outbox
 from legato.telemetry import bind_context, get_logger
 
 log = get_logger("legato.trigger")
@@ -626,7 +626,7 @@ class CronLoop(Component):
                         msg_id=event.event_id,
                     )
                 )
-        await add_to_outbox(conn, events)
+        await add_events(conn, events)
         await conn.executemany(
             "INSERT INTO cron_fire (workflow_id, trigger_id, fire_time, instance_id, status) "
             "VALUES ($1, $2, $3, $4, 'skipped') ON CONFLICT DO NOTHING",

@@ -104,10 +104,10 @@ def test_the_engine_parts_import_only_the_base() -> None:
 
 # A file is one idea: no scheduler module, and no class, grows back into a monolith (engine.py was
 # 1,234 lines, RunEngine 1,110). repository.py is all the scheduler's SQL in one place (issue 12) and
-# is allowed a little more.
+# is allowed a little more (660 since the lifecycle events got an outbox of their own).
 MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 400
-LARGER_MODULES = {"repository.py": 650}
+LARGER_MODULES = {"repository.py": 660}
 
 
 def test_no_scheduler_module_or_class_is_a_monolith() -> None:

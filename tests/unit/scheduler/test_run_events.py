@@ -34,11 +34,11 @@ def run(status: str, *, new: bool, body_path: str | None = None, seq: int = 0) -
 
 def events(uow: UnitOfWork, inst: InstanceState | None = None) -> list[tuple[str, RunEvent | StepEvent]]:
     record(uow, TOPO, "wf.a", lambda iid: inst)
-    out = [(m.subject, decode_event(m.payload)) for m in uow.outbox]
-    for m, (_, e) in zip(uow.outbox, out, strict=True):
+    out = [(m.subject, decode_event(m.payload)) for m in uow.events]
+    for m, (_, e) in zip(uow.events, out, strict=True):
         assert m.msg_id == e.event_id
         assert b"hunter2" not in m.payload
-    uow.outbox.clear()
+    uow.events.clear()
     return out
 
 
