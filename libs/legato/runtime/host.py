@@ -50,7 +50,7 @@ from legato.telemetry import (
 
 # The advisory lock the lifecycle-event relays of all processes take turns with (docs/events.md).
 NOTIFY_RELAY_LOCK = 0x4C45_4E4F  # "LENO": legato notify
-# Under load the lifecycle-event relay reads the outbox at most once per NOTIFY_PACE seconds (one read is
+# Under load the lifecycle-event relay reads event_outbox at most once per NOTIFY_PACE seconds (one read is
 # BEGIN, the ordered lock, a read, the PubAcks, a delete, COMMIT), instead of once per scheduler commit:
 # at 300 starts/s that was 0.53 reads per run, 0.16 paced. An event then reaches subscribers up to this
 # much later; an idle relay reads at once, so a lone run's events are not delayed.
