@@ -59,8 +59,9 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
-    """Apply pending migrations; returns the versions applied by this call."""
+async def migrate(conn: asyncpg.Connection, *, up_to: int | None = None) -> list[int]:
+    """Apply pending migrations (those up to version ``up_to`` only, when given: a database as an
+    older release left it, for tests of a migration); returns the versions applied by this call."""
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
@@ -77,6 +78,8 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migration")
         done = {r["version"]: r for r in rows}
         for mig in load_migrations():
+            if up_to is not None and mig.version > up_to:
+                break
             have = done.get(mig.version)
             if have is not None:
                 if have["checksum"] != mig.checksum:
