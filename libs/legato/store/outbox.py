@@ -161,15 +161,13 @@ class OutboxRelay(Component):
         batch: int = 500,
         poll_interval: float = 0.5,
         kinds: tuple[str, ...] | None = None,
-        exclude: tuple[str, ...] = (),
         name: str | None = None,
         pace: float = 0.0,
     ) -> None:
         """``kinds``: relay only rows on ``legato.<kind>.…`` subjects (the ones this service's NATS
         permissions let it publish, ``legato.security.permissions.relay_kinds``); None = every row.
-        ``exclude``: never these kinds (another relay of the process has them). ``pace``: under load, at
-        most one read of the table per ``pace`` seconds (``_run``); a relay woken when idle reads at
-        once."""
+        ``pace``: under load, at most one read of the table per ``pace`` seconds (``_run``); a relay
+        woken when idle reads at once."""
         super().__init__()
         if name is not None:
             self.name = name
@@ -191,10 +189,8 @@ class OutboxRelay(Component):
         self.published = 0
         self.rounds = 0
         self.subject_pattern = None if kinds is None else rf"^([^.]+\.)?legato\.({'|'.join(kinds)})\."
-        self.exclude_pattern = rf"^([^.]+\.)?legato\.({'|'.join(exclude)})\." if exclude else None
-        # The same patterns in Python, for rows handed over (Postgres's and Python's regex agree on these).
+        # The same pattern in Python, for rows handed over (Postgres's and Python's regex agree on these).
         self._subject_re = re.compile(self.subject_pattern) if self.subject_pattern else None
-        self._exclude_re = re.compile(self.exclude_pattern) if self.exclude_pattern else None
 
     @property
     def handoff_grace(self) -> float:
@@ -208,10 +204,8 @@ class OutboxRelay(Component):
         self._wake.set()
 
     def takes(self, subject: str) -> bool:
-        """Whether this relay publishes rows on ``subject`` (its kinds, not its exclusions)."""
-        if self._subject_re is not None and not self._subject_re.match(subject):
-            return False
-        return self._exclude_re is None or not self._exclude_re.match(subject)
+        """Whether this relay publishes rows on ``subject`` (one of its kinds)."""
+        return self._subject_re is None or self._subject_re.match(subject) is not None
 
     def committed(self, rows: Sequence[OutboxRow]) -> None:
         """Rows this process's transaction wrote with ``add_to_outbox`` and committed: published from
@@ -369,12 +363,11 @@ class OutboxRelay(Component):
             rows = await conn.fetch(
                 "SELECT id, subject, payload, msg_id, headers, core, "
                 "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
-                "WHERE ($2::text IS NULL OR subject ~ $2) AND ($3::text IS NULL OR subject !~ $3) "
-                "AND ($4::float8 = 0 OR created_at < clock_timestamp() - make_interval(secs => $4)) "
+                "WHERE ($2::text IS NULL OR subject ~ $2) "
+                "AND ($3::float8 = 0 OR created_at < clock_timestamp() - make_interval(secs => $3)) "
                 "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 self.batch,
                 self.subject_pattern,
-                self.exclude_pattern,
                 min_age,
             )
             # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
