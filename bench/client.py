@@ -22,15 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import asyncpg
-
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, until, wait_api
-from legato.client import LegatoClient
+from _servers import bench_servers, bench_settings, bench_stack, percentile, until
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-client
@@ -44,16 +39,11 @@ GOAL_P99_MS = 20.0
 
 
 async def run(n: int, m: int, in_flight: int, settings: Settings, log_dir: Path) -> dict[str, float]:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, executors=1, concurrency=64)
-    stack.start()
-    client = await LegatoClient.connect(
-        settings.nats_url, namespace=settings.namespace, timeout=30, settings=settings
-    )
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await wait_api(client)
+    async with bench_stack(settings, log_dir, timeout=30, executors=1, concurrency=64) as (
+        stack,
+        client,
+        conn,
+    ):
         await client.push(WORKFLOW)
         await asyncio.sleep(1.0)  # let the scheduler take its partitions
 
@@ -106,10 +96,6 @@ async def run(n: int, m: int, in_flight: int, settings: Settings, log_dir: Path)
             "db_p50": percentile(from_db, 50),
             "db_p99": percentile(from_db, 99),
         }
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def main() -> None:

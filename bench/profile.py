@@ -57,19 +57,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _servers import (
     bench_servers,
     bench_settings,
+    bench_stack,
     cpu_between,
     cpu_per,
     percentile,
     sample_cpu,
     switches_between,
-    wait_api,
 )
 from _statements import STATEMENT_LOG, mark_sql, statements_between
 from _statements import report as report_statements
 from legato.client import LegatoClient
 from legato.config.settings import Settings
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 WORKFLOW = """
 id: bench-profile
@@ -189,16 +187,11 @@ async def profile(
     args: argparse.Namespace, settings: Settings, log_dir: Path, pg_log: Path | None = None
 ) -> None:
     """``pg_log``: the Postgres log to read the statements of each phase from (``--statements``)."""
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, executors=1, concurrency=64)
-    stack.start()
-    client = await LegatoClient.connect(
-        settings.nats_url, namespace=settings.namespace, timeout=30, settings=settings
-    )
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await wait_api(client)
+    async with bench_stack(settings, log_dir, timeout=30, executors=1, concurrency=64) as (
+        stack,
+        client,
+        conn,
+    ):
         await client.push(WORKFLOW)
         await asyncio.sleep(1.0)  # let the scheduler take its partitions
         # Warm up every path (connections, prepared statements, imports) before measuring.
@@ -309,10 +302,6 @@ async def profile(
                     + "; "
                     + ", ".join(f"{k} {switches[k] / count:.1f}" for k in kinds if switches.get(k))
                 )
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def main() -> None:

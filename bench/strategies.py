@@ -29,13 +29,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile
-from e2e import wait_api
+from _servers import bench_servers, bench_settings, bench_stack, percentile
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.core.model import RUN_STRATEGIES
-from legato.devstack.processes import Stack
-from legato.store import ensure_database, migrate_url
 
 STRATEGIES = RUN_STRATEGIES
 TERMINAL = "('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
@@ -130,24 +127,18 @@ async def one_strategy(
 
 
 async def run(args: argparse.Namespace, settings: Settings, log_dir: Path) -> list[dict[str, Any]]:
-    await ensure_database(settings.database_url)
-    await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, concurrency=64, extra_env={"OTEL_SDK_DISABLED": "true"})
-    stack.start()
-    client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await wait_api(client)
+    quiet = {"OTEL_SDK_DISABLED": "true"}
+    async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet) as (
+        _,
+        client,
+        conn,
+    ):
         out = []
         for strategy in args.strategies:
             r = await one_strategy(client, conn, strategy, args.n, args.burst, args.gap, args.max_concurrency)
             print_result(r)
             out.append(r)
         return out
-    finally:
-        await conn.close()
-        await client.close()
-        await asyncio.to_thread(stack.stop)
 
 
 def print_result(r: dict[str, Any]) -> None:
