@@ -113,15 +113,13 @@ async def add_to_outbox(conn: asyncpg.Connection, messages: Sequence[OutgoingMes
 # The lifecycle events' own outbox (``event_outbox``, docs/events.md): one row per transaction, holding
 # that transaction's events in order; ``EventOutboxRelay`` publishes them one message each.
 EVENT_OUTBOX_ARGS = 3
+_INSERT_EVENTS = "INSERT INTO event_outbox (subjects, payloads, msg_ids) VALUES (${0}::text[], ${1}::bytea[], ${2}::text[])"
 
 
 def event_outbox_cte(first: int) -> str:
     """The WITH-list entry that writes one ``event_outbox`` row, its arguments from ``$first`` on
     (``event_outbox_args``): for a statement that writes other rows too."""
-    return (
-        "w_events AS (INSERT INTO event_outbox (subjects, payloads, msg_ids)"
-        f" VALUES (${first}::text[], ${first + 1}::bytea[], ${first + 2}::text[]))"
-    )
+    return f"w_events AS ({_INSERT_EVENTS.format(first, first + 1, first + 2)})"
 
 
 def event_outbox_args(events: Sequence[OutgoingMessage]) -> list[list[object]]:
@@ -136,10 +134,7 @@ def event_outbox_args(events: Sequence[OutgoingMessage]) -> list[list[object]]:
 async def add_events(conn: asyncpg.Connection, events: Sequence[OutgoingMessage]) -> None:
     """Write lifecycle events in the caller's transaction, as one ``event_outbox`` row."""
     if events:
-        await conn.execute(
-            "INSERT INTO event_outbox (subjects, payloads, msg_ids) VALUES ($1::text[], $2::bytea[], $3::text[])",
-            *event_outbox_args(events),
-        )
+        await conn.execute(_INSERT_EVENTS.format(1, 2, 3), *event_outbox_args(events))
 
 
 class OutboxRelay(Component):
@@ -152,6 +147,7 @@ class OutboxRelay(Component):
 
     name = "outbox-relay"
     shutdown_stage = 10  # last: flush what every other component committed
+    delete_published = DELETE_PUBLISHED  # deletes published rows of this relay's table by id
 
     def __init__(
         self,
@@ -360,36 +356,44 @@ class OutboxRelay(Component):
         if not self._db_token:
             self._db_token = await self._database_token()
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, subject, payload, msg_id, headers, core, "
-                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
-                "WHERE ($2::text IS NULL OR subject ~ $2) "
-                "AND ($3::float8 = 0 OR created_at < clock_timestamp() - make_interval(secs => $3)) "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self.batch,
-                self.subject_pattern,
-                min_age,
-            )
+            ids, msgs, oldest = await self._read(conn, min_age)
             # The oldest row this relay sees: how far publishing lags behind the commits (0 = caught up).
-            metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
-            if not rows:
+            metrics().outbox_lag.set(oldest)
+            if not ids:
                 return 0
-            msgs = [
-                OutgoingMessage(
-                    subject=r["subject"],
-                    payload=r["payload"],
-                    msg_id=self._msg_id(r["id"], r["msg_id"]),
-                    headers=r["headers"] or {},
-                    core=r["core"],
-                )
-                for r in rows
-            ]
             await self.publisher.publish_many(msgs)
-            await conn.execute(DELETE_PUBLISHED, [r["id"] for r in rows])
-        self.published += len(rows)
+            await conn.execute(self.delete_published, ids)
+        self.published += len(msgs)
         self.rounds += 1
-        metrics().outbox_published.add(len(rows))
-        return len(rows)
+        metrics().outbox_published.add(len(msgs))
+        return len(ids)
+
+    async def _read(
+        self, conn: asyncpg.Connection, min_age: float
+    ) -> tuple[list[int], list[OutgoingMessage], float]:
+        """Lock and read the oldest rows (at most ``batch``) in ``conn``'s transaction: their ids, their
+        messages in order, and the age in seconds of the oldest (0 when none)."""
+        rows = await conn.fetch(
+            "SELECT id, subject, payload, msg_id, headers, core, "
+            "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM outbox "
+            "WHERE ($2::text IS NULL OR subject ~ $2) "
+            "AND ($3::float8 = 0 OR created_at < clock_timestamp() - make_interval(secs => $3)) "
+            "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            self.batch,
+            self.subject_pattern,
+            min_age,
+        )
+        msgs = [
+            OutgoingMessage(
+                subject=r["subject"],
+                payload=r["payload"],
+                msg_id=self._msg_id(r["id"], r["msg_id"]),
+                headers=r["headers"] or {},
+                core=r["core"],
+            )
+            for r in rows
+        ]
+        return [r["id"] for r in rows], msgs, max([0.0, *(r["age"] for r in rows)])
 
 
 DELETE_PUBLISHED_EVENTS = DELETE_PUBLISHED.replace("DELETE FROM outbox", "DELETE FROM event_outbox")
@@ -433,27 +437,23 @@ class EventOutboxRelay(OutboxRelay):
     def takes(self, subject: str) -> bool:
         return False  # rows of ``outbox`` are the other relay's
 
-    async def relay_once(self, min_age: float = 0.0) -> int:
-        """Publish and delete the oldest rows (at most ``batch``); returns how many rows."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
-            rows = await conn.fetch(
-                "SELECT id, subjects, payloads, msg_ids, "
-                "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM event_outbox "
-                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self.batch,
-            )
-            metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
-            if not rows:
-                return 0
-            msgs = [
-                OutgoingMessage(subject, payload, msg_id=msg_id)
-                for r in rows
-                for subject, payload, msg_id in zip(r["subjects"], r["payloads"], r["msg_ids"], strict=True)
-            ]
-            await self.publisher.publish_many(msgs)
-            await conn.execute(DELETE_PUBLISHED_EVENTS, [r["id"] for r in rows])
-        self.published += len(msgs)
-        self.rounds += 1
-        metrics().outbox_published.add(len(msgs))
-        return len(rows)
+    delete_published = DELETE_PUBLISHED_EVENTS
+
+    async def _read(
+        self, conn: asyncpg.Connection, min_age: float
+    ) -> tuple[list[int], list[OutgoingMessage], float]:
+        """Under the ordered lock (held until the round's transaction ends), the oldest rows: each
+        row's events in order, one message each."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
+        rows = await conn.fetch(
+            "SELECT id, subjects, payloads, msg_ids, "
+            "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM event_outbox "
+            "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            self.batch,
+        )
+        msgs = [
+            OutgoingMessage(subject, payload, msg_id=msg_id)
+            for r in rows
+            for subject, payload, msg_id in zip(r["subjects"], r["payloads"], r["msg_ids"], strict=True)
+        ]
+        return [r["id"] for r in rows], msgs, max([0.0, *(r["age"] for r in rows)])
