@@ -217,6 +217,9 @@ async def test_32_partitions_rebalance_to_a_joining_replica_without_flip_floppin
         a.terminate()
 
 
+# Step a's concurrency tag (one per workflow, with no limit) makes each of the workflow's batches a
+# transaction (tags are shared, so a batch locks them from its start): the pause test below needs a
+# scheduler to stop inside one, which a one-statement batch never leaves open.
 LEDGER = """
 id: {id}
 run_strategy: {{type: parallel, max_concurrency: 200}}
@@ -225,6 +228,7 @@ steps:
     type: shell
     command: 'echo "$LEGATO_INSTANCE_ID $LEGATO_STEP_ID $LEGATO_ATTEMPT" >> {ledger}'
     retry: {{platform: 5, backoff: {{type: fixed, initial: 0.2s}}}}
+    concurrency_tags: ["{id}"]
   - id: b
     type: shell
     depends_on: [a]

@@ -4,6 +4,9 @@ leaves nothing written; the statements that must follow the bulk writes still se
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +16,7 @@ import pytest
 
 from legato.bus.publisher import OutgoingMessage
 from legato.core.reasons import OtherReason, decode_reason
-from legato.scheduler import repository
+from legato.scheduler import repository, writes
 from legato.scheduler.leases import LeaseGuard, LeaseLost
 from legato.scheduler.state import (
     AttemptState,
@@ -62,7 +65,7 @@ async def warm(conn: asyncpg.Connection, uow: UnitOfWork) -> list[str]:
     in queries of its own), then log every statement it runs from now on."""
     with pytest.raises(Rollback):
         async with conn.transaction():
-            await repository.flush(conn, uow, workflow_row(), guard=guard())
+            await writes.flush(conn, uow, workflow_row(), guard=guard())
             raise Rollback
     statements: list[str] = []
     conn.add_query_logger(lambda q: statements.append(q.query))
@@ -139,7 +142,7 @@ async def test_a_batch_is_written_in_one_statement_with_its_final_lease_check(po
     async with pool.acquire() as conn:
         statements = await warm(conn, batch())
         async with conn.transaction():
-            await repository.flush(conn, uow, workflow_row(), guard=guard())
+            await writes.flush(conn, uow, workflow_row(), guard=guard())
     # BEGIN and COMMIT aside, one statement wrote every row and checked the lease.
     assert [s for s in statements if s not in ("BEGIN;", "COMMIT;")] == [statements[1]], statements
     assert "FOR KEY SHARE" in statements[1]
@@ -178,7 +181,7 @@ async def test_a_lease_lost_by_the_final_check_leaves_nothing_written(pool: asyn
     async with pool.acquire() as conn:
         with pytest.raises(LeaseLost):
             async with conn.transaction():
-                await repository.flush(conn, batch(), workflow_row(), guard=guard(token=TOKEN + 1))
+                await writes.flush(conn, batch(), workflow_row(), guard=guard(token=TOKEN + 1))
         tables = (
             "workflow_instance",
             "step_run",
@@ -195,7 +198,7 @@ async def test_a_lease_lost_by_the_final_check_leaves_nothing_written(pool: asyn
         await conn.execute("UPDATE partition_lease SET expires_at = now() - interval '1 second'")
         with pytest.raises(LeaseLost):
             async with conn.transaction():
-                await repository.flush(conn, batch(), workflow_row(), guard=guard())
+                await writes.flush(conn, batch(), workflow_row(), guard=guard())
         assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
 
 
@@ -203,7 +206,7 @@ async def test_the_final_lease_check_holds_the_lease_row_until_the_commit(pool: 
     """A taker's FOR UPDATE SKIP LOCKED passes the lease row by while the batch is uncommitted."""
     async with pool.acquire() as conn, pool.acquire() as taker:
         async with conn.transaction():
-            await repository.flush(conn, batch(), workflow_row(), guard=guard())
+            await writes.flush(conn, batch(), workflow_row(), guard=guard())
             async with taker.transaction():
                 taken = await taker.fetch(
                     "SELECT partition FROM partition_lease WHERE partition = $1 FOR UPDATE SKIP LOCKED",
@@ -227,7 +230,7 @@ async def test_statements_that_update_the_written_rows_follow_them_and_the_check
     async with pool.acquire() as conn:
         statements = await warm(conn, batch())
         async with conn.transaction():
-            await repository.flush(conn, uow, workflow_row(), guard=guard())
+            await writes.flush(conn, uow, workflow_row(), guard=guard())
         work = [s for s in statements if s not in ("BEGIN;", "COMMIT;")]
         assert "FOR KEY SHARE" not in work[0]
         assert work[1].startswith("UPDATE step_attempt SET status = 'lost'")
@@ -282,7 +285,7 @@ async def test_timer_cancellations_go_in_the_same_statement_and_spare_the_timers
     first.timers.append(NewTimer(PARTITION, "wf", "r2", "step_timeout", soon, "a"))
     async with pool.acquire() as conn:
         async with conn.transaction():
-            await repository.flush(conn, first, workflow_row())
+            await writes.flush(conn, first, workflow_row())
         second = UnitOfWork()
         second.cancel_timer("r1", "step_timeout", "a")  # the attempt of step a ended
         second.timers.append(
@@ -291,7 +294,7 @@ async def test_timer_cancellations_go_in_the_same_statement_and_spare_the_timers
         second.cancel_timer("r2")  # run r2 ended: all of its timers
         statements = await warm(conn, UnitOfWork())
         async with conn.transaction():
-            await repository.flush(conn, second, workflow_row(), guard=guard())
+            await writes.flush(conn, second, workflow_row(), guard=guard())
         assert len([s for s in statements if s not in ("BEGIN;", "COMMIT;")]) == 1, statements
         left = await conn.fetch("SELECT instance_id, step_id, kind, attempt_id FROM timer ORDER BY id")
     assert [tuple(r) for r in left] == [
@@ -333,7 +336,7 @@ async def test_every_value_a_batch_writes_reads_back_as_it_was(pool: asyncpg.Poo
     )
     uow.note(TimelineEntry(instance_id="r-odd", event="run_started", message=odd, details={"d": odd}))
     async with pool.acquire() as conn, conn.transaction():
-        await repository.flush(conn, uow, workflow_row())
+        await writes.flush(conn, uow, workflow_row())
     async with pool.acquire() as conn:
         state = await repository.load_workflow_state(conn, "wf")
         timeline = await conn.fetchrow(
@@ -350,3 +353,109 @@ async def test_every_value_a_batch_writes_reads_back_as_it_was(pool: asyncpg.Poo
     assert back.steps[odd].outputs == {"o": odd}
     assert timeline["message"] == odd
     assert json.loads(timeline["details"]) == {"d": odd}
+
+
+# ------------------------------------------------------------------ a batch without a transaction block
+
+CONFIG = repository.WorkflowConfig(
+    active=True, active_version=1, run_strategy="parallel", max_concurrency=10, paused=False
+)
+
+
+def unlocked(config: repository.WorkflowConfig = CONFIG) -> writes.Unlocked:
+    """A batch computed without the lock with ``config``, which started run r1 as a new one."""
+    return writes.Unlocked(contextlib.AsyncExitStack(), config, ["r1"])
+
+
+async def test_an_unlocked_batch_is_one_statement_that_commits_and_checks_itself(pool: asyncpg.Pool) -> None:
+    """No BEGIN, no lock statement, no COMMIT: the flush's one statement writes the rows, locks the
+    workflow row, checks its configuration, the started runs and the lease, and commits as it ends."""
+    for dirty in (True, False):  # the check rides in the counters' update, or in a locking read of its own
+        async with pool.acquire() as conn:
+            await conn.execute(
+                "TRUNCATE workflow_instance, step_run, step_attempt, timeline, timer, outbox, event_outbox CASCADE"
+            )
+            statements = await warm(conn, batch())
+            uow = batch()
+            uow.workflow_dirty = dirty
+            await writes.flush(conn, uow, workflow_row(), guard=guard(), unlocked=unlocked())
+            await asyncio.sleep(0)  # the query logger is called soon after
+            assert statements == [statements[0]] and "legato_batch_check" in statements[0], statements
+            # The row is locked by the counters' update, or by a locking read when there is none.
+            assert ("UPDATE workflow" in statements[0]) is dirty
+            assert ("FOR UPDATE" in statements[0]) is not dirty and "FOR KEY SHARE" in statements[0]
+        async with pool.acquire() as other:  # committed: another session sees it
+            assert await other.fetchval("SELECT status FROM workflow_instance WHERE id = 'r1'") == "running"
+            assert await other.fetchval("SELECT count(*) FROM step_attempt") == 1
+        assert [m.msg_id for _, m in uow.outbox_rows] == ["work:r1.a.1"]
+
+
+async def _nothing_written(conn: asyncpg.Connection) -> None:
+    for table in ("step_run", "step_attempt", "timeline", "timer", "outbox", "event_outbox"):
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    assert await conn.fetchval("SELECT running_count FROM workflow WHERE id = 'wf'") == 0
+
+
+@pytest.mark.parametrize("dirty", [True, False])
+async def test_an_unlocked_batch_writes_nothing_if_the_workflow_changed_a_run_existed_or_the_lease_went(
+    pool: asyncpg.Pool, dirty: bool
+) -> None:
+    async with pool.acquire() as conn:
+
+        async def flush(config: repository.WorkflowConfig = CONFIG, token: int = TOKEN) -> None:
+            uow = batch()
+            uow.workflow_dirty = dirty
+            await writes.flush(conn, uow, workflow_row(), guard=guard(token), unlocked=unlocked(config))
+
+        # Configured otherwise than the batch was computed with (paused, another strategy or version).
+        for changed in (
+            {"paused": True},
+            {"run_strategy": "sequential"},
+            {"active_version": 2},
+            {"max_concurrency": 3},
+        ):
+            with pytest.raises(writes.WorkflowChangedUnderBatch):
+                await flush(config=dataclasses.replace(CONFIG, **changed))
+            assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
+            await _nothing_written(conn)
+        # The run it took for new exists (a start replayed after its run ended and left memory): the
+        # existing run is left as it was, not overwritten.
+        await conn.execute(
+            "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status) "
+            "VALUES ('r1', 'wf', 1, 'k1', '{}', 'succeeded')"
+        )
+        with pytest.raises(writes.WorkflowChangedUnderBatch):
+            await flush()
+        assert await conn.fetchval("SELECT status FROM workflow_instance WHERE id = 'r1'") == "succeeded"
+        await _nothing_written(conn)
+        await conn.execute("DELETE FROM workflow_instance")
+        # The lease is lost.
+        with pytest.raises(LeaseLost):
+            await flush(token=TOKEN + 1)
+        assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
+        await _nothing_written(conn)
+        # The workflow was deleted.
+        await conn.execute("DELETE FROM workflow WHERE id = 'wf'")
+        with pytest.raises(writes.WorkflowChangedUnderBatch):
+            await flush()
+        assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0
+
+
+async def test_an_unlocked_batch_waits_for_a_change_of_the_workflow_in_progress_and_sees_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """The API pausing the workflow holds the row while its transaction is open: the batch's statement
+    waits for it, then finds the row paused, and writes nothing. So no batch computed before a pause
+    commits after it."""
+    async with pool.acquire() as conn, pool.acquire() as api:
+        await warm(conn, batch())
+        async with api.transaction():
+            await api.execute("UPDATE workflow SET paused = true WHERE id = 'wf'")
+            flushing = asyncio.create_task(
+                writes.flush(conn, batch(), workflow_row(), guard=guard(), unlocked=unlocked())
+            )
+            await asyncio.sleep(0.3)
+            assert not flushing.done()  # waiting for the row
+        with pytest.raises(writes.WorkflowChangedUnderBatch):
+            await flushing
+        assert await conn.fetchval("SELECT count(*) FROM workflow_instance") == 0

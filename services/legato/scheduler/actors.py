@@ -3,12 +3,15 @@
 A consumer loop hands each decoded message to the workflow's actor and waits; the actor drains what is
 in its mailbox (up to ``batch``), applies it all in one Postgres transaction that holds the workflow
 row lock and re-checks the partition lease, commits, and only then resolves the waiting handlers, which
-ack. Idle actors are passivated and rebuilt from Postgres on their next message.
+ack. The common batch (``_apply``'s ``unlocked``) is that transaction in one statement, which takes the
+lock and checks what the batch was computed from as it writes. Idle actors are passivated and rebuilt
+from Postgres on their next message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +38,7 @@ from legato.protocol.messages import (
     StartRun,
     WorkflowChanged,
 )
-from legato.scheduler import actions, repository, run_events, run_spans
+from legato.scheduler import actions, repository, run_events, run_spans, writes
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
 from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
@@ -76,6 +79,11 @@ Message = (
 )
 
 
+# Messages whose handlers only compute (they run no statement of their own): a batch of these alone
+# writes nothing but its flush, so it may run without a transaction block (``WorkflowActor._apply``).
+_COMPUTE_ONLY = (StartRun, AttemptFinished, AttemptStarted, SignalWaitSatisfied, ChildFinished)
+
+
 @dataclass
 class Envelope:
     message: Message
@@ -102,6 +110,7 @@ class WorkflowActor:
         self.items_cache: dict[tuple[str, str], Any] = {}
         self.task: asyncio.Task[None] | None = None
         self.missing_versions: set[int] = set()  # asked for by starts of the current batch, not found
+        self._unlocked: writes.Unlocked | None = None  # the current batch, while it has no transaction block
 
     @property
     def batches(self) -> int:
@@ -121,11 +130,23 @@ class WorkflowActor:
     async def _commit(self, batch: list[Envelope]) -> list[Exception | None]:
         with bind_context(workflow_id=self.workflow_id):
             try:
-                return await self._apply(batch)
+                try:
+                    return await self._apply(batch, unlocked=True)
+                except writes.WorkflowChangedUnderBatch as exc:
+                    # Nothing was written: compute the batch again from Postgres, under the lock.
+                    log.info("batch_recomputed", reason=str(exc))
+                    self._unlocked = None
+                    self._forget_state()
+                    return await self._apply(batch, unlocked=False)
             except Exception:
-                self.state = None  # memory may be ahead of what committed: rebuild from Postgres
-                self.items_cache.clear()
+                self._forget_state()  # memory may be ahead of what committed: rebuild from Postgres
                 raise
+            finally:
+                self._unlocked = None
+
+    def _forget_state(self) -> None:
+        self.state = None
+        self.items_cache.clear()
 
     def _batch_error(self, exc: Exception) -> Exception | None:
         if self._ownership_problem(exc):
@@ -141,14 +162,27 @@ class WorkflowActor:
         # slow (a batch computing for longer than the idle timeout), and that counts as a failure.
         return isinstance(exc, OWNERSHIP_ERRORS) and self.registry.leaser.token(self.partition) is None
 
-    async def _apply(self, batch: list[Envelope]) -> list[Exception | None]:
+    async def _apply(self, batch: list[Envelope], *, unlocked: bool) -> list[Exception | None]:
+        """Apply ``batch`` in one transaction that holds the workflow row lock from its first statement,
+        or, ``unlocked``, when the workflow's state is in memory and every message only computes
+        (``_COMPUTE_ONLY``), with no statement before its one self-checking write (``writes``)."""
         reg = self.registry
         uow = UnitOfWork()
         starts = [e.message for e in batch if isinstance(e.message, StartRun)]
-        async with reg.pool.acquire() as conn, conn.transaction():
-            config, existing = await repository.lock_workflow(
-                conn, self.workflow_id, reg.leaser.guard(self.partition), [m.instance_id for m in starts]
-            )
+        async with reg.pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
+            config: repository.WorkflowConfig | None
+            existing: set[str] = set()
+            known = self.state
+            if unlocked and known is not None and all(isinstance(e.message, _COMPUTE_ONLY) for e in batch):
+                # Computed with the configuration in memory; the runs it starts must be new.
+                config = repository.WorkflowConfig.of(known.row)
+                new_runs = [m.instance_id for m in starts if m.instance_id not in known.instances]
+                self._unlocked = writes.Unlocked(stack, config, new_runs)
+            else:
+                await stack.enter_async_context(conn.transaction())
+                config, existing = await repository.lock_workflow(
+                    conn, self.workflow_id, reg.leaser.guard(self.partition), [m.instance_id for m in starts]
+                )
             if config is None:
                 self.state = None  # deleted: a workflow pushed again under this id starts afresh
                 unknown = Poison(f"unknown workflow {self.workflow_id!r}")
@@ -171,7 +205,11 @@ class WorkflowActor:
                 conn, self.workflow_id, versions, optional=asked
             )
             versions -= self.missing_versions
-            await self._load_tags(conn, state, versions)
+            tags = self._tag_names(versions)
+            if tags and self._unlocked is not None:
+                # Concurrency tags are shared with other workflows: locked for the whole batch.
+                await self._lock_late(conn)
+            state.tags = await repository.lock_tags(conn, tags)
             state.begin_batch()
             engine = RunEngine(
                 state,
@@ -237,7 +275,16 @@ class WorkflowActor:
             self.workflow_id,
             lambda iid: uow.instances.get(iid) or instances.get(iid),
         )
-        await repository.flush(conn, uow, engine.state.row, guard=guard)
+        unlocked = self._unlocked
+        if unlocked is not None and (guard is None or writes.needs_follow(uow)):
+            await self._lock_late(conn)  # more than one statement to write: in a transaction block
+            unlocked = None
+        await writes.flush(conn, uow, engine.state.row, guard=guard, unlocked=unlocked)
+
+    async def _lock_late(self, conn: asyncpg.Connection) -> None:
+        unlocked, self._unlocked = self._unlocked, None
+        assert unlocked is not None
+        await writes.lock_late(conn, self.workflow_id, self.registry.leaser.guard(self.partition), unlocked)
 
     async def _collect(self, conn: asyncpg.Connection, engine: RunEngine) -> None:
         """Finish foreach steps whose iterations all ended, with their outputs in item order."""
@@ -257,14 +304,14 @@ class WorkflowActor:
                     results[r.iteration] = r.outputs or {}
             engine.complete_foreach(parent, step_id, results)
 
-    async def _load_tags(self, conn: asyncpg.Connection, state: WorkflowState, versions: set[int]) -> None:
-        """Lock and load the named concurrency tags this workflow's steps use."""
+    def _tag_names(self, versions: set[int]) -> list[str]:
+        """The named concurrency tags this workflow's steps use (``repository.lock_tags`` locks them)."""
         tags: set[str] = set()
         for version in versions:
             compiled = self.registry.definitions.get(self.workflow_id, version)
             for sid in compiled.topo_order:
                 tags.update(compiled.step(sid).concurrency_tags)
-        state.tags = await repository.lock_tags(conn, sorted(tags))
+        return sorted(tags)
 
     async def _apply_one(
         self,

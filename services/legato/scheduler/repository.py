@@ -27,13 +27,10 @@ from legato.scheduler.state import (
     StepState,
     StoppingAttempt,
     TagState,
-    UnitOfWork,
     WorkflowRow,
     WorkflowState,
 )
-from legato.store import outbox
 from legato.store.keys import probe
-from legato.store.outbox import OUTBOX_ARGS, OUTBOX_IDS, outbox_args, outbox_ctes, outbox_rows
 
 if TYPE_CHECKING:
     from legato.scheduler.leases import LeaseGuard
@@ -315,6 +312,10 @@ class WorkflowConfig:
     max_concurrency: int
     paused: bool
 
+    @classmethod
+    def of(cls, row: WorkflowRow) -> WorkflowConfig:
+        return cls(row.active, row.active_version, row.run_strategy, row.max_concurrency, row.paused)
+
 
 def existing_runs(ids: str) -> str:
     """Which of the run ids ``ids`` (an SQL array) exist: an index probe per id (``store.keys``)."""
@@ -511,147 +512,3 @@ async def unsettled_attempts(
         )
         for r in rows
     ]
-
-
-# ------------------------------------------------------------------ writing a batch
-
-
-_CANCEL_TIMERS = (
-    "DELETE FROM timer t USING unnest(${0}::text[], ${1}::text[], ${2}::text[]) AS c (instance_id, kind, step_id) "
-    "WHERE t.instance_id = c.instance_id AND (c.kind IS NULL OR t.kind = c.kind) "
-    "AND (c.step_id IS NULL OR t.step_id = c.step_id)"
-)
-_UPDATE_WORKFLOW = (
-    "UPDATE workflow SET running_count = ${1}::int, queued_count = ${2}::int, blocked_by = ${3}::text, "
-    "blocked_since = ${4}::timestamptz, updated_at = now() WHERE id = ${0}::text"
-)
-# The other parts of a flush's statement: SQL whose arguments are numbered from {0}, and how many.
-_STATEMENT_PARTS = {"cancel_timers": (_CANCEL_TIMERS, 3), "workflow": (_UPDATE_WORKFLOW, 5)}
-
-
-def _flush_sql(parts: tuple[str, ...], guard: LeaseGuard | None) -> str:
-    """The one statement of a flush: a data-modifying CTE per part, then ``guard``. The parts cannot see
-    each other's rows, so no two touch the same rows: only the timer cancellations and the new timers
-    share a table, and a cancellation must not drop the timers the flush adds."""
-    ctes: list[str] = []
-    n = 1  # the next argument's number
-    for part in parts:
-        if part == "outbox":
-            ctes.append(outbox_ctes(n))
-            n += OUTBOX_ARGS
-        elif part == "events":
-            ctes.append(outbox.event_outbox_cte(n))
-            n += outbox.EVENT_OUTBOX_ARGS
-        elif part in _STATEMENT_PARTS:
-            sql, count = _STATEMENT_PARTS[part]
-            ctes.append(f"w_{part} AS ({sql.format(*range(n, n + count))})")
-            n += count
-        else:
-            table, cols, types, key, updatable = _BULK_PARTS[part]
-            ctes.append(f"w_{part} AS ({_bulk_upsert_sql(table, cols, types, key, updatable, n)})")
-            n += 1
-    lease = guard.sql(n) if guard is not None else "true"
-    ids = OUTBOX_IDS if "outbox" in parts else "NULL::bigint[]"
-    return f"WITH {', '.join(ctes)} SELECT {lease} AS lease, {ids} AS outbox_ids"
-
-
-_FLUSH_SQL: dict[tuple[tuple[str, ...], bool | None], str] = {}  # by parts, and the guard's kind
-
-
-async def flush(
-    conn: asyncpg.Connection, uow: UnitOfWork, wf: WorkflowRow, *, guard: LeaseGuard | None = None
-) -> None:
-    """Write everything ``uow`` recorded so far and start it afresh (a batch may flush more than once).
-
-    ``guard``: the transaction's final lease check, run in the flush's last statement (so it costs no
-    round trip of its own); ``LeaseLost`` if it fails."""
-    rows: dict[str, Sequence[object]] = {
-        "instances": _arrival_order(uow.instances.values()),
-        "steps": list(uow.steps.values()),
-        "attempts": list(uow.attempts.values()),
-        "timeline": uow.timeline,
-        "timers": uow.timers,
-    }
-    parts: list[str] = []
-    args: list[Any] = []
-    if cancels := list(uow.cancel_timers):  # beside the timers this flush adds: it cannot see them
-        parts.append("cancel_timers")
-        args += [[c.instance_id for c in cancels], [c.kind for c in cancels], [c.step_id for c in cancels]]
-    for part, items in rows.items():
-        if items:
-            parts.append(part)
-            args.append(_bulk_rows(items, _BULK_PARTS[part][1]))
-    if uow.outbox:
-        parts.append("outbox")
-        args += outbox_args(uow.outbox)
-    if uow.events:
-        parts.append("events")
-        args += outbox.event_outbox_args(uow.events)
-    if uow.workflow_dirty:
-        parts.append("workflow")
-        args += [wf.id, wf.running_count, wf.queued_count, wf.blocked_by, wf.blocked_since]
-    # The statements that must follow the bulk writes (they update the rows it upserts).
-    follow = any((uow.stops_settled, uow.orphans_settled, uow.actions, uow.permits_del, uow.permits_add))
-    follow = follow or any((uow.waiters_del, uow.waiters_add, uow.unblocked_instances))
-    fold = guard if not follow else None
-    if parts:
-        key = (tuple(parts), None if fold is None else fold.final)
-        sql = _FLUSH_SQL.get(key) or _FLUSH_SQL.setdefault(key, _flush_sql(key[0], fold))
-        row = await conn.fetchrow(sql, *args, *(fold.args if fold else ()))
-        if fold is not None:
-            fold.verify(row["lease"])
-        if uow.outbox:
-            uow.outbox_rows += outbox_rows(row["outbox_ids"], uow.outbox)
-    elif fold is not None:
-        await fold.check(conn)
-    if uow.stops_settled:
-        await conn.executemany(
-            "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
-            "log_tail = coalesce($3, log_tail), error = $4 WHERE id = $1",
-            [(s.attempt_id, s.ended_at, s.log_tail, s.error) for s in uow.stops_settled],
-        )
-    if uow.orphans_settled:
-        await conn.executemany(
-            "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
-            "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
-            [(o.attempt_id, o.error) for o in uow.orphans_settled],
-        )
-    if uow.actions:
-        await conn.executemany(
-            "INSERT INTO operator_action (id, workflow_id, instance_id, action, actor, reason, result) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            [
-                (a.action_id, a.workflow_id, a.instance_id, a.action, a.actor, a.reason, a.result)
-                for a in uow.actions
-            ],
-        )
-    if uow.permits_del:
-        await conn.executemany(
-            "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2",
-            [(p.tag, p.attempt_id) for p in uow.permits_del],
-        )
-    if uow.permits_add:
-        await conn.executemany(
-            "INSERT INTO tag_permit (tag, attempt_id, workflow_id, instance_id, step_id) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            [(p.tag, p.attempt_id, p.workflow_id, p.instance_id, p.step_id) for p in uow.permits_add],
-        )
-    if uow.waiters_del:
-        await conn.executemany(
-            "DELETE FROM tag_waiter WHERE tag = $1 AND instance_id = $2 AND step_id = $3",
-            [(w.tag, w.instance_id, w.step_id) for w in uow.waiters_del],
-        )
-    if uow.waiters_add:
-        await conn.executemany(
-            "INSERT INTO tag_waiter (tag, workflow_id, instance_id, step_id, since) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT DO NOTHING",
-            [(w.tag, w.workflow_id, w.instance_id, w.step_id, w.since) for w in uow.waiters_add],
-        )
-    if uow.unblocked_instances:
-        await conn.execute(
-            "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
-            uow.unblocked_instances,
-        )
-    if follow and guard is not None:
-        await guard.check(conn)
-    uow.written()

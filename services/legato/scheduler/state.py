@@ -2,7 +2,7 @@
 
 An actor loads the workflow row, its queued and running runs, and the steps and current attempts of
 the running ones when it activates. Messages mutate these objects and record what changed in a ``UnitOfWork``; each batch of
-messages ends with one ``repository.flush`` that writes every change in a handful of bulk statements
+messages ends with one ``writes.flush`` that writes every change in a handful of bulk statements
 inside the batch's transaction. If the transaction fails, the actor throws the state away and reloads it from Postgres:
 Postgres is the truth, memory is a cache that is only trusted while it matches a committed state.
 """
@@ -384,7 +384,7 @@ class OrphanSettled:
 
 @dataclass
 class UnitOfWork:
-    """Changes made while applying one batch, written in bulk by ``repository.flush`` inside the
+    """Changes made while applying one batch, written in bulk by ``writes.flush`` inside the
     batch's transaction."""
 
     instances: dict[str, InstanceState] = field(default_factory=dict)
