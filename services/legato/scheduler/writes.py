@@ -79,7 +79,7 @@ _UPDATE_WORKFLOW = (
 )
 # The other parts of a flush's statement: SQL whose arguments are numbered from {0}, and how many.
 _STATEMENT_PARTS = {"cancel_timers": (_CANCEL_TIMERS, 3), "workflow": (_UPDATE_WORKFLOW, 5)}
-# A batch without a transaction block (``flush``'s ``unchanged``): the workflow row must still have the
+# A batch without a transaction block (``flush``'s ``unlocked``): the workflow row must still have the
 # configuration the batch was computed with, checked (and the row locked until the statement commits)
 # by the one part of the statement that touches that row: the counters' update when it has one, else a
 # locking read. Arguments from {0}: the five configuration columns.
@@ -115,18 +115,12 @@ def _flush_sql(
     each other's rows, so no two touch the same rows: only the timer cancellations and the new timers
     share a table, and a cancellation must not drop the timers the flush adds.
 
-    ``checked``: the statement commits on its own (``flush``'s ``unchanged``), so it aborts itself
+    ``checked``: the statement commits on its own (``flush``'s ``unlocked``), so it aborts itself
     (``legato_batch_check``) unless the lease holds, the workflow row is as the batch read it and
     (``probing``) the runs it started are new."""
     ctes: list[str] = []
     n = 1  # the next argument's number
     for part in parts:
-        if checked and part == "workflow":
-            sql, count = _STATEMENT_PARTS[part]
-            config = _CONFIG_IS.format(*range(n + count, n + count + CONFIG_ARGS))
-            ctes.append(f"w_{part} AS ({sql.format(*range(n, n + count))} AND {config} RETURNING 1)")
-            n += count + CONFIG_ARGS
-            continue
         if part == "outbox":
             ctes.append(outbox_ctes(n))
             n += OUTBOX_ARGS
@@ -135,8 +129,12 @@ def _flush_sql(
             n += outbox.EVENT_OUTBOX_ARGS
         elif part in _STATEMENT_PARTS:
             sql, count = _STATEMENT_PARTS[part]
-            ctes.append(f"w_{part} AS ({sql.format(*range(n, n + count))})")
+            sql = sql.format(*range(n, n + count))
             n += count
+            if checked and part == "workflow":  # the counters' update is the check and the row lock
+                sql += f" AND {_CONFIG_IS.format(*range(n, n + CONFIG_ARGS))} RETURNING 1"
+                n += CONFIG_ARGS
+            ctes.append(f"w_{part} AS ({sql})")
         else:
             table, cols, types, key, updatable = _BULK_PARTS[part]
             ctes.append(f"w_{part} AS ({_bulk_upsert_sql(table, cols, types, key, updatable, n)})")
