@@ -29,12 +29,12 @@ import asyncpg
 
 from legato.scheduler import repository
 from legato.scheduler.repository import (
-    _BULK_PARTS,
+    BULK_PARTS,
     WorkflowConfig,
-    _arrival_order,
-    _bulk_rows,
-    _bulk_upsert_sql,
-    _encode_rows,
+    arrival_order,
+    bulk_rows,
+    bulk_upsert_sql,
+    encode_rows,
 )
 from legato.scheduler.state import UnitOfWork, WorkflowRow
 from legato.store import outbox
@@ -136,8 +136,8 @@ def _flush_sql(
                 n += CONFIG_ARGS
             ctes.append(f"w_{part} AS ({sql})")
         else:
-            table, cols, types, key, updatable = _BULK_PARTS[part]
-            ctes.append(f"w_{part} AS ({_bulk_upsert_sql(table, cols, types, key, updatable, n)})")
+            table, cols, types, key, updatable = BULK_PARTS[part]
+            ctes.append(f"w_{part} AS ({bulk_upsert_sql(table, cols, types, key, updatable, n)})")
             n += 1
     if checked and "workflow" not in parts:
         ctes.append(f"w_unchanged AS ({_LOCK_UNCHANGED.format(*range(n, n + CONFIG_ARGS + 1))})")
@@ -183,7 +183,7 @@ async def flush(
     started existed (``WorkflowChangedUnderBatch``), and the lease (``guard``, required) holds
     (``LeaseLost``)."""
     rows: dict[str, Sequence[object]] = {
-        "instances": _arrival_order(uow.instances.values()),
+        "instances": arrival_order(uow.instances.values()),
         "steps": list(uow.steps.values()),
         "attempts": list(uow.attempts.values()),
         "timeline": uow.timeline,
@@ -197,7 +197,7 @@ async def flush(
     for part, items in rows.items():
         if items:
             parts.append(part)
-            args.append(_bulk_rows(items, _BULK_PARTS[part][1]))
+            args.append(bulk_rows(items, BULK_PARTS[part][1]))
     if uow.outbox:
         parts.append("outbox")
         args += outbox_args(uow.outbox)
@@ -221,7 +221,7 @@ async def flush(
         # last), else with the workflow's id for a locking read of its own.
         args += config if "workflow" in parts else [*config, wf.id]
         if probing := bool(unlocked.new_runs):
-            args.append(_encode_rows(unlocked.new_runs).decode())
+            args.append(encode_rows(unlocked.new_runs).decode())
     if parts or checked:
         key = (tuple(parts), None if fold is None else fold.final, checked, probing)
         sql = _FLUSH_SQL.get(key) or _FLUSH_SQL.setdefault(key, _flush_sql(key[0], fold, checked, probing))
