@@ -1,11 +1,17 @@
 """Servers for the benchmarks: embedded nats-server and PostgreSQL in a temp folder, or external ones
-from LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL."""
+from LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL.
+
+Nothing a benchmark starts outlives it: SIGTERM (``timeout``, a cancelled job) unwinds it like Ctrl-C,
+stopping its services and servers, and the kernel stops them if it is killed (``tie_to_bench``); a
+stack left running would load the machine the next benchmark measures on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
+import signal
 import tempfile
 import time
 import uuid
@@ -52,6 +58,7 @@ def bench_servers(
     tmp = Path(tempfile.mkdtemp(prefix="legato-bench-"))
     tmp.chmod(0o711)
     started: list[EmbeddedNats | EmbeddedPostgres | NatsCluster] = []
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     keyring = Keyring(tmp / "keys").ensure() if auth else None
     replicas = 1
     try:
@@ -64,18 +71,18 @@ def bench_servers(
             nats_url = cluster.url
             replicas = 3 if nats_nodes >= 3 else 1
         elif not nats_url:
-            nats = EmbeddedNats(
-                tmp / "nats", preferred_port=0, users=keyring.users() if keyring else None
-            ).start()
-            started.append(nats)
+            nats = EmbeddedNats(tmp / "nats", preferred_port=0, users=keyring.users() if keyring else None)
+            nats.stop_with_parent = True
+            started.append(nats.start())
             nats_url = nats.url
         db_url = os.environ.get("LEGATO_BENCH_DATABASE_URL")
         pg_log = None
         if not db_url:
             # Only when given: a checkout measured with ``--code`` may predate the argument.
             more = {"settings": pg_settings} if pg_settings else {}
-            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True, **more).start()
-            started.append(pg)
+            pg = EmbeddedPostgres(tmp / "pg", preferred_port=0, durable=True, **more)
+            pg.stop_with_parent = True
+            started.append(pg.start())
             db_url = pg.url(f"{db_name}_{uuid.uuid4().hex[:6]}")
             pg_log = pg.log_path
         namespace = f"bench{uuid.uuid4().hex[:6]}"
@@ -84,6 +91,21 @@ def bench_servers(
         for server in reversed(started):
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds a benchmark as Ctrl-C does: every ``finally`` stops what it started."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def tie_to_bench(stack: Stack) -> Stack:
+    """The stack's services stop when the benchmark's process dies, kill -9 included (start it from the
+    main thread). A checkout measured with ``--code``/``--against`` may predate the attribute: then its
+    services are only stopped by the benchmark's own ``finally``."""
+    for service in stack.services.values():
+        service.stop_with_parent = True
+    return stack
 
 
 def bench_settings(servers: BenchServers, partitions: int = 8) -> Settings:
@@ -122,7 +144,7 @@ async def bench_stack(
     connection; all closed and stopped after."""
     await ensure_database(settings.database_url)
     await migrate_url(settings.database_url)
-    stack = Stack(settings, log_dir, **stack_options)
+    stack = tie_to_bench(Stack(settings, log_dir, **stack_options))
     stack.start()
     try:
         client = await LegatoClient.connect(

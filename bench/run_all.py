@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from legato.devstack.processes import die_with_parent
+
 HERE = Path(__file__).parent
 # table.py runs profile.py, e2e.py, signals.py and foreach.py and ends with the performance table.
 ORDER = [
@@ -28,7 +30,8 @@ def main() -> int:
         if not path.exists():
             continue
         print(f"\n=== {name} " + "=" * (60 - len(name)), flush=True)
-        code = subprocess.call([sys.executable, str(path), *sys.argv[1:]])
+        # A bench stops, and stops what it started, when this runner is stopped.
+        code = subprocess.call([sys.executable, str(path), *sys.argv[1:]], preexec_fn=die_with_parent())
         if code != 0:
             failed.append(name)
     if failed:

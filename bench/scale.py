@@ -33,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, cpu_between, sample_cpu, wait_api
+from _servers import bench_servers, bench_settings, cpu_between, sample_cpu, tie_to_bench, wait_api
 from legato.bus.topology import partition_of
 from legato.client import LegatoClient
 from legato.config.settings import Settings
@@ -102,7 +102,7 @@ async def rebalance(settings: Settings, log_dir: Path, replicas: int, ttl: float
 
 
 async def takeover(settings: Settings, log_dir: Path, fault: str, ttl: float) -> float:
-    stack = Stack(settings, log_dir, schedulers=2, lease_ttl=ttl, concurrency=32)
+    stack = tie_to_bench(Stack(settings, log_dir, schedulers=2, lease_ttl=ttl, concurrency=32))
     stack.services.pop("signal_router", None)
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, actor="bench")
@@ -165,13 +165,15 @@ async def throughput(
     settings: Settings, log_dir: Path, replicas: int, runs: int, ttl: float
 ) -> tuple[float, float, dict[str, float]]:
     """(runs/s, seconds, CPU seconds per process kind) for ``runs`` runs with ``replicas`` schedulers."""
-    stack = Stack(
-        settings,
-        log_dir,
-        schedulers=replicas,
-        lease_ttl=ttl,
-        concurrency=64,
-        extra_env={"LEGATO_STREAM_REPLICAS": str(settings.stream_replicas)},
+    stack = tie_to_bench(
+        Stack(
+            settings,
+            log_dir,
+            schedulers=replicas,
+            lease_ttl=ttl,
+            concurrency=64,
+            extra_env={"LEGATO_STREAM_REPLICAS": str(settings.stream_replicas)},
+        )
     )
     stack.services.pop("signal_router", None)
     stack.start()

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).parent.parent))  # tests.support.container_image
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, percentile, tie_to_bench, wait_api
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -158,7 +158,9 @@ async def run(args: argparse.Namespace, settings: Settings, tmp: Path) -> None:
         "LEGATO_CONNECTION_BENCH": settings.database_url,
         "LEGATO_CONTAINER_EXTRA_ARGS": os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS),
     }
-    stack = Stack(settings, tmp / "logs", executors=1, concurrency=args.executor_concurrency, extra_env=env)
+    stack = tie_to_bench(
+        Stack(settings, tmp / "logs", executors=1, concurrency=args.executor_concurrency, extra_env=env)
+    )
     stack.start()
     client = await LegatoClient.connect(settings.nats_url, namespace=settings.namespace, timeout=30)
     try:

@@ -38,6 +38,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from legato.devstack.processes import die_with_parent
+
 HERE = Path(__file__).parent
 
 
@@ -127,7 +129,11 @@ def run_bench(argv: list[str], code: Path | None) -> str:
         env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     print(f"--- {' '.join(argv)}", flush=True)
     proc = subprocess.run(
-        [sys.executable, str(HERE / argv[0]), *argv[1:]], env=env, capture_output=True, text=True
+        [sys.executable, str(HERE / argv[0]), *argv[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=die_with_parent(),  # a bench stops, and stops what it started, when the table is stopped
     )
     out = proc.stdout
     for line in out.splitlines():

@@ -20,7 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.web.support: the console and Chromium
 
-from _servers import bench_servers, bench_settings, percentile, wait_api
+from _servers import bench_servers, bench_settings, percentile, tie_to_bench, wait_api
 from legato.client import LegatoClient
 from legato.devstack.processes import Stack
 from legato.protocol.events import StepEvent, decode_event
@@ -115,8 +115,8 @@ async def run(args: argparse.Namespace) -> None:
         settings = bench_settings(servers)
         await ensure_database(settings.database_url)
         await migrate_url(settings.database_url)
-        stack = Stack(
-            settings, servers.tmp / "logs", concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"}
+        stack = tie_to_bench(
+            Stack(settings, servers.tmp / "logs", concurrency=128, extra_env={"OTEL_SDK_DISABLED": "true"})
         )
         stack.start()
         client = await LegatoClient.connect(

@@ -43,6 +43,9 @@ class ServiceProcess:
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # SIGTERM from the kernel when the process that started it dies, kill -9 included (a
+        # benchmark's services must not outlive it and load the machine the next one measures on).
+        self.stop_with_parent = False
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,6 +57,7 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.stop_with_parent else None,
         )
         log.close()
         self.starts += 1
