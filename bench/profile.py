@@ -35,6 +35,23 @@ does), pushes a one-noop-step workflow, then:
    absorb, the cores used stop growing and the CPU per run only says how many cores there are. Compare
    two versions' CPU at rates well below that point.
 
+``--bus``: the unloaded runs' two longest hops are split where their message reached nats-server: a
+passive subscriber on the trigger, work and events subjects notes when it got each run's start, work
+item and result (its own receive time, on the same clock; the subscriber costs the server one more
+copy of each message, so the round trip is not comparable with a run without ``--bus``):
+
+   | hop | from → to |
+   |---|---|
+   | API → start published | accepted → the start reached the bus (the API's statement and commit,
+     its outbox relay) |
+   | start published → run started | the bus → the scheduler's batch began the run (delivery, fetch,
+     mailbox) |
+   | dispatched → work published | the run's batch computed → the work item reached the bus (the
+     batch's statement and commit, the relay) |
+   | work published → executor started | the bus → the step began (delivery, fetch, the claim) |
+   | step ended → result published | the executor's result reached the bus |
+   | result published → run ended | the bus → the scheduler's batch ended the run |
+
 ``--statements``: Postgres logs every statement, and the saturated and paced phases each end with the
 SQL statements they ran per run, by session (``_statements.py``): what a run costs in statements, the
 first thing to cut. The CPU figures are then not comparable (logging costs Postgres CPU).
@@ -48,8 +65,11 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import msgspec
+import nats.aio.client
 import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,8 +86,10 @@ from _servers import (
 )
 from _statements import STATEMENT_LOG, mark_sql, statements_between
 from _statements import report as report_statements
+from legato.bus.topology import Topology
 from legato.client import LegatoClient
 from legato.config.settings import Settings
+from legato.protocol.messages import AttemptFinished, StartRun, decode_event, decode_trigger, decode_work
 
 WORKFLOW = """
 id: bench-profile
@@ -77,6 +99,20 @@ steps:
   - id: only
     type: noop
 """
+
+# With ``--bus``: the hops split where each run's messages reached nats-server (``BusWatch``).
+BUS_HOPS = (
+    ("client -> API accepted", "requested_at", "sent_at"),
+    ("API -> start published", "start_published", "requested_at"),
+    ("start published -> run started", "run_started_at", "start_published"),
+    ("run started -> work dispatched", "dispatched_at", "run_started_at"),
+    ("dispatched -> work published", "work_published", "dispatched_at"),
+    ("work published -> executor started", "attempt_started_at", "work_published"),
+    ("step body (noop)", "attempt_ended_at", "attempt_started_at"),
+    ("step ended -> result published", "result_published", "attempt_ended_at"),
+    ("result published -> run ended", "run_ended_at", "result_published"),
+    ("round trip: sent -> run ended", "run_ended_at", "sent_at"),
+)
 
 TERMINAL = "('succeeded', 'failed', 'stopped', 'timed_out', 'skipped')"
 
@@ -126,24 +162,78 @@ async def last_end(conn: asyncpg.Connection) -> float:
     return float(value)
 
 
-def hops_of(rows: list[asyncpg.Record], sent: dict[str, float]) -> dict[str, list[float]]:
+def hops_of(
+    rows: list[asyncpg.Record] | list[dict[str, Any]],
+    sent: dict[str, float],
+    published: dict[str, dict[str, float]] | None = None,
+    table: tuple[tuple[str, str, str], ...] = HOPS,
+) -> dict[str, list[float]]:
+    """Each hop's durations (ms) over ``rows`` (``PATH_QUERY``'s), with when each run's start was sent
+    and, for ``BUS_HOPS``, when its messages were published (``BusWatch.published``)."""
     hops: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        values = {**dict(r), "sent_at": sent[r["id"]]}
-        for label, end, start in HOPS:
-            if values[end] is not None and values[start] is not None:
+        values = {**dict(r), "sent_at": sent[r["id"]], **(published or {}).get(r["id"], {})}
+        for label, end, start in table:
+            if values.get(end) is not None and values.get(start) is not None:
                 hops[label].append((float(values[end]) - float(values[start])) * 1000)
     return hops
 
 
 def report_hops(
-    n: int, hops: dict[str, list[float]], what: str = "unloaded one-noop-step runs, one at a time"
+    n: int,
+    hops: dict[str, list[float]],
+    what: str = "unloaded one-noop-step runs, one at a time",
+    table: tuple[tuple[str, str, str], ...] = HOPS,
 ) -> None:
     print(f"critical path of {n} {what} (ms):")
-    print(f"  {'hop':34} {'p50':>8} {'p99':>8}")
-    for label, _, _ in HOPS:
-        print(f"  {label:34} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
+    print(f"  {'hop':36} {'p50':>8} {'p99':>8}")
+    for label, _, _ in table:
+        print(f"  {label:36} {percentile(hops[label], 50):8.2f} {percentile(hops[label], 99):8.2f}")
     print("  (the round trip is measured to the run's recorded end; the waiting client polls Postgres)")
+
+
+class BusWatch:
+    """A passive subscriber on the trigger, work and events subjects: when each run's start, work item
+    and result reached nats-server (this process's receive time), by run id. The first copy counts (a
+    message published again keeps its first time)."""
+
+    KINDS = (("trigger", "start_published"), ("work", "work_published"), ("event", "result_published"))
+
+    def __init__(self, nc: nats.aio.client.Client, topology: Topology) -> None:
+        self.nc = nc
+        self.topology = topology
+        self.published: dict[str, dict[str, float]] = defaultdict(dict)
+        self._subs: list[Any] = []
+
+    async def start(self) -> None:
+        for kind, field in self.KINDS:
+
+            async def noted(msg: Any, kind: str = kind, field: str = field) -> None:
+                self.note(kind, field, msg.data, time.time())
+
+            self._subs.append(await self.nc.subscribe(f"{self.topology.subject_prefix(kind)}>", cb=noted))
+        await self.nc.flush()
+
+    def note(self, kind: str, field: str, data: bytes, at: float) -> None:
+        """Note ``at`` for the run ``data`` (a message of ``kind``) is about, if it is one of the hops'."""
+        try:
+            if kind == "trigger":
+                message: Any = decode_trigger(data)
+                if not isinstance(message, StartRun):
+                    return
+            elif kind == "work":
+                message = decode_work(data)
+            else:
+                message = decode_event(data)
+                if not isinstance(message, AttemptFinished):
+                    return
+        except msgspec.MsgspecError:
+            return  # not a message this bench follows
+        self.published[message.instance_id].setdefault(field, at)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
 
 
 def print_switches(switches: dict[str, float], runs: int) -> None:
@@ -200,6 +290,9 @@ async def profile(
         await wait_ended(conn, 20)
 
         # 1. Unloaded round trips, one at a time.
+        watch = BusWatch(client.nc, Topology(namespace=settings.namespace)) if args.bus else None
+        if watch is not None:
+            await watch.start()
         sent: dict[str, float] = {}
         done = 20
         for i in range(args.sequential):
@@ -210,7 +303,10 @@ async def profile(
             done += 1
             await wait_ended(conn, done)
         rows = await conn.fetch(PATH_QUERY, list(sent)) if sent else []
-        if rows:
+        if rows and watch is not None:
+            await watch.stop()
+            report_hops(len(rows), hops_of(rows, sent, watch.published, BUS_HOPS), table=BUS_HOPS)
+        elif rows:
             report_hops(len(rows), hops_of(rows, sent))
 
         # 2. CPU per run at saturation.
@@ -329,6 +425,11 @@ def main() -> None:
         choices=("off", "on", "both"),
         default="off",
         help="on: nkey auth with per-role permissions, signed requests and work items; both: off then on",
+    )
+    parser.add_argument(
+        "--bus",
+        action="store_true",
+        help="split the unloaded runs' hops where their messages reached nats-server (a passive subscriber)",
     )
     parser.add_argument(
         "--statements",
