@@ -21,8 +21,9 @@ before an API's pause, push or delete commits after it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -157,11 +158,57 @@ def _flush_sql(
 _FLUSH_SQL: dict[tuple[tuple[str, ...], bool | None, bool, bool], str] = {}  # by parts, guard, checks
 
 
+# The statements that follow the flush's one, in this order (they update the rows it upserts): what
+# they take from the unit of work, the statement, and each item's arguments. (``flush`` ends with the
+# instances unblocked, one statement for them all.)
+_FOLLOW: tuple[tuple[Callable[[UnitOfWork], Sequence[Any]], str, Callable[[Any], Any]], ...] = (
+    (
+        lambda u: u.stops_settled,
+        "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
+        "log_tail = coalesce($3, log_tail), error = $4 WHERE id = $1",
+        attrgetter("attempt_id", "ended_at", "log_tail", "error"),
+    ),
+    (
+        lambda u: u.orphans_settled,
+        "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
+        "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
+        attrgetter("attempt_id", "error"),
+    ),
+    (
+        lambda u: u.actions,
+        "INSERT INTO operator_action (id, workflow_id, instance_id, action, actor, reason, result) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        attrgetter("action_id", "workflow_id", "instance_id", "action", "actor", "reason", "result"),
+    ),
+    (
+        lambda u: u.permits_del,
+        "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2",
+        attrgetter("tag", "attempt_id"),
+    ),
+    (
+        lambda u: u.permits_add,
+        "INSERT INTO tag_permit (tag, attempt_id, workflow_id, instance_id, step_id) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        attrgetter("tag", "attempt_id", "workflow_id", "instance_id", "step_id"),
+    ),
+    (
+        lambda u: u.waiters_del,
+        "DELETE FROM tag_waiter WHERE tag = $1 AND instance_id = $2 AND step_id = $3",
+        attrgetter("tag", "instance_id", "step_id"),
+    ),
+    (
+        lambda u: u.waiters_add,
+        "INSERT INTO tag_waiter (tag, workflow_id, instance_id, step_id, since) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT DO NOTHING",
+        attrgetter("tag", "workflow_id", "instance_id", "step_id", "since"),
+    ),
+)
+
+
 def needs_follow(uow: UnitOfWork) -> bool:
     """Whether writing ``uow`` takes statements after the flush's one (they update the rows it upserts):
     such a batch writes in a transaction block."""
-    follow = any((uow.stops_settled, uow.orphans_settled, uow.actions, uow.permits_del, uow.permits_add))
-    return follow or any((uow.waiters_del, uow.waiters_add, uow.unblocked_instances))
+    return bool(uow.unblocked_instances) or any(take(uow) for take, _, _ in _FOLLOW)
 
 
 async def flush(
@@ -240,49 +287,9 @@ async def flush(
             uow.outbox_rows += outbox_rows(row["outbox_ids"], uow.outbox)
     elif fold is not None:
         await fold.check(conn)
-    if uow.stops_settled:
-        await conn.executemany(
-            "UPDATE step_attempt SET stopping_until = NULL, ended_at = coalesce($2, ended_at), "
-            "log_tail = coalesce($3, log_tail), error = $4 WHERE id = $1",
-            [(s.attempt_id, s.ended_at, s.log_tail, s.error) for s in uow.stops_settled],
-        )
-    if uow.orphans_settled:
-        await conn.executemany(
-            "UPDATE step_attempt SET status = 'lost', failure_kind = 'platform', error = $2, "
-            "ended_at = now() WHERE id = $1 AND status IN ('dispatched', 'running')",
-            [(o.attempt_id, o.error) for o in uow.orphans_settled],
-        )
-    if uow.actions:
-        await conn.executemany(
-            "INSERT INTO operator_action (id, workflow_id, instance_id, action, actor, reason, result) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            [
-                (a.action_id, a.workflow_id, a.instance_id, a.action, a.actor, a.reason, a.result)
-                for a in uow.actions
-            ],
-        )
-    if uow.permits_del:
-        await conn.executemany(
-            "DELETE FROM tag_permit WHERE tag = $1 AND attempt_id = $2",
-            [(p.tag, p.attempt_id) for p in uow.permits_del],
-        )
-    if uow.permits_add:
-        await conn.executemany(
-            "INSERT INTO tag_permit (tag, attempt_id, workflow_id, instance_id, step_id) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            [(p.tag, p.attempt_id, p.workflow_id, p.instance_id, p.step_id) for p in uow.permits_add],
-        )
-    if uow.waiters_del:
-        await conn.executemany(
-            "DELETE FROM tag_waiter WHERE tag = $1 AND instance_id = $2 AND step_id = $3",
-            [(w.tag, w.instance_id, w.step_id) for w in uow.waiters_del],
-        )
-    if uow.waiters_add:
-        await conn.executemany(
-            "INSERT INTO tag_waiter (tag, workflow_id, instance_id, step_id, since) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT DO NOTHING",
-            [(w.tag, w.workflow_id, w.instance_id, w.step_id, w.since) for w in uow.waiters_add],
-        )
+    for take, sql, row in _FOLLOW:
+        if taken := take(uow):
+            await conn.executemany(sql, [row(item) for item in taken])
     if uow.unblocked_instances:
         await conn.execute(
             "UPDATE workflow_instance SET unblocked = true WHERE id = ANY($1::text[])",
