@@ -117,7 +117,8 @@ class GroupCommit(Generic[T, R]):
                 if self._closed:
                     return
                 try:
-                    first = await asyncio.wait_for(self._queue.get(), timeout=wait)
+                    async with asyncio.timeout(wait):
+                        first = await self._queue.get()
                 except TimeoutError:
                     if idle_timeout is not None and self._queue.empty():
                         return  # idle: the owner may passivate

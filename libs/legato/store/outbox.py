@@ -269,7 +269,8 @@ class OutboxRelay(Component):
             while not self._wake.is_set() and not polled:
                 until = min(poll_at, self._purge_at) if self._unpurged else poll_at
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, until - loop.time()))
+                    async with asyncio.timeout(max(0.0, until - loop.time())):
+                        await self._wake.wait()
                 except TimeoutError:
                     polled = loop.time() >= poll_at
                     if self._unpurged and loop.time() >= self._purge_at:

@@ -89,7 +89,8 @@ class AttemptClaims:
         mine = AttemptRecord(executor=executor, token=token, claimed_at=time.time())
         key = claim_key(attempt_id)
         try:
-            await asyncio.wait_for(self.kv.create(key, _ENCODER.encode(mine)), KV_TIMEOUT)
+            async with asyncio.timeout(KV_TIMEOUT):
+                await self.kv.create(key, _ENCODER.encode(mine))
             return None
         except KeyWrongLastSequenceError:
             pass
@@ -103,7 +104,8 @@ class AttemptClaims:
 
     async def get(self, attempt_id: str) -> AttemptRecord | None:
         try:
-            entry = await asyncio.wait_for(self.kv.get(claim_key(attempt_id)), KV_TIMEOUT)
+            async with asyncio.timeout(KV_TIMEOUT):
+                entry = await self.kv.get(claim_key(attempt_id))
         except KeyNotFoundError:
             return None
         except Exception as exc:
@@ -121,6 +123,7 @@ class AttemptClaims:
             return
         record = AttemptRecord(executor=executor, token="", claimed_at=time.time(), result=payload)
         try:
-            await asyncio.wait_for(self.kv.put(claim_key(attempt_id), _ENCODER.encode(record)), KV_TIMEOUT)
+            async with asyncio.timeout(KV_TIMEOUT):
+                await self.kv.put(claim_key(attempt_id), _ENCODER.encode(record))
         except Exception as exc:
             log.warning("attempt_result_not_kept", error=repr(exc))
