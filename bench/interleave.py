@@ -1,0 +1,238 @@
+"""Two versions' unloaded round trips, measured at the same time: runs started one at a time,
+alternating between this checkout's code and another checkout's (``--against DIR``).
+
+A change worth a few tenths of a millisecond on a ~8 ms round trip cannot be told apart by running
+``profile.py`` before and after, back to back: on a shared machine the same code's p50 moves by 10 to 20 %
+from one run of it to the next (other tenants, the host's own load), more than such a change. Here
+each version has its own servers (an embedded nats-server and a durable PostgreSQL) and its own four
+services, started together; the runs alternate A B B A A B …, one in flight at a time, so whatever
+the machine does during the measurement falls on both versions alike. The idle stack costs the busy
+one little: heartbeats, standing pull requests and lease renewals.
+
+Prints each hop of the critical path (``profile.py``'s) for both versions, p50 and p99, the ratio of
+the p50s, and the round trip's p50 in each third of the runs (how steady the ratio was). The other
+checkout's services run with its ``libs`` and ``services`` first on ``PYTHONPATH``, and its own
+migrations build its database; this checkout's client starts both versions' runs. Not a test: it
+prints figures::
+
+    git worktree add /tmp/before <commit before the change>
+    python bench/interleave.py --against /tmp/before --runs 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import bench_servers, bench_settings, percentile, tie_to_bench, wait_api
+from legato.client import LegatoClient
+from legato.config.settings import Settings
+from legato.devstack.processes import Stack
+from legato.store.migrations import migrate_url
+from legato.store.pool import ensure_database
+
+
+def _profile_module():  # type: ignore[no-untyped-def]
+    # Loaded by path: the name ``profile`` is also a standard-library module's.
+    spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).parent / "profile.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+profile = _profile_module()
+
+
+def code_path(checkout: Path) -> str:
+    """``PYTHONPATH`` for the code of ``checkout`` (its libs and services first)."""
+    return os.pathsep.join(
+        [str(checkout / "libs"), str(checkout / "services"), os.environ.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
+
+
+def migrate_with(checkout: Path | None, url: str) -> None:
+    """Build the database at ``url`` with the migrations of ``checkout`` (None: this one's)."""
+    if checkout is None:
+        asyncio.run(_migrate(url))
+        return
+    script = (
+        "import asyncio, sys\n"
+        "from legato.store.migrations import migrate_url\n"
+        "from legato.store.pool import ensure_database\n"
+        "async def main(url):\n"
+        "    await ensure_database(url)\n"
+        "    await migrate_url(url)\n"
+        "asyncio.run(main(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": code_path(checkout)}
+    # The URL is an argument, never part of the script's text.
+    subprocess.run([sys.executable, "-c", script, url], env=env, check=True, capture_output=True)
+
+
+async def _migrate(url: str) -> None:
+    await ensure_database(url)
+    await migrate_url(url)
+
+
+@dataclass
+class Version:
+    """One version under measurement: its label, its code (None: this checkout), and once started its
+    client, database connection and runs (each run's id and when its start was sent)."""
+
+    label: str
+    code: Path | None
+    settings: Settings
+    log_dir: Path
+    client: LegatoClient | None = None
+    conn: asyncpg.Connection | None = None
+    stack: Stack | None = None
+    sent: dict[str, float] = field(default_factory=dict)
+    ended: int = 0
+
+
+@contextlib.asynccontextmanager
+async def running(version: Version) -> AsyncIterator[Version]:
+    """The version's services as processes on its migrated database, with a client and a connection."""
+    extra = {"PYTHONPATH": code_path(version.code)} if version.code is not None else None
+    await asyncio.to_thread(migrate_with, version.code, version.settings.database_url)
+    stack = tie_to_bench(Stack(version.settings, version.log_dir, concurrency=64, extra_env=extra))
+    stack.start()
+    version.stack = stack
+    try:
+        version.client = await LegatoClient.connect(
+            version.settings.nats_url,
+            namespace=version.settings.namespace,
+            timeout=30,
+            settings=version.settings,
+        )
+        version.conn = await asyncpg.connect(version.settings.database_url)
+        await wait_api(version.client)
+        await version.client.push(profile.WORKFLOW)
+        yield version
+    finally:
+        if version.conn is not None:
+            await version.conn.close()
+        if version.client is not None:
+            await version.client.close()
+        await asyncio.to_thread(stack.stop)
+
+
+async def one_run(version: Version, request_id: str, *, measured: bool) -> None:
+    """Start a run and wait until it ended (the poll that sees it is not part of the measure)."""
+    assert version.client is not None and version.conn is not None
+    t_sent = time.time()
+    reply = await version.client.start("bench-profile", request_id=request_id)
+    if measured:
+        version.sent[str(reply.instance_id)] = t_sent
+    version.ended += 1
+    await profile.wait_ended(version.conn, version.ended)
+
+
+def order(i: int) -> tuple[int, int]:
+    """Which version goes first in the i-th pair: A B, B A, A B, … (neither is always second)."""
+    return (0, 1) if i % 2 == 0 else (1, 0)
+
+
+async def measure(versions: list[Version], runs: int, warm: int = 20) -> None:
+    await asyncio.sleep(1.0)  # let each scheduler take its partitions
+    for i in range(warm):
+        for v in versions:
+            await one_run(v, f"warm{i}", measured=False)
+    for i in range(runs):
+        for k in order(i):
+            await one_run(versions[k], f"seq{i}", measured=True)
+    hops, trips = [], []
+    for v in versions:
+        assert v.conn is not None
+        rows = await v.conn.fetch(profile.PATH_QUERY, list(v.sent))
+        hops.append(profile.hops_of(rows, v.sent))
+        # The round trips in the order the runs were started: how the ratio held over the measure.
+        ended = {r["id"]: float(r["run_ended_at"]) for r in rows}
+        trips.append(
+            [(ended[i] - t) * 1000 for i, t in sorted(v.sent.items(), key=lambda kv: kv[1]) if i in ended]
+        )
+        if len(rows) != runs:
+            print(f"{v.label}: {len(rows)} of {runs} runs have a complete critical path")
+    report(versions, hops, trips, runs)
+
+
+def thirds(values: list[float]) -> list[list[float]]:
+    n = len(values)
+    return [values[k * n // 3 : (k + 1) * n // 3] for k in range(3)]
+
+
+def report(
+    versions: list[Version], hops: list[dict[str, list[float]]], trips: list[list[float]], runs: int
+) -> None:
+    a, b = versions
+    print(f"critical path of {runs} unloaded runs per version, interleaved one at a time (ms):")
+    print(f"  A = {a.label}, B = {b.label}")
+    print(f"  {'hop':34} {'A p50':>7} {'B p50':>7} {'B/A':>6} {'A p99':>8} {'B p99':>8}")
+    for label, _, _ in profile.HOPS:
+        pa, pb = percentile(hops[0][label], 50), percentile(hops[1][label], 50)
+        ratio = f"{pb / pa:6.2f}" if pa > 0 else "     -"
+        print(
+            f"  {label:34} {pa:7.2f} {pb:7.2f} {ratio} "
+            f"{percentile(hops[0][label], 99):8.2f} {percentile(hops[1][label], 99):8.2f}"
+        )
+    parts = [
+        f"{percentile(ta, 50):.2f} / {percentile(tb, 50):.2f} (B/A {percentile(tb, 50) / percentile(ta, 50):.2f})"
+        for ta, tb in zip(thirds(trips[0]), thirds(trips[1]), strict=True)
+        if ta and tb
+    ]
+    print(f"  round trip p50, A / B, in each third of the runs: {'; '.join(parts)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--against", type=Path, required=True, help="the other checkout (A; B is this one)")
+    parser.add_argument("--runs", type=int, default=300, help="unloaded runs per version")
+    parser.add_argument(
+        "--warm", type=int, default=20, help="runs per version before measuring (not counted)"
+    )
+    parser.add_argument("--auth", action="store_true", help="nkey auth, signed requests and work items")
+    args = parser.parse_args()
+    against = args.against.resolve()
+    if args.runs < 3:
+        parser.error(f"--runs {args.runs}: at least 3 (the report splits the runs in thirds)")
+    if not (against / "libs" / "legato").is_dir():
+        parser.error(f"--against {against}: not a Legato checkout (no libs/legato)")
+    with (
+        bench_servers("legato_interleave_a", auth=args.auth) as servers_a,
+        bench_servers("legato_interleave_b", auth=args.auth) as servers_b,
+    ):
+        versions = [
+            Version(
+                f"{against} (its libs and services first on PYTHONPATH)",
+                against,
+                bench_settings(servers_a),
+                servers_a.tmp / "logs",
+            ),
+            Version("this checkout", None, bench_settings(servers_b), servers_b.tmp / "logs"),
+        ]
+
+        async def run() -> None:
+            async with running(versions[0]), running(versions[1]):
+                await measure(versions, args.runs, args.warm)
+
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""``bench/interleave.py`` measures two versions' unloaded round trips at the same time, alternating
+their runs, so that a change of a few per cent is not lost in the machine's drift between two runs.
+
+What must hold for its figures to mean anything: the other checkout's services really run the other
+checkout's code (its ``libs`` and ``services`` first on ``PYTHONPATH``), each version's runs are
+measured against its own servers, neither version always goes second, and the report has every hop
+of both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.bench import BENCH, load_bench_module
+
+ROOT = BENCH.parent
+
+# Appended to the copy's scheduler package: a scheduler started from the copy says where it was
+# imported from (only when the test asks, by the variable).
+MARKER = """
+import os as _os
+if _os.environ.get("INTERLEAVE_TEST_MARK"):
+    with open(_os.environ["INTERLEAVE_TEST_MARK"], "a") as _f:
+        _f.write(__file__ + "\\n")
+"""
+
+
+def test_neither_version_always_goes_second() -> None:
+    interleave = load_bench_module("interleave.py")
+    firsts = [interleave.order(i)[0] for i in range(6)]
+    assert firsts == [0, 1, 0, 1, 0, 1]
+    assert all(sorted(interleave.order(i)) == [0, 1] for i in range(6))
+
+
+def test_thirds_keep_every_run_in_order() -> None:
+    interleave = load_bench_module("interleave.py")
+    values = [float(i) for i in range(10)]
+    parts = interleave.thirds(values)
+    assert len(parts) == 3 and all(parts)
+    assert [v for part in parts for v in part] == values
+
+
+def test_a_short_interleaved_run_measures_both_versions_each_with_its_own_code(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    for part in ("libs", "services"):
+        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(other / "services" / "legato" / "scheduler" / "__init__.py", "a") as f:
+        f.write(MARKER)
+    mark = tmp_path / "imported-from"
+    env = {**os.environ, "INTERLEAVE_TEST_MARK": str(mark)}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "interleave.py"), "--against", str(other), "--runs", "6", "--warm", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "critical path of 6 unloaded runs per version" in out
+    for hop in ("client -> API accepted", "dispatched -> executor started", "round trip: sent -> run ended"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(hop))
+        a_p50, b_p50, ratio = (float(x) for x in line[len(hop) + 2 :].split()[:3])
+        assert a_p50 > 0 and b_p50 > 0 and ratio > 0
+    assert "of 6 runs have a complete critical path" not in out  # every run of both was measured
+    assert "in each third of the runs" in out
+    # The copy's scheduler (A) ran the copy's code; this checkout's scheduler (B) never imports the marker.
+    imported = mark.read_text().split()
+    assert imported and all(Path(p).is_relative_to(other) for p in imported)
+    # A checkout that is not one is refused with what is wrong.
+    bad = subprocess.run(
+        [sys.executable, str(BENCH / "interleave.py"), "--against", str(tmp_path / "nowhere")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "not a Legato checkout" in bad.stderr
