@@ -25,6 +25,10 @@ with every pair's figures and the median ratio after/before of each (on a noisy 
 run's p99 can swing 3x; the pairs show it)::
 
     python bench/table.py --against /tmp/before --pairs 3
+
+With ``--against``, each pair also measures the unloaded round trip with ``interleave.py`` (both
+versions' stacks up at once, their runs alternated one at a time), a row of its own: back-to-back
+runs meet the machine at different times, and its drift moves one run's p50 by 10-20 %.
 """
 
 from __future__ import annotations
@@ -103,6 +107,32 @@ MEASURES = [
         "<= 100",
     ),
 ]
+
+
+# The unloaded round trip measured by ``interleave.py`` (``--against`` only): one run gives both sides,
+# A (before) in groups 1 and 3, B (after) in groups 2 and 4.
+INTERLEAVED = Measure(
+    "unloaded round trip, interleaved (interleave.py), p50 / p99 (ms)",
+    "interleave",
+    r"round trip: sent -> run ended\s+([\d.]+)\s+([\d.]+)\s+[\d.]+\s+([\d.]+)\s+([\d.]+)",
+    "12.4 / 17",
+    "<= half of the baseline's",
+)
+
+
+def interleaved(output: str) -> tuple[str, str]:
+    """The before and after figures (p50 / p99) of one ``interleave.py`` run."""
+    found = re.search(INTERLEAVED.pattern, output)
+    if found is None:
+        return "(not printed)", "(not printed)"
+    a50, b50, a99, b99 = found.groups()
+    return f"{a50} / {a99}", f"{b50} / {b99}"
+
+
+def interleave_run(before_code: Path, quick: bool) -> list[str]:
+    """``interleave.py``'s command line against ``before_code`` (``quick``: a handful of runs)."""
+    sizes = ["--runs", "10", "--warm", "2"] if quick else ["--runs", "300"]
+    return ["interleave.py", "--against", str(before_code), *sizes]
 
 
 def runs(quick: bool) -> dict[str, list[str]]:
@@ -192,15 +222,19 @@ def compare(before_code: Path, after_code: Path | None, pairs: int, quick: bool)
             for side, code in (("before", before_code), ("after", after_code)):
                 print(f"--- pair {i + 1} of {pairs}, {side} ({code or 'this checkout'})", flush=True)
                 outputs[side][name] = run_bench(argv, code)
-        for side in figures:
-            figures[side].append([figure(m, outputs[side][m.bench]) for m in MEASURES])
+        print(f"--- pair {i + 1} of {pairs}, both interleaved", flush=True)
+        # Run with the after side's code: its services are this run's B, the before side's its A.
+        both = interleaved(run_bench(interleave_run(before_code, quick), after_code))
+        for k, side in enumerate(figures):
+            figures[side].append([*(figure(m, outputs[side][m.bench]) for m in MEASURES), both[k]])
+    measures = [*MEASURES, INTERLEAVED]
     rows = [
         (
             m.label,
             *compared([p[j] for p in figures["before"]], [p[j] for p in figures["after"]]),
             m.goal,
         )
-        for j, m in enumerate(MEASURES)
+        for j, m in enumerate(measures)
     ]
     print_table(
         f"performance table, {pairs} pair(s) alternated, before = {before_code}, after = "
@@ -210,7 +244,7 @@ def compare(before_code: Path, after_code: Path | None, pairs: int, quick: bool)
     )
     missing = [
         m.label
-        for j, m in enumerate(MEASURES)
+        for j, m in enumerate(measures)
         for p in [*figures["before"], *figures["after"]]
         if p[j] == "(not printed)"
     ]

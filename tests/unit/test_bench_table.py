@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,3 +72,41 @@ def test_before_and_after_pairs_give_each_figure_and_the_median_ratio() -> None:
     assert table.compared(["(not printed)"], ["5"])[2] == "-"
     assert table.numbers("21.66 / 52.22") == [21.66, 52.22]
     assert table.numbers("(not printed)") is None
+
+
+INTERLEAVE = """
+critical path of 300 unloaded runs per version, interleaved one at a time (ms):
+  A = /tmp/before (its libs and services first on PYTHONPATH), B = this checkout
+  hop                                  A p50   B p50    B/A    A p99    B p99
+  client -> API accepted                0.93    0.93   1.00     3.21     1.53
+  round trip: sent -> run ended        14.00    7.00   0.50    20.00    12.00
+  round trip p50, A / B, in each third of the runs: 14.10 / 7.00 (B/A 0.50); 13.90 / 7.10 (B/A 0.51)
+"""
+
+
+def test_the_interleaved_round_trip_gives_both_sides_from_one_run() -> None:
+    table = table_module()
+    assert table.interleaved(INTERLEAVE) == ("14.00 / 20.00", "7.00 / 12.00")
+    assert table.interleaved(PROFILE) == ("(not printed)", "(not printed)")
+    argv = table.interleave_run(Path("/tmp/before"), quick=False)
+    assert argv[:3] == ["interleave.py", "--against", "/tmp/before"]
+    assert (ROOT / "bench" / argv[0]).is_file()
+
+
+def test_compare_adds_the_interleaved_row_run_once_per_pair_with_the_after_code(
+    monkeypatch: Any, capsys: Any
+) -> None:
+    table = table_module()
+    outputs = {"profile.py": PROFILE, "e2e.py": E2E, "signals.py": SIGNALS, "foreach.py": FOREACH}
+    calls: list[tuple[str, Path | None]] = []
+
+    def fake_run(argv: list[str], code: Path | None) -> str:
+        calls.append((argv[0], code))
+        return INTERLEAVE if argv[0] == "interleave.py" else outputs[argv[0]]
+
+    monkeypatch.setattr(table, "run_bench", fake_run)
+    assert table.compare(Path("/tmp/before"), Path("/tmp/after"), 2, True) == 0
+    assert [c for c in calls if c[0] == "interleave.py"] == [("interleave.py", Path("/tmp/after"))] * 2
+    row = next(line for line in capsys.readouterr().out.splitlines() if "interleaved (interleave.py)" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:4] == ["14.00 / 20.00; 14.00 / 20.00", "7.00 / 12.00; 7.00 / 12.00", "0.50 / 0.60"]
