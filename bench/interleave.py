@@ -64,6 +64,14 @@ def code_path(checkout: Path) -> str:
     ).rstrip(os.pathsep)
 
 
+def own_code() -> str:
+    """Where this process's ``legato`` comes from: this checkout, or the one ``PYTHONPATH`` names (as
+    ``table.py --code`` runs it)."""
+    module = sys.modules[LegatoClient.__module__].__file__  # <checkout>/libs/legato/client/client.py
+    assert module is not None
+    return f"{Path(module).resolve().parents[3]} (the code this bench imports)"
+
+
 def migrate_with(checkout: Path | None, url: str) -> None:
     """Build the database at ``url`` with the migrations of ``checkout`` (None: this one's)."""
     if checkout is None:
@@ -80,7 +88,9 @@ def migrate_with(checkout: Path | None, url: str) -> None:
     )
     env = {**os.environ, "PYTHONPATH": code_path(checkout)}
     # The URL is an argument, never part of the script's text.
-    subprocess.run([sys.executable, "-c", script, url], env=env, check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", script, url], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the migrations of {checkout} failed: {done.stderr.strip()[-2000:]}")
 
 
 async def _migrate(url: str) -> None:
@@ -224,7 +234,7 @@ def main() -> None:
                 bench_settings(servers_a),
                 servers_a.tmp / "logs",
             ),
-            Version("this checkout", None, bench_settings(servers_b), servers_b.tmp / "logs"),
+            Version(own_code(), None, bench_settings(servers_b), servers_b.tmp / "logs"),
         ]
 
         async def run() -> None:

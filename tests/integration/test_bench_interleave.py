@@ -62,6 +62,8 @@ def test_a_short_interleaved_run_measures_both_versions_each_with_its_own_code(t
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "critical path of 6 unloaded runs per version" in out
+    assert f"A = {other} (its libs and services first on PYTHONPATH)" in out
+    assert f"B = {ROOT} (the code this bench imports)" in out
     for hop in ("client -> API accepted", "dispatched -> executor started", "round trip: sent -> run ended"):
         line = next(line for line in out.splitlines() if line.strip().startswith(hop))
         a_p50, b_p50, ratio = (float(x) for x in line[len(hop) + 2 :].split()[:3])
@@ -80,3 +82,22 @@ def test_a_short_interleaved_run_measures_both_versions_each_with_its_own_code(t
         cwd=ROOT,
     )
     assert bad.returncode == 2 and "not a Legato checkout" in bad.stderr
+
+
+def test_the_other_checkouts_failing_migrations_are_reported(tmp_path: Path) -> None:
+    other = tmp_path / "broken"
+    for part in ("libs", "services"):
+        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (other / "libs" / "legato" / "store" / "migrations" / "9999_broken.sql").write_text(
+        "SELECT FROM nowhere;"
+    )
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "interleave.py"), "--against", str(other), "--runs", "3", "--warm", "0"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode != 0
+    assert f"the migrations of {other} failed" in done.stderr
+    assert "nowhere" in done.stderr  # Postgres's own words, not only a return code
