@@ -41,8 +41,7 @@ from _servers import bench_servers, bench_settings, percentile, tie_to_bench, wa
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
-from legato.store.migrations import migrate_url
-from legato.store.pool import ensure_database
+from table import code_path
 
 
 def _profile_module():  # type: ignore[no-untyped-def]
@@ -57,13 +56,6 @@ def _profile_module():  # type: ignore[no-untyped-def]
 profile = _profile_module()
 
 
-def code_path(checkout: Path) -> str:
-    """``PYTHONPATH`` for the code of ``checkout`` (its libs and services first)."""
-    return os.pathsep.join(
-        [str(checkout / "libs"), str(checkout / "services"), os.environ.get("PYTHONPATH", "")]
-    ).rstrip(os.pathsep)
-
-
 def own_code() -> str:
     """Where this process's ``legato`` comes from: this checkout, or the one ``PYTHONPATH`` names (as
     ``table.py --code`` runs it)."""
@@ -73,10 +65,8 @@ def own_code() -> str:
 
 
 def migrate_with(checkout: Path | None, url: str) -> None:
-    """Build the database at ``url`` with the migrations of ``checkout`` (None: this one's)."""
-    if checkout is None:
-        asyncio.run(_migrate(url))
-        return
+    """Build the database at ``url`` with the migrations of ``checkout`` (None: the code this bench
+    imports), in a process of that code's own."""
     script = (
         "import asyncio, sys\n"
         "from legato.store.migrations import migrate_url\n"
@@ -86,16 +76,13 @@ def migrate_with(checkout: Path | None, url: str) -> None:
         "    await migrate_url(url)\n"
         "asyncio.run(main(sys.argv[1]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": code_path(checkout)}
+    env = dict(os.environ) if checkout is None else {**os.environ, "PYTHONPATH": code_path(checkout)}
     # The URL is an argument, never part of the script's text.
     done = subprocess.run([sys.executable, "-c", script, url], env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"the migrations of {checkout} failed: {done.stderr.strip()[-2000:]}")
-
-
-async def _migrate(url: str) -> None:
-    await ensure_database(url)
-    await migrate_url(url)
+        raise RuntimeError(
+            f"the migrations of {checkout or own_code()} failed: {done.stderr.strip()[-2000:]}"
+        )
 
 
 @dataclass
@@ -109,7 +96,6 @@ class Version:
     log_dir: Path
     client: LegatoClient | None = None
     conn: asyncpg.Connection | None = None
-    stack: Stack | None = None
     sent: dict[str, float] = field(default_factory=dict)
     ended: int = 0
 
@@ -121,7 +107,6 @@ async def running(version: Version) -> AsyncIterator[Version]:
     await asyncio.to_thread(migrate_with, version.code, version.settings.database_url)
     stack = tie_to_bench(Stack(version.settings, version.log_dir, concurrency=64, extra_env=extra))
     stack.start()
-    version.stack = stack
     try:
         version.client = await LegatoClient.connect(
             version.settings.nats_url,

@@ -152,11 +152,16 @@ def runs(quick: bool) -> dict[str, list[str]]:
     }
 
 
+def code_path(checkout: Path) -> str:
+    """``PYTHONPATH`` for the code of ``checkout`` (its libs and services first)."""
+    paths = [str(checkout / "libs"), str(checkout / "services"), os.environ.get("PYTHONPATH", "")]
+    return os.pathsep.join(paths).rstrip(os.pathsep)
+
+
 def run_bench(argv: list[str], code: Path | None) -> str:
     env = dict(os.environ)
     if code is not None:
-        paths = [str(code / "libs"), str(code / "services")]
-        env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = code_path(code)
     print(f"--- {' '.join(argv)}", flush=True)
     proc = subprocess.run(
         [sys.executable, str(HERE / argv[0]), *argv[1:]],
