@@ -231,17 +231,33 @@ def _kind_of(proc: psutil.Process, service_pids: dict[int, str]) -> str | None:
     return None
 
 
-def sample_cpu(stack: Stack) -> CpuSample:
+def _servers_under(folder: Path) -> set[int]:
+    """The nats-server and Postgres processes started in ``folder`` (their command line names it), and
+    every process under them (Postgres's backends and workers)."""
+    pids: set[int] = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if str(folder) in " ".join(proc.cmdline()):
+                pids.add(proc.pid)
+                pids.update(child.pid for child in proc.children(recursive=True))
+        except psutil.Error:
+            continue
+    return pids
+
+
+def sample_cpu(stack: Stack, servers: Path | None = None) -> CpuSample:
     """CPU time so far of every process this bench started: services, nats-server, Postgres (process
-    kinds: a service's name without its number, ``nats-server``, ``postgres``)."""
+    kinds: a service's name without its number, ``nats-server``, ``postgres``). ``servers``: count only
+    the nats-server and Postgres started in that folder (a bench running two stacks at once)."""
     service_pids = {
         proc.pid: name.rstrip("0123456789") for name, proc in stack.services.items() if proc.pid is not None
     }
+    mine = _servers_under(servers) if servers is not None else None
     seen: dict[tuple[str, int], float] = {}
     switches: dict[tuple[str, int], int] = {}
     for proc in psutil.Process().children(recursive=True):
         kind = _kind_of(proc, service_pids)
-        if kind is None:
+        if kind is None or (mine is not None and proc.pid not in service_pids and proc.pid not in mine):
             continue
         try:
             t = proc.cpu_times()

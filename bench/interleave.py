@@ -9,6 +9,14 @@ services, started together; the runs alternate A B B A A B …, one in flight at
 the machine does during the measurement falls on both versions alike. The idle stack costs the busy
 one little: heartbeats, standing pull requests and lease renewals.
 
+``--rate R``: instead, the CPU a run costs at R starts/s, where a cut of wake-ups shows (below
+saturation a run's CPU is mostly its wake-ups, and the same code's figure moves with the machine by
+more than such a cut). The versions take turns in slices (A B B A …) of ``--slice-seconds`` of starts
+paced at R; each slice counts the CPU of that version's own processes (its services, its nats-server,
+its Postgres) from its first start to its last run's end. Prints, per process kind and for all of
+them, the median CPU per run of each version's slices and the median of the slice-by-slice ratios,
+the context switches per run, and trigger -> step start p50 / p99.
+
 Prints each hop of the critical path (``profile.py``'s) for both versions, p50 and p99, the ratio of
 the p50s, and the round trip's p50 in each third of the runs (how steady the ratio was). The other
 checkout's services run with its ``libs`` and ``services`` first on ``PYTHONPATH``, and its own
@@ -17,6 +25,7 @@ prints figures::
 
     git worktree add /tmp/before <commit before the change>
     python bench/interleave.py --against /tmp/before --runs 300
+    python bench/interleave.py --against /tmp/before --rate 100 --slices 8
 """
 
 from __future__ import annotations
@@ -37,7 +46,16 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, percentile, tie_to_bench, wait_api
+from _servers import (
+    bench_servers,
+    bench_settings,
+    cpu_between,
+    percentile,
+    sample_cpu,
+    switches_between,
+    tie_to_bench,
+    wait_api,
+)
 from legato.client import LegatoClient
 from legato.config.settings import Settings
 from legato.devstack.processes import Stack
@@ -87,14 +105,16 @@ def migrate_with(checkout: Path | None, url: str) -> None:
 
 @dataclass
 class Version:
-    """One version under measurement: its label, its code (None: this checkout), and once started its
-    client, database connection and runs (each run's id and when its start was sent)."""
+    """One version under measurement: its label, its code (None: this checkout), the folder its servers
+    run in, and once started its services, client, database connection and runs (each run's id and when
+    its start was sent)."""
 
     label: str
     code: Path | None
     settings: Settings
-    log_dir: Path
+    servers: Path
     client: LegatoClient | None = None
+    stack: Stack | None = None
     conn: asyncpg.Connection | None = None
     sent: dict[str, float] = field(default_factory=dict)
     ended: int = 0
@@ -105,7 +125,8 @@ async def running(version: Version) -> AsyncIterator[Version]:
     """The version's services as processes on its migrated database, with a client and a connection."""
     extra = {"PYTHONPATH": code_path(version.code)} if version.code is not None else None
     await asyncio.to_thread(migrate_with, version.code, version.settings.database_url)
-    stack = tie_to_bench(Stack(version.settings, version.log_dir, concurrency=64, extra_env=extra))
+    stack = tie_to_bench(Stack(version.settings, version.servers / "logs", concurrency=64, extra_env=extra))
+    version.stack = stack
     stack.start()
     try:
         version.client = await LegatoClient.connect(
@@ -165,6 +186,83 @@ async def measure(versions: list[Version], runs: int, warm: int = 20) -> None:
     report(versions, hops, trips, runs)
 
 
+@dataclass
+class Slices:
+    """What one version's slices at a rate measured: per process kind, each slice's CPU and context
+    switches per run; and every run's trigger -> step start (ms)."""
+
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+    switches: dict[str, list[float]] = field(default_factory=dict)
+    starts: list[float] = field(default_factory=list)
+
+
+ALL = "all processes"
+
+
+async def one_slice(version: Version, rate: float, count: int, prefix: str, into: Slices) -> None:
+    """``count`` runs started at ``rate`` on ``version``, until the last has ended: their CPU (this
+    version's processes only) and their critical paths."""
+    assert version.stack is not None and version.conn is not None and version.client is not None
+    before = sample_cpu(version.stack, version.servers)
+    sent = await profile.start_paced(version.client, rate, count, prefix)
+    version.ended += count
+    await profile.wait_ended(version.conn, version.ended, every=0.05)
+    after = sample_cpu(version.stack, version.servers)
+    cpu, switches = cpu_between(before, after), switches_between(before, after)
+    for kind, seconds in [*cpu.items(), (ALL, sum(cpu.values()))]:
+        into.cpu.setdefault(kind, []).append(seconds / count * 1000)
+    for kind, n in [*switches.items(), (ALL, sum(switches.values()))]:
+        into.switches.setdefault(kind, []).append(n / count)
+    rows = await version.conn.fetch(profile.PATH_QUERY, list(sent))
+    into.starts.extend(profile.hops_of(rows, sent)["trigger -> step start"])
+
+
+async def measure_rate(
+    versions: list[Version], rate: float, slices: int, seconds: float, warm: int = 20
+) -> None:
+    await asyncio.sleep(1.0)  # let each scheduler take its partitions
+    for i in range(warm):
+        for v in versions:
+            await one_run(v, f"warm{i}", measured=False)
+    count = max(1, round(rate * seconds))
+    measured = [Slices(), Slices()]
+    for i in range(slices):
+        for k in order(i):
+            await one_slice(versions[k], rate, count, f"rate{i}-", measured[k])
+    report_rate(versions, measured, rate, slices, count)
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50) if values else 0.0
+
+
+def report_rate(
+    versions: list[Version], measured: list[Slices], rate: float, slices: int, count: int
+) -> None:
+    a, b = measured
+    print(
+        f"CPU per run at {rate:g} starts/s, {slices} slices of {count} runs per version, interleaved "
+        "(median of the slices; B/A: median of the slice-by-slice ratios):"
+    )
+    print(f"  A = {versions[0].label}, B = {versions[1].label}")
+    print(f"  {'process':14} {'A ms/run':>9} {'B ms/run':>9} {'B/A':>6}   {'switches/run A':>14} {'B':>6}")
+    kinds = sorted(a.cpu.keys() | b.cpu.keys(), key=lambda k: (k != ALL, -median(a.cpu.get(k, []))))
+    for kind in kinds:
+        ca, cb = a.cpu.get(kind, []), b.cpu.get(kind, [])
+        ratios = [y / x for x, y in zip(ca, cb, strict=False) if x > 0]
+        ratio = f"{median(ratios):6.2f}" if ratios else "     -"
+        print(
+            f"  {kind:14} {median(ca):9.3f} {median(cb):9.3f} {ratio}   "
+            f"{median(a.switches.get(kind, [])):14.1f} {median(b.switches.get(kind, [])):6.1f}"
+        )
+    ratios = [y / x for x, y in zip(a.cpu[ALL], b.cpu[ALL], strict=True) if x > 0]
+    print(f"  all processes, B/A slice by slice: {' '.join(f'{r:.2f}' for r in ratios)}")
+    print(
+        f"  trigger -> step start p50 / p99 (ms): A {percentile(a.starts, 50):.1f} / "
+        f"{percentile(a.starts, 99):.1f}, B {percentile(b.starts, 50):.1f} / {percentile(b.starts, 99):.1f}"
+    )
+
+
 def thirds(values: list[float]) -> list[list[float]]:
     n = len(values)
     return [values[k * n // 3 : (k + 1) * n // 3] for k in range(3)]
@@ -202,10 +300,20 @@ def main() -> None:
         "--warm", type=int, default=20, help="runs per version before measuring (not counted)"
     )
     parser.add_argument("--auth", action="store_true", help="nkey auth, signed requests and work items")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="measure CPU per run at this many starts/s instead (0: off)"
+    )
+    parser.add_argument("--slices", type=int, default=8, help="with --rate: slices per version")
+    parser.add_argument("--slice-seconds", type=float, default=5.0, help="with --rate: each slice's length")
     args = parser.parse_args()
     against = args.against.resolve()
     if args.runs < 3:
         parser.error(f"--runs {args.runs}: at least 3 (the report splits the runs in thirds)")
+    if args.rate < 0 or args.slices < 1 or args.slice_seconds <= 0:
+        parser.error(
+            f"--rate {args.rate:g} --slices {args.slices} --slice-seconds {args.slice_seconds:g}: "
+            "the rate must be >= 0, at least one slice, of more than 0 seconds"
+        )
     if not (against / "libs" / "legato").is_dir():
         parser.error(f"--against {against}: not a Legato checkout (no libs/legato)")
     with (
@@ -217,14 +325,17 @@ def main() -> None:
                 f"{against} (its libs and services first on PYTHONPATH)",
                 against,
                 bench_settings(servers_a),
-                servers_a.tmp / "logs",
+                servers_a.tmp,
             ),
-            Version(own_code(), None, bench_settings(servers_b), servers_b.tmp / "logs"),
+            Version(own_code(), None, bench_settings(servers_b), servers_b.tmp),
         ]
 
         async def run() -> None:
             async with running(versions[0]), running(versions[1]):
-                await measure(versions, args.runs, args.warm)
+                if args.rate > 0:
+                    await measure_rate(versions, args.rate, args.slices, args.slice_seconds, args.warm)
+                else:
+                    await measure(versions, args.runs, args.warm)
 
         asyncio.run(run())
 

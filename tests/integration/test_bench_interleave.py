@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 from tests.support.bench import BENCH, load_bench_module
 
 ROOT = BENCH.parent
@@ -101,3 +103,60 @@ def test_the_other_checkouts_failing_migrations_are_reported(tmp_path: Path) -> 
     assert done.returncode != 0
     assert f"the migrations of {other} failed" in done.stderr
     assert "nowhere" in done.stderr  # Postgres's own words, not only a return code
+
+
+def test_two_stacks_servers_are_told_apart() -> None:
+    """With two stacks up, each version's CPU counts its own nats-server and Postgres (their command
+    lines name their folder) and the processes under them, never the other's."""
+    servers = load_bench_module("_servers.py")
+    with servers.bench_servers("legato_apart_a") as a, servers.bench_servers("legato_apart_b") as b:
+        mine, theirs = servers._servers_under(a.tmp), servers._servers_under(b.tmp)
+        assert mine and theirs and not mine & theirs
+        for pids in (mine, theirs):
+            names = {psutil.Process(pid).name() for pid in pids}
+            assert any(n.startswith("nats-server") for n in names)
+            assert any(n.startswith(("postgres", "postmaster")) for n in names)
+            assert len(pids) > 3  # Postgres's own processes under its postmaster count too
+
+
+def test_at_a_rate_each_version_gets_its_cpu_per_run_by_process(tmp_path: Path) -> None:
+    """``--rate``: slices of paced starts, alternated; the report has every process kind's CPU per run
+    and context switches for both versions, one ratio per slice pair, and the step start's p50 / p99."""
+    other = tmp_path / "other"
+    for part in ("libs", "services"):
+        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    args = ["--against", str(other), "--rate", "20", "--slices", "2", "--slice-seconds", "1", "--warm", "1"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "interleave.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "CPU per run at 20 starts/s, 2 slices of 20 runs per version, interleaved" in out
+    for kind in ("all processes", "scheduler", "executor", "trigger", "nats-server", "postgres"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(kind + " "))
+        a_ms, b_ms, ratio, a_sw, b_sw = (float(x) for x in line.split()[-5:])
+        assert a_ms > 0 and b_ms > 0 and ratio > 0 and a_sw > 0 and b_sw > 0, line
+    ratios = next(line for line in out.splitlines() if "B/A slice by slice" in line)
+    assert len(ratios.split(":")[1].split()) == 2
+    assert "trigger -> step start p50 / p99 (ms): A " in out
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "interleave.py"),
+            "--against",
+            str(other),
+            "--rate",
+            "10",
+            "--slices",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert bad.returncode == 2 and "at least one slice" in bad.stderr
