@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import msgspec
@@ -36,7 +36,13 @@ from legato.store import (
     migrate_url,
 )
 from legato.store.migrations import load_migrations, migrate
-from legato.store.outbox import DELETE_PUBLISHED, EventOutboxRelay, add_events
+from legato.store.outbox import (
+    DELETE_PUBLISHED,
+    RELEASE_EVENTS,
+    TAKE_EVENTS,
+    EventOutboxRelay,
+    add_events,
+)
 from tests.support.stack import until
 
 
@@ -711,6 +717,87 @@ async def test_event_relays_publish_every_event_once_in_the_order_it_was_written
     assert sum(r.published for r in relays) == n
     assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
     assert await stored_order(nc, topo.events_stream) == list(range(n))
+
+
+ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1"
+
+
+async def advisory_locks(pool: asyncpg.Pool, key: int) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval(ADVISORY_LOCKS, key))
+
+
+async def lock_held(pool: asyncpg.Pool, key: int) -> bool:
+    return await advisory_locks(pool, key) == 1
+
+
+async def lock_free(pool: asyncpg.Pool, key: int) -> bool:
+    return await advisory_locks(pool, key) == 0
+
+
+async def test_an_event_take_waits_for_the_previous_release_to_commit_and_skips_its_rows(
+    pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """The relays' round is a take and a release (migration 0100). The release gives the lock back
+    before its delete commits: the next take gets the lock, waits for the deleted rows' locks, and then
+    reads only the rows after them, so no event is published twice and none out of order. Here the
+    release is held open in a transaction block to widen that window."""
+    key = 4747
+    for n in range(3):
+        await commit_events(pool, pings(topo, n, 1, "take"))
+    async with pool.acquire() as first, pool.acquire() as second:
+        taken = await first.fetch(TAKE_EVENTS, key, 2)
+        assert len(taken) == 2 and await advisory_locks(pool, key) == 1
+        waiting = asyncio.create_task(second.fetch(TAKE_EVENTS, key, 2))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the lock is held
+        tx = first.transaction()
+        await tx.start()
+        await first.execute(RELEASE_EVENTS, key, [r["id"] for r in taken])
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the lock is free now, the deleted rows are not
+        await tx.commit()
+        rest = await asyncio.wait_for(waiting, 5)
+        assert [r["id"] for r in rest] == [max(r["id"] for r in taken) + 1]
+        await second.execute(RELEASE_EVENTS, key, [r["id"] for r in rest])
+        assert await second.fetch(TAKE_EVENTS, key, 2) == []
+    assert await advisory_locks(pool, key) == 0
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+
+
+async def test_an_event_relay_that_fails_or_is_cancelled_mid_round_gives_the_lock_back(
+    nc: Client, pool: asyncpg.Pool, topo: Topology
+) -> None:
+    """Between its take and its release a relay holds the lock every relay waits for. A publish that
+    fails, or a relay cancelled while it waits for its PubAcks, must not keep it: the connection is
+    closed instead of going back to the pool, its session ends, the lock is free, and the rows are
+    still there for the next round, which another relay takes at once."""
+    key = 4848
+    await commit_events(pool, pings(topo, 0, 2, "fail"))
+    failing = EventOutboxRelay(pool, Publisher(nc, timeout=0.3, attempts=1), ordered_lock=key)
+    with pytest.raises(PublishError):
+        await failing.relay_once()  # no stream yet: no PubAck
+    await until(lambda: lock_free(pool, key), 5, "the failed round's lock given back")
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 1
+
+    class Stuck(Publisher):
+        async def publish_many(self, msgs: Sequence[OutgoingMessage]) -> None:
+            await asyncio.sleep(3600)
+
+    stuck = EventOutboxRelay(pool, Stuck(nc), ordered_lock=key)
+    task = asyncio.create_task(stuck.relay_once())
+    await until(lambda: lock_held(pool, key), 5, "the stuck round holding the lock")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await until(lambda: lock_free(pool, key), 5, "the cancelled round's lock given back")
+
+    await provision_streams(nc.jetstream(), topo)
+    relay = EventOutboxRelay(pool, Publisher(nc), ordered_lock=key)
+    assert await asyncio.wait_for(relay.relay_once(), 5) == 1
+    assert await stored_order(nc, topo.events_stream) == [0, 1]
+    assert await count(pool, "SELECT count(*) FROM event_outbox") == 0
+    assert await advisory_locks(pool, key) == 0
 
 
 async def test_a_paced_relay_reads_once_per_pace_under_load_and_at_once_when_idle(

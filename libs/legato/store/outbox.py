@@ -147,7 +147,6 @@ class OutboxRelay(Component):
 
     name = "outbox-relay"
     shutdown_stage = 10  # last: flush what every other component committed
-    delete_published = DELETE_PUBLISHED  # deletes published rows of this relay's table by id
 
     def __init__(
         self,
@@ -363,11 +362,15 @@ class OutboxRelay(Component):
             if not ids:
                 return 0
             await self.publisher.publish_many(msgs)
-            await conn.execute(self.delete_published, ids)
-        self.published += len(msgs)
-        self.rounds += 1
-        metrics().outbox_published.add(len(msgs))
+            await conn.execute(DELETE_PUBLISHED, ids)
+        self._relayed(len(msgs))
         return len(ids)
+
+    def _relayed(self, messages: int) -> None:
+        """Count a round that published ``messages``."""
+        self.published += messages
+        self.rounds += 1
+        metrics().outbox_published.add(messages)
 
     async def _read(
         self, conn: asyncpg.Connection, min_age: float
@@ -397,7 +400,11 @@ class OutboxRelay(Component):
         return [r["id"] for r in rows], msgs, max([0.0, *(r["age"] for r in rows)])
 
 
-DELETE_PUBLISHED_EVENTS = DELETE_PUBLISHED.replace("DELETE FROM outbox", "DELETE FROM event_outbox")
+# The event relay's round (migration 0100): the take waits for the relays' session advisory lock and
+# reads the oldest rows (giving the lock back when there are none); the release deletes what was
+# published and gives the lock back.
+TAKE_EVENTS = "SELECT id, subjects, payloads, msg_ids, age FROM event_outbox_take($1, $2)"
+RELEASE_EVENTS = "SELECT event_outbox_release($1, $2::bigint[])"
 
 
 class EventOutboxRelay(OutboxRelay):
@@ -438,23 +445,33 @@ class EventOutboxRelay(OutboxRelay):
     def takes(self, subject: str) -> bool:
         return False  # rows of ``outbox`` are the other relay's
 
-    delete_published = DELETE_PUBLISHED_EVENTS
+    async def relay_once(self, min_age: float = 0.0) -> int:
+        """Publish one batch of the oldest rows, each row's events in order, and delete them: returns how
+        many rows it relayed (0 = none). Two statements, no transaction block: the take (the relays'
+        lock, then the rows) and, after every PubAck, the release (the delete, then the lock given back).
+        ``min_age`` is unused: nothing is handed over, every row is this relay's to take.
 
-    async def _read(
-        self, conn: asyncpg.Connection, min_age: float
-    ) -> tuple[list[int], list[OutgoingMessage], float]:
-        """Under the ordered lock (held until the round's transaction ends), the oldest rows: each
-        row's events in order, one message each."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", self.ordered_lock)
-        rows = await conn.fetch(
-            "SELECT id, subjects, payloads, msg_ids, "
-            "extract(epoch FROM clock_timestamp() - created_at)::float8 AS age FROM event_outbox "
-            "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-            self.batch,
-        )
-        msgs = [
-            OutgoingMessage(subject, payload, msg_id=msg_id)
-            for r in rows
-            for subject, payload, msg_id in zip(r["subjects"], r["payloads"], r["msg_ids"], strict=True)
-        ]
-        return [r["id"] for r in rows], msgs, max([0.0, *(r["age"] for r in rows)])
+        Should anything fail or be cancelled between the two, the connection is closed rather than put
+        back in the pool: ending its session gives the lock back, and the rows not deleted are
+        published again by the next round under the same message ids (JetStream drops the copies)."""
+        async with self.pool.acquire() as conn:
+            try:
+                rows = await conn.fetch(TAKE_EVENTS, self.ordered_lock, self.batch)
+                # The oldest row: how far publishing lags behind the commits (0 = caught up).
+                metrics().outbox_lag.set(max([0.0, *(r["age"] for r in rows)]))
+                if not rows:
+                    return 0  # the take gave the lock back
+                msgs = [
+                    OutgoingMessage(subject, payload, msg_id=msg_id)
+                    for r in rows
+                    for subject, payload, msg_id in zip(
+                        r["subjects"], r["payloads"], r["msg_ids"], strict=True
+                    )
+                ]
+                await self.publisher.publish_many(msgs)
+                await conn.execute(RELEASE_EVENTS, self.ordered_lock, [r["id"] for r in rows])
+            except BaseException:
+                conn.terminate()
+                raise
+        self._relayed(len(msgs))
+        return len(rows)
