@@ -30,6 +30,26 @@ if _os.environ.get("INTERLEAVE_TEST_MARK"):
 """
 
 
+def copy_checkout(dest: Path) -> Path:
+    """A copy of this checkout's code (``libs`` and ``services``), to measure against."""
+    for part in ("libs", "services"):
+        shutil.copytree(ROOT / part, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def interleave(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCH / "interleave.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
 def test_neither_version_always_goes_second() -> None:
     interleave = load_bench_module("interleave.py")
     firsts = [interleave.order(i)[0] for i in range(6)]
@@ -46,21 +66,12 @@ def test_thirds_keep_every_run_in_order() -> None:
 
 
 def test_a_short_interleaved_run_measures_both_versions_each_with_its_own_code(tmp_path: Path) -> None:
-    other = tmp_path / "other"
-    for part in ("libs", "services"):
-        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    other = copy_checkout(tmp_path / "other")
     with open(other / "services" / "legato" / "scheduler" / "__init__.py", "a") as f:
         f.write(MARKER)
     mark = tmp_path / "imported-from"
     env = {**os.environ, "INTERLEAVE_TEST_MARK": str(mark)}
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "interleave.py"), "--against", str(other), "--runs", "6", "--warm", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
+    done = interleave("--against", str(other), "--runs", "6", "--warm", "1", env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "critical path of 6 unloaded runs per version" in out
@@ -76,30 +87,16 @@ def test_a_short_interleaved_run_measures_both_versions_each_with_its_own_code(t
     imported = mark.read_text().split()
     assert imported and all(Path(p).is_relative_to(other) for p in imported)
     # A checkout that is not one is refused with what is wrong.
-    bad = subprocess.run(
-        [sys.executable, str(BENCH / "interleave.py"), "--against", str(tmp_path / "nowhere")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
+    bad = interleave("--against", str(tmp_path / "nowhere"), timeout=60)
     assert bad.returncode == 2 and "not a Legato checkout" in bad.stderr
 
 
 def test_the_other_checkouts_failing_migrations_are_reported(tmp_path: Path) -> None:
-    other = tmp_path / "broken"
-    for part in ("libs", "services"):
-        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    other = copy_checkout(tmp_path / "broken")
     (other / "libs" / "legato" / "store" / "migrations" / "9999_broken.sql").write_text(
         "SELECT FROM nowhere;"
     )
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "interleave.py"), "--against", str(other), "--runs", "3", "--warm", "0"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
-    )
+    done = interleave("--against", str(other), "--runs", "3", "--warm", "0")
     assert done.returncode != 0
     assert f"the migrations of {other} failed" in done.stderr
     assert "nowhere" in done.stderr  # Postgres's own words, not only a return code
@@ -122,16 +119,9 @@ def test_two_stacks_servers_are_told_apart() -> None:
 def test_at_a_rate_each_version_gets_its_cpu_per_run_by_process(tmp_path: Path) -> None:
     """``--rate``: slices of paced starts, alternated; the report has every process kind's CPU per run
     and context switches for both versions, one ratio per slice pair, and the step start's p50 / p99."""
-    other = tmp_path / "other"
-    for part in ("libs", "services"):
-        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
-    args = ["--against", str(other), "--rate", "20", "--slices", "2", "--slice-seconds", "1", "--warm", "1"]
-    done = subprocess.run(
-        [sys.executable, str(BENCH / "interleave.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=ROOT,
+    other = copy_checkout(tmp_path / "other")
+    done = interleave(
+        "--against", str(other), "--rate", "20", "--slices", "2", "--slice-seconds", "1", "--warm", "1"
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
