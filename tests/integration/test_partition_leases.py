@@ -12,6 +12,7 @@ import pytest
 
 from legato.scheduler.leases import PartitionLeaser, session_name
 from legato.store import create_pool
+from legato.store.outbox import TAKE_EVENTS
 
 
 async def nothing(_partition: int) -> None:
@@ -90,6 +91,54 @@ async def test_the_transactions_of_a_replica_that_stopped_heartbeating_are_ended
     finally:
         waiting.cancel()
         for conn in (idle, busy, starting, waiter, admin, stuck):
+            if not conn.is_closed():
+                await conn.close()
+        await pool.close()
+
+
+async def test_a_stopped_replicas_session_holding_the_event_relays_turn_is_ended(database_url: str) -> None:
+    """The lifecycle-event relays take turns under a session advisory lock, held outside any transaction
+    from a round's read (``event_outbox_take``) to its delete. A replica stopped in between would hold
+    every replica's events back for as long as it stays stopped: its session is ended like a stopped
+    transaction, the lock comes free and another relay takes the same rows. A stopped replica's idle
+    session without a lock, and a live replica's session holding the lock, are left alone."""
+    admin = await asyncpg.connect(database_url)
+    await admin.execute(
+        "INSERT INTO scheduler_replica (name, incarnation, heartbeat_at) VALUES "
+        "('stopped', 'inc-stopped', clock_timestamp() - interval '1 hour'), "
+        "('busy', 'inc-busy', clock_timestamp() + interval '1 hour')"
+    )
+    await admin.execute(
+        "INSERT INTO event_outbox (subjects, payloads, msg_ids) VALUES (ARRAY['s'], ARRAY['p'::bytea], ARRAY['m'])"
+    )
+    stuck = await session(database_url, "inc-stopped")
+    taken = await stuck.fetch(TAKE_EVENTS, 11, 16)
+    assert len(taken) == 1  # it holds the relays' lock now, idle, outside a transaction
+    idle = await session(database_url, "inc-stopped")
+    busy = await session(database_url, "inc-busy")
+    await busy.execute("SELECT pg_advisory_lock(12)")
+    waiter = await asyncpg.connect(database_url)
+    waiting = asyncio.create_task(waiter.fetch(TAKE_EVENTS, 11, 16))
+    await asyncio.sleep(0.5)
+    assert not waiting.done()
+
+    pool = await create_pool(database_url, max_size=2, application_name=session_name("inc-me"))
+    try:
+        async with leasing(database_url, pool):
+            rows = await asyncio.wait_for(waiting, timeout=10)  # the lock came free: its holder was ended
+            assert [r["id"] for r in rows] == [r["id"] for r in taken]  # the same row, not lost
+            assert not await alive(stuck)
+            assert await alive(idle)
+            assert await alive(busy)
+            assert (
+                await busy.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                )
+                == 1
+            )
+    finally:
+        waiting.cancel()
+        for conn in (idle, busy, waiter, admin, stuck):
             if not conn.is_closed():
                 await conn.close()
         await pool.close()

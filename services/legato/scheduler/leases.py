@@ -20,7 +20,11 @@ Nothing here ever waits on a row another process holds:
   where no idle timeout of Postgres applies, still holding the row locks of its transaction: every
   balancing round ends the transactions of replicas whose heartbeat expired (their sessions carry the
   incarnation in ``application_name``, see ``session_name``). Nothing is lost by it: such a transaction
-  could not commit past the lease check, and its message is redelivered.
+  could not commit past the lease check, and its message is redelivered;
+- the same goes for a stopped replica's session that holds an advisory lock outside any transaction:
+  the lifecycle-event relays take turns under one held from a round's read to its delete
+  (``store/outbox.py``), and a replica stopped between the two would hold every replica's events back.
+  Its rows stay in the table and the next relay publishes them under their message ids.
 """
 
 from __future__ import annotations
@@ -55,15 +59,18 @@ def session_name(incarnation: str) -> str:
     return SESSION_PREFIX + incarnation
 
 
-# Transactions, older than the lease time, of scheduler processes whose heartbeat expired: ended so
-# that their row locks stop blocking the living. A process that has not heartbeated yet has no row and
-# is left alone (a new version's migrations at start may take longer than the lease time).
+# Transactions, older than the lease time, of scheduler processes whose heartbeat expired, and their
+# sessions that hold an advisory lock while idle as long (the event relays' turn): ended so that their
+# locks stop blocking the living. A process that has not heartbeated yet has no row and is left alone
+# (a new version's migrations at start may take longer than the lease time).
 END_STOPPED = f"""
 SELECT a.pid, a.state, pg_terminate_backend(a.pid) AS ended
 FROM pg_stat_activity a
 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
   AND a.application_name LIKE '{SESSION_PREFIX}%' AND a.application_name <> $1
-  AND a.xact_start < clock_timestamp() - make_interval(secs => $2)
+  AND (a.xact_start < clock_timestamp() - make_interval(secs => $2)
+       OR (a.state = 'idle' AND a.state_change < clock_timestamp() - make_interval(secs => $2)
+           AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)))
   AND EXISTS (
       SELECT 1 FROM scheduler_replica r
       WHERE '{SESSION_PREFIX}' || r.incarnation = a.application_name
