@@ -15,7 +15,9 @@ more than such a cut). The versions take turns in slices (A B B A …) of ``--sl
 paced at R; each slice counts the CPU of that version's own processes (its services, its nats-server,
 its Postgres) from its first start to its last run's end. Prints, per process kind and for all of
 them, the median CPU per run of each version's slices and the median of the slice-by-slice ratios,
-the context switches per run, and trigger -> step start p50 / p99.
+the context switches per run, and trigger -> step start p50 / p99. (Servers named by
+``LEGATO_BENCH_NATS_URL`` / ``LEGATO_BENCH_DATABASE_URL`` are not this bench's processes: their CPU is
+not counted.)
 
 Prints each hop of the critical path (``profile.py``'s) for both versions, p50 and p99, the ratio of
 the p50s, and the round trip's p50 in each third of the runs (how steady the ratio was). The other
