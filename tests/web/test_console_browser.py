@@ -183,14 +183,22 @@ async def test_operator_stops_a_run_with_a_reason_and_the_timeline_shows_it(
             form = driver.find_element(By.CSS_SELECTOR, "form.action-stop")
             form.find_element(By.NAME, "reason").send_keys("disk full on the warehouse")
             form.find_element(By.CSS_SELECTOR, "button.btn-stop").click()
-            WebDriverWait(driver, 30).until(
-                lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline tr[data-event=stopped]"),
-                "the timeline never showed the stop",
+
+            # Live updates re-render the timeline as the run's events arrive: a row found a moment ago
+            # may be replaced before it is read, so it is found and read in one try, retried if stale.
+            def stopped_row(d: Any) -> tuple[str, str] | None:
+                rows = d.find_elements(By.CSS_SELECTOR, "#timeline tr[data-event=stopped]")
+                return (rows[0].find_element(By.CLASS_NAME, "actor").text, rows[0].text) if rows else None
+
+            actor, text = WebDriverWait(
+                driver, 30, ignored_exceptions=(StaleElementReferenceException,)
+            ).until(stopped_row, "the timeline never showed the stop")
+            assert actor == "operator"
+            assert "disk full on the warehouse" in text
+            WebDriverWait(driver, 15, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda d: d.find_element(By.ID, "run-status").text == "stopped",
+                "the status never said stopped",
             )
-            row = driver.find_element(By.CSS_SELECTOR, "#timeline tr[data-event=stopped]")
-            assert row.find_element(By.CLASS_NAME, "actor").text == "operator"
-            assert "disk full on the warehouse" in row.text
-            assert driver.find_element(By.ID, "run-status").text == "stopped"
             screenshot(driver, "run-stopped", tmp_path)
         info = await client.get(run.instance_id)
         assert info["status"] == "stopped" and info["reason"]["by"] == "operator"
