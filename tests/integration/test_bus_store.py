@@ -26,6 +26,7 @@ from legato.bus import (
     Topology,
     provision_streams,
 )
+from legato.bus.streams import keep_work_queues_open, provision_consumer
 from legato.config.settings import Settings
 from legato.store import (
     OutboxRelay,
@@ -1014,3 +1015,32 @@ async def test_publish_many_keeps_order_checks_every_ack_and_fails_loudly(nc: Cl
         await Publisher(nc, timeout=0.5, attempts=1).publish_many(
             [OutgoingMessage("nostream.subject", b"{}", msg_id="x")]
         )
+
+
+async def test_each_work_queue_keeps_one_message_no_consumer_takes(nc: Client, topo: Topology) -> None:
+    """The trigger, event and work streams each get one message that keeps them from emptying (their
+    file store would otherwise drop and recreate a message block every other run below saturation).
+    One ever, however often it is put; no consumer's filter takes it, not even a work queue named
+    ``keep``; and the stream's real messages are delivered and acked as before."""
+    js = nc.jetstream()
+    await provision_streams(js, topo)
+    assert await keep_work_queues_open(js, topo) == 3
+    assert await keep_work_queues_open(js, topo) == 0  # already there: not a second one
+    streams = (topo.triggers_stream, topo.events_stream, topo.work_stream)
+    for stream in streams:
+        assert (await js.stream_info(stream)).state.messages == 1
+    consumers = [
+        ConsumerSpec(topo.work_stream, "q_keep", filter_subject=topo.work_subject("keep")),
+        ConsumerSpec(topo.work_stream, "q_default", filter_subject=topo.work_subject("default")),
+        ConsumerSpec(topo.triggers_stream, "p0", filter_subject=f"{topo.subject_prefix('trigger')}0.>"),
+        ConsumerSpec(topo.events_stream, "e0", filter_subject=f"{topo.subject_prefix('event')}0.>"),
+    ]
+    for spec in consumers:
+        await provision_consumer(js, spec)
+        assert (await js.consumer_info(spec.stream, spec.durable)).num_pending == 0
+    await js.publish(topo.work_subject("default"), b"item")
+    sub = await js.pull_subscribe_bind(durable="q_default", stream=topo.work_stream)
+    [msg] = await sub.fetch(1, timeout=5)
+    assert msg.data == b"item"
+    await msg.ack_sync()
+    assert (await js.stream_info(topo.work_stream)).state.messages == 1  # only the keeper is left

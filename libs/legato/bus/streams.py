@@ -205,6 +205,33 @@ async def provision_streams(
     )
 
 
+# A work-queue stream whose messages were all acked is empty, and its file store then drops its last
+# message block and makes a new one for the next message: below saturation a file created and one
+# removed about every other run in each of these streams, a third of nats-server's CPU per run at 100
+# starts/s (docs/performance.md). One message that no consumer takes keeps each of them from emptying.
+# Its subject has two tokens after the kind's prefix: never a partition's (``<p>.<workflow>``, ``<p>``
+# a number) nor a work queue's (one token), so no consumer's filter matches it.
+KEEPER_SUBJECT = "keep.open"
+KEPT_OPEN = ("trigger", "event", "work")
+WRONG_LAST_SEQUENCE = 10071  # JetStream's error when Nats-Expected-Last-Subject-Sequence does not hold
+
+
+async def keep_work_queues_open(js: JetStreamContext, topology: Topology) -> int:
+    """Put the one message that keeps each of the ``KEPT_OPEN`` streams from emptying, unless it is there
+    already (``Nats-Expected-Last-Subject-Sequence: 0``: one ever, whoever publishes it and when).
+    Returns how many it put. Only a process allowed to publish on all of them may call it (the scheduler)."""
+    put = 0
+    for kind in KEPT_OPEN:
+        subject = f"{topology.subject_prefix(kind)}{KEEPER_SUBJECT}"
+        try:
+            await js.publish(subject, b"", headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+            put += 1
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+    return put
+
+
 async def provision_attempts_bucket(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
     """Create the executors' attempt-claims bucket if missing. A stateful service does it: executors may
     not create or change streams (docs/security.md)."""
