@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 
 from legato.bus.connection import connect_with
+from legato.bus.streams import KEEPER_SUBJECT
+from legato.bus.topology import Topology
 from legato.client import ApiError
 from legato.config.settings import Settings
 from legato.security.keys import Signer
@@ -93,6 +95,21 @@ async def test_multi_step_params_and_outputs_flow_downstream(settings: Settings,
         assert info["params"] == {"rows": 21, "label": "abc"}
         events = [t["event"] for t in info["timeline"]]
         assert events[0] == "created" and "started" in events and events[-1] == "succeeded"
+        # The scheduler put each work-queue stream's keeper (bus/streams.py, keep_work_queues_open):
+        # once the run's messages are acked, it is the one message left in each, so none empties.
+        nc = await connect_with(settings, name="legato-test")
+        try:
+            js, topo = nc.jetstream(), Topology(settings.namespace, settings.partitions)
+            for stream, kind in (
+                (topo.triggers_stream, "trigger"),
+                (topo.events_stream, "event"),
+                (topo.work_stream, "work"),
+            ):
+                keeper = f"{topo.subject_prefix(kind)}{KEEPER_SUBJECT}"
+                assert (await js.stream_info(stream)).state.messages == 1, stream
+                assert (await js.get_last_msg(stream, keeper)).subject == keeper
+        finally:
+            await nc.close()
 
 
 async def test_conditional_branch_is_taken_from_a_step_output(settings: Settings, tmp_path: Path) -> None:

@@ -25,13 +25,7 @@ from legato.bus.connection import connect_with
 from legato.bus.consumer import ConsumerLoop, DeadLetterSink
 from legato.bus.dead_letters import NatsDeadLetters
 from legato.bus.publisher import Publisher
-from legato.bus.streams import (
-    ConsumerSpec,
-    NotifyRetention,
-    await_streams,
-    keep_work_queues_open,
-    provision_streams,
-)
+from legato.bus.streams import ConsumerSpec, NotifyRetention, await_streams, provision_streams
 from legato.bus.topology import Topology
 from legato.config.settings import Settings, SettingsError
 from legato.lifecycle.component import Component
@@ -133,8 +127,6 @@ class ServiceHost:
                     self.settings.notify_max_bytes,
                 ),
             )
-            if self.service == "scheduler":
-                await self._keep_work_queues_open()
         else:
             # The executor may not create or change streams (its NATS permissions say so): it waits,
             # bounded, for a stateful service to have created them.
@@ -184,14 +176,6 @@ class ServiceHost:
                 self.relay = OutboxRelay(self._pool, self.publisher, kinds=kinds)
         log.info("service_connected", nats=self.settings.nats_url, partitions=self.settings.partitions)
         return self
-
-    async def _keep_work_queues_open(self) -> None:
-        """The scheduler (it may publish on the trigger, event and work streams) puts their keepers
-        (``keep_work_queues_open``): a saving, not a guarantee, so a failure is only logged."""
-        try:
-            await keep_work_queues_open(self.js, self.topology)
-        except Exception as exc:
-            log.warning("work_queue_keepers_not_put", error=repr(exc))
 
     def add(self, component: Component) -> Component:
         self.components.append(component)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from legato.bus.consumer import ConsumerLoop, Delivery
-from legato.bus.streams import ConsumerSpec
+from legato.bus.streams import ConsumerSpec, keep_work_queues_open
 from legato.config.settings import Settings
 from legato.lifecycle.component import Component
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
@@ -148,6 +148,12 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
     """Run a scheduler replica: leases, partition consumers, actors and timers, until shutdown."""
     incarnation = new_incarnation()
     async with ServiceHost("scheduler", settings, application_name=session_name(incarnation)) as host:
+        # The keepers of the trigger, event and work streams (the scheduler may publish on all three):
+        # a saving, not a guarantee, so a failure is only logged.
+        try:
+            await keep_work_queues_open(host.js, host.topology)
+        except Exception as exc:
+            log.warning("work_queue_keepers_not_put", error=repr(exc))
         timers_ref: list[TimerLoop] = []
         registry_ref: list[ActorRegistry] = []
         consumers_ref: list[PartitionConsumers] = []
