@@ -234,6 +234,7 @@ class Publisher:
                         await self.acks.send(round_, len(sent), msg.subject, msg.payload, headers or None)
                     )
                     sent.append(i)
+                write_out(self.nc)
                 if sent:
                     await asyncio.wait((round_.done,), timeout=self.timeout)
             except Exception as exc:  # closed, draining, outbound buffer full
@@ -265,3 +266,30 @@ class Publisher:
             f"{len(pending)} of {len(msgs)} publishes not acknowledged after {self.attempts} attempts; "
             f"first: {msgs[pending[0]].subject}: {last!r}"
         )
+
+
+def write_out(nc: Client) -> None:
+    """Hand what ``nc`` has queued to the socket now, instead of on the client's flusher task's turn.
+
+    nats-py queues a publish and writes it from a task of its own, which runs after whatever else the
+    event loop has ready: after a commit, the actor's bookkeeping and acks, another relay's statement.
+    On an unloaded round trip that wait was a tenth of each hop's time (``docs/performance.md``). A
+    caller that has queued all it has to send calls this once: one write for the batch, as the flusher
+    would make, only sooner. Order is kept (the whole queue goes, oldest first).
+
+    Only while the socket keeps up (its transport buffers nothing): otherwise the flusher, which waits
+    for the buffer to drain, keeps writing, so a slow server still holds publishers back. Also left to
+    the flusher while the client is not connected (it keeps its queue for after a reconnect) and for a
+    transport without a stream writer (websocket). Relies on nats-py's queue (``_pending``); if a
+    version changes it, this does nothing and the flusher writes as before
+    (``tests/integration/test_bus_write_out.py`` says so)."""
+    pending = getattr(nc, "_pending", None)
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if not pending or writer is None or not nc.is_connected or nc.is_reconnecting:
+        return
+    transport = writer.transport
+    if transport.is_closing() or transport.get_write_buffer_size():
+        return
+    writer.writelines(pending)
+    nc._pending = []
+    nc._pending_data_size = 0
