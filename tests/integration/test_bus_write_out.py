@@ -1,7 +1,7 @@
 """``write_out``: a publisher's batch goes to the socket when it is queued, not on nats-py's flusher
-task's turn, while the socket keeps up; when it does not, the flusher (which waits for the socket)
-writes as before. Against a real nats-server of the test's own (stopped with SIGSTOP to back the
-socket up)."""
+task's turn, after a quiet spell and while the socket keeps up; otherwise the flusher (which coalesces
+a loop iteration's publishes and waits for the socket) writes as before. Against a real nats-server
+of the test's own (stopped with SIGSTOP to back the socket up)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from legato.bus.connection import connect
-from legato.bus.publisher import OutgoingMessage, Publisher, write_out
+from legato.bus.publisher import QUIET, OutgoingMessage, Publisher, write_out
 from legato.devstack import EmbeddedNats
 
 
@@ -54,10 +54,20 @@ async def test_a_queued_publish_is_written_at_once_and_arrives_once(
         assert own_nc._pending, "nats-py no longer queues publishes in Client._pending: review write_out"
         write_out(own_nc)
         assert not own_nc._pending and own_nc._pending_data_size == 0
-        await _until(lambda: got)
+        # Within QUIET of that write the next publish is left to the flusher, which coalesces.
+        await own_nc.publish("wo.once", b"2")
+        write_out(own_nc)
+        assert own_nc._pending
+        await asyncio.sleep(QUIET * 2)  # the flusher's turn comes
+        assert not own_nc._pending
+        await asyncio.sleep(QUIET * 2)
+        await own_nc.publish("wo.once", b"3")
+        write_out(own_nc)  # quiet again: at once
+        assert not own_nc._pending
+        await _until(lambda: len(got) >= 3)
         await own_nc.flush()
         await reader.flush()
-        assert [m.data for m in got] == [b"1"]
+        assert [m.data for m in got] == [b"1", b"2", b"3"]
     finally:
         await reader.close()
 
@@ -67,8 +77,9 @@ async def test_a_publisher_round_does_not_wait_for_the_flusher(own_nc: Client) -
     still reaches the server and gets its PubAcks: the Publisher wrote it itself."""
     js = own_nc.jetstream()
     await js.add_stream(name="WO", subjects=["wo.js.>"])
-    publisher = Publisher(own_nc, timeout=2.0, attempts=1)
+    publisher = Publisher(own_nc, timeout=2.0, attempts=1, write_through=True)
     await publisher.publish(OutgoingMessage("wo.js.warm", b"0", msg_id="warm"))  # opens its reply inbox
+    await asyncio.sleep(QUIET * 2)
     starved = own_nc._flush_queue
     own_nc._flush_queue = asyncio.Queue()
     try:
@@ -98,6 +109,7 @@ async def test_a_backed_up_socket_is_left_to_the_flusher_and_nothing_is_lost_or_
             write_out(own_nc)
             sent += 1
         assert transport.get_write_buffer_size() > 0, "the socket never backed up"
+        await asyncio.sleep(QUIET * 2)  # quiet: only the backed-up socket can hold the next one back
         await own_nc.publish("wo.slow", sent.to_bytes(4, "big") + payload)
         sent += 1
         queued = own_nc._pending_data_size

@@ -10,6 +10,8 @@ bytes in rounds of 8 / 64: 66.5 / 43.8 Âµs with ``publish_async``, 43.1 / 25.2 Â
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +170,7 @@ class Publisher:
         attempts: int = 3,
         max_pipeline: int = 512,
         sign: Callable[[Sequence[OutgoingMessage]], Sequence[Mapping[str, str]]] | None = None,
+        write_through: bool = False,
     ) -> None:
         self.nc = nc
         self.timeout = timeout
@@ -178,6 +181,10 @@ class Publisher:
         # Proof-of-origin headers per message, for a whole batch at once (the scheduler signs a batch of
         # work items with one signature: legato.security.wiring).
         self.sign = sign
+        # Each round goes to the socket as soon as it is queued (``write_out``): for publishers of
+        # batches on a run's critical path (the outbox relays), not for many small publishes a loop
+        # iteration (an executor's results), which nats-py's flusher coalesces better.
+        self.write_through = write_through
 
     async def publish(self, msg: OutgoingMessage) -> PubAck | None:
         """Publish one message (retried as ``publish_many`` does); its PubAck, None for core NATS."""
@@ -234,7 +241,8 @@ class Publisher:
                         await self.acks.send(round_, len(sent), msg.subject, msg.payload, headers or None)
                     )
                     sent.append(i)
-                write_out(self.nc)
+                if self.write_through:
+                    write_out(self.nc)
                 if sent:
                     await asyncio.wait((round_.done,), timeout=self.timeout)
             except Exception as exc:  # closed, draining, outbound buffer full
@@ -269,23 +277,29 @@ class Publisher:
 
 
 def write_out(nc: Client) -> None:
-    """Hand what ``nc`` has queued to the socket now, instead of on the client's flusher task's turn.
+    """Hand what ``nc`` has queued to the socket now, instead of on the client's flusher task's turn,
+    when the connection has been quiet.
 
     nats-py queues a publish and writes it from a task of its own, which runs after whatever else the
     event loop has ready: after a commit, the actor's bookkeeping and acks, another relay's statement.
     On an unloaded round trip that wait was a tenth of each hop's time (``docs/performance.md``). A
-    caller that has queued all it has to send calls this once: one write for the batch, as the flusher
-    would make, only sooner. Order is kept (the whole queue goes, oldest first).
+    caller that has queued all it has to send calls this once: the whole queue goes in one write,
+    oldest first, as the flusher would write it, only sooner.
 
-    Only while the socket keeps up (its transport buffers nothing): otherwise the flusher, which waits
-    for the buffer to drain, keeps writing, so a slow server still holds publishers back. Also left to
-    the flusher while the client is not connected (it keeps its queue for after a reconnect) and for a
-    transport without a stream writer (websocket). Relies on nats-py's queue (``_pending``); if a
-    version changes it, this does nothing and the flusher writes as before
-    (``tests/integration/test_bus_write_out.py`` says so)."""
+    As Nagle's algorithm does for TCP, only the first write after a quiet spell goes at once: within
+    ``QUIET`` of the last one, the flusher writes, so that under load the publishes of a loop
+    iteration still share one write (and one read by nats-server) instead of one each. Also left to
+    the flusher while the socket does not keep up (its transport buffers something: the flusher waits
+    for it to drain, so a slow server still holds publishers back), while the client is not connected
+    (it keeps its queue for after a reconnect), and for a transport without a stream writer
+    (websocket). Relies on nats-py's queue (``_pending``); if a version changes it, this does nothing
+    and the flusher writes as before (``tests/integration/test_bus_write_out.py`` says so)."""
     pending = getattr(nc, "_pending", None)
     writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
     if not pending or writer is None or not nc.is_connected or nc.is_reconnecting:
+        return
+    now = time.monotonic()
+    if now - _written_at.get(nc, 0.0) < QUIET:
         return
     transport = writer.transport
     if transport.is_closing() or transport.get_write_buffer_size():
@@ -293,3 +307,9 @@ def write_out(nc: Client) -> None:
     writer.writelines(pending)
     nc._pending = []
     nc._pending_data_size = 0
+    _written_at[nc] = now
+
+
+# A connection that wrote out less than this ago leaves its next publishes to nats-py's flusher.
+QUIET = 0.001
+_written_at: weakref.WeakKeyDictionary[Client, float] = weakref.WeakKeyDictionary()

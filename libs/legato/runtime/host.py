@@ -131,7 +131,10 @@ class ServiceHost:
             # The executor may not create or change streams (its NATS permissions say so): it waits,
             # bounded, for a stateful service to have created them.
             await await_streams(self.js, self.topology)
-        self.publisher = Publisher(self.nc, sign=origin_signer(self.settings, self.topology))
+        # Its rounds are written at once (``write_out``): the relays' rounds are a run's hops.
+        self.publisher = Publisher(
+            self.nc, sign=origin_signer(self.settings, self.topology), write_through=True
+        )
         if not self.with_database:
             self.dead_letters = NatsDeadLetters(self.publisher, self.topology, self.service)
             log.info("service_connected", nats=self.settings.nats_url, database=False)
