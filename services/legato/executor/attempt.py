@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from legato.bus.consumer import Delivery, Retry
 from legato.bus.publisher import OutgoingMessage, Publisher
@@ -44,7 +45,7 @@ from legato.executor.lease import FenceLease
 from legato.executor.recent_attempts import RecentCancels, RecentResults
 from legato.executor.step_runner import StepContext, StepFailed, StepFenced, StepResult, StepRunner
 from legato.protocol.messages import AttemptFinished, AttemptStarted, Outcome, WorkItem, encode
-from legato.telemetry import bind_context, extract_context, get_logger, get_tracer, inject_headers, metrics
+from legato.telemetry import bind_context, consume_span, get_logger, get_tracer, inject_headers, metrics
 
 log = get_logger("legato.executor")
 
@@ -225,19 +226,21 @@ class AttemptProcessor:
     ) -> None:
         self.stats["executed"] += 1
         # The WorkItem's traceparent names the scheduler's step.attempt span: the execution is its
-        # direct child (the consumer's "process" span beside it is only about the delivery).
-        with get_tracer().start_as_current_span(
-            f"execute {item.step_type}",
-            context=extract_context(headers) if headers else None,
-            kind=SpanKind.INTERNAL,
-            attributes={
-                "legato.workflow_id": item.workflow_id,
-                "legato.instance_id": item.instance_id,
-                "legato.step_id": item.step_id,
-                "legato.attempt": item.attempt,
-                "legato.attempt_id": item.attempt_id,
-                "legato.step_type": item.step_type,
-            },
+        # direct child (the consumer's "process" span beside it is only about the delivery). Without
+        # headers, a child of the current (the delivery's) span.
+        attributes: dict[str, AttributeValue] = {
+            "legato.workflow_id": item.workflow_id,
+            "legato.instance_id": item.instance_id,
+            "legato.step_id": item.step_id,
+            "legato.attempt": item.attempt,
+            "legato.attempt_id": item.attempt_id,
+            "legato.step_type": item.step_type,
+        }
+        name = f"execute {item.step_type}"
+        with (
+            consume_span(name, headers, kind=SpanKind.INTERNAL, attributes=attributes)
+            if headers
+            else get_tracer().start_as_current_span(name, kind=SpanKind.INTERNAL, attributes=attributes)
         ) as span:
             log.info("attempt_started", step_type=item.step_type, timeout=item.timeout)
             finished = await self._run_step(item, running)
