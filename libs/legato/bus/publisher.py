@@ -296,7 +296,9 @@ def write_out(nc: Client) -> None:
     and the flusher writes as before (``tests/integration/test_bus_write_out.py`` says so)."""
     pending = getattr(nc, "_pending", None)
     writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    if not pending or writer is None or not nc.is_connected or nc.is_reconnecting:
+    if not isinstance(pending, list) or not pending or writer is None:
+        return
+    if not nc.is_connected or nc.is_reconnecting:
         return
     now = time.monotonic()
     if now - _written_at.get(nc, 0.0) < QUIET:
