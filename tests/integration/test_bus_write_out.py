@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from legato.bus.connection import connect
 from legato.bus.publisher import QUIET, OutgoingMessage, Publisher, write_out
 from legato.devstack import EmbeddedNats
+from tests.support.stack import now, until
 
 
 @pytest.fixture
@@ -34,12 +35,6 @@ async def _received(nc: Client, subject: str) -> list[Msg]:
     await nc.subscribe(subject, cb=keep)
     await nc.flush()
     return got
-
-
-async def _until(check: object, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
 
 
 async def test_a_queued_publish_is_written_at_once_and_arrives_once(
@@ -64,7 +59,7 @@ async def test_a_queued_publish_is_written_at_once_and_arrives_once(
         await own_nc.publish("wo.once", b"3")
         write_out(own_nc)  # quiet again: at once
         assert not own_nc._pending
-        await _until(lambda: len(got) >= 3)
+        await until(now(lambda: len(got) >= 3), 10.0, "the three messages")
         await own_nc.flush()
         await reader.flush()
         assert [m.data for m in got] == [b"1", b"2", b"3"]
@@ -120,7 +115,7 @@ async def test_a_backed_up_socket_is_left_to_the_flusher_and_nothing_is_lost_or_
         own_nats.proc.send_signal(signal.SIGCONT)
     try:
         await own_nc.flush(timeout=30)
-        await _until(lambda: len(got) >= sent, timeout=30)
+        await until(now(lambda: len(got) >= sent), 30.0, f"all {sent} messages")
         await reader.flush()
         assert [int.from_bytes(m.data[:4], "big") for m in got] == list(range(sent))
     finally:

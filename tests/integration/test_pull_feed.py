@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
@@ -21,7 +21,7 @@ from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
 from legato.store import PostgresDeadLetters, create_pool
 from tests.integration.test_bus_store import DECODER, Ping, publish, spec_for
-from tests.support.stack import until
+from tests.support.stack import now, until
 
 
 @pytest.fixture
@@ -34,13 +34,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 def topo(settings: Settings) -> Topology:
     return Topology(settings.namespace, settings.partitions)
-
-
-def now(cond: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return cond()
-
-    return probe
 
 
 def recording_loop(

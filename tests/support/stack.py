@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,15 @@ async def until(check: Any, timeout: float, what: str) -> Any:
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"not within {timeout}s: {what}")
+
+
+def now(cond: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """A plain condition as the coroutine function ``until`` polls."""
+
+    async def probe() -> bool:
+        return cond()
+
+    return probe
 
 
 def executor_named(stack: Stack, executor_id: str) -> str:
