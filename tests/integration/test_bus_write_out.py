@@ -13,6 +13,7 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from legato.bus import publisher as publisher_module
 from legato.bus.connection import connect
 from legato.bus.publisher import QUIET, OutgoingMessage, Publisher, write_out
 from legato.devstack import EmbeddedNats
@@ -38,7 +39,7 @@ async def _received(nc: Client, subject: str) -> list[Msg]:
 
 
 async def test_a_queued_publish_is_written_at_once_and_arrives_once(
-    own_nats: EmbeddedNats, own_nc: Client
+    own_nats: EmbeddedNats, own_nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reader = await connect(own_nats.url, name="test-write-out-reader")
     try:
@@ -49,17 +50,22 @@ async def test_a_queued_publish_is_written_at_once_and_arrives_once(
         assert own_nc._pending, "nats-py no longer queues publishes in Client._pending: review write_out"
         write_out(own_nc)
         assert not own_nc._pending and own_nc._pending_data_size == 0
-        # Within QUIET of that write the next publish is left to the flusher, which coalesces.
+        # Within QUIET of that write the next publish is left to the flusher, which coalesces. (QUIET is
+        # stretched so that a loaded machine pausing this test between two lines cannot end the spell.)
+        monkeypatch.setattr(publisher_module, "QUIET", 3600.0)
         await own_nc.publish("wo.once", b"2")
         write_out(own_nc)
         assert own_nc._pending
-        await asyncio.sleep(QUIET * 2)  # the flusher's turn comes
-        assert not own_nc._pending
-        await asyncio.sleep(QUIET * 2)
+        await until(now(lambda: not own_nc._pending), 10.0, "the flusher's turn")
+        monkeypatch.setattr(publisher_module, "QUIET", 0.0)  # the spell is over
         await own_nc.publish("wo.once", b"3")
         write_out(own_nc)  # quiet again: at once
         assert not own_nc._pending
-        await until(now(lambda: len(got) >= 3), 10.0, "the three messages")
+        await until(
+            now(lambda: len(got) >= 3),
+            10.0,
+            lambda: f"the three messages; arrived: {[m.data for m in got]}, still queued: {own_nc._pending}",
+        )
         await own_nc.flush()
         await reader.flush()
         assert [m.data for m in got] == [b"1", b"2", b"3"]

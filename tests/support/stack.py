@@ -90,15 +90,19 @@ async def attempts_of(client: LegatoClient, instance_id: str, step: str = "work"
     return []
 
 
-async def until(check: Any, timeout: float, what: str) -> Any:
-    """Poll the coroutine function ``check`` until it returns something truthy; fail naming ``what``."""
+async def until(check: Any, timeout: float, what: str | Callable[[], str]) -> Any:
+    """Poll the coroutine function ``check`` until it returns something truthy; fail naming ``what``
+    (or what ``what()`` says then: the state the test saw). It checks once more at the deadline, so a
+    test paused past it by a loaded machine still sees what arrived meanwhile."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = await check()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            break
         await asyncio.sleep(0.05)
-    raise AssertionError(f"not within {timeout}s: {what}")
+    raise AssertionError(f"not within {timeout}s: {what if isinstance(what, str) else what()}")
 
 
 def now(cond: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
