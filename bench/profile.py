@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections import defaultdict
@@ -81,6 +82,7 @@ from _servers import (
     bench_stack,
     cpu_between,
     cpu_per,
+    paced,
     percentile,
     sample_cpu,
     switches_between,
@@ -182,6 +184,18 @@ def hops_of(
     return hops
 
 
+def dump_runs(path: str | None, phase: str, rows: list[Any], sent: dict[str, float]) -> None:
+    """Append each run's recorded timestamps (epoch seconds) to ``path`` as JSON lines, with its phase
+    and when its start was sent: to look at the slowest runs of a phase one by one (what they share,
+    whether they cluster in time)."""
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as out:
+        for r in rows:
+            fields = {k: (float(v) if v is not None and k != "id" else v) for k, v in dict(r).items()}
+            out.write(json.dumps({"phase": phase, "sent_at": sent[r["id"]], **fields}) + "\n")
+
+
 def report_hops(
     n: int,
     hops: dict[str, list[float]],
@@ -254,15 +268,13 @@ async def start_paced(client: LegatoClient, rate: float, count: int, prefix: str
     """Start ``count`` runs at ``rate`` per second (an open-loop arrival rate: start i goes out at
     i/rate, whatever the replies take); returns each run's id -> when its start was sent."""
     sent: dict[str, float] = {}
-    t0 = time.time()
 
     async def one(i: int) -> None:
-        await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
         t_sent = time.time()
         reply = await client.start("bench-profile", request_id=f"{prefix}{i}")
         sent[str(reply.instance_id)] = t_sent
 
-    await asyncio.gather(*(one(i) for i in range(count)))
+    await paced(rate, count, one)
     return sent
 
 
@@ -306,6 +318,7 @@ async def profile(
             done += 1
             await wait_ended(conn, done)
         rows = await conn.fetch(PATH_QUERY, list(sent)) if sent else []
+        dump_runs(args.dump, "sequential", rows, sent)
         if rows and watch is not None:
             await watch.stop()
             report_hops(len(rows), hops_of(rows, sent, watch.published, BUS_HOPS), table=BUS_HOPS)
@@ -364,6 +377,7 @@ async def profile(
             client_cpu = time.process_time() - client_cpu
             cpu, switches = cpu_between(before, after), switches_between(before, after)
             rows = await conn.fetch(PATH_QUERY, list(sent))
+            dump_runs(args.dump, "paced", rows, sent)
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
             print(
                 f"  at this rate: {cpu_per(cpu, count)}; "
@@ -438,6 +452,11 @@ def main() -> None:
         "--statements",
         action="store_true",
         help="log every SQL statement and print each phase's statements per run (CPU figures then skewed)",
+    )
+    parser.add_argument(
+        "--dump",
+        metavar="FILE",
+        help="append every unloaded and paced run's recorded timestamps to FILE (JSON lines)",
     )
     args = parser.parse_args()
     for auth in {"off": [False], "on": [True], "both": [False, True]}[args.auth]:
