@@ -177,6 +177,24 @@ async def until(
         await asyncio.sleep(0.2)
 
 
+async def paced(rate: float, count: int, send: Callable[[int], Awaitable[None]]) -> None:
+    """Call ``send(i)`` for i in 0..count-1, the i-th at ``i / rate`` seconds from now, each in a task
+    of its own (an open-loop arrival rate: a slow reply holds nothing back), then wait for them all.
+
+    One loop makes each task when its time comes. (A task per send made up front, each sleeping until
+    its time, started with a burst: the event loop's first pass over thousands of new tasks took tens
+    of ms, and every send that fell due meanwhile went out at once, at several times the rate.) When
+    the loop falls behind, the sends that are due go out together, as an open-loop arrival would."""
+    t0 = time.monotonic()
+    tasks: list[asyncio.Task[None]] = []
+    for i in range(count):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send(i)))
+    await asyncio.gather(*tasks)
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -25,6 +25,7 @@ from _servers import (
     bench_stack,
     cpu_between,
     cpu_per,
+    paced,
     percentile,
     sample_cpu,
     until,
@@ -61,13 +62,13 @@ async def run(
         t0 = time.time()
 
         async def one(i: int) -> None:
-            if rate:
-                # Paced: request i goes out at t0 + i/rate (an open-loop arrival rate, not a backlog).
-                await asyncio.sleep(max(0.0, t0 + i / rate - time.time()))
             async with sem:
                 await client.start("bench-noop", request_id=f"b{i}")
 
-        await asyncio.gather(*(one(i) for i in range(n)))
+        if rate:
+            await paced(rate, n, one)  # request i goes out at t0 + i/rate (open loop, not a backlog)
+        else:
+            await asyncio.gather(*(one(i) for i in range(n)))
         accepted = time.time()
 
         async def all_ended() -> bool:
