@@ -298,7 +298,7 @@ def write_out(nc: Client) -> None:
     writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
     if not isinstance(pending, list) or not pending or writer is None:
         return
-    if not nc.is_connected or nc.is_reconnecting:
+    if not nc.is_connected:  # reconnecting, closed: nats-py keeps its queue for later
         return
     now = time.monotonic()
     if now - _written_at.get(nc, 0.0) < QUIET:
