@@ -60,8 +60,10 @@ async def test_items_that_arrive_together_commit_in_one_transaction(pool: asyncp
     await asyncio.sleep(0.05)  # the worker holds a batch of one at the gate; the rest queue behind it
     rest = [asyncio.create_task(batcher.submit(n)) for n in range(2, 6)]
     await asyncio.sleep(0.05)
+    assert batcher.queued() == [2, 3, 4, 5]  # what waits for the next batch, not the batch at the gate
     store.gate.set()
     assert await asyncio.gather(first, *rest) == [10, 20, 30, 40, 50]
+    assert batcher.queued() == []
     assert store.calls == [[1], [2, 3, 4, 5]]
     txids = await rows(pool)
     assert txids[2] == txids[3] == txids[4] == txids[5] != txids[1]

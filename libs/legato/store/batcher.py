@@ -77,6 +77,10 @@ class GroupCommit(Generic[T, R]):
     def qsize(self) -> int:
         return self._queue.qsize()
 
+    def queued(self) -> list[T]:
+        """The items waiting for a later batch, oldest first (a snapshot)."""
+        return [p.item for p in self._queue._queue]  # type: ignore[attr-defined]
+
     async def submit(self, item: T) -> R:
         """Queue ``item`` (waiting while the queue is full) and wait until its batch committed."""
         if self._closed:

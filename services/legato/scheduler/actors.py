@@ -210,7 +210,11 @@ class WorkflowActor:
                 # Concurrency tags are shared with other workflows: locked for the whole batch.
                 await self._lock_late(conn)
             state.tags = await repository.lock_tags(conn, tags)
-            state.begin_batch()
+            # Results waiting in the mailbox for a later batch: their attempts left the executor queue.
+            waiting = self.mailbox.queued()
+            state.begin_batch(
+                {e.message.attempt_id for e in waiting if isinstance(e.message, AttemptFinished)}
+            )
             engine = RunEngine(
                 state,
                 uow,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -235,15 +236,17 @@ class WorkflowState:
     dispatched: dict[str, tuple[str, str]] = field(default_factory=dict)
     indexed_at: float = 0.0  # when ``index_dispatched`` last scanned every run
 
-    def begin_batch(self) -> None:
+    def begin_batch(self, finished: Collection[str] = ()) -> None:
         """The per-message bookkeeping of ``unstarted`` never drifts past one batch: each batch recounts
         it from the attempts it counted (``count_unstarted``, a look at each), and at most once a second
         from every run (``index_dispatched``; a backlog of queued runs made that scan per batch cost
-        more than the rest of the batch)."""
+        more than the rest of the batch). ``finished``: attempts whose results have arrived and wait for
+        a later batch; they left their queue, so they are not counted (that batch counts them, then
+        applies them)."""
         if time.monotonic() - self.indexed_at >= DISPATCHED_RESCAN_SECONDS:
-            self.index_dispatched()
+            self.index_dispatched(finished)
         else:
-            self.count_unstarted()
+            self.count_unstarted(finished)
 
     def note_dispatched(self, at: AttemptState) -> None:
         self.dispatched[at.id] = (at.instance_id, at.queue)
@@ -254,9 +257,9 @@ class WorkflowState:
             self.dispatched.pop(at.id, None)
             self.unstarted[at.queue] = max(0, self.unstarted.get(at.queue, 0) - 1)
 
-    def count_unstarted(self) -> None:
+    def count_unstarted(self, finished: Collection[str] = ()) -> None:
         """Recount the attempts waiting in executor queues from those counted, dropping any that left
-        the queue (or whose run left memory) by a path that did not say so."""
+        the queue (or whose run left memory) by a path that did not say so, and skipping ``finished``."""
         counts: dict[str, int] = {}
         for attempt_id, (instance_id, queue) in list(self.dispatched.items()):
             inst = self.instances.get(instance_id)
@@ -264,10 +267,11 @@ class WorkflowState:
             if at is None or at.status != "dispatched":
                 del self.dispatched[attempt_id]
                 continue
-            counts[queue] = counts.get(queue, 0) + 1
+            if attempt_id not in finished:
+                counts[queue] = counts.get(queue, 0) + 1
         self.unstarted = counts
 
-    def index_dispatched(self) -> None:
+    def index_dispatched(self, finished: Collection[str] = ()) -> None:
         """Find the attempts waiting in executor queues in every run in memory (on load, and once a
         second: an attempt dispatched by a path that did not say so is counted then)."""
         self.dispatched = {
@@ -277,7 +281,7 @@ class WorkflowState:
             if at.status == "dispatched"
         }
         self.indexed_at = time.monotonic()
-        self.count_unstarted()
+        self.count_unstarted(finished)
 
     def stopping_runs(self) -> list[str]:
         """Ended runs whose stop is not confirmed yet, oldest deadline first."""

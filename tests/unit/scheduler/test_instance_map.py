@@ -46,10 +46,13 @@ def test_the_map_knows_the_versions_of_the_runs_it_holds() -> None:
 
 
 class WindowDriver(EngineDriver):
-    """Each operation is a batch of its own, as the actor applies it, with a dispatch window of 2."""
+    """Each operation is a batch of its own, as the actor applies it, with a dispatch window of 2;
+    ``waiting_results`` are the attempts whose results the actor's mailbox holds for a later batch."""
+
+    waiting_results: frozenset[str] = frozenset()
 
     def _engine(self) -> RunEngine:
-        self.state.begin_batch()
+        self.state.begin_batch(self.waiting_results)
         return RunEngine(
             self.state,
             UnitOfWork(),
@@ -96,3 +99,29 @@ def test_an_attempt_dispatched_by_a_silent_path_is_counted_within_a_second() -> 
     state.begin_batch()
     assert state.unstarted == {"default": 1}
     assert state.dispatched == {at.id: ("a", "default")}
+
+
+def test_a_result_waiting_in_the_mailbox_frees_its_slot_and_is_not_freed_twice() -> None:
+    driver = WindowDriver("parallel", 10)
+    for name in ("a", "b", "c"):
+        driver.trigger(name)
+    state = driver.state
+    assert state.unstarted == {"default": 2}
+    assert state.instances["c"].steps["work"].status == "waiting"  # the window of 2 is full
+    # a's result has arrived and waits for the next batch: a left the executor queue, so this batch
+    # sends c at once instead of holding it until the result is applied.
+    a_attempt = state.instances["a"].steps["work"].current_attempt_id or ""
+    driver.waiting_results = frozenset({a_attempt})
+    driver.trigger("d")
+    assert state.instances["c"].steps["work"].status == "queued"
+    assert state.unstarted == {"default": 2}  # b and c; d is held
+    assert state.instances["d"].steps["work"].status == "waiting"
+    # The batch that applies a's result counts a again and frees it once: b and c still fill the window.
+    driver.waiting_results = frozenset()
+    driver.finish("a", True)
+    assert driver.statuses()["a"] == "succeeded"
+    assert state.unstarted == {"default": 2}
+    assert state.instances["d"].steps["work"].status == "waiting"
+    driver.finish("b", True)
+    assert state.instances["d"].steps["work"].status == "queued"
+    assert state.unstarted == {"default": 2}  # c and d
