@@ -213,7 +213,9 @@ async def provision_streams(
 # a number) nor a work queue's (one token), so no consumer's filter matches it.
 KEEPER_SUBJECT = "keep.open"
 KEPT_OPEN = ("trigger", "event", "work")
-WRONG_LAST_SEQUENCE = 10071  # JetStream's error when Nats-Expected-Last-Subject-Sequence does not hold
+# JetStream's errors when Nats-Expected-Last-Subject-Sequence does not hold: "wrong last sequence: N"
+# (10071), and the same without the number (10164), which some nats-server versions answer instead.
+WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 async def keep_work_queues_open(js: JetStreamContext, topology: Topology) -> int:
@@ -227,7 +229,7 @@ async def keep_work_queues_open(js: JetStreamContext, topology: Topology) -> int
             await js.publish(subject, b"", headers={"Nats-Expected-Last-Subject-Sequence": "0"})
             put += 1
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
                 raise
     return put
 
