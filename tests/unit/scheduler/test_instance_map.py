@@ -66,13 +66,19 @@ class WindowDriver(EngineDriver):
         super()._commit(engine)
 
 
-def test_a_batch_recounts_the_waiting_attempts_without_scanning_every_run() -> None:
+def window_full() -> WindowDriver:
+    """Runs a, b and c started: a and b fill the window of 2, c's step is held."""
     driver = WindowDriver("parallel", 10)
     for name in ("a", "b", "c"):
         driver.trigger(name)
+    assert driver.state.unstarted == {"default": 2}
+    assert driver.state.instances["c"].steps["work"].status == "waiting"
+    return driver
+
+
+def test_a_batch_recounts_the_waiting_attempts_without_scanning_every_run() -> None:
+    driver = window_full()
     state = driver.state
-    assert state.unstarted == {"default": 2}
-    assert state.instances["c"].steps["work"].status == "waiting"  # the window of 2 is full
     # A path that ends an attempt without saying so (the recount is the safety net for such a bug):
     # the next batch drops it from the count, without a scan of every run, and the held step goes.
     lost = state.instances["a"].attempts[state.instances["a"].steps["work"].current_attempt_id or ""]
@@ -102,12 +108,8 @@ def test_an_attempt_dispatched_by_a_silent_path_is_counted_within_a_second() -> 
 
 
 def test_a_result_waiting_in_the_mailbox_frees_its_slot_and_is_not_freed_twice() -> None:
-    driver = WindowDriver("parallel", 10)
-    for name in ("a", "b", "c"):
-        driver.trigger(name)
+    driver = window_full()
     state = driver.state
-    assert state.unstarted == {"default": 2}
-    assert state.instances["c"].steps["work"].status == "waiting"  # the window of 2 is full
     # a's result has arrived and waits for the next batch: a left the executor queue, so this batch
     # sends c at once instead of holding it until the result is applied.
     a_attempt = state.instances["a"].steps["work"].current_attempt_id or ""
