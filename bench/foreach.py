@@ -3,6 +3,9 @@
 Prints iterations/s (foreach start -> foreach end), the scheduler's peak RSS and its growth over the
 idle baseline (sampled every 100 ms from /proc), and the Postgres rows written (inserts counted by
 pg_stat_user_tables over the run), and the CPU each iteration cost (all processes, from ``/proc``).
+With ``--probe SECONDS``, a one-noop-step run of another workflow is started every SECONDS while the
+foreach runs, and its trigger -> step start latency printed: what the foreach's dispatch window
+(``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue.
 All services are separate processes; nats-server and PostgreSQL are embedded (or
 LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +23,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, sample_cpu
+from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, percentile, sample_cpu
 from legato.config.settings import Settings
 
 WORKFLOW = """
@@ -39,6 +43,21 @@ steps:
           type: noop
 """
 
+PROBE = """
+id: bench-probe
+run_strategy: {type: parallel, max_concurrency: 1000}
+steps:
+  - id: only
+    type: noop
+"""
+
+PROBE_LATENCY = """
+SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms,
+       extract(epoch FROM a.started_at - a.dispatched_at) * 1000 AS queued_ms
+FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id
+WHERE i.workflow_id = 'bench-probe' AND i.requested_at >= to_timestamp($1) AND a.started_at IS NOT NULL
+"""
+
 
 def rss_kb(pid: int) -> int:
     try:
@@ -55,12 +74,16 @@ async def rows_inserted(conn: asyncpg.Connection) -> int:
     return int(value)
 
 
-async def run(n: int, width: int, executors: int, settings: Settings, log_dir: Path) -> None:
+async def run(
+    n: int, width: int, executors: int, settings: Settings, log_dir: Path, probe: float = 0.0
+) -> None:
     quiet = {"OTEL_SDK_DISABLED": "true"}
     async with bench_stack(
         settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet
     ) as (stack, client, conn):
         await client.push(WORKFLOW.replace("{width}", str(width)))
+        if probe:
+            await client.push(PROBE)
         await asyncio.sleep(1.5)
         pid = stack["scheduler"].pid
         assert pid is not None
@@ -70,6 +93,13 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         before = sample_cpu(stack)
         res = await client.start("bench-foreach", {"n": n})
         t0 = time.time()
+
+        async def probes() -> None:
+            while True:
+                await asyncio.sleep(probe)
+                await client.start("bench-probe", {})
+
+        prober = asyncio.create_task(probes()) if probe else None
         while True:
             peak = max(peak, rss_kb(pid))
             info = await client.get(res.instance_id, timeline_limit=0, steps_limit=10)
@@ -77,6 +107,8 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
                 break
             await asyncio.sleep(0.1)
         elapsed = time.time() - t0
+        if prober is not None:
+            prober.cancel()
         cpu = cpu_between(before, sample_cpu(stack))
         fan = {s["step_id"]: s for s in info["steps"]}["fan"]
         started = fan.get("started_at")
@@ -97,6 +129,19 @@ async def run(n: int, width: int, executors: int, settings: Settings, log_dir: P
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
+        if probe:
+            await asyncio.sleep(1.0)  # the last probes start
+            rows = await conn.fetch(PROBE_LATENCY, t0)
+            ms = sorted(float(r["ms"]) for r in rows)
+            queued = [float(r["queued_ms"]) for r in rows]
+            # The services inherit the bench's environment.
+            window = os.environ.get("LEGATO_DISPATCH_WINDOW", settings.dispatch_window)
+            print(
+                f"  another workflow's one-step run beside it (every {probe:g} s, dispatch window {window}): "
+                f"trigger -> step start p50 {percentile(ms, 50):.1f} ms, p99 {percentile(ms, 99):.1f} ms, "
+                f"max {ms[-1]:.1f} ms ({len(ms)} runs); of which dispatched -> executor started p50 "
+                f"{percentile(queued, 50):.1f} ms, p99 {percentile(queued, 99):.1f} ms"
+            )
 
 
 def main() -> None:
@@ -104,10 +149,13 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--executors", type=int, default=1)
+    parser.add_argument(
+        "--probe", type=float, default=0.0, help="seconds between another workflow's runs beside it (0: none)"
+    )
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
         settings = bench_settings(servers)
-        asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs"))
+        asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs", args.probe))
 
 
 if __name__ == "__main__":
