@@ -40,8 +40,10 @@ steps:
       concurrency: {width}
       steps:
         - id: nothing
-          type: noop
+          {body}
 """
+NOOP = "type: noop"
+SLEEP = "type: sleep\n          duration: {seconds}"
 
 PROBE = """
 id: bench-probe
@@ -75,13 +77,20 @@ async def rows_inserted(conn: asyncpg.Connection) -> int:
 
 
 async def run(
-    n: int, width: int, executors: int, settings: Settings, log_dir: Path, probe: float = 0.0
+    n: int,
+    width: int,
+    executors: int,
+    settings: Settings,
+    log_dir: Path,
+    probe: float = 0.0,
+    step_seconds: float = 0.0,
 ) -> None:
     quiet = {"OTEL_SDK_DISABLED": "true"}
     async with bench_stack(
         settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet
     ) as (stack, client, conn):
-        await client.push(WORKFLOW.replace("{width}", str(width)))
+        body = SLEEP.format(seconds=step_seconds) if step_seconds else NOOP
+        await client.push(WORKFLOW.replace("{width}", str(width)).replace("{body}", body))
         if probe:
             await client.push(PROBE)
         await asyncio.sleep(1.5)
@@ -119,7 +128,8 @@ async def run(
         await asyncio.sleep(1.0)  # let pg_stat catch up
         rows = await rows_inserted(conn) - rows_before
         print(
-            f"foreach: {n} noop iterations, concurrency {width}, {executors} executor(s): status {info['status']}"
+            f"foreach: {n} {f'{step_seconds:g} s sleep' if step_seconds else 'noop'} iterations, concurrency "
+            f"{width}, {executors} executor(s): status {info['status']}"
         )
         print(f"  iterations/s (foreach step start -> end): {n / step_secs:8.0f}   ({step_secs:.1f} s)")
         print(f"  iterations/s (start request -> run end):  {n / elapsed:8.0f}")
@@ -150,12 +160,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--executors", type=int, default=1)
     parser.add_argument(
+        "--step-seconds", type=float, default=0.0, help="each iteration a sleep step this long (0: noop)"
+    )
+    parser.add_argument(
         "--probe", type=float, default=0.0, help="seconds between another workflow's runs beside it (0: none)"
     )
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
         settings = bench_settings(servers)
-        asyncio.run(run(args.n, args.concurrency, args.executors, settings, servers.tmp / "logs", args.probe))
+        logs = servers.tmp / "logs"
+        asyncio.run(
+            run(args.n, args.concurrency, args.executors, settings, logs, args.probe, args.step_seconds)
+        )
 
 
 if __name__ == "__main__":
