@@ -233,3 +233,56 @@ async def test_a_start_is_read_past_another_workflows_backlog_on_its_partition(
         finally:
             await holder.close()
             await conn.close()
+
+
+# A fan-out of steps far slower than a noop, and another workflow's one step: both write what they did.
+SLOW_FAN = """
+id: slowfan
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: each
+    type: foreach
+    foreach:
+      over: "range(24)"
+      as: k
+      concurrency: 24
+      steps:
+        - id: work
+          type: shell
+          command: echo "fan $LEGATO_PARAM_K" >> "{ledger}"; sleep 0.5
+"""
+NEIGHBOUR = """
+id: neighbour
+run_strategy: {type: parallel, max_concurrency: 5}
+steps:
+  - id: one
+    type: shell
+    command: echo "neighbour" >> "{ledger}"
+"""
+
+
+async def test_another_workflows_step_runs_ahead_of_a_fan_outs_queued_steps(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An executor of 2 slots, a fan-out of 24 half-second steps: its first few attempts go to the
+    queue's lead lane, the rest to its bulk lane. Another workflow's step, sent once the fan-out's
+    steps fill both slots, runs within the next few freed slots (its work item in the lead lane, behind
+    at most the fan-out's few there), not behind the 20-odd queued before it; and every step runs once."""
+    ledger = tmp_path / "ledger.txt"
+    async with running_stack(settings, tmp_path, concurrency=2) as (_stack, client):
+        await client.push(SLOW_FAN.replace("{ledger}", str(ledger)))
+        await client.push(NEIGHBOUR.replace("{ledger}", str(ledger)))
+        fan = await client.start("slowfan")
+
+        async def fan_running() -> bool:
+            return ledger.exists() and len(ledger.read_text().splitlines()) >= 2
+
+        await until(fan_running, 60, "the fan-out's first steps running")
+        neighbour = await client.start("neighbour")
+        assert (await wait_for(client, neighbour.instance_id, timeout=60))["status"] == "succeeded"
+        assert (await wait_for(client, fan.instance_id, timeout=120))["status"] == "succeeded"
+    lines = ledger.read_text().splitlines()
+    assert sorted(lines) == sorted([f"fan {k}" for k in range(24)] + ["neighbour"]), lines  # each once
+    before = lines.index("neighbour")
+    # FIFO (one lane), the neighbour's item would wait behind every fan-out item sent before it (~22).
+    assert before <= 8, lines

@@ -1021,7 +1021,7 @@ async def test_each_work_queue_keeps_one_message_no_consumer_takes(nc: Client, t
     """The trigger, event and work streams each get one message that keeps them from emptying (their
     file store would otherwise drop and recreate a message block every other run below saturation).
     One ever, however often it is put; no consumer's filter takes it, not even a work queue named
-    ``keep``; and the stream's real messages are delivered and acked as before."""
+    ``keep`` (either lane); and the stream's real messages are delivered and acked as before."""
     js = nc.jetstream()
     await provision_streams(js, topo)
     assert await keep_work_queues_open(js, topo) == 3
@@ -1031,6 +1031,7 @@ async def test_each_work_queue_keeps_one_message_no_consumer_takes(nc: Client, t
         assert (await js.stream_info(stream)).state.messages == 1
     consumers = [
         ConsumerSpec(topo.work_stream, "q_keep", filter_subject=topo.work_subject("keep")),
+        ConsumerSpec(topo.work_stream, "q_keep_bulk", filter_subject=topo.work_bulk_subject("keep")),
         ConsumerSpec(topo.work_stream, "q_default", filter_subject=topo.work_subject("default")),
         ConsumerSpec(topo.triggers_stream, "p0", filter_subject=f"{topo.subject_prefix('trigger')}0.>"),
         ConsumerSpec(topo.events_stream, "e0", filter_subject=f"{topo.subject_prefix('event')}0.>"),

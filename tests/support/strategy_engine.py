@@ -13,7 +13,7 @@ from legato.bus.topology import Topology
 from legato.core import compile_workflow, parse_definition
 from legato.protocol.messages import AttemptFinished, StartRun, TriggerInfo
 from legato.scheduler import actions
-from legato.scheduler.engine import RunEngine
+from legato.scheduler.engine import DispatchLimits, RunEngine
 from legato.scheduler.state import InstanceState, UnitOfWork, WorkflowRow, WorkflowState
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from tests.support.strategy_model import RunEvent
@@ -173,3 +173,26 @@ class EngineDriver:
 
     def events(self) -> list[RunEvent]:
         return run_events(self.timeline)
+
+
+class WindowDriver(EngineDriver):
+    """Each operation is a batch of its own, as the actor applies it, with ``limits`` (a dispatch window
+    of 2); ``waiting_results`` are the attempts whose results the actor's mailbox holds for a later
+    batch."""
+
+    limits = DispatchLimits(window=2, lead=1)
+    waiting_results: frozenset[str] = frozenset()
+
+    def _engine(self) -> RunEngine:
+        self.state.begin_batch(self.waiting_results)
+        return RunEngine(
+            self.state,
+            UnitOfWork(),
+            topology=self.topology,
+            compiled=lambda wf, v: self.compiled,
+            dispatch=self.limits,
+        )
+
+    def _commit(self, engine: RunEngine) -> None:
+        engine.drain_dispatch_backlog()  # as the actor does after each message
+        super()._commit(engine)

@@ -12,6 +12,21 @@ value, runs the handler, and settles the message from the outcome in one place:
 - cancellation (shutdown)     -> no settlement: JetStream redelivers after ack_wait
 
 Long handlers are kept alive with ``in_progress()``; in-flight work is bounded by ``max_in_flight``.
+
+With ``bulk``, the loop serves a second consumer of the same stream (a work queue's bulk lane) after
+its first (the lead lane): whenever it has room, it takes what the lead lane delivered first. A
+standing request holds room whether or not messages come, so the lanes ask by what they do:
+
+- the bulk lane idle (nothing delivered for ``BULK_IDLE_SECONDS``): it keeps one message asked for,
+  and the lead lane the rest of the room, as a lone consumer would;
+- the bulk lane busy: it asks for the room (less the lead lane's messages waiting for it), and the
+  lead lane keeps ``lead_ahead`` messages asked for beyond it. Those wait in the loop for the next
+  free slots, taken before anything of the bulk lane's: a lead message never waits in the stream
+  behind a bulk lane that always has work, nor for more than the next slot to free.
+
+So up to ``max(1, lead_ahead)`` delivered messages may wait in the loop beyond ``max_in_flight``; each
+is kept alive (``in_progress``) like a running handler until it is taken, and given back (nak) if the
+loop stops first.
 Every outcome is counted in ``legato.consumer.handled`` (``acked``, ``retried``, ``failed``,
 ``dead_lettered``), with ``legato.consumer.redeliveries`` and ``legato.consumer.dead_letters`` beside.
 """
@@ -19,7 +34,9 @@ Every outcome is counted in ``legato.consumer.handled`` (``acked``, ``retried``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +66,11 @@ class MessageDecoder(Protocol[T_co]):
 
     def decode(self, buf: bytes, /) -> T_co: ...
 
+
+# A bulk lane that delivered nothing for this long is idle: the lead lane may ask for all the room.
+BULK_IDLE_SECONDS = 2.0
+# How long a pull request of a loop with two lanes lives (the longest the lanes' split lags the work).
+LANE_EXPIRES = 0.5
 
 # How many retried messages a loop remembers (so Retry naks never count toward the dead-letter limit).
 MAX_RETRIES_REMEMBERED = 100_000
@@ -148,10 +170,14 @@ class ConsumerLoop(Component, Generic[T]):
         heartbeat_interval: float | None = None,
         span_name: str | None = None,
         deliver_twice: bool = False,
+        bulk: ConsumerSpec | None = None,
+        lead_ahead: int = 0,
     ) -> None:
         super().__init__()
         self.js = js
         self.spec = spec
+        self.bulk = bulk
+        self.lead_ahead = max(0, lead_ahead)
         self.name = f"consumer:{spec.durable}"
         self.decoder = decoder
         self.handler = handler
@@ -174,23 +200,41 @@ class ConsumerLoop(Component, Generic[T]):
         self._slot_free = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._feed: PullFeed | None = None
+        self._bulk_feed: PullFeed | None = None
+        self._arrived = asyncio.Event()  # a message came on either lane (with ``bulk``)
+
+    def _new_feed(self, spec: ConsumerSpec) -> PullFeed:
+        return PullFeed(
+            self.js,
+            spec.stream,
+            spec.durable,
+            batch=self.batch,
+            # With two lanes a request asked for by the rule of the moment (bulk lane idle or busy) holds its
+            # room until answered or expired: short requests let the split follow the work within 0.5 s.
+            expires=pull_expires(spec.ack_wait)
+            if self.bulk is None
+            else min(LANE_EXPIRES, pull_expires(spec.ack_wait)),
+            arrived=self._arrived if self.bulk is not None else None,
+        )
 
     async def _run(self) -> None:
-        await settled(lambda: provision_consumer(self.js, self.spec), f"consumer {self.spec.durable}")
-        self._feed = feed = PullFeed(
-            self.js,
-            self.spec.stream,
-            self.spec.durable,
-            batch=self.batch,
-            expires=pull_expires(self.spec.ack_wait),
-        )
-        await feed.open()
+        specs = [self.spec] if self.bulk is None else [self.spec, self.bulk]
+        for spec in specs:
+            await settled(functools.partial(provision_consumer, self.js, spec), f"consumer {spec.durable}")
+        self._feed = feed = self._new_feed(self.spec)
+        feeds = [feed]
+        if self.bulk is not None:
+            self._bulk_feed = self._new_feed(self.bulk)
+            feeds.append(self._bulk_feed)
+        for f in feeds:
+            await f.open()
         heartbeat = asyncio.create_task(self._heartbeats(), name=f"{self.name}:heartbeat")
         try:
             await self._fetch_loop(feed)
             # Stop receiving (what was delivered and not taken goes back at once); let in-flight
             # handlers finish (the supervisor bounds this by its grace).
-            await feed.close()
+            for f in feeds:
+                await f.close()
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
@@ -199,27 +243,74 @@ class ConsumerLoop(Component, Generic[T]):
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            await feed.close()
+            for f in feeds:
+                await f.close()
 
     @property
     def pull_requests(self) -> int:
         """Pull requests this loop has made (one per half batch while idle or busy alike)."""
-        return self._feed.requests if self._feed is not None else 0
+        return sum(f.requests for f in (self._feed, self._bulk_feed) if f is not None)
 
     def _on_shutdown(self) -> None:
         if self._feed is not None:
             self._feed.wake()
+        self._arrived.set()
+
+    async def _take(self, feed: PullFeed, room: int) -> list[Msg]:
+        """Up to ``room`` messages: the lead lane's first, the bulk lane's after (see the module's doc)."""
+        bulk = self._bulk_feed
+        if bulk is None:
+            return await feed.take(room, self.fetch_timeout)
+        self._arrived.clear()  # before looking: a message that comes after the look wakes the wait
+        if self._bulk_busy():
+            # Room the lead lane's requests hold beyond ``lead_ahead`` (asked for while the bulk lane was
+            # idle) is left to them until they are answered or expire.
+            await bulk.ask(room - max(feed.held, feed.pending - self.lead_ahead))
+            await feed.ask(self.lead_ahead)
+        else:
+            await bulk.ask(1)
+            # Not all the room: what the lead lane asks for now stays its own until answered or expired,
+            # and a bulk lane that wakes can use the rest at once.
+            await feed.ask(max(1, min(room - bulk.pending, max(self.lead_ahead, room // 2))))
+        msgs = feed.take_held(room)
+        msgs += bulk.take_held(room - len(msgs))
+        if msgs or self.stopping:
+            return msgs
+        try:
+            async with asyncio.timeout(self.fetch_timeout):
+                await self._arrived.wait()
+        except TimeoutError:
+            return []
+        msgs = feed.take_held(room)
+        return msgs + bulk.take_held(room - len(msgs))
+
+    def _bulk_busy(self) -> bool:
+        bulk = self._bulk_feed
+        return bulk is not None and (
+            bulk.held > 0 or time.monotonic() - bulk.delivered_at < BULK_IDLE_SECONDS
+        )
+
+    async def _wait_for_room(self, feed: PullFeed) -> None:
+        self._slot_free.clear()
+        if not self._bulk_busy():
+            await self._slot_free.wait()
+            return
+        # Every slot taken, the bulk lane busy: the lead lane's requests stay standing (renewed as they
+        # expire), so a lead message waits here for the next free slot, not in the stream.
+        await feed.ask(self.lead_ahead)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LANE_EXPIRES / 2):
+                await self._slot_free.wait()
 
     async def _fetch_loop(self, feed: PullFeed) -> None:
         failures = 0
         while not self.stopping:
             room = self.max_in_flight - len(self._tasks)
-            if room <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
             try:
-                msgs = await feed.take(room, self.fetch_timeout)
+                if room <= 0:
+                    await self._wait_for_room(feed)
+                    continue
+                msgs = await self._take(feed, room)
                 failures = 0
             except (
                 nats.errors.ConnectionClosedError,
@@ -230,7 +321,9 @@ class ConsumerLoop(Component, Generic[T]):
                 failures += 1
                 log.warning("fetch_failed", consumer=self.spec.durable, error=repr(exc))
                 if isinstance(exc, PullFault) and exc.consumer_missing:
-                    await self._reprovision_if_missing()
+                    for spec in (self.spec, self.bulk):
+                        if spec is not None:
+                            await self._reprovision_if_missing(spec)
                 await self.sleep_or_stop(min(0.2 * 2**failures, 5.0))
                 continue
             self.stats.fetched += len(msgs)
@@ -239,19 +332,19 @@ class ConsumerLoop(Component, Generic[T]):
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
 
-    async def _reprovision_if_missing(self) -> None:
+    async def _reprovision_if_missing(self, spec: ConsumerSpec) -> None:
         """The consumer was removed (e.g. its stream was deleted and recreated): put it back."""
         try:
-            await self.js.consumer_info(self.spec.stream, self.spec.durable)
+            await self.js.consumer_info(spec.stream, spec.durable)
             return
         except NotFoundError:
             pass
         except Exception as exc:
-            log.warning("consumer_info_failed", consumer=self.spec.durable, error=repr(exc))
+            log.warning("consumer_info_failed", consumer=spec.durable, error=repr(exc))
             return
         try:
-            await provision_consumer(self.js, self.spec)
-            log.warning("consumer_reprovisioned", consumer=self.spec.durable)
+            await provision_consumer(self.js, spec)
+            log.warning("consumer_reprovisioned", consumer=spec.durable)
         except Exception as again:
             log.warning("consumer_reprovision_failed", error=repr(again))
 
@@ -270,6 +363,15 @@ class ConsumerLoop(Component, Generic[T]):
                 if now - item.started >= self.heartbeat_interval and self._in_flight.get(key) is item:
                     try:
                         await item.in_progress()
+                    except Exception as exc:
+                        log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
+            # Messages delivered and waiting in the loop for a slot (a lead message while the bulk lane's
+            # fill every slot, or what a request presumed lost brought): alive until taken, so JetStream
+            # hands them to nobody else meanwhile.
+            for f in (self._feed, self._bulk_feed):
+                for msg in f.held_since(now - self.heartbeat_interval) if f is not None else ():
+                    try:
+                        await msg.in_progress()
                     except Exception as exc:
                         log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
 
@@ -374,7 +476,7 @@ class ConsumerLoop(Component, Generic[T]):
         meta = msg.metadata
         record = DeadLetter(
             stream=meta.stream,
-            consumer=self.spec.durable,
+            consumer=meta.consumer or self.spec.durable,  # the bulk lane's, for a message that came there
             subject=msg.subject,
             stream_seq=meta.sequence.stream,
             msg_id=msg_id,

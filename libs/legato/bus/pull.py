@@ -93,7 +93,10 @@ class PullFeed:
         *,
         batch: int,
         expires: float,
+        arrived: asyncio.Event | None = None,
     ) -> None:
+        """``arrived``: set whenever a message or a word from the server comes (shared by the feeds of
+        one loop that waits for any of them)."""
         # nats-py has no standing-pull API (its fetch is one request per call); the connection and the
         # API prefix (a JetStream domain changes it) are the context's own.
         self._nc = js._nc
@@ -104,7 +107,9 @@ class PullFeed:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._buffer: deque[Msg] = deque()
-        self._arrived = asyncio.Event()
+        self._since: deque[float] = deque()  # when each message in the buffer came
+        self.delivered_at = 0.0  # when the last message came (monotonic)
+        self._arrived = arrived or asyncio.Event()
         self._asked = 0  # messages asked for and neither delivered nor given up by the server
         self._asked_at = time.monotonic()  # when the newest request was made
         self._reconnects = 0
@@ -121,9 +126,31 @@ class PullFeed:
         """Messages delivered and not yet taken."""
         return len(self._buffer)
 
+    @property
+    def pending(self) -> int:
+        """Messages asked for or delivered, and not yet taken: the room this feed holds."""
+        return self._asked + len(self._buffer)
+
+    def held_since(self, before: float) -> list[Msg]:
+        """The messages delivered before ``before`` (monotonic) and not yet taken."""
+        return [m for m, t in zip(self._buffer, self._since, strict=True) if t < before]
+
     def wake(self) -> None:
         """Return from a waiting ``take`` at once (shutdown)."""
         self._arrived.set()
+
+    async def ask(self, room: int) -> None:
+        """Keep requests standing for up to ``min(batch, room)`` messages (raises the server's refusal)."""
+        self._raise_fault()
+        await self._ask(room)
+
+    def take_held(self, n: int) -> list[Msg]:
+        """Up to ``n`` of the messages delivered and not yet taken, without waiting."""
+        return [self._pop() for _ in range(min(n, len(self._buffer)))]
+
+    def _pop(self) -> Msg:
+        self._since.popleft()
+        return self._buffer.popleft()
 
     async def take(self, room: int, wait: float) -> list[Msg]:
         """Up to ``room`` messages, waiting at most ``wait`` seconds for the first; keeps requests for
@@ -138,8 +165,7 @@ class PullFeed:
             except TimeoutError:
                 pass
             self._raise_fault()
-        n = min(room, len(self._buffer))
-        return [self._buffer.popleft() for _ in range(n)]
+        return self.take_held(room)
 
     async def close(self) -> None:
         """Stop the deliveries and give back what was delivered but never taken."""
@@ -150,7 +176,7 @@ class PullFeed:
             except Exception:
                 pass
         while self._buffer:
-            msg = self._buffer.popleft()
+            msg = self._pop()
             try:
                 await msg.nak()
             except Exception:
@@ -183,7 +209,9 @@ class PullFeed:
         if not status:
             if self._asked:
                 self._asked -= 1
+            self.delivered_at = time.monotonic()
             self._buffer.append(msg)
+            self._since.append(self.delivered_at)
             self._arrived.set()
             return
         if status == HEARTBEAT:

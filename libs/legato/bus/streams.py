@@ -210,7 +210,7 @@ async def provision_streams(
 # removed about every other run in each of these streams, a third of nats-server's CPU per run at 100
 # starts/s (docs/performance.md). One message that no consumer takes keeps each of them from emptying.
 # Its subject has two tokens after the kind's prefix: never a partition's (``<p>.<workflow>``, ``<p>``
-# a number) nor a work queue's (one token), so no consumer's filter matches it.
+# a number) nor a work queue's lanes (``<queue>`` and ``<queue>.bulk``), so no consumer's filter matches it.
 KEEPER_SUBJECT = "keep.open"
 KEPT_OPEN = ("trigger", "event", "work")
 # JetStream's errors when Nats-Expected-Last-Subject-Sequence does not hold: "wrong last sequence: N"

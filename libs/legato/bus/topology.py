@@ -87,7 +87,12 @@ class Topology:
         return f"{self._s}legato.event.{partition}.>"
 
     def work_subject(self, queue: str) -> str:
+        """A queue's lead lane: each workflow's first few attempts waiting in the queue (served first)."""
         return f"{self._s}legato.work.{queue}"
+
+    def work_bulk_subject(self, queue: str) -> str:
+        """A queue's bulk lane: a workflow's attempts beyond those in the lead lane (a fan-out's rest)."""
+        return f"{self._s}legato.work.{queue}.bulk"
 
     def deadletter_subject(self, service: str) -> str:
         """Dead letters of a database-less service, for a stateful one to store."""

@@ -45,6 +45,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Scheduler: at most this many attempts of one workflow wait (sent, not started) in one executor
     # queue; its other ready steps wait in the scheduler, so one fan-out never delays other workflows.
     dispatch_window: int = 256
+    # Scheduler: each executor queue has a lead lane, which executors serve first, and a bulk lane. A
+    # workflow sends an attempt to the lead lane while fewer than this many of its attempts there are
+    # waiting or running: another workflow's next step waits behind a fan-out's few, not its window.
+    dispatch_lead: int = 4
     # Trigger: how often the backfill feeder looks for free slots when no run-end event woke it sooner
     # (it follows the run lifecycle events of workflows with a running backfill).
     backfill_poll_interval: float = 0.5
@@ -130,6 +134,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_DISPATCH_WINDOW",
             "must be 1..100000",
             self.dispatch_window,
+        )
+        _check(
+            1 <= self.dispatch_lead <= 100_000,
+            "LEGATO_DISPATCH_LEAD",
+            "must be 1..100000",
+            self.dispatch_lead,
         )
         _check(
             self.event_loop in ("uvloop", "asyncio"),

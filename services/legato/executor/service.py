@@ -89,6 +89,10 @@ class ExecutorOptions:
             raise ValueError(f"kill_grace: must be >= 0, got {self.kill_grace:g}")
 
 
+# The most lead-lane messages an executor asks for beyond its free slots while its bulk lane is busy.
+LEAD_AHEAD_MAX = 32
+
+
 class ExecutorService(Component):
     """The consumer loop over one work queue plus the cancel subscription, as one component."""
 
@@ -139,6 +143,14 @@ class ExecutorService(Component):
             filter_subject=topology.work_subject(options.queue),
             ack_wait=options.ack_wait,
         )
+        # The queue's bulk lane (what a workflow sends beyond its few in the lead lane): served after the
+        # lead lane, which meanwhile keeps an eighth of the slots' worth of messages asked for (1..32).
+        self.bulk_spec = ConsumerSpec(
+            stream=topology.work_stream,
+            durable=topology.consumer_name(f"executor_{options.queue}_bulk"),
+            filter_subject=topology.work_bulk_subject(options.queue),
+            ack_wait=options.ack_wait,
+        )
         self.loop: ConsumerLoop[WorkItem] = ConsumerLoop(
             nc.jetstream(),
             self.spec,
@@ -151,6 +163,8 @@ class ExecutorService(Component):
             max_deliveries=max_deliveries,
             span_name=f"process {topology.work_stream}",
             deliver_twice=deliver_twice,
+            bulk=self.bulk_spec,
+            lead_ahead=max(1, min(LEAD_AHEAD_MAX, options.concurrency // 8)),
         )
         self.ready = asyncio.Event()
 

@@ -40,7 +40,7 @@ from legato.protocol.messages import (
 )
 from legato.scheduler import actions, repository, run_events, run_spans, writes
 from legato.scheduler.definition_cache import DefinitionCache
-from legato.scheduler.engine import DISPATCH_WINDOW, RunEngine
+from legato.scheduler.engine import DISPATCH_LIMITS, DispatchLimits, RunEngine
 from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
@@ -221,7 +221,7 @@ class WorkflowActor:
                 topology=reg.topology,
                 compiled=reg.definitions.get,
                 items_cache=self.items_cache,
-                dispatch_window=reg.dispatch_window,
+                dispatch=reg.dispatch,
             )
             for env in batch:
                 await self._apply_one(conn, engine, env.message, existing, env.parent)
@@ -425,7 +425,7 @@ class ActorRegistry(Component):
         batch: int = 256,
         mailbox_size: int = 1024,
         idle_timeout: float = 60.0,
-        dispatch_window: int = DISPATCH_WINDOW,
+        dispatch: DispatchLimits = DISPATCH_LIMITS,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -438,7 +438,7 @@ class ActorRegistry(Component):
         self.batch = batch
         self.mailbox_size = mailbox_size
         self.idle_timeout = idle_timeout
-        self.dispatch_window = dispatch_window
+        self.dispatch = dispatch
         self.actors: dict[str, WorkflowActor] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._ready = asyncio.Event()

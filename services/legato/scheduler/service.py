@@ -11,6 +11,7 @@ from legato.lifecycle.component import Component
 from legato.protocol.messages import EVENT_DECODER, TRIGGER_DECODER, EventMessage, TriggerMessage
 from legato.runtime.host import ServiceHost
 from legato.scheduler.actors import ActorRegistry
+from legato.scheduler.engine import DispatchLimits
 from legato.scheduler.leases import PartitionLeaser, new_incarnation, session_name
 from legato.scheduler.liveness import ExecutorWatch
 from legato.scheduler.timers import TimerLoop
@@ -192,7 +193,7 @@ async def run_scheduler(settings: Settings, *, lease_ttl: float = 10.0) -> None:
             relay_committed=host.relay_committed,
             events_committed=host.events_committed,
             wake_timers=timers.wake,
-            dispatch_window=settings.dispatch_window,
+            dispatch=DispatchLimits(settings.dispatch_window, settings.dispatch_lead),
         )
         consumers = PartitionConsumers(host, registry)
         assert host.publisher is not None

@@ -68,6 +68,7 @@ class AttemptState:
     # Cancelled with its run, not yet confirmed stopped by its executor: holds the run's strategy slot
     # until then, at most until this time.
     stopping_until: datetime | None = None
+    lead: bool = False  # sent to its queue's lead lane (kept in memory only)
     new: bool = False
     dirty: bool = False
 
@@ -234,6 +235,9 @@ class WorkflowState:
 
     # The attempts counted in ``unstarted``, by id: (run id, queue).
     dispatched: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The attempts sent to a queue's lead lane and not ended (waiting or running), by id and by queue.
+    leading: dict[str, tuple[str, str]] = field(default_factory=dict)
+    lead_in_flight: dict[str, int] = field(default_factory=dict)
     indexed_at: float = 0.0  # when ``index_dispatched`` last scanned every run
 
     def begin_batch(self, finished: Collection[str] = ()) -> None:
@@ -251,6 +255,9 @@ class WorkflowState:
     def note_dispatched(self, at: AttemptState) -> None:
         self.dispatched[at.id] = (at.instance_id, at.queue)
         self.unstarted[at.queue] = self.unstarted.get(at.queue, 0) + 1
+        if at.lead:
+            self.leading[at.id] = (at.instance_id, at.queue)
+            self.lead_in_flight[at.queue] = self.lead_in_flight.get(at.queue, 0) + 1
 
     def note_left_queue(self, at: AttemptState) -> None:
         if at.status == "dispatched":
@@ -258,18 +265,24 @@ class WorkflowState:
             self.unstarted[at.queue] = max(0, self.unstarted.get(at.queue, 0) - 1)
 
     def count_unstarted(self, finished: Collection[str] = ()) -> None:
-        """Recount the attempts waiting in executor queues from those counted, dropping any that left
-        the queue (or whose run left memory) by a path that did not say so, and skipping ``finished``."""
+        """Recount the attempts waiting in executor queues, and those in flight from a lead lane, from
+        those counted, dropping any that moved on (or whose run left memory) by a path that did not say
+        so, and skipping ``finished``."""
+        self.unstarted = self._recount(self.dispatched, ("dispatched",), finished)
+        self.lead_in_flight = self._recount(self.leading, ("dispatched", "running"), finished)
+
+    def _recount(
+        self, ids: dict[str, tuple[str, str]], statuses: tuple[str, ...], finished: Collection[str]
+    ) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for attempt_id, (instance_id, queue) in list(self.dispatched.items()):
+        for attempt_id, (instance_id, queue) in list(ids.items()):
             inst = self.instances.get(instance_id)
             at = inst.attempts.get(attempt_id) if inst is not None else None
-            if at is None or at.status != "dispatched":
-                del self.dispatched[attempt_id]
-                continue
-            if attempt_id not in finished:
+            if at is None or at.status not in statuses:
+                del ids[attempt_id]
+            elif attempt_id not in finished:
                 counts[queue] = counts.get(queue, 0) + 1
-        self.unstarted = counts
+        return counts
 
     def index_dispatched(self, finished: Collection[str] = ()) -> None:
         """Find the attempts waiting in executor queues in every run in memory (on load, and once a

@@ -8,10 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from legato.scheduler.engine import RunEngine
 from legato.scheduler.instance_map import InstanceMap
-from legato.scheduler.state import UnitOfWork
-from tests.support.strategy_engine import EngineDriver
+from tests.support.strategy_engine import WindowDriver
 
 
 @dataclass
@@ -43,27 +41,6 @@ def test_the_map_knows_the_versions_of_the_runs_it_holds() -> None:
         with pytest.raises(TypeError, match="changes through"):
             change()
     assert runs.versions() == set()
-
-
-class WindowDriver(EngineDriver):
-    """Each operation is a batch of its own, as the actor applies it, with a dispatch window of 2;
-    ``waiting_results`` are the attempts whose results the actor's mailbox holds for a later batch."""
-
-    waiting_results: frozenset[str] = frozenset()
-
-    def _engine(self) -> RunEngine:
-        self.state.begin_batch(self.waiting_results)
-        return RunEngine(
-            self.state,
-            UnitOfWork(),
-            topology=self.topology,
-            compiled=lambda wf, v: self.compiled,
-            dispatch_window=2,
-        )
-
-    def _commit(self, engine: RunEngine) -> None:
-        engine.drain_dispatch_backlog()  # as the actor does after each message
-        super()._commit(engine)
 
 
 def window_full() -> WindowDriver:

@@ -20,7 +20,7 @@ The parts import only ``base.py`` (never each other, never this module), so the 
 
 from __future__ import annotations
 
-from legato.scheduler.engine.base import DISPATCH_WINDOW, STEP_TIMEOUT_GRACE, EngineBase
+from legato.scheduler.engine.base import DISPATCH_LIMITS, STEP_TIMEOUT_GRACE, DispatchLimits, EngineBase
 from legato.scheduler.engine.cancellation import Cancellation
 from legato.scheduler.engine.children import ChildSteps
 from legato.scheduler.engine.dispatch import StepDispatch
@@ -29,7 +29,7 @@ from legato.scheduler.engine.results import StepResults
 from legato.scheduler.engine.runs import RunLifecycle
 from legato.scheduler.engine.signals import SignalWaits
 
-__all__ = ["DISPATCH_WINDOW", "STEP_TIMEOUT_GRACE", "RunEngine"]
+__all__ = ["DISPATCH_LIMITS", "STEP_TIMEOUT_GRACE", "DispatchLimits", "RunEngine"]
 
 
 class RunEngine(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,9 +35,25 @@ def jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # At most this many attempts of one workflow wait (dispatched, not started) in one executor queue; its
-# other ready steps are held in the scheduler and sent as those start. Executor queues are FIFO, so
-# without it a 10,000-step fan-out puts 10,000 items ahead of every other workflow's next step.
+# other ready steps are held in the scheduler and sent as those start. Without it a 10,000-step fan-out
+# puts 10,000 items in the queue at once.
 DISPATCH_WINDOW = 256
+# Each executor queue has two lanes: executors take the lead lane's attempts first, the bulk lane's when
+# the lead lane has none. A workflow sends an attempt to the lead lane while fewer than this many of its
+# attempts sent there are waiting or running, else to the bulk lane: a fan-out keeps at most this many in
+# the lead lane, so another workflow's next step waits behind those few, not behind the fan-out.
+DISPATCH_LEAD = 4
+
+
+@dataclass(frozen=True)
+class DispatchLimits:
+    """What one workflow may have waiting in an executor queue (``LEGATO_DISPATCH_WINDOW``, ``_LEAD``)."""
+
+    window: int = DISPATCH_WINDOW
+    lead: int = DISPATCH_LEAD
+
+
+DISPATCH_LIMITS = DispatchLimits()
 
 
 class EngineBase:
@@ -50,10 +67,11 @@ class EngineBase:
         topology: Topology,
         compiled: CompiledLookup,
         items_cache: dict[tuple[str, str], Any] | None = None,
-        dispatch_window: int = DISPATCH_WINDOW,
+        dispatch: DispatchLimits = DISPATCH_LIMITS,
     ) -> None:
         self.state = state
-        self.dispatch_window = max(1, dispatch_window)
+        self.dispatch_window = max(1, dispatch.window)
+        self.dispatch_lead = max(1, dispatch.lead)
         self.uow = uow
         self.topology = topology
         self.compiled = compiled

@@ -1,4 +1,4 @@
-"""Sending a step's next attempt: the per-queue dispatch window and the concurrency permits."""
+"""Sending a step's next attempt: the per-queue dispatch window and lanes, and the concurrency permits."""
 
 from __future__ import annotations
 
@@ -70,6 +70,9 @@ class StepDispatch(EngineBase):
             status="dispatched",
             queue=queue,
             dispatched_at=now,
+            # The lead lane while fewer than ``dispatch_lead`` of this workflow's attempts sent there are
+            # waiting or running; the rest go to the bulk lane, which executors serve after the lead one.
+            lead=self.state.lead_in_flight.get(queue, 0) < self.dispatch_lead,
             new=True,
         )
         # One attempt per step is held (its current one): drop the previous without scanning the run.
@@ -95,7 +98,7 @@ class StepDispatch(EngineBase):
         tp = run_spans.attempt_traceparent(inst, at)
         self.uow.outbox.append(
             OutgoingMessage(
-                self.topology.work_subject(queue),
+                self.topology.work_subject(queue) if at.lead else self.topology.work_bulk_subject(queue),
                 encode(work),
                 msg_id=attempt_id,
                 headers={"traceparent": tp} if tp else inject_headers({}),
