@@ -5,7 +5,8 @@ idle baseline (sampled every 100 ms from /proc), and the Postgres rows written (
 pg_stat_user_tables over the run), and the CPU each iteration cost (all processes, from ``/proc``).
 With ``--probe SECONDS``, a one-noop-step run of another workflow is started every SECONDS while the
 foreach runs, and its trigger -> step start latency printed: what the foreach's dispatch window
-(``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue.
+(``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue. With
+``--step-seconds S`` each iteration is a sleep step of S seconds instead of a noop.
 All services are separate processes; nats-server and PostgreSQL are embedded (or
 LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
 """
@@ -141,9 +142,9 @@ async def run(
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
         if probe:
             await asyncio.sleep(1.0)  # the last probes start
-            rows = await conn.fetch(PROBE_LATENCY, t0)
-            ms = sorted(float(r["ms"]) for r in rows)
-            queued = [float(r["queued_ms"]) for r in rows]
+            probed = await conn.fetch(PROBE_LATENCY, t0)
+            ms = sorted(float(r["ms"]) for r in probed)
+            queued = [float(r["queued_ms"]) for r in probed]
             # The services inherit the bench's environment.
             window = os.environ.get("LEGATO_DISPATCH_WINDOW", settings.dispatch_window)
             print(

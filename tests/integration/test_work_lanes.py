@@ -60,7 +60,8 @@ class Recorder:
 
 def lanes(
     nc: Client, topo: Topology, pool: asyncpg.Pool, rec: Recorder, slots: int, *, ack_wait: float = 30.0
-) -> ConsumerLoop[Ping]:
+) -> tuple[ConsumerLoop[Ping], str]:
+    """A loop of ``slots`` over a new queue's two lanes, and the queue's name."""
     queue = f"q{uuid.uuid4().hex[:8]}"
 
     def spec(kind: str, subject: str) -> ConsumerSpec:
@@ -82,8 +83,7 @@ def lanes(
         bulk=spec("bulk", topo.work_bulk_subject(queue)),
         lead_ahead=1,
     )
-    loop.queue = queue  # type: ignore[attr-defined]
-    return loop
+    return loop, queue
 
 
 async def send(nc: Client, subject: str, ns: list[int]) -> None:
@@ -97,8 +97,7 @@ async def test_a_lead_message_takes_the_next_free_slot_ahead_of_the_bulk_lanes_b
 ) -> None:
     await provision_streams(nc.jetstream(), topo)
     rec = Recorder()
-    loop = lanes(nc, topo, pool, rec, slots=2)
-    queue = loop.queue  # type: ignore[attr-defined]
+    loop, queue = lanes(nc, topo, pool, rec, slots=2)
     task = asyncio.create_task(loop.run())
     try:
         await send(nc, topo.work_bulk_subject(queue), list(range(1000, 1010)))
@@ -122,8 +121,7 @@ async def test_either_lane_alone_uses_every_slot(
 ) -> None:
     await provision_streams(nc.jetstream(), topo)
     rec = Recorder()
-    loop = lanes(nc, topo, pool, rec, slots=4)
-    queue = loop.queue  # type: ignore[attr-defined]
+    loop, queue = lanes(nc, topo, pool, rec, slots=4)
     subject = topo.work_subject(queue) if lane == "lead" else topo.work_bulk_subject(queue)
     task = asyncio.create_task(loop.run())
     try:
@@ -147,8 +145,7 @@ async def test_a_message_waiting_in_the_loop_for_a_slot_is_not_handed_out_again(
     alive (in_progress), it is delivered once and runs once, when the slot frees."""
     await provision_streams(nc.jetstream(), topo)
     rec = Recorder()
-    loop = lanes(nc, topo, pool, rec, slots=1, ack_wait=1.5)
-    queue = loop.queue  # type: ignore[attr-defined]
+    loop, queue = lanes(nc, topo, pool, rec, slots=1, ack_wait=1.5)
     task = asyncio.create_task(loop.run())
     try:
         await send(nc, topo.work_bulk_subject(queue), [1000])

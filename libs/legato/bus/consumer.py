@@ -204,17 +204,13 @@ class ConsumerLoop(Component, Generic[T]):
         self._arrived = asyncio.Event()  # a message came on either lane (with ``bulk``)
 
     def _new_feed(self, spec: ConsumerSpec) -> PullFeed:
+        expires, arrived = pull_expires(spec.ack_wait), None
+        if self.bulk is not None:
+            # With two lanes a request asked for by the rule of the moment (bulk lane idle or busy) holds
+            # its room until answered or expired: short requests let the split follow the work in 0.5 s.
+            expires, arrived = min(LANE_EXPIRES, expires), self._arrived
         return PullFeed(
-            self.js,
-            spec.stream,
-            spec.durable,
-            batch=self.batch,
-            # With two lanes a request asked for by the rule of the moment (bulk lane idle or busy) holds its
-            # room until answered or expired: short requests let the split follow the work within 0.5 s.
-            expires=pull_expires(spec.ack_wait)
-            if self.bulk is None
-            else min(LANE_EXPIRES, pull_expires(spec.ack_wait)),
-            arrived=self._arrived if self.bulk is not None else None,
+            self.js, spec.stream, spec.durable, batch=self.batch, expires=expires, arrived=arrived
         )
 
     async def _run(self) -> None:
@@ -361,19 +357,19 @@ class ConsumerLoop(Component, Generic[T]):
             now = time.monotonic()
             for key, item in list(self._in_flight.items()):
                 if now - item.started >= self.heartbeat_interval and self._in_flight.get(key) is item:
-                    try:
-                        await item.in_progress()
-                    except Exception as exc:
-                        log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
+                    await self._keep_alive(item.in_progress)
             # Messages delivered and waiting in the loop for a slot (a lead message while the bulk lane's
             # fill every slot, or what a request presumed lost brought): alive until taken, so JetStream
             # hands them to nobody else meanwhile.
             for f in (self._feed, self._bulk_feed):
                 for msg in f.held_since(now - self.heartbeat_interval) if f is not None else ():
-                    try:
-                        await msg.in_progress()
-                    except Exception as exc:
-                        log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
+                    await self._keep_alive(msg.in_progress)
+
+    async def _keep_alive(self, in_progress: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await in_progress()
+        except Exception as exc:
+            log.warning("heartbeat_failed", consumer=self.spec.durable, error=repr(exc))
 
     async def _handle(self, msg: Msg) -> None:
         meta = msg.metadata
