@@ -79,7 +79,7 @@ def _ns(subjects: Iterable[str]) -> list[str]:
 
 # JetStream API subjects, per verb. Every service may read stream info, create its durable consumers,
 # fetch from them, ack, and read single messages; no role but root may delete or purge a stream or a
-# consumer, or list them.
+# consumer, and only the trigger may list a stream's consumers (JS_LIST_CONSUMERS).
 JS_CONSUME = [
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.>",
@@ -96,6 +96,9 @@ JS_CONSUME = [
 JS_PROVISION = ["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"]
 JS_SERVICE = [*JS_CONSUME, *JS_PROVISION]
 INBOX = "_INBOX.>"
+# The API's backlog probe reads every partition's trigger consumer in one request (trigger/backlog.py):
+# what CONSUMER.INFO.> already shows of each consumer, for all of a stream's at once. Read-only.
+JS_LIST_CONSUMERS = ["$JS.API.CONSUMER.LIST.*"]
 # Reading run lifecycle events (docs/events.md): the notify stream has one name in every namespace
 # (Topology.notify_stream), so these grants name it and no other stream: a reader may create consumers
 # on it, fetch from and ack them, and delete its own ephemeral ones; nothing on the work, trigger,
@@ -152,7 +155,13 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
     sub: list[str]
     deny_pub: list[str] = []
     if role == "trigger":
-        pub = [*_ns(["legato.trigger.>", "legato.signal.>"]), *JS_SERVICE, INBOX, "$SRV.>"]
+        pub = [
+            *_ns(["legato.trigger.>", "legato.signal.>"]),
+            *JS_SERVICE,
+            *JS_LIST_CONSUMERS,
+            INBOX,
+            "$SRV.>",
+        ]
         # Run lifecycle events wake the backfill feeder when a backfilled workflow's run ends.
         sub = [*_ns(["legato.api.>", "legato.notify.run.>"]), INBOX, "$SRV.>"]
     elif role == "scheduler":

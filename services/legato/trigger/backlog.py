@@ -1,18 +1,26 @@
 """How many starts wait for the scheduler, per partition: what the API sheds load on.
 
-Every ``interval`` the probe asks JetStream for each partition's trigger consumer (``consumer_info``:
-messages not yet delivered plus delivered and not yet acked) — the starts, actions and signal fires
-the scheduler has still to apply there. ``instance.start`` refuses a start with ``overloaded`` while its
-workflow's partition holds ``limit`` or more (``LEGATO_API_MAX_BACKLOG``), so a burst the scheduler
-cannot absorb is refused with a clear error, which the client retries with backoff, instead of growing
-the stream, the wait and the trigger's memory without bound. Starts of workflows on other partitions
-go on. The figure is at most ``interval`` old: a burst may pass the limit by what arrives in that time.
+Every ``interval`` the probe lists the trigger stream's consumers (``CONSUMER.LIST``, 256 to a page)
+and reads, for each partition's scheduler consumer, the messages not yet delivered plus those
+delivered and not yet acked: the starts, actions and signal fires the scheduler has still to apply
+there. ``instance.start`` refuses a start with ``overloaded`` while its workflow's partition holds
+``limit`` or more (``LEGATO_API_MAX_BACKLOG``), so a burst the scheduler cannot absorb is refused with
+a clear error, which the client retries with backoff, instead of growing the stream, the wait and the
+trigger's memory without bound. Starts of workflows on other partitions go on.
+
+One request per 256 partitions, not one per partition: with ``LEGATO_PARTITIONS=256`` a probe of one
+``consumer_info`` each made the trigger 256 JetStream API requests a second, idle or not. And only
+while starts come: after an interval in which nobody asked for a figure, the probe waits for the next
+start and reads again at once. So a figure is at most ``interval`` old while starts come (a burst may
+pass the limit by what arrives in that time); the first start after a quiet spell is judged by the
+figure from before it, while a fresh one is read.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from legato.bus.topology import Topology
 from legato.lifecycle.component import Component
@@ -21,10 +29,12 @@ from legato.telemetry import get_logger
 log = get_logger("legato.trigger")
 
 PROBE_SECONDS = 1.0
+LIST_PAGE = 256  # consumers nats-server returns per CONSUMER.LIST request (JSApiListLimit)
 
 
 class BacklogProbe(Component):
-    """The scheduler's backlog of each partition's trigger stream, refreshed every ``interval``."""
+    """The scheduler's backlog of each partition's trigger stream, refreshed every ``interval`` while
+    the API asks for it."""
 
     name = "api-backlog-probe"
 
@@ -37,28 +47,45 @@ class BacklogProbe(Component):
         self.partitions = partitions
         self.interval = interval
         self.backlog: dict[int, int] = {}
+        self.requests = 0  # CONSUMER.LIST requests made (for tests)
+        self._partition_of = {topology.scheduler_triggers_consumer(p): p for p in range(partitions)}
+        self._asked = asyncio.Event()
 
     def of(self, partition: int) -> int:
         """The last backlog read for ``partition`` (0 before the first read, or with no consumer yet)."""
+        self._asked.set()
         return self.backlog.get(partition, 0)
+
+    def _on_shutdown(self) -> None:
+        self._asked.set()
 
     async def _run(self) -> None:
         while not self.stopping:
+            self._asked.clear()
             await self.probe()
             if await self.sleep_or_stop(self.interval):
                 return
+            # Nobody asked during the interval: read again when someone does.
+            await self._asked.wait()
 
     async def probe(self) -> None:
-        """Read every partition's backlog once; a partition that cannot be read keeps its last figure."""
+        """Read every partition's backlog once. A partition without a consumer has nothing queued (no
+        scheduler has taken it yet); if the list cannot be read, every partition keeps its last figure."""
         stream = self.topology.triggers_stream
-        for partition in range(self.partitions):
-            durable = self.topology.scheduler_triggers_consumer(partition)
-            try:
-                info = await self.js.consumer_info(stream, durable, timeout=2.0)
-            except NotFoundError:
-                self.backlog[partition] = 0  # no scheduler has taken the partition yet: nothing queued
-                continue
-            except Exception as exc:  # an outage or a timeout: keep the last figure
-                log.debug("backlog_probe_failed", partition=partition, error=repr(exc))
-                continue
-            self.backlog[partition] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        found: dict[int, int] = {}
+        offset = 0
+        try:
+            while True:
+                self.requests += 1
+                page = await self.js.consumers_info(stream, offset=offset or None)
+                for info in page:
+                    partition = self._partition_of.get(info.name or "")
+                    if partition is not None:
+                        found[partition] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+                offset += len(page)
+                if len(page) < LIST_PAGE:
+                    break
+        except Exception as exc:  # an outage, a timeout, a refusal: keep the last figures
+            log.debug("backlog_probe_failed", stream=stream, error=repr(exc))
+            return
+        self.backlog = {p: found.get(p, 0) for p in range(self.partitions)}
