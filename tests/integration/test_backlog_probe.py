@@ -6,7 +6,6 @@ make; and it reads only while the API asks for figures, once at once after a qui
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import msgspec
 import nats
@@ -29,10 +28,11 @@ def as_identity(settings: Settings, keyring: Keyring | None, identity: str) -> S
 
 
 @pytest.fixture
-async def root(settings: Settings) -> AsyncIterator[Client]:
-    nc = await connect_with(settings, name="test-root")
-    yield nc
-    await nc.close()
+async def two(settings: Settings, nc: Client) -> Topology:
+    """Two partitions, each with its scheduler consumer."""
+    topo = Topology(settings.namespace, 2)
+    await scheduler_consumers(nc, topo, range(2))
+    return topo
 
 
 async def scheduler_consumers(nc: Client, topo: Topology, partitions: range) -> None:
@@ -54,14 +54,14 @@ async def publish_to(nc: Client, topo: Topology, partition: int, count: int) -> 
 
 
 async def test_one_request_reads_every_partition_with_the_triggers_rights(
-    settings: Settings, keyring: Keyring | None, root: Client
+    settings: Settings, keyring: Keyring | None, nc: Client
 ) -> None:
     topo = Topology(settings.namespace, 4)
-    await scheduler_consumers(root, topo, range(3))  # partition 3: no scheduler has taken it yet
-    await publish_to(root, topo, 0, 5)
-    await publish_to(root, topo, 1, 2)
+    await scheduler_consumers(nc, topo, range(3))  # partition 3: no scheduler has taken it yet
+    await publish_to(nc, topo, 0, 5)
+    await publish_to(nc, topo, 1, 2)
     # Delivered and not acked still waits for the scheduler.
-    pulled = await root.jetstream().pull_subscribe_bind(
+    pulled = await nc.jetstream().pull_subscribe_bind(
         topo.scheduler_triggers_consumer(1), stream=topo.triggers_stream
     )
     [held] = await pulled.fetch(1, timeout=5)
@@ -73,7 +73,7 @@ async def test_one_request_reads_every_partition_with_the_triggers_rights(
         assert probe.backlog == {0: 5, 1: 2, 2: 0, 3: 0}
         assert probe.requests == 1
         await held.ack()
-        await publish_to(root, topo, 2, 1)
+        await publish_to(nc, topo, 2, 1)
         want = {0: 5, 1: 1, 2: 1, 3: 0}
         await until(lambda: _read(probe, want), 10, lambda: f"backlog {probe.backlog}, want {want}")
     finally:
@@ -85,12 +85,12 @@ async def _read(probe: BacklogProbe, want: dict[int, int]) -> bool:
     return probe.backlog == want
 
 
-async def test_more_partitions_than_a_page(settings: Settings, keyring: Keyring | None, root: Client) -> None:
+async def test_more_partitions_than_a_page(settings: Settings, keyring: Keyring | None, nc: Client) -> None:
     partitions = LIST_PAGE + 4
     topo = Topology(settings.namespace, partitions)
-    await scheduler_consumers(root, topo, range(partitions))
-    await publish_to(root, topo, 3, 1)
-    await publish_to(root, topo, partitions - 1, 2)
+    await scheduler_consumers(nc, topo, range(partitions))
+    await publish_to(nc, topo, 3, 1)
+    await publish_to(nc, topo, partitions - 1, 2)
     trigger = await connect_with(as_identity(settings, keyring, "trigger"), name="test-trigger")
     try:
         probe = BacklogProbe(trigger.jetstream(), topo, partitions)
@@ -103,12 +103,10 @@ async def test_more_partitions_than_a_page(settings: Settings, keyring: Keyring 
 
 
 async def test_no_other_role_may_list_consumers(
-    settings: Settings, keyring: Keyring | None, root: Client
+    settings: Settings, keyring: Keyring | None, two: Topology
 ) -> None:
-    topo = Topology(settings.namespace, 2)
-    await scheduler_consumers(root, topo, range(2))
     for identity in ("executor", "scheduler", "signal_router", "admin", "viewer"):
-        await list_refused(as_identity(settings, keyring, identity), topo.triggers_stream)
+        await list_refused(as_identity(settings, keyring, identity), two.triggers_stream)
 
 
 async def list_refused(settings: Settings, stream: str) -> None:
@@ -135,10 +133,9 @@ async def list_refused(settings: Settings, stream: str) -> None:
 
 
 async def test_it_reads_while_starts_come_and_at_once_after_a_quiet_spell(
-    settings: Settings, keyring: Keyring | None, root: Client
+    settings: Settings, keyring: Keyring | None, nc: Client, two: Topology
 ) -> None:
-    topo = Topology(settings.namespace, 2)
-    await scheduler_consumers(root, topo, range(2))
+    topo = two
     trigger = await connect_with(as_identity(settings, keyring, "trigger"), name="test-trigger")
     probe = BacklogProbe(trigger.jetstream(), topo, 2, interval=0.1)
     task = asyncio.create_task(probe.run())
@@ -148,7 +145,7 @@ async def test_it_reads_while_starts_come_and_at_once_after_a_quiet_spell(
         assert probe.requests == 1
         # A backlog grows meanwhile (signal fires, cron): the first start after the quiet spell reads
         # the figure from before it, and a fresh one is read at once.
-        await publish_to(root, topo, 1, 3)
+        await publish_to(nc, topo, 1, 3)
         assert probe.of(1) == 0
         await until(lambda: _true(probe.backlog.get(1) == 3), 5, lambda: f"backlog {probe.backlog}")
         assert probe.requests == 2
