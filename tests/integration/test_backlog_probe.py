@@ -1,7 +1,7 @@
-"""The API's backlog probe (``trigger/backlog.py``) against a real nats-server, connected as the
-trigger identity: it reads every partition's scheduler consumer (messages not delivered plus delivered
-and not acked) in one ``CONSUMER.LIST`` request per 256 consumers, which only the trigger's role may
-make; and it reads only while the API asks for figures, once at once after a quiet spell."""
+"""The backlog probe (``bus/backlog.py``) against a real nats-server, connected as the trigger or the
+signal router: it reads every partition's scheduler consumer (messages not delivered plus delivered
+and not acked) in one ``CONSUMER.LIST`` request per 256 consumers, which only those two roles may
+make; and it reads only while someone asks for figures, once at once after a quiet spell."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from nats.aio.client import Client
 
 from legato.bus import Topology, provision_streams
+from legato.bus.backlog import LIST_PAGE, BacklogProbe
 from legato.bus.connection import connect_with, nats_auth_options
 from legato.bus.streams import ConsumerSpec, provision_consumer
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
-from legato.trigger.backlog import LIST_PAGE, BacklogProbe
 from tests.support.stack import until
 
 
@@ -53,8 +53,9 @@ async def publish_to(nc: Client, topo: Topology, partition: int, count: int) -> 
         await js.publish(subject, f"{partition}-{i}".encode())
 
 
-async def test_one_request_reads_every_partition_with_the_triggers_rights(
-    settings: Settings, keyring: Keyring | None, nc: Client
+@pytest.mark.parametrize("identity", ["trigger", "signal_router"])
+async def test_one_request_reads_every_partition_with_a_services_rights(
+    settings: Settings, keyring: Keyring | None, nc: Client, identity: str
 ) -> None:
     topo = Topology(settings.namespace, 4)
     await scheduler_consumers(nc, topo, range(3))  # partition 3: no scheduler has taken it yet
@@ -66,9 +67,9 @@ async def test_one_request_reads_every_partition_with_the_triggers_rights(
     )
     [held] = await pulled.fetch(1, timeout=5)
 
-    trigger = await connect_with(as_identity(settings, keyring, "trigger"), name="test-trigger")
+    service = await connect_with(as_identity(settings, keyring, identity), name=f"test-{identity}")
     try:
-        probe = BacklogProbe(trigger.jetstream(), topo, 4)
+        probe = BacklogProbe(service.jetstream(), topo, 4)
         await probe.probe()
         assert probe.backlog == {0: 5, 1: 2, 2: 0, 3: 0}
         assert probe.requests == 1
@@ -77,7 +78,7 @@ async def test_one_request_reads_every_partition_with_the_triggers_rights(
         want = {0: 5, 1: 1, 2: 1, 3: 0}
         await until(lambda: _read(probe, want), 10, lambda: f"backlog {probe.backlog}, want {want}")
     finally:
-        await trigger.close()
+        await service.close()
 
 
 async def _read(probe: BacklogProbe, want: dict[int, int]) -> bool:
@@ -105,7 +106,7 @@ async def test_more_partitions_than_a_page(settings: Settings, keyring: Keyring 
 async def test_no_other_role_may_list_consumers(
     settings: Settings, keyring: Keyring | None, two: Topology
 ) -> None:
-    for identity in ("executor", "scheduler", "signal_router", "admin", "viewer"):
+    for identity in ("executor", "scheduler", "admin", "viewer", "publisher"):
         await list_refused(as_identity(settings, keyring, identity), two.triggers_stream)
 
 

@@ -148,5 +148,5 @@ class Topology:
 
     def scheduler_triggers_consumer(self, partition: int) -> str:
         """The durable consumer the scheduler applies a partition's triggers with (the API reads its
-        backlog: trigger/backlog.py)."""
+        backlog: bus/backlog.py)."""
         return self.consumer_name("scheduler_triggers", partition)

@@ -76,8 +76,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Largest API request body the trigger accepts: the largest definition (4 MiB) as a JSON string.
     api_max_request_bytes: int = 6 * 1024 * 1024
     # instance.start answers ``overloaded`` while this many messages or more wait for the scheduler on
-    # the workflow's partition (trigger/backlog.py); 0: never.
+    # the workflow's partition (bus/backlog.py); 0: never.
     api_max_backlog: int = 20_000
+    # The signal router holds a signal back (it waits in the signal stream) while this many messages
+    # or more wait for the scheduler on a partition the signal would start a run on; 0: never.
+    router_max_backlog: int = 20_000
     # Testing only, set by the test suite's process launcher and never in production. Apply every
     # consumed message twice (as if its ack was lost and JetStream redelivered it): handlers are idempotent.
     test_deliver_twice: bool = False
@@ -180,6 +183,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_API_MAX_BACKLOG",
             "must be >= 0 (0: no limit)",
             self.api_max_backlog,
+        )
+        _check(
+            self.router_max_backlog >= 0,
+            "LEGATO_ROUTER_MAX_BACKLOG",
+            "must be >= 0 (0: no limit)",
+            self.router_max_backlog,
         )
         ns = self.namespace
         _check(

@@ -79,7 +79,7 @@ def _ns(subjects: Iterable[str]) -> list[str]:
 
 # JetStream API subjects, per verb. Every service may read stream info, create its durable consumers,
 # fetch from them, ack, and read single messages; no role but root may delete or purge a stream or a
-# consumer, and only the trigger may list a stream's consumers (JS_LIST_CONSUMERS).
+# consumer, and only the trigger and the signal router may list a stream's consumers (JS_LIST_CONSUMERS).
 JS_CONSUME = [
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.>",
@@ -96,8 +96,9 @@ JS_CONSUME = [
 JS_PROVISION = ["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>"]
 JS_SERVICE = [*JS_CONSUME, *JS_PROVISION]
 INBOX = "_INBOX.>"
-# The API's backlog probe reads every partition's trigger consumer in one request (trigger/backlog.py):
-# what CONSUMER.INFO.> already shows of each consumer, for all of a stream's at once. Read-only.
+# The backlog probe (bus/backlog.py: the API sheds starts and the router holds signals back on it)
+# reads every partition's trigger consumer in one request: what CONSUMER.INFO.> already shows of each
+# consumer, for all of a stream's at once. Read-only.
 JS_LIST_CONSUMERS = ["$JS.API.CONSUMER.LIST.*"]
 # Reading run lifecycle events (docs/events.md): the notify stream has one name in every namespace
 # (Topology.notify_stream), so these grants name it and no other stream: a reader may create consumers
@@ -192,7 +193,7 @@ def role_permissions(role: str, public_key: str | None = None) -> dict[str, dict
         ]
         sub = [*_ns(["legato.control.cancel.*"]), INBOX]
     elif role == "signal_router":
-        pub = [*_ns(["legato.trigger.>", "legato.event.>"]), *JS_SERVICE, INBOX]
+        pub = [*_ns(["legato.trigger.>", "legato.event.>"]), *JS_SERVICE, *JS_LIST_CONSUMERS, INBOX]
         sub = [INBOX]
     elif role == "publisher":
         pub = _ns(["legato.signal.>"])

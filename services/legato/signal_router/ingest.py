@@ -279,6 +279,11 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ triggers
 
+    @property
+    def trigger_table(self) -> TriggerTable:
+        """The active signal triggers as last loaded (``triggers`` reloads them)."""
+        return self._table
+
     async def triggers(self, conn: asyncpg.Connection, epoch: int | None = None) -> TriggerTable:
         """The active signal triggers (reloaded when a registration moved the epoch); hold the lock first."""
         if epoch is None:

@@ -8,12 +8,14 @@ import functools
 
 import asyncpg
 
+from legato.bus.backlog import BacklogProbe
 from legato.bus.consumer import ConsumerLoop, Delivery
 from legato.bus.streams import ConsumerSpec
 from legato.config.settings import Settings
 from legato.lifecycle.component import Component
 from legato.runtime.host import ServiceHost
 from legato.security.wiring import signal_origins
+from legato.signal_router.gate import FireGate
 from legato.signal_router.ingest import RawPayload, SignalIngest
 from legato.signal_router.matching import Signal, TriggerTable, route
 from legato.store.outbox import add_to_outbox
@@ -149,8 +151,18 @@ async def run_signal_router(settings: Settings, *, batch: int = 512) -> None:
             origins=signal_origins(settings),
         )
 
+        gate = None
+        if settings.router_max_backlog:
+            probe = BacklogProbe(host.js, topo, settings.partitions)
+            host.add(probe)
+            gate = FireGate(probe, settings.router_max_backlog, topo, lambda: ingest.trigger_table)
+
         async def on_signal(d: Delivery[bytes]) -> None:
-            await ingest.submit(d)
+            if gate is None:
+                await ingest.submit(d)
+                return
+            async with gate.admit(d):
+                await ingest.submit(d)
 
         consumer: ConsumerLoop[bytes] = ConsumerLoop(
             host.js,

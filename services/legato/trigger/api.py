@@ -24,6 +24,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
+from legato.bus.backlog import BacklogProbe
 from legato.bus.publisher import Publisher
 from legato.bus.topology import Topology
 from legato.lifecycle.component import Component
@@ -36,7 +37,6 @@ from legato.telemetry.tracing import consume_span
 from legato.trigger.action_api import ActionApi
 from legato.trigger.authz import Authz
 from legato.trigger.backfill import BackfillApi
-from legato.trigger.backlog import BacklogProbe
 from legato.trigger.dead_letter_api import DeadLetterApi
 from legato.trigger.endpoints import Endpoint, Handler
 from legato.trigger.pause_api import PauseApi

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from legato.bus.backlog import BacklogProbe
 from legato.config.settings import Settings
 from legato.runtime.host import ServiceHost
 from legato.security.wiring import request_verifier
@@ -14,7 +15,6 @@ from legato.store.pool import close_pool, create_pool
 from legato.trigger.api import ApiService
 from legato.trigger.authz import Authz
 from legato.trigger.backfill import BackfillLoop
-from legato.trigger.backlog import BacklogProbe
 from legato.trigger.cron import CronLoop, cron_clock
 
 

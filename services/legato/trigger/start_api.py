@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 from opentelemetry import trace
 
+from legato.bus.backlog import BacklogProbe
 from legato.bus.publisher import OutgoingMessage
 from legato.bus.topology import Topology, partition_of
 from legato.core import CompiledWorkflow
@@ -33,7 +34,6 @@ from legato.store.batcher import GroupCommit, fail_whole_batch_unless_content_er
 from legato.store.keys import probe
 from legato.store.outbox import OutboxRow, outbox_args, outbox_ctes
 from legato.telemetry.tracing import inject_headers
-from legato.trigger.backlog import BacklogProbe
 from legato.trigger.endpoints import Endpoint
 from legato.trigger.run_params import check_run_params
 from legato.trigger.workflow_cache import WorkflowCache
@@ -72,7 +72,7 @@ class StartApi:
         commit_pool: asyncpg.Pool | None = None,
     ) -> None:
         """``backlog``, ``max_backlog``: refuse starts with ``overloaded`` while the workflow's partition
-        holds ``max_backlog`` messages or more for the scheduler (0: never; trigger/backlog.py).
+        holds ``max_backlog`` messages or more for the scheduler (0: never; bus/backlog.py).
         ``commit_pool``: where batches of starts are committed (``pool`` when None): one whose sessions
         plan the start statement once (``create_pool(generic_plans=True)``)."""
         self.backlog = backlog

@@ -1,19 +1,22 @@
-"""How many starts wait for the scheduler, per partition: what the API sheds load on.
+"""How many messages wait for the scheduler, per partition: what the API sheds load on, and what the
+signal router holds signals back on.
 
 Every ``interval`` the probe lists the trigger stream's consumers (``CONSUMER.LIST``, 256 to a page)
 and reads, for each partition's scheduler consumer, the messages not yet delivered plus those
 delivered and not yet acked: the starts, actions and signal fires the scheduler has still to apply
 there. ``instance.start`` refuses a start with ``overloaded`` while its workflow's partition holds
-``limit`` or more (``LEGATO_API_MAX_BACKLOG``), so a burst the scheduler cannot absorb is refused with
-a clear error, which the client retries with backoff, instead of growing the stream, the wait and the
-trigger's memory without bound. Starts of workflows on other partitions go on.
+``LEGATO_API_MAX_BACKLOG`` or more, so a burst the scheduler cannot absorb is refused with a clear
+error, which the client retries with backoff, instead of growing the stream, the wait and the
+trigger's memory without bound; starts of workflows on other partitions go on. The signal router
+holds a signal back while a partition it would start a run on holds ``LEGATO_ROUTER_MAX_BACKLOG`` or
+more (``signal_router/gate.py``).
 
 One request per 256 partitions, not one per partition: with ``LEGATO_PARTITIONS=256`` a probe of one
 ``consumer_info`` each made the trigger 256 JetStream API requests a second, idle or not. And only
-while starts come: after an interval in which nobody asked for a figure, the probe waits for the next
-start and reads again at once. So a figure is at most ``interval`` old while starts come (a burst may
-pass the limit by what arrives in that time); the first start after a quiet spell is judged by the
-figure from before it, while a fresh one is read.
+while asked: after an interval in which nobody asked for a figure (no start, no signal), the probe
+waits for the next question and reads again at once. So a figure is at most ``interval`` old while
+questions come (a burst may pass the limit by what arrives in that time); the first question after a
+quiet spell is answered with the figure from before it, while a fresh one is read.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from legato.telemetry import get_logger
 
 log = get_logger("legato.trigger")
 
-PROBE_SECONDS = 1.0
+PROBE_SECONDS = 0.25
 LIST_PAGE = 256  # consumers nats-server returns per CONSUMER.LIST request (JSApiListLimit)
 
 
@@ -48,6 +51,7 @@ class BacklogProbe(Component):
         self.interval = interval
         self.backlog: dict[int, int] = {}
         self.requests = 0  # CONSUMER.LIST requests made (for tests)
+        self.reads = 0  # complete reads of every partition (a new figure for each)
         self._partition_of = {topology.scheduler_triggers_consumer(p): p for p in range(partitions)}
         self._asked = asyncio.Event()
 
@@ -89,3 +93,4 @@ class BacklogProbe(Component):
             log.debug("backlog_probe_failed", stream=stream, error=repr(exc))
             return
         self.backlog = {p: found.get(p, 0) for p in range(self.partitions)}
+        self.reads += 1
