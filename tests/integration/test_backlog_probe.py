@@ -6,6 +6,7 @@ make; and it reads only while someone asks for figures, once at once after a qui
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import msgspec
 import nats
@@ -15,10 +16,15 @@ from nats.aio.client import Client
 from legato.bus import Topology, provision_streams
 from legato.bus.backlog import LIST_PAGE, BacklogProbe
 from legato.bus.connection import connect_with, nats_auth_options
+from legato.bus.consumer import Delivery
 from legato.bus.streams import ConsumerSpec, provision_consumer
+from legato.bus.topology import partition_of
 from legato.config.settings import Settings
 from legato.security.keyring import Keyring
+from legato.signal_router.gate import FireGate
+from legato.signal_router.matching import TriggerTable
 from tests.support.stack import until
+from tests.unit.signal_router.test_matching import registered
 
 
 def as_identity(settings: Settings, keyring: Keyring | None, identity: str) -> Settings:
@@ -163,3 +169,29 @@ async def test_it_reads_while_starts_come_and_at_once_after_a_quiet_spell(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_probe_that_cannot_read_leaves_the_router_to_its_last_figure(
+    settings: Settings, nc: Client, two: Topology
+) -> None:
+    """The signals a router let through count until the next read; if reads fail for ten intervals
+    (here: the stream is gone), only the last figure counts, so the gate does not close for good."""
+    probe = BacklogProbe(nc.jetstream(), two, 2, interval=0.02)
+    assert probe.stale()  # no figure yet
+    await probe.probe()
+    assert not probe.stale() and probe.backlog == {0: 0, 1: 0}
+    table = TriggerTable.build(1, [registered("single")])
+    fire = FireGate(probe, 2, two, lambda: table)
+    home = partition_of("wf", 2)
+    signal = Delivery(b"{}", cast(Any, None), two.signal_subject("orders"), {}, 1, 1, "")
+    for _ in range(2):
+        async with fire.admit(signal):
+            pass
+    assert fire.over({home}) == (home, 2)  # two let through since the read: at the limit
+    await nc.jetstream().delete_stream(two.triggers_stream)
+    await probe.probe()
+    assert not probe.stale()  # failing, not for long yet
+    await asyncio.sleep(0.25)
+    await probe.probe()
+    assert probe.stale() and probe.reads == 1
+    assert fire.over({home}) is None  # the last figure, 0, alone

@@ -22,6 +22,7 @@ quiet spell is answered with the figure from before it, while a fresh one is rea
 from __future__ import annotations
 
 import asyncio
+import time
 
 from nats.js import JetStreamContext
 
@@ -29,7 +30,7 @@ from legato.bus.topology import Topology
 from legato.lifecycle.component import Component
 from legato.telemetry import get_logger
 
-log = get_logger("legato.trigger")
+log = get_logger("legato.bus")
 
 PROBE_SECONDS = 0.25
 LIST_PAGE = 256  # consumers nats-server returns per CONSUMER.LIST request (JSApiListLimit)
@@ -37,9 +38,9 @@ LIST_PAGE = 256  # consumers nats-server returns per CONSUMER.LIST request (JSAp
 
 class BacklogProbe(Component):
     """The scheduler's backlog of each partition's trigger stream, refreshed every ``interval`` while
-    the API asks for it."""
+    asked for it."""
 
-    name = "api-backlog-probe"
+    name = "backlog-probe"
 
     def __init__(
         self, js: JetStreamContext, topology: Topology, partitions: int, *, interval: float = PROBE_SECONDS
@@ -54,14 +55,27 @@ class BacklogProbe(Component):
         self.reads = 0  # complete reads of every partition (a new figure for each)
         self._partition_of = {topology.scheduler_triggers_consumer(p): p for p in range(partitions)}
         self._asked = asyncio.Event()
+        self._fresh = asyncio.Event()  # set (and replaced) by each complete read, and on shutdown
+        self._failing_since = 0.0  # when the reads began to fail (monotonic), 0 while they work
 
     def of(self, partition: int) -> int:
         """The last backlog read for ``partition`` (0 before the first read, or with no consumer yet)."""
         self._asked.set()
         return self.backlog.get(partition, 0)
 
+    def stale(self) -> bool:
+        """No complete read yet, or every read failed for ten intervals (JetStream does not answer)."""
+        failing = self._failing_since and time.monotonic() - self._failing_since > 10 * self.interval
+        return self.reads == 0 or bool(failing)
+
+    async def next_read(self) -> None:
+        """Wait for the next complete read (asking for one), or for shutdown."""
+        self._asked.set()
+        await self._fresh.wait()
+
     def _on_shutdown(self) -> None:
         self._asked.set()
+        self._fresh.set()
 
     async def _run(self) -> None:
         while not self.stopping:
@@ -90,7 +104,18 @@ class BacklogProbe(Component):
                 if len(page) < LIST_PAGE:
                     break
         except Exception as exc:  # an outage, a timeout, a refusal: keep the last figures
-            log.debug("backlog_probe_failed", stream=stream, error=repr(exc))
+            if not self._failing_since:
+                log.warning("backlog_probe_failing", stream=stream, error=repr(exc))
+                self._failing_since = time.monotonic()
             return
-        self.backlog = {p: found.get(p, 0) for p in range(self.partitions)}
+        if self._failing_since:
+            log.info("backlog_probe_recovered", stream=stream)
+            self._failing_since = 0.0
+        self.record({p: found.get(p, 0) for p in range(self.partitions)})
+
+    def record(self, backlog: dict[int, int]) -> None:
+        """Take ``backlog`` as a complete read of every partition, and wake whoever waits for one."""
+        self.backlog = backlog
         self.reads += 1
+        fresh, self._fresh = self._fresh, asyncio.Event()
+        fresh.set()

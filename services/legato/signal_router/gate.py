@@ -13,7 +13,9 @@ read, plus the signals for it this router let through since (being applied, or a
 read): so the router does not overshoot the limit by the signals it applied while the figure was
 being read again (with the probe's figure alone, two waves of the consumer's in-flight signals, 2,048,
 passed a limit of 20). A signal counted that fires nothing only makes the gate close early, until the
-next read.
+next read. While the probe cannot read (every read failing for ten intervals), only its last figure
+counts, as for the API, so counts that no read clears never close the gate for good. Held signals
+wake once per read, not each on a timer.
 
 A held signal is not applied, acked or lost: its handler holds it (kept alive like any long handler),
 and once every in-flight slot of the router's consumer holds one, the consumer stops fetching and the
@@ -73,12 +75,17 @@ class FireGate:
         return found
 
     def over(self, partitions: set[int]) -> tuple[int, int] | None:
-        """A partition at the limit or over, and its figure; or None."""
+        """A partition at the limit or over, and its figure; or None. While the probe has no figure
+        (no read yet, or every read failing for ten intervals) only its last figure counts, as for the
+        API: signals counted since a read that never comes would close the gate for good."""
         if self._reads != self.probe.reads:
             self._reads = self.probe.reads
             self._applied.clear()
+        counted = not self.probe.stale()
         for p in partitions:
-            waiting = self.probe.of(p) + self._applying[p] + self._applied[p]
+            waiting = self.probe.of(p)
+            if counted:
+                waiting += self._applying[p] + self._applied[p]
             if waiting >= self.limit:
                 return p, waiting
         return None
@@ -115,7 +122,10 @@ class FireGate:
             )
         try:
             while blocked is not None:
-                if await self.probe.sleep_or_stop(self.probe.interval / 2):
+                # Only a read can open the gate (a signal applied meanwhile moves from being applied
+                # to applied, the same count): one wake-up per read for all the held signals.
+                await self.probe.next_read()
+                if self.probe.stopping:
                     raise Retry(delay=0.0, reason="signal router stopping while the signal was held back")
                 blocked = self.over(partitions)
         finally:

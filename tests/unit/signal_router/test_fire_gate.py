@@ -35,9 +35,8 @@ def delivery(name: str) -> Delivery[bytes]:
 
 
 def read(probe: BacklogProbe, figures: dict[int, int]) -> None:
-    """What one complete read of the probe leaves behind."""
-    probe.backlog = figures
-    probe.reads += 1
+    """One complete read of the probe, with these figures."""
+    probe.record(figures)
 
 
 async def test_signals_let_through_count_until_the_next_read() -> None:
