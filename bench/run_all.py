@@ -19,6 +19,7 @@ ORDER = [
     "steps.py",
     "web.py",
     "fairness.py",
+    "idle.py",
     "table.py",
 ]
 
