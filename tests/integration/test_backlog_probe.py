@@ -175,7 +175,8 @@ async def test_a_probe_that_cannot_read_leaves_the_router_to_its_last_figure(
     settings: Settings, nc: Client, two: Topology
 ) -> None:
     """The signals a router let through count until the next read; if reads fail for ten intervals
-    (here: the stream is gone), only the last figure counts, so the gate does not close for good."""
+    (here: the stream is gone), only the last figure counts, so the gate does not close for good:
+    a signal held meanwhile is let go too."""
     probe = BacklogProbe(nc.jetstream(), two, 2, interval=0.02)
     assert probe.stale()  # no figure yet
     await probe.probe()
@@ -189,9 +190,20 @@ async def test_a_probe_that_cannot_read_leaves_the_router_to_its_last_figure(
             pass
     assert fire.over({home}) == (home, 2)  # two let through since the read: at the limit
     await nc.jetstream().delete_stream(two.triggers_stream)
-    await probe.probe()
-    assert not probe.stale()  # failing, not for long yet
-    await asyncio.sleep(0.25)
-    await probe.probe()
-    assert probe.stale() and probe.reads == 1
-    assert fire.over({home}) is None  # the last figure, 0, alone
+
+    async def apply() -> None:
+        async with fire.admit(signal):
+            pass
+
+    held = asyncio.create_task(apply())
+    await asyncio.sleep(0)
+    assert fire.held == 1
+    running = asyncio.create_task(probe.run())
+    try:
+        await asyncio.wait_for(held, 5)  # let go once the reads have failed for ten intervals
+        assert probe.stale() and probe.reads == 1
+        assert fire.over({home}) is None  # the last figure, 0, alone
+        assert fire.held == 0 and fire.held_total == 1
+    finally:
+        await probe.shutdown()
+        await asyncio.wait_for(running, 5)

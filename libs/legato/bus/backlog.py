@@ -55,7 +55,7 @@ class BacklogProbe(Component):
         self.reads = 0  # complete reads of every partition (a new figure for each)
         self._partition_of = {topology.scheduler_triggers_consumer(p): p for p in range(partitions)}
         self._asked = asyncio.Event()
-        self._fresh = asyncio.Event()  # set (and replaced) by each complete read, and on shutdown
+        self._fresh = asyncio.Event()  # set (and replaced) after each read, failed or not, and on shutdown
         self._failing_since = 0.0  # when the reads began to fail (monotonic), 0 while they work
 
     def of(self, partition: int) -> int:
@@ -69,9 +69,11 @@ class BacklogProbe(Component):
         return self.reads == 0 or bool(failing)
 
     async def next_read(self) -> None:
-        """Wait for the next complete read (asking for one), or for shutdown."""
+        """Wait for the next read, complete or failed (asking for one), or for shutdown. A failed one
+        wakes too: after ten, ``stale`` says so, and what waits on the figure decides without it."""
         self._asked.set()
-        await self._fresh.wait()
+        if not self.stopping:
+            await self._fresh.wait()
 
     def _on_shutdown(self) -> None:
         self._asked.set()
@@ -107,6 +109,7 @@ class BacklogProbe(Component):
             if not self._failing_since:
                 log.warning("backlog_probe_failing", stream=stream, error=repr(exc))
                 self._failing_since = time.monotonic()
+            self._wake()
             return
         if self._failing_since:
             log.info("backlog_probe_recovered", stream=stream)
@@ -117,5 +120,8 @@ class BacklogProbe(Component):
         """Take ``backlog`` as a complete read of every partition, and wake whoever waits for one."""
         self.backlog = backlog
         self.reads += 1
+        self._wake()
+
+    def _wake(self) -> None:
         fresh, self._fresh = self._fresh, asyncio.Event()
         fresh.set()

@@ -14,8 +14,8 @@ read): so the router does not overshoot the limit by the signals it applied whil
 being read again (with the probe's figure alone, two waves of the consumer's in-flight signals, 2,048,
 passed a limit of 20). A signal counted that fires nothing only makes the gate close early, until the
 next read. While the probe cannot read (every read failing for ten intervals), only its last figure
-counts, as for the API, so counts that no read clears never close the gate for good. Held signals
-wake once per read, not each on a timer.
+counts, as for the API, so counts that no read clears never close the gate for good, for signals
+already held too. Held signals wake once per read (failed or not), not each on a timer.
 
 A held signal is not applied, acked or lost: its handler holds it (kept alive like any long handler),
 and once every in-flight slot of the router's consumer holds one, the consumer stops fetching and the
@@ -123,7 +123,8 @@ class FireGate:
         try:
             while blocked is not None:
                 # Only a read can open the gate (a signal applied meanwhile moves from being applied
-                # to applied, the same count): one wake-up per read for all the held signals.
+                # to applied, the same count), or reads failing long enough that only the last figure
+                # counts: one wake-up per read, failed or not, for all the held signals.
                 await self.probe.next_read()
                 if self.probe.stopping:
                     raise Retry(delay=0.0, reason="signal router stopping while the signal was held back")

@@ -112,3 +112,8 @@ async def test_a_held_signal_is_given_back_when_the_router_stops() -> None:
     with pytest.raises(Retry):
         await asyncio.wait_for(held, 2)
     assert fire.held == 0
+    # One that comes after the shutdown, and after a read that was under way then, is given back at
+    # once, not left waiting for a read that will not come.
+    read(probe, {HOME: 7})
+    with pytest.raises(Retry):
+        await asyncio.wait_for(apply(), 2)
