@@ -110,6 +110,10 @@ class Topology:
     def signal_prefix(self) -> str:
         return f"{self._s}legato.signal."
 
+    def signal_name(self, subject: str) -> str:
+        """The signal name a subject under ``signal_prefix`` carries."""
+        return subject[len(self.signal_prefix) :]
+
     def api_subject(self, resource: str, verb: str) -> str:
         return f"{self._s}legato.api.{resource}.{verb}"
 

@@ -96,7 +96,7 @@ class FireGate:
         while the signal is held."""
         partitions: set[int] = set()
         if d.subject != self.topology.signal_wait_subject:  # a step's wait starts no run
-            partitions = self.partitions(d.subject[len(self.topology.signal_prefix) :])
+            partitions = self.partitions(self.topology.signal_name(d.subject))
         if partitions:
             await self._wait(partitions)
         self._applying.update(partitions)

@@ -241,7 +241,7 @@ class SignalIngest(Component):
                 assert_never(msg)
 
     def parse(self, d: Delivery[bytes], traceparent: str | None) -> IncomingSignal:
-        name = d.subject[len(self.topology.signal_prefix) :]
+        name = self.topology.signal_name(d.subject)
         try:
             published_at = d.raw.metadata.timestamp
         except Exception:
