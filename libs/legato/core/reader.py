@@ -64,7 +64,10 @@ WORKFLOW_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}")
 STEP_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # trigger ids, queues, concurrency tags
 PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-SIGNAL_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+# ``_legato...`` names are the platform's own subjects (the scheduler's wait registrations), never a
+# user's signal: a trigger, wait or publish of one would mix with them.
+SIGNAL_NAME = re.compile(r"(?!_legato)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
+SIGNAL_NAME_RULE = "letters, digits, _ - and dots, not starting with _legato"
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 FUNCTION_REF = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
@@ -652,7 +655,7 @@ class Reader:
         if m is None:
             return None
         self.fields(m, path, ("name", "match", "when"), required=("name",))
-        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule="letters, digits, _ - and dots")
+        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule=SIGNAL_NAME_RULE)
         if name is None:
             return None
         match = self.match(m, path, templates=False)
@@ -874,7 +877,7 @@ class Reader:
         if m is None:
             return None
         self.fields(m, path, ("name", "match"), required=("name",))
-        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule="letters, digits, _ - and dots")
+        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule=SIGNAL_NAME_RULE)
         if name is None:
             return None
         return SignalWait(name=name, match=self.match(m, path, templates=True))
@@ -884,7 +887,7 @@ class Reader:
         if m is None:
             return None
         self.fields(m, path, ("name", "params"), required=("name",))
-        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule="letters, digits, _ - and dots")
+        name = self.string(m, "name", path, pattern=SIGNAL_NAME, rule=SIGNAL_NAME_RULE)
         if name is None:
             return None
         return SignalPublish(name=name, params=self.value_map(m, "params", path))

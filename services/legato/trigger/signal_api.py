@@ -11,7 +11,7 @@ import msgspec
 from legato.bus.publisher import OutgoingMessage, Publisher, PublishError
 from legato.bus.streams import SIGNAL_MAX_MSG_SIZE
 from legato.bus.topology import Topology
-from legato.core.reader import SIGNAL_NAME
+from legato.core.reader import SIGNAL_NAME, SIGNAL_NAME_RULE
 from legato.core.signals import schema_problem
 from legato.protocol import api
 from legato.protocol.api import ApiError
@@ -50,11 +50,8 @@ def signal_summary(r: asyncpg.Record) -> dict[str, Any]:
 
 
 def check_signal_name(name: str) -> None:
-    if not SIGNAL_NAME.fullmatch(name) or name.startswith("_legato"):
-        raise ApiError(
-            "bad_request",
-            f"name: a signal name is letters, digits, _ - and dots (not starting with _legato), got {name!r}",
-        )
+    if not SIGNAL_NAME.fullmatch(name):
+        raise ApiError("bad_request", f"name: a signal name is {SIGNAL_NAME_RULE}, got {name!r}")
 
 
 class SignalApi:

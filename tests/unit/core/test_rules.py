@@ -293,6 +293,11 @@ TRIGGER_CASES: list[tuple[dict[str, Any], str]] = [
         "triggers[0].signals[0].name: must match letters, digits, _ - and dots",
     ),
     (
+        # The platform's own subjects (the scheduler's wait registrations) are no user's signal.
+        {"type": "signal", "signals": [{"name": "_legato.wait"}]},
+        "triggers[0].signals[0].name: must match letters, digits, _ - and dots, not starting with _legato, got '_legato.wait'",
+    ),
+    (
         {"type": "signal", "signals": [{"name": "a"}], "since": "yesterday"},
         "triggers[0].since: must be an ISO 8601 datetime, got 'yesterday'",
     ),
@@ -541,6 +546,14 @@ STEP_CASES: list[tuple[dict[str, Any], str]] = [
     (
         {"id": "a", "type": "noop", "wait_for_signals": [{"match": {}}]},
         "steps[0].wait_for_signals[0].name: required",
+    ),
+    (
+        {"id": "a", "type": "noop", "wait_for_signals": [{"name": "_legato.wait"}]},
+        "steps[0].wait_for_signals[0].name: must match letters, digits, _ - and dots, not starting with _legato",
+    ),
+    (
+        {"id": "a", "type": "noop", "publish_signals": [{"name": "_legato_x"}]},
+        "steps[0].publish_signals[0].name: must match letters, digits, _ - and dots, not starting with _legato",
     ),
     (
         {"id": "a", "type": "noop", "publish_signals": [{"name": "s", "params": [1]}]},
