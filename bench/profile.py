@@ -364,6 +364,10 @@ async def profile(
         # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
         # arrival rate), each run's hops from the recorded timestamps.
         if args.paced_seconds > 0:
+            if args.analyze:
+                # What autovacuum does in a live system once the tables have grown: the services'
+                # sessions plan their statements again with the new figures.
+                await conn.execute("ANALYZE")
             rate = args.rate or max(10.0, round(n / elapsed / 2))
             count = int(rate * args.paced_seconds)
             if pg_log is not None:
@@ -430,6 +434,11 @@ def main() -> None:
         help="then start runs at --rate for this long and print their critical path (0: skip)",
     )
     parser.add_argument("--rate", type=float, default=0.0, help="paced starts/s; 0 = half the saturated rate")
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="ANALYZE the database before the paced phase, as autovacuum would once the tables grew",
+    )
     parser.add_argument(
         "--rates",
         type=lambda text: [float(r) for r in text.split(",") if r.strip()],

@@ -39,6 +39,7 @@ from legato.scheduler.repository import (
 )
 from legato.scheduler.state import UnitOfWork, WorkflowRow
 from legato.store import outbox
+from legato.store.keys import probe
 from legato.store.outbox import OUTBOX_ARGS, OUTBOX_IDS, outbox_args, outbox_ctes, outbox_rows
 
 if TYPE_CHECKING:
@@ -93,10 +94,8 @@ CONFIG_ARGS = 5
 # ...and none of the runs it started (ids in a JSON array, argument {0}) existed before the statement
 # (which sees the table as it began). The ids come as JSON, not as a text[]: Postgres plans a statement
 # with an ``unnest`` of its parameter for each call's array (``store.pool``), and this one is large.
-_RUNS_NEW = (
-    "NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(${0}::text::jsonb) AS s (id) "
-    "WHERE EXISTS (SELECT 1 FROM workflow_instance i WHERE i.id = s.id))"
-)
+# One index probe per id (``store.keys``): as ``EXISTS`` over the elements, its plan read the whole table.
+_RUNS_NEW = f"NOT EXISTS (SELECT 1 FROM {probe('workflow_instance', 'id', '${0}', '1', json=True)} AS hit)"
 
 
 class WorkflowChangedUnderBatch(Exception):
