@@ -7,7 +7,7 @@ the scheduler re-checks activation when it applies a start. Calls that change a 
 One read at a time per key: the starts that find an activation expired, or a version not compiled yet,
 wait for the one read (and compile) the first of them began. Each used to make its own: at ~2,000
 starts/s, each second's expiry sent a burst of them through the API's two pooled connections, ahead of
-the start batches waiting for those connections (``tests/unit/trigger/test_workflow_cache.py``).
+the start batches waiting for those connections (``tests/integration/test_workflow_cache.py``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class WorkflowCache:
             async with self.pool.acquire() as conn:
                 return await self.compiled(conn, workflow_id, version)
 
-        return await self._once(("compiled", key), read)
+        return await asyncio.shield(self._start(("compiled", key), read))
 
     async def activation(self, workflow_id: str) -> tuple[bool, int]:
         """Whether the workflow is active and its active version, read at most once a second."""
@@ -110,6 +110,3 @@ class WorkflowCache:
 
             reading.add_done_callback(done)
         return reading
-
-    async def _once(self, key: Any, read: Callable[[], Awaitable[T]]) -> T:
-        return await asyncio.shield(self._start(key, read))
