@@ -14,9 +14,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from legato.bus.topology import Topology
 from legato.core import parse_definition
 from legato.protocol.messages import StartRun, decode_trigger
-from legato.signal_router.ingest import IncomingSignal, SignalIngest
+from legato.signal_router.ingest import IncomingSignal, SignalIngest, batch_lock_keys
 from legato.signal_router.service import SignalUpkeep
 from legato.store import create_pool, run_transaction
+from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY
 from legato.telemetry import configure_metrics, shutdown_metrics
 from legato.trigger.registry import push_workflow
 from tests.integration.test_generic_metrics import values
@@ -209,5 +210,73 @@ async def test_a_tuple_completed_again_after_its_row_was_swept_does_not_fire_aga
             starts = await conn.fetchval("SELECT count(*) FROM outbox WHERE msg_id LIKE 'start:%'")
             pending = await conn.fetchval("SELECT count(*) FROM signal_join WHERE fired_at IS NULL")
         assert (fires, starts, pending) == (1, 1, 0)
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_mixing_a_redelivered_signal_with_new_ones_counts_only_the_new_ones(
+    database_url: str,
+) -> None:
+    """The batch's statement writes its join rows only when every signal in it is new; a redelivered
+    one sends the batch down a second statement built from its new signals alone. Here the copy is the
+    left leg of a tuple that expired meanwhile: counted again, it would complete the tuple with the old
+    leg; the new right leg must start the tuple over instead."""
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        topology = Topology("t")
+        await push_pair(pool, topology)
+        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        await run_transaction(pool, functools.partial(router.apply_signals, signals=[incoming("left", 1)]))
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE signal_join SET expires_at = now() - interval '1 hour'")
+        batch = [incoming("left", 1), incoming("right", 1), incoming("left", 2), incoming("right", 2)]
+        rows = await run_transaction(pool, functools.partial(router.apply_signals, signals=batch))
+        async with pool.acquire() as conn:
+            fires = await conn.fetch("SELECT tuple_key FROM signal_trigger_fire")
+            starts = await conn.fetch("SELECT id, msg_id FROM outbox WHERE msg_id LIKE 'start:%'")
+            pending = await conn.fetch("SELECT tuple_key, members FROM signal_join WHERE fired_at IS NULL")
+        assert [f["tuple_key"] for f in fires] == ['["k2"]']
+        assert [(r["tuple_key"], sorted(r["members"])) for r in pending] == [('["k1"]', ["right"])]
+        assert [(r["id"], r["msg_id"]) for r in starts] == [(i, m.msg_id) for i, m in rows]
+        assert router.stored == 4 and router.fired == 1
+    finally:
+        await pool.close()
+
+
+async def test_the_batch_path_takes_its_locks_with_its_begin_and_fires_once(database_url: str) -> None:
+    """``SignalIngest.apply``'s own transaction (locks taken with the BEGIN, ``apply_signals(locked=True)``):
+    a trigger registration waiting for the exclusive lock is held until the batch commits."""
+    pool = await create_pool(database_url, max_size=4)
+    try:
+        topology = Topology("t")
+        await push_pair(pool, topology)
+        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        signals = [incoming("left", 5), incoming("right", 5)]
+        entered = asyncio.Event()
+        go_on = asyncio.Event()
+        real_fire = router._fire
+
+        async def slow_fire(*args: object, **kwargs: object) -> object:
+            entered.set()
+            await go_on.wait()
+            return await real_fire(*args, **kwargs)  # type: ignore[arg-type]
+
+        router._fire = slow_fire  # type: ignore[method-assign]
+        task = asyncio.create_task(
+            run_transaction(
+                pool,
+                functools.partial(router.apply_signals, signals=signals, locked=True),
+                shared_locks=batch_lock_keys(signals),
+            )
+        )
+        await entered.wait()
+        async with pool.acquire() as conn:
+            # What a trigger registration takes (exclusive): not while the batch holds it shared.
+            assert not await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", SIGNAL_TRIGGER_LOCK_KEY)
+            go_on.set()
+            rows = await task
+            assert len(rows) == 1
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", SIGNAL_TRIGGER_LOCK_KEY)
+            assert await conn.fetchval("SELECT count(*) FROM signal_trigger_fire") == 1
     finally:
         await pool.close()

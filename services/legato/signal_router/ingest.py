@@ -61,7 +61,7 @@ from legato.signal_router.matching import (
     wait_matches,
 )
 from legato.store.batcher import GroupCommit, content_error
-from legato.store.outbox import OutboxRow, add_to_outbox
+from legato.store.outbox import OutboxRow, add_to_outbox, outbox_args, outbox_ctes
 from legato.store.signal_triggers import SIGNAL_TRIGGER_LOCK_KEY, signal_name_lock_key
 from legato.store.transactions import run_transaction
 from legato.telemetry import get_logger, get_tracer, inject_headers, metrics, parse_traceparent
@@ -132,6 +132,103 @@ def anonymous_signal_id(stream_seq: int, published_at: datetime) -> str:
     at a later time, so its new signals never collide with the old ones as duplicates."""
     micros = (published_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
     return f"{stream_seq}@{micros}"
+
+
+def batch_lock_keys(signals: Sequence[IncomingSignal]) -> list[int]:
+    """The advisory locks a batch holds shared: trigger registrations', then each signal name's (sorted)."""
+    return [SIGNAL_TRIGGER_LOCK_KEY, *(signal_name_lock_key(n) for n in sorted({s.name for s in signals}))]
+
+
+# What a batch reads under its locks, in one statement: the trigger epoch, the names' schemas and open waits.
+_READ_BATCH = """
+SELECT (SELECT epoch FROM signal_trigger_epoch) AS epoch,
+       (SELECT coalesce(jsonb_object_agg(name, schema), '{}') FROM signal_schema
+        WHERE name = ANY($1::text[])) AS schemas,
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'workflow_id', workflow_id,
+            'instance_id', instance_id, 'step_id', step_id, 'name', name, 'match', match)), '[]')
+        FROM signal_wait WHERE name = ANY($1::text[]) AND satisfied_at IS NULL
+        AND NOT cancelled) AS waits
+"""
+
+_INSERT_SIGNALS = """
+INSERT INTO signal (name, id, params, raw, publisher, publisher_workflow, publisher_instance,
+                    publisher_step, published_at, stream_seq, rejected, error, traceparent)
+SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::timestamptz[], $10::bigint[], $11::boolean[],
+                     $12::text[], $13::text[])
+ON CONFLICT (name, id) DO NOTHING
+"""
+
+# A tuple's row: its signals so far (a copy of a tuple that fired, or a leg that came again, changes
+# nothing; a tuple that expired starts over from this batch's signals). ``{0}``: its arguments from.
+_UPSERT_JOIN = """
+INSERT INTO signal_join AS j (workflow_id, trigger_id, tuple_key, join_values, members, first_at, expires_at)
+SELECT w, t, k, jv, m, f, e FROM unnest(${0}::text[], ${1}::text[], ${2}::text[], ${3}::jsonb[], ${4}::jsonb[],
+                                        ${5}::timestamptz[], ${6}::timestamptz[]) AS u (w, t, k, jv, m, f, e)
+{where}
+ON CONFLICT (workflow_id, trigger_id, tuple_key) DO UPDATE SET
+    members = CASE WHEN j.fired_at IS NOT NULL THEN j.members
+                   WHEN j.expires_at < EXCLUDED.first_at THEN EXCLUDED.members
+                   ELSE EXCLUDED.members || j.members END,
+    first_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
+                    THEN EXCLUDED.first_at ELSE j.first_at END,
+    expires_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
+                      THEN EXCLUDED.expires_at ELSE j.expires_at END,
+    updated_at = now()
+RETURNING workflow_id, trigger_id, tuple_key, members, fired_at
+"""
+_UPSERT_JOINS = _UPSERT_JOIN.format(1, 2, 3, 4, 5, 6, 7, where="")
+
+# The signals and their join rows in one statement. The join rows are written only if every signal of
+# the batch was new ($21: how many there are): a copy of a stored signal must not count again, and a
+# batch with one (a redelivery) writes its join rows in a second statement, from its new signals only.
+# The join's upsert sees the signal rows' RETURNING, not the rows (one snapshot): it needs only the count.
+_STORE_AND_JOIN = f"""
+WITH stored AS ({_INSERT_SIGNALS} RETURNING name, id),
+joined AS ({_UPSERT_JOIN.format(14, 15, 16, 17, 18, 19, 20, where="WHERE (SELECT count(*) FROM stored) = $21")})
+SELECT name, id, NULL::text AS workflow_id, NULL::text AS trigger_id, NULL::text AS tuple_key,
+       NULL::jsonb AS members, NULL::timestamptz AS fired_at FROM stored
+UNION ALL
+SELECT NULL, NULL, workflow_id, trigger_id, tuple_key, members, fired_at FROM joined
+"""
+
+# Fires tuples once (``signal_trigger_fire`` is keyed by the tuple) and writes, in the same statement,
+# the outbox rows of the messages: a StartRun only if its tuple fired now ($15: the run's instance id,
+# NULL for a message written in any case).
+_FIRE = f"""
+WITH fired AS (
+    INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
+                                     signals, params, error, traceparent)
+    SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
+    ON CONFLICT DO NOTHING
+    RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
+), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
+    -- One primary-key probe per tuple (LIMIT keeps the planner from hashing the whole
+    -- table per batch; no fired_at test in the probe, or it walks the partial index of
+    -- every pending tuple of the trigger); the rows are ours, locked by our upsert.
+    UPDATE signal_join j SET fired_at = now(), updated_at = now()
+    WHERE j.ctid = ANY(ARRAY(
+        SELECT x.ctid FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
+        CROSS JOIN LATERAL (
+            SELECT s.ctid FROM signal_join s
+            WHERE s.workflow_id = f.w AND s.trigger_id = f.t AND s.tuple_key = f.k
+            LIMIT 1
+        ) AS x
+    )) AND j.fired_at IS NULL
+), {
+    outbox_ctes(
+        10,
+        "WHERE u.n IN (SELECT m.n FROM unnest($15::text[]) WITH ORDINALITY AS m (i, n) "
+        "WHERE m.i IS NULL OR m.i IN (SELECT instance_id FROM fired WHERE error IS NULL))",
+    )
+}
+SELECT workflow_id, trigger_id, tuple_key, instance_id, error, NULL::bigint AS outbox_id, NULL::bigint AS n
+FROM fired
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, id, n FROM outbox_v
+"""
 
 
 class SignalIngest(Component):
@@ -222,7 +319,11 @@ class SignalIngest(Component):
                 seen.add((sig.name, sig.id))
                 signals.append(sig)
         if signals:
-            rows = await run_transaction(self.pool, lambda conn: self.apply_signals(conn, signals))
+            rows = await run_transaction(
+                self.pool,
+                lambda conn: self.apply_signals(conn, signals, locked=True),
+                shared_locks=batch_lock_keys(signals),
+            )
             if rows:
                 self.relay_committed(rows)
         for reg in registrations:
@@ -340,29 +441,26 @@ class SignalIngest(Component):
 
     # ------------------------------------------------------------------ the batch transaction
 
-    async def apply_signals(self, conn: asyncpg.Connection, signals: list[IncomingSignal]) -> list[OutboxRow]:
+    async def apply_signals(
+        self, conn: asyncpg.Connection, signals: list[IncomingSignal], *, locked: bool = False
+    ) -> list[OutboxRow]:
         """Store signals (each once), feed triggers and waits, fire complete tuples; returns the outbox rows
-        of the messages emitted (for the relay, once committed)."""
+        of the messages emitted (for the relay, once committed).
+
+        ``locked``: the transaction already holds ``batch_lock_keys(signals)`` (``run_transaction``'s
+        ``shared_locks``, taken with its BEGIN); else they are taken here. A batch of new signals is then
+        four round trips: BEGIN with the locks, one read, the signals with their join rows, the fires
+        with the outbox; and COMMIT."""
         names = sorted({s.name for s in signals})
-        # Shared: a trigger registration, or a wait registration for one of these names (exclusive),
-        # waits for this batch, and this batch for it — so neither misses the other.
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k",
-            [SIGNAL_TRIGGER_LOCK_KEY, *(signal_name_lock_key(n) for n in names)],
-        )
+        if not locked:
+            # Shared: a trigger registration, or a wait registration for one of these names (exclusive),
+            # waits for this batch, and this batch for it — so neither misses the other.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock_shared(k) FROM unnest($1::bigint[]) AS k",
+                batch_lock_keys(signals),
+            )
         # Read after the locks (a statement sees what committed before it began): one round trip.
-        row = await conn.fetchrow(
-            """
-            SELECT (SELECT epoch FROM signal_trigger_epoch) AS epoch,
-                   (SELECT coalesce(jsonb_object_agg(name, schema), '{}') FROM signal_schema
-                    WHERE name = ANY($1::text[])) AS schemas,
-                   (SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'workflow_id', workflow_id,
-                        'instance_id', instance_id, 'step_id', step_id, 'name', name, 'match', match)), '[]')
-                    FROM signal_wait WHERE name = ANY($1::text[]) AND satisfied_at IS NULL
-                    AND NOT cancelled) AS waits
-            """,
-            names,
-        )
+        row = await conn.fetchrow(_READ_BATCH, names)
         table = await self.triggers(conn, row["epoch"])
         schemas = row["schemas"]
         for s in signals:
@@ -371,18 +469,40 @@ class SignalIngest(Component):
                 error = schema_error(schema, s.body)
                 if error is not None:
                     s.error = f"breaks the schema of {s.name}: {error}"
+        # Routed as if every signal were new: the statement that stores them writes the join rows only
+        # if it stored every one of them (else they are written again below, from the new ones only).
+        members = [member for s in signals if not s.rejected for member in route(s.signal(), table)]
+        singles, joined = _group(members)
+        new, join_rows = await self._store(conn, signals, joined)
+        fresh = [s for s in signals if (s.name, s.id) in new]
+        accepted = [s.signal() for s in fresh if not s.rejected]
+        rejected = [s for s in fresh if s.rejected]
+        for s in rejected:
+            log.warning("signal_rejected", signal=s.name, signal_id=s.id, error=s.error)
+        m = metrics()
+        if accepted:
+            m.signals_ingested.add(len(accepted), status="accepted")
+        if rejected:
+            m.signals_ingested.add(len(rejected), status="rejected")
+        if len(signals) > len(fresh):
+            m.signals_ingested.add(len(signals) - len(fresh), status="duplicate")
+            # Some were stored before (a redelivery): only the new ones count for triggers.
+            singles, joined = _group([mb for mb in members if (mb.signal.name, mb.signal.id) in new])
+            join_rows = await _upsert_joins(conn, joined)
+        candidates = singles + _completed(joined, join_rows)
+        waits = await self._satisfy_waits(conn, row["waits"], accepted)
+        self.stored += len(fresh)
+        return await self._fire(conn, candidates, waits)
+
+    async def _store(
+        self, conn: asyncpg.Connection, signals: list[IncomingSignal], joined: dict[_TupleKey, _Tuple]
+    ) -> tuple[set[tuple[str, str]], list[asyncpg.Record]]:
+        """Insert the signals (a copy of a stored one is skipped) and, if every one was new, upsert the
+        join rows of ``joined`` in the same statement; returns the new signals' keys and the join rows
+        written (none if a signal was a copy)."""
         # One insertion order for every router (no deadlock on the unique index between batches).
         ordered = sorted(signals, key=lambda s: (s.name, s.id))
-        stored = await conn.fetch(
-            """
-            INSERT INTO signal (name, id, params, raw, publisher, publisher_workflow, publisher_instance,
-                                publisher_step, published_at, stream_seq, rejected, error, traceparent)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::timestamptz[], $10::bigint[], $11::boolean[],
-                                 $12::text[], $13::text[])
-            ON CONFLICT (name, id) DO NOTHING
-            RETURNING name, id
-            """,
+        args: list[Any] = [
             [s.name for s in ordered],
             [s.id for s in ordered],
             [None if s.rejected else s.body for s in ordered],
@@ -399,86 +519,32 @@ class SignalIngest(Component):
             [s.rejected for s in ordered],
             [_storable_text(s.error[:MAX_REJECTED_ERROR]) if s.error else None for s in ordered],
             [s.traceparent for s in ordered],
-        )
-        new = {(r["name"], r["id"]) for r in stored}
-        fresh = [s for s in signals if (s.name, s.id) in new]
-        accepted = [s.signal() for s in fresh if not s.rejected]
-        rejected = [s for s in fresh if s.rejected]
-        for s in rejected:
-            log.warning("signal_rejected", signal=s.name, signal_id=s.id, error=s.error)
-        m = metrics()
-        if accepted:
-            m.signals_ingested.add(len(accepted), status="accepted")
-        if rejected:
-            m.signals_ingested.add(len(rejected), status="rejected")
-        if len(signals) > len(fresh):
-            m.signals_ingested.add(len(signals) - len(fresh), status="duplicate")
-        members = [member for sig in accepted for member in route(sig, table)]
-        msgs = await self.apply_members(conn, members)
-        msgs += await self._satisfy_waits(conn, row["waits"], accepted)
-        rows = await add_to_outbox(conn, msgs)
-        self.stored += len(fresh)
-        return rows
+        ]
+        if not joined:
+            stored = await conn.fetch(f"{_INSERT_SIGNALS} RETURNING name, id", *args)
+            return {(r["name"], r["id"]) for r in stored}, []
+        rows = await conn.fetch(_STORE_AND_JOIN, *args, *_join_args(joined), len(ordered))
+        new = {(r["name"], r["id"]) for r in rows if r["name"] is not None}
+        return new, [r for r in rows if r["name"] is None]
 
-    async def apply_members(self, conn: asyncpg.Connection, members: list[Member]) -> list[OutgoingMessage]:
-        """Record signals under their tuples and fire every tuple that became complete."""
-        candidates: list[_Candidate] = []
-        joined: dict[tuple[str, str, str], tuple[Member, dict[str, Any], datetime]] = {}
-        for m in members:
-            entry = _member_json(m)
-            if not m.trigger.joined:
-                candidates.append(_Candidate(m.trigger, m.tuple_key, m.join_values, {m.leg: entry}))
-                continue
-            key = (m.trigger.workflow_id, m.trigger.trigger_id, m.tuple_key)
-            found = joined.get(key)
-            if found is None:
-                joined[key] = (m, {m.leg: entry}, m.signal.published_at)
-            else:
-                found[1].setdefault(m.leg, entry)
-                if m.signal.published_at < found[2]:
-                    joined[key] = (found[0], found[1], m.signal.published_at)
-        if joined:
-            keys = sorted(joined)  # one lock order for every router: no deadlock between batches
-            firsts = [joined[k][2] for k in keys]
-            rows = await conn.fetch(
-                """
-                INSERT INTO signal_join AS j (workflow_id, trigger_id, tuple_key, join_values, members,
-                                              first_at, expires_at)
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
-                                     $6::timestamptz[], $7::timestamptz[])
-                ON CONFLICT (workflow_id, trigger_id, tuple_key) DO UPDATE SET
-                    members = CASE WHEN j.fired_at IS NOT NULL THEN j.members
-                                   WHEN j.expires_at < EXCLUDED.first_at THEN EXCLUDED.members
-                                   ELSE EXCLUDED.members || j.members END,
-                    first_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
-                                    THEN EXCLUDED.first_at ELSE j.first_at END,
-                    expires_at = CASE WHEN j.fired_at IS NULL AND j.expires_at < EXCLUDED.first_at
-                                      THEN EXCLUDED.expires_at ELSE j.expires_at END,
-                    updated_at = now()
-                RETURNING workflow_id, trigger_id, tuple_key, members, fired_at
-                """,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [joined[k][0].join_values for k in keys],
-                [joined[k][1] for k in keys],
-                firsts,
-                [
-                    first + timedelta(seconds=joined[k][0].trigger.trigger.expiry)
-                    for k, first in zip(keys, firsts, strict=True)
-                ],
-            )
-            for r in rows:
-                m = joined[(r["workflow_id"], r["trigger_id"], r["tuple_key"])][0]
-                if r["fired_at"] is None and not missing_legs(m.trigger, r["members"]):
-                    candidates.append(_Candidate(m.trigger, m.tuple_key, m.join_values, dict(r["members"])))
-        return await self._fire(conn, candidates)
+    async def apply_members(self, conn: asyncpg.Connection, members: list[Member]) -> list[OutboxRow]:
+        """Record signals under their tuples and fire every tuple that became complete; returns the
+        outbox rows of the runs started (for the relay, once committed)."""
+        singles, joined = _group(members)
+        candidates = singles + _completed(joined, await _upsert_joins(conn, joined))
+        return await self._fire(conn, candidates, [])
 
-    async def _fire(self, conn: asyncpg.Connection, candidates: list[_Candidate]) -> list[OutgoingMessage]:
+    async def _fire(
+        self, conn: asyncpg.Connection, candidates: list[_Candidate], also: list[OutgoingMessage]
+    ) -> list[OutboxRow]:
+        """Fire each candidate tuple that has not fired yet and write, in the same statement, the
+        StartRun of each one fired now and the messages ``also`` to the outbox; returns the rows written."""
         if not candidates:
-            return []
+            return await add_to_outbox(conn, also)
         rows: list[tuple[Any, ...]] = []
-        starts: dict[tuple[str, str, str], OutgoingMessage] = {}
+        starts: list[
+            tuple[str, OutgoingMessage]
+        ] = []  # (instance id, its StartRun), for tuples without error
         seen: set[tuple[str, str, str]] = set()
         now = time.time()
         tracer = get_tracer()
@@ -544,42 +610,27 @@ class SignalIngest(Component):
                     params=params or {},
                     requested_at=now,
                 )
-                starts[(t.workflow_id, t.trigger_id, c.tuple_key)] = OutgoingMessage(
-                    self.topology.trigger_subject(t.workflow_id),
-                    encode(start),
-                    msg_id=f"start:{instance_id}",
-                    headers=headers,
+                starts.append(
+                    (
+                        instance_id,
+                        OutgoingMessage(
+                            self.topology.trigger_subject(t.workflow_id),
+                            encode(start),
+                            msg_id=f"start:{instance_id}",
+                            headers=headers,
+                        ),
+                    )
                 )
         cols = list(zip(*rows, strict=True))
-        fired = await conn.fetch(
-            """
-            WITH fired AS (
-                INSERT INTO signal_trigger_fire (workflow_id, trigger_id, tuple_key, instance_id, trigger_key,
-                                                 signals, params, error, traceparent)
-                SELECT w, t, k, i, tk, s::jsonb, p, e, tp  -- signals as text: a list would be an array dimension
-                FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                            $7::jsonb[], $8::text[], $9::text[]) AS u (w, t, k, i, tk, s, p, e, tp)
-                ON CONFLICT DO NOTHING
-                RETURNING workflow_id, trigger_id, tuple_key, instance_id, error
-            ), closed AS (  -- complete tuples, fired now or before (a late copy): no longer pending
-                -- One primary-key probe per tuple (LIMIT keeps the planner from hashing the whole
-                -- table per batch; no fired_at test in the probe, or it walks the partial index of
-                -- every pending tuple of the trigger); the rows are ours, locked by our upsert.
-                UPDATE signal_join j SET fired_at = now(), updated_at = now()
-                WHERE j.ctid = ANY(ARRAY(
-                    SELECT x.ctid FROM unnest($1::text[], $2::text[], $3::text[]) AS f (w, t, k)
-                    CROSS JOIN LATERAL (
-                        SELECT s.ctid FROM signal_join s
-                        WHERE s.workflow_id = f.w AND s.trigger_id = f.t AND s.tuple_key = f.k
-                        LIMIT 1
-                    ) AS x
-                )) AND j.fired_at IS NULL
-            )
-            SELECT * FROM fired
-            """,
-            *[list(c) for c in cols],
-        )
-        out: list[OutgoingMessage] = []
+        # The outbox's messages: every StartRun, written only if its tuple fires now, then ``also``.
+        msgs = [*(msg for _, msg in starts), *also]
+        written_if: list[str | None] = [*(i for i, _ in starts), *(None for _ in also)]
+        result = await conn.fetch(_FIRE, *[list(c) for c in cols], *outbox_args(msgs), written_if)
+        fired = [r for r in result if r["outbox_id"] is None]
+        out: list[OutboxRow] = []
+        for r in sorted((r for r in result if r["outbox_id"] is not None), key=lambda r: r["n"]):
+            out.append((r["outbox_id"], msgs[r["n"] - 1]))
+        started = 0
         for r in fired:
             key = (r["workflow_id"], r["trigger_id"], r["tuple_key"])
             if r["error"] is not None:
@@ -587,7 +638,7 @@ class SignalIngest(Component):
                     "signal_trigger_params_failed", workflow_id=key[0], trigger=key[1], error=r["error"]
                 )
                 continue
-            out.append(starts[key])
+            started += 1
             log.debug(
                 "signal_trigger_fired",
                 workflow_id=key[0],
@@ -595,11 +646,11 @@ class SignalIngest(Component):
                 tuple_key=key[2],
                 instance_id=r["instance_id"],
             )
-        if out:  # one line per batch at info: a line per run would cost more than the firing
+        if started:  # one line per batch at info: a line per run would cost more than the firing
             log.info(
-                "signal_triggers_fired", runs=len(out), workflows=sorted({r["workflow_id"] for r in fired})
+                "signal_triggers_fired", runs=started, workflows=sorted({r["workflow_id"] for r in fired})
             )
-        self.fired += len(out)
+        self.fired += started
         return out
 
     # ------------------------------------------------------------------ step waits
@@ -712,6 +763,70 @@ class SignalIngest(Component):
                 await add_to_outbox(conn, msgs)
                 return len(msgs)
         return 0
+
+
+_TupleKey = tuple[str, str, str]  # (workflow id, trigger id, tuple key)
+
+
+@dataclass
+class _Tuple:
+    """A joined trigger's tuple as a batch brings it: the legs' first signals, and the earliest time."""
+
+    member: Member
+    legs: dict[str, Any]
+    first_at: datetime
+
+
+def _group(members: list[Member]) -> tuple[list[_Candidate], dict[_TupleKey, _Tuple]]:
+    """Members of one-signal triggers as candidates (each complete), members of joined ones by tuple."""
+    singles: list[_Candidate] = []
+    joined: dict[_TupleKey, _Tuple] = {}
+    for m in members:
+        entry = _member_json(m)
+        if not m.trigger.joined:
+            singles.append(_Candidate(m.trigger, m.tuple_key, m.join_values, {m.leg: entry}))
+            continue
+        key = (m.trigger.workflow_id, m.trigger.trigger_id, m.tuple_key)
+        found = joined.get(key)
+        if found is None:
+            joined[key] = _Tuple(m, {m.leg: entry}, m.signal.published_at)
+        else:
+            found.legs.setdefault(m.leg, entry)
+            found.first_at = min(found.first_at, m.signal.published_at)
+    return singles, joined
+
+
+def _join_args(joined: Mapping[_TupleKey, _Tuple]) -> list[list[Any]]:
+    """The arguments of ``_UPSERT_JOIN``, in one key order for every router (no deadlock between batches)."""
+    keys = sorted(joined)
+    tuples = [joined[k] for k in keys]
+    return [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [t.member.join_values for t in tuples],
+        [t.legs for t in tuples],
+        [t.first_at for t in tuples],
+        [t.first_at + timedelta(seconds=t.member.trigger.trigger.expiry) for t in tuples],
+    ]
+
+
+async def _upsert_joins(conn: asyncpg.Connection, joined: Mapping[_TupleKey, _Tuple]) -> list[asyncpg.Record]:
+    """Record the batch's signals under their tuples; returns each tuple's row as it is now."""
+    if not joined:
+        return []
+    rows: list[asyncpg.Record] = await conn.fetch(_UPSERT_JOINS, *_join_args(joined))
+    return rows
+
+
+def _completed(joined: Mapping[_TupleKey, _Tuple], rows: Sequence[asyncpg.Record]) -> list[_Candidate]:
+    """The tuples whose row now holds every leg and has not fired."""
+    out = []
+    for r in rows:
+        m = joined[(r["workflow_id"], r["trigger_id"], r["tuple_key"])].member
+        if r["fired_at"] is None and not missing_legs(m.trigger, r["members"]):
+            out.append(_Candidate(m.trigger, m.tuple_key, m.join_values, dict(r["members"])))
+    return out
 
 
 async def _cancel_waits(conn: asyncpg.Connection, *, msg: SignalWaitsCancelled) -> None:

@@ -18,7 +18,6 @@ from legato.security.wiring import signal_origins
 from legato.signal_router.gate import FireGate
 from legato.signal_router.ingest import RawPayload, SignalIngest
 from legato.signal_router.matching import Signal, TriggerTable, route
-from legato.store.outbox import add_to_outbox
 from legato.store.signal_triggers import lock_signal_triggers
 from legato.store.transactions import run_transaction
 from legato.telemetry import bind_context, get_logger, metrics
@@ -121,9 +120,7 @@ class SignalUpkeep(Component):
             for r in rows
             for m in route(Signal(r["name"], r["id"], r["params"], r["published_at"], r["traceparent"]), only)
         ]
-        msgs = await self.ingest.apply_members(conn, members)
-        await add_to_outbox(conn, msgs)
-        if msgs:
+        if await self.ingest.apply_members(conn, members):
             self.ingest.wake_relay()
         done = len(rows) < REPLAY_PAGE
         if done:
