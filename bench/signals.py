@@ -8,7 +8,10 @@ started its run. Prints signals stored per second (first publish -> last signal 
 runs (must be exactly N/2), and the signal -> run-start latency (the completing signal's stream time ->
 the run's start in the scheduler) p50/p99, and the CPU each run cost (all processes, from ``/proc``:
 first publish -> every run ended). A second, paced pass publishes at half the measured rate to show the
-latency without a backlog (``--statements``: and the SQL statements it ran per run).
+latency without a backlog (``--statements``: and the SQL statements it ran per run). In the paced pass
+the two legs of a tuple go out within ``--spread`` seconds of each other (1 s), so runs start at half
+the signal rate throughout; ``--spread 0`` shuffles the whole pass as the burst does (runs then start
+ever faster, at the full signal rate by its end). ``--timeline`` prints its latency second by second.
 """
 
 from __future__ import annotations
@@ -62,9 +65,17 @@ steps:
 
 
 async def run(
-    n: int, publishers: int, settings: Settings, log_dir: Path, rate: float = 0.0, pg_log: Path | None = None
+    n: int,
+    publishers: int,
+    settings: Settings,
+    log_dir: Path,
+    rate: float = 0.0,
+    pg_log: Path | None = None,
+    spread: float = 0.0,
 ) -> dict[str, Any]:
-    """``pg_log``: Postgres logs every statement (``--statements``); print those of this pass per run."""
+    """``pg_log``: Postgres logs every statement (``--statements``); print those of this pass per run.
+    ``spread``: paced, the two legs of a tuple go out within this many seconds of each other (0: the
+    whole pass in one random order)."""
     quiet = {"OTEL_SDK_DISABLED": "true"}
     async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet) as (
         stack,
@@ -79,7 +90,7 @@ async def run(
             signals = [
                 (leg, f"{leg}-{k}", {"key": f"k{k}"}) for k in range(keys) for leg in ("left", "right")
             ]
-            random.Random(1).shuffle(signals)
+            shuffle(signals, int(rate * spread) if rate else 0)
             sends = [s for s in signals for _ in range(2)]  # each twice under its id
             js = nc.jetstream()
             prefix = f"{settings.namespace}.legato.signal."
@@ -135,7 +146,8 @@ async def run(
             """
             SELECT extract(epoch FROM i.started_at - max(s.published_at)) * 1000 AS ms,
                    extract(epoch FROM max(s.received_at) - max(s.published_at)) * 1000 AS stored_ms,
-                   extract(epoch FROM i.created_at - max(s.received_at)) * 1000 AS created_ms
+                   extract(epoch FROM i.created_at - max(s.received_at)) * 1000 AS created_ms,
+                   extract(epoch FROM max(s.published_at)) AS published
             FROM signal_trigger_fire f
             JOIN workflow_instance i ON i.id = f.instance_id
             CROSS JOIN LATERAL jsonb_to_recordset(f.signals) AS m (name text, id text)
@@ -156,14 +168,47 @@ async def run(
         "stored_p50_ms": percentile(stored_ms, 50),
         "created_p50_ms": percentile(created_ms, 50),
         "cpu": cpu_per(cpu, keys, "run (two signals, each published twice)"),
+        "timeline": [(float(r["published"]) - t0, float(r["ms"])) for r in lat],
     }
 
 
-def measure(n: int, publishers: int, rate: float, statements: bool = False) -> dict[str, Any]:
+def print_timeline(timeline: list[tuple[float, float]]) -> None:
+    """Latency by the second its completing signal was published in: a steady backlog rises with time, a
+    stall shows as a few seconds far above the rest."""
+    by_second: dict[int, list[float]] = {}
+    for at, ms in timeline:
+        by_second.setdefault(int(at), []).append(ms)
+    print("    second  runs   p50 ms   p99 ms   max ms")
+    for sec in sorted(by_second):
+        ms = by_second[sec]
+        print(f"    {sec:6d} {len(ms):5d} {percentile(ms, 50):8.1f} {percentile(ms, 99):8.1f} {max(ms):8.1f}")
+
+
+def shuffle(signals: list[Any], window: int) -> None:
+    """Random order, in place. ``signals`` holds each tuple's two legs side by side; with ``window``
+    (signals, at least 2) each run of ``window`` signals is shuffled on its own, so the legs of a tuple
+    stay within it. A pass shuffled whole completes few tuples at first and ever more as it goes (at
+    time t, a signal's partner went out with probability t/T): runs start at a rate that climbs from
+    zero to twice the average, the signal rate itself, at the end. Shuffled in windows, runs start at
+    half the signal rate from the first window on."""
+    rng = random.Random(1)
+    if window < 2:
+        rng.shuffle(signals)
+        return
+    window -= window % 2
+    for start in range(0, len(signals), window):
+        part = signals[start : start + window]
+        rng.shuffle(part)
+        signals[start : start + window] = part
+
+
+def measure(
+    n: int, publishers: int, rate: float, statements: bool = False, spread: float = 0.0
+) -> dict[str, Any]:
     with bench_servers("legato_signals", pg_settings=STATEMENT_LOG if statements else None) as servers:
         settings = bench_settings(servers)
         pg_log = servers.pg_log if statements else None
-        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate, pg_log))
+        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate, pg_log, spread))
 
 
 def main() -> None:
@@ -176,6 +221,17 @@ def main() -> None:
         "--statements",
         action="store_true",
         help="log every SQL statement and print the paced pass's statements per run (CPU figures then skewed)",
+    )
+    parser.add_argument(
+        "--timeline", action="store_true", help="print the paced pass's latency second by second"
+    )
+    parser.add_argument(
+        "--spread",
+        type=float,
+        default=1.0,
+        help="paced pass: the two legs of a tuple go out within this many seconds of each other, so runs "
+        "start at half the signal rate throughout (0: the whole pass in one random order, runs starting "
+        "ever faster, at the signal rate by its end)",
     )
     args = parser.parse_args()
     r = measure(args.n, args.publishers, 0.0)
@@ -194,13 +250,16 @@ def main() -> None:
         return
     rate = args.rate or max(50.0, round(r["signals_per_s"] / 2))
     n = min(args.n, int(rate * 15)) // 2 * 2
-    p = measure(n, args.publishers, rate, args.statements)
+    p = measure(n, args.publishers, rate, args.statements, args.spread)
+    legs = f"legs of a tuple within {args.spread:g} s" if args.spread else "one random order"
     print(
-        f"  paced at {rate:.0f} signals/s ({p['signals']:.0f} signals, {p['runs']:.0f} runs): signal -> run "
+        f"  paced at {rate:.0f} signals/s ({p['signals']:.0f} signals, {p['runs']:.0f} runs, {legs}): signal -> run "
         f"start latency p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms (p50 published -> stored "
         f"{p['stored_p50_ms']:.1f} ms, stored -> run created {p['created_p50_ms']:.1f} ms)"
     )
     print(f"    {p['cpu']}")
+    if args.timeline:
+        print_timeline(p["timeline"])
 
 
 if __name__ == "__main__":
