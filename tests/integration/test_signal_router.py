@@ -56,6 +56,13 @@ async def push_pair(pool: asyncpg.Pool, topology: Topology) -> None:
         )
 
 
+async def pair_ingest(pool: asyncpg.Pool) -> SignalIngest:
+    """PAIR pushed and active, and an ingest on ``pool`` (its relay never woken)."""
+    topology = Topology("t")
+    await push_pair(pool, topology)
+    return SignalIngest(pool, topology, wake_relay=lambda: None)
+
+
 def incoming(name: str, key: int, copy: int = 0) -> IncomingSignal:
     return IncomingSignal(
         name=name,
@@ -114,9 +121,7 @@ async def test_ingest_counts_signals_by_outcome_and_gauges_pending_joins(databas
     configure_metrics("test", readers=[reader])
     pool = await create_pool(database_url, max_size=4)
     try:
-        topology = Topology("t")
-        await push_pair(pool, topology)
-        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        router = await pair_ingest(pool)
         bad = incoming("left", 99)
         bad.error = "not a JSON object: got an array"
         batches = [
@@ -194,9 +199,7 @@ async def test_one_signal_trigger_with_join_keys_fires_once_per_tuple(database_u
 async def test_a_tuple_completed_again_after_its_row_was_swept_does_not_fire_again(database_url: str) -> None:
     pool = await create_pool(database_url, max_size=2)
     try:
-        topology = Topology("t")
-        await push_pair(pool, topology)
-        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        router = await pair_ingest(pool)
         first = [incoming("left", 1), incoming("right", 1)]
         await run_transaction(pool, functools.partial(router.apply_signals, signals=first))
         async with pool.acquire() as conn:
@@ -223,9 +226,7 @@ async def test_a_batch_mixing_a_redelivered_signal_with_new_ones_counts_only_the
     leg; the new right leg must start the tuple over instead."""
     pool = await create_pool(database_url, max_size=2)
     try:
-        topology = Topology("t")
-        await push_pair(pool, topology)
-        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        router = await pair_ingest(pool)
         await run_transaction(pool, functools.partial(router.apply_signals, signals=[incoming("left", 1)]))
         async with pool.acquire() as conn:
             await conn.execute("UPDATE signal_join SET expires_at = now() - interval '1 hour'")
@@ -248,9 +249,7 @@ async def test_the_batch_path_takes_its_locks_with_its_begin_and_fires_once(data
     a trigger registration waiting for the exclusive lock is held until the batch commits."""
     pool = await create_pool(database_url, max_size=4)
     try:
-        topology = Topology("t")
-        await push_pair(pool, topology)
-        router = SignalIngest(pool, topology, wake_relay=lambda: None)
+        router = await pair_ingest(pool)
         signals = [incoming("left", 5), incoming("right", 5)]
         entered = asyncio.Event()
         go_on = asyncio.Event()

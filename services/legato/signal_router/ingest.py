@@ -157,6 +157,7 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[]
                      $7::text[], $8::text[], $9::timestamptz[], $10::bigint[], $11::boolean[],
                      $12::text[], $13::text[])
 ON CONFLICT (name, id) DO NOTHING
+RETURNING name, id
 """
 
 # A tuple's row: its signals so far (a copy of a tuple that fired, or a leg that came again, changes
@@ -184,7 +185,7 @@ _UPSERT_JOINS = _UPSERT_JOIN.format(1, 2, 3, 4, 5, 6, 7, where="")
 # batch with one (a redelivery) writes its join rows in a second statement, from its new signals only.
 # The join's upsert sees the signal rows' RETURNING, not the rows (one snapshot): it needs only the count.
 _STORE_AND_JOIN = f"""
-WITH stored AS ({_INSERT_SIGNALS} RETURNING name, id),
+WITH stored AS ({_INSERT_SIGNALS}),
 joined AS ({_UPSERT_JOIN.format(14, 15, 16, 17, 18, 19, 20, where="WHERE (SELECT count(*) FROM stored) = $21")})
 SELECT name, id, NULL::text AS workflow_id, NULL::text AS trigger_id, NULL::text AS tuple_key,
        NULL::jsonb AS members, NULL::timestamptz AS fired_at FROM stored
@@ -521,7 +522,7 @@ class SignalIngest(Component):
             [s.traceparent for s in ordered],
         ]
         if not joined:
-            stored = await conn.fetch(f"{_INSERT_SIGNALS} RETURNING name, id", *args)
+            stored = await conn.fetch(_INSERT_SIGNALS, *args)
             return {(r["name"], r["id"]) for r in stored}, []
         rows = await conn.fetch(_STORE_AND_JOIN, *args, *_join_args(joined), len(ordered))
         new = {(r["name"], r["id"]) for r in rows if r["name"] is not None}
@@ -542,9 +543,8 @@ class SignalIngest(Component):
         if not candidates:
             return await add_to_outbox(conn, also)
         rows: list[tuple[Any, ...]] = []
-        starts: list[
-            tuple[str, OutgoingMessage]
-        ] = []  # (instance id, its StartRun), for tuples without error
+        # (instance id, its StartRun), for the tuples whose params could be made
+        starts: list[tuple[str, OutgoingMessage]] = []
         seen: set[tuple[str, str, str]] = set()
         now = time.time()
         tracer = get_tracer()
