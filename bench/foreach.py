@@ -6,7 +6,9 @@ pg_stat_user_tables over the run), and the CPU each iteration cost (all processe
 With ``--probe SECONDS``, a one-noop-step run of another workflow is started every SECONDS while the
 foreach runs, and its trigger -> step start latency printed: what the foreach's dispatch window
 (``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue. With
-``--step-seconds S`` each iteration is a sleep step of S seconds instead of a noop.
+``--step-seconds S`` each iteration is a sleep step of S seconds instead of a noop. With ``--tables``,
+what Postgres wrote per iteration, table by table (rows inserted, updated, of those HOT, deleted, from
+pg_stat_user_tables), and the WAL bytes per iteration (pg_stat_wal).
 All services are separate processes; nats-server and PostgreSQL are embedded (or
 LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
 """
@@ -77,6 +79,29 @@ async def rows_inserted(conn: asyncpg.Connection) -> int:
     return int(value)
 
 
+_TABLE_STATS = """
+SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables
+"""
+
+
+async def table_stats(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Row operations by table, and the WAL bytes written so far (the cluster's)."""
+    rows = {r["relname"]: tuple(int(v) for v in list(r.values())[1:]) for r in await conn.fetch(_TABLE_STATS)}
+    return rows, int(await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
+
+
+def print_table_stats(
+    before: tuple[dict[str, tuple[int, ...]], int], after: tuple[dict[str, tuple[int, ...]], int], n: int
+) -> None:
+    print("  Postgres per iteration, by table: inserted / updated (of which HOT) / deleted")
+    for name, ops in sorted(after[0].items()):
+        old = before[0].get(name, (0, 0, 0, 0))
+        ins, upd, hot, dele = (a - b for a, b in zip(ops, old, strict=True))
+        if ins or upd or dele:
+            print(f"    {name:28s} {ins / n:5.2f} / {upd / n:5.2f} ({hot / n:5.2f}) / {dele / n:5.2f}")
+    print(f"  WAL written: {(after[1] - before[1]) / n / 1024:.1f} KiB per iteration")
+
+
 async def run(
     n: int,
     width: int,
@@ -85,6 +110,7 @@ async def run(
     log_dir: Path,
     probe: float = 0.0,
     step_seconds: float = 0.0,
+    tables: bool = False,
 ) -> None:
     quiet = {"OTEL_SDK_DISABLED": "true"}
     async with bench_stack(
@@ -100,6 +126,7 @@ async def run(
         baseline = rss_kb(pid)
         peak = baseline
         rows_before = await rows_inserted(conn)
+        stats_before = await table_stats(conn) if tables else None
         before = sample_cpu(stack)
         res = await client.start("bench-foreach", {"n": n})
         t0 = time.time()
@@ -140,6 +167,8 @@ async def run(
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
+        if stats_before is not None:
+            print_table_stats(stats_before, await table_stats(conn), n)
         if probe:
             await asyncio.sleep(1.0)  # the last probes start
             probed = await conn.fetch(PROBE_LATENCY, t0)
@@ -166,12 +195,26 @@ def main() -> None:
     parser.add_argument(
         "--probe", type=float, default=0.0, help="seconds between another workflow's runs beside it (0: none)"
     )
+    parser.add_argument(
+        "--tables",
+        action="store_true",
+        help="print what Postgres wrote per iteration, table by table, and its WAL",
+    )
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
         settings = bench_settings(servers)
         logs = servers.tmp / "logs"
         asyncio.run(
-            run(args.n, args.concurrency, args.executors, settings, logs, args.probe, args.step_seconds)
+            run(
+                args.n,
+                args.concurrency,
+                args.executors,
+                settings,
+                logs,
+                args.probe,
+                args.step_seconds,
+                args.tables,
+            )
         )
 
 

@@ -288,6 +288,46 @@ async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: st
     report_statements(statements_between(lines, f"{phase}-start", f"{phase}-end"), runs)
 
 
+async def saturated(
+    stack: Any, client: Any, conn: asyncpg.Connection, n: int, done: int, pg_log: Path | None
+) -> float:
+    """``n`` runs started as fast as the API takes them (``done`` runs ended once they all have): prints
+    the CPU per run of every process kind, and with ``pg_log`` the statements they ran; returns runs/s."""
+    if pg_log is not None:
+        await conn.execute(mark_sql("saturated-start"))
+    before = sample_cpu(stack)
+    client_cpu = time.process_time()
+    t0 = time.time()
+    sem = asyncio.Semaphore(256)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.start("bench-profile", request_id=f"sat{i}")
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    await wait_ended(conn, done, every=0.25)
+    elapsed = await last_end(conn) - t0  # to the last run's recorded end, not to the poll that saw it
+    after = sample_cpu(stack)
+    cpu, switches = cpu_between(before, after), switches_between(before, after)
+    client_cpu = time.process_time() - client_cpu
+    total = sum(cpu.values())
+    print(
+        f"CPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
+        f"all processes {total / n * 1000:.2f} ms CPU per run"
+    )
+    for kind in sorted(cpu, key=lambda k: -cpu[k]):
+        print(
+            f"  {kind:14} {cpu[kind] / n * 1000:7.3f} ms/run  ({cpu[kind] / elapsed * 100:5.1f}% of a core)"
+        )
+    print(
+        f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
+        "(this process: the starts, and polling Postgres; not in the total)"
+    )
+    print_switches(switches, n)
+    await statements_of(conn, pg_log, "saturated", n)
+    return n / elapsed
+
+
 async def profile(
     args: argparse.Namespace, settings: Settings, log_dir: Path, pg_log: Path | None = None
 ) -> None:
@@ -310,6 +350,8 @@ async def profile(
             await watch.start()
         sent: dict[str, float] = {}
         done = 20
+        if pg_log is not None:
+            await conn.execute(mark_sql("sequential-start"))
         for i in range(args.sequential):
             rid = f"seq{i}"
             t_sent = time.time()
@@ -324,42 +366,12 @@ async def profile(
             report_hops(len(rows), hops_of(rows, sent, watch.published, BUS_HOPS), table=BUS_HOPS)
         elif rows:
             report_hops(len(rows), hops_of(rows, sent))
+        await statements_of(conn, pg_log, "sequential", args.sequential)
 
         # 2. CPU per run at saturation.
-        if pg_log is not None:
-            await conn.execute(mark_sql("saturated-start"))
-        before = sample_cpu(stack)
-        client_cpu = time.process_time()
-        t0 = time.time()
-        sem = asyncio.Semaphore(256)
-
-        async def one(i: int) -> None:
-            async with sem:
-                await client.start("bench-profile", request_id=f"sat{i}")
-
-        await asyncio.gather(*(one(i) for i in range(args.saturated)))
-        done += args.saturated
-        await wait_ended(conn, done, every=0.25)
-        elapsed = await last_end(conn) - t0  # to the last run's recorded end, not to the poll that saw it
-        after = sample_cpu(stack)
-        cpu, switches = cpu_between(before, after), switches_between(before, after)
-        client_cpu = time.process_time() - client_cpu
         n = args.saturated
-        total = sum(cpu.values())
-        print(
-            f"CPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
-            f"all processes {total / n * 1000:.2f} ms CPU per run"
-        )
-        for kind in sorted(cpu, key=lambda k: -cpu[k]):
-            print(
-                f"  {kind:14} {cpu[kind] / n * 1000:7.3f} ms/run  ({cpu[kind] / elapsed * 100:5.1f}% of a core)"
-            )
-        print(
-            f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
-            "(this process: the starts, and polling Postgres; not in the total)"
-        )
-        print_switches(switches, n)
-        await statements_of(conn, pg_log, "saturated", n)
+        done += n
+        saturated_rate = await saturated(stack, client, conn, n, done, pg_log) if n > 0 else 0.0
 
         # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
         # arrival rate), each run's hops from the recorded timestamps.
@@ -368,7 +380,7 @@ async def profile(
                 # What autovacuum does in a live system once the tables have grown: the services'
                 # sessions plan their statements again with the new figures.
                 await conn.execute("ANALYZE")
-            rate = args.rate or max(10.0, round(n / elapsed / 2))
+            rate = args.rate or max(10.0, round(saturated_rate / 2))
             count = int(rate * args.paced_seconds)
             if pg_log is not None:
                 await conn.execute(mark_sql("paced-start"))
@@ -426,7 +438,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sequential", type=int, default=200, help="unloaded runs, one at a time")
-    parser.add_argument("--saturated", type=int, default=3000, help="runs for the CPU-per-run measure")
+    parser.add_argument(
+        "--saturated", type=int, default=3000, help="runs for the CPU-per-run measure (0: skip it)"
+    )
     parser.add_argument(
         "--paced-seconds",
         type=float,
@@ -468,6 +482,8 @@ def main() -> None:
         help="append every unloaded and paced run's recorded timestamps to FILE (JSON lines)",
     )
     args = parser.parse_args()
+    if args.saturated <= 0 and args.paced_seconds > 0 and not args.rate:
+        parser.error("--saturated 0 skips the saturated phase, which sets the paced rate: give --rate too")
     for auth in {"off": [False], "on": [True], "both": [False, True]}[args.auth]:
         print(f"\n== auth {'on' if auth else 'off'} ==")
         pg_settings = STATEMENT_LOG if args.statements else None
