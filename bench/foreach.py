@@ -74,25 +74,27 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-async def rows_inserted(conn: asyncpg.Connection) -> int:
-    value = await conn.fetchval("SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables")
-    return int(value)
-
-
 _TABLE_STATS = """
 SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del FROM pg_stat_user_tables
 """
 
 
-async def table_stats(conn: asyncpg.Connection) -> tuple[dict[str, tuple[int, ...]], int]:
+# Per table (inserted, updated, HOT-updated, deleted), and the cluster's WAL bytes: one reading.
+TableStats = tuple[dict[str, tuple[int, ...]], int]
+
+
+async def table_stats(conn: asyncpg.Connection) -> TableStats:
     """Row operations by table, and the WAL bytes written so far (the cluster's)."""
     rows = {r["relname"]: tuple(int(v) for v in list(r.values())[1:]) for r in await conn.fetch(_TABLE_STATS)}
     return rows, int(await conn.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
 
 
-def print_table_stats(
-    before: tuple[dict[str, tuple[int, ...]], int], after: tuple[dict[str, tuple[int, ...]], int], n: int
-) -> None:
+def rows_inserted(before: TableStats, after: TableStats) -> int:
+    """Rows inserted into every table between two ``table_stats`` readings."""
+    return sum(ops[0] - before[0].get(name, (0,))[0] for name, ops in after[0].items())
+
+
+def print_table_stats(before: TableStats, after: TableStats, n: int) -> None:
     print("  Postgres per iteration, by table: inserted / updated (of which HOT) / deleted")
     for name, ops in sorted(after[0].items()):
         old = before[0].get(name, (0, 0, 0, 0))
@@ -125,8 +127,7 @@ async def run(
         assert pid is not None
         baseline = rss_kb(pid)
         peak = baseline
-        rows_before = await rows_inserted(conn)
-        stats_before = await table_stats(conn) if tables else None
+        stats_before = await table_stats(conn)
         before = sample_cpu(stack)
         res = await client.start("bench-foreach", {"n": n})
         t0 = time.time()
@@ -154,7 +155,8 @@ async def run(
 
         step_secs = (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
         await asyncio.sleep(1.0)  # let pg_stat catch up
-        rows = await rows_inserted(conn) - rows_before
+        stats_after = await table_stats(conn)
+        rows = rows_inserted(stats_before, stats_after)
         print(
             f"foreach: {n} {f'{step_seconds:g} s sleep' if step_seconds else 'noop'} iterations, concurrency "
             f"{width}, {executors} executor(s): status {info['status']}"
@@ -167,8 +169,8 @@ async def run(
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
-        if stats_before is not None:
-            print_table_stats(stats_before, await table_stats(conn), n)
+        if tables:
+            print_table_stats(stats_before, stats_after, n)
         if probe:
             await asyncio.sleep(1.0)  # the last probes start
             probed = await conn.fetch(PROBE_LATENCY, t0)

@@ -23,6 +23,7 @@ def test_table_stats_print_each_written_table_per_iteration(capsys: pytest.Captu
         },
         1_000 + 200 * 5 * 1024,
     )
+    assert foreach.rows_inserted(before, after) == 400  # 200 step rows, 200 outbox rows
     foreach.print_table_stats(before, after, 200)
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in out[1:-1]}
