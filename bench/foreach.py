@@ -8,7 +8,9 @@ foreach runs, and its trigger -> step start latency printed: what the foreach's 
 (``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue. With
 ``--step-seconds S`` each iteration is a sleep step of S seconds instead of a noop. With ``--tables``,
 what Postgres wrote per iteration, table by table (rows inserted, updated, of those HOT, deleted, from
-pg_stat_user_tables), and the WAL bytes per iteration (pg_stat_wal).
+pg_stat_user_tables), and the WAL bytes per iteration (pg_stat_wal). With ``--batches``, the workflow
+actor's batches over the run (``bench/_batches.py``): how many, their messages, their compute and write
+time, and how busy the actor was.
 All services are separate processes; nats-server and PostgreSQL are embedded (or
 LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL).
 """
@@ -26,6 +28,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _batches import free_port, metrics_env, report, scrape
 from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, percentile, sample_cpu
 from legato.config.settings import Settings
 
@@ -113,10 +116,15 @@ async def run(
     probe: float = 0.0,
     step_seconds: float = 0.0,
     tables: bool = False,
+    batches: bool = False,
 ) -> None:
     quiet = {"OTEL_SDK_DISABLED": "true"}
+    options: dict[str, object] = {}
+    port = free_port() if batches else 0
+    if batches:  # only then: a checkout from before the option's time has no such argument
+        options["per_service_env"] = {"scheduler": metrics_env(port)}
     async with bench_stack(
-        settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet
+        settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet, **options
     ) as (stack, client, conn):
         body = SLEEP.format(seconds=step_seconds) if step_seconds else NOOP
         await client.push(WORKFLOW.replace("{width}", str(width)).replace("{body}", body))
@@ -128,6 +136,7 @@ async def run(
         baseline = rss_kb(pid)
         peak = baseline
         stats_before = await table_stats(conn)
+        batches_before = scrape(port) if batches else None
         before = sample_cpu(stack)
         res = await client.start("bench-foreach", {"n": n})
         t0 = time.time()
@@ -148,6 +157,7 @@ async def run(
         if prober is not None:
             prober.cancel()
         cpu = cpu_between(before, sample_cpu(stack))
+        batches_after = scrape(port) if batches else None
         fan = {s["step_id"]: s for s in info["steps"]}["fan"]
         started = fan.get("started_at")
         ended = fan.get("ended_at")
@@ -171,6 +181,11 @@ async def run(
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
         if tables:
             print_table_stats(stats_before, stats_after, n)
+        if batches_before is not None and batches_after is not None:
+            print("\n".join(report(batches_before, batches_after, elapsed, " (start request -> run end)")))
+            print(
+                "  (the scheduler's metrics were on: its CPU figure is not comparable with a run without them)"
+            )
         if probe:
             await asyncio.sleep(1.0)  # the last probes start
             probed = await conn.fetch(PROBE_LATENCY, t0)
@@ -202,6 +217,11 @@ def main() -> None:
         action="store_true",
         help="print what Postgres wrote per iteration, table by table, and its WAL",
     )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="print the workflow actor's batches: size, compute and write time, busy (bench/_batches.py)",
+    )
     args = parser.parse_args()
     with bench_servers("legato_foreach") as servers:
         settings = bench_settings(servers)
@@ -216,6 +236,7 @@ def main() -> None:
                 args.probe,
                 args.step_seconds,
                 args.tables,
+                args.batches,
             )
         )
 

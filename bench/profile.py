@@ -56,6 +56,12 @@ server one more copy of each message, so the round trip is not comparable with a
 ``--statements``: Postgres logs every statement, and the saturated and paced phases each end with the
 SQL statements they ran per run, by session (``_statements.py``): what a run costs in statements, the
 first thing to cut. The CPU figures are then not comparable (logging costs Postgres CPU).
+
+``--batches``: the saturated and paced phases each end with what the workflow's actor did
+(``_batches.py``, from the scheduler's ``legato.scheduler.batch.*`` metrics): batches per second,
+messages per batch, compute and write time per batch, and how busy the actor was (a start or a result
+that arrives while it is in a batch waits for that batch, then its own). The scheduler's metrics are
+on then, so its CPU figures are not comparable either.
 """
 
 from __future__ import annotations
@@ -76,6 +82,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _batches import free_port, metrics_env, report, scrape
 from _servers import (
     bench_servers,
     bench_settings,
@@ -289,12 +296,14 @@ async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: st
 
 
 async def saturated(
-    stack: Any, client: Any, conn: asyncpg.Connection, n: int, done: int, pg_log: Path | None
+    stack: Any, client: Any, conn: asyncpg.Connection, n: int, done: int, pg_log: Path | None, port: int = 0
 ) -> float:
     """``n`` runs started as fast as the API takes them (``done`` runs ended once they all have): prints
-    the CPU per run of every process kind, and with ``pg_log`` the statements they ran; returns runs/s."""
+    the CPU per run of every process kind, with ``pg_log`` the statements they ran, and with ``port``
+    (the scheduler's metrics) the actors' batches; returns runs/s."""
     if pg_log is not None:
         await conn.execute(mark_sql("saturated-start"))
+    batches_before = scrape(port) if port else None
     before = sample_cpu(stack)
     client_cpu = time.process_time()
     t0 = time.time()
@@ -324,6 +333,8 @@ async def saturated(
         "(this process: the starts, and polling Postgres; not in the total)"
     )
     print_switches(switches, n)
+    if batches_before is not None:
+        print("\n".join(report(batches_before, scrape(port), elapsed)))
     await statements_of(conn, pg_log, "saturated", n)
     return n / elapsed
 
@@ -332,7 +343,10 @@ async def profile(
     args: argparse.Namespace, settings: Settings, log_dir: Path, pg_log: Path | None = None
 ) -> None:
     """``pg_log``: the Postgres log to read the statements of each phase from (``--statements``)."""
-    async with bench_stack(settings, log_dir, timeout=30, executors=1, concurrency=64) as (
+    port = free_port() if args.batches else 0
+    # Only with --batches: a checkout from before the option's time has no such argument.
+    options: dict[str, Any] = {"per_service_env": {"scheduler": metrics_env(port)}} if port else {}
+    async with bench_stack(settings, log_dir, timeout=30, executors=1, concurrency=64, **options) as (
         stack,
         client,
         conn,
@@ -371,7 +385,7 @@ async def profile(
         # 2. CPU per run at saturation.
         n = args.saturated
         done += n
-        saturated_rate = await saturated(stack, client, conn, n, done, pg_log) if n > 0 else 0.0
+        saturated_rate = await saturated(stack, client, conn, n, done, pg_log, port) if n > 0 else 0.0
 
         # 3. The critical path under load: starts paced at half the saturated rate (an open-loop
         # arrival rate), each run's hops from the recorded timestamps.
@@ -384,12 +398,16 @@ async def profile(
             count = int(rate * args.paced_seconds)
             if pg_log is not None:
                 await conn.execute(mark_sql("paced-start"))
+            batches_before = scrape(port) if port else None
             before = sample_cpu(stack)
             client_cpu = time.process_time()
+            t0 = time.time()
             sent = await start_paced(client, rate, count, "paced")
             done += count
             await wait_ended(conn, done, every=0.25)
             after = sample_cpu(stack)
+            batches_after = scrape(port) if port else None
+            spent = max(await last_end(conn) - t0, 1e-3)
             client_cpu = time.process_time() - client_cpu
             cpu, switches = cpu_between(before, after), switches_between(before, after)
             rows = await conn.fetch(PATH_QUERY, list(sent))
@@ -400,6 +418,8 @@ async def profile(
                 f"(bench client) {client_cpu / count * 1000:.3f}, not in the total"
             )
             print_switches(switches, count)
+            if batches_before is not None and batches_after is not None:
+                print("\n".join(report(batches_before, batches_after, spent)))
             await statements_of(conn, pg_log, "paced", count)
 
         # 4. CPU by arrival rate.
@@ -475,6 +495,12 @@ def main() -> None:
         "--statements",
         action="store_true",
         help="log every SQL statement and print each phase's statements per run (CPU figures then skewed)",
+    )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="print the workflow actor's batches in the saturated and paced phases (bench/_batches.py; "
+        "the scheduler's metrics on, so its CPU figures are skewed)",
     )
     parser.add_argument(
         "--dump",

@@ -145,13 +145,20 @@ class Stack:
         extra_env: dict[str, str] | None = None,
         lease_ttl: float = 3.0,
         schedulers: int = 1,
+        per_service_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
+        """``extra_env``: more environment for every service; ``per_service_env``: for one kind of
+        service (``trigger``, ``scheduler``, ``executor``, ``signal_router``), e.g. its metrics port."""
         self.settings = settings
         self.env = service_env(settings, log_dir / "state", extra_env)
         self.log_dir = log_dir
+        own = per_service_env or {}
 
         def env(service: str) -> dict[str, str]:
-            return service_env(settings, log_dir / "state", extra_env, service=service)
+            return {
+                **service_env(settings, log_dir / "state", extra_env, service=service),
+                **own.get(service, {}),
+            }
 
         self.services: dict[str, ServiceProcess] = {
             "trigger": ServiceProcess("trigger", "legato.trigger", [], env("trigger"), log_dir),

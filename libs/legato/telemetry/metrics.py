@@ -53,6 +53,13 @@ DURATION_BUCKETS: tuple[float, ...] = (
     *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     *(10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0),
 )
+# A workflow actor's batch: how many messages it applied, and its time (from a sub-millisecond batch of
+# one message to a foreach's hundreds).
+BATCH_MESSAGE_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+BATCH_SECONDS_BUCKETS: tuple[float, ...] = (
+    *(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
+    *(0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
 # Never metric attributes: one series per run (or step, or attempt) is unbounded.
 FORBIDDEN_ATTRIBUTES = frozenset(
     {
@@ -93,6 +100,21 @@ INSTRUMENTS: tuple[InstrumentSpec, ...] = (
         "s",
         "Step attempt run time as the executor saw it",
         ("step_type", "outcome"),
+    ),
+    InstrumentSpec(
+        "legato.scheduler.batch.messages",
+        "histogram",
+        "{message}",
+        "Messages a workflow actor applied in one batch (one transaction)",
+    ),
+    InstrumentSpec(
+        "legato.scheduler.batch.duration",
+        "histogram",
+        "s",
+        "A workflow actor's committed batch, by phase: write (its final statement and its commit), "
+        "compute (the rest: computing, any reads and locks, handing its rows over); their sum is the "
+        "actor's busy time",
+        ("phase",),
     ),
     InstrumentSpec(
         "legato.consumer.redeliveries", "counter", "{message}", "Messages delivered again", ("stream",)
@@ -246,6 +268,8 @@ class LegatoMetrics:
         self.queue_depth = Gauge(SPECS["legato.queue.depth"], meter)
         self.workflows_blocked = Gauge(SPECS["legato.workflows.blocked"], meter)
         self.step_duration = self._histogram(meter, "legato.step.duration", DURATION_BUCKETS)
+        self.batch_messages = self._histogram(meter, "legato.scheduler.batch.messages", BATCH_MESSAGE_BUCKETS)
+        self.batch_duration = self._histogram(meter, "legato.scheduler.batch.duration", BATCH_SECONDS_BUCKETS)
         self.consumer_redeliveries = self._counter(meter, "legato.consumer.redeliveries")
         self.consumer_dead_letters = self._counter(meter, "legato.consumer.dead_letters")
         self.consumer_handled = self._counter(meter, "legato.consumer.handled")

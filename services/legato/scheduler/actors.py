@@ -45,7 +45,7 @@ from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.store.batcher import GroupCommit
-from legato.telemetry import bind_context, get_logger
+from legato.telemetry import bind_context, get_logger, metrics
 
 log = get_logger("legato.scheduler")
 
@@ -111,6 +111,7 @@ class WorkflowActor:
         self.task: asyncio.Task[None] | None = None
         self.missing_versions: set[int] = set()  # asked for by starts of the current batch, not found
         self._unlocked: writes.Unlocked | None = None  # the current batch, while it has no transaction block
+        self._write_seconds = 0.0  # the last batch's final write, with its commit (``_record_batch``)
 
     @property
     def batches(self) -> int:
@@ -128,21 +129,35 @@ class WorkflowActor:
         self.mailbox.fail_pending(exc)
 
     async def _commit(self, batch: list[Envelope]) -> list[Exception | None]:
+        started = time.perf_counter()
         with bind_context(workflow_id=self.workflow_id):
             try:
                 try:
-                    return await self._apply(batch, unlocked=True)
+                    outcomes = await self._apply(batch, unlocked=True)
                 except writes.WorkflowChangedUnderBatch as exc:
                     # Nothing was written: compute the batch again from Postgres, under the lock.
                     log.info("batch_recomputed", reason=str(exc))
                     self._unlocked = None
                     self._forget_state()
-                    return await self._apply(batch, unlocked=False)
+                    outcomes = await self._apply(batch, unlocked=False)
             except Exception:
                 self._forget_state()  # memory may be ahead of what committed: rebuild from Postgres
                 raise
             finally:
                 self._unlocked = None
+        self._record_batch(len(batch), time.perf_counter() - started)
+        return outcomes
+
+    def _record_batch(self, messages: int, seconds: float) -> None:
+        """The committed batch's size and its time (``legato.scheduler.batch.*``): the write is its final
+        statement with its commit, the rest (computing, reads, locks, handing rows over) is compute."""
+        m = metrics()
+        if not m.enabled:
+            return
+        write = min(self._write_seconds, seconds)
+        m.batch_messages.record(messages)
+        m.batch_duration.record(seconds - write, phase="compute")
+        m.batch_duration.record(write, phase="write")
 
     def _forget_state(self) -> None:
         self.state = None
@@ -168,6 +183,7 @@ class WorkflowActor:
         (``_COMPUTE_ONLY``), with no statement before its one self-checking write (``writes``)."""
         reg = self.registry
         uow = UnitOfWork()
+        self._write_seconds = 0.0
         starts = [e.message for e in batch if isinstance(e.message, StartRun)]
         async with reg.pool.acquire() as conn, contextlib.AsyncExitStack() as stack:
             config: repository.WorkflowConfig | None
@@ -239,7 +255,9 @@ class WorkflowActor:
                     )
                 )
             # The final lease check rides in the last statement before the commit.
+            write_started = time.perf_counter()
             await self._flush(conn, engine, guard=reg.leaser.guard(self.partition, final=True))
+        self._write_seconds = time.perf_counter() - write_started  # with the commit (leaving the block)
         if uow.outbox_rows:
             # First: lifecycle events and work items wait for nothing else; the relay publishes the
             # committed rows from memory.

@@ -22,6 +22,8 @@ EXPECTED = {
     "legato.queue.depth": ("gauge", {"strategy", "reason"}),
     "legato.workflows.blocked": ("gauge", set()),
     "legato.step.duration": ("histogram", {"step_type", "outcome"}),
+    "legato.scheduler.batch.messages": ("histogram", set()),
+    "legato.scheduler.batch.duration": ("histogram", {"phase"}),
     "legato.consumer.redeliveries": ("counter", {"stream"}),
     "legato.consumer.dead_letters": ("counter", {"stream"}),
     "legato.consumer.handled": ("counter", {"stream", "result"}),
