@@ -1,13 +1,13 @@
 """The scheduler's workflow-actor batches over a bench phase, read from its Prometheus endpoint.
 
 With ``--batches`` (``foreach.py``, ``profile.py``) the bench starts the scheduler with a metrics port
-and reads ``legato.scheduler.batch.*`` before and after a phase: how many batches the actors
-committed, how many messages each applied, and where an actor's time went, computing (everything but
-the batch's final write: its own Python, any reads and locks, handing its rows over) or writing (the
-final statement with its commit, waiting for Postgres). *Busy* is actor-seconds per second of the
-phase: with one workflow, the fraction of the time its actor was in a batch (a message that arrives
-then waits for the batch in progress). With metrics on, every instrument of the scheduler records, so
-that run's CPU figures are not comparable with a run without the flag.
+and reads ``legato.scheduler.batch.*`` before and after a phase: how many batches the actors committed,
+how many messages each applied, and where an actor's time went, computing (everything but the batch's
+final write: its own Python, any reads and locks, handing its rows over) or writing (the final
+statement, from encoding its rows to its commit: mostly waiting for Postgres). *Busy* is actor-seconds
+per second of the phase: with one workflow, the fraction of the time its actor was in a batch (a message
+that arrives then waits for the batch in progress). With metrics on, every instrument of the scheduler
+records, so that run's CPU figures are not comparable with a run without the flag.
 """
 
 from __future__ import annotations

@@ -111,9 +111,9 @@ INSTRUMENTS: tuple[InstrumentSpec, ...] = (
         "legato.scheduler.batch.duration",
         "histogram",
         "s",
-        "A workflow actor's committed batch, by phase: write (its final statement and its commit), "
-        "compute (the rest: computing, any reads and locks, handing its rows over); their sum is the "
-        "actor's busy time",
+        "A workflow actor's committed batch, by phase: write (its final statement, built, run and "
+        "committed), compute (the rest: computing, any reads and locks, handing its rows over); their "
+        "sum is the actor's busy time",
         ("phase",),
     ),
     InstrumentSpec(
