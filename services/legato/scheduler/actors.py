@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, assert_never
 
 import asyncpg
@@ -42,6 +41,7 @@ from legato.scheduler import actions, repository, run_events, run_spans, writes
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_LIMITS, DispatchLimits, RunEngine
 from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
+from legato.scheduler.mailbox import COMPUTE_ONLY, Envelope, Message, TimerFired
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.store.batcher import GroupCommit
@@ -55,40 +55,6 @@ OWNERSHIP_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     asyncpg.PostgresConnectionError,
 )
-
-
-@dataclass(frozen=True)
-class TimerFired:
-    id: int
-    workflow_id: str
-    instance_id: str
-    kind: str
-    step_id: str | None
-    attempt_id: str | None
-
-
-Message = (
-    StartRun
-    | ActionRequest
-    | WorkflowChanged
-    | ChildFinished
-    | AttemptStarted
-    | AttemptFinished
-    | SignalWaitSatisfied
-    | TimerFired
-)
-
-
-# Messages whose handlers only compute (they run no statement of their own): a batch of these alone
-# writes nothing but its flush, so it may run without a transaction block (``WorkflowActor._apply``).
-_COMPUTE_ONLY = (StartRun, AttemptFinished, AttemptStarted, SignalWaitSatisfied, ChildFinished)
-
-
-@dataclass
-class Envelope:
-    message: Message
-    # The span that delivered the message (the consumer's), so the run's trace can continue from it.
-    parent: SpanContext | None = None
 
 
 class WorkflowActor:
@@ -180,7 +146,7 @@ class WorkflowActor:
     async def _apply(self, batch: list[Envelope], *, unlocked: bool) -> list[Exception | None]:
         """Apply ``batch`` in one transaction that holds the workflow row lock from its first statement,
         or, ``unlocked``, when the workflow's state is in memory and every message only computes
-        (``_COMPUTE_ONLY``), with no statement before its one self-checking write (``writes``)."""
+        (``COMPUTE_ONLY``), with no statement before its one self-checking write (``writes``)."""
         reg = self.registry
         uow = UnitOfWork()
         self._write_seconds = 0.0
@@ -189,7 +155,7 @@ class WorkflowActor:
             config: repository.WorkflowConfig | None
             existing: set[str] = set()
             known = self.state
-            if unlocked and known is not None and all(isinstance(e.message, _COMPUTE_ONLY) for e in batch):
+            if unlocked and known is not None and all(isinstance(e.message, COMPUTE_ONLY) for e in batch):
                 # Computed with the configuration in memory; the runs it starts must be new.
                 config = repository.WorkflowConfig.of(known.row)
                 new_runs = [m.instance_id for m in starts if m.instance_id not in known.instances]

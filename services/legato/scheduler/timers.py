@@ -14,7 +14,7 @@ import asyncpg
 
 from legato.lifecycle.component import Component
 from legato.scheduler import repository
-from legato.scheduler.actors import Message, TimerFired
+from legato.scheduler.mailbox import Message, TimerFired
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")

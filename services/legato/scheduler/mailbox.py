@@ -1,0 +1,57 @@
+"""What a workflow actor's mailbox holds (``actors.py``): the kinds of message it applies, each in the
+envelope that carries the span it came with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.trace import SpanContext
+
+from legato.protocol.messages import (
+    ActionRequest,
+    AttemptFinished,
+    AttemptStarted,
+    ChildFinished,
+    SignalWaitSatisfied,
+    StartRun,
+    WorkflowChanged,
+)
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """A due durable timer of one of the workflow's runs (``timers.py`` delivers it; the batch that
+    applies it deletes its row, so it fires once)."""
+
+    id: int
+    workflow_id: str
+    instance_id: str
+    kind: str
+    step_id: str | None
+    attempt_id: str | None
+
+
+Message = (
+    StartRun
+    | ActionRequest
+    | WorkflowChanged
+    | ChildFinished
+    | AttemptStarted
+    | AttemptFinished
+    | SignalWaitSatisfied
+    | TimerFired
+)
+
+
+# Messages whose handlers only compute (they run no statement of their own): a batch of these alone
+# writes nothing but its flush, so it may run without a transaction block (``WorkflowActor._apply``).
+COMPUTE_ONLY = (StartRun, AttemptFinished, AttemptStarted, SignalWaitSatisfied, ChildFinished)
+
+
+@dataclass
+class Envelope:
+    """A message in the mailbox, with the span that delivered it (the consumer's), so the run's trace
+    can continue from it."""
+
+    message: Message
+    parent: SpanContext | None = None
