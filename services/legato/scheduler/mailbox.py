@@ -18,10 +18,10 @@ from legato.protocol.messages import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerFired:
-    """A due durable timer of one of the workflow's runs (``timers.py`` delivers it; the batch that
-    applies it deletes its row, so it fires once)."""
+    """A due durable timer of one of the workflow's runs, as ``repository.due_timers`` reads its row
+    (``timers.py`` delivers it; the batch that applies it deletes the row, so it fires once)."""
 
     id: int
     workflow_id: str

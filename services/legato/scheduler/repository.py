@@ -21,6 +21,7 @@ import msgspec
 from legato.core.admission import queue_priority
 from legato.core.progress import OtherProgress, decode_progress
 from legato.core.reasons import OtherReason, WaitingForDispatchSlot, decode_reason
+from legato.scheduler.mailbox import TimerFired
 from legato.scheduler.state import (
     AttemptState,
     InstanceState,
@@ -422,20 +423,8 @@ async def action_recorded(conn: asyncpg.Connection, action_id: str) -> bool:
 # ------------------------------------------------------------------ timers
 
 
-@dataclass(frozen=True, slots=True)
-class DueTimer:
-    """A timer row whose time has come."""
-
-    id: int
-    workflow_id: str
-    instance_id: str
-    kind: str
-    step_id: str | None
-    attempt_id: str | None
-
-
-async def due_timers(conn: asyncpg.Connection, partitions: list[int], limit: int) -> list[DueTimer]:
-    """The timers of these partitions that are due, oldest first."""
+async def due_timers(conn: asyncpg.Connection, partitions: list[int], limit: int) -> list[TimerFired]:
+    """The timers of these partitions that are due, oldest first, as their actors' messages."""
     rows = await conn.fetch(
         "SELECT id, workflow_id, instance_id, kind, step_id, attempt_id FROM timer "
         "WHERE partition = ANY($1::int[]) AND fire_at <= now() ORDER BY fire_at LIMIT $2",
@@ -443,7 +432,7 @@ async def due_timers(conn: asyncpg.Connection, partitions: list[int], limit: int
         limit,
     )
     return [
-        DueTimer(r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"])
+        TimerFired(r["id"], r["workflow_id"], r["instance_id"], r["kind"], r["step_id"], r["attempt_id"])
         for r in rows
     ]
 

@@ -14,7 +14,7 @@ import asyncpg
 
 from legato.lifecycle.component import Component
 from legato.scheduler import repository
-from legato.scheduler.mailbox import Message, TimerFired
+from legato.scheduler.mailbox import Message
 from legato.telemetry import get_logger
 
 log = get_logger("legato.scheduler")
@@ -77,13 +77,7 @@ class TimerLoop(Component):
                 wait = await repository.seconds_to_next_timer(conn, partitions)
                 return self.max_sleep if wait is None else min(self.max_sleep, max(0.0, wait))
         results = await asyncio.gather(
-            *(
-                self.deliver(
-                    r.workflow_id,
-                    TimerFired(r.id, r.workflow_id, r.instance_id, r.kind, r.step_id, r.attempt_id),
-                )
-                for r in rows
-            ),
+            *(self.deliver(r.workflow_id, r) for r in rows),
             return_exceptions=True,
         )
         for r in results:
