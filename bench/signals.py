@@ -12,6 +12,7 @@ latency without a backlog (``--statements``: and the SQL statements it ran per r
 the two legs of a tuple go out within ``--spread`` seconds of each other (1 s), so runs start at half
 the signal rate throughout; ``--spread 0`` shuffles the whole pass as the burst does (runs then start
 ever faster, at the full signal rate by its end). ``--timeline`` prints its latency second by second.
+``--batches``: each pass ends with what the workflow's actor did (``_batches.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _batches import free_port, metrics_env, report, scrape
 from _servers import (
     bench_servers,
     bench_settings,
@@ -72,12 +74,16 @@ async def run(
     rate: float = 0.0,
     pg_log: Path | None = None,
     spread: float = 0.0,
+    batches: bool = False,
 ) -> dict[str, Any]:
     """``pg_log``: Postgres logs every statement (``--statements``); print those of this pass per run.
     ``spread``: paced, the two legs of a tuple go out within this many seconds of each other (0: the
-    whole pass in one random order)."""
+    whole pass in one random order). ``batches``: the scheduler's actor batches over the pass."""
     quiet = {"OTEL_SDK_DISABLED": "true"}
-    async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet) as (
+    port = free_port() if batches else 0
+    # Only with --batches: a checkout from before the option's time has no such argument.
+    options: dict[str, Any] = {"per_service_env": {"scheduler": metrics_env(port)}} if port else {}
+    async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet, **options) as (
         stack,
         client,
         conn,
@@ -96,6 +102,7 @@ async def run(
             prefix = f"{settings.namespace}.legato.signal."
             if pg_log is not None:
                 await conn.execute(mark_sql("signals-start"))
+            batches_before = scrape(port) if port else None
             before = sample_cpu(stack)
             t0 = time.time()
 
@@ -132,6 +139,8 @@ async def run(
 
         await until(all_ended, stack, what=f"{keys} joined runs to start and end")
         cpu = cpu_between(before, sample_cpu(stack))
+        spent = time.time() - t0
+        batch_lines = report(batches_before, scrape(port), spent) if batches_before is not None else []
         if pg_log is not None:
             await conn.execute(mark_sql("signals-end"))
             lines = pg_log.read_text(errors="replace").splitlines()
@@ -175,6 +184,7 @@ async def run(
         "fired_created_p50_ms": percentile(fired_created_ms, 50),
         "cpu": cpu_per(cpu, keys, "run (two signals, each published twice)"),
         "timeline": [(float(r["published"]) - t0, float(r["ms"])) for r in lat],
+        "batches": batch_lines,
     }
 
 
@@ -209,12 +219,12 @@ def shuffle(signals: list[Any], window: int) -> None:
 
 
 def measure(
-    n: int, publishers: int, rate: float, statements: bool = False, spread: float = 0.0
+    n: int, publishers: int, rate: float, statements: bool = False, spread: float = 0.0, batches: bool = False
 ) -> dict[str, Any]:
     with bench_servers("legato_signals", pg_settings=STATEMENT_LOG if statements else None) as servers:
         settings = bench_settings(servers)
         pg_log = servers.pg_log if statements else None
-        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate, pg_log, spread))
+        return asyncio.run(run(n, publishers, settings, servers.tmp / "logs", rate, pg_log, spread, batches))
 
 
 def main() -> None:
@@ -232,6 +242,11 @@ def main() -> None:
         "--timeline", action="store_true", help="print the paced pass's latency second by second"
     )
     parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="print the workflow actor's batches in each pass (bench/_batches.py; the scheduler's CPU then skewed)",
+    )
+    parser.add_argument(
         "--spread",
         type=float,
         default=1.0,
@@ -240,7 +255,7 @@ def main() -> None:
         "ever faster, at the signal rate by its end)",
     )
     args = parser.parse_args()
-    r = measure(args.n, args.publishers, 0.0)
+    r = measure(args.n, args.publishers, 0.0, batches=args.batches)
     print(
         f"signals: {r['signals']:.0f} signals for a 2-signal join on {r['signals'] // 2:.0f} keys, each "
         f"published twice by {args.publishers} publishers"
@@ -252,11 +267,13 @@ def main() -> None:
         f"  signal -> run start latency (includes the backlog): p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms"
     )
     print(f"  {r['cpu']}")
+    for line in r["batches"]:
+        print(line)
     if args.no_paced:
         return
     rate = args.rate or max(50.0, round(r["signals_per_s"] / 2))
     n = min(args.n, int(rate * 15)) // 2 * 2
-    p = measure(n, args.publishers, rate, args.statements, args.spread)
+    p = measure(n, args.publishers, rate, args.statements, args.spread, args.batches)
     legs = f"legs of a tuple within {args.spread:g} s" if args.spread else "one random order"
     print(
         f"  paced at {rate:.0f} signals/s ({p['signals']:.0f} signals, {p['runs']:.0f} runs, {legs}): signal -> run "
@@ -269,6 +286,8 @@ def main() -> None:
         "(its commit, the relay, the trigger stream, the scheduler's batch)"
     )
     print(f"    {p['cpu']}")
+    for line in p["batches"]:
+        print(f"  {line}")
     if args.timeline:
         print_timeline(p["timeline"])
 
