@@ -69,6 +69,8 @@ def _profile_module():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("bench_profile", Path(__file__).parent / "profile.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import would be: its dataclasses look their module up by name.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -72,6 +72,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _batches import free_port, metrics_env, report, scrape
+from _batches import BatchReading, free_port, metrics_env, report, scrape
 from _servers import (
     bench_servers,
     bench_settings,
@@ -295,18 +296,48 @@ async def statements_of(conn: asyncpg.Connection, pg_log: Path | None, phase: st
     report_statements(statements_between(lines, f"{phase}-start", f"{phase}-end"), runs)
 
 
+@dataclass
+class Phase:
+    """A measured phase's readings at its start and, once ``end`` is called, at its end: every process's
+    CPU (``sample_cpu``), this process's, and with a metrics port the scheduler's actor batches."""
+
+    port: int
+    cpu: Any
+    client_cpu: float
+    t0: float
+    batches: BatchReading | None
+    cpu_after: Any = None
+    batches_after: BatchReading | None = None
+
+    def end(self, stack: Any) -> None:
+        self.cpu_after = sample_cpu(stack)
+        self.client_cpu = time.process_time() - self.client_cpu
+        self.batches_after = scrape(self.port) if self.port else None
+
+    def batch_lines(self, seconds: float) -> list[str]:
+        """The actor batches' report over the phase (none without a metrics port)."""
+        if self.batches is None or self.batches_after is None:
+            return []
+        return report(self.batches, self.batches_after, seconds)
+
+
+async def begin_phase(
+    stack: Any, conn: asyncpg.Connection, pg_log: Path | None, name: str, port: int
+) -> Phase:
+    """Mark the phase's start in the statement log (``--statements``) and take its first readings."""
+    if pg_log is not None:
+        await conn.execute(mark_sql(f"{name}-start"))
+    batches = scrape(port) if port else None
+    return Phase(port, sample_cpu(stack), time.process_time(), time.time(), batches)
+
+
 async def saturated(
     stack: Any, client: Any, conn: asyncpg.Connection, n: int, done: int, pg_log: Path | None, port: int = 0
 ) -> float:
     """``n`` runs started as fast as the API takes them (``done`` runs ended once they all have): prints
     the CPU per run of every process kind, with ``pg_log`` the statements they ran, and with ``port``
     (the scheduler's metrics) the actors' batches; returns runs/s."""
-    if pg_log is not None:
-        await conn.execute(mark_sql("saturated-start"))
-    batches_before = scrape(port) if port else None
-    before = sample_cpu(stack)
-    client_cpu = time.process_time()
-    t0 = time.time()
+    phase = await begin_phase(stack, conn, pg_log, "saturated", port)
     sem = asyncio.Semaphore(256)
 
     async def one(i: int) -> None:
@@ -315,10 +346,9 @@ async def saturated(
 
     await asyncio.gather(*(one(i) for i in range(n)))
     await wait_ended(conn, done, every=0.25)
-    elapsed = await last_end(conn) - t0  # to the last run's recorded end, not to the poll that saw it
-    after = sample_cpu(stack)
-    cpu, switches = cpu_between(before, after), switches_between(before, after)
-    client_cpu = time.process_time() - client_cpu
+    elapsed = await last_end(conn) - phase.t0  # to the last run's recorded end, not to the poll that saw it
+    phase.end(stack)
+    cpu, switches = cpu_between(phase.cpu, phase.cpu_after), switches_between(phase.cpu, phase.cpu_after)
     total = sum(cpu.values())
     print(
         f"CPU per run at saturation: {n} runs in {elapsed:.1f} s ({n / elapsed:.0f} runs/s), "
@@ -329,12 +359,12 @@ async def saturated(
             f"  {kind:14} {cpu[kind] / n * 1000:7.3f} ms/run  ({cpu[kind] / elapsed * 100:5.1f}% of a core)"
         )
     print(
-        f"  {'(bench client)':14} {client_cpu / n * 1000:7.3f} ms/run  "
+        f"  {'(bench client)':14} {phase.client_cpu / n * 1000:7.3f} ms/run  "
         "(this process: the starts, and polling Postgres; not in the total)"
     )
     print_switches(switches, n)
-    if batches_before is not None:
-        print("\n".join(report(batches_before, scrape(port), elapsed)))
+    for line in phase.batch_lines(elapsed):
+        print(line)
     await statements_of(conn, pg_log, "saturated", n)
     return n / elapsed
 
@@ -396,30 +426,26 @@ async def profile(
                 await conn.execute("ANALYZE")
             rate = args.rate or max(10.0, round(saturated_rate / 2))
             count = int(rate * args.paced_seconds)
-            if pg_log is not None:
-                await conn.execute(mark_sql("paced-start"))
-            batches_before = scrape(port) if port else None
-            before = sample_cpu(stack)
-            client_cpu = time.process_time()
-            t0 = time.time()
+            phase = await begin_phase(stack, conn, pg_log, "paced", port)
             sent = await start_paced(client, rate, count, "paced")
             done += count
             await wait_ended(conn, done, every=0.25)
-            after = sample_cpu(stack)
-            batches_after = scrape(port) if port else None
-            spent = max(await last_end(conn) - t0, 1e-3)
-            client_cpu = time.process_time() - client_cpu
-            cpu, switches = cpu_between(before, after), switches_between(before, after)
+            phase.end(stack)
+            cpu, switches = (
+                cpu_between(phase.cpu, phase.cpu_after),
+                switches_between(phase.cpu, phase.cpu_after),
+            )
             rows = await conn.fetch(PATH_QUERY, list(sent))
             dump_runs(args.dump, "paced", rows, sent)
             report_hops(len(rows), hops_of(rows, sent), f"runs started at {rate:.0f}/s (half of saturation)")
             print(
                 f"  at this rate: {cpu_per(cpu, count)}; "
-                f"(bench client) {client_cpu / count * 1000:.3f}, not in the total"
+                f"(bench client) {phase.client_cpu / count * 1000:.3f}, not in the total"
             )
             print_switches(switches, count)
-            if batches_before is not None and batches_after is not None:
-                print("\n".join(report(batches_before, batches_after, spent)))
+            if phase.batches is not None:  # to the last run's recorded end, as the saturated phase
+                for line in phase.batch_lines(max(await last_end(conn) - phase.t0, 1e-3)):
+                    print(line)
             await statements_of(conn, pg_log, "paced", count)
 
         # 4. CPU by arrival rate.
