@@ -1,6 +1,6 @@
 """The scheduler's workflow-actor batches over a bench phase, read from its Prometheus endpoint.
 
-With ``--batches`` (``foreach.py``, ``profile.py``) the bench starts the scheduler with a metrics port
+With ``--batches`` (``foreach.py``, ``profile.py``, ``signals.py``) the bench starts the scheduler with a metrics port
 and reads ``legato.scheduler.batch.*`` before and after a phase: how many batches the actors committed,
 how many messages each applied, and where an actor's time went, computing (everything but the batch's
 final write: its own Python, any reads and locks, handing its rows over) or writing (the final
@@ -16,6 +16,7 @@ import re
 import socket
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 MESSAGES = "legato_scheduler_batch_messages"
 DURATION = "legato_scheduler_batch_duration_seconds"
@@ -71,6 +72,15 @@ def metrics_env(port: int) -> dict[str, str]:
         "LEGATO_METRICS_HOST": "127.0.0.1",
         "OTEL_SDK_DISABLED": "false",
     }
+
+
+def stack_options(enabled: bool) -> tuple[int, dict[str, Any]]:
+    """The scheduler's metrics port (0 when not ``enabled``) and the ``bench_stack`` options that give
+    it one. Empty when not enabled: a checkout from before ``per_service_env`` has no such argument."""
+    if not enabled:
+        return 0, {}
+    port = free_port()
+    return port, {"per_service_env": {"scheduler": metrics_env(port)}}
 
 
 def free_port() -> int:

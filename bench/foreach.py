@@ -28,7 +28,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _batches import free_port, metrics_env, report, scrape
+from _batches import report, scrape, stack_options
 from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, percentile, sample_cpu
 from legato.config.settings import Settings
 
@@ -119,10 +119,7 @@ async def run(
     batches: bool = False,
 ) -> None:
     quiet = {"OTEL_SDK_DISABLED": "true"}
-    options: dict[str, object] = {}
-    port = free_port() if batches else 0
-    if batches:  # only then: a checkout from before the option's time has no such argument
-        options["per_service_env"] = {"scheduler": metrics_env(port)}
+    port, options = stack_options(batches)
     async with bench_stack(
         settings, log_dir, timeout=30, executors=executors, concurrency=128, extra_env=quiet, **options
     ) as (stack, client, conn):

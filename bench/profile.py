@@ -83,7 +83,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _batches import BatchReading, free_port, metrics_env, report, scrape
+from _batches import BatchReading, report, scrape, stack_options
 from _servers import (
     bench_servers,
     bench_settings,
@@ -373,9 +373,7 @@ async def profile(
     args: argparse.Namespace, settings: Settings, log_dir: Path, pg_log: Path | None = None
 ) -> None:
     """``pg_log``: the Postgres log to read the statements of each phase from (``--statements``)."""
-    port = free_port() if args.batches else 0
-    # Only with --batches: a checkout from before the option's time has no such argument.
-    options: dict[str, Any] = {"per_service_env": {"scheduler": metrics_env(port)}} if port else {}
+    port, options = stack_options(args.batches)
     async with bench_stack(settings, log_dir, timeout=30, executors=1, concurrency=64, **options) as (
         stack,
         client,

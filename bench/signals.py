@@ -30,7 +30,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _batches import free_port, metrics_env, report, scrape
+from _batches import report, scrape, stack_options
 from _servers import (
     bench_servers,
     bench_settings,
@@ -80,9 +80,7 @@ async def run(
     ``spread``: paced, the two legs of a tuple go out within this many seconds of each other (0: the
     whole pass in one random order). ``batches``: the scheduler's actor batches over the pass."""
     quiet = {"OTEL_SDK_DISABLED": "true"}
-    port = free_port() if batches else 0
-    # Only with --batches: a checkout from before the option's time has no such argument.
-    options: dict[str, Any] = {"per_service_env": {"scheduler": metrics_env(port)}} if port else {}
+    port, options = stack_options(batches)
     async with bench_stack(settings, log_dir, timeout=30, concurrency=64, extra_env=quiet, **options) as (
         stack,
         client,

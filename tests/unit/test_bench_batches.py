@@ -56,3 +56,7 @@ def test_the_metrics_port_environment_turns_the_sdk_on_for_that_service() -> Non
         "OTEL_SDK_DISABLED": "false",
     }
     assert 0 < batches.free_port() < 65536
+    # Without the flag no stack option is passed at all (a checkout from before it has no such argument).
+    assert batches.stack_options(False) == (0, {})
+    port, options = batches.stack_options(True)
+    assert options == {"per_service_env": {"scheduler": batches.metrics_env(port)}} and port > 0
