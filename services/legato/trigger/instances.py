@@ -368,6 +368,35 @@ def _progress_view(stored: dict[str, Any] | None) -> dict[str, Any] | None:
     return view
 
 
+def iterations_query(
+    instance_id: str, step_id: str, *, status: str | None, after: int | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The statement and arguments of one page of a step's iterations (``limit`` + 1 rows: whether there
+    is more), each by its latest child run (a retried iteration has several: the one no later run of
+    the same iteration follows), filtered by status and cut to the page in the query. It reads the
+    children index in iteration order from ``after`` and stops at the page's end, never every iteration
+    of a 100,000-item foreach for each page. Only the filters given are in the statement: the API's
+    sessions plan a statement once, and a generic plan of ``$n IS NULL OR ...`` cannot start the index
+    scan at ``after``."""
+    args: list[Any] = [instance_id, step_id]
+    same = "n.parent_instance_id = $1 AND n.parent_step_id = $2 AND n.parent_iteration = c.parent_iteration"
+    where = "c.parent_instance_id = $1 AND c.parent_step_id = $2"
+    if after is not None:
+        args.append(after)
+        where += f" AND c.parent_iteration > ${len(args)}"
+        same += f" AND n.parent_iteration > ${len(args)}"  # the anti-join's scan starts there too
+    if status:
+        args.append(status)
+        where += f" AND c.status = ${len(args)}"
+    args.append(limit + 1)
+    return (
+        f"SELECT {SUMMARY_COLUMNS}, parent_iteration, outputs FROM workflow_instance c WHERE {where} "
+        f"AND NOT EXISTS (SELECT 1 FROM workflow_instance n WHERE {same} AND n.seq > c.seq) "
+        f"ORDER BY c.parent_iteration LIMIT ${len(args)}",
+        args,
+    )
+
+
 async def list_iterations(
     conn: asyncpg.Connection,
     instance_id: str,
@@ -378,23 +407,12 @@ async def list_iterations(
     limit: int,
     budget: int = 1_000_000,
 ) -> dict[str, Any]:
-    rows = await conn.fetch(
-        f"SELECT DISTINCT ON (parent_iteration) {SUMMARY_COLUMNS}, parent_iteration, outputs "
-        "FROM workflow_instance WHERE parent_instance_id = $1 AND parent_step_id = $2 "
-        "AND ($3::int IS NULL OR parent_iteration > $3) ORDER BY parent_iteration, seq DESC",
-        instance_id,
-        step_id,
-        after,
-    )
-    out = []
-    for r in rows:
-        if status and r["status"] != status:
-            continue
-        out.append(
-            {**instance_summary(r), "iteration": r["parent_iteration"], "outputs": truncated(r["outputs"])}
-        )
-        if len(out) > limit:
-            break
+    sql, args = iterations_query(instance_id, step_id, status=status, after=after, limit=limit)
+    rows = await conn.fetch(sql, *args)
+    out = [
+        {**instance_summary(r), "iteration": r["parent_iteration"], "outputs": truncated(r["outputs"])}
+        for r in rows
+    ]
     page = fit(out[:limit], budget, lambda row: row)
     return {"iterations": page, "next": page[-1]["iteration"] if len(page) < len(out) and page else None}
 
@@ -411,6 +429,35 @@ async def list_instances(
     include_children: bool = False,
     budget: int = 1_000_000,
 ) -> dict[str, Any]:
+    sql, args = listing_query(
+        workflow_id=workflow_id,
+        status=status,
+        since=since,
+        until=until,
+        limit=limit,
+        cursor=cursor,
+        include_children=include_children,
+    )
+    rows = await conn.fetch(sql, *args)
+    why = await explain_queued(conn, rows[:limit])
+    page = fit(rows[:limit], budget, lambda r: {**instance_summary(r), "reason": explained_reason(why, r)})
+    more = len(page) < len(rows)
+    return {"instances": page, "next_cursor": page[-1]["seq"] if more and page else None}
+
+
+def listing_query(
+    *,
+    workflow_id: str | None,
+    status: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    cursor: int | None,
+    include_children: bool,
+) -> tuple[str, list[Any]]:
+    """The statement and arguments of one page of runs, newest first (``limit`` + 1 rows: whether
+    there is more). Without children, each form reads an index of top-level runs only (migration
+    0101), so child runs are never walked over, however many there are."""
     clauses: list[str] = [] if include_children else ["parent_instance_id IS NULL"]
     args: list[Any] = []
 
@@ -430,10 +477,7 @@ async def list_instances(
         add("seq < ?", cursor)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
     args.append(limit + 1)
-    rows = await conn.fetch(
-        f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}", *args
+    return (
+        f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}",
+        args,
     )
-    why = await explain_queued(conn, rows[:limit])
-    page = fit(rows[:limit], budget, lambda r: {**instance_summary(r), "reason": explained_reason(why, r)})
-    more = len(page) < len(rows)
-    return {"instances": page, "next_cursor": page[-1]["seq"] if more and page else None}
