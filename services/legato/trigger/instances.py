@@ -47,9 +47,10 @@ def capped(table: str, column: str, limit: int) -> tuple[str, str]:
         f"CASE WHEN {big}.n IS NULL OR {big}.n <= {limit * 3 // 2} THEN {table}.{column} END AS {column}, "
         f"{big}.n AS {column}_bytes, left({big}.t, {PREVIEW_CHARS}) AS {column}_start"
     )
+    value = f"{table}.{column}"
     join = (
-        f"LEFT JOIN LATERAL (SELECT t, octet_length(t) AS n FROM (SELECT {table}.{column}::text AS t OFFSET 0) "
-        f"AS x) AS {big} ON pg_column_size({table}.{column}) > {STORED_SMALL}"
+        f"LEFT JOIN LATERAL (SELECT t, octet_length(t) AS n FROM (SELECT {value}::text AS t "
+        f"WHERE pg_column_size({value}) > {STORED_SMALL} OFFSET 0) AS x) AS {big} ON true"
     )
     return select, join
 
