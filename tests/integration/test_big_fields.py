@@ -3,7 +3,7 @@
 A foreach's outputs hold every iteration's: 1.7 MB of JSON for 100,000 noop iterations, in the run's
 row and in its step's. The reply cuts such a value to a marker, but the whole value was sent by
 Postgres, decoded and encoded again to learn that (50 to 100 ms a value). Now Postgres measures a large
-value's text first and sends only its size and start (``instances.capped``); a value that could fit is
+value's text first and sends only its size and start (``replies.capped``); a value that could fit is
 sent and cut, or not, exactly as before.
 """
 

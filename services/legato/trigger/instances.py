@@ -21,46 +21,11 @@ from legato.core.reasons import (
     encode_reason,
 )
 from legato.protocol.api import ApiError
-from legato.trigger.replies import FIELD_LIMIT, PREVIEW_CHARS, fit, size_of, truncated
+from legato.trigger.replies import FIELD_LIMIT, capped, fit, shown, size_of, truncated
 
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-# A jsonb value stored in more than this many bytes (compressed or not) is measured in Postgres before
-# it is sent: its JSON text once, its size and its start taken from it, and the value itself sent only
-# when that text could fit the field's limit. A foreach's outputs hold every iteration's (1.7 MB of
-# JSON for 100,000 noop iterations, 40 KB stored): decoding and re-encoding that to cut it took ~50 ms.
-STORED_SMALL = 4096
-
-
-def capped(table: str, column: str, limit: int) -> tuple[str, str]:
-    """The select list and the join that send ``table.column`` (a jsonb) only when its JSON text is at
-    most 1.5 times ``limit`` bytes, else NULL with ``<column>_bytes`` and ``<column>_start`` (see
-    ``shown``). Postgres's text puts a space after each ``,`` and ``:``, so the compact JSON the reply
-    holds is at least two thirds of it (an array of one-digit numbers, ``1, 1``; numbers Postgres writes
-    out in full, ``1e100``, aside); a value sent is cut, or not, exactly by ``truncated``. The text is
-    made once, and only for a value stored in more than STORED_SMALL."""
-    big = f"{column}_big"
-    select = (
-        f"CASE WHEN {big}.n IS NULL OR {big}.n <= {limit * 3 // 2} THEN {table}.{column} END AS {column}, "
-        f"{big}.n AS {column}_bytes, left({big}.t, {PREVIEW_CHARS}) AS {column}_start"
-    )
-    value = f"{table}.{column}"
-    join = (
-        f"LEFT JOIN LATERAL (SELECT t, octet_length(t) AS n FROM (SELECT {value}::text AS t "
-        f"WHERE pg_column_size({value}) > {STORED_SMALL} OFFSET 0) AS x) AS {big} ON true"
-    )
-    return select, join
-
-
-def shown(r: asyncpg.Record, column: str, limit: int) -> Any:
-    """A column selected through ``capped``, as a reply shows it (``truncated``'s forms)."""
-    value = r[column]
-    if value is None and r[f"{column}_bytes"] is not None:
-        return {"truncated": True, "bytes": r[f"{column}_bytes"], "preview": r[f"{column}_start"]}
-    return truncated(value, limit)
 
 
 def instance_summary(r: asyncpg.Record) -> dict[str, Any]:
