@@ -19,6 +19,7 @@ import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
+from legato.bus.publisher import caught_up
 from legato.bus.topology import Topology
 from legato.client import LegatoClient
 from legato.client.events import EventSubscription, SubscriptionError, subscribe_runs
@@ -293,6 +294,8 @@ async def test_only_readers_read_events_and_events_hold_no_params(settings: Sett
 
             await viewer.nc.subscribe(f"{settings.namespace}.legato.notify.>", cb=seen)
             await publisher.subscribe(f"{settings.namespace}.legato.notify.>", cb=leaked)
+            await caught_up(viewer.nc)  # both subscriptions are at the server before the run starts
+            await caught_up(publisher)
             run = await client.start("quick", {"token": secret})
             events = await collect(sub, {run.instance_id})
             await viewer.wait(run, timeout=30)

@@ -23,7 +23,7 @@ import pytest
 from nats.js.api import DiscardPolicy
 
 from legato.bus.connection import connect, connect_with, nats_auth_options
-from legato.bus.publisher import OutgoingMessage, Publisher
+from legato.bus.publisher import OutgoingMessage, Publisher, caught_up
 from legato.bus.streams import SIGNAL_MAX_BYTES, provision_streams
 from legato.bus.topology import Topology
 from legato.client import ApiError, LegatoClient
@@ -449,7 +449,7 @@ async def test_nobody_reads_another_identitys_replies(
                 heard.append(msg.data)
 
             await nc.subscribe("_INBOX.>", cb=keep)
-            await nc.flush()
+            await caught_up(nc)
             await admin.push(SLEEPY.replace("120s", "0s"))
             for _ in range(3):
                 assert "workflows" in await admin.call("workflow.list", {})

@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 
 from legato.bus import publisher as publisher_module
 from legato.bus.connection import connect
-from legato.bus.publisher import QUIET, OutgoingMessage, Publisher, write_out
+from legato.bus.publisher import QUIET, OutgoingMessage, Publisher, caught_up, write_out
 from legato.devstack import EmbeddedNats
 from tests.support.stack import now, until
 
@@ -34,7 +34,7 @@ async def _received(nc: Client, subject: str) -> list[Msg]:
         got.append(msg)
 
     await nc.subscribe(subject, cb=keep)
-    await nc.flush()
+    await caught_up(nc)
     return got
 
 
@@ -69,6 +69,61 @@ async def test_a_queued_publish_is_written_at_once_and_arrives_once(
         await own_nc.flush()
         await reader.flush()
         assert [m.data for m in got] == [b"1", b"2", b"3"]
+    finally:
+        await reader.close()
+
+
+def _wire(nc: Client, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What ``nc`` hands its socket, in order (the writes still go through)."""
+    transport = nc._transport._io_writer.transport
+    wire: list[bytes] = []
+    inside: list[bool] = []  # asyncio's writelines may call write: count its lines once
+    write, writelines = transport.write, transport.writelines
+
+    def spy_write(data: bytes) -> None:
+        if not inside:
+            wire.append(bytes(data))
+        write(data)
+
+    def spy_writelines(lines: list[bytes]) -> None:
+        wire.extend(bytes(line) for line in lines)
+        inside.append(True)
+        try:
+            writelines(lines)
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(transport, "write", spy_write)
+    monkeypatch.setattr(transport, "writelines", spy_writelines)
+    return wire
+
+
+async def test_caught_up_sends_its_ping_behind_the_subscription_so_nothing_published_after_is_missed(
+    own_nats: EmbeddedNats, own_nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py's ``flush()`` writes its PING straight to the socket, ahead of a SUB still queued for its
+    flusher: a server reading the PING alone answers before it has the subscription. ``caught_up``
+    writes the queue first, so the PONG it waits for means the server holds the SUB."""
+    reader = await connect(own_nats.url, name="test-write-out-reader")
+    try:
+        await asyncio.sleep(QUIET * 2)
+        wire = _wire(reader, monkeypatch)
+        got: list[Msg] = []
+
+        async def keep(msg: Msg) -> None:
+            got.append(msg)
+
+        await reader.subscribe("wo.caught", cb=keep)
+        assert not wire, "the SUB is queued for the flusher, not written yet"
+        await caught_up(reader)
+        sub = next(i for i, b in enumerate(wire) if b.startswith(b"SUB wo.caught"))
+        ping = next(i for i, b in enumerate(wire) if b == b"PING\r\n")
+        assert sub < ping, f"the PING went out ahead of the SUB: {wire}"
+        for i in range(3):
+            await own_nc.publish("wo.caught", str(i).encode())
+        await caught_up(own_nc)
+        await until(now(lambda: len(got) >= 3), 10.0, lambda: f"three messages; arrived {len(got)}")
+        assert [m.data for m in got] == [b"0", b"1", b"2"]
     finally:
         await reader.close()
 

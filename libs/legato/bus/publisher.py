@@ -294,11 +294,8 @@ def write_out(nc: Client) -> None:
     (it keeps its queue for after a reconnect), and for a transport without a stream writer
     (websocket). Relies on nats-py's queue (``_pending``); if a version changes it, this does nothing
     and the flusher writes as before (``tests/integration/test_bus_write_out.py`` says so)."""
-    pending = getattr(nc, "_pending", None)
-    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
-    if not isinstance(pending, list) or not pending or writer is None:
-        return
-    if not nc.is_connected:  # reconnecting, closed: nats-py keeps its queue for later
+    writer = _queue_writer(nc)
+    if writer is None:
         return
     now = time.monotonic()
     if now - _written_at.get(nc, 0.0) < QUIET:
@@ -306,10 +303,44 @@ def write_out(nc: Client) -> None:
     transport = writer.transport
     if transport.is_closing() or transport.get_write_buffer_size():
         return
-    writer.writelines(pending)
+    _hand_over(nc, writer)
+    _written_at[nc] = now
+
+
+async def caught_up(nc: Client, timeout: int = 5) -> None:
+    """Return once nats-server has read everything ``nc`` sent before the call: a subscription just
+    made is in place at the server, a publish has been routed.
+
+    ``nc.flush()`` alone does not promise that. nats-py writes its PING straight to the socket, ahead
+    of the commands still queued for its flusher task (the SUB just made); when the server reads the
+    PING on its own (a loaded machine), its PONG comes back before the server has seen the SUB, and
+    what is published meanwhile reaches nobody. Here the queue goes to the socket first, in order,
+    so the PING follows it on the wire (``tests/integration/test_bus_write_out.py``). With a nats-py
+    whose queue is not ``_pending`` any more, a first flush lets the flusher write it and a second
+    PING follows it."""
+    if not isinstance(getattr(nc, "_pending", None), list):
+        await nc.flush(timeout=timeout)
+    elif (writer := _queue_writer(nc)) is not None:
+        _hand_over(nc, writer)
+    await nc.flush(timeout=timeout)
+
+
+def _queue_writer(nc: Client) -> Any:
+    """The stream writer of ``nc``'s socket when commands are queued for it and it is connected;
+    None otherwise (nothing queued, reconnecting or closed: nats-py keeps its queue for later, a
+    transport without a stream writer, or a nats-py whose queue is not ``_pending`` any more)."""
+    pending = getattr(nc, "_pending", None)
+    writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+    if not isinstance(pending, list) or not pending or writer is None or not nc.is_connected:
+        return None
+    return writer
+
+
+def _hand_over(nc: Client, writer: Any) -> None:
+    """Write ``nc``'s whole queue in one go, oldest first, as its flusher would."""
+    writer.writelines(nc._pending)
     nc._pending = []
     nc._pending_data_size = 0
-    _written_at[nc] = now
 
 
 # A connection that wrote out less than this ago leaves its next publishes to nats-py's flusher.

@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from legato.bus.publisher import caught_up
 from legato.bus.topology import Topology
 from legato.core.statuses import TERMINAL_INSTANCE, InstanceStatus
 from legato.protocol.events import RunEvent, StepEvent, decode_event
@@ -315,7 +316,7 @@ async def wait_runs(
     try:
         for status in TERMINAL_INSTANCE:
             subs.append(await nc.subscribe(topology.notify_filter("run", workflow, status), cb=on_end))
-        await nc.flush()  # the server has the subscriptions before the statuses are read
+        await caught_up(nc)  # the server has the subscriptions before the statuses are read
         deadline = time.monotonic() + timeout
         unchecked = set(pending)
         while True:

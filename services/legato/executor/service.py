@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from legato.bus.consumer import ConsumerLoop, DeadLetterSink
-from legato.bus.publisher import Publisher
+from legato.bus.publisher import Publisher, caught_up
 from legato.bus.streams import MAX_MSG_SIZE, ConsumerSpec
 from legato.bus.topology import Topology
 from legato.config.settings import Settings
@@ -191,7 +191,7 @@ class ExecutorService(Component):
             sub = await self.nc.subscribe(
                 self.topology.cancel_wildcard, cb=self._on_cancel, pending_msgs_limit=10_000
             )
-            await self.nc.flush()  # subscribed at the server before the first item is fetched
+            await caught_up(self.nc)  # subscribed at the server before the first item is fetched
             log.info(
                 "executor_started",
                 queue=self.options.queue,
