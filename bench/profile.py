@@ -97,7 +97,6 @@ from _servers import (
 )
 from _statements import STATEMENT_LOG, mark_sql, statements_between
 from _statements import report as report_statements
-from legato.bus.publisher import caught_up
 from legato.bus.topology import Topology
 from legato.client import LegatoClient
 from legato.config.settings import Settings
@@ -238,7 +237,11 @@ class BusWatch:
                 self.note(kind, field, msg.data, time.time())
 
             self._subs.append(await self.nc.subscribe(f"{self.topology.subject_prefix(kind)}>", cb=noted))
-        await caught_up(self.nc)
+        # nats-py's first PING can overtake the queued SUBs (legato.bus.publisher.caught_up, which an
+        # older checkout measured with --code lacks); the flusher writes them meanwhile, and the second
+        # PING follows them.
+        await self.nc.flush()
+        await self.nc.flush()
 
     def note(self, kind: str, field: str, data: bytes, at: float) -> None:
         """Note ``at`` for the run ``data`` (a message of ``kind``) is about, if it is one of the hops'."""
