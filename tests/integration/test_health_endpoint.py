@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,9 @@ from legato.bus.streams import provision_streams
 from legato.bus.topology import Topology
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
+from legato.devstack.ports import free_port
 from legato.lifecycle.component import Component
 from legato.runtime.host import ServiceHost
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def get(port: int, path: str) -> tuple[int, str]:

@@ -4,13 +4,13 @@ the counters against what Postgres says happened."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
 import asyncpg
 
 from legato.config.settings import Settings
+from legato.devstack.ports import free_port
 from tests.support.stack import ServiceProcess, running_stack, wait_for
 
 WORKFLOW = """
@@ -28,12 +28,6 @@ steps:
       backoff: {type: fixed, initial: 0.1s}
 """
 RUNS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def scrape(port: int) -> str:

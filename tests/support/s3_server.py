@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from legato.devstack.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,11 @@ class S3Server:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def s3_server(access_key_id: str, secret_access_key: str, log: Path) -> Iterator[S3Server]:
     """Run ``moto_server`` on a free local port until the block ends."""
     binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with log.open("wb") as out:
         proc = subprocess.Popen(
