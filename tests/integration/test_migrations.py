@@ -1,6 +1,7 @@
 """The migration runner against a real Postgres: a no-transaction migration builds its indexes while
 the table goes on being written, survives a crashed build, refuses statements it cannot make safe,
-and processes queued for the migration lock do not deadlock with its build."""
+and processes queued for the migration lock do not deadlock with its build; and the shipped 0101 on
+a database as the release before left it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from legato.store.migrations import NO_TRANSACTION, Migration, MigrationError, migrate
+from legato.store.migrations import NO_TRANSACTION, Migration, MigrationError, load_migrations, migrate
 from tests.support.stack import until
 
 TABLE = Migration(1, "table", "CREATE TABLE t (id serial PRIMARY KEY, v integer NOT NULL);")
@@ -154,3 +155,34 @@ async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build
     finally:
         for conn in conns:
             await conn.close()
+
+
+async def test_0101_replaces_the_listing_indexes_of_a_database_that_has_runs(db_url: str) -> None:
+    """The shipped no-transaction migration, on a database as the release before left it."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        shipped = load_migrations()
+        assert not next(m for m in shipped if m.version == 101).in_transaction
+        await migrate(conn, up_to=100)
+        await conn.execute(
+            "INSERT INTO workflow_instance (id, workflow_id, version, trigger_key, trigger, status, "
+            "parent_instance_id) SELECT 'r' || i, 'wf', 1, 'k' || i, '{}', 'succeeded', "
+            "CASE WHEN i % 10 = 0 THEN NULL ELSE 'r0' END FROM generate_series(0, 999) AS i"
+        )
+        assert await migrate(conn) == [m.version for m in shipped if m.version > 100]
+        indexes = {
+            r["indexname"]: r["indexdef"]
+            for r in await conn.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'workflow_instance'"
+            )
+        }
+        assert "workflow_instance_recent" not in indexes and "workflow_instance_status" not in indexes
+        for name in (
+            "workflow_instance_top_by_workflow",
+            "workflow_instance_top_by_status",
+            "workflow_instance_top_recent",
+        ):
+            assert "WHERE (parent_instance_id IS NULL)" in indexes[name]
+            assert await _valid(conn, name) is True
+    finally:
+        await conn.close()
