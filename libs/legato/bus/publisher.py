@@ -307,7 +307,7 @@ def write_out(nc: Client) -> None:
     _written_at[nc] = now
 
 
-async def caught_up(nc: Client, timeout: int = 5) -> None:
+async def caught_up(nc: Client, timeout: int = 10) -> None:
     """Return once nats-server has read everything ``nc`` sent before the call: a subscription just
     made is in place at the server, a publish has been routed.
 
