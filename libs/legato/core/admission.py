@@ -35,13 +35,12 @@ def running_limit(run_strategy: str, max_concurrency: int, paused: bool) -> int:
 
 
 def queue_state(run_strategy: str, max_concurrency: int, paused: bool, blocked_by: str | None) -> QueueState:
-    """Whether queued runs may start. A pause wins over a block (even the blocker waits while paused)."""
-    if paused:
+    """Whether queued runs may start. A pause, or a limit of 0 runs, wins over a block (even the blocker
+    waits while paused): the queue is paused exactly when ``running_limit`` is 0."""
+    if running_limit(run_strategy, max_concurrency, paused) == 0:
         return QueueState.PAUSED
     if run_strategy == "strict_sequential" and blocked_by:
         return QueueState.BLOCKED
-    if concurrency_limit(run_strategy, max_concurrency) == 0:
-        return QueueState.PAUSED
     return QueueState.QUEUED
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from legato.core.admission import (
@@ -54,6 +54,9 @@ def test_only_strict_sequential_blocks() -> None:
 
 
 @given(st.sampled_from(RUN_STRATEGIES), st.integers(0, 1000), st.booleans(), st.none() | st.just("run-1"))
+@example(
+    "strict_sequential", 0, False, "run-1"
+)  # a limit of 0 pauses even a blocked queue (found by hypothesis)
 def test_runs_start_exactly_when_the_queue_is_open_and_the_limit_has_room(
     strategy: str, limit: int, paused: bool, blocked_by: str | None
 ) -> None:
