@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from legato.protocol.api import ListInstances
 from legato.store.pool import close_pool, create_pool
 from legato.trigger.instances import iterations_query, list_instances, list_iterations, listing_query
 
@@ -91,12 +92,12 @@ async def test_the_default_listing_never_walks_over_child_runs(
     query.update(filters)
     if query["cursor"] is not None:
         query["cursor"] = seqs[query["cursor"]]
-    sql, args = listing_query(**query, limit=5, include_children=False)
-    plan = await analyzed(conn, sql, args)
+    listing = ListInstances(**query, limit=5)
+    plan = await analyzed(conn, *listing_query(listing))
     assert "Seq Scan" not in plan, plan
     # At most the top-level runs the filter leaves out, never the 20,000 child runs above them.
     assert rows_removed(plan) <= TOP, plan
-    page = await list_instances(conn, **query, limit=5)
+    page = await list_instances(conn, listing)
     ids = [r["instance_id"] for r in page["instances"]]
     assert ids and all(i.startswith("top") for i in ids), ids
     expected = [
@@ -110,20 +111,9 @@ async def test_the_default_listing_never_walks_over_child_runs(
 
 
 async def test_a_listing_with_children_still_shows_them_newest_first(conn: asyncpg.Connection) -> None:
-    sql, args = listing_query(
-        workflow_id="wf0", status=None, since=None, until=None, limit=3, cursor=None, include_children=True
-    )
-    assert "Seq Scan" not in await analyzed(conn, sql, args)
-    page = await list_instances(
-        conn,
-        workflow_id="wf0",
-        status=None,
-        since=None,
-        until=None,
-        limit=3,
-        cursor=None,
-        include_children=True,
-    )
+    listing = ListInstances(workflow_id="wf0", limit=3, include_children=True)
+    assert "Seq Scan" not in await analyzed(conn, *listing_query(listing))
+    page = await list_instances(conn, listing)
     assert [r["instance_id"] for r in page["instances"]] == [f"it{CHILDREN - 1 - k}" for k in range(3)]
 
 

@@ -20,7 +20,7 @@ from legato.core.reasons import (
     decode_reason,
     encode_reason,
 )
-from legato.protocol.api import ApiError
+from legato.protocol.api import ApiError, ListInstances
 from legato.trigger.replies import FIELD_LIMIT, capped, fit, shown, size_of, truncated
 
 
@@ -422,65 +422,42 @@ async def list_iterations(
 
 
 async def list_instances(
-    conn: asyncpg.Connection,
-    *,
-    workflow_id: str | None,
-    status: str | None,
-    since: float | None,
-    until: float | None,
-    limit: int,
-    cursor: int | None,
-    include_children: bool = False,
-    budget: int = 1_000_000,
+    conn: asyncpg.Connection, query: ListInstances, *, budget: int = 1_000_000
 ) -> dict[str, Any]:
-    sql, args = listing_query(
-        workflow_id=workflow_id,
-        status=status,
-        since=since,
-        until=until,
-        limit=limit,
-        cursor=cursor,
-        include_children=include_children,
-    )
+    """One page of ``query``'s runs, newest first, within ``budget`` bytes; ``next_cursor`` when more."""
+    sql, args = listing_query(query)
     rows = await conn.fetch(sql, *args)
-    why = await explain_queued(conn, rows[:limit])
-    page = fit(rows[:limit], budget, lambda r: {**instance_summary(r), "reason": explained_reason(why, r)})
+    why = await explain_queued(conn, rows[: query.limit])
+    page = fit(
+        rows[: query.limit], budget, lambda r: {**instance_summary(r), "reason": explained_reason(why, r)}
+    )
     more = len(page) < len(rows)
     return {"instances": page, "next_cursor": page[-1]["seq"] if more and page else None}
 
 
-def listing_query(
-    *,
-    workflow_id: str | None,
-    status: str | None,
-    since: float | None,
-    until: float | None,
-    limit: int,
-    cursor: int | None,
-    include_children: bool,
-) -> tuple[str, list[Any]]:
+def listing_query(query: ListInstances) -> tuple[str, list[Any]]:
     """The statement and arguments of one page of runs, newest first (``limit`` + 1 rows: whether
     there is more). Without children, each form reads an index of top-level runs only (migration
     0101), so child runs are never walked over, however many there are."""
-    clauses: list[str] = [] if include_children else ["parent_instance_id IS NULL"]
+    clauses: list[str] = [] if query.include_children else ["parent_instance_id IS NULL"]
     args: list[Any] = []
 
     def add(sql: str, value: Any) -> None:
         args.append(value)
         clauses.append(sql.replace("?", f"${len(args)}"))
 
-    if workflow_id:
-        add("workflow_id = ?", workflow_id)
-    if status:
-        add("status = ?", status)
-    if since is not None:
-        add("created_at >= ?", datetime.fromtimestamp(since, UTC))
-    if until is not None:
-        add("created_at < ?", datetime.fromtimestamp(until, UTC))
-    if cursor is not None:
-        add("seq < ?", cursor)
+    if query.workflow_id:
+        add("workflow_id = ?", query.workflow_id)
+    if query.status:
+        add("status = ?", query.status)
+    if query.since is not None:
+        add("created_at >= ?", datetime.fromtimestamp(query.since, UTC))
+    if query.until is not None:
+        add("created_at < ?", datetime.fromtimestamp(query.until, UTC))
+    if query.cursor is not None:
+        add("seq < ?", query.cursor)
     where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    args.append(limit + 1)
+    args.append(query.limit + 1)
     return (
         f"SELECT {SUMMARY_COLUMNS} FROM workflow_instance {where} ORDER BY seq DESC LIMIT ${len(args)}",
         args,

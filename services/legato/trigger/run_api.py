@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from legato.core.statuses import InstanceStatus
 from legato.protocol import api
@@ -83,13 +84,7 @@ class RunApi:
         async with self.pool.acquire() as conn:
             return await instances.list_instances(
                 conn,
-                workflow_id=req.workflow_id,
-                status=req.status,
-                since=req.since,
-                until=req.until,
-                limit=max(1, min(req.limit, 1000)),
-                cursor=req.cursor,
-                include_children=req.include_children,
+                msgspec.structs.replace(req, limit=max(1, min(req.limit, 1000))),
                 budget=reply_budget(self.nc),
             )
 
