@@ -111,12 +111,12 @@ async def template_db(pg_admin_url: str) -> str:
     return url
 
 
-@pytest.fixture
-async def database_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
+async def _fresh_database(pg_admin_url: str, template: str | None) -> AsyncIterator[str]:
+    """A new database (a copy of ``template``, else empty) for one test; dropped after it."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(pg_admin_url)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     yield pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
@@ -125,6 +125,20 @@ async def database_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str, template_db: str) -> AsyncIterator[str]:
+    """A database of this code's schema."""
+    async for url in _fresh_database(pg_admin_url, TEMPLATE_DB):
+        yield url
+
+
+@pytest.fixture
+async def empty_database_url(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database with no migration applied (tests of migrations and of the runner)."""
+    async for url in _fresh_database(pg_admin_url, None):
+        yield url
 
 
 @pytest.fixture

@@ -846,16 +846,11 @@ async def test_a_paced_relay_reads_once_per_pace_under_load_and_at_once_when_idl
 
 
 async def test_the_migration_moves_events_left_in_the_outbox_to_the_event_outbox(
-    pg_admin_url: str,
+    empty_database_url: str,
 ) -> None:
     """A database of the version before (events as ``outbox`` rows) keeps the events it had not
     published: 0098 moves them, oldest first, and leaves every other row in ``outbox``."""
-    name = f"m_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    conn = await asyncpg.connect(url)
+    conn = await asyncpg.connect(empty_database_url)
     try:
         assert await migrate(conn, up_to=97) == [m.version for m in load_migrations() if m.version <= 97]
         assert await conn.fetchval("SELECT to_regclass('event_outbox')") is None
@@ -873,9 +868,6 @@ async def test_the_migration_moves_events_left_in_the_outbox_to_the_event_outbox
         assert await conn.fetchval("SELECT array_agg(msg_id) FROM outbox") == ["work:1"]
     finally:
         await conn.close()
-        conn = await asyncpg.connect(pg_admin_url)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
 
 
 async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(
@@ -888,22 +880,12 @@ async def test_a_relay_ignores_handed_rows_of_kinds_it_does_not_publish(
     assert [row_id for row_id, _ in relay._handed] == [2]
 
 
-async def test_migrations_are_safe_when_services_start_at_once(pg_admin_url: str) -> None:
-    name = f"m_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(pg_admin_url)
-    await conn.execute(f'CREATE DATABASE "{name}"')
-    await conn.close()
-    url = pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        results = await asyncio.gather(*(migrate_url(url) for _ in range(6)))
-        applied = [v for r in results for v in r]
-        assert len(applied) == len(set(applied)) and applied  # each migration applied by exactly one
-        again = await migrate_url(url)
-        assert again == []
-    finally:
-        conn = await asyncpg.connect(pg_admin_url)
-        await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await conn.close()
+async def test_migrations_are_safe_when_services_start_at_once(empty_database_url: str) -> None:
+    results = await asyncio.gather(*(migrate_url(empty_database_url) for _ in range(6)))
+    applied = [v for r in results for v in r]
+    assert len(applied) == len(set(applied)) and applied  # each migration applied by exactly one
+    again = await migrate_url(empty_database_url)
+    assert again == []
 
 
 async def test_no_index_of_the_run_tables_repeats_another(pool: asyncpg.Pool) -> None:

@@ -6,8 +6,6 @@ a database as the release before left it."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -18,18 +16,6 @@ from tests.support.stack import until
 TABLE = Migration(1, "table", "CREATE TABLE t (id serial PRIMARY KEY, v integer NOT NULL);")
 BUILD = Migration(2, "build", f"{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n")
 PLAIN = Migration(2, "plain", "CREATE INDEX t_plain ON t (v);")  # in the migration's transaction
-
-
-@pytest.fixture
-async def db_url(pg_admin_url: str) -> AsyncIterator[str]:
-    name = f"mig_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(pg_admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    yield pg_admin_url.rsplit("/", 1)[0] + f"/{name}"
-    admin = await asyncpg.connect(pg_admin_url)
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    await admin.close()
 
 
 async def _building(watch: asyncpg.Connection, index: str) -> bool:
@@ -46,8 +32,8 @@ async def _valid(conn: asyncpg.Connection, index: str) -> bool | None:
     return await conn.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", index)
 
 
-async def test_a_no_transaction_migration_builds_while_the_table_is_written(db_url: str) -> None:
-    conns = [await asyncpg.connect(db_url) for _ in range(3)]
+async def test_a_no_transaction_migration_builds_while_the_table_is_written(empty_database_url: str) -> None:
+    conns = [await asyncpg.connect(empty_database_url) for _ in range(3)]
     runner, holder, writer = conns
     try:
         await migrate(runner, migrations=[TABLE])
@@ -84,8 +70,8 @@ async def test_a_no_transaction_migration_builds_while_the_table_is_written(db_u
             await conn.close()
 
 
-async def test_an_index_a_crashed_build_left_invalid_is_built_again(db_url: str) -> None:
-    conn = await asyncpg.connect(db_url)
+async def test_an_index_a_crashed_build_left_invalid_is_built_again(empty_database_url: str) -> None:
+    conn = await asyncpg.connect(empty_database_url)
     try:
         await migrate(conn, migrations=[TABLE])
         await conn.execute("INSERT INTO t (v) VALUES (1), (1)")
@@ -111,9 +97,9 @@ async def test_an_index_a_crashed_build_left_invalid_is_built_again(db_url: str)
 
 
 async def test_a_no_transaction_migration_that_could_not_be_rerun_is_refused_before_anything_runs(
-    db_url: str,
+    empty_database_url: str,
 ) -> None:
-    conn = await asyncpg.connect(db_url)
+    conn = await asyncpg.connect(empty_database_url)
     try:
         for bad in (
             "CREATE INDEX t_v ON t (v);",  # a plain build: blocks writes, cannot be re-run
@@ -134,10 +120,12 @@ async def test_a_no_transaction_migration_that_could_not_be_rerun_is_refused_bef
         await conn.close()
 
 
-async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build(db_url: str) -> None:
+async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build(
+    empty_database_url: str,
+) -> None:
     """The build waits for every statement older than it; a process inside ``pg_advisory_lock`` for
     the lock the build's session holds would be one (Postgres aborts one of the two)."""
-    conns = [await asyncpg.connect(db_url) for _ in range(5)]
+    conns = [await asyncpg.connect(empty_database_url) for _ in range(5)]
     first, holder, watch, *others = conns
     try:
         await migrate(first, migrations=[TABLE])
@@ -157,9 +145,9 @@ async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build
             await conn.close()
 
 
-async def test_0101_replaces_the_listing_indexes_of_a_database_that_has_runs(db_url: str) -> None:
+async def test_0101_replaces_the_listing_indexes_of_a_database_that_has_runs(empty_database_url: str) -> None:
     """The shipped no-transaction migration, on a database as the release before left it."""
-    conn = await asyncpg.connect(db_url)
+    conn = await asyncpg.connect(empty_database_url)
     try:
         shipped = load_migrations()
         assert not next(m for m in shipped if m.version == 101).in_transaction
