@@ -2,7 +2,9 @@
 
 Prints iterations/s (foreach start -> foreach end), the scheduler's peak RSS and its growth over the
 idle baseline (sampled every 100 ms from /proc), and the Postgres rows written (inserts counted by
-pg_stat_user_tables over the run), and the CPU each iteration cost (all processes, from ``/proc``).
+pg_stat_user_tables over the run), the embedded nats-server's RSS growth over the run (of which the
+attempt claims, one per iteration, stay for ``LEGATO_ATTEMPT_CLAIM_TTL``: ``bench/claims.py``), and the
+CPU each iteration cost (all processes, from ``/proc``).
 With ``--probe SECONDS``, a one-noop-step run of another workflow is started every SECONDS while the
 foreach runs, and its trigger -> step start latency printed: what the foreach's dispatch window
 (``LEGATO_DISPATCH_WINDOW``) costs an unrelated workflow's steps in the same executor queue. With
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -65,6 +68,17 @@ SELECT extract(epoch FROM a.started_at - i.requested_at) * 1000 AS ms,
 FROM workflow_instance i JOIN step_attempt a ON a.instance_id = i.id
 WHERE i.workflow_id = 'bench-probe' AND i.requested_at >= to_timestamp($1) AND a.started_at IS NOT NULL
 """
+
+
+def nats_server_pid() -> int | None:
+    """The embedded nats-server this bench started (None with LEGATO_BENCH_NATS_URL)."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.name().startswith("nats-server"):
+                return proc.pid
+        except psutil.Error:
+            continue
+    return None
 
 
 def rss_kb(pid: int) -> int:
@@ -132,6 +146,8 @@ async def run(
         assert pid is not None
         baseline = rss_kb(pid)
         peak = baseline
+        nats_pid = nats_server_pid()
+        nats_before = rss_kb(nats_pid) if nats_pid else 0
         stats_before = await table_stats(conn)
         batches_before = scrape(port) if batches else None
         before = sample_cpu(stack)
@@ -175,6 +191,12 @@ async def run(
             f"growth {(peak - baseline) / 1024:.0f} MB"
         )
         print(f"  Postgres rows inserted: {rows} ({rows / n:.1f} per iteration)")
+        if nats_pid:
+            grown = rss_kb(nats_pid) - nats_before
+            print(
+                f"  nats-server RSS growth: {grown / 1024:.0f} MB ({grown * 1024 / n:.0f} bytes per iteration; "
+                "of it, the attempt claims stay for LEGATO_ATTEMPT_CLAIM_TTL: bench/claims.py)"
+            )
         print(f"  {cpu_per(cpu, n, 'iteration')} (start request -> run end)")
         if tables:
             print_table_stats(stats_before, stats_after, n)

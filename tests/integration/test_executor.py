@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -926,3 +927,64 @@ async def test_a_result_whose_publish_fails_is_kept_and_a_later_copy_republishes
     assert ex.attempts.stats["republished"] == 1 and ex.attempts.stats["executed"] == 0
     assert ex.attempts.stats["lost"] == 0
     assert ran.read_text().splitlines() == [item.attempt_id]
+
+
+# --- the claims' horizon ---------------------------------------------------------------------------
+
+
+async def test_a_work_item_older_than_the_claims_horizon_is_reported_and_never_run(
+    nc: Client, topo: Topology, events: EventLog, settings: Settings, tmp_path: Path
+) -> None:
+    """Claims are kept for the bucket's TTL (8 s here, so a horizon of 4 s): an item dispatched longer
+    ago than that is never claimed nor run, since a copy of it that ran may have had its claim expire.
+    An old item whose claim is still there is settled by that claim, as any copy is."""
+    await provision_streams(nc.jetstream(), topo, claim_ttl=8.0)
+    ran = tmp_path / "ran.log"
+    command = {"command": f'echo "$LEGATO_ATTEMPT_ID" >> {ran}'}
+    stale = msgspec.structs.replace(work(topo, "shell", command), dispatched_at=time.time() - 5.0)
+    fresh = work(topo, "shell", command)
+    async with executor(settings) as ex:
+        assert ex.attempts.claims is not None and await ex.attempts.claims.horizon() == 4.0
+        await submit(nc, topo, stale, fresh)
+        refused = await events.finished(stale.attempt_id)
+        assert (await events.finished(fresh.attempt_id)).outcome == "succeeded"
+    # A copy of the fresh item, once it is older than the horizon while its claim still lives, at an
+    # executor without the first one's memory: it finds the claim and is not run again (nor reported:
+    # the first copy's result stands).
+    async with asyncio.timeout(10):
+        while time.time() - fresh.dispatched_at <= 4.2:
+            await asyncio.sleep(0.05)
+    async with executor(settings, executor_id="exec-later") as later:
+        await scheduler_publisher(nc, topo).publish(
+            OutgoingMessage(topo.work_subject("default"), encode(fresh), msg_id="late-copy")
+        )
+        async with asyncio.timeout(10):
+            while later.attempts.stats["duplicate_not_run"] < 1:
+                await asyncio.sleep(0.05)
+    assert refused.outcome == "platform_error"
+    assert refused.error is not None
+    assert re.search(r"dispatched \d+ s ago, longer than the 4 s .*LEGATO_ATTEMPT_CLAIM_TTL", refused.error)
+    assert ran.read_text().splitlines() == [fresh.attempt_id]
+    assert ex.attempts.stats["expired"] == 1 and ex.attempts.stats["executed"] == 1
+    assert later.attempts.stats["executed"] == 0 and later.attempts.stats["expired"] == 0
+    assert len(events.finished_for(fresh.attempt_id)) == 1
+    # The stale item was not claimed: nothing in the bucket could let a later copy run it.
+    claims = AttemptClaims(nc.jetstream(), topo.attempts_bucket)
+    await claims.open()
+    assert await claims.get(stale.attempt_id) is None
+
+
+async def test_the_bucket_ttl_follows_the_setting_and_executors_read_it_from_the_bucket(
+    nc: Client, topo: Topology
+) -> None:
+    js = nc.jetstream()
+    await provision_streams(js, topo, claim_ttl=7200.0)
+    claims = AttemptClaims(js, topo.attempts_bucket)
+    await claims.open()
+    assert claims.ttl == 7200.0 and await claims.horizon() == 3600.0
+    # A stateful service started with another LEGATO_ATTEMPT_CLAIM_TTL changes the bucket in place.
+    await provision_streams(js, topo, claim_ttl=30 * 3600.0)
+    assert (await js.stream_info(f"KV_{topo.attempts_bucket}")).config.max_age == 30 * 3600.0
+    assert await claims.horizon() == 3600.0  # read again only after TTL_REFRESH
+    claims._ttl_read_at -= 61
+    assert await claims.horizon() == 29 * 3600.0

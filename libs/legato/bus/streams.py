@@ -69,9 +69,20 @@ SETTLE_TIMEOUT = 60.0
 T = TypeVar("T")
 
 
-# The executors' attempt claims (executor/claims.py) expire after a week: far longer than any work item
-# can wait in the stream or the outbox.
-CLAIM_TTL = 7 * 24 * 3600.0
+# The executors' attempt claims (executor/claims.py) expire after this long (``LEGATO_ATTEMPT_CLAIM_TTL``).
+# Each claim kept costs nats-server ~0.5 KB of memory and ~0.23 KB of disk (docs/performance.md), so the
+# bucket holds about the attempt rate times this. An executor runs no work item older than the horizon
+# (``claim_horizon``): every copy of an item it could still run finds the claim of the copy that ran.
+CLAIM_TTL = 25 * 3600.0
+# What the horizon leaves between it and the TTL, for clocks that differ between hosts (the scheduler
+# stamps a work item's dispatch, the executor compares, nats-server expires the claim).
+CLAIM_CLOCK_MARGIN = 3600.0
+
+
+def claim_horizon(ttl: float) -> float:
+    """How old (since its dispatch) a work item may be and still run, under claims kept ``ttl`` seconds:
+    the TTL less an hour for clock differences, or half the TTL when that is shorter (tests)."""
+    return ttl - min(CLAIM_CLOCK_MARGIN, ttl / 2)
 
 
 class ProvisioningError(RuntimeError):
@@ -191,7 +202,12 @@ def stream_configs(
 
 
 async def provision_streams(
-    js: JetStreamContext, topology: Topology, *, replicas: int = 1, notify: NotifyRetention | None = None
+    js: JetStreamContext,
+    topology: Topology,
+    *,
+    replicas: int = 1,
+    notify: NotifyRetention | None = None,
+    claim_ttl: float = CLAIM_TTL,
 ) -> None:
     """Create the streams, or bring them to the wanted configuration; safe to run from every process.
 
@@ -200,7 +216,7 @@ async def provision_streams(
         provision = _provision_notify if want.name == topology.notify_stream else _provision_stream
         await settled(functools.partial(provision, js, want), f"stream {want.name}")
     await settled(
-        functools.partial(provision_attempts_bucket, js, topology, replicas=replicas),
+        functools.partial(provision_attempts_bucket, js, topology, replicas=replicas, ttl=claim_ttl),
         f"bucket {topology.attempts_bucket}",
     )
 
@@ -234,19 +250,25 @@ async def keep_work_queues_open(js: JetStreamContext, topology: Topology) -> int
     return put
 
 
-async def provision_attempts_bucket(js: JetStreamContext, topology: Topology, *, replicas: int = 1) -> None:
-    """Create the executors' attempt-claims bucket if missing. A stateful service does it: executors may
-    not create or change streams (docs/security.md)."""
+async def provision_attempts_bucket(
+    js: JetStreamContext, topology: Topology, *, replicas: int = 1, ttl: float = CLAIM_TTL
+) -> None:
+    """Create the executors' attempt-claims bucket if missing, or set its TTL to ``ttl``. A stateful
+    service does it: executors may not create or change streams (docs/security.md). Executors read the
+    TTL from the bucket itself, so theirs and the bucket's never differ for long
+    (``executor/claims.py``: re-read every minute)."""
     try:
         await js.key_value(topology.attempts_bucket)
-        return
     except BucketNotFoundError:
         pass
+    else:
+        await _set_claim_ttl(js, topology, ttl)
+        return
     config = KeyValueConfig(
         bucket=topology.attempts_bucket,
         description="Legato executor: attempts started, and their results",
         history=1,
-        ttl=CLAIM_TTL,
+        ttl=ttl,
         storage=StorageType.FILE,
         replicas=replicas,
         max_value_size=MAX_MSG_SIZE,
@@ -256,6 +278,21 @@ async def provision_attempts_bucket(js: JetStreamContext, topology: Topology, *,
         log.info("bucket_created", bucket=topology.attempts_bucket)
     except BadRequestError:
         await js.key_value(topology.attempts_bucket)  # another process created it first
+        await _set_claim_ttl(js, topology, ttl)
+
+
+async def _set_claim_ttl(js: JetStreamContext, topology: Topology, ttl: float) -> None:
+    """The bucket's TTL (its stream's max_age) as configured. Shortening it drops the claims older than
+    the new TTL at once; executors follow within a minute (docs/architecture.md, "Attempt claims")."""
+    stream = f"KV_{topology.attempts_bucket}"
+    info = await js.stream_info(stream)
+    have = info.config.max_age or 0.0
+    if abs(have - ttl) < 0.001:
+        return
+    # As nats-py makes a bucket: JetStream's usual 2-minute duplicate window, never longer than the TTL.
+    window = min(DUPLICATE_WINDOW, ttl)
+    await js.update_stream(dataclasses.replace(info.config, max_age=ttl, duplicate_window=window))
+    log.warning("bucket_ttl_changed", bucket=topology.attempts_bucket, ttl_was=have, ttl=ttl)
 
 
 async def await_streams(js: JetStreamContext, topology: Topology, *, timeout: float = SETTLE_TIMEOUT) -> None:

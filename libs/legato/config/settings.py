@@ -38,6 +38,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # JetStream stream replicas (3 in a cluster deployment).
     stream_replicas: int = 1
     max_deliveries: int = 5
+    # How long the executors' attempt claims are kept (the bucket LEGATO_ATTEMPTS; set by the stateful
+    # services, read from the bucket by executors). A work item is run only within this less an hour (or
+    # less half of it, if shorter) of its dispatch: an older one is reported lost, not run, and its step
+    # retried under its platform-retry budget. Each claim kept costs nats-server ~0.5 KB of memory.
+    attempt_claim_ttl: float = 25 * 3600.0
     # Run lifecycle events (docs/events.md): how long and how many the notify stream keeps.
     notify_max_age: float = 7 * 24 * 3600.0
     notify_max_msgs: int = 10_000_000
@@ -124,6 +129,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "LEGATO_NOTIFY_MAX_BYTES",
             "must be >= 1048576",
             self.notify_max_bytes,
+        )
+        _check(
+            2 <= self.attempt_claim_ttl <= 31 * 24 * 3600,
+            "LEGATO_ATTEMPT_CLAIM_TTL",
+            "must be 2..2678400 seconds",
+            self.attempt_claim_ttl,
         )
         _check(self.max_deliveries >= 1, "LEGATO_MAX_DELIVERIES", "must be >= 1", self.max_deliveries)
         _check(

@@ -126,6 +126,7 @@ class ServiceHost:
                     self.settings.notify_max_msgs,
                     self.settings.notify_max_bytes,
                 ),
+                claim_ttl=self.settings.attempt_claim_ttl,
             )
         else:
             # The executor may not create or change streams (its NATS permissions say so): it waits,

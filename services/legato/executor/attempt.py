@@ -4,7 +4,10 @@ The decision, in order:
 1. this process already has a result for the attempt (its publish or ack failed) -> publish it again;
 2. the attempt is running here right now (redelivered while running) -> wait for it, same result;
 3. the attempt is claimed durably (``claims.py``: a create-only JetStream KV entry per attempt id,
-   written before any step starts, shared by every executor and surviving restarts):
+   written before any step starts, shared by every executor and surviving restarts, kept for the
+   bucket's TTL); a work item older than the claims' horizon is not claimed, only looked up, and is
+   reported ``platform_error`` without running when no claim is found (a copy that ran may have had its
+   claim expire):
    - claimed before, with its result kept -> publish that result again (never run twice);
    - claimed before, no result, and this is a redelivery -> the executor that had it was lost (crash,
      kill -9, cut connection): report ``platform_error`` and do NOT run it again; the scheduler
@@ -117,7 +120,7 @@ class AttemptProcessor:
         self.fence_after = fence_after
         # Enforced by every step's guard process, even while this process is frozen.
         self.lease = lease
-        # executed, each outcome, lost, republished, cancelled_before_start
+        # executed, each outcome, lost, expired, republished, cancelled_before_start
         self.stats: Counter[str] = Counter()
         self._running: dict[str, RunningAttempt] = {}
 
@@ -172,7 +175,19 @@ class AttemptProcessor:
         """Claim the attempt durably; False when another copy holds it (then settled here)."""
         assert self.claims is not None
         try:
-            held = await self.claims.claim(item.attempt_id, self.executor_id)
+            age = time.time() - item.dispatched_at if item.dispatched_at > 0 else 0.0
+            horizon = await self.claims.horizon()
+            if age <= horizon:
+                held = await self.claims.claim(item.attempt_id, self.executor_id)
+            else:
+                # Older than the claims are kept for: a copy that ran may have lost its claim already,
+                # so this one is never run. A claim still there is acted on as below.
+                held = await self.claims.get(item.attempt_id)
+                if held is None:
+                    log.warning("attempt_expired_not_run", age=round(age, 1), horizon=horizon)
+                    self.stats["expired"] += 1
+                    await self._finish(item, self._expired(item, age, horizon), running)
+                    return False
         except ClaimsUnavailable as exc:
             raise Retry(delay=2.0, reason=str(exc)) from None
         if held is None:
@@ -213,6 +228,13 @@ class AttemptProcessor:
     def _report_lost(self, item: WorkItem, delivery: Delivery[WorkItem]) -> None:
         log.warning("attempt_lost", deliveries=delivery.num_delivered)
         self.stats["lost"] += 1
+
+    def _expired(self, item: WorkItem, age: float, horizon: float) -> AttemptFinished:
+        error = (
+            f"attempt not run: its work item was dispatched {age:.0f} s ago, longer than the {horizon:.0f} s "
+            "an attempt may wait (LEGATO_ATTEMPT_CLAIM_TTL less its clock margin)"
+        )
+        return self._finished(item, "platform_error", error=error)
 
     def _lost(self, item: WorkItem, delivery: Delivery[WorkItem]) -> AttemptFinished:
         error = (

@@ -8,14 +8,20 @@ claim while the publish is retried, so a later copy of the item — at any execu
 publishes that same result instead of running the step again or reporting it lost. A result that
 landed at once is not kept: the events stream holds it (``AttemptProcessor._publish_result``).
 
-Entries expire after ``CLAIM_TTL`` (a week): far longer than any work item can wait in the stream or
-the outbox. Keys are a hash of the attempt id, so any id is a valid key.
+Entries expire after the bucket's TTL (``LEGATO_ATTEMPT_CLAIM_TTL``, 25 hours by default), which the
+stateful services set and this module reads from the bucket (again every ``TTL_REFRESH`` seconds). A copy
+of a work item can come long after the copy that ran (an outbox republish after a crash, an item waiting
+in the stream while no executor runs): so that it always finds the claim, no work item runs later than
+``horizon`` after its dispatch (``legato.bus.streams.claim_horizon``: the TTL less an hour for clock
+differences); an older one is reported lost, not run (``AttemptProcessor``). Keys are a hash of the
+attempt id, so any id is a valid key.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 import uuid
 
@@ -24,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from legato.bus.streams import NotProvisioned, settled
+from legato.bus.streams import CLAIM_TTL, NotProvisioned, claim_horizon, settled
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
@@ -34,6 +40,9 @@ KV_TIMEOUT = 5.0
 # attempts; the claim still is: a later copy then finds
 # the attempt started but without a result, as if its executor had been lost.
 MAX_KEPT_RESULT = 256 * 1024
+# How often the bucket's TTL is read again (a stateful service restarted with another
+# LEGATO_ATTEMPT_CLAIM_TTL changes it in place).
+TTL_REFRESH = 60.0
 
 
 class ClaimsUnavailable(RuntimeError):
@@ -66,6 +75,8 @@ class AttemptClaims:
         self.bucket = bucket
         self.replicas = replicas
         self._kv: KeyValue | None = None
+        self.ttl = CLAIM_TTL
+        self._ttl_read_at = -TTL_REFRESH
 
     async def open(self) -> None:
         """Bind to the bucket; waits, bounded, until it exists (stateful services create it:
@@ -77,6 +88,28 @@ class AttemptClaims:
             self._kv = await self.js.key_value(self.bucket)
         except BucketNotFoundError:
             raise NotProvisioned(f"bucket {self.bucket} does not exist yet") from None
+        await self._read_ttl()
+
+    async def _read_ttl(self) -> None:
+        async with asyncio.timeout(KV_TIMEOUT):
+            info = await self.js.stream_info(f"KV_{self.bucket}")
+        # No max_age: claims are kept forever, and any work item may run however old.
+        ttl = info.config.max_age or math.inf
+        if ttl != self.ttl:
+            log.info("attempt_claims_ttl", bucket=self.bucket, ttl=ttl, horizon=claim_horizon(ttl))
+        self.ttl = ttl
+        self._ttl_read_at = time.monotonic()
+
+    async def horizon(self) -> float:
+        """How long after its dispatch a work item may still run: the bucket's TTL, read at most a
+        ``TTL_REFRESH`` ago, less the clock margin. If the bucket cannot be read, the last one read."""
+        if time.monotonic() - self._ttl_read_at >= TTL_REFRESH:
+            try:
+                await self._read_ttl()
+            except Exception as exc:
+                self._ttl_read_at = time.monotonic()  # tried: not again for every item meanwhile
+                log.warning("attempt_claims_ttl_unread", bucket=self.bucket, error=repr(exc))
+        return claim_horizon(self.ttl)
 
     @property
     def kv(self) -> KeyValue:

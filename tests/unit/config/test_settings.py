@@ -34,6 +34,7 @@ def test_environment_beats_dev_state_file_and_overrides_beat_environment(tmp_pat
         ({"LEGATO_NAMESPACE": "a.b"}, "LEGATO_NAMESPACE: must be letters, digits"),
         ({"LEGATO_STREAM_REPLICAS": "2"}, "LEGATO_STREAM_REPLICAS: must be 1, 3 or 5, got 2"),
         ({"LEGATO_NOTIFY_MAX_AGE": "10"}, "LEGATO_NOTIFY_MAX_AGE: must be 60..31622400 seconds, got 10"),
+        ({"LEGATO_ATTEMPT_CLAIM_TTL": "1"}, "LEGATO_ATTEMPT_CLAIM_TTL: must be 2..2678400 seconds, got 1"),
         ({"LEGATO_NOTIFY_MAX_MSGS": "5"}, "LEGATO_NOTIFY_MAX_MSGS: must be >= 1000, got 5"),
         ({"LEGATO_NOTIFY_MAX_BYTES": "1"}, "LEGATO_NOTIFY_MAX_BYTES: must be >= 1048576, got 1"),
         ({"LEGATO_EVENT_LOOP": "trio"}, "LEGATO_EVENT_LOOP: must be uvloop or asyncio, got 'trio'"),
