@@ -207,9 +207,11 @@ async def provision_streams(
     *,
     replicas: int = 1,
     notify: NotifyRetention | None = None,
-    claim_ttl: float = CLAIM_TTL,
+    claim_ttl: float | None = CLAIM_TTL,
 ) -> None:
     """Create the streams, or bring them to the wanted configuration; safe to run from every process.
+    ``claim_ttl`` None: the attempts bucket is made with the default TTL if missing, and an existing
+    one's is left as it is (a process that does not know the install's setting).
 
     Waits (bounded) while JetStream is not ready yet, as after a cluster has just formed."""
     for want in stream_configs(topology, replicas, notify):
@@ -251,24 +253,25 @@ async def keep_work_queues_open(js: JetStreamContext, topology: Topology) -> int
 
 
 async def provision_attempts_bucket(
-    js: JetStreamContext, topology: Topology, *, replicas: int = 1, ttl: float = CLAIM_TTL
+    js: JetStreamContext, topology: Topology, *, replicas: int = 1, ttl: float | None = CLAIM_TTL
 ) -> None:
-    """Create the executors' attempt-claims bucket if missing, or set its TTL to ``ttl``. A stateful
-    service does it: executors may not create or change streams (docs/security.md). Executors read the
-    TTL from the bucket itself, so theirs and the bucket's never differ for long
-    (``executor/claims.py``: re-read every minute)."""
+    """Create the executors' attempt-claims bucket if missing, or set its TTL to ``ttl`` (None: leave
+    an existing bucket's). A stateful service does it: executors may not create or change streams
+    (docs/security.md). Executors read the TTL from the bucket itself, so theirs and the bucket's never
+    differ for long (``executor/claims.py``: re-read every minute)."""
     try:
         await js.key_value(topology.attempts_bucket)
     except BucketNotFoundError:
         pass
     else:
-        await _set_claim_ttl(js, topology, ttl)
+        if ttl is not None:
+            await _set_claim_ttl(js, topology, ttl)
         return
     config = KeyValueConfig(
         bucket=topology.attempts_bucket,
         description="Legato executor: attempts started, and their results",
         history=1,
-        ttl=ttl,
+        ttl=CLAIM_TTL if ttl is None else ttl,
         storage=StorageType.FILE,
         replicas=replicas,
         max_value_size=MAX_MSG_SIZE,
@@ -278,7 +281,8 @@ async def provision_attempts_bucket(
         log.info("bucket_created", bucket=topology.attempts_bucket)
     except BadRequestError:
         await js.key_value(topology.attempts_bucket)  # another process created it first
-        await _set_claim_ttl(js, topology, ttl)
+        if ttl is not None:
+            await _set_claim_ttl(js, topology, ttl)
 
 
 async def _set_claim_ttl(js: JetStreamContext, topology: Topology, ttl: float) -> None:

@@ -281,7 +281,8 @@ class DevStack:
                 "start it, or leave --nats-url/LEGATO_NATS_URL unset for an embedded one"
             ) from None
         try:
-            await provision_streams(nc.jetstream(), Topology(self.namespace))
+            # The services set the attempts bucket's TTL from their own LEGATO_ATTEMPT_CLAIM_TTL.
+            await provision_streams(nc.jetstream(), Topology(self.namespace), claim_ttl=None)
         finally:
             await nc.close()
 
