@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -25,6 +26,7 @@ import nats
 from legato.bus import Topology
 from legato.bus.streams import CLAIM_TTL, provision_attempts_bucket
 from legato.devstack import EmbeddedNats
+from legato.devstack.nats_server import find_nats_server
 from legato.executor.claims import AttemptClaims
 
 WEEK = 7 * 24 * 3600.0
@@ -86,7 +88,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="attempts/s for the projection")
     args = parser.parse_args()
     rss, disk, rate = asyncio.run(measure(args.n, args.concurrency, args.settle))
-    print(f"attempt claims: {args.n} made at {rate:.0f}/s")
+    version = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"attempt claims: {args.n} made at {rate:.0f}/s ({version})")
     print(f"  nats-server RSS per claim kept:  {rss:6.0f} bytes")
     print(f"  bucket disk per claim kept:      {disk:6.0f} bytes")
     for label, ttl in ((f"the default TTL ({CLAIM_TTL / 3600:g} h)", CLAIM_TTL), ("a week's TTL", WEEK)):
