@@ -36,9 +36,9 @@ from legato.telemetry import get_logger
 log = get_logger("legato.executor")
 
 KV_TIMEOUT = 5.0
-# Results larger than this (256 KiB) are not kept in the bucket, which would grow too big for a week of
-# attempts; the claim still is: a later copy then finds
-# the attempt started but without a result, as if its executor had been lost.
+# Results larger than this (256 KiB) are not kept in the bucket, which would grow too big over a TTL's
+# worth of attempts; the claim still is: a later copy then finds the attempt started but without a
+# result, as if its executor had been lost.
 MAX_KEPT_RESULT = 256 * 1024
 # How often the bucket's TTL is read again (a stateful service restarted with another
 # LEGATO_ATTEMPT_CLAIM_TTL changes it in place).
