@@ -25,6 +25,7 @@ import asyncpg
 import nats
 import pytest
 
+from legato.bus.streams import bucket_stream
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats, EmbeddedPostgres
 from legato.security.keyring import DEFAULT_IDENTITIES, Keyring
@@ -159,7 +160,7 @@ async def namespace(nats_url: str, keyring: Keyring | None) -> AsyncIterator[str
         js = nc.jetstream()
         for name in await js.streams_info():
             stream = name.config.name or ""
-            if stream.startswith((prefix, f"KV_{prefix}")):
+            if stream.startswith((prefix, bucket_stream(prefix))):
                 try:
                     await js.delete_stream(stream)
                 except Exception:

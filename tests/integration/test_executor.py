@@ -35,6 +35,7 @@ from legato.bus import (
     provision_consumer,
     provision_streams,
 )
+from legato.bus.streams import bucket_stream
 from legato.config.settings import Settings
 from legato.executor import ExecutorOptions, ExecutorService
 from legato.executor.claims import AttemptClaims
@@ -984,10 +985,10 @@ async def test_the_bucket_ttl_follows_the_setting_and_executors_read_it_from_the
     assert claims.ttl == 7200.0 and await claims.horizon() == 3600.0
     # A stateful service started with another LEGATO_ATTEMPT_CLAIM_TTL changes the bucket in place.
     await provision_streams(js, topo, claim_ttl=30 * 3600.0)
-    assert (await js.stream_info(f"KV_{topo.attempts_bucket}")).config.max_age == 30 * 3600.0
+    assert (await js.stream_info(bucket_stream(topo.attempts_bucket))).config.max_age == 30 * 3600.0
     # `legato dev` provisions before its services start, without knowing their setting: it leaves it.
     await provision_streams(js, topo, claim_ttl=None)
-    assert (await js.stream_info(f"KV_{topo.attempts_bucket}")).config.max_age == 30 * 3600.0
+    assert (await js.stream_info(bucket_stream(topo.attempts_bucket))).config.max_age == 30 * 3600.0
     assert await claims.horizon() == 3600.0  # read again only after TTL_REFRESH
     claims._ttl_read_at -= 61
     assert await claims.horizon() == 29 * 3600.0

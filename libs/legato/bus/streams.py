@@ -262,34 +262,34 @@ async def provision_attempts_bucket(
     try:
         await js.key_value(topology.attempts_bucket)
     except BucketNotFoundError:
-        pass
-    else:
-        if ttl is not None:
-            await _set_claim_ttl(js, topology, ttl)
-        return
-    config = KeyValueConfig(
-        bucket=topology.attempts_bucket,
-        description="Legato executor: attempts started, and their results",
-        history=1,
-        ttl=CLAIM_TTL if ttl is None else ttl,
-        storage=StorageType.FILE,
-        replicas=replicas,
-        max_value_size=MAX_MSG_SIZE,
-    )
-    try:
-        await js.create_key_value(config)
-        log.info("bucket_created", bucket=topology.attempts_bucket)
-    except BadRequestError:
-        await js.key_value(topology.attempts_bucket)  # another process created it first
-        if ttl is not None:
-            await _set_claim_ttl(js, topology, ttl)
+        config = KeyValueConfig(
+            bucket=topology.attempts_bucket,
+            description="Legato executor: attempts started, and their results",
+            history=1,
+            ttl=CLAIM_TTL if ttl is None else ttl,
+            storage=StorageType.FILE,
+            replicas=replicas,
+            max_value_size=MAX_MSG_SIZE,
+        )
+        try:
+            await js.create_key_value(config)
+            log.info("bucket_created", bucket=topology.attempts_bucket)
+            return
+        except BadRequestError:
+            await js.key_value(topology.attempts_bucket)  # another process created it first
+    if ttl is not None:
+        await _set_claim_ttl(js, topology, ttl)
+
+
+def bucket_stream(bucket: str) -> str:
+    """The JetStream stream that holds KV bucket ``bucket``."""
+    return f"KV_{bucket}"
 
 
 async def _set_claim_ttl(js: JetStreamContext, topology: Topology, ttl: float) -> None:
     """The bucket's TTL (its stream's max_age) as configured. Shortening it drops the claims older than
     the new TTL at once; executors follow within a minute (docs/architecture.md, "Attempt claims")."""
-    stream = f"KV_{topology.attempts_bucket}"
-    info = await js.stream_info(stream)
+    info = await js.stream_info(bucket_stream(topology.attempts_bucket))
     have = info.config.max_age or 0.0
     if abs(have - ttl) < 0.001:
         return
@@ -311,7 +311,7 @@ async def await_streams(js: JetStreamContext, topology: Topology, *, timeout: fl
     for stream in (topology.work_stream, topology.events_stream, topology.deadletter_stream):
         await settled(functools.partial(present, stream), f"stream {stream}", timeout=timeout)
     await settled(
-        functools.partial(present, f"KV_{topology.attempts_bucket}"),
+        functools.partial(present, bucket_stream(topology.attempts_bucket)),
         f"bucket {topology.attempts_bucket}",
         timeout=timeout,
     )

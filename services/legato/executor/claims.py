@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from legato.bus.streams import CLAIM_TTL, NotProvisioned, claim_horizon, settled
+from legato.bus.streams import CLAIM_TTL, NotProvisioned, bucket_stream, claim_horizon, settled
 from legato.telemetry import get_logger
 
 log = get_logger("legato.executor")
@@ -92,7 +92,7 @@ class AttemptClaims:
 
     async def _read_ttl(self) -> None:
         async with asyncio.timeout(KV_TIMEOUT):
-            info = await self.js.stream_info(f"KV_{self.bucket}")
+            info = await self.js.stream_info(bucket_stream(self.bucket))
         # No max_age: claims are kept forever, and any work item may run however old.
         ttl = info.config.max_age or math.inf
         if ttl != self.ttl:
