@@ -215,6 +215,17 @@ class CpuSample:
 _SWITCH_LINES = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
 
 
+def rss_kb(pid: int) -> int:
+    """A process's resident memory now, in KiB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def context_switches(proc: psutil.Process) -> int:
     """Context switches (voluntary and not) of every live thread of ``proc`` so far: each is a wake-up
     (a message or a reply that arrived, a timer) or a preemption. Threads that exited are not counted."""

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +24,9 @@ from pathlib import Path
 
 import nats
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _servers import rss_kb
 from legato.bus import Topology
 from legato.bus.streams import CLAIM_TTL, provision_attempts_bucket
 from legato.devstack import EmbeddedNats
@@ -30,13 +34,6 @@ from legato.devstack.nats_server import find_nats_server
 from legato.executor.claims import AttemptClaims
 
 WEEK = 7 * 24 * 3600.0
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def disk_bytes(folder: Path) -> int:
@@ -59,7 +56,7 @@ async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float
             claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket)
             await claims.open()
             await asyncio.sleep(settle)
-            rss_before, disk_before = rss_bytes(pid), disk_bytes(tmp / "nats")
+            rss_before, disk_before = rss_kb(pid) * 1024, disk_bytes(tmp / "nats")
             ids = iter([f"att-{uuid.uuid4().hex}" for _ in range(n)])
 
             async def claimer() -> None:
@@ -70,7 +67,7 @@ async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float
             await asyncio.gather(*(claimer() for _ in range(concurrency)))
             rate = n / (time.perf_counter() - t0)
             await asyncio.sleep(settle)
-            rss = rss_bytes(pid) - rss_before
+            rss = rss_kb(pid) * 1024 - rss_before
             disk = disk_bytes(tmp / "nats") - disk_before
         finally:
             await nc.close()

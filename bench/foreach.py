@@ -32,7 +32,16 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _batches import report, scrape, stack_options
-from _servers import bench_servers, bench_settings, bench_stack, cpu_between, cpu_per, percentile, sample_cpu
+from _servers import (
+    bench_servers,
+    bench_settings,
+    bench_stack,
+    cpu_between,
+    cpu_per,
+    percentile,
+    rss_kb,
+    sample_cpu,
+)
 from legato.config.settings import Settings
 
 WORKFLOW = """
@@ -79,16 +88,6 @@ def nats_server_pid() -> int | None:
         except psutil.Error:
             continue
     return None
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 _TABLE_STATS = """
