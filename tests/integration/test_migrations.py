@@ -6,6 +6,8 @@ a database as the release before left it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -16,6 +18,17 @@ from tests.support.stack import until
 TABLE = Migration(1, "table", "CREATE TABLE t (id serial PRIMARY KEY, v integer NOT NULL);")
 BUILD = Migration(2, "build", f"{NO_TRANSACTION}\nCREATE INDEX CONCURRENTLY IF NOT EXISTS t_v ON t (v);\n")
 PLAIN = Migration(2, "plain", "CREATE INDEX t_plain ON t (v);")  # in the migration's transaction
+
+
+@asynccontextmanager
+async def _connections(url: str, n: int) -> AsyncIterator[list[asyncpg.Connection]]:
+    """``n`` connections to ``url``, closed afterwards."""
+    conns = [await asyncpg.connect(url) for _ in range(n)]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            await conn.close()
 
 
 async def _building(watch: asyncpg.Connection, index: str) -> bool:
@@ -33,9 +46,7 @@ async def _valid(conn: asyncpg.Connection, index: str) -> bool | None:
 
 
 async def test_a_no_transaction_migration_builds_while_the_table_is_written(empty_database_url: str) -> None:
-    conns = [await asyncpg.connect(empty_database_url) for _ in range(3)]
-    runner, holder, writer = conns
-    try:
+    async with _connections(empty_database_url, 3) as (runner, holder, writer):
         await migrate(runner, migrations=[TABLE])
         # An open write transaction: the build waits for it; a new insert must not wait for the build.
         holder_tx = holder.transaction()
@@ -65,14 +76,10 @@ async def test_a_no_transaction_migration_builds_while_the_table_is_written(empt
         assert await _valid(runner, "t_v") is True
         assert await runner.fetchval("SELECT count(*) FROM t") == 3
         assert await runner.fetchval("SELECT max(version) FROM schema_migration") == 3
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 async def test_an_index_a_crashed_build_left_invalid_is_built_again(empty_database_url: str) -> None:
-    conn = await asyncpg.connect(empty_database_url)
-    try:
+    async with _connections(empty_database_url, 1) as (conn,):
         await migrate(conn, migrations=[TABLE])
         await conn.execute("INSERT INTO t (v) VALUES (1), (1)")
         # A concurrent build that fails half way leaves its index behind, invalid.
@@ -92,15 +99,12 @@ async def test_an_index_a_crashed_build_left_invalid_is_built_again(empty_databa
         await conn.execute("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS t_u2 ON t (v)")
         assert await migrate(conn, migrations=[TABLE, unique, again]) == [3]
         assert await _valid(conn, "t_u2") is True
-    finally:
-        await conn.close()
 
 
 async def test_a_no_transaction_migration_that_could_not_be_rerun_is_refused_before_anything_runs(
     empty_database_url: str,
 ) -> None:
-    conn = await asyncpg.connect(empty_database_url)
-    try:
+    async with _connections(empty_database_url, 1) as (conn,):
         for bad in (
             "CREATE INDEX t_v ON t (v);",  # a plain build: blocks writes, cannot be re-run
             "CREATE INDEX CONCURRENTLY t_v ON t (v);",  # not IF NOT EXISTS: a re-run fails
@@ -116,8 +120,6 @@ async def test_a_no_transaction_migration_that_could_not_be_rerun_is_refused_bef
                     ],
                 )
         assert await conn.fetchval("SELECT to_regclass('t')") is None  # not even the first migration
-    finally:
-        await conn.close()
 
 
 async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build(
@@ -125,9 +127,7 @@ async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build
 ) -> None:
     """The build waits for every statement older than it; a process inside ``pg_advisory_lock`` for
     the lock the build's session holds would be one (Postgres aborts one of the two)."""
-    conns = [await asyncpg.connect(empty_database_url) for _ in range(5)]
-    first, holder, watch, *others = conns
-    try:
+    async with _connections(empty_database_url, 5) as (first, holder, watch, *others):
         await migrate(first, migrations=[TABLE])
         holder_tx = holder.transaction()
         await holder_tx.start()
@@ -140,15 +140,11 @@ async def test_processes_waiting_for_the_lock_do_not_deadlock_a_concurrent_build
         results = await asyncio.wait_for(asyncio.gather(build, *waiting), 30)
         assert results == [[2], [], []]
         assert await _valid(watch, "t_v") is True
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 async def test_0101_replaces_the_listing_indexes_of_a_database_that_has_runs(empty_database_url: str) -> None:
     """The shipped no-transaction migration, on a database as the release before left it."""
-    conn = await asyncpg.connect(empty_database_url)
-    try:
+    async with _connections(empty_database_url, 1) as (conn,):
         shipped = load_migrations()
         assert not next(m for m in shipped if m.version == 101).in_transaction
         await migrate(conn, up_to=100)
@@ -172,5 +168,3 @@ async def test_0101_replaces_the_listing_indexes_of_a_database_that_has_runs(emp
         ):
             assert "WHERE (parent_instance_id IS NULL)" in indexes[name]
             assert await _valid(conn, name) is True
-    finally:
-        await conn.close()
