@@ -202,10 +202,9 @@ async def test_an_executor_killed_mid_step_takes_its_container_along(
             while survivors := marked(mark):
                 await asyncio.sleep(0.1)
         assert not survivors
-        # podman records the container as stopped when it next syncs with the OCI runtime, which can
-        # lag a moment behind the processes' end: wait for it, bounded.
-        async with asyncio.timeout(15):
-            while running := containers_of(started.instance_id, running=True):
-                await asyncio.sleep(0.2)
-        assert running == []
-        remove_containers_of(started.instance_id)  # its record may remain: no executor is left to remove it
+        # What podman's record says is not asserted: the guard SIGKILLs conmon and the container's
+        # processes at once, and when conmon dies first it writes no exit file, so podman (4.3) lists
+        # the container as "Up" for good, even with ``ps --sync`` while runc reports it stopped. The
+        # record is removed here: no executor is left to remove it.
+        remove_containers_of(started.instance_id)
+        assert containers_of(started.instance_id) == []
