@@ -75,10 +75,10 @@ steps:
 """
 
 
-def containers_of(instance_id: str, *, running: bool = False) -> list[str]:
-    which = [] if running else ["--all"]
+def containers_of(instance_id: str) -> list[str]:
+    """Every container podman has a record of for the run, running or not."""
     done = subprocess.run(
-        ["podman", "ps", *which, "--quiet", "--filter", f"label=legato.instance_id={instance_id}"],
+        ["podman", "ps", "--all", "--quiet", "--filter", f"label=legato.instance_id={instance_id}"],
         capture_output=True,
         text=True,
         check=True,
