@@ -41,7 +41,7 @@ from legato.scheduler import actions, repository, run_events, run_spans, writes
 from legato.scheduler.definition_cache import DefinitionCache
 from legato.scheduler.engine import DISPATCH_LIMITS, DispatchLimits, RunEngine
 from legato.scheduler.leases import LeaseGuard, LeaseLost, PartitionLeaser
-from legato.scheduler.mailbox import COMPUTE_ONLY, YIELD_EVERY, Envelope, Message, TimerFired, in_slices
+from legato.scheduler.mailbox import COMPUTE_ONLY, Envelope, Message, TimerFired, give_way
 from legato.scheduler.state import UnitOfWork, WorkflowState, now_utc
 from legato.scheduler.strategies import admit, admit_new, apply_strategy_change
 from legato.store.batcher import GroupCommit
@@ -205,15 +205,15 @@ class WorkflowActor:
                 items_cache=self.items_cache,
                 dispatch=reg.dispatch,
             )
-            async with contextlib.aclosing(in_slices(batch, YIELD_EVERY)) as envs:
-                async for env in envs:
-                    await self._apply_one(conn, engine, env.message, existing, env.parent)
-                    await self._collect(conn, engine)
-                    admit(engine)
-                    if engine.permits_freed or isinstance(env.message, WorkflowChanged):
-                        engine.permits_freed = False
-                        engine.retry_waiting()
-                    engine.drain_dispatch_backlog()
+            for done, env in enumerate(batch):
+                await give_way(done)
+                await self._apply_one(conn, engine, env.message, existing, env.parent)
+                await self._collect(conn, engine)
+                admit(engine)
+                if engine.permits_freed or isinstance(env.message, WorkflowChanged):
+                    engine.permits_freed = False
+                    engine.retry_waiting()
+                engine.drain_dispatch_backlog()
             for other in sorted(uow.nudges - {self.workflow_id}):
                 uow.outbox.append(
                     OutgoingMessage(

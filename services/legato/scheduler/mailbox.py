@@ -1,12 +1,10 @@
 """What a workflow actor's mailbox holds (``actors.py``): the kinds of message it applies, each in the
-envelope that carries the span it came with, and how a batch of them is walked (``in_slices``)."""
+envelope that carries the span it came with, and how a batch of them gives way (``give_way``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from opentelemetry.trace import SpanContext
 
@@ -60,18 +58,15 @@ class Envelope:
     parent: SpanContext | None = None
 
 
-# A batch lets the event loop run after computing this many messages (``in_slices``).
+# A batch lets the event loop run after computing this many messages (``give_way``).
 YIELD_EVERY = 16
 
-T = TypeVar("T")
 
-
-async def in_slices(items: Sequence[T], every: int) -> AsyncGenerator[T, None]:
-    """``items`` in order, letting the event loop run after each ``every`` of them: one workflow's large
-    batch (a foreach's results, a burst of starts) computes for milliseconds without a statement, and
-    meanwhile the other workflows' actors, the consumers and the outbox relay of this process would
-    wait. Their turns between its slices hold it back by no more than what they do."""
-    for i, item in enumerate(items):
-        if i and not i % every:
-            await asyncio.sleep(0)
-        yield item
+async def give_way(done: int, every: int = YIELD_EVERY) -> None:
+    """Called before each message of a batch with how many it has computed: after each ``every`` of
+    them, one turn of the event loop. One workflow's large batch (a foreach's results, a burst of
+    starts) computes for milliseconds without a statement, and meanwhile the other workflows' actors,
+    the consumers and the outbox relay of this process would wait. Their turns between its slices hold
+    it back by no more than what they do."""
+    if done and not done % every:
+        await asyncio.sleep(0)

@@ -4,9 +4,8 @@ scheduler's process (other workflows' actors, the consumers, the outbox relay)."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from legato.scheduler.mailbox import in_slices
+from legato.scheduler.mailbox import give_way
 
 
 async def test_a_long_batch_lets_other_tasks_run_between_its_slices() -> None:
@@ -23,9 +22,9 @@ async def test_a_long_batch_lets_other_tasks_run_between_its_slices() -> None:
     task = asyncio.create_task(other())
     await asyncio.sleep(0)  # the other task is running and ready again
     progress_when_other_ran.clear()
-    async with contextlib.aclosing(in_slices(list(range(64)), 16)) as items:
-        async for item in items:
-            seen.append(item)  # computing: no await of its own
+    for done, item in enumerate(range(64)):  # as the actor walks its batch
+        await give_way(done, 16)
+        seen.append(item)  # computing: no await of its own
     task.cancel()
     assert seen == list(range(64))
     # Ran after the first, second and third slice, while the batch was under way.
@@ -40,9 +39,11 @@ async def test_a_batch_of_one_slice_never_gives_way() -> None:
         nonlocal ran
         ran += 1
 
-    async with contextlib.aclosing(in_slices(list(range(16)), 16)) as items:
-        task = asyncio.create_task(other())
-        got = [item async for item in items]
+    task = asyncio.create_task(other())
+    got = []
+    for done, item in enumerate(range(16)):
+        await give_way(done, 16)
+        got.append(item)
     assert got == list(range(16))
     assert ran == 0  # it had not been given a turn while the batch computed
     await task
