@@ -6,7 +6,8 @@ killed that attempt's processes strictly before then, or two copies of a step bo
 does so without needing its own event loop: it keeps a lease file whose deadline is its last
 confirmed contact with NATS plus ``EXECUTOR_FENCE_AFTER``, and every step's guard process SIGKILLs the
 step's tree once the deadline has passed (``legato.executor.stepguard``), so a frozen (SIGSTOP, blocked
-loop) or cut-off executor fences its steps by itself.
+loop) or cut-off executor fences its steps by itself. (podman's container monitor, which runs no step
+code, is spared for up to the guard's ``MONITOR_GRACE`` to record its killed container's end.)
 
 Worst case, measured from the last heartbeat the scheduler received (H):
 

@@ -11,7 +11,12 @@ it imports nothing from Legato (and no site packages) so it starts in millisecon
 3. starts the step command in its own process group (with a parent-death SIGKILL of its own, in case
    the guard itself is killed) and relays its exit status, signals included;
 4. when the executor dies (``kill -9``, OOM): SIGKILLs every descendant and the group at once. When
-   the step command ends: SIGKILLs the descendants that escaped the group, then exits like it;
+   the step command ends: SIGKILLs the descendants that escaped the group, then exits like it. The one
+   exception, on every kill: podman's container monitor (``conmon``, re-parented here when ``podman
+   run`` daemonizes it) and the cleanup it starts are given up to ``MONITOR_GRACE`` to record the end
+   of the container whose processes were just killed and remove it (``--rm``), then killed if still
+   there (``kill_descendants``, ``settle``): killed with its container it records nothing, and podman
+   lists the container as running for good, its storage still mounted;
 5. with ``--lease``: reads the executor's fence lease (``lease.py``: ``<last contact> <deadline>`` on
    CLOCK_MONOTONIC) before starting the command and every ``LEASE_POLL`` seconds while it runs. Once the
    deadline has passed, or the lease cannot be read, the executor is frozen or cut off from NATS and
@@ -36,6 +41,13 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PARENT_DIED = signal.SIGUSR1
 REAP_ROUNDS = 100
+# podman's container monitor, and the command it runs once its container has ended (``podman container
+# cleanup``, which removes a ``--rm`` container): spared by the guard's kills for up to MONITOR_GRACE
+# seconds. Only processes in the guard's own mount namespace qualify, so never a container's own.
+MONITOR = "conmon"
+MONITOR_CLEANUP = "podman"
+MONITOR_GRACE = 2.0
+MONITOR_POLL = 0.01
 # Keep in step with legato.protocol.liveness.STEP_GUARD_POLL (this file imports nothing from Legato).
 LEASE_POLL = 0.2
 FENCED_EXIT = 125
@@ -49,8 +61,8 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root``, read from /proc (children before their own children)."""
+def descendants(root: int) -> list[tuple[int, int]]:
+    """Every live process below ``root`` with its parent, read from /proc (parents before their children)."""
     children: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -62,30 +74,83 @@ def descendants(root: int) -> list[int]:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(name))
-    found: list[int] = []
+    found: list[tuple[int, int]] = []
     todo = [root]
     while todo:
-        for child in children.get(todo.pop(), ()):
-            found.append(child)
+        parent = todo.pop()
+        for child in children.get(parent, ()):
+            found.append((child, parent))
             todo.append(child)
     return found
 
 
-def kill_descendants() -> None:
-    """SIGKILL every process below this one."""
+def _exe_name(pid: int) -> str:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return ""  # ended (a zombie), or not readable
+
+
+def _mount_ns(pid: int | str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return -1
+
+
+def _is_monitor(pid: int, parent: int, spared: set[int], known: set[int]) -> bool:
+    """A container monitor, or the cleanup a monitor started (``known``: spared by an earlier scan, for a
+    cleanup outliving its monitor), run from the guard's own mount namespace."""
+    name = _exe_name(pid)
+    if name == MONITOR or (name == MONITOR_CLEANUP and (parent in spared or pid in known)):
+        return _mount_ns(pid) == _mount_ns("self")
+    return False
+
+
+def kill_descendants(spare_monitors: bool = True, known: set[int] | None = None) -> set[int]:
+    """SIGKILL every process below this one, except (``spare_monitors``) container monitors and their
+    cleanup (``_is_monitor``); returns the processes spared."""
+    spared: set[int] = set()
     # Twice: a process may fork between the scan and the kill; its child is found the second time.
     for _ in range(2):
-        for pid in descendants(os.getpid()):
+        spared = set()
+        for pid, parent in descendants(os.getpid()):
+            if spare_monitors and _is_monitor(pid, parent, spared, known or set()):
+                spared.add(pid)
+                continue
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+    return spared
+
+
+def reap() -> None:
+    """Collect the children (orphans re-parented here included) that have ended."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def settle(spared: set[int]) -> None:
+    """Give the monitors ``kill_descendants`` spared up to ``MONITOR_GRACE`` seconds to record their
+    container's end and exit, killing anything else that appears below this process meanwhile; then
+    kill what is left of them. Nothing is waited for when nothing was spared."""
+    deadline = time.monotonic() + MONITOR_GRACE
+    while spared and time.monotonic() < deadline:
+        time.sleep(MONITOR_POLL)
+        reap()
+        spared = kill_descendants(known=spared)
+    if spared:
+        kill_descendants(spare_monitors=False)
 
 
 def die_with_parent() -> None:
     """End the step with its guard: kill its processes, then the guard's own group."""
-    kill_descendants()
     try:
+        settle(kill_descendants())
         if os.getpgrp() == os.getpid():  # never the group of whoever started a guard by hand
             os.killpg(os.getpgrp(), signal.SIGKILL)  # the group, this guard included
     finally:
@@ -105,7 +170,7 @@ def lease_silence(lease: str) -> float | None:
 
 def fence(lease: str, silent: float) -> None:
     """The lease expired: kill the step's whole tree, leave a mark for the executor, exit."""
-    kill_descendants()
+    spared = kill_descendants()
     what = "no readable lease" if silent == float("inf") else f"{silent:.1f} s"
     try:
         mark = os.path.join(os.path.dirname(lease), f"fenced.{os.getpid()}")
@@ -113,10 +178,11 @@ def fence(lease: str, silent: float) -> None:
             f.write(f"executor lost contact with NATS for {what}\n")
     except OSError:
         pass
+    settle(spared)
     for _ in range(REAP_ROUNDS):
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                kill_descendants()
+                kill_descendants(spare_monitors=False)
                 time.sleep(0.01)
         except ChildProcessError:
             break
@@ -180,7 +246,7 @@ def main(argv: list[str]) -> int:
                 fence(lease, silent)
             time.sleep(LEASE_POLL)
     # The command is gone: nothing it started may outlive it, in the group or out of it.
-    kill_descendants()
+    settle(kill_descendants())
     for _ in range(REAP_ROUNDS):
         try:
             if os.waitpid(-1, os.WNOHANG)[0] == 0:
