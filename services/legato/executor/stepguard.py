@@ -18,9 +18,10 @@ it imports nothing from Legato (and no site packages) so it starts in millisecon
    there (``kill_descendants``, ``settle``): killed with its container it records nothing, and podman
    lists the container as running for good, its storage still mounted;
 5. with ``--lease``: reads the executor's fence lease (``lease.py``: ``<last contact> <deadline>`` on
-   CLOCK_MONOTONIC) before starting the command and every ``LEASE_POLL`` seconds while it runs. Once the
-   deadline has passed, or the lease cannot be read, the executor is frozen or cut off from NATS and
-   the scheduler may soon declare it dead and retry the attempt elsewhere: the guard SIGKILLs every
+   CLOCK_MONOTONIC) before starting the command and every ``LEASE_POLL`` seconds while it runs (woken
+   at once when the command ends: ``wait_exit``). Once the deadline has passed, or the lease cannot be
+   read, the executor is frozen or cut off from NATS and the scheduler may soon declare it dead and
+   retry the attempt elsewhere: the guard SIGKILLs every
    descendant (or never starts the command), writes ``fenced.<its pid>`` beside the lease saying for
    how long the executor had been out of contact, and exits with ``FENCED_EXIT``. It needs nothing
    from the executor to do so, so a SIGSTOPped executor's steps stop on time too.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import time
@@ -189,6 +191,24 @@ def fence(lease: str, silent: float) -> None:
     os._exit(FENCED_EXIT)
 
 
+def exit_fd(pid: int) -> int | None:
+    """A descriptor that becomes readable once child ``pid`` has ended (a pidfd), or None where the
+    kernel has none (before Linux 5.3)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def wait_exit(ended: int | None, timeout: float) -> None:
+    """Sleep ``timeout`` seconds between two lease reads, or less: wake as soon as the command ends (a
+    step's end is noticed at once, not at the next read)."""
+    if ended is None:
+        time.sleep(timeout)
+    else:
+        select.select([ended], [], [], timeout)
+
+
 def parse(argv: list[str]) -> tuple[int, str | None, list[str]] | None:
     """``(executor pid, lease path, command)`` from the guard's argv; None when malformed."""
     if len(argv) >= 4 and argv[2] == "--":
@@ -232,6 +252,7 @@ def main(argv: list[str]) -> int:
             os.write(2, f"cannot start {command[0]}: {exc}\n".encode(errors="replace"))
         os._exit(127)
 
+    ended = exit_fd(pid) if lease is not None else None
     status = 0
     while True:
         try:
@@ -244,7 +265,7 @@ def main(argv: list[str]) -> int:
             silent = lease_silence(lease)
             if silent is not None:
                 fence(lease, silent)
-            time.sleep(LEASE_POLL)
+            wait_exit(ended, LEASE_POLL)
     # The command is gone: nothing it started may outlive it, in the group or out of it.
     settle(kill_descendants())
     for _ in range(REAP_ROUNDS):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from legato.executor.lease import FenceLease
 from legato.executor.process import run_in_process_group
 from legato.executor.service import ExecutorOptions
 from legato.executor.step_runner import StepFenced
-from legato.executor.stepguard import FENCED_EXIT, LEASE_POLL
+from legato.executor.stepguard import FENCED_EXIT, LEASE_POLL, exit_fd, wait_exit
 from legato.protocol import liveness
 from legato.scheduler.liveness import DEAD_AFTER, ExecutorWatch
 from tests.support.processes import process_gone
@@ -141,3 +142,19 @@ async def test_a_step_exiting_with_the_guards_status_is_not_taken_for_fenced(tmp
         lease=lease,
     )
     assert code == FENCED_EXIT
+
+
+def test_the_guard_wakes_when_its_command_ends_not_at_its_next_lease_read() -> None:
+    """Between two lease reads the guard waits on the command's pidfd: a step that ends is noticed at
+    once (it was noticed at the next read, up to ``LEASE_POLL`` later: 200 ms added to every short
+    step)."""
+    command = subprocess.Popen(["sleep", "0.05"])
+    ended = exit_fd(command.pid)
+    assert ended is not None  # Linux 5.3 or later
+    try:
+        began = time.monotonic()
+        wait_exit(ended, 60.0)  # the wait a lease read would allow, were it this long
+        assert time.monotonic() - began < 30.0
+        assert command.wait(timeout=5) == 0
+    finally:
+        os.close(ended)
