@@ -113,6 +113,37 @@ def test_python_worker_reports_through_its_result_file_not_stdout(tmp_path: Path
     assert json.loads(result.read_text()) == {"ok": True, "outputs": {"sum": 3}}
 
 
+def _call_worker(tmp_path: Path, module: str, function: str) -> dict[str, object]:
+    (tmp_path / "mod_for_lazy_worker.py").write_text(module)
+    result = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "legato.executor.python_worker", str(result)],
+        input=json.dumps({"function": f"mod_for_lazy_worker:{function}", "params": {}}).encode(),
+        capture_output=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, object] = json.loads(result.read_text())
+    return report
+
+
+def test_python_worker_loads_asyncio_only_for_a_coroutine(tmp_path: Path) -> None:
+    """asyncio, inspect and traceback are ~40 ms of a worker's start: a plain function runs without
+    them, and an ``async def`` (whose module never imported asyncio) is still awaited."""
+    module = (
+        "import sys\n"
+        "HEAVY = ('asyncio', 'inspect', 'traceback')\n"
+        "def plain(params):\n"
+        "    return {'loaded': [m for m in HEAVY if m in sys.modules]}\n"
+        "async def coro(params):\n"
+        "    return {'awaited': True}\n"
+    )
+    assert _call_worker(tmp_path, module, "plain") == {"ok": True, "outputs": {"loaded": []}}
+    assert _call_worker(tmp_path, module, "coro") == {"ok": True, "outputs": {"awaited": True}}
+
+
 @pytest.mark.parametrize("loop_name", EVENT_LOOPS)
 def test_input_a_process_never_reads_does_not_block_it(tmp_path: Path, loop_name: str) -> None:
     async def step() -> int:
