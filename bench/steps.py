@@ -12,7 +12,8 @@ PostgreSQL are embedded (or LEGATO_BENCH_NATS_URL / LEGATO_BENCH_DATABASE_URL). 
 (``word_count`` of examples/plugin) is measured when it is installed (``make install`` does); the
 ``container`` type when podman and busybox-static are (``make container-runtime``): ``/bin/true`` in the
 busybox image the tests build, with ``LEGATO_CONTAINER_EXTRA_ARGS`` (default: the tests' rlimit flags).
-``--kinds noop,container`` measures only those types.
+``--kinds noop,container`` measures only those types. Another version: run it with that checkout's
+``libs`` and ``services`` first on ``PYTHONPATH`` (the services are started with it).
 """
 
 from __future__ import annotations
@@ -154,7 +155,9 @@ async def run(args: argparse.Namespace, settings: Settings, tmp: Path) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {
         "OTEL_SDK_DISABLED": "true",
-        "PYTHONPATH": str(modules),
+        # The step function's module first, then whatever PYTHONPATH names (another checkout's libs and
+        # services, to measure that version: ``PYTHONPATH=<checkout>/libs:<checkout>/services``).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(modules), os.environ.get("PYTHONPATH")])),
         "LEGATO_CONNECTION_BENCH": settings.database_url,
         "LEGATO_CONTAINER_EXTRA_ARGS": os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS),
     }
