@@ -100,7 +100,7 @@ def _mount_ns(pid: int | str) -> int:
         return -1
 
 
-def _is_monitor(pid: int, parent: int, spared: set[int], known: set[int]) -> bool:
+def _is_monitor(pid: int, parent: int, spared: set[int], known: set[int] | frozenset[int]) -> bool:
     """A container monitor, or the cleanup a monitor started (``known``: spared by an earlier scan, for a
     cleanup outliving its monitor), run from the guard's own mount namespace."""
     name = _exe_name(pid)
@@ -109,7 +109,7 @@ def _is_monitor(pid: int, parent: int, spared: set[int], known: set[int]) -> boo
     return False
 
 
-def kill_descendants(spare_monitors: bool = True, known: set[int] | None = None) -> set[int]:
+def kill_descendants(spare_monitors: bool = True, known: set[int] | frozenset[int] = frozenset()) -> set[int]:
     """SIGKILL every process below this one, except (``spare_monitors``) container monitors and their
     cleanup (``_is_monitor``); returns the processes spared."""
     spared: set[int] = set()
@@ -117,7 +117,7 @@ def kill_descendants(spare_monitors: bool = True, known: set[int] | None = None)
     for _ in range(2):
         spared = set()
         for pid, parent in descendants(os.getpid()):
-            if spare_monitors and _is_monitor(pid, parent, spared, known or set()):
+            if spare_monitors and _is_monitor(pid, parent, spared, known):
                 spared.add(pid)
                 continue
             try:
@@ -128,12 +128,13 @@ def kill_descendants(spare_monitors: bool = True, known: set[int] | None = None)
 
 
 def reap() -> None:
-    """Collect the children (orphans re-parented here included) that have ended."""
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] != 0:
-            pass
-    except ChildProcessError:
-        pass
+    """Collect the children (orphans re-parented here included) that have ended, at most REAP_ROUNDS."""
+    for _ in range(REAP_ROUNDS):
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def settle(spared: set[int]) -> None:
@@ -268,12 +269,7 @@ def main(argv: list[str]) -> int:
             wait_exit(ended, LEASE_POLL)
     # The command is gone: nothing it started may outlive it, in the group or out of it.
     settle(kill_descendants())
-    for _ in range(REAP_ROUNDS):
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
-        except ChildProcessError:
-            break
+    reap()
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         signal.signal(sig, signal.SIG_DFL)
