@@ -44,7 +44,7 @@ from legato.protocol.messages import DEAD_LETTER_DECODER
 from legato.runtime.host import ServiceHost
 from legato.telemetry import configure_tracing, get_tracer, inject_headers
 from tests.support.auth import scheduler_publisher
-from tests.support.processes import process_gone, wait_gone
+from tests.support.processes import process_gone, read_pid, wait_gone
 
 ACK_WAIT = 2.0
 WORKFLOW = "wf-exec"
@@ -210,21 +210,6 @@ async def executor(
 
 def path_exists(path: str | Path) -> bool:
     return os.path.exists(path)
-
-
-def pid_in(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
-
-
-async def read_pid(path: Path, timeout: float = 5.0) -> int:
-    async with asyncio.timeout(timeout):
-        while (pid := pid_in(path)) is None:
-            await asyncio.sleep(0.02)
-    return pid
 
 
 # --- step types ------------------------------------------------------------------------------------

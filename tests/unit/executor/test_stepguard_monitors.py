@@ -21,7 +21,7 @@ from legato.executor.lease import FenceLease
 from legato.executor.process import run_in_process_group
 from legato.executor.step_runner import StepFenced
 from legato.executor.stepguard import MONITOR, MONITOR_GRACE
-from tests.support.processes import process_gone
+from tests.support.processes import process_gone, read_pid
 
 
 def fake_monitor(tmp_path: Path) -> Path:
@@ -46,14 +46,6 @@ def step(tmp_path: Path, monitor: str) -> list[str]:
     ]
 
 
-async def pid_in(path: Path, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or not path.read_text().strip():
-        assert time.monotonic() < deadline, f"{path} never written"
-        await asyncio.sleep(0.02)
-    return int(path.read_text())
-
-
 async def fenced_step(tmp_path: Path, argv: list[str]) -> tuple[asyncio.Task[int], FenceLease]:
     """Start ``argv`` under a lease, let every process say its pid, then stop renewing the lease."""
     lease = FenceLease(1.0, directory=tmp_path)
@@ -64,7 +56,7 @@ async def fenced_step(tmp_path: Path, argv: list[str]) -> tuple[asyncio.Task[int
         )
     )
     for name in ("monitor", "worker"):
-        await pid_in(tmp_path / name)
+        await read_pid(tmp_path / name, timeout=10.0)
     lease.renew(time.monotonic())  # the last contact: the guard fences a second later
     return task, lease
 
@@ -74,7 +66,7 @@ async def test_a_fenced_step_leaves_the_monitor_the_time_to_record_its_container
 ) -> None:
     monitor = f"{fake_monitor(tmp_path)} -c {shlex.quote(records_its_child(tmp_path))}"
     task, lease = await fenced_step(tmp_path, step(tmp_path, monitor))
-    child = await pid_in(tmp_path / "child")
+    child = await read_pid(tmp_path / "child", timeout=10.0)
     with pytest.raises(StepFenced):
         await asyncio.wait_for(task, timeout=15)
     pids = {name: int((tmp_path / name).read_text()) for name in ("monitor", "worker")} | {"child": child}
@@ -136,7 +128,7 @@ async def test_a_process_named_like_the_monitor_in_another_mount_namespace_dies_
         pytest.skip("needs unshare --mount (root or CAP_SYS_ADMIN)")
     monitor = f"unshare --mount {fake_monitor(tmp_path)} -c {shlex.quote(records_its_child(tmp_path))}"
     task, lease = await fenced_step(tmp_path, step(tmp_path, monitor))
-    await pid_in(tmp_path / "child")
+    await read_pid(tmp_path / "child", timeout=10.0)
     with pytest.raises(StepFenced):
         await asyncio.wait_for(task, timeout=15)
     assert process_gone(int((tmp_path / "monitor").read_text()))
