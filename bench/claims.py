@@ -5,7 +5,8 @@ Every attempt an executor starts is claimed first (``executor/claims.py``: a cre
 JetStream KV bucket ``LEGATO_ATTEMPTS``), and the claim is kept for the bucket's TTL
 (``LEGATO_ATTEMPT_CLAIM_TTL``). This bench makes ``-n`` claims with the executor's own ``AttemptClaims``
 (``--concurrency`` at a time) against an embedded nats-server, waits ``--settle`` seconds, and prints
-the server's RSS growth and the bucket's disk size per claim; then, for ``--rate`` attempts/s, what the
+the server's RSS growth and the bucket's disk size per claim, and the CPU each claim cost the claiming
+process (user + system, as the executor pays it; the server's CPU per claim beside it); then, for ``--rate`` attempts/s, what the
 bucket holds under the default TTL and under the TTL of a week (the one before it was a setting).
 Not a test: it prints figures.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,8 @@ from pathlib import Path
 import nats
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import psutil
 
 from _servers import rss_kb
 from legato.bus import Topology
@@ -40,8 +44,19 @@ def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float, float]:
-    """(RSS bytes per claim, disk bytes per claim, claims/s) for ``n`` claims."""
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float, float, float, float]:
+    """(RSS bytes per claim, disk bytes per claim, claims/s, the claiming process's and nats-server's
+    CPU seconds per claim) for ``n`` claims."""
     tmp = Path(tempfile.mkdtemp(prefix="legato-bench-claims-"))
     server = EmbeddedNats(tmp / "nats", preferred_port=0)
     server.stop_with_parent = True
@@ -63,9 +78,10 @@ async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float
                 for attempt_id in ids:
                     assert await claims.claim(attempt_id, "bench-executor") is None
 
-            t0 = time.perf_counter()
+            t0, cpu0, server_cpu0 = time.perf_counter(), own_cpu(), server_cpu(pid)
             await asyncio.gather(*(claimer() for _ in range(concurrency)))
             rate = n / (time.perf_counter() - t0)
+            cpu, cpu_server = (own_cpu() - cpu0) / n, (server_cpu(pid) - server_cpu0) / n
             await asyncio.sleep(settle)
             rss = rss_kb(pid) * 1024 - rss_before
             disk = disk_bytes(tmp / "nats") - disk_before
@@ -74,7 +90,7 @@ async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    return rss / n, disk / n, rate
+    return rss / n, disk / n, rate, cpu, cpu_server
 
 
 def main() -> None:
@@ -84,11 +100,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds idle before and after")
     parser.add_argument("--rate", type=float, default=100.0, help="attempts/s for the projection")
     args = parser.parse_args()
-    rss, disk, rate = asyncio.run(measure(args.n, args.concurrency, args.settle))
+    rss, disk, rate, cpu, server = asyncio.run(measure(args.n, args.concurrency, args.settle))
     version = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True).stdout.strip()
     print(f"attempt claims: {args.n} made at {rate:.0f}/s ({version})")
     print(f"  nats-server RSS per claim kept:  {rss:6.0f} bytes")
     print(f"  bucket disk per claim kept:      {disk:6.0f} bytes")
+    print(f"  CPU per claim: claiming process {cpu * 1e6:5.1f} us, nats-server {server * 1e6:5.1f} us")
     for label, ttl in ((f"the default TTL ({CLAIM_TTL / 3600:g} h)", CLAIM_TTL), ("a week's TTL", WEEK)):
         kept = args.rate * ttl
         print(

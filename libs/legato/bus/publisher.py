@@ -145,6 +145,25 @@ class PubAckInbox:
             raise
         return token
 
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PubAck:
+        """Publish one message and wait for its PubAck; raises what JetStream answered instead (the
+        ``APIError`` of its code, ``NoStreamResponseError``). Neither retried nor bounded in time: the
+        caller bounds the wait and decides what an unanswered publish means (``executor/claims.py``).
+        One future and a token, against a task, a NUID inbox and a JSON parse for nats-py's request."""
+        await self.open()
+        round_ = _Round(1)
+        token = await self.send(round_, 0, subject, payload, headers)
+        try:
+            await round_.done
+        finally:
+            self.forget((token,))
+            round_.done.cancel()  # no-op when done
+        answer = round_.answers[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        assert answer is not None
+        return answer
+
     def forget(self, tokens: Sequence[str]) -> None:
         """Stop waiting for these replies (their round timed out or failed)."""
         for token in tokens:

@@ -1,6 +1,6 @@
 """Durable memory of attempts across executors and restarts, in a JetStream key-value bucket (no Postgres).
 
-Before a step starts, its executor *claims* the attempt: ``kv.create(key)`` succeeds for exactly one
+Before a step starts, its executor *claims* the attempt: a create of its key succeeds for exactly one
 caller per attempt id, whatever the number of copies of the work item (a redelivery, an outbox
 republish after JetStream's 2-minute duplicate window, a second executor). Only the claimant runs the
 step. When the step's result cannot be published at once, the encoded result is written over the
@@ -15,6 +15,12 @@ in the stream while no executor runs): so that it always finds the claim, no wor
 ``horizon`` after its dispatch (``legato.bus.streams.claim_horizon``: the TTL less an hour for clock
 differences); an older one is reported lost, not run (``AttemptProcessor``). Keys are a hash of the
 attempt id, so any id is a valid key.
+
+The create is what nats-py's ``KeyValue.create`` sends (a publish on the key's subject that JetStream
+stores only while the key has no entry: ``Nats-Expected-Last-Subject-Sequence: 0``), sent through the
+connection's PubAck inbox (``legato.bus.publisher.PubAckInbox``): about half the executor's CPU per
+claim of nats-py's request path (``bench/claims.py``). When the key has an entry, ``KeyValue.create`` itself
+decides, as it always did: it writes over a deleted key's marker and refuses a live entry.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import uuid
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import Header
+from nats.js.errors import APIError, BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from legato.bus.publisher import PubAckInbox
 from legato.bus.streams import CLAIM_TTL, NotProvisioned, bucket_stream, claim_horizon, settled
 from legato.telemetry import get_logger
 
@@ -43,6 +51,10 @@ MAX_KEPT_RESULT = 256 * 1024
 # How often the bucket's TTL is read again (a stateful service restarted with another
 # LEGATO_ATTEMPT_CLAIM_TTL changes it in place).
 TTL_REFRESH = 60.0
+# JetStream's answers to a publish whose expected last subject sequence is not the subject's
+# (JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr), as nats-py's KeyValue reads them.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+_CREATE_ONLY = {Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: "0"}
 
 
 class ClaimsUnavailable(RuntimeError):
@@ -70,11 +82,17 @@ def claim_key(attempt_id: str) -> str:
 class AttemptClaims:
     """Create-only claims and kept results per attempt id, in the bucket ``bucket``."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> None:
+    def __init__(
+        self, js: JetStreamContext, bucket: str, *, replicas: int = 1, acks: PubAckInbox | None = None
+    ) -> None:
+        """``acks``: the connection's PubAck inbox to share (the executor's publisher's); by default
+        one of the claims' own on ``js``'s connection."""
         self.js = js
         self.bucket = bucket
         self.replicas = replicas
+        self.acks = acks if acks is not None else PubAckInbox(js._nc)
         self._kv: KeyValue | None = None
+        self._subject_prefix = ""
         self.ttl = CLAIM_TTL
         self._ttl_read_at = -TTL_REFRESH
 
@@ -88,6 +106,10 @@ class AttemptClaims:
             self._kv = await self.js.key_value(self.bucket)
         except BucketNotFoundError:
             raise NotProvisioned(f"bucket {self.bucket} does not exist yet") from None
+        # The keys' subject prefix as nats-py's KeyValue publishes to it ("$KV.<bucket>.", or a
+        # domain's); without one (another nats-py), claims go through ``KeyValue.create``.
+        prefix = getattr(self._kv, "_pre", None)
+        self._subject_prefix = prefix if isinstance(prefix, str) and prefix.endswith(".") else ""
         await self._read_ttl()
 
     async def _read_ttl(self) -> None:
@@ -123,7 +145,7 @@ class AttemptClaims:
         key = claim_key(attempt_id)
         try:
             async with asyncio.timeout(KV_TIMEOUT):
-                await self.kv.create(key, _ENCODER.encode(mine))
+                await self._create(key, _ENCODER.encode(mine))
             return None
         except KeyWrongLastSequenceError:
             pass
@@ -134,6 +156,20 @@ class AttemptClaims:
         if held is None:
             raise ClaimsUnavailable(f"claim of {attempt_id} neither written nor refused")
         return None if held.token == token else held
+
+    async def _create(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key`` if the key has no entry; else ``KeyWrongLastSequenceError``."""
+        if not self._subject_prefix:
+            await self.kv.create(key, value)
+            return
+        try:
+            await self.acks.publish(self._subject_prefix + key, value, _CREATE_ONLY)
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+            # The key has an entry: another copy's claim (refused again below), or the marker of a
+            # deleted key, which KeyValue.create writes over (a claim nobody holds any more).
+            await self.kv.create(key, value)
 
     async def get(self, attempt_id: str) -> AttemptRecord | None:
         try:

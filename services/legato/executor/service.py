@@ -119,12 +119,16 @@ class ExecutorService(Component):
         self.http_pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="legato-http")
         # The result must fit one NATS message and one stream message, with room for headers.
         max_result = min(nc.max_payload or MAX_MSG_SIZE, MAX_MSG_SIZE) - HEADER_ALLOWANCE
-        self.claims = AttemptClaims(nc.jetstream(), topology.attempts_bucket, replicas=replicas)
+        publisher = Publisher(nc, timeout=2.0, attempts=3)
+        # The claims' creates share the results' PubAck inbox: one reply subscription per connection.
+        self.claims = AttemptClaims(
+            nc.jetstream(), topology.attempts_bucket, replicas=replicas, acks=publisher.acks
+        )
         # The fence lease every step's guard enforces; renewed on each answer from JetStream.
         self.lease = FenceLease(options.fence_after)
         self.contact = NatsContact(nc, lease=self.lease)
         self.attempts = AttemptProcessor(
-            Publisher(nc, timeout=2.0, attempts=3),
+            publisher,
             default_runners(self.http_pool),
             executor_id=executor_id,
             kill_grace=options.kill_grace,
