@@ -78,16 +78,21 @@ async def test_a_fenced_step_leaves_the_monitor_the_time_to_record_its_container
 
 async def test_a_step_that_ends_leaves_its_monitor_the_same_time(tmp_path: Path) -> None:
     """The command ends on its own and leaves a monitor behind (``podman run`` returns as its monitor
-    cleans up): the guard kills what escaped, the monitor's child included, and lets the monitor end."""
+    cleans up): the guard kills what escaped, the monitor's child included, and lets the monitor end.
+    The command exits once the monitor runs its child, as ``podman run`` ends long after its monitor
+    started: exiting at once could end it before the forked shell became the monitor, and the guard,
+    woken by the end at once, would rightly take that shell for an ordinary escaped process."""
     monitor = f"{fake_monitor(tmp_path)} -c {shlex.quote(records_its_child(tmp_path))}"
-    argv = ["/bin/sh", "-c", f"{monitor} & echo $! > {tmp_path / 'monitor'}; exit 3"]
+    child = tmp_path / "child"
+    started = f"while [ ! -s {child} ]; do sleep 0.01; done"
+    argv = ["/bin/sh", "-c", f"{monitor} & echo $! > {tmp_path / 'monitor'}; {started}; exit 3"]
     code = await asyncio.wait_for(
         run_in_process_group(argv, cwd=tmp_path, env=os.environ, output=CapturedOutput(), kill_grace=5.0),
         timeout=15,
     )
     assert code == 3
     assert process_gone(int((tmp_path / "monitor").read_text()))
-    assert process_gone(int((tmp_path / "child").read_text()))
+    assert process_gone(int(child.read_text()))
     assert (tmp_path / "recorded").read_text() == "recorded\n"
 
 
