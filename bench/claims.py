@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,12 +43,8 @@ def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def server_cpu(pid: int) -> float:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds so far of process ``pid`` (this one by default)."""
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
@@ -78,10 +73,10 @@ async def measure(n: int, concurrency: int, settle: float) -> tuple[float, float
                 for attempt_id in ids:
                     assert await claims.claim(attempt_id, "bench-executor") is None
 
-            t0, cpu0, server_cpu0 = time.perf_counter(), own_cpu(), server_cpu(pid)
+            t0, cpu0, server_cpu0 = time.perf_counter(), cpu_seconds(), cpu_seconds(pid)
             await asyncio.gather(*(claimer() for _ in range(concurrency)))
             rate = n / (time.perf_counter() - t0)
-            cpu, cpu_server = (own_cpu() - cpu0) / n, (server_cpu(pid) - server_cpu0) / n
+            cpu, cpu_server = (cpu_seconds() - cpu0) / n, (cpu_seconds(pid) - server_cpu0) / n
             await asyncio.sleep(settle)
             rss = rss_kb(pid) * 1024 - rss_before
             disk = disk_bytes(tmp / "nats") - disk_before

@@ -1,5 +1,5 @@
-"""Fixtures the integration tests share: a NATS connection to the session's server, and a nats-server
-of a test's own (to stop, kill and restart)."""
+"""Fixtures the integration tests share: a NATS connection to the session's server, the session's
+stream topology, and a nats-server of a test's own (to stop, kill and restart)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from legato.bus import Topology
 from legato.bus.connection import connect_with
 from legato.config.settings import Settings
 from legato.devstack import EmbeddedNats
@@ -19,6 +20,12 @@ async def nc(settings: Settings) -> AsyncIterator[Client]:
     client = await connect_with(settings, name="legato-test")
     yield client
     await client.close()
+
+
+@pytest.fixture
+def topo(settings: Settings) -> Topology:
+    """The streams and subjects of the session's namespace and partitions."""
+    return Topology(settings.namespace, settings.partitions)
 
 
 @pytest.fixture

@@ -19,11 +19,6 @@ from legato.executor.claims import AttemptClaims, claim_key
 
 
 @pytest.fixture
-def topo(settings: Settings) -> Topology:
-    return Topology(settings.namespace, settings.partitions)
-
-
-@pytest.fixture
 async def others(settings: Settings) -> AsyncIterator[list[Client]]:
     """Three more connections: each claimant is an executor of its own."""
     clients = [await connect_with(settings, name=f"legato-test-claimant-{i}") for i in range(3)]

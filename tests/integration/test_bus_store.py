@@ -64,11 +64,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@pytest.fixture
-def topo(settings: Settings) -> Topology:
-    return Topology(settings.namespace, settings.partitions)
-
-
 async def test_publish_rejections_timeouts_and_late_acks(nc: Client, topo: Topology) -> None:
     """PubAcks come back to one reply subscription per publisher: a rejection fails at once, naming
     the subject; a publish nobody acks is sent again under its id and then fails; an ack that comes

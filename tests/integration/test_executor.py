@@ -56,11 +56,6 @@ def tracing() -> None:
     configure_tracing("executor-test")
 
 
-@pytest.fixture
-def topo(settings: Settings) -> Topology:
-    return Topology(settings.namespace, settings.partitions)
-
-
 class EventLog:
     """A test consumer on the events stream collecting every message with its headers."""
 

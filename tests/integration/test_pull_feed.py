@@ -31,11 +31,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@pytest.fixture
-def topo(settings: Settings) -> Topology:
-    return Topology(settings.namespace, settings.partitions)
-
-
 def recording_loop(
     nc: Client, topo: Topology, pool: asyncpg.Pool, seen: list[int], ack_wait: float = 30.0
 ) -> ConsumerLoop[Ping]:

@@ -30,11 +30,6 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-@pytest.fixture
-def topo(settings: Settings) -> Topology:
-    return Topology(settings.namespace, settings.partitions)
-
-
 class Recorder:
     """What the handler saw: the order messages started in, how many ran at once (at most), and each
     message's delivery count. Bulk messages (n >= 1000) run until ``release`` is set."""
