@@ -7,7 +7,8 @@ does so without needing its own event loop: it keeps a lease file whose deadline
 confirmed contact with NATS plus ``EXECUTOR_FENCE_AFTER``, and every step's guard process SIGKILLs the
 step's tree once the deadline has passed (``legato.executor.stepguard``), so a frozen (SIGSTOP, blocked
 loop) or cut-off executor fences its steps by itself. (podman's container monitor, which runs no step
-code, is spared for up to the guard's ``MONITOR_GRACE`` to record its killed container's end.)
+code, is spared for up to the guard's ``MONITOR_GRACE`` to record its killed container's end; only an
+installed, root-owned ``conmon``: a step's copy under that name dies at once.)
 
 Worst case, measured from the last heartbeat the scheduler received (H):
 

@@ -45,7 +45,8 @@ PARENT_DIED = signal.SIGUSR1
 REAP_ROUNDS = 100
 # podman's container monitor, and the command it runs once its container has ended (``podman container
 # cleanup``, which removes a ``--rm`` container): spared by the guard's kills for up to MONITOR_GRACE
-# seconds. Only processes in the guard's own mount namespace qualify, so never a container's own.
+# seconds. Only root's installed executables in the guard's own mount namespace qualify: never a
+# container's own process, nor a step's copy.
 MONITOR = "conmon"
 MONITOR_CLEANUP = "podman"
 MONITOR_GRACE = 2.0
@@ -100,12 +101,23 @@ def _mount_ns(pid: int | str) -> int:
         return -1
 
 
+def _installed(pid: int) -> bool:
+    """The process runs a file owned by root that no one else may write: installed, not one a step that
+    runs as another user could have made (or changed) to pass for the monitor and outlive a fence."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
 def _is_monitor(pid: int, parent: int, spared: set[int], known: set[int] | frozenset[int]) -> bool:
     """A container monitor, or the cleanup a monitor started (``known``: spared by an earlier scan, for a
-    cleanup outliving its monitor), run from the guard's own mount namespace."""
+    cleanup outliving its monitor), installed (``_installed``) and run from the guard's own mount
+    namespace."""
     name = _exe_name(pid)
     if name == MONITOR or (name == MONITOR_CLEANUP and (parent in spared or pid in known)):
-        return _mount_ns(pid) == _mount_ns("self")
+        return _mount_ns(pid) == _mount_ns("self") and _installed(pid)
     return False
 
 

@@ -140,3 +140,23 @@ async def test_a_process_named_like_the_monitor_in_another_mount_namespace_dies_
     await asyncio.sleep(0.3)
     assert not (tmp_path / "recorded").exists()  # killed with its child: it never saw the child end
     lease.close()
+
+
+async def test_a_copy_of_the_monitor_that_root_did_not_install_dies_at_once(tmp_path: Path) -> None:
+    """A step run as another user than root could copy any program under the monitor's name to outlive
+    a fence by the grace: a ``conmon`` that root does not own is killed with the rest, at once."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the copy to another user")
+    copy = fake_monitor(tmp_path)
+    os.chown(copy, 65534, 65534)  # nobody's: a step's own file
+    monitor = f"{copy} -c {shlex.quote(records_its_child(tmp_path))}"
+    task, lease = await fenced_step(tmp_path, step(tmp_path, monitor))
+    await read_pid(tmp_path / "child", timeout=10.0)
+    started = time.monotonic()
+    with pytest.raises(StepFenced):
+        await asyncio.wait_for(task, timeout=15)
+    assert process_gone(int((tmp_path / "monitor").read_text()))
+    assert time.monotonic() - started < MONITOR_GRACE  # not spared: no grace waited for
+    await asyncio.sleep(0.3)
+    assert not (tmp_path / "recorded").exists()  # killed with its child: it never saw the child end
+    lease.close()
