@@ -331,16 +331,20 @@ async def test_outbox_relay_component_wakes_and_flushes(
 
 
 class CountingRelay(OutboxRelay):
-    calls = 0
+    calls = 0  # reads of the table begun
+    done = 0  # and ended
 
     async def relay_once(self, min_age: float = 0.0) -> int:
         self.calls += 1
-        return await super().relay_once(min_age)
+        try:
+            return await super().relay_once(min_age)
+        finally:
+            self.done += 1
 
     async def started(self) -> int:
         """Once the start's round (a read of the table) is done: how many reads so far."""
         async with asyncio.timeout(5):
-            while self.calls < 1:
+            while self.done < 1:
                 await asyncio.sleep(0.02)
         return self.calls
 
@@ -600,10 +604,19 @@ async def test_a_poll_leaves_young_rows_to_their_committer_and_takes_them_when_o
 
 class CountingEventRelay(EventOutboxRelay):
     calls = 0
+    done = 0
+    # While set and not yet released, a read holds on after publishing (a slow round under load).
+    hold: asyncio.Event | None = None
 
     async def relay_once(self, min_age: float = 0.0) -> int:
         self.calls += 1
-        return await super().relay_once(min_age)
+        try:
+            n = await super().relay_once(min_age)
+            if self.hold is not None:
+                await self.hold.wait()
+            return n
+        finally:
+            self.done += 1
 
     started = CountingRelay.started
 
@@ -812,11 +825,21 @@ async def test_a_paced_relay_reads_once_per_pace_under_load_and_at_once_when_idl
     loop = asyncio.get_running_loop()
     try:
         reads = await relay.started()
-        # 40 commits back to back, each waking the relay as the scheduler does: a burst.
+        # 40 commits back to back, each waking the relay as the scheduler does: a burst. Under load a
+        # commit comes while a read is under way; here the first read is held until the second commit
+        # woke the relay, so that it does on any machine (a read that ends before the next commit
+        # leaves the relay idle, and that commit is rightly read at once).
+        relay.hold = asyncio.Event()
         began = loop.time()
         for n in range(40):
             await commit_events(pool, pings(topo, n, 1, "pace"))
             relay.wake()
+            if n == 0:
+                async with asyncio.timeout(5):
+                    while relay.calls == reads:  # the first commit's read has begun
+                        await asyncio.sleep(0.005)
+            elif n == 1:
+                relay.hold.set()
         burst = loop.time() - began
         await until_published(relay, 40, timeout=20)
         # Unpaced, a relay reads again after every read that a commit overlapped: ~one read per commit
