@@ -34,6 +34,8 @@ RUNTIME_VAR = "LEGATO_CONTAINER_RUNTIME"
 EXTRA_ARGS_VAR = "LEGATO_CONTAINER_EXTRA_ARGS"
 MOUNT_ROOTS_VAR = "LEGATO_CONTAINER_MOUNT_ROOTS"
 RUNTIMES = ("podman", "docker")
+# Every step container carries it (its attempt's id): what the stale-container sweep may remove.
+ATTEMPT_LABEL = "legato.attempt_id"
 WORK_TARGET = "/legato/work"
 """Where the attempt's folder is mounted in the container (its artifacts and outputs file)."""
 OUTPUTS_NAME = ".legato-outputs"
@@ -164,6 +166,20 @@ class ContainerRuntime:
             argv += ["--workdir", config.workdir]
         argv += [*self.extra_args, config.image, *config.command]
         return argv
+
+    def prune_argv(self, older_than: float) -> list[str]:
+        """Remove the step containers (``ATTEMPT_LABEL``) that are not running and were created more
+        than ``older_than`` seconds ago; running ones, and every other container, are left alone."""
+        return [
+            self.require(),
+            "container",
+            "prune",
+            "--force",
+            "--filter",
+            f"label={ATTEMPT_LABEL}",
+            "--filter",
+            f"until={max(1, int(older_than))}s",
+        ]
 
     def remove_argv(self, name: str) -> list[str]:
         """Kill and remove the container ``name`` (no error if it is already gone)."""

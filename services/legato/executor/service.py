@@ -30,10 +30,13 @@ from legato.config.settings import Settings
 from legato.executor.attempt import HEADER_ALLOWANCE, AttemptProcessor
 from legato.executor.claims import AttemptClaims
 from legato.executor.contact import NatsContact
+from legato.executor.container_runtime import ContainerRuntime
 from legato.executor.heartbeat import ExecutorHeartbeats
 from legato.executor.lease import FenceLease
 from legato.executor.recent_attempts import RecentCancels, RecentResults
 from legato.executor.runners import close_runners, default_runners
+from legato.executor.runners.container import ContainerRunner, sweep_containers_while_running
+from legato.executor.step_runner import StepFailed
 from legato.lifecycle.component import Component
 from legato.protocol.liveness import EXECUTOR_FENCE_AFTER
 from legato.protocol.messages import WORK_DECODER, CancelAttempt, WorkItem
@@ -190,6 +193,7 @@ class ExecutorService(Component):
     async def _run(self) -> None:
         sub: Subscription | None = None
         contact = asyncio.create_task(self.contact.run(), name="executor:nats-contact")
+        sweep = self._container_sweep()
         try:
             await self.claims.open()
             sub = await self.nc.subscribe(
@@ -206,8 +210,10 @@ class ExecutorService(Component):
             self.ready.set()
             await self.loop.run()
         finally:
-            contact.cancel()
-            await asyncio.gather(contact, return_exceptions=True)
+            for task in (contact, sweep):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (contact, sweep) if t is not None), return_exceptions=True)
             if sub is not None:
                 try:
                     await sub.unsubscribe()
@@ -217,6 +223,20 @@ class ExecutorService(Component):
             await close_runners(self.attempts.runners)
             self.lease.close()  # every step has ended by now (the consumer loop waited for them)
             log.info("executor_stopped", stats=dict(self.attempts.stats))
+
+    def _container_sweep(self) -> asyncio.Task[None] | None:
+        """Removes the step containers left over on this host (``sweep_containers_while_running``),
+        when this executor runs container steps and has a runtime CLI."""
+        if not isinstance(self.attempts.runners.get("container"), ContainerRunner):
+            return None
+        try:
+            runtime = ContainerRuntime.from_environment()
+        except StepFailed as exc:
+            log.warning("container_sweep_off", error=exc.error)
+            return None
+        if runtime.cli is None:
+            return None
+        return asyncio.create_task(sweep_containers_while_running(runtime), name="executor:container-sweep")
 
     def _on_shutdown(self) -> None:
         self.loop.request_shutdown()

@@ -107,6 +107,18 @@ def test_the_argv_holds_values_as_single_arguments_and_no_env_value(tmp_path: Pa
     assert runtime.remove_argv("n") == ["/usr/bin/podman", "rm", "--force", "--ignore", "--time", "0", "n"]
     docker = ContainerRuntime(cli="/usr/bin/docker")
     assert docker.remove_argv("n") == ["/usr/bin/docker", "rm", "--force", "n"]
+    # The sweep: only step containers (their label), only those older than its age (whole seconds).
+    assert docker.prune_argv(600.0) == [
+        "/usr/bin/docker",
+        "container",
+        "prune",
+        "--force",
+        "--filter",
+        "label=legato.attempt_id",
+        "--filter",
+        "until=600s",
+    ]
+    assert runtime.prune_argv(0.2)[-1] == "until=1s"
 
 
 @pytest.mark.parametrize(

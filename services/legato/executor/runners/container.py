@@ -17,11 +17,13 @@ exit code 125) fail the attempt with the runtime's message, retried per the step
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets as token_source
 import subprocess
 
 from legato.executor.artifacts import ArtifactStore
 from legato.executor.container_runtime import (
+    ATTEMPT_LABEL,
     OUTPUTS_NAME,
     WORK_TARGET,
     ContainerConfig,
@@ -86,7 +88,7 @@ class ContainerRunner:
             "legato.workflow_id": item.workflow_id,
             "legato.instance_id": item.instance_id,
             "legato.step_id": item.step_id,
-            "legato.attempt_id": item.attempt_id,
+            ATTEMPT_LABEL: item.attempt_id,
         }
         try:
             async with attempt_workspace(item) as ws:
@@ -167,3 +169,59 @@ def _remove(runtime: ContainerRuntime, name: str) -> None:
         log.warning(
             "container_remove_failed", container=name, error=done.stderr.decode(errors="replace")[-500:]
         )
+
+
+# A step container that is not running and is older than this is left over: its executor was killed
+# while the runtime client created it (podman keeps it "Created", and no monitor exists yet to remove
+# it), or its monitor was killed before its cleanup ran. No step of Legato's starts that late.
+STALE_CONTAINER_AGE = 600.0
+SWEEP_TIMEOUT = 60.0
+# The first sweep a while after the executor starts (not on every start of a short-lived one), then this
+# often.
+SWEEP_FIRST = 30.0
+SWEEP_EVERY = 900.0
+_CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
+
+
+async def sweep_stale_containers(runtime: ContainerRuntime, older_than: float = STALE_CONTAINER_AGE) -> int:
+    """Remove the step containers left over (``STALE_CONTAINER_AGE``) by any executor of this host;
+    returns how many. Logged, never raised: a sweep that fails is tried again at the next."""
+    argv = runtime.prune_argv(older_than)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            env=dict(runtime.client_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        log.warning("container_sweep_failed", error=str(exc))
+        return 0
+    try:
+        async with asyncio.timeout(SWEEP_TIMEOUT):
+            out, err = await proc.communicate()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if proc.returncode != 0:
+        log.warning("container_sweep_failed", error=err.decode(errors="replace")[-500:])
+        return 0
+    removed = _CONTAINER_ID.findall(out.decode(errors="replace"))
+    if removed:
+        log.info("stale_containers_removed", count=len(removed), containers=[c[:12] for c in removed])
+    return len(removed)
+
+
+async def sweep_containers_while_running(runtime: ContainerRuntime) -> None:
+    """``sweep_stale_containers`` ``SWEEP_FIRST`` seconds after the start, then every ``SWEEP_EVERY``;
+    runs until cancelled."""
+    await asyncio.sleep(SWEEP_FIRST)
+    while True:
+        try:
+            await sweep_stale_containers(runtime, STALE_CONTAINER_AGE)
+        except TimeoutError:
+            log.warning("container_sweep_failed", error=f"no answer within {SWEEP_TIMEOUT:g} s")
+        await asyncio.sleep(SWEEP_EVERY)
