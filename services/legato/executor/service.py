@@ -210,10 +210,10 @@ class ExecutorService(Component):
             self.ready.set()
             await self.loop.run()
         finally:
-            for task in (contact, sweep):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (contact, sweep) if t is not None), return_exceptions=True)
+            tasks = [contact] if sweep is None else [contact, sweep]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if sub is not None:
                 try:
                     await sub.unsubscribe()
@@ -226,11 +226,12 @@ class ExecutorService(Component):
 
     def _container_sweep(self) -> asyncio.Task[None] | None:
         """Removes the step containers left over on this host (``sweep_containers_while_running``),
-        when this executor runs container steps and has a runtime CLI."""
-        if not isinstance(self.attempts.runners.get("container"), ContainerRunner):
+        when this executor runs container steps and has a runtime CLI: the one its steps run with."""
+        runner = self.attempts.runners.get("container")
+        if not isinstance(runner, ContainerRunner):
             return None
         try:
-            runtime = ContainerRuntime.from_environment()
+            runtime = runner.runtime or ContainerRuntime.from_environment()
         except StepFailed as exc:
             log.warning("container_sweep_off", error=exc.error)
             return None

@@ -183,9 +183,10 @@ SWEEP_EVERY = 900.0
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{64}$", re.MULTILINE)
 
 
-async def sweep_stale_containers(runtime: ContainerRuntime, older_than: float = STALE_CONTAINER_AGE) -> int:
-    """Remove the step containers left over (``STALE_CONTAINER_AGE``) by any executor of this host;
-    returns how many. Logged, never raised: a sweep that fails is tried again at the next."""
+async def sweep_stale_containers(runtime: ContainerRuntime, older_than: float) -> int:
+    """Remove the step containers left over (not running, created more than ``older_than`` seconds ago)
+    by any executor of this host; returns how many. A failure is logged, never raised: a sweep that
+    fails is tried again at the next."""
     argv = runtime.prune_argv(older_than)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -201,11 +202,13 @@ async def sweep_stale_containers(runtime: ContainerRuntime, older_than: float = 
     try:
         async with asyncio.timeout(SWEEP_TIMEOUT):
             out, err = await proc.communicate()
-    except BaseException:
-        if proc.returncode is None:
+    except TimeoutError:
+        log.warning("container_sweep_failed", error=f"no answer within {SWEEP_TIMEOUT:g} s")
+        return 0
+    finally:
+        if proc.returncode is None:  # timed out, or cancelled (the executor stops)
             proc.kill()
             await proc.wait()
-        raise
     if proc.returncode != 0:
         log.warning("container_sweep_failed", error=err.decode(errors="replace")[-500:])
         return 0
@@ -220,8 +223,5 @@ async def sweep_containers_while_running(runtime: ContainerRuntime) -> None:
     runs until cancelled."""
     await asyncio.sleep(SWEEP_FIRST)
     while True:
-        try:
-            await sweep_stale_containers(runtime, STALE_CONTAINER_AGE)
-        except TimeoutError:
-            log.warning("container_sweep_failed", error=f"no answer within {SWEEP_TIMEOUT:g} s")
+        await sweep_stale_containers(runtime, STALE_CONTAINER_AGE)
         await asyncio.sleep(SWEEP_EVERY)
