@@ -124,6 +124,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def create_container(name: str, *args: str, command: tuple[str, ...] = ("sleep", "3600")) -> str:
+    """``podman create`` of the test image with the tests' extra arguments; returns its id."""
+    extra = shlex.split(os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS))
+    argv = ["podman", "create", "--name", name, *args, *extra, podman_image(), *command]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def container_exists(container: str) -> bool:
+    return subprocess.run(["podman", "container", "exists", container], check=False).returncode == 0
+
+
 def remove_containers_of(instance_id: str) -> None:
     for container in containers_of(instance_id):
         subprocess.run(["podman", "rm", "--force", container], capture_output=True, check=False)
@@ -227,28 +238,31 @@ async def test_an_executor_killed_mid_step_takes_its_container_along(
     async with running_stack(settings, tmp_path / "stack", extra_env=env) as (stack, client):
         await client.push(KILLED.replace("IMAGE", image).replace("MARK", mark))
         started = await client.start("boxed-killed", {})
-        # Killed once the container runs. Not as soon as a process shows the mark: that is podman's
-        # client too, and a client killed while it still creates the container leaves a record in
-        # "Created" that no process is left to remove (the executors' sweep removes it: the test below).
-        async with asyncio.timeout(60):
-            while (pid := running_container_pid(started.instance_id)) is None:
-                await asyncio.sleep(0.1)
-        assert alive(pid)
-        executor = stack["executor0"]
-        assert executor.proc is not None
-        os.kill(executor.proc.pid, signal.SIGKILL)
-        executor.proc.wait()
-        # podman's monitor (conmon) was re-parented to the step guard, a child subreaper: the guard
-        # kills the container's processes when its executor dies, and the monitor too if it has not
-        # ended by itself within the guard's grace.
-        async with asyncio.timeout(10):
-            while alive(pid) or marked(mark):
-                await asyncio.sleep(0.1)
-        # Spared by the kill, the monitor records the container's end and runs its cleanup, which
-        # removes it (--rm): podman keeps no record of it.
-        async with asyncio.timeout(10):
-            while containers_of(started.instance_id):
-                await asyncio.sleep(0.1)
+        try:
+            # Killed once the container runs. Not as soon as a process shows the mark: that is podman's
+            # client too, and a client killed while it still creates the container leaves a record in
+            # "Created" that no process is left to remove (the executors' sweep removes it: the test below).
+            async with asyncio.timeout(60):
+                while (pid := running_container_pid(started.instance_id)) is None:
+                    await asyncio.sleep(0.1)
+            assert alive(pid)
+            executor = stack["executor0"]
+            assert executor.proc is not None
+            os.kill(executor.proc.pid, signal.SIGKILL)
+            executor.proc.wait()
+            # podman's monitor (conmon) was re-parented to the step guard, a child subreaper: the guard
+            # kills the container's processes when its executor dies, and the monitor too if it has not
+            # ended by itself within the guard's grace.
+            async with asyncio.timeout(10):
+                while alive(pid) or marked(mark):
+                    await asyncio.sleep(0.1)
+            # Spared by the kill, the monitor records the container's end and runs its cleanup, which
+            # removes it (--rm): podman keeps no record of it.
+            async with asyncio.timeout(10):
+                while containers_of(started.instance_id):
+                    await asyncio.sleep(0.1)
+        finally:
+            remove_containers_of(started.instance_id)  # only what a failed run left
 
 
 NAMES = ("stale", "other", "running", "young")
@@ -260,20 +274,14 @@ async def test_the_sweep_removes_only_step_containers_left_over(tmp_path: Path) 
     than its age, and leaves running ones, younger ones and every other container alone."""
     if (why := missing_tools()) is not None:
         pytest.skip(why)
-    image = podman_image()
     tag = secrets.token_hex(4)
     runtime = ContainerRuntime.from_environment({"PATH": os.environ["PATH"]})
-    extra = shlex.split(os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS))
 
     def create(name: str, *args: str) -> str:
-        argv = ["podman", "create", "--name", f"sweep-{tag}-{name}", *args, *extra, image, "sleep", "3600"]
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+        return create_container(f"sweep-{tag}-{name}", *args)
 
     def podman(*args: str) -> None:
         subprocess.run(["podman", *args], capture_output=True, check=args[0] != "rm")
-
-    def exists(container: str) -> bool:
-        return subprocess.run(["podman", "container", "exists", container], check=False).returncode == 0
 
     label = f"{ATTEMPT_LABEL}=a-{tag}"
     try:
@@ -285,8 +293,8 @@ async def test_the_sweep_removes_only_step_containers_left_over(tmp_path: Path) 
         await asyncio.sleep(3.5)
         young = create("young", "--label", label)
         assert await sweep_stale_containers(runtime, older_than=2) == 1
-        assert not exists(stale)
-        assert all(exists(c) for c in (other, running, young))
+        assert not container_exists(stale)
+        assert all(container_exists(c) for c in (other, running, young))
     finally:
         podman("rm", "--force", "--ignore", "--time", "0", *(f"sweep-{tag}-{n}" for n in NAMES))
 
@@ -298,21 +306,17 @@ async def test_an_executor_sweeps_while_it_runs_and_stops_sweeping_at_once(
     container; cancelled (the executor's shutdown), it ends at once."""
     if (why := missing_tools()) is not None:
         pytest.skip(why)
-    image = podman_image()
     monkeypatch.setattr(container_runner, "SWEEP_FIRST", 0.0)
     monkeypatch.setattr(container_runner, "STALE_CONTAINER_AGE", 1.0)
-    extra = shlex.split(os.environ.get("LEGATO_CONTAINER_EXTRA_ARGS", DEFAULT_EXTRA_ARGS))
     name = f"sweep-{secrets.token_hex(4)}"
-    argv = ["podman", "create", "--name", name, "--label", f"{ATTEMPT_LABEL}=a", *extra, image, "true"]
-    await asyncio.to_thread(subprocess.run, argv, capture_output=True, check=True)
+    await asyncio.to_thread(create_container, name, "--label", f"{ATTEMPT_LABEL}=a", command=("true",))
     await asyncio.sleep(2.5)  # more than a second past the age: podman compares whole seconds
     task = asyncio.create_task(
         container_runner.sweep_containers_while_running(ContainerRuntime.from_environment())
     )
     try:
-        exists = ["podman", "container", "exists", name]
         async with asyncio.timeout(30):
-            while (await asyncio.to_thread(subprocess.run, exists)).returncode == 0:
+            while await asyncio.to_thread(container_exists, name):
                 assert not task.done(), task
                 await asyncio.sleep(0.1)
         assert not task.done()  # sweeping on
